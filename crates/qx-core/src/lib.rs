@@ -1,0 +1,25 @@
+//! The shared core of Quantix OTA: the release manifest and every rule it must obey,
+//! names, versions, hashes and minisign signatures, and the status events an agent reports.
+//!
+//! Every program of the workspace (server, agent, publish tool) goes through this crate, so a
+//! rule is written once and enforced the same way everywhere.
+
+pub mod hash;
+pub mod manifest;
+pub mod names;
+pub mod signature;
+pub mod status;
+pub mod version;
+
+pub use hash::{Sha256, Sha256Hasher};
+pub use manifest::{
+    ArtifactRef, Component, ComponentKind, FullImage, Manifest, ManifestError, Problem,
+    Requirement, TargetSlot, UnknownFields, UpdateType, MANIFEST_FILE, SCHEMA_VERSION,
+    SIGNATURE_FILE,
+};
+pub use names::{
+    ArtifactName, ChannelName, ComponentName, InstallPath, NameError, Permissions, ProductName,
+    ServiceName,
+};
+pub use signature::{KeyPair, SignatureError, SigningKey, TrustedKeys};
+pub use version::Version;

@@ -1,0 +1,426 @@
+//! The release manifest (SPEC §2): its types, how it is parsed, and every rule it must obey.
+//!
+//! Parsing is the only way from bytes to a [`Manifest`]: it checks the structure (JSON syntax,
+//! types, names, versions, hashes; the first such error stops it, with its JSON path) and then
+//! every rule between fields, all of them reported together as [`Problem`]s.
+
+use std::collections::{BTreeSet, HashSet};
+
+use jiff::Timestamp;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::hash::Sha256;
+use crate::names::{
+    ArtifactName, ChannelName, ComponentName, InstallPath, Permissions, ProductName, ServiceName,
+};
+use crate::version::Version;
+
+/// The manifest format version this code writes and understands.
+pub const SCHEMA_VERSION: u32 = 1;
+/// The file name of the manifest in a release directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// The file name of the detached minisign signature beside it.
+pub const SIGNATURE_FILE: &str = "manifest.json.minisig";
+
+/// A signed description of one release of one product on one channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(title = "Quantix OTA release manifest")]
+pub struct Manifest {
+    /// Format version; always 1 for now.
+    pub schema: u32,
+    pub product: ProductName,
+    pub version: Version,
+    pub channel: ChannelName,
+    #[schemars(with = "String", extend("format" = "date-time"))]
+    pub release_date: Timestamp,
+    /// Agents refuse the manifest after this instant.
+    #[schemars(with = "String", extend("format" = "date-time"))]
+    pub expires: Timestamp,
+    pub update_type: UpdateType,
+    #[serde(default)]
+    pub components: Vec<Component>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_image: Option<FullImage>,
+    /// Hosts below this version must take an intermediate release first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<Version>,
+    #[serde(default)]
+    pub release_notes: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateType {
+    Component,
+    Full,
+    Mixed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ComponentKind {
+    /// One regular file (a binary, a config file).
+    #[default]
+    File,
+    /// A directory tree swapped as a whole (a web UI).
+    Directory,
+    /// Database migrations, run with `migrate_command` before any service restarts.
+    Migrations,
+}
+
+/// One installable part of a release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Component {
+    pub name: ComponentName,
+    pub version: Version,
+    pub artifact: ArtifactName,
+    pub sha256: Sha256,
+    pub size_bytes: u64,
+    pub install_path: InstallPath,
+    #[serde(default)]
+    pub kind: ComponentKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_service: Option<ServiceName>,
+    #[serde(default = "yes")]
+    pub backup_before_update: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<Permissions>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<Requirement>,
+    /// Only for `kind: migrations`: argv run from the extracted component's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate_command: Option<Vec<String>>,
+    /// Optional argv run after the restart; success proves the update took effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_command: Option<Vec<String>>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A prerequisite: another component installed at least at this version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Requirement {
+    pub name: ComponentName,
+    pub min_version: Version,
+}
+
+/// A downloadable file with its hash and size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ArtifactRef {
+    pub artifact: ArtifactName,
+    pub sha256: Sha256,
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FullImage {
+    pub artifact: ArtifactName,
+    pub sha256: Sha256,
+    pub size_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<ArtifactRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initramfs: Option<ArtifactRef>,
+    #[serde(default = "yes")]
+    pub requires_reboot: bool,
+    #[serde(default)]
+    pub target_slot: TargetSlot,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub enum TargetSlot {
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    A,
+    B,
+}
+
+/// One broken rule, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// JSON path, e.g. `components[1].install_path`.
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest is not valid JSON: {0}")]
+    Syntax(String),
+    #[error("manifest field {path}: {message}")]
+    Structure { path: String, message: String },
+    #[error("manifest has unknown fields: {}", .0.join(", "))]
+    UnknownFields(Vec<String>),
+    #[error("manifest breaks {} rule(s): {}", .0.len(), .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<Problem>),
+}
+
+impl ManifestError {
+    /// Every problem as a list, for JSON error bodies.
+    pub fn problems(&self) -> Vec<Problem> {
+        match self {
+            ManifestError::Syntax(m) => vec![Problem {
+                path: String::new(),
+                message: m.clone(),
+            }],
+            ManifestError::Structure { path, message } => vec![Problem {
+                path: path.clone(),
+                message: message.clone(),
+            }],
+            ManifestError::UnknownFields(fields) => fields
+                .iter()
+                .map(|f| Problem {
+                    path: f.clone(),
+                    message: "unknown field".into(),
+                })
+                .collect(),
+            ManifestError::Invalid(p) => p.clone(),
+        }
+    }
+}
+
+/// How unknown fields are treated: the server refuses them (typos must not ship), agents
+/// ignore them (old agents keep working with new servers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownFields {
+    Reject,
+    Ignore,
+}
+
+impl Manifest {
+    /// Parses and validates manifest bytes.
+    pub fn parse(bytes: &[u8], unknown: UnknownFields) -> Result<Self, ManifestError> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let mut ignored = Vec::new();
+        let mut on_ignored = |path: serde_ignored::Path<'_>| ignored.push(path.to_string());
+        let tracked = serde_ignored::Deserializer::new(&mut de, &mut on_ignored);
+        let manifest: Manifest = match serde_path_to_error::deserialize(tracked) {
+            Ok(m) => m,
+            Err(e) => {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                return Err(if inner.is_syntax() || inner.is_eof() {
+                    ManifestError::Syntax(inner.to_string())
+                } else {
+                    ManifestError::Structure {
+                        path,
+                        message: strip_position(&inner.to_string()),
+                    }
+                });
+            }
+        };
+        de.end()
+            .map_err(|e| ManifestError::Syntax(e.to_string()))?;
+        if unknown == UnknownFields::Reject && !ignored.is_empty() {
+            return Err(ManifestError::UnknownFields(ignored));
+        }
+        manifest.validate().map_err(ManifestError::Invalid)?;
+        Ok(manifest)
+    }
+
+    /// Serialises the manifest as the bytes that get signed (pretty JSON, trailing newline).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+
+    /// Every rule between fields; all broken ones at once.
+    pub fn validate(&self) -> Result<(), Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut bad = |path: String, message: String| problems.push(Problem { path, message });
+
+        if self.schema != SCHEMA_VERSION {
+            bad(
+                "schema".into(),
+                format!("unsupported schema {} (this program knows {SCHEMA_VERSION})", self.schema),
+            );
+        }
+        if self.expires <= self.release_date {
+            bad("expires".into(), "must be later than release_date".into());
+        }
+        if let Some(min) = &self.min_version {
+            if min > &self.version {
+                bad(
+                    "min_version".into(),
+                    format!("{min} is above the release version {}", self.version),
+                );
+            }
+        }
+        match self.update_type {
+            UpdateType::Component => {
+                if self.components.is_empty() {
+                    bad("components".into(), "a component update needs at least one component".into());
+                }
+                if self.full_image.is_some() {
+                    bad("full_image".into(), "a component update must not carry a full image (use update_type \"mixed\")".into());
+                }
+            }
+            UpdateType::Full => {
+                if self.full_image.is_none() {
+                    bad("full_image".into(), "a full update needs full_image".into());
+                }
+                if !self.components.is_empty() {
+                    bad("components".into(), "a full update must not list components (use update_type \"mixed\")".into());
+                }
+            }
+            UpdateType::Mixed => {
+                if self.full_image.is_none() || self.components.is_empty() {
+                    bad("update_type".into(), "a mixed update needs both components and full_image".into());
+                }
+            }
+        }
+
+        let mut artifacts = HashSet::new();
+        let reserved = [MANIFEST_FILE, SIGNATURE_FILE];
+        let mut artifact = |path: String, name: &ArtifactName, bad: &mut dyn FnMut(String, String)| {
+            if reserved.contains(&name.as_str()) {
+                bad(path, format!("artifact name {name} is reserved"));
+            } else if !artifacts.insert(name.clone()) {
+                bad(path, format!("artifact {name} is listed more than once"));
+            }
+        };
+
+        let mut names = HashSet::new();
+        let mut paths: Vec<(&InstallPath, usize)> = Vec::new();
+        for (i, c) in self.components.iter().enumerate() {
+            let at = |field: &str| format!("components[{i}].{field}");
+            if !names.insert(&c.name) {
+                bad(at("name"), format!("component {} is listed more than once", c.name));
+            }
+            artifact(at("artifact"), &c.artifact, &mut bad);
+            if c.version != self.version {
+                bad(
+                    at("version"),
+                    format!(
+                        "component version {} differs from the release version {} (one version is stamped into every component)",
+                        c.version, self.version
+                    ),
+                );
+            }
+            for (other, j) in &paths {
+                if overlaps(other.as_str(), c.install_path.as_str()) {
+                    bad(
+                        at("install_path"),
+                        format!("{} overlaps components[{j}].install_path {}", c.install_path, other),
+                    );
+                }
+            }
+            paths.push((&c.install_path, i));
+            match (c.kind, &c.migrate_command) {
+                (ComponentKind::Migrations, None) => {
+                    bad(at("migrate_command"), "a migrations component needs a migrate_command".into())
+                }
+                (ComponentKind::Migrations, Some(cmd)) if cmd.is_empty() || cmd[0].is_empty() => {
+                    bad(at("migrate_command"), "must name a program".into())
+                }
+                (ComponentKind::File | ComponentKind::Directory, Some(_)) => bad(
+                    at("migrate_command"),
+                    "only a migrations component may have a migrate_command".into(),
+                ),
+                _ => {}
+            }
+            if let Some(cmd) = &c.health_command {
+                if cmd.is_empty() || cmd[0].is_empty() {
+                    bad(at("health_command"), "must name a program".into());
+                }
+            }
+            let mut required = BTreeSet::new();
+            for (k, r) in c.requires.iter().enumerate() {
+                if r.name == c.name {
+                    bad(format!("components[{i}].requires[{k}]"), "a component cannot require itself".into());
+                }
+                if !required.insert(&r.name) {
+                    bad(format!("components[{i}].requires[{k}]"), format!("{} is required twice", r.name));
+                }
+            }
+        }
+        if let Some(img) = &self.full_image {
+            artifact("full_image.artifact".into(), &img.artifact, &mut bad);
+            if let Some(k) = &img.kernel {
+                artifact("full_image.kernel.artifact".into(), &k.artifact, &mut bad);
+            }
+            if let Some(r) = &img.initramfs {
+                artifact("full_image.initramfs.artifact".into(), &r.artifact, &mut bad);
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Every artifact of the release with its hash and size: exactly what may be downloaded.
+    pub fn artifacts(&self) -> Vec<ArtifactRef> {
+        let mut out: Vec<ArtifactRef> = self
+            .components
+            .iter()
+            .map(|c| ArtifactRef {
+                artifact: c.artifact.clone(),
+                sha256: c.sha256,
+                size_bytes: c.size_bytes,
+            })
+            .collect();
+        if let Some(img) = &self.full_image {
+            out.push(ArtifactRef {
+                artifact: img.artifact.clone(),
+                sha256: img.sha256,
+                size_bytes: img.size_bytes,
+            });
+            out.extend(img.kernel.iter().cloned());
+            out.extend(img.initramfs.iter().cloned());
+        }
+        out
+    }
+
+    pub fn artifact(&self, name: &str) -> Option<ArtifactRef> {
+        self.artifacts().into_iter().find(|a| a.artifact.as_str() == name)
+    }
+
+    pub fn component(&self, name: &str) -> Option<&Component> {
+        self.components.iter().find(|c| c.name.as_str() == name)
+    }
+
+    /// True when `now` is past `expires`.
+    pub fn is_expired(&self, now: Timestamp) -> bool {
+        now >= self.expires
+    }
+}
+
+/// Two install paths overlap when they are equal or one is inside the other.
+fn overlaps(a: &str, b: &str) -> bool {
+    a == b || b.starts_with(&format!("{a}/")) || a.starts_with(&format!("{b}/"))
+}
+
+fn strip_position(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// The JSON Schema of the manifest, generated from the types.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(Manifest);
+    let mut out = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1 @@
+//! qx-publish
