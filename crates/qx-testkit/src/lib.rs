@@ -1,1 +1,7 @@
-//! qx-testkit
+//! Test-only helpers shared by the crates' integration tests: a real update server on a free
+//! loopback port, a sandboxed host root, a fault-injecting TCP proxy, fixture releases.
+
+pub mod host;
+pub mod proxy;
+pub mod release;
+pub mod server;

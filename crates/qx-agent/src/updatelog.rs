@@ -1,0 +1,1 @@
+//! updatelog (being written)
