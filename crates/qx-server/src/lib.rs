@@ -1,1 +1,47 @@
-//! qx-server
+//! `qx-update-server`: stores signed releases per product and channel, serves manifests and
+//! artifacts, accepts authenticated publishes (SPEC §3).
+//!
+//! - [`config`]: the environment the server reads;
+//! - [`storage`]: the [`storage::ReleaseStore`] trait and its local-disk backend;
+//! - [`routes`]: the router and the read-only endpoints; [`publish`]: publish, promote, yank;
+//! - [`range`]: the `Range` header; [`metrics`]: Prometheus metrics;
+//! - [`server`]: start (crash recovery, TLS), serve, shut down.
+//!
+//! Behaviour where SPEC §3 leaves a choice:
+//! - A URL segment or `channel` query value that breaks the name rules (`..`, `%2e%2e`, a
+//!   decoded `/`, uppercase, empty, 65+ characters) is refused with 400 before any file is
+//!   touched; a path with extra segments (a literal `../..`) matches no route and gets 404. A
+//!   valid name that is unknown (product, channel not in `CHANNELS`, version, artifact not in
+//!   the manifest) gets 404.
+//! - `Range`: one range → 206; several → 416 (multipart/byteranges is not served); a malformed
+//!   `bytes=` range → 416; another range unit → ignored (200, whole file, as RFC 9110 says);
+//!   unsatisfiable → 416 with `Content-Range: bytes */LEN`. `If-Range` with our strong ETag → the
+//!   range applies, anything else → 200 with the whole file. `If-None-Match` → 304 on both the
+//!   manifest and the artifact endpoints.
+//! - Yank writes `.yanked` into the release directory. A yanked release is listed with
+//!   `"yanked": true`, is skipped by the manifest and channels endpoints, and its files stay
+//!   downloadable so that hosts in the middle of a download can finish. Yanking twice is 200.
+//! - Publish: malformed manifest JSON and malformed multipart → 400; every other manifest
+//!   problem, a product other than the URL's, an unconfigured channel, a signature part that is
+//!   not a minisign signature, unlisted/missing/duplicate parts and hash or size mismatches →
+//!   422; parts out of order (`manifest`, `signature`, artifacts) → 400. A re-publish whose
+//!   manifest bytes are identical (and whose artifacts therefore match) → 200; the stored
+//!   signature is kept. A version equal by SemVer precedence but spelled otherwise (other
+//!   build metadata) → 409.
+//! - Promote refuses a yanked source with 409.
+//! - The newest release per channel is cached in memory for at most
+//!   [`routes::MANIFEST_CACHE_TTL`] and dropped at once on any publish, promote or yank through
+//!   this process; nothing else is cached (a restart rescans the disk).
+
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod publish;
+pub mod range;
+pub mod routes;
+pub mod server;
+pub mod storage;
+
+pub use config::Config;
+pub use error::ApiError;
+pub use server::{serve, ServerError};

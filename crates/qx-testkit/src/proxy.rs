@@ -1,1 +1,485 @@
-//! proxy (being written)
+//! A fault-injecting TCP proxy on a loopback port, in front of an upstream address (an HTTP
+//! server). It runs on its own thread and runtime, so blocking tests can use it directly.
+//!
+//! Faults are set at any time with [`FaultProxy::set_faults`]:
+//! - `cut_every` is taken by each new connection and counts the raw bytes sent downstream on
+//!   that connection (response heads included);
+//! - `stall` and `flip` are taken by each response when its head goes through, and count the
+//!   bytes of that response's **body**; they apply to the responses numbered below their
+//!   `responses` field (responses are numbered from 0 across the whole proxy, in the order their
+//!   heads arrive). Responses are delimited with `Content-Length` (or the end of the
+//!   connection); chunked bodies and responses to `HEAD` are not understood;
+//! - `fail_first` is a budget set by `set_faults`: that many of the next connections get one
+//!   injected `HTTP/1.1 500` (with `Connection: close`, so one request per connection).
+//!
+//! Requests are recorded by splitting what the client sends on `\r\n\r\n`, so they are assumed
+//! to have no body (GET and HEAD: what the downloader sends).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A pause in the downstream data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stall {
+    /// Body bytes forwarded before the pause.
+    pub after_body_bytes: u64,
+    /// How long; `None` holds the connection until the client gives up (or the proxy stops).
+    pub duration: Option<Duration>,
+    /// Applies to responses numbered below this.
+    pub responses: u64,
+}
+
+/// One byte of the body inverted (XOR 0xff).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flip {
+    /// Body offset of the byte.
+    pub body_offset: u64,
+    /// Applies to responses numbered below this.
+    pub responses: u64,
+}
+
+/// The faults new connections get. `Faults::default()` passes everything through.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Close each connection after this many bytes were sent downstream.
+    pub cut_every: Option<u64>,
+    pub stall: Option<Stall>,
+    pub flip: Option<Flip>,
+    /// Answer the next this-many requests (one per connection) with `HTTP/1.1 500` and close,
+    /// without contacting the upstream; `u64::MAX` for every request.
+    pub fail_first: u64,
+}
+
+/// What went through the proxy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyStats {
+    pub connections: u64,
+    /// Bytes sent to clients (responses, headers included), injected 500s excluded.
+    pub bytes_down: u64,
+    /// Bytes sent to the upstream (requests).
+    pub bytes_up: u64,
+    /// Requests answered with an injected 500.
+    pub injected_500: u64,
+    /// Connections closed by `cut_every`.
+    pub cuts: u64,
+    pub stalls: u64,
+    pub flips: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    faults: Mutex<Faults>,
+    requests: Mutex<Vec<String>>,
+    connections: AtomicU64,
+    bytes_down: AtomicU64,
+    bytes_up: AtomicU64,
+    injected_500: AtomicU64,
+    cuts: AtomicU64,
+    stalls: AtomicU64,
+    flips: AtomicU64,
+    responses: AtomicU64,
+    fail_left: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The proxy; stops (and closes every connection) when dropped.
+pub struct FaultProxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<watch::Sender<bool>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy on `127.0.0.1:0` forwarding to `upstream`.
+    pub fn start(upstream: SocketAddr) -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let shared = Arc::new(Shared::default());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("qx-fault-proxy".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let listener = match TcpListener::from_std(std_listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            eprintln!("fault proxy: cannot listen: {e}");
+                            return;
+                        }
+                    };
+                    accept_loop(listener, upstream, thread_shared, stop_rx).await;
+                });
+                // Dropping the runtime here cancels every connection task.
+            })?;
+        Ok(Self {
+            addr,
+            shared,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared
+            .fail_left
+            .store(faults.fail_first, Ordering::SeqCst);
+        *lock(&self.shared.faults) = faults;
+    }
+
+    pub fn stats(&self) -> ProxyStats {
+        let s = &self.shared;
+        ProxyStats {
+            connections: s.connections.load(Ordering::SeqCst),
+            bytes_down: s.bytes_down.load(Ordering::SeqCst),
+            bytes_up: s.bytes_up.load(Ordering::SeqCst),
+            injected_500: s.injected_500.load(Ordering::SeqCst),
+            cuts: s.cuts.load(Ordering::SeqCst),
+            stalls: s.stalls.load(Ordering::SeqCst),
+            flips: s.flips.load(Ordering::SeqCst),
+        }
+    }
+
+    /// The head (request line and headers, without the final blank line) of every request seen
+    /// so far, injected-500 ones included, in arrival order per connection.
+    pub fn requests(&self) -> Vec<String> {
+        lock(&self.shared.requests).clone()
+    }
+
+    /// Forgets recorded requests and zeroes the counters (connection numbering goes on).
+    pub fn reset_stats(&self) {
+        let s = &self.shared;
+        lock(&s.requests).clear();
+        for c in [
+            &s.bytes_down,
+            &s.bytes_up,
+            &s.injected_500,
+            &s.cuts,
+            &s.stalls,
+            &s.flips,
+        ] {
+            c.store(0, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut stopped = stop.clone();
+    loop {
+        tokio::select! {
+            _ = stopped.wait_for(|s| *s) => return,
+            accepted = listener.accept() => {
+                let Ok((client, _)) = accepted else { continue };
+                shared.connections.fetch_add(1, Ordering::SeqCst);
+                let faults = lock(&shared.faults).clone();
+                let fail = shared
+                    .fail_left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                let shared = shared.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let _ = handle(client, upstream, fail, faults, shared, stop).await;
+                });
+            }
+        }
+    }
+}
+
+/// Where the downstream byte stream is: in a response head, or in a body.
+#[derive(Default)]
+struct ResponseTracker {
+    head: Vec<u8>,
+    body: Option<Body>,
+}
+
+struct Body {
+    /// Proxy-wide response number, from 0.
+    number: u64,
+    pos: u64,
+    /// `None`: the body ends with the connection.
+    remaining: Option<u64>,
+    /// The faults when the response head went through.
+    faults: Faults,
+}
+
+/// The body length a response head announces (no body for 1xx, 204, 304).
+fn body_length(head: &[u8]) -> Option<u64> {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if (100..200).contains(&status) || status == 204 || status == 304 {
+        return Some(0);
+    }
+    lines.find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse().ok())
+            .flatten()
+    })
+}
+
+/// Splits client bytes into request heads and records them.
+#[derive(Default)]
+struct RequestRecorder {
+    pending: Vec<u8>,
+}
+
+impl RequestRecorder {
+    /// Feeds bytes; returns the number of complete request heads seen in them.
+    fn feed(&mut self, data: &[u8], shared: &Shared) -> u64 {
+        self.pending.extend_from_slice(data);
+        let mut complete = 0;
+        while let Some(end) = find(&self.pending, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&self.pending[..end]).into_owned();
+            lock(&shared.requests).push(head);
+            self.pending.drain(..end + 4);
+            complete += 1;
+        }
+        if self.pending.len() > 64 * 1024 {
+            self.pending.clear();
+        }
+        complete
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+async fn handle(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    fail: bool,
+    faults: Faults,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    if fail {
+        // Read one request head, answer 500 ourselves, close.
+        let mut rec = RequestRecorder::default();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = client.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            if rec.feed(&buf[..n], &shared) > 0 {
+                break;
+            }
+        }
+        shared.injected_500.fetch_add(1, Ordering::SeqCst);
+        let body = "{\"error\":\"injected failure\",\"details\":[]}";
+        let resp = format!(
+            "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        client.write_all(resp.as_bytes()).await?;
+        client.shutdown().await?;
+        return Ok(());
+    }
+
+    let server = TcpStream::connect(upstream).await?;
+    let (mut client_r, mut client_w) = client.into_split();
+    let (mut server_r, mut server_w) = server.into_split();
+    let up_shared = shared.clone();
+    let up = async move {
+        let mut rec = RequestRecorder::default();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match client_r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            rec.feed(&buf[..n], &up_shared);
+            if server_w.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+            up_shared.bytes_up.fetch_add(n as u64, Ordering::SeqCst);
+        }
+        let _ = server_w.shutdown().await;
+    };
+
+    let down = async move {
+        let mut sent: u64 = 0;
+        let mut tracker = ResponseTracker::default();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match server_r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let mut chunk = buf[..n].to_vec();
+            // Walk the chunk: response heads and bodies; flip in place, note a stall point.
+            let mut stall_at: Option<(usize, Option<Duration>)> = None;
+            let mut i = 0;
+            while i < chunk.len() {
+                match &mut tracker.body {
+                    None => {
+                        let before = tracker.head.len();
+                        tracker.head.extend_from_slice(&chunk[i..]);
+                        match find(&tracker.head, b"\r\n\r\n") {
+                            Some(end) => {
+                                let body_len = body_length(&tracker.head[..end]);
+                                tracker.head.clear();
+                                i += end + 4 - before;
+                                let number = shared.responses.fetch_add(1, Ordering::SeqCst);
+                                tracker.body = Some(Body {
+                                    number,
+                                    pos: 0,
+                                    remaining: body_len,
+                                    faults: lock(&shared.faults).clone(),
+                                });
+                                if body_len == Some(0) {
+                                    tracker.body = None;
+                                }
+                            }
+                            None => i = chunk.len(),
+                        }
+                    }
+                    Some(body) => {
+                        let avail = (chunk.len() - i) as u64;
+                        let m = body.remaining.map_or(avail, |r| r.min(avail));
+                        let (lo, hi) = (body.pos, body.pos + m);
+                        if let Some(flip) = body.faults.flip.as_ref() {
+                            if body.number < flip.responses && (lo..hi).contains(&flip.body_offset)
+                            {
+                                chunk[i + (flip.body_offset - lo) as usize] ^= 0xff;
+                                shared.flips.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                        if let Some(stall) = body.faults.stall.as_ref() {
+                            if stall_at.is_none()
+                                && body.number < stall.responses
+                                && (lo..hi).contains(&stall.after_body_bytes)
+                            {
+                                stall_at = Some((
+                                    i + (stall.after_body_bytes - lo) as usize,
+                                    stall.duration,
+                                ));
+                            }
+                        }
+                        body.pos = hi;
+                        i += m as usize;
+                        if let Some(r) = body.remaining.as_mut() {
+                            *r -= m;
+                            if *r == 0 {
+                                tracker.body = None;
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some((at, duration)) = stall_at {
+                if send(&mut client_w, &chunk[..at], &mut sent, &faults, &shared)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                shared.stalls.fetch_add(1, Ordering::SeqCst);
+                // The connection ends when the client goes away (the `up` half finishes) or the
+                // proxy stops, which cancels this wait.
+                match duration {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending::<()>().await,
+                }
+                chunk.drain(..at);
+            }
+            if send(&mut client_w, &chunk, &mut sent, &faults, &shared)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = client_w.shutdown().await;
+    };
+
+    // Whichever side finishes first (client gone, upstream closed, cut) ends the connection.
+    let mut stop = stop;
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    Ok(())
+}
+
+/// Writes downstream, honouring `cut_every`; an error means the connection is finished.
+async fn send(
+    client_w: &mut tokio::net::tcp::OwnedWriteHalf,
+    data: &[u8],
+    sent: &mut u64,
+    faults: &Faults,
+    shared: &Shared,
+) -> std::io::Result<()> {
+    let mut data = data;
+    let mut cut = false;
+    if let Some(limit) = faults.cut_every {
+        let room = limit.saturating_sub(*sent);
+        if (data.len() as u64) >= room {
+            data = &data[..room as usize];
+            cut = true;
+        }
+    }
+    client_w.write_all(data).await?;
+    *sent += data.len() as u64;
+    shared
+        .bytes_down
+        .fetch_add(data.len() as u64, Ordering::SeqCst);
+    if cut {
+        shared.cuts.fetch_add(1, Ordering::SeqCst);
+        let _ = client_w.shutdown().await;
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "cut by the fault proxy",
+        ));
+    }
+    Ok(())
+}

@@ -1,1 +1,107 @@
-//! server (being written)
+//! A real update server on a free loopback port, running in-process on its own thread and
+//! runtime, so that blocking and async tests alike can use it. It stops when dropped.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use qx_server::Config;
+
+/// A running `qx-update-server` on `127.0.0.1:<port>`.
+pub struct TestServer {
+    url: String,
+    addr: SocketAddr,
+    release_dir: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server over `release_dir` accepting `token` for publishes.
+    pub fn start(release_dir: &Path, token: &str) -> anyhow::Result<Self> {
+        let mut config = Config::new(release_dir);
+        config.publish_token = token.to_owned();
+        config.token_is_default = token == qx_server::config::DEFAULT_TOKEN;
+        Self::start_with(config)
+    }
+
+    /// Starts a server with a full configuration; its `listen_addr` is replaced by a free
+    /// loopback port.
+    pub fn start_with(config: Config) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        let release_dir = config.release_dir.clone();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<bool, String>>();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("qx-update-server-{}", addr.port()))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("cannot start a runtime: {e}")));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let prepared = match qx_server::server::prepare(config).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(prepared.is_tls()));
+                    let stop = async move {
+                        let _ = stop_rx.await;
+                    };
+                    if let Err(e) = prepared.run(listener, stop).await {
+                        eprintln!("test server on {addr} stopped with an error: {e}");
+                    }
+                });
+            })
+            .context("spawning the server thread")?;
+        let tls = ready_rx
+            .recv_timeout(Duration::from_secs(60))
+            .map_err(|e| anyhow!("the test server did not start: {e}"))?
+            .map_err(|e| anyhow!("the test server did not start: {e}"))?;
+        let scheme = if tls { "https" } else { "http" };
+        Ok(Self {
+            url: format!("{scheme}://127.0.0.1:{}", addr.port()),
+            addr,
+            release_dir,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:41234`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn release_dir(&self) -> &Path {
+        &self.release_dir
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,639 @@
+//! `qx-publish publish|promote|yank|verify URL` against a real update server on a loopback
+//! port.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+
+use base64::Engine;
+use common::{qx_publish, stderr, stdout, Work, HEADER, TOKEN};
+use predicates::prelude::*;
+use qx_core::{Manifest, TrustedKeys, UnknownFields};
+use qx_testkit::server::TestServer;
+
+struct Env {
+    work: Work,
+    server: TestServer,
+    _releases: tempfile::TempDir,
+}
+
+fn start() -> Env {
+    let releases = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(releases.path(), TOKEN).expect("server starts");
+    Env {
+        work: Work::new(),
+        server,
+        _releases: releases,
+    }
+}
+
+impl Env {
+    fn publish(&self, extra: &[&str]) -> assert_cmd::Command {
+        self.publish_spec(&self.work.spec(), extra)
+    }
+
+    fn publish_spec(&self, spec: &Path, extra: &[&str]) -> assert_cmd::Command {
+        let mut cmd = qx_publish();
+        cmd.env("QX_PUBLISH_TOKEN", TOKEN)
+            .arg("publish")
+            .arg("--spec")
+            .arg(spec)
+            .arg("--key")
+            .arg(self.work.key())
+            .arg("--server")
+            .arg(self.server.url())
+            .args(extra);
+        cmd
+    }
+
+    fn get(&self, path: &str) -> reqwest::blocking::Response {
+        reqwest::blocking::get(format!("{}{path}", self.server.url())).expect("GET")
+    }
+
+    /// The current manifest of a channel, with its signature checked.
+    fn manifest(&self, channel: &str) -> Manifest {
+        let resp = self.get(&format!("/api/v1/quantix-demo/manifest?channel={channel}"));
+        assert_eq!(resp.status(), 200, "manifest of {channel}");
+        let sig = resp.headers()["x-qx-signature"]
+            .to_str()
+            .expect("header")
+            .to_owned();
+        let sig = String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(sig)
+                .expect("b64"),
+        )
+        .expect("utf8");
+        let bytes = resp.bytes().expect("body");
+        let mut keys = TrustedKeys::new();
+        keys.add_file(&self.work.pubkey()).expect("pub");
+        keys.verify(&bytes, &sig).expect("signature by our key");
+        Manifest::parse(&bytes, UnknownFields::Reject).expect("manifest")
+    }
+}
+
+#[test]
+fn publish_uploads_a_release_the_server_serves() {
+    let e = start();
+    let out = e.work.path().join("dist");
+    e.publish(&["--out", out.to_str().unwrap()])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "published quantix-demo 1.0.0 to channel dev",
+        ))
+        // Not a terminal: plain progress lines.
+        .stderr(predicate::str::contains("uploading qx-demo.tar.zst"));
+    let served = e
+        .get("/api/v1/quantix-demo/manifest?channel=dev")
+        .bytes()
+        .expect("body");
+    assert_eq!(
+        served.to_vec(),
+        std::fs::read(out.join("manifest.json")).expect("built")
+    );
+    let m = e.manifest("dev");
+    for c in &m.components {
+        let art = e.get(&format!(
+            "/api/v1/quantix-demo/releases/1.0.0/{}?channel=dev",
+            c.artifact
+        ));
+        assert_eq!(
+            art.bytes().expect("art").to_vec(),
+            std::fs::read(out.join(c.artifact.as_str())).expect("built")
+        );
+    }
+}
+
+#[test]
+fn publish_never_prints_the_token() {
+    let e = start();
+    let a = e.publish(&[]).assert().success();
+    assert!(!stdout(&a).contains(TOKEN) && !stderr(&a).contains(TOKEN));
+}
+
+#[test]
+fn publish_token_from_file() {
+    let e = start();
+    let tf = e.work.path().join("token");
+    std::fs::write(&tf, format!("{TOKEN}\n")).expect("write");
+    e.publish(&["--token-file", tf.to_str().unwrap()])
+        .env_remove("QX_PUBLISH_TOKEN")
+        .assert()
+        .success();
+}
+
+#[test]
+fn publish_without_a_token_is_a_usage_error() {
+    let e = start();
+    e.publish(&[])
+        .env_remove("QX_PUBLISH_TOKEN")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "no publish token: set QX_PUBLISH_TOKEN",
+        ));
+}
+
+#[test]
+fn publish_with_a_wrong_token_shows_401_clearly() {
+    let e = start();
+    let a = e
+        .publish(&[])
+        .env("QX_PUBLISH_TOKEN", "wrong-token-value")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "refused the publish token (401 Unauthorized)",
+        ))
+        .stderr(predicate::str::contains("check QX_PUBLISH_TOKEN"));
+    assert!(!stderr(&a).contains("wrong-token-value"));
+}
+
+#[test]
+fn publish_same_version_with_other_content_shows_409_clearly() {
+    let e = start();
+    e.publish(&[]).assert().success();
+    std::fs::write(
+        e.work.path().join("demo/ui/index.html"),
+        "<html>changed</html>",
+    )
+    .expect("write");
+    e.publish(&[])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("warning[version-not-newer]"))
+        .stderr(predicate::str::contains(
+            "version 1.0.0 already exists on channel dev with different content (409 Conflict)",
+        ))
+        .stderr(predicate::str::contains("bump the version"));
+}
+
+#[test]
+fn publish_identical_release_again_is_idempotent() {
+    let e = start();
+    let epoch = (jiff::Timestamp::now().as_second() - 60).to_string();
+    e.publish(&[])
+        .env("SOURCE_DATE_EPOCH", &epoch)
+        .assert()
+        .success();
+    e.publish(&[])
+        .env("SOURCE_DATE_EPOCH", &epoch)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "already published to channel dev with identical content",
+        ));
+}
+
+#[test]
+fn publish_to_an_unconfigured_channel_shows_422_clearly() {
+    let e = start();
+    e.publish(&["--channel", "nightly"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "the server rejected release 1.0.0 (422 Unprocessable Entity)",
+        ))
+        .stderr(predicate::str::contains(
+            "channel nightly is not configured",
+        ));
+}
+
+#[test]
+fn publish_too_large_shows_413_clearly() {
+    let releases = tempfile::tempdir().expect("tempdir");
+    let mut config = qx_server::Config::new(releases.path());
+    config.publish_token = TOKEN.into();
+    config.token_is_default = false;
+    config.max_upload_bytes = 4096;
+    let server = TestServer::start_with(config).expect("server");
+    let work = Work::new();
+    // Incompressible content, well over the limit.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let data: Vec<u8> = (0..64 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(work.path().join("demo/blob"), data).expect("write");
+    let spec = work.write_spec(
+        "big.toml",
+        &format!("{HEADER}[[component]]\nname = \"blob\"\ninstall_path = \"/data/blob\"\nsource = \"blob\"\n"),
+    );
+    qx_publish()
+        .env("QX_PUBLISH_TOKEN", TOKEN)
+        .arg("publish")
+        .arg("--spec")
+        .arg(&spec)
+        .arg("--key")
+        .arg(work.key())
+        .arg("--server")
+        .arg(server.url())
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("413 Payload Too Large"))
+        .stderr(predicate::str::contains("MAX_UPLOAD_BYTES"));
+}
+
+#[test]
+fn publish_older_version_warns_and_strict_refuses() {
+    let e = start();
+    e.publish(&["--release-version", "1.1.0"])
+        .assert()
+        .success();
+    e.publish(&["--release-version", "1.0.5", "--strict"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "error[version-not-newer]: version 1.0.5 is not greater than 1.1.0",
+        ));
+    // Without --strict: a warning, and the server decides (it keeps both).
+    e.publish(&["--release-version", "1.0.5"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("warning[version-not-newer]"));
+    assert_eq!(e.manifest("dev").version.to_string(), "1.1.0");
+}
+
+#[test]
+fn publish_dry_run_uploads_nothing() {
+    let e = start();
+    e.publish(&["--dry-run"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("dry run: quantix-demo 1.0.0"));
+    assert_eq!(
+        e.get("/api/v1/quantix-demo/manifest?channel=dev").status(),
+        404
+    );
+}
+
+#[test]
+fn publish_dry_run_works_without_a_server() {
+    let w = Work::new();
+    qx_publish()
+        .arg("publish")
+        .arg("--spec")
+        .arg(w.spec())
+        .arg("--key")
+        .arg(w.key())
+        .arg("--dry-run")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("nothing was uploaded"));
+}
+
+#[test]
+fn publish_one_component_makes_a_partial_release() {
+    let e = start();
+    e.publish(&[]).assert().success();
+    e.publish(&["--component", "qx-demo", "--release-version", "1.0.1"])
+        .assert()
+        .success();
+    let m = e.manifest("dev");
+    assert_eq!(m.version.to_string(), "1.0.1");
+    let names: Vec<&str> = m.components.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["qx-demo"]);
+    // The older, complete release stays available.
+    let r = e.get("/api/v1/quantix-demo/releases/1.0.0/quantix-host-ui.tar.zst?channel=dev");
+    assert_eq!(r.status(), 200);
+}
+
+#[test]
+fn publish_retries_connection_errors_then_gives_up() {
+    let w = Work::new();
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let a = qx_publish()
+        .env("QX_PUBLISH_TOKEN", TOKEN)
+        .arg("publish")
+        .arg("--spec")
+        .arg(w.spec())
+        .arg("--key")
+        .arg(w.key())
+        .arg("--server")
+        .arg(format!("http://127.0.0.1:{port}"))
+        .args(["--retries", "2"])
+        .assert()
+        .code(1);
+    let err = stderr(&a);
+    assert_eq!(err.matches("retrying in").count(), 2, "{err}");
+    assert!(err.contains("cannot connect to the server"), "{err}");
+    assert!(err.contains("gave up after 3 attempts"), "{err}");
+}
+
+#[test]
+fn promote_then_fetch_from_the_new_channel() {
+    let e = start();
+    e.publish(&[]).assert().success();
+    qx_publish()
+        .env("QX_PUBLISH_TOKEN", TOKEN)
+        .arg("promote")
+        .arg("--server")
+        .arg(e.server.url())
+        .arg("--key")
+        .arg(e.work.key())
+        .args([
+            "--product",
+            "quantix-demo",
+            "--from",
+            "dev",
+            "--to",
+            "beta",
+            "1.0.0",
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "promoted quantix-demo 1.0.0 from dev to beta",
+        ));
+    let dev = e.manifest("dev");
+    let beta = e.manifest("beta");
+    assert_eq!(beta.channel.as_str(), "beta");
+    assert_eq!(beta.version, dev.version);
+    assert_eq!(beta.components, dev.components);
+    assert!(beta.expires >= dev.expires);
+    // End to end from the new channel, with the stock tool too.
+    let url = format!(
+        "{}/api/v1/quantix-demo/releases/1.0.0?channel=beta",
+        e.server.url()
+    );
+    qx_publish()
+        .args(["verify", &url, "--pubkey"])
+        .arg(e.work.pubkey())
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "verified quantix-demo 1.0.0 (channel beta)",
+        ));
+    let dir = e.work.path().join("beta");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for f in ["manifest.json", "manifest.json.minisig"] {
+        let b = e
+            .get(&format!(
+                "/api/v1/quantix-demo/releases/1.0.0/{f}?channel=beta"
+            ))
+            .bytes()
+            .expect("body");
+        std::fs::write(dir.join(f), b).expect("write");
+    }
+    let ok = std::process::Command::new("minisign")
+        .arg("-Vq")
+        .arg("-p")
+        .arg(e.work.pubkey())
+        .arg("-m")
+        .arg(dir.join("manifest.json"))
+        .status()
+        .expect("minisign runs");
+    assert!(ok.success());
+}
+
+#[test]
+fn promote_again_is_reported_as_already_done() {
+    let e = start();
+    e.publish(&[]).assert().success();
+    let promote = || {
+        let mut cmd = qx_publish();
+        cmd.env("QX_PUBLISH_TOKEN", TOKEN)
+            .arg("promote")
+            .arg("--server")
+            .arg(e.server.url())
+            .arg("--key")
+            .arg(e.work.key())
+            .args([
+                "--product",
+                "quantix-demo",
+                "--from",
+                "dev",
+                "--to",
+                "stable",
+                "1.0.0",
+            ]);
+        cmd
+    };
+    promote().assert().success();
+    let first = e
+        .get("/api/v1/quantix-demo/manifest?channel=stable")
+        .bytes()
+        .expect("body");
+    promote()
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("already promoted"));
+    let second = e
+        .get("/api/v1/quantix-demo/manifest?channel=stable")
+        .bytes()
+        .expect("body");
+    assert_eq!(first, second);
+}
+
+#[test]
+fn promote_refuses_a_release_signed_by_another_key() {
+    let e = start();
+    e.publish(&[]).assert().success();
+    let other = e.work.path().join("other");
+    qx_publish()
+        .args(["keygen", "--out"])
+        .arg(&other)
+        .assert()
+        .success();
+    qx_publish()
+        .env("QX_PUBLISH_TOKEN", TOKEN)
+        .arg("promote")
+        .arg("--server")
+        .arg(e.server.url())
+        .arg("--key")
+        .arg(other.join("qx-publish.key"))
+        .args([
+            "--product",
+            "quantix-demo",
+            "--from",
+            "dev",
+            "--to",
+            "beta",
+            "1.0.0",
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "refusing to re-sign a manifest that is not verified",
+        ));
+    assert_eq!(
+        e.get("/api/v1/quantix-demo/manifest?channel=beta").status(),
+        404
+    );
+}
+
+#[test]
+fn promote_missing_version_is_reported() {
+    let e = start();
+    e.publish(&[]).assert().success();
+    qx_publish()
+        .env("QX_PUBLISH_TOKEN", TOKEN)
+        .arg("promote")
+        .arg("--server")
+        .arg(e.server.url())
+        .arg("--key")
+        .arg(e.work.key())
+        .args([
+            "--product",
+            "quantix-demo",
+            "--from",
+            "dev",
+            "--to",
+            "beta",
+            "9.9.9",
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("404"));
+}
+
+#[test]
+fn yank_falls_back_to_the_previous_release() {
+    let e = start();
+    e.publish(&[]).assert().success();
+    e.publish(&["--release-version", "1.0.1"])
+        .assert()
+        .success();
+    assert_eq!(e.manifest("dev").version.to_string(), "1.0.1");
+    qx_publish()
+        .env("QX_PUBLISH_TOKEN", TOKEN)
+        .arg("yank")
+        .arg("--server")
+        .arg(e.server.url())
+        .args(["--product", "quantix-demo", "--channel", "dev", "1.0.1"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "yanked quantix-demo 1.0.1 from channel dev",
+        ));
+    assert_eq!(e.manifest("dev").version.to_string(), "1.0.0");
+    // A yanked version still counts: publishing it again is not newer.
+    e.publish(&["--release-version", "1.0.1", "--strict"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("error[version-not-newer]"));
+}
+
+#[test]
+fn yank_with_a_wrong_token_shows_401() {
+    let e = start();
+    e.publish(&[]).assert().success();
+    qx_publish()
+        .env("QX_PUBLISH_TOKEN", "nope")
+        .arg("yank")
+        .arg("--server")
+        .arg(e.server.url())
+        .args(["--product", "quantix-demo", "--channel", "dev", "1.0.0"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("401"));
+    assert_eq!(e.manifest("dev").version.to_string(), "1.0.0");
+}
+
+#[test]
+fn verify_url_of_the_newest_release() {
+    let e = start();
+    e.publish(&[]).assert().success();
+    let url = format!(
+        "{}/api/v1/quantix-demo/manifest?channel=dev",
+        e.server.url()
+    );
+    qx_publish()
+        .args(["verify", &url, "--key"])
+        .arg(e.work.key())
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "archive qx-demo.tar.zst: 1 entries, intact",
+        ));
+}
+
+#[test]
+fn publish_retries_a_transient_server_error() {
+    let e = start();
+    let proxy = qx_testkit::proxy::FaultProxy::start(e.server.addr()).expect("proxy");
+    proxy.set_faults(qx_testkit::proxy::Faults {
+        fail_first: 1,
+        ..Default::default()
+    });
+    let a = qx_publish()
+        .env("QX_PUBLISH_TOKEN", TOKEN)
+        .arg("publish")
+        .arg("--spec")
+        .arg(e.work.spec())
+        .arg("--key")
+        .arg(e.work.key())
+        .arg("--server")
+        .arg(proxy.url())
+        .assert()
+        .success();
+    let err = stderr(&a);
+    assert!(err.contains("server answered 500"), "{err}");
+    assert_eq!(err.matches("retrying in").count(), 1, "{err}");
+    assert_eq!(e.manifest("dev").version.to_string(), "1.0.0");
+}
+
+#[test]
+fn publish_over_tls_with_a_private_ca() {
+    let releases = tempfile::tempdir().expect("tempdir");
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("certificate");
+    let cert = releases.path().join("cert.pem");
+    let key = releases.path().join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).expect("write");
+    std::fs::write(&key, certified.key_pair.serialize_pem()).expect("write");
+    let mut config = qx_server::Config::new(releases.path().join("r"));
+    config.publish_token = TOKEN.into();
+    config.token_is_default = false;
+    config.tls = Some(qx_server::config::TlsFiles {
+        cert: cert.clone(),
+        key,
+    });
+    let server = TestServer::start_with(config).expect("server");
+    assert!(server.url().starts_with("https://"));
+    let work = Work::new();
+    let publish = || {
+        let mut cmd = qx_publish();
+        cmd.env("QX_PUBLISH_TOKEN", TOKEN)
+            .arg("publish")
+            .arg("--spec")
+            .arg(work.spec())
+            .arg("--key")
+            .arg(work.key())
+            .arg("--server")
+            .arg(server.url())
+            .args(["--retries", "0"]);
+        cmd
+    };
+    // An unknown certificate is refused.
+    publish()
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("certificate"));
+    publish()
+        .arg("--ca-cert")
+        .arg(&cert)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("published quantix-demo 1.0.0"));
+    let url = format!("{}/api/v1/quantix-demo/manifest?channel=dev", server.url());
+    qx_publish()
+        .args(["verify", &url, "--ca-cert"])
+        .arg(&cert)
+        .arg("--pubkey")
+        .arg(work.pubkey())
+        .assert()
+        .success();
+}

@@ -1,0 +1,228 @@
+//! Server configuration, read from the environment (SPEC §3).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use qx_core::ChannelName;
+
+/// The token used when `PUBLISH_TOKEN` is not set; a warning is logged at start.
+pub const DEFAULT_TOKEN: &str = "dev-token";
+/// `MAX_UPLOAD_BYTES` when unset: 4 GiB.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 4 << 30;
+
+/// Everything the server needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `RELEASE_DIR`: the root of the release tree (`<product>/<channel>/<version>/`).
+    pub release_dir: PathBuf,
+    /// `LISTEN_ADDR`.
+    pub listen_addr: SocketAddr,
+    /// `PUBLISH_TOKEN`: the bearer token publish, promote and yank require.
+    pub publish_token: String,
+    /// True when the token is the built-in default (a warning is logged at start).
+    pub token_is_default: bool,
+    /// `TLS_CERT` and `TLS_KEY` (PEM files); plain HTTP when absent.
+    pub tls: Option<TlsFiles>,
+    /// `MAX_UPLOAD_BYTES`: the largest publish request body accepted.
+    pub max_upload_bytes: u64,
+    /// `CHANNELS`: the channels releases may be published to.
+    pub channels: Vec<ChannelName>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {var}={value:?} is invalid: {reason}")]
+    Invalid {
+        var: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("TLS_CERT and TLS_KEY must be set together (only {set} is set); set both for HTTPS or neither for plain HTTP")]
+    TlsHalf { set: &'static str },
+}
+
+impl Config {
+    /// The defaults of SPEC §3 with the given release directory; handy for tests.
+    pub fn new(release_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            release_dir: release_dir.into(),
+            listen_addr: SocketAddr::from(([0, 0, 0, 0], 9000)),
+            publish_token: DEFAULT_TOKEN.to_owned(),
+            token_is_default: true,
+            tls: None,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            channels: default_channels(),
+        }
+    }
+
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup` (the environment, or a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let invalid = |var: &'static str, value: &str, reason: String| ConfigError::Invalid {
+            var,
+            value: value.to_owned(),
+            reason,
+        };
+        let mut cfg =
+            Self::new(lookup("RELEASE_DIR").unwrap_or_else(|| "/data/releases".to_owned()));
+        if cfg.release_dir.as_os_str().is_empty() {
+            return Err(invalid("RELEASE_DIR", "", "it is empty".into()));
+        }
+        if let Some(v) = lookup("LISTEN_ADDR") {
+            cfg.listen_addr = v.parse().map_err(|e| {
+                invalid(
+                    "LISTEN_ADDR",
+                    &v,
+                    format!("{e}; expected IP:PORT such as 0.0.0.0:9000"),
+                )
+            })?;
+        }
+        if let Some(v) = lookup("PUBLISH_TOKEN") {
+            if v.trim().is_empty() {
+                return Err(invalid(
+                    "PUBLISH_TOKEN",
+                    "",
+                    "it is empty; set a long random secret".into(),
+                ));
+            }
+            cfg.token_is_default = v == DEFAULT_TOKEN;
+            cfg.publish_token = v;
+        }
+        cfg.tls = match (lookup("TLS_CERT"), lookup("TLS_KEY")) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.into(),
+                key: key.into(),
+            }),
+            (None, None) => None,
+            (Some(_), None) => return Err(ConfigError::TlsHalf { set: "TLS_CERT" }),
+            (None, Some(_)) => return Err(ConfigError::TlsHalf { set: "TLS_KEY" }),
+        };
+        if let Some(v) = lookup("MAX_UPLOAD_BYTES") {
+            cfg.max_upload_bytes =
+                parse_size(&v).map_err(|reason| invalid("MAX_UPLOAD_BYTES", &v, reason))?;
+        }
+        if let Some(v) = lookup("CHANNELS") {
+            cfg.channels = parse_channels(&v).map_err(|reason| invalid("CHANNELS", &v, reason))?;
+        }
+        Ok(cfg)
+    }
+}
+
+fn default_channels() -> Vec<ChannelName> {
+    ["dev", "beta", "stable"]
+        .iter()
+        .filter_map(|c| ChannelName::new(*c).ok())
+        .collect()
+}
+
+/// A byte count: a plain integer, or with a suffix K, M, G, T (powers of 1024, `KiB` etc. too).
+fn parse_size(v: &str) -> Result<u64, String> {
+    let s = v.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, suffix) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| "expected a byte count such as 4294967296 or 4GiB".to_owned())?;
+    let shift = match suffix.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?}; use K, M, G or T (powers of 1024)"
+            ))
+        }
+    };
+    let bytes = n
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| "the value is too large".to_owned())?;
+    if bytes == 0 {
+        return Err("it must be greater than zero".into());
+    }
+    Ok(bytes)
+}
+
+fn parse_channels(v: &str) -> Result<Vec<ChannelName>, String> {
+    let mut out: Vec<ChannelName> = Vec::new();
+    for part in v.split(',').map(str::trim) {
+        let name = ChannelName::new(part).map_err(|e| e.to_string())?;
+        if out.contains(&name) {
+            return Err(format!("channel {name} is listed twice"));
+        }
+        out.push(name);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = cfg(&[]).expect("defaults");
+        assert_eq!(c.release_dir, PathBuf::from("/data/releases"));
+        assert_eq!(c.listen_addr.to_string(), "0.0.0.0:9000");
+        assert!(c.token_is_default);
+        assert_eq!(c.max_upload_bytes, 4 << 30);
+        let ch: Vec<&str> = c.channels.iter().map(|c| c.as_str()).collect();
+        assert_eq!(ch, ["dev", "beta", "stable"]);
+        assert!(c.tls.is_none());
+    }
+
+    #[test]
+    fn values_are_read() {
+        let c = cfg(&[
+            ("LISTEN_ADDR", "127.0.0.1:8080"),
+            ("PUBLISH_TOKEN", "s3cret"),
+            ("MAX_UPLOAD_BYTES", "10MiB"),
+            ("CHANNELS", "dev, stable"),
+            ("TLS_CERT", "/c.pem"),
+            ("TLS_KEY", "/k.pem"),
+        ])
+        .expect("valid");
+        assert_eq!(c.max_upload_bytes, 10 << 20);
+        assert!(!c.token_is_default);
+        assert_eq!(c.channels.len(), 2);
+        assert!(c.tls.is_some());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for vars in [
+            vec![("LISTEN_ADDR", "nope")],
+            vec![("PUBLISH_TOKEN", " ")],
+            vec![("MAX_UPLOAD_BYTES", "lots")],
+            vec![("MAX_UPLOAD_BYTES", "0")],
+            vec![("MAX_UPLOAD_BYTES", "5X")],
+            vec![("CHANNELS", "dev,Beta")],
+            vec![("CHANNELS", "dev,dev")],
+            vec![("CHANNELS", "")],
+            vec![("TLS_CERT", "/c.pem")],
+            vec![("TLS_KEY", "/k.pem")],
+        ] {
+            assert!(cfg(&vars).is_err(), "{vars:?} should be refused");
+        }
+    }
+}

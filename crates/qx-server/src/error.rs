@@ -1,0 +1,105 @@
+//! The JSON error body every failing endpoint answers with: `{"error": "...", "details": [...]}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::storage::StoreError;
+
+/// An HTTP error with a sentence saying what is wrong and optional details.
+#[derive(Debug, thiserror::Error)]
+#[error("{status}: {message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub details: Vec<serde_json::Value>,
+    /// Extra headers (e.g. `Content-Range` on 416, `WWW-Authenticate` on 401).
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    details: &'a [serde_json::Value],
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            details: Vec::new(),
+            headers: Vec::new(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, message)
+    }
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, message)
+            .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+    }
+    pub fn with_details<T: Serialize>(mut self, details: impl IntoIterator<Item = T>) -> Self {
+        self.details = details
+            .into_iter()
+            .map(|d| serde_json::to_value(d).unwrap_or(serde_json::Value::Null))
+            .collect();
+        self
+    }
+    pub fn with_detail<T: Serialize>(mut self, detail: T) -> Self {
+        self.details
+            .push(serde_json::to_value(detail).unwrap_or(serde_json::Value::Null));
+        self
+    }
+    pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => ApiError::not_found(format!("{what} was not found")),
+            other => {
+                tracing::error!(error = %other, "storage error");
+                ApiError::internal(format!("storage error: {other}"))
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&Body {
+            error: &self.message,
+            details: &self.details,
+        })
+        .unwrap_or_default();
+        let mut res = (self.status, body).into_response();
+        let headers = res.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        for (k, v) in self.headers {
+            headers.insert(k, v);
+        }
+        res
+    }
+}

@@ -1,0 +1,276 @@
+//! Starting and stopping the server: storage recovery, TLS, the listener, graceful shutdown.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::{Config, ConfigError, TlsFiles};
+use crate::routes::{router, App};
+use crate::storage::local::LocalStore;
+use crate::storage::{ReleaseStore, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("release storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("TLS file {path}: {reason}")]
+    Tls { path: PathBuf, reason: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("the server stopped with an error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Loads the certificate chain and key into a rustls configuration (HTTP/2 and HTTP/1.1).
+pub fn load_tls(files: &TlsFiles) -> Result<rustls::ServerConfig, ServerError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ServerError::Tls {
+            path: files.cert.clone(),
+            reason: format!("cannot read a PEM certificate chain: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(ServerError::Tls {
+            path: files.cert.clone(),
+            reason: "no certificate in the file".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| ServerError::Tls {
+        path: files.key.clone(),
+        reason: format!("cannot read a PEM private key: {e}"),
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| ServerError::Tls {
+            path: files.key.clone(),
+            reason: format!("the certificate and key do not form a usable pair: {e}"),
+        })?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// A server ready to run: TLS loaded, storage opened and recovered.
+pub struct Prepared {
+    config: Config,
+    tls: Option<rustls::ServerConfig>,
+    store: LocalStore,
+}
+
+/// Opens the local-disk store (removing leftover uploads from staging: crash recovery) and
+/// loads TLS, so that every configuration error shows before the first request.
+pub async fn prepare(config: Config) -> Result<Prepared, ServerError> {
+    let tls = match &config.tls {
+        Some(files) => Some(load_tls(files)?),
+        None => None,
+    };
+    let store = LocalStore::new(&config.release_dir)?;
+    let removed = store.recover().await?;
+    if removed > 0 {
+        tracing::warn!(
+            count = removed,
+            "removed unfinished uploads left in staging by an earlier run"
+        );
+    }
+    if config.token_is_default {
+        tracing::warn!(
+            "PUBLISH_TOKEN is not set: the default token {:?} is in use; anyone who knows it can publish. Set PUBLISH_TOKEN to a long random secret",
+            crate::config::DEFAULT_TOKEN
+        );
+    }
+    Ok(Prepared { config, tls, store })
+}
+
+impl Prepared {
+    /// True when the server speaks HTTPS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Serves the API on `listener` until `shutdown` completes (then lets requests in flight
+    /// finish for up to 10 s).
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let Prepared { config, tls, store } = self;
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| ServerError::Listen {
+                addr: addr.clone(),
+                source,
+            })?;
+        tracing::info!(
+            addr = %addr,
+            release_dir = %config.release_dir.display(),
+            tls = tls.is_some(),
+            channels = %config.channels.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(","),
+            "qx-update-server listening"
+        );
+        let app = router(Arc::new(App::new(store, config)));
+        let handle = axum_server::Handle::new();
+        let stopper = handle.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stopper.graceful_shutdown(Some(Duration::from_secs(10)));
+        });
+        // One single-threaded runtime per core, each accepting on the same listening socket
+        // and serving its connections itself: no cross-thread wake-ups per request (a single
+        // multi-threaded runtime served 0.6-0.7x the manifest requests per second of the
+        // reference web server; see BENCHMARKS.md).
+        let rustls =
+            tls.map(|cfg| axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(cfg)));
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut done = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let listener = listener.try_clone().map_err(ServerError::Serve)?;
+            let handle = handle.clone();
+            let app = app.clone();
+            let rustls = rustls.clone();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            std::thread::Builder::new()
+                .name(format!("qx-http-{i}"))
+                .spawn(move || {
+                    let serve = |rt: tokio::runtime::Runtime| {
+                        rt.block_on(async move {
+                            let service = app.into_make_service();
+                            match rustls {
+                                Some(cfg) => {
+                                    axum_server::from_tcp_rustls(listener, cfg)
+                                        .handle(handle)
+                                        .serve(service)
+                                        .await
+                                }
+                                None => {
+                                    axum_server::from_tcp(listener)
+                                        .handle(handle)
+                                        .serve(service)
+                                        .await
+                                }
+                            }
+                        })
+                    };
+                    let res = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .and_then(serve);
+                    let _ = tx.send(res);
+                })
+                .map_err(ServerError::Serve)?;
+            done.push(rx);
+        }
+        drop(listener);
+        let mut result = Ok(());
+        for rx in done {
+            match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(_) => result = Err(std::io::Error::other("a server thread stopped abruptly")),
+            }
+        }
+        result.map_err(ServerError::Serve)
+    }
+}
+
+/// [`prepare`] then [`Prepared::run`].
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    prepare(config).await?.run(listener, shutdown).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutting down");
+}
+
+/// The whole program `qx-update-server`: configuration from the environment, then serve until
+/// SIGTERM or Ctrl-C. Exit codes: 0 stopped cleanly, 1 failed while running, 2 bad
+/// configuration (environment, TLS files).
+pub fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("qx-update-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(files) = &config.tls {
+        if let Err(e) = load_tls(files) {
+            eprintln!("qx-update-server: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let listener = match TcpListener::bind(config.listen_addr) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "qx-update-server: cannot listen on {}: {e}",
+                config.listen_addr
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("qx-update-server: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(config, listener, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qx-update-server: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Where releases live. Route code sees only the [`ReleaseStore`] trait; the local-disk layout
+//! of seed 000 (`$RELEASE_DIR/<product>/<channel>/<version>/manifest.json`, artifacts beside
+//! it) is the default backend ([`local::LocalStore`]). An object-store backend implements the
+//! same trait: uploads go to a staging prefix, commit is a conditional put of the manifest,
+//! promote is a server-side copy, yank is a marker object.
+
+pub mod local;
+
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use qx_core::{ArtifactName, ChannelName, Manifest, ProductName, Version};
+use tokio::io::AsyncWrite;
+
+/// A chunked stream of file bytes.
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// One release: product, channel and version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseKey {
+    pub product: ProductName,
+    pub channel: ChannelName,
+    pub version: Version,
+}
+
+impl std::fmt::Display for ReleaseKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} on channel {}",
+            self.product, self.version, self.channel
+        )
+    }
+}
+
+/// A version on a channel, as listed.
+#[derive(Debug, Clone)]
+pub struct VersionEntry {
+    pub version: Version,
+    pub yanked: bool,
+}
+
+/// A stored release, with its exact manifest and signature bytes.
+#[derive(Debug, Clone)]
+pub struct StoredRelease {
+    pub key: ReleaseKey,
+    pub manifest_bytes: Bytes,
+    pub signature: Bytes,
+    pub manifest: Manifest,
+    pub yanked: bool,
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// The release is new and now visible.
+    Created,
+    /// The same version was already there with byte-identical manifest (so identical
+    /// artifacts); nothing changed.
+    Identical,
+    /// The same version (or one equal by SemVer precedence) is there with other content.
+    Conflict,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} was not found")]
+    NotFound(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("stored release {path} is damaged: {reason}; remove or repair it")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("storage task failed: {0}")]
+    Task(String),
+}
+
+impl StoreError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> StoreError {
+        let path = path.into();
+        move |source| StoreError::Io { path, source }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A release being assembled out of sight; dropped without commit, it leaves nothing behind.
+pub trait Upload: Send + 'static {
+    type Writer: AsyncWrite + Unpin + Send + 'static;
+    /// Starts writing one artifact.
+    fn create(
+        &mut self,
+        name: &ArtifactName,
+    ) -> impl Future<Output = StoreResult<Self::Writer>> + Send;
+    /// Makes an artifact durable once it is fully written.
+    fn finish(&mut self, writer: Self::Writer) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Reuses an artifact of an existing release without copying its bytes (promote).
+    fn link_from(
+        &mut self,
+        source: &ReleaseKey,
+        name: &ArtifactName,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+}
+
+/// The storage of releases.
+pub trait ReleaseStore: Send + Sync + 'static {
+    type Upload: Upload;
+
+    /// Crash recovery at start: discards every upload left unfinished. Returns how many.
+    fn recover(&self) -> impl Future<Output = StoreResult<usize>> + Send;
+    /// Every product with at least one channel directory.
+    fn products(&self) -> impl Future<Output = StoreResult<Vec<ProductName>>> + Send;
+    /// Every version on a channel, newest first by SemVer precedence (empty if none).
+    fn versions(
+        &self,
+        product: &ProductName,
+        channel: &ChannelName,
+    ) -> impl Future<Output = StoreResult<Vec<VersionEntry>>> + Send;
+    /// One release with its manifest and signature; `NotFound` if absent.
+    fn release(&self, key: &ReleaseKey) -> impl Future<Output = StoreResult<StoredRelease>> + Send;
+    /// `len` bytes of a file of a release starting at `start`, streamed.
+    fn read_range(
+        &self,
+        key: &ReleaseKey,
+        file: &str,
+        start: u64,
+        len: u64,
+    ) -> impl Future<Output = StoreResult<ByteStream>> + Send;
+    /// Starts a new upload in staging.
+    fn begin(&self) -> impl Future<Output = StoreResult<Self::Upload>> + Send;
+    /// Writes the manifest and signature into the upload and makes it visible as `key`, all at
+    /// once. A release already there is compared, never overwritten.
+    fn commit(
+        &self,
+        upload: Self::Upload,
+        key: &ReleaseKey,
+        manifest: Bytes,
+        signature: Bytes,
+    ) -> impl Future<Output = StoreResult<CommitOutcome>> + Send;
+    /// Marks a release yanked (files are kept). Returns false if it already was.
+    fn yank(&self, key: &ReleaseKey) -> impl Future<Output = StoreResult<bool>> + Send;
+}

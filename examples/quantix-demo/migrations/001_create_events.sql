@@ -1,0 +1,5 @@
+CREATE TABLE IF NOT EXISTS events (
+  id INTEGER PRIMARY KEY,
+  at TEXT NOT NULL,
+  message TEXT NOT NULL
+);

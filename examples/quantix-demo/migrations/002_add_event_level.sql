@@ -1,0 +1,1 @@
+ALTER TABLE events ADD COLUMN level TEXT NOT NULL DEFAULT 'info';

@@ -1,0 +1,1 @@
+document.getElementById("version").dataset.loaded = "yes";
