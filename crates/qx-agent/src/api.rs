@@ -1,1 +1,426 @@
-//! api (being written)
+//! The local HTTPS API of the daemon (SPEC §4 "Local API"; reference: docs/host-api.md).
+//!
+//! | route | |
+//! |---|---|
+//! | `GET /api/v1/updates/check` | fetch + verify the manifest → `CheckReport` |
+//! | `POST /api/v1/updates/apply` | optional `{"components": [..], "allow_downgrade": ".."}`; 202 `{"operation_id"}` at once; 409 while an apply runs |
+//! | `GET /api/v1/updates/status` | `StatusSnapshot`: state, operation id, installed versions, history |
+//! | `GET /api/v1/updates/events` | server-sent events, one `status` event (a `StatusSnapshot`) per change |
+//!
+//! Every `/api/` request needs `Authorization: Bearer <token>` (compared in constant time);
+//! there is no token in URLs, also not for the event stream: the page reads it with `fetch`,
+//! which can send the header. Errors are JSON `{"error", "details", "code"}`. The page's
+//! static files (see [`crate::web`]) need no token.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
+
+use crate::daemon::{RunError, Runner};
+use crate::tls::ApiToken;
+use crate::{AgentError, ApplyOptions};
+
+/// Shared state of the API handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    inner: Arc<StateInner>,
+}
+
+struct StateInner {
+    runner: Runner,
+    token: ApiToken,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl ApiState {
+    pub fn new(runner: Runner, token: ApiToken) -> ApiState {
+        // A receiver that never turns true unless `serve` replaces it.
+        let (_tx, rx) = watch::channel(false);
+        ApiState {
+            inner: Arc::new(StateInner {
+                runner,
+                token,
+                shutdown: rx,
+            }),
+        }
+    }
+
+    fn with_shutdown(self, shutdown: watch::Receiver<bool>) -> ApiState {
+        ApiState {
+            inner: Arc::new(StateInner {
+                runner: self.inner.runner.clone(),
+                token: self.inner.token.clone(),
+                shutdown,
+            }),
+        }
+    }
+}
+
+/// The JSON body of every error answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub details: Vec<String>,
+    /// The `qx-update` exit code of the same failure (see `qx-update --help`), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+}
+
+/// An error answer: status + JSON body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>, details: Vec<String>) -> ApiError {
+        ApiError {
+            status,
+            body: ErrorBody {
+                error: error.into(),
+                details,
+                code: None,
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"qx-update\""),
+            );
+        }
+        response
+    }
+}
+
+/// The HTTP status for an agent error: the caller's mistake → 4xx, the update server or its
+/// release → 502, the host → 500/507.
+pub fn agent_error_status(e: &AgentError) -> StatusCode {
+    match e {
+        AgentError::Busy { .. } => StatusCode::CONFLICT,
+        AgentError::DowngradeMismatch { .. } | AgentError::UnknownComponent { .. } => {
+            StatusCode::BAD_REQUEST
+        }
+        AgentError::NoRelease { .. } => StatusCode::NOT_FOUND,
+        AgentError::Downgrade { .. }
+        | AgentError::BelowMinVersion { .. }
+        | AgentError::UnmetRequirement { .. } => StatusCode::CONFLICT,
+        AgentError::NoSpace { .. } => StatusCode::INSUFFICIENT_STORAGE,
+        AgentError::Fetch { .. }
+        | AgentError::Download(_)
+        | AgentError::SignatureMissing { .. }
+        | AgentError::SignatureInvalid { .. }
+        | AgentError::UntrustedKey { .. }
+        | AgentError::ManifestInvalid(_)
+        | AgentError::Expired { .. }
+        | AgentError::WrongProduct { .. }
+        | AgentError::WrongChannel { .. }
+        | AgentError::Replay { .. }
+        | AgentError::UnsafeArchive(_) => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<RunError> for ApiError {
+    fn from(e: RunError) -> ApiError {
+        let status = match &e {
+            RunError::Busy => StatusCode::CONFLICT,
+            RunError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            RunError::Agent(a) => agent_error_status(a),
+            RunError::Task { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut details = Vec::new();
+        let mut source = std::error::Error::source(&e);
+        let top = e.to_string();
+        while let Some(s) = source {
+            let text = s.to_string();
+            if !top.contains(&text) && !details.contains(&text) {
+                details.push(text);
+            }
+            source = s.source();
+        }
+        let code = match &e {
+            RunError::Busy => Some(
+                AgentError::Busy {
+                    lock: std::path::PathBuf::new(),
+                }
+                .exit_code(),
+            ),
+            RunError::Agent(a) => Some(a.exit_code()),
+            _ => None,
+        };
+        ApiError {
+            status,
+            body: ErrorBody {
+                error: top,
+                details,
+                code,
+            },
+        }
+    }
+}
+
+impl ApiError {
+    /// Like `From<RunError>`, with a summary a person can act on when the update server could
+    /// not be reached (the full error stays in `details`).
+    fn from_run(e: RunError, config: &crate::Config) -> ApiError {
+        let unreachable = match &e {
+            RunError::Agent(AgentError::Fetch { .. }) => Some("could not be reached"),
+            RunError::Agent(AgentError::Download(_)) => Some("could not deliver the release"),
+            _ => None,
+        };
+        let mut api = ApiError::from(e);
+        if let Some(what) = unreachable {
+            let full = std::mem::replace(
+                &mut api.body.error,
+                format!("the update server at {} {what}", config.server_url),
+            );
+            api.body.details.insert(0, full);
+            api.body.details.push(format!(
+                "check updates.server_url in {} and that this host can reach the server; the agent retries at the next check",
+                config.source.display()
+            ));
+        }
+        api
+    }
+}
+
+/// The body of `POST /api/v1/updates/apply` (all optional; an empty body applies everything).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyRequest {
+    /// Apply only these components (and nothing else of the release).
+    #[serde(default)]
+    pub components: Option<Vec<String>>,
+    /// Accept a downgrade to exactly this version.
+    #[serde(default)]
+    pub allow_downgrade: Option<String>,
+}
+
+/// The answer of `POST /api/v1/updates/apply`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApplyAccepted {
+    pub operation_id: Option<String>,
+    /// Where to follow it.
+    pub status_url: String,
+    pub events_url: String,
+}
+
+async fn check(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let runner = &state.inner.runner;
+    let report = runner
+        .check()
+        .await
+        .map_err(|e| ApiError::from_run(e, runner.agent().config()))?;
+    Ok(Json(report).into_response())
+}
+
+async fn status(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let snapshot = state.inner.runner.status().await?;
+    Ok(Json(snapshot).into_response())
+}
+
+async fn apply(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+    let request: ApplyRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ApplyRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "the request body is not valid JSON for an apply",
+                vec![
+                    e.to_string(),
+                    "expected an empty body or {\"components\": [\"name\", ...], \"allow_downgrade\": \"version\"}".into(),
+                ],
+            )
+        })?
+    };
+    if let Some(components) = &request.components {
+        if components.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "\"components\" is empty",
+                vec!["leave it out to apply every changed component".into()],
+            ));
+        }
+        for name in components {
+            if let Err(e) = qx_core::ComponentName::new(name.clone()) {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("component {name:?} is not a valid component name"),
+                    vec![e.to_string()],
+                ));
+            }
+        }
+    }
+    let opts = ApplyOptions {
+        components: request.components,
+        allow_downgrade: request.allow_downgrade,
+    };
+    let runner = &state.inner.runner;
+    let started = runner
+        .start_apply(opts)
+        .await
+        .map_err(|e| ApiError::from_run(e, runner.agent().config()))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ApplyAccepted {
+            operation_id: started.operation_id,
+            status_url: "/api/v1/updates/status".into(),
+            events_url: "/api/v1/updates/events".into(),
+        }),
+    )
+        .into_response())
+}
+
+/// Server-sent events: one `status` event with the current snapshot at once, then one per
+/// change, in order, until the client goes away or the daemon stops. A subscriber that falls
+/// more than the backlog behind skips to the latest snapshot. A comment line every 15 s keeps
+/// proxies from closing an idle stream.
+async fn events(
+    State(state): State<ApiState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let agent = state.inner.runner.agent().clone();
+    // Subscribe before reading the present, so no change falls between the two.
+    let rx = agent.subscribe_events();
+    let first = agent.status();
+    let shutdown = state.inner.shutdown.clone();
+    let stream = stream::unfold(
+        (rx, shutdown, Some(first)),
+        move |(mut rx, mut shutdown, first)| {
+            let agent = agent.clone();
+            async move {
+                let snapshot = match first {
+                    Some(s) => s,
+                    None => {
+                        let next = tokio::select! {
+                            next = rx.recv() => next,
+                            stopped = async { shutdown.wait_for(|stop| *stop).await.is_ok() } => {
+                                if stopped {
+                                    return None;
+                                }
+                                // No shutdown sender (router used without `serve`): follow the status only.
+                                rx.recv().await
+                            }
+                        };
+                        match next {
+                            Ok(s) => s,
+                            Err(RecvError::Lagged(_)) => agent.status(),
+                            Err(RecvError::Closed) => return None,
+                        }
+                    }
+                };
+                let event = match Event::default().event("status").json_data(&snapshot) {
+                    Ok(e) => e,
+                    Err(e) => Event::default()
+                        .event("error")
+                        .data(format!("cannot encode the status: {e}")),
+                };
+                Some((Ok(event), (rx, shutdown, None)))
+            }
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such API endpoint",
+        vec!["the update API has GET /api/v1/updates/check, POST /api/v1/updates/apply, GET /api/v1/updates/status and GET /api/v1/updates/events".into()],
+    )
+}
+
+/// Rejects a request without the right `Authorization: Bearer <token>` with 401.
+async fn require_token(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    match presented {
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing API token",
+            vec!["send the host's API token as \"Authorization: Bearer <token>\"; it is in the file named by updates.api.token_file".into()],
+        )),
+        Some(token) if state.inner.token.matches(token) => {
+            let mut response = next.run(request).await;
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Ok(response)
+        }
+        Some(_) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "wrong API token",
+            vec!["use the token in the file named by updates.api.token_file on this host".into()],
+        )),
+    }
+}
+
+/// The whole application: the API under `/api/` (token required) and the page at `/`.
+pub fn router(state: ApiState) -> Router {
+    let api = Router::new()
+        .route("/v1/updates/check", get(check))
+        .route("/v1/updates/apply", post(apply))
+        .route("/v1/updates/status", get(status))
+        .route("/v1/updates/events", get(events))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .nest("/api", api)
+        .merge(crate::web::router())
+        .with_state(state)
+}
+
+/// Serves the API and page over TLS on `listener` until `shutdown` turns true; then stops
+/// accepting, ends the event streams, and gives open requests five seconds to finish.
+pub async fn serve(
+    state: ApiState,
+    listener: std::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let state = state.with_shutdown(shutdown.clone());
+    let app = router(state);
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    let stop_task = tokio::spawn(async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        stopper.graceful_shutdown(Some(Duration::from_secs(5)));
+    });
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+    let result = axum_server::from_tcp_rustls(listener, config)
+        .handle(handle)
+        .serve(app.into_make_service())
+        .await;
+    stop_task.abort();
+    result
+}

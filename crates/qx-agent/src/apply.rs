@@ -1,1 +1,1087 @@
-//! apply (being written)
+//! The component-update transaction (SPEC §4 steps 1–8), its crash recovery, and `rollback`.
+//!
+//! Order of an apply, each phase change written to the journal (fsynced) first:
+//! 1. lock `/data/updates/lock` (a second apply gets [`AgentError::Busy`]); finish any
+//!    interrupted apply from its journal; fetch + verify the manifest (`check`);
+//! 2. free-space check, download every artifact to `staging/<version>/` (resumable, verified);
+//! 3. journal `prepared`; extract each artifact beside its target (`.qx-x-<name>.<op>`, then
+//!    `.qx-new-<name>.<op>`), permissions from the manifest, fsync;
+//! 4. back up every target that exists to `backup/<version>/<component>/`, fsync, write
+//!    `backup.json`; journal `installing`; replace each target by rename (a file) or
+//!    `renameat2(RENAME_EXCHANGE)` (a directory), fsync the directory. An installed file is
+//!    never opened for writing (ETXTBSY, seed 003 §2.2);
+//! 5. run migrations (cwd = the installed migrations directory, output into the update log);
+//!    failure: restore every file, no restart, error (seed 003 §2.3); journal `migrated`;
+//! 6. restart each service once, verify the effect (`/proc/<pid>/exe` is the new inode, or the
+//!    health command passes); failure: restore, restart again, error (seed 003 §2.1);
+//! 7. write `/data/versions/<component>`; journal `committed`; history; prune staging/backups.
+//!
+//! Recovery (at every start): `prepared` → remove temporaries; `installing`/`rolling_back` →
+//! restore every file from backup; `migrated` → roll forward from step 6.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use qx_core::status::{HistoryEntry, Outcome, UpdateState};
+use qx_core::{ArtifactRef, ComponentKind, Version};
+use serde::{Deserialize, Serialize};
+
+use crate::check::{self, download_options};
+use crate::download::{free_space, Downloader};
+use crate::extract;
+use crate::journal::{
+    copy_durable, crash_point, fsync_dir, fsync_tree, remove_any, swap_into_place, write_atomic,
+    Entry, Journal, OpKind, Phase,
+};
+use crate::service::{self, ServiceManager};
+use crate::updatelog::UpdateLog;
+use crate::{Agent, AgentError, HostPaths};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ApplyOptions {
+    /// Only these components (`--component`); `None` or empty = all of the release.
+    #[serde(default)]
+    pub components: Option<Vec<String>>,
+    /// Accept a lower version, naming it exactly (`--allow-downgrade VERSION`).
+    #[serde(default)]
+    pub allow_downgrade: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyReport {
+    pub version: String,
+    /// Components applied (empty when the host was already up to date).
+    pub components: Vec<String>,
+    pub outcome: Outcome,
+    /// The system image written into the inactive slot (`full`/`mixed` releases).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system: Option<crate::fullimage::SystemInstall>,
+}
+
+/// What recovery did with an interrupted operation.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecoveryReport {
+    pub operation_id: String,
+    pub version: String,
+    /// The phase the journal was in.
+    pub phase: Phase,
+    /// `"rolled_back"` | `"rolled_forward"` | `"rollback_completed"`.
+    pub action: String,
+    pub outcome: Outcome,
+    pub reason: Option<String>,
+}
+
+/// `backup/<version>/backup.json`: what `qx-update rollback` restores.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupMeta {
+    pub version: String,
+    pub from_version: Option<String>,
+    pub created: String,
+    pub entries: Vec<Entry>,
+}
+
+pub const BACKUP_META: &str = "backup.json";
+
+/// The apply lock: held (flock) for the whole transaction, released when dropped.
+pub struct ApplyLock {
+    _file: fs::File,
+}
+
+pub fn lock(paths: &HostPaths) -> Result<ApplyLock, AgentError> {
+    fs::create_dir_all(&paths.updates).map_err(AgentError::io(&paths.updates))?;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&paths.lock)
+        .map_err(AgentError::io(&paths.lock))?;
+    let got =
+        fs4::fs_std::FileExt::try_lock_exclusive(&file).map_err(AgentError::io(&paths.lock))?;
+    if !got {
+        return Err(AgentError::Busy {
+            lock: paths.lock.clone(),
+        });
+    }
+    Ok(ApplyLock { _file: file })
+}
+
+fn new_operation_id() -> String {
+    let n: u64 = rand::random();
+    format!("{n:016x}")
+}
+
+fn now() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+/// Everything one running operation needs.
+struct Tx<'a> {
+    agent: &'a Agent,
+    paths: &'a HostPaths,
+    log: UpdateLog,
+    services: ServiceManager,
+}
+
+impl<'a> Tx<'a> {
+    fn new(agent: &'a Agent) -> Self {
+        Tx {
+            agent,
+            paths: agent.paths(),
+            log: UpdateLog::open(&agent.config().log_path),
+            services: ServiceManager::new(agent.config(), agent.root()),
+        }
+    }
+
+    fn state(&self, s: UpdateState) {
+        self.agent.status_handle().set_state(s);
+    }
+
+    fn store(&mut self, j: &Journal) -> Result<(), AgentError> {
+        j.store(&self.paths.journal)
+    }
+
+    fn phase(&mut self, j: &mut Journal, phase: Phase) -> Result<(), AgentError> {
+        self.log
+            .line(&format!("journal {}: phase {:?}", j.operation_id, phase));
+        self.log.sync();
+        j.set_phase(&self.paths.journal, phase)
+    }
+
+    fn history(
+        &mut self,
+        j: &Journal,
+        outcome: Outcome,
+        reason: Option<String>,
+    ) -> Result<(), AgentError> {
+        let entry = HistoryEntry {
+            time: now(),
+            kind: "component".into(),
+            version: j.version.clone(),
+            from_version: j.from_version.clone(),
+            components: j.entries.iter().map(|e| e.name.clone()).collect(),
+            outcome,
+            reason,
+        };
+        self.agent.status_handle().record(entry)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// apply
+
+pub fn apply(agent: &Agent, opts: &ApplyOptions) -> Result<ApplyReport, AgentError> {
+    let _lock = lock(agent.paths())?;
+    if let Some(r) = recover_locked(agent)? {
+        tracing::warn!(operation = %r.operation_id, action = %r.action, "finished an interrupted operation before applying");
+    }
+    let status = agent.status_handle();
+    let op = new_operation_id();
+    status.set_operation(Some(op.clone()));
+    status.set_state(UpdateState::Checking);
+    let mut tx = Tx::new(agent);
+    let result = apply_locked(&mut tx, opts, &op);
+    match &result {
+        Ok(r) => status.set_state(UpdateState::Done {
+            version: r.version.clone(),
+        }),
+        Err(e) => {
+            tx.log.line(&format!("apply {op} FAILED: {e}"));
+            status.set_state(UpdateState::Failed {
+                reason: e.to_string(),
+            })
+        }
+    }
+    tx.log.sync();
+    status.set_operation(None);
+    status.refresh();
+    result
+}
+
+fn apply_locked(tx: &mut Tx<'_>, opts: &ApplyOptions, op: &str) -> Result<ApplyReport, AgentError> {
+    let agent = tx.agent;
+    let config = agent.config();
+    let paths = tx.paths;
+    tx.log.line(&format!(
+        "apply {op}: checking {}",
+        check::manifest_url(config)
+    ));
+    let (report, verified) = check::check(agent, opts)?;
+    let m = &verified.manifest;
+    tx.log.line(&format!(
+        "manifest: product={} version={} channel={} released={} expires={} type={} signed-by={}",
+        m.product,
+        m.version,
+        m.channel,
+        m.release_date,
+        m.expires,
+        report.update_type,
+        verified.key_id
+    ));
+    if !m.release_notes.is_empty() {
+        tx.log.block("notes", m.release_notes.as_bytes());
+    }
+    for c in &m.components {
+        tx.log.line(&format!(
+            "  component {} {} artifact={} sha256={} size={} install_path={} kind={:?} service={}",
+            c.name,
+            c.version,
+            c.artifact,
+            c.sha256,
+            c.size_bytes,
+            c.install_path,
+            c.kind,
+            c.restart_service
+                .as_ref()
+                .map(|s| s.as_str())
+                .unwrap_or("-")
+        ));
+    }
+    // A system image (full/mixed): downloaded and verified before any host change, written
+    // into the inactive slot after the components (see crate::fullimage).
+    let image = match crate::fullimage::plan(agent, m, opts, &mut tx.log)? {
+        Some(p) => {
+            let staged = crate::fullimage::download(agent, &p, &mut tx.log)?;
+            Some((p, staged))
+        }
+        None => None,
+    };
+    if verified.to_apply.is_empty() {
+        let report = ApplyReport {
+            version: m.version.to_string(),
+            components: Vec::new(),
+            outcome: Outcome::Success,
+            system: None,
+        };
+        let Some((p, staged)) = image else {
+            tx.log.line("nothing to apply: the host is up to date");
+            return Ok(report);
+        };
+        return crate::fullimage::install(agent, p, staged, &mut tx.log, report);
+    }
+    let version = m.version.to_string();
+    let installed = paths.installed_versions();
+
+    // Step 1: free space for the downloads.
+    let staging_dir = paths.staging.join(&version);
+    fs::create_dir_all(&staging_dir).map_err(AgentError::io(&staging_dir))?;
+    let needed: u64 = verified
+        .to_apply
+        .iter()
+        .filter(|c| !staging_dir.join(c.artifact.as_str()).exists())
+        .map(|c| c.size_bytes)
+        .sum();
+    let available = free_space(&staging_dir).map_err(AgentError::io(&staging_dir))?;
+    if available < needed {
+        return Err(AgentError::NoSpace {
+            path: staging_dir,
+            needed,
+            available,
+        });
+    }
+
+    // Step 2: downloads.
+    let downloader = Downloader::new(download_options(config))?;
+    let mut artifacts = Vec::new();
+    for c in &verified.to_apply {
+        let url = format!(
+            "{}/api/v1/{}/releases/{}/{}?channel={}",
+            config.server_url, m.product, m.version, c.artifact, m.channel
+        );
+        tx.log.line(&format!("download {url}"));
+        let expected = ArtifactRef {
+            artifact: c.artifact.clone(),
+            sha256: c.sha256,
+            size_bytes: c.size_bytes,
+        };
+        let status = agent.status_handle();
+        let path = downloader.fetch(&url, &staging_dir, &expected, &mut |p| {
+            status.set_state(UpdateState::Downloading {
+                artifact: p.artifact.clone(),
+                bytes: p.bytes,
+                total: p.total,
+                rate: p.rate,
+            })
+        })?;
+        tx.log.line(&format!(
+            "downloaded {} ({} bytes, sha256 verified)",
+            path.display(),
+            c.size_bytes
+        ));
+        artifacts.push(path);
+    }
+    crash_point("downloaded");
+
+    // The plan.
+    let backup_dir = paths.backup.join(&version);
+    let mut entries = Vec::new();
+    for c in &verified.to_apply {
+        let target = c.install_path.under(&paths.root);
+        let parent = target.parent().unwrap_or(&paths.root).to_path_buf();
+        let base = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| c.name.to_string());
+        let exists = fs::symlink_metadata(&target).is_ok();
+        entries.push(Entry {
+            name: c.name.to_string(),
+            kind: c.kind,
+            extract_dir: parent.join(format!(".qx-x-{base}.{op}")),
+            temp: parent.join(format!(".qx-new-{base}.{op}")),
+            backup: exists.then(|| backup_dir.join(c.name.as_str()).join(&base)),
+            target,
+            previous_version: installed.get(c.name.as_str()).cloned(),
+            version: c.version.to_string(),
+            restart_service: c.restart_service.as_ref().map(|s| s.to_string()),
+            permissions: c.permissions.map(|p| p.mode()),
+            health_command: c.health_command.clone(),
+            migrate_command: c.migrate_command.clone(),
+            keep_backup: c.backup_before_update,
+        });
+    }
+    // Free space for the backups (the files being replaced), checked before anything is written.
+    let backup_bytes: u64 = entries
+        .iter()
+        .filter(|e| e.backup.is_some())
+        .map(|e| tree_size(&e.target))
+        .sum();
+    let backup_free = free_space(&paths.updates).map_err(AgentError::io(&paths.updates))?;
+    if backup_free < backup_bytes {
+        return Err(AgentError::NoSpace {
+            path: paths.backup.clone(),
+            needed: backup_bytes,
+            available: backup_free,
+        });
+    }
+    let from_version = entries
+        .iter()
+        .filter_map(|e| e.previous_version.as_deref())
+        .filter_map(|v| Version::parse(v).ok())
+        .max()
+        .map(|v| v.to_string());
+    let mut j = Journal {
+        operation_id: op.to_owned(),
+        op: OpKind::Apply,
+        product: m.product.to_string(),
+        version: version.clone(),
+        from_version,
+        phase: Phase::Prepared,
+        started: now(),
+        backup_dir: backup_dir.clone(),
+        staging_dir: staging_dir.clone(),
+        entries,
+        services_restarted: false,
+        reason: None,
+    };
+    tx.store(&j)?;
+    tx.log.line(&format!(
+        "journal {op}: phase Prepared ({} component(s))",
+        j.entries.len()
+    ));
+    crash_point("prepared");
+
+    // Step 3: extract beside each target.
+    let result = extract_all(tx, &j, &artifacts);
+    if let Err(e) = result {
+        tx.log
+            .line(&format!("extraction failed: {e}; removing temporaries"));
+        discard_prepared(tx, &mut j, &e.to_string())?;
+        return Err(e);
+    }
+    crash_point("extracted");
+
+    // Step 4a: backups.
+    if let Err(e) = backup_all(tx, &j) {
+        tx.log
+            .line(&format!("backup failed: {e}; removing temporaries"));
+        discard_prepared(tx, &mut j, &e.to_string())?;
+        return Err(e);
+    }
+    crash_point("backed-up");
+
+    // Step 4b: replace.
+    tx.phase(&mut j, Phase::Installing)?;
+    crash_point("installing");
+    for i in 0..j.entries.len() {
+        let e = j.entries[i].clone();
+        tx.state(UpdateState::Installing {
+            component: e.name.clone(),
+        });
+        if let Err(err) = install_entry(&e) {
+            tx.log.line(&format!("install of {} failed: {err}", e.name));
+            rollback_tx(tx, &mut j, &format!("install of {} failed: {err}", e.name))?;
+            return Err(err);
+        }
+        tx.log.line(&format!(
+            "installed {} {} at {}",
+            e.name,
+            e.version,
+            e.target.display()
+        ));
+        crash_point(&format!("installed:{}", e.name));
+    }
+    crash_point("installed");
+
+    // Step 5: migrations, before any restart.
+    for e in j.entries.clone() {
+        if e.kind != ComponentKind::Migrations {
+            continue;
+        }
+        let Some(argv) = &e.migrate_command else {
+            continue;
+        };
+        tx.state(UpdateState::Migrating {
+            component: e.name.clone(),
+        });
+        tx.log.line(&format!(
+            "migrate {}: running {:?} in {}",
+            e.name,
+            argv,
+            e.target.display()
+        ));
+        let ran = service::run(argv, &tx.paths.root, Some(&e.target), None);
+        tx.log.block("stdout", &ran.stdout);
+        tx.log.block("stderr", &ran.stderr);
+        tx.log.line(&format!("migrate {}: {}", e.name, ran.status));
+        tx.log.sync();
+        if !ran.ok {
+            let err = AgentError::MigrationFailed {
+                component: e.name.clone(),
+                status: ran.status.clone(),
+                log: tx.log.path().to_owned(),
+            };
+            rollback_tx(
+                tx,
+                &mut j,
+                &format!("migration of {} failed ({})", e.name, ran.status),
+            )?;
+            return Err(err);
+        }
+        crash_point(&format!("migrated:{}", e.name));
+    }
+    tx.phase(&mut j, Phase::Migrated)?;
+    crash_point("migrated");
+
+    // Steps 6-8.
+    let report = finish_forward(tx, &mut j)?;
+    match image {
+        Some((p, staged)) => crate::fullimage::install(agent, p, staged, &mut tx.log, report),
+        None => Ok(report),
+    }
+}
+
+fn extract_all(tx: &mut Tx<'_>, j: &Journal, artifacts: &[PathBuf]) -> Result<(), AgentError> {
+    let max = tx.agent.config().max_unpacked_bytes;
+    for (e, archive) in j.entries.iter().zip(artifacts) {
+        let parent = e.target.parent().unwrap_or(&tx.paths.root);
+        fs::create_dir_all(parent).map_err(AgentError::io(parent))?;
+        remove_any(&e.extract_dir)?;
+        remove_any(&e.temp)?;
+        let stats = extract::extract_tar_zst(archive, &e.extract_dir, max)?;
+        tx.log.line(&format!(
+            "extracted {} into {}: {} file(s), {} dir(s), {} link(s), {} bytes",
+            archive.display(),
+            e.extract_dir.display(),
+            stats.files,
+            stats.dirs,
+            stats.links,
+            stats.bytes
+        ));
+        match e.kind {
+            ComponentKind::File => {
+                let file = extract::single_file(archive, &e.extract_dir)?;
+                fs::rename(&file, &e.temp).map_err(AgentError::io(&e.temp))?;
+                remove_any(&e.extract_dir)?;
+            }
+            ComponentKind::Directory | ComponentKind::Migrations => {
+                fs::rename(&e.extract_dir, &e.temp).map_err(AgentError::io(&e.temp))?;
+            }
+        }
+        if let Some(mode) = e.permissions {
+            fs::set_permissions(&e.temp, fs::Permissions::from_mode(mode))
+                .map_err(AgentError::io(&e.temp))?;
+        }
+        fsync_tree(&e.temp)?;
+        fsync_dir(parent)?;
+    }
+    Ok(())
+}
+
+fn backup_all(tx: &mut Tx<'_>, j: &Journal) -> Result<(), AgentError> {
+    remove_any(&j.backup_dir)?;
+    for e in &j.entries {
+        let Some(b) = &e.backup else { continue };
+        let dir = b.parent().unwrap_or(&j.backup_dir);
+        fs::create_dir_all(dir).map_err(AgentError::io(dir))?;
+        copy_durable(&e.target, b)?;
+        fsync_dir(dir)?;
+        tx.log.line(&format!(
+            "backed up {} to {}",
+            e.target.display(),
+            b.display()
+        ));
+    }
+    let meta = BackupMeta {
+        version: j.version.clone(),
+        from_version: j.from_version.clone(),
+        created: now(),
+        entries: j.entries.clone(),
+    };
+    fs::create_dir_all(&j.backup_dir).map_err(AgentError::io(&j.backup_dir))?;
+    let bytes = serde_json::to_vec_pretty(&meta).map_err(|e| AgentError::Journal {
+        path: j.backup_dir.join(BACKUP_META),
+        message: e.to_string(),
+    })?;
+    write_atomic(&j.backup_dir.join(BACKUP_META), &bytes)?;
+    if let Some(parent) = j.backup_dir.parent() {
+        fsync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Puts one component's new content in place.
+fn install_entry(e: &Entry) -> Result<(), AgentError> {
+    let is_dir = e.kind != ComponentKind::File;
+    if fs::symlink_metadata(&e.temp).is_err() {
+        // Already renamed into place by an earlier run of this step.
+        return Ok(());
+    }
+    swap_into_place(&e.temp, &e.target, is_dir)?;
+    crash_point("exchanged");
+    // After an exchange the old tree sits at the temp path (it is in the backup).
+    remove_any(&e.temp)?;
+    if let Some(parent) = e.target.parent() {
+        fsync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Undo a transaction that never replaced anything (phase `prepared`).
+fn discard_prepared(tx: &mut Tx<'_>, j: &mut Journal, reason: &str) -> Result<(), AgentError> {
+    for e in &j.entries {
+        remove_any(&e.extract_dir)?;
+        remove_any(&e.temp)?;
+    }
+    remove_any(&j.backup_dir)?;
+    j.reason = Some(reason.to_owned());
+    tx.history(j, Outcome::Failed, Some(reason.to_owned()))?;
+    tx.phase(j, Phase::RolledBack)
+}
+
+/// Restore every file from backup (idempotent: may be re-run after a crash at any point).
+fn restore_all(tx: &mut Tx<'_>, j: &Journal) -> Result<(), AgentError> {
+    for e in &j.entries {
+        let is_dir = e.kind != ComponentKind::File;
+        let parent = e.target.parent().unwrap_or(&tx.paths.root).to_path_buf();
+        remove_any(&e.extract_dir)?;
+        remove_any(&e.temp)?;
+        match &e.backup {
+            Some(b) => {
+                copy_durable(b, &e.temp)?;
+                fsync_dir(&parent)?;
+                swap_into_place(&e.temp, &e.target, is_dir)?;
+                remove_any(&e.temp)?;
+            }
+            None => {
+                if fs::symlink_metadata(&e.target).is_ok() {
+                    // First install: the component goes away again (rename first, so the
+                    // target vanishes atomically).
+                    fs::rename(&e.target, &e.temp).map_err(AgentError::io(&e.target))?;
+                    fsync_dir(&parent)?;
+                    remove_any(&e.temp)?;
+                }
+            }
+        }
+        fsync_dir(&parent)?;
+        let vfile = tx.paths.versions.join(&e.name);
+        match &e.previous_version {
+            Some(v) => {
+                if fs::read_to_string(&vfile)
+                    .map(|s| s.trim() != v)
+                    .unwrap_or(true)
+                {
+                    write_atomic(&vfile, format!("{v}\n").as_bytes())?;
+                }
+            }
+            None => {
+                if vfile.exists() {
+                    remove_any(&vfile)?;
+                    fsync_dir(&tx.paths.versions)?;
+                }
+            }
+        }
+        tx.log
+            .line(&format!("restored {} at {}", e.name, e.target.display()));
+        crash_point(&format!("restored:{}", e.name));
+    }
+    Ok(())
+}
+
+/// Failure after files changed: restore everything, restart again if services were
+/// restarted, record the failure.
+fn rollback_tx(tx: &mut Tx<'_>, j: &mut Journal, reason: &str) -> Result<(), AgentError> {
+    tx.state(UpdateState::RollingBack {
+        reason: reason.to_owned(),
+    });
+    tx.log
+        .line(&format!("rolling back {}: {reason}", j.operation_id));
+    j.reason = Some(reason.to_owned());
+    tx.phase(j, Phase::RollingBack)?;
+    crash_point("rolling-back");
+    restore_all(tx, j)?;
+    if j.services_restarted {
+        for s in j.services() {
+            tx.state(UpdateState::Restarting { service: s.clone() });
+            let ran = tx.services.restart(&s);
+            tx.log
+                .line(&format!("restart {s} (after restore): {}", ran.status));
+            tx.log.block("stderr", &ran.stderr);
+        }
+    }
+    tx.history(j, Outcome::Failed, Some(reason.to_owned()))?;
+    tx.phase(j, Phase::RolledBack)?;
+    tx.log.sync();
+    Ok(())
+}
+
+/// Steps 6-8 (also the roll-forward of recovery): restart, verify, versions, commit, prune.
+fn finish_forward(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, AgentError> {
+    let services = j.services();
+    if !services.is_empty() {
+        j.services_restarted = true;
+        tx.store(j)?;
+    }
+    for s in &services {
+        tx.state(UpdateState::Restarting { service: s.clone() });
+        let ran = tx.services.restart(s);
+        tx.log
+            .line(&format!("restart {s}: {:?} -> {}", ran.argv, ran.status));
+        tx.log.block("stdout", &ran.stdout);
+        tx.log.block("stderr", &ran.stderr);
+        if !ran.ok {
+            let reason = format!(
+                "{} ({})",
+                ran.status,
+                String::from_utf8_lossy(&ran.stderr).trim()
+            );
+            rollback_tx(tx, j, &format!("restart of {s} failed: {reason}"))?;
+            return Err(AgentError::RestartFailed {
+                service: s.clone(),
+                reason,
+            });
+        }
+    }
+    crash_point("restarted");
+
+    for e in j.entries.clone() {
+        tx.state(UpdateState::Verifying {
+            component: e.name.clone(),
+        });
+        if let Err(reason) = verify_entry(tx, &e) {
+            tx.log.line(&format!("verify {}: FAILED: {reason}", e.name));
+            rollback_tx(tx, j, &format!("{} did not take effect: {reason}", e.name))?;
+            return Err(AgentError::NotEffective {
+                component: e.name.clone(),
+                reason,
+            });
+        }
+        tx.log.line(&format!("verify {}: ok", e.name));
+    }
+    crash_point("verified");
+
+    for e in &j.entries {
+        write_atomic(
+            &tx.paths.versions.join(&e.name),
+            format!("{}\n", e.version).as_bytes(),
+        )?;
+    }
+    crash_point("versions");
+    // History before the commit mark: a crash in between repeats the entry, never loses it.
+    tx.history(j, Outcome::Success, None)?;
+    tx.phase(j, Phase::Committed)?;
+    crash_point("committed");
+    tx.log.line(&format!(
+        "apply {}: {} installed",
+        j.operation_id, j.version
+    ));
+    prune(tx, j);
+    tx.log.sync();
+    Ok(ApplyReport {
+        version: j.version.clone(),
+        components: j.entries.iter().map(|e| e.name.clone()).collect(),
+        outcome: Outcome::Success,
+        system: None,
+    })
+}
+
+/// Effect verification of one component: its health command passes, or the restarted
+/// service runs the newly installed file.
+fn verify_entry(tx: &mut Tx<'_>, e: &Entry) -> Result<(), String> {
+    if fs::symlink_metadata(&e.target).is_err() {
+        return Err(format!(
+            "{} is missing after the install",
+            e.target.display()
+        ));
+    }
+    if let Some(h) = &e.health_command {
+        let ran = tx.services.health(h);
+        tx.log
+            .line(&format!("health {}: {:?} -> {}", e.name, h, ran.status));
+        tx.log.block("stdout", &ran.stdout);
+        tx.log.block("stderr", &ran.stderr);
+        return if ran.ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "health command {:?} failed ({}): {}",
+                h,
+                ran.status,
+                String::from_utf8_lossy(&ran.stderr).trim()
+            ))
+        };
+    }
+    match (&e.restart_service, e.kind) {
+        // A migrations component took effect when its command succeeded.
+        (_, ComponentKind::Migrations) => Ok(()),
+        (Some(s), ComponentKind::File) => tx.services.wait_running(s, &e.target).map(|pid| {
+            tx.log.line(&format!(
+                "verify {}: service {s} pid {pid} runs the new {}",
+                e.name,
+                e.target.display()
+            ));
+        }),
+        // A directory (e.g. a web UI served by another binary): without a health command the
+        // restarted service must at least run.
+        (Some(s), ComponentKind::Directory) => tx.services.wait_alive(s).map(|pid| {
+            tx.log.line(&format!(
+                "verify {}: service {s} runs (pid {pid}); add a health_command for a stronger check",
+                e.name
+            ));
+        }),
+        // No service and no health command: the files in place are the whole effect.
+        (None, _) => Ok(()),
+    }
+}
+
+/// Step 8's cleanup: staging of this version, backups beyond `keep_backups`, backups of
+/// components that asked for none. Failures here are logged, never fatal.
+fn prune(tx: &mut Tx<'_>, j: &Journal) {
+    if let Err(e) = remove_any(&j.staging_dir) {
+        tx.log.line(&format!("prune staging: {e}"));
+    }
+    let no_keep: Vec<&Entry> = j.entries.iter().filter(|e| !e.keep_backup).collect();
+    if !no_keep.is_empty() {
+        for e in &no_keep {
+            if let Some(b) = &e.backup {
+                let _ = remove_any(b.parent().unwrap_or(b));
+            }
+        }
+        let meta_path = j.backup_dir.join(BACKUP_META);
+        if let Some(mut meta) = read_backup_meta(&j.backup_dir) {
+            meta.entries.retain(|e| e.keep_backup);
+            if meta.entries.is_empty() {
+                let _ = remove_any(&j.backup_dir);
+            } else if let Ok(bytes) = serde_json::to_vec_pretty(&meta) {
+                let _ = write_atomic(&meta_path, &bytes);
+            }
+        }
+    }
+    let keep = tx.agent.config().keep_backups;
+    let mut backups = list_backups(&tx.paths.backup);
+    // Newest first.
+    backups.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, dir) in backups.into_iter().skip(keep) {
+        tx.log.line(&format!("prune backup {}", dir.display()));
+        let _ = remove_any(&dir);
+    }
+    // Incomplete backups (no backup.json) are useless.
+    if let Ok(rd) = fs::read_dir(&tx.paths.backup) {
+        for d in rd.flatten() {
+            if read_backup_meta(&d.path()).is_none() {
+                let _ = remove_any(&d.path());
+            }
+        }
+    }
+}
+
+/// Bytes of a file or of every file of a tree (symlinks not followed).
+fn tree_size(path: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(m) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if m.is_dir() {
+            if let Ok(rd) = fs::read_dir(&p) {
+                stack.extend(rd.flatten().map(|e| e.path()));
+            }
+        } else {
+            total += m.len();
+        }
+    }
+    total
+}
+
+fn read_backup_meta(dir: &Path) -> Option<BackupMeta> {
+    fs::read(dir.join(BACKUP_META))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// Complete backups, with their version.
+fn list_backups(root: &Path) -> Vec<(Version, PathBuf)> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(root) {
+        for d in rd.flatten() {
+            if let Some(meta) = read_backup_meta(&d.path()) {
+                if let Ok(v) = Version::parse(&meta.version) {
+                    out.push((v, d.path()));
+                }
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// recovery
+
+pub fn recover(agent: &Agent) -> Result<Option<RecoveryReport>, AgentError> {
+    let _lock = lock(agent.paths())?;
+    let r = recover_locked(agent);
+    agent.status_handle().refresh();
+    r
+}
+
+/// Remove `.qx-tmp-*` leftovers of interrupted atomic writes in the agent's own directories.
+fn sweep_tmp(dirs: &[&Path]) {
+    for d in dirs {
+        if let Ok(rd) = fs::read_dir(d) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".qx-tmp-") {
+                    let _ = remove_any(&e.path());
+                }
+            }
+        }
+    }
+}
+
+fn recover_locked(agent: &Agent) -> Result<Option<RecoveryReport>, AgentError> {
+    let paths = agent.paths();
+    sweep_tmp(&[&paths.versions, &paths.updates]);
+    let Some(mut j) = Journal::load(&paths.journal)? else {
+        return Ok(None);
+    };
+    if !j.is_open() {
+        for e in &j.entries {
+            remove_any(&e.extract_dir)?;
+            remove_any(&e.temp)?;
+        }
+        return Ok(None);
+    }
+    let status = agent.status_handle();
+    status.set_operation(Some(j.operation_id.clone()));
+    let mut tx = Tx::new(agent);
+    let phase = j.phase;
+    tx.log.line(&format!(
+        "recovery: operation {} ({:?} of {}) was interrupted in phase {:?}",
+        j.operation_id, j.op, j.version, phase
+    ));
+    let report =
+        |action: &str, outcome: Outcome, reason: Option<String>, j: &Journal| RecoveryReport {
+            operation_id: j.operation_id.clone(),
+            version: j.version.clone(),
+            phase,
+            action: action.into(),
+            outcome,
+            reason,
+        };
+    let result = match (j.op, phase) {
+        (OpKind::Apply, Phase::Prepared) => {
+            let reason =
+                "interrupted before any file was replaced; temporaries removed".to_string();
+            discard_prepared(&mut tx, &mut j, &reason)?;
+            status.set_state(UpdateState::Failed {
+                reason: reason.clone(),
+            });
+            report("rolled_back", Outcome::Failed, Some(reason), &j)
+        }
+        (OpKind::Apply, Phase::Installing | Phase::RollingBack) => {
+            let reason = j.reason.clone().unwrap_or_else(|| {
+                "interrupted while replacing files; every file restored from backup".into()
+            });
+            rollback_tx(&mut tx, &mut j, &reason)?;
+            status.set_state(UpdateState::Failed {
+                reason: reason.clone(),
+            });
+            report("rolled_back", Outcome::Failed, Some(reason), &j)
+        }
+        (OpKind::Apply, _) => match finish_forward(&mut tx, &mut j) {
+            Ok(_) => {
+                status.set_state(UpdateState::Done {
+                    version: j.version.clone(),
+                });
+                report("rolled_forward", Outcome::Success, None, &j)
+            }
+            Err(e) => {
+                status.set_state(UpdateState::Failed {
+                    reason: e.to_string(),
+                });
+                report("rolled_back", Outcome::Failed, Some(e.to_string()), &j)
+            }
+        },
+        (OpKind::Rollback, _) => match finish_rollback_op(&mut tx, &mut j) {
+            Ok(_) => report("rollback_completed", Outcome::RolledBack, None, &j),
+            Err(e) => report(
+                "rollback_completed",
+                Outcome::Failed,
+                Some(e.to_string()),
+                &j,
+            ),
+        },
+    };
+    tx.log.sync();
+    status.set_operation(None);
+    Ok(Some(result))
+}
+
+// ---------------------------------------------------------------------------------------------
+// rollback
+
+/// `qx-update rollback`: restore what the latest apply replaced, from its backup; restart;
+/// verify the restored files run; the backup is consumed.
+pub fn rollback(agent: &Agent) -> Result<ApplyReport, AgentError> {
+    let _lock = lock(agent.paths())?;
+    recover_locked(agent)?;
+    let paths = agent.paths();
+    let mut backups = list_backups(&paths.backup);
+    backups.sort_by(|a, b| b.0.cmp(&a.0));
+    let Some((_, dir)) = backups.into_iter().next() else {
+        return Err(AgentError::NoBackup {
+            dir: paths.backup.clone(),
+        });
+    };
+    let meta = read_backup_meta(&dir).ok_or_else(|| AgentError::NoBackup { dir: dir.clone() })?;
+    let op = new_operation_id();
+    let entries = meta
+        .entries
+        .iter()
+        .map(|e| {
+            let parent = e.target.parent().unwrap_or(&paths.root).to_path_buf();
+            let base = e
+                .target
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| e.name.clone());
+            Entry {
+                extract_dir: parent.join(format!(".qx-x-{base}.{op}")),
+                temp: parent.join(format!(".qx-new-{base}.{op}")),
+                health_command: None,
+                migrate_command: None,
+                ..e.clone()
+            }
+        })
+        .collect();
+    let mut j = Journal {
+        operation_id: op.clone(),
+        op: OpKind::Rollback,
+        product: agent.config().product.to_string(),
+        version: meta.from_version.clone().unwrap_or_else(|| "(none)".into()),
+        from_version: Some(meta.version.clone()),
+        phase: Phase::Installing,
+        started: now(),
+        backup_dir: dir.clone(),
+        staging_dir: paths.staging.join(&meta.version),
+        entries,
+        services_restarted: false,
+        reason: Some(format!("rollback of {} requested", meta.version)),
+    };
+    let status = agent.status_handle();
+    status.set_operation(Some(op));
+    let mut tx = Tx::new(agent);
+    tx.log.line(&format!(
+        "rollback: restoring the state before {} from {}",
+        meta.version,
+        dir.display()
+    ));
+    let result = j
+        .store(&paths.journal)
+        .and_then(|_| finish_rollback_op(&mut tx, &mut j));
+    match &result {
+        Ok(r) => status.set_state(UpdateState::Done {
+            version: r.version.clone(),
+        }),
+        Err(e) => status.set_state(UpdateState::Failed {
+            reason: e.to_string(),
+        }),
+    }
+    tx.log.sync();
+    status.set_operation(None);
+    status.refresh();
+    result
+}
+
+fn finish_rollback_op(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, AgentError> {
+    tx.state(UpdateState::RollingBack {
+        reason: j.reason.clone().unwrap_or_default(),
+    });
+    restore_all(tx, j)?;
+    crash_point("rollback-restored");
+    let services = j.services();
+    if !services.is_empty() {
+        j.services_restarted = true;
+        tx.store(j)?;
+    }
+    let mut problems = Vec::new();
+    for s in &services {
+        tx.state(UpdateState::Restarting { service: s.clone() });
+        let ran = tx.services.restart(s);
+        tx.log.line(&format!("restart {s}: {}", ran.status));
+        if !ran.ok {
+            problems.push(format!("restart of {s} failed ({})", ran.status));
+        }
+    }
+    for e in &j.entries {
+        if let (Some(s), ComponentKind::File, Some(_)) = (&e.restart_service, e.kind, &e.backup) {
+            tx.state(UpdateState::Verifying {
+                component: e.name.clone(),
+            });
+            if let Err(reason) = tx.services.wait_running(s, &e.target) {
+                problems.push(format!("{}: {reason}", e.name));
+            }
+        }
+    }
+    let reason = (!problems.is_empty()).then(|| problems.join("; "));
+    tx.history(
+        j,
+        if reason.is_none() {
+            Outcome::RolledBack
+        } else {
+            Outcome::Failed
+        },
+        reason.clone(),
+    )?;
+    tx.phase(j, Phase::Committed)?;
+    // The backup was consumed.
+    let _ = remove_any(&j.backup_dir);
+    match reason {
+        None => {
+            tx.log.line(&format!("rollback: now at {}", j.version));
+            Ok(ApplyReport {
+                version: j.version.clone(),
+                components: j.entries.iter().map(|e| e.name.clone()).collect(),
+                outcome: Outcome::RolledBack,
+                system: None,
+            })
+        }
+        Some(reason) => Err(AgentError::RollbackFailed { reason }),
+    }
+}
+
+/// Installed versions as a map (for reports).
+pub fn installed(paths: &HostPaths) -> BTreeMap<String, String> {
+    paths.installed_versions()
+}

@@ -1,1 +1,405 @@
-//! cli (being written)
+//! The `qx-update` command line: `check`, `apply`, `status`, `rollback`, `recover`, `daemon`,
+//! and `ab …` (A/B system slots, run by the boot scripts: handled before the agent is built,
+//! with only the configuration's `updates.ab` section).
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use qx_core::status::UpdateState;
+
+use crate::{Agent, AgentError, ApplyOptions, Config, EXIT_CODES};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "qx-update",
+    version,
+    about = "Quantix OTA host agent: check, apply and roll back signed releases",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    /// Root prefix under which every host path is resolved (a whole host in a directory).
+    #[arg(long, global = true, default_value = "/", value_name = "DIR")]
+    pub root: PathBuf,
+    /// Configuration file (default: <root>/etc/limiquantix/node.yaml).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Fetch and verify the manifest; show installed -> offered per component. No host change.
+    Check {
+        /// Only these components.
+        #[arg(long = "component", value_name = "NAME")]
+        components: Vec<String>,
+        /// Accept this lower version (must name the offered version exactly).
+        #[arg(long, value_name = "VERSION")]
+        allow_downgrade: Option<String>,
+    },
+    /// Download, verify and install the offered release as one transaction.
+    Apply {
+        /// Only these components (repeatable).
+        #[arg(long = "component", value_name = "NAME")]
+        components: Vec<String>,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Accept this lower version (must name the offered version exactly).
+        #[arg(long, value_name = "VERSION")]
+        allow_downgrade: Option<String>,
+        /// Reboot after a full system image was written into the inactive slot (also done
+        /// without this flag when `updates.auto_reboot` is true).
+        #[arg(long)]
+        reboot: bool,
+    },
+    /// State, installed versions and update history.
+    Status,
+    /// Restore the version before the last apply from its backup, restart, verify.
+    Rollback {
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// Finish an interrupted apply from its journal (also done at the start of apply).
+    Recover,
+    /// Run the agent: periodic check, auto-apply in the maintenance window, HTTPS API + page.
+    Daemon(crate::daemon::DaemonArgs),
+    /// A/B system slots: status, boot-time rollback check, health verification, marking.
+    Ab {
+        #[command(subcommand)]
+        cmd: qx_boot::cli::AbCommand,
+    },
+}
+
+/// Parses the process arguments, runs, and returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QX_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .try_init();
+    run(cli)
+}
+
+fn print_error(json: bool, e: &AgentError) -> i32 {
+    let code = e.exit_code();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"error": e.to_string(), "exit_code": code})
+        );
+    } else {
+        eprintln!("qx-update: {e}");
+    }
+    code
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("qx-update: cannot serialise output: {e}"),
+    }
+}
+
+fn load_config(config: Option<&Path>, root: &Path) -> Result<Config, AgentError> {
+    let path = config.map(Path::to_owned).unwrap_or_else(|| {
+        crate::config::under(root, Path::new(crate::config::DEFAULT_CONFIG_PATH))
+    });
+    Ok(Config::load_under(&path, root)?)
+}
+
+pub fn load_agent(cli: &Cli) -> Result<Agent, AgentError> {
+    Agent::new(
+        load_config(cli.config.as_deref(), &cli.root)?,
+        cli.root.clone(),
+    )
+}
+
+/// `qx-update ab …`: only the configuration is needed (boot scripts run it before the rest of
+/// the system is up).
+fn run_ab(config: Option<&Path>, root: &Path, json: bool, cmd: &qx_boot::cli::AbCommand) -> i32 {
+    let config = match load_config(config, root) {
+        Ok(c) => c,
+        Err(e) => {
+            print_error(json, &e);
+            return 1;
+        }
+    };
+    match qx_boot::cli::run(cmd, &config.ab, root, json) {
+        Ok(code) => code,
+        Err(e) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"error": e.to_string(), "exit_code": 1})
+                );
+            } else {
+                eprintln!("qx-update ab: {e}");
+            }
+            1
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> i32 {
+    if let Command::Ab { cmd } = &cli.command {
+        return run_ab(cli.config.as_deref(), &cli.root, cli.json, cmd);
+    }
+    let agent = match load_agent(&cli) {
+        Ok(a) => a,
+        Err(e) => return print_error(cli.json, &e),
+    };
+    let json = cli.json;
+    match cli.command {
+        Command::Check {
+            components,
+            allow_downgrade,
+        } => {
+            let opts = ApplyOptions {
+                components: (!components.is_empty()).then_some(components),
+                allow_downgrade,
+            };
+            match agent.check_with(&opts) {
+                Ok(r) if json => {
+                    print_json(&r);
+                    0
+                }
+                Ok(r) => {
+                    print!("{}", r.render());
+                    0
+                }
+                Err(e) => print_error(json, &e),
+            }
+        }
+        Command::Apply {
+            components,
+            yes,
+            allow_downgrade,
+            reboot,
+        } => {
+            let opts = ApplyOptions {
+                components: (!components.is_empty()).then_some(components),
+                allow_downgrade,
+            };
+            if !yes {
+                if json || !std::io::stdin().is_terminal() {
+                    eprintln!("qx-update: apply needs --yes when not run interactively");
+                    return 2;
+                }
+                let report = match agent.check_with(&opts) {
+                    Ok(r) => r,
+                    Err(e) => return print_error(json, &e),
+                };
+                print!("{}", report.render());
+                if !report.available {
+                    return 0;
+                }
+                print!("Apply {} now? [y/N] ", report.version);
+                let _ = std::io::stdout().flush();
+                let mut answer = String::new();
+                let _ = std::io::stdin().read_line(&mut answer);
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    eprintln!("qx-update: not applied");
+                    return 1;
+                }
+            }
+            let progress =
+                (!json && std::io::stderr().is_terminal()).then(|| Progress::start(&agent));
+            let result = agent.apply_with_reboot(&opts, reboot);
+            if let Some(p) = progress {
+                p.stop();
+            }
+            match result {
+                Ok(r) if json => {
+                    print_json(&r);
+                    0
+                }
+                Ok(r) if r.components.is_empty() && r.system.is_none() => {
+                    println!("Already up to date ({}).", r.version);
+                    0
+                }
+                Ok(r) => {
+                    println!("Installed {}: {}", r.version, r.components.join(", "));
+                    if let Some(s) = &r.system {
+                        println!("{}", s.summary());
+                    }
+                    0
+                }
+                Err(e) => print_error(json, &e),
+            }
+        }
+        Command::Status => {
+            let s = agent.status();
+            if json {
+                print_json(&s);
+            } else {
+                println!(
+                    "product {} on channel {}; state: {}",
+                    s.product,
+                    s.channel,
+                    s.state.name()
+                );
+                if let UpdateState::Failed { reason } = &s.state {
+                    println!("  {reason}");
+                }
+                println!("installed:");
+                if s.installed.is_empty() {
+                    println!("  (nothing recorded)");
+                }
+                for (c, v) in &s.installed {
+                    println!("  {c:<24} {v}");
+                }
+                println!("history:");
+                for h in s.history.iter().rev().take(10) {
+                    println!(
+                        "  {} {} {} -> {} {:?}{}",
+                        h.time,
+                        h.kind,
+                        h.from_version.as_deref().unwrap_or("-"),
+                        h.version,
+                        h.outcome,
+                        h.reason
+                            .as_deref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            0
+        }
+        Command::Rollback { yes } => {
+            if !yes && (json || !std::io::stdin().is_terminal()) {
+                eprintln!("qx-update: rollback needs --yes when not run interactively");
+                return 2;
+            }
+            if !yes {
+                print!("Roll back to the version before the last update? [y/N] ");
+                let _ = std::io::stdout().flush();
+                let mut answer = String::new();
+                let _ = std::io::stdin().read_line(&mut answer);
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    eprintln!("qx-update: not rolled back");
+                    return 1;
+                }
+            }
+            match agent.rollback() {
+                Ok(r) if json => {
+                    print_json(&r);
+                    0
+                }
+                Ok(r) => {
+                    println!("Rolled back to {}: {}", r.version, r.components.join(", "));
+                    0
+                }
+                Err(e) => print_error(json, &e),
+            }
+        }
+        Command::Daemon(args) => {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("qx-update: cannot start the async runtime: {e}");
+                    return 1;
+                }
+            };
+            match rt.block_on(crate::daemon::run(agent, &args)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("qx-update daemon: {e:#}");
+                    1
+                }
+            }
+        }
+        // Handled above, before the agent is built; kept for completeness.
+        Command::Ab { cmd } => run_ab(cli.config.as_deref(), &cli.root, json, &cmd),
+        Command::Recover => match agent.recover() {
+            Ok(r) if json => {
+                print_json(&r);
+                0
+            }
+            Ok(None) => {
+                println!("Nothing to recover.");
+                0
+            }
+            Ok(Some(r)) => {
+                println!(
+                    "Operation {} ({}) was interrupted in phase {:?}: {}{}",
+                    r.operation_id,
+                    r.version,
+                    r.phase,
+                    r.action,
+                    r.reason.map(|x| format!(" ({x})")).unwrap_or_default()
+                );
+                0
+            }
+            Err(e) => print_error(json, &e),
+        },
+    }
+}
+
+/// A progress bar on the terminal (bytes, rate, ETA while downloading; the step otherwise).
+struct Progress {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Progress {
+    fn start(agent: &Agent) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let agent = agent.clone();
+        let thread = std::thread::spawn(move || {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg:30} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            while !flag.load(Ordering::Relaxed) {
+                match agent.status_handle().snapshot().state {
+                    UpdateState::Downloading {
+                        artifact,
+                        bytes,
+                        total,
+                        ..
+                    } => {
+                        bar.set_length(total);
+                        bar.set_position(bytes);
+                        bar.set_message(artifact);
+                    }
+                    other => bar.set_message(other.name().to_string()),
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            bar.finish_and_clear();
+        });
+        Self { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}

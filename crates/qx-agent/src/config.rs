@@ -1,1 +1,741 @@
-//! config (being written)
+//! Agent configuration: the `updates:` section of `/etc/limiquantix/node.yaml` (seed 000 keys
+//! plus SPEC §4's). Other top-level sections of the file belong to other programs and are
+//! ignored; inside `updates:` an unknown key is an error that names it.
+//!
+//! ```yaml
+//! updates:
+//!   enabled: true
+//!   server_url: "http://192.168.0.95:9000"
+//!   channel: dev
+//!   check_interval: 1h
+//!   auto_apply: false
+//!   auto_reboot: false
+//!   product: quantix-os
+//!   trusted_keys:
+//!     - RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3   # a base64 key line
+//!     - /etc/limiquantix/update-key.pub                             # or a .pub file
+//!   maintenance_window: "Sun 02:00-04:00"
+//!   bandwidth_limit: 10MiB/s
+//!   download: {max_attempts: 6, initial_backoff: 500ms, max_backoff: 30s,
+//!              connect_timeout: 10s, stall_timeout: 30s}
+//!   api: {listen: "0.0.0.0:8443", tls_cert: /etc/limiquantix/tls.crt,
+//!         tls_key: /etc/limiquantix/tls.key, token_file: /etc/limiquantix/api-token}
+//!   service_manager: openrc          # openrc | systemd | command
+//!   restart_command: ["/usr/local/bin/restart", "{service}"]   # for `command`
+//!   pid_command: ["/usr/local/bin/pidof-service", "{service}"] # optional
+//!   pidfile: "/run/{service}.pid"    # where a service's pid is read (openrc, command)
+//!   verify_timeout: 10s
+//!   max_unpacked_bytes: 4GiB
+//!   keep_backups: 3
+//!   log_path: /var/log/quantix/update.log
+//!   reboot_command: ["/sbin/reboot"]  # run after a full-image apply (auto_reboot / --reboot)
+//!   ab: {...}                         # A/B system updates: qx_boot::AbConfig
+//! ```
+//!
+//! Every host path (key files, TLS files, token file, pidfile, log) is resolved under the
+//! root prefix given to [`Config::resolve`] (`--root`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jiff::civil::{DateTime, Time, Weekday};
+use qx_core::{ChannelName, ProductName, TrustedKeys};
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration {path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("configuration {path}: there is no `updates:` section")]
+    NoUpdatesSection { path: PathBuf },
+    #[error("configuration {path}: updates.{key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// The `updates:` section, typed and validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (for messages).
+    pub source: PathBuf,
+    /// The root prefix every host path of this configuration was resolved under (`--root`).
+    pub root: PathBuf,
+    pub enabled: bool,
+    /// Base URL of the update server, without a trailing slash.
+    pub server_url: String,
+    pub channel: ChannelName,
+    pub check_interval: Duration,
+    pub auto_apply: bool,
+    pub auto_reboot: bool,
+    pub product: ProductName,
+    /// The configured entries as written (key lines or file paths).
+    pub trusted_key_entries: Vec<String>,
+    /// Loaded by [`Config::resolve`] (file entries are read under the root).
+    pub trusted_keys: TrustedKeys,
+    pub maintenance_window: Option<MaintenanceWindow>,
+    /// Bytes per second.
+    pub bandwidth_limit: Option<u64>,
+    pub download: DownloadSettings,
+    pub api: ApiConfig,
+    pub service_manager: ServiceManagerKind,
+    /// argv template for `command`; `{service}` is replaced by the service name.
+    pub restart_command: Option<Vec<String>>,
+    /// argv template printing a service's main pid; `{service}` is replaced.
+    pub pid_command: Option<Vec<String>>,
+    /// Host path template of a service's pidfile; `{service}` is replaced.
+    pub pidfile: String,
+    /// How long effect verification waits for a restarted service to run the new file.
+    pub verify_timeout: Duration,
+    pub max_unpacked_bytes: u64,
+    pub keep_backups: usize,
+    /// Host path of the update log.
+    pub log_path: PathBuf,
+    /// argv run to reboot after a full-image apply (with `auto_reboot` or `apply --reboot`).
+    pub reboot_command: Vec<String>,
+    /// The A/B part (`updates.ab`); the defaults when absent.
+    pub ab: qx_boot::AbConfig,
+}
+
+/// Retry and timeout policy of downloads (maps onto `download::DownloadOptions`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadSettings {
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub connect_timeout: Duration,
+    pub stall_timeout: Duration,
+}
+
+impl Default for DownloadSettings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 6,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The local HTTPS API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    /// Host paths; `None` = a self-signed certificate generated on first start.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub token_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceManagerKind {
+    Openrc,
+    Systemd,
+    Command,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw YAML shape.
+
+#[derive(Deserialize)]
+struct RawFile {
+    updates: Option<RawUpdates>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpdates {
+    #[serde(default = "yes")]
+    enabled: bool,
+    server_url: Option<String>,
+    channel: Option<String>,
+    check_interval: Option<String>,
+    #[serde(default)]
+    auto_apply: bool,
+    #[serde(default)]
+    auto_reboot: bool,
+    product: Option<String>,
+    #[serde(default)]
+    trusted_keys: Vec<String>,
+    maintenance_window: Option<String>,
+    bandwidth_limit: Option<String>,
+    download: Option<RawDownload>,
+    api: Option<RawApi>,
+    service_manager: Option<ServiceManagerKind>,
+    restart_command: Option<Vec<String>>,
+    pid_command: Option<Vec<String>>,
+    pidfile: Option<String>,
+    verify_timeout: Option<String>,
+    max_unpacked_bytes: Option<RawSize>,
+    keep_backups: Option<usize>,
+    log_path: Option<PathBuf>,
+    reboot_command: Option<Vec<String>>,
+    ab: Option<serde_yaml_ng::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Number(u64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDownload {
+    max_attempts: Option<u32>,
+    initial_backoff: Option<String>,
+    max_backoff: Option<String>,
+    connect_timeout: Option<String>,
+    stall_timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/limiquantix/node.yaml";
+
+impl Config {
+    /// Reads and validates `path` (a path on this machine, already resolved). Trusted key
+    /// files are resolved under `/`; use [`Config::load_under`] for a root prefix.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_under(path, Path::new("/"))
+    }
+
+    /// Reads `path` and resolves every host path it names under `root`.
+    pub fn load_under(path: &Path, root: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path, root)
+    }
+
+    /// Parses YAML text; `source` only names the file in messages.
+    pub fn parse(text: &str, source: &Path, root: &Path) -> Result<Config, ConfigError> {
+        let raw: RawFile = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: source.to_owned(),
+            message: e.to_string(),
+        })?;
+        let raw = raw.updates.ok_or_else(|| ConfigError::NoUpdatesSection {
+            path: source.to_owned(),
+        })?;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: source.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let duration = |key: &str, v: &Option<String>, default: Duration| match v {
+            None => Ok(default),
+            Some(s) => humantime::parse_duration(s.trim()).map_err(|e| {
+                invalid(
+                    key,
+                    format!("{s:?} is not a duration such as \"30s\", \"1h\": {e}"),
+                )
+            }),
+        };
+
+        let server_url = raw.server_url.ok_or_else(|| {
+            invalid(
+                "server_url",
+                "is required (e.g. \"https://updates.example:9000\")".into(),
+            )
+        })?;
+        let url = reqwest::Url::parse(&server_url)
+            .map_err(|e| invalid("server_url", format!("{server_url:?} is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(invalid(
+                "server_url",
+                format!("{server_url:?} must be an http:// or https:// URL with a host"),
+            ));
+        }
+        let server_url = server_url.trim_end_matches('/').to_owned();
+
+        let channel = ChannelName::new(raw.channel.unwrap_or_else(|| "stable".into()))
+            .map_err(|e| invalid("channel", e.to_string()))?;
+        let product = ProductName::new(raw.product.unwrap_or_else(|| "quantix-os".into()))
+            .map_err(|e| invalid("product", e.to_string()))?;
+        let check_interval = duration(
+            "check_interval",
+            &raw.check_interval,
+            Duration::from_secs(3600),
+        )?;
+        if check_interval.is_zero() {
+            return Err(invalid("check_interval", "must be longer than 0s".into()));
+        }
+
+        if raw.trusted_keys.is_empty() {
+            return Err(invalid(
+                "trusted_keys",
+                "no trusted public keys are configured; add the publisher's minisign public key (its base64 line or the path of its .pub file)".into(),
+            ));
+        }
+        let mut trusted_keys = TrustedKeys::new();
+        for (i, entry) in raw.trusted_keys.iter().enumerate() {
+            let key = format!("trusted_keys[{i}]");
+            let e = entry.trim();
+            let added = if e.starts_with('/') || e.starts_with('.') {
+                let p = under(root, Path::new(e));
+                trusted_keys.add_file(&p)
+            } else {
+                trusted_keys.add(e)
+            };
+            added.map_err(|err| invalid(&key, err.to_string()))?;
+        }
+
+        let maintenance_window = raw
+            .maintenance_window
+            .as_deref()
+            .map(MaintenanceWindow::parse)
+            .transpose()
+            .map_err(|m| invalid("maintenance_window", m))?;
+        let bandwidth_limit = raw
+            .bandwidth_limit
+            .as_deref()
+            .map(parse_rate)
+            .transpose()
+            .map_err(|m| invalid("bandwidth_limit", m))?;
+
+        let d = DownloadSettings::default();
+        let download = match raw.download {
+            None => d,
+            Some(r) => {
+                let s = DownloadSettings {
+                    max_attempts: r.max_attempts.unwrap_or(d.max_attempts),
+                    initial_backoff: duration(
+                        "download.initial_backoff",
+                        &r.initial_backoff,
+                        d.initial_backoff,
+                    )?,
+                    max_backoff: duration("download.max_backoff", &r.max_backoff, d.max_backoff)?,
+                    connect_timeout: duration(
+                        "download.connect_timeout",
+                        &r.connect_timeout,
+                        d.connect_timeout,
+                    )?,
+                    stall_timeout: duration(
+                        "download.stall_timeout",
+                        &r.stall_timeout,
+                        d.stall_timeout,
+                    )?,
+                };
+                if s.max_attempts == 0 {
+                    return Err(invalid(
+                        "download.max_attempts",
+                        "must be at least 1".into(),
+                    ));
+                }
+                s
+            }
+        };
+
+        let raw_api = raw.api.unwrap_or(RawApi {
+            listen: None,
+            tls_cert: None,
+            tls_key: None,
+            token_file: None,
+        });
+        let listen_text = raw_api.listen.unwrap_or_else(|| "0.0.0.0:8443".into());
+        let listen: SocketAddr = listen_text.parse().map_err(|e| {
+            invalid(
+                "api.listen",
+                format!("{listen_text:?} is not an address such as \"0.0.0.0:8443\": {e}"),
+            )
+        })?;
+        if raw_api.tls_cert.is_some() != raw_api.tls_key.is_some() {
+            return Err(invalid(
+                "api",
+                "tls_cert and tls_key must be given together (or neither, for a self-signed certificate)".into(),
+            ));
+        }
+        let api = ApiConfig {
+            listen,
+            tls_cert: raw_api.tls_cert.map(|p| under(root, &p)),
+            tls_key: raw_api.tls_key.map(|p| under(root, &p)),
+            token_file: under(
+                root,
+                &raw_api
+                    .token_file
+                    .unwrap_or_else(|| PathBuf::from("/etc/limiquantix/update-api-token")),
+            ),
+        };
+
+        let service_manager = raw.service_manager.unwrap_or(ServiceManagerKind::Openrc);
+        let check_argv = |key: &str, v: &Option<Vec<String>>| match v {
+            Some(argv) if argv.is_empty() || argv[0].trim().is_empty() => Err(invalid(
+                key,
+                "must name a program (a non-empty argv list)".into(),
+            )),
+            _ => Ok(()),
+        };
+        check_argv("restart_command", &raw.restart_command)?;
+        check_argv("pid_command", &raw.pid_command)?;
+        check_argv("reboot_command", &raw.reboot_command)?;
+        // Through JSON: the documented shape of a slot (`{device: …}` / `{path: …}`) is a
+        // one-key map, which a YAML deserializer reads only as a `!tag`. Unknown keys are
+        // refused (AbConfig denies them).
+        let ab: qx_boot::AbConfig = match raw.ab {
+            None | Some(serde_yaml_ng::Value::Null) => qx_boot::AbConfig::default(),
+            Some(v) => serde_json::to_value(&v)
+                .and_then(serde_json::from_value)
+                .map_err(|e| invalid("ab", e.to_string()))?,
+        };
+        ab.validate().map_err(|e| invalid("ab", e.to_string()))?;
+        if service_manager == ServiceManagerKind::Command && raw.restart_command.is_none() {
+            return Err(invalid(
+                "restart_command",
+                "service_manager `command` needs restart_command, e.g. [\"/usr/local/bin/restart\", \"{service}\"]".into(),
+            ));
+        }
+        let pidfile = raw.pidfile.unwrap_or_else(|| "/run/{service}.pid".into());
+        if !pidfile.starts_with('/') {
+            return Err(invalid(
+                "pidfile",
+                format!("{pidfile:?} must be an absolute host path"),
+            ));
+        }
+        let verify_timeout = duration(
+            "verify_timeout",
+            &raw.verify_timeout,
+            Duration::from_secs(10),
+        )?;
+        let max_unpacked_bytes = match raw.max_unpacked_bytes {
+            None => 4 << 30,
+            Some(RawSize::Number(n)) => n,
+            Some(RawSize::Text(t)) => {
+                parse_size(&t).map_err(|m| invalid("max_unpacked_bytes", m))?
+            }
+        };
+        let log_path = under(
+            root,
+            &raw.log_path
+                .unwrap_or_else(|| PathBuf::from("/var/log/quantix/update.log")),
+        );
+
+        Ok(Config {
+            source: source.to_owned(),
+            root: root.to_owned(),
+            enabled: raw.enabled,
+            server_url,
+            channel,
+            check_interval,
+            auto_apply: raw.auto_apply,
+            auto_reboot: raw.auto_reboot,
+            product,
+            trusted_key_entries: raw.trusted_keys,
+            trusted_keys,
+            maintenance_window,
+            bandwidth_limit,
+            download,
+            api,
+            service_manager,
+            restart_command: raw.restart_command,
+            pid_command: raw.pid_command,
+            pidfile,
+            verify_timeout,
+            max_unpacked_bytes,
+            keep_backups: raw.keep_backups.unwrap_or(3),
+            log_path,
+            reboot_command: raw
+                .reboot_command
+                .unwrap_or_else(|| vec!["/sbin/reboot".to_owned()]),
+            ab,
+        })
+    }
+}
+
+/// A host path below a root prefix: `/x/y` under `/tmp/h` is `/tmp/h/x/y`; a relative path
+/// is taken relative to the root too.
+pub fn under(root: &Path, path: &Path) -> PathBuf {
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    root.join(rel)
+}
+
+/// `"10MiB/s"`, `"500KB/s"`, `"1000000"` (bytes per second).
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t);
+    let n = parse_size(t).map_err(|_| {
+        format!("{text:?} is not a rate such as \"10MiB/s\", \"500KB/s\" or a number of bytes per second")
+    })?;
+    if n == 0 {
+        return Err("must be more than 0 bytes per second (leave it out for no limit)".into());
+    }
+    Ok(n)
+}
+
+/// `"4GiB"`, `"500MB"`, `"123"` (bytes).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" | "k" | "kB" => 1_000,
+        "KiB" => 1 << 10,
+        "M" | "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "G" | "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        "T" | "TB" => 1_000_000_000_000,
+        "TiB" => 1 << 40,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (use B, KB, KiB, MB, MiB, GB, GiB)"
+            ))
+        }
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as \"4GiB\" or a number of bytes"))?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(format!("{text:?} is not a valid size"));
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+/// A recurring local-time window in which automatic updates may be applied:
+/// `"Sun 02:00-04:00"`, `"Mon-Fri 01:00-03:30"`, `"Sat,Sun 22:00-02:00"` (crosses midnight:
+/// belongs to the day it starts on), `"daily 03:00-04:00"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaintenanceWindow {
+    /// Days the window starts on; all seven for `daily`.
+    pub days: Vec<Weekday>,
+    pub start: Time,
+    pub end: Time,
+    text: String,
+}
+
+impl std::fmt::Display for MaintenanceWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+const ALL_DAYS: [Weekday; 7] = [
+    Weekday::Monday,
+    Weekday::Tuesday,
+    Weekday::Wednesday,
+    Weekday::Thursday,
+    Weekday::Friday,
+    Weekday::Saturday,
+    Weekday::Sunday,
+];
+
+fn weekday(s: &str) -> Option<Weekday> {
+    Some(match s.to_ascii_lowercase().as_str() {
+        "mon" | "monday" => Weekday::Monday,
+        "tue" | "tuesday" => Weekday::Tuesday,
+        "wed" | "wednesday" => Weekday::Wednesday,
+        "thu" | "thursday" => Weekday::Thursday,
+        "fri" | "friday" => Weekday::Friday,
+        "sat" | "saturday" => Weekday::Saturday,
+        "sun" | "sunday" => Weekday::Sunday,
+        _ => return None,
+    })
+}
+
+fn hhmm(s: &str) -> Option<Time> {
+    let (h, m) = s.split_once(':')?;
+    if h.is_empty() || h.len() > 2 || m.len() != 2 {
+        return None;
+    }
+    let h: i8 = h.parse().ok()?;
+    let m: i8 = m.parse().ok()?;
+    if h == 24 && m == 0 {
+        return Time::new(23, 59, 59, 999_999_999).ok();
+    }
+    Time::new(h, m, 0, 0).ok()
+}
+
+impl MaintenanceWindow {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!("{text:?} is not a window such as \"Sun 02:00-04:00\", \"Mon-Fri 01:00-03:00\" or \"daily 03:00-04:00\": {why}")
+        };
+        let mut parts = text.split_whitespace();
+        let (days_part, times_part) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(d), Some(t), None) => (d, t),
+            (Some(t), None, None) => ("daily", t),
+            _ => return Err(bad("expected DAYS HH:MM-HH:MM")),
+        };
+        let mut days = Vec::new();
+        if matches!(
+            days_part.to_ascii_lowercase().as_str(),
+            "daily" | "*" | "every"
+        ) {
+            days.extend(ALL_DAYS);
+        } else {
+            for item in days_part.split(',') {
+                if let Some((a, b)) = item.split_once('-') {
+                    let a = weekday(a).ok_or_else(|| bad(&format!("unknown day {a:?}")))?;
+                    let b = weekday(b).ok_or_else(|| bad(&format!("unknown day {b:?}")))?;
+                    let mut d = a;
+                    for _ in 0..7 {
+                        if !days.contains(&d) {
+                            days.push(d);
+                        }
+                        if d == b {
+                            break;
+                        }
+                        d = d.wrapping_add(1);
+                    }
+                } else {
+                    let d = weekday(item).ok_or_else(|| bad(&format!("unknown day {item:?}")))?;
+                    if !days.contains(&d) {
+                        days.push(d);
+                    }
+                }
+            }
+        }
+        let (s, e) = times_part
+            .split_once('-')
+            .ok_or_else(|| bad("expected HH:MM-HH:MM"))?;
+        let start = hhmm(s).ok_or_else(|| bad(&format!("bad start time {s:?}")))?;
+        let end = hhmm(e).ok_or_else(|| bad(&format!("bad end time {e:?}")))?;
+        if start == end {
+            return Err(bad("the window is empty (start equals end)"));
+        }
+        Ok(Self {
+            days,
+            start,
+            end,
+            text: text.to_owned(),
+        })
+    }
+
+    /// True when the local date-time `at` falls inside the window.
+    pub fn contains(&self, at: DateTime) -> bool {
+        let t = at.time();
+        let day = at.weekday();
+        if self.start < self.end {
+            self.days.contains(&day) && t >= self.start && t < self.end
+        } else {
+            // Crosses midnight: the evening part belongs to `day`, the morning part to the day before.
+            (self.days.contains(&day) && t >= self.start)
+                || (self.days.contains(&day.wrapping_sub(1)) && t < self.end)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
+
+    fn parse(body: &str) -> Result<Config, ConfigError> {
+        let text = format!("node: {{name: x}}\nupdates:\n  server_url: http://127.0.0.1:9000\n  trusted_keys: [{KEY}]\n{body}");
+        Config::parse(&text, Path::new("node.yaml"), Path::new("/r"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse("").expect("config");
+        assert_eq!(c.channel.as_str(), "stable");
+        assert_eq!(c.check_interval, Duration::from_secs(3600));
+        assert_eq!(c.api.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(c.log_path, PathBuf::from("/r/var/log/quantix/update.log"));
+        assert_eq!(c.service_manager, ServiceManagerKind::Openrc);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("  chanel: dev\n").expect_err("must fail").to_string();
+        assert!(err.contains("chanel"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_is_refused() {
+        let err = parse("  check_interval: soon\n")
+            .expect_err("must fail")
+            .to_string();
+        assert!(
+            err.contains("check_interval") && err.contains("soon"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_url_is_refused() {
+        let text = format!("updates:\n  server_url: 'ftp//x'\n  trusted_keys: [{KEY}]\n");
+        let err = Config::parse(&text, Path::new("n"), Path::new("/"))
+            .expect_err("fail")
+            .to_string();
+        assert!(err.contains("server_url"), "{err}");
+    }
+
+    #[test]
+    fn missing_trusted_keys_are_refused() {
+        let text = "updates:\n  server_url: http://x:1\n";
+        let err = Config::parse(text, Path::new("n"), Path::new("/"))
+            .expect_err("fail")
+            .to_string();
+        assert!(err.contains("trusted_keys"), "{err}");
+    }
+
+    #[test]
+    fn bad_window_is_refused() {
+        let err = parse("  maintenance_window: 'Sun 25:00-26:00'\n")
+            .expect_err("fail")
+            .to_string();
+        assert!(err.contains("maintenance_window"), "{err}");
+    }
+
+    #[test]
+    fn command_manager_needs_restart_command() {
+        let err = parse("  service_manager: command\n")
+            .expect_err("fail")
+            .to_string();
+        assert!(err.contains("restart_command"), "{err}");
+    }
+
+    #[test]
+    fn rate_and_size_parse() {
+        assert_eq!(parse_rate("10MiB/s"), Ok(10 << 20));
+        assert_eq!(parse_rate("500KB/s"), Ok(500_000));
+        assert!(parse_rate("fast").is_err());
+        assert_eq!(parse_size("4GiB"), Ok(4 << 30));
+    }
+
+    #[test]
+    fn window_contains() {
+        let w = MaintenanceWindow::parse("Sun 02:00-04:00").expect("window");
+        // 2026-11-29 is a Sunday.
+        let at = |d: i8, h: i8, m: i8| jiff::civil::date(2026, 11, d).at(h, m, 0, 0);
+        assert!(w.contains(at(29, 2, 0)));
+        assert!(w.contains(at(29, 3, 59)));
+        assert!(!w.contains(at(29, 4, 0)));
+        assert!(!w.contains(at(28, 3, 0)));
+        let night = MaintenanceWindow::parse("Sat 22:00-02:00").expect("window");
+        assert!(night.contains(at(28, 23, 0)));
+        assert!(night.contains(at(29, 1, 0)));
+        assert!(!night.contains(at(29, 23, 0)));
+        let weekdays = MaintenanceWindow::parse("Mon-Fri 01:00-03:00").expect("window");
+        assert!(weekdays.contains(jiff::civil::date(2026, 11, 27).at(1, 30, 0, 0)));
+        assert!(!weekdays.contains(at(29, 1, 30)));
+    }
+}

@@ -1,1 +1,554 @@
-//! daemon (being written)
+//! `qx-update daemon`: finishes an interrupted apply, then checks every `check_interval` (with
+//! jitter), applies automatically when `auto_apply` is set (inside `maintenance_window` when
+//! one is set), and serves the local HTTPS API and the Updates page.
+//!
+//! - The decision of what to do next is [`crate::window::next_action`], a pure function; this
+//!   module only executes it, with the time read from a [`Clock`] (tests inject a virtual one).
+//! - One apply at a time: the API and the scheduler share a [`Runner`], which refuses a second
+//!   apply in this process at once (409); the agent's file lock refuses one from another
+//!   process (a CLI apply).
+//! - `enabled: false`: the scheduler stays idle, the API still answers.
+//! - The configuration is read at start. A change needs a restart (`rc-service quantix-update
+//!   restart` / `systemctl restart qx-update`); SIGHUP only logs that.
+//! - SIGTERM/SIGINT: the API stops accepting connections, no new check or apply starts, and a
+//!   running apply is waited for: it runs on a blocking thread and is never interrupted
+//!   between a rename and its fsync. If the service manager kills the process anyway
+//!   (SIGKILL after its stop timeout), the journal lets the next start roll back or forward.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use jiff::Zoned;
+use tokio::sync::watch;
+
+use crate::window::{self, Action, Pending, Policy, Schedule};
+use crate::{Agent, AgentError, ApplyOptions, ApplyReport, CheckReport, StatusSnapshot};
+
+/// Arguments of `qx-update daemon`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DaemonArgs {
+    /// Listen address of the HTTPS API and page, overriding `updates.api.listen`
+    /// (default 0.0.0.0:8443).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Program run to reboot after an automatic full-image update when `auto_reboot` is set
+    /// (default /sbin/reboot).
+    #[arg(long, value_name = "PROGRAM")]
+    pub reboot_command: Option<PathBuf>,
+}
+
+/// Where the generated self-signed certificate is kept, below the root.
+pub const API_STATE_DIR: &str = "data/updates/api";
+
+/// Longest single wait of the real clock: the schedule is re-evaluated at least this often,
+/// so a wall-clock jump (NTP step, suspend) delays nothing by more than this.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+// ---------------------------------------------------------------------------------------------
+// Runner: one apply at a time, shared by the API and the scheduler.
+
+/// Why the runner did not run an operation.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("an update is already running on this host; wait for it to finish (GET /api/v1/updates/status shows its progress)")]
+    Busy,
+    #[error("the update agent is shutting down; try again after it has restarted")]
+    ShuttingDown,
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error("the {what} task stopped unexpectedly: {message}; see the agent's log")]
+    Task { what: &'static str, message: String },
+}
+
+impl RunError {
+    fn task(what: &'static str, e: tokio::task::JoinError) -> RunError {
+        RunError::Task {
+            what,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// An apply that was started in the background.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Started {
+    /// The operation id the status reports (`None` only if the agent reported none).
+    pub operation_id: Option<String>,
+}
+
+/// Runs the agent's blocking operations on blocking threads, one apply at a time.
+#[derive(Clone)]
+pub struct Runner {
+    inner: Arc<RunnerInner>,
+}
+
+struct RunnerInner {
+    agent: Agent,
+    slot: Arc<tokio::sync::Mutex<()>>,
+    accepting: AtomicBool,
+}
+
+impl Runner {
+    pub fn new(agent: Agent) -> Runner {
+        Runner {
+            inner: Arc::new(RunnerInner {
+                agent,
+                slot: Arc::new(tokio::sync::Mutex::new(())),
+                accepting: AtomicBool::new(true),
+            }),
+        }
+    }
+
+    pub fn agent(&self) -> &Agent {
+        &self.inner.agent
+    }
+
+    /// Fetches and verifies the manifest (no host change).
+    pub async fn check(&self) -> Result<CheckReport, RunError> {
+        let agent = self.inner.agent.clone();
+        tokio::task::spawn_blocking(move || agent.check())
+            .await
+            .map_err(|e| RunError::task("check", e))?
+            .map_err(RunError::from)
+    }
+
+    /// The current status (reads installed versions and history from disk).
+    pub async fn status(&self) -> Result<StatusSnapshot, RunError> {
+        let agent = self.inner.agent.clone();
+        tokio::task::spawn_blocking(move || agent.status())
+            .await
+            .map_err(|e| RunError::task("status", e))
+    }
+
+    fn take_slot(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, RunError> {
+        if !self.inner.accepting.load(Ordering::SeqCst) {
+            return Err(RunError::ShuttingDown);
+        }
+        self.inner
+            .slot
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| RunError::Busy)
+    }
+
+    fn spawn_apply(
+        &self,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+        opts: ApplyOptions,
+        origin: &'static str,
+    ) -> tokio::task::JoinHandle<Result<ApplyReport, AgentError>> {
+        let agent = self.inner.agent.clone();
+        tokio::task::spawn_blocking(move || {
+            // Held until the transaction has ended: a shutdown waits for it (`wait_idle`).
+            let _guard = guard;
+            tracing::info!(origin, components = ?opts.components, "apply started");
+            let result = agent.apply(&opts);
+            match &result {
+                Ok(report) => tracing::info!(
+                    origin,
+                    version = %report.version,
+                    components = ?report.components,
+                    outcome = ?report.outcome,
+                    "apply finished"
+                ),
+                Err(e) => tracing::warn!(origin, error = %e, "apply failed"),
+            }
+            result
+        })
+    }
+
+    /// Runs an apply to its end (used by the scheduler).
+    pub async fn apply(&self, opts: ApplyOptions) -> Result<ApplyReport, RunError> {
+        let guard = self.take_slot()?;
+        self.spawn_apply(guard, opts, "schedule")
+            .await
+            .map_err(|e| RunError::task("apply", e))?
+            .map_err(RunError::from)
+    }
+
+    /// Starts an apply in the background and returns once the agent has given it an operation
+    /// id (or it has already ended). A refusal that comes before any change (busy, bad
+    /// manifest, unknown component) is returned as an error instead.
+    pub async fn start_apply(&self, opts: ApplyOptions) -> Result<Started, RunError> {
+        let guard = self.take_slot()?;
+        let mut rx = self.inner.agent.subscribe();
+        let before = rx.borrow_and_update().operation_id.clone();
+        let mut handle = self.spawn_apply(guard, opts, "api");
+        let mut watching = true;
+        loop {
+            tokio::select! {
+                changed = rx.changed(), if watching => {
+                    if changed.is_err() {
+                        watching = false;
+                        continue;
+                    }
+                    let id = rx.borrow_and_update().operation_id.clone();
+                    if id.is_some() && id != before {
+                        return Ok(Started { operation_id: id });
+                    }
+                }
+                ended = &mut handle => {
+                    let report = ended.map_err(|e| RunError::task("apply", e))??;
+                    let id = self.inner.agent.subscribe().borrow().operation_id.clone();
+                    tracing::debug!(version = %report.version, "apply ended before its id was seen");
+                    return Ok(Started { operation_id: id });
+                }
+            }
+        }
+    }
+
+    /// No new check or apply starts after this.
+    pub fn stop_accepting(&self) {
+        self.inner.accepting.store(false, Ordering::SeqCst);
+    }
+
+    /// True while an apply started by this runner runs.
+    pub fn is_applying(&self) -> bool {
+        self.inner.slot.try_lock().is_err()
+    }
+
+    /// Returns when no apply started by this runner is running.
+    pub async fn wait_idle(&self) {
+        let _idle = self.inner.slot.lock().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clock and scheduler.
+
+/// The time source of the scheduler. The real one is [`SystemClock`]; tests inject a virtual
+/// clock whose `wait_until` advances its time at once.
+pub trait Clock: Send + Sync {
+    /// Now, in the host's time zone (the maintenance window is local time).
+    fn now(&self) -> Zoned;
+    /// Returns at `until` or a bit earlier (the caller re-evaluates after each wait).
+    fn wait_until(&self, until: &Zoned) -> impl Future<Output = ()> + Send;
+}
+
+/// The system clock in the host's configured time zone.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn huge_intervals_do_not_overflow() {
+        let t: jiff::Timestamp = "2026-11-20T10:00Z".parse().expect("time");
+        let far = later(t, Duration::from_secs(u64::MAX));
+        assert!(far > t);
+        assert_eq!(
+            later(t, Duration::from_secs(60)),
+            "2026-11-20T10:01Z".parse().expect("time")
+        );
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Zoned {
+        Zoned::now()
+    }
+
+    fn wait_until(&self, until: &Zoned) -> impl Future<Output = ()> + Send {
+        let left = until.timestamp().as_millisecond() - Zoned::now().timestamp().as_millisecond();
+        let wait = Duration::from_millis(u64::try_from(left).unwrap_or(0)).min(MAX_WAIT);
+        tokio::time::sleep(wait)
+    }
+}
+
+/// What one scheduler step did.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// `enabled: false`: nothing will ever be done.
+    Disabled,
+    /// A check ran at `at`; `offered` is the available version, if any; `error` if it failed.
+    Checked {
+        at: Zoned,
+        offered: Option<String>,
+        error: Option<String>,
+    },
+    /// An automatic apply of `version` ran, started at `at`.
+    Applied {
+        at: Zoned,
+        version: String,
+        result: Result<ApplyReport, String>,
+        rebooting: bool,
+    },
+    /// Waited from `from` until about `until`.
+    Waited { from: Zoned, until: Zoned },
+}
+
+/// `t + d`, with `d` capped at a century (a configured interval of "1000years" must not
+/// overflow the time arithmetic).
+fn later(t: jiff::Timestamp, d: Duration) -> jiff::Timestamp {
+    const CENTURY: Duration = Duration::from_secs(100 * 366 * 24 * 3600);
+    let d = jiff::SignedDuration::try_from(d.min(CENTURY)).unwrap_or(jiff::SignedDuration::ZERO);
+    t.checked_add(d).unwrap_or(t)
+}
+
+/// Executes the schedule decided by [`window::next_action`].
+pub struct Scheduler<C: Clock> {
+    runner: Runner,
+    clock: C,
+    policy: Policy,
+    schedule: Schedule,
+    reboot_command: PathBuf,
+}
+
+impl<C: Clock> Scheduler<C> {
+    /// The first check comes after a short random delay (see [`window::initial_delay`]).
+    pub fn new(runner: Runner, clock: C, policy: Policy) -> Scheduler<C> {
+        let delay = window::initial_delay(policy.check_interval, rand::random::<f64>());
+        let first = later(clock.now().timestamp(), delay);
+        Scheduler {
+            runner,
+            clock,
+            policy,
+            schedule: Schedule {
+                next_check: Some(first),
+                ..Schedule::default()
+            },
+            reboot_command: PathBuf::from("/sbin/reboot"),
+        }
+    }
+
+    pub fn with_reboot_command(mut self, program: PathBuf) -> Self {
+        self.reboot_command = program;
+        self
+    }
+
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    fn after_interval(&self, now: &Zoned) -> jiff::Timestamp {
+        let wait = window::jittered(self.policy.check_interval, rand::random::<f64>());
+        later(now.timestamp(), wait)
+    }
+
+    /// Decides and performs one action.
+    pub async fn step(&mut self) -> Step {
+        let now = self.clock.now();
+        match window::next_action(&now, &self.schedule, &self.policy) {
+            Action::Disabled => Step::Disabled,
+            Action::Wait { until } => {
+                self.clock.wait_until(&until).await;
+                Step::Waited { from: now, until }
+            }
+            Action::Check => {
+                self.schedule.next_check = Some(self.after_interval(&now));
+                match self.runner.check().await {
+                    Ok(report) => {
+                        tracing::info!(version = %report.version, available = report.available, "scheduled check");
+                        self.schedule.pending = report.available.then(|| Pending {
+                            version: report.version.clone(),
+                            update_type: report.update_type.clone(),
+                        });
+                        Step::Checked {
+                            at: now,
+                            offered: report.available.then_some(report.version),
+                            error: None,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "scheduled check failed; will retry at the next interval");
+                        Step::Checked {
+                            at: now,
+                            offered: None,
+                            error: Some(e.to_string()),
+                        }
+                    }
+                }
+            }
+            Action::Apply { version } => {
+                let pending = self.schedule.pending.take();
+                let update_type = pending.map(|p| p.update_type).unwrap_or_default();
+                tracing::info!(%version, "automatic apply");
+                let result = self.runner.apply(ApplyOptions::default()).await;
+                let mut rebooting = false;
+                match &result {
+                    Ok(report) if report.outcome == qx_core::status::Outcome::Success => {
+                        if window::should_reboot(&update_type, &self.policy) {
+                            rebooting = true;
+                            self.reboot().await;
+                        }
+                    }
+                    // Busy: an operator's apply runs; the next check sees what is left.
+                    Err(RunError::Busy) | Err(RunError::Agent(AgentError::Busy { .. })) => {}
+                    Err(RunError::ShuttingDown) => {}
+                    _ => self.schedule.failed_version = Some(version.clone()),
+                }
+                Step::Applied {
+                    at: now,
+                    version,
+                    result: result.map_err(|e| e.to_string()),
+                    rebooting,
+                }
+            }
+        }
+    }
+
+    async fn reboot(&self) {
+        let program = self.reboot_command.clone();
+        tracing::warn!(program = %program.display(), "full-image update applied and auto_reboot is set: rebooting");
+        let outcome =
+            tokio::task::spawn_blocking(move || std::process::Command::new(&program).status())
+                .await;
+        match outcome {
+            Ok(Ok(status)) if status.success() => {}
+            Ok(Ok(status)) => {
+                tracing::error!(%status, "reboot command failed; reboot the host by hand to boot the new system")
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot run the reboot command; reboot the host by hand to boot the new system")
+            }
+            Err(e) => tracing::error!(error = %e, "reboot task failed"),
+        }
+    }
+
+    /// Steps until `shutdown` turns true. A step cut short by the shutdown leaves a running
+    /// apply to finish on its blocking thread (see [`Runner::wait_idle`]).
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if *shutdown.borrow_and_update() {
+                return;
+            }
+            let disabled = tokio::select! {
+                step = self.step() => matches!(step, Step::Disabled),
+                _ = wait_stop(&mut shutdown) => return,
+            };
+            if disabled {
+                tracing::info!(
+                    "updates are disabled (updates.enabled: false); the API answers status only"
+                );
+                wait_stop(&mut shutdown).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Returns when `shutdown` turns true (never, if its sender is gone without sending it).
+async fn wait_stop(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon.
+
+/// `qx-update daemon`: see the module documentation.
+pub async fn run(agent: Agent, args: &DaemonArgs) -> anyhow::Result<()> {
+    let config = agent.config().clone();
+    let root = agent.root().to_path_buf();
+
+    let recovering = agent.clone();
+    match tokio::task::spawn_blocking(move || recovering.recover())
+        .await
+        .context("recovery task failed")?
+    {
+        Ok(Some(report)) => {
+            tracing::warn!(?report, "finished an interrupted update from its journal")
+        }
+        Ok(None) => {}
+        Err(AgentError::Busy { lock }) => tracing::warn!(
+            lock = %lock.display(),
+            "another process holds the apply lock; recovery is left to it"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "recovery of an interrupted update failed; see the update log")
+        }
+    }
+
+    let token = crate::tls::load_or_create_token(&config.api.token_file)
+        .context("cannot set up the API token")?;
+    let tls = crate::tls::server_config(
+        config.api.tls_cert.as_deref(),
+        config.api.tls_key.as_deref(),
+        &root.join(API_STATE_DIR),
+    )
+    .context("cannot set up TLS for the API")?;
+    let listen = args.listen.unwrap_or(config.api.listen);
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("cannot listen on {listen} (updates.api.listen or --listen)"))?;
+    listener
+        .set_nonblocking(true)
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listening = listener.local_addr().unwrap_or(listen);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Installed before "daemon started" is logged: from then on SIGTERM is handled.
+    let signals = tokio::spawn(watch_signals(install_signals(), stop_tx));
+
+    let runner = Runner::new(agent);
+    let mut scheduler = Scheduler::new(runner.clone(), SystemClock, Policy::from_config(&config));
+    if let Some(program) = &args.reboot_command {
+        scheduler = scheduler.with_reboot_command(program.clone());
+    }
+    let scheduler = tokio::spawn(scheduler.run(stop_rx.clone()));
+
+    tracing::info!(listen = %listening, enabled = config.enabled, auto_apply = config.auto_apply,
+        window = ?config.maintenance_window.as_ref().map(|w| w.to_string()), "daemon started");
+    let state = crate::api::ApiState::new(runner.clone(), token);
+    let served = crate::api::serve(state, listener, tls, stop_rx.clone()).await;
+
+    runner.stop_accepting();
+    if let Err(e) = scheduler.await {
+        tracing::error!(error = %e, "scheduler task failed");
+    }
+    if runner.is_applying() {
+        tracing::warn!("waiting for the running apply to finish before exiting");
+    }
+    runner.wait_idle().await;
+    signals.abort();
+    served.with_context(|| format!("API server on {listen} failed"))?;
+    tracing::info!("daemon stopped");
+    Ok(())
+}
+
+type SignalStreams = Option<(
+    tokio::signal::unix::Signal,
+    tokio::signal::unix::Signal,
+    tokio::signal::unix::Signal,
+)>;
+
+/// Registers SIGTERM, SIGINT and SIGHUP handlers (they take effect at once).
+fn install_signals() -> SignalStreams {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(term), Ok(int), Ok(hup)) => Some((term, int, hup)),
+        _ => {
+            tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL (the journal keeps the host consistent)");
+            None
+        }
+    }
+}
+
+/// SIGTERM/SIGINT → stop; SIGHUP → log that a restart is needed.
+async fn watch_signals(signals: SignalStreams, stop: watch::Sender<bool>) {
+    let Some((mut term, mut int, mut hup)) = signals else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => tracing::warn!(
+                "SIGHUP: the configuration is read at start only; restart the service to apply changes"
+            ),
+        }
+    }
+    tracing::info!("stopping: no new work is started; a running apply is finished first");
+    let _ = stop.send(true);
+}

@@ -1,1 +1,1164 @@
-//! download (being written)
+//! Artifact downloads (SPEC §4 step 2): resumable with HTTP `Range`, verified while streaming,
+//! retried with exponential backoff and full jitter within a bounded budget, optionally
+//! throttled, with progress reports.
+//!
+//! Files in the target directory, for an artifact `A`:
+//! - `A.part`: the bytes received so far (a prefix of the artifact); kept across retries, cuts
+//!   and agent restarts, and resumed with `Range: bytes=N-` plus `If-Range: "<sha256>"` (the
+//!   server's strong ETag of an artifact is its quoted SHA-256, so a changed file on the server
+//!   answers 200 and the download starts again from zero);
+//! - `A.part.sha256`: the SHA-256 the partial data is expected to end as; a `.part` left by a
+//!   download of other content (another release with the same artifact name) is discarded;
+//! - `A`: the verified artifact, fsynced, renamed from `A.part` atomically.
+//!
+//! A response whose ETag is a quoted SHA-256 other than the expected one is refused before its
+//! body is read (as a mismatch); other ETag forms are ignored.
+//!
+//! Attempt budget: `max_attempts` bounds the consecutive attempts that end without progress
+//! (connection refused, 5xx, a stall or a cut before [`MIN_PROGRESS`] new bytes arrived, ...).
+//! An attempt that added at least `MIN_PROGRESS` bytes and was then cut does not use the budget
+//! (a link that drops every few megabytes still converges; each such attempt moves the download
+//! forward by that much, so the loop stays bounded); it is retried after a short jittered
+//! delay (at most `initial_backoff`). A verification failure (size or SHA-256) always uses the
+//! budget, and is counted separately too, so a server that keeps serving wrong bytes is given
+//! up on after `max_attempts` of them. The `GaveUp` error counts every attempt made.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use qx_core::{ArtifactRef, Sha256, Sha256Hasher};
+use rand::Rng;
+use reqwest::blocking::{Client, Response};
+use reqwest::header::{self, HeaderMap};
+use reqwest::StatusCode;
+
+/// The largest body `get_bytes` accepts (manifests and signatures are a few KiB).
+pub const MAX_SMALL_BODY: u64 = 16 * 1024 * 1024;
+
+/// An interrupted attempt that added at least this many bytes counts as progress.
+pub const MIN_PROGRESS: u64 = 64 * 1024;
+
+/// Read buffer size when no bandwidth limit is set.
+const BUF_SIZE: usize = 256 * 1024;
+
+/// Progress is reported at most this often (plus once at the start and once at the end).
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How downloads behave; `Default` gives production values, tests shorten them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadOptions {
+    /// Attempts allowed in a row without progress (see the module documentation).
+    pub max_attempts: u32,
+    /// First retry delay bound; doubled after each failed attempt, with full jitter.
+    pub initial_backoff: Duration,
+    /// Upper bound of a retry delay.
+    pub max_backoff: Duration,
+    /// Bytes per second; `None` for no limit.
+    pub bandwidth_limit: Option<u64>,
+    pub connect_timeout: Duration,
+    /// No byte for this long (while waiting for the response head or the body) fails the attempt.
+    pub stall_timeout: Duration,
+}
+
+impl Default for DownloadOptions {
+    fn default() -> Self {
+        Self {
+            max_attempts: 6,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            bandwidth_limit: None,
+            connect_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One progress report: `bytes` of `total` are on disk (verified prefix), `rate` in bytes/s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadProgress {
+    pub artifact: String,
+    pub bytes: u64,
+    pub total: u64,
+    pub rate: u64,
+}
+
+impl DownloadProgress {
+    /// Seconds left at the current rate, if there is a rate.
+    pub fn eta(&self) -> Option<Duration> {
+        (self.rate > 0)
+            .then(|| Duration::from_secs(self.total.saturating_sub(self.bytes) / self.rate))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("{url}: the server answered HTTP {status}")]
+    Http { url: String, status: u16 },
+    #[error(
+        "{url}: not found on the update server (HTTP 404); check the product, channel and version"
+    )]
+    NotFound { url: String },
+    #[error("artifact {artifact}: sha256 mismatch (expected {expected}, got {got}); the download was discarded")]
+    Mismatch {
+        artifact: String,
+        expected: Sha256,
+        got: Sha256,
+    },
+    #[error("artifact {artifact}: the server sent {got} bytes where the signed manifest says {expected}; the download was discarded")]
+    SizeMismatch {
+        artifact: String,
+        expected: u64,
+        /// What the server announced or delivered (when it sent too much: the count at which
+        /// the download was stopped).
+        got: u64,
+    },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{url}: gave up after {attempts} attempt(s); last error: {last}")]
+    GaveUp {
+        url: String,
+        attempts: u32,
+        last: Box<DownloadError>,
+    },
+    #[error("{path}: not enough free space ({needed} bytes needed, {available} available); free some space and retry")]
+    NoSpace {
+        path: PathBuf,
+        needed: u64,
+        available: u64,
+    },
+    /// Connection refused or reset, a stall past the timeout, a body cut short.
+    #[error("{url}: {message}")]
+    Network { url: String, message: String },
+    #[error("{url}: the response is larger than {limit} bytes; refused")]
+    TooLarge { url: String, limit: u64 },
+    #[error("cannot set up the HTTP client: {0}")]
+    Client(String),
+    /// `fetch_into` only: the download had to start again from zero (the server ignored the
+    /// range, or the data failed verification) after bytes had gone to the sink.
+    #[error("artifact {artifact}: {reason}; the download must start again from zero but part of it was already streamed on: discard what was streamed and fetch the artifact again")]
+    StreamRestarted { artifact: String, reason: String },
+    /// `fetch_into` only: writing to the sink failed (the partial download is kept).
+    #[error("artifact {artifact}: the consumer of the streamed download failed: {source}")]
+    Sink { artifact: String, source: io::Error },
+}
+
+impl DownloadError {
+    fn io(path: &Path, source: io::Error) -> Self {
+        DownloadError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Bytes available to an unprivileged user on the filesystem holding `path`.
+pub fn free_space(path: &Path) -> io::Result<u64> {
+    let st = rustix::fs::statvfs(path)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// How an attempt failed, and what that means for the retry loop.
+struct Failed {
+    error: DownloadError,
+    kind: FailKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailKind {
+    /// Do not retry (404, 401, 403, other 4xx, local I/O errors).
+    Fatal,
+    /// Retry; `progressed` when at least `MIN_PROGRESS` bytes were added before the failure.
+    Transient { progressed: bool },
+    /// The received data failed verification and was discarded; retry from zero.
+    Corrupt,
+}
+
+impl Failed {
+    fn fatal(error: DownloadError) -> Self {
+        Self {
+            error,
+            kind: FailKind::Fatal,
+        }
+    }
+    fn transient(error: DownloadError, progressed: bool) -> Self {
+        Self {
+            error,
+            kind: FailKind::Transient { progressed },
+        }
+    }
+    fn corrupt(error: DownloadError) -> Self {
+        Self {
+            error,
+            kind: FailKind::Corrupt,
+        }
+    }
+}
+
+/// Counts failures and decides when to give up; computes backoff delays.
+struct RetryBudget<'a> {
+    opts: &'a DownloadOptions,
+    attempts: u32,
+    in_a_row: u32,
+    corrupt: u32,
+    retry_after: Option<Duration>,
+}
+
+impl<'a> RetryBudget<'a> {
+    fn new(opts: &'a DownloadOptions) -> Self {
+        Self {
+            opts,
+            attempts: 0,
+            in_a_row: 0,
+            corrupt: 0,
+            retry_after: None,
+        }
+    }
+
+    /// Records a failed attempt; returns the error to give up with, or the delay before the next.
+    fn failed(&mut self, url: &str, failed: Failed) -> Result<Duration, DownloadError> {
+        match failed.kind {
+            FailKind::Fatal => return Err(failed.error),
+            FailKind::Transient { progressed: true } => self.in_a_row = 0,
+            FailKind::Transient { progressed: false } => self.in_a_row += 1,
+            FailKind::Corrupt => {
+                self.in_a_row += 1;
+                self.corrupt += 1;
+            }
+        }
+        let max = self.opts.max_attempts.max(1);
+        if self.in_a_row >= max || self.corrupt >= max {
+            return Err(DownloadError::GaveUp {
+                url: url.to_owned(),
+                attempts: self.attempts,
+                last: Box::new(failed.error),
+            });
+        }
+        tracing::warn!(url, attempt = self.attempts, error = %failed.error, "download attempt failed; retrying");
+        // After progress: a short pause (the first backoff step), not counted.
+        let step = self.in_a_row.max(1);
+        let delay = backoff_delay(self.opts, step, rand::rng().random::<f64>());
+        Ok(match self.retry_after.take() {
+            Some(asked) => delay.max(asked.min(self.opts.max_backoff)),
+            None => delay,
+        })
+    }
+}
+
+/// Full jitter: a uniform delay in `[0, min(max_backoff, initial * 2^(failures-1))]`;
+/// `unit` is the random draw in `[0, 1)`.
+fn backoff_delay(opts: &DownloadOptions, failures: u32, unit: f64) -> Duration {
+    let exp = failures.saturating_sub(1).min(30);
+    let cap = opts
+        .initial_backoff
+        .saturating_mul(1u32 << exp)
+        .min(opts.max_backoff);
+    cap.mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// A token bucket: `rate` bytes per second with a burst of a tenth of a second (at least one
+/// read buffer). Pure: the caller passes the current instant and sleeps the returned delay.
+#[derive(Debug, Clone)]
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl RateLimiter {
+    pub fn new(bytes_per_second: u64) -> Self {
+        let rate = bytes_per_second.max(1) as f64;
+        let burst = (rate / 10.0).max(Self::chunk_for(bytes_per_second) as f64);
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            last: None,
+        }
+    }
+
+    /// The read size that keeps throttling smooth at this rate.
+    pub fn chunk_for(bytes_per_second: u64) -> usize {
+        usize::try_from(bytes_per_second / 20)
+            .unwrap_or(BUF_SIZE)
+            .clamp(1024, BUF_SIZE)
+    }
+
+    /// Takes `n` bytes at instant `now`; returns how long to wait before reading more.
+    pub fn take(&mut self, now: Instant, n: u64) -> Duration {
+        let elapsed = self
+            .last
+            .map(|last| now.saturating_duration_since(last).as_secs_f64())
+            .unwrap_or(0.0);
+        self.last = Some(now);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst) - n as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
+/// Emits progress at most every `PROGRESS_INTERVAL`, with a smoothed rate.
+struct Meter {
+    artifact: String,
+    total: u64,
+    last: Option<(Instant, u64)>,
+    rate: f64,
+}
+
+impl Meter {
+    fn new(artifact: &str, total: u64) -> Self {
+        Self {
+            artifact: artifact.to_owned(),
+            total,
+            last: None,
+            rate: 0.0,
+        }
+    }
+
+    fn tick(&mut self, now: Instant, bytes: u64, force: bool) -> Option<DownloadProgress> {
+        match self.last {
+            None => self.last = Some((now, bytes)),
+            Some((at, prev)) => {
+                let dt = now.saturating_duration_since(at);
+                if dt < PROGRESS_INTERVAL && !force {
+                    return None;
+                }
+                if dt >= PROGRESS_INTERVAL {
+                    let sample = bytes.saturating_sub(prev) as f64 / dt.as_secs_f64();
+                    self.rate = if self.rate == 0.0 {
+                        sample
+                    } else {
+                        0.7 * self.rate + 0.3 * sample
+                    };
+                    self.last = Some((now, bytes));
+                }
+            }
+        }
+        Some(DownloadProgress {
+            artifact: self.artifact.clone(),
+            bytes,
+            total: self.total,
+            rate: self.rate as u64,
+        })
+    }
+}
+
+/// The partial file of one artifact and the running hash of its content; with a sink, every
+/// byte of the artifact also goes there once, in order.
+struct Part<'a, 's> {
+    expected: &'a ArtifactRef,
+    path: PathBuf,
+    meta: PathBuf,
+    file: Option<File>,
+    hasher: Sha256Hasher,
+    sink: Option<&'s mut dyn Write>,
+    /// Bytes given to the sink.
+    sunk: u64,
+}
+
+impl<'a, 's> Part<'a, 's> {
+    /// Picks up a `.part` left by an earlier attempt or process (re-hashing its content and
+    /// streaming it to the sink), or starts empty.
+    fn open(
+        dir: &Path,
+        expected: &'a ArtifactRef,
+        sink: Option<&'s mut dyn Write>,
+    ) -> Result<Self, DownloadError> {
+        let name = expected.artifact.as_str();
+        let mut part = Self {
+            expected,
+            path: dir.join(format!("{name}.part")),
+            meta: dir.join(format!("{name}.part.sha256")),
+            file: None,
+            hasher: Sha256Hasher::new(),
+            sink,
+            sunk: 0,
+        };
+        let same_content = fs::read_to_string(&part.meta)
+            .map(|s| s.trim() == expected.sha256.to_hex())
+            .unwrap_or(false);
+        if !same_content {
+            part.discard()?;
+            return Ok(part);
+        }
+        let mut file = match OpenOptions::new().read(true).append(true).open(&part.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(part),
+            Err(e) => return Err(DownloadError::io(&part.path, e)),
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| DownloadError::io(&part.path, e))?
+            .len();
+        if len > expected.size_bytes {
+            drop(file);
+            part.discard()?;
+            return Ok(part);
+        }
+        let mut buf = vec![0u8; BUF_SIZE];
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(DownloadError::io(&part.path, e)),
+            };
+            part.hasher.update(&buf[..n]);
+            part.feed(&buf[..n])?;
+        }
+        part.file = Some(file);
+        tracing::info!(
+            artifact = name,
+            bytes = part.len(),
+            "resuming partial download"
+        );
+        Ok(part)
+    }
+
+    fn len(&self) -> u64 {
+        self.hasher.len()
+    }
+
+    fn ensure_open(&mut self) -> Result<&mut File, DownloadError> {
+        if self.file.is_none() {
+            fs::write(&self.meta, format!("{}\n", self.expected.sha256))
+                .map_err(|e| DownloadError::io(&self.meta, e))?;
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&self.path)
+                .map_err(|e| DownloadError::io(&self.path, e))?;
+            self.hasher = Sha256Hasher::new();
+            self.file = Some(file);
+        }
+        match self.file.as_mut() {
+            Some(f) => Ok(f),
+            None => Err(DownloadError::io(
+                &self.path,
+                io::Error::other("partial file is not open"),
+            )),
+        }
+    }
+
+    fn write(&mut self, data: &[u8]) -> Result<(), DownloadError> {
+        let path = self.path.clone();
+        self.ensure_open()?
+            .write_all(data)
+            .map_err(|e| DownloadError::io(&path, e))?;
+        self.hasher.update(data);
+        self.feed(data)
+    }
+
+    /// Hands bytes to the sink, if there is one.
+    fn feed(&mut self, data: &[u8]) -> Result<(), DownloadError> {
+        if let Some(sink) = self.sink.as_mut() {
+            sink.write_all(data).map_err(|source| DownloadError::Sink {
+                artifact: self.expected.artifact.as_str().to_owned(),
+                source,
+            })?;
+            self.sunk += data.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Deletes the partial data (and its sidecar): the next write starts from zero. When bytes
+    /// were already streamed to a sink, that stream is void: `StreamRestarted`.
+    fn discard(&mut self) -> Result<(), DownloadError> {
+        self.file = None;
+        self.hasher = Sha256Hasher::new();
+        for p in [&self.path, &self.meta] {
+            match fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(DownloadError::io(p, e)),
+            }
+        }
+        if self.sunk > 0 {
+            return Err(DownloadError::StreamRestarted {
+                artifact: self.expected.artifact.as_str().to_owned(),
+                reason: "the partial download could not be continued".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the complete content; on a mismatch the data is deleted.
+    fn verify(&mut self) -> Result<(), Failed> {
+        let (got, len) = self.hasher.clone().finish();
+        let name = self.expected.artifact.as_str();
+        let error = if len != self.expected.size_bytes {
+            DownloadError::SizeMismatch {
+                artifact: name.to_owned(),
+                expected: self.expected.size_bytes,
+                got: len,
+            }
+        } else if got != self.expected.sha256 {
+            DownloadError::Mismatch {
+                artifact: name.to_owned(),
+                expected: self.expected.sha256,
+                got,
+            }
+        } else {
+            return Ok(());
+        };
+        match self.discard() {
+            Ok(()) => Err(Failed::corrupt(error)),
+            Err(DownloadError::StreamRestarted { artifact, .. }) => {
+                // The streamed data is void; say what was wrong with it.
+                Err(Failed::fatal(DownloadError::StreamRestarted {
+                    artifact,
+                    reason: error.to_string(),
+                }))
+            }
+            Err(e) => Err(Failed::fatal(e)),
+        }
+    }
+
+    /// fsync, rename to the final name, fsync the directory.
+    fn commit(mut self, final_path: &Path) -> Result<(), DownloadError> {
+        let file = self.ensure_open()?;
+        file.sync_all()
+            .map_err(|e| DownloadError::io(&self.path, e))?;
+        self.file = None;
+        fs::rename(&self.path, final_path).map_err(|e| DownloadError::io(final_path, e))?;
+        if let Some(dir) = final_path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| DownloadError::io(dir, e))?;
+        }
+        match fs::remove_file(&self.meta) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(DownloadError::io(&self.meta, e)),
+        }
+    }
+}
+
+/// The blocking download client (callers in async code use `spawn_blocking`).
+#[derive(Debug, Clone)]
+pub struct Downloader {
+    client: Client,
+    opts: DownloadOptions,
+}
+
+impl Downloader {
+    pub fn new(opts: DownloadOptions) -> Result<Self, DownloadError> {
+        let client = Client::builder()
+            .connect_timeout(opts.connect_timeout)
+            // The blocking client applies this to the wait for the response head and to each
+            // read of the body: it is a stall timeout, not a limit on the whole transfer.
+            .timeout(opts.stall_timeout)
+            .user_agent(concat!("qx-update/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| DownloadError::Client(e.to_string()))?;
+        Ok(Self { client, opts })
+    }
+
+    pub fn options(&self) -> &DownloadOptions {
+        &self.opts
+    }
+
+    /// Downloads `url` into `dir/<artifact>` (partial data kept in `dir/<artifact>.part`,
+    /// resumed with Range + If-Range after a crash or a cut), SHA-256 and size verified while
+    /// streaming; a corrupt file is deleted and fetched again within the attempt budget.
+    /// Returns the final path. If `dir/<artifact>` already exists with the right hash, returns
+    /// at once.
+    pub fn fetch(
+        &self,
+        url: &str,
+        dir: &Path,
+        expected: &ArtifactRef,
+        progress: &mut dyn FnMut(&DownloadProgress),
+    ) -> Result<PathBuf, DownloadError> {
+        self.fetch_inner(url, dir, expected, progress, None)
+    }
+
+    /// [`fetch`](Self::fetch), and every byte of the artifact is also written to `sink`, once
+    /// and in order from byte 0, as it arrives (a resumed `.part` is read back into the sink
+    /// first; a file already complete in `dir` is streamed from disk). This lets a caller
+    /// decompress and unpack **into staging** while downloading, in one pass.
+    ///
+    /// The bytes are verified only when this returns `Ok`: until then the sink's output must
+    /// not be used (installed, executed). If the download has to restart from zero after bytes
+    /// went to the sink (the server ignored the range, or the data failed verification), this
+    /// stops with [`DownloadError::StreamRestarted`]: discard the sink's output and fetch again
+    /// (with `fetch`, then unpack from the file). A failing sink stops the download with
+    /// [`DownloadError::Sink`]; the partial file is kept for a resume.
+    ///
+    /// With a pipe to a decoder thread as the sink, that thread must read its end to EOF even
+    /// after the archive's end marker (or after failing), or the download blocks or fails.
+    pub fn fetch_into(
+        &self,
+        url: &str,
+        dir: &Path,
+        expected: &ArtifactRef,
+        progress: &mut dyn FnMut(&DownloadProgress),
+        sink: &mut dyn Write,
+    ) -> Result<PathBuf, DownloadError> {
+        self.fetch_inner(url, dir, expected, progress, Some(sink))
+    }
+
+    fn fetch_inner(
+        &self,
+        url: &str,
+        dir: &Path,
+        expected: &ArtifactRef,
+        progress: &mut dyn FnMut(&DownloadProgress),
+        mut sink: Option<&mut dyn Write>,
+    ) -> Result<PathBuf, DownloadError> {
+        let name = expected.artifact.as_str();
+        let final_path = dir.join(name);
+        fs::create_dir_all(dir).map_err(|e| DownloadError::io(dir, e))?;
+        let mut meter = Meter::new(name, expected.size_bytes);
+
+        match File::open(&final_path) {
+            Ok(f) => {
+                let (sha, len) =
+                    Sha256::of_reader(f).map_err(|e| DownloadError::io(&final_path, e))?;
+                if sha == expected.sha256 && len == expected.size_bytes {
+                    if let Some(sink) = sink.as_mut() {
+                        let mut f = File::open(&final_path)
+                            .map_err(|e| DownloadError::io(&final_path, e))?;
+                        io::copy(&mut f, sink).map_err(|source| DownloadError::Sink {
+                            artifact: name.to_owned(),
+                            source,
+                        })?;
+                    }
+                    if let Some(p) = meter.tick(Instant::now(), len, true) {
+                        progress(&p);
+                    }
+                    return Ok(final_path);
+                }
+                tracing::warn!(path = %final_path.display(), "existing file does not match the manifest; downloading again");
+                fs::remove_file(&final_path).map_err(|e| DownloadError::io(&final_path, e))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DownloadError::io(&final_path, e)),
+        }
+
+        let mut part = Part::open(dir, expected, sink)?;
+        let needed = expected.size_bytes - part.len();
+        let available = free_space(dir).map_err(|e| DownloadError::io(dir, e))?;
+        if available < needed {
+            return Err(DownloadError::NoSpace {
+                path: dir.to_owned(),
+                needed,
+                available,
+            });
+        }
+        if let Some(p) = meter.tick(Instant::now(), part.len(), true) {
+            progress(&p);
+        }
+
+        let mut limiter = self.opts.bandwidth_limit.map(RateLimiter::new);
+        let mut budget = RetryBudget::new(&self.opts);
+        loop {
+            budget.attempts += 1;
+            let result = self.attempt(
+                url,
+                &mut part,
+                &mut limiter,
+                &mut meter,
+                progress,
+                &mut budget,
+            );
+            match result {
+                Ok(()) => break,
+                Err(failed) => {
+                    let delay = budget.failed(url, failed)?;
+                    std::thread::sleep(delay);
+                }
+            }
+        }
+        part.commit(&final_path)?;
+        if let Some(p) = meter.tick(Instant::now(), expected.size_bytes, true) {
+            progress(&p);
+        }
+        tracing::info!(artifact = name, bytes = expected.size_bytes, sha256 = %expected.sha256, "artifact downloaded and verified");
+        Ok(final_path)
+    }
+
+    fn attempt(
+        &self,
+        url: &str,
+        part: &mut Part<'_, '_>,
+        limiter: &mut Option<RateLimiter>,
+        meter: &mut Meter,
+        progress: &mut dyn FnMut(&DownloadProgress),
+        budget: &mut RetryBudget<'_>,
+    ) -> Result<(), Failed> {
+        let size = part.expected.size_bytes;
+        let name = part.expected.artifact.as_str().to_owned();
+        let offset = part.len();
+        if offset == size {
+            // Everything arrived before a crash or a cut: nothing to ask the server for.
+            return part.verify();
+        }
+        let mut req = self.client.get(url);
+        if offset > 0 {
+            req = req
+                .header(header::RANGE, format!("bytes={offset}-"))
+                .header(header::IF_RANGE, format!("\"{}\"", part.expected.sha256));
+        }
+        let mut resp = req
+            .send()
+            .map_err(|e| Failed::transient(network(url, &e), false))?;
+        let status = resp.status();
+        match status {
+            StatusCode::OK => {
+                if offset > 0 {
+                    tracing::info!(
+                        url,
+                        "server sent the whole artifact instead of a range; restarting from zero"
+                    );
+                    part.discard().map_err(|e| match e {
+                        DownloadError::StreamRestarted { artifact, .. } => {
+                            Failed::fatal(DownloadError::StreamRestarted {
+                                artifact,
+                                reason:
+                                    "the server answered the range request with the whole artifact"
+                                        .into(),
+                            })
+                        }
+                        e => Failed::fatal(e),
+                    })?;
+                }
+            }
+            StatusCode::PARTIAL_CONTENT => {
+                let range = resp
+                    .headers()
+                    .get(header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_content_range);
+                match range {
+                    Some((_, Some(total))) if total != size => {
+                        part.discard().map_err(Failed::fatal)?;
+                        return Err(Failed::corrupt(DownloadError::SizeMismatch {
+                            artifact: name,
+                            expected: size,
+                            got: total,
+                        }));
+                    }
+                    Some((start, _)) if start == offset => {}
+                    _ => {
+                        part.discard().map_err(Failed::fatal)?;
+                        return Err(Failed::transient(
+                            DownloadError::Network {
+                                url: url.to_owned(),
+                                message: format!(
+                                    "the server answered a request for bytes {offset}- with an unusable range; restarting from zero"
+                                ),
+                            },
+                            false,
+                        ));
+                    }
+                }
+            }
+            StatusCode::RANGE_NOT_SATISFIABLE => {
+                part.discard().map_err(Failed::fatal)?;
+                return Err(Failed::transient(http(url, status), false));
+            }
+            _ => {
+                budget.retry_after = retry_after(&resp);
+                return Err(classify_status(url, &resp));
+            }
+        }
+        // The update server's strong ETag is the artifact's quoted SHA-256: when it names other
+        // content, the body is not worth reading.
+        let etag = resp
+            .headers()
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|t| {
+                t.strip_prefix('"')?
+                    .strip_suffix('"')?
+                    .parse::<Sha256>()
+                    .ok()
+            });
+        if let Some(tag) = etag {
+            if tag != part.expected.sha256 {
+                part.discard().map_err(Failed::fatal)?;
+                return Err(Failed::corrupt(DownloadError::Mismatch {
+                    artifact: name,
+                    expected: part.expected.sha256,
+                    got: tag,
+                }));
+            }
+        }
+        if let Some(announced) = resp.content_length() {
+            if part.len() + announced != size {
+                part.discard().map_err(Failed::fatal)?;
+                return Err(Failed::corrupt(DownloadError::SizeMismatch {
+                    artifact: name,
+                    expected: size,
+                    got: part.len() + announced,
+                }));
+            }
+        }
+
+        let start = part.len();
+        let chunk = match self.opts.bandwidth_limit {
+            Some(rate) => RateLimiter::chunk_for(rate),
+            None => BUF_SIZE,
+        };
+        let mut buf = vec![0u8; chunk];
+        loop {
+            let n = match resp.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(Failed::transient(
+                        DownloadError::Network {
+                            url: url.to_owned(),
+                            message: format!(
+                                "transfer interrupted after {} of {size} bytes: {}",
+                                part.len(),
+                                error_chain(&e)
+                            ),
+                        },
+                        part.len() >= start + MIN_PROGRESS,
+                    ))
+                }
+            };
+            if part.len() + n as u64 > size {
+                let got = part.len() + n as u64;
+                part.discard().map_err(Failed::fatal)?;
+                return Err(Failed::corrupt(DownloadError::SizeMismatch {
+                    artifact: name,
+                    expected: size,
+                    got,
+                }));
+            }
+            part.write(&buf[..n]).map_err(Failed::fatal)?;
+            if let Some(limiter) = limiter.as_mut() {
+                let wait = limiter.take(Instant::now(), n as u64);
+                if !wait.is_zero() {
+                    std::thread::sleep(wait);
+                }
+            }
+            if let Some(p) = meter.tick(Instant::now(), part.len(), false) {
+                progress(&p);
+            }
+        }
+        if part.len() < size {
+            return Err(Failed::transient(
+                DownloadError::Network {
+                    url: url.to_owned(),
+                    message: format!(
+                        "the server closed the connection after {} of {size} bytes",
+                        part.len()
+                    ),
+                },
+                part.len() >= start + MIN_PROGRESS,
+            ));
+        }
+        part.verify()
+    }
+
+    /// Fetches small text/bytes (manifest, signature) with the same retry policy; returns the
+    /// body and the response headers. Bodies over [`MAX_SMALL_BODY`] are refused.
+    pub fn get_bytes(&self, url: &str) -> Result<(Vec<u8>, HeaderMap), DownloadError> {
+        let mut budget = RetryBudget::new(&self.opts);
+        loop {
+            budget.attempts += 1;
+            match self.get_small(url, &mut budget) {
+                Ok(v) => return Ok(v),
+                Err(failed) => {
+                    let delay = budget.failed(url, failed)?;
+                    std::thread::sleep(delay);
+                }
+            }
+        }
+    }
+
+    fn get_small(
+        &self,
+        url: &str,
+        budget: &mut RetryBudget<'_>,
+    ) -> Result<(Vec<u8>, HeaderMap), Failed> {
+        let resp = self
+            .client
+            .get(url)
+            .send()
+            .map_err(|e| Failed::transient(network(url, &e), false))?;
+        if resp.status() != StatusCode::OK {
+            budget.retry_after = retry_after(&resp);
+            return Err(classify_status(url, &resp));
+        }
+        let too_large = || {
+            Failed::fatal(DownloadError::TooLarge {
+                url: url.to_owned(),
+                limit: MAX_SMALL_BODY,
+            })
+        };
+        if resp.content_length().is_some_and(|n| n > MAX_SMALL_BODY) {
+            return Err(too_large());
+        }
+        let headers = resp.headers().clone();
+        let mut body = Vec::new();
+        resp.take(MAX_SMALL_BODY + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| {
+                Failed::transient(
+                    DownloadError::Network {
+                        url: url.to_owned(),
+                        message: format!("reading the response failed: {}", error_chain(&e)),
+                    },
+                    false,
+                )
+            })?;
+        if body.len() as u64 > MAX_SMALL_BODY {
+            return Err(too_large());
+        }
+        Ok((body, headers))
+    }
+}
+
+fn http(url: &str, status: StatusCode) -> DownloadError {
+    DownloadError::Http {
+        url: url.to_owned(),
+        status: status.as_u16(),
+    }
+}
+
+/// Any status other than 200/206/416: retry 408, 429 and 5xx; fail at once on the rest.
+fn classify_status(url: &str, resp: &Response) -> Failed {
+    let status = resp.status();
+    if status == StatusCode::NOT_FOUND {
+        return Failed::fatal(DownloadError::NotFound {
+            url: url.to_owned(),
+        });
+    }
+    let retryable = status.is_server_error()
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS;
+    if retryable {
+        Failed::transient(http(url, status), false)
+    } else {
+        Failed::fatal(http(url, status))
+    }
+}
+
+/// `Retry-After` in seconds (the date form is ignored).
+fn retry_after(resp: &Response) -> Option<Duration> {
+    resp.headers()
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+fn network(url: &str, e: &reqwest::Error) -> DownloadError {
+    DownloadError::Network {
+        url: url.to_owned(),
+        message: error_chain(e),
+    }
+}
+
+/// An error with its sources, `a: b: c`, so the root cause (timeout, refused) is visible.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// `bytes START-END/TOTAL` → (START, TOTAL if not `*`).
+fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
+    let rest = value.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (start, end) = range.split_once('-')?;
+    let start: u64 = start.trim().parse().ok()?;
+    let end: u64 = end.trim().parse().ok()?;
+    if end < start {
+        return None;
+    }
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    Some((start, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_schedule_matches_the_rate() {
+        // 1000 B/s: burst is max(100, 1024) = 1024 bytes, then one second per 1000 bytes.
+        let mut l = RateLimiter::new(1000);
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut sent = 0u64;
+        for _ in 0..100 {
+            let wait = l.take(now, 100);
+            sent += 100;
+            now += wait;
+        }
+        let elapsed = now.duration_since(t0).as_secs_f64();
+        let expected = (sent as f64 - 1024.0) / 1000.0;
+        assert!(
+            (elapsed - expected).abs() < 0.01,
+            "elapsed {elapsed}, expected {expected}"
+        );
+    }
+
+    #[test]
+    fn limiter_does_not_bank_idle_time_beyond_the_burst() {
+        let mut l = RateLimiter::new(10_000);
+        let t0 = Instant::now();
+        assert_eq!(l.take(t0, 1024), Duration::ZERO);
+        // Idle for an hour: at most one burst (1024 bytes) is available afterwards.
+        let later = t0 + Duration::from_secs(3600);
+        assert_eq!(l.take(later, 1024), Duration::ZERO);
+        let wait = l.take(later, 10_000);
+        assert!((wait.as_secs_f64() - 1.0).abs() < 1e-6, "{wait:?}");
+    }
+
+    #[test]
+    fn limiter_chunk_is_bounded() {
+        assert_eq!(RateLimiter::chunk_for(1), 1024);
+        assert_eq!(RateLimiter::chunk_for(1_000_000), 50_000);
+        assert_eq!(RateLimiter::chunk_for(u64::MAX), BUF_SIZE);
+    }
+
+    #[test]
+    fn backoff_is_capped_and_doubles() {
+        let opts = DownloadOptions {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(1000),
+            ..DownloadOptions::default()
+        };
+        let almost_one = 0.999_999;
+        assert_eq!(backoff_delay(&opts, 1, 0.0), Duration::ZERO);
+        assert!(backoff_delay(&opts, 1, almost_one) <= Duration::from_millis(100));
+        assert!(backoff_delay(&opts, 2, almost_one) > Duration::from_millis(199));
+        assert!(backoff_delay(&opts, 3, almost_one) > Duration::from_millis(399));
+        assert!(backoff_delay(&opts, 10, almost_one) <= Duration::from_millis(1000));
+        assert!(backoff_delay(&opts, 1000, almost_one) <= Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn content_range_parsing() {
+        assert_eq!(
+            parse_content_range("bytes 10-99/100"),
+            Some((10, Some(100)))
+        );
+        assert_eq!(parse_content_range("bytes 0-0/*"), Some((0, None)));
+        assert_eq!(parse_content_range("bytes 5-4/10"), None);
+        assert_eq!(parse_content_range("items 0-1/2"), None);
+        assert_eq!(parse_content_range("bytes */100"), None);
+    }
+
+    #[test]
+    fn meter_throttles_reports() {
+        let mut m = Meter::new("a", 1000);
+        let t0 = Instant::now();
+        assert!(m.tick(t0, 0, false).is_some());
+        assert!(m.tick(t0 + Duration::from_millis(10), 10, false).is_none());
+        let p = m
+            .tick(t0 + Duration::from_millis(200), 200, false)
+            .expect("a report after the interval");
+        assert_eq!((p.bytes, p.total, p.rate), (200, 1000, 1000));
+        assert!(m.tick(t0 + Duration::from_millis(210), 210, true).is_some());
+    }
+
+    #[test]
+    fn free_space_of_a_real_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(free_space(dir.path()).expect("statvfs") > 0);
+    }
+
+    #[test]
+    fn budget_gives_up_after_max_attempts_without_progress() {
+        let opts = DownloadOptions {
+            max_attempts: 3,
+            initial_backoff: Duration::ZERO,
+            ..DownloadOptions::default()
+        };
+        let mut b = RetryBudget::new(&opts);
+        let err = || DownloadError::Http {
+            url: "u".into(),
+            status: 500,
+        };
+        for _ in 0..2 {
+            b.attempts += 1;
+            assert!(b.failed("u", Failed::transient(err(), false)).is_ok());
+        }
+        // Progress resets the count of failures in a row.
+        b.attempts += 1;
+        assert!(b.failed("u", Failed::transient(err(), true)).is_ok());
+        for _ in 0..2 {
+            b.attempts += 1;
+            assert!(b.failed("u", Failed::transient(err(), false)).is_ok());
+        }
+        b.attempts += 1;
+        match b.failed("u", Failed::transient(err(), false)) {
+            Err(DownloadError::GaveUp { attempts, .. }) => assert_eq!(attempts, 6),
+            other => panic!("expected GaveUp, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn budget_counts_corruption_even_with_progress_between() {
+        let opts = DownloadOptions {
+            max_attempts: 2,
+            initial_backoff: Duration::ZERO,
+            ..DownloadOptions::default()
+        };
+        let mut b = RetryBudget::new(&opts);
+        let corrupt = || {
+            Failed::corrupt(DownloadError::SizeMismatch {
+                artifact: "a".into(),
+                expected: 1,
+                got: 2,
+            })
+        };
+        let cut = || {
+            Failed::transient(
+                DownloadError::Network {
+                    url: "u".into(),
+                    message: "cut".into(),
+                },
+                true,
+            )
+        };
+        assert!(b.failed("u", corrupt()).is_ok());
+        assert!(b.failed("u", cut()).is_ok());
+        assert!(matches!(
+            b.failed("u", corrupt()),
+            Err(DownloadError::GaveUp { .. })
+        ));
+    }
+
+    #[test]
+    fn fatal_is_not_retried() {
+        let opts = DownloadOptions::default();
+        let mut b = RetryBudget::new(&opts);
+        assert!(matches!(
+            b.failed(
+                "u",
+                Failed::fatal(DownloadError::NotFound { url: "u".into() })
+            ),
+            Err(DownloadError::NotFound { .. })
+        ));
+    }
+}

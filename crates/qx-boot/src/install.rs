@@ -568,6 +568,10 @@ struct SlotFs {
     mount: Option<TempMount>,
 }
 
+/// How often, and how far apart, an unmount that finds the file system busy is retried.
+const UMOUNT_ATTEMPTS: u32 = 50;
+const UMOUNT_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
 struct TempMount {
     dir: Option<tempfile::TempDir>,
     mounted: bool,
@@ -577,7 +581,18 @@ impl TempMount {
     fn unmount(&mut self) -> Result<()> {
         if self.mounted {
             if let Some(d) = &self.dir {
-                run(Command::new("umount").arg(d.path()))?;
+                // A child process forked elsewhere in this process holds the mount busy
+                // until it execs (its inherited descriptors close then): retry a bounded
+                // number of times before giving up.
+                let mut last = Ok(());
+                for _ in 0..UMOUNT_ATTEMPTS {
+                    last = run(Command::new("umount").arg(d.path()));
+                    if last.is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(UMOUNT_RETRY);
+                }
+                last?;
             }
             self.mounted = false;
         }

@@ -131,12 +131,16 @@ mod tests {
     #[test]
     fn parse_rejects_bad_hex() {
         assert!("ab".parse::<Sha256>().is_err());
-        assert!("BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD"
-            .parse::<Sha256>()
-            .is_err());
-        assert!("zz7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-            .parse::<Sha256>()
-            .is_err());
+        assert!(
+            "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD"
+                .parse::<Sha256>()
+                .is_err()
+        );
+        assert!(
+            "zz7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+                .parse::<Sha256>()
+                .is_err()
+        );
     }
 
     #[test]

@@ -223,8 +223,7 @@ impl Manifest {
                 });
             }
         };
-        de.end()
-            .map_err(|e| ManifestError::Syntax(e.to_string()))?;
+        de.end().map_err(|e| ManifestError::Syntax(e.to_string()))?;
         if unknown == UnknownFields::Reject && !ignored.is_empty() {
             return Err(ManifestError::UnknownFields(ignored));
         }
@@ -247,7 +246,10 @@ impl Manifest {
         if self.schema != SCHEMA_VERSION {
             bad(
                 "schema".into(),
-                format!("unsupported schema {} (this program knows {SCHEMA_VERSION})", self.schema),
+                format!(
+                    "unsupported schema {} (this program knows {SCHEMA_VERSION})",
+                    self.schema
+                ),
             );
         }
         if self.expires <= self.release_date {
@@ -264,7 +266,10 @@ impl Manifest {
         match self.update_type {
             UpdateType::Component => {
                 if self.components.is_empty() {
-                    bad("components".into(), "a component update needs at least one component".into());
+                    bad(
+                        "components".into(),
+                        "a component update needs at least one component".into(),
+                    );
                 }
                 if self.full_image.is_some() {
                     bad("full_image".into(), "a component update must not carry a full image (use update_type \"mixed\")".into());
@@ -275,32 +280,42 @@ impl Manifest {
                     bad("full_image".into(), "a full update needs full_image".into());
                 }
                 if !self.components.is_empty() {
-                    bad("components".into(), "a full update must not list components (use update_type \"mixed\")".into());
+                    bad(
+                        "components".into(),
+                        "a full update must not list components (use update_type \"mixed\")".into(),
+                    );
                 }
             }
             UpdateType::Mixed => {
                 if self.full_image.is_none() || self.components.is_empty() {
-                    bad("update_type".into(), "a mixed update needs both components and full_image".into());
+                    bad(
+                        "update_type".into(),
+                        "a mixed update needs both components and full_image".into(),
+                    );
                 }
             }
         }
 
         let mut artifacts = HashSet::new();
         let reserved = [MANIFEST_FILE, SIGNATURE_FILE];
-        let mut artifact = |path: String, name: &ArtifactName, bad: &mut dyn FnMut(String, String)| {
-            if reserved.contains(&name.as_str()) {
-                bad(path, format!("artifact name {name} is reserved"));
-            } else if !artifacts.insert(name.clone()) {
-                bad(path, format!("artifact {name} is listed more than once"));
-            }
-        };
+        let mut artifact =
+            |path: String, name: &ArtifactName, bad: &mut dyn FnMut(String, String)| {
+                if reserved.contains(&name.as_str()) {
+                    bad(path, format!("artifact name {name} is reserved"));
+                } else if !artifacts.insert(name.clone()) {
+                    bad(path, format!("artifact {name} is listed more than once"));
+                }
+            };
 
         let mut names = HashSet::new();
         let mut paths: Vec<(&InstallPath, usize)> = Vec::new();
         for (i, c) in self.components.iter().enumerate() {
             let at = |field: &str| format!("components[{i}].{field}");
             if !names.insert(&c.name) {
-                bad(at("name"), format!("component {} is listed more than once", c.name));
+                bad(
+                    at("name"),
+                    format!("component {} is listed more than once", c.name),
+                );
             }
             artifact(at("artifact"), &c.artifact, &mut bad);
             if c.version != self.version {
@@ -316,15 +331,19 @@ impl Manifest {
                 if overlaps(other.as_str(), c.install_path.as_str()) {
                     bad(
                         at("install_path"),
-                        format!("{} overlaps components[{j}].install_path {}", c.install_path, other),
+                        format!(
+                            "{} overlaps components[{j}].install_path {}",
+                            c.install_path, other
+                        ),
                     );
                 }
             }
             paths.push((&c.install_path, i));
             match (c.kind, &c.migrate_command) {
-                (ComponentKind::Migrations, None) => {
-                    bad(at("migrate_command"), "a migrations component needs a migrate_command".into())
-                }
+                (ComponentKind::Migrations, None) => bad(
+                    at("migrate_command"),
+                    "a migrations component needs a migrate_command".into(),
+                ),
                 (ComponentKind::Migrations, Some(cmd)) if cmd.is_empty() || cmd[0].is_empty() => {
                     bad(at("migrate_command"), "must name a program".into())
                 }
@@ -342,10 +361,16 @@ impl Manifest {
             let mut required = BTreeSet::new();
             for (k, r) in c.requires.iter().enumerate() {
                 if r.name == c.name {
-                    bad(format!("components[{i}].requires[{k}]"), "a component cannot require itself".into());
+                    bad(
+                        format!("components[{i}].requires[{k}]"),
+                        "a component cannot require itself".into(),
+                    );
                 }
                 if !required.insert(&r.name) {
-                    bad(format!("components[{i}].requires[{k}]"), format!("{} is required twice", r.name));
+                    bad(
+                        format!("components[{i}].requires[{k}]"),
+                        format!("{} is required twice", r.name),
+                    );
                 }
             }
         }
@@ -355,7 +380,11 @@ impl Manifest {
                 artifact("full_image.kernel.artifact".into(), &k.artifact, &mut bad);
             }
             if let Some(r) = &img.initramfs {
-                artifact("full_image.initramfs.artifact".into(), &r.artifact, &mut bad);
+                artifact(
+                    "full_image.initramfs.artifact".into(),
+                    &r.artifact,
+                    &mut bad,
+                );
             }
         }
         if problems.is_empty() {
@@ -389,7 +418,9 @@ impl Manifest {
     }
 
     pub fn artifact(&self, name: &str) -> Option<ArtifactRef> {
-        self.artifacts().into_iter().find(|a| a.artifact.as_str() == name)
+        self.artifacts()
+            .into_iter()
+            .find(|a| a.artifact.as_str() == name)
     }
 
     pub fn component(&self, name: &str) -> Option<&Component> {

@@ -331,7 +331,13 @@ mod tests {
 
     #[test]
     fn accepts_good_names() {
-        for ok in ["quantix-os", "qx-node.tar.zst", "a", "0.0.5", &"a".repeat(64)] {
+        for ok in [
+            "quantix-os",
+            "qx-node.tar.zst",
+            "a",
+            "0.0.5",
+            &"a".repeat(64),
+        ] {
             assert!(ProductName::new(ok).is_ok(), "{ok}");
         }
     }

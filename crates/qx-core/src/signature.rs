@@ -11,7 +11,9 @@ pub enum SignatureError {
     Missing,
     #[error("the signature is malformed: {0}")]
     Malformed(String),
-    #[error("the manifest is signed by key {key_id}, which is not among the trusted keys ({trusted})")]
+    #[error(
+        "the manifest is signed by key {key_id}, which is not among the trusted keys ({trusted})"
+    )]
     UntrustedKey { key_id: String, trusted: String },
     #[error("the signature by key {key_id} does not match the manifest bytes (tampered manifest or signature)")]
     Invalid { key_id: String },
@@ -68,7 +70,9 @@ pub struct TrustedKeys {
 
 impl std::fmt::Debug for TrustedKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.keys.iter().map(|k| &k.id)).finish()
+        f.debug_list()
+            .entries(self.keys.iter().map(|k| &k.id))
+            .finish()
     }
 }
 
@@ -133,14 +137,12 @@ impl TrustedKeys {
         let key_id = signature_key_id(sig_text)?;
         let sig = minisign_verify::Signature::decode(sig_text)
             .map_err(|e| SignatureError::Malformed(e.to_string()))?;
-        let key = self
-            .keys
-            .iter()
-            .find(|k| k.id == key_id)
-            .ok_or_else(|| SignatureError::UntrustedKey {
+        let key = self.keys.iter().find(|k| k.id == key_id).ok_or_else(|| {
+            SignatureError::UntrustedKey {
                 key_id: key_id.clone(),
                 trusted: self.ids().join(", "),
-            })?;
+            }
+        })?;
         key.key
             .verify(data, &sig, false)
             .map_err(|_| SignatureError::Invalid { key_id })?;
@@ -188,25 +190,25 @@ impl KeyPair {
 /// command-line tool with `-W` leave the integrity checksum zeroed, which the library refuses;
 /// such a key is accepted when its layout is otherwise exactly an unencrypted Ed25519 key.
 fn unencrypted_secret_key(text: &str) -> Result<minisign::SecretKey, String> {
-    const NOT_SUPPORTED: &str = "encrypted keys are not supported; create one with `qx-publish keygen` or `minisign -G -W`";
+    const NOT_SUPPORTED: &str =
+        "encrypted keys are not supported; create one with `qx-publish keygen` or `minisign -G -W`";
     let sk_box = minisign::SecretKeyBox::from_string(text).map_err(|e| e.to_string())?;
     match sk_box.into_unencrypted_secret_key() {
         Ok(sk) => Ok(sk),
         Err(first) => {
-            let line = text
-                .lines()
-                .nth(1)
-                .ok_or("missing key line")?
-                .trim();
+            let line = text.lines().nth(1).ok_or("missing key line")?.trim();
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(line)
                 .map_err(|e| format!("key line is not base64: {e}"))?;
             // sig_alg "Ed", kdf_alg 0 (none), chk_alg "B2", then salt/limits/keynum/key/chk.
-            if raw.len() != 158 || &raw[..2] != b"Ed" || raw[2..4] != [0, 0] || &raw[4..6] != b"B2" {
+            if raw.len() != 158 || &raw[..2] != b"Ed" || raw[2..4] != [0, 0] || &raw[4..6] != b"B2"
+            {
                 return Err(format!("{first} ({NOT_SUPPORTED})"));
             }
             if raw[126..].iter().any(|&b| b != 0) {
-                return Err(format!("{first}: the key's checksum does not match (corrupted key file)"));
+                return Err(format!(
+                    "{first}: the key's checksum does not match (corrupted key file)"
+                ));
             }
             minisign::SecretKey::from_bytes(&raw).map_err(|e| e.to_string())
         }
@@ -317,7 +319,10 @@ mod tests {
     #[test]
     fn missing_and_garbage_signatures() {
         let (_, keys) = pair();
-        assert!(matches!(keys.verify(b"x", ""), Err(SignatureError::Missing)));
+        assert!(matches!(
+            keys.verify(b"x", ""),
+            Err(SignatureError::Missing)
+        ));
         assert!(matches!(
             keys.verify(b"x", "untrusted comment: x\nnot base64!!\n"),
             Err(SignatureError::Malformed(_))

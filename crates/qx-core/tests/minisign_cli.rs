@@ -59,7 +59,11 @@ fn we_verify_minisign_cli_signature_and_use_its_key() -> anyhow::Result<()> {
         .arg("-p")
         .arg(&pubf)
         .output()?;
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let data = dir.path().join("manifest.json");
     std::fs::write(&data, b"release bytes\n")?;
     let st = minisign()
@@ -68,7 +72,11 @@ fn we_verify_minisign_cli_signature_and_use_its_key() -> anyhow::Result<()> {
         .arg("-m")
         .arg(&data)
         .output()?;
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let sig = std::fs::read_to_string(dir.path().join("manifest.json.minisig"))?;
     let mut keys = TrustedKeys::new();
     let id = keys.add_file(&pubf)?;

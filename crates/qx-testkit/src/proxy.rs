@@ -483,3 +483,86 @@ async fn send(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_length_from_content_length() {
+        assert_eq!(
+            body_length(b"HTTP/1.1 200 OK\r\nContent-Type: x\r\ncontent-length: 42"),
+            Some(42)
+        );
+        assert_eq!(body_length(b"HTTP/1.1 200 OK\r\nconnection: close"), None);
+    }
+
+    #[test]
+    fn body_length_is_zero_without_a_body() {
+        assert_eq!(
+            body_length(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 9"),
+            Some(0)
+        );
+        assert_eq!(body_length(b"HTTP/1.1 204 No Content"), Some(0));
+        assert_eq!(body_length(b"HTTP/1.1 100 Continue"), Some(0));
+    }
+
+    #[test]
+    fn recorder_splits_request_heads_across_reads() {
+        let shared = Shared::default();
+        let mut rec = RequestRecorder::default();
+        assert_eq!(rec.feed(b"GET /a HTTP/1.1\r\nhost: x\r\n", &shared), 0);
+        assert_eq!(rec.feed(b"\r\nGET /b HTTP/1.1\r\n\r\nGET /c", &shared), 2);
+        assert_eq!(
+            *lock(&shared.requests),
+            vec![
+                "GET /a HTTP/1.1\r\nhost: x".to_owned(),
+                "GET /b HTTP/1.1".to_owned()
+            ]
+        );
+    }
+
+    #[test]
+    fn proxy_passes_through_and_counts() {
+        // A one-shot upstream that answers one request.
+        let upstream = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = upstream.local_addr().expect("addr");
+        let server = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut s, _) = upstream.accept().expect("accept");
+            let mut buf = [0u8; 1024];
+            let mut seen = Vec::new();
+            while find(&seen, b"\r\n\r\n").is_none() {
+                let n = s.read(&mut buf).expect("read");
+                assert!(n > 0, "client closed early");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello")
+                .expect("write");
+        });
+        let proxy = FaultProxy::start(addr).expect("proxy");
+        proxy.set_faults(Faults {
+            flip: Some(Flip {
+                body_offset: 1,
+                responses: 1,
+            }),
+            ..Faults::default()
+        });
+        let mut client = std::net::TcpStream::connect(proxy.addr()).expect("connect");
+        use std::io::{Read, Write};
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .expect("request");
+        let mut response = Vec::new();
+        client.read_to_end(&mut response).expect("response");
+        server.join().expect("upstream thread");
+        assert!(response.ends_with(&[b'h', b'e' ^ 0xff, b'l', b'l', b'o']));
+        let stats = proxy.stats();
+        assert_eq!((stats.connections, stats.flips), (1, 1));
+        assert_eq!(stats.bytes_down, response.len() as u64);
+        assert_eq!(
+            proxy.requests(),
+            vec!["GET / HTTP/1.1\r\nhost: x".to_owned()]
+        );
+    }
+}

@@ -153,7 +153,9 @@ fn migrate_command_only_for_migrations() {
 
 #[test]
 fn reserved_artifact_names_refused() {
-    let p = problems(&edit(|v| v["components"][0]["artifact"] = "manifest.json".into()));
+    let p = problems(&edit(|v| {
+        v["components"][0]["artifact"] = "manifest.json".into()
+    }));
     assert_eq!(p[0].path, "components[0].artifact");
 }
 

@@ -1,0 +1,494 @@
+//! Full-image (A/B) apply: a release whose `update_type` is `full` or `mixed` carries a system
+//! image (`full_image`: `system.squashfs`, optionally a kernel and an initramfs) that is written
+//! into the inactive slot by [`qx_boot::install_image`] (SPEC §5).
+//!
+//! Order of an apply that carries an image:
+//! 1. check (as for components); the image is planned: the slot to write, and whether it is
+//!    needed at all (see [`system_change`]);
+//! 2. every image file is downloaded to `staging/system-<version>/` (resumable, SHA-256 and
+//!    size verified while streaming, the same progress as components:
+//!    `UpdateState::Downloading`) — BEFORE any host change, so a bad image refuses the whole
+//!    apply with nothing touched;
+//! 3. `mixed`: the component transaction runs as for a `component` release (journaled,
+//!    crash-safe); its failure ends the apply and the image is not written;
+//! 4. `install_image`: the inactive slot is made unbootable, the files are written through
+//!    temporary names, fsynced, renamed and read back from the disk; grubenv gets
+//!    `ORDER="<new> <old>"` and `<NEW>_LEFT=<tries>`; `/quantix/ab-update-state.json` is
+//!    written pending; a history entry of kind `full` and update-log lines are appended;
+//! 5. the staging directory is removed; the reboot happens only with `updates.auto_reboot` or
+//!    `qx-update apply --reboot` (`updates.reboot_command`, default `/sbin/reboot`). The new slot
+//!    is committed by `qx-update ab verify` after that boot, or rolled back by GRUB.
+//!
+//! `--component NAME` selects components only: the image is not installed then (it is not a
+//! component; run `qx-update apply` without `--component` to install it).
+
+use std::path::PathBuf;
+
+use qx_boot::install::InstalledFile;
+use qx_boot::{AbState, ImageFile, InstallRequest, Sha256Digest, Slot};
+use qx_core::status::{HistoryEntry, Outcome, UpdateState};
+use qx_core::{ArtifactRef, FullImage, Manifest, TargetSlot, Version};
+use serde::Serialize;
+
+use crate::check::{download_options, ComponentChange};
+use crate::download::{free_space, Downloader};
+use crate::journal::remove_any;
+use crate::updatelog::UpdateLog;
+use crate::{Agent, AgentError, ApplyOptions, ApplyReport, CheckReport};
+
+/// The name under which the system image appears in check reports, history and status.
+pub const SYSTEM: &str = "system";
+
+/// What an apply did with the system image (part of [`ApplyReport`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemInstall {
+    pub version: String,
+    /// The booted slot (the fallback).
+    pub from: Slot,
+    /// The slot written, first in GRUB's order now.
+    pub to: Slot,
+    /// The device or directory written.
+    pub target: String,
+    pub files: Vec<InstalledFile>,
+    /// Boot attempts GRUB gives the new slot.
+    pub tries: u8,
+    /// The manifest's `requires_reboot`.
+    pub requires_reboot: bool,
+    /// True when the reboot command was run.
+    pub rebooted: bool,
+}
+
+impl SystemInstall {
+    /// One human line for the CLI.
+    pub fn summary(&self) -> String {
+        let next = if self.rebooted {
+            "rebooting now".to_owned()
+        } else {
+            "reboot to start it (`qx-update apply --reboot` or `updates.auto_reboot` reboots by itself)"
+                .to_owned()
+        };
+        format!(
+            "System image {} written into slot {} ({}); GRUB boots it next ({} attempts, slot {} stays the fallback); {next}.",
+            self.version, self.to, self.target, self.tries, self.from
+        )
+    }
+}
+
+/// The image to install in this apply.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub version: String,
+    pub image: FullImage,
+    pub target: Option<Slot>,
+    /// The system version the booted slot runs, when known.
+    pub from_version: Option<String>,
+}
+
+/// The image files, downloaded and verified.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub dir: PathBuf,
+    pub system: ImageFile,
+    pub kernel: Option<ImageFile>,
+    pub initramfs: Option<ImageFile>,
+}
+
+fn target_slot(t: TargetSlot) -> Option<Slot> {
+    match t {
+        TargetSlot::Auto => None,
+        TargetSlot::A => Some(Slot::A),
+        TargetSlot::B => Some(Slot::B),
+    }
+}
+
+fn boot_err(version: &str) -> impl FnOnce(qx_boot::BootError) -> AgentError + '_ {
+    move |source| AgentError::SystemImage {
+        version: version.to_owned(),
+        source,
+    }
+}
+
+/// The system image as a check shows it, and whether an apply would write it.
+///
+/// The installed system version is the one of the last full-image update when the booted slot
+/// is the one it was written to (`/quantix/ab-update-state.json`: `to` = booted slot, and
+/// committed with outcome success or still in its trial boot); otherwise it is unknown and the
+/// image is offered. An image already written and
+/// waiting for its reboot or its verification is not written again; a version that was rolled
+/// back is not retried (a newer release is needed).
+pub fn system_change(
+    agent: &Agent,
+    manifest: &Manifest,
+    opts: &ApplyOptions,
+) -> Result<Option<(ComponentChange, bool)>, AgentError> {
+    let Some(image) = &manifest.full_image else {
+        return Ok(None);
+    };
+    if opts.components.as_ref().is_some_and(|c| !c.is_empty()) {
+        return Ok(None);
+    }
+    let offered = manifest.version.to_string();
+    let root = agent.root();
+    let booted = match qx_boot::Slot::booted(root) {
+        Ok(b) => b,
+        Err(e) => {
+            // The apply reports this error from install_image; a check only shows it.
+            return Ok(Some((
+                ComponentChange {
+                    name: SYSTEM.into(),
+                    installed: None,
+                    offered,
+                    action: format!("install into the inactive slot (booted slot unknown: {e})"),
+                },
+                true,
+            )));
+        }
+    };
+    let target = target_slot(image.target_slot).unwrap_or(booted.other());
+    let state = AbState::load(root).map_err(boot_err(&offered))?;
+    let installed = state
+        .as_ref()
+        .filter(|s| s.to == booted && (s.pending || s.outcome == Some(qx_boot::Outcome::Success)))
+        .map(|s| s.version.clone());
+    let change = |installed: Option<String>, action: String| ComponentChange {
+        name: SYSTEM.into(),
+        installed,
+        offered: offered.clone(),
+        action,
+    };
+    if let Some(s) = &state {
+        if s.version == offered {
+            if s.pending && s.to != booted {
+                return Ok(Some((
+                    change(
+                        installed,
+                        format!("written into slot {}; waiting for the reboot", s.to),
+                    ),
+                    false,
+                )));
+            }
+            if s.pending {
+                return Ok(Some((
+                    change(
+                        installed,
+                        format!(
+                            "running in slot {}; waiting for `qx-update ab verify`",
+                            s.to
+                        ),
+                    ),
+                    false,
+                )));
+            }
+            if s.outcome == Some(qx_boot::Outcome::RolledBack) {
+                return Ok(Some((
+                    change(
+                        installed,
+                        format!(
+                            "rolled back from slot {} earlier; not retried (publish a newer release)",
+                            s.to
+                        ),
+                    ),
+                    false,
+                )));
+            }
+        }
+    }
+    let install = format!("install into slot {target}");
+    let Some(inst) = installed else {
+        return Ok(Some((change(None, install), true)));
+    };
+    let (Ok(iv), Ok(ov)) = (Version::parse(&inst), Version::parse(&offered)) else {
+        return Ok(Some((change(Some(inst), install), true)));
+    };
+    if ov == iv {
+        return Ok(Some((change(Some(inst), "unchanged".into()), false)));
+    }
+    if ov < iv {
+        if opts.allow_downgrade.as_deref() != Some(offered.as_str()) {
+            return Err(AgentError::Downgrade {
+                component: SYSTEM.into(),
+                installed: inst,
+                offered,
+            });
+        }
+        return Ok(Some((
+            change(Some(inst), format!("downgrade into slot {target}")),
+            true,
+        )));
+    }
+    Ok(Some((change(Some(inst), install), true)))
+}
+
+/// Adds the system image to a check report (the hook of [`Agent::check_with`]).
+pub fn extend_check(
+    agent: &Agent,
+    report: &mut CheckReport,
+    manifest: &Manifest,
+    opts: &ApplyOptions,
+) -> Result<(), AgentError> {
+    if let Some((change, install)) = system_change(agent, manifest, opts)? {
+        report.changes.push(change);
+        report.available |= install;
+    }
+    Ok(())
+}
+
+/// The image this apply installs, if any.
+pub fn plan(
+    agent: &Agent,
+    manifest: &Manifest,
+    opts: &ApplyOptions,
+    log: &mut UpdateLog,
+) -> Result<Option<Plan>, AgentError> {
+    let Some(image) = &manifest.full_image else {
+        return Ok(None);
+    };
+    if opts.components.as_ref().is_some_and(|c| !c.is_empty()) {
+        log.line("system image: not installed (--component selects components only)");
+        return Ok(None);
+    }
+    let Some((change, install)) = system_change(agent, manifest, opts)? else {
+        return Ok(None);
+    };
+    log.line(&format!(
+        "  system image {} artifact={} sha256={} size={} kernel={} initramfs={} target_slot={:?}: {}",
+        manifest.version,
+        image.artifact,
+        image.sha256,
+        image.size_bytes,
+        image.kernel.as_ref().map(|k| k.artifact.as_str()).unwrap_or("(booted slot's)"),
+        image
+            .initramfs
+            .as_ref()
+            .map(|k| k.artifact.as_str())
+            .unwrap_or("(booted slot's)"),
+        image.target_slot,
+        change.action
+    ));
+    if !install {
+        return Ok(None);
+    }
+    Ok(Some(Plan {
+        version: manifest.version.to_string(),
+        image: image.clone(),
+        target: target_slot(image.target_slot),
+        from_version: change.installed,
+    }))
+}
+
+fn image_file(path: PathBuf, a: &ArtifactRef, version: &str) -> Result<ImageFile, AgentError> {
+    let sha256: Sha256Digest = a.sha256.to_hex().parse().map_err(boot_err(version))?;
+    Ok(ImageFile { path, sha256 })
+}
+
+/// Downloads every file of the image into `staging/system-<version>/` (resumed and verified).
+pub fn download(agent: &Agent, plan: &Plan, log: &mut UpdateLog) -> Result<Staged, AgentError> {
+    let config = agent.config();
+    let paths = agent.paths();
+    let dir = paths.staging.join(format!("{SYSTEM}-{}", plan.version));
+    std::fs::create_dir_all(&dir).map_err(AgentError::io(&dir))?;
+    let img = &plan.image;
+    let system = ArtifactRef {
+        artifact: img.artifact.clone(),
+        sha256: img.sha256,
+        size_bytes: img.size_bytes,
+    };
+    let files: Vec<&ArtifactRef> = std::iter::once(&system)
+        .chain(img.kernel.iter())
+        .chain(img.initramfs.iter())
+        .collect();
+    let needed: u64 = files
+        .iter()
+        .filter(|a| !dir.join(a.artifact.as_str()).exists())
+        .map(|a| a.size_bytes)
+        .sum();
+    let available = free_space(&dir).map_err(AgentError::io(&dir))?;
+    if available < needed {
+        return Err(AgentError::NoSpace {
+            path: dir,
+            needed,
+            available,
+        });
+    }
+    let downloader = Downloader::new(download_options(config))?;
+    let status = agent.status_handle();
+    let mut got = Vec::new();
+    for a in files {
+        let url = format!(
+            "{}/api/v1/{}/releases/{}/{}?channel={}",
+            config.server_url, config.product, plan.version, a.artifact, config.channel
+        );
+        log.line(&format!("download {url}"));
+        let path = downloader.fetch(&url, &dir, a, &mut |p| {
+            status.set_state(UpdateState::Downloading {
+                artifact: p.artifact.clone(),
+                bytes: p.bytes,
+                total: p.total,
+                rate: p.rate,
+            })
+        })?;
+        log.line(&format!(
+            "downloaded {} ({} bytes, sha256 verified)",
+            path.display(),
+            a.size_bytes
+        ));
+        got.push(image_file(path, a, &plan.version)?);
+    }
+    let mut got = got.into_iter();
+    let system = got.next().ok_or_else(|| AgentError::Io {
+        path: dir.clone(),
+        source: std::io::Error::other("no system image was downloaded"),
+    })?;
+    let kernel = img.kernel.as_ref().and_then(|_| got.next());
+    let initramfs = img.initramfs.as_ref().and_then(|_| got.next());
+    Ok(Staged {
+        dir,
+        system,
+        kernel,
+        initramfs,
+    })
+}
+
+/// Writes the downloaded image into its slot and records it; `report` is the apply's report
+/// so far (the components of a `mixed` release, or none).
+pub fn install(
+    agent: &Agent,
+    plan: Plan,
+    staged: Staged,
+    log: &mut UpdateLog,
+    mut report: ApplyReport,
+) -> Result<ApplyReport, AgentError> {
+    let status = agent.status_handle();
+    status.set_state(UpdateState::Installing {
+        component: SYSTEM.into(),
+    });
+    let req = InstallRequest {
+        version: plan.version.clone(),
+        target: plan.target,
+        system: staged.system.clone(),
+        kernel: staged.kernel.clone(),
+        initramfs: staged.initramfs.clone(),
+    };
+    log.line(&format!(
+        "system image {}: writing into slot {}",
+        plan.version,
+        plan.target
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "(inactive)".into())
+    ));
+    log.sync();
+    let ab = &agent.config().ab;
+    let result = qx_boot::install_image(ab, agent.root(), &req);
+    let r = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let err = AgentError::SystemImage {
+                version: plan.version.clone(),
+                source: e,
+            };
+            log.line(&format!("system image {}: FAILED: {err}", plan.version));
+            log.sync();
+            status.record(HistoryEntry {
+                time: jiff::Timestamp::now().to_string(),
+                kind: "full".into(),
+                version: plan.version.clone(),
+                from_version: plan.from_version.clone(),
+                components: vec![SYSTEM.into()],
+                outcome: Outcome::Failed,
+                reason: Some(err.to_string()),
+            })?;
+            return Err(err);
+        }
+    };
+    let reason = format!(
+        "written into slot {} ({}); pending: GRUB boots it next ({} attempts), `qx-update ab verify` commits it, slot {} is the fallback",
+        r.to, r.target, r.tries, r.from
+    );
+    status.record(HistoryEntry {
+        time: jiff::Timestamp::now().to_string(),
+        kind: "full".into(),
+        version: plan.version.clone(),
+        from_version: plan.from_version.clone(),
+        components: vec![SYSTEM.into()],
+        outcome: Outcome::Success,
+        reason: Some(reason.clone()),
+    })?;
+    log.line(&format!("system image {}: {reason}", plan.version));
+    if let Err(e) = remove_any(&staged.dir) {
+        log.line(&format!("prune staging: {e}"));
+    }
+    log.sync();
+    report.version = plan.version.clone();
+    report.components.push(SYSTEM.into());
+    report.system = Some(SystemInstall {
+        version: r.version,
+        from: r.from,
+        to: r.to,
+        target: r.target,
+        files: r.files,
+        tries: r.tries,
+        requires_reboot: plan.image.requires_reboot,
+        rebooted: false,
+    });
+    Ok(report)
+}
+
+/// Runs the reboot command when a system image was written and a reboot is asked for
+/// (`--reboot`) or configured (`updates.auto_reboot`).
+pub fn maybe_reboot(
+    agent: &Agent,
+    report: &mut ApplyReport,
+    asked: bool,
+) -> Result<(), AgentError> {
+    let config = agent.config();
+    let Some(system) = &mut report.system else {
+        return Ok(());
+    };
+    let mut log = UpdateLog::open(&config.log_path);
+    if !(asked || config.auto_reboot) {
+        log.line(&format!(
+            "system image {}: no reboot (neither --reboot nor updates.auto_reboot); slot {} boots at the next reboot",
+            system.version, system.to
+        ));
+        return Ok(());
+    }
+    let argv = &config.reboot_command;
+    log.line(&format!(
+        "system image {}: rebooting into slot {}: {argv:?} ({})",
+        system.version,
+        system.to,
+        if asked {
+            "--reboot"
+        } else {
+            "updates.auto_reboot"
+        }
+    ));
+    log.sync();
+    let reboot_err = |reason: String| AgentError::Reboot {
+        command: argv.join(" "),
+        reason,
+    };
+    if argv.first().is_none_or(|p| p.trim().is_empty()) {
+        return Err(reboot_err("updates.reboot_command is empty".into()));
+    }
+    let ran = crate::service::run(
+        argv,
+        agent.root(),
+        None,
+        Some(std::time::Duration::from_secs(120)),
+    );
+    log.block("stdout", &ran.stdout);
+    log.block("stderr", &ran.stderr);
+    if !ran.ok {
+        let reason = format!(
+            "{}: {}",
+            ran.status,
+            String::from_utf8_lossy(&ran.stderr).trim()
+        );
+        log.line(&format!("reboot FAILED: {reason}"));
+        log.sync();
+        return Err(reboot_err(reason));
+    }
+    system.rebooted = true;
+    Ok(())
+}

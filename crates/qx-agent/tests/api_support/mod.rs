@@ -1,0 +1,284 @@
+//! Shared by the API, daemon and browser tests: a lab (real update server on loopback, signed
+//! fixture releases, a sandboxed host running a real service), the daemon's HTTPS API started
+//! in-process on a free loopback port, an HTTPS client that accepts its self-signed
+//! certificate, a reader of its server-sent events, and gates (named pipes) that hold an
+//! apply at a chosen step until the test opens them.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use qx_agent::api::{self, ApiState};
+use qx_agent::daemon::Runner;
+use qx_agent::tls::{self, ApiToken};
+use qx_agent::{Agent, Config};
+use qx_testkit::host::{demo_binary, Lab};
+use qx_testkit::release::{BuiltRelease, ComponentSpec};
+use tokio::sync::watch;
+
+pub const TOKEN: &str = "test-api-token-0123456789abcdef";
+
+/// Bound on every wait for an event or a state.
+pub const DEADLINE: Duration = Duration::from_secs(120);
+
+/// A named pipe; a command `read`ing it blocks until [`Gate::open`].
+pub struct Gate {
+    pub fifo: PathBuf,
+}
+
+impl Gate {
+    pub fn new(dir: &Path, name: &str) -> Gate {
+        let fifo = dir.join(format!("{name}.gate"));
+        let st = Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("run mkfifo");
+        assert!(st.success(), "mkfifo {}", fifo.display());
+        Gate { fifo }
+    }
+
+    /// Shell that waits for the gate (at most 90 s, so a failing test cannot hang forever).
+    pub fn wait_shell(&self) -> String {
+        format!("timeout 90 sh -c 'read x < {}'", self.fifo.display())
+    }
+
+    /// An argv that waits for the gate, then succeeds.
+    pub fn argv(&self) -> Vec<String> {
+        vec!["/bin/sh".into(), "-c".into(), self.wait_shell()]
+    }
+
+    /// Lets the waiting command go on (the writer blocks until the reader is there).
+    pub fn open(&self) {
+        let fifo = self.fifo.clone();
+        std::thread::spawn(move || {
+            if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&fifo) {
+                let _ = f.write_all(b"go\n");
+            }
+        });
+    }
+}
+
+/// The `updates:` configuration of the lab's host, written by hand so the restart command can
+/// go through a gate. `extra` lines are two-space indented.
+pub fn write_config(lab: &Lab, restart_gate: Option<&Gate>, server_url: &str, extra: &str) {
+    let host = &lab.host;
+    std::fs::write(
+        host.path("/etc/limiquantix/update-key.pub"),
+        &lab.key.public_key_file,
+    )
+    .unwrap();
+    let manager = host.path("/usr/local/bin/qx-test-service");
+    let restart: Vec<String> = match restart_gate {
+        None => host.restart_command(),
+        Some(g) => vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!(
+                "{} && exec {} {} restart \"$0\"",
+                g.wait_shell(),
+                manager.display(),
+                host.root().display()
+            ),
+            "{service}".into(),
+        ],
+    };
+    let yaml = format!(
+        "node:\n  name: test-host\nupdates:\n  enabled: true\n  server_url: \"{server_url}\"\n  product: {}\n  channel: {}\n  check_interval: 1h\n  trusted_keys: [/etc/limiquantix/update-key.pub]\n  service_manager: command\n  restart_command: {}\n  verify_timeout: 100s\n  download: {{max_attempts: 2, initial_backoff: 10ms, max_backoff: 50ms, connect_timeout: 2s, stall_timeout: 10s}}\n  api: {{listen: \"127.0.0.1:0\", token_file: /etc/limiquantix/update-api-token}}\n{extra}",
+        lab.product,
+        lab.channel,
+        serde_json::to_string(&restart).unwrap(),
+    );
+    std::fs::write(host.config_path(), yaml).unwrap();
+}
+
+/// The host at 1.0.0: `qx-node` installed and running as service `quantix-node`.
+pub fn host_at_v1(lab: &Lab) {
+    lab.host
+        .write_file("/data/bin/qx-node", &demo_binary("1.0.0").unwrap(), 0o755)
+        .unwrap();
+    lab.host.set_version("qx-node", "1.0.0").unwrap();
+    lab.host
+        .add_service("quantix-node", "/data/bin/qx-node", "infinity")
+        .unwrap();
+    lab.host.service("restart", "quantix-node").unwrap();
+}
+
+/// Publishes `version` with `qx-node` (restarted service; verified by `health` when given)
+/// and `host-ui` (a directory with `padding` bytes of incompressible data, to make the
+/// download last while the bandwidth is limited).
+pub fn publish_release(
+    lab: &Lab,
+    version: &str,
+    health: Option<Vec<String>>,
+    padding: usize,
+) -> BuiltRelease {
+    let mut node = ComponentSpec::file(
+        "qx-node",
+        "/data/bin/qx-node",
+        demo_binary(version).unwrap(),
+    )
+    .service("quantix-node");
+    if let Some(h) = health {
+        node = node.health(h);
+    }
+    let mut noise = vec![0u8; padding];
+    rand::Rng::fill(&mut rand::rng(), &mut noise[..]);
+    let ui = ComponentSpec::tree(
+        "host-ui",
+        "/data/share/quantix-host-ui",
+        vec![
+            (
+                "index.html".into(),
+                format!("<h1>host ui {version}</h1>").into_bytes(),
+                0o644,
+            ),
+            ("assets/blob.bin".into(), noise, 0o644),
+        ],
+    );
+    let mut spec = lab.release(version).component(node).component(ui);
+    spec.release_notes = format!("Release {version}: faster boots and bug fixes.");
+    lab.publish(&spec).unwrap()
+}
+
+pub fn agent(lab: &Lab) -> Agent {
+    let root = lab.host.root().to_path_buf();
+    let config = Config::load_under(&lab.host.config_path(), &root).expect("config");
+    Agent::new(config, root).expect("agent")
+}
+
+/// The daemon's API and page, served in-process over TLS on a free loopback port.
+pub struct ApiServer {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub runner: Runner,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl ApiServer {
+    /// Must be called inside a tokio runtime. The self-signed certificate is generated (and
+    /// kept) under the agent's root, as the daemon does.
+    pub fn start(agent: Agent, token: &str) -> ApiServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let tls_config = tls::server_config(
+            None,
+            None,
+            &agent.root().join(qx_agent::daemon::API_STATE_DIR),
+        )
+        .unwrap();
+        let runner = Runner::new(agent);
+        let state = ApiState::new(runner.clone(), ApiToken::new(token));
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(api::serve(state, listener, tls_config, stop_rx));
+        ApiServer {
+            base: format!("https://127.0.0.1:{port}"),
+            client: client(),
+            runner,
+            stop,
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(self.url(path)).bearer_auth(TOKEN)
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.post(self.url(path)).bearer_auth(TOKEN)
+    }
+
+    /// Stops the server and waits for it (and for a running apply).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let served = tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("server stops within the deadline");
+        served.expect("server task").expect("server result");
+        self.runner.wait_idle().await;
+    }
+}
+
+/// An HTTPS client for the self-signed certificate, no proxy.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+/// Reads `text/event-stream` events from a response.
+pub struct Events {
+    stream: futures_util::stream::BoxStream<'static, reqwest::Result<axum::body::Bytes>>,
+    buffer: String,
+}
+
+impl Events {
+    pub fn new(response: reqwest::Response) -> Events {
+        assert_eq!(response.status(), 200, "events endpoint status");
+        let ct = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        assert!(ct.starts_with("text/event-stream"), "content type {ct}");
+        Events {
+            stream: response.bytes_stream().boxed(),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next `status` event's data as JSON (waits at most [`DEADLINE`]).
+    pub async fn next(&mut self) -> serde_json::Value {
+        tokio::time::timeout(DEADLINE, self.next_inner())
+            .await
+            .expect("an event within the deadline")
+    }
+
+    async fn next_inner(&mut self) -> serde_json::Value {
+        loop {
+            if let Some(idx) = self.buffer.find("\n\n") {
+                let block: String = self.buffer[..idx].to_string();
+                self.buffer.drain(..idx + 2);
+                let mut event = "message".to_string();
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    }
+                }
+                if event == "status" && !data.is_empty() {
+                    return serde_json::from_str(&data).expect("event data is JSON");
+                }
+                continue;
+            }
+            let chunk = self
+                .stream
+                .next()
+                .await
+                .expect("the event stream stays open")
+                .expect("event stream read");
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+/// The state name of a status snapshot.
+pub fn state_of(snapshot: &serde_json::Value) -> String {
+    snapshot["state"]["state"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string()
+}

@@ -1,0 +1,431 @@
+//! Crash safety: the `qx-update` process is killed at every named step of an apply (the
+//! test-only hook `QX_TEST_CRASH_AT=<step>` makes it abort there) and at random offsets
+//! (SIGKILL of its whole process group, which also takes the processes it started, like a
+//! power cut), then `qx-update recover` runs. Every trial asserts the host is entirely on the
+//! old or entirely on the new version (every file's hash and every version file), the service
+//! runs the installed binary, no temporary file is left, and the journal is closed.
+//!
+//! `QX_CRASH_TRIALS` sets the number of random-offset trials (default 40; the stress run uses
+//! 200 or more).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::process::CommandExt;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use qx_core::Sha256;
+use qx_testkit::host::{demo_binary, is_running, HostConfig, TestHost};
+use qx_testkit::release::{ComponentSpec, FixtureKey, ReleaseSpec};
+use qx_testkit::server::TestServer;
+
+const QX_UPDATE: &str = env!("CARGO_BIN_EXE_qx-update");
+
+struct World {
+    server: TestServer,
+    key: FixtureKey,
+    _releases: tempfile::TempDir,
+}
+
+fn ui_v1() -> Vec<(String, Vec<u8>, u32)> {
+    vec![
+        ("index.html".into(), b"<h1>v1</h1>".to_vec(), 0o644),
+        ("old-only.js".into(), b"old".to_vec(), 0o644),
+    ]
+}
+
+fn ui_v2() -> Vec<(String, Vec<u8>, u32)> {
+    vec![
+        ("index.html".into(), b"<h1>v2</h1>".to_vec(), 0o644),
+        ("assets/app.js".into(), b"new".to_vec(), 0o644),
+    ]
+}
+
+fn mig_v1() -> Vec<(String, Vec<u8>, u32)> {
+    vec![("migrate.sh".into(), b"#!/bin/sh\necho v1\n".to_vec(), 0o755)]
+}
+
+fn mig_v2() -> Vec<(String, Vec<u8>, u32)> {
+    vec![
+        (
+            "migrate.sh".into(),
+            b"#!/bin/sh\necho migrated to v2\n".to_vec(),
+            0o755,
+        ),
+        ("sql/002.sql".into(), b"SELECT 1;".to_vec(), 0o644),
+    ]
+}
+
+/// A server with release 2.0.0 of three components (a running binary, a directory, migrations).
+fn world(node_install_path: &str) -> World {
+    let releases = tempfile::tempdir().unwrap();
+    let server = TestServer::start(releases.path(), "t").unwrap();
+    let key = FixtureKey::generate().unwrap();
+    ReleaseSpec::new("quantix-os", "dev", "2.0.0")
+        .component(
+            ComponentSpec::file("qx-node", node_install_path, demo_binary("2.0.0").unwrap())
+                .service("quantix-node"),
+        )
+        .component(ComponentSpec::tree(
+            "host-ui",
+            "/data/share/quantix-host-ui",
+            ui_v2(),
+        ))
+        .component(ComponentSpec::migrations(
+            "db-migrations",
+            "/data/lib/quantix-migrations",
+            mig_v2(),
+            vec!["./migrate.sh".into()],
+        ))
+        .sign(&key)
+        .unwrap()
+        .publish(server.url(), "t")
+        .unwrap();
+    World {
+        server,
+        key,
+        _releases: releases,
+    }
+}
+
+/// A fresh host at 1.0.0 with the service running.
+fn host_v1(w: &World) -> TestHost {
+    let host = TestHost::new().unwrap();
+    host.write_config(&HostConfig::new(
+        w.server.url(),
+        "quantix-os",
+        "dev",
+        &w.key.public_key_file,
+    ))
+    .unwrap();
+    host.write_file("/data/bin/qx-node", &demo_binary("1.0.0").unwrap(), 0o755)
+        .unwrap();
+    for (p, b, m) in ui_v1() {
+        host.write_file(&format!("/data/share/quantix-host-ui/{p}"), &b, m)
+            .unwrap();
+    }
+    for (p, b, m) in mig_v1() {
+        host.write_file(&format!("/data/lib/quantix-migrations/{p}"), &b, m)
+            .unwrap();
+    }
+    for c in ["qx-node", "host-ui", "db-migrations"] {
+        host.set_version(c, "1.0.0").unwrap();
+    }
+    host.add_service("quantix-node", "/data/bin/qx-node", "infinity")
+        .unwrap();
+    host.service("start", "quantix-node").unwrap();
+    host
+}
+
+/// path -> sha256 of every file (and symlink target) of the installed state.
+fn fingerprint(host: &TestHost) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for top in ["data/bin", "data/share", "data/lib", "data/versions"] {
+        let base = host.root().join(top);
+        let mut stack = vec![base.clone()];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = fs::read_dir(&d) else { continue };
+            for e in rd.flatten() {
+                let p = e.path();
+                let rel = p.strip_prefix(host.root()).unwrap().display().to_string();
+                let ft = e.file_type().unwrap();
+                if ft.is_dir() {
+                    stack.push(p);
+                } else {
+                    let content = fs::read(&p).unwrap();
+                    let mode = {
+                        use std::os::unix::fs::PermissionsExt;
+                        fs::metadata(&p).unwrap().permissions().mode() & 0o777
+                    };
+                    out.insert(rel, format!("{} {mode:o}", Sha256::of(&content)));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn expected(version: &str) -> BTreeMap<String, String> {
+    let host = TestHost::new().unwrap();
+    let (bin, ui, mig) = if version == "1.0.0" {
+        (demo_binary("1.0.0").unwrap(), ui_v1(), mig_v1())
+    } else {
+        (demo_binary("2.0.0").unwrap(), ui_v2(), mig_v2())
+    };
+    host.write_file("/data/bin/qx-node", &bin, 0o755).unwrap();
+    for (p, b, m) in ui {
+        host.write_file(&format!("/data/share/quantix-host-ui/{p}"), &b, m)
+            .unwrap();
+    }
+    for (p, b, m) in mig {
+        host.write_file(&format!("/data/lib/quantix-migrations/{p}"), &b, m)
+            .unwrap();
+    }
+    for c in ["qx-node", "host-ui", "db-migrations"] {
+        host.set_version(c, version).unwrap();
+    }
+    fingerprint(&host)
+}
+
+fn qx(host: &TestHost, args: &[&str]) -> Command {
+    let mut c = Command::new(QX_UPDATE);
+    c.arg("--root").arg(host.root()).args(args);
+    c.env_remove("QX_TEST_CRASH_AT");
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Runs recovery and checks every invariant; returns which version the host is on.
+fn recover_and_check(
+    host: &TestHost,
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+    what: &str,
+) -> &'static str {
+    let out = qx(host, &["--json", "recover"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: recover failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fp = fingerprint(host);
+    let on = if &fp == old {
+        "old"
+    } else if &fp == new {
+        "new"
+    } else {
+        panic!("{what}: host is a mix of versions:\n got {fp:#?}\n old {old:#?}\n new {new:#?}")
+    };
+    // No temporaries anywhere (download partials in staging are kept on purpose for resume).
+    let mut stack = vec![host.root().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            assert!(
+                !name.starts_with(".qx-"),
+                "{what}: stray temporary {}",
+                e.path().display()
+            );
+            if e.file_type().unwrap().is_dir() && !e.path().ends_with("data/updates/staging") {
+                stack.push(e.path());
+            }
+        }
+    }
+    // The journal is closed.
+    if let Ok(j) = fs::read(host.path("/data/updates/journal.json")) {
+        let j: serde_json::Value = serde_json::from_slice(&j).unwrap();
+        assert!(
+            j["phase"] == "committed" || j["phase"] == "rolled_back",
+            "{what}: journal left open: {}",
+            j["phase"]
+        );
+    }
+    // The service runs the installed binary (content, since a restore may re-create the inode
+    // of an unchanged file while the old process keeps running).
+    let pid = host.service_pid("quantix-node").unwrap_or(0);
+    if pid == 0 || !is_running(pid) {
+        panic!("{what}: the service is not running after recovery (on {on})");
+    }
+    let running = fs::read(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(
+        Sha256::of(&running),
+        Sha256::of(&fs::read(host.path("/data/bin/qx-node")).unwrap()),
+        "{what}: the service runs another binary than the installed one"
+    );
+    // Status is readable and agrees with the version files.
+    let out = qx(host, &["--json", "status"]).output().unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = if on == "old" { "1.0.0" } else { "2.0.0" };
+    assert_eq!(s["installed"]["qx-node"], v, "{what}");
+    on
+}
+
+/// Applies with the crash hook set; returns true when the process aborted there.
+fn apply_crashing_at(host: &TestHost, point: &str) -> bool {
+    let out = qx(host, &["apply", "--yes"])
+        .env("QX_TEST_CRASH_AT", point)
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    match out.status.signal() {
+        Some(6) => true,
+        _ => {
+            assert!(
+                out.status.success(),
+                "{point}: apply failed without crashing: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            false
+        }
+    }
+}
+
+const POINTS: &[&str] = &[
+    "downloaded",
+    "prepared",
+    "extracted",
+    "backed-up",
+    "installing",
+    "installed:qx-node",
+    "exchanged",
+    "installed:host-ui",
+    "installed:db-migrations",
+    "installed",
+    "migrated:db-migrations",
+    "migrated",
+    "restarted",
+    "verified",
+    "versions",
+    "committed",
+];
+
+#[test]
+fn crash_at_every_named_step_then_recover() {
+    let w = world("/data/bin/qx-node");
+    let (old, new) = (expected("1.0.0"), expected("2.0.0"));
+    for point in POINTS {
+        let host = host_v1(&w);
+        assert!(
+            apply_crashing_at(&host, point),
+            "{point}: the crash point was not reached"
+        );
+        let on = recover_and_check(&host, &old, &new, point);
+        let want = match *point {
+            "migrated" | "restarted" | "verified" | "versions" | "committed" => "new",
+            _ => "old",
+        };
+        assert_eq!(on, want, "{point}: recovered to the wrong side");
+        // After recovery a normal apply completes.
+        let out = qx(&host, &["apply", "--yes"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{point}: apply after recovery: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(recover_and_check(&host, &old, &new, point), "new");
+    }
+}
+
+#[test]
+fn crash_while_rolling_back_a_failed_update_then_recover() {
+    // qx-node installed where the service does not run: verification fails, rollback starts.
+    let w = world("/data/bin/qx-node-misnamed");
+    let old = expected("1.0.0");
+    for point in [
+        "rolling-back",
+        "restored:qx-node",
+        "restored:host-ui",
+        "restored:db-migrations",
+    ] {
+        let host = host_v1(&w);
+        let old_here = {
+            // This release adds a file; the old state is still exactly v1.
+            fingerprint(&host)
+        };
+        assert_eq!(old_here, old);
+        assert!(apply_crashing_at(&host, point), "{point}: not reached");
+        let on = recover_and_check(&host, &old, &BTreeMap::new(), point);
+        assert_eq!(on, "old", "{point}");
+        let hist = fs::read_to_string(host.path("/data/updates/history.jsonl")).unwrap();
+        assert!(
+            hist.contains("\"failed\""),
+            "{point}: failure recorded: {hist}"
+        );
+    }
+}
+
+#[test]
+fn crash_during_recovery_then_recover_again() {
+    let w = world("/data/bin/qx-node");
+    let (old, new) = (expected("1.0.0"), expected("2.0.0"));
+    for (first, second) in [
+        ("installed:host-ui", "restored:qx-node"),
+        ("installed", "restored:host-ui"),
+        ("migrated", "restarted"),
+        ("migrated", "verified"),
+    ] {
+        let host = host_v1(&w);
+        assert!(apply_crashing_at(&host, first));
+        let out = qx(&host, &["recover"])
+            .env("QX_TEST_CRASH_AT", second)
+            .output()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            out.status.signal(),
+            Some(6),
+            "{first}/{second}: recovery crash not reached"
+        );
+        let what = format!("{first} then {second}");
+        recover_and_check(&host, &old, &new, &what);
+    }
+}
+
+#[test]
+fn kill_9_at_random_offsets_then_recover() {
+    let trials: u32 = std::env::var("QX_CRASH_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
+    let w = world("/data/bin/qx-node");
+    let (old, new) = (expected("1.0.0"), expected("2.0.0"));
+    // How long an uninterrupted apply takes here.
+    let host = host_v1(&w);
+    let t0 = Instant::now();
+    let out = qx(&host, &["apply", "--yes"]).output().unwrap();
+    assert!(out.status.success());
+    let full = t0.elapsed();
+    drop(host);
+    let (mut on_old, mut on_new) = (0, 0);
+    for i in 0..trials {
+        let host = host_v1(&w);
+        let delay = Duration::from_micros(rand::random_range(0..=full.as_micros() as u64));
+        let mut child = qx(&host, &["apply", "--yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        // The random offset is the point of this test, not a synchronisation.
+        std::thread::sleep(delay);
+        let pgid = child.id() as i32;
+        let _ = Command::new("kill")
+            .args(["-9", "--", &format!("-{pgid}")])
+            .status();
+        let _ = child.wait();
+        let what = format!("trial {i} (kill -9 after {delay:?} of {full:?})");
+        match recover_and_check(&host, &old, &new, &what) {
+            "old" => on_old += 1,
+            _ => on_new += 1,
+        }
+    }
+    eprintln!("{trials} random kills: {on_old} recovered to old, {on_new} to new");
+}
+
+#[test]
+fn crash_during_rollback_command_then_recover() {
+    let w = world("/data/bin/qx-node");
+    let (old, new) = (expected("1.0.0"), expected("2.0.0"));
+    for point in ["restored:qx-node", "restored:host-ui", "rollback-restored"] {
+        let host = host_v1(&w);
+        let out = qx(&host, &["apply", "--yes"]).output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(recover_and_check(&host, &old, &new, point), "new");
+        let out = qx(&host, &["rollback", "--yes"])
+            .env("QX_TEST_CRASH_AT", point)
+            .output()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(6), "{point}: not reached");
+        // Recovery finishes the rollback.
+        assert_eq!(
+            recover_and_check(&host, &old, &new, point),
+            "old",
+            "{point}"
+        );
+    }
+}

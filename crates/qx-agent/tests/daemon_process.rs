@@ -1,0 +1,288 @@
+//! The real `qx-update daemon` process: first start creates the token file and a self-signed
+//! certificate (0600) and the next start reuses them; the API answers over HTTPS; SIGTERM
+//! stops it cleanly, and a SIGTERM during an apply lets that apply finish first.
+#![allow(clippy::unwrap_used)]
+
+mod api_support;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+use api_support::*;
+use qx_testkit::host::Lab;
+use serde_json::Value;
+
+/// A running daemon; killed (SIGKILL) if the test ends without stopping it.
+struct Daemon {
+    child: Option<Child>,
+    base: String,
+    log: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    fn start(lab: &Lab) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_qx-update"))
+            .arg("--root")
+            .arg(lab.host.root())
+            .arg("daemon")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .env("QX_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start qx-update daemon");
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("daemon: {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // The daemon logs its bound address once it listens.
+        let mut base = None;
+        while let Ok(line) = rx.recv_timeout(DEADLINE) {
+            if let Some(rest) = line.split("listen=").nth(1) {
+                if line.contains("daemon started") {
+                    let addr = rest.split_whitespace().next().unwrap();
+                    base = Some(format!("https://{addr}"));
+                    break;
+                }
+            }
+        }
+        let base = base.expect("the daemon logs \"daemon started listen=…\"");
+        Daemon {
+            child: Some(child),
+            base,
+            log: rx,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    fn sigterm(&self) {
+        self.signal(rustix::process::Signal::TERM);
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid()).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+
+    /// Waits (bounded) for the exit; returns the exit code.
+    fn wait_exit(&mut self) -> i32 {
+        let mut child = self.child.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let status = child.wait();
+            let _ = tx.send(());
+            (child, status)
+        });
+        rx.recv_timeout(DEADLINE)
+            .expect("the daemon exits within the deadline");
+        let (_, status) = waiter.join().unwrap();
+        status.unwrap().code().expect("exit code, not a signal")
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Waits until the log has a line containing `text`.
+    fn wait_log(&self, text: &str) {
+        while let Ok(line) = self.log.recv_timeout(DEADLINE) {
+            if line.contains(text) {
+                return;
+            }
+        }
+        panic!("the daemon never logged {text:?}");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn first_start_creates_token_and_certificate_and_next_start_reuses_them() {
+    let lab = Lab::new().unwrap();
+    write_config(&lab, None, lab.server.url(), "");
+    host_at_v1(&lab);
+    let token_path = lab.host.path("/etc/limiquantix/update-api-token");
+    let cert_path = lab.host.path("/data/updates/api/self-signed.pem");
+    assert!(!token_path.exists());
+
+    let mut daemon = Daemon::start(&lab);
+    assert_eq!(mode(&token_path), 0o600);
+    assert_eq!(mode(&cert_path), 0o600);
+    let token = std::fs::read_to_string(&token_path)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(token.len(), 64);
+    let cert = std::fs::read(&cert_path).unwrap();
+
+    runtime().block_on(async {
+        let client = client();
+        let url = format!("{}/api/v1/updates/status", daemon.base);
+        let resp = client.get(&url).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["installed"]["qx-node"], "1.0.0");
+        let resp = client.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 401);
+    });
+    // SIGHUP does not stop it: the configuration needs a restart, which it says.
+    daemon.signal(rustix::process::Signal::HUP);
+    daemon.wait_log("SIGHUP: the configuration is read at start only");
+    runtime().block_on(async {
+        let url = format!("{}/api/v1/updates/status", daemon.base);
+        let resp = client().get(&url).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    });
+    daemon.sigterm();
+    assert_eq!(daemon.wait_exit(), 0);
+
+    let mut again = Daemon::start(&lab);
+    assert_eq!(
+        std::fs::read(&cert_path).unwrap(),
+        cert,
+        "the certificate is kept"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&token_path).unwrap().trim(),
+        token,
+        "the token is kept"
+    );
+    again.sigterm();
+    assert_eq!(again.wait_exit(), 0);
+}
+
+#[test]
+fn sigterm_during_an_apply_lets_it_finish() {
+    let scratch = tempfile::tempdir().unwrap();
+    let gate = Gate::new(scratch.path(), "restart");
+    let lab = Lab::new().unwrap();
+    write_config(&lab, Some(&gate), lab.server.url(), "");
+    host_at_v1(&lab);
+    publish_release(&lab, "1.1.0", None, 1024);
+    lab.host
+        .write_file(
+            "/etc/limiquantix/update-api-token",
+            b"process-token\n",
+            0o600,
+        )
+        .unwrap();
+
+    let mut daemon = Daemon::start(&lab);
+    runtime().block_on(async {
+        let client = client();
+        let resp = client
+            .post(format!("{}/api/v1/updates/apply", daemon.base))
+            .bearer_auth("process-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        // Wait until the apply is held at the restart (files already replaced).
+        let resp = client
+            .get(format!("{}/api/v1/updates/events", daemon.base))
+            .bearer_auth("process-token")
+            .send()
+            .await
+            .unwrap();
+        let mut events = Events::new(resp);
+        for _ in 0..100_000 {
+            if state_of(&events.next().await) == "restarting" {
+                break;
+            }
+        }
+    });
+    daemon.sigterm();
+    daemon.wait_log("waiting for the running apply to finish");
+    assert!(daemon.running(), "the daemon waits for the apply");
+    gate.open();
+    assert_eq!(daemon.wait_exit(), 0);
+    assert_eq!(lab.host.version("qx-node").as_deref(), Some("1.1.0"));
+    assert!(
+        !lab.host.path("/data/updates/journal.json").exists()
+            || std::fs::read_to_string(lab.host.path("/data/updates/journal.json"))
+                .unwrap()
+                .contains("committed"),
+        "the transaction ended"
+    );
+    let history = std::fs::read_to_string(lab.host.path("/data/updates/history.jsonl")).unwrap();
+    assert!(history.contains("\"outcome\":\"success\""), "{history}");
+}
+
+#[test]
+fn daemon_start_finishes_an_interrupted_apply() {
+    let lab = Lab::new().unwrap();
+    write_config(&lab, None, lab.server.url(), "");
+    host_at_v1(&lab);
+    publish_release(&lab, "1.1.0", None, 1024);
+    let v1 = lab.host.read("/data/bin/qx-node").unwrap();
+    // A CLI apply dies (abort, as in a power cut) after the files were replaced, before any
+    // restart: the journal is left open.
+    let out = Command::new(env!("CARGO_BIN_EXE_qx-update"))
+        .arg("--root")
+        .arg(lab.host.root())
+        .args(["apply", "--yes"])
+        .env("QX_TEST_CRASH_AT", "installed")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(6),
+        "the apply aborted at the crash point"
+    );
+    assert_ne!(
+        lab.host.read("/data/bin/qx-node").unwrap(),
+        v1,
+        "new file in place"
+    );
+    let journal = std::fs::read_to_string(lab.host.path("/data/updates/journal.json")).unwrap();
+    assert!(!journal.contains("\"committed\""), "{journal}");
+
+    // The daemon rolls it back before it serves anything.
+    let mut daemon = Daemon::start(&lab);
+    assert_eq!(
+        lab.host.read("/data/bin/qx-node").unwrap(),
+        v1,
+        "old file restored"
+    );
+    assert_eq!(lab.host.version("qx-node").as_deref(), Some("1.0.0"));
+    let journal: Value = serde_json::from_str(
+        &std::fs::read_to_string(lab.host.path("/data/updates/journal.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(journal["phase"], "rolled_back");
+    daemon.sigterm();
+    assert_eq!(daemon.wait_exit(), 0);
+}

@@ -1,0 +1,1052 @@
+//! The downloader against a real HTTP server on loopback, through the fault-injecting proxy:
+//! cuts, stalls, flipped bytes, server errors, resumes after a dropped or killed download,
+//! wrong sizes, missing space.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use qx_agent::download::{DownloadError, DownloadOptions, DownloadProgress, Downloader};
+use qx_core::{ArtifactRef, KeyPair, Manifest, Sha256, SigningKey, UnknownFields};
+use qx_testkit::proxy::{FaultProxy, Faults, Flip, Stall};
+
+const PRODUCT: &str = "quantix-os";
+const CHANNEL: &str = "dev";
+const VERSION: &str = "1.2.3";
+const ARTIFACT: &str = "qx-node.tar.zst";
+const SIZE: usize = 1024 * 1024 + 12_345;
+
+/// Deterministic, incompressible-looking content.
+fn content(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A release on a real server: signed manifest and one artifact in
+/// `$RELEASE_DIR/<product>/<channel>/<version>/`.
+struct Release {
+    _release_dir: tempfile::TempDir,
+    server: qx_testkit::server::TestServer,
+    data: Vec<u8>,
+    expected: ArtifactRef,
+}
+
+impl Release {
+    fn new(data: Vec<u8>) -> Self {
+        let (size, sha) = (data.len(), Sha256::of(&data));
+        let release_dir = tempfile::tempdir().expect("tempdir");
+        let dir = release_dir.path().join(PRODUCT).join(CHANNEL).join(VERSION);
+        std::fs::create_dir_all(&dir).expect("release dir");
+        std::fs::write(dir.join(ARTIFACT), &data).expect("artifact");
+        let manifest = serde_json::json!({
+            "schema": 1, "product": PRODUCT, "version": VERSION, "channel": CHANNEL,
+            "release_date": "2026-01-16T12:00:00Z", "expires": "2036-01-16T12:00:00Z",
+            "update_type": "component",
+            "components": [{
+                "name": "qx-node", "version": VERSION, "artifact": ARTIFACT,
+                "sha256": sha.to_hex(), "size_bytes": size,
+                "install_path": "/data/bin/qx-node", "kind": "file"
+            }],
+            "release_notes": "test"
+        });
+        let manifest = Manifest::parse(manifest.to_string().as_bytes(), UnknownFields::Reject)
+            .expect("valid manifest");
+        let bytes = manifest.to_bytes();
+        let kp = KeyPair::generate().expect("keygen");
+        let key_path = release_dir.path().join("test.key");
+        std::fs::write(&key_path, &kp.secret_key_file).expect("key");
+        let sig = SigningKey::from_file(&key_path)
+            .expect("load key")
+            .sign(&bytes, "test")
+            .expect("sign");
+        std::fs::remove_file(&key_path).expect("remove key");
+        std::fs::write(dir.join(qx_core::MANIFEST_FILE), &bytes).expect("manifest");
+        std::fs::write(dir.join(qx_core::SIGNATURE_FILE), sig).expect("signature");
+        let server = qx_testkit::server::TestServer::start(release_dir.path(), "test-token")
+            .expect("server starts");
+        let expected = manifest.artifact(ARTIFACT).expect("artifact in manifest");
+        Self {
+            _release_dir: release_dir,
+            server,
+            data,
+            expected,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.server.addr()
+    }
+
+    fn path(&self, artifact: &str) -> String {
+        format!("/api/v1/{PRODUCT}/releases/{VERSION}/{artifact}?channel={CHANNEL}")
+    }
+
+    fn proxy(&self) -> FaultProxy {
+        FaultProxy::start(self.addr()).expect("proxy starts")
+    }
+}
+
+fn opts() -> DownloadOptions {
+    DownloadOptions {
+        max_attempts: 4,
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(10),
+        bandwidth_limit: None,
+        connect_timeout: Duration::from_secs(5),
+        stall_timeout: Duration::from_secs(10),
+    }
+}
+
+fn fetch(
+    dl: &Downloader,
+    url: &str,
+    dir: &Path,
+    expected: &ArtifactRef,
+) -> Result<PathBuf, DownloadError> {
+    dl.fetch(url, dir, expected, &mut |_| {})
+}
+
+fn assert_no_leftovers(dir: &Path) {
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        vec![ARTIFACT.to_owned()],
+        "only the final artifact is left"
+    );
+}
+
+fn range_requests(proxy: &FaultProxy) -> Vec<String> {
+    proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.to_ascii_lowercase().contains("\r\nrange: bytes="))
+        .collect()
+}
+
+#[test]
+fn happy_path_downloads_and_verifies() {
+    let rel = Release::new(content(SIZE, 1));
+    let staging = tempfile::tempdir().unwrap();
+    let dl = Downloader::new(opts()).unwrap();
+    let url = format!("{}{}", rel.server.url(), rel.path(ARTIFACT));
+    let mut reports: Vec<DownloadProgress> = Vec::new();
+    let path = dl
+        .fetch(&url, staging.path(), &rel.expected, &mut |p| {
+            reports.push(p.clone())
+        })
+        .expect("download succeeds");
+    assert_eq!(path, staging.path().join(ARTIFACT));
+    assert_eq!(std::fs::read(&path).unwrap(), rel.data);
+    assert_no_leftovers(staging.path());
+    let last = reports.last().expect("progress was reported");
+    assert_eq!((last.bytes, last.total), (SIZE as u64, SIZE as u64));
+    assert_eq!(last.artifact, ARTIFACT);
+    assert!(reports.windows(2).all(|w| w[0].bytes <= w[1].bytes));
+}
+
+#[test]
+fn existing_verified_file_is_returned_without_a_request() {
+    let rel = Release::new(content(SIZE, 2));
+    let proxy = rel.proxy();
+    let staging = tempfile::tempdir().unwrap();
+    std::fs::write(staging.path().join(ARTIFACT), &rel.data).unwrap();
+    let dl = Downloader::new(opts()).unwrap();
+    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
+    fetch(&dl, &url, staging.path(), &rel.expected).expect("already there");
+    assert_eq!(proxy.stats().connections, 0);
+}
+
+#[test]
+fn existing_corrupt_file_is_replaced() {
+    let rel = Release::new(content(SIZE, 3));
+    let staging = tempfile::tempdir().unwrap();
+    std::fs::write(staging.path().join(ARTIFACT), b"stale").unwrap();
+    let dl = Downloader::new(opts()).unwrap();
+    let url = format!("{}{}", rel.server.url(), rel.path(ARTIFACT));
+    let path = fetch(&dl, &url, staging.path(), &rel.expected).expect("downloaded again");
+    assert_eq!(std::fs::read(path).unwrap(), rel.data);
+}
+
+#[test]
+fn connection_cut_every_n_bytes_converges() {
+    let rel = Release::new(content(SIZE, 4));
+    let proxy = rel.proxy();
+    proxy.set_faults(Faults {
+        cut_every: Some(200 * 1024),
+        ..Faults::default()
+    });
+    let staging = tempfile::tempdir().unwrap();
+    let dl = Downloader::new(opts()).unwrap();
+    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
+    let path = fetch(&dl, &url, staging.path(), &rel.expected).expect("converges");
+    assert_eq!(std::fs::read(path).unwrap(), rel.data);
+    assert_no_leftovers(staging.path());
+    let stats = proxy.stats();
+    // ~1 MiB in 200 KiB pieces: at least 5 cuts, each resumed with a Range request.
+    assert!(stats.cuts >= 5, "{stats:?}");
+    assert!(
+        range_requests(&proxy).len() as u64 >= stats.cuts,
+        "{:?}",
+        proxy.requests()
+    );
+    // Resuming never re-downloads much: total bytes stay close to the artifact size.
+    assert!(stats.bytes_down < SIZE as u64 + 64 * 1024, "{stats:?}");
+}
+
+#[test]
+fn stall_times_out_and_retry_converges() {
+    let rel = Release::new(content(SIZE, 5));
+    let proxy = rel.proxy();
+    proxy.set_faults(Faults {
+        stall: Some(Stall {
+            after_body_bytes: 300_000,
+            duration: None,
+            responses: 1,
+        }),
+        ..Faults::default()
+    });
+    let staging = tempfile::tempdir().unwrap();
+    let dl = Downloader::new(DownloadOptions {
+        stall_timeout: Duration::from_secs(1),
+        ..opts()
+    })
+    .unwrap();
+    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
+    let path = fetch(&dl, &url, staging.path(), &rel.expected).expect("converges");
+    assert_eq!(std::fs::read(path).unwrap(), rel.data);
+    assert_eq!(proxy.stats().stalls, 1);
+    let ranges = range_requests(&proxy);
+    assert_eq!(ranges.len(), 1, "{:?}", proxy.requests());
+    assert!(ranges[0].contains("bytes=300000-"), "{}", ranges[0]);
+}
+
+#[test]
+fn flipped_byte_is_detected_discarded_and_refetched() {
+    let rel = Release::new(content(SIZE, 6));
+    let proxy = rel.proxy();
+    proxy.set_faults(Faults {
+        flip: Some(Flip {
+            body_offset: 777_777,
+            responses: 1,
+        }),
+        ..Faults::default()
+    });
+    let staging = tempfile::tempdir().unwrap();
+    let dl = Downloader::new(opts()).unwrap();
+    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
+    let path = fetch(&dl, &url, staging.path(), &rel.expected).expect("converges");
+    assert_eq!(std::fs::read(path).unwrap(), rel.data);
+    assert_no_leftovers(staging.path());
+    assert_eq!(proxy.stats().flips, 1);
+    let requests = proxy.requests();
+    assert_eq!(
+        requests.len(),
+        2,
+        "one corrupt pass, one good: {requests:?}"
+    );
+    assert!(
+        range_requests(&proxy).is_empty(),
+        "the refetch starts from zero"
+    );
+}
+
+#[test]
+fn always_corrupt_gives_up_with_mismatch_and_leaves_nothing() {
+    let rel = Release::new(content(SIZE, 7));
+    let proxy = rel.proxy();
+    proxy.set_faults(Faults {
+        flip: Some(Flip {
+            body_offset: 10,
+            responses: u64::MAX,
+        }),
+        ..Faults::default()
+    });
+    let staging = tempfile::tempdir().unwrap();
+    let dl = Downloader::new(DownloadOptions {
+        max_attempts: 2,
+        ..opts()
+    })
+    .unwrap();
+    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
+    match fetch(&dl, &url, staging.path(), &rel.expected) {
+        Err(DownloadError::GaveUp { attempts, last, .. }) => {
+            assert_eq!(attempts, 2);
+            match *last {
+                DownloadError::Mismatch { expected, got, .. } => {
+                    assert_eq!(expected, rel.expected.sha256);
+                    assert_ne!(got, expected);
+                }
+                other => panic!("expected a sha256 mismatch, got {other:?}"),
+            }
+        }
+        other => panic!("expected GaveUp, got {other:?}"),
+    }
+    assert_eq!(std::fs::read_dir(staging.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn server_500s_for_the_first_requests_then_converges() {
+    let rel = Release::new(content(SIZE, 8));
+    let proxy = rel.proxy();
+    proxy.set_faults(Faults {
+        fail_first: 3,
+        ..Faults::default()
+    });
+    let staging = tempfile::tempdir().unwrap();
+    let dl = Downloader::new(opts()).unwrap();
+    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
+    let path = fetch(&dl, &url, staging.path(), &rel.expected).expect("converges");
+    assert_eq!(std::fs::read(path).unwrap(), rel.data);
+    assert_eq!(proxy.stats().injected_500, 3);
+    assert_eq!(proxy.requests().len(), 4);
+}
+
+#[test]
+fn always_failing_server_gives_up_after_exactly_max_attempts() {
+    let rel = Release::new(content(SIZE, 9));
+    let proxy = rel.proxy();
+    proxy.set_faults(Faults {
+        fail_first: u64::MAX,
+        ..Faults::default()
+    });
+    let staging = tempfile::tempdir().unwrap();
+    let dl = Downloader::new(DownloadOptions {
+        max_attempts: 5,
+        ..opts()
+    })
+    .unwrap();
+    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
+    match fetch(&dl, &url, staging.path(), &rel.expected) {
+        Err(DownloadError::GaveUp {
+            attempts,
+            last,
+            url: u,
+        }) => {
+            assert_eq!(attempts, 5);
+            assert_eq!(u, url);
+            assert!(
+                matches!(*last, DownloadError::Http { status: 500, .. }),
+                "{last:?}"
+            );
+        }
+        other => panic!("expected GaveUp, got {other:?}"),
+    }
+    assert_eq!(proxy.stats().injected_500, 5);
+    assert_eq!(proxy.requests().len(), 5);
+}
+
+#[test]
+fn not_found_is_not_retried() {
+    let rel = Release::new(content(1000, 10));
+    let proxy = rel.proxy();
+    let staging = tempfile::tempdir().unwrap();
+    let dl = Downloader::new(opts()).unwrap();
+    let url = format!("{}{}", proxy.url(), rel.path("missing.tar.zst"));
+    let expected = ArtifactRef {
+        artifact: "missing.tar.zst".parse().unwrap(),
+        ..rel.expected.clone()
+    };
+    match fetch(&dl, &url, staging.path(), &expected) {
+        Err(DownloadError::NotFound { url: u }) => assert_eq!(u, url),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    assert_eq!(proxy.requests().len(), 1);
+}
+
+#[test]
+fn connection_refused_gives_up_after_max_attempts() {
+    // A port that was just free: nothing listens on it.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    let dl = Downloader::new(DownloadOptions {
+        max_attempts: 3,
+        ..opts()
+    })
+    .unwrap();
+    let data = content(100, 11);
+    let expected = ArtifactRef {
+        artifact: ARTIFACT.parse().unwrap(),
+        sha256: Sha256::of(&data),
+        size_bytes: 100,
+    };
+    match fetch(&dl, &format!("http://{addr}/x"), staging.path(), &expected) {
+        Err(DownloadError::GaveUp { attempts, last, .. }) => {
+            assert_eq!(attempts, 3);
+            assert!(matches!(*last, DownloadError::Network { .. }), "{last:?}");
+        }
+        other => panic!("expected GaveUp, got {other:?}"),
+    }
+}
+
+#[test]
+fn resume_after_an_aborted_download_uses_range() {
+    let rel = Release::new(content(SIZE, 12));
+    let proxy = rel.proxy();
+    const FIRST: u64 = 400_000;
+    // A pause after FIRST bytes makes the next progress report come right after it.
+    proxy.set_faults(Faults {
+        stall: Some(Stall {
+            after_body_bytes: FIRST,
+            duration: Some(Duration::from_millis(300)),
+            responses: 1,
+        }),
+        ..Faults::default()
+    });
+    let staging = tempfile::tempdir().unwrap();
+    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
+    {
+        // The download is torn down from inside (as when the agent's task dies): the progress
+        // callback panics once more than FIRST bytes are on disk.
+        let dl = Downloader::new(opts()).unwrap();
+        let aborted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            dl.fetch(&url, staging.path(), &rel.expected, &mut |p| {
+                if p.bytes > FIRST {
+                    panic!("simulated abort at {} bytes", p.bytes);
+                }
+            })
+        }));
+        assert!(aborted.is_err(), "the download was aborted");
+    }
+    let part = staging.path().join(format!("{ARTIFACT}.part"));
+    let have = std::fs::metadata(&part).unwrap().len();
+    assert!(have > FIRST && have < SIZE as u64, "{have}");
+
+    proxy.set_faults(Faults::default());
+    proxy.reset_stats();
+    let dl = Downloader::new(opts()).unwrap();
+    let path = fetch(&dl, &url, staging.path(), &rel.expected).expect("resumes");
+    assert_eq!(std::fs::read(path).unwrap(), rel.data);
+    assert_no_leftovers(staging.path());
+    let requests = proxy.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let lower = requests[0].to_ascii_lowercase();
+    assert!(lower.contains(&format!("range: bytes={have}-")), "{lower}");
+    assert!(
+        lower.contains(&format!("if-range: \"{}\"", rel.expected.sha256)),
+        "{lower}"
+    );
+    assert!(proxy.stats().bytes_down < SIZE as u64 - have + 4096);
+}
+
+/// Runs only as the child of `resume_after_the_agent_is_killed`: downloads until killed.
+#[test]
+fn child_download_until_killed() {
+    let (Ok(url), Ok(dir), Ok(sha), Ok(size)) = (
+        std::env::var("QX_DL_CHILD_URL"),
+        std::env::var("QX_DL_CHILD_DIR"),
+        std::env::var("QX_DL_CHILD_SHA"),
+        std::env::var("QX_DL_CHILD_SIZE"),
+    ) else {
+        return;
+    };
+    let expected = ArtifactRef {
+        artifact: ARTIFACT.parse().unwrap(),
+        sha256: sha.parse().unwrap(),
+        size_bytes: size.parse().unwrap(),
+    };
+    let dl = Downloader::new(DownloadOptions {
+        stall_timeout: Duration::from_secs(120),
+        ..opts()
+    })
+    .unwrap();
+    let _ = fetch(&dl, &url, Path::new(&dir), &expected);
+    panic!("the child download was expected to be killed while stalled");
+}
+
+#[test]
+fn resume_after_the_agent_is_killed() {
+    let rel = Release::new(content(SIZE, 13));
+    let proxy = rel.proxy();
+    const FIRST: u64 = 500_000;
+    proxy.set_faults(Faults {
+        stall: Some(Stall {
+            after_body_bytes: FIRST,
+            duration: None,
+            responses: u64::MAX,
+        }),
+        ..Faults::default()
+    });
+    let staging = tempfile::tempdir().unwrap();
+    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["child_download_until_killed", "--exact", "--nocapture"])
+        .env("QX_DL_CHILD_URL", &url)
+        .env("QX_DL_CHILD_DIR", staging.path())
+        .env("QX_DL_CHILD_SHA", rel.expected.sha256.to_hex())
+        .env("QX_DL_CHILD_SIZE", rel.expected.size_bytes.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let part = staging.path().join(format!("{ARTIFACT}.part"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut reached = false;
+    while Instant::now() < deadline {
+        if std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) >= FIRST {
+            reached = true;
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the child exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(reached, "the child never wrote {FIRST} bytes");
+    assert_eq!(std::fs::metadata(&part).unwrap().len(), FIRST);
+
+    proxy.set_faults(Faults::default());
+    proxy.reset_stats();
+    let dl = Downloader::new(opts()).unwrap();
+    let path = fetch(&dl, &url, staging.path(), &rel.expected).expect("resumes");
+    assert_eq!(std::fs::read(path).unwrap(), rel.data);
+    assert_no_leftovers(staging.path());
+    let ranges = range_requests(&proxy);
+    assert_eq!(ranges.len(), 1, "{:?}", proxy.requests());
+    assert!(
+        ranges[0].contains(&format!("bytes={FIRST}-")),
+        "{}",
+        ranges[0]
+    );
+    assert!(proxy.stats().bytes_down < SIZE as u64 - FIRST + 4096);
+}
+
+#[test]
+fn partial_file_of_other_content_is_discarded() {
+    let rel = Release::new(content(SIZE, 14));
+    let proxy = rel.proxy();
+    let staging = tempfile::tempdir().unwrap();
+    // A .part from another release with the same artifact name.
+    std::fs::write(
+        staging.path().join(format!("{ARTIFACT}.part")),
+        content(1000, 99),
+    )
+    .unwrap();
+    std::fs::write(
+        staging.path().join(format!("{ARTIFACT}.part.sha256")),
+        format!("{}\n", Sha256::of(b"other")),
+    )
+    .unwrap();
+    let dl = Downloader::new(opts()).unwrap();
+    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
+    let path = fetch(&dl, &url, staging.path(), &rel.expected).expect("downloads");
+    assert_eq!(std::fs::read(path).unwrap(), rel.data);
+    assert!(range_requests(&proxy).is_empty());
+    assert_no_leftovers(staging.path());
+}
+
+#[test]
+fn complete_partial_file_is_verified_without_a_request() {
+    let rel = Release::new(content(SIZE, 15));
+    let proxy = rel.proxy();
+    let staging = tempfile::tempdir().unwrap();
+    // A crash after the last byte, before the rename.
+    std::fs::write(staging.path().join(format!("{ARTIFACT}.part")), &rel.data).unwrap();
+    std::fs::write(
+        staging.path().join(format!("{ARTIFACT}.part.sha256")),
+        format!("{}\n", rel.expected.sha256),
+    )
+    .unwrap();
+    let dl = Downloader::new(opts()).unwrap();
+    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
+    let path = fetch(&dl, &url, staging.path(), &rel.expected).expect("verified");
+    assert_eq!(std::fs::read(path).unwrap(), rel.data);
+    assert_eq!(proxy.stats().connections, 0);
+    assert_no_leftovers(staging.path());
+}
+
+/// A raw HTTP responder: answers every connection with `head` followed by `body_len` bytes and
+/// closes (no Content-Length: the body ends with the connection). Counts connections and the
+/// bytes it managed to write.
+struct RawServer {
+    addr: SocketAddr,
+    connections: Arc<AtomicU64>,
+}
+
+impl RawServer {
+    fn start(head: String, body_len: usize) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicU64::new(0));
+        let counter = connections.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(head.as_bytes());
+                let body = content(body_len, 17);
+                let _ = stream.write_all(&body);
+            }
+        });
+        Self { addr, connections }
+    }
+}
+
+#[test]
+fn stream_longer_than_expected_is_stopped_and_refused() {
+    let raw = RawServer::start(
+        "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n".into(),
+        4 * 1024 * 1024,
+    );
+    let staging = tempfile::tempdir().unwrap();
+    let dl = Downloader::new(DownloadOptions {
+        max_attempts: 1,
+        ..opts()
+    })
+    .unwrap();
+    let expected = ArtifactRef {
+        artifact: ARTIFACT.parse().unwrap(),
+        sha256: Sha256::of(b"x"),
+        size_bytes: 1000,
+    };
+    let url = format!("http://{}/artifact", raw.addr);
+    match fetch(&dl, &url, staging.path(), &expected) {
+        Err(DownloadError::GaveUp { last, .. }) => match *last {
+            DownloadError::SizeMismatch { expected, got, .. } => {
+                assert_eq!(expected, 1000);
+                assert!(got > 1000, "{got}");
+            }
+            other => panic!("expected SizeMismatch, got {other:?}"),
+        },
+        other => panic!("expected GaveUp, got {other:?}"),
+    }
+    assert_eq!(std::fs::read_dir(staging.path()).unwrap().count(), 0);
+    assert_eq!(raw.connections.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn announced_length_larger_than_the_manifest_is_refused() {
+    const LEN: usize = 2 * 1024 * 1024;
+    let raw = RawServer::start(
+        format!("HTTP/1.1 200 OK\r\ncontent-length: {LEN}\r\nconnection: close\r\n\r\n"),
+        LEN,
+    );
+    let staging = tempfile::tempdir().unwrap();
+    let dl = Downloader::new(DownloadOptions {
+        max_attempts: 2,
+        ..opts()
+    })
+    .unwrap();
+    let expected = ArtifactRef {
+        artifact: ARTIFACT.parse().unwrap(),
+        sha256: Sha256::of(b"x"),
+        size_bytes: 1000,
+    };
+    let url = format!("http://{}/artifact", raw.addr);
+    match fetch(&dl, &url, staging.path(), &expected) {
+        Err(DownloadError::GaveUp { attempts, last, .. }) => {
+            assert_eq!(attempts, 2);
+            match *last {
+                DownloadError::SizeMismatch { expected, got, .. } => {
+                    assert_eq!((expected, got), (1000, LEN as u64));
+                }
+                other => panic!("expected SizeMismatch, got {other:?}"),
+            }
+        }
+        other => panic!("expected GaveUp, got {other:?}"),
+    }
+    assert_eq!(std::fs::read_dir(staging.path()).unwrap().count(), 0);
+    assert_eq!(raw.connections.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn forbidden_is_not_retried() {
+    let raw = RawServer::start(
+        "HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into(),
+        0,
+    );
+    let staging = tempfile::tempdir().unwrap();
+    let dl = Downloader::new(opts()).unwrap();
+    let expected = ArtifactRef {
+        artifact: ARTIFACT.parse().unwrap(),
+        sha256: Sha256::of(b"x"),
+        size_bytes: 1,
+    };
+    let url = format!("http://{}/artifact", raw.addr);
+    match fetch(&dl, &url, staging.path(), &expected) {
+        Err(DownloadError::Http { status, url: u }) => {
+            assert_eq!(status, 403);
+            assert_eq!(u, url);
+        }
+        other => panic!("expected Http 403, got {other:?}"),
+    }
+    assert_eq!(raw.connections.load(Ordering::SeqCst), 1);
+    match dl.get_bytes(&url) {
+        Err(DownloadError::Http { status: 403, .. }) => {}
+        other => panic!("expected Http 403, got {other:?}"),
+    }
+    assert_eq!(raw.connections.load(Ordering::SeqCst), 2);
+}
+
+/// A tmpfs of 1 MiB mounted for the test, unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok.then_some(Self { dir })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn not_enough_free_space_is_refused_before_any_request() {
+    let rel = Release::new(content(2 * 1024 * 1024, 18));
+    let proxy = rel.proxy();
+    let tmpfs = Tmpfs::mount("1m").expect("mounting a tmpfs needs root (the tests run as root)");
+    let staging = tmpfs.dir.path().join("staging");
+    let dl = Downloader::new(opts()).unwrap();
+    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
+    match fetch(&dl, &url, &staging, &rel.expected) {
+        Err(DownloadError::NoSpace {
+            path,
+            needed,
+            available,
+        }) => {
+            assert_eq!(path, staging);
+            assert_eq!(needed, 2 * 1024 * 1024);
+            assert!(available <= 1024 * 1024, "{available}");
+        }
+        other => panic!("expected NoSpace, got {other:?}"),
+    }
+    assert_eq!(proxy.stats().connections, 0);
+}
+
+#[test]
+fn bandwidth_limited_download_still_verifies() {
+    let rel = Release::new(content(256 * 1024, 19));
+    let staging = tempfile::tempdir().unwrap();
+    let dl = Downloader::new(DownloadOptions {
+        bandwidth_limit: Some(4 * 1024 * 1024),
+        ..opts()
+    })
+    .unwrap();
+    let url = format!("{}{}", rel.server.url(), rel.path(ARTIFACT));
+    let path = fetch(&dl, &url, staging.path(), &rel.expected).expect("downloads");
+    assert_eq!(std::fs::read(path).unwrap(), rel.data);
+}
+
+#[test]
+fn get_bytes_fetches_the_manifest_through_server_errors() {
+    let rel = Release::new(content(1000, 20));
+    let proxy = rel.proxy();
+    proxy.set_faults(Faults {
+        fail_first: 2,
+        ..Faults::default()
+    });
+    let dl = Downloader::new(opts()).unwrap();
+    let url = format!("{}{}", proxy.url(), rel.path(qx_core::MANIFEST_FILE));
+    let (body, _headers) = dl.get_bytes(&url).expect("fetched");
+    let manifest = Manifest::parse(&body, UnknownFields::Ignore).expect("the signed manifest");
+    assert_eq!(manifest.version.to_string(), VERSION);
+    assert_eq!(proxy.stats().injected_500, 2);
+}
+
+#[test]
+fn get_bytes_not_found_is_not_retried() {
+    let rel = Release::new(content(1000, 21));
+    let proxy = rel.proxy();
+    let dl = Downloader::new(opts()).unwrap();
+    let url = format!(
+        "{}/api/v1/{PRODUCT}/releases/9.9.9/manifest.json?channel={CHANNEL}",
+        proxy.url()
+    );
+    match dl.get_bytes(&url) {
+        Err(DownloadError::NotFound { url: u }) => assert_eq!(u, url),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    assert_eq!(proxy.requests().len(), 1);
+}
+
+#[test]
+fn fetch_into_streams_every_byte_once_in_order_through_cuts() {
+    let rel = Release::new(content(SIZE, 30));
+    let proxy = rel.proxy();
+    proxy.set_faults(Faults {
+        cut_every: Some(300 * 1024),
+        ..Faults::default()
+    });
+    let staging = tempfile::tempdir().unwrap();
+    let dl = Downloader::new(opts()).unwrap();
+    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
+    let mut sink = Vec::new();
+    let path = dl
+        .fetch_into(&url, staging.path(), &rel.expected, &mut |_| {}, &mut sink)
+        .expect("converges");
+    assert!(sink == rel.data, "the sink got exactly the artifact");
+    assert_eq!(std::fs::read(path).unwrap(), rel.data);
+    assert!(proxy.stats().cuts >= 3);
+    assert_no_leftovers(staging.path());
+}
+
+#[test]
+fn fetch_into_streams_a_resumed_part_from_byte_zero() {
+    let rel = Release::new(content(SIZE, 31));
+    let proxy = rel.proxy();
+    let staging = tempfile::tempdir().unwrap();
+    const HAVE: usize = 123_456;
+    std::fs::write(
+        staging.path().join(format!("{ARTIFACT}.part")),
+        &rel.data[..HAVE],
+    )
+    .unwrap();
+    std::fs::write(
+        staging.path().join(format!("{ARTIFACT}.part.sha256")),
+        format!("{}\n", rel.expected.sha256),
+    )
+    .unwrap();
+    let dl = Downloader::new(opts()).unwrap();
+    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
+    let mut sink = Vec::new();
+    dl.fetch_into(&url, staging.path(), &rel.expected, &mut |_| {}, &mut sink)
+        .expect("resumes");
+    assert!(sink == rel.data, "the sink got exactly the artifact");
+    let ranges = range_requests(&proxy);
+    assert_eq!(ranges.len(), 1, "{:?}", proxy.requests());
+    assert!(
+        ranges[0].contains(&format!("bytes={HAVE}-")),
+        "{}",
+        ranges[0]
+    );
+}
+
+#[test]
+fn fetch_into_streams_an_existing_file_without_a_request() {
+    let rel = Release::new(content(SIZE, 32));
+    let proxy = rel.proxy();
+    let staging = tempfile::tempdir().unwrap();
+    std::fs::write(staging.path().join(ARTIFACT), &rel.data).unwrap();
+    let dl = Downloader::new(opts()).unwrap();
+    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
+    let mut sink = Vec::new();
+    dl.fetch_into(&url, staging.path(), &rel.expected, &mut |_| {}, &mut sink)
+        .expect("already there");
+    assert!(sink == rel.data);
+    assert_eq!(proxy.stats().connections, 0);
+}
+
+#[test]
+fn fetch_into_corrupt_stream_stops_and_a_plain_fetch_recovers() {
+    let rel = Release::new(content(SIZE, 33));
+    let proxy = rel.proxy();
+    proxy.set_faults(Faults {
+        flip: Some(Flip {
+            body_offset: 5,
+            responses: 1,
+        }),
+        ..Faults::default()
+    });
+    let staging = tempfile::tempdir().unwrap();
+    let dl = Downloader::new(opts()).unwrap();
+    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
+    let mut sink = Vec::new();
+    match dl.fetch_into(&url, staging.path(), &rel.expected, &mut |_| {}, &mut sink) {
+        Err(DownloadError::StreamRestarted { artifact, reason }) => {
+            assert_eq!(artifact, ARTIFACT);
+            assert!(reason.contains("sha256 mismatch"), "{reason}");
+        }
+        other => panic!("expected StreamRestarted, got {other:?}"),
+    }
+    assert_eq!(std::fs::read_dir(staging.path()).unwrap().count(), 0);
+    let path = fetch(&dl, &url, staging.path(), &rel.expected).expect("recovers");
+    assert_eq!(std::fs::read(path).unwrap(), rel.data);
+}
+
+/// A sink that fails after taking some bytes.
+struct FailingSink {
+    left: usize,
+}
+
+impl Write for FailingSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::other("decoder failed"));
+        }
+        let n = buf.len().min(self.left);
+        self.left -= n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn fetch_into_failing_sink_stops_the_download_and_keeps_the_part() {
+    let rel = Release::new(content(SIZE, 34));
+    let staging = tempfile::tempdir().unwrap();
+    let dl = Downloader::new(opts()).unwrap();
+    let url = format!("{}{}", rel.server.url(), rel.path(ARTIFACT));
+    let mut sink = FailingSink { left: 100_000 };
+    match dl.fetch_into(&url, staging.path(), &rel.expected, &mut |_| {}, &mut sink) {
+        Err(DownloadError::Sink { artifact, source }) => {
+            assert_eq!(artifact, ARTIFACT);
+            assert_eq!(source.to_string(), "decoder failed");
+        }
+        other => panic!("expected a Sink error, got {other:?}"),
+    }
+    let part = staging.path().join(format!("{ARTIFACT}.part"));
+    assert!(std::fs::metadata(part).unwrap().len() > 0);
+}
+
+/// A `.part` of the right content, and a server that ignores `Range` (answers 200 with the
+/// whole artifact).
+fn part_and_range_ignoring_server(staging: &Path) -> (RawServer, ArtifactRef, Vec<u8>) {
+    const LEN: usize = 300_000;
+    let raw = RawServer::start(
+        format!("HTTP/1.1 200 OK\r\ncontent-length: {LEN}\r\nconnection: close\r\n\r\n"),
+        LEN,
+    );
+    let data = content(LEN, 17);
+    let expected = ArtifactRef {
+        artifact: ARTIFACT.parse().unwrap(),
+        sha256: Sha256::of(&data),
+        size_bytes: LEN as u64,
+    };
+    std::fs::write(staging.join(format!("{ARTIFACT}.part")), &data[..1000]).unwrap();
+    std::fs::write(
+        staging.join(format!("{ARTIFACT}.part.sha256")),
+        format!("{}\n", expected.sha256),
+    )
+    .unwrap();
+    (raw, expected, data)
+}
+
+#[test]
+fn server_ignoring_range_restarts_from_zero() {
+    let staging = tempfile::tempdir().unwrap();
+    let (raw, expected, data) = part_and_range_ignoring_server(staging.path());
+    let dl = Downloader::new(opts()).unwrap();
+    let url = format!("http://{}/artifact", raw.addr);
+    let path = fetch(&dl, &url, staging.path(), &expected).expect("downloads");
+    assert_eq!(std::fs::read(path).unwrap(), data);
+    assert_eq!(raw.connections.load(Ordering::SeqCst), 1);
+    assert_no_leftovers(staging.path());
+}
+
+#[test]
+fn fetch_into_server_ignoring_range_stops_with_stream_restarted() {
+    let staging = tempfile::tempdir().unwrap();
+    let (raw, expected, _) = part_and_range_ignoring_server(staging.path());
+    let dl = Downloader::new(opts()).unwrap();
+    let url = format!("http://{}/artifact", raw.addr);
+    let mut sink = Vec::new();
+    match dl.fetch_into(&url, staging.path(), &expected, &mut |_| {}, &mut sink) {
+        Err(DownloadError::StreamRestarted { reason, .. }) => {
+            assert!(reason.contains("whole artifact"), "{reason}");
+        }
+        other => panic!("expected StreamRestarted, got {other:?}"),
+    }
+    assert_eq!(sink.len(), 1000, "only the resumed prefix was streamed");
+}
+
+#[test]
+fn cuts_after_a_trickle_use_the_attempt_budget() {
+    // Every connection is cut after 8 KiB: less than MIN_PROGRESS, so no attempt counts as
+    // progress and the budget bounds the loop.
+    let rel = Release::new(content(SIZE, 35));
+    let proxy = rel.proxy();
+    proxy.set_faults(Faults {
+        cut_every: Some(8 * 1024),
+        ..Faults::default()
+    });
+    let staging = tempfile::tempdir().unwrap();
+    let dl = Downloader::new(DownloadOptions {
+        max_attempts: 3,
+        ..opts()
+    })
+    .unwrap();
+    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
+    match fetch(&dl, &url, staging.path(), &rel.expected) {
+        Err(DownloadError::GaveUp { attempts, last, .. }) => {
+            assert_eq!(attempts, 3);
+            assert!(matches!(*last, DownloadError::Network { .. }), "{last:?}");
+        }
+        other => panic!("expected GaveUp, got {other:?}"),
+    }
+    assert_eq!(proxy.requests().len(), 3);
+    // What did arrive is kept for the next try.
+    let part = staging.path().join(format!("{ARTIFACT}.part"));
+    assert!(std::fs::metadata(part).unwrap().len() > 0);
+}
+
+#[test]
+fn etag_naming_other_content_is_refused_before_the_body() {
+    const LEN: usize = 2 * 1024 * 1024;
+    let other = Sha256::of(b"another artifact");
+    let raw = RawServer::start(
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {LEN}\r\netag: \"{other}\"\r\nconnection: close\r\n\r\n"
+        ),
+        LEN,
+    );
+    let staging = tempfile::tempdir().unwrap();
+    let dl = Downloader::new(DownloadOptions {
+        max_attempts: 2,
+        ..opts()
+    })
+    .unwrap();
+    let data = content(LEN, 17);
+    let expected = ArtifactRef {
+        artifact: ARTIFACT.parse().unwrap(),
+        sha256: Sha256::of(&data),
+        size_bytes: LEN as u64,
+    };
+    let url = format!("http://{}/artifact", raw.addr);
+    match fetch(&dl, &url, staging.path(), &expected) {
+        Err(DownloadError::GaveUp { attempts, last, .. }) => {
+            assert_eq!(attempts, 2);
+            match *last {
+                DownloadError::Mismatch {
+                    expected: e, got, ..
+                } => {
+                    assert_eq!((e, got), (expected.sha256, other));
+                }
+                other => panic!("expected Mismatch, got {other:?}"),
+            }
+        }
+        other => panic!("expected GaveUp, got {other:?}"),
+    }
+    assert_eq!(std::fs::read_dir(staging.path()).unwrap().count(), 0);
+}

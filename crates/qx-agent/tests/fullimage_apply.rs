@@ -1,0 +1,871 @@
+//! Full-image (A/B) applies end to end: a real update server on loopback with signed `full`
+//! and `mixed` releases, slots A and B as ext4 file systems on REAL loop devices (one image
+//! file each: this machine's kernel makes no partition devices for loop disks), a grubenv
+//! created and read with `grub-editenv`, `<root>/proc/cmdline` saying `quantix.slot=A`.
+//!
+//! Needs root (losetup, mkfs.ext4, mount); fails (does not skip) without it.
+//!
+//!     cargo test -p qx-agent --test fullimage_apply
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use qx_agent::{Agent, AgentError, ApplyOptions, Config};
+use qx_core::status::{Outcome, UpdateState};
+use qx_core::{ArtifactName, ArtifactRef, FullImage, Sha256, TargetSlot, UpdateType};
+use qx_testkit::host::{HostConfig, Lab};
+use qx_testkit::proxy::FaultProxy;
+use qx_testkit::release::{release_path, BuiltRelease, ComponentSpec};
+
+// ---------------------------------------------------------------------------------------------
+// Tools, loop devices, mounts.
+
+fn run(c: &mut Command) -> String {
+    let desc = format!("{c:?}");
+    let out = c
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
+    assert!(
+        out.status.success(),
+        "{desc} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn editenv(file: &Path, args: &[&str]) -> String {
+    run(Command::new("grub-editenv").arg(file).args(args))
+}
+
+/// A loop device over a whole file, detached on drop.
+struct LoopFile {
+    dev: PathBuf,
+}
+
+impl LoopFile {
+    fn new(file: &Path) -> LoopFile {
+        let dev = run(Command::new("losetup").args(["--find", "--show"]).arg(file));
+        LoopFile {
+            dev: PathBuf::from(dev.trim()),
+        }
+    }
+}
+
+impl Drop for LoopFile {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+/// A mount, undone on drop.
+struct MountGuard {
+    dir: PathBuf,
+}
+
+impl MountGuard {
+    fn new(dev: &Path, dir: &Path, opts: &str) -> MountGuard {
+        fs::create_dir_all(dir).unwrap();
+        run(Command::new("mount").args(["-o", opts]).arg(dev).arg(dir));
+        MountGuard {
+            dir: dir.to_owned(),
+        }
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        // A process forked by a parallel test may hold a copy of a descriptor for an instant
+        // ("target is busy"): retry a bounded number of times, then detach lazily.
+        for _ in 0..20 {
+            let ok = Command::new("umount")
+                .arg(&self.dir)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// Slots A and B (ext4 on loop devices), slot A holding release 1.0.0's files.
+struct Slots {
+    // Dropped before the directory holding their image files.
+    a: LoopFile,
+    b: LoopFile,
+    dir: tempfile::TempDir,
+}
+
+impl Slots {
+    fn new() -> Slots {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "fullimage tests need root (losetup, mkfs.ext4, mount); run them as root"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("qx-fullimage-")
+            .tempdir()
+            .unwrap();
+        let mk = |name: &str, label: &str| {
+            let img = dir.path().join(name);
+            let f = fs::File::create(&img).unwrap();
+            f.set_len(64 << 20).unwrap();
+            drop(f);
+            let dev = LoopFile::new(&img);
+            run(Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-L", label])
+                .arg(&dev.dev));
+            dev
+        };
+        let a = mk("slot-a.img", "QXFI-A");
+        let b = mk("slot-b.img", "QXFI-B");
+        {
+            let m = MountGuard::new(&a.dev, &dir.path().join("mnt-a"), "rw");
+            fs::write(m.dir.join("vmlinuz"), b"kernel of slot A").unwrap();
+            fs::write(m.dir.join("initramfs"), b"initramfs of slot A").unwrap();
+            fs::write(m.dir.join("system.squashfs"), b"system 1.0.0").unwrap();
+        }
+        {
+            let m = MountGuard::new(&b.dev, &dir.path().join("mnt-b"), "rw");
+            fs::write(m.dir.join("system.squashfs"), b"old system in slot B").unwrap();
+        }
+        Slots { a, b, dir }
+    }
+
+    /// Every file of slot B: name -> bytes.
+    fn read_b(&self) -> Vec<(String, Vec<u8>)> {
+        let m = MountGuard::new(&self.b.dev, &self.dir.path().join("check-b"), "ro");
+        let mut out: Vec<(String, Vec<u8>)> = fs::read_dir(&m.dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().unwrap().is_file())
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+fn no_slot_mounts_left() {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains("qx-slot-"),
+        "a temporary slot mount was left behind:\n{mounts}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The host.
+
+/// The tests of this file run one at a time: a process forked by a parallel test holds copies
+/// of this process's descriptors for an instant, which can make an unmount of a slot fail
+/// with "target is busy".
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+struct Fixture {
+    // Field order = drop order: the host and server first, the loop devices, then the lock.
+    lab: Lab,
+    slots: Slots,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Fixture {
+    fn new(extra: &str) -> Fixture {
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let slots = Slots::new();
+        let lab = Lab::new().unwrap();
+        let f = Fixture {
+            lab,
+            slots,
+            _serial: serial,
+        };
+        f.write_config(f.lab.server.url(), extra);
+        let root = f.root();
+        fs::create_dir_all(root.join("proc")).unwrap();
+        fs::write(
+            root.join("proc/cmdline"),
+            "BOOT_IMAGE=/vmlinuz root=/dev/ram0 quantix.slot=A console=ttyS0\n",
+        )
+        .unwrap();
+        fs::create_dir_all(root.join("boot/grub")).unwrap();
+        let env = f.grubenv();
+        editenv(&env, &["create"]);
+        editenv(
+            &env,
+            &[
+                "set",
+                "ORDER=A B",
+                "A_LEFT=3",
+                "A_OK=1",
+                "B_LEFT=0",
+                "B_OK=0",
+            ],
+        );
+        let script = f.reboot_script();
+        fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho \"reboot $*\" >> {}\n",
+                f.reboot_log().display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+        f
+    }
+
+    fn root(&self) -> PathBuf {
+        self.lab.host.root().to_owned()
+    }
+
+    fn grubenv(&self) -> PathBuf {
+        self.root().join("boot/grub/grubenv")
+    }
+
+    fn env(&self) -> String {
+        editenv(&self.grubenv(), &["list"])
+    }
+
+    fn reboot_script(&self) -> PathBuf {
+        self.slots.dir.path().join("reboot.sh")
+    }
+
+    fn reboot_log(&self) -> PathBuf {
+        self.slots.dir.path().join("reboot.log")
+    }
+
+    fn write_config(&self, server_url: &str, extra: &str) {
+        let mnt = self.slots.dir.path().join("mnt");
+        fs::create_dir_all(&mnt).unwrap();
+        let mut c = HostConfig::new(
+            server_url,
+            &self.lab.product,
+            &self.lab.channel,
+            &self.lab.key.public_key_file,
+        );
+        c.extra = format!(
+            "  reboot_command: [\"{}\", \"now\"]\n  ab:\n    grubenv: /boot/grub/grubenv\n    slot_a: {{device: \"{}\"}}\n    slot_b: {{device: \"{}\"}}\n    tries: 3\n    mount: {{fstype: ext4, options: [noatime], dir: \"{}\"}}\n{extra}",
+            self.reboot_script().display(),
+            self.slots.a.dev.display(),
+            self.slots.b.dev.display(),
+            mnt.display()
+        );
+        self.lab.host.write_config(&c).unwrap();
+    }
+
+    fn agent(&self) -> Agent {
+        let root = self.root();
+        let config = Config::load_under(&self.lab.host.config_path(), &root).expect("config");
+        Agent::new(config, root).expect("agent")
+    }
+
+    fn state(&self) -> Option<serde_json::Value> {
+        fs::read(self.root().join("quantix/ab-update-state.json"))
+            .ok()
+            .map(|b| serde_json::from_slice(&b).expect("state is JSON"))
+    }
+
+    fn history(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(self.root().join("data/updates/history.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("history line is JSON"))
+            .collect()
+    }
+
+    fn update_log(&self) -> String {
+        fs::read_to_string(self.root().join("var/log/quantix/update.log")).unwrap_or_default()
+    }
+
+    fn qx_update(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_qx-update"))
+            .arg("--root")
+            .arg(self.root())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run qx-update")
+    }
+}
+
+/// A system image of `len` bytes (several 1 MiB copy chunks), distinct per version.
+fn system_image(version: &str, len: usize) -> Vec<u8> {
+    let seed = version
+        .bytes()
+        .fold(7u32, |a, b| a.wrapping_mul(31).wrapping_add(b.into()));
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8)
+        .collect()
+}
+
+struct ImageFiles {
+    system: Vec<u8>,
+    kernel: Option<Vec<u8>>,
+    initramfs: Option<Vec<u8>>,
+}
+
+fn aref(name: &str, bytes: &[u8]) -> ArtifactRef {
+    ArtifactRef {
+        artifact: ArtifactName::new(name).unwrap(),
+        sha256: Sha256::of(bytes),
+        size_bytes: bytes.len() as u64,
+    }
+}
+
+/// Builds, signs and publishes a `full` release (no components) or a `mixed` one (with them).
+fn publish_image(
+    lab: &Lab,
+    version: &str,
+    img: &ImageFiles,
+    components: Vec<ComponentSpec>,
+) -> BuiltRelease {
+    let mixed = !components.is_empty();
+    let mut spec = lab.release(version);
+    if mixed {
+        for c in components {
+            spec = spec.component(c);
+        }
+    } else {
+        // ReleaseSpec builds component releases; start from one and turn it into a full one.
+        spec = spec.component(ComponentSpec::file(
+            "placeholder",
+            "/data/bin/placeholder",
+            b"x".to_vec(),
+        ));
+    }
+    let mut r = spec.build().unwrap();
+    if !mixed {
+        r.manifest.components.clear();
+        r.artifacts.clear();
+    }
+    r.manifest.update_type = if mixed {
+        UpdateType::Mixed
+    } else {
+        UpdateType::Full
+    };
+    r.manifest.full_image = Some(FullImage {
+        artifact: ArtifactName::new("system.squashfs").unwrap(),
+        sha256: Sha256::of(&img.system),
+        size_bytes: img.system.len() as u64,
+        kernel: img.kernel.as_deref().map(|k| aref("vmlinuz", k)),
+        initramfs: img.initramfs.as_deref().map(|i| aref("initramfs", i)),
+        requires_reboot: true,
+        target_slot: TargetSlot::Auto,
+    });
+    r.manifest.validate().expect("fixture manifest is valid");
+    r.artifacts
+        .push(("system.squashfs".into(), img.system.clone()));
+    if let Some(k) = &img.kernel {
+        r.artifacts.push(("vmlinuz".into(), k.clone()));
+    }
+    if let Some(i) = &img.initramfs {
+        r.artifacts.push(("initramfs".into(), i.clone()));
+    }
+    r.manifest_bytes = r.manifest.to_bytes();
+    r.signature = lab.key.sign(&r.manifest_bytes).unwrap();
+    r.publish(lab.server.url(), &lab.token).unwrap();
+    r
+}
+
+fn full_image(version: &str) -> ImageFiles {
+    ImageFiles {
+        system: system_image(version, 3_500_000),
+        kernel: Some(format!("kernel {version}").into_bytes()),
+        initramfs: Some(format!("initramfs {version}").into_bytes()),
+    }
+}
+
+const ENV_BEFORE: &str = "ORDER=A B\nA_LEFT=3\nA_OK=1\nB_LEFT=0\nB_OK=0\n";
+const ENV_AFTER: &str = "ORDER=B A\nA_LEFT=3\nA_OK=1\nB_LEFT=3\nB_OK=0\n";
+
+// ---------------------------------------------------------------------------------------------
+// Tests.
+
+#[test]
+fn full_image_apply_writes_slot_b_switches_grubenv_and_does_not_reboot() {
+    let f = Fixture::new("");
+    let img = full_image("2.0.0");
+    publish_image(&f.lab, "2.0.0", &img, Vec::new());
+    let agent = f.agent();
+
+    // check: the image is a change, nothing is touched
+    let report = agent.check().expect("check");
+    assert_eq!(report.update_type, "full");
+    assert!(report.available);
+    assert_eq!(report.changes.len(), 1);
+    let c = &report.changes[0];
+    assert_eq!(
+        (
+            c.name.as_str(),
+            c.installed.as_deref(),
+            c.offered.as_str(),
+            c.action.as_str()
+        ),
+        ("system", None, "2.0.0", "install into slot B")
+    );
+    assert_eq!(f.env(), ENV_BEFORE);
+
+    let r = agent.apply(&ApplyOptions::default()).expect("apply");
+    assert_eq!(r.version, "2.0.0");
+    assert_eq!(r.components, vec!["system"]);
+    assert_eq!(r.outcome, Outcome::Success);
+    let sys = r.system.as_ref().expect("system report");
+    assert_eq!(sys.to.as_str(), "B");
+    assert_eq!(sys.from.as_str(), "A");
+    assert!(!sys.rebooted);
+    no_slot_mounts_left();
+
+    // slot B holds exactly the image's files, with the manifest's hashes
+    let b = f.slots.read_b();
+    let names: Vec<&str> = b.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        names.contains(&"initramfs")
+            && names.contains(&"system.squashfs")
+            && names.contains(&"vmlinuz"),
+        "{names:?}"
+    );
+    for (name, bytes) in &b {
+        let want: &[u8] = match name.as_str() {
+            "system.squashfs" => &img.system,
+            "vmlinuz" => img.kernel.as_deref().unwrap(),
+            "initramfs" => img.initramfs.as_deref().unwrap(),
+            other => panic!("unexpected file {other} in slot B"),
+        };
+        assert_eq!(Sha256::of(bytes), Sha256::of(want), "{name}");
+    }
+    // GRUB tries B next, 3 times; A stays good
+    assert_eq!(f.env(), ENV_AFTER);
+    // pending state
+    let st = f.state().expect("state file");
+    assert_eq!(st["pending"], true);
+    assert_eq!(st["from"], "A");
+    assert_eq!(st["to"], "B");
+    assert_eq!(st["version"], "2.0.0");
+    // history: one entry of kind full
+    let h = f.history();
+    let full: Vec<_> = h.iter().filter(|e| e["kind"] == "full").collect();
+    assert_eq!(full.len(), 1, "{h:?}");
+    assert_eq!(full[0]["version"], "2.0.0");
+    assert_eq!(full[0]["outcome"], "success");
+    assert!(full[0]["reason"].as_str().unwrap().contains("pending"));
+    // update log lines from the agent and from the slot writer
+    let log = f.update_log();
+    assert!(log.contains("downloaded "), "{log}");
+    assert!(
+        log.contains("system image 2.0.0: written into slot B"),
+        "{log}"
+    );
+    assert!(
+        log.contains("ab: install: wrote system.squashfs into slot B"),
+        "{log}"
+    );
+    assert!(log.contains("no reboot"), "{log}");
+    // no reboot without --reboot / auto_reboot
+    assert!(!f.reboot_log().exists(), "rebooted without being asked");
+    // staging cleaned up
+    assert!(!f.root().join("data/updates/staging/system-2.0.0").exists());
+    assert_eq!(
+        agent.status().state,
+        UpdateState::Done {
+            version: "2.0.0".into()
+        }
+    );
+
+    // a second check/apply does not write the slot again: it waits for the reboot
+    let report = agent.check().expect("check again");
+    assert!(!report.available);
+    assert_eq!(
+        report.changes[0].action,
+        "written into slot B; waiting for the reboot"
+    );
+    let r = agent.apply(&ApplyOptions::default()).expect("apply again");
+    assert!(r.system.is_none() && r.components.is_empty());
+    assert_eq!(f.env(), ENV_AFTER);
+}
+
+#[test]
+fn cli_apply_with_reboot_flag_runs_the_reboot_command() {
+    let f = Fixture::new("");
+    let img = full_image("2.1.0");
+    publish_image(&f.lab, "2.1.0", &img, Vec::new());
+
+    let out = f.qx_update(&["check", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let check: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(check["changes"][0]["name"], "system");
+    assert_eq!(check["changes"][0]["action"], "install into slot B");
+
+    let out = f.qx_update(&["apply", "--yes", "--reboot", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["system"]["to"], "B");
+    assert_eq!(r["system"]["rebooted"], true);
+    assert_eq!(
+        fs::read_to_string(f.reboot_log()).expect("the reboot command ran"),
+        "reboot now\n"
+    );
+    assert_eq!(f.env(), ENV_AFTER);
+    assert!(f.update_log().contains("rebooting into slot B"));
+
+    // `qx-update ab status` (wired before the agent is built) sees the pending update
+    let out = f.qx_update(&["ab", "status", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["booted"], "A");
+    assert_eq!(s["next_boot"], "B");
+    assert_eq!(s["state"]["pending"], true);
+}
+
+#[test]
+fn auto_reboot_in_config_reboots_after_the_image_is_written() {
+    let f = Fixture::new("  auto_reboot: true\n");
+    publish_image(&f.lab, "2.2.0", &full_image("2.2.0"), Vec::new());
+    let r = f.agent().apply(&ApplyOptions::default()).expect("apply");
+    assert!(r.system.as_ref().unwrap().rebooted);
+    assert_eq!(fs::read_to_string(f.reboot_log()).unwrap(), "reboot now\n");
+}
+
+#[test]
+fn corrupted_image_on_the_server_is_refused_and_slot_b_untouched() {
+    let f = Fixture::new("");
+    let img = full_image("3.0.0");
+    let r = publish_image(&f.lab, "3.0.0", &img, Vec::new());
+    // the server's copy of the image is replaced after publishing (same size, other bytes)
+    let on_disk = release_path(
+        f.lab.server.release_dir(),
+        &f.lab.product,
+        &f.lab.channel,
+        &r.manifest.version.to_string(),
+    )
+    .join("system.squashfs");
+    assert!(on_disk.exists(), "{} missing", on_disk.display());
+    let mut bad = img.system.clone();
+    bad[1_000_000] ^= 0xff;
+    fs::write(&on_disk, &bad).unwrap();
+    let b_before = f.slots.read_b();
+
+    let err = f
+        .agent()
+        .apply(&ApplyOptions::default())
+        .expect_err("corrupt image must be refused");
+    assert!(matches!(err, AgentError::Download(_)), "{err}");
+    assert_eq!(err.exit_code(), 32);
+    assert!(err.to_string().contains("sha256 mismatch"), "{err}");
+    assert!(err.to_string().contains("system.squashfs"), "{err}");
+
+    assert_eq!(f.env(), ENV_BEFORE, "grubenv changed");
+    assert_eq!(f.slots.read_b(), b_before, "slot B changed");
+    assert!(f.state().is_none(), "state file written");
+    assert!(f.history().iter().all(|e| e["kind"] != "full"));
+    assert!(!f.reboot_log().exists());
+    no_slot_mounts_left();
+    // nothing corrupt is kept for a later resume
+    let staged = f
+        .root()
+        .join("data/updates/staging/system-3.0.0/system.squashfs");
+    assert!(!staged.exists());
+}
+
+#[test]
+fn interrupted_image_download_resumes_on_the_next_apply() {
+    let f = Fixture::new("");
+    let img = ImageFiles {
+        system: system_image("4.0.0", 2_000_000),
+        kernel: None,
+        initramfs: None,
+    };
+    publish_image(&f.lab, "4.0.0", &img, Vec::new());
+    // Every request goes through a recording proxy; the first apply is throttled so that it
+    // can be killed in the middle of the image download (a crash or power cut).
+    let proxy = FaultProxy::start(f.lab.server.addr()).unwrap();
+    f.write_config(&proxy.url(), "  bandwidth_limit: 256KiB/s\n");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qx-update"))
+        .arg("--root")
+        .arg(f.root())
+        .args(["apply", "--yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn qx-update apply");
+    let part = f
+        .root()
+        .join("data/updates/staging/system-4.0.0/system.squashfs.part");
+    let mut partial = 0;
+    for _ in 0..1200 {
+        partial = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+        if partial >= 300_000 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "apply ended before the image was partly downloaded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    assert!(partial >= 300_000, "the image download did not progress");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let kept = fs::metadata(&part).expect("partial download kept").len();
+    assert!(kept > 0 && kept < img.system.len() as u64, "{kept}");
+    assert_eq!(f.env(), ENV_BEFORE);
+    assert!(f.state().is_none());
+
+    // the next apply resumes from the partial file
+    f.write_config(&proxy.url(), "");
+    proxy.reset_stats();
+    let before = proxy.requests().len();
+    let r = f.agent().apply(&ApplyOptions::default()).expect("apply");
+    assert_eq!(r.components, vec!["system"]);
+    let requests = proxy.requests();
+    let image_req: Vec<&String> = requests[before..]
+        .iter()
+        .filter(|r| r.contains("/system.squashfs"))
+        .collect();
+    assert!(!image_req.is_empty(), "{requests:?}");
+    assert!(
+        image_req[0]
+            .to_ascii_lowercase()
+            .contains(&format!("range: bytes={kept}-")),
+        "first image request after the crash does not resume from {kept}: {}",
+        image_req[0]
+    );
+    assert!(
+        proxy.stats().bytes_down < img.system.len() as u64,
+        "the whole image was fetched again"
+    );
+    // kernel and initramfs not shipped: copied from slot A
+    let b = f.slots.read_b();
+    let get = |n: &str| b.iter().find(|(m, _)| m == n).map(|(_, v)| v.clone());
+    assert_eq!(
+        Sha256::of(&get("system.squashfs").unwrap()),
+        Sha256::of(&img.system)
+    );
+    assert_eq!(get("vmlinuz").unwrap(), b"kernel of slot A");
+    assert_eq!(get("initramfs").unwrap(), b"initramfs of slot A");
+    assert_eq!(f.env(), ENV_AFTER);
+}
+
+#[test]
+fn mixed_release_installs_components_then_the_image() {
+    let f = Fixture::new("");
+    let img = full_image("5.0.0");
+    publish_image(
+        &f.lab,
+        "5.0.0",
+        &img,
+        vec![ComponentSpec::file(
+            "qx-tool",
+            "/data/bin/qx-tool",
+            b"#!/bin/sh\necho tool 5\n".to_vec(),
+        )],
+    );
+    let agent = f.agent();
+    let report = agent.check().expect("check");
+    assert_eq!(report.update_type, "mixed");
+    let names: Vec<(&str, &str)> = report
+        .changes
+        .iter()
+        .map(|c| (c.name.as_str(), c.action.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        vec![("qx-tool", "install"), ("system", "install into slot B")]
+    );
+
+    let r = agent.apply(&ApplyOptions::default()).expect("apply");
+    assert_eq!(r.components, vec!["qx-tool", "system"]);
+    assert_eq!(
+        fs::read(f.root().join("data/bin/qx-tool")).unwrap(),
+        b"#!/bin/sh\necho tool 5\n"
+    );
+    assert_eq!(f.lab.host.version("qx-tool").as_deref(), Some("5.0.0"));
+    assert_eq!(f.env(), ENV_AFTER);
+    let kinds: Vec<String> = f
+        .history()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, vec!["component", "full"]);
+    // the component transaction pruned its staging; the image's was removed after the install
+    assert!(!f.root().join("data/updates/staging/5.0.0").exists());
+    assert!(!f.root().join("data/updates/staging/system-5.0.0").exists());
+}
+
+#[test]
+fn component_selection_leaves_the_image_alone() {
+    let f = Fixture::new("");
+    publish_image(
+        &f.lab,
+        "5.1.0",
+        &full_image("5.1.0"),
+        vec![ComponentSpec::file(
+            "qx-tool",
+            "/data/bin/qx-tool",
+            b"tool 5.1".to_vec(),
+        )],
+    );
+    let r = f
+        .agent()
+        .apply(&ApplyOptions {
+            components: Some(vec!["qx-tool".into()]),
+            allow_downgrade: None,
+        })
+        .expect("apply");
+    assert_eq!(r.components, vec!["qx-tool"]);
+    assert!(r.system.is_none());
+    assert_eq!(f.env(), ENV_BEFORE);
+    assert!(f.state().is_none());
+}
+
+#[test]
+fn image_is_refused_while_the_booted_slot_is_not_marked_good() {
+    let f = Fixture::new("");
+    editenv(&f.grubenv(), &["set", "A_OK=0"]);
+    publish_image(&f.lab, "6.0.0", &full_image("6.0.0"), Vec::new());
+    let b_before = f.slots.read_b();
+    let err = f
+        .agent()
+        .apply(&ApplyOptions::default())
+        .expect_err("refused");
+    assert!(matches!(err, AgentError::SystemImage { .. }), "{err}");
+    assert_eq!(err.exit_code(), 45);
+    assert_eq!(f.slots.read_b(), b_before);
+    assert_eq!(f.env(), "ORDER=A B\nA_LEFT=3\nA_OK=0\nB_LEFT=0\nB_OK=0\n");
+    let h = f.history();
+    let last = h.last().expect("history entry");
+    assert_eq!(last["kind"], "full");
+    assert_eq!(last["outcome"], "failed");
+}
+
+#[test]
+fn mixed_release_with_a_failing_component_does_not_write_the_image() {
+    let f = Fixture::new("");
+    publish_image(
+        &f.lab,
+        "7.0.0",
+        &full_image("7.0.0"),
+        vec![
+            ComponentSpec::file("qx-tool", "/data/bin/qx-tool", b"tool 7".to_vec())
+                .health(vec!["/bin/false".into()]),
+        ],
+    );
+    let b_before = f.slots.read_b();
+    let err = f
+        .agent()
+        .apply(&ApplyOptions::default())
+        .expect_err("the component does not take effect");
+    assert!(matches!(err, AgentError::NotEffective { .. }), "{err}");
+    assert_eq!(f.env(), ENV_BEFORE);
+    assert_eq!(f.slots.read_b(), b_before);
+    assert!(f.state().is_none());
+    assert!(f.history().iter().all(|e| e["kind"] != "full"));
+}
+
+#[test]
+fn after_the_reboot_ab_verify_commits_and_check_shows_the_system_unchanged() {
+    let f = Fixture::new("");
+    publish_image(&f.lab, "8.0.0", &full_image("8.0.0"), Vec::new());
+    f.agent().apply(&ApplyOptions::default()).expect("apply");
+    // the reboot, as GRUB does it: B's counter decremented, B booted
+    editenv(&f.grubenv(), &["set", "B_LEFT=2"]);
+    fs::write(f.root().join("proc/cmdline"), "quantix.slot=B\n").unwrap();
+
+    let out = f.qx_update(&["ab", "boot-check"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("trial boot of version 8.0.0 in slot B"),
+        "{out:?}"
+    );
+    let out = f.qx_update(&["ab", "verify"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("update to version 8.0.0 completed"),
+        "{out:?}"
+    );
+    assert_eq!(f.env(), "ORDER=B A\nA_LEFT=3\nA_OK=1\nB_LEFT=3\nB_OK=1\n");
+    let st = f.state().unwrap();
+    assert_eq!(st["pending"], false);
+    assert_eq!(st["outcome"], "success");
+
+    // the booted slot now runs 8.0.0: nothing to do
+    let report = f.agent().check().expect("check");
+    assert!(!report.available);
+    let c = &report.changes[0];
+    assert_eq!(
+        (c.name.as_str(), c.installed.as_deref(), c.action.as_str()),
+        ("system", Some("8.0.0"), "unchanged")
+    );
+    // a newer image goes to slot A, the inactive one now
+    publish_image(&f.lab, "8.1.0", &full_image("8.1.0"), Vec::new());
+    let report = f.agent().check().expect("check");
+    assert!(report.available);
+    assert_eq!(report.changes[0].action, "install into slot A");
+    assert_eq!(report.changes[0].installed.as_deref(), Some("8.0.0"));
+}
+
+#[test]
+fn ab_commands_refuse_an_unknown_key_in_the_ab_section() {
+    let f = Fixture::new("    trys: 4\n");
+    let out = f.qx_update(&["ab", "status"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("updates.ab") && err.contains("trys"), "{err}");
+}
+
+#[test]
+fn a_rolled_back_image_is_not_written_again() {
+    let f = Fixture::new("");
+    publish_image(&f.lab, "9.0.0", &full_image("9.0.0"), Vec::new());
+    f.agent().apply(&ApplyOptions::default()).expect("apply");
+    // slot B used up its 3 attempts; GRUB booted slot A again
+    editenv(&f.grubenv(), &["set", "B_LEFT=0"]);
+    let out = f.qx_update(&["ab", "boot-check"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ROLLBACK recorded"),
+        "{out:?}"
+    );
+    let st = f.state().unwrap();
+    assert_eq!(st["outcome"], "rolled_back");
+
+    let report = f.agent().check().expect("check");
+    assert!(!report.available);
+    assert_eq!(
+        report.changes[0].action,
+        "rolled back from slot B earlier; not retried (publish a newer release)"
+    );
+    let env = f.env();
+    let r = f.agent().apply(&ApplyOptions::default()).expect("apply");
+    assert!(r.system.is_none());
+    assert_eq!(
+        f.env(),
+        env,
+        "grubenv changed by an apply with nothing to do"
+    );
+    let h = f.history();
+    let kinds: Vec<(&str, &str)> = h
+        .iter()
+        .map(|e| (e["kind"].as_str().unwrap(), e["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(kinds, vec![("full", "success"), ("full", "rolled_back")]);
+}

@@ -1,0 +1,753 @@
+//! `cargo xtask bench apply`: the agent's apply path (download + verify + extract + install) of
+//! one directory component against the shell pipeline
+//! `curl -s URL | tee >(sha256sum > sum) | zstd -d | tar -x -C dir`, on the same files from the
+//! same update server, in the same run; plus the agent's peak memory (VmHWM) for a small and a
+//! ten times larger artifact.
+//!
+//! Everything measured is built with `--release`: when this runs from a debug build it first
+//! runs itself again as a release build. The update server is the release `qx-update-server`
+//! binary on a loopback port. Ours runs as a child process (so its VmHWM is its own): the
+//! download goes through `qx_agent::download::Downloader` (streamed to `staging/`, hashed while
+//! streaming, fsynced), then `qx_agent::extract::extract_tar_zst` (the apply path's safe
+//! extractor) into staging, then the extracted tree is renamed into place and its parent
+//! directory fsynced.
+//!
+//! Environment: `QX_BENCH_SIZES_MB` (artifact sizes, default `50,500`), `QX_BENCH_RUNS` (runs
+//! per size and contender, default 3; the median is reported), `QX_BENCH_KEEP` (set: keep the
+//! work directory, with the last host root and its update log, for a look afterwards).
+
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use qx_core::{ArtifactRef, KeyPair, Manifest, Sha256, SigningKey, UnknownFields};
+
+const WORKER_ENV: &str = "QX_BENCH_APPLY_WORKER";
+const PRODUCT: &str = "quantix-os";
+const CHANNEL: &str = "dev";
+const VERSION: &str = "1.0.0";
+const SECTION_START: &str = "<!-- bench-apply:start -->";
+const SECTION_END: &str = "<!-- bench-apply:end -->";
+
+pub fn run() -> Result<()> {
+    if std::env::var_os(WORKER_ENV).is_some() {
+        return worker();
+    }
+    if cfg!(debug_assertions) {
+        eprintln!("bench apply: re-running as a release build");
+        let st = Command::new(env!("CARGO"))
+            .args([
+                "run",
+                "--release",
+                "--quiet",
+                "--package",
+                "xtask",
+                "--",
+                "bench",
+                "apply",
+            ])
+            .status()
+            .context("running cargo")?;
+        ensure!(
+            st.success(),
+            "the release build of the benchmark failed ({st})"
+        );
+        return Ok(());
+    }
+    let sizes: Vec<u64> = std::env::var("QX_BENCH_SIZES_MB")
+        .unwrap_or_else(|_| "50,500".into())
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse::<u64>()
+                .context("QX_BENCH_SIZES_MB: a list of integers")
+        })
+        .collect::<Result<_>>()?;
+    let runs: usize = std::env::var("QX_BENCH_RUNS")
+        .unwrap_or_else(|_| "3".into())
+        .parse()
+        .context("QX_BENCH_RUNS: an integer")?;
+    ensure!(runs >= 1 && !sizes.is_empty(), "nothing to measure");
+
+    eprintln!("bench apply: building the release update server and agent");
+    let st = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--package",
+            "qx-server",
+            "--bin",
+            "qx-update-server",
+            "--package",
+            "qx-agent",
+            "--bin",
+            "qx-update",
+        ])
+        .status()
+        .context("running cargo")?;
+    ensure!(
+        st.success(),
+        "building qx-update-server and qx-update failed ({st})"
+    );
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .context("the benchmark binary has no directory")?
+        .to_owned();
+
+    let work = tempfile::Builder::new()
+        .prefix("qx-bench-apply-")
+        .tempdir()?;
+    let releases = work.path().join("releases");
+    let version_dir = releases.join(PRODUCT).join(CHANNEL).join(VERSION);
+    fs::create_dir_all(&version_dir)?;
+
+    let mut artifacts = Vec::new();
+    for &mb in &sizes {
+        eprintln!("bench apply: packing a {mb} MB component");
+        artifacts.push(pack_component(&version_dir, mb)?);
+    }
+    write_manifest(work.path(), &version_dir, &artifacts)?;
+
+    let server = Server::start(&bin_dir.join("qx-update-server"), &releases, work.path())?;
+    let agent_bin = bin_dir.join("qx-update");
+    let mut rows = Vec::new();
+    for a in &artifacts {
+        let url = format!(
+            "http://{}/api/v1/{PRODUCT}/releases/{VERSION}/{}?channel={CHANNEL}",
+            server.addr, a.expected.artifact
+        );
+        let mut pipe = Vec::new();
+        let mut pipe_synced = Vec::new();
+        let mut agent = Vec::new();
+        let mut two_pass = Vec::new();
+        let mut stream = Vec::new();
+        for i in 0..runs {
+            eprintln!("bench apply: {} MB, run {}/{runs}", a.mb, i + 1);
+            // Each contender starts with no dirty page left by the one before: an fsync would
+            // otherwise pay for the previous contender's writes (ext4 ordered mode).
+            settle()?;
+            let (p, synced) = run_pipeline(work.path(), &url, &a.expected)?;
+            pipe.push(p);
+            pipe_synced.push(synced);
+            settle()?;
+            agent.push(run_agent(&agent_bin, work.path(), server.addr, a)?);
+            settle()?;
+            two_pass.push(run_ours(work.path(), &url, &a.expected, Mode::TwoPass)?);
+            settle()?;
+            stream.push(run_ours(work.path(), &url, &a.expected, Mode::Streaming)?);
+        }
+        rows.push(Row {
+            mb: a.mb,
+            artifact_bytes: a.expected.size_bytes,
+            unpacked_bytes: a.unpacked,
+            pipeline: median(&mut pipe),
+            pipeline_synced: median(&mut pipe_synced),
+            agent: summarize(agent),
+            two_pass: summarize(two_pass),
+            stream: summarize(stream),
+        });
+    }
+    drop(server);
+    if std::env::var_os("QX_BENCH_KEEP").is_some() {
+        eprintln!("bench apply: keeping {}", work.keep().display());
+    }
+
+    let section = render(&rows, runs);
+    println!("{section}");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask has no parent directory")?
+        .join("BENCHMARKS.md");
+    update_section(&path, &section)?;
+    eprintln!(
+        "bench apply: wrote the \"Agent apply\" section of {}",
+        path.display()
+    );
+    Ok(())
+}
+
+struct Packed {
+    mb: u64,
+    expected: ArtifactRef,
+    unpacked: u64,
+}
+
+struct Row {
+    mb: u64,
+    artifact_bytes: u64,
+    unpacked_bytes: u64,
+    pipeline: Duration,
+    /// The pipeline followed by `sync -f` of its output (durable, as the agent is).
+    pipeline_synced: Duration,
+    agent: Measured,
+    two_pass: Measured,
+    stream: Measured,
+}
+
+/// One run of one of our contenders: its time and its process's peak resident memory.
+struct Measured {
+    time: Duration,
+    peak_kib: u64,
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Median time, highest peak memory.
+fn summarize(runs: Vec<Measured>) -> Measured {
+    let peak_kib = runs.iter().map(|m| m.peak_kib).max().unwrap_or(0);
+    let mut times: Vec<Duration> = runs.iter().map(|m| m.time).collect();
+    Measured {
+        time: median(&mut times),
+        peak_kib,
+    }
+}
+
+/// Bytes with about 6 bits of entropy each (compress to ~3/4, like binaries do).
+fn fill(buf: &mut [u8], seed: &mut u64) {
+    for chunk in buf.chunks_mut(8) {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        for (i, b) in chunk.iter_mut().enumerate() {
+            *b = b'0' + ((*seed >> (i * 8)) as u8 & 0x3f);
+        }
+    }
+}
+
+/// A directory component of files of 4 MiB (and a few small ones) whose tar.zst is about
+/// `mb` MB, written into the release directory; returns its manifest entry.
+fn pack_component(version_dir: &Path, mb: u64) -> Result<Packed> {
+    let name = format!("ui-{mb}mb.tar.zst");
+    let path = version_dir.join(&name);
+    let target = mb * 1_000_000;
+    let file = File::create(&path)?;
+    let mut enc = zstd::Encoder::new(file, 3)?;
+    enc.multithread(2)?;
+    let mut tar = tar::Builder::new(enc);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ mb;
+    let mut buf = vec![0u8; 4 << 20];
+    let mut unpacked = 0u64;
+    // Compressed size is ~0.76 of the input; stop once the estimate reaches the target.
+    let mut i = 0;
+    while (unpacked as f64) * 0.76 < target as f64 {
+        fill(&mut buf, &mut seed);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(buf.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut h, format!("assets/part-{i:04}.bin"), &buf[..])?;
+        unpacked += buf.len() as u64;
+        i += 1;
+    }
+    for j in 0..32 {
+        let text = format!("<html><body>page {j}</body></html>\n").repeat(64);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(text.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        tar.append_data(&mut h, format!("pages/page-{j:02}.html"), text.as_bytes())?;
+        unpacked += text.len() as u64;
+    }
+    let enc = tar.into_inner()?;
+    enc.finish()?.sync_all()?;
+    let (sha256, size_bytes) = Sha256::of_reader(File::open(&path)?)?;
+    Ok(Packed {
+        mb,
+        expected: ArtifactRef {
+            artifact: name.parse()?,
+            sha256,
+            size_bytes,
+        },
+        unpacked,
+    })
+}
+
+/// A signed manifest listing every packed artifact as a directory component.
+fn write_manifest(work: &Path, version_dir: &Path, artifacts: &[Packed]) -> Result<()> {
+    let components: Vec<String> = artifacts
+        .iter()
+        .map(|a| {
+            format!(
+                r#"{{"name": "ui-{mb}mb", "version": "{VERSION}", "artifact": "{art}", "sha256": "{sha}", "size_bytes": {size}, "install_path": "/data/share/ui-{mb}mb", "kind": "directory"}}"#,
+                mb = a.mb,
+                art = a.expected.artifact,
+                sha = a.expected.sha256,
+                size = a.expected.size_bytes
+            )
+        })
+        .collect();
+    let json = format!(
+        r#"{{"schema": 1, "product": "{PRODUCT}", "version": "{VERSION}", "channel": "{CHANNEL}", "release_date": "2026-01-01T00:00:00Z", "expires": "2036-01-01T00:00:00Z", "update_type": "component", "components": [{}], "release_notes": "benchmark"}}"#,
+        components.join(", ")
+    );
+    let manifest = Manifest::parse(json.as_bytes(), UnknownFields::Reject)?;
+    let bytes = manifest.to_bytes();
+    let kp = KeyPair::generate()?;
+    let key = work.join("bench.key");
+    fs::write(&key, &kp.secret_key_file)?;
+    let sig = SigningKey::from_file(&key)?.sign(&bytes, "benchmark")?;
+    fs::write(work.join("bench.pub"), &kp.public_key_file)?;
+    fs::write(version_dir.join(qx_core::MANIFEST_FILE), &bytes)?;
+    fs::write(version_dir.join(qx_core::SIGNATURE_FILE), sig)?;
+    Ok(())
+}
+
+/// The release update server as a child process; killed on drop.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(bin: &Path, releases: &Path, work: &Path) -> Result<Self> {
+        let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let log = File::create(work.join("server.log"))?;
+        let child = Command::new(bin)
+            .env("RELEASE_DIR", releases)
+            .env("LISTEN_ADDR", addr.to_string())
+            .env("PUBLISH_TOKEN", "bench-token-not-secret")
+            .env("CHANNELS", "dev,beta,stable")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut server = Self { child, addr };
+        for _ in 0..400 {
+            if TcpStream::connect(addr).is_ok() {
+                return Ok(server);
+            }
+            if let Some(st) = server.child.try_wait()? {
+                bail!(
+                    "the update server exited at start ({st}); see {}/server.log",
+                    work.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = server.child.kill();
+        bail!("the update server did not accept connections within 10 s")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes back every dirty page (the `sync` command), outside any timing.
+fn settle() -> Result<()> {
+    let st = Command::new("sync").status().context("running sync")?;
+    ensure!(st.success(), "sync failed ({st})");
+    Ok(())
+}
+
+fn fresh_dir(path: &Path) -> Result<()> {
+    if path.exists() {
+        fs::remove_dir_all(path)?;
+    }
+    fs::create_dir_all(path)?;
+    Ok(())
+}
+
+fn shell_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
+}
+
+/// The shell pipeline, timed until tar has finished and the checksum is written; then also
+/// until `sync -f` has written its output to disk.
+fn run_pipeline(work: &Path, url: &str, expected: &ArtifactRef) -> Result<(Duration, Duration)> {
+    let dir = work.join("pipeline-out");
+    fresh_dir(&dir)?;
+    let sum = work.join("pipeline.sum");
+    let _ = fs::remove_file(&sum);
+    let script = format!(
+        "set -o pipefail; curl -s '{url}' | tee >(sha256sum > {sum}) | zstd -d -q | tar -x -C {dir}",
+        sum = shell_quote(&sum),
+        dir = shell_quote(&dir),
+    );
+    let start = Instant::now();
+    let st = Command::new("bash").args(["-c", &script]).status()?;
+    ensure!(st.success(), "the shell pipeline failed ({st})");
+    // bash does not wait for a process substitution: wait for sha256sum's line.
+    let mut line = String::new();
+    for _ in 0..60_000 {
+        line = fs::read_to_string(&sum).unwrap_or_default();
+        if line.ends_with('\n') {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let elapsed = start.elapsed();
+    let st = Command::new("sync").arg("-f").arg(&dir).status()?;
+    ensure!(st.success(), "sync -f failed ({st})");
+    let synced = start.elapsed();
+    ensure!(
+        line.starts_with(&expected.sha256.to_hex()),
+        "the pipeline's sha256 ({}) differs from the artifact's",
+        line.trim()
+    );
+    Ok((elapsed, synced))
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Download to a file (`fetch`), then extract from it: what the apply path does today.
+    TwoPass,
+    /// `fetch_into` a pipe read by an extraction thread: one pass.
+    Streaming,
+}
+
+/// Our download + verify + extract + install in a child process; the time is measured inside
+/// it (the child is this binary, whose start-up checks Debian packages: not the agent's cost).
+fn run_ours(work: &Path, url: &str, expected: &ArtifactRef, mode: Mode) -> Result<Measured> {
+    let staging = work.join("ours-staging");
+    let target_parent = work.join("ours-root");
+    fresh_dir(&staging)?;
+    fresh_dir(&target_parent)?;
+    let out = Command::new(std::env::current_exe()?)
+        .args(["bench", "apply"])
+        .env(WORKER_ENV, "1")
+        .env(
+            "QX_BENCH_MODE",
+            match mode {
+                Mode::TwoPass => "two-pass",
+                Mode::Streaming => "streaming",
+            },
+        )
+        .env("QX_BENCH_URL", url)
+        .env("QX_BENCH_STAGING", &staging)
+        .env("QX_BENCH_TARGET", target_parent.join("ui"))
+        .env("QX_BENCH_ARTIFACT", expected.artifact.as_str())
+        .env("QX_BENCH_SHA256", expected.sha256.to_hex())
+        .env("QX_BENCH_SIZE", expected.size_bytes.to_string())
+        .stderr(Stdio::inherit())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "our apply worker failed ({})",
+        out.status
+    );
+    let mut time = None;
+    let mut peak_kib = None;
+    for line in BufReader::new(&out.stdout[..]).lines() {
+        let line = line?;
+        if let Some(v) = line.strip_prefix("elapsed_us ") {
+            time = Some(Duration::from_micros(v.trim().parse()?));
+        }
+        if let Some(v) = line.strip_prefix("vmhwm_kib ") {
+            peak_kib = Some(v.trim().parse()?);
+        }
+    }
+    match (time, peak_kib) {
+        (Some(time), Some(peak_kib)) => Ok(Measured { time, peak_kib }),
+        _ => bail!("the worker did not report its figures"),
+    }
+}
+
+/// The child side: one apply of one directory component, then its figures on stdout.
+fn worker() -> Result<()> {
+    let var = |name: &str| std::env::var(name).with_context(|| format!("{name} is not set"));
+    let url = var("QX_BENCH_URL")?;
+    let staging = PathBuf::from(var("QX_BENCH_STAGING")?);
+    let target = PathBuf::from(var("QX_BENCH_TARGET")?);
+    let expected = ArtifactRef {
+        artifact: var("QX_BENCH_ARTIFACT")?.parse()?,
+        sha256: var("QX_BENCH_SHA256")?.parse()?,
+        size_bytes: var("QX_BENCH_SIZE")?.parse()?,
+    };
+    let streaming = var("QX_BENCH_MODE")? == "streaming";
+    let extracted = staging.join("extracted");
+    let start = Instant::now();
+    let dl = qx_agent::download::Downloader::new(qx_agent::download::DownloadOptions::default())?;
+    if streaming {
+        fs::create_dir(&extracted)?;
+        let (mut reader, mut writer) = std::io::pipe()?;
+        let archive = staging.join(expected.artifact.as_str());
+        let dest = extracted.clone();
+        let unpacker = std::thread::spawn(move || -> Result<()> {
+            let result = zstd::Decoder::new(&mut reader)
+                .map_err(anyhow::Error::from)
+                .and_then(|dec| {
+                    qx_agent::extract::extract_tar(dec, &archive, &dest, 16 << 30)
+                        .map_err(anyhow::Error::from)
+                });
+            // Read to EOF whatever follows the archive's end (or after a failure).
+            std::io::copy(&mut reader, &mut std::io::sink())?;
+            result.map(|_| ())
+        });
+        let fetched = dl.fetch_into(&url, &staging, &expected, &mut |_| {}, &mut writer);
+        drop(writer);
+        let unpacked = unpacker
+            .join()
+            .map_err(|_| anyhow::anyhow!("the extraction thread panicked"))?;
+        fetched?;
+        unpacked?;
+    } else {
+        let archive = dl.fetch(&url, &staging, &expected, &mut |_| {})?;
+        let fetched = start.elapsed();
+        qx_agent::extract::extract_tar_zst(&archive, &extracted, 16 << 30)?;
+        eprintln!(
+            "bench apply worker: download + verify {:.3} s, extract {:.3} s",
+            fetched.as_secs_f64(),
+            (start.elapsed() - fetched).as_secs_f64()
+        );
+    }
+    // Only now, with the hash verified, does the tree go into place.
+    fs::rename(&extracted, &target)?;
+    if let Some(parent) = target.parent() {
+        File::open(parent)?.sync_all()?;
+    }
+    let elapsed = start.elapsed();
+    let mut status = String::new();
+    File::open("/proc/self/status")?.read_to_string(&mut status)?;
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("no VmHWM in /proc/self/status")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "elapsed_us {}", elapsed.as_micros())?;
+    writeln!(out, "vmhwm_kib {hwm}")?;
+    Ok(())
+}
+
+/// `qx-update apply` (release binary) on a fresh host root: the whole transaction (manifest
+/// and signature, download, verify, extract, backup, install, version file, history, log),
+/// under `/usr/bin/time` for its peak resident memory.
+fn run_agent(bin: &Path, work: &Path, server: SocketAddr, a: &Packed) -> Result<Measured> {
+    let root = work.join("agent-root");
+    fresh_dir(&root)?;
+    let etc = root.join("etc/limiquantix");
+    fs::create_dir_all(&etc)?;
+    fs::copy(work.join("bench.pub"), etc.join("update-key.pub"))?;
+    fs::write(
+        etc.join("node.yaml"),
+        format!(
+            "updates:\n  enabled: true\n  server_url: \"http://{server}\"\n  product: {PRODUCT}\n  channel: {CHANNEL}\n  trusted_keys: [/etc/limiquantix/update-key.pub]\n  service_manager: command\n  restart_command: [\"/bin/true\", \"{{service}}\"]\n"
+        ),
+    )?;
+    let rss = work.join("agent.rss");
+    let component = format!("ui-{}mb", a.mb);
+    let start = Instant::now();
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%M", "-o"])
+        .arg(&rss)
+        .arg(bin)
+        .arg("--root")
+        .arg(&root)
+        .args(["apply", "--yes", "--component", &component])
+        .output()
+        .context("running /usr/bin/time (Debian package `time`)")?;
+    let wall = start.elapsed();
+    ensure!(
+        out.status.success(),
+        "qx-update apply failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let installed = root.join(format!("data/share/{component}/assets/part-0000.bin"));
+    ensure!(
+        installed.is_file(),
+        "qx-update apply did not install {}",
+        installed.display()
+    );
+    let peak_kib = fs::read_to_string(&rss)?
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .context("no peak memory figure from /usr/bin/time")?;
+    Ok(Measured {
+        time: wall,
+        peak_kib,
+    })
+}
+
+fn render(rows: &[Row], runs: usize) -> String {
+    let secs = |d: Duration| d.as_secs_f64();
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let mut s = String::new();
+    let _ = writeln!(s, "{SECTION_START}");
+    let _ = writeln!(s, "## Agent apply\n");
+    let _ = writeln!(
+        s,
+        "Command: `cargo xtask bench apply` (release build; {runs} run(s) per figure, median time, \
+         highest peak memory; every contender reads the same artifact from the same release \
+         `qx-update-server` on loopback, in the same run, interleaved, each after a `sync` so \
+         that none pays for another's dirty pages). The component is a \
+         directory of 4 MiB files with ~6 bits of entropy per byte (zstd level 3 packs it to \
+         ~3/4).\n"
+    );
+    let _ = writeln!(
+        s,
+        "- **pipeline** (the baseline): `curl -s URL | tee >(sha256sum > sum) | zstd -d | tar -x -C dir`, \
+         timed until tar exits and the checksum is written; nothing is compared with the \
+         checksum, nothing is fsynced (its writes are left dirty in the page cache); five \
+         processes share the CPUs. *pipeline, then `sync -f`* adds the time to write its \
+         output to disk (the durability the agent pays for with its fsyncs).\n\
+         - **qx-update apply**: the real transaction, `qx-update --root R apply --yes`, on a fresh \
+         host root; process wall time: manifest + signature fetch and checks, lock, journal, \
+         download to staging (hashed and size-checked while streaming, fsynced), safe \
+         extraction, backup, install by rename with fsyncs, version file, history, update log. \
+         Peak RSS from `/usr/bin/time`.\n\
+         - **core, two passes**: download + verify + extract + install only, as the apply path \
+         does it: `Downloader::fetch` to a staging file, then the apply path's extractor from \
+         that file, then a rename into place (the artifact is fsynced, the extracted files are \
+         not); timed inside a child process; VmHWM of that process.\n\
+         - **core, one pass**: the same with `Downloader::fetch_into`, whose bytes go through a \
+         pipe to an extraction thread while they arrive (extraction into staging; the rename \
+         into place waits for the hash).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| artifact (unpacked) | contender | time | × pipeline | peak memory |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|");
+    for r in rows {
+        let size = format!(
+            "{} MB: {:.1} MiB ({:.1} MiB)",
+            r.mb,
+            r.artifact_bytes as f64 / 1048576.0,
+            r.unpacked_bytes as f64 / 1048576.0
+        );
+        let _ = writeln!(
+            s,
+            "| {size} | pipeline | {:.3} s | 1.00 | |",
+            secs(r.pipeline)
+        );
+        let _ = writeln!(
+            s,
+            "| {size} | pipeline, then `sync -f` | {:.3} s | {:.2} | |",
+            secs(r.pipeline_synced),
+            secs(r.pipeline_synced) / secs(r.pipeline)
+        );
+        for (name, m) in [
+            ("qx-update apply", &r.agent),
+            ("core, two passes", &r.two_pass),
+            ("core, one pass", &r.stream),
+        ] {
+            let _ = writeln!(
+                s,
+                "| {size} | {name} | {:.3} s | {:.2} | {:.1} MiB |",
+                secs(m.time),
+                secs(m.time) / secs(r.pipeline),
+                mib(m.peak_kib),
+            );
+        }
+    }
+    let durable: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{:.2} ({} MB)",
+                secs(r.agent.time) / secs(r.pipeline_synced),
+                r.mb
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        "\nqx-update apply against the durable baseline (pipeline, then `sync -f`): {}.",
+        durable.join(", ")
+    );
+    if let (Some(small), Some(large)) = (rows.first(), rows.last()) {
+        if large.mb > small.mb {
+            let _ = writeln!(
+                s,
+                "\nPeak memory, {} MB → {} MB artifact ({:.0}× the data): qx-update apply {:.1} → {:.1} MiB, \
+                 core one pass {:.1} → {:.1} MiB: independent of the artifact's size.",
+                small.mb,
+                large.mb,
+                large.artifact_bytes as f64 / small.artifact_bytes as f64,
+                mib(small.agent.peak_kib),
+                mib(large.agent.peak_kib),
+                mib(small.stream.peak_kib),
+                mib(large.stream.peak_kib),
+            );
+        }
+    }
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let _ = writeln!(s, "\nMachine: {cpus} CPU(s) seen by the process.");
+    let _ = write!(s, "{SECTION_END}");
+    s
+}
+
+/// Replaces the section between the markers (every copy of it, keeping the place of the
+/// first), or appends it.
+fn update_section(path: &Path, section: &str) -> Result<()> {
+    let mut text = fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let mut at = None;
+    while let Some(a) = text.find(SECTION_START) {
+        let Some(len) = text[a..].find(SECTION_END) else {
+            break;
+        };
+        let mut b = a + len + SECTION_END.len();
+        if text[b..].starts_with('\n') {
+            b += 1;
+        }
+        text.replace_range(a..b, "");
+        at.get_or_insert(a);
+    }
+    let block = format!("{section}\n");
+    match at {
+        Some(a) => text.insert_str(a, &block),
+        None => {
+            let trimmed = text.trim_end_matches('\n').len();
+            text.truncate(trimmed);
+            text.push_str("\n\n");
+            text.push_str(&block);
+        }
+    }
+    fs::write(path, text)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn section_is_replaced_once_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("BENCHMARKS.md");
+        let old = format!("{SECTION_START}\nold 1\n{SECTION_END}\n");
+        fs::write(
+            &path,
+            format!("# Benchmarks\n\n## Other\n\n{old}{old}\n## After\n"),
+        )
+        .expect("write");
+        update_section(&path, &format!("{SECTION_START}\nnew\n{SECTION_END}")).expect("update");
+        assert_eq!(
+            fs::read_to_string(&path).expect("read"),
+            format!(
+                "# Benchmarks\n\n## Other\n\n{SECTION_START}\nnew\n{SECTION_END}\n\n## After\n"
+            )
+        );
+    }
+
+    #[test]
+    fn section_is_appended_when_absent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("BENCHMARKS.md");
+        fs::write(&path, "# Benchmarks\n\n## Other\n\n").expect("write");
+        update_section(&path, "S").expect("update");
+        assert_eq!(
+            fs::read_to_string(&path).expect("read"),
+            "# Benchmarks\n\n## Other\n\nS\n"
+        );
+    }
+}

@@ -1,0 +1,74 @@
+//! Debian packages the tests and benchmarks need, installed when missing.
+
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+/// Everything `cargo xtask test` needs beyond the Rust toolchain.
+/// Each is used for real by a test: signatures are checked by the stock signing tool, grubenv
+/// files by the boot loader's own editor, archives unpacked by GNU tar, the web page driven by a
+/// headless browser, A/B images booted under a system emulator.
+pub const TEST_PACKAGES: &[&str] = &[
+    "minisign",
+    "grub-common",
+    "grub-pc-bin",
+    "sqlite3",
+    "zstd",
+    "tar",
+    "curl",
+    "chromium",
+    "chromium-driver",
+    "qemu-system-x86",
+    "busybox-static",
+    "gdisk",
+    "dosfstools",
+    "mtools",
+    "e2fsprogs",
+    "cpio",
+];
+
+/// What the benchmarks need in addition.
+pub const BENCH_PACKAGES: &[&str] = &["nginx", "wrk", "curl", "zstd", "time"];
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+/// Installs the missing packages with apt-get (needs root, as on CI and the dev machines).
+pub fn ensure(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("installing Debian packages: {}", missing.join(" "));
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        let st = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get")?;
+        if !st.success() {
+            bail!("apt-get {} failed ({st})", args.join(" "));
+        }
+        Ok(())
+    };
+    run(&["update", "-q"])?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(&missing);
+    run(&args)
+}
+
+pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let st = Command::new(env!("CARGO"))
+        .args(args)
+        .status()
+        .context("running cargo")?;
+    if !st.success() {
+        bail!("cargo {} failed ({st})", args.join(" "));
+    }
+    Ok(())
+}
