@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Test => {
             deps::ensure(deps::TEST_PACKAGES)?;
-            deps::cargo(&["test", "--workspace", "--all-targets"])
+            deps::cargo(&["test", "--workspace", "--all-targets", "--no-fail-fast"])
         }
         Cmd::Demo { keep } => demo::run_demo(keep),
         Cmd::Bench { which } => {

@@ -81,11 +81,15 @@ fn image(dir: &Path, name: &str, content: &[u8]) -> ImageFile {
     }
 }
 
-fn no_slot_mounts_left() {
+/// No temporary slot mount is left below this test's own mount directory (tests run in
+/// parallel, so another test's mounts may be there at the same time elsewhere).
+fn no_slot_mounts_left(mnt: &Path) {
     let mounts = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let prefix = format!("{}/qx-slot-", mnt.display());
     assert!(
-        !mounts.contains("qx-slot-"),
-        "a temporary slot mount was left behind:\n{mounts}"
+        !mounts.contains(&prefix),
+        "a temporary slot mount was left behind below {}:\n{mounts}",
+        mnt.display()
     );
 }
 
@@ -115,7 +119,7 @@ fn install_image_into_ext4_loop_device_and_read_back() {
     let r = install_image(&cfg, sb.root(), &req).expect("install");
     assert_eq!(r.to, Slot::B);
     assert_eq!(r.target, s.b.dev.display().to_string());
-    no_slot_mounts_left();
+    no_slot_mounts_left(&mnt);
 
     // read back through a mount of our own
     let m = MountGuard::new(&s.b.dev, &s.dir.join("check-b"), "ro");
@@ -193,7 +197,7 @@ fn install_by_label_finds_the_device() {
         fs::read(m.dir.join("system.squashfs")).expect("read"),
         b"system 2"
     );
-    no_slot_mounts_left();
+    no_slot_mounts_left(&mnt);
 }
 
 #[test]
