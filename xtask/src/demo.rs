@@ -176,6 +176,40 @@ pub fn run_demo(keep: bool) -> anyhow::Result<()> {
         "First release: the demo service, its page and its database.",
     )?;
 
+    step("the server's API, answering with the signed release");
+    for (what, args) in [
+        ("health", vec!["-s".to_string(), format!("{url}/health")]),
+        (
+            "channels",
+            vec!["-s".into(), format!("{url}/api/v1/channels")],
+        ),
+        (
+            "manifest headers (signature, strong ETag)",
+            vec![
+                "-s".into(),
+                "-D".into(),
+                "-".into(),
+                "-o".into(),
+                "/dev/null".into(),
+                format!("{url}/api/v1/{PRODUCT}/manifest?channel=dev"),
+            ],
+        ),
+        (
+            "releases",
+            vec![
+                "-s".into(),
+                format!("{url}/api/v1/{PRODUCT}/releases?channel=dev"),
+            ],
+        ),
+    ] {
+        println!("-- {what}");
+        let out = Command::new("curl").args(&args).output();
+        match out {
+            Ok(o) => println!("{}", String::from_utf8_lossy(&o.stdout).trim_end()),
+            Err(e) => println!("(curl is not available: {e})"),
+        }
+    }
+
     step("a sandboxed host: node.yaml, the trusted key, a service manager");
     let root = host.to_str().context("path is not UTF-8")?;
     for d in ["etc/limiquantix", "data/bin", "run", "var/log"] {
