@@ -136,7 +136,14 @@ pub fn run() -> Result<()> {
             pipe.push(p);
             pipe_synced.push(synced);
             settle()?;
-            agent.push(run_agent(&agent_bin, work.path(), server.addr, a)?);
+            let m = run_agent(&agent_bin, work.path(), server.addr, a)?;
+            eprintln!(
+                "bench apply: pipeline {:.3} s (then sync {:.3} s), qx-update apply {:.3} s",
+                p.as_secs_f64(),
+                synced.as_secs_f64(),
+                m.time.as_secs_f64()
+            );
+            agent.push(m);
             settle()?;
             two_pass.push(run_ours(work.path(), &url, &a.expected, Mode::TwoPass)?);
             settle()?;
@@ -599,9 +606,11 @@ fn render(rows: &[Row], runs: usize) -> String {
          output to disk (the durability the agent pays for with its fsyncs).\n\
          - **qx-update apply**: the real transaction, `qx-update --root R apply --yes`, on a fresh \
          host root; process wall time: manifest + signature fetch and checks, lock, journal, \
-         download to staging (hashed and size-checked while streaming, fsynced), safe \
-         extraction, backup, install by rename with fsyncs, version file, history, update log. \
-         Peak RSS from `/usr/bin/time`.\n\
+         download to staging (hashed and size-checked while streaming, its writeback started \
+         every 8 MiB by a helper thread, fsynced), safe extraction (each file fsynced by a \
+         helper thread while the next ones are extracted), every file and directory of the \
+         new tree fsynced, backup, install by rename with fsyncs, version file, history, \
+         update log. Peak RSS from `/usr/bin/time`.\n\
          - **core, two passes**: download + verify + extract + install only, as the apply path \
          does it: `Downloader::fetch` to a staging file, then the apply path's extractor from \
          that file, then a rename into place (the artifact is fsynced, the extracted files are \
@@ -662,6 +671,19 @@ fn render(rows: &[Row], runs: usize) -> String {
         "\nqx-update apply against the durable baseline (pipeline, then `sync -f`): {}.",
         durable.join(", ")
     );
+    let target: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let ratio = secs(r.agent.time) / secs(r.pipeline);
+            let verdict = if ratio <= 1.0 { "met" } else { "NOT met" };
+            format!("{verdict} at {} MB ({ratio:.2}×)", r.mb)
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        "\nTarget (qx-update apply ≤ 1.0× the pipeline, in this run): {}.",
+        target.join(", ")
+    );
     if let (Some(small), Some(large)) = (rows.first(), rows.last()) {
         if large.mb > small.mb {
             let _ = writeln!(
@@ -681,7 +703,16 @@ fn render(rows: &[Row], runs: usize) -> String {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let _ = writeln!(s, "\nMachine: {cpus} CPU(s) seen by the process.");
+    // The machine may be shared: the load says how far the figures can be trusted.
+    let load = fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
+        .unwrap_or_else(|| "unknown".into());
+    let _ = writeln!(
+        s,
+        "\nMachine: {cpus} CPU(s) seen by the process; load average (1, 5, 15 min) at the end \
+         of the run: {load}."
+    );
     let _ = write!(s, "{SECTION_END}");
     s
 }

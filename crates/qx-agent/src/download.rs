@@ -26,6 +26,8 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use qx_core::{ArtifactRef, Sha256, Sha256Hasher};
@@ -348,6 +350,71 @@ impl Meter {
     }
 }
 
+/// Bytes written to a partial file between two early writebacks (see [`Writeback`]).
+const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
+
+/// Starts the disk's writeback of a partial file while the download goes on: every
+/// [`WRITEBACK_EVERY`] bytes, a helper thread `fdatasync`s (a clone of) the file's descriptor,
+/// so that the final fsync of [`Part::commit`] finds little left to write instead of the
+/// whole artifact. Only a head start: its errors are ignored (the commit's fsync is the one
+/// that counts and reports), and a kick while the thread is still busy is dropped.
+struct Writeback {
+    kick: Option<mpsc::SyncSender<()>>,
+    thread: Option<JoinHandle<()>>,
+    written: u64,
+}
+
+impl Writeback {
+    fn new() -> Self {
+        Self {
+            kick: None,
+            thread: None,
+            written: 0,
+        }
+    }
+
+    /// Counts `n` more bytes written to `file`; starts a writeback when enough have been.
+    fn wrote(&mut self, file: &File, n: u64) {
+        self.written += n;
+        if self.written < WRITEBACK_EVERY {
+            return;
+        }
+        self.written = 0;
+        if self.kick.is_none() {
+            let Ok(clone) = file.try_clone() else { return };
+            let (tx, rx) = mpsc::sync_channel::<()>(1);
+            let spawned = std::thread::Builder::new()
+                .name("qx-writeback".into())
+                .spawn(move || {
+                    while rx.recv().is_ok() {
+                        let _ = clone.sync_data();
+                    }
+                });
+            let Ok(thread) = spawned else { return };
+            self.kick = Some(tx);
+            self.thread = Some(thread);
+        }
+        if let Some(kick) = &self.kick {
+            let _ = kick.try_send(());
+        }
+    }
+
+    /// Stops the helper thread (waiting for a writeback in progress).
+    fn stop(&mut self) {
+        self.kick = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.written = 0;
+    }
+}
+
+impl Drop for Writeback {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// The partial file of one artifact and the running hash of its content; with a sink, every
 /// byte of the artifact also goes there once, in order.
 struct Part<'a, 's> {
@@ -355,6 +422,7 @@ struct Part<'a, 's> {
     path: PathBuf,
     meta: PathBuf,
     file: Option<File>,
+    writeback: Writeback,
     hasher: Sha256Hasher,
     sink: Option<&'s mut dyn Write>,
     /// Bytes given to the sink.
@@ -375,6 +443,7 @@ impl<'a, 's> Part<'a, 's> {
             path: dir.join(format!("{name}.part")),
             meta: dir.join(format!("{name}.part.sha256")),
             file: None,
+            writeback: Writeback::new(),
             hasher: Sha256Hasher::new(),
             sink,
             sunk: 0,
@@ -451,6 +520,9 @@ impl<'a, 's> Part<'a, 's> {
         self.ensure_open()?
             .write_all(data)
             .map_err(|e| DownloadError::io(&path, e))?;
+        if let Some(file) = &self.file {
+            self.writeback.wrote(file, data.len() as u64);
+        }
         self.hasher.update(data);
         self.feed(data)
     }
@@ -470,6 +542,7 @@ impl<'a, 's> Part<'a, 's> {
     /// Deletes the partial data (and its sidecar): the next write starts from zero. When bytes
     /// were already streamed to a sink, that stream is void: `StreamRestarted`.
     fn discard(&mut self) -> Result<(), DownloadError> {
+        self.writeback.stop();
         self.file = None;
         self.hasher = Sha256Hasher::new();
         for p in [&self.path, &self.meta] {
@@ -522,6 +595,7 @@ impl<'a, 's> Part<'a, 's> {
 
     /// fsync, rename to the final name, fsync the directory.
     fn commit(mut self, final_path: &Path) -> Result<(), DownloadError> {
+        self.writeback.stop();
         let file = self.ensure_open()?;
         file.sync_all()
             .map_err(|e| DownloadError::io(&self.path, e))?;
@@ -1085,6 +1159,37 @@ mod tests {
     fn free_space_of_a_real_directory() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert!(free_space(dir.path()).expect("statvfs") > 0);
+    }
+
+    #[test]
+    fn writeback_starts_a_helper_only_past_its_threshold_and_stops_cleanly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.part");
+        let mut f = File::create(&path).expect("create");
+        let mut wb = Writeback::new();
+        let chunk = vec![5u8; 1024 * 1024];
+        f.write_all(&chunk).expect("write");
+        wb.wrote(&f, chunk.len() as u64);
+        assert!(wb.thread.is_none(), "no helper before the threshold");
+        let mut total = chunk.len() as u64;
+        while total < 3 * WRITEBACK_EVERY {
+            f.write_all(&chunk).expect("write");
+            wb.wrote(&f, chunk.len() as u64);
+            total += chunk.len() as u64;
+        }
+        assert!(wb.thread.is_some(), "a helper past the threshold");
+        wb.stop();
+        assert!(wb.thread.is_none() && wb.kick.is_none());
+        // Writing on after a stop starts a new helper; dropping stops it.
+        for _ in 0..(WRITEBACK_EVERY / chunk.len() as u64) {
+            f.write_all(&chunk).expect("write");
+            wb.wrote(&f, chunk.len() as u64);
+            total += chunk.len() as u64;
+        }
+        assert!(wb.thread.is_some());
+        drop(wb);
+        f.sync_all().expect("fsync");
+        assert_eq!(fs::metadata(&path).expect("metadata").len(), total);
     }
 
     #[test]
