@@ -264,54 +264,18 @@ fn apply_locked(tx: &mut Tx<'_>, opts: &ApplyOptions, op: &str) -> Result<ApplyR
     let version = m.version.to_string();
     let installed = paths.installed_versions();
 
-    // Step 1: free space for the downloads.
+    // Steps 1-2: free space, then the downloads.
     let staging_dir = paths.staging.join(&version);
-    fs::create_dir_all(&staging_dir).map_err(AgentError::io(&staging_dir))?;
-    let needed: u64 = verified
+    let expected: Vec<ArtifactRef> = verified
         .to_apply
         .iter()
-        .filter(|c| !staging_dir.join(c.artifact.as_str()).exists())
-        .map(|c| c.size_bytes)
-        .sum();
-    let available = free_space(&staging_dir).map_err(AgentError::io(&staging_dir))?;
-    if available < needed {
-        return Err(AgentError::NoSpace {
-            path: staging_dir,
-            needed,
-            available,
-        });
-    }
-
-    // Step 2: downloads.
-    let downloader = Downloader::new(download_options(config))?;
-    let mut artifacts = Vec::new();
-    for c in &verified.to_apply {
-        let url = format!(
-            "{}/api/v1/{}/releases/{}/{}?channel={}",
-            config.server_url, m.product, m.version, c.artifact, m.channel
-        );
-        tx.log.line(&format!("download {url}"));
-        let expected = ArtifactRef {
+        .map(|c| ArtifactRef {
             artifact: c.artifact.clone(),
             sha256: c.sha256,
             size_bytes: c.size_bytes,
-        };
-        let status = agent.status_handle();
-        let path = downloader.fetch(&url, &staging_dir, &expected, &mut |p| {
-            status.set_state(UpdateState::Downloading {
-                artifact: p.artifact.clone(),
-                bytes: p.bytes,
-                total: p.total,
-                rate: p.rate,
-            })
-        })?;
-        tx.log.line(&format!(
-            "downloaded {} ({} bytes, sha256 verified)",
-            path.display(),
-            c.size_bytes
-        ));
-        artifacts.push(path);
-    }
+        })
+        .collect();
+    let artifacts = download_artifacts(agent, &version, &staging_dir, &expected, &mut tx.log)?;
     crash_point("downloaded");
 
     // The plan.
@@ -1086,4 +1050,57 @@ fn finish_rollback_op(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, A
 /// Installed versions as a map (for reports).
 pub fn installed(paths: &HostPaths) -> BTreeMap<String, String> {
     paths.installed_versions()
+}
+
+/// Downloads artifacts of release `version` (of the configured product and channel, which the
+/// check has matched with the signed manifest) into `dir` (created): first checks that the file system has room
+/// for what is not there yet, then fetches each one (resumed, verified while streaming) with its
+/// progress in the agent's status, and logs every step. Returns the paths in the same order.
+pub(crate) fn download_artifacts(
+    agent: &Agent,
+    version: &str,
+    dir: &Path,
+    artifacts: &[ArtifactRef],
+    log: &mut UpdateLog,
+) -> Result<Vec<PathBuf>, AgentError> {
+    let config = agent.config();
+    fs::create_dir_all(dir).map_err(AgentError::io(dir))?;
+    let needed: u64 = artifacts
+        .iter()
+        .filter(|a| !dir.join(a.artifact.as_str()).exists())
+        .map(|a| a.size_bytes)
+        .sum();
+    let available = free_space(dir).map_err(AgentError::io(dir))?;
+    if available < needed {
+        return Err(AgentError::NoSpace {
+            path: dir.to_owned(),
+            needed,
+            available,
+        });
+    }
+    let downloader = Downloader::new(download_options(config))?;
+    let status = agent.status_handle();
+    let mut paths = Vec::with_capacity(artifacts.len());
+    for a in artifacts {
+        let url = format!(
+            "{}/api/v1/{}/releases/{}/{}?channel={}",
+            config.server_url, config.product, version, a.artifact, config.channel
+        );
+        log.line(&format!("download {url}"));
+        let path = downloader.fetch(&url, dir, a, &mut |p| {
+            status.set_state(UpdateState::Downloading {
+                artifact: p.artifact.clone(),
+                bytes: p.bytes,
+                total: p.total,
+                rate: p.rate,
+            })
+        })?;
+        log.line(&format!(
+            "downloaded {} ({} bytes, sha256 verified)",
+            path.display(),
+            a.size_bytes
+        ));
+        paths.push(path);
+    }
+    Ok(paths)
 }

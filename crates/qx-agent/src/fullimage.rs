@@ -30,8 +30,7 @@ use qx_core::status::{HistoryEntry, Outcome, UpdateState};
 use qx_core::{ArtifactRef, FullImage, Manifest, TargetSlot, Version};
 use serde::Serialize;
 
-use crate::check::{download_options, ComponentChange};
-use crate::download::{free_space, Downloader};
+use crate::check::ComponentChange;
 use crate::journal::remove_any;
 use crate::updatelog::UpdateLog;
 use crate::{Agent, AgentError, ApplyOptions, ApplyReport, CheckReport};
@@ -283,57 +282,26 @@ fn image_file(path: PathBuf, a: &ArtifactRef, version: &str) -> Result<ImageFile
 
 /// Downloads every file of the image into `staging/system-<version>/` (resumed and verified).
 pub fn download(agent: &Agent, plan: &Plan, log: &mut UpdateLog) -> Result<Staged, AgentError> {
-    let config = agent.config();
-    let paths = agent.paths();
-    let dir = paths.staging.join(format!("{SYSTEM}-{}", plan.version));
-    std::fs::create_dir_all(&dir).map_err(AgentError::io(&dir))?;
+    let dir = agent
+        .paths()
+        .staging
+        .join(format!("{SYSTEM}-{}", plan.version));
     let img = &plan.image;
     let system = ArtifactRef {
         artifact: img.artifact.clone(),
         sha256: img.sha256,
         size_bytes: img.size_bytes,
     };
-    let files: Vec<&ArtifactRef> = std::iter::once(&system)
-        .chain(img.kernel.iter())
-        .chain(img.initramfs.iter())
+    let files: Vec<ArtifactRef> = std::iter::once(system)
+        .chain(img.kernel.iter().cloned())
+        .chain(img.initramfs.iter().cloned())
         .collect();
-    let needed: u64 = files
-        .iter()
-        .filter(|a| !dir.join(a.artifact.as_str()).exists())
-        .map(|a| a.size_bytes)
-        .sum();
-    let available = free_space(&dir).map_err(AgentError::io(&dir))?;
-    if available < needed {
-        return Err(AgentError::NoSpace {
-            path: dir,
-            needed,
-            available,
-        });
-    }
-    let downloader = Downloader::new(download_options(config))?;
-    let status = agent.status_handle();
-    let mut got = Vec::new();
-    for a in files {
-        let url = format!(
-            "{}/api/v1/{}/releases/{}/{}?channel={}",
-            config.server_url, config.product, plan.version, a.artifact, config.channel
-        );
-        log.line(&format!("download {url}"));
-        let path = downloader.fetch(&url, &dir, a, &mut |p| {
-            status.set_state(UpdateState::Downloading {
-                artifact: p.artifact.clone(),
-                bytes: p.bytes,
-                total: p.total,
-                rate: p.rate,
-            })
-        })?;
-        log.line(&format!(
-            "downloaded {} ({} bytes, sha256 verified)",
-            path.display(),
-            a.size_bytes
-        ));
-        got.push(image_file(path, a, &plan.version)?);
-    }
+    let downloaded = crate::apply::download_artifacts(agent, &plan.version, &dir, &files, log)?;
+    let got = downloaded
+        .into_iter()
+        .zip(&files)
+        .map(|(path, a)| image_file(path, a, &plan.version))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut got = got.into_iter();
     let system = got.next().ok_or_else(|| AgentError::Io {
         path: dir.clone(),
