@@ -17,7 +17,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,10 +35,6 @@ pub struct DaemonArgs {
     /// (default 0.0.0.0:8443).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
-    /// Program run to reboot after an automatic full-image update when `auto_reboot` is set
-    /// (default /sbin/reboot).
-    #[arg(long, value_name = "PROGRAM")]
-    pub reboot_command: Option<PathBuf>,
 }
 
 /// Where the generated self-signed certificate is kept, below the root.
@@ -298,7 +293,6 @@ pub struct Scheduler<C: Clock> {
     clock: C,
     policy: Policy,
     schedule: Schedule,
-    reboot_command: PathBuf,
 }
 
 impl<C: Clock> Scheduler<C> {
@@ -314,13 +308,7 @@ impl<C: Clock> Scheduler<C> {
                 next_check: Some(first),
                 ..Schedule::default()
             },
-            reboot_command: PathBuf::from("/sbin/reboot"),
         }
-    }
-
-    pub fn with_reboot_command(mut self, program: PathBuf) -> Self {
-        self.reboot_command = program;
-        self
     }
 
     pub fn schedule(&self) -> &Schedule {
@@ -374,10 +362,11 @@ impl<C: Clock> Scheduler<C> {
                 let mut rebooting = false;
                 match &result {
                     Ok(report) if report.outcome == qx_core::status::Outcome::Success => {
-                        if window::should_reboot(&update_type, &self.policy) {
-                            rebooting = true;
-                            self.reboot().await;
-                        }
+                        // The agent itself runs `updates.reboot_command` once the image is in
+                        // its slot and `auto_reboot` is set: one place decides, for the CLI,
+                        // the API and this loop alike.
+                        rebooting = report.system.is_some()
+                            && window::should_reboot(&update_type, &self.policy);
                     }
                     // Busy: an operator's apply runs; the next check sees what is left.
                     Err(RunError::Busy) | Err(RunError::Agent(AgentError::Busy { .. })) => {}
@@ -391,24 +380,6 @@ impl<C: Clock> Scheduler<C> {
                     rebooting,
                 }
             }
-        }
-    }
-
-    async fn reboot(&self) {
-        let program = self.reboot_command.clone();
-        tracing::warn!(program = %program.display(), "full-image update applied and auto_reboot is set: rebooting");
-        let outcome =
-            tokio::task::spawn_blocking(move || std::process::Command::new(&program).status())
-                .await;
-        match outcome {
-            Ok(Ok(status)) if status.success() => {}
-            Ok(Ok(status)) => {
-                tracing::error!(%status, "reboot command failed; reboot the host by hand to boot the new system")
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot run the reboot command; reboot the host by hand to boot the new system")
-            }
-            Err(e) => tracing::error!(error = %e, "reboot task failed"),
         }
     }
 
@@ -488,10 +459,7 @@ pub async fn run(agent: Agent, args: &DaemonArgs) -> anyhow::Result<()> {
     let signals = tokio::spawn(watch_signals(install_signals(), stop_tx));
 
     let runner = Runner::new(agent);
-    let mut scheduler = Scheduler::new(runner.clone(), SystemClock, Policy::from_config(&config));
-    if let Some(program) = &args.reboot_command {
-        scheduler = scheduler.with_reboot_command(program.clone());
-    }
+    let scheduler = Scheduler::new(runner.clone(), SystemClock, Policy::from_config(&config));
     let scheduler = tokio::spawn(scheduler.run(stop_rx.clone()));
 
     tracing::info!(listen = %listening, enabled = config.enabled, auto_apply = config.auto_apply,

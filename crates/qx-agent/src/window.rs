@@ -141,8 +141,9 @@ pub fn initial_delay(interval: Duration, unit: f64) -> Duration {
         .min(Duration::from_secs(300))
 }
 
-/// Whether the daemon reboots after an automatic apply: only with `auto_reboot`, and only for
-/// releases carrying a full system image (`full` or `mixed`); component updates never reboot.
+/// Whether an automatic apply ends in a reboot: only with `auto_reboot`, and only for releases
+/// carrying a full system image (`full` or `mixed`); component updates never reboot. The
+/// reboot itself is run by the agent's apply (`updates.reboot_command`).
 pub fn should_reboot(update_type: &str, policy: &Policy) -> bool {
     policy.auto_reboot && matches!(update_type, "full" | "mixed")
 }
