@@ -365,6 +365,42 @@ fn crash_during_recovery_then_recover_again() {
     }
 }
 
+/// True while a process of process group `pgid` exists that has not exited yet (a zombie has
+/// released everything it held).
+fn group_alive(pgid: i32) -> bool {
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
+        // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let group = fields.nth(1).and_then(|g| g.parse::<i32>().ok());
+        group == Some(pgid) && state != "Z" && state != "X"
+    })
+}
+
+/// Waits (bounded) until every process of the killed process group `pgid` has exited.
+fn wait_group_gone(pgid: i32, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for _ in 0..60_000 {
+        if !group_alive(pgid) {
+            return;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    panic!("{what}: a process of the killed group {pgid} is still running after 60 s");
+}
+
 #[test]
 fn kill_9_at_random_offsets_then_recover() {
     let trials: u32 = std::env::var("QX_CRASH_TRIALS")
@@ -398,6 +434,11 @@ fn kill_9_at_random_offsets_then_recover() {
             .status();
         let _ = child.wait();
         let what = format!("trial {i} (kill -9 after {delay:?} of {full:?})");
+        // As after a power cut, recovery starts once nothing of the killed run is left: a
+        // process of the group may still be exiting (the kill is delivered to all, but each
+        // releases its files, e.g. a copy of the apply lock's descriptor in a child between
+        // fork and exec, only when it runs again), which can take a while on a loaded machine.
+        wait_group_gone(pgid, &what);
         match recover_and_check(&host, &old, &new, &what) {
             "old" => on_old += 1,
             _ => on_new += 1,

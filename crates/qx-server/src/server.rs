@@ -198,28 +198,45 @@ pub async fn serve(
     prepare(config).await?.run(listener, shutdown).await
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Completes on SIGTERM or Ctrl-C (SIGINT). The handlers are installed when this is called,
+/// not when the future is first polled: the future is only polled by a task spawned once the
+/// server runs, and a SIGTERM arriving before that (e.g. a stop right after the start, while
+/// `/health` already answers) must stop the server cleanly rather than kill it. Must be
+/// called within the runtime.
+fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    {
+    let signals = {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        match signals {
+            (Some(mut term), Some(mut int)) => {
                 tokio::select! {
-                    _ = ctrl_c => {},
                     _ = term.recv() => {},
+                    _ = int.recv() => {},
                 }
             }
-            Err(_) => {
-                let _ = ctrl_c.await;
+            (Some(mut term), None) => {
+                term.recv().await;
+            }
+            (None, Some(mut int)) => {
+                int.recv().await;
+            }
+            (None, None) => {
+                let _ = tokio::signal::ctrl_c().await;
             }
         }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("shutting down");
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-    tracing::info!("shutting down");
 }
 
 /// The whole program `qx-update-server`: configuration from the environment, then serve until
@@ -267,7 +284,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(serve(config, listener, shutdown_signal())) {
+    let shutdown = {
+        let _in_runtime = runtime.enter();
+        shutdown_signal()
+    };
+    match runtime.block_on(serve(config, listener, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("qx-update-server: {e}");

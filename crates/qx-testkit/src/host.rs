@@ -252,16 +252,21 @@ impl TestHost {
             .and_then(|s| s.trim().parse().ok())
     }
 
-    /// Every pid of every service's pidfile.
-    fn all_pids(&self) -> Vec<u32> {
+    /// Every process that runs an executable of this host (its path is under the host's
+    /// directory), whether or not a pidfile names it.
+    fn own_processes(&self) -> Vec<u32> {
         let mut out = Vec::new();
-        if let Ok(rd) = fs::read_dir(self.path("/run")) {
-            for e in rd.flatten() {
-                if let Ok(s) = fs::read_to_string(e.path()) {
-                    if let Ok(p) = s.trim().parse() {
-                        out.push(p);
-                    }
-                }
+        let Ok(rd) = fs::read_dir("/proc") else {
+            return out;
+        };
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            // A deleted executable reads as "<path> (deleted)": still under the directory.
+            if fs::read_link(e.path().join("exe")).is_ok_and(|exe| exe.starts_with(self.dir.path()))
+            {
+                out.push(pid);
             }
         }
         out
@@ -270,12 +275,11 @@ impl TestHost {
 
 impl Drop for TestHost {
     fn drop(&mut self) {
-        for pid in self.all_pids() {
-            // Only our own demo processes: their executable lives under this root.
-            let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
-            if exe.starts_with(self.dir.path()) {
-                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            }
+        // Not only the pids of the pidfiles: a service manager killed between starting a
+        // service (in its own session) and writing its pidfile leaves a process no pidfile
+        // names, e.g. when a test SIGKILLs the agent's process group mid-restart.
+        for pid in self.own_processes() {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
         }
     }
 }
