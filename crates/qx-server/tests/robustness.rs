@@ -4,10 +4,11 @@
 
 mod common;
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -137,14 +138,6 @@ async fn concurrent_different_publishes_of_one_version_exactly_one_wins() {
     assert!(staging_entries(dir.path()).is_empty());
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Proc(Child);
 
 impl Drop for Proc {
@@ -154,24 +147,76 @@ impl Drop for Proc {
     }
 }
 
-fn spawn_binary(root: &Path, port: u16) -> Proc {
-    let child = Command::new(env!("CARGO_BIN_EXE_qx-update-server"))
-        .env("RELEASE_DIR", root)
-        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .env("PUBLISH_TOKEN", TOKEN)
-        .env("RUST_LOG", "warn")
+/// The server binary on `127.0.0.1:0` (the OS picks the port, so no other test can take it
+/// first); its log is read until it names the address it bound, and collected while it runs.
+struct Spawned {
+    proc: Proc,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Spawned {
+    /// Everything the server logged, once it has exited and its stderr is closed.
+    fn log_after_exit(&mut self) -> String {
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+/// `token: None` starts the server without PUBLISH_TOKEN (the default-token path).
+fn spawn_server(root: &Path, token: Option<&str>) -> Spawned {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qx-update-server"));
+    cmd.env("RELEASE_DIR", root)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn qx-update-server");
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        .stderr(Stdio::piped());
+    match token {
+        Some(t) => cmd.env("PUBLISH_TOKEN", t),
+        None => cmd.env_remove("PUBLISH_TOKEN"),
+    };
+    let mut child = cmd.spawn().expect("spawn qx-update-server");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = mpsc::channel();
+    let sink = Arc::clone(&log);
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("qx-update-server listening") {
+                let addr = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+                    .and_then(|a| a.parse::<SocketAddr>().ok());
+                if let Some(addr) = addr {
+                    let _ = tx.send(addr);
+                }
+            }
+            eprintln!("{line}");
+            if let Ok(mut all) = sink.lock() {
+                all.push_str(&line);
+                all.push('\n');
+            }
+        }
+    });
+    let proc = Proc(child);
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server binary did not log its listening address within 30 s");
     assert!(
         wait_until(Duration::from_secs(30), || {
             TcpStream::connect(addr).is_ok() && raw_get(addr, "/health").0 == 200
         }),
-        "the server binary did not come up on {addr}"
+        "the server binary did not answer /health on {addr}"
     );
-    Proc(child)
+    Spawned {
+        proc,
+        addr,
+        log,
+        reader: Some(reader),
+    }
 }
 
 #[test]
@@ -179,9 +224,7 @@ fn kill_9_mid_publish_then_restart_shows_no_half_release() {
     let dir = tempfile::tempdir().unwrap();
     let signer = Signer::new();
     let rel = big_release(&signer, "1.0.0");
-    let port = free_port();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut proc = spawn_binary(dir.path(), port);
+    let Spawned { mut proc, addr, .. } = spawn_server(dir.path(), Some(TOKEN));
     let stream = start_half_publish(addr, dir.path(), &rel);
     proc.0.kill().unwrap(); // SIGKILL
     proc.0.wait().unwrap();
@@ -192,9 +235,8 @@ fn kill_9_mid_publish_then_restart_shows_no_half_release() {
     );
     assert!(!dir.path().join("quantix-os/stable/1.0.0").exists());
 
-    let port = free_port();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let _proc = spawn_binary(dir.path(), port);
+    let server = spawn_server(dir.path(), Some(TOKEN));
+    let addr = server.addr;
     assert!(
         staging_entries(dir.path()).is_empty(),
         "staging must be cleaned at start: {:?}",
@@ -314,28 +356,13 @@ fn unreadable_tls_files_exit_2() {
 #[test]
 fn sigterm_stops_the_server_cleanly_and_default_token_is_warned_about() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let child = Command::new(env!("CARGO_BIN_EXE_qx-update-server"))
-        .env("RELEASE_DIR", dir.path())
-        .env("LISTEN_ADDR", addr.to_string())
-        .env_remove("PUBLISH_TOKEN")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn qx-update-server");
-    assert!(
-        wait_until(Duration::from_secs(30), || TcpStream::connect(addr).is_ok()
-            && raw_get(addr, "/health").0 == 200),
-        "the server did not come up"
-    );
-    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+    let mut server = spawn_server(dir.path(), None);
+    let pid = rustix::process::Pid::from_raw(i32::try_from(server.proc.0.id()).unwrap()).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let status = server.proc.0.wait().unwrap();
+    let stderr = server.log_after_exit();
+    assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("PUBLISH_TOKEN is not set"), "{stderr}");
     assert!(stderr.contains("dev-token"), "{stderr}");
-    assert!(TcpStream::connect(addr).is_err(), "still listening");
+    assert!(TcpStream::connect(server.addr).is_err(), "still listening");
 }
