@@ -409,31 +409,45 @@ fn kill_9_at_random_offsets_then_recover() {
         .unwrap_or(40);
     let w = world("/data/bin/qx-node");
     let (old, new) = (expected("1.0.0"), expected("2.0.0"));
-    // How long an uninterrupted apply takes here.
+    // The kill point is a point of the agent's progress, not of the clock: the moment its update
+    // log has grown by a random share of what an uninterrupted apply writes there (a line at
+    // every step, before the step's work), so kills land all through the transaction.
+    let log_len = |h: &TestHost| {
+        std::fs::metadata(h.path("/var/log/quantix/update.log"))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
     let host = host_v1(&w);
-    let t0 = Instant::now();
+    let before = log_len(&host);
     let out = qx(&host, &["apply", "--yes"]).output().unwrap();
     assert!(out.status.success());
-    let full = t0.elapsed();
+    let full = log_len(&host) - before;
+    assert!(full > 0, "an apply writes its update log");
     drop(host);
     let (mut on_old, mut on_new) = (0, 0);
     for i in 0..trials {
         let host = host_v1(&w);
-        let delay = Duration::from_micros(rand::random_range(0..=full.as_micros() as u64));
+        let share = rand::random_range(0..=full);
+        let target = log_len(&host) + share;
         let mut child = qx(&host, &["apply", "--yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0)
             .spawn()
             .unwrap();
-        // The random offset is the point of this test, not a synchronisation.
-        std::thread::sleep(delay);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while log_len(&host) < target
+            && child.try_wait().unwrap().is_none()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let pgid = child.id() as i32;
         let _ = Command::new("kill")
             .args(["-9", "--", &format!("-{pgid}")])
             .status();
         let _ = child.wait();
-        let what = format!("trial {i} (kill -9 after {delay:?} of {full:?})");
+        let what = format!("trial {i} (kill -9 after {share} of {full} update-log bytes)");
         // As after a power cut, recovery starts once nothing of the killed run is left: a
         // process of the group may still be exiting (the kill is delivered to all, but each
         // releases its files, e.g. a copy of the apply lock's descriptor in a child between
