@@ -157,8 +157,8 @@ impl<'a> Tx<'a> {
         reason: Option<String>,
     ) -> Result<(), AgentError> {
         let entry = HistoryEntry {
-            time: now(),
-            kind: "component".into(),
+            time: jiff::Timestamp::now(),
+            kind: qx_core::UpdateKind::Component,
             version: j.version.clone(),
             from_version: j.from_version.clone(),
             components: j.entries.iter().map(|e| e.name.clone()).collect(),

@@ -357,8 +357,8 @@ pub fn install(
             log.line(&format!("system image {}: FAILED: {err}", plan.version));
             log.sync();
             status.record(HistoryEntry {
-                time: jiff::Timestamp::now().to_string(),
-                kind: "full".into(),
+                time: jiff::Timestamp::now(),
+                kind: qx_core::UpdateKind::Full,
                 version: plan.version.clone(),
                 from_version: plan.from_version.clone(),
                 components: vec![SYSTEM.into()],
@@ -373,8 +373,8 @@ pub fn install(
         r.to, r.target, r.tries, r.from
     );
     status.record(HistoryEntry {
-        time: jiff::Timestamp::now().to_string(),
-        kind: "full".into(),
+        time: jiff::Timestamp::now(),
+        kind: qx_core::UpdateKind::Full,
         version: plan.version.clone(),
         from_version: plan.from_version.clone(),
         components: vec![SYSTEM.into()],

@@ -65,31 +65,7 @@ impl UpdateState {
     }
 }
 
-/// How an update ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Success,
-    Failed,
-    RolledBack,
-}
-
-/// One past update, as kept in the host's history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HistoryEntry {
-    /// RFC 3339.
-    pub time: String,
-    /// `component` or `full`.
-    pub kind: String,
-    pub version: String,
-    #[serde(default)]
-    pub from_version: Option<String>,
-    #[serde(default)]
-    pub components: Vec<String>,
-    pub outcome: Outcome,
-    #[serde(default)]
-    pub reason: Option<String>,
-}
+pub use crate::history::{HistoryEntry, Outcome, UpdateKind};
 
 #[cfg(test)]
 mod tests {

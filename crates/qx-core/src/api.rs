@@ -1,0 +1,235 @@
+//! The wire protocol, spelled once: the update server's and the host agent's route templates,
+//! header and query-parameter names, and URL builders that percent-encode every path segment.
+//! The server registers these templates (axum's `{name}` syntax) and builds its metrics route
+//! list from them; every client builds its URLs here.
+
+use std::fmt::Display;
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
+
+/// The header carrying the base64 of a manifest's `.minisig` file.
+pub const SIGNATURE_HEADER: &str = "x-qx-signature";
+/// The query parameter naming a channel (`?channel=stable`).
+pub const CHANNEL_PARAM: &str = "channel";
+/// The query parameter naming the source channel of a promotion (`?from=dev`).
+pub const FROM_PARAM: &str = "from";
+/// The channel used when a request names none.
+pub const DEFAULT_CHANNEL: &str = "stable";
+
+/// Routes of the update server.
+pub mod server {
+    pub const HEALTH: &str = "/health";
+    pub const METRICS: &str = "/metrics";
+    pub const CHANNELS: &str = "/api/v1/channels";
+    pub const MANIFEST: &str = "/api/v1/{product}/manifest";
+    pub const RELEASES: &str = "/api/v1/{product}/releases";
+    pub const ARTIFACT: &str = "/api/v1/{product}/releases/{version}/{artifact}";
+    pub const PUBLISH: &str = "/api/v1/{product}/publish";
+    pub const PROMOTE: &str = "/api/v1/{product}/releases/{version}/promote";
+    /// `DELETE` yanks the release from a channel.
+    pub const RELEASE: &str = "/api/v1/{product}/releases/{version}";
+
+    /// Every route the server answers, in registration order.
+    pub const ROUTES: &[&str] = &[
+        HEALTH, METRICS, CHANNELS, MANIFEST, RELEASES, ARTIFACT, PUBLISH, PROMOTE, RELEASE,
+    ];
+}
+
+/// Routes of the host agent's local API.
+pub mod host {
+    pub const CHECK: &str = "/api/v1/updates/check";
+    pub const APPLY: &str = "/api/v1/updates/apply";
+    pub const STATUS: &str = "/api/v1/updates/status";
+    pub const EVENTS: &str = "/api/v1/updates/events";
+
+    /// Every route of the host API.
+    pub const ROUTES: &[&str] = &[CHECK, APPLY, STATUS, EVENTS];
+}
+
+/// Characters escaped in a path segment or a query value: controls, space, and everything
+/// with a meaning in a URL.
+const SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'&')
+    .add(b'+')
+    .add(b'/')
+    .add(b'<')
+    .add(b'=')
+    .add(b'>')
+    .add(b'?')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
+
+/// One path segment or query value, percent-encoded.
+pub fn encode(value: impl Display) -> String {
+    utf8_percent_encode(&value.to_string(), SEGMENT).to_string()
+}
+
+/// Fill a route template's `{name}` placeholders with percent-encoded values. A placeholder
+/// without a value is left as it is (a bug the route test catches).
+pub fn fill(template: &str, values: &[(&str, &dyn Display)]) -> String {
+    let mut out = template.to_owned();
+    for (name, value) in values {
+        out = out.replace(&format!("{{{name}}}"), &encode(value));
+    }
+    out
+}
+
+/// URLs of one update server, from its base URL (`https://updates.example:9000`, with an
+/// optional path prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUrl {
+    base: String,
+}
+
+impl ServerUrl {
+    pub fn new(base: &str) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// The base URL, without a trailing slash.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn at(&self, path: String) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn with_channel(&self, path: String, channel: Option<&dyn Display>) -> String {
+        match channel {
+            Some(c) => format!("{}{path}?{CHANNEL_PARAM}={}", self.base, encode(c)),
+            None => self.at(path),
+        }
+    }
+
+    pub fn health(&self) -> String {
+        self.at(server::HEALTH.to_owned())
+    }
+
+    pub fn metrics(&self) -> String {
+        self.at(server::METRICS.to_owned())
+    }
+
+    pub fn channels(&self) -> String {
+        self.at(server::CHANNELS.to_owned())
+    }
+
+    /// `GET` the newest signed manifest of a channel.
+    pub fn manifest(&self, product: impl Display, channel: impl Display) -> String {
+        let path = fill(server::MANIFEST, &[("product", &product)]);
+        self.with_channel(path, Some(&channel))
+    }
+
+    /// `GET` every release of a channel, newest first.
+    pub fn releases(&self, product: impl Display, channel: impl Display) -> String {
+        let path = fill(server::RELEASES, &[("product", &product)]);
+        self.with_channel(path, Some(&channel))
+    }
+
+    /// `GET`/`HEAD` one file of a release (an artifact, `manifest.json` or its signature).
+    pub fn artifact(
+        &self,
+        product: impl Display,
+        version: impl Display,
+        artifact: impl Display,
+        channel: impl Display,
+    ) -> String {
+        let values: [(&str, &dyn Display); 3] = [
+            ("product", &product),
+            ("version", &version),
+            ("artifact", &artifact),
+        ];
+        self.with_channel(fill(server::ARTIFACT, &values), Some(&channel))
+    }
+
+    /// `POST` a release (multipart).
+    pub fn publish(&self, product: impl Display) -> String {
+        self.at(fill(server::PUBLISH, &[("product", &product)]))
+    }
+
+    /// `POST` a promotion of `version` from channel `from`.
+    pub fn promote(
+        &self,
+        product: impl Display,
+        version: impl Display,
+        from: impl Display,
+    ) -> String {
+        let path = fill(
+            server::PROMOTE,
+            &[("product", &product), ("version", &version)],
+        );
+        format!("{}{path}?{FROM_PARAM}={}", self.base, encode(from))
+    }
+
+    /// `DELETE` (yank) a release from a channel.
+    pub fn release(
+        &self,
+        product: impl Display,
+        version: impl Display,
+        channel: impl Display,
+    ) -> String {
+        let path = fill(
+            server::RELEASE,
+            &[("product", &product), ("version", &version)],
+        );
+        self.with_channel(path, Some(&channel))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builders_fill_every_placeholder_and_encode_segments() {
+        let s = ServerUrl::new("http://127.0.0.1:9000/base/");
+        assert_eq!(s.base(), "http://127.0.0.1:9000/base");
+        assert_eq!(
+            s.manifest("quantix-os", "stable"),
+            "http://127.0.0.1:9000/base/api/v1/quantix-os/manifest?channel=stable"
+        );
+        assert_eq!(
+            s.artifact("p", "1.0.0+b/1", "a b.tar.zst", "dev"),
+            "http://127.0.0.1:9000/base/api/v1/p/releases/1.0.0%2Bb%2F1/a%20b.tar.zst?channel=dev"
+        );
+        assert_eq!(
+            s.promote("p", "1.0.0", "dev"),
+            "http://127.0.0.1:9000/base/api/v1/p/releases/1.0.0/promote?from=dev"
+        );
+        assert_eq!(
+            s.release("p", "1.0.0", "a&b"),
+            "http://127.0.0.1:9000/base/api/v1/p/releases/1.0.0?channel=a%26b"
+        );
+        for url in [
+            s.health(),
+            s.metrics(),
+            s.channels(),
+            s.releases("p", "dev"),
+            s.publish("p"),
+        ] {
+            assert!(!url.contains('{'), "{url}");
+        }
+    }
+
+    #[test]
+    fn every_route_is_listed_once() {
+        for routes in [server::ROUTES, host::ROUTES] {
+            let mut sorted = routes.to_vec();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted.len(), routes.len());
+        }
+    }
+}
