@@ -1,4 +1,4 @@
-//! Every endpoint of SPEC §3 on its happy path, with real signed releases on a real server.
+//! Every endpoint of docs/spec.md §3 on its happy path, with real signed releases on a real server.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -59,7 +59,7 @@ async fn publish_then_manifest_serves_exact_signed_bytes() {
     keys.verify(&body, std::str::from_utf8(&sig).unwrap())
         .expect("signature from the header verifies over the manifest bytes");
 
-    // the file layout of seed 000
+    // the file layout of docs/spec.md §3
     let rd = dir.path().join("quantix-os/stable/1.2.3");
     assert_eq!(
         std::fs::read(rd.join("manifest.json")).unwrap(),
