@@ -1,10 +1,7 @@
 //! Every bad input its own test, asserting the exact status and a JSON error; failed publishes
 //! must leave nothing visible and nothing in staging.
-#![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use qx_core::Sha256;
 use qx_testkit::server::TestServer;
 use serde_json::{json, Value};

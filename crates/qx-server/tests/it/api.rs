@@ -1,10 +1,7 @@
 //! Every endpoint of docs/spec.md §3 on its happy path, with real signed releases on a real server.
-#![allow(clippy::unwrap_used)]
 
-mod common;
-
+use crate::support::*;
 use base64::Engine;
-use common::*;
 use qx_core::{Sha256, TrustedKeys};
 use serde_json::Value;
 
