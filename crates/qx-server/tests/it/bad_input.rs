@@ -727,15 +727,14 @@ async fn file_in_release_dir_but_not_in_manifest_is_404() {
 // ---- ranges ----
 
 async fn range_of(e: &Env, range: &str) -> reqwest::Response {
-    client()
-        .get(format!(
+    get_with(
+        &format!(
             "{}/api/v1/quantix-os/releases/1.0.0/qx-console.bin",
             e.server.url()
-        ))
-        .header("Range", range)
-        .send()
-        .await
-        .unwrap()
+        ),
+        &[("Range", range)],
+    )
+    .await
 }
 
 #[tokio::test]
@@ -899,15 +898,11 @@ async fn promote_with_artifact_parts_is_422() {
 #[tokio::test]
 async fn yank_unknown_release_is_404() {
     let e = env();
-    let res = client()
-        .delete(format!(
-            "{}/api/v1/quantix-os/releases/1.0.0",
-            e.server.url()
-        ))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let res = delete_authorized(&format!(
+        "{}/api/v1/quantix-os/releases/1.0.0",
+        e.server.url()
+    ))
+    .await;
     expect_error(res, 404).await;
 }
 

@@ -295,3 +295,22 @@ pub fn staging_entries(root: &Path) -> Vec<String> {
         Err(_) => Vec::new(),
     }
 }
+
+/// GET `url` with extra request headers.
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut req = client().get(url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.send().await.expect("send GET")
+}
+
+/// DELETE `url` with the publish token (a yank).
+pub async fn delete_authorized(url: &str) -> reqwest::Response {
+    client()
+        .delete(url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("send DELETE")
+}
