@@ -557,120 +557,112 @@ async fn publish_version_equal_by_precedence_is_409() {
 
 // ---- URLs: names, traversal, unknown things ----
 
-/// A GET of a URL (sent as raw HTTP, so that `..` and `%2e%2e` reach the server as they are)
+/// GETs of URLs (sent as raw HTTP, so that `..` and `%2e%2e` reach the server as they are)
 /// that must fail: (case, path, status, text the error sentence contains).
-fn url_cases() -> Vec<(&'static str, String, u16, &'static str)> {
-    let p65 = "a".repeat(65);
-    let rows: &[(&str, &str, u16, &str)] = &[
-        ("product ..", "/api/v1/../manifest", 400, "product name"),
-        ("product %2e%2e", "/api/v1/%2e%2e/manifest", 400, ""),
-        (
-            "product %2E%2E, releases",
-            "/api/v1/%2E%2E/releases",
-            400,
-            "",
-        ),
-        (
-            "product with %2f",
-            "/api/v1/..%2f..%2fetc/manifest",
-            400,
-            "",
-        ),
-        (
-            "artifact with %2f",
-            "/api/v1/quantix-os/releases/1.0.0/..%2f..%2f..%2fetc%2fpasswd",
-            400,
-            "",
-        ),
-        (
-            "artifact %2e%2e",
-            "/api/v1/quantix-os/releases/1.0.0/%2e%2e",
-            400,
-            "",
-        ),
-        (
-            "hidden artifact",
-            "/api/v1/quantix-os/releases/1.0.0/.yanked",
-            400,
-            "",
-        ),
-        (
-            "version %2e%2e",
-            "/api/v1/quantix-os/releases/%2e%2e/manifest.json",
-            400,
-            "",
-        ),
-        (
-            "channel query with %2f",
-            "/api/v1/quantix-os/manifest?channel=..%2f..%2fetc",
-            400,
-            "",
-        ),
-        ("uppercase product", "/api/v1/Quantix-OS/manifest", 400, ""),
-        ("empty product", "/api/v1//manifest", 400, "empty"),
-        (
-            "version not SemVer",
-            "/api/v1/quantix-os/releases/latest/qx-node.tar.zst",
-            400,
-            "SemVer",
-        ),
-        (
-            "unknown product, manifest",
-            "/api/v1/nothing-here/manifest",
-            404,
-            "",
-        ),
-        (
-            "unknown product, releases",
-            "/api/v1/nothing-here/releases",
-            404,
-            "",
-        ),
-        (
-            "unconfigured channel",
-            "/api/v1/quantix-os/manifest?channel=nightly",
-            404,
-            "not configured",
-        ),
-        (
-            "channel without releases",
-            "/api/v1/quantix-os/manifest?channel=dev",
-            404,
-            "",
-        ),
-        (
-            "unknown version",
-            "/api/v1/quantix-os/releases/9.9.9/qx-node.tar.zst",
-            404,
-            "",
-        ),
-        (
-            "artifact not in the release",
-            "/api/v1/quantix-os/releases/1.0.0/other.tar.zst",
-            404,
-            "qx-node.tar.zst",
-        ),
-        ("unknown endpoint", "/api/v2/anything", 404, ""),
-    ];
-    let mut cases: Vec<_> = rows
-        .iter()
-        .map(|(name, path, status, has)| (*name, (*path).to_owned(), *status, *has))
-        .collect();
-    cases.push((
-        "65-character product",
-        format!("/api/v1/{p65}/manifest"),
+const URL_CASES: &[(&str, &str, u16, &str)] = &[
+    ("product ..", "/api/v1/../manifest", 400, "product name"),
+    ("product %2e%2e", "/api/v1/%2e%2e/manifest", 400, ""),
+    (
+        "product %2E%2E, releases",
+        "/api/v1/%2E%2E/releases",
         400,
         "",
-    ));
-    cases
-}
+    ),
+    (
+        "product with %2f",
+        "/api/v1/..%2f..%2fetc/manifest",
+        400,
+        "",
+    ),
+    (
+        "artifact with %2f",
+        "/api/v1/quantix-os/releases/1.0.0/..%2f..%2f..%2fetc%2fpasswd",
+        400,
+        "",
+    ),
+    (
+        "artifact %2e%2e",
+        "/api/v1/quantix-os/releases/1.0.0/%2e%2e",
+        400,
+        "",
+    ),
+    (
+        "hidden artifact",
+        "/api/v1/quantix-os/releases/1.0.0/.yanked",
+        400,
+        "",
+    ),
+    (
+        "version %2e%2e",
+        "/api/v1/quantix-os/releases/%2e%2e/manifest.json",
+        400,
+        "",
+    ),
+    (
+        "channel query with %2f",
+        "/api/v1/quantix-os/manifest?channel=..%2f..%2fetc",
+        400,
+        "",
+    ),
+    ("uppercase product", "/api/v1/Quantix-OS/manifest", 400, ""),
+    ("empty product", "/api/v1//manifest", 400, "empty"),
+    (
+        "version not SemVer",
+        "/api/v1/quantix-os/releases/latest/qx-node.tar.zst",
+        400,
+        "SemVer",
+    ),
+    (
+        "unknown product, manifest",
+        "/api/v1/nothing-here/manifest",
+        404,
+        "",
+    ),
+    (
+        "unknown product, releases",
+        "/api/v1/nothing-here/releases",
+        404,
+        "",
+    ),
+    (
+        "unconfigured channel",
+        "/api/v1/quantix-os/manifest?channel=nightly",
+        404,
+        "not configured",
+    ),
+    (
+        "channel without releases",
+        "/api/v1/quantix-os/manifest?channel=dev",
+        404,
+        "",
+    ),
+    (
+        "unknown version",
+        "/api/v1/quantix-os/releases/9.9.9/qx-node.tar.zst",
+        404,
+        "",
+    ),
+    (
+        "artifact not in the release",
+        "/api/v1/quantix-os/releases/1.0.0/other.tar.zst",
+        404,
+        "qx-node.tar.zst",
+    ),
+    ("unknown endpoint", "/api/v2/anything", 404, ""),
+    (
+        "65-character product",
+        "/api/v1/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/manifest",
+        400,
+        "",
+    ),
+];
 
 #[tokio::test]
 async fn bad_urls_get_json_errors() {
     let e = env();
     published(&e.server, &e.release("1.0.0")).await;
-    for (name, path, status, has) in url_cases() {
-        let (got, head, body) = raw_get(e.server.addr(), &path);
+    for &(name, path, status, has) in URL_CASES {
+        let (got, head, body) = raw_get(e.server.addr(), path);
         let text = String::from_utf8_lossy(&body);
         assert_eq!(got, status, "{name}: GET {path}: {text}");
         assert!(
