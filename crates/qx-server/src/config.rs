@@ -1,4 +1,4 @@
-//! Server configuration, read from the environment (SPEC §3).
+//! Server configuration, read from the environment (docs/spec.md §3).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,7 +48,7 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// The defaults of SPEC §3 with the given release directory; handy for tests.
+    /// The defaults of docs/spec.md §3 with the given release directory; handy for tests.
     pub fn new(release_dir: impl Into<PathBuf>) -> Self {
         Self {
             release_dir: release_dir.into(),
@@ -109,7 +109,7 @@ impl Config {
         };
         if let Some(v) = lookup("MAX_UPLOAD_BYTES") {
             cfg.max_upload_bytes =
-                parse_size(&v).map_err(|reason| invalid("MAX_UPLOAD_BYTES", &v, reason))?;
+                parse_max_upload(&v).map_err(|reason| invalid("MAX_UPLOAD_BYTES", &v, reason))?;
         }
         if let Some(v) = lookup("CHANNELS") {
             cfg.channels = parse_channels(&v).map_err(|reason| invalid("CHANNELS", &v, reason))?;
@@ -125,33 +125,14 @@ fn default_channels() -> Vec<ChannelName> {
         .collect()
 }
 
-/// A byte count: a plain integer, or with a suffix K, M, G, T (powers of 1024, `KiB` etc. too).
-fn parse_size(v: &str) -> Result<u64, String> {
-    let s = v.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, suffix) = s.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| "expected a byte count such as 4294967296 or 4GiB".to_owned())?;
-    let shift = match suffix.trim() {
-        "" | "B" => 0,
-        "K" | "KiB" => 10,
-        "M" | "MiB" => 20,
-        "G" | "GiB" => 30,
-        "T" | "TiB" => 40,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?}; use K, M, G or T (powers of 1024)"
-            ))
-        }
-    };
-    let bytes = n
-        .checked_mul(1u64 << shift)
-        .ok_or_else(|| "the value is too large".to_owned())?;
-    if bytes == 0 {
-        return Err("it must be greater than zero".into());
+/// `MAX_UPLOAD_BYTES`: a size by the rule of [`qx_core::size`] (`4GB` is 4,000,000,000
+/// bytes, `4GiB` and `4G` are 4 GiB), above zero.
+fn parse_max_upload(v: &str) -> Result<u64, String> {
+    match qx_core::size::parse_size(v) {
+        Ok(0) => Err("it must be greater than zero".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
-    Ok(bytes)
 }
 
 fn parse_channels(v: &str) -> Result<Vec<ChannelName>, String> {
@@ -223,6 +204,41 @@ mod tests {
             vec![("TLS_KEY", "/k.pem")],
         ] {
             assert!(cfg(&vars).is_err(), "{vars:?} should be refused");
+        }
+    }
+
+    fn max_upload(value: &str) -> Result<u64, ConfigError> {
+        cfg(&[("MAX_UPLOAD_BYTES", value)]).map(|c| c.max_upload_bytes)
+    }
+
+    #[test]
+    fn max_upload_bytes_4gb_is_si() {
+        assert_eq!(max_upload("4GB").expect("4GB"), 4_000_000_000);
+    }
+
+    #[test]
+    fn max_upload_bytes_4gib_and_4g_are_binary() {
+        assert_eq!(max_upload("4GiB").expect("4GiB"), 4 << 30);
+        assert_eq!(max_upload("4G").expect("4G"), 4 << 30);
+    }
+
+    #[test]
+    fn max_upload_bytes_means_what_the_shared_parser_says() {
+        for text in ["4096", "500KB", "10MiB", "2M", "1.5KiB", "1TB"] {
+            assert_eq!(
+                max_upload(text).expect(text),
+                qx_core::size::parse_size(text).expect(text),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn max_upload_bytes_bad_value_is_refused_naming_the_variable() {
+        for bad in ["lots", "5X", "4 gigabytes", "0", "-1"] {
+            let e = max_upload(bad).expect_err(bad).to_string();
+            assert!(e.contains("MAX_UPLOAD_BYTES"), "{bad}: {e}");
+            assert!(e.contains(&format!("{bad:?}")), "{bad}: {e}");
         }
     }
 }

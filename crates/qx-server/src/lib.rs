@@ -1,13 +1,15 @@
 //! `qx-update-server`: stores signed releases per product and channel, serves manifests and
-//! artifacts, accepts authenticated publishes (SPEC §3).
+//! artifacts, accepts authenticated publishes (docs/spec.md §3).
 //!
 //! - [`config`]: the environment the server reads;
 //! - [`storage`]: the [`storage::ReleaseStore`] trait and its local-disk backend;
-//! - [`routes`]: the router and the read-only endpoints; [`publish`]: publish, promote, yank;
+//! - [`routes`]: the router, registering the route templates of [`qx_core::api::server`];
+//! - [`state`]: the state handlers share; [`params`]: path and query parameters;
+//! - [`handlers`]: the read-only endpoints; [`publish`]: publish, promote, yank;
 //! - [`range`]: the `Range` header; [`metrics`]: Prometheus metrics;
 //! - [`server`]: start (crash recovery, TLS), serve, shut down.
 //!
-//! Behaviour where SPEC §3 leaves a choice:
+//! Behaviour where docs/spec.md §3 leaves a choice:
 //! - A URL segment or `channel` query value that breaks the name rules (`..`, `%2e%2e`, a
 //!   decoded `/`, uppercase, empty, 65+ characters) is refused with 400 before any file is
 //!   touched; a path with extra segments (a literal `../..`) matches no route and gets 404. A
@@ -30,16 +32,19 @@
 //!   build metadata) → 409.
 //! - Promote refuses a yanked source with 409.
 //! - The newest release per channel is cached in memory for at most
-//!   [`routes::MANIFEST_CACHE_TTL`] and dropped at once on any publish, promote or yank through
+//!   [`state::MANIFEST_CACHE_TTL`] and dropped at once on any publish, promote or yank through
 //!   this process; nothing else is cached (a restart rescans the disk).
 
 pub mod config;
 pub mod error;
+pub mod handlers;
 pub mod metrics;
+pub mod params;
 pub mod publish;
 pub mod range;
 pub mod routes;
 pub mod server;
+pub mod state;
 pub mod storage;
 
 pub use config::Config;

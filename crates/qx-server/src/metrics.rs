@@ -11,6 +11,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+use qx_core::api::server::ROUTES;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -19,19 +20,8 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
-/// Every route pattern of the router, so that labels need no allocation per request.
-pub const ROUTES: &[&str] = &[
-    "/health",
-    "/metrics",
-    "/api/v1/channels",
-    "/api/v1/{product}/manifest",
-    "/api/v1/{product}/releases",
-    "/api/v1/{product}/releases/{version}/{artifact}",
-    "/api/v1/{product}/publish",
-    "/api/v1/{product}/releases/{version}/promote",
-    "/api/v1/{product}/releases/{version}",
-];
-
+/// Route labels are the router's templates ([`qx_core::api::server::ROUTES`]), so that
+/// labels need no allocation per request; a request no route matched is `unmatched`.
 fn route_label(path: Option<&MatchedPath>) -> &'static str {
     path.and_then(|p| ROUTES.iter().find(|r| **r == p.as_str()).copied())
         .unwrap_or("unmatched")

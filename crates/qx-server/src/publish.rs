@@ -25,7 +25,8 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
 use crate::error::ApiError;
-use crate::routes::{App, Params, QueryParams};
+use crate::params::{release_key, Params, QueryParams};
+use crate::state::App;
 use crate::storage::{CommitOutcome, ReleaseKey, ReleaseStore, StoreError, Upload};
 
 /// The largest manifest part accepted.
@@ -183,16 +184,27 @@ pub async fn publish<S: ReleaseStore>(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
     let res = publish_inner(&app, params, headers, multipart).await;
-    app.metrics.publish(match &res {
-        Ok(r) if r.status() == StatusCode::CREATED => "created",
+    record_outcome(&app, &res, "created");
+    res
+}
+
+/// Counts a publish or promote by its outcome; `created` names a new release.
+fn record_outcome<S: ReleaseStore>(
+    app: &App<S>,
+    res: &Result<Response, ApiError>,
+    created: &'static str,
+) {
+    app.metrics.publish(match res {
+        Ok(r) if r.status() == StatusCode::CREATED => created,
         Ok(_) => "identical",
         Err(e) if e.status == StatusCode::CONFLICT => "conflict",
         Err(e) if e.status.is_server_error() => "failed",
         Err(_) => "rejected",
     });
-    res
 }
 
+/// Authorize, check the declared size, read the manifest and signature, stream the
+/// artifacts into an upload, check none is missing, commit.
 async fn publish_inner<S: ReleaseStore>(
     app: &App<S>,
     params: Params,
@@ -201,18 +213,7 @@ async fn publish_inner<S: ReleaseStore>(
 ) -> Result<Response, ApiError> {
     app.authorize(&headers)?;
     let product = params.product()?;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(n) = declared {
-        if n > app.config.max_upload_bytes {
-            return Err(ApiError::too_large(format!(
-                "the upload has {n} bytes; this server accepts at most {} (MAX_UPLOAD_BYTES)",
-                app.config.max_upload_bytes
-            )));
-        }
-    }
+    check_declared_size(app, &headers)?;
     let mut multipart = multipart.map_err(multipart_rejection)?;
     let (manifest_bytes, manifest, signature) = manifest_and_signature(&mut multipart).await?;
     check_target(app, &manifest, &product)?;
@@ -226,8 +227,42 @@ async fn publish_inner<S: ReleaseStore>(
         .into_iter()
         .map(|a| (a.artifact.clone(), a))
         .collect();
-
     let mut upload = app.store.begin().await?;
+    let seen = receive_parts(&mut upload, &mut multipart, &expected).await?;
+    check_none_missing(&expected, &seen)?;
+    let outcome = commit(app, upload, &key, manifest_bytes, signature).await?;
+    if outcome == CommitOutcome::Created {
+        tracing::info!(release = %key, "published");
+    }
+    outcome_response(
+        outcome,
+        &key,
+        expected.keys().map(|k| k.to_string()).collect(),
+    )
+}
+
+/// A `Content-Length` over `MAX_UPLOAD_BYTES` is refused before the body is read.
+fn check_declared_size<S: ReleaseStore>(app: &App<S>, headers: &HeaderMap) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > app.config.max_upload_bytes => Err(ApiError::too_large(format!(
+            "the upload has {n} bytes; this server accepts at most {} (MAX_UPLOAD_BYTES)",
+            app.config.max_upload_bytes
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Streams every artifact part into the upload; each must be listed in the manifest and
+/// come once. Returns the artifacts received.
+async fn receive_parts<U: Upload>(
+    upload: &mut U,
+    multipart: &mut Multipart,
+    expected: &BTreeMap<ArtifactName, ArtifactRef>,
+) -> Result<HashSet<ArtifactName>, ApiError> {
     let mut seen = HashSet::new();
     while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
         let part = field.name().unwrap_or("").to_owned();
@@ -250,37 +285,52 @@ async fn publish_inner<S: ReleaseStore>(
                 "artifact {part} is uploaded twice"
             )));
         }
-        receive(&mut upload, &mut field, want).await?;
+        receive(upload, &mut field, want).await?;
     }
+    Ok(seen)
+}
+
+/// Every artifact the manifest lists must have been uploaded.
+fn check_none_missing(
+    expected: &BTreeMap<ArtifactName, ArtifactRef>,
+    seen: &HashSet<ArtifactName>,
+) -> Result<(), ApiError> {
     let missing: Vec<&str> = expected
         .keys()
         .filter(|k| !seen.contains(*k))
         .map(|k| k.as_str())
         .collect();
-    if !missing.is_empty() {
-        return Err(ApiError::unprocessable(format!(
-            "the upload lacks artifact(s) listed in the manifest: {}",
-            missing.join(", ")
-        ))
-        .with_details(
-            missing
-                .iter()
-                .map(|m| json!({"artifact": m, "problem": "missing from the upload"})),
-        ));
+    if missing.is_empty() {
+        return Ok(());
     }
+    Err(ApiError::unprocessable(format!(
+        "the upload lacks artifact(s) listed in the manifest: {}",
+        missing.join(", ")
+    ))
+    .with_details(
+        missing
+            .iter()
+            .map(|m| json!({"artifact": m, "problem": "missing from the upload"})),
+    ))
+}
+
+/// Commits an upload as `key` and forgets the cached manifests of its product when a
+/// release was created.
+async fn commit<S: ReleaseStore>(
+    app: &App<S>,
+    upload: S::Upload,
+    key: &ReleaseKey,
+    manifest_bytes: Bytes,
+    signature: Bytes,
+) -> Result<CommitOutcome, ApiError> {
     let outcome = app
         .store
-        .commit(upload, &key, manifest_bytes, signature)
+        .commit(upload, key, manifest_bytes, signature)
         .await?;
     if outcome == CommitOutcome::Created {
         app.invalidate(&key.product);
-        tracing::info!(release = %key, "published");
     }
-    outcome_response(
-        outcome,
-        &key,
-        expected.keys().map(|k| k.to_string()).collect(),
-    )
+    Ok(outcome)
 }
 
 /// Streams one artifact part into the upload, hashing and counting as it goes; refuses it the
@@ -338,16 +388,12 @@ pub async fn promote<S: ReleaseStore>(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
     let res = promote_inner(&app, params, query, headers, multipart).await;
-    app.metrics.publish(match &res {
-        Ok(r) if r.status() == StatusCode::CREATED => "promoted",
-        Ok(_) => "identical",
-        Err(e) if e.status == StatusCode::CONFLICT => "conflict",
-        Err(e) if e.status.is_server_error() => "failed",
-        Err(_) => "rejected",
-    });
+    record_outcome(&app, &res, "promoted");
     res
 }
 
+/// Authorize, read the re-signed manifest and its signature (and nothing else), check it
+/// against the URL and the source release, link the source's artifacts, commit.
 async fn promote_inner<S: ReleaseStore>(
     app: &App<S>,
     params: Params,
@@ -358,10 +404,7 @@ async fn promote_inner<S: ReleaseStore>(
     app.authorize(&headers)?;
     let product = params.product()?;
     let version = params.version()?;
-    let from = query
-        .get("from")
-        .ok_or_else(|| ApiError::bad_request("the query parameter from=CHANNEL is missing"))?;
-    let from = app.channel(from)?;
+    let from = query.from_channel(app)?;
     let mut multipart = multipart.map_err(multipart_rejection)?;
     let (manifest_bytes, manifest, signature) = manifest_and_signature(&mut multipart).await?;
     if let Some(extra) = multipart.next_field().await.map_err(multipart_error)? {
@@ -382,7 +425,35 @@ async fn promote_inner<S: ReleaseStore>(
         channel: from,
         version: version.clone(),
     };
-    let source = app.store.release(&source_key).await?;
+    let new = promotable_artifacts(app, &source_key, &manifest).await?;
+    let key = ReleaseKey {
+        product,
+        channel: manifest.channel.clone(),
+        version,
+    };
+    let mut upload = app.store.begin().await?;
+    for a in &new {
+        upload.link_from(&source_key, &a.artifact).await?;
+    }
+    let outcome = commit(app, upload, &key, manifest_bytes, signature).await?;
+    if outcome == CommitOutcome::Created {
+        tracing::info!(release = %key, from = %source_key.channel, "promoted");
+    }
+    outcome_response(
+        outcome,
+        &key,
+        new.iter().map(|a| a.artifact.to_string()).collect(),
+    )
+}
+
+/// The artifacts of the new manifest (sorted by name), which must be exactly those of the
+/// source release; a yanked source cannot be promoted.
+async fn promotable_artifacts<S: ReleaseStore>(
+    app: &App<S>,
+    source_key: &ReleaseKey,
+    manifest: &Manifest,
+) -> Result<Vec<ArtifactRef>, ApiError> {
+    let source = app.store.release(source_key).await?;
     if source.yanked {
         return Err(ApiError::conflict(format!(
             "release {source_key} is yanked; it cannot be promoted"
@@ -393,51 +464,40 @@ async fn promote_inner<S: ReleaseStore>(
     old.sort_by(|a, b| a.artifact.cmp(&b.artifact));
     new.sort_by(|a, b| a.artifact.cmp(&b.artifact));
     if old != new {
-        let mut details = Vec::new();
-        for a in &new {
-            match old.iter().find(|o| o.artifact == a.artifact) {
-                None => details.push(json!({"artifact": a.artifact.as_str(), "problem": "not in the source release"})),
-                Some(o) if o != a => details.push(json!({
-                    "artifact": a.artifact.as_str(),
-                    "problem": "differs from the source release",
-                    "expected": {"sha256": o.sha256.to_hex(), "size_bytes": o.size_bytes},
-                    "got": {"sha256": a.sha256.to_hex(), "size_bytes": a.size_bytes},
-                })),
-                Some(_) => {}
-            }
-        }
-        for o in &old {
-            if !new.iter().any(|a| a.artifact == o.artifact) {
-                details.push(json!({"artifact": o.artifact.as_str(), "problem": "missing from the new manifest"}));
-            }
-        }
         return Err(ApiError::unprocessable(format!(
             "the new manifest must list exactly the artifacts of {source_key} (same names, sha256 and sizes)"
         ))
-        .with_details(details));
+        .with_details(artifact_differences(&old, &new)));
     }
-    let key = ReleaseKey {
-        product,
-        channel: manifest.channel.clone(),
-        version,
-    };
-    let mut upload = app.store.begin().await?;
-    for a in &new {
-        upload.link_from(&source_key, &a.artifact).await?;
+    Ok(new)
+}
+
+/// One detail per artifact that differs between the source release (`old`) and the new
+/// manifest (`new`).
+fn artifact_differences(old: &[ArtifactRef], new: &[ArtifactRef]) -> Vec<serde_json::Value> {
+    let mut details = Vec::new();
+    for a in new {
+        match old.iter().find(|o| o.artifact == a.artifact) {
+            None => details.push(
+                json!({"artifact": a.artifact.as_str(), "problem": "not in the source release"}),
+            ),
+            Some(o) if o != a => details.push(json!({
+                "artifact": a.artifact.as_str(),
+                "problem": "differs from the source release",
+                "expected": {"sha256": o.sha256.to_hex(), "size_bytes": o.size_bytes},
+                "got": {"sha256": a.sha256.to_hex(), "size_bytes": a.size_bytes},
+            })),
+            Some(_) => {}
+        }
     }
-    let outcome = app
-        .store
-        .commit(upload, &key, manifest_bytes, signature)
-        .await?;
-    if outcome == CommitOutcome::Created {
-        app.invalidate(&key.product);
-        tracing::info!(release = %key, from = %source_key.channel, "promoted");
+    for o in old {
+        if !new.iter().any(|a| a.artifact == o.artifact) {
+            details.push(
+                json!({"artifact": o.artifact.as_str(), "problem": "missing from the new manifest"}),
+            );
+        }
     }
-    outcome_response(
-        outcome,
-        &key,
-        new.iter().map(|a| a.artifact.to_string()).collect(),
-    )
+    details
 }
 
 /// `DELETE /api/v1/{product}/releases/{version}?channel=C`: yank.
@@ -448,11 +508,7 @@ pub async fn yank<S: ReleaseStore>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     app.authorize(&headers)?;
-    let key = ReleaseKey {
-        product: params.product()?,
-        channel: query.channel(&app)?,
-        version: params.version()?,
-    };
+    let key = release_key(&app, &params, &query)?;
     let newly = app.store.yank(&key).await?;
     app.invalidate(&key.product);
     if newly {

@@ -11,7 +11,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{Config, ConfigError, TlsFiles};
-use crate::routes::{router, App};
+use crate::routes::router;
+use crate::state::App;
 use crate::storage::local::LocalStore;
 use crate::storage::{ReleaseStore, StoreError};
 
@@ -135,46 +136,17 @@ impl Prepared {
         // and serving its connections itself: no cross-thread wake-ups per request (a single
         // multi-threaded runtime served 0.6-0.7x the manifest requests per second of the
         // reference web server; see BENCHMARKS.md).
-        let rustls =
-            tls.map(|cfg| axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(cfg)));
+        let worker = Worker {
+            handle,
+            app,
+            rustls: tls
+                .map(|cfg| axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(cfg))),
+        };
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut done = Vec::with_capacity(workers);
         for i in 0..workers {
             let listener = listener.try_clone().map_err(ServerError::Serve)?;
-            let handle = handle.clone();
-            let app = app.clone();
-            let rustls = rustls.clone();
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            std::thread::Builder::new()
-                .name(format!("qx-http-{i}"))
-                .spawn(move || {
-                    let serve = |rt: tokio::runtime::Runtime| {
-                        rt.block_on(async move {
-                            let service = app.into_make_service();
-                            match rustls {
-                                Some(cfg) => {
-                                    axum_server::from_tcp_rustls(listener, cfg)
-                                        .handle(handle)
-                                        .serve(service)
-                                        .await
-                                }
-                                None => {
-                                    axum_server::from_tcp(listener)
-                                        .handle(handle)
-                                        .serve(service)
-                                        .await
-                                }
-                            }
-                        })
-                    };
-                    let res = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .and_then(serve);
-                    let _ = tx.send(res);
-                })
-                .map_err(ServerError::Serve)?;
-            done.push(rx);
+            done.push(worker.clone().spawn(i, listener)?);
         }
         drop(listener);
         let mut result = Ok(());
@@ -186,6 +158,56 @@ impl Prepared {
             }
         }
         result.map_err(ServerError::Serve)
+    }
+}
+
+/// What each serving thread needs: the shutdown handle, the router and the TLS settings.
+#[derive(Clone)]
+struct Worker {
+    handle: axum_server::Handle,
+    app: axum::Router,
+    rustls: Option<axum_server::tls_rustls::RustlsConfig>,
+}
+
+impl Worker {
+    /// Starts thread `qx-http-<i>` with its own single-threaded runtime serving `listener`;
+    /// the receiver gets how the thread's serving ended.
+    fn spawn(
+        self,
+        i: usize,
+        listener: TcpListener,
+    ) -> Result<tokio::sync::oneshot::Receiver<std::io::Result<()>>, ServerError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("qx-http-{i}"))
+            .spawn(move || {
+                let res = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|rt| rt.block_on(self.serve(listener)));
+                let _ = tx.send(res);
+            })
+            .map_err(ServerError::Serve)?;
+        Ok(rx)
+    }
+
+    /// Serves `listener` (HTTPS when TLS is configured) until the handle shuts it down.
+    async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
+        let service = self.app.into_make_service();
+        match self.rustls {
+            Some(cfg) => {
+                axum_server::from_tcp_rustls(listener, cfg)
+                    .handle(self.handle)
+                    .serve(service)
+                    .await
+            }
+            None => {
+                axum_server::from_tcp(listener)
+                    .handle(self.handle)
+                    .serve(service)
+                    .await
+            }
+        }
     }
 }
 

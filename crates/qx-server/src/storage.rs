@@ -1,5 +1,5 @@
 //! Where releases live. Route code sees only the [`ReleaseStore`] trait; the local-disk layout
-//! of seed 000 (`$RELEASE_DIR/<product>/<channel>/<version>/manifest.json`, artifacts beside
+//! of docs/spec.md §3 (`$RELEASE_DIR/<product>/<channel>/<version>/manifest.json`, artifacts beside
 //! it) is the default backend ([`local::LocalStore`]). An object-store backend implements the
 //! same trait: uploads go to a staging prefix, commit is a conditional put of the manifest,
 //! promote is a server-side copy, yank is a marker object.
@@ -76,6 +76,8 @@ pub enum StoreError {
     Corrupt { path: PathBuf, reason: String },
     #[error("storage task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Fs(#[from] qx_core::fs::FsError),
 }
 
 impl StoreError {

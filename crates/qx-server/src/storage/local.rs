@@ -8,10 +8,11 @@
 //! is what makes exactly one of two concurrent publishes of one version win.
 
 use std::fs;
-use std::io::{self, SeekFrom, Write};
+use std::io::{self, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use qx_core::fs::{create_dir_all_durable, fsync_dir, write_atomic};
 use qx_core::{
     ArtifactName, ChannelName, Manifest, ProductName, UnknownFields, Version, MANIFEST_FILE,
     SIGNATURE_FILE,
@@ -65,51 +66,10 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StoreError::Task(e.to_string()))?
 }
 
-fn fsync_dir(path: &Path) -> StoreResult<()> {
-    fs::File::open(path)
-        .and_then(|d| d.sync_all())
-        .map_err(StoreError::io(path))
-}
-
-fn write_durable(path: &Path, data: &[u8]) -> StoreResult<()> {
-    let mut f = fs::File::create(path).map_err(StoreError::io(path))?;
-    f.write_all(data).map_err(StoreError::io(path))?;
-    f.sync_all().map_err(StoreError::io(path))
-}
-
 /// A file name inside a release directory: one plain segment, never hidden.
 fn check_file_name(name: &str) -> StoreResult<()> {
     if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\', '\0']) {
         return Err(StoreError::NotFound(format!("file {name:?}")));
-    }
-    Ok(())
-}
-
-/// Creates `dir` and its missing parents under `root`, fsyncing each parent it changed.
-fn create_dirs_durable(root: &Path, dir: &Path) -> StoreResult<()> {
-    let mut missing = Vec::new();
-    let mut cur = dir;
-    while !cur.exists() && cur != root {
-        missing.push(cur.to_owned());
-        match cur.parent() {
-            Some(p) => cur = p,
-            None => break,
-        }
-    }
-    for d in missing.iter().rev() {
-        match fs::create_dir(d) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(StoreError::Io {
-                    path: d.clone(),
-                    source: e,
-                })
-            }
-        }
-        if let Some(parent) = d.parent() {
-            fsync_dir(parent)?;
-        }
     }
     Ok(())
 }
@@ -294,18 +254,16 @@ impl ReleaseStore for LocalStore {
         signature: Bytes,
     ) -> StoreResult<CommitOutcome> {
         let target = self.release_dir(key);
-        let root = self.root.clone();
         let version = key.version.clone();
         blocking(move || {
             let LocalUpload { dir, .. } = upload;
-            write_durable(&dir.path().join(MANIFEST_FILE), &manifest)?;
-            write_durable(&dir.path().join(SIGNATURE_FILE), &signature)?;
-            fsync_dir(dir.path())?;
+            write_atomic(&dir.path().join(MANIFEST_FILE), &manifest)?;
+            write_atomic(&dir.path().join(SIGNATURE_FILE), &signature)?;
             let channel_dir = target
                 .parent()
                 .ok_or_else(|| StoreError::NotFound(format!("parent of {}", target.display())))?
                 .to_owned();
-            create_dirs_durable(&root, &channel_dir)?;
+            create_dir_all_durable(&channel_dir)?;
 
             // A version equal by precedence but spelled otherwise (other build metadata) is
             // the same release for every client: refuse it.
@@ -361,8 +319,7 @@ impl ReleaseStore for LocalStore {
                 return Ok(false);
             }
             let now = yank_note();
-            write_durable(&marker, now.as_bytes())?;
-            fsync_dir(&dir)?;
+            write_atomic(&marker, now.as_bytes())?;
             Ok(true)
         })
         .await

@@ -1,10 +1,7 @@
-//! Every endpoint of SPEC §3 on its happy path, with real signed releases on a real server.
-#![allow(clippy::unwrap_used)]
+//! Every endpoint of docs/spec.md §3 on its happy path, with real signed releases on a real server.
 
-mod common;
-
+use crate::support::*;
 use base64::Engine;
-use common::*;
 use qx_core::{Sha256, TrustedKeys};
 use serde_json::Value;
 
@@ -59,7 +56,7 @@ async fn publish_then_manifest_serves_exact_signed_bytes() {
     keys.verify(&body, std::str::from_utf8(&sig).unwrap())
         .expect("signature from the header verifies over the manifest bytes");
 
-    // the file layout of seed 000
+    // the file layout of docs/spec.md §3
     let rd = dir.path().join("quantix-os/stable/1.2.3");
     assert_eq!(
         std::fs::read(rd.join("manifest.json")).unwrap(),
@@ -79,28 +76,20 @@ async fn manifest_if_none_match_gives_304() {
     let rel = Release::new(&signer, "quantix-os", "dev", "0.1.0");
     published(&server, &rel).await;
     let etag = format!("\"{}\"", Sha256::of(&rel.manifest).to_hex());
-    let res = client()
-        .get(format!(
-            "{}/api/v1/quantix-os/manifest?channel=dev",
-            server.url()
-        ))
-        .header("If-None-Match", &etag)
-        .send()
-        .await
-        .unwrap();
+    let res = get_with(
+        &format!("{}/api/v1/quantix-os/manifest?channel=dev", server.url()),
+        &[("If-None-Match", etag.as_str())],
+    )
+    .await;
     assert_eq!(res.status(), 304);
     assert_eq!(res.headers()["etag"].to_str().unwrap(), etag);
     assert!(res.bytes().await.unwrap().is_empty());
     // another tag: full answer
-    let res = client()
-        .get(format!(
-            "{}/api/v1/quantix-os/manifest?channel=dev",
-            server.url()
-        ))
-        .header("If-None-Match", "\"0000\"")
-        .send()
-        .await
-        .unwrap();
+    let res = get_with(
+        &format!("{}/api/v1/quantix-os/manifest?channel=dev", server.url()),
+        &[("If-None-Match", "\"0000\"")],
+    )
+    .await;
     assert_eq!(res.status(), 200);
 }
 
@@ -239,12 +228,7 @@ async fn artifact_single_range_gives_206() {
         ("bytes=-7", data.len() - 7, data.len() - 1),
         ("bytes=5-99999999", 5, data.len() - 1),
     ] {
-        let res = client()
-            .get(&url)
-            .header("Range", range)
-            .send()
-            .await
-            .unwrap();
+        let res = get_with(&url, &[("Range", range)]).await;
         assert_eq!(res.status(), 206, "{range}");
         assert_eq!(
             res.headers()["content-range"].to_str().unwrap(),
@@ -276,22 +260,14 @@ async fn artifact_if_range_matching_etag_gives_206_else_200() {
         "{}/api/v1/quantix-os/releases/1.0.0/qx-console.bin",
         server.url()
     );
-    let res = client()
-        .get(&url)
-        .header("Range", "bytes=4-")
-        .header("If-Range", &etag)
-        .send()
-        .await
-        .unwrap();
+    let res = get_with(&url, &[("Range", "bytes=4-"), ("If-Range", etag.as_str())]).await;
     assert_eq!(res.status(), 206);
     assert_eq!(res.bytes().await.unwrap().as_ref(), &data[4..]);
-    let res = client()
-        .get(&url)
-        .header("Range", "bytes=4-")
-        .header("If-Range", "\"an-older-file\"")
-        .send()
-        .await
-        .unwrap();
+    let res = get_with(
+        &url,
+        &[("Range", "bytes=4-"), ("If-Range", "\"an-older-file\"")],
+    )
+    .await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.bytes().await.unwrap().as_ref(), data);
 }
@@ -319,12 +295,11 @@ async fn artifact_endpoint_serves_manifest_and_signature_files() {
     assert_eq!(res.status(), 200);
     assert_eq!(res.text().await.unwrap(), rel.signature);
     // ranges work on them too
-    let res = client()
-        .get(format!("{}{base}/manifest.json?channel=dev", server.url()))
-        .header("Range", "bytes=0-0")
-        .send()
-        .await
-        .unwrap();
+    let res = get_with(
+        &format!("{}{base}/manifest.json?channel=dev", server.url()),
+        &[("Range", "bytes=0-0")],
+    )
+    .await;
     assert_eq!(res.status(), 206);
     assert_eq!(res.bytes().await.unwrap().as_ref(), &rel.manifest[..1]);
 }
@@ -412,15 +387,11 @@ async fn yank_falls_back_to_previous_release_and_keeps_files() {
     let res = get(&server, "/api/v1/quantix-os/manifest").await;
     assert_eq!(res.headers()["x-qx-version"], "1.1.0");
 
-    let res = client()
-        .delete(format!(
-            "{}/api/v1/quantix-os/releases/1.1.0?channel=stable",
-            server.url()
-        ))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let res = delete_authorized(&format!(
+        "{}/api/v1/quantix-os/releases/1.1.0?channel=stable",
+        server.url()
+    ))
+    .await;
     assert_eq!(res.status(), 200);
     let v: Value = res.json().await.unwrap();
     assert_eq!(v["yanked"], true);
@@ -446,12 +417,11 @@ async fn yank_falls_back_to_previous_release_and_keeps_files() {
         new.artifact("qx-node.tar.zst")
     );
     // yanking again is harmless
-    let res = client()
-        .delete(format!("{}/api/v1/quantix-os/releases/1.1.0", server.url()))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let res = delete_authorized(&format!(
+        "{}/api/v1/quantix-os/releases/1.1.0",
+        server.url()
+    ))
+    .await;
     assert_eq!(res.status(), 200);
 }
 
@@ -465,12 +435,11 @@ async fn yank_of_only_release_makes_manifest_404() {
         &Release::new(&signer, "quantix-os", "stable", "1.0.0"),
     )
     .await;
-    let res = client()
-        .delete(format!("{}/api/v1/quantix-os/releases/1.0.0", server.url()))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let res = delete_authorized(&format!(
+        "{}/api/v1/quantix-os/releases/1.0.0",
+        server.url()
+    ))
+    .await;
     assert_eq!(res.status(), 200);
     let v = expect_error(get(&server, "/api/v1/quantix-os/manifest").await, 404).await;
     assert!(v["error"].as_str().unwrap().contains("yanked"), "{v}");
@@ -586,15 +555,14 @@ async fn artifact_if_none_match_gives_304() {
         "\"{}\"",
         Sha256::of(rel.artifact("qx-node.tar.zst")).to_hex()
     );
-    let res = client()
-        .get(format!(
+    let res = get_with(
+        &format!(
             "{}/api/v1/quantix-os/releases/1.0.0/qx-node.tar.zst",
             server.url()
-        ))
-        .header("If-None-Match", &etag)
-        .send()
-        .await
-        .unwrap();
+        ),
+        &[("If-None-Match", etag.as_str())],
+    )
+    .await;
     assert_eq!(res.status(), 304);
     assert_eq!(res.headers()["etag"].to_str().unwrap(), etag);
 }

@@ -1,10 +1,7 @@
 //! Every bad input its own test, asserting the exact status and a JSON error; failed publishes
 //! must leave nothing visible and nothing in staging.
-#![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use qx_core::Sha256;
 use qx_testkit::server::TestServer;
 use serde_json::{json, Value};
@@ -174,120 +171,152 @@ async fn publish_malformed_json_is_400() {
     );
 }
 
-#[tokio::test]
-async fn publish_unknown_field_is_422() {
-    let e = env();
-    let rel = e.edited(|v| v["relase_notes"] = "typo".into());
-    let v = e.publish_expect(&rel, 422).await;
-    assert_eq!(v["details"][0]["path"], "relase_notes", "{v}");
-    assert_eq!(v["details"][0]["message"], "unknown field");
+/// What a failed request's JSON error body must say.
+enum Expect {
+    /// The value at a JSON pointer of the body, as text (a string without its quotes).
+    At(&'static str, &'static str),
+    /// The text at a JSON pointer (`""`: the whole body) contains this.
+    Has(&'static str, &'static str),
+    /// At least this many details.
+    MinDetails(usize),
 }
 
-#[tokio::test]
-async fn publish_product_name_dotdot_is_422() {
-    let e = env();
-    let rel = e.edited(|v| v["product"] = "..".into());
-    let v = e.form_expect(rel.form(), 422).await;
-    assert_eq!(v["details"][0]["path"], "product", "{v}");
+fn text_at(v: &Value, pointer: &str) -> String {
+    match v.pointer(pointer) {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    }
 }
 
-#[tokio::test]
-async fn publish_artifact_name_with_slash_is_422() {
-    let e = env();
-    let rel = e.edited(|v| v["components"][0]["artifact"] = "../../etc/passwd".into());
-    let v = e.publish_expect(&rel, 422).await;
-    assert_eq!(v["details"][0]["path"], "components[0].artifact", "{v}");
+fn check(case: &str, v: &Value, expects: &[Expect]) {
+    for expect in expects {
+        match expect {
+            Expect::At(pointer, want) => {
+                assert_eq!(text_at(v, pointer), *want, "{case}: {pointer} in {v}")
+            }
+            Expect::Has(pointer, want) => assert!(
+                text_at(v, pointer).contains(want),
+                "{case}: {pointer} should contain {want:?}: {v}"
+            ),
+            Expect::MinDetails(n) => assert!(
+                v["details"].as_array().map_or(0, Vec::len) >= *n,
+                "{case}: at least {n} details expected: {v}"
+            ),
+        }
+    }
 }
 
-#[tokio::test]
-async fn publish_uppercase_channel_is_422() {
-    let e = env();
-    let rel = e.edited(|v| v["channel"] = "Stable".into());
-    let v = e.publish_expect(&rel, 422).await;
-    assert_eq!(v["details"][0]["path"], "channel", "{v}");
+/// A publish whose manifest JSON is edited (and re-signed) before it is sent.
+struct ManifestCase {
+    name: &'static str,
+    edit: fn(&mut Value),
+    status: u16,
+    expect: &'static [Expect],
 }
 
-#[tokio::test]
-async fn publish_empty_component_name_is_422() {
-    let e = env();
-    let rel = e.edited(|v| v["components"][0]["name"] = "".into());
-    let v = e.publish_expect(&rel, 422).await;
-    assert_eq!(v["details"][0]["path"], "components[0].name", "{v}");
-}
+const MANIFEST_CASES: &[ManifestCase] = &[
+    ManifestCase {
+        name: "unknown field",
+        edit: |v| v["relase_notes"] = "typo".into(),
+        status: 422,
+        expect: &[
+            Expect::At("/details/0/path", "relase_notes"),
+            Expect::At("/details/0/message", "unknown field"),
+        ],
+    },
+    ManifestCase {
+        name: "product name ..",
+        edit: |v| v["product"] = "..".into(),
+        status: 422,
+        expect: &[Expect::At("/details/0/path", "product")],
+    },
+    ManifestCase {
+        name: "artifact name with a slash",
+        edit: |v| v["components"][0]["artifact"] = "../../etc/passwd".into(),
+        status: 422,
+        expect: &[Expect::At("/details/0/path", "components[0].artifact")],
+    },
+    ManifestCase {
+        name: "uppercase channel",
+        edit: |v| v["channel"] = "Stable".into(),
+        status: 422,
+        expect: &[Expect::At("/details/0/path", "channel")],
+    },
+    ManifestCase {
+        name: "empty component name",
+        edit: |v| v["components"][0]["name"] = "".into(),
+        status: 422,
+        expect: &[Expect::At("/details/0/path", "components[0].name")],
+    },
+    ManifestCase {
+        name: "65-character component name",
+        edit: |v| v["components"][0]["name"] = "a".repeat(65).into(),
+        status: 422,
+        expect: &[Expect::Has("", "longer than 64")],
+    },
+    ManifestCase {
+        name: "version not SemVer",
+        edit: |v| v["version"] = "1.0".into(),
+        status: 422,
+        expect: &[
+            Expect::At("/details/0/path", "version"),
+            Expect::Has("", "SemVer"),
+        ],
+    },
+    ManifestCase {
+        name: "relative install path",
+        edit: |v| v["components"][0]["install_path"] = "data/bin/qx-node".into(),
+        status: 422,
+        expect: &[Expect::At("/details/0/path", "components[0].install_path")],
+    },
+    ManifestCase {
+        name: "install path with ..",
+        edit: |v| v["components"][0]["install_path"] = "/data/../etc/passwd".into(),
+        status: 422,
+        expect: &[Expect::At("/details/0/path", "components[0].install_path")],
+    },
+    ManifestCase {
+        name: "artifact listed twice",
+        edit: |v| {
+            let art = v["components"][0]["artifact"].clone();
+            v["components"][1]["artifact"] = art;
+        },
+        status: 422,
+        expect: &[Expect::Has("", "listed more than once")],
+    },
+    ManifestCase {
+        name: "every problem reported at once",
+        edit: |v| {
+            v["expires"] = "2020-01-01T00:00:00Z".into();
+            v["components"][0]["install_path"] = "/data/bin".into();
+            v["components"][1]["install_path"] = "/data/bin/x".into();
+        },
+        status: 422,
+        expect: &[Expect::MinDetails(2)],
+    },
+    ManifestCase {
+        name: "product other than the URL's",
+        edit: |v| v["product"] = "quantix-vdc".into(),
+        status: 422,
+        expect: &[Expect::Has("/error", "quantix-vdc")],
+    },
+    ManifestCase {
+        name: "unconfigured channel",
+        edit: |v| v["channel"] = "nightly".into(),
+        status: 422,
+        expect: &[Expect::Has("/error", "not configured")],
+    },
+];
 
 #[tokio::test]
-async fn publish_65_char_component_name_is_422() {
+async fn publish_refuses_bad_manifests() {
     let e = env();
-    let rel = e.edited(|v| v["components"][0]["name"] = "a".repeat(65).into());
-    let v = e.publish_expect(&rel, 422).await;
-    assert!(details_text(&v).contains("longer than 64"), "{v}");
-}
-
-#[tokio::test]
-async fn publish_non_semver_version_is_422() {
-    let e = env();
-    let rel = e.edited(|v| v["version"] = "1.0".into());
-    let v = e.publish_expect(&rel, 422).await;
-    assert_eq!(v["details"][0]["path"], "version", "{v}");
-    assert!(details_text(&v).contains("SemVer"), "{v}");
-}
-
-#[tokio::test]
-async fn publish_relative_install_path_is_422() {
-    let e = env();
-    let rel = e.edited(|v| v["components"][0]["install_path"] = "data/bin/qx-node".into());
-    let v = e.publish_expect(&rel, 422).await;
-    assert_eq!(v["details"][0]["path"], "components[0].install_path", "{v}");
-}
-
-#[tokio::test]
-async fn publish_dotdot_install_path_is_422() {
-    let e = env();
-    let rel = e.edited(|v| v["components"][0]["install_path"] = "/data/../etc/passwd".into());
-    let v = e.publish_expect(&rel, 422).await;
-    assert_eq!(v["details"][0]["path"], "components[0].install_path", "{v}");
-}
-
-#[tokio::test]
-async fn publish_artifact_listed_twice_is_422() {
-    let e = env();
-    let rel = e.edited(|v| {
-        let art = v["components"][0]["artifact"].clone();
-        v["components"][1]["artifact"] = art;
-    });
-    let v = e.publish_expect(&rel, 422).await;
-    assert!(details_text(&v).contains("listed more than once"), "{v}");
-}
-
-#[tokio::test]
-async fn publish_reports_all_problems_at_once() {
-    let e = env();
-    let rel = e.edited(|v| {
-        v["expires"] = "2020-01-01T00:00:00Z".into();
-        v["components"][0]["install_path"] = "/data/bin".into();
-        v["components"][1]["install_path"] = "/data/bin/x".into();
-    });
-    let v = e.publish_expect(&rel, 422).await;
-    assert!(v["details"].as_array().unwrap().len() >= 2, "{v}");
-}
-
-#[tokio::test]
-async fn publish_product_differs_from_url_is_422() {
-    let e = env();
-    let rel = e.edited(|v| v["product"] = "quantix-vdc".into());
-    let v = e.form_expect(rel.form(), 422).await;
-    assert!(v["error"].as_str().unwrap().contains("quantix-vdc"), "{v}");
-}
-
-#[tokio::test]
-async fn publish_unconfigured_channel_is_422() {
-    let e = env();
-    let rel = e.edited(|v| v["channel"] = "nightly".into());
-    let v = e.publish_expect(&rel, 422).await;
-    assert!(
-        v["error"].as_str().unwrap().contains("not configured"),
-        "{v}"
-    );
+    for case in MANIFEST_CASES {
+        let rel = e.edited(case.edit);
+        let v = e.form_expect(rel.form(), case.status).await;
+        check(case.name, &v, case.expect);
+    }
 }
 
 #[tokio::test]
@@ -333,41 +362,62 @@ async fn publish_parts_out_of_order_is_400() {
     assert!(v["error"].as_str().unwrap().contains("\"manifest\""), "{v}");
 }
 
-#[tokio::test]
-async fn publish_artifact_missing_from_upload_is_422() {
-    let e = env();
-    let rel = e.release("1.0.0");
-    let v = e
-        .form_expect(
-            form(&rel.manifest, &rel.signature, &rel.artifacts[..1]),
-            422,
-        )
-        .await;
-    assert_eq!(v["details"][0]["artifact"], "qx-console.bin", "{v}");
+/// A publish of a valid manifest whose artifact parts are edited before they are sent.
+struct PartsCase {
+    name: &'static str,
+    edit: fn(&mut Vec<(String, Vec<u8>)>),
+    status: u16,
+    expect: &'static [Expect],
 }
 
-#[tokio::test]
-async fn publish_extra_unlisted_part_is_422() {
-    let e = env();
-    let rel = e.release("1.0.0");
-    let mut parts = rel.artifacts.clone();
-    parts.push(("backdoor.bin".into(), b"evil".to_vec()));
-    let v = e
-        .form_expect(form(&rel.manifest, &rel.signature, &parts), 422)
-        .await;
-    assert!(v["error"].as_str().unwrap().contains("backdoor.bin"), "{v}");
-}
+const PARTS_CASES: &[PartsCase] = &[
+    PartsCase {
+        name: "artifact missing from the upload",
+        edit: |parts| parts.truncate(1),
+        status: 422,
+        expect: &[Expect::At("/details/0/artifact", "qx-console.bin")],
+    },
+    PartsCase {
+        name: "extra unlisted part",
+        edit: |parts| parts.push(("backdoor.bin".into(), b"evil".to_vec())),
+        status: 422,
+        expect: &[Expect::Has("/error", "backdoor.bin")],
+    },
+    PartsCase {
+        name: "artifact uploaded twice",
+        edit: |parts| parts.push(parts[0].clone()),
+        status: 422,
+        expect: &[Expect::Has("/error", "twice")],
+    },
+    PartsCase {
+        name: "size mismatch",
+        edit: |parts| parts[1].1.truncate(10),
+        status: 422,
+        expect: &[
+            Expect::Has("/error", "size mismatch"),
+            Expect::At("/details/0/got/size_bytes", "10"),
+        ],
+    },
+    PartsCase {
+        name: "part larger than declared",
+        edit: |parts| parts[1].1.extend_from_slice(b"more"),
+        status: 422,
+        expect: &[Expect::Has("/error", "larger than the")],
+    },
+];
 
 #[tokio::test]
-async fn publish_artifact_uploaded_twice_is_422() {
+async fn publish_refuses_bad_artifact_parts() {
     let e = env();
     let rel = e.release("1.0.0");
-    let mut parts = rel.artifacts.clone();
-    parts.push(parts[0].clone());
-    let v = e
-        .form_expect(form(&rel.manifest, &rel.signature, &parts), 422)
-        .await;
-    assert!(v["error"].as_str().unwrap().contains("twice"), "{v}");
+    for case in PARTS_CASES {
+        let mut parts = rel.artifacts.clone();
+        (case.edit)(&mut parts);
+        let v = e
+            .form_expect(form(&rel.manifest, &rel.signature, &parts), case.status)
+            .await;
+        check(case.name, &v, case.expect);
+    }
 }
 
 #[tokio::test]
@@ -391,37 +441,6 @@ async fn publish_sha256_mismatch_is_422() {
         Sha256::of(&rel.artifacts[1].1).to_hex()
     );
     assert_eq!(d["got"]["sha256"], Sha256::of(&parts[1].1).to_hex());
-}
-
-#[tokio::test]
-async fn publish_size_mismatch_is_422() {
-    let e = env();
-    let rel = e.release("1.0.0");
-    let mut parts = rel.artifacts.clone();
-    parts[1].1.truncate(10);
-    let v = e
-        .form_expect(form(&rel.manifest, &rel.signature, &parts), 422)
-        .await;
-    assert!(
-        v["error"].as_str().unwrap().contains("size mismatch"),
-        "{v}"
-    );
-    assert_eq!(v["details"][0]["got"]["size_bytes"], 10);
-}
-
-#[tokio::test]
-async fn publish_part_larger_than_declared_is_422() {
-    let e = env();
-    let rel = e.release("1.0.0");
-    let mut parts = rel.artifacts.clone();
-    parts[1].1.extend_from_slice(b"more");
-    let v = e
-        .form_expect(form(&rel.manifest, &rel.signature, &parts), 422)
-        .await;
-    assert!(
-        v["error"].as_str().unwrap().contains("larger than the"),
-        "{v}"
-    );
 }
 
 #[tokio::test]
@@ -538,42 +557,134 @@ async fn publish_version_equal_by_precedence_is_409() {
 
 // ---- URLs: names, traversal, unknown things ----
 
-#[test]
-fn url_product_dotdot_is_400() {
-    let e = env();
-    let (status, _, body) = raw_get(e.server.addr(), "/api/v1/../manifest");
-    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
-    let v: Value = serde_json::from_slice(&body).unwrap();
-    assert!(v["error"].as_str().unwrap().contains("product name"), "{v}");
-}
-
-#[test]
-fn url_product_percent_encoded_dotdot_is_400() {
-    let e = env();
-    let (status, _, _) = raw_get(e.server.addr(), "/api/v1/%2e%2e/manifest");
-    assert_eq!(status, 400);
-    let (status, _, _) = raw_get(e.server.addr(), "/api/v1/%2E%2E/releases");
-    assert_eq!(status, 400);
-}
-
-#[test]
-fn url_product_percent_encoded_slash_is_400() {
-    let e = env();
-    let (status, _, _) = raw_get(e.server.addr(), "/api/v1/..%2f..%2fetc/manifest");
-    assert_eq!(status, 400);
-}
-
-#[test]
-fn url_artifact_traversal_is_400() {
-    let e = env();
-    for path in [
+/// GETs of URLs (sent as raw HTTP, so that `..` and `%2e%2e` reach the server as they are)
+/// that must fail: (case, path, status, text the error sentence contains).
+const URL_CASES: &[(&str, &str, u16, &str)] = &[
+    ("product ..", "/api/v1/../manifest", 400, "product name"),
+    ("product %2e%2e", "/api/v1/%2e%2e/manifest", 400, ""),
+    (
+        "product %2E%2E, releases",
+        "/api/v1/%2E%2E/releases",
+        400,
+        "",
+    ),
+    (
+        "product with %2f",
+        "/api/v1/..%2f..%2fetc/manifest",
+        400,
+        "",
+    ),
+    (
+        "artifact with %2f",
         "/api/v1/quantix-os/releases/1.0.0/..%2f..%2f..%2fetc%2fpasswd",
+        400,
+        "",
+    ),
+    (
+        "artifact %2e%2e",
         "/api/v1/quantix-os/releases/1.0.0/%2e%2e",
+        400,
+        "",
+    ),
+    (
+        "hidden artifact",
         "/api/v1/quantix-os/releases/1.0.0/.yanked",
+        400,
+        "",
+    ),
+    (
+        "version %2e%2e",
         "/api/v1/quantix-os/releases/%2e%2e/manifest.json",
-    ] {
-        let (status, _, body) = raw_get(e.server.addr(), path);
-        assert_eq!(status, 400, "{path}: {}", String::from_utf8_lossy(&body));
+        400,
+        "",
+    ),
+    (
+        "channel query with %2f",
+        "/api/v1/quantix-os/manifest?channel=..%2f..%2fetc",
+        400,
+        "",
+    ),
+    ("uppercase product", "/api/v1/Quantix-OS/manifest", 400, ""),
+    ("empty product", "/api/v1//manifest", 400, "empty"),
+    (
+        "version not SemVer",
+        "/api/v1/quantix-os/releases/latest/qx-node.tar.zst",
+        400,
+        "SemVer",
+    ),
+    (
+        "unknown product, manifest",
+        "/api/v1/nothing-here/manifest",
+        404,
+        "",
+    ),
+    (
+        "unknown product, releases",
+        "/api/v1/nothing-here/releases",
+        404,
+        "",
+    ),
+    (
+        "unconfigured channel",
+        "/api/v1/quantix-os/manifest?channel=nightly",
+        404,
+        "not configured",
+    ),
+    (
+        "channel without releases",
+        "/api/v1/quantix-os/manifest?channel=dev",
+        404,
+        "",
+    ),
+    (
+        "unknown version",
+        "/api/v1/quantix-os/releases/9.9.9/qx-node.tar.zst",
+        404,
+        "",
+    ),
+    (
+        "artifact not in the release",
+        "/api/v1/quantix-os/releases/1.0.0/other.tar.zst",
+        404,
+        "qx-node.tar.zst",
+    ),
+    ("unknown endpoint", "/api/v2/anything", 404, ""),
+    (
+        "65-character product",
+        "/api/v1/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/manifest",
+        400,
+        "",
+    ),
+];
+
+#[tokio::test]
+async fn bad_urls_get_json_errors() {
+    let e = env();
+    published(&e.server, &e.release("1.0.0")).await;
+    for &(name, path, status, has) in URL_CASES {
+        let (got, head, body) = raw_get(e.server.addr(), path);
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(got, status, "{name}: GET {path}: {text}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{name}: GET {path}: not JSON: {head}"
+        );
+        let v: Value = serde_json::from_slice(&body)
+            .unwrap_or_else(|err| panic!("{name}: GET {path}: not JSON ({err}): {text}"));
+        let error = v["error"].as_str().unwrap_or("");
+        assert!(
+            !error.is_empty(),
+            "{name}: GET {path}: no error sentence: {v}"
+        );
+        assert!(
+            v["details"].is_array(),
+            "{name}: GET {path}: no details: {v}"
+        );
+        assert!(
+            error.contains(has),
+            "{name}: GET {path}: {has:?} expected in {v}"
+        );
     }
 }
 
@@ -587,119 +698,6 @@ fn url_literal_dotdot_segments_match_no_route_404() {
     );
     assert_eq!(status, 404);
     assert!(!String::from_utf8_lossy(&body).contains('x') || body.starts_with(b"{"));
-}
-
-#[test]
-fn url_channel_query_traversal_is_400() {
-    let e = env();
-    let (status, _, _) = raw_get(
-        e.server.addr(),
-        "/api/v1/quantix-os/manifest?channel=..%2f..%2fetc",
-    );
-    assert_eq!(status, 400);
-}
-
-#[tokio::test]
-async fn url_uppercase_product_is_400() {
-    let e = env();
-    expect_error(get(&e.server, "/api/v1/Quantix-OS/manifest").await, 400).await;
-}
-
-#[tokio::test]
-async fn url_65_char_product_is_400() {
-    let e = env();
-    let p = "a".repeat(65);
-    expect_error(get(&e.server, &format!("/api/v1/{p}/manifest")).await, 400).await;
-}
-
-#[tokio::test]
-async fn url_empty_product_is_400() {
-    let e = env();
-    let v = expect_error(get(&e.server, "/api/v1//manifest").await, 400).await;
-    assert!(v["error"].as_str().unwrap().contains("empty"), "{v}");
-}
-
-#[tokio::test]
-async fn url_non_semver_version_is_400() {
-    let e = env();
-    let v = expect_error(
-        get(
-            &e.server,
-            "/api/v1/quantix-os/releases/latest/qx-node.tar.zst",
-        )
-        .await,
-        400,
-    )
-    .await;
-    assert!(v["error"].as_str().unwrap().contains("SemVer"), "{v}");
-}
-
-#[tokio::test]
-async fn unknown_product_manifest_is_404() {
-    let e = env();
-    expect_error(get(&e.server, "/api/v1/nothing-here/manifest").await, 404).await;
-}
-
-#[tokio::test]
-async fn unknown_product_releases_is_404() {
-    let e = env();
-    expect_error(get(&e.server, "/api/v1/nothing-here/releases").await, 404).await;
-}
-
-#[tokio::test]
-async fn unconfigured_channel_is_404() {
-    let e = env();
-    published(&e.server, &e.release("1.0.0")).await;
-    let v = expect_error(
-        get(&e.server, "/api/v1/quantix-os/manifest?channel=nightly").await,
-        404,
-    )
-    .await;
-    assert!(
-        v["error"].as_str().unwrap().contains("not configured"),
-        "{v}"
-    );
-}
-
-#[tokio::test]
-async fn empty_channel_manifest_is_404() {
-    let e = env();
-    published(&e.server, &e.release("1.0.0")).await;
-    expect_error(
-        get(&e.server, "/api/v1/quantix-os/manifest?channel=dev").await,
-        404,
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn unknown_version_artifact_is_404() {
-    let e = env();
-    published(&e.server, &e.release("1.0.0")).await;
-    expect_error(
-        get(
-            &e.server,
-            "/api/v1/quantix-os/releases/9.9.9/qx-node.tar.zst",
-        )
-        .await,
-        404,
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn unknown_artifact_is_404() {
-    let e = env();
-    published(&e.server, &e.release("1.0.0")).await;
-    let v = expect_error(
-        get(&e.server, "/api/v1/quantix-os/releases/1.0.0/other.tar.zst").await,
-        404,
-    )
-    .await;
-    assert!(
-        v["error"].as_str().unwrap().contains("qx-node.tar.zst"),
-        "{v}"
-    );
 }
 
 #[tokio::test]
@@ -718,24 +716,17 @@ async fn file_in_release_dir_but_not_in_manifest_is_404() {
     .await;
 }
 
-#[tokio::test]
-async fn unknown_endpoint_is_404_json() {
-    let e = env();
-    expect_error(get(&e.server, "/api/v2/anything").await, 404).await;
-}
-
 // ---- ranges ----
 
 async fn range_of(e: &Env, range: &str) -> reqwest::Response {
-    client()
-        .get(format!(
+    get_with(
+        &format!(
             "{}/api/v1/quantix-os/releases/1.0.0/qx-console.bin",
             e.server.url()
-        ))
-        .header("Range", range)
-        .send()
-        .await
-        .unwrap()
+        ),
+        &[("Range", range)],
+    )
+    .await
 }
 
 #[tokio::test]
@@ -899,15 +890,11 @@ async fn promote_with_artifact_parts_is_422() {
 #[tokio::test]
 async fn yank_unknown_release_is_404() {
     let e = env();
-    let res = client()
-        .delete(format!(
-            "{}/api/v1/quantix-os/releases/1.0.0",
-            e.server.url()
-        ))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let res = delete_authorized(&format!(
+        "{}/api/v1/quantix-os/releases/1.0.0",
+        e.server.url()
+    ))
+    .await;
     expect_error(res, 404).await;
 }
 

@@ -1,8 +1,5 @@
 //! Interrupted and concurrent publishes, a crash of the real server binary, HTTPS, and bad
 //! configuration at start.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -11,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use qx_testkit::server::TestServer;
 
 const BOUNDARY: &str = "qx-test-boundary-7d9f";

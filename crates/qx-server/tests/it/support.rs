@@ -1,6 +1,5 @@
 //! Shared pieces of the server's integration tests: a signing key, real releases (tar.zst
 //! artifacts, signed manifests), publish requests, raw HTTP on a TCP socket.
-#![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -55,7 +54,6 @@ pub fn tar_zst(name: &str, content: &[u8]) -> Vec<u8> {
 #[derive(Clone)]
 pub struct Release {
     pub product: String,
-    pub channel: String,
     pub version: String,
     pub manifest: Vec<u8>,
     pub signature: String,
@@ -133,7 +131,6 @@ impl Release {
         let signature = signer.sign(&manifest);
         Self {
             product: v["product"].as_str().unwrap_or("").to_owned(),
-            channel: v["channel"].as_str().unwrap_or("").to_owned(),
             version: v["version"].as_str().unwrap_or("").to_owned(),
             manifest,
             signature,
@@ -297,4 +294,23 @@ pub fn staging_entries(root: &Path) -> Vec<String> {
             .collect(),
         Err(_) => Vec::new(),
     }
+}
+
+/// GET `url` with extra request headers.
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut req = client().get(url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.send().await.expect("send GET")
+}
+
+/// DELETE `url` with the publish token (a yank).
+pub async fn delete_authorized(url: &str) -> reqwest::Response {
+    client()
+        .delete(url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("send DELETE")
 }

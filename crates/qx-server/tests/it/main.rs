@@ -1,0 +1,9 @@
+//! The server's integration tests, one binary: real servers on loopback ports the OS picks,
+//! real signed releases.
+#![allow(clippy::unwrap_used)]
+
+mod api;
+mod bad_input;
+mod robustness;
+mod routes;
+mod support;
