@@ -356,7 +356,7 @@ impl GrubEnv {
             .map_err(|e| BootError::io(path, "write grubenv", e))?;
         f.sync_all()
             .map_err(|e| BootError::io(path, "fsync grubenv", e))?;
-        crate::fsutil::fsync_parent(path)
+        Ok(qx_core::fs::fsync_parent(path)?)
     }
 
     /// Read-modify-write the block at `path` under an exclusive lock: `change`
