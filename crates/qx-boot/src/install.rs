@@ -172,8 +172,6 @@ fn write_slot(
     req: &InstallRequest,
     log: &mut UpdateLog,
 ) -> Result<InstallReport> {
-    let envpath = ctx.grubenv_path();
-    let tries = ctx.config.tries;
     // 1. the target's file system; refused if its device is in use (mounting
     // leaves the files in it as they are)
     let mounted = SlotFs::open(ctx.config, ctx.root, target, false)?;
@@ -181,7 +179,9 @@ fn write_slot(
     let target_desc = mounted.describe();
 
     // 2. make the target unbootable before changing it
-    GrubEnv::update(&envpath, |env| slotenv::make_unbootable(env, target))?;
+    GrubEnv::update(&ctx.grubenv_path(), |env| {
+        slotenv::make_unbootable(env, target)
+    })?;
     history::log(
         log,
         &format!(
@@ -217,8 +217,31 @@ fn write_slot(
     }
     mounted.close()?;
 
-    // 6. switch GRUB to the new slot
-    GrubEnv::update(&envpath, |env| slotenv::try_next(env, target, tries))?;
+    // 6. switch GRUB to the new slot; 7. pending state
+    let state = switch_to(ctx, booted, target, &req.version, log)?;
+    Ok(InstallReport {
+        from: booted,
+        to: target,
+        version: req.version.clone(),
+        target: target_desc,
+        files,
+        tries: ctx.config.tries,
+        state,
+    })
+}
+
+/// Steps 6 and 7: GRUB tries `target` next; the state file says the update is pending.
+fn switch_to(
+    ctx: &AbContext,
+    booted: Slot,
+    target: Slot,
+    version: &str,
+    log: &mut UpdateLog,
+) -> Result<AbState> {
+    let tries = ctx.config.tries;
+    GrubEnv::update(&ctx.grubenv_path(), |env| {
+        slotenv::try_next(env, target, tries)
+    })?;
     history::log(
         log,
         &format!(
@@ -227,26 +250,15 @@ fn write_slot(
             ok_key(target)
         ),
     );
-
-    // 7. pending state
-    let state = AbState::pending(booted, target, &req.version, Timestamp::now());
+    let state = AbState::pending(booted, target, version, Timestamp::now());
     state.store(ctx.root)?;
     history::log(
         log,
         &format!(
-            "install: version {} pending in slot {target}; reboot to try it ({tries} attempts)",
-            req.version
+            "install: version {version} pending in slot {target}; reboot to try it ({tries} attempts)"
         ),
     );
-    Ok(InstallReport {
-        from: booted,
-        to: target,
-        version: req.version.clone(),
-        target: target_desc,
-        files,
-        tries,
-        state,
-    })
+    Ok(state)
 }
 
 /// One file to write into the slot: its name there, where it comes from, and

@@ -140,7 +140,8 @@ mod tests {
     #[test]
     fn verbs_set_their_variables_in_grub_editenv_order() {
         type Verb = fn(&mut GrubEnv) -> Result<()>;
-        let cases: [(&str, Verb, &[(&str, &str)]); 5] = [
+        type Case = (&'static str, Verb, &'static [(&'static str, &'static str)]);
+        let cases: [Case; 5] = [
             (
                 "make_unbootable",
                 |e| make_unbootable(e, Slot::B),
