@@ -93,10 +93,12 @@ fn verify_marks_booted_slot_good_and_resets_tries() {
         text.contains("slot A marked good (3 boot attempts)"),
         "{text}"
     );
-    assert_eq!(sb.var("A_LEFT").as_deref(), Some("3"));
-    assert_eq!(sb.var("A_OK").as_deref(), Some("1"));
-    assert_eq!(sb.var("ORDER").as_deref(), Some("A B"));
-    assert_eq!(sb.var("X_UNKNOWN").as_deref(), Some("keep me"));
+    sb.assert_vars(&[
+        ("A_LEFT", "3"),
+        ("A_OK", "1"),
+        ("ORDER", "A B"),
+        ("X_UNKNOWN", "keep me"),
+    ]);
     // unknown key kept in its place, new keys appended (grub-editenv order)
     assert_eq!(
         sb.env(),
@@ -163,9 +165,7 @@ fn verify_completes_pending_update_of_booted_slot() {
             ..
         }
     ));
-    assert_eq!(sb.var("B_LEFT").as_deref(), Some("3"));
-    assert_eq!(sb.var("B_OK").as_deref(), Some("1"));
-    assert_eq!(sb.var("ORDER").as_deref(), Some("B A"));
+    sb.assert_vars(&[("B_LEFT", "3"), ("B_OK", "1"), ("ORDER", "B A")]);
     let s = state(&sb);
     assert!(!s.pending);
     assert_eq!(s.outcome, Some(Outcome::Success));
@@ -199,8 +199,7 @@ fn verify_on_old_slot_keeps_a_waiting_update_first() {
             ..
         }
     ));
-    assert_eq!(sb.var("ORDER").as_deref(), Some("B A"));
-    assert_eq!(sb.var("A_LEFT").as_deref(), Some("3"));
+    sb.assert_vars(&[("ORDER", "B A"), ("A_LEFT", "3")]);
     assert!(state(&sb).pending);
 }
 
@@ -225,8 +224,7 @@ fn boot_check_records_rollback_once() {
         .reason
         .as_deref()
         .is_some_and(|r| r.contains("3 attempts")));
-    assert_eq!(sb.var("B_OK").as_deref(), Some("0"));
-    assert_eq!(sb.var("ORDER").as_deref(), Some("A B"));
+    sb.assert_vars(&[("B_OK", "0"), ("ORDER", "A B")]);
     // A's counter is not boot-check's business (verify resets it)
     assert_eq!(sb.var("A_LEFT").as_deref(), Some("2"));
     let h = sb.history();
@@ -499,9 +497,7 @@ fn install_with_wrong_sha256_leaves_slot_unbootable_and_state_untouched() {
     let err = install_image(&sb.ctx(&cfg), &req).expect_err("mismatch");
     assert!(matches!(err, BootError::HashMismatch { .. }), "{err}");
     assert!(err.to_string().contains("sha256 mismatch"), "{err}");
-    assert_eq!(sb.var("B_LEFT").as_deref(), Some("0"));
-    assert_eq!(sb.var("B_OK").as_deref(), Some("0"));
-    assert_eq!(sb.var("ORDER").as_deref(), Some("A B"));
+    sb.assert_vars(&[("B_LEFT", "0"), ("B_OK", "0"), ("ORDER", "A B")]);
     assert_eq!(AbState::load(sb.root()).expect("load"), None);
     assert!(!sb.path("/slots/b/system.squashfs").exists());
     assert!(!sb.path("/slots/b/.system.squashfs.qx-new").exists());

@@ -131,6 +131,13 @@ impl Sandbox {
             .map(str::to_owned)
     }
 
+    /// Each variable has the value given, as read by our parser.
+    pub fn assert_vars(&self, want: &[(&str, &str)]) {
+        for (key, value) in want {
+            assert_eq!(self.var(key).as_deref(), Some(*value), "grubenv {key}");
+        }
+    }
+
     pub fn read(&self, p: &str) -> Option<String> {
         fs::read_to_string(self.path(p)).ok()
     }
