@@ -144,7 +144,8 @@ fn run_ab(config: Option<&Path>, root: &Path, json: bool, cmd: &qx_boot::cli::Ab
             return 1;
         }
     };
-    match qx_boot::cli::run(cmd, &config.ab, root, json) {
+    let ctx = qx_boot::AbContext::new(&config.ab, root, &config.log_path);
+    match qx_boot::cli::run(cmd, &ctx, json) {
         Ok(code) => code,
         Err(e) => {
             if json {

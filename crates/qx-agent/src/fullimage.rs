@@ -25,7 +25,7 @@
 use std::path::PathBuf;
 
 use qx_boot::install::InstalledFile;
-use qx_boot::{AbState, ImageFile, InstallRequest, Sha256Digest, Slot};
+use qx_boot::{AbContext, AbState, ImageFile, InstallRequest, Slot};
 use qx_core::status::{HistoryEntry, Outcome, UpdateState};
 use qx_core::{ArtifactRef, FullImage, Manifest, TargetSlot, Version};
 use serde::Serialize;
@@ -147,7 +147,7 @@ pub fn system_change(
     let state = AbState::load(root).map_err(boot_err(&offered))?;
     let installed = state
         .as_ref()
-        .filter(|s| s.to == booted && (s.pending || s.outcome == Some(qx_boot::Outcome::Success)))
+        .filter(|s| s.to == booted && (s.pending || s.outcome == Some(Outcome::Success)))
         .map(|s| s.version.clone());
     let change = |installed: Option<String>, action: String| ComponentChange {
         name: SYSTEM.into(),
@@ -178,7 +178,7 @@ pub fn system_change(
                     false,
                 )));
             }
-            if s.outcome == Some(qx_boot::Outcome::RolledBack) {
+            if s.outcome == Some(Outcome::RolledBack) {
                 return Ok(Some((
                     change(
                         installed,
@@ -275,9 +275,11 @@ pub fn plan(
     }))
 }
 
-fn image_file(path: PathBuf, a: &ArtifactRef, version: &str) -> Result<ImageFile, AgentError> {
-    let sha256: Sha256Digest = a.sha256.to_hex().parse().map_err(boot_err(version))?;
-    Ok(ImageFile { path, sha256 })
+fn image_file(path: PathBuf, a: &ArtifactRef) -> ImageFile {
+    ImageFile {
+        path,
+        sha256: a.sha256,
+    }
 }
 
 /// Downloads every file of the image into `staging/system-<version>/` (resumed and verified).
@@ -297,12 +299,10 @@ pub fn download(agent: &Agent, plan: &Plan, log: &mut UpdateLog) -> Result<Stage
         .chain(img.initramfs.iter().cloned())
         .collect();
     let downloaded = crate::apply::download_artifacts(agent, &plan.version, &dir, &files, log)?;
-    let got = downloaded
+    let mut got = downloaded
         .into_iter()
         .zip(&files)
-        .map(|(path, a)| image_file(path, a, &plan.version))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut got = got.into_iter();
+        .map(|(path, a)| image_file(path, a));
     let system = got.next().ok_or_else(|| AgentError::Io {
         path: dir.clone(),
         source: std::io::Error::other("no system image was downloaded"),
@@ -345,8 +345,9 @@ pub fn install(
             .unwrap_or_else(|| "(inactive)".into())
     ));
     log.sync();
-    let ab = &agent.config().ab;
-    let result = qx_boot::install_image(ab, agent.root(), &req);
+    let config = agent.config();
+    let ctx = AbContext::new(&config.ab, agent.root(), &config.log_path);
+    let result = qx_boot::install_image(&ctx, &req);
     let r = match result {
         Ok(r) => r,
         Err(e) => {

@@ -1,12 +1,12 @@
 //! The A/B state machine: what GRUB's environment and the state file say, and
 //! the boot-time operations that move them forward.
 //!
-//! GRUB environment (see packaging/grub/README.md):
-//! - `ORDER`: the slots in boot preference order, `"A B"` or `"B A"`;
-//! - `A_LEFT`, `B_LEFT`: boot attempts left (GRUB decrements before booting);
-//! - `A_OK`, `B_OK`: `1` once the slot has booted and passed its health checks.
+//! GRUB's side of the state (`ORDER`, `X_LEFT`, `X_OK`; see
+//! packaging/grub/README.md) is read and changed only through the verbs of
+//! [`crate::slotenv`].
 //!
-//! Operations, each taking the configuration and the root prefix:
+//! Operations, each taking an [`AbContext`] (the configuration, the root
+//! prefix and the update log the agent's configuration names):
 //! - [`status`]: read-only view;
 //! - [`boot_check`] (early boot): record a rollback when GRUB abandoned a
 //!   pending update;
@@ -23,79 +23,63 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
+use qx_core::fs::{create_dir_all_durable, under_root};
+use qx_core::{HistoryEntry, Outcome, UpdateLog};
 use serde::Serialize;
 
 use crate::config::{AbConfig, SlotTarget};
 use crate::error::{BootError, Result};
-use crate::fsutil::{create_dir_all_durable, under_root};
 use crate::grubenv::GrubEnv;
 use crate::health::{run_check, CheckResult};
-use crate::history::{self, HistoryEntry};
+use crate::history;
 use crate::slot::Slot;
-use crate::state::{AbState, Outcome};
-
-/// grubenv variable holding the slot order.
-pub const ORDER: &str = "ORDER";
+use crate::slotenv::{self, is_good, left_key, next_boot, ok_key, order, tries_left};
+use crate::state::AbState;
 
 /// Lock file serialising A/B operations.
 pub const LOCK_PATH: &str = "/quantix/ab.lock";
 
-/// grubenv variable with the boot attempts left of `slot` (`A_LEFT`).
-pub fn left_key(slot: Slot) -> String {
-    format!("{slot}_LEFT")
+/// Where an A/B operation works: the agent's A/B configuration, the host root
+/// that host paths are resolved under, and the update log.
+#[derive(Clone, Copy, Debug)]
+pub struct AbContext<'a> {
+    /// `updates.ab` of the agent's configuration.
+    pub config: &'a AbConfig,
+    /// The root prefix (`--root`): grubenv, state file, history, lock and
+    /// slot directories are resolved under it.
+    pub root: &'a Path,
+    /// The update log (`updates.log_path` of the agent's configuration), as a
+    /// path on this machine: it is used as it is, not resolved under `root`.
+    pub log_path: &'a Path,
 }
 
-/// grubenv variable with the good flag of `slot` (`A_OK`).
-pub fn ok_key(slot: Slot) -> String {
-    format!("{slot}_OK")
-}
-
-/// Boot attempts left for `slot`, as GRUB sees them: a missing or
-/// unrecognised value counts as 0 (GRUB's lookup chain only knows 1..=9).
-pub fn tries_left(env: &GrubEnv, slot: Slot) -> u8 {
-    match env.get(&left_key(slot)) {
-        Some(v) if v.len() == 1 => v
-            .parse::<u8>()
-            .ok()
-            .filter(|n| *n <= crate::config::MAX_TRIES)
-            .unwrap_or(0),
-        _ => 0,
-    }
-}
-
-/// Whether `slot` is marked good (`X_OK=1`).
-pub fn is_good(env: &GrubEnv, slot: Slot) -> bool {
-    env.get(&ok_key(slot)) == Some("1")
-}
-
-/// The slot order as GRUB walks it: the words of `ORDER` that are `A` or `B`
-/// (each once); `"A B"` when `ORDER` is not set (the fragment's default).
-pub fn order(env: &GrubEnv) -> Vec<Slot> {
-    let raw = env.get(ORDER).unwrap_or("A B");
-    let mut out = Vec::new();
-    for word in raw.split_ascii_whitespace() {
-        if let Ok(s) = word.parse::<Slot>() {
-            if !out.contains(&s) {
-                out.push(s);
-            }
+impl<'a> AbContext<'a> {
+    pub fn new(config: &'a AbConfig, root: &'a Path, log_path: &'a Path) -> Self {
+        AbContext {
+            config,
+            root,
+            log_path,
         }
     }
-    out
-}
 
-/// The slot GRUB will pick on the next boot, `None` if no slot has attempts
-/// left (GRUB's rescue path).
-pub fn next_boot(env: &GrubEnv) -> Option<Slot> {
-    order(env).into_iter().find(|s| tries_left(env, *s) > 0)
-}
+    /// The GRUB environment block under the root.
+    pub fn grubenv_path(&self) -> PathBuf {
+        under_root(self.root, &self.config.grubenv)
+    }
 
-/// Set `ORDER` so that `first` comes first.
-pub fn set_first(env: &mut GrubEnv, first: Slot) -> Result<()> {
-    env.set(ORDER, &format!("{first} {}", first.other()))
-}
+    /// The update log, opened for appending.
+    pub(crate) fn open_log(&self) -> UpdateLog {
+        UpdateLog::open(self.log_path)
+    }
 
-pub(crate) fn grubenv_path(cfg: &AbConfig, root: &Path) -> PathBuf {
-    under_root(root, &cfg.grubenv)
+    /// Validate the configuration, find the booted slot and take the A/B lock:
+    /// the start of every operation that changes something.
+    pub(crate) fn begin(&self) -> Result<(Slot, AbLock)> {
+        self.config.validate()?;
+        let booted = Slot::booted(self.root)?;
+        let lock = lock(self.root)?;
+        Ok((booted, lock))
+    }
 }
 
 /// Exclusive lock held by every changing operation; released on drop.
@@ -117,6 +101,20 @@ pub(crate) fn lock(root: &Path) -> Result<AbLock> {
     rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
         .map_err(|e| BootError::io(&path, "lock", e.into()))?;
     Ok(AbLock { _file: file })
+}
+
+/// Close the pending update `state` with `outcome`: the state file and the
+/// history both record it.
+fn finish_update(
+    root: &Path,
+    mut state: AbState,
+    outcome: Outcome,
+    reason: &str,
+) -> Result<HistoryEntry> {
+    let now = Timestamp::now();
+    state.finish(outcome, reason, now);
+    state.store(root)?;
+    history::record(root, now, &state.version, outcome, reason)
 }
 
 /// One slot in [`AbStatus`].
@@ -151,15 +149,15 @@ pub struct AbStatus {
 }
 
 /// Read-only view: booted slot, grubenv, state file.
-pub fn status(cfg: &AbConfig, root: &Path) -> Result<AbStatus> {
-    cfg.validate()?;
-    let (booted, booted_error) = match Slot::booted(root) {
+pub fn status(ctx: &AbContext) -> Result<AbStatus> {
+    ctx.config.validate()?;
+    let (booted, booted_error) = match Slot::booted(ctx.root) {
         Ok(s) => (Some(s), None),
         Err(e) => (None, Some(e.to_string())),
     };
-    let path = grubenv_path(cfg, root);
+    let path = ctx.grubenv_path();
     let env = GrubEnv::read(&path)?;
-    let state = AbState::load(root)?;
+    let state = AbState::load(ctx.root)?;
     Ok(AbStatus {
         booted,
         booted_error,
@@ -173,7 +171,7 @@ pub fn status(cfg: &AbConfig, root: &Path) -> Result<AbStatus> {
                 tries_left: tries_left(&env, slot),
                 good: is_good(&env, slot),
                 booted: booted == Some(slot),
-                target: cfg.slot(slot).clone(),
+                target: ctx.config.slot(slot).clone(),
             })
             .collect(),
         state,
@@ -210,47 +208,55 @@ pub enum BootCheck {
     },
 }
 
+impl BootCheck {
+    /// One line saying what was found: the update log's `boot-check:` line
+    /// and the CLI's output are both made from it.
+    pub fn summary(&self) -> String {
+        match self {
+            BootCheck::NoPendingUpdate { booted } => {
+                format!("booted slot {booted}; no update pending")
+            }
+            BootCheck::TrialBoot {
+                slot,
+                version,
+                tries_left,
+            } => format!(
+                "trial boot of version {version} in slot {slot}; {tries_left} attempt(s) left \
+                 after this one"
+            ),
+            BootCheck::RolledBack { reason, .. } => format!("rollback: {reason}"),
+            BootCheck::PendingNotBooted {
+                pending,
+                booted,
+                version,
+                tries_left,
+            } => format!(
+                "booted slot {booted}; version {version} is still pending in slot {pending} \
+                 ({tries_left} attempt(s) left; chosen by hand in the boot menu?)"
+            ),
+        }
+    }
+}
+
 /// Early boot: if an update is pending for slot X, we booted the other slot
 /// and X has no attempts left, GRUB has fallen back: record the rollback in
 /// the state file, the update log and the history, and mark X not good.
-pub fn boot_check(cfg: &AbConfig, root: &Path) -> Result<BootCheck> {
-    cfg.validate()?;
-    let booted = Slot::booted(root)?;
-    let _lock = lock(root)?;
-    let result = check_pending(cfg, root, booted)?;
-    let msg = match &result {
-        BootCheck::NoPendingUpdate { booted } => {
-            format!("boot-check: booted slot {booted}; no update pending")
-        }
-        BootCheck::TrialBoot {
-            slot,
-            version,
-            tries_left,
-        } => format!(
-            "boot-check: trial boot of version {version} in slot {slot} \
-             ({tries_left} attempts left after this one)"
-        ),
-        BootCheck::RolledBack { reason, .. } => format!("boot-check: rollback: {reason}"),
-        BootCheck::PendingNotBooted {
-            pending,
-            booted,
-            version,
-            tries_left,
-        } => format!(
-            "boot-check: booted slot {booted}, but version {version} is pending in slot \
-             {pending} with {tries_left} attempts left (chosen by hand in the boot menu?)"
-        ),
-    };
-    history::log(root, &msg)?;
+pub fn boot_check(ctx: &AbContext) -> Result<BootCheck> {
+    let (booted, _lock) = ctx.begin()?;
+    let result = check_pending(ctx, booted)?;
+    history::log(
+        &mut ctx.open_log(),
+        &format!("boot-check: {}", result.summary()),
+    );
     Ok(result)
 }
 
 /// The shared part of boot-check and verify; the caller holds the lock.
-fn check_pending(cfg: &AbConfig, root: &Path, booted: Slot) -> Result<BootCheck> {
-    let Some(mut state) = AbState::load(root)?.filter(|s| s.pending) else {
+fn check_pending(ctx: &AbContext, booted: Slot) -> Result<BootCheck> {
+    let Some(state) = AbState::load(ctx.root)?.filter(|s| s.pending) else {
         return Ok(BootCheck::NoPendingUpdate { booted });
     };
-    let path = grubenv_path(cfg, root);
+    let path = ctx.grubenv_path();
     if state.to == booted {
         let env = GrubEnv::read(&path)?;
         return Ok(BootCheck::TrialBoot {
@@ -263,9 +269,7 @@ fn check_pending(cfg: &AbConfig, root: &Path, booted: Slot) -> Result<BootCheck>
     let left = GrubEnv::update(&path, |env| {
         let left = tries_left(env, failed);
         if left == 0 {
-            env.set(&ok_key(failed), "0")?;
-            env.set(&left_key(failed), "0")?;
-            set_first(env, booted)?;
+            slotenv::fall_back(env, failed)?;
         }
         Ok(left)
     })?;
@@ -280,16 +284,14 @@ fn check_pending(cfg: &AbConfig, root: &Path, booted: Slot) -> Result<BootCheck>
     let reason = format!(
         "version {} in slot {failed} did not complete a good boot within {} attempts; \
          GRUB fell back to slot {booted}",
-        state.version, cfg.tries
+        state.version, ctx.config.tries
     );
-    let now = Timestamp::now();
-    state.finish(Outcome::RolledBack, &reason, now);
-    state.store(root)?;
-    history::record(root, now, &state.version, Outcome::RolledBack, &reason)?;
+    let version = state.version.clone();
+    finish_update(ctx.root, state, Outcome::RolledBack, &reason)?;
     Ok(BootCheck::RolledBack {
         failed,
         booted,
-        version: state.version,
+        version,
         reason,
     })
 }
@@ -317,84 +319,84 @@ pub struct VerifyReport {
 /// (tries reset to `tries`, `X_OK=1`, first in `ORDER`) and complete a pending
 /// update of this slot (state cleared, history "success"). A failing check
 /// leaves everything unmarked, so GRUB's counter keeps running down.
-pub fn verify(cfg: &AbConfig, root: &Path) -> Result<VerifyReport> {
-    cfg.validate()?;
-    let booted = Slot::booted(root)?;
-    let _lock = lock(root)?;
-    let boot_check = check_pending(cfg, root, booted)?;
+pub fn verify(ctx: &AbContext) -> Result<VerifyReport> {
+    let (booted, _lock) = ctx.begin()?;
+    let boot_check = check_pending(ctx, booted)?;
+    let mut log = ctx.open_log();
     if let BootCheck::RolledBack { reason, .. } = &boot_check {
-        history::log(root, &format!("verify: rollback: {reason}"))?;
+        history::log(&mut log, &format!("verify: rollback: {reason}"));
     }
+    let checks = run_health_checks(ctx.config, booted, &mut log);
+    let passed = checks.iter().all(|c| c.passed);
+    let (marked_good, tries_left, completed) = if passed {
+        let reason = format!(
+            "slot {booted} booted and passed {} health check(s)",
+            checks.len()
+        );
+        let (left, completed) = mark_booted_good(ctx, booted, &reason, &mut log)?;
+        (true, left, completed)
+    } else {
+        (false, log_not_marked(ctx, booted, &mut log)?, None)
+    };
+    Ok(VerifyReport {
+        slot: booted,
+        boot_check,
+        checks,
+        passed,
+        marked_good,
+        tries_left,
+        completed,
+    })
+}
+
+/// Run the configured health checks in the booted slot, one update-log line each.
+fn run_health_checks(cfg: &AbConfig, booted: Slot, log: &mut UpdateLog) -> Vec<CheckResult> {
     let checks: Vec<CheckResult> = cfg
         .health_checks
         .iter()
         .map(|argv| run_check(argv, cfg.health_check_timeout, booted))
         .collect();
     for c in &checks {
+        let detail = match (&c.error, c.output.trim()) {
+            (Some(e), "") => format!(": {e}"),
+            (Some(e), out) => format!(": {e}; output: {out}"),
+            (None, _) => String::new(),
+        };
         history::log(
-            root,
+            log,
             &format!(
-                "verify: health check {:?}: {} ({} ms){}",
+                "verify: health check {:?}: {} ({} ms){detail}",
                 c.argv,
                 if c.passed { "passed" } else { "FAILED" },
                 c.duration_ms,
-                match (&c.error, c.output.trim()) {
-                    (Some(e), "") => format!(": {e}"),
-                    (Some(e), out) => format!(": {e}; output: {out}"),
-                    (None, _) => String::new(),
-                }
             ),
-        )?;
+        );
     }
-    let passed = checks.iter().all(|c| c.passed);
-    if !passed {
-        let env = GrubEnv::read(&grubenv_path(cfg, root))?;
-        let left = tries_left(&env, booted);
-        history::log(
-            root,
-            &format!(
-                "verify: slot {booted} NOT marked good; {left} boot attempts left{}",
-                if left == 0 {
-                    format!(", the next boot falls back to slot {}", booted.other())
-                } else {
-                    String::new()
-                }
-            ),
-        )?;
-        return Ok(VerifyReport {
-            slot: booted,
-            boot_check,
-            checks,
-            passed,
-            marked_good: false,
-            tries_left: left,
-            completed: None,
-        });
-    }
-    let reason = format!(
-        "slot {booted} booted and passed {} health check(s)",
-        checks.len()
+    checks
+}
+
+/// A failed verify: nothing is marked; say how many attempts are left.
+fn log_not_marked(ctx: &AbContext, booted: Slot, log: &mut UpdateLog) -> Result<u8> {
+    let env = GrubEnv::read(&ctx.grubenv_path())?;
+    let left = tries_left(&env, booted);
+    let next = if left == 0 {
+        format!(", the next boot falls back to slot {}", booted.other())
+    } else {
+        String::new()
+    };
+    history::log(
+        log,
+        &format!("verify: slot {booted} NOT marked good; {left} boot attempts left{next}"),
     );
-    let (left, completed) = mark_booted_good(cfg, root, booted, &reason)?;
-    Ok(VerifyReport {
-        slot: booted,
-        boot_check,
-        checks,
-        passed,
-        marked_good: true,
-        tries_left: left,
-        completed,
-    })
+    Ok(left)
 }
 
 /// Operator: mark the booted slot good without running the health checks.
-pub fn mark_good(cfg: &AbConfig, root: &Path) -> Result<VerifyReport> {
-    cfg.validate()?;
-    let booted = Slot::booted(root)?;
-    let _lock = lock(root)?;
-    let boot_check = check_pending(cfg, root, booted)?;
+pub fn mark_good(ctx: &AbContext) -> Result<VerifyReport> {
+    let (booted, _lock) = ctx.begin()?;
+    let boot_check = check_pending(ctx, booted)?;
     let reason = format!("slot {booted} marked good by the operator (qx-update ab mark-good)");
-    let (left, completed) = mark_booted_good(cfg, root, booted, &reason)?;
+    let (left, completed) = mark_booted_good(ctx, booted, &reason, &mut ctx.open_log())?;
     Ok(VerifyReport {
         slot: booted,
         boot_check,
@@ -408,55 +410,40 @@ pub fn mark_good(cfg: &AbConfig, root: &Path) -> Result<VerifyReport> {
 
 /// Mark `booted` good and complete its pending update; the lock is held.
 fn mark_booted_good(
-    cfg: &AbConfig,
-    root: &Path,
+    ctx: &AbContext,
     booted: Slot,
     reason: &str,
+    log: &mut UpdateLog,
 ) -> Result<(u8, Option<HistoryEntry>)> {
-    let state = AbState::load(root)?;
+    let tries = ctx.config.tries;
+    let state = AbState::load(ctx.root)?;
     let other_waits = state
         .as_ref()
         .is_some_and(|s| s.pending && s.to == booted.other());
-    GrubEnv::update(&grubenv_path(cfg, root), |env| {
-        env.set(&left_key(booted), &cfg.tries.to_string())?;
-        env.set(&ok_key(booted), "1")?;
+    GrubEnv::update(&ctx.grubenv_path(), |env| {
         // An update installed into the other slot that has not had its trial
         // boot yet keeps its place at the front.
-        if !(other_waits && tries_left(env, booted.other()) > 0) {
-            set_first(env, booted)?;
-        }
-        Ok(())
+        let keep_order = other_waits && tries_left(env, booted.other()) > 0;
+        slotenv::mark_good(env, booted, tries, keep_order)
     })?;
     let mut completed = None;
-    if let Some(mut s) = state.filter(|s| s.pending && s.to == booted) {
-        let now = Timestamp::now();
-        s.finish(Outcome::Success, reason, now);
-        s.store(root)?;
-        completed = Some(history::record(
-            root,
-            now,
-            &s.version,
-            Outcome::Success,
-            reason,
-        )?);
+    if let Some(s) = state.filter(|s| s.pending && s.to == booted) {
+        let version = s.version.clone();
+        completed = Some(finish_update(ctx.root, s, Outcome::Success, reason)?);
         history::log(
-            root,
-            &format!(
-                "update to version {} in slot {booted} completed: {reason}",
-                s.version
-            ),
-        )?;
+            log,
+            &format!("update to version {version} in slot {booted} completed: {reason}"),
+        );
     }
     history::log(
-        root,
+        log,
         &format!(
-            "slot {booted} marked good ({}={}, {}=1)",
+            "slot {booted} marked good ({}={tries}, {}=1)",
             left_key(booted),
-            cfg.tries,
             ok_key(booted)
         ),
-    )?;
-    Ok((cfg.tries, completed))
+    );
+    Ok((tries, completed))
 }
 
 /// What [`mark_bad`] did.
@@ -472,43 +459,30 @@ pub struct MarkBadReport {
 /// Operator: mark the booted slot bad (`X_OK=0`, `X_LEFT=0`, the other slot
 /// first), so that the next boot uses the other slot. Refused when the other
 /// slot is not good or has no attempts left: no slot would be left to boot.
-pub fn mark_bad(cfg: &AbConfig, root: &Path) -> Result<MarkBadReport> {
-    cfg.validate()?;
-    let booted = Slot::booted(root)?;
+pub fn mark_bad(ctx: &AbContext) -> Result<MarkBadReport> {
+    let (booted, _lock) = ctx.begin()?;
     let other = booted.other();
-    let _lock = lock(root)?;
-    GrubEnv::update(&grubenv_path(cfg, root), |env| {
+    GrubEnv::update(&ctx.grubenv_path(), |env| {
         if !is_good(env, other) || tries_left(env, other) == 0 {
             return Err(BootError::NoFallback {
                 slot: booted,
                 other,
             });
         }
-        env.set(&left_key(booted), "0")?;
-        env.set(&ok_key(booted), "0")?;
-        set_first(env, other)
+        slotenv::make_unbootable(env, booted)
     })?;
     let mut rolled_back = None;
-    if let Some(mut s) = AbState::load(root)?.filter(|s| s.pending && s.to == booted) {
+    if let Some(s) = AbState::load(ctx.root)?.filter(|s| s.pending && s.to == booted) {
         let reason = format!(
             "slot {booted} marked bad by the operator (qx-update ab mark-bad); \
              the next boot uses slot {other}"
         );
-        let now = Timestamp::now();
-        s.finish(Outcome::RolledBack, &reason, now);
-        s.store(root)?;
-        rolled_back = Some(history::record(
-            root,
-            now,
-            &s.version,
-            Outcome::RolledBack,
-            &reason,
-        )?);
+        rolled_back = Some(finish_update(ctx.root, s, Outcome::RolledBack, &reason)?);
     }
     history::log(
-        root,
+        &mut ctx.open_log(),
         &format!("slot {booted} marked bad; the next boot uses slot {other}"),
-    )?;
+    );
     Ok(MarkBadReport {
         slot: booted,
         next_boot: other,

@@ -5,10 +5,9 @@
 //! health check: the slot was left unmarked).
 
 use std::io::Write;
-use std::path::Path;
 
-use crate::ab::{self, AbStatus, BootCheck, MarkBadReport, VerifyReport};
-use crate::config::{AbConfig, SlotTarget};
+use crate::ab::{self, AbContext, AbStatus, BootCheck, MarkBadReport, VerifyReport};
+use crate::config::SlotTarget;
 use crate::error::{BootError, Result};
 use crate::state::AbState;
 
@@ -32,40 +31,34 @@ pub enum AbCommand {
 /// Run `cmd`, printing a human summary (or JSON with `json`) on stdout.
 /// Returns the process exit code: 0, or 1 when `verify` found a failing
 /// health check. Errors are returned for the caller to print.
-pub fn run(cmd: &AbCommand, cfg: &AbConfig, root: &Path, json: bool) -> Result<i32> {
+pub fn run(cmd: &AbCommand, ctx: &AbContext, json: bool) -> Result<i32> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    run_to(cmd, cfg, root, json, &mut out)
+    run_to(cmd, ctx, json, &mut out)
 }
 
 /// [`run`] writing to `out`.
-pub fn run_to(
-    cmd: &AbCommand,
-    cfg: &AbConfig,
-    root: &Path,
-    json: bool,
-    out: &mut dyn Write,
-) -> Result<i32> {
+pub fn run_to(cmd: &AbCommand, ctx: &AbContext, json: bool, out: &mut dyn Write) -> Result<i32> {
     let (text, code) = match cmd {
         AbCommand::Status => {
-            let s = ab::status(cfg, root)?;
+            let s = ab::status(ctx)?;
             (render(json, &s, format_status)?, 0)
         }
         AbCommand::BootCheck => {
-            let r = ab::boot_check(cfg, root)?;
+            let r = ab::boot_check(ctx)?;
             (render(json, &r, format_boot_check)?, 0)
         }
         AbCommand::Verify => {
-            let r = ab::verify(cfg, root)?;
+            let r = ab::verify(ctx)?;
             let code = if r.marked_good { 0 } else { 1 };
             (render(json, &r, format_verify)?, code)
         }
         AbCommand::MarkGood => {
-            let r = ab::mark_good(cfg, root)?;
+            let r = ab::mark_good(ctx)?;
             (render(json, &r, format_verify)?, 0)
         }
         AbCommand::MarkBad => {
-            let r = ab::mark_bad(cfg, root)?;
+            let r = ab::mark_bad(ctx)?;
             (render(json, &r, format_mark_bad)?, 0)
         }
     };
@@ -156,27 +149,11 @@ fn format_status(s: &AbStatus) -> String {
 
 fn format_boot_check(r: &BootCheck) -> String {
     match r {
-        BootCheck::NoPendingUpdate { booted } => {
-            format!("booted slot {booted}; no update pending\n")
+        BootCheck::TrialBoot { .. } => {
+            format!("{}; `qx-update ab verify` marks it good\n", r.summary())
         }
-        BootCheck::TrialBoot {
-            slot,
-            version,
-            tries_left,
-        } => format!(
-            "trial boot of version {version} in slot {slot}; {tries_left} attempt(s) left \
-             after this one; `qx-update ab verify` marks it good\n"
-        ),
         BootCheck::RolledBack { reason, .. } => format!("ROLLBACK recorded: {reason}\n"),
-        BootCheck::PendingNotBooted {
-            pending,
-            booted,
-            version,
-            tries_left,
-        } => format!(
-            "booted slot {booted}; version {version} is still pending in slot {pending} \
-             ({tries_left} attempt(s) left)\n"
-        ),
+        _ => format!("{}\n", r.summary()),
     }
 }
 

@@ -18,6 +18,11 @@ pub enum BootError {
         source: std::io::Error,
     },
 
+    /// A durable file operation (write-temp-rename, append, fsync, mkdir) failed;
+    /// the message is the one of [`qx_core::fs::FsError`].
+    #[error(transparent)]
+    Fs(#[from] qx_core::fs::FsError),
+
     /// The grubenv file is not a valid GRUB environment block. It is never
     /// rewritten in this case: a "repaired" block could boot the wrong slot.
     #[error(
@@ -68,10 +73,6 @@ pub enum BootError {
     /// The A/B configuration is not usable.
     #[error("invalid A/B configuration: {field}: {reason}")]
     Config { field: String, reason: String },
-
-    /// A `sha256` value that is not 64 hexadecimal digits.
-    #[error("invalid sha256 {value:?}: expected 64 hexadecimal digits")]
-    InvalidSha256 { value: String },
 
     /// A slot device could not be resolved, mounted or unmounted.
     #[error("slot {slot}: {device}: {detail}")]

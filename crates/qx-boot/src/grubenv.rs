@@ -198,39 +198,12 @@ impl GrubEnv {
                 ))
             })?;
             let raw = &buf[p..next - 1];
-            if raw.first() == Some(&b'#') {
-                lines.push(Line::Comment(raw.to_vec()));
+            let line = if raw.first() == Some(&b'#') {
+                Line::Comment(raw.to_vec())
             } else {
-                let eq = raw.iter().position(|&b| b == b'=').ok_or_else(|| {
-                    corrupt(format!(
-                        "line {lineno} ({:?}) is neither a comment nor name=value",
-                        String::from_utf8_lossy(raw)
-                    ))
-                })?;
-                let name = &raw[..eq];
-                if name.is_empty() {
-                    return Err(corrupt(format!("line {lineno} has an empty variable name")));
-                }
-                if name.iter().any(|&b| b == b'\\' || b == b'\n') {
-                    return Err(corrupt(format!(
-                        "line {lineno} has a backslash or newline in its variable name"
-                    )));
-                }
-                let dup = lines
-                    .iter()
-                    .any(|l| matches!(l, Line::Var { name: n, .. } if n == name));
-                if dup {
-                    return Err(corrupt(format!(
-                        "variable {} is defined twice (line {lineno})",
-                        String::from_utf8_lossy(name)
-                    )));
-                }
-                lines.push(Line::Var {
-                    name: name.to_vec(),
-                    value: unescape(&raw[eq + 1..]),
-                    raw: raw.to_vec(),
-                });
-            }
+                parse_var(raw, lineno, &lines)?
+            };
+            lines.push(line);
             p = next;
         }
         Ok(GrubEnv { lines })
@@ -356,7 +329,7 @@ impl GrubEnv {
             .map_err(|e| BootError::io(path, "write grubenv", e))?;
         f.sync_all()
             .map_err(|e| BootError::io(path, "fsync grubenv", e))?;
-        crate::fsutil::fsync_parent(path)
+        Ok(qx_core::fs::fsync_parent(path)?)
     }
 
     /// Read-modify-write the block at `path` under an exclusive lock: `change`
@@ -395,6 +368,40 @@ impl GrubEnv {
         }
         Ok(out)
     }
+}
+
+/// A `name=value` line (line number `lineno`, for messages) of a block whose
+/// earlier lines are `lines`: the name must be non-empty, unescaped and new.
+fn parse_var(raw: &[u8], lineno: usize, lines: &[Line]) -> std::result::Result<Line, ParseError> {
+    let eq = raw.iter().position(|&b| b == b'=').ok_or_else(|| {
+        corrupt(format!(
+            "line {lineno} ({:?}) is neither a comment nor name=value",
+            String::from_utf8_lossy(raw)
+        ))
+    })?;
+    let name = &raw[..eq];
+    if name.is_empty() {
+        return Err(corrupt(format!("line {lineno} has an empty variable name")));
+    }
+    if name.iter().any(|&b| b == b'\\' || b == b'\n') {
+        return Err(corrupt(format!(
+            "line {lineno} has a backslash or newline in its variable name"
+        )));
+    }
+    let dup = lines
+        .iter()
+        .any(|l| matches!(l, Line::Var { name: n, .. } if n == name));
+    if dup {
+        return Err(corrupt(format!(
+            "variable {} is defined twice (line {lineno})",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    Ok(Line::Var {
+        name: name.to_vec(),
+        value: unescape(&raw[eq + 1..]),
+        raw: raw.to_vec(),
+    })
 }
 
 /// Read a whole block file, refusing one that is not [`BLOCK_SIZE`] bytes

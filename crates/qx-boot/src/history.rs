@@ -1,41 +1,29 @@
-//! The records an operator reads after the fact: the update log
-//! (`/var/log/quantix/update.log`, one timestamped line per step) and the
-//! update history (`/data/updates/history.jsonl`, one JSON object per finished
-//! update).
+//! The records an operator reads after the fact: the update log (the agent's
+//! `updates.log_path`, one timestamped line per step, written through
+//! [`qx_core::UpdateLog`]) and the update history (`/data/updates/history.jsonl`,
+//! one [`qx_core::HistoryEntry`] per finished update, written through
+//! [`qx_core::history::append`]).
 
 use std::path::Path;
 
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
+use qx_core::fs::under_root;
+use qx_core::history::{self, HistoryEntry, Outcome, UpdateKind, HISTORY_FILE};
+use qx_core::UpdateLog;
 
 use crate::error::Result;
-use crate::fsutil::{append_line, under_root};
-use crate::state::Outcome;
 
-/// The update log on the host.
-pub const UPDATE_LOG: &str = "/var/log/quantix/update.log";
+/// Prefix of every update-log line written by the A/B code.
+pub const LOG_PREFIX: &str = "ab: ";
 
-/// The update history on the host.
-pub const HISTORY: &str = "/data/updates/history.jsonl";
-
-/// One line of the history file, for a full-image update.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HistoryEntry {
-    pub time: Timestamp,
-    /// Always `"full"` here; component updates write `"component"`.
-    pub kind: String,
-    pub version: String,
-    pub outcome: Outcome,
-    pub reason: String,
+/// Append a line to the update log: `<RFC 3339 time> ab: <message>`, synced at
+/// once. A log that cannot be written is reported through `tracing` by
+/// [`UpdateLog`] and does not stop the operation.
+pub fn log(log: &mut UpdateLog, message: &str) {
+    log.record(&format!("{LOG_PREFIX}{message}"));
 }
 
-/// Append a line to the update log: `<RFC 3339 time> ab: <message>`.
-pub fn log(root: &Path, message: &str) -> Result<()> {
-    let line = format!("{} ab: {message}", Timestamp::now());
-    append_line(&under_root(root, Path::new(UPDATE_LOG)), &line)
-}
-
-/// Append an entry for a full-image update to the history file.
+/// Append an entry for a full-image update to the history file under `root`.
 pub fn record(
     root: &Path,
     time: Timestamp,
@@ -45,14 +33,14 @@ pub fn record(
 ) -> Result<HistoryEntry> {
     let entry = HistoryEntry {
         time,
-        kind: "full".to_owned(),
+        kind: UpdateKind::Full,
         version: version.to_owned(),
+        from_version: None,
+        components: Vec::new(),
         outcome,
-        reason: reason.to_owned(),
+        reason: Some(reason.to_owned()),
     };
-    // Serialising this struct cannot fail (strings, a timestamp, an enum).
-    let line = serde_json::to_string(&entry).unwrap_or_default();
-    append_line(&under_root(root, Path::new(HISTORY)), &line)?;
+    history::append(&under_root(root, Path::new(HISTORY_FILE)), &entry)?;
     Ok(entry)
 }
 
@@ -63,10 +51,11 @@ mod tests {
     #[test]
     fn writes_log_and_history_lines() {
         let dir = tempfile::tempdir().expect("tempdir");
-        log(dir.path(), "first").expect("log");
-        log(dir.path(), "second").expect("log");
-        let text =
-            std::fs::read_to_string(dir.path().join("var/log/quantix/update.log")).expect("read");
+        let path = dir.path().join("var/log/quantix/update.log");
+        let mut update_log = UpdateLog::open(&path);
+        log(&mut update_log, "first");
+        log(&mut update_log, "second");
+        let text = std::fs::read_to_string(&path).expect("read");
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines.len(), 2);
         assert!(lines[0].ends_with(" ab: first"), "{}", lines[0]);

@@ -10,8 +10,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use qx_core::fs::under_root;
+
 use crate::error::{BootError, Result};
-use crate::fsutil::under_root;
 
 /// Kernel command line parameter naming the booted slot.
 pub const CMDLINE_PARAM: &str = "quantix.slot";

@@ -9,32 +9,14 @@ use std::path::{Path, PathBuf};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use qx_core::fs::{under_root, write_atomic};
+use qx_core::Outcome;
+
 use crate::error::{BootError, Result};
-use crate::fsutil::{under_root, write_atomic};
 use crate::slot::Slot;
 
 /// Location of the state file on the host (under the root prefix).
 pub const STATE_PATH: &str = "/quantix/ab-update-state.json";
-
-/// How a full-image update ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// The new slot booted and passed its health checks (or was marked good).
-    Success,
-    /// The new slot was abandoned; the old slot runs.
-    RolledBack,
-}
-
-impl Outcome {
-    /// `"success"` or `"rolled_back"`, as in the history file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::RolledBack => "rolled_back",
-        }
-    }
-}
 
 /// The content of the state file. Unknown fields are ignored (an older agent
 /// keeps working with a state file written by a newer one).
@@ -50,7 +32,8 @@ pub struct AbState {
     pub version: String,
     /// When the update was installed.
     pub time: Timestamp,
-    /// How it ended, once it has.
+    /// How it ended, once it has: `success` or `rolled_back` (the A/B code
+    /// never writes `failed`: a failed install leaves no pending state).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Outcome>,
     /// When it ended.
@@ -110,7 +93,7 @@ impl AbState {
             source,
         })?;
         data.push(b'\n');
-        write_atomic(&path, &data)
+        Ok(write_atomic(&path, &data)?)
     }
 }
 

@@ -3,15 +3,13 @@
 //! sh and call the agent the way `qx-update` expects. (They run for real in
 //! the qemu scenario, tests/qemu/harness.rs.)
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use qx_boot::ab::{left_key, ok_key, ORDER};
+use crate::support::{require_tool, run};
 use qx_boot::config::MAX_TRIES;
+use qx_boot::slotenv::{left_key, ok_key, ORDER};
 use qx_boot::Slot;
-use support::{require_tool, run};
 
 fn packaging() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging")

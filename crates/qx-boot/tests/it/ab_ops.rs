@@ -2,17 +2,14 @@
 //! real `grub-editenv`, slots as directories (`SlotTarget::Path`), health
 //! checks as real processes. (Slots on real block devices: install_loop.rs.)
 
-mod support;
-
 use std::fs;
 
+use crate::support::Sandbox;
 use jiff::Timestamp;
 use qx_boot::ab::{self, BootCheck};
 use qx_boot::cli::{self, AbCommand};
-use qx_boot::{
-    install_image, AbState, BootError, ImageFile, InstallRequest, Outcome, Sha256Digest, Slot,
-};
-use support::Sandbox;
+use qx_boot::{install_image, AbState, BootError, ImageFile, InstallRequest, Slot};
+use qx_core::{Outcome, Sha256};
 
 const TRUE: &[&str] = &["sh", "-c", "exit 0"];
 const FALSE: &[&str] = &["sh", "-c", "echo disk not ready >&2; exit 4"];
@@ -30,7 +27,7 @@ fn state(sb: &Sandbox) -> AbState {
 
 fn cli_out(sb: &Sandbox, cfg: &qx_boot::AbConfig, cmd: AbCommand, json: bool) -> (i32, String) {
     let mut out = Vec::new();
-    let code = cli::run_to(&cmd, cfg, sb.root(), json, &mut out).expect("cli");
+    let code = cli::run_to(&cmd, &sb.ctx(cfg), json, &mut out).expect("cli");
     (code, String::from_utf8(out).expect("utf8"))
 }
 
@@ -38,7 +35,7 @@ fn cli_out(sb: &Sandbox, cfg: &qx_boot::AbConfig, cmd: AbCommand, json: bool) ->
 fn status_reports_booted_slot_counters_and_next_boot() {
     let sb = Sandbox::new("A", &["ORDER=A B", "A_LEFT=2", "A_OK=1", "B_LEFT=0"]);
     let cfg = sb.config(&[]);
-    let s = ab::status(&cfg, sb.root()).expect("status");
+    let s = ab::status(&sb.ctx(&cfg)).expect("status");
     assert_eq!(s.booted, Some(Slot::A));
     assert_eq!(s.order, vec![Slot::A, Slot::B]);
     assert_eq!(s.next_boot, Some(Slot::A));
@@ -63,7 +60,7 @@ fn status_reports_booted_slot_counters_and_next_boot() {
 fn status_without_quantix_slot_says_why() {
     let sb = Sandbox::new("A", &["ORDER=A B"]);
     fs::write(sb.path("/proc/cmdline"), "root=/dev/sda1 quiet\n").expect("cmdline");
-    let s = ab::status(&sb.config(&[]), sb.root()).expect("status");
+    let s = ab::status(&sb.ctx(&sb.config(&[]))).expect("status");
     assert_eq!(s.booted, None);
     assert!(
         s.booted_error
@@ -72,14 +69,14 @@ fn status_without_quantix_slot_says_why() {
         "{:?}",
         s.booted_error
     );
-    let err = ab::verify(&sb.config(&[]), sb.root()).expect_err("no slot");
+    let err = ab::verify(&sb.ctx(&sb.config(&[]))).expect_err("no slot");
     assert!(matches!(err, BootError::SlotMissing { .. }), "{err}");
 }
 
 #[test]
 fn status_shows_rescue_when_no_slot_has_tries() {
     let sb = Sandbox::new("A", &["ORDER=A B", "A_LEFT=0", "B_LEFT=0"]);
-    let s = ab::status(&sb.config(&[]), sb.root()).expect("status");
+    let s = ab::status(&sb.ctx(&sb.config(&[]))).expect("status");
     assert_eq!(s.next_boot, None);
 }
 
@@ -96,10 +93,12 @@ fn verify_marks_booted_slot_good_and_resets_tries() {
         text.contains("slot A marked good (3 boot attempts)"),
         "{text}"
     );
-    assert_eq!(sb.var("A_LEFT").as_deref(), Some("3"));
-    assert_eq!(sb.var("A_OK").as_deref(), Some("1"));
-    assert_eq!(sb.var("ORDER").as_deref(), Some("A B"));
-    assert_eq!(sb.var("X_UNKNOWN").as_deref(), Some("keep me"));
+    sb.assert_vars(&[
+        ("A_LEFT", "3"),
+        ("A_OK", "1"),
+        ("ORDER", "A B"),
+        ("X_UNKNOWN", "keep me"),
+    ]);
     // unknown key kept in its place, new keys appended (grub-editenv order)
     assert_eq!(
         sb.env(),
@@ -142,7 +141,7 @@ fn verify_with_failing_health_check_leaves_slot_unmarked_and_exits_1() {
 fn verify_on_last_attempt_says_next_boot_falls_back() {
     let sb = Sandbox::new("B", &["ORDER=B A", "A_LEFT=3", "A_OK=1", "B_LEFT=0"]);
     pending(&sb, Slot::A, Slot::B, "2.0.0");
-    let r = ab::verify(&sb.config(&[FALSE]), sb.root()).expect("verify");
+    let r = ab::verify(&sb.ctx(&sb.config(&[FALSE]))).expect("verify");
     assert!(!r.marked_good);
     assert_eq!(r.tries_left, 0);
     let log = sb.read("/var/log/quantix/update.log").expect("log");
@@ -156,7 +155,7 @@ fn verify_completes_pending_update_of_booted_slot() {
         &["ORDER=B A", "A_LEFT=3", "A_OK=1", "B_LEFT=2", "B_OK=0"],
     );
     pending(&sb, Slot::A, Slot::B, "2.0.0");
-    let r = ab::verify(&sb.config(&[TRUE]), sb.root()).expect("verify");
+    let r = ab::verify(&sb.ctx(&sb.config(&[TRUE]))).expect("verify");
     assert!(r.marked_good);
     assert!(matches!(
         r.boot_check,
@@ -166,9 +165,7 @@ fn verify_completes_pending_update_of_booted_slot() {
             ..
         }
     ));
-    assert_eq!(sb.var("B_LEFT").as_deref(), Some("3"));
-    assert_eq!(sb.var("B_OK").as_deref(), Some("1"));
-    assert_eq!(sb.var("ORDER").as_deref(), Some("B A"));
+    sb.assert_vars(&[("B_LEFT", "3"), ("B_OK", "1"), ("ORDER", "B A")]);
     let s = state(&sb);
     assert!(!s.pending);
     assert_eq!(s.outcome, Some(Outcome::Success));
@@ -178,7 +175,7 @@ fn verify_completes_pending_update_of_booted_slot() {
     assert_eq!(h[0]["version"], "2.0.0");
     assert_eq!(h[0]["outcome"], "success");
     // a second verify (next boot) only resets the counter
-    let r = ab::verify(&sb.config(&[TRUE]), sb.root()).expect("verify");
+    let r = ab::verify(&sb.ctx(&sb.config(&[TRUE]))).expect("verify");
     assert!(r.completed.is_none());
     assert_eq!(sb.history().len(), 1);
 }
@@ -192,7 +189,7 @@ fn verify_on_old_slot_keeps_a_waiting_update_first() {
         &["ORDER=B A", "A_LEFT=2", "A_OK=1", "B_LEFT=3", "B_OK=0"],
     );
     pending(&sb, Slot::A, Slot::B, "2.0.0");
-    let r = ab::verify(&sb.config(&[TRUE]), sb.root()).expect("verify");
+    let r = ab::verify(&sb.ctx(&sb.config(&[TRUE]))).expect("verify");
     assert!(r.marked_good);
     assert!(matches!(
         r.boot_check,
@@ -202,8 +199,7 @@ fn verify_on_old_slot_keeps_a_waiting_update_first() {
             ..
         }
     ));
-    assert_eq!(sb.var("ORDER").as_deref(), Some("B A"));
-    assert_eq!(sb.var("A_LEFT").as_deref(), Some("3"));
+    sb.assert_vars(&[("ORDER", "B A"), ("A_LEFT", "3")]);
     assert!(state(&sb).pending);
 }
 
@@ -228,8 +224,7 @@ fn boot_check_records_rollback_once() {
         .reason
         .as_deref()
         .is_some_and(|r| r.contains("3 attempts")));
-    assert_eq!(sb.var("B_OK").as_deref(), Some("0"));
-    assert_eq!(sb.var("ORDER").as_deref(), Some("A B"));
+    sb.assert_vars(&[("B_OK", "0"), ("ORDER", "A B")]);
     // A's counter is not boot-check's business (verify resets it)
     assert_eq!(sb.var("A_LEFT").as_deref(), Some("2"));
     let h = sb.history();
@@ -245,7 +240,7 @@ fn boot_check_records_rollback_once() {
     let log = sb.read("/var/log/quantix/update.log").expect("log");
     assert!(log.contains("boot-check: rollback: version 2.0.0"), "{log}");
     // idempotent
-    let r = ab::boot_check(&cfg, sb.root()).expect("again");
+    let r = ab::boot_check(&sb.ctx(&cfg)).expect("again");
     assert_eq!(r, BootCheck::NoPendingUpdate { booted: Slot::A });
     assert_eq!(sb.history().len(), 1);
 }
@@ -254,7 +249,7 @@ fn boot_check_records_rollback_once() {
 fn boot_check_reports_trial_boot() {
     let sb = Sandbox::new("B", &["ORDER=B A", "A_LEFT=3", "A_OK=1", "B_LEFT=1"]);
     pending(&sb, Slot::A, Slot::B, "2.0.0");
-    let r = ab::boot_check(&sb.config(&[]), sb.root()).expect("boot-check");
+    let r = ab::boot_check(&sb.ctx(&sb.config(&[]))).expect("boot-check");
     assert_eq!(
         r,
         BootCheck::TrialBoot {
@@ -271,7 +266,7 @@ fn boot_check_with_tries_left_does_not_record_rollback() {
     let sb = Sandbox::new("A", &["ORDER=B A", "A_LEFT=3", "A_OK=1", "B_LEFT=2"]);
     pending(&sb, Slot::A, Slot::B, "2.0.0");
     let before = fs::read(sb.grubenv()).expect("read");
-    let r = ab::boot_check(&sb.config(&[]), sb.root()).expect("boot-check");
+    let r = ab::boot_check(&sb.ctx(&sb.config(&[]))).expect("boot-check");
     assert!(
         matches!(r, BootCheck::PendingNotBooted { tries_left: 2, .. }),
         "{r:?}"
@@ -284,7 +279,7 @@ fn boot_check_with_tries_left_does_not_record_rollback() {
 #[test]
 fn boot_check_without_state_file() {
     let sb = Sandbox::new("A", &["ORDER=A B", "A_LEFT=2"]);
-    let r = ab::boot_check(&sb.config(&[]), sb.root()).expect("boot-check");
+    let r = ab::boot_check(&sb.ctx(&sb.config(&[]))).expect("boot-check");
     assert_eq!(r, BootCheck::NoPendingUpdate { booted: Slot::A });
 }
 
@@ -301,7 +296,7 @@ fn corrupt_grubenv_is_refused_and_left_untouched() {
         AbCommand::Status,
     ] {
         let mut out = Vec::new();
-        let err = cli::run_to(&cmd, &sb.config(&[TRUE]), sb.root(), false, &mut out)
+        let err = cli::run_to(&cmd, &sb.ctx(&sb.config(&[TRUE])), false, &mut out)
             .expect_err("corrupt grubenv");
         assert!(
             matches!(err, BootError::GrubenvCorrupt { .. }),
@@ -320,7 +315,7 @@ fn corrupt_state_file_is_refused() {
     let sb = Sandbox::new("A", &["ORDER=A B", "A_LEFT=2"]);
     fs::create_dir_all(sb.path("/quantix")).expect("mkdir");
     fs::write(sb.path("/quantix/ab-update-state.json"), "{oops").expect("write");
-    let err = ab::boot_check(&sb.config(&[]), sb.root()).expect_err("corrupt state");
+    let err = ab::boot_check(&sb.ctx(&sb.config(&[]))).expect_err("corrupt state");
     assert!(matches!(err, BootError::StateParse { .. }), "{err}");
 }
 
@@ -363,10 +358,36 @@ fn mark_bad_refuses_when_no_slot_would_be_left() {
     ] {
         let sb = Sandbox::new("B", vars);
         let before = fs::read(sb.grubenv()).expect("read");
-        let err = ab::mark_bad(&sb.config(&[]), sb.root()).expect_err("no fallback");
+        let err = ab::mark_bad(&sb.ctx(&sb.config(&[]))).expect_err("no fallback");
         assert!(matches!(err, BootError::NoFallback { .. }), "{err}");
         assert_eq!(fs::read(sb.grubenv()).expect("read"), before);
     }
+}
+
+#[test]
+fn ab_commands_write_the_configured_update_log_not_the_default() {
+    let sb = Sandbox::new("B", &["ORDER=B A", "A_LEFT=3", "A_OK=1", "B_LEFT=2"]);
+    pending(&sb, Slot::A, Slot::B, "2.0.0");
+    let cfg = sb.config(&[]);
+    let elsewhere = sb.path("/srv/quantix/logs/updates.log");
+    let ctx = qx_boot::AbContext::new(&cfg, sb.root(), &elsewhere);
+    for (cmd, line) in [
+        (
+            AbCommand::BootCheck,
+            " ab: boot-check: trial boot of version 2.0.0",
+        ),
+        (AbCommand::MarkGood, " ab: slot B marked good"),
+    ] {
+        let mut out = Vec::new();
+        let code = cli::run_to(&cmd, &ctx, false, &mut out).expect("ab command");
+        assert_eq!(code, 0, "{cmd:?}");
+        let log = fs::read_to_string(&elsewhere).expect("the configured update log");
+        assert!(log.contains(line), "{cmd:?}: {log}");
+    }
+    assert!(
+        !sb.path("/var/log/quantix/update.log").exists(),
+        "the default update log was written"
+    );
 }
 
 // ------------------------------------------------------------ install_image
@@ -377,7 +398,7 @@ fn image(sb: &Sandbox, name: &str, content: &[u8]) -> ImageFile {
     fs::write(&p, content).expect("write");
     ImageFile {
         path: p,
-        sha256: Sha256Digest::of(content),
+        sha256: Sha256::of(content),
     }
 }
 
@@ -404,7 +425,7 @@ fn install_into_directory_slot_switches_grub_and_writes_pending_state() {
     let cfg = sb.config(&[]);
     fs::write(sb.path("/slots/b/system.squashfs"), b"old").expect("old file");
     let req = request(&sb, "2.0.0");
-    let r = install_image(&cfg, sb.root(), &req).expect("install");
+    let r = install_image(&sb.ctx(&cfg), &req).expect("install");
     assert_eq!((r.from, r.to), (Slot::A, Slot::B));
     assert_eq!(r.files.len(), 3);
     assert_eq!(
@@ -446,7 +467,7 @@ fn install_copies_kernel_and_initramfs_of_booted_slot_when_not_shipped() {
     let mut req = request(&sb, "2.0.0");
     req.kernel = None;
     req.initramfs = None;
-    let r = install_image(&cfg, sb.root(), &req).expect("install");
+    let r = install_image(&sb.ctx(&cfg), &req).expect("install");
     assert_eq!(
         fs::read(sb.path("/slots/b/vmlinuz")).expect("read"),
         b"running kernel"
@@ -461,7 +482,7 @@ fn install_copies_kernel_and_initramfs_of_booted_slot_when_not_shipped() {
         .find(|f| f.name == "vmlinuz")
         .expect("kernel");
     assert_eq!(k.source, sb.path("/slots/a/vmlinuz"));
-    assert_eq!(k.sha256, Sha256Digest::of(b"running kernel"));
+    assert_eq!(k.sha256, Sha256::of(b"running kernel"));
 }
 
 #[test]
@@ -472,13 +493,11 @@ fn install_with_wrong_sha256_leaves_slot_unbootable_and_state_untouched() {
     );
     let cfg = sb.config(&[]);
     let mut req = request(&sb, "2.0.0");
-    req.system.sha256 = Sha256Digest::of(b"something else");
-    let err = install_image(&cfg, sb.root(), &req).expect_err("mismatch");
+    req.system.sha256 = Sha256::of(b"something else");
+    let err = install_image(&sb.ctx(&cfg), &req).expect_err("mismatch");
     assert!(matches!(err, BootError::HashMismatch { .. }), "{err}");
     assert!(err.to_string().contains("sha256 mismatch"), "{err}");
-    assert_eq!(sb.var("B_LEFT").as_deref(), Some("0"));
-    assert_eq!(sb.var("B_OK").as_deref(), Some("0"));
-    assert_eq!(sb.var("ORDER").as_deref(), Some("A B"));
+    sb.assert_vars(&[("B_LEFT", "0"), ("B_OK", "0"), ("ORDER", "A B")]);
     assert_eq!(AbState::load(sb.root()).expect("load"), None);
     assert!(!sb.path("/slots/b/system.squashfs").exists());
     assert!(!sb.path("/slots/b/.system.squashfs.qx-new").exists());
@@ -491,7 +510,7 @@ fn install_refuses_when_booted_slot_is_not_marked_good() {
     let sb = Sandbox::new("A", &["ORDER=A B", "A_LEFT=2", "B_LEFT=0"]);
     let before = fs::read(sb.grubenv()).expect("read");
     let err =
-        install_image(&sb.config(&[]), sb.root(), &request(&sb, "2.0.0")).expect_err("A not good");
+        install_image(&sb.ctx(&sb.config(&[])), &request(&sb, "2.0.0")).expect_err("A not good");
     assert!(
         matches!(err, BootError::BootedSlotNotGood { slot: Slot::A, .. }),
         "{err}"
@@ -507,7 +526,7 @@ fn install_refuses_while_booted_slot_is_pending_verification() {
     );
     pending(&sb, Slot::A, Slot::B, "2.0.0");
     let err =
-        install_image(&sb.config(&[]), sb.root(), &request(&sb, "3.0.0")).expect_err("B pending");
+        install_image(&sb.ctx(&sb.config(&[])), &request(&sb, "3.0.0")).expect_err("B pending");
     assert!(
         matches!(err, BootError::BootedSlotPending { slot: Slot::B, .. }),
         "{err}"
@@ -520,7 +539,7 @@ fn install_refuses_the_booted_slot_as_target() {
     let sb = Sandbox::new("A", &["ORDER=A B", "A_LEFT=3", "A_OK=1"]);
     let mut req = request(&sb, "2.0.0");
     req.target = Some(Slot::A);
-    let err = install_image(&sb.config(&[]), sb.root(), &req).expect_err("booted");
+    let err = install_image(&sb.ctx(&sb.config(&[])), &req).expect_err("booted");
     assert!(
         matches!(err, BootError::TargetIsBooted { slot: Slot::A }),
         "{err}"
@@ -536,7 +555,7 @@ fn install_refuses_missing_image_file_before_touching_grubenv() {
     let before = fs::read(sb.grubenv()).expect("read");
     let mut req = request(&sb, "2.0.0");
     req.system.path = sb.path("/data/updates/staging/missing.squashfs");
-    let err = install_image(&sb.config(&[]), sb.root(), &req).expect_err("missing");
+    let err = install_image(&sb.ctx(&sb.config(&[])), &req).expect_err("missing");
     assert!(err.to_string().contains("missing.squashfs"), "{err}");
     assert_eq!(fs::read(sb.grubenv()).expect("read"), before);
 }

@@ -1,15 +1,13 @@
 //! `qx_boot::grubenv` against the real `grub-editenv` (Debian grub-common), in
 //! both directions, byte for byte.
 
-mod support;
-
 use std::fs;
 use std::path::Path;
 
+use crate::support::editenv;
 use proptest::prelude::*;
 use qx_boot::grubenv::{GrubEnv, BLOCK_SIZE, SIGNATURE};
 use qx_boot::BootError;
-use support::editenv;
 
 /// What `grub-editenv FILE list` prints for these variables.
 fn listing(vars: &[(&str, &str)]) -> String {

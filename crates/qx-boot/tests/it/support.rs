@@ -1,14 +1,12 @@
 //! Helpers shared by the integration tests: required tools, sandboxed host
 //! roots, loop devices.
 
-#![allow(dead_code)]
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use qx_boot::grubenv::GrubEnv;
-use qx_boot::{AbConfig, SlotTarget};
+use qx_boot::{AbConfig, AbContext, SlotTarget};
 
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -74,9 +72,12 @@ pub fn editenv(file: &Path, args: &[&str]) -> String {
 }
 
 /// A host root in a temporary directory: `/proc/cmdline` naming `slot`,
-/// `/boot/grub/grubenv` created by `grub-editenv` with `vars`.
+/// `/boot/grub/grubenv` created by `grub-editenv` with `vars`; the update log
+/// at its default place under the root.
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
+    /// The update log the operations are given (`updates.log_path`).
+    pub log: PathBuf,
 }
 
 impl Sandbox {
@@ -96,7 +97,13 @@ impl Sandbox {
             args.extend_from_slice(vars);
             editenv(&env, &args);
         }
-        Sandbox { dir }
+        let log = dir.path().join("var/log/quantix/update.log");
+        Sandbox { dir, log }
+    }
+
+    /// What the agent hands to the A/B operations: `cfg`, this root, this update log.
+    pub fn ctx<'a>(&'a self, cfg: &'a AbConfig) -> AbContext<'a> {
+        AbContext::new(cfg, self.root(), &self.log)
     }
 
     pub fn root(&self) -> &Path {
@@ -124,8 +131,11 @@ impl Sandbox {
             .map(str::to_owned)
     }
 
-    pub fn set_booted(&self, slot: &str) {
-        fs::write(self.path("/proc/cmdline"), format!("quantix.slot={slot}\n")).expect("cmdline");
+    /// Each variable has the value given, as read by our parser.
+    pub fn assert_vars(&self, want: &[(&str, &str)]) {
+        for (key, value) in want {
+            assert_eq!(self.var(key).as_deref(), Some(*value), "grubenv {key}");
+        }
     }
 
     pub fn read(&self, p: &str) -> Option<String> {
