@@ -900,7 +900,8 @@ poweroff -f
             kernel: kernel.map(file),
             initramfs: initramfs.map(file),
         };
-        let report = qx_boot::install_image(&cfg, &root, &req)
+        let log = root.join("var/log/quantix/update.log");
+        let report = qx_boot::install_image(&qx_boot::AbContext::new(&cfg, &root, &log), &req)
             .unwrap_or_else(|e| panic!("install_image of {version} into slot B failed: {e}"));
         assert_eq!(report.to, Slot::B);
         drop(loop_a);
