@@ -116,6 +116,13 @@ async fn browser(driver: &Driver, profile: &Path) -> Client {
         .expect("a chromium session")
 }
 
+/// A browser session on the API's page.
+async fn open_page(driver: &Driver, profile: &Path, api: &ApiServer) -> Client {
+    let client = browser(driver, profile).await;
+    client.goto(&api.url("/")).await.unwrap();
+    client
+}
+
 /// Polls `what` every 100 ms, at most 1200 times (two minutes).
 async fn wait_for<F, Fut>(client: &Client, what: &str, mut cond: F)
 where
@@ -193,8 +200,7 @@ fn updates_page_checks_applies_and_shows_the_new_version() {
 
     runtime().block_on(async {
         let api = ApiServer::start(agent(&lab), TOKEN);
-        let client = browser(&driver, profile.path()).await;
-        client.goto(&api.url("/")).await.unwrap();
+        let client = open_page(&driver, profile.path(), &api).await;
         assert_eq!(
             client.title().await.unwrap(),
             "Updates · Quantix host settings"
@@ -330,8 +336,7 @@ fn updates_page_shows_an_unreachable_server_as_an_actionable_error() {
 
     runtime().block_on(async {
         let api = ApiServer::start(agent(&lab), TOKEN);
-        let client = browser(&driver, profile.path()).await;
-        client.goto(&api.url("/")).await.unwrap();
+        let client = open_page(&driver, profile.path(), &api).await;
         sign_in(&client, TOKEN).await;
         wait_for(&client, "the page", |c| async move {
             displayed(&c, "#check").await

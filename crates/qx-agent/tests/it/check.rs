@@ -103,33 +103,13 @@ const REFUSALS: &[Refusal] = &[
     },
     Refusal {
         name: "other product",
-        setup: |lab| {
-            let r = ReleaseSpec::new("quantix-vdc", "dev", "1.0.0")
-                .component(node("1.0.0"))
-                .sign(&lab.key)
-                .unwrap();
-            Some(lying_server(
-                lab,
-                vec![sig_header(&r)],
-                r.manifest_bytes.clone(),
-            ))
-        },
+        setup: |lab| Some(signed_offer_of(lab, "quantix-vdc", "dev")),
         is: |e| matches!(e, AgentError::WrongProduct { .. }),
         exit_code: 25,
     },
     Refusal {
         name: "other channel",
-        setup: |lab| {
-            let r = ReleaseSpec::new("quantix-os", "stable", "1.0.0")
-                .component(node("1.0.0"))
-                .sign(&lab.key)
-                .unwrap();
-            Some(lying_server(
-                lab,
-                vec![sig_header(&r)],
-                r.manifest_bytes.clone(),
-            ))
-        },
+        setup: |lab| Some(signed_offer_of(lab, "quantix-os", "stable")),
         is: |e| matches!(e, AgentError::WrongChannel { .. }),
         exit_code: 26,
     },
@@ -146,6 +126,15 @@ const REFUSALS: &[Refusal] = &[
         exit_code: 29,
     },
 ];
+
+/// A lying server offering release 1.0.0 of `product` on `channel`, signed by the lab's key.
+fn signed_offer_of(lab: &Lab, product: &str, channel: &str) -> StaticServer {
+    let r = ReleaseSpec::new(product, channel, "1.0.0")
+        .component(node("1.0.0"))
+        .sign(&lab.key)
+        .unwrap();
+    lying_server(lab, vec![sig_header(&r)], r.manifest_bytes.clone())
+}
 
 /// Release 1.0.0 of the lab with `qx-node`, signed by `key`, not published.
 fn signed(lab: &Lab, key: &FixtureKey) -> BuiltRelease {

@@ -122,6 +122,14 @@ fn opts() -> DownloadOptions {
     }
 }
 
+/// A release of [`SIZE`] bytes of `content(SIZE, seed)` behind a proxy injecting `faults`.
+fn through_faults(seed: u64, faults: Faults) -> (Release, FaultProxy) {
+    let rel = Release::new(content(SIZE, seed));
+    let proxy = rel.proxy();
+    proxy.set_faults(faults);
+    (rel, proxy)
+}
+
 fn attempts(max_attempts: u32) -> DownloadOptions {
     DownloadOptions {
         max_attempts,
@@ -354,15 +362,16 @@ fn download_converges_through_each_fault() {
 
 #[test]
 fn always_corrupt_gives_up_with_mismatch_and_leaves_nothing() {
-    let rel = Release::new(content(SIZE, 7));
-    let proxy = rel.proxy();
-    proxy.set_faults(Faults {
-        flip: Some(Flip {
-            body_offset: 10,
-            responses: u64::MAX,
-        }),
-        ..Faults::default()
-    });
+    let (rel, proxy) = through_faults(
+        7,
+        Faults {
+            flip: Some(Flip {
+                body_offset: 10,
+                responses: u64::MAX,
+            }),
+            ..Faults::default()
+        },
+    );
     let staging = tempfile::tempdir().unwrap();
     let dl = downloader(attempts(2));
     let url = rel.url(&proxy.url());
@@ -378,12 +387,13 @@ fn always_corrupt_gives_up_with_mismatch_and_leaves_nothing() {
 
 #[test]
 fn always_failing_server_gives_up_after_exactly_max_attempts() {
-    let rel = Release::new(content(SIZE, 9));
-    let proxy = rel.proxy();
-    proxy.set_faults(Faults {
-        fail_first: u64::MAX,
-        ..Faults::default()
-    });
+    let (rel, proxy) = through_faults(
+        9,
+        Faults {
+            fail_first: u64::MAX,
+            ..Faults::default()
+        },
+    );
     let staging = tempfile::tempdir().unwrap();
     let dl = downloader(attempts(5));
     let url = rel.url(&proxy.url());
@@ -797,12 +807,13 @@ fn server_ignoring_range_restarts_from_zero() {
 fn cuts_after_a_trickle_use_the_attempt_budget() {
     // Every connection is cut after 8 KiB: less than MIN_PROGRESS, so no attempt counts as
     // progress and the budget bounds the loop.
-    let rel = Release::new(content(SIZE, 35));
-    let proxy = rel.proxy();
-    proxy.set_faults(Faults {
-        cut_every: Some(8 * 1024),
-        ..Faults::default()
-    });
+    let (rel, proxy) = through_faults(
+        35,
+        Faults {
+            cut_every: Some(8 * 1024),
+            ..Faults::default()
+        },
+    );
     let staging = tempfile::tempdir().unwrap();
     let dl = downloader(attempts(3));
     let url = rel.url(&proxy.url());
@@ -846,12 +857,13 @@ mod fetch_into {
 
     #[test]
     fn fetch_into_streams_every_byte_once_in_order_through_cuts() {
-        let rel = Release::new(content(SIZE, 30));
-        let proxy = rel.proxy();
-        proxy.set_faults(Faults {
-            cut_every: Some(300 * 1024),
-            ..Faults::default()
-        });
+        let (rel, proxy) = through_faults(
+            30,
+            Faults {
+                cut_every: Some(300 * 1024),
+                ..Faults::default()
+            },
+        );
         let staging = tempfile::tempdir().unwrap();
         let dl = downloader(opts());
         let url = rel.url(&proxy.url());
@@ -904,15 +916,16 @@ mod fetch_into {
 
     #[test]
     fn fetch_into_corrupt_stream_stops_and_a_plain_fetch_recovers() {
-        let rel = Release::new(content(SIZE, 33));
-        let proxy = rel.proxy();
-        proxy.set_faults(Faults {
-            flip: Some(Flip {
-                body_offset: 5,
-                responses: 1,
-            }),
-            ..Faults::default()
-        });
+        let (rel, proxy) = through_faults(
+            33,
+            Faults {
+                flip: Some(Flip {
+                    body_offset: 5,
+                    responses: 1,
+                }),
+                ..Faults::default()
+            },
+        );
         let staging = tempfile::tempdir().unwrap();
         let dl = downloader(opts());
         let url = rel.url(&proxy.url());
