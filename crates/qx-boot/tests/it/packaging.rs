@@ -1,7 +1,7 @@
 //! The shipped boot files: the GRUB fragment parses with GRUB's own checker
 //! and uses the variables the agent writes; the boot scripts are valid POSIX
 //! sh and call the agent the way `qx-update` expects. (They run for real in
-//! the qemu scenario, tests/qemu/harness.rs.)
+//! the qemu scenario, crates/qx-agent/tests/it/qemu/harness.rs.)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

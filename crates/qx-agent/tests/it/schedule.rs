@@ -2,21 +2,25 @@
 //! sleeps): checks every interval with jitter, applies automatically only inside the
 //! maintenance window, not without `auto_apply`, nothing when disabled. The applies are real:
 //! a real update server on loopback, a sandboxed host with a running service.
-#![allow(clippy::unwrap_used)]
-
-mod api_support;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api_support::*;
 use jiff::Zoned;
 use qx_agent::config::MaintenanceWindow;
-use qx_agent::daemon::{Clock, Runner, Scheduler, Step};
+use qx_agent::daemon::Clock;
+use qx_agent::daemon::Runner;
+use qx_agent::daemon::Scheduler;
+use qx_agent::daemon::Step;
 use qx_agent::window::Policy;
+use qx_agent::Agent;
 use qx_core::status::Outcome;
 use qx_testkit::host::Lab;
+
+use crate::support::api::daemon_lab;
+use crate::support::host::agent;
+use crate::support::runtime;
 
 /// Virtual time: `wait_until` jumps to the deadline.
 #[derive(Clone)]
@@ -42,20 +46,17 @@ impl Clock for FakeClock {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+fn lab(extra: &str) -> Lab {
+    daemon_lab(None, None, extra)
 }
 
-fn lab(extra: &str) -> Lab {
-    let lab = Lab::new().unwrap();
-    write_config(&lab, None, lab.server.url(), extra);
-    host_at_v1(&lab);
-    publish_release(&lab, "1.1.0", None, 1024);
-    lab
+/// The scheduler of `agent`'s configuration on `clock`.
+fn scheduler(agent: &Agent, clock: &FakeClock) -> Scheduler<FakeClock> {
+    Scheduler::new(
+        Runner::new(agent.clone()),
+        clock.clone(),
+        Policy::from_config(agent.config()),
+    )
 }
 
 /// Steps the scheduler until an automatic apply, or until the virtual clock passes `end`.
@@ -174,11 +175,7 @@ fn no_auto_apply_between_windows() {
     let clock = FakeClock::at("2026-11-22T04:00[UTC]");
     let end: Zoned = "2026-11-28T23:59[UTC]".parse().unwrap();
     runtime().block_on(async {
-        let mut scheduler = Scheduler::new(
-            Runner::new(agent.clone()),
-            clock.clone(),
-            Policy::from_config(agent.config()),
-        );
+        let mut scheduler = scheduler(&agent, &clock);
         let steps = drive(&mut scheduler, &clock, &end, &lab).await;
         assert!(steps.iter().all(|s| !matches!(s, Step::Applied { .. })));
         assert!(check_times(&steps).len() > 100);
@@ -194,11 +191,7 @@ fn auto_apply_without_window_applies_after_the_first_check() {
     let clock = FakeClock::at("2026-11-18T13:00[UTC]");
     let end: Zoned = "2026-11-18T16:00[UTC]".parse().unwrap();
     runtime().block_on(async {
-        let mut scheduler = Scheduler::new(
-            Runner::new(agent.clone()),
-            clock.clone(),
-            Policy::from_config(agent.config()),
-        );
+        let mut scheduler = scheduler(&agent, &clock);
         let steps = drive(&mut scheduler, &clock, &end, &lab).await;
         assert_eq!(check_times(&steps).len(), 1);
         let Some(Step::Applied { at, result, .. }) = steps.last() else {
@@ -222,11 +215,7 @@ fn without_auto_apply_only_checks() {
     let clock = FakeClock::at("2026-11-20T10:00[UTC]");
     let end: Zoned = "2026-11-21T10:00[UTC]".parse().unwrap();
     runtime().block_on(async {
-        let mut scheduler = Scheduler::new(
-            Runner::new(agent.clone()),
-            clock.clone(),
-            Policy::from_config(agent.config()),
-        );
+        let mut scheduler = scheduler(&agent, &clock);
         let steps = drive(&mut scheduler, &clock, &end, &lab).await;
         assert!(steps.iter().all(|s| !matches!(s, Step::Applied { .. })));
         assert!((21..=27).contains(&check_times(&steps).len()));
@@ -247,11 +236,7 @@ fn disabled_updates_do_nothing() {
     assert!(!agent.config().enabled);
     let clock = FakeClock::at("2026-11-20T10:00[UTC]");
     runtime().block_on(async {
-        let mut scheduler = Scheduler::new(
-            Runner::new(agent.clone()),
-            clock.clone(),
-            Policy::from_config(agent.config()),
-        );
+        let mut scheduler = scheduler(&agent, &clock);
         assert!(matches!(scheduler.step().await, Step::Disabled));
         assert!(matches!(scheduler.step().await, Step::Disabled));
         // The API side still answers status.
@@ -266,19 +251,16 @@ fn disabled_updates_do_nothing() {
 fn a_failed_automatic_apply_is_not_retried_for_the_same_version() {
     // 1.1.0's health command fails: the apply rolls back; the daemon keeps checking but does
     // not apply 1.1.0 again.
-    let lab = Lab::new().unwrap();
-    write_config(&lab, None, lab.server.url(), "  auto_apply: true\n");
-    host_at_v1(&lab);
-    publish_release(&lab, "1.1.0", Some(vec!["/bin/false".into()]), 1024);
+    let lab = daemon_lab(
+        None,
+        Some(vec!["/bin/false".into()]),
+        "  auto_apply: true\n",
+    );
     let agent = agent(&lab);
     let clock = FakeClock::at("2026-11-20T10:00[UTC]");
     let end: Zoned = "2026-11-20T20:00[UTC]".parse().unwrap();
     runtime().block_on(async {
-        let mut scheduler = Scheduler::new(
-            Runner::new(agent.clone()),
-            clock.clone(),
-            Policy::from_config(agent.config()),
-        );
+        let mut scheduler = scheduler(&agent, &clock);
         let first = drive(&mut scheduler, &clock, &end, &lab).await;
         let Some(Step::Applied { result, .. }) = first.last() else {
             panic!("no automatic apply: {:?}", first.last());

@@ -1,80 +1,20 @@
 //! End-to-end applies against a real server on loopback, on a sandboxed host root with a
 //! real running service.
-#![allow(clippy::unwrap_used)]
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 
-use qx_agent::{Agent, AgentError, ApplyOptions, Config};
+use qx_agent::apply;
+use qx_agent::Agent;
+use qx_agent::AgentError;
+use qx_agent::ApplyOptions;
+use qx_agent::Config;
 use qx_core::status::{Outcome, UpdateState};
 use qx_testkit::host::{demo_binary, exe_inode, is_running, Lab};
 use qx_testkit::release::ComponentSpec;
 
-fn agent(lab: &Lab) -> Agent {
-    let root = lab.host.root().to_path_buf();
-    let config = Config::load_under(&lab.host.config_path(), &root).expect("config");
-    Agent::new(config, root).expect("agent")
-}
-
-fn inode(p: &Path) -> (u64, u64) {
-    let m = fs::metadata(p).expect("stat");
-    (m.dev(), m.ino())
-}
-
-/// Files whose name marks them as the agent's temporaries, anywhere under `dir`.
-fn stray_temps(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in walk(dir) {
-        let n = e.file_name().unwrap().to_string_lossy().into_owned();
-        if n.starts_with(".qx-") {
-            out.push(e.display().to_string());
-        }
-    }
-    out
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(p.clone());
-            }
-            out.push(p);
-        }
-    }
-    out
-}
-
-/// A host at 1.0.0 with qx-node running as service quantix-node.
-fn host_at_v1(lab: &Lab) {
-    lab.host
-        .write_file("/data/bin/qx-node", &demo_binary("1.0.0").unwrap(), 0o755)
-        .unwrap();
-    lab.host.set_version("qx-node", "1.0.0").unwrap();
-    lab.host
-        .add_service("quantix-node", "/data/bin/qx-node", "infinity")
-        .unwrap();
-    lab.host.service("restart", "quantix-node").unwrap();
-}
-
-fn node_release(lab: &Lab, version: &str) -> qx_testkit::release::BuiltRelease {
-    lab.publish(
-        &lab.release(version).component(
-            ComponentSpec::file(
-                "qx-node",
-                "/data/bin/qx-node",
-                demo_binary(version).unwrap(),
-            )
-            .service("quantix-node"),
-        ),
-    )
-    .unwrap()
-}
+use crate::support::host::{
+    agent, host_at_v1, inode, journal, node, node_release, run_qx_update, stray_temps, update_log,
+};
 
 #[test]
 fn apply_replaces_restarts_and_verifies_a_running_service() {
@@ -131,10 +71,9 @@ fn apply_replaces_restarts_and_verifies_a_running_service() {
     let last = status.history.last().expect("history");
     assert_eq!(last.outcome, Outcome::Success);
     assert_eq!(last.from_version.as_deref(), Some("1.0.0"));
-    let journal: serde_json::Value =
-        serde_json::from_slice(&lab.host.read("/data/updates/journal.json").unwrap()).unwrap();
+    let journal = journal(lab.host.root()).expect("journal");
     assert_eq!(journal["phase"], "committed");
-    let log = String::from_utf8(lab.host.read("/var/log/quantix/update.log").unwrap()).unwrap();
+    let log = update_log(lab.host.root());
     assert!(
         log.contains("manifest: product=quantix-os version=1.1.0"),
         "{log}"
@@ -152,7 +91,7 @@ fn second_apply_while_one_holds_the_lock_is_busy() {
     host_at_v1(&lab);
     node_release(&lab, "1.1.0");
     let agent = agent(&lab);
-    let held = qx_agent::apply::lock(agent.paths()).expect("first lock");
+    let held = apply::lock(agent.paths()).expect("first lock");
     let err = agent
         .apply(&ApplyOptions::default())
         .expect_err("must be busy");
@@ -161,12 +100,7 @@ fn second_apply_while_one_holds_the_lock_is_busy() {
     assert_eq!(err.exit_code(), 10);
 
     // Another process gets the same answer.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qx-update"))
-        .arg("--root")
-        .arg(lab.host.root())
-        .args(["apply", "--yes"])
-        .output()
-        .unwrap();
+    let out = run_qx_update(lab.host.root(), &["apply", "--yes"]);
     assert_eq!(out.status.code(), Some(10));
     assert!(String::from_utf8_lossy(&out.stderr).contains("update in progress"));
     drop(held);
@@ -250,14 +184,7 @@ fn selected_component_only() {
     host_at_v1(&lab);
     lab.publish(
         &lab.release("1.1.0")
-            .component(
-                ComponentSpec::file(
-                    "qx-node",
-                    "/data/bin/qx-node",
-                    demo_binary("1.1.0").unwrap(),
-                )
-                .service("quantix-node"),
-            )
+            .component(node("1.1.0").service("quantix-node"))
             .component(ComponentSpec::file(
                 "qx-console",
                 "/data/bin/qx-console",
@@ -289,14 +216,7 @@ fn cli_status_and_check_json() {
     let lab = Lab::new().unwrap();
     host_at_v1(&lab);
     node_release(&lab, "1.1.0");
-    let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_qx-update"))
-            .arg("--root")
-            .arg(lab.host.root())
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| run_qx_update(lab.host.root(), args);
     let out = run(&["--json", "check"]);
     assert_eq!(
         out.status.code(),
@@ -367,14 +287,7 @@ fn failing_health_command_restores_every_file() {
     lab.host.set_version("host-ui", "1.0.0").unwrap();
     lab.publish(
         &lab.release("1.1.0")
-            .component(
-                ComponentSpec::file(
-                    "qx-node",
-                    "/data/bin/qx-node",
-                    demo_binary("1.1.0").unwrap(),
-                )
-                .service("quantix-node"),
-            )
+            .component(node("1.1.0").service("quantix-node"))
             .component(
                 ComponentSpec::tree(
                     "host-ui",
@@ -414,14 +327,14 @@ fn failing_health_command_restores_every_file() {
         exe_inode(pid),
         Some(inode(&lab.host.path("/data/bin/qx-node")))
     );
-    let log = String::from_utf8(lab.host.read("/var/log/quantix/update.log").unwrap()).unwrap();
+    let log = update_log(lab.host.root());
     assert!(log.contains("ui-is-unhealthy"), "{log}");
     assert!(stray_temps(lab.host.root()).is_empty());
 }
 
 #[test]
 fn old_backups_are_pruned_to_keep_backups() {
-    let lab = qx_testkit::host::Lab::with("quantix-os", "dev", "  keep_backups: 1\n").unwrap();
+    let lab = Lab::with("quantix-os", "dev", "  keep_backups: 1\n").unwrap();
     host_at_v1(&lab);
     let agent = agent(&lab);
     node_release(&lab, "1.1.0");
@@ -479,14 +392,8 @@ fn failed_restart_restores_every_file() {
         .add_service("broken", "/data/bin/not-there", "")
         .unwrap();
     lab.publish(
-        &lab.release("1.1.0").component(
-            ComponentSpec::file(
-                "qx-node",
-                "/data/bin/qx-node",
-                demo_binary("1.1.0").unwrap(),
-            )
-            .service("broken"),
-        ),
+        &lab.release("1.1.0")
+            .component(node("1.1.0").service("broken")),
     )
     .unwrap();
     let err = agent(&lab)

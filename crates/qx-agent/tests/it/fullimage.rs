@@ -3,112 +3,50 @@
 //! file each: this machine's kernel makes no partition devices for loop disks), a grubenv
 //! created and read with `grub-editenv`, `<root>/proc/cmdline` saying `quantix.slot=A`.
 //!
-//! Needs root (losetup, mkfs.ext4, mount); fails (does not skip) without it.
+//! Needs root (losetup, mkfs.ext4, mount): slow tier, fails (does not skip) without it.
 //!
-//!     cargo test -p qx-agent --test fullimage_apply
-#![allow(clippy::unwrap_used)]
+//!     cargo test -p qx-agent --test it fullimage -- --include-ignored
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::MutexGuard;
+use std::time::Duration;
 
-use qx_agent::{Agent, AgentError, ApplyOptions, Config};
+use qx_agent::Agent;
+use qx_agent::AgentError;
+use qx_agent::ApplyOptions;
 use qx_core::status::{Outcome, UpdateState};
 use qx_core::{ArtifactName, ArtifactRef, FullImage, Sha256, TargetSlot, UpdateType};
 use qx_testkit::host::{HostConfig, Lab};
 use qx_testkit::proxy::FaultProxy;
 use qx_testkit::release::{release_path, BuiltRelease, ComponentSpec};
+use serde_json::Value;
+
+use crate::support::host::{agent_under, history, qx_update, run_qx_update, update_log};
+use crate::support::poll;
+use crate::support::sys::{exclusive_mounts, is_root, run, LoopDev, Mount};
 
 // ---------------------------------------------------------------------------------------------
-// Tools, loop devices, mounts.
-
-fn run(c: &mut Command) -> String {
-    let desc = format!("{c:?}");
-    let out = c
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
-    assert!(
-        out.status.success(),
-        "{desc} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+// Slots.
 
 fn editenv(file: &Path, args: &[&str]) -> String {
     run(Command::new("grub-editenv").arg(file).args(args))
 }
 
-/// A loop device over a whole file, detached on drop.
-struct LoopFile {
-    dev: PathBuf,
-}
-
-impl LoopFile {
-    fn new(file: &Path) -> LoopFile {
-        let dev = run(Command::new("losetup").args(["--find", "--show"]).arg(file));
-        LoopFile {
-            dev: PathBuf::from(dev.trim()),
-        }
-    }
-}
-
-impl Drop for LoopFile {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
-    }
-}
-
-/// A mount, undone on drop.
-struct MountGuard {
-    dir: PathBuf,
-}
-
-impl MountGuard {
-    fn new(dev: &Path, dir: &Path, opts: &str) -> MountGuard {
-        fs::create_dir_all(dir).unwrap();
-        run(Command::new("mount").args(["-o", opts]).arg(dev).arg(dir));
-        MountGuard {
-            dir: dir.to_owned(),
-        }
-    }
-}
-
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        // A process forked by a parallel test may hold a copy of a descriptor for an instant
-        // ("target is busy"): retry a bounded number of times, then detach lazily.
-        for _ in 0..20 {
-            let ok = Command::new("umount")
-                .arg(&self.dir)
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
-}
-
 /// Slots A and B (ext4 on loop devices), slot A holding release 1.0.0's files.
 struct Slots {
     // Dropped before the directory holding their image files.
-    a: LoopFile,
-    b: LoopFile,
+    a: LoopDev,
+    b: LoopDev,
     dir: tempfile::TempDir,
 }
 
 impl Slots {
     fn new() -> Slots {
         assert!(
-            rustix::process::geteuid().is_root(),
+            is_root(),
             "fullimage tests need root (losetup, mkfs.ext4, mount); run them as root"
         );
         let dir = tempfile::Builder::new()
@@ -120,7 +58,7 @@ impl Slots {
             let f = fs::File::create(&img).unwrap();
             f.set_len(64 << 20).unwrap();
             drop(f);
-            let dev = LoopFile::new(&img);
+            let dev = LoopDev::new(&img);
             run(Command::new("mkfs.ext4")
                 .args(["-q", "-F", "-L", label])
                 .arg(&dev.dev));
@@ -129,13 +67,13 @@ impl Slots {
         let a = mk("slot-a.img", "QXFI-A");
         let b = mk("slot-b.img", "QXFI-B");
         {
-            let m = MountGuard::new(&a.dev, &dir.path().join("mnt-a"), "rw");
+            let m = Mount::new(&a.dev, &dir.path().join("mnt-a"), &["-o", "rw"]);
             fs::write(m.dir.join("vmlinuz"), b"kernel of slot A").unwrap();
             fs::write(m.dir.join("initramfs"), b"initramfs of slot A").unwrap();
             fs::write(m.dir.join("system.squashfs"), b"system 1.0.0").unwrap();
         }
         {
-            let m = MountGuard::new(&b.dev, &dir.path().join("mnt-b"), "rw");
+            let m = Mount::new(&b.dev, &dir.path().join("mnt-b"), &["-o", "rw"]);
             fs::write(m.dir.join("system.squashfs"), b"old system in slot B").unwrap();
         }
         Slots { a, b, dir }
@@ -143,7 +81,7 @@ impl Slots {
 
     /// Every file of slot B: name -> bytes.
     fn read_b(&self) -> Vec<(String, Vec<u8>)> {
-        let m = MountGuard::new(&self.b.dev, &self.dir.path().join("check-b"), "ro");
+        let m = Mount::new(&self.b.dev, &self.dir.path().join("check-b"), &["-o", "ro"]);
         let mut out: Vec<(String, Vec<u8>)> = fs::read_dir(&m.dir)
             .unwrap()
             .flatten()
@@ -171,21 +109,16 @@ fn no_slot_mounts_left() {
 // ---------------------------------------------------------------------------------------------
 // The host.
 
-/// The tests of this file run one at a time: a process forked by a parallel test holds copies
-/// of this process's descriptors for an instant, which can make an unmount of a slot fail
-/// with "target is busy".
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 struct Fixture {
     // Field order = drop order: the host and server first, the loop devices, then the lock.
     lab: Lab,
     slots: Slots,
-    _serial: std::sync::MutexGuard<'static, ()>,
+    _serial: MutexGuard<'static, ()>,
 }
 
 impl Fixture {
     fn new(extra: &str) -> Fixture {
-        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let serial = exclusive_mounts();
         let slots = Slots::new();
         let lab = Lab::new().unwrap();
         let f = Fixture {
@@ -268,37 +201,25 @@ impl Fixture {
     }
 
     fn agent(&self) -> Agent {
-        let root = self.root();
-        let config = Config::load_under(&self.lab.host.config_path(), &root).expect("config");
-        Agent::new(config, root).expect("agent")
+        agent_under(&self.lab.host.config_path(), &self.root())
     }
 
-    fn state(&self) -> Option<serde_json::Value> {
+    fn state(&self) -> Option<Value> {
         fs::read(self.root().join("quantix/ab-update-state.json"))
             .ok()
             .map(|b| serde_json::from_slice(&b).expect("state is JSON"))
     }
 
-    fn history(&self) -> Vec<serde_json::Value> {
-        fs::read_to_string(self.root().join("data/updates/history.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("history line is JSON"))
-            .collect()
+    fn history(&self) -> Vec<Value> {
+        history(&self.root())
     }
 
     fn update_log(&self) -> String {
-        fs::read_to_string(self.root().join("var/log/quantix/update.log")).unwrap_or_default()
+        update_log(&self.root())
     }
 
     fn qx_update(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_qx-update"))
-            .arg("--root")
-            .arg(self.root())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run qx-update")
+        run_qx_update(&self.root(), args)
     }
 }
 
@@ -396,6 +317,7 @@ const ENV_AFTER: &str = "ORDER=B A\nA_LEFT=3\nA_OK=1\nB_LEFT=3\nB_OK=0\n";
 // Tests.
 
 #[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
 fn full_image_apply_writes_slot_b_switches_grubenv_and_does_not_reboot() {
     let f = Fixture::new("");
     let img = full_image("2.0.0");
@@ -429,51 +351,10 @@ fn full_image_apply_writes_slot_b_switches_grubenv_and_does_not_reboot() {
     assert!(!sys.rebooted);
     no_slot_mounts_left();
 
-    // slot B holds exactly the image's files, with the manifest's hashes
-    let b = f.slots.read_b();
-    let names: Vec<&str> = b.iter().map(|(n, _)| n.as_str()).collect();
-    assert!(
-        names.contains(&"initramfs")
-            && names.contains(&"system.squashfs")
-            && names.contains(&"vmlinuz"),
-        "{names:?}"
-    );
-    for (name, bytes) in &b {
-        let want: &[u8] = match name.as_str() {
-            "system.squashfs" => &img.system,
-            "vmlinuz" => img.kernel.as_deref().unwrap(),
-            "initramfs" => img.initramfs.as_deref().unwrap(),
-            other => panic!("unexpected file {other} in slot B"),
-        };
-        assert_eq!(Sha256::of(bytes), Sha256::of(want), "{name}");
-    }
+    assert_slot_b_holds(&f, &img);
     // GRUB tries B next, 3 times; A stays good
     assert_eq!(f.env(), ENV_AFTER);
-    // pending state
-    let st = f.state().expect("state file");
-    assert_eq!(st["pending"], true);
-    assert_eq!(st["from"], "A");
-    assert_eq!(st["to"], "B");
-    assert_eq!(st["version"], "2.0.0");
-    // history: one entry of kind full
-    let h = f.history();
-    let full: Vec<_> = h.iter().filter(|e| e["kind"] == "full").collect();
-    assert_eq!(full.len(), 1, "{h:?}");
-    assert_eq!(full[0]["version"], "2.0.0");
-    assert_eq!(full[0]["outcome"], "success");
-    assert!(full[0]["reason"].as_str().unwrap().contains("pending"));
-    // update log lines from the agent and from the slot writer
-    let log = f.update_log();
-    assert!(log.contains("downloaded "), "{log}");
-    assert!(
-        log.contains("system image 2.0.0: written into slot B"),
-        "{log}"
-    );
-    assert!(
-        log.contains("ab: install: wrote system.squashfs into slot B"),
-        "{log}"
-    );
-    assert!(log.contains("no reboot"), "{log}");
+    assert_pending_and_recorded(&f, "2.0.0");
     // no reboot without --reboot / auto_reboot
     assert!(!f.reboot_log().exists(), "rebooted without being asked");
     // staging cleaned up
@@ -497,7 +378,56 @@ fn full_image_apply_writes_slot_b_switches_grubenv_and_does_not_reboot() {
     assert_eq!(f.env(), ENV_AFTER);
 }
 
+/// Slot B holds exactly the image's files, with the manifest's hashes.
+fn assert_slot_b_holds(f: &Fixture, img: &ImageFiles) {
+    let b = f.slots.read_b();
+    let names: Vec<&str> = b.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        names.contains(&"initramfs")
+            && names.contains(&"system.squashfs")
+            && names.contains(&"vmlinuz"),
+        "{names:?}"
+    );
+    for (name, bytes) in &b {
+        let want: &[u8] = match name.as_str() {
+            "system.squashfs" => &img.system,
+            "vmlinuz" => img.kernel.as_deref().unwrap(),
+            "initramfs" => img.initramfs.as_deref().unwrap(),
+            other => panic!("unexpected file {other} in slot B"),
+        };
+        assert_eq!(Sha256::of(bytes), Sha256::of(want), "{name}");
+    }
+}
+
+/// After writing `version` into slot B: the pending state, one history entry of kind full,
+/// and the update log lines of the agent and of the slot writer.
+fn assert_pending_and_recorded(f: &Fixture, version: &str) {
+    let st = f.state().expect("state file");
+    assert_eq!(st["pending"], true);
+    assert_eq!(st["from"], "A");
+    assert_eq!(st["to"], "B");
+    assert_eq!(st["version"], version);
+    let h = f.history();
+    let full: Vec<_> = h.iter().filter(|e| e["kind"] == "full").collect();
+    assert_eq!(full.len(), 1, "{h:?}");
+    assert_eq!(full[0]["version"], version);
+    assert_eq!(full[0]["outcome"], "success");
+    assert!(full[0]["reason"].as_str().unwrap().contains("pending"));
+    let log = f.update_log();
+    assert!(log.contains("downloaded "), "{log}");
+    assert!(
+        log.contains(&format!("system image {version}: written into slot B")),
+        "{log}"
+    );
+    assert!(
+        log.contains("ab: install: wrote system.squashfs into slot B"),
+        "{log}"
+    );
+    assert!(log.contains("no reboot"), "{log}");
+}
+
 #[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
 fn cli_apply_with_reboot_flag_runs_the_reboot_command() {
     let f = Fixture::new("");
     let img = full_image("2.1.0");
@@ -505,7 +435,7 @@ fn cli_apply_with_reboot_flag_runs_the_reboot_command() {
 
     let out = f.qx_update(&["check", "--json"]);
     assert!(out.status.success(), "{out:?}");
-    let check: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let check: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(check["changes"][0]["name"], "system");
     assert_eq!(check["changes"][0]["action"], "install into slot B");
 
@@ -516,7 +446,7 @@ fn cli_apply_with_reboot_flag_runs_the_reboot_command() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["system"]["to"], "B");
     assert_eq!(r["system"]["rebooted"], true);
     assert_eq!(
@@ -529,13 +459,14 @@ fn cli_apply_with_reboot_flag_runs_the_reboot_command() {
     // `qx-update ab status` (wired before the agent is built) sees the pending update
     let out = f.qx_update(&["ab", "status", "--json"]);
     assert!(out.status.success(), "{out:?}");
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["booted"], "A");
     assert_eq!(s["next_boot"], "B");
     assert_eq!(s["state"]["pending"], true);
 }
 
 #[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
 fn auto_reboot_in_config_reboots_after_the_image_is_written() {
     let f = Fixture::new("  auto_reboot: true\n");
     publish_image(&f.lab, "2.2.0", &full_image("2.2.0"), Vec::new());
@@ -545,6 +476,7 @@ fn auto_reboot_in_config_reboots_after_the_image_is_written() {
 }
 
 #[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
 fn corrupted_image_on_the_server_is_refused_and_slot_b_untouched() {
     let f = Fixture::new("");
     let img = full_image("3.0.0");
@@ -586,6 +518,7 @@ fn corrupted_image_on_the_server_is_refused_and_slot_b_untouched() {
 }
 
 #[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
 fn interrupted_image_download_resumes_on_the_next_apply() {
     let f = Fixture::new("");
     let img = ImageFiles {
@@ -598,11 +531,8 @@ fn interrupted_image_download_resumes_on_the_next_apply() {
     // can be killed in the middle of the image download (a crash or power cut).
     let proxy = FaultProxy::start(f.lab.server.addr()).unwrap();
     f.write_config(&proxy.url(), "  bandwidth_limit: 256KiB/s\n");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qx-update"))
-        .arg("--root")
-        .arg(f.root())
+    let mut child = qx_update(&f.root())
         .args(["apply", "--yes"])
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -611,17 +541,17 @@ fn interrupted_image_download_resumes_on_the_next_apply() {
         .root()
         .join("data/updates/staging/system-4.0.0/system.squashfs.part");
     let mut partial = 0;
-    for _ in 0..1200 {
+    poll(Duration::from_secs(30), Duration::from_millis(25), || {
         partial = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
         if partial >= 300_000 {
-            break;
+            return true;
         }
         assert!(
             child.try_wait().unwrap().is_none(),
             "apply ended before the image was partly downloaded"
         );
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
+        false
+    });
     assert!(partial >= 300_000, "the image download did not progress");
     child.kill().unwrap();
     child.wait().unwrap();
@@ -666,6 +596,7 @@ fn interrupted_image_download_resumes_on_the_next_apply() {
 }
 
 #[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
 fn mixed_release_installs_components_then_the_image() {
     let f = Fixture::new("");
     let img = full_image("5.0.0");
@@ -712,6 +643,7 @@ fn mixed_release_installs_components_then_the_image() {
 }
 
 #[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
 fn component_selection_leaves_the_image_alone() {
     let f = Fixture::new("");
     publish_image(
@@ -738,6 +670,7 @@ fn component_selection_leaves_the_image_alone() {
 }
 
 #[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
 fn image_is_refused_while_the_booted_slot_is_not_marked_good() {
     let f = Fixture::new("");
     editenv(&f.grubenv(), &["set", "A_OK=0"]);
@@ -758,6 +691,7 @@ fn image_is_refused_while_the_booted_slot_is_not_marked_good() {
 }
 
 #[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
 fn mixed_release_with_a_failing_component_does_not_write_the_image() {
     let f = Fixture::new("");
     publish_image(
@@ -782,6 +716,7 @@ fn mixed_release_with_a_failing_component_does_not_write_the_image() {
 }
 
 #[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
 fn after_the_reboot_ab_verify_commits_and_check_shows_the_system_unchanged() {
     let f = Fixture::new("");
     publish_image(&f.lab, "8.0.0", &full_image("8.0.0"), Vec::new());
@@ -824,6 +759,7 @@ fn after_the_reboot_ab_verify_commits_and_check_shows_the_system_unchanged() {
 }
 
 #[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
 fn ab_commands_refuse_an_unknown_key_in_the_ab_section() {
     let f = Fixture::new("    trys: 4\n");
     let out = f.qx_update(&["ab", "status"]);
@@ -833,6 +769,7 @@ fn ab_commands_refuse_an_unknown_key_in_the_ab_section() {
 }
 
 #[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
 fn a_rolled_back_image_is_not_written_again() {
     let f = Fixture::new("");
     publish_image(&f.lab, "9.0.0", &full_image("9.0.0"), Vec::new());

@@ -4,14 +4,13 @@
 //! binary running `ab boot-check` / `ab verify` inside the guest and
 //! `qx_boot::install_image` writing updates into slot B.
 //!
-//! Scenario and checks: crates/qx-boot/tests/qemu/harness.rs. Needs root (loop
-//! devices, mounts) and installs the Debian packages listed in
-//! crates/qx-boot/tests/qemu/packages.txt when they are missing; logs of every
-//! boot are kept in target/tmp/ab-boot-qemu/qx-agent/logs/.
+//! Scenario and checks: qemu/harness.rs. Slow tier: needs root (loop devices,
+//! mounts) and qemu, and installs the Debian packages listed in
+//! qemu/packages.txt when they are missing; logs of every boot are kept in
+//! target/tmp/ab-boot-qemu/qx-agent/logs/.
 //!
-//!     cargo test -p qx-agent --test ab_boot_qemu -- --nocapture
+//!     cargo test -p qx-agent --test it qemu -- --include-ignored --nocapture
 
-#[path = "../../qx-boot/tests/qemu/harness.rs"]
 mod harness;
 
 use std::path::PathBuf;
@@ -34,6 +33,7 @@ const NODE_YAML: &str = r#"updates:
 "#;
 
 #[test]
+#[ignore = "slow tier: needs root, loop devices and qemu; `cargo xtask test` runs it"]
 fn ab_update_boots_rolls_back_and_commits_under_qemu() {
     harness::run_scenario(harness::Options {
         name: "qx-agent".to_owned(),

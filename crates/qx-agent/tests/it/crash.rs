@@ -7,21 +7,20 @@
 //!
 //! `QX_CRASH_TRIALS` sets the number of random-offset trials (default 40; the stress run uses
 //! 200 or more).
-#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::process::CommandExt;
-
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use qx_core::Sha256;
 use qx_testkit::host::{demo_binary, is_running, HostConfig, TestHost};
 use qx_testkit::release::{ComponentSpec, FixtureKey, ReleaseSpec};
 use qx_testkit::server::TestServer;
 
-const QX_UPDATE: &str = env!("CARGO_BIN_EXE_qx-update");
+use crate::support::host::{journal, qx_update, service, walk, walk_where};
+use crate::support::poll;
 
 struct World {
     server: TestServer,
@@ -115,7 +114,7 @@ fn host_v1(w: &World) -> TestHost {
     }
     host.add_service("quantix-node", "/data/bin/qx-node", "infinity")
         .unwrap();
-    host.service("start", "quantix-node").unwrap();
+    service(&host, "start", "quantix-node");
     host
 }
 
@@ -123,25 +122,17 @@ fn host_v1(w: &World) -> TestHost {
 fn fingerprint(host: &TestHost) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for top in ["data/bin", "data/share", "data/lib", "data/versions"] {
-        let base = host.root().join(top);
-        let mut stack = vec![base.clone()];
-        while let Some(d) = stack.pop() {
-            let Ok(rd) = fs::read_dir(&d) else { continue };
-            for e in rd.flatten() {
-                let p = e.path();
-                let rel = p.strip_prefix(host.root()).unwrap().display().to_string();
-                let ft = e.file_type().unwrap();
-                if ft.is_dir() {
-                    stack.push(p);
-                } else {
-                    let content = fs::read(&p).unwrap();
-                    let mode = {
-                        use std::os::unix::fs::PermissionsExt;
-                        fs::metadata(&p).unwrap().permissions().mode() & 0o777
-                    };
-                    out.insert(rel, format!("{} {mode:o}", Sha256::of(&content)));
-                }
+        for p in walk(&host.root().join(top)) {
+            if p.symlink_metadata().unwrap().is_dir() {
+                continue;
             }
+            let rel = p.strip_prefix(host.root()).unwrap().display().to_string();
+            let content = fs::read(&p).unwrap();
+            let mode = {
+                use std::os::unix::fs::PermissionsExt;
+                fs::metadata(&p).unwrap().permissions().mode() & 0o777
+            };
+            out.insert(rel, format!("{} {mode:o}", Sha256::of(&content)));
         }
     }
     out
@@ -170,12 +161,8 @@ fn expected(version: &str) -> BTreeMap<String, String> {
 }
 
 fn qx(host: &TestHost, args: &[&str]) -> Command {
-    let mut c = Command::new(QX_UPDATE);
-    c.arg("--root").arg(host.root()).args(args);
-    c.env_remove("QX_TEST_CRASH_AT");
-    c.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut c = qx_update(host.root());
+    c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     c
 }
 
@@ -201,23 +188,16 @@ fn recover_and_check(
         panic!("{what}: host is a mix of versions:\n got {fp:#?}\n old {old:#?}\n new {new:#?}")
     };
     // No temporaries anywhere (download partials in staging are kept on purpose for resume).
-    let mut stack = vec![host.root().to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            assert!(
-                !name.starts_with(".qx-"),
-                "{what}: stray temporary {}",
-                e.path().display()
-            );
-            if e.file_type().unwrap().is_dir() && !e.path().ends_with("data/updates/staging") {
-                stack.push(e.path());
-            }
-        }
+    for p in walk_where(host.root(), |d| !d.ends_with("data/updates/staging")) {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            !name.starts_with(".qx-"),
+            "{what}: stray temporary {}",
+            p.display()
+        );
     }
     // The journal is closed.
-    if let Ok(j) = fs::read(host.path("/data/updates/journal.json")) {
-        let j: serde_json::Value = serde_json::from_slice(&j).unwrap();
+    if let Some(j) = journal(host.root()) {
         assert!(
             j["phase"] == "committed" || j["phase"] == "rolled_back",
             "{what}: journal left open: {}",
@@ -388,17 +368,13 @@ fn group_alive(pgid: i32) -> bool {
 
 /// Waits (bounded) until every process of the killed process group `pgid` has exited.
 fn wait_group_gone(pgid: i32, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for _ in 0..60_000 {
-        if !group_alive(pgid) {
-            return;
-        }
-        if Instant::now() >= deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    panic!("{what}: a process of the killed group {pgid} is still running after 60 s");
+    let gone = poll(Duration::from_secs(60), Duration::from_millis(1), || {
+        !group_alive(pgid)
+    });
+    assert!(
+        gone,
+        "{what}: a process of the killed group {pgid} is still running after 60 s"
+    );
 }
 
 #[test]
@@ -435,13 +411,9 @@ fn kill_9_at_random_offsets_then_recover() {
             .process_group(0)
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while log_len(&host) < target
-            && child.try_wait().unwrap().is_none()
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        poll(Duration::from_secs(60), Duration::from_millis(1), || {
+            log_len(&host) >= target || child.try_wait().unwrap().is_some()
+        });
         let pgid = child.id() as i32;
         let _ = Command::new("kill")
             .args(["-9", "--", &format!("-{pgid}")])

@@ -1,7 +1,7 @@
-//! The shipped service files start `qx-update daemon` with the overlay priority of seed 003
-//! §3: `/data/bin/qx-update` when it is executable, else `/usr/bin/qx-update`. The tests run
-//! the scripts' own start logic with both directories moved into a temporary directory.
-#![allow(clippy::unwrap_used)]
+//! The shipped service files start `qx-update daemon` with the overlay priority of
+//! docs/spec.md §4: `/data/bin/qx-update` when it is executable, else `/usr/bin/qx-update`.
+//! The tests run the scripts' own start logic with both directories moved into a temporary
+//! directory.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -63,27 +63,6 @@ fn run_systemd(dir: &Path) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-#[test]
-fn systemd_unit_prefers_the_ota_binary_in_data() {
-    let dir = tempfile::tempdir().unwrap();
-    fake_binaries(dir.path());
-    assert_eq!(
-        run_systemd(dir.path()),
-        "data --config /etc/limiquantix/node.yaml daemon"
-    );
-}
-
-#[test]
-fn systemd_unit_falls_back_to_the_image_binary() {
-    let dir = tempfile::tempdir().unwrap();
-    fake_binaries(dir.path());
-    disable_data_binary(dir.path());
-    assert_eq!(
-        run_systemd(dir.path()),
-        "usr --config /etc/limiquantix/node.yaml daemon"
-    );
-}
-
 /// Sources the OpenRC script (its top level picks `command`) and prints the command line.
 fn run_openrc(dir: &Path) -> String {
     let script =
@@ -107,31 +86,65 @@ fn run_openrc(dir: &Path) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-#[test]
-fn openrc_script_prefers_the_ota_binary_in_data() {
-    let dir = tempfile::tempdir().unwrap();
-    fake_binaries(dir.path());
-    let line = run_openrc(dir.path());
-    assert_eq!(
-        line,
-        format!(
-            "{}/data/bin/qx-update --config /etc/limiquantix/node.yaml daemon",
-            dir.path().display()
-        )
-    );
+/// A service file's start logic, with or without an executable `/data/bin/qx-update`, and the
+/// command line it must run (given the temporary directory).
+struct Start {
+    name: &'static str,
+    run: fn(&Path) -> String,
+    data_binary: bool,
+    expect: fn(&Path) -> String,
 }
 
+const STARTS: &[Start] = &[
+    Start {
+        name: "systemd unit prefers the OTA binary in /data",
+        run: run_systemd,
+        data_binary: true,
+        expect: |_| "data --config /etc/limiquantix/node.yaml daemon".into(),
+    },
+    Start {
+        name: "systemd unit falls back to the image's binary",
+        run: run_systemd,
+        data_binary: false,
+        expect: |_| "usr --config /etc/limiquantix/node.yaml daemon".into(),
+    },
+    Start {
+        name: "OpenRC script prefers the OTA binary in /data",
+        run: run_openrc,
+        data_binary: true,
+        expect: |dir| {
+            format!(
+                "{}/data/bin/qx-update --config /etc/limiquantix/node.yaml daemon",
+                dir.display()
+            )
+        },
+    },
+    Start {
+        name: "OpenRC script falls back to the image's binary",
+        run: run_openrc,
+        data_binary: false,
+        expect: |dir| {
+            format!(
+                "{}/usr/bin/qx-update --config /etc/limiquantix/node.yaml daemon",
+                dir.display()
+            )
+        },
+    },
+];
+
 #[test]
-fn openrc_script_falls_back_to_the_image_binary() {
-    let dir = tempfile::tempdir().unwrap();
-    fake_binaries(dir.path());
-    disable_data_binary(dir.path());
-    let line = run_openrc(dir.path());
-    assert_eq!(
-        line,
-        format!(
-            "{}/usr/bin/qx-update --config /etc/limiquantix/node.yaml daemon",
-            dir.path().display()
-        )
-    );
+fn service_files_start_the_overlay_binary_first() {
+    for case in STARTS {
+        let dir = tempfile::tempdir().unwrap();
+        fake_binaries(dir.path());
+        if !case.data_binary {
+            disable_data_binary(dir.path());
+        }
+        assert_eq!(
+            (case.run)(dir.path()),
+            (case.expect)(dir.path()),
+            "{}",
+            case.name
+        );
+    }
 }

@@ -6,18 +6,18 @@
 //! missing the test installs them with `apt-get` (as CI does, as root). Every wait is a bounded
 //! poll of a DOM condition. The screenshot is saved to
 //! `<target>/test-artifacts/updates-page.png`.
-#![allow(clippy::unwrap_used)]
-
-mod api_support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use api_support::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use qx_testkit::host::Lab;
+
+use crate::support::api::*;
+use crate::support::host::{agent, dead_url, host_at_v1};
+use crate::support::runtime;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -116,6 +116,13 @@ async fn browser(driver: &Driver, profile: &Path) -> Client {
         .expect("a chromium session")
 }
 
+/// A browser session on the API's page.
+async fn open_page(driver: &Driver, profile: &Path, api: &ApiServer) -> Client {
+    let client = browser(driver, profile).await;
+    client.goto(&api.url("/")).await.unwrap();
+    client
+}
+
 /// Polls `what` every 100 ms, at most 1200 times (two minutes).
 async fn wait_for<F, Fut>(client: &Client, what: &str, mut cond: F)
 where
@@ -163,14 +170,6 @@ fn artifacts_dir() -> PathBuf {
     dir
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 async fn sign_in(client: &Client, token: &str) {
     wait_for(client, "the token form", |c| async move {
         displayed(&c, "#token").await
@@ -183,6 +182,7 @@ async fn sign_in(client: &Client, token: &str) {
 }
 
 #[test]
+#[ignore = "slow tier: needs a browser; `cargo xtask test` runs it"]
 fn updates_page_checks_applies_and_shows_the_new_version() {
     ensure_chromium();
     let lab = Lab::new().unwrap();
@@ -200,104 +200,14 @@ fn updates_page_checks_applies_and_shows_the_new_version() {
 
     runtime().block_on(async {
         let api = ApiServer::start(agent(&lab), TOKEN);
-        let client = browser(&driver, profile.path()).await;
-        client.goto(&api.url("/")).await.unwrap();
+        let client = open_page(&driver, profile.path(), &api).await;
         assert_eq!(
             client.title().await.unwrap(),
             "Updates · Quantix host settings"
         );
-
-        // A wrong token is refused and asked for again.
-        sign_in(&client, "not-the-token").await;
-        wait_for(&client, "the refusal of a wrong token", |c| async move {
-            text(&c, "#token-message")
-                .await
-                .is_some_and(|t| t.contains("not accepted"))
-        })
-        .await;
-
-        sign_in(&client, TOKEN).await;
-        wait_for(&client, "the installed versions", |c| async move {
-            text(&c, "#installed-table tr[data-component=qx-node]")
-                .await
-                .is_some_and(|t| t.contains("1.0.0"))
-        })
-        .await;
-        assert_eq!(text(&client, "#channel").await.as_deref(), Some("dev"));
-        assert_eq!(
-            text(&client, "#product").await.as_deref(),
-            Some("quantix-os")
-        );
-        assert!(!client
-            .find(Locator::Css("#apply"))
-            .await
-            .unwrap()
-            .is_enabled()
-            .await
-            .unwrap());
-
-        click(&client, "#check").await;
-        wait_for(&client, "the offered version", |c| async move {
-            text(&c, "#offered-version").await.as_deref() == Some("1.1.0")
-        })
-        .await;
-        let notes = text(&client, "#release-notes").await.unwrap();
-        assert_eq!(notes, "Release 1.1.0: faster boots and bug fixes.");
-        let row = text(&client, "#changes tr[data-component=qx-node]")
-            .await
-            .unwrap();
-        assert!(
-            row.contains("1.0.0") && row.contains("1.1.0") && row.contains("update"),
-            "{row}"
-        );
-        let row = text(&client, "#changes tr[data-component=host-ui]")
-            .await
-            .unwrap();
-        assert!(
-            row.contains("not installed") && row.contains("install"),
-            "{row}"
-        );
-
-        click(&client, "#apply").await;
-        wait_for(&client, "the progress to reach done", |c| async move {
-            let Ok(section) = c.find(Locator::Css("#progress")).await else {
-                return false;
-            };
-            section.attr("data-state").await.ok().flatten().as_deref() == Some("done")
-        })
-        .await;
-        let bar = client
-            .execute(
-                "return document.getElementById('progress-bar').value;",
-                vec![],
-            )
-            .await
-            .unwrap();
-        assert_eq!(bar.as_f64(), Some(100.0));
-        assert_eq!(
-            text(&client, "#step").await.as_deref(),
-            Some("Update to 1.1.0 completed.")
-        );
-        wait_for(
-            &client,
-            "the new version in the installed list",
-            |c| async move {
-                text(&c, "#installed-table tr[data-component=qx-node]")
-                    .await
-                    .is_some_and(|t| t.contains("1.1.0"))
-            },
-        )
-        .await;
-        let ui = text(&client, "#installed-table tr[data-component=host-ui]")
-            .await
-            .unwrap();
-        assert!(ui.contains("1.1.0"), "{ui}");
-        let history = text(&client, "#history-table tbody").await.unwrap();
-        assert!(
-            history.contains("1.0.0 → 1.1.0") || history.contains("1.1.0"),
-            "{history}"
-        );
-        assert!(history.contains("success"), "{history}");
+        sign_in_after_a_wrong_token(&client).await;
+        check_shows_the_offer(&client).await;
+        apply_shows_progress_to_the_new_version(&client).await;
 
         let png = client.screenshot().await.unwrap();
         let path = artifacts_dir().join("updates-page.png");
@@ -311,13 +221,114 @@ fn updates_page_checks_applies_and_shows_the_new_version() {
     assert_eq!(lab.host.version("qx-node").as_deref(), Some("1.1.0"));
 }
 
+/// A wrong token is refused and asked for again; the right one shows the installed versions,
+/// the channel and product, and a disabled Apply button.
+async fn sign_in_after_a_wrong_token(client: &Client) {
+    sign_in(client, "not-the-token").await;
+    wait_for(client, "the refusal of a wrong token", |c| async move {
+        text(&c, "#token-message")
+            .await
+            .is_some_and(|t| t.contains("not accepted"))
+    })
+    .await;
+
+    sign_in(client, TOKEN).await;
+    wait_for(client, "the installed versions", |c| async move {
+        text(&c, "#installed-table tr[data-component=qx-node]")
+            .await
+            .is_some_and(|t| t.contains("1.0.0"))
+    })
+    .await;
+    assert_eq!(text(client, "#channel").await.as_deref(), Some("dev"));
+    assert_eq!(
+        text(client, "#product").await.as_deref(),
+        Some("quantix-os")
+    );
+    assert!(!client
+        .find(Locator::Css("#apply"))
+        .await
+        .unwrap()
+        .is_enabled()
+        .await
+        .unwrap());
+}
+
+/// Check: the offered version, its release notes and a row per change.
+async fn check_shows_the_offer(client: &Client) {
+    click(client, "#check").await;
+    wait_for(client, "the offered version", |c| async move {
+        text(&c, "#offered-version").await.as_deref() == Some("1.1.0")
+    })
+    .await;
+    let notes = text(client, "#release-notes").await.unwrap();
+    assert_eq!(notes, "Release 1.1.0: faster boots and bug fixes.");
+    let row = text(client, "#changes tr[data-component=qx-node]")
+        .await
+        .unwrap();
+    assert!(
+        row.contains("1.0.0") && row.contains("1.1.0") && row.contains("update"),
+        "{row}"
+    );
+    let row = text(client, "#changes tr[data-component=host-ui]")
+        .await
+        .unwrap();
+    assert!(
+        row.contains("not installed") && row.contains("install"),
+        "{row}"
+    );
+}
+
+/// Apply: the progress reaches done at 100 %, then the installed list and the history show
+/// the new version.
+async fn apply_shows_progress_to_the_new_version(client: &Client) {
+    click(client, "#apply").await;
+    wait_for(client, "the progress to reach done", |c| async move {
+        let Ok(section) = c.find(Locator::Css("#progress")).await else {
+            return false;
+        };
+        section.attr("data-state").await.ok().flatten().as_deref() == Some("done")
+    })
+    .await;
+    let bar = client
+        .execute(
+            "return document.getElementById('progress-bar').value;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(bar.as_f64(), Some(100.0));
+    assert_eq!(
+        text(client, "#step").await.as_deref(),
+        Some("Update to 1.1.0 completed.")
+    );
+    wait_for(
+        client,
+        "the new version in the installed list",
+        |c| async move {
+            text(&c, "#installed-table tr[data-component=qx-node]")
+                .await
+                .is_some_and(|t| t.contains("1.1.0"))
+        },
+    )
+    .await;
+    let ui = text(client, "#installed-table tr[data-component=host-ui]")
+        .await
+        .unwrap();
+    assert!(ui.contains("1.1.0"), "{ui}");
+    let history = text(client, "#history-table tbody").await.unwrap();
+    assert!(
+        history.contains("1.0.0 → 1.1.0") || history.contains("1.1.0"),
+        "{history}"
+    );
+    assert!(history.contains("success"), "{history}");
+}
+
 #[test]
+#[ignore = "slow tier: needs a browser; `cargo xtask test` runs it"]
 fn updates_page_shows_an_unreachable_server_as_an_actionable_error() {
     ensure_chromium();
     let lab = Lab::new().unwrap();
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_url = format!("http://127.0.0.1:{}", dead.local_addr().unwrap().port());
-    drop(dead);
+    let dead_url = dead_url();
     write_config(&lab, None, &dead_url, "");
     host_at_v1(&lab);
     let profile = tempfile::tempdir().unwrap();
@@ -325,8 +336,7 @@ fn updates_page_shows_an_unreachable_server_as_an_actionable_error() {
 
     runtime().block_on(async {
         let api = ApiServer::start(agent(&lab), TOKEN);
-        let client = browser(&driver, profile.path()).await;
-        client.goto(&api.url("/")).await.unwrap();
+        let client = open_page(&driver, profile.path(), &api).await;
         sign_in(&client, TOKEN).await;
         wait_for(&client, "the page", |c| async move {
             displayed(&c, "#check").await

@@ -12,21 +12,22 @@
 //! Updates are written into slot B on the host by `qx_boot::install_image`,
 //! through loop devices over the partitions of the disk image.
 //!
-//! Included with `#[path]` by the tests that run the scenario (qx-agent with
-//! the real `qx-update`, qx-boot with its example binary). Needs root (loop
-//! devices, mounts, apt-get for missing packages listed in packages.txt).
-
-#![allow(dead_code)]
+//! Run by `qemu.rs` with the real `qx-update`. Needs root (loop devices, mounts,
+//! apt-get for missing packages listed in packages.txt).
 
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use qx_boot::grubenv::GrubEnv;
 use qx_boot::{AbConfig, ImageFile, InstallRequest, Slot, SlotTarget};
+
+use crate::support::host::parse_jsonl;
+use crate::support::sys::{exclusive_mounts, is_root, run, sh, LoopDev, Mount};
 
 /// Partition layout, in 512-byte sectors.
 const P1_START: u64 = 2048; // BIOS boot partition: GRUB core.img
@@ -56,6 +57,43 @@ const MODULES: &[&str] = &[
     "nls_ascii",
 ];
 
+/// The init of a broken system image: reports the slot and version, then fails.
+const BROKEN_INIT: &str = r#"#!/bin/sh
+export PATH=/usr/bin:/bin
+slot=; for a in $(cat /proc/cmdline); do case "$a" in quantix.slot=*) slot=${a#quantix.slot=};; esac; done
+echo "QX-SYSTEM: up: slot=$slot version=$(cat /etc/quantix-release)"
+echo "QX-SYSTEM: broken image: init fails"
+exit 1
+"#;
+
+/// The init of a system image, in place of OpenRC: mounts /data and /boot (localmount), runs
+/// the local.d scripts in order (local), powers off.
+const SYSTEM_INIT: &str = r#"#!/bin/sh
+# Stand-in for OpenRC: mount /data and /boot (localmount), run the local.d
+# scripts in order (local), power off.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t tmpfs tmpfs /tmp
+slot=; for a in $(cat /proc/cmdline); do case "$a" in quantix.slot=*) slot=${a#quantix.slot=};; esac; done
+echo "QX-SYSTEM: up: slot=$slot version=$(cat /etc/quantix-release)"
+mount -t ext4 "$(findfs LABEL=QUANTIX-DATA)" /data || echo "QX-SYSTEM: cannot mount /data"
+# /quantix and /var/log are links into /data in this image
+mkdir -p /data/quantix /data/log
+mount -t vfat "$(findfs LABEL=QXBOOT)" /boot || echo "QX-SYSTEM: cannot mount /boot"
+for s in /etc/local.d/*.start; do
+  [ -x "$s" ] || continue
+  echo "QX-SYSTEM: running $s"
+  "$s"
+  echo "QX-SYSTEM: $s exited $?"
+done
+qx-update ab status 2>&1 | sed 's/^/QX-SYSTEM: status: /'
+sync
+umount /boot
+umount /data
+sync
+echo "QX-SYSTEM: powering off"
+poweroff -f
+"#;
+
 /// How to run the scenario.
 pub struct Options {
     /// Name of the work directory under the target's tmp dir.
@@ -73,35 +111,6 @@ pub struct Options {
 
 /// The health checks configured in the guest.
 pub const HEALTH_CHECKS: &str = r#"[["/bin/sh", "-c", "grep -q ' /data ' /proc/mounts"], ["/bin/test", "-s", "/etc/quantix-release"]]"#;
-
-fn cmd_line(c: &Command) -> String {
-    format!("{c:?}").replace('"', "")
-}
-
-/// Run a command; panic with its output if it fails. Returns stdout.
-fn run(c: &mut Command) -> String {
-    let desc = cmd_line(c);
-    let out = c
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `{desc}`: {e}"));
-    assert!(
-        out.status.success(),
-        "`{desc}` failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn sh(script: &str) -> String {
-    run(Command::new("sh").arg("-ec").arg(script))
-}
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
 
 /// Install the packages of packages.txt that are missing (as root), or fail
 /// with the list.
@@ -179,56 +188,6 @@ pub fn kernel_deb(cache: &Path) -> PathBuf {
     find().unwrap_or_else(|| panic!("apt-get download {pkg} left no .deb in {}", cache.display()))
 }
 
-/// A loop device over a range of a file, detached on drop.
-pub struct LoopDev {
-    pub dev: PathBuf,
-}
-
-impl LoopDev {
-    pub fn new(file: &Path, start_sector: u64, sectors: u64) -> LoopDev {
-        let dev = run(Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(format!("--offset={}", start_sector * 512))
-            .arg(format!("--sizelimit={}", sectors * 512))
-            .arg(file));
-        LoopDev {
-            dev: PathBuf::from(dev.trim()),
-        }
-    }
-}
-
-impl Drop for LoopDev {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
-    }
-}
-
-/// A mounted file system, unmounted on drop (before its loop device goes).
-pub struct Mounted {
-    pub dir: PathBuf,
-    _dev: LoopDev,
-}
-
-impl Mounted {
-    pub fn new(dev: LoopDev, dir: &Path, read_only: bool) -> Mounted {
-        fs::create_dir_all(dir).expect("mkdir mount point");
-        run(Command::new("mount")
-            .args(["-t", "ext4", "-o", if read_only { "ro" } else { "rw" }])
-            .arg(&dev.dev)
-            .arg(dir));
-        Mounted {
-            dir: dir.to_owned(),
-            _dev: dev,
-        }
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir).status();
-    }
-}
-
 /// Serial output without carriage returns and ANSI escape sequences.
 pub fn clean_log(raw: &[u8]) -> String {
     let text = String::from_utf8_lossy(raw);
@@ -292,6 +251,7 @@ pub struct Harness {
     pub summary: String,
     started: Instant,
     packaging: PathBuf,
+    _mounts: MutexGuard<'static, ()>,
 }
 
 impl Harness {
@@ -319,6 +279,7 @@ impl Harness {
             summary: String::new(),
             started: Instant::now(),
             packaging,
+            _mounts: exclusive_mounts(),
         }
     }
 
@@ -485,41 +446,7 @@ exec switch_root /newroot /sbin/init
         )
         .expect("write node.yaml");
         fs::write(r.join("etc/quantix-release"), format!("{version}\n")).expect("release");
-        let init = if broken {
-            r#"#!/bin/sh
-export PATH=/usr/bin:/bin
-slot=; for a in $(cat /proc/cmdline); do case "$a" in quantix.slot=*) slot=${a#quantix.slot=};; esac; done
-echo "QX-SYSTEM: up: slot=$slot version=$(cat /etc/quantix-release)"
-echo "QX-SYSTEM: broken image: init fails"
-exit 1
-"#
-        } else {
-            r#"#!/bin/sh
-# Stand-in for OpenRC: mount /data and /boot (localmount), run the local.d
-# scripts in order (local), power off.
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin
-mount -t tmpfs tmpfs /tmp
-slot=; for a in $(cat /proc/cmdline); do case "$a" in quantix.slot=*) slot=${a#quantix.slot=};; esac; done
-echo "QX-SYSTEM: up: slot=$slot version=$(cat /etc/quantix-release)"
-mount -t ext4 "$(findfs LABEL=QUANTIX-DATA)" /data || echo "QX-SYSTEM: cannot mount /data"
-# /quantix and /var/log are links into /data in this image
-mkdir -p /data/quantix /data/log
-mount -t vfat "$(findfs LABEL=QXBOOT)" /boot || echo "QX-SYSTEM: cannot mount /boot"
-for s in /etc/local.d/*.start; do
-  [ -x "$s" ] || continue
-  echo "QX-SYSTEM: running $s"
-  "$s"
-  echo "QX-SYSTEM: $s exited $?"
-done
-qx-update ab status 2>&1 | sed 's/^/QX-SYSTEM: status: /'
-sync
-umount /boot
-umount /data
-sync
-echo "QX-SYSTEM: powering off"
-poweroff -f
-"#
-        };
+        let init = if broken { BROKEN_INIT } else { SYSTEM_INIT };
         fs::write(r.join("sbin/init"), init).expect("write init");
         run(Command::new("chmod").arg("755").arg(r.join("sbin/init")));
         let out = self.work.join(format!("system-{version}.squashfs"));
@@ -569,17 +496,57 @@ poweroff -f
         let initramfs = self.build_initramfs(&kdir);
         let guest_bin = self.guest_binary();
         let system_a = self.build_system(version_a, false, &guest_bin);
+        let parts = [
+            (self.boot_partition(), P2_START),
+            (self.slot_a(&vmlinuz, &initramfs, &system_a), P3_START),
+            (
+                self.mkfs_ext4("slot-b.ext4", "QUANTIX-B", None, SLOT_SIZE),
+                P4_START,
+            ),
+            (
+                self.mkfs_ext4("data.ext4", "QUANTIX-DATA", None, P5_SIZE),
+                P5_START,
+            ),
+        ];
+        self.partition_disk();
+        for (img, start) in &parts {
+            self.put_part(img, *start);
+        }
+        self.install_grub();
 
+        let kept_kernel = self.work.join("vmlinuz");
+        fs::copy(&vmlinuz, &kept_kernel).expect("keep vmlinuz");
+        for d in ["kernel", "initramfs-root", "slot-a", "bootfs"] {
+            let _ = fs::remove_dir_all(self.work.join(d));
+        }
+        for f in ["slot-a.ext4", "slot-b.ext4", "data.ext4", "boot.vfat"] {
+            let _ = fs::remove_file(self.work.join(f));
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        self.note(&format!(
+            "built disk image {} in {secs:.1}s",
+            self.disk.display()
+        ));
+        Artifacts {
+            vmlinuz: kept_kernel,
+            initramfs,
+            guest_bin,
+        }
+    }
+
+    /// The file system of slot A (ext4 image): kernel, initramfs and system.
+    fn slot_a(&self, vmlinuz: &Path, initramfs: &Path, system: &Path) -> PathBuf {
         let slot_a = self.work.join("slot-a");
         fs::create_dir_all(&slot_a).expect("mkdir");
-        fs::copy(&vmlinuz, slot_a.join("vmlinuz")).expect("copy kernel");
-        fs::copy(&initramfs, slot_a.join("initramfs")).expect("copy initramfs");
-        fs::copy(&system_a, slot_a.join("system.squashfs")).expect("copy system");
-        let a_img = self.mkfs_ext4("slot-a.ext4", "QUANTIX-A", Some(&slot_a), SLOT_SIZE);
-        let b_img = self.mkfs_ext4("slot-b.ext4", "QUANTIX-B", None, SLOT_SIZE);
-        let data_img = self.mkfs_ext4("data.ext4", "QUANTIX-DATA", None, P5_SIZE);
+        fs::copy(vmlinuz, slot_a.join("vmlinuz")).expect("copy kernel");
+        fs::copy(initramfs, slot_a.join("initramfs")).expect("copy initramfs");
+        fs::copy(system, slot_a.join("system.squashfs")).expect("copy system");
+        self.mkfs_ext4("slot-a.ext4", "QUANTIX-A", Some(&slot_a), SLOT_SIZE)
+    }
 
-        // boot partition: GRUB modules, grub.cfg (serial console + our fragment), grubenv
+    /// The boot partition (FAT image): GRUB modules, grub.cfg (serial console + our
+    /// fragment), grubenv.
+    fn boot_partition(&self) -> PathBuf {
         let bootfs = self.work.join("bootfs");
         let grubdir = bootfs.join("grub");
         fs::create_dir_all(grubdir.join("i386-pc")).expect("mkdir");
@@ -630,8 +597,11 @@ poweroff -f
             .arg(&boot_img)
             .arg(&grubdir)
             .arg("::/"));
+        boot_img
+    }
 
-        // GPT disk
+    /// An empty disk image with the GPT partition table of the layout.
+    fn partition_disk(&self) {
         let f = fs::File::create(&self.disk).expect("create disk");
         f.set_len(DISK_SECTORS * 512).expect("size disk");
         drop(f);
@@ -647,16 +617,14 @@ poweroff -f
             .arg(format!("-n=5:{P5_START}:+{P5_SIZE}"))
             .args(["-t=5:8300", "-c=5:data"])
             .arg(&self.disk));
-        self.put_part(&boot_img, P2_START);
-        self.put_part(&a_img, P3_START);
-        self.put_part(&b_img, P4_START);
-        self.put_part(&data_img, P5_START);
+    }
 
-        // GRUB for BIOS, installed by hand (what grub-bios-setup does, without
-        // a loop device): core.img into the BIOS boot partition, boot.img
-        // (first 440 bytes, keeping the protective MBR's table) into sector 0,
-        // with the LBA of core.img at 0x5c of boot.img and the LBA of the rest
-        // of core.img in core.img's blocklist at 0x1f4.
+    /// GRUB for BIOS, installed by hand (what grub-bios-setup does, without
+    /// a loop device): core.img into the BIOS boot partition, boot.img
+    /// (first 440 bytes, keeping the protective MBR's table) into sector 0,
+    /// with the LBA of core.img at 0x5c of boot.img and the LBA of the rest
+    /// of core.img in core.img's blocklist at 0x1f4.
+    fn install_grub(&self) {
         let core = self.work.join("core.img");
         run(Command::new("grub-mkimage")
             .args(["-O", "i386-pc", "-o"])
@@ -700,25 +668,6 @@ poweroff -f
         disk.write_all(&core_bytes).expect("write core.img");
         disk.sync_all().expect("sync disk");
         drop(disk);
-
-        let kept_kernel = self.work.join("vmlinuz");
-        fs::copy(&vmlinuz, &kept_kernel).expect("keep vmlinuz");
-        for d in ["kernel", "initramfs-root", "slot-a", "bootfs"] {
-            let _ = fs::remove_dir_all(self.work.join(d));
-        }
-        for f in ["slot-a.ext4", "slot-b.ext4", "data.ext4", "boot.vfat"] {
-            let _ = fs::remove_file(self.work.join(f));
-        }
-        let secs = t0.elapsed().as_secs_f64();
-        self.note(&format!(
-            "built disk image {} in {secs:.1}s",
-            self.disk.display()
-        ));
-        Artifacts {
-            vmlinuz: kept_kernel,
-            initramfs,
-            guest_bin,
-        }
     }
 
     // ------------------------------------------------------------- inspection
@@ -762,13 +711,6 @@ poweroff -f
             .collect();
         assert_eq!(vars, ours, "grub-editenv and qx_boot::grubenv disagree");
         vars
-    }
-
-    pub fn env_get(&self, key: &str) -> Option<String> {
-        self.env()
-            .into_iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v)
     }
 
     pub fn env_string(&self) -> String {
@@ -815,9 +757,14 @@ poweroff -f
     }
 
     /// Mount the data partition (read-only unless `rw`).
-    pub fn data(&self, rw: bool) -> Mounted {
-        let dev = LoopDev::new(&self.disk, P5_START, P5_SIZE);
-        Mounted::new(dev, &self.work.join("mnt-data"), !rw)
+    pub fn data(&self, rw: bool) -> Mount {
+        let dev = LoopDev::range(&self.disk, P5_START, P5_SIZE);
+        let mode = if rw { "rw" } else { "ro" };
+        Mount::owning(
+            dev,
+            &self.work.join("mnt-data"),
+            &["-t", "ext4", "-o", mode],
+        )
     }
 
     /// A file of the data partition (`None` if absent).
@@ -834,11 +781,7 @@ poweroff -f
     }
 
     pub fn history(&self) -> Vec<serde_json::Value> {
-        self.data_file("updates/history.jsonl")
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("history line is JSON"))
-            .collect()
+        parse_jsonl(&self.data_file("updates/history.jsonl").unwrap_or_default())
     }
 
     pub fn update_log(&self) -> String {
@@ -875,8 +818,8 @@ poweroff -f
         std::os::unix::fs::symlink(data.dir.join("quantix"), root.join("quantix")).expect("ln");
         std::os::unix::fs::symlink(data.dir.join("log"), root.join("var/log")).expect("ln");
         std::os::unix::fs::symlink(&data.dir, root.join("data")).expect("ln");
-        let loop_a = LoopDev::new(&self.disk, P3_START, SLOT_SIZE);
-        let loop_b = LoopDev::new(&self.disk, P4_START, SLOT_SIZE);
+        let loop_a = LoopDev::range(&self.disk, P3_START, SLOT_SIZE);
+        let loop_b = LoopDev::range(&self.disk, P4_START, SLOT_SIZE);
         let mnt = self.work.join("mnt");
         fs::create_dir_all(&mnt).expect("mkdir");
         let cfg = AbConfig {
@@ -1072,23 +1015,46 @@ pub fn run_scenario(opts: Options) {
     ensure_packages();
     let mut h = Harness::new(opts);
     let art = h.build("1.0.0");
+    factory_boot_marks_a_good(&mut h);
+    broken_update_is_tried_three_times(&mut h, &art);
+    fallback_to_a_records_the_rollback(&mut h);
+    good_update_completes(&mut h, &art);
+    // 5. B stays
+    h.boot_expect("B", "3.0.0", true);
+    h.expect_env(
+        "B stays",
+        &[("ORDER", "B A"), ("B_LEFT", "3"), ("B_OK", "1")],
+    );
+    assert_eq!(h.history().len(), 2, "a plain boot added history");
+    rescue_path_boots_the_good_slot(&mut h);
+    h.finish();
+}
 
-    // 1. factory state: only A; A is not marked good yet
+impl Harness {
+    /// Asserts that the log of boot `n` contains `needle`; `what` says what it means when not.
+    fn expect_in_log(&self, n: usize, needle: &str, what: &str) {
+        let b = self.log(n);
+        assert!(b.contains(needle), "boot {n}: {what}\n{}", b.tail());
+    }
+}
+
+/// Step 1: factory state, only A, not marked good yet. It boots, is marked good, and the
+/// boot scripts create the data directories.
+fn factory_boot_marks_a_good(h: &mut Harness) {
     h.expect_env(
         "factory",
         &[("ORDER", "A B"), ("A_LEFT", "3"), ("B_LEFT", "0")],
     );
     let n = h.boot_expect("A", "1.0.0", true);
-    let b = h.log(n);
-    assert!(
-        b.contains("quantix-ab: saved A_LEFT=2 B_LEFT=0"),
-        "boot {n}: GRUB did not decrement A_LEFT before booting\n{}",
-        b.tail()
+    h.expect_in_log(
+        n,
+        "quantix-ab: saved A_LEFT=2 B_LEFT=0",
+        "GRUB did not decrement A_LEFT before booting",
     );
-    assert!(
-        b.contains("slot A marked good"),
-        "boot {n}: `qx-update ab verify` did not mark slot A good\n{}",
-        b.tail()
+    h.expect_in_log(
+        n,
+        "slot A marked good",
+        "`qx-update ab verify` did not mark slot A good",
     );
     h.expect_env(
         "after boot 1",
@@ -1116,12 +1082,12 @@ pub fn run_scenario(opts: Options) {
             "05-overlay-mounts.start did not create /data/{d}"
         );
     }
+}
 
-    // 2. a broken update into B: tried exactly 3 times
-    let broken = h.system_image("2.0.0", true, &art);
-    let vmlinuz = art.vmlinuz.clone();
-    let initramfs = art.initramfs.clone();
-    h.install_into_b("2.0.0", &broken, Some(&vmlinuz), Some(&initramfs));
+/// Step 2: a broken update into B: pending, then tried exactly 3 times.
+fn broken_update_is_tried_three_times(h: &mut Harness, art: &Artifacts) {
+    let broken = h.system_image("2.0.0", true, art);
+    h.install_into_b("2.0.0", &broken, Some(&art.vmlinuz), Some(&art.initramfs));
     h.expect_env(
         "after installing 2.0.0",
         &[
@@ -1145,14 +1111,16 @@ pub fn run_scenario(opts: Options) {
         );
     }
     assert_eq!(h.state()["pending"], true, "nothing ran in the broken slot");
+}
 
-    // 3. GRUB falls back to A; boot-check records the rollback
+/// Step 3: GRUB falls back to A; boot-check records the rollback in the state, the history
+/// and the update log.
+fn fallback_to_a_records_the_rollback(h: &mut Harness) {
     let n = h.boot_expect("A", "1.0.0", true);
-    let b = h.log(n);
-    assert!(
-        b.contains("ROLLBACK recorded"),
-        "boot {n}: `qx-update ab boot-check` did not record the rollback\n{}",
-        b.tail()
+    h.expect_in_log(
+        n,
+        "ROLLBACK recorded",
+        "`qx-update ab boot-check` did not record the rollback",
     );
     h.expect_env(
         "after the fallback boot",
@@ -1185,9 +1153,12 @@ pub fn run_scenario(opts: Options) {
         "update.log has no rollback line:\n{}",
         h.update_log()
     );
+}
 
-    // 4. a good update into B (kernel and initramfs copied from slot A)
-    let good = h.system_image("3.0.0", false, &art);
+/// Step 4: a good update into B (kernel and initramfs copied from slot A): a trial boot,
+/// marked good, the update completed.
+fn good_update_completes(h: &mut Harness, art: &Artifacts) {
+    let good = h.system_image("3.0.0", false, art);
     let report = h.install_into_b("3.0.0", &good, None, None);
     assert!(
         report
@@ -1202,17 +1173,14 @@ pub fn run_scenario(opts: Options) {
         &[("ORDER", "B A"), ("B_LEFT", "3"), ("B_OK", "0")],
     );
     let n = h.boot_expect("B", "3.0.0", true);
-    let b = h.log(n);
-    assert!(
-        b.contains("trial boot of version 3.0.0 in slot B"),
-        "boot {n}: boot-check did not report the trial boot\n{}",
-        b.tail()
+    h.expect_in_log(
+        n,
+        "trial boot of version 3.0.0 in slot B",
+        "boot-check did not report the trial boot",
     );
-    assert!(
-        b.contains("slot B marked good") && b.contains("update to version 3.0.0 completed"),
-        "boot {n}: verify did not mark B good and complete the update\n{}",
-        b.tail()
-    );
+    let not_completed = "verify did not mark B good and complete the update";
+    h.expect_in_log(n, "slot B marked good", not_completed);
+    h.expect_in_log(n, "update to version 3.0.0 completed", not_completed);
     h.expect_env(
         "after the first boot of 3.0.0",
         &[
@@ -1231,28 +1199,22 @@ pub fn run_scenario(opts: Options) {
     assert_eq!(hist.len(), 2, "history: {hist:?}");
     assert_eq!(hist[1]["version"], "3.0.0");
     assert_eq!(hist[1]["outcome"], "success");
+}
 
-    // 5. B stays
-    h.boot_expect("B", "3.0.0", true);
-    h.expect_env(
-        "B stays",
-        &[("ORDER", "B A"), ("B_LEFT", "3"), ("B_OK", "1")],
-    );
-    assert_eq!(h.history().len(), 2, "a plain boot added history");
-
-    // 6. rescue path: no slot has attempts left
+/// Step 6: rescue path. No slot has attempts left; GRUB resets the good slots' counters and
+/// boots B.
+fn rescue_path_boots_the_good_slot(h: &mut Harness) {
     h.env_set(&["A_LEFT=0", "B_LEFT=0"]);
     let n = h.boot_expect("B", "3.0.0", true);
-    let b = h.log(n);
-    assert!(
-        b.contains("quantix-ab: no slot has boot attempts left"),
-        "boot {n}: GRUB did not take the rescue path\n{}",
-        b.tail()
+    h.expect_in_log(
+        n,
+        "quantix-ab: no slot has boot attempts left",
+        "GRUB did not take the rescue path",
     );
-    assert!(
-        b.contains("quantix-ab: saved A_LEFT=3 B_LEFT=2"),
-        "boot {n}: rescue did not reset the good slots' counters\n{}",
-        b.tail()
+    h.expect_in_log(
+        n,
+        "quantix-ab: saved A_LEFT=3 B_LEFT=2",
+        "rescue did not reset the good slots' counters",
     );
     h.expect_env(
         "after the rescue boot",
@@ -1263,5 +1225,4 @@ pub fn run_scenario(opts: Options) {
             ("B_OK", "1"),
         ],
     );
-    h.finish();
 }

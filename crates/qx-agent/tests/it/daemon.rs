@@ -1,18 +1,17 @@
 //! The real `qx-update daemon` process: first start creates the token file and a self-signed
 //! certificate (0600) and the next start reuses them; the API answers over HTTPS; SIGTERM
 //! stops it cleanly, and a SIGTERM during an apply lets that apply finish first.
-#![allow(clippy::unwrap_used)]
-
-mod api_support;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 
-use api_support::*;
 use qx_testkit::host::Lab;
-use serde_json::Value;
+
+use crate::support::api::*;
+use crate::support::host::{history, host_at_v1, journal, qx_update};
+use crate::support::runtime;
 
 /// A running daemon; killed (SIGKILL) if the test ends without stopping it.
 struct Daemon {
@@ -23,9 +22,7 @@ struct Daemon {
 
 impl Daemon {
     fn start(lab: &Lab) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_qx-update"))
-            .arg("--root")
-            .arg(lab.host.root())
+        let mut child = qx_update(lab.host.root())
             .arg("daemon")
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -116,13 +113,6 @@ impl Drop for Daemon {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
@@ -151,7 +141,7 @@ fn first_start_creates_token_and_certificate_and_next_start_reuses_them() {
         let url = format!("{}/api/v1/updates/status", daemon.base);
         let resp = client.get(&url).bearer_auth(&token).send().await.unwrap();
         assert_eq!(resp.status(), 200);
-        let body: Value = resp.json().await.unwrap();
+        let body: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(body["installed"]["qx-node"], "1.0.0");
         let resp = client.get(&url).send().await.unwrap();
         assert_eq!(resp.status(), 401);
@@ -186,10 +176,7 @@ fn first_start_creates_token_and_certificate_and_next_start_reuses_them() {
 fn sigterm_during_an_apply_lets_it_finish() {
     let scratch = tempfile::tempdir().unwrap();
     let gate = Gate::new(scratch.path(), "restart");
-    let lab = Lab::new().unwrap();
-    write_config(&lab, Some(&gate), lab.server.url(), "");
-    host_at_v1(&lab);
-    publish_release(&lab, "1.1.0", None, 1024);
+    let lab = daemon_lab(Some(&gate), None, "");
     lab.host
         .write_file(
             "/etc/limiquantix/update-api-token",
@@ -215,12 +202,7 @@ fn sigterm_during_an_apply_lets_it_finish() {
             .send()
             .await
             .unwrap();
-        let mut events = Events::new(resp);
-        for _ in 0..100_000 {
-            if state_of(&events.next().await) == "restarting" {
-                break;
-            }
-        }
+        Events::new(resp).until(&["restarting"]).await;
     });
     daemon.sigterm();
     daemon.wait_log("waiting for the running apply to finish");
@@ -229,31 +211,25 @@ fn sigterm_during_an_apply_lets_it_finish() {
     assert_eq!(daemon.wait_exit(), 0);
     assert_eq!(lab.host.version("qx-node").as_deref(), Some("1.1.0"));
     assert!(
-        !lab.host.path("/data/updates/journal.json").exists()
-            || std::fs::read_to_string(lab.host.path("/data/updates/journal.json"))
-                .unwrap()
-                .contains("committed"),
+        journal(lab.host.root()).is_none_or(|j| j["phase"] == "committed"),
         "the transaction ended"
     );
-    let history = std::fs::read_to_string(lab.host.path("/data/updates/history.jsonl")).unwrap();
-    assert!(history.contains("\"outcome\":\"success\""), "{history}");
+    let history = history(lab.host.root());
+    assert!(
+        history.iter().any(|e| e["outcome"] == "success"),
+        "{history:?}"
+    );
 }
 
 #[test]
 fn daemon_start_finishes_an_interrupted_apply() {
-    let lab = Lab::new().unwrap();
-    write_config(&lab, None, lab.server.url(), "");
-    host_at_v1(&lab);
-    publish_release(&lab, "1.1.0", None, 1024);
+    let lab = daemon_lab(None, None, "");
     let v1 = lab.host.read("/data/bin/qx-node").unwrap();
     // A CLI apply dies (abort, as in a power cut) after the files were replaced, before any
     // restart: the journal is left open.
-    let out = Command::new(env!("CARGO_BIN_EXE_qx-update"))
-        .arg("--root")
-        .arg(lab.host.root())
+    let out = qx_update(lab.host.root())
         .args(["apply", "--yes"])
         .env("QX_TEST_CRASH_AT", "installed")
-        .stdin(Stdio::null())
         .output()
         .unwrap();
     use std::os::unix::process::ExitStatusExt;
@@ -267,8 +243,8 @@ fn daemon_start_finishes_an_interrupted_apply() {
         v1,
         "new file in place"
     );
-    let journal = std::fs::read_to_string(lab.host.path("/data/updates/journal.json")).unwrap();
-    assert!(!journal.contains("\"committed\""), "{journal}");
+    let open = std::fs::read_to_string(lab.host.path("/data/updates/journal.json")).unwrap();
+    assert!(!open.contains("\"committed\""), "{open}");
 
     // The daemon rolls it back before it serves anything.
     let mut daemon = Daemon::start(&lab);
@@ -278,11 +254,8 @@ fn daemon_start_finishes_an_interrupted_apply() {
         "old file restored"
     );
     assert_eq!(lab.host.version("qx-node").as_deref(), Some("1.0.0"));
-    let journal: Value = serde_json::from_str(
-        &std::fs::read_to_string(lab.host.path("/data/updates/journal.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(journal["phase"], "rolled_back");
+    let closed = journal(lab.host.root()).expect("journal");
+    assert_eq!(closed["phase"], "rolled_back");
     daemon.sigterm();
     assert_eq!(daemon.wait_exit(), 0);
 }

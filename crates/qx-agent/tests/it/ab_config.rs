@@ -1,10 +1,10 @@
 //! The `updates.ab` and `updates.reboot_command` keys of the agent configuration.
-#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use qx_agent::{Config, ConfigError};
+use qx_agent::Config;
+use qx_agent::ConfigError;
 use qx_boot::{AbConfig, SlotTarget};
 
 const KEY: &str = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
@@ -59,29 +59,48 @@ fn ab_section_with_devices_paths_and_health_checks() {
     assert_eq!(c.ab.mount.fstype.as_deref(), Some("ext4"));
 }
 
-#[test]
-fn unknown_key_in_ab_is_refused_naming_it() {
-    let (key, message) = invalid_key(parse("  ab:\n    trys: 4\n").unwrap_err());
-    assert_eq!(key, "ab");
-    assert!(message.contains("trys"), "{message}");
+/// A configuration the agent must refuse: the `updates:` lines, the key the error names and a
+/// text its message contains.
+struct Invalid {
+    name: &'static str,
+    extra: &'static str,
+    key: &'static str,
+    message: &'static str,
 }
 
-#[test]
-fn unknown_key_in_an_ab_slot_is_refused_naming_it() {
-    let (key, message) = invalid_key(parse("  ab:\n    slot_a: {dev: /dev/vda3}\n").unwrap_err());
-    assert_eq!(key, "ab");
-    assert!(message.contains("dev"), "{message}");
-}
+const INVALID: &[Invalid] = &[
+    Invalid {
+        name: "unknown key in ab",
+        extra: "  ab:\n    trys: 4\n",
+        key: "ab",
+        message: "trys",
+    },
+    Invalid {
+        name: "unknown key in an ab slot",
+        extra: "  ab:\n    slot_a: {dev: /dev/vda3}\n",
+        key: "ab",
+        message: "dev",
+    },
+    Invalid {
+        name: "out-of-range tries",
+        extra: "  ab:\n    tries: 10\n",
+        key: "ab",
+        message: "tries",
+    },
+    Invalid {
+        name: "empty reboot command",
+        extra: "  reboot_command: []\n",
+        key: "reboot_command",
+        message: "",
+    },
+];
 
 #[test]
-fn out_of_range_tries_is_refused() {
-    let (key, message) = invalid_key(parse("  ab:\n    tries: 10\n").unwrap_err());
-    assert_eq!(key, "ab");
-    assert!(message.contains("tries"), "{message}");
-}
-
-#[test]
-fn empty_reboot_command_is_refused() {
-    let (key, _) = invalid_key(parse("  reboot_command: []\n").unwrap_err());
-    assert_eq!(key, "reboot_command");
+fn invalid_ab_and_reboot_settings_are_refused_naming_the_key() {
+    for case in INVALID {
+        let name = case.name;
+        let (key, message) = invalid_key(parse(case.extra).unwrap_err());
+        assert_eq!(key, case.key, "{name}: {message}");
+        assert!(message.contains(case.message), "{name}: {message}");
+    }
 }

@@ -1,40 +1,23 @@
-//! The three field failures of seed 003, each made impossible and proven so:
-//! §2.2 a running binary replaced without ETXTBSY; §2.1 a file installed where nothing runs it
-//! is a FAILED update; §2.3 migrations run before the restart, and a failing one restores
-//! everything without restarting anything.
-#![allow(clippy::unwrap_used)]
+//! Three failures seen in the field, each made impossible and proven so (docs/spec.md §4): a
+//! running binary replaced without ETXTBSY (step 4); a file installed where nothing runs it is
+//! a FAILED update (step 6); migrations run before the restart, and a failing one restores
+//! everything without restarting anything (step 5).
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use qx_agent::{Agent, AgentError, ApplyOptions, Config};
+use qx_agent::AgentError;
+use qx_agent::ApplyOptions;
 use qx_core::status::Outcome;
 use qx_testkit::host::{demo_binary, exe_inode, is_running, Lab};
 use qx_testkit::release::ComponentSpec;
 
-fn agent(lab: &Lab) -> Agent {
-    let root = lab.host.root().to_path_buf();
-    let config = Config::load_under(&lab.host.config_path(), &root).expect("config");
-    Agent::new(config, root).expect("agent")
-}
-
-fn inode(p: &Path) -> (u64, u64) {
-    let m = fs::metadata(p).expect("stat");
-    (m.dev(), m.ino())
-}
+use crate::support::host::{agent, host_at_v1, inode, node, run_qx_update, service, update_log};
 
 #[test]
-fn seed003_2_2_running_binary_is_replaced_without_etxtbsy() {
+fn running_binary_is_replaced_without_etxtbsy() {
     let lab = Lab::new().unwrap();
-    lab.host
-        .write_file("/data/bin/qx-node", &demo_binary("1.0.0").unwrap(), 0o755)
-        .unwrap();
-    lab.host.set_version("qx-node", "1.0.0").unwrap();
-    lab.host
-        .add_service("quantix-node", "/data/bin/qx-node", "infinity")
-        .unwrap();
-    lab.host.service("start", "quantix-node").unwrap();
+    host_at_v1(&lab);
     let pid = lab.host.service_pid("quantix-node").unwrap();
     let bin = lab.host.path("/data/bin/qx-node");
     let old_inode = inode(&bin);
@@ -48,12 +31,8 @@ fn seed003_2_2_running_binary_is_replaced_without_etxtbsy() {
     assert_eq!(err.raw_os_error(), Some(26), "{err}");
 
     // The release does not restart the service, so the old process must keep running.
-    lab.publish(&lab.release("1.1.0").component(ComponentSpec::file(
-        "qx-node",
-        "/data/bin/qx-node",
-        demo_binary("1.1.0").unwrap(),
-    )))
-    .unwrap();
+    lab.publish(&lab.release("1.1.0").component(node("1.1.0")))
+        .unwrap();
     agent(&lab)
         .apply(&ApplyOptions::default())
         .expect("apply while running");
@@ -63,13 +42,13 @@ fn seed003_2_2_running_binary_is_replaced_without_etxtbsy() {
     assert!(is_running(pid), "the old process keeps running");
     assert_eq!(exe_inode(pid), Some(old_inode), "still on its old inode");
     // The next start runs the new version.
-    lab.host.service("restart", "quantix-node").unwrap();
+    service(&lab.host, "restart", "quantix-node");
     let new_pid = lab.host.service_pid("quantix-node").unwrap();
     assert_eq!(exe_inode(new_pid), Some(inode(&bin)));
 }
 
 #[test]
-fn seed003_2_1_file_installed_where_the_service_does_not_run_is_a_failed_update() {
+fn file_installed_where_the_service_does_not_run_is_a_failed_update() {
     let lab = Lab::new().unwrap();
     // The init script runs /data/bin/qx-controlplane ...
     lab.host
@@ -87,7 +66,7 @@ fn seed003_2_1_file_installed_where_the_service_does_not_run_is_a_failed_update(
             "infinity",
         )
         .unwrap();
-    lab.host.service("start", "quantix-controlplane").unwrap();
+    service(&lab.host, "start", "quantix-controlplane");
     // ... but the release installs /data/bin/quantix-controlplane.
     lab.publish(
         &lab.release("1.1.0").component(
@@ -102,12 +81,7 @@ fn seed003_2_1_file_installed_where_the_service_does_not_run_is_a_failed_update(
     .unwrap();
 
     // Through the real binary: the update is reported FAILED with a non-zero exit.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qx-update"))
-        .arg("--root")
-        .arg(lab.host.root())
-        .args(["apply", "--yes"])
-        .output()
-        .unwrap();
+    let out = run_qx_update(lab.host.root(), &["apply", "--yes"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(42), "{stderr}");
     assert!(stderr.contains("did not take effect"), "{stderr}");
@@ -195,7 +169,7 @@ fn columns(db: &Path) -> Vec<String> {
 }
 
 /// A host at 1.0.0: qx-node running, migrations 001 applied, a database with one user.
-fn migrations_host(lab: &Lab) -> std::path::PathBuf {
+fn migrations_host(lab: &Lab) -> PathBuf {
     lab.host
         .write_file("/data/bin/qx-node", &demo_binary("1.0.0").unwrap(), 0o755)
         .unwrap();
@@ -232,26 +206,19 @@ fn migrations_host(lab: &Lab) -> std::path::PathBuf {
             "sqlite3 \"$ROOT/data/db/app.db\" \"SELECT group_concat(name) FROM pragma_table_info('users')\" > \"$ROOT/run/schema-at-start\"",
         )
         .unwrap();
-    lab.host.service("start", "quantix-node").unwrap();
+    service(&lab.host, "start", "quantix-node");
     db
 }
 
 #[test]
-fn seed003_2_3_failing_migration_restores_everything_and_restarts_nothing() {
+fn failing_migration_restores_everything_and_restarts_nothing() {
     let lab = Lab::new().unwrap();
     let db = migrations_host(&lab);
     let db_before = fs::read(&db).unwrap();
     let pid = lab.host.service_pid("quantix-node").unwrap();
     lab.publish(
         &lab.release("1.1.0")
-            .component(
-                ComponentSpec::file(
-                    "qx-node",
-                    "/data/bin/qx-node",
-                    demo_binary("1.1.0").unwrap(),
-                )
-                .service("quantix-node"),
-            )
+            .component(node("1.1.0").service("quantix-node"))
             .component(migrations(
                 "ALTER TABLE users ADD COLUMN email TEXT;\nINSERT INTO no_such_table VALUES (1);",
             )),
@@ -288,7 +255,7 @@ fn seed003_2_3_failing_migration_restores_everything_and_restarts_nothing() {
     assert_eq!(columns(&db), vec!["id", "name"]);
     assert_eq!(fs::read(&db).unwrap(), db_before);
     // The log holds the migration's stderr.
-    let log = String::from_utf8(lab.host.read("/var/log/quantix/update.log").unwrap()).unwrap();
+    let log = update_log(lab.host.root());
     assert!(
         log.contains("stderr | ") && log.contains("no such table: no_such_table"),
         "{log}"
@@ -297,7 +264,7 @@ fn seed003_2_3_failing_migration_restores_everything_and_restarts_nothing() {
 }
 
 #[test]
-fn seed003_2_3_succeeding_migration_changes_the_schema_before_the_restart() {
+fn succeeding_migration_changes_the_schema_before_the_restart() {
     let lab = Lab::new().unwrap();
     let db = migrations_host(&lab);
     assert_eq!(
@@ -309,14 +276,7 @@ fn seed003_2_3_succeeding_migration_changes_the_schema_before_the_restart() {
     let pid = lab.host.service_pid("quantix-node").unwrap();
     lab.publish(
         &lab.release("1.1.0")
-            .component(
-                ComponentSpec::file(
-                    "qx-node",
-                    "/data/bin/qx-node",
-                    demo_binary("1.1.0").unwrap(),
-                )
-                .service("quantix-node"),
-            )
+            .component(node("1.1.0").service("quantix-node"))
             .component(migrations("ALTER TABLE users ADD COLUMN email TEXT;")),
     )
     .unwrap();
@@ -336,7 +296,7 @@ fn seed003_2_3_succeeding_migration_changes_the_schema_before_the_restart() {
         Some(inode(&lab.host.path("/data/bin/qx-node")))
     );
     assert_eq!(lab.host.version("db-migrations").as_deref(), Some("1.1.0"));
-    let log = String::from_utf8(lab.host.read("/var/log/quantix/update.log").unwrap()).unwrap();
+    let log = update_log(lab.host.root());
     let migrate_at = log.find("migrate db-migrations: running").unwrap();
     let restart_at = log.find("restart quantix-node:").unwrap();
     assert!(

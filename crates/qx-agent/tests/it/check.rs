@@ -1,26 +1,14 @@
-//! The refusal matrix of SPEC §2 / §4 step 1: each case its own test, asserting the exact
-//! error variant and exit code. Cases a correct server cannot produce (no signature header,
-//! another product's manifest) are served by a lying loopback server.
-#![allow(clippy::unwrap_used)]
+//! The refusal matrix of docs/spec.md §2 and §4 step 1, asserting the exact error variant and
+//! exit code of each case. Cases a correct server cannot produce (no signature header, another
+//! product's manifest) are served by a lying loopback server.
 
 use base64::Engine;
-use qx_agent::{Agent, AgentError, ApplyOptions, Config};
-use qx_testkit::host::{demo_binary, Lab};
+use qx_agent::AgentError;
+use qx_agent::ApplyOptions;
+use qx_testkit::host::Lab;
 use qx_testkit::release::{BuiltRelease, ComponentSpec, FixtureKey, ReleaseSpec, StaticServer};
 
-fn agent(lab: &Lab) -> Agent {
-    let root = lab.host.root().to_path_buf();
-    let config = Config::load_under(&lab.host.config_path(), &root).expect("config");
-    Agent::new(config, root).expect("agent")
-}
-
-fn node(version: &str) -> ComponentSpec {
-    ComponentSpec::file(
-        "qx-node",
-        "/data/bin/qx-node",
-        demo_binary(version).unwrap(),
-    )
-}
+use crate::support::host::{agent, node, run_qx_update};
 
 /// Points the lab host at a lying server that serves `body` with these headers.
 fn lying_server(lab: &Lab, headers: Vec<(String, String)>, body: Vec<u8>) -> StaticServer {
@@ -32,14 +20,147 @@ fn lying_server(lab: &Lab, headers: Vec<(String, String)>, body: Vec<u8>) -> Sta
 }
 
 fn sig_header(r: &BuiltRelease) -> (String, String) {
+    signature_header(&r.signature)
+}
+
+fn signature_header(signature: &str) -> (String, String) {
     (
         "X-Qx-Signature".into(),
-        base64::engine::general_purpose::STANDARD.encode(&r.signature),
+        base64::engine::general_purpose::STANDARD.encode(signature),
     )
 }
 
 fn refused(lab: &Lab) -> AgentError {
     agent(lab).check().expect_err("must be refused")
+}
+
+/// A check the agent must refuse: the lab as `setup` leaves it (with the lying server it may
+/// start), the error variant `is` accepts, and its exit code.
+struct Refusal {
+    name: &'static str,
+    setup: fn(&Lab) -> Option<StaticServer>,
+    is: fn(&AgentError) -> bool,
+    exit_code: i32,
+}
+
+const REFUSALS: &[Refusal] = &[
+    Refusal {
+        name: "no release exists",
+        setup: |_| None,
+        is: |e| matches!(e, AgentError::NoRelease { .. }),
+        exit_code: 12,
+    },
+    Refusal {
+        name: "missing signature",
+        setup: |lab| {
+            let r = signed(lab, &lab.key);
+            Some(lying_server(lab, vec![], r.manifest_bytes))
+        },
+        is: |e| matches!(e, AgentError::SignatureMissing { .. }),
+        exit_code: 20,
+    },
+    Refusal {
+        name: "garbage signature",
+        setup: |lab| {
+            let r = signed(lab, &lab.key);
+            let header = ("X-Qx-Signature".into(), "not base64 !!".into());
+            Some(lying_server(lab, vec![header], r.manifest_bytes))
+        },
+        is: |e| matches!(e, AgentError::SignatureInvalid { .. }),
+        exit_code: 21,
+    },
+    Refusal {
+        name: "tampered manifest",
+        setup: |lab| {
+            let mut r = signed(lab, &lab.key);
+            // A well-formed signature by the trusted key, over other bytes (the real server
+            // stores it).
+            r.signature = lab.key.sign(b"some other manifest").unwrap();
+            r.publish(lab.server.url(), &lab.token).unwrap();
+            None
+        },
+        is: |e| matches!(e, AgentError::SignatureInvalid { .. }),
+        exit_code: 21,
+    },
+    Refusal {
+        name: "invalid manifest",
+        setup: |lab| {
+            let body = br#"{"schema": 1, "product": "quantix-os"}"#.to_vec();
+            let sig = lab.key.sign(&body).unwrap();
+            Some(lying_server(lab, vec![signature_header(&sig)], body))
+        },
+        is: |e| matches!(e, AgentError::ManifestInvalid(_)),
+        exit_code: 23,
+    },
+    Refusal {
+        name: "expired manifest",
+        setup: |lab| {
+            publish_expired(lab);
+            None
+        },
+        is: |e| matches!(e, AgentError::Expired { .. }),
+        exit_code: 24,
+    },
+    Refusal {
+        name: "other product",
+        setup: |lab| Some(signed_offer_of(lab, "quantix-vdc", "dev")),
+        is: |e| matches!(e, AgentError::WrongProduct { .. }),
+        exit_code: 25,
+    },
+    Refusal {
+        name: "other channel",
+        setup: |lab| Some(signed_offer_of(lab, "quantix-os", "stable")),
+        is: |e| matches!(e, AgentError::WrongChannel { .. }),
+        exit_code: 26,
+    },
+    Refusal {
+        name: "host below min_version",
+        setup: |lab| {
+            lab.host.set_version("qx-node", "1.0.0").unwrap();
+            let mut spec = lab.release("3.0.0").component(node("3.0.0"));
+            spec.min_version = Some("2.0.0".into());
+            lab.publish(&spec).unwrap();
+            None
+        },
+        is: |e| matches!(e, AgentError::BelowMinVersion { .. }),
+        exit_code: 29,
+    },
+];
+
+/// A lying server offering release 1.0.0 of `product` on `channel`, signed by the lab's key.
+fn signed_offer_of(lab: &Lab, product: &str, channel: &str) -> StaticServer {
+    let r = ReleaseSpec::new(product, channel, "1.0.0")
+        .component(node("1.0.0"))
+        .sign(&lab.key)
+        .unwrap();
+    lying_server(lab, vec![sig_header(&r)], r.manifest_bytes.clone())
+}
+
+/// Release 1.0.0 of the lab with `qx-node`, signed by `key`, not published.
+fn signed(lab: &Lab, key: &FixtureKey) -> BuiltRelease {
+    lab.release("1.0.0")
+        .component(node("1.0.0"))
+        .sign(key)
+        .unwrap()
+}
+
+/// Publishes release 1.0.0 with an expiry an hour ago.
+fn publish_expired(lab: &Lab) {
+    let mut spec = lab.release("1.0.0").component(node("1.0.0"));
+    spec.expires_in = jiff::SignedDuration::from_hours(-1);
+    lab.publish(&spec).unwrap();
+}
+
+#[test]
+fn check_refuses_each_bad_offer_with_its_error_and_exit_code() {
+    for case in REFUSALS {
+        let name = case.name;
+        let lab = Lab::new().unwrap();
+        let _server = (case.setup)(&lab);
+        let e = refused(&lab);
+        assert!((case.is)(&e), "{name}: {e}");
+        assert_eq!(e.exit_code(), case.exit_code, "{name}: {e}");
+    }
 }
 
 #[test]
@@ -69,70 +190,10 @@ fn check_reports_installed_to_offered() {
 }
 
 #[test]
-fn check_refuses_when_no_release_exists() {
-    let lab = Lab::new().unwrap();
-    let e = refused(&lab);
-    assert!(matches!(e, AgentError::NoRelease { .. }), "{e}");
-    assert_eq!(e.exit_code(), 12);
-}
-
-#[test]
-fn check_refuses_missing_signature() {
-    let lab = Lab::new().unwrap();
-    let r = lab
-        .release("1.0.0")
-        .component(node("1.0.0"))
-        .sign(&lab.key)
-        .unwrap();
-    let _s = lying_server(&lab, vec![], r.manifest_bytes.clone());
-    let e = refused(&lab);
-    assert!(matches!(e, AgentError::SignatureMissing { .. }), "{e}");
-    assert_eq!(e.exit_code(), 20);
-}
-
-#[test]
-fn check_refuses_garbage_signature() {
-    let lab = Lab::new().unwrap();
-    let r = lab
-        .release("1.0.0")
-        .component(node("1.0.0"))
-        .sign(&lab.key)
-        .unwrap();
-    let _s = lying_server(
-        &lab,
-        vec![("X-Qx-Signature".into(), "not base64 !!".into())],
-        r.manifest_bytes.clone(),
-    );
-    let e = refused(&lab);
-    assert!(matches!(e, AgentError::SignatureInvalid { .. }), "{e}");
-    assert_eq!(e.exit_code(), 21);
-}
-
-#[test]
-fn check_refuses_tampered_manifest() {
-    let lab = Lab::new().unwrap();
-    let mut r = lab
-        .release("1.0.0")
-        .component(node("1.0.0"))
-        .sign(&lab.key)
-        .unwrap();
-    // A well-formed signature by the trusted key, over other bytes (the real server stores it).
-    r.signature = lab.key.sign(b"some other manifest").unwrap();
-    r.publish(lab.server.url(), &lab.token).unwrap();
-    let e = refused(&lab);
-    assert!(matches!(e, AgentError::SignatureInvalid { .. }), "{e}");
-    assert_eq!(e.exit_code(), 21);
-}
-
-#[test]
 fn check_refuses_untrusted_key() {
     let lab = Lab::new().unwrap();
     let other = FixtureKey::generate().unwrap();
-    let r = lab
-        .release("1.0.0")
-        .component(node("1.0.0"))
-        .sign(&other)
-        .unwrap();
+    let r = signed(&lab, &other);
     r.publish(lab.server.url(), &lab.token).unwrap();
     let e = refused(&lab);
     match &e {
@@ -140,61 +201,6 @@ fn check_refuses_untrusted_key() {
         _ => panic!("{e}"),
     }
     assert_eq!(e.exit_code(), 22);
-}
-
-#[test]
-fn check_refuses_invalid_manifest() {
-    let lab = Lab::new().unwrap();
-    let body = br#"{"schema": 1, "product": "quantix-os"}"#.to_vec();
-    let sig = lab.key.sign(&body).unwrap();
-    let _s = lying_server(
-        &lab,
-        vec![(
-            "X-Qx-Signature".into(),
-            base64::engine::general_purpose::STANDARD.encode(sig),
-        )],
-        body,
-    );
-    let e = refused(&lab);
-    assert!(matches!(e, AgentError::ManifestInvalid(_)), "{e}");
-    assert_eq!(e.exit_code(), 23);
-}
-
-#[test]
-fn check_refuses_expired_manifest() {
-    let lab = Lab::new().unwrap();
-    let mut spec = lab.release("1.0.0").component(node("1.0.0"));
-    spec.expires_in = jiff::SignedDuration::from_hours(-1);
-    lab.publish(&spec).unwrap();
-    let e = refused(&lab);
-    assert!(matches!(e, AgentError::Expired { .. }), "{e}");
-    assert_eq!(e.exit_code(), 24);
-}
-
-#[test]
-fn check_refuses_other_product() {
-    let lab = Lab::new().unwrap();
-    let r = ReleaseSpec::new("quantix-vdc", "dev", "1.0.0")
-        .component(node("1.0.0"))
-        .sign(&lab.key)
-        .unwrap();
-    let _s = lying_server(&lab, vec![sig_header(&r)], r.manifest_bytes.clone());
-    let e = refused(&lab);
-    assert!(matches!(e, AgentError::WrongProduct { .. }), "{e}");
-    assert_eq!(e.exit_code(), 25);
-}
-
-#[test]
-fn check_refuses_other_channel() {
-    let lab = Lab::new().unwrap();
-    let r = ReleaseSpec::new("quantix-os", "stable", "1.0.0")
-        .component(node("1.0.0"))
-        .sign(&lab.key)
-        .unwrap();
-    let _s = lying_server(&lab, vec![sig_header(&r)], r.manifest_bytes.clone());
-    let e = refused(&lab);
-    assert!(matches!(e, AgentError::WrongChannel { .. }), "{e}");
-    assert_eq!(e.exit_code(), 26);
 }
 
 #[test]
@@ -283,18 +289,6 @@ fn refused_manifest_does_not_move_replay_protection() {
 }
 
 #[test]
-fn check_refuses_host_below_min_version() {
-    let lab = Lab::new().unwrap();
-    lab.host.set_version("qx-node", "1.0.0").unwrap();
-    let mut spec = lab.release("3.0.0").component(node("3.0.0"));
-    spec.min_version = Some("2.0.0".into());
-    lab.publish(&spec).unwrap();
-    let e = refused(&lab);
-    assert!(matches!(e, AgentError::BelowMinVersion { .. }), "{e}");
-    assert_eq!(e.exit_code(), 29);
-}
-
-#[test]
 fn check_refuses_unmet_requirement() {
     let lab = Lab::new().unwrap();
     lab.host.set_version("qx-console", "1.0.0").unwrap();
@@ -345,15 +339,8 @@ fn requirement_met_by_the_same_release() {
 #[test]
 fn cli_refusal_exit_code_is_distinct() {
     let lab = Lab::new().unwrap();
-    let mut spec = lab.release("1.0.0").component(node("1.0.0"));
-    spec.expires_in = jiff::SignedDuration::from_hours(-1);
-    lab.publish(&spec).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qx-update"))
-        .arg("--root")
-        .arg(lab.host.root())
-        .args(["--json", "check"])
-        .output()
-        .unwrap();
+    publish_expired(&lab);
+    let out = run_qx_update(lab.host.root(), &["--json", "check"]);
     assert_eq!(out.status.code(), Some(24));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["exit_code"], 24);

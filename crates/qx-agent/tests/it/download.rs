@@ -1,7 +1,6 @@
 //! The downloader against a real HTTP server on loopback, through the fault-injecting proxy:
 //! cuts, stalls, flipped bytes, server errors, resumes after a dropped or killed download,
 //! wrong sizes, missing space.
-#![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -9,16 +8,23 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use qx_agent::download::{DownloadError, DownloadOptions, DownloadProgress, Downloader};
+use qx_agent::download::DownloadError;
+use qx_agent::download::DownloadOptions;
+use qx_agent::download::DownloadProgress;
+use qx_agent::download::Downloader;
 use qx_core::{ArtifactRef, KeyPair, Manifest, Sha256, SigningKey, UnknownFields};
 use qx_testkit::proxy::{FaultProxy, Faults, Flip, Stall};
+
+use crate::support::poll;
+use crate::support::sys::Mount;
 
 const PRODUCT: &str = "quantix-os";
 const CHANNEL: &str = "dev";
 const VERSION: &str = "1.2.3";
 const ARTIFACT: &str = "qx-node.tar.zst";
+const PART: &str = "qx-node.tar.zst.part";
 const SIZE: usize = 1024 * 1024 + 12_345;
 
 /// Deterministic, incompressible-looking content.
@@ -91,6 +97,11 @@ impl Release {
         self.server.addr()
     }
 
+    /// The artifact's URL on the server at `base` (the server itself or a proxy).
+    fn url(&self, base: &str) -> String {
+        format!("{base}{}", self.path(ARTIFACT))
+    }
+
     fn path(&self, artifact: &str) -> String {
         format!("/api/v1/{PRODUCT}/releases/{VERSION}/{artifact}?channel={CHANNEL}")
     }
@@ -108,6 +119,60 @@ fn opts() -> DownloadOptions {
         bandwidth_limit: None,
         connect_timeout: Duration::from_secs(5),
         stall_timeout: Duration::from_secs(10),
+    }
+}
+
+/// A release of [`SIZE`] bytes of `content(SIZE, seed)` behind a proxy injecting `faults`.
+fn through_faults(seed: u64, faults: Faults) -> (Release, FaultProxy) {
+    let rel = Release::new(content(SIZE, seed));
+    let proxy = rel.proxy();
+    proxy.set_faults(faults);
+    (rel, proxy)
+}
+
+fn attempts(max_attempts: u32) -> DownloadOptions {
+    DownloadOptions {
+        max_attempts,
+        ..opts()
+    }
+}
+
+fn downloader(options: DownloadOptions) -> Downloader {
+    Downloader::new(options).unwrap()
+}
+
+/// The reference of artifact [`ARTIFACT`] with this hash and size.
+fn artifact_ref(sha256: Sha256, size_bytes: u64) -> ArtifactRef {
+    ArtifactRef {
+        artifact: ARTIFACT.parse().unwrap(),
+        sha256,
+        size_bytes,
+    }
+}
+
+/// The partial download of [`ARTIFACT`] as a crash leaves it: `bytes`, and the hash of the
+/// content they are the start of.
+fn write_part(staging: &Path, bytes: impl AsRef<[u8]>, sha256: &Sha256) {
+    std::fs::write(staging.join(PART), bytes).unwrap();
+    std::fs::write(
+        staging.join(format!("{PART}.sha256")),
+        format!("{sha256}\n"),
+    )
+    .unwrap();
+}
+
+/// The error of a download that gave up after exactly `attempts` attempts: the last attempt's.
+fn gave_up<T: std::fmt::Debug>(result: Result<T, DownloadError>, attempts: u32) -> DownloadError {
+    match result {
+        Err(DownloadError::GaveUp {
+            attempts: made,
+            last,
+            ..
+        }) => {
+            assert_eq!(made, attempts, "attempts made: {last:?}");
+            *last
+        }
+        other => panic!("expected GaveUp, got {other:?}"),
     }
 }
 
@@ -144,8 +209,8 @@ fn range_requests(proxy: &FaultProxy) -> Vec<String> {
 fn happy_path_downloads_and_verifies() {
     let rel = Release::new(content(SIZE, 1));
     let staging = tempfile::tempdir().unwrap();
-    let dl = Downloader::new(opts()).unwrap();
-    let url = format!("{}{}", rel.server.url(), rel.path(ARTIFACT));
+    let dl = downloader(opts());
+    let url = rel.url(rel.server.url());
     let mut reports: Vec<DownloadProgress> = Vec::new();
     let path = dl
         .fetch(&url, staging.path(), &rel.expected, &mut |p| {
@@ -167,8 +232,8 @@ fn existing_verified_file_is_returned_without_a_request() {
     let proxy = rel.proxy();
     let staging = tempfile::tempdir().unwrap();
     std::fs::write(staging.path().join(ARTIFACT), &rel.data).unwrap();
-    let dl = Downloader::new(opts()).unwrap();
-    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
+    let dl = downloader(opts());
+    let url = rel.url(&proxy.url());
     fetch(&dl, &url, staging.path(), &rel.expected).expect("already there");
     assert_eq!(proxy.stats().connections, 0);
 }
@@ -178,176 +243,169 @@ fn existing_corrupt_file_is_replaced() {
     let rel = Release::new(content(SIZE, 3));
     let staging = tempfile::tempdir().unwrap();
     std::fs::write(staging.path().join(ARTIFACT), b"stale").unwrap();
-    let dl = Downloader::new(opts()).unwrap();
-    let url = format!("{}{}", rel.server.url(), rel.path(ARTIFACT));
+    let dl = downloader(opts());
+    let url = rel.url(rel.server.url());
     let path = fetch(&dl, &url, staging.path(), &rel.expected).expect("downloaded again");
     assert_eq!(std::fs::read(path).unwrap(), rel.data);
 }
 
-#[test]
-fn connection_cut_every_n_bytes_converges() {
-    let rel = Release::new(content(SIZE, 4));
-    let proxy = rel.proxy();
-    proxy.set_faults(Faults {
-        cut_every: Some(200 * 1024),
-        ..Faults::default()
-    });
-    let staging = tempfile::tempdir().unwrap();
-    let dl = Downloader::new(opts()).unwrap();
-    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
-    let path = fetch(&dl, &url, staging.path(), &rel.expected).expect("converges");
-    assert_eq!(std::fs::read(path).unwrap(), rel.data);
-    assert_no_leftovers(staging.path());
-    let stats = proxy.stats();
-    // ~1 MiB in 200 KiB pieces: at least 5 cuts, each resumed with a Range request.
-    assert!(stats.cuts >= 5, "{stats:?}");
-    assert!(
-        range_requests(&proxy).len() as u64 >= stats.cuts,
-        "{:?}",
-        proxy.requests()
-    );
-    // Resuming never re-downloads much: total bytes stay close to the artifact size.
-    assert!(stats.bytes_down < SIZE as u64 + 64 * 1024, "{stats:?}");
+/// A fault the download must get through: the proxy's faults, the downloader's options, and
+/// what the proxy must have seen (`check`, given the case's name and the staging directory).
+struct Converges {
+    name: &'static str,
+    faults: fn() -> Faults,
+    options: fn() -> DownloadOptions,
+    check: fn(&str, &FaultProxy, &Path),
 }
 
-#[test]
-fn stall_times_out_and_retry_converges() {
-    let rel = Release::new(content(SIZE, 5));
-    let proxy = rel.proxy();
-    proxy.set_faults(Faults {
-        stall: Some(Stall {
-            after_body_bytes: 300_000,
-            duration: None,
-            responses: 1,
-        }),
-        ..Faults::default()
-    });
-    let staging = tempfile::tempdir().unwrap();
-    let dl = Downloader::new(DownloadOptions {
-        stall_timeout: Duration::from_secs(1),
-        ..opts()
-    })
-    .unwrap();
-    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
-    let path = fetch(&dl, &url, staging.path(), &rel.expected).expect("converges");
-    assert_eq!(std::fs::read(path).unwrap(), rel.data);
-    assert_eq!(proxy.stats().stalls, 1);
-    let ranges = range_requests(&proxy);
-    assert_eq!(ranges.len(), 1, "{:?}", proxy.requests());
-    assert!(ranges[0].contains("bytes=300000-"), "{}", ranges[0]);
-}
+const CONVERGES: &[Converges] = &[
+    Converges {
+        name: "connection cut every 200 KiB",
+        faults: || Faults {
+            cut_every: Some(200 * 1024),
+            ..Faults::default()
+        },
+        options: opts,
+        check: |name, proxy, staging| {
+            assert_no_leftovers(staging);
+            let stats = proxy.stats();
+            // ~1 MiB in 200 KiB pieces: at least 5 cuts, each resumed with a Range request.
+            assert!(stats.cuts >= 5, "{name}: {stats:?}");
+            assert!(
+                range_requests(proxy).len() as u64 >= stats.cuts,
+                "{name}: {:?}",
+                proxy.requests()
+            );
+            // Resuming never re-downloads much: total bytes stay close to the artifact size.
+            assert!(
+                stats.bytes_down < SIZE as u64 + 64 * 1024,
+                "{name}: {stats:?}"
+            );
+        },
+    },
+    Converges {
+        name: "stall times out, the retry resumes",
+        faults: || Faults {
+            stall: Some(Stall {
+                after_body_bytes: 300_000,
+                duration: None,
+                responses: 1,
+            }),
+            ..Faults::default()
+        },
+        options: || DownloadOptions {
+            stall_timeout: Duration::from_secs(1),
+            ..opts()
+        },
+        check: |name, proxy, _| {
+            assert_eq!(proxy.stats().stalls, 1, "{name}");
+            let ranges = range_requests(proxy);
+            assert_eq!(ranges.len(), 1, "{name}: {:?}", proxy.requests());
+            assert!(ranges[0].contains("bytes=300000-"), "{name}: {}", ranges[0]);
+        },
+    },
+    Converges {
+        name: "flipped byte detected, discarded and refetched",
+        faults: || Faults {
+            flip: Some(Flip {
+                body_offset: 777_777,
+                responses: 1,
+            }),
+            ..Faults::default()
+        },
+        options: opts,
+        check: |name, proxy, staging| {
+            assert_no_leftovers(staging);
+            assert_eq!(proxy.stats().flips, 1, "{name}");
+            let requests = proxy.requests();
+            assert_eq!(
+                requests.len(),
+                2,
+                "{name}: one corrupt pass, one good: {requests:?}"
+            );
+            assert!(
+                range_requests(proxy).is_empty(),
+                "{name}: the refetch starts from zero"
+            );
+        },
+    },
+    Converges {
+        name: "server 500s for the first 3 requests",
+        faults: || Faults {
+            fail_first: 3,
+            ..Faults::default()
+        },
+        options: opts,
+        check: |name, proxy, _| {
+            assert_eq!(proxy.stats().injected_500, 3, "{name}");
+            assert_eq!(proxy.requests().len(), 4, "{name}");
+        },
+    },
+];
 
 #[test]
-fn flipped_byte_is_detected_discarded_and_refetched() {
-    let rel = Release::new(content(SIZE, 6));
-    let proxy = rel.proxy();
-    proxy.set_faults(Faults {
-        flip: Some(Flip {
-            body_offset: 777_777,
-            responses: 1,
-        }),
-        ..Faults::default()
-    });
-    let staging = tempfile::tempdir().unwrap();
-    let dl = Downloader::new(opts()).unwrap();
-    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
-    let path = fetch(&dl, &url, staging.path(), &rel.expected).expect("converges");
-    assert_eq!(std::fs::read(path).unwrap(), rel.data);
-    assert_no_leftovers(staging.path());
-    assert_eq!(proxy.stats().flips, 1);
-    let requests = proxy.requests();
-    assert_eq!(
-        requests.len(),
-        2,
-        "one corrupt pass, one good: {requests:?}"
-    );
-    assert!(
-        range_requests(&proxy).is_empty(),
-        "the refetch starts from zero"
-    );
+fn download_converges_through_each_fault() {
+    for (seed, case) in (4..).zip(CONVERGES) {
+        let name = case.name;
+        let rel = Release::new(content(SIZE, seed));
+        let proxy = rel.proxy();
+        proxy.set_faults((case.faults)());
+        let staging = tempfile::tempdir().unwrap();
+        let dl = downloader((case.options)());
+        let url = rel.url(&proxy.url());
+        let path = fetch(&dl, &url, staging.path(), &rel.expected)
+            .unwrap_or_else(|e| panic!("{name}: does not converge: {e}"));
+        assert_eq!(std::fs::read(path).unwrap(), rel.data, "{name}");
+        (case.check)(name, &proxy, staging.path());
+    }
 }
 
 #[test]
 fn always_corrupt_gives_up_with_mismatch_and_leaves_nothing() {
-    let rel = Release::new(content(SIZE, 7));
-    let proxy = rel.proxy();
-    proxy.set_faults(Faults {
-        flip: Some(Flip {
-            body_offset: 10,
-            responses: u64::MAX,
-        }),
-        ..Faults::default()
-    });
+    let (rel, proxy) = through_faults(
+        7,
+        Faults {
+            flip: Some(Flip {
+                body_offset: 10,
+                responses: u64::MAX,
+            }),
+            ..Faults::default()
+        },
+    );
     let staging = tempfile::tempdir().unwrap();
-    let dl = Downloader::new(DownloadOptions {
-        max_attempts: 2,
-        ..opts()
-    })
-    .unwrap();
-    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
-    match fetch(&dl, &url, staging.path(), &rel.expected) {
-        Err(DownloadError::GaveUp { attempts, last, .. }) => {
-            assert_eq!(attempts, 2);
-            match *last {
-                DownloadError::Mismatch { expected, got, .. } => {
-                    assert_eq!(expected, rel.expected.sha256);
-                    assert_ne!(got, expected);
-                }
-                other => panic!("expected a sha256 mismatch, got {other:?}"),
-            }
+    let dl = downloader(attempts(2));
+    let url = rel.url(&proxy.url());
+    match gave_up(fetch(&dl, &url, staging.path(), &rel.expected), 2) {
+        DownloadError::Mismatch { expected, got, .. } => {
+            assert_eq!(expected, rel.expected.sha256);
+            assert_ne!(got, expected);
         }
-        other => panic!("expected GaveUp, got {other:?}"),
+        other => panic!("expected a sha256 mismatch, got {other:?}"),
     }
     assert_eq!(std::fs::read_dir(staging.path()).unwrap().count(), 0);
 }
 
 #[test]
-fn server_500s_for_the_first_requests_then_converges() {
-    let rel = Release::new(content(SIZE, 8));
-    let proxy = rel.proxy();
-    proxy.set_faults(Faults {
-        fail_first: 3,
-        ..Faults::default()
-    });
-    let staging = tempfile::tempdir().unwrap();
-    let dl = Downloader::new(opts()).unwrap();
-    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
-    let path = fetch(&dl, &url, staging.path(), &rel.expected).expect("converges");
-    assert_eq!(std::fs::read(path).unwrap(), rel.data);
-    assert_eq!(proxy.stats().injected_500, 3);
-    assert_eq!(proxy.requests().len(), 4);
-}
-
-#[test]
 fn always_failing_server_gives_up_after_exactly_max_attempts() {
-    let rel = Release::new(content(SIZE, 9));
-    let proxy = rel.proxy();
-    proxy.set_faults(Faults {
-        fail_first: u64::MAX,
-        ..Faults::default()
-    });
+    let (rel, proxy) = through_faults(
+        9,
+        Faults {
+            fail_first: u64::MAX,
+            ..Faults::default()
+        },
+    );
     let staging = tempfile::tempdir().unwrap();
-    let dl = Downloader::new(DownloadOptions {
-        max_attempts: 5,
-        ..opts()
-    })
-    .unwrap();
-    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
-    match fetch(&dl, &url, staging.path(), &rel.expected) {
-        Err(DownloadError::GaveUp {
-            attempts,
-            last,
-            url: u,
-        }) => {
-            assert_eq!(attempts, 5);
-            assert_eq!(u, url);
-            assert!(
-                matches!(*last, DownloadError::Http { status: 500, .. }),
-                "{last:?}"
-            );
-        }
-        other => panic!("expected GaveUp, got {other:?}"),
+    let dl = downloader(attempts(5));
+    let url = rel.url(&proxy.url());
+    let result = fetch(&dl, &url, staging.path(), &rel.expected);
+    if let Err(DownloadError::GaveUp { url: u, .. }) = &result {
+        assert_eq!(u, &url);
     }
+    let last = gave_up(result, 5);
+    assert!(
+        matches!(last, DownloadError::Http { status: 500, .. }),
+        "{last:?}"
+    );
     assert_eq!(proxy.stats().injected_500, 5);
     assert_eq!(proxy.requests().len(), 5);
 }
@@ -357,7 +415,7 @@ fn not_found_is_not_retried() {
     let rel = Release::new(content(1000, 10));
     let proxy = rel.proxy();
     let staging = tempfile::tempdir().unwrap();
-    let dl = Downloader::new(opts()).unwrap();
+    let dl = downloader(opts());
     let url = format!("{}{}", proxy.url(), rel.path("missing.tar.zst"));
     let expected = ArtifactRef {
         artifact: "missing.tar.zst".parse().unwrap(),
@@ -378,24 +436,14 @@ fn connection_refused_gives_up_after_max_attempts() {
         .local_addr()
         .unwrap();
     let staging = tempfile::tempdir().unwrap();
-    let dl = Downloader::new(DownloadOptions {
-        max_attempts: 3,
-        ..opts()
-    })
-    .unwrap();
+    let dl = downloader(attempts(3));
     let data = content(100, 11);
-    let expected = ArtifactRef {
-        artifact: ARTIFACT.parse().unwrap(),
-        sha256: Sha256::of(&data),
-        size_bytes: 100,
-    };
-    match fetch(&dl, &format!("http://{addr}/x"), staging.path(), &expected) {
-        Err(DownloadError::GaveUp { attempts, last, .. }) => {
-            assert_eq!(attempts, 3);
-            assert!(matches!(*last, DownloadError::Network { .. }), "{last:?}");
-        }
-        other => panic!("expected GaveUp, got {other:?}"),
-    }
+    let expected = artifact_ref(Sha256::of(&data), 100);
+    let last = gave_up(
+        fetch(&dl, &format!("http://{addr}/x"), staging.path(), &expected),
+        3,
+    );
+    assert!(matches!(last, DownloadError::Network { .. }), "{last:?}");
 }
 
 #[test]
@@ -413,11 +461,11 @@ fn resume_after_an_aborted_download_uses_range() {
         ..Faults::default()
     });
     let staging = tempfile::tempdir().unwrap();
-    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
+    let url = rel.url(&proxy.url());
     {
         // The download is torn down from inside (as when the agent's task dies): the progress
         // callback panics once more than FIRST bytes are on disk.
-        let dl = Downloader::new(opts()).unwrap();
+        let dl = downloader(opts());
         let aborted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             dl.fetch(&url, staging.path(), &rel.expected, &mut |p| {
                 if p.bytes > FIRST {
@@ -427,13 +475,13 @@ fn resume_after_an_aborted_download_uses_range() {
         }));
         assert!(aborted.is_err(), "the download was aborted");
     }
-    let part = staging.path().join(format!("{ARTIFACT}.part"));
+    let part = staging.path().join(PART);
     let have = std::fs::metadata(&part).unwrap().len();
     assert!(have > FIRST && have < SIZE as u64, "{have}");
 
     proxy.set_faults(Faults::default());
     proxy.reset_stats();
-    let dl = Downloader::new(opts()).unwrap();
+    let dl = downloader(opts());
     let path = fetch(&dl, &url, staging.path(), &rel.expected).expect("resumes");
     assert_eq!(std::fs::read(path).unwrap(), rel.data);
     assert_no_leftovers(staging.path());
@@ -459,16 +507,11 @@ fn child_download_until_killed() {
     ) else {
         return;
     };
-    let expected = ArtifactRef {
-        artifact: ARTIFACT.parse().unwrap(),
-        sha256: sha.parse().unwrap(),
-        size_bytes: size.parse().unwrap(),
-    };
-    let dl = Downloader::new(DownloadOptions {
+    let expected = artifact_ref(sha.parse().unwrap(), size.parse().unwrap());
+    let dl = downloader(DownloadOptions {
         stall_timeout: Duration::from_secs(120),
         ..opts()
-    })
-    .unwrap();
+    });
     let _ = fetch(&dl, &url, Path::new(&dir), &expected);
     panic!("the child download was expected to be killed while stalled");
 }
@@ -487,9 +530,13 @@ fn resume_after_the_agent_is_killed() {
         ..Faults::default()
     });
     let staging = tempfile::tempdir().unwrap();
-    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
+    let url = rel.url(&proxy.url());
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["child_download_until_killed", "--exact", "--nocapture"])
+        .args([
+            "download::child_download_until_killed",
+            "--exact",
+            "--nocapture",
+        ])
         .env("QX_DL_CHILD_URL", &url)
         .env("QX_DL_CHILD_DIR", staging.path())
         .env("QX_DL_CHILD_SHA", rel.expected.sha256.to_hex())
@@ -497,19 +544,16 @@ fn resume_after_the_agent_is_killed() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let part = staging.path().join(format!("{ARTIFACT}.part"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut reached = false;
-    while Instant::now() < deadline {
+    let part = staging.path().join(PART);
+    let reached = poll(Duration::from_secs(60), Duration::from_millis(10), || {
         if std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) >= FIRST {
-            reached = true;
-            break;
+            return true;
         }
         if let Some(status) = child.try_wait().unwrap() {
             panic!("the child exited early: {status}");
         }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        false
+    });
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(reached, "the child never wrote {FIRST} bytes");
@@ -517,7 +561,7 @@ fn resume_after_the_agent_is_killed() {
 
     proxy.set_faults(Faults::default());
     proxy.reset_stats();
-    let dl = Downloader::new(opts()).unwrap();
+    let dl = downloader(opts());
     let path = fetch(&dl, &url, staging.path(), &rel.expected).expect("resumes");
     assert_eq!(std::fs::read(path).unwrap(), rel.data);
     assert_no_leftovers(staging.path());
@@ -537,18 +581,9 @@ fn partial_file_of_other_content_is_discarded() {
     let proxy = rel.proxy();
     let staging = tempfile::tempdir().unwrap();
     // A .part from another release with the same artifact name.
-    std::fs::write(
-        staging.path().join(format!("{ARTIFACT}.part")),
-        content(1000, 99),
-    )
-    .unwrap();
-    std::fs::write(
-        staging.path().join(format!("{ARTIFACT}.part.sha256")),
-        format!("{}\n", Sha256::of(b"other")),
-    )
-    .unwrap();
-    let dl = Downloader::new(opts()).unwrap();
-    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
+    write_part(staging.path(), content(1000, 99), &Sha256::of(b"other"));
+    let dl = downloader(opts());
+    let url = rel.url(&proxy.url());
     let path = fetch(&dl, &url, staging.path(), &rel.expected).expect("downloads");
     assert_eq!(std::fs::read(path).unwrap(), rel.data);
     assert!(range_requests(&proxy).is_empty());
@@ -561,14 +596,9 @@ fn complete_partial_file_is_verified_without_a_request() {
     let proxy = rel.proxy();
     let staging = tempfile::tempdir().unwrap();
     // A crash after the last byte, before the rename.
-    std::fs::write(staging.path().join(format!("{ARTIFACT}.part")), &rel.data).unwrap();
-    std::fs::write(
-        staging.path().join(format!("{ARTIFACT}.part.sha256")),
-        format!("{}\n", rel.expected.sha256),
-    )
-    .unwrap();
-    let dl = Downloader::new(opts()).unwrap();
-    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
+    write_part(staging.path(), &rel.data, &rel.expected.sha256);
+    let dl = downloader(opts());
+    let url = rel.url(&proxy.url());
     let path = fetch(&dl, &url, staging.path(), &rel.expected).expect("verified");
     assert_eq!(std::fs::read(path).unwrap(), rel.data);
     assert_eq!(proxy.stats().connections, 0);
@@ -617,26 +647,15 @@ fn stream_longer_than_expected_is_stopped_and_refused() {
         4 * 1024 * 1024,
     );
     let staging = tempfile::tempdir().unwrap();
-    let dl = Downloader::new(DownloadOptions {
-        max_attempts: 1,
-        ..opts()
-    })
-    .unwrap();
-    let expected = ArtifactRef {
-        artifact: ARTIFACT.parse().unwrap(),
-        sha256: Sha256::of(b"x"),
-        size_bytes: 1000,
-    };
+    let dl = downloader(attempts(1));
+    let expected = artifact_ref(Sha256::of(b"x"), 1000);
     let url = format!("http://{}/artifact", raw.addr);
-    match fetch(&dl, &url, staging.path(), &expected) {
-        Err(DownloadError::GaveUp { last, .. }) => match *last {
-            DownloadError::SizeMismatch { expected, got, .. } => {
-                assert_eq!(expected, 1000);
-                assert!(got > 1000, "{got}");
-            }
-            other => panic!("expected SizeMismatch, got {other:?}"),
-        },
-        other => panic!("expected GaveUp, got {other:?}"),
+    match gave_up(fetch(&dl, &url, staging.path(), &expected), 1) {
+        DownloadError::SizeMismatch { expected, got, .. } => {
+            assert_eq!(expected, 1000);
+            assert!(got > 1000, "{got}");
+        }
+        other => panic!("expected SizeMismatch, got {other:?}"),
     }
     assert_eq!(std::fs::read_dir(staging.path()).unwrap().count(), 0);
     assert_eq!(raw.connections.load(Ordering::SeqCst), 1);
@@ -650,28 +669,14 @@ fn announced_length_larger_than_the_manifest_is_refused() {
         LEN,
     );
     let staging = tempfile::tempdir().unwrap();
-    let dl = Downloader::new(DownloadOptions {
-        max_attempts: 2,
-        ..opts()
-    })
-    .unwrap();
-    let expected = ArtifactRef {
-        artifact: ARTIFACT.parse().unwrap(),
-        sha256: Sha256::of(b"x"),
-        size_bytes: 1000,
-    };
+    let dl = downloader(attempts(2));
+    let expected = artifact_ref(Sha256::of(b"x"), 1000);
     let url = format!("http://{}/artifact", raw.addr);
-    match fetch(&dl, &url, staging.path(), &expected) {
-        Err(DownloadError::GaveUp { attempts, last, .. }) => {
-            assert_eq!(attempts, 2);
-            match *last {
-                DownloadError::SizeMismatch { expected, got, .. } => {
-                    assert_eq!((expected, got), (1000, LEN as u64));
-                }
-                other => panic!("expected SizeMismatch, got {other:?}"),
-            }
+    match gave_up(fetch(&dl, &url, staging.path(), &expected), 2) {
+        DownloadError::SizeMismatch { expected, got, .. } => {
+            assert_eq!((expected, got), (1000, LEN as u64));
         }
-        other => panic!("expected GaveUp, got {other:?}"),
+        other => panic!("expected SizeMismatch, got {other:?}"),
     }
     assert_eq!(std::fs::read_dir(staging.path()).unwrap().count(), 0);
     assert_eq!(raw.connections.load(Ordering::SeqCst), 2);
@@ -684,12 +689,8 @@ fn forbidden_is_not_retried() {
         0,
     );
     let staging = tempfile::tempdir().unwrap();
-    let dl = Downloader::new(opts()).unwrap();
-    let expected = ArtifactRef {
-        artifact: ARTIFACT.parse().unwrap(),
-        sha256: Sha256::of(b"x"),
-        size_bytes: 1,
-    };
+    let dl = downloader(opts());
+    let expected = artifact_ref(Sha256::of(b"x"), 1);
     let url = format!("http://{}/artifact", raw.addr);
     match fetch(&dl, &url, staging.path(), &expected) {
         Err(DownloadError::Http { status, url: u }) => {
@@ -706,38 +707,16 @@ fn forbidden_is_not_retried() {
     assert_eq!(raw.connections.load(Ordering::SeqCst), 2);
 }
 
-/// A tmpfs of 1 MiB mounted for the test, unmounted on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Option<Self> {
-        let dir = tempfile::tempdir().unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        ok.then_some(Self { dir })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
-
 #[test]
+#[ignore = "slow tier: needs root and a tmpfs mount; `cargo xtask test` runs it"]
 fn not_enough_free_space_is_refused_before_any_request() {
     let rel = Release::new(content(2 * 1024 * 1024, 18));
     let proxy = rel.proxy();
-    let tmpfs = Tmpfs::mount("1m").expect("mounting a tmpfs needs root (the tests run as root)");
-    let staging = tmpfs.dir.path().join("staging");
-    let dl = Downloader::new(opts()).unwrap();
-    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
+    let dir = tempfile::tempdir().unwrap();
+    let tmpfs = Mount::tmpfs(dir.path(), "1m");
+    let staging = tmpfs.dir.join("staging");
+    let dl = downloader(opts());
+    let url = rel.url(&proxy.url());
     match fetch(&dl, &url, &staging, &rel.expected) {
         Err(DownloadError::NoSpace {
             path,
@@ -757,12 +736,11 @@ fn not_enough_free_space_is_refused_before_any_request() {
 fn bandwidth_limited_download_still_verifies() {
     let rel = Release::new(content(256 * 1024, 19));
     let staging = tempfile::tempdir().unwrap();
-    let dl = Downloader::new(DownloadOptions {
+    let dl = downloader(DownloadOptions {
         bandwidth_limit: Some(4 * 1024 * 1024),
         ..opts()
-    })
-    .unwrap();
-    let url = format!("{}{}", rel.server.url(), rel.path(ARTIFACT));
+    });
+    let url = rel.url(rel.server.url());
     let path = fetch(&dl, &url, staging.path(), &rel.expected).expect("downloads");
     assert_eq!(std::fs::read(path).unwrap(), rel.data);
 }
@@ -775,7 +753,7 @@ fn get_bytes_fetches_the_manifest_through_server_errors() {
         fail_first: 2,
         ..Faults::default()
     });
-    let dl = Downloader::new(opts()).unwrap();
+    let dl = downloader(opts());
     let url = format!("{}{}", proxy.url(), rel.path(qx_core::MANIFEST_FILE));
     let (body, _headers) = dl.get_bytes(&url).expect("fetched");
     let manifest = Manifest::parse(&body, UnknownFields::Ignore).expect("the signed manifest");
@@ -787,7 +765,7 @@ fn get_bytes_fetches_the_manifest_through_server_errors() {
 fn get_bytes_not_found_is_not_retried() {
     let rel = Release::new(content(1000, 21));
     let proxy = rel.proxy();
-    let dl = Downloader::new(opts()).unwrap();
+    let dl = downloader(opts());
     let url = format!(
         "{}/api/v1/{PRODUCT}/releases/9.9.9/manifest.json?channel={CHANNEL}",
         proxy.url()
@@ -799,137 +777,6 @@ fn get_bytes_not_found_is_not_retried() {
     assert_eq!(proxy.requests().len(), 1);
 }
 
-#[test]
-fn fetch_into_streams_every_byte_once_in_order_through_cuts() {
-    let rel = Release::new(content(SIZE, 30));
-    let proxy = rel.proxy();
-    proxy.set_faults(Faults {
-        cut_every: Some(300 * 1024),
-        ..Faults::default()
-    });
-    let staging = tempfile::tempdir().unwrap();
-    let dl = Downloader::new(opts()).unwrap();
-    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
-    let mut sink = Vec::new();
-    let path = dl
-        .fetch_into(&url, staging.path(), &rel.expected, &mut |_| {}, &mut sink)
-        .expect("converges");
-    assert!(sink == rel.data, "the sink got exactly the artifact");
-    assert_eq!(std::fs::read(path).unwrap(), rel.data);
-    assert!(proxy.stats().cuts >= 3);
-    assert_no_leftovers(staging.path());
-}
-
-#[test]
-fn fetch_into_streams_a_resumed_part_from_byte_zero() {
-    let rel = Release::new(content(SIZE, 31));
-    let proxy = rel.proxy();
-    let staging = tempfile::tempdir().unwrap();
-    const HAVE: usize = 123_456;
-    std::fs::write(
-        staging.path().join(format!("{ARTIFACT}.part")),
-        &rel.data[..HAVE],
-    )
-    .unwrap();
-    std::fs::write(
-        staging.path().join(format!("{ARTIFACT}.part.sha256")),
-        format!("{}\n", rel.expected.sha256),
-    )
-    .unwrap();
-    let dl = Downloader::new(opts()).unwrap();
-    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
-    let mut sink = Vec::new();
-    dl.fetch_into(&url, staging.path(), &rel.expected, &mut |_| {}, &mut sink)
-        .expect("resumes");
-    assert!(sink == rel.data, "the sink got exactly the artifact");
-    let ranges = range_requests(&proxy);
-    assert_eq!(ranges.len(), 1, "{:?}", proxy.requests());
-    assert!(
-        ranges[0].contains(&format!("bytes={HAVE}-")),
-        "{}",
-        ranges[0]
-    );
-}
-
-#[test]
-fn fetch_into_streams_an_existing_file_without_a_request() {
-    let rel = Release::new(content(SIZE, 32));
-    let proxy = rel.proxy();
-    let staging = tempfile::tempdir().unwrap();
-    std::fs::write(staging.path().join(ARTIFACT), &rel.data).unwrap();
-    let dl = Downloader::new(opts()).unwrap();
-    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
-    let mut sink = Vec::new();
-    dl.fetch_into(&url, staging.path(), &rel.expected, &mut |_| {}, &mut sink)
-        .expect("already there");
-    assert!(sink == rel.data);
-    assert_eq!(proxy.stats().connections, 0);
-}
-
-#[test]
-fn fetch_into_corrupt_stream_stops_and_a_plain_fetch_recovers() {
-    let rel = Release::new(content(SIZE, 33));
-    let proxy = rel.proxy();
-    proxy.set_faults(Faults {
-        flip: Some(Flip {
-            body_offset: 5,
-            responses: 1,
-        }),
-        ..Faults::default()
-    });
-    let staging = tempfile::tempdir().unwrap();
-    let dl = Downloader::new(opts()).unwrap();
-    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
-    let mut sink = Vec::new();
-    match dl.fetch_into(&url, staging.path(), &rel.expected, &mut |_| {}, &mut sink) {
-        Err(DownloadError::StreamRestarted { artifact, reason }) => {
-            assert_eq!(artifact, ARTIFACT);
-            assert!(reason.contains("sha256 mismatch"), "{reason}");
-        }
-        other => panic!("expected StreamRestarted, got {other:?}"),
-    }
-    assert_eq!(std::fs::read_dir(staging.path()).unwrap().count(), 0);
-    let path = fetch(&dl, &url, staging.path(), &rel.expected).expect("recovers");
-    assert_eq!(std::fs::read(path).unwrap(), rel.data);
-}
-
-/// A sink that fails after taking some bytes.
-struct FailingSink {
-    left: usize,
-}
-
-impl Write for FailingSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.left == 0 {
-            return Err(std::io::Error::other("decoder failed"));
-        }
-        let n = buf.len().min(self.left);
-        self.left -= n;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-#[test]
-fn fetch_into_failing_sink_stops_the_download_and_keeps_the_part() {
-    let rel = Release::new(content(SIZE, 34));
-    let staging = tempfile::tempdir().unwrap();
-    let dl = Downloader::new(opts()).unwrap();
-    let url = format!("{}{}", rel.server.url(), rel.path(ARTIFACT));
-    let mut sink = FailingSink { left: 100_000 };
-    match dl.fetch_into(&url, staging.path(), &rel.expected, &mut |_| {}, &mut sink) {
-        Err(DownloadError::Sink { artifact, source }) => {
-            assert_eq!(artifact, ARTIFACT);
-            assert_eq!(source.to_string(), "decoder failed");
-        }
-        other => panic!("expected a Sink error, got {other:?}"),
-    }
-    let part = staging.path().join(format!("{ARTIFACT}.part"));
-    assert!(std::fs::metadata(part).unwrap().len() > 0);
-}
-
 /// A `.part` of the right content, and a server that ignores `Range` (answers 200 with the
 /// whole artifact).
 fn part_and_range_ignoring_server(staging: &Path) -> (RawServer, ArtifactRef, Vec<u8>) {
@@ -939,17 +786,8 @@ fn part_and_range_ignoring_server(staging: &Path) -> (RawServer, ArtifactRef, Ve
         LEN,
     );
     let data = content(LEN, 17);
-    let expected = ArtifactRef {
-        artifact: ARTIFACT.parse().unwrap(),
-        sha256: Sha256::of(&data),
-        size_bytes: LEN as u64,
-    };
-    std::fs::write(staging.join(format!("{ARTIFACT}.part")), &data[..1000]).unwrap();
-    std::fs::write(
-        staging.join(format!("{ARTIFACT}.part.sha256")),
-        format!("{}\n", expected.sha256),
-    )
-    .unwrap();
+    let expected = artifact_ref(Sha256::of(&data), LEN as u64);
+    write_part(staging, &data[..1000], &expected.sha256);
     (raw, expected, data)
 }
 
@@ -957,7 +795,7 @@ fn part_and_range_ignoring_server(staging: &Path) -> (RawServer, ArtifactRef, Ve
 fn server_ignoring_range_restarts_from_zero() {
     let staging = tempfile::tempdir().unwrap();
     let (raw, expected, data) = part_and_range_ignoring_server(staging.path());
-    let dl = Downloader::new(opts()).unwrap();
+    let dl = downloader(opts());
     let url = format!("http://{}/artifact", raw.addr);
     let path = fetch(&dl, &url, staging.path(), &expected).expect("downloads");
     assert_eq!(std::fs::read(path).unwrap(), data);
@@ -966,48 +804,24 @@ fn server_ignoring_range_restarts_from_zero() {
 }
 
 #[test]
-fn fetch_into_server_ignoring_range_stops_with_stream_restarted() {
-    let staging = tempfile::tempdir().unwrap();
-    let (raw, expected, _) = part_and_range_ignoring_server(staging.path());
-    let dl = Downloader::new(opts()).unwrap();
-    let url = format!("http://{}/artifact", raw.addr);
-    let mut sink = Vec::new();
-    match dl.fetch_into(&url, staging.path(), &expected, &mut |_| {}, &mut sink) {
-        Err(DownloadError::StreamRestarted { reason, .. }) => {
-            assert!(reason.contains("whole artifact"), "{reason}");
-        }
-        other => panic!("expected StreamRestarted, got {other:?}"),
-    }
-    assert_eq!(sink.len(), 1000, "only the resumed prefix was streamed");
-}
-
-#[test]
 fn cuts_after_a_trickle_use_the_attempt_budget() {
     // Every connection is cut after 8 KiB: less than MIN_PROGRESS, so no attempt counts as
     // progress and the budget bounds the loop.
-    let rel = Release::new(content(SIZE, 35));
-    let proxy = rel.proxy();
-    proxy.set_faults(Faults {
-        cut_every: Some(8 * 1024),
-        ..Faults::default()
-    });
+    let (rel, proxy) = through_faults(
+        35,
+        Faults {
+            cut_every: Some(8 * 1024),
+            ..Faults::default()
+        },
+    );
     let staging = tempfile::tempdir().unwrap();
-    let dl = Downloader::new(DownloadOptions {
-        max_attempts: 3,
-        ..opts()
-    })
-    .unwrap();
-    let url = format!("{}{}", proxy.url(), rel.path(ARTIFACT));
-    match fetch(&dl, &url, staging.path(), &rel.expected) {
-        Err(DownloadError::GaveUp { attempts, last, .. }) => {
-            assert_eq!(attempts, 3);
-            assert!(matches!(*last, DownloadError::Network { .. }), "{last:?}");
-        }
-        other => panic!("expected GaveUp, got {other:?}"),
-    }
+    let dl = downloader(attempts(3));
+    let url = rel.url(&proxy.url());
+    let last = gave_up(fetch(&dl, &url, staging.path(), &rel.expected), 3);
+    assert!(matches!(last, DownloadError::Network { .. }), "{last:?}");
     assert_eq!(proxy.requests().len(), 3);
     // What did arrive is kept for the next try.
-    let part = staging.path().join(format!("{ARTIFACT}.part"));
+    let part = staging.path().join(PART);
     assert!(std::fs::metadata(part).unwrap().len() > 0);
 }
 
@@ -1022,31 +836,17 @@ fn etag_naming_other_content_is_refused_before_the_body() {
         LEN,
     );
     let staging = tempfile::tempdir().unwrap();
-    let dl = Downloader::new(DownloadOptions {
-        max_attempts: 2,
-        ..opts()
-    })
-    .unwrap();
+    let dl = downloader(attempts(2));
     let data = content(LEN, 17);
-    let expected = ArtifactRef {
-        artifact: ARTIFACT.parse().unwrap(),
-        sha256: Sha256::of(&data),
-        size_bytes: LEN as u64,
-    };
+    let expected = artifact_ref(Sha256::of(&data), LEN as u64);
     let url = format!("http://{}/artifact", raw.addr);
-    match fetch(&dl, &url, staging.path(), &expected) {
-        Err(DownloadError::GaveUp { attempts, last, .. }) => {
-            assert_eq!(attempts, 2);
-            match *last {
-                DownloadError::Mismatch {
-                    expected: e, got, ..
-                } => {
-                    assert_eq!((e, got), (expected.sha256, other));
-                }
-                other => panic!("expected Mismatch, got {other:?}"),
-            }
+    match gave_up(fetch(&dl, &url, staging.path(), &expected), 2) {
+        DownloadError::Mismatch {
+            expected: e, got, ..
+        } => {
+            assert_eq!((e, got), (expected.sha256, other));
         }
-        other => panic!("expected GaveUp, got {other:?}"),
+        other => panic!("expected Mismatch, got {other:?}"),
     }
     assert_eq!(std::fs::read_dir(staging.path()).unwrap().count(), 0);
 }

@@ -1,23 +1,26 @@
-//! Shared by the API, daemon and browser tests: a lab (real update server on loopback, signed
+//! Shared by the API, daemon, scheduler and browser tests: a lab (real update server on loopback, signed
 //! fixture releases, a sandboxed host running a real service), the daemon's HTTPS API started
 //! in-process on a free loopback port, an HTTPS client that accepts its self-signed
 //! certificate, a reader of its server-sent events, and gates (named pipes) that hold an
 //! apply at a chosen step until the test opens them.
-#![allow(dead_code, clippy::unwrap_used)]
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use qx_agent::api::{self, ApiState};
+use qx_agent::api;
+use qx_agent::api::ApiState;
+use qx_agent::daemon;
 use qx_agent::daemon::Runner;
-use qx_agent::tls::{self, ApiToken};
-use qx_agent::{Agent, Config};
+use qx_agent::tls;
+use qx_agent::tls::ApiToken;
+use qx_agent::Agent;
 use qx_testkit::host::{demo_binary, Lab};
 use qx_testkit::release::{BuiltRelease, ComponentSpec};
 use tokio::sync::watch;
+
+use crate::support::host::host_at_v1;
 
 pub const TOKEN: &str = "test-api-token-0123456789abcdef";
 
@@ -94,16 +97,14 @@ pub fn write_config(lab: &Lab, restart_gate: Option<&Gate>, server_url: &str, ex
     std::fs::write(host.config_path(), yaml).unwrap();
 }
 
-/// The host at 1.0.0: `qx-node` installed and running as service `quantix-node`.
-pub fn host_at_v1(lab: &Lab) {
-    lab.host
-        .write_file("/data/bin/qx-node", &demo_binary("1.0.0").unwrap(), 0o755)
-        .unwrap();
-    lab.host.set_version("qx-node", "1.0.0").unwrap();
-    lab.host
-        .add_service("quantix-node", "/data/bin/qx-node", "infinity")
-        .unwrap();
-    lab.host.service("restart", "quantix-node").unwrap();
+/// A lab whose host is at 1.0.0, configured by [`write_config`] with `extra`, with release
+/// 1.1.0 (see [`publish_release`]) published.
+pub fn daemon_lab(restart_gate: Option<&Gate>, health: Option<Vec<String>>, extra: &str) -> Lab {
+    let lab = Lab::new().unwrap();
+    write_config(&lab, restart_gate, lab.server.url(), extra);
+    host_at_v1(&lab);
+    publish_release(&lab, "1.1.0", health, 1024);
+    lab
 }
 
 /// Publishes `version` with `qx-node` (restarted service; verified by `health` when given)
@@ -143,12 +144,6 @@ pub fn publish_release(
     lab.publish(&spec).unwrap()
 }
 
-pub fn agent(lab: &Lab) -> Agent {
-    let root = lab.host.root().to_path_buf();
-    let config = Config::load_under(&lab.host.config_path(), &root).expect("config");
-    Agent::new(config, root).expect("agent")
-}
-
 /// The daemon's API and page, served in-process over TLS on a free loopback port.
 pub struct ApiServer {
     pub base: String,
@@ -165,12 +160,8 @@ impl ApiServer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
-        let tls_config = tls::server_config(
-            None,
-            None,
-            &agent.root().join(qx_agent::daemon::API_STATE_DIR),
-        )
-        .unwrap();
+        let tls_config =
+            tls::server_config(None, None, &agent.root().join(daemon::API_STATE_DIR)).unwrap();
         let runner = Runner::new(agent);
         let state = ApiState::new(runner.clone(), ApiToken::new(token));
         let (stop, stop_rx) = watch::channel(false);
@@ -245,6 +236,17 @@ impl Events {
             .expect("an event within the deadline")
     }
 
+    /// Reads events until the state is one of `states`; returns that snapshot.
+    pub async fn until(&mut self, states: &[&str]) -> serde_json::Value {
+        for _ in 0..100_000 {
+            let s = self.next().await;
+            if states.contains(&state_of(&s).as_str()) {
+                return s;
+            }
+        }
+        panic!("no event with a state of {states:?}");
+    }
+
     async fn next_inner(&mut self) -> serde_json::Value {
         loop {
             if let Some(idx) = self.buffer.find("\n\n") {
@@ -281,4 +283,11 @@ pub fn state_of(snapshot: &serde_json::Value) -> String {
         .as_str()
         .unwrap_or("?")
         .to_string()
+}
+
+/// The status code and JSON body of an error response.
+pub async fn error_body(resp: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = resp.status().as_u16();
+    let body = resp.json().await.expect("error body is JSON");
+    (status, body)
 }

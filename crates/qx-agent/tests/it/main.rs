@@ -1,0 +1,25 @@
+//! The integration tests of `qx-agent`: one binary, one module per area, the helpers they
+//! share in [`support`].
+//!
+//! Fast tier: `cargo test -p qx-agent` runs every test that needs neither root, qemu nor a
+//! browser, and lists the others as ignored. Slow tier: `cargo xtask test` runs them all
+//! (`-- --include-ignored`); they need root (loop devices, mounts), qemu (`qemu`) or Chromium
+//! (`browser`) and fail, never skip, when these are missing.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+mod ab_config;
+mod api;
+mod apply;
+mod archive;
+mod browser;
+mod check;
+mod crash;
+mod daemon;
+mod download;
+mod field_failures;
+mod fullimage;
+mod packaging;
+mod qemu;
+mod schedule;
