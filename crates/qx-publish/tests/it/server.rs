@@ -1,13 +1,10 @@
 //! `qx-publish publish|promote|yank|verify URL` against a real update server on a loopback
 //! port.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::path::Path;
 
+use crate::support::{qx_publish, stderr, stdout, Work, HEADER, TOKEN};
 use base64::Engine;
-use common::{qx_publish, stderr, stdout, Work, HEADER, TOKEN};
 use predicates::prelude::*;
 use qx_core::{Manifest, TrustedKeys, UnknownFields};
 use qx_testkit::server::TestServer;

@@ -1,6 +1,5 @@
 //! Shared helpers of the qx-publish integration tests: a work directory with a key pair and a
 //! copy of the example product, and the built binary.
-#![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

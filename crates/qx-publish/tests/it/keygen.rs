@@ -1,11 +1,8 @@
 //! `qx-publish keygen`: key files, their modes, and refusing to overwrite.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::os::unix::fs::PermissionsExt;
 
-use common::qx_publish;
+use crate::support::qx_publish;
 use predicates::prelude::*;
 
 fn mode(p: &std::path::Path) -> u32 {

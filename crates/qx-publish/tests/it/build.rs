@@ -1,14 +1,11 @@
 //! `qx-publish build` and `verify` on real files: archives unpacked by GNU tar, signatures
 //! checked by the minisign tool, reproducibility, and every lint that stops a bad release.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::{qx_publish, stderr, Work, HEADER};
+use crate::support::{qx_publish, stderr, Work, HEADER};
 use predicates::prelude::*;
 use qx_core::{Manifest, UnknownFields};
 
@@ -322,72 +319,78 @@ fn build_failing_build_command_is_reported() {
     assert!(!out.exists(), "a failed build leaves no half-built release");
 }
 
-// ---- lints: each its own test, through the binary ----
+// ---- lints: one named row each, through the binary ----
 
-fn lint_fails(spec_body: &str, lint: &str, message: &str) {
-    let w = Work::new();
-    let spec = w.write_spec("lint.toml", &format!("{HEADER}{spec_body}"));
-    let out = w.path().join("dist");
-    let a = w.build(&spec, &out, &[]).code(1);
-    let err = stderr(&a);
-    assert!(err.contains(&format!("error[{lint}]")), "{err}");
-    assert!(err.contains(message), "{err}");
-    assert!(!out.join("manifest.json").exists(), "nothing was signed");
+/// A spec with one thing wrong, the lint it trips and what its message says.
+struct LintCase {
+    name: &'static str,
+    spec_body: &'static str,
+    lint: &'static str,
+    message: &'static str,
 }
 
-#[test]
-fn lint_install_path_not_absolute() {
-    lint_fails(
-        "[[component]]\nname = \"qx-demo\"\ninstall_path = \"data/bin/qx-demo\"\nsource = \"src/qx-demo.sh\"\n",
-        "install-path-invalid",
-        "it must be an absolute path",
-    );
-}
-
-#[test]
-fn lint_install_path_with_parent_dir() {
-    lint_fails(
-        "[[component]]\nname = \"qx-demo\"\ninstall_path = \"/data/../etc/qx-demo\"\nsource = \"src/qx-demo.sh\"\n",
-        "install-path-invalid",
-        "must not contain '..'",
-    );
-}
-
-#[test]
-fn lint_two_components_with_the_same_install_path() {
-    lint_fails(
-        "[[component]]\nname = \"a\"\ninstall_path = \"/data/bin/x\"\nsource = \"src/qx-demo.sh\"\n\
+const LINT_CASES: &[LintCase] = &[
+    LintCase {
+        name: "install_path_not_absolute",
+        spec_body: "[[component]]\nname = \"qx-demo\"\ninstall_path = \"data/bin/qx-demo\"\nsource = \"src/qx-demo.sh\"\n",
+        lint: "install-path-invalid",
+        message: "it must be an absolute path",
+    },
+    LintCase {
+        name: "install_path_with_parent_dir",
+        spec_body: "[[component]]\nname = \"qx-demo\"\ninstall_path = \"/data/../etc/qx-demo\"\nsource = \"src/qx-demo.sh\"\n",
+        lint: "install-path-invalid",
+        message: "must not contain '..'",
+    },
+    LintCase {
+        name: "two_components_with_the_same_install_path",
+        spec_body: "[[component]]\nname = \"a\"\ninstall_path = \"/data/bin/x\"\nsource = \"src/qx-demo.sh\"\n\
          [[component]]\nname = \"b\"\ninstall_path = \"/data/bin/x\"\nsource = \"src/build.sh\"\n",
-        "install-path-duplicate",
-        "components a and b both install to /data/bin/x",
-    );
-}
+        lint: "install-path-duplicate",
+        message: "components a and b both install to /data/bin/x",
+    },
+    LintCase {
+        name: "file_component_with_a_directory",
+        spec_body: "[[component]]\nname = \"ui\"\nkind = \"file\"\ninstall_path = \"/data/share/ui\"\nsource = \"ui\"\n",
+        lint: "file-archive-not-single-file",
+        message: "must hold exactly one regular file",
+    },
+    LintCase {
+        name: "migrations_without_migrate_command",
+        spec_body: "[[component]]\nname = \"m\"\nkind = \"migrations\"\ninstall_path = \"/data/m\"\nsource = \"migrations\"\n",
+        lint: "migrations-without-command",
+        message: "has no migrate_command",
+    },
+    LintCase {
+        name: "requires_unknown_component",
+        spec_body: "[[component]]\nname = \"a\"\ninstall_path = \"/data/bin/a\"\nsource = \"src/qx-demo.sh\"\nrequires = [{ name = \"qx-missing\", min_version = \"1.0.0\" }]\n",
+        lint: "requires-unknown-component",
+        message: "requires \"qx-missing\", which is not a component of this spec",
+    },
+];
 
 #[test]
-fn lint_file_component_with_a_directory() {
-    lint_fails(
-        "[[component]]\nname = \"ui\"\nkind = \"file\"\ninstall_path = \"/data/share/ui\"\nsource = \"ui\"\n",
-        "file-archive-not-single-file",
-        "must hold exactly one regular file",
-    );
-}
-
-#[test]
-fn lint_migrations_without_migrate_command() {
-    lint_fails(
-        "[[component]]\nname = \"m\"\nkind = \"migrations\"\ninstall_path = \"/data/m\"\nsource = \"migrations\"\n",
-        "migrations-without-command",
-        "has no migrate_command",
-    );
-}
-
-#[test]
-fn lint_requires_unknown_component() {
-    lint_fails(
-        "[[component]]\nname = \"a\"\ninstall_path = \"/data/bin/a\"\nsource = \"src/qx-demo.sh\"\nrequires = [{ name = \"qx-missing\", min_version = \"1.0.0\" }]\n",
-        "requires-unknown-component",
-        "requires \"qx-missing\", which is not a component of this spec",
-    );
+fn lints_refuse_a_bad_spec_before_anything_is_signed() {
+    let w = Work::new();
+    for case in LINT_CASES {
+        let name = case.name;
+        let spec = w.write_spec(
+            &format!("lint-{name}.toml"),
+            &format!("{HEADER}{}", case.spec_body),
+        );
+        let out = w.path().join(format!("dist-{name}"));
+        let a = w.build(&spec, &out, &[]).code(1);
+        let err = stderr(&a);
+        assert!(
+            err.contains(&format!("error[{}]", case.lint)),
+            "{name}: {err}"
+        );
+        assert!(err.contains(case.message), "{name}: {err}");
+        assert!(
+            !out.join("manifest.json").exists(),
+            "{name}: nothing was signed"
+        );
+    }
 }
 
 #[test]
@@ -615,7 +618,7 @@ fn build_and_verify_json_output() {
     let w = Work::new();
     let out = w.path().join("dist");
     let a = w.build(&w.spec(), &out, &["--json"]).success();
-    let v: serde_json::Value = serde_json::from_str(&common::stdout(&a)).expect("json");
+    let v: serde_json::Value = serde_json::from_str(&crate::support::stdout(&a)).expect("json");
     assert_eq!(v["version"], "1.0.0");
     assert_eq!(v["artifacts"].as_array().expect("artifacts").len(), 3);
     let m = manifest(&out);
@@ -628,7 +631,7 @@ fn build_and_verify_json_output() {
         .arg(w.pubkey())
         .assert()
         .success();
-    let v: serde_json::Value = serde_json::from_str(&common::stdout(&a)).expect("json");
+    let v: serde_json::Value = serde_json::from_str(&crate::support::stdout(&a)).expect("json");
     assert_eq!(v["ok"], true);
 
     std::fs::write(out.join("qx-demo.tar.zst"), b"garbage").expect("write");
@@ -639,7 +642,7 @@ fn build_and_verify_json_output() {
         .arg(w.pubkey())
         .assert()
         .code(1);
-    let v: serde_json::Value = serde_json::from_str(&common::stdout(&a)).expect("json");
+    let v: serde_json::Value = serde_json::from_str(&crate::support::stdout(&a)).expect("json");
     assert_eq!(v["ok"], false);
     assert!(
         v["problems"].as_array().expect("problems").len() >= 2,
