@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{qx_publish, stderr, Work, HEADER};
+use crate::support::{keygen, qx_publish, stderr, verify, Work, HEADER};
 use predicates::prelude::*;
 use qx_core::{Manifest, UnknownFields};
 
@@ -191,13 +191,7 @@ fn build_with_source_date_epoch_gives_identical_manifest() {
     }
     // Signatures are randomised (minisign adds noise), but both verify over the same bytes.
     for out in [&a, &b] {
-        qx_publish()
-            .arg("verify")
-            .arg(out)
-            .arg("--pubkey")
-            .arg(w.pubkey())
-            .assert()
-            .success();
+        verify(out, w.pubkey()).success();
     }
     assert_eq!(manifest(&a).release_date.as_second().to_string(), epoch);
 }
@@ -279,13 +273,7 @@ fn build_full_image_copies_files_as_is() {
         std::fs::read(out.join("system.squashfs")).expect("copy"),
         vec![7u8; 10_000]
     );
-    qx_publish()
-        .arg("verify")
-        .arg(&out)
-        .arg("--pubkey")
-        .arg(w.pubkey())
-        .assert()
-        .success();
+    verify(&out, w.pubkey()).success();
 }
 
 #[test]
@@ -412,12 +400,7 @@ fn verify_accepts_a_fresh_build() {
     let w = Work::new();
     let out = w.path().join("dist");
     w.build(&w.spec(), &out, &[]).success();
-    qx_publish()
-        .arg("verify")
-        .arg(&out)
-        .arg("--pubkey")
-        .arg(w.pubkey())
-        .assert()
+    verify(&out, w.pubkey())
         .success()
         .stdout(predicate::str::contains(
             "archive quantix-host-ui.tar.zst: 4 entries, intact",
@@ -451,13 +434,7 @@ fn verify_lists_every_problem_of_a_tampered_release() {
     let mig = out.join("qx-demo-migrations.tar.zst");
     let m = std::fs::read(&mig).expect("read");
     std::fs::write(&mig, &m[..m.len() / 2]).expect("write");
-    let a = qx_publish()
-        .arg("verify")
-        .arg(&out)
-        .arg("--pubkey")
-        .arg(w.pubkey())
-        .assert()
-        .code(1);
+    let a = verify(&out, w.pubkey()).code(1);
     let err = stderr(&a);
     assert!(
         err.contains("artifact quantix-host-ui.tar.zst: sha256 mismatch"),
@@ -483,12 +460,7 @@ fn verify_refuses_a_manifest_changed_after_signing() {
         .expect("read")
         .replace("\"dev\"", "\"stable\"");
     std::fs::write(&p, text).expect("write");
-    qx_publish()
-        .arg("verify")
-        .arg(&out)
-        .arg("--pubkey")
-        .arg(w.pubkey())
-        .assert()
+    verify(&out, w.pubkey())
         .code(1)
         .stderr(predicate::str::contains(
             "does not match the manifest bytes",
@@ -501,17 +473,8 @@ fn verify_refuses_a_signature_by_another_key() {
     let out = w.path().join("dist");
     w.build(&w.spec(), &out, &[]).success();
     let other = w.path().join("other");
-    qx_publish()
-        .args(["keygen", "--out"])
-        .arg(&other)
-        .assert()
-        .success();
-    qx_publish()
-        .arg("verify")
-        .arg(&out)
-        .arg("--pubkey")
-        .arg(other.join("qx-publish.pub"))
-        .assert()
+    keygen(&other);
+    verify(&out, other.join("qx-publish.pub"))
         .code(1)
         .stderr(predicate::str::contains("not among the trusted keys"));
 }
@@ -551,12 +514,7 @@ fn verify_refuses_a_file_component_holding_two_files() {
         sk.sign(manifest.as_bytes(), "t").expect("sign"),
     )
     .expect("write");
-    qx_publish()
-        .arg("verify")
-        .arg(&dir)
-        .arg("--pubkey")
-        .arg(w.pubkey())
-        .assert()
+    verify(&dir, w.pubkey())
         .code(1)
         .stderr(predicate::str::contains(
             "component qx-demo is kind \"file\" but qx-demo.tar.zst holds 2 entries",

@@ -11,6 +11,28 @@ pub fn example_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quantix-demo")
 }
 
+/// `qx-publish keygen --out DIR`, which must succeed.
+pub fn keygen(dir: &Path) -> assert_cmd::assert::Assert {
+    qx_publish()
+        .args(["keygen", "--out"])
+        .arg(dir)
+        .assert()
+        .success()
+}
+
+/// `qx-publish verify TARGET --pubkey PUBKEY`.
+pub fn verify(
+    target: impl AsRef<std::ffi::OsStr>,
+    pubkey: impl AsRef<std::ffi::OsStr>,
+) -> assert_cmd::assert::Assert {
+    qx_publish()
+        .arg("verify")
+        .arg(target)
+        .arg("--pubkey")
+        .arg(pubkey)
+        .assert()
+}
+
 pub fn qx_publish() -> assert_cmd::Command {
     let mut cmd = assert_cmd::Command::new(env!("CARGO_BIN_EXE_qx-publish"));
     cmd.env_remove("QX_PUBLISH_TOKEN")
@@ -35,11 +57,7 @@ impl Work {
             .expect("cp runs");
         assert!(status.success(), "copying the example product");
         let _ = std::fs::remove_dir_all(tmp.path().join("demo/build"));
-        qx_publish()
-            .args(["keygen", "--out"])
-            .arg(tmp.path().join("keys"))
-            .assert()
-            .success();
+        keygen(&tmp.path().join("keys"));
         Self { tmp }
     }
 
