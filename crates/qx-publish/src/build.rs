@@ -10,16 +10,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use jiff::{SignedDuration, Timestamp};
+use qx_core::fs::{write_atomic_with, WriteOptions};
 use qx_core::{
-    ArtifactName, ArtifactRef, ChannelName, Component, ComponentKind, FullImage, InstallPath,
-    Manifest, Requirement, SigningKey, TrustedKeys, UpdateType, Version, MANIFEST_FILE,
-    SCHEMA_VERSION, SIGNATURE_FILE,
+    ArtifactName, ArtifactRef, ChannelName, Component, ComponentKind, ComponentName, FullImage,
+    InstallPath, Manifest, Requirement, SigningKey, TrustedKeys, UpdateType, Version,
+    MANIFEST_FILE, SCHEMA_VERSION, SIGNATURE_FILE,
 };
 
 use crate::error::{Error, Result};
 use crate::lint::{self, Finding};
 use crate::pack::{self, PackOptions, Packed};
-use crate::spec::{ComponentSpec, Source, Spec};
+use crate::spec::{ComponentSpec, FullImageSpec, Source, Spec};
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -63,22 +64,15 @@ pub fn load_key(path: &Path) -> Result<SigningKey> {
 
 /// The release date: `SOURCE_DATE_EPOCH` when set (reproducible manifests), else now.
 pub fn release_date() -> Result<Timestamp> {
-    match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => {
-            let secs = v.trim().parse::<i64>().map_err(|_| {
-                Error::Usage(format!(
-                    "SOURCE_DATE_EPOCH={v:?} is not a number of seconds since 1970"
-                ))
-            })?;
-            Timestamp::from_second(secs)
-                .map_err(|e| Error::Usage(format!("SOURCE_DATE_EPOCH={v:?}: {e}")))
-        }
-        Err(_) => {
-            // Whole seconds keep the manifest short and readable.
-            Timestamp::from_second(Timestamp::now().as_second())
-                .map_err(|e| Error::Usage(format!("system clock: {e}")))
-        }
-    }
+    let Some(secs) = pack::source_date_epoch()? else {
+        // Whole seconds keep the manifest short and readable.
+        return Timestamp::from_second(Timestamp::now().as_second())
+            .map_err(|e| Error::Usage(format!("system clock: {e}")));
+    };
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| Timestamp::from_second(s).ok())
+        .ok_or_else(|| Error::Usage(format!("SOURCE_DATE_EPOCH={secs}: out of range")))
 }
 
 /// Adds a duration to a timestamp, with a clear error on overflow.
@@ -123,7 +117,7 @@ fn prepare_out_dir(out: &Path) -> Result<bool> {
             Ok(false)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(out).map_err(Error::io(out))?;
+            qx_core::fs::create_dir_all_durable(out)?;
             Ok(true)
         }
         Err(e) => Err(Error::io(out)(e)),
@@ -139,12 +133,7 @@ fn clean_out_dir(out: &Path, created: bool) {
     }
     if let Ok(entries) = std::fs::read_dir(out) {
         for e in entries.flatten() {
-            let p = e.path();
-            let _ = if p.is_dir() && !p.is_symlink() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
+            let _ = qx_core::fs::remove_any(&e.path());
         }
     }
 }
@@ -276,161 +265,103 @@ fn full_image_artifact(src: &Path, out: &Path, what: &str) -> Result<ArtifactRef
     })
 }
 
+/// What a build makes, settled before anything is written: the key, the spec, the selected
+/// components, the version, channel and dates stamped into the manifest.
+struct Plan {
+    key: SigningKey,
+    spec: Spec,
+    selected: Vec<ComponentSpec>,
+    /// Warnings of the spec lint.
+    warnings: Vec<Finding>,
+    version: Version,
+    channel: ChannelName,
+    pack_opts: PackOptions,
+    release_date: Timestamp,
+    expires: Timestamp,
+}
+
 /// Builds a release directory from a spec. `note` receives one line per step.
 pub fn build(opts: &BuildOptions, note: &mut dyn FnMut(&str)) -> Result<BuiltRelease> {
-    let key = load_key(&opts.key)?;
-    let spec = Spec::load(&opts.spec)?;
-    let selected = select(&spec, &opts.components)?;
-    let warnings = lint::enforce(lint::spec(&spec))?;
-    let version = opts.version.clone().unwrap_or_else(|| spec.version.clone());
-    let channel = opts.channel.clone().unwrap_or_else(|| spec.channel.clone());
-    let pack_opts = PackOptions::from_env(opts.level)?;
-    let release_date = release_date()?;
-    let expires = add_duration(release_date, spec.expires_in)?;
-    if expires <= Timestamp::now() {
-        return Err(Error::Usage(format!(
-            "the manifest would already be expired ({expires}); SOURCE_DATE_EPOCH is too old for expires_in"
-        )));
-    }
+    let plan = Plan::new(opts)?;
     let created = prepare_out_dir(&opts.out)?;
-    let result = (|| -> Result<BuiltRelease> {
+    let result = plan.run(opts, note);
+    if result.is_err() {
+        clean_out_dir(&opts.out, created);
+    }
+    result
+}
+
+impl Plan {
+    /// The cheap checks, before anything is built: the key, the spec and its lints, the
+    /// selection, the dates.
+    fn new(opts: &BuildOptions) -> Result<Self> {
+        let key = load_key(&opts.key)?;
+        let spec = Spec::load(&opts.spec)?;
+        let selected = select(&spec, &opts.components)?
+            .into_iter()
+            .cloned()
+            .collect();
+        let warnings = lint::enforce(lint::spec(&spec))?;
+        let version = opts.version.clone().unwrap_or_else(|| spec.version.clone());
+        let channel = opts.channel.clone().unwrap_or_else(|| spec.channel.clone());
+        let pack_opts = PackOptions::from_env(opts.level)?;
+        let release_date = release_date()?;
+        let expires = add_duration(release_date, spec.expires_in)?;
+        if expires <= Timestamp::now() {
+            return Err(Error::Usage(format!(
+                "the manifest would already be expired ({expires}); SOURCE_DATE_EPOCH is too old for expires_in"
+            )));
+        }
+        Ok(Self {
+            key,
+            spec,
+            selected,
+            warnings,
+            version,
+            channel,
+            pack_opts,
+            release_date,
+            expires,
+        })
+    }
+
+    /// Builds and packs every selected component and the full image, writes the signed
+    /// manifest and verifies the release directory.
+    fn run(self, opts: &BuildOptions, note: &mut dyn FnMut(&str)) -> Result<BuiltRelease> {
         let mut components = Vec::new();
         let mut findings = Vec::new();
-        for c in &selected {
-            // The spec lint has already refused an invalid install path.
-            let install = InstallPath::new(c.install_path.clone()).map_err(|e| Error::Source {
-                component: c.name.to_string(),
-                message: e.to_string(),
-            })?;
-            if let Source::Build { command, .. } = &c.source {
-                note(&format!("{}: running build command `{command}`", c.name));
-                run_build(&spec, c, command, &version, &channel)?;
-            }
-            let artifact = artifact_name(&c.artifact_name())?;
-            let packed = pack_component(c, &install, &opts.out, &pack_opts)?;
-            let entries = pack::inspect(&packed.path)?;
-            if c.kind == ComponentKind::File {
-                findings.extend(lint::file_archive(
-                    c.name.as_str(),
-                    artifact.as_str(),
-                    &entries,
-                ));
-            }
-            note(&format!(
-                "{}: packed {} ({} bytes, {} entries, sha256 {})",
-                c.name,
-                artifact,
-                packed.size,
-                entries.len(),
-                packed.sha256.short()
-            ));
-            let requires = c
-                .requires
-                .iter()
-                .map(|r| {
-                    Ok(Requirement {
-                        name: qx_core::ComponentName::new(r.name.clone()).map_err(|e| {
-                            Error::Source {
-                                component: c.name.to_string(),
-                                message: format!("requires: {e}"),
-                            }
-                        })?,
-                        min_version: r.min_version.clone(),
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            components.push(Component {
-                name: c.name.clone(),
-                version: version.clone(),
-                artifact,
-                sha256: packed.sha256,
-                size_bytes: packed.size,
-                install_path: install,
-                kind: c.kind,
-                restart_service: c.restart_service.clone(),
-                backup_before_update: c.backup_before_update,
-                permissions: c.permissions,
-                requires,
-                migrate_command: c.migrate_command.clone(),
-                health_command: c.health_command.clone(),
-            });
+        for c in &self.selected {
+            components.push(self.component(c, &opts.out, &mut findings, note)?);
         }
-        let warnings = [warnings, lint::enforce(findings)?].concat();
+        let warnings = [self.warnings.clone(), lint::enforce(findings)?].concat();
         for w in &warnings {
             note(&w.to_string());
         }
-
-        let full_image = match (&spec.full_image, opts.components.is_empty()) {
-            (Some(img), true) => {
-                let main = full_image_artifact(&img.squashfs, &opts.out, "squashfs")?;
-                let kernel = img
-                    .kernel
-                    .as_deref()
-                    .map(|k| full_image_artifact(k, &opts.out, "kernel"))
-                    .transpose()?;
-                let initramfs = img
-                    .initramfs
-                    .as_deref()
-                    .map(|k| full_image_artifact(k, &opts.out, "initramfs"))
-                    .transpose()?;
-                note(&format!(
-                    "full image: copied {} ({} bytes)",
-                    main.artifact, main.size_bytes
-                ));
-                Some(FullImage {
-                    artifact: main.artifact,
-                    sha256: main.sha256,
-                    size_bytes: main.size_bytes,
-                    kernel,
-                    initramfs,
-                    requires_reboot: img.requires_reboot,
-                    target_slot: img.target_slot,
-                })
-            }
+        let full_image = match (&self.spec.full_image, opts.components.is_empty()) {
+            (Some(img), true) => Some(full_image(img, &opts.out, note)?),
             _ => None,
         };
-        let update_type = match (components.is_empty(), full_image.is_some()) {
-            (false, false) => UpdateType::Component,
-            (true, true) => UpdateType::Full,
-            (false, true) => UpdateType::Mixed,
-            (true, false) => {
-                return Err(Error::Usage(
-                    "nothing to release: no component selected and no full image".into(),
-                ))
-            }
-        };
+        let update_type = update_type(&components, &full_image)?;
         let manifest = Manifest {
             schema: SCHEMA_VERSION,
-            product: spec.product.clone(),
-            version,
-            channel,
-            release_date,
-            expires,
+            product: self.spec.product.clone(),
+            version: self.version,
+            channel: self.channel,
+            release_date: self.release_date,
+            expires: self.expires,
             update_type,
             components,
             full_image,
-            min_version: spec.min_version.clone(),
+            min_version: self.spec.min_version.clone(),
             release_notes: opts
                 .notes
                 .clone()
-                .unwrap_or_else(|| spec.release_notes.clone()),
+                .unwrap_or_else(|| self.spec.release_notes.clone()),
         };
         manifest.validate().map_err(|problems| {
             Error::Manifest(problems.iter().map(|p| p.to_string()).collect())
         })?;
-        let manifest_bytes = manifest.to_bytes();
-        let signature = key.sign(&manifest_bytes, &trusted_comment(&manifest))?;
-        write_new(&opts.out.join(MANIFEST_FILE), &manifest_bytes)?;
-        write_new(&opts.out.join(SIGNATURE_FILE), signature.as_bytes())?;
-
-        let mut keys = TrustedKeys::new();
-        keys.add(&key.public_key_file()?)?;
-        crate::verify::verify_dir(&opts.out, Some(&keys))?;
-        note(&format!(
-            "signed manifest.json with key {} and verified the release in {}",
-            key.key_id(),
-            opts.out.display()
-        ));
+        let (manifest_bytes, signature) = sign_and_verify(&self.key, &manifest, &opts.out, note)?;
         Ok(BuiltRelease {
             dir: opts.out.clone(),
             manifest,
@@ -438,20 +369,147 @@ pub fn build(opts: &BuildOptions, note: &mut dyn FnMut(&str)) -> Result<BuiltRel
             signature,
             warnings,
         })
-    })();
-    if result.is_err() {
-        clean_out_dir(&opts.out, created);
     }
-    result
+
+    /// Runs a component's build command, packs it into `out` and describes it for the
+    /// manifest; the archive lints go to `findings`.
+    fn component(
+        &self,
+        c: &ComponentSpec,
+        out: &Path,
+        findings: &mut Vec<Finding>,
+        note: &mut dyn FnMut(&str),
+    ) -> Result<Component> {
+        // The spec lint has already refused an invalid install path.
+        let install = InstallPath::new(c.install_path.clone()).map_err(|e| Error::Source {
+            component: c.name.to_string(),
+            message: e.to_string(),
+        })?;
+        if let Source::Build { command, .. } = &c.source {
+            note(&format!("{}: running build command `{command}`", c.name));
+            run_build(&self.spec, c, command, &self.version, &self.channel)?;
+        }
+        let artifact = artifact_name(&c.artifact_name())?;
+        let packed = pack_component(c, &install, out, &self.pack_opts)?;
+        let entries = pack::inspect(&packed.path)?;
+        if c.kind == ComponentKind::File {
+            findings.extend(lint::file_archive(
+                c.name.as_str(),
+                artifact.as_str(),
+                &entries,
+            ));
+        }
+        note(&format!(
+            "{}: packed {} ({} bytes, {} entries, sha256 {})",
+            c.name,
+            artifact,
+            packed.size,
+            entries.len(),
+            packed.sha256.short()
+        ));
+        Ok(Component {
+            name: c.name.clone(),
+            version: self.version.clone(),
+            artifact,
+            sha256: packed.sha256,
+            size_bytes: packed.size,
+            install_path: install,
+            kind: c.kind,
+            restart_service: c.restart_service.clone(),
+            backup_before_update: c.backup_before_update,
+            permissions: c.permissions,
+            requires: requirements(c)?,
+            migrate_command: c.migrate_command.clone(),
+            health_command: c.health_command.clone(),
+        })
+    }
 }
 
+/// A component's `requires`, with their names checked.
+fn requirements(c: &ComponentSpec) -> Result<Vec<Requirement>> {
+    c.requires
+        .iter()
+        .map(|r| {
+            let name = ComponentName::new(r.name.clone()).map_err(|e| Error::Source {
+                component: c.name.to_string(),
+                message: format!("requires: {e}"),
+            })?;
+            Ok(Requirement {
+                name,
+                min_version: r.min_version.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Copies the full image files into `out` as they are.
+fn full_image(img: &FullImageSpec, out: &Path, note: &mut dyn FnMut(&str)) -> Result<FullImage> {
+    let main = full_image_artifact(&img.squashfs, out, "squashfs")?;
+    let kernel = img
+        .kernel
+        .as_deref()
+        .map(|k| full_image_artifact(k, out, "kernel"))
+        .transpose()?;
+    let initramfs = img
+        .initramfs
+        .as_deref()
+        .map(|k| full_image_artifact(k, out, "initramfs"))
+        .transpose()?;
+    note(&format!(
+        "full image: copied {} ({} bytes)",
+        main.artifact, main.size_bytes
+    ));
+    Ok(FullImage {
+        artifact: main.artifact,
+        sha256: main.sha256,
+        size_bytes: main.size_bytes,
+        kernel,
+        initramfs,
+        requires_reboot: img.requires_reboot,
+        target_slot: img.target_slot,
+    })
+}
+
+/// The update type of a release with these parts; a release with none is refused.
+fn update_type(components: &[Component], full_image: &Option<FullImage>) -> Result<UpdateType> {
+    match (components.is_empty(), full_image.is_some()) {
+        (false, false) => Ok(UpdateType::Component),
+        (true, true) => Ok(UpdateType::Full),
+        (false, true) => Ok(UpdateType::Mixed),
+        (true, false) => Err(Error::Usage(
+            "nothing to release: no component selected and no full image".into(),
+        )),
+    }
+}
+
+/// Signs the manifest, writes `manifest.json` and its signature into `out`, and verifies
+/// the whole directory as an agent would. Returns the manifest bytes and the signature.
+fn sign_and_verify(
+    key: &SigningKey,
+    manifest: &Manifest,
+    out: &Path,
+    note: &mut dyn FnMut(&str),
+) -> Result<(Vec<u8>, String)> {
+    let manifest_bytes = manifest.to_bytes();
+    let signature = key.sign(&manifest_bytes, &trusted_comment(manifest))?;
+    write_new(&out.join(MANIFEST_FILE), &manifest_bytes)?;
+    write_new(&out.join(SIGNATURE_FILE), signature.as_bytes())?;
+    let mut keys = TrustedKeys::new();
+    keys.add(&key.public_key_file()?)?;
+    crate::verify::verify_dir(out, Some(&keys))?;
+    note(&format!(
+        "signed manifest.json with key {} and verified the release in {}",
+        key.key_id(),
+        out.display()
+    ));
+    Ok((manifest_bytes, signature))
+}
+
+/// Writes a new file of the release durably; an existing one is an error.
 fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::options()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(Error::io(path))?;
-    f.write_all(bytes).map_err(Error::io(path))?;
-    f.sync_all().map_err(Error::io(path))
+    let opts = WriteOptions {
+        mode: 0o644,
+        no_clobber: true,
+    };
+    Ok(write_atomic_with(path, bytes, opts)?)
 }

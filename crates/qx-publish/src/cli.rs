@@ -59,105 +59,142 @@ struct BuildArgs {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Generate a minisign key pair: NAME.key (mode 0600) and NAME.pub.
-    Keygen {
-        /// Directory for the key files.
-        #[arg(long, value_name = "DIR", default_value = ".")]
-        out: PathBuf,
-        /// Base name of the key files.
-        #[arg(long, default_value = "qx-publish")]
-        name: String,
-        /// Overwrite existing key files.
-        #[arg(long)]
-        force: bool,
-    },
+    Keygen(KeygenArgs),
     /// Build a signed release directory from a spec (nothing is uploaded).
     #[command(after_help = EXIT_CODES)]
-    Build {
-        #[command(flatten)]
-        args: BuildArgs,
-        /// Output directory (created; must be empty).
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-    },
+    Build(BuildCommand),
     /// Build, lint, verify and upload a release.
     #[command(
         after_help = "The token comes from QX_PUBLISH_TOKEN or --token-file and is never printed.\n\nExit codes: 0 success, 1 failure, 2 usage error."
     )]
-    Publish {
-        #[command(flatten)]
-        args: BuildArgs,
-        /// Update server, e.g. http://127.0.0.1:9000 (optional with --dry-run).
-        #[arg(long, value_name = "URL")]
-        server: Option<String>,
-        /// Keep the built release here (default: a temporary directory).
-        #[arg(long, value_name = "DIR")]
-        out: Option<PathBuf>,
-        /// Build, lint and verify, but upload nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Refuse a version that is not greater than the channel's (default: warn).
-        #[arg(long)]
-        strict: bool,
-        /// Read the publish token from this file instead of QX_PUBLISH_TOKEN.
-        #[arg(long, value_name = "FILE")]
-        token_file: Option<PathBuf>,
-        /// Retries after a connection error.
-        #[arg(long, default_value_t = 3)]
-        retries: u32,
-    },
+    Publish(PublishArgs),
     /// Move a published release to another channel (re-signed; artifacts are not re-uploaded).
     #[command(after_help = EXIT_CODES)]
-    Promote {
-        #[arg(long, value_name = "URL")]
-        server: String,
-        /// The secret key that re-signs the manifest.
-        #[arg(long, value_name = "KEYFILE")]
-        key: PathBuf,
-        /// Public key that must have signed the release (default: the key's own).
-        #[arg(long, value_name = "FILE")]
-        pubkey: Option<PathBuf>,
-        #[arg(long, value_name = "P")]
-        product: String,
-        #[arg(long, value_name = "C")]
-        from: ChannelName,
-        #[arg(long, value_name = "C")]
-        to: ChannelName,
-        #[arg(long, value_name = "FILE")]
-        token_file: Option<PathBuf>,
-        #[arg(long, default_value_t = 3)]
-        retries: u32,
-        version: Version,
-    },
+    Promote(PromoteArgs),
     /// Check a built release directory or a published release URL end to end.
     #[command(
         after_help = "TARGET is a directory or a URL such as http://HOST:9000/api/v1/PRODUCT/releases/VERSION?channel=dev (or .../api/v1/PRODUCT/manifest?channel=dev for the newest).\n\nExit codes: 0 everything checks out, 1 a problem was found (all are listed), 2 usage error."
     )]
-    Verify {
-        target: String,
-        /// The public key the manifest must be signed with.
-        #[arg(long, value_name = "FILE")]
-        pubkey: Option<PathBuf>,
-        /// Or: derive the public key from this secret key.
-        #[arg(long, value_name = "KEYFILE", conflicts_with = "pubkey")]
-        key: Option<PathBuf>,
-        #[arg(long, default_value_t = 3)]
-        retries: u32,
-    },
+    Verify(VerifyArgs),
     /// Withdraw a release from a channel (the channel falls back to the previous release).
     #[command(after_help = EXIT_CODES)]
-    Yank {
-        #[arg(long, value_name = "URL")]
-        server: String,
-        #[arg(long, value_name = "P")]
-        product: String,
-        #[arg(long, value_name = "C")]
-        channel: ChannelName,
-        #[arg(long, value_name = "FILE")]
-        token_file: Option<PathBuf>,
-        #[arg(long, default_value_t = 3)]
-        retries: u32,
-        version: Version,
-    },
+    Yank(YankArgs),
+}
+
+// The arguments of each command.
+
+#[derive(Debug, clap::Args)]
+struct KeygenArgs {
+    /// Directory for the key files.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    out: PathBuf,
+    /// Base name of the key files.
+    #[arg(long, default_value = "qx-publish")]
+    name: String,
+    /// Overwrite existing key files.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct BuildCommand {
+    #[command(flatten)]
+    args: BuildArgs,
+    /// Output directory (created; must be empty).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct PublishArgs {
+    #[command(flatten)]
+    args: BuildArgs,
+    /// Update server, e.g. http://127.0.0.1:9000 (optional with --dry-run).
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// Keep the built release here (default: a temporary directory).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Build, lint and verify, but upload nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Refuse a version that is not greater than the channel's (default: warn).
+    #[arg(long)]
+    strict: bool,
+    /// Read the publish token from this file instead of QX_PUBLISH_TOKEN.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Retries after a connection error.
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
+}
+
+#[derive(Debug, clap::Args)]
+struct PromoteArgs {
+    #[arg(long, value_name = "URL")]
+    server: String,
+    /// The secret key that re-signs the manifest.
+    #[arg(long, value_name = "KEYFILE")]
+    key: PathBuf,
+    /// Public key that must have signed the release (default: the key's own).
+    #[arg(long, value_name = "FILE")]
+    pubkey: Option<PathBuf>,
+    #[arg(long, value_name = "P")]
+    product: String,
+    #[arg(long, value_name = "C")]
+    from: ChannelName,
+    #[arg(long, value_name = "C")]
+    to: ChannelName,
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
+    version: Version,
+}
+
+#[derive(Debug, clap::Args)]
+struct VerifyArgs {
+    target: String,
+    /// The public key the manifest must be signed with.
+    #[arg(long, value_name = "FILE")]
+    pubkey: Option<PathBuf>,
+    /// Or: derive the public key from this secret key.
+    #[arg(long, value_name = "KEYFILE", conflicts_with = "pubkey")]
+    key: Option<PathBuf>,
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
+}
+
+#[derive(Debug, clap::Args)]
+struct YankArgs {
+    #[arg(long, value_name = "URL")]
+    server: String,
+    #[arg(long, value_name = "P")]
+    product: String,
+    #[arg(long, value_name = "C")]
+    channel: ChannelName,
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
+    version: Version,
+}
+
+/// The options every command shares.
+struct Global {
+    json: bool,
+    ca_cert: Option<PathBuf>,
+}
+
+impl Global {
+    /// A client for `server` with the shared `--ca-cert`.
+    fn client(&self, server: &str, token: Option<Token>, retries: u32) -> Result<Client> {
+        let c = Client::new(server, token, retries)?;
+        match &self.ca_cert {
+            Some(path) => c.with_ca_cert(path),
+            None => Ok(c),
+        }
+    }
 }
 
 impl BuildArgs {
@@ -172,19 +209,6 @@ impl BuildArgs {
             notes: self.notes,
             level: self.level,
         }
-    }
-}
-
-fn client(
-    server: &str,
-    token: Option<Token>,
-    retries: u32,
-    ca: Option<&std::path::Path>,
-) -> Result<Client> {
-    let c = Client::new(server, token, retries)?;
-    match ca {
-        Some(path) => c.with_ca_cert(path),
-        None => Ok(c),
     }
 }
 
@@ -236,188 +260,186 @@ fn trusted_from(pubkey: Option<&PathBuf>, key: Option<&PathBuf>) -> Result<Optio
 }
 
 fn run_command(cli: Cli) -> Result<()> {
+    let global = Global {
+        json: cli.json,
+        ca_cert: cli.ca_cert,
+    };
     match cli.command {
-        Command::Keygen { out, name, force } => {
-            let k = keygen::keygen(&out, &name, force)?;
-            println!("public key: {}", k.public_key_line);
-            println!("key id: {}", k.key_id);
-            println!(
-                "secret key file: {} (mode 0600; keep it secret)",
-                k.secret_key.display()
-            );
-            println!("public key file: {}", k.public_key.display());
-        }
-        Command::Build { args, out } => {
-            let opts = args.options(out);
-            let r = build::build(&opts, &mut |l| note(l))?;
-            if cli.json {
-                print_json(&release_json(&r.manifest, Some(&r.dir), None, &r.warnings));
-            } else {
-                println!(
-                    "built {} {} for channel {} in {} ({} artifact(s))",
-                    r.manifest.product,
-                    r.manifest.version,
-                    r.manifest.channel,
-                    r.dir.display(),
-                    r.manifest.artifacts().len()
-                );
-            }
-        }
-        Command::Publish {
-            args,
-            server,
-            out,
-            dry_run,
-            strict,
-            token_file,
-            retries,
-        } => {
-            let client = match &server {
-                Some(s) => {
-                    let token = if dry_run {
-                        Token::from_file_or_env(token_file.as_deref()).ok()
-                    } else {
-                        Some(Token::from_file_or_env(token_file.as_deref())?)
-                    };
-                    Some(client(s, token, retries, cli.ca_cert.as_deref())?)
-                }
-                None => None,
-            };
-            let opts = PublishOptions {
-                build: args.options(out.unwrap_or_else(publish::no_out_dir)),
-                strict,
-                dry_run,
-            };
-            let p = publish::publish(&opts, client.as_ref(), &mut |l| note(l))?;
-            let m = &p.release.manifest;
-            if cli.json {
-                let outcome = match p.outcome {
-                    None => "dry-run",
-                    Some(Outcome::Created) => "created",
-                    Some(Outcome::AlreadyThere) => "unchanged",
-                };
-                let dir =
-                    (!opts.build.out.as_os_str().is_empty()).then_some(p.release.dir.as_path());
-                print_json(&release_json(m, dir, Some(outcome), &p.warnings));
-                return Ok(());
-            }
-            match p.outcome {
-                None => println!(
-                    "dry run: {} {} for channel {} built and verified ({} artifact(s)); nothing was uploaded",
-                    m.product,
-                    m.version,
-                    m.channel,
-                    m.artifacts().len()
-                ),
-                Some(Outcome::Created) => println!(
-                    "published {} {} to channel {} on {}",
-                    m.product,
-                    m.version,
-                    m.channel,
-                    server.unwrap_or_default()
-                ),
-                Some(Outcome::AlreadyThere) => println!(
-                    "{} {} was already published to channel {} with identical content; nothing changed",
-                    m.product, m.version, m.channel
-                ),
-            }
-        }
-        Command::Promote {
-            server,
-            key,
-            pubkey,
-            product,
-            from,
-            to,
-            token_file,
-            retries,
-            version,
-        } => {
-            let token = Token::from_file_or_env(token_file.as_deref())?;
-            let client = client(&server, Some(token), retries, cli.ca_cert.as_deref())?;
-            let signing = build::load_key(&key)?;
-            let trusted = match trusted_from(pubkey.as_ref(), None)? {
-                Some(t) => t,
-                None => {
-                    let mut t = TrustedKeys::new();
-                    t.add(&signing.public_key_file()?)?;
-                    t
-                }
-            };
-            let req = PromoteRequest {
-                product,
-                version: version.to_string(),
-                from,
-                to,
-            };
-            let p = promote::promote(&client, &signing, &trusted, &req)?;
-            let verb = match p.outcome {
-                Outcome::Created => "promoted",
-                Outcome::AlreadyThere => "already promoted (identical):",
-            };
-            println!(
-                "{verb} {} {} from {} to {} (re-signed by key {}, expires {})",
-                req.product, req.version, req.from, req.to, p.key_id, p.manifest.expires
-            );
-        }
-        Command::Verify {
-            target,
-            pubkey,
-            key,
-            retries,
-        } => {
-            let keys = trusted_from(pubkey.as_ref(), key.as_ref())?;
-            let result = if target.starts_with("http://") || target.starts_with("https://") {
-                let url = ReleaseUrl::parse(&target)?;
-                let client = client(&url.server, None, retries, cli.ca_cert.as_deref())?;
-                verify::verify_url(&client, &url, keys.as_ref())
-            } else {
-                verify::verify_dir(std::path::Path::new(&target), keys.as_ref())
-            };
-            if cli.json {
-                match &result {
-                    Ok(r) => print_json(&serde_json::json!({
-                        "ok": true,
-                        "target": target,
-                        "product": r.manifest.product.as_str(),
-                        "version": r.manifest.version.to_string(),
-                        "channel": r.manifest.channel.as_str(),
-                        "key_id": r.key_id,
-                        "checked": r.checked,
-                    })),
-                    Err(Error::Verify { problems, .. }) => print_json(&serde_json::json!({
-                        "ok": false,
-                        "target": target,
-                        "problems": problems,
-                    })),
-                    Err(_) => {}
-                }
-            }
-            let report = result?;
-            if !cli.json {
-                for line in &report.checked {
-                    println!("ok  {line}");
-                }
-                println!(
-                    "verified {} {} (channel {}): no problems",
-                    report.manifest.product, report.manifest.version, report.manifest.channel
-                );
-            }
-        }
-        Command::Yank {
-            server,
-            product,
-            channel,
-            token_file,
-            retries,
-            version,
-        } => {
-            let token = Token::from_file_or_env(token_file.as_deref())?;
-            let client = client(&server, Some(token), retries, cli.ca_cert.as_deref())?;
-            client.yank(&product, &version.to_string(), channel.as_str())?;
-            println!("yanked {product} {version} from channel {channel}");
-        }
+        Command::Keygen(a) => keygen_command(a),
+        Command::Build(a) => build_command(a, &global),
+        Command::Publish(a) => publish_command(a, &global),
+        Command::Promote(a) => promote_command(a, &global),
+        Command::Verify(a) => verify_command(a, &global),
+        Command::Yank(a) => yank_command(a, &global),
     }
+}
+
+fn keygen_command(a: KeygenArgs) -> Result<()> {
+    let k = keygen::keygen(&a.out, &a.name, a.force)?;
+    println!("public key: {}", k.public_key_line);
+    println!("key id: {}", k.key_id);
+    println!(
+        "secret key file: {} (mode 0600; keep it secret)",
+        k.secret_key.display()
+    );
+    println!("public key file: {}", k.public_key.display());
+    Ok(())
+}
+
+fn build_command(a: BuildCommand, global: &Global) -> Result<()> {
+    let opts = a.args.options(a.out);
+    let r = build::build(&opts, &mut |l| note(l))?;
+    if global.json {
+        print_json(&release_json(&r.manifest, Some(&r.dir), None, &r.warnings));
+    } else {
+        println!(
+            "built {} {} for channel {} in {} ({} artifact(s))",
+            r.manifest.product,
+            r.manifest.version,
+            r.manifest.channel,
+            r.dir.display(),
+            r.manifest.artifacts().len()
+        );
+    }
+    Ok(())
+}
+
+fn publish_command(a: PublishArgs, global: &Global) -> Result<()> {
+    let client = match &a.server {
+        Some(s) => {
+            let token = Token::from_file_or_env(a.token_file.as_deref());
+            // A dry run only reads from the server: the token is optional.
+            let token = if a.dry_run { token.ok() } else { Some(token?) };
+            Some(global.client(s, token, a.retries)?)
+        }
+        None => None,
+    };
+    let opts = PublishOptions {
+        build: a.args.options(a.out.unwrap_or_else(publish::no_out_dir)),
+        strict: a.strict,
+        dry_run: a.dry_run,
+    };
+    let p = publish::publish(&opts, client.as_ref(), &mut |l| note(l))?;
+    let m = &p.release.manifest;
+    if global.json {
+        let outcome = match p.outcome {
+            None => "dry-run",
+            Some(Outcome::Created) => "created",
+            Some(Outcome::AlreadyThere) => "unchanged",
+        };
+        let dir = (!opts.build.out.as_os_str().is_empty()).then_some(p.release.dir.as_path());
+        print_json(&release_json(m, dir, Some(outcome), &p.warnings));
+        return Ok(());
+    }
+    match p.outcome {
+        None => println!(
+            "dry run: {} {} for channel {} built and verified ({} artifact(s)); nothing was uploaded",
+            m.product,
+            m.version,
+            m.channel,
+            m.artifacts().len()
+        ),
+        Some(Outcome::Created) => println!(
+            "published {} {} to channel {} on {}",
+            m.product,
+            m.version,
+            m.channel,
+            a.server.unwrap_or_default()
+        ),
+        Some(Outcome::AlreadyThere) => println!(
+            "{} {} was already published to channel {} with identical content; nothing changed",
+            m.product, m.version, m.channel
+        ),
+    }
+    Ok(())
+}
+
+fn promote_command(a: PromoteArgs, global: &Global) -> Result<()> {
+    let token = Token::from_file_or_env(a.token_file.as_deref())?;
+    let client = global.client(&a.server, Some(token), a.retries)?;
+    let signing = build::load_key(&a.key)?;
+    let trusted = match trusted_from(a.pubkey.as_ref(), None)? {
+        Some(t) => t,
+        None => {
+            let mut t = TrustedKeys::new();
+            t.add(&signing.public_key_file()?)?;
+            t
+        }
+    };
+    let req = PromoteRequest {
+        product: a.product,
+        version: a.version.to_string(),
+        from: a.from,
+        to: a.to,
+    };
+    let p = promote::promote(&client, &signing, &trusted, &req)?;
+    let verb = match p.outcome {
+        Outcome::Created => "promoted",
+        Outcome::AlreadyThere => "already promoted (identical):",
+    };
+    println!(
+        "{verb} {} {} from {} to {} (re-signed by key {}, expires {})",
+        req.product, req.version, req.from, req.to, p.key_id, p.manifest.expires
+    );
+    Ok(())
+}
+
+fn verify_command(a: VerifyArgs, global: &Global) -> Result<()> {
+    let keys = trusted_from(a.pubkey.as_ref(), a.key.as_ref())?;
+    let target = a.target;
+    let result = if target.starts_with("http://") || target.starts_with("https://") {
+        let url = ReleaseUrl::parse(&target)?;
+        let client = global.client(&url.server, None, a.retries)?;
+        verify::verify_url(&client, &url, keys.as_ref())
+    } else {
+        verify::verify_dir(std::path::Path::new(&target), keys.as_ref())
+    };
+    if global.json {
+        print_verify_json(&target, &result);
+    }
+    let report = result?;
+    if !global.json {
+        for line in &report.checked {
+            println!("ok  {line}");
+        }
+        println!(
+            "verified {} {} (channel {}): no problems",
+            report.manifest.product, report.manifest.version, report.manifest.channel
+        );
+    }
+    Ok(())
+}
+
+/// The result of `verify --json`: the report, or the problems found (nothing for another
+/// error, which is printed on stderr).
+fn print_verify_json(target: &str, result: &Result<verify::Report>) {
+    match result {
+        Ok(r) => print_json(&serde_json::json!({
+            "ok": true,
+            "target": target,
+            "product": r.manifest.product.as_str(),
+            "version": r.manifest.version.to_string(),
+            "channel": r.manifest.channel.as_str(),
+            "key_id": r.key_id,
+            "checked": r.checked,
+        })),
+        Err(Error::Verify { problems, .. }) => print_json(&serde_json::json!({
+            "ok": false,
+            "target": target,
+            "problems": problems,
+        })),
+        Err(_) => {}
+    }
+}
+
+fn yank_command(a: YankArgs, global: &Global) -> Result<()> {
+    let token = Token::from_file_or_env(a.token_file.as_deref())?;
+    let client = global.client(&a.server, Some(token), a.retries)?;
+    client.yank(&a.product, &a.version.to_string(), a.channel.as_str())?;
+    println!(
+        "yanked {} {} from channel {}",
+        a.product, a.version, a.channel
+    );
     Ok(())
 }
 

@@ -7,6 +7,8 @@ use crate::lint::Finding;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(transparent)]
+    Fs(#[from] qx_core::fs::FsError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

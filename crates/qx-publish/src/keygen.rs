@@ -1,14 +1,14 @@
 //! `qx-publish keygen`: a minisign key pair for signing manifests.
 //!
 //! The secret key file never exists with wider permissions than 0600, not even briefly: it is
-//! written to a temporary file created with mode 0600 in the target directory, synced, then
-//! moved into place — without replacing an existing file unless `force` (an atomic link that
-//! fails if the name exists, or a rename with `force`).
+//! written through [`qx_core::fs::write_atomic_with`], whose temporary file gets its mode
+//! before any byte is written, is synced, then moved into place — without replacing an
+//! existing file unless `force` (an atomic link that fails if the name exists, or a rename
+//! with `force`).
 
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use qx_core::fs::{write_atomic_with, WriteOptions};
 use qx_core::KeyPair;
 
 use crate::error::{Error, Result};
@@ -22,41 +22,26 @@ pub struct GeneratedKey {
     pub public_key_line: String,
 }
 
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32, force: bool) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    // tempfile creates the file with O_EXCL and mode 0600.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".qx-keygen-")
-        .tempfile_in(dir)
-        .map_err(Error::io(dir))?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(Error::io(tmp.path()))?;
-    tmp.write_all(bytes).map_err(Error::io(path))?;
-    tmp.as_file().sync_all().map_err(Error::io(path))?;
-    let persisted = if force {
-        tmp.persist(path).map(|_| ())
-    } else {
-        tmp.persist_noclobber(path).map(|_| ())
+/// Writes one key file with `mode`; an existing file is [`Error::KeyExists`] unless `force`.
+fn write_key(path: &Path, bytes: &[u8], mode: u32, force: bool) -> Result<()> {
+    let opts = WriteOptions {
+        mode,
+        no_clobber: !force,
     };
-    persisted.map_err(|e| {
-        if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+    write_atomic_with(path, bytes, opts).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
             Error::KeyExists {
                 path: path.to_owned(),
             }
         } else {
-            Error::io(path)(e.error)
+            Error::from(e)
         }
-    })?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    })
 }
 
 /// Generates `<dir>/<name>.key` (0600) and `<dir>/<name>.pub` (0644).
 pub fn keygen(dir: &Path, name: &str, force: bool) -> Result<GeneratedKey> {
-    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+    qx_core::fs::create_dir_all_durable(dir)?;
     let secret_key = dir.join(format!("{name}.key"));
     let public_key = dir.join(format!("{name}.pub"));
     if !force {
@@ -67,8 +52,8 @@ pub fn keygen(dir: &Path, name: &str, force: bool) -> Result<GeneratedKey> {
         }
     }
     let kp = KeyPair::generate()?;
-    write_atomic(&secret_key, kp.secret_key_file.as_bytes(), 0o600, force)?;
-    write_atomic(&public_key, kp.public_key_file.as_bytes(), 0o644, force)?;
+    write_key(&secret_key, kp.secret_key_file.as_bytes(), 0o600, force)?;
+    write_key(&public_key, kp.public_key_file.as_bytes(), 0o644, force)?;
     let public_key_line = kp
         .public_key_file
         .lines()
@@ -86,6 +71,8 @@ pub fn keygen(dir: &Path, name: &str, force: bool) -> Result<GeneratedKey> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]

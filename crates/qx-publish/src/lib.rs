@@ -1,5 +1,5 @@
-//! The release tool of Quantix OTA (SPEC §6): from a release spec to a signed release on the
-//! update server.
+//! The release tool of Quantix OTA (docs/spec.md §6): from a release spec to a signed release
+//! on the update server.
 //!
 //! - [`spec`]: the release spec file (TOML);
 //! - [`pack`]: reproducible `tar.zst` archives;

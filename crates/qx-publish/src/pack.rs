@@ -32,14 +32,7 @@ impl PackOptions {
     /// Options from the environment: `SOURCE_DATE_EPOCH` for the mtime (else 0), one zstd
     /// worker per CPU.
     pub fn from_env(level: i32) -> Result<Self> {
-        let mtime = match std::env::var("SOURCE_DATE_EPOCH") {
-            Ok(v) => v.trim().parse::<u64>().map_err(|_| {
-                Error::Usage(format!(
-                    "SOURCE_DATE_EPOCH={v:?} is not a number of seconds since 1970"
-                ))
-            })?,
-            Err(_) => 0,
-        };
+        let mtime = source_date_epoch()?.unwrap_or(0);
         let threads = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1);
@@ -48,6 +41,18 @@ impl PackOptions {
             level,
             threads,
         })
+    }
+}
+
+/// `SOURCE_DATE_EPOCH` (seconds since 1970), when set: the one time of a reproducible build.
+pub fn source_date_epoch() -> Result<Option<u64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v.trim().parse::<u64>().map(Some).map_err(|_| {
+            Error::Usage(format!(
+                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds since 1970"
+            ))
+        }),
+        Err(_) => Ok(None),
     }
 }
 
@@ -76,6 +81,37 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+impl HashingWriter<BufWriter<File>> {
+    /// Creates `out` (must not exist), to be written through the hasher.
+    fn create(out: &Path) -> Result<Self> {
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(out)
+            .map_err(Error::io(out))?;
+        Ok(Self {
+            inner: BufWriter::new(file),
+            hasher: Sha256Hasher::new(),
+        })
+    }
+
+    /// Flushes and fsyncs `out`; the written artifact with its SHA-256 and size.
+    fn finish(mut self, out: &Path) -> Result<Packed> {
+        self.flush().map_err(Error::io(out))?;
+        let file = self
+            .inner
+            .into_inner()
+            .map_err(|e| Error::io(out)(e.into_error()))?;
+        file.sync_all().map_err(Error::io(out))?;
+        let (sha256, size) = self.hasher.finish();
+        Ok(Packed {
+            path: out.to_owned(),
+            sha256,
+            size,
+        })
+    }
+}
+
 /// Mode bits kept from a source file: no group/other write, no set-id or sticky bits.
 pub fn normalise_mode(mode: u32) -> u32 {
     mode & 0o755
@@ -100,15 +136,7 @@ fn write_archive(
         &mut tar::Builder<zstd::Encoder<'static, HashingWriter<BufWriter<File>>>>,
     ) -> Result<()>,
 ) -> Result<Packed> {
-    let file = File::options()
-        .write(true)
-        .create_new(true)
-        .open(out)
-        .map_err(Error::io(out))?;
-    let hashing = HashingWriter {
-        inner: BufWriter::new(file),
-        hasher: Sha256Hasher::new(),
-    };
+    let hashing = HashingWriter::create(out)?;
     let mut encoder = zstd::Encoder::new(hashing, opts.level).map_err(Error::io(out))?;
     encoder
         .multithread(opts.threads.max(1))
@@ -118,19 +146,8 @@ fn write_archive(
     builder.mode(tar::HeaderMode::Deterministic);
     fill(&mut builder)?;
     let encoder = builder.into_inner().map_err(Error::io(out))?;
-    let mut hashing = encoder.finish().map_err(Error::io(out))?;
-    hashing.flush().map_err(Error::io(out))?;
-    let file = hashing
-        .inner
-        .into_inner()
-        .map_err(|e| Error::io(out)(e.into_error()))?;
-    file.sync_all().map_err(Error::io(out))?;
-    let (sha256, size) = hashing.hasher.finish();
-    Ok(Packed {
-        path: out.to_owned(),
-        sha256,
-        size,
-    })
+    let hashing = encoder.finish().map_err(Error::io(out))?;
+    hashing.finish(out)
 }
 
 /// Packs one regular file as the archive's only entry, named `entry_name`, with `mode`
@@ -346,15 +363,7 @@ pub fn copy_file(src: &Path, out: &Path) -> Result<Packed> {
             message: "is not a regular file".into(),
         });
     }
-    let file = File::options()
-        .write(true)
-        .create_new(true)
-        .open(out)
-        .map_err(Error::io(out))?;
-    let mut writer = HashingWriter {
-        inner: BufWriter::new(file),
-        hasher: Sha256Hasher::new(),
-    };
+    let mut writer = HashingWriter::create(out)?;
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = input.read(&mut buf).map_err(Error::io(src))?;
@@ -363,18 +372,7 @@ pub fn copy_file(src: &Path, out: &Path) -> Result<Packed> {
         }
         writer.write_all(&buf[..n]).map_err(Error::io(out))?;
     }
-    writer.flush().map_err(Error::io(out))?;
-    let file = writer
-        .inner
-        .into_inner()
-        .map_err(|e| Error::io(out)(e.into_error()))?;
-    file.sync_all().map_err(Error::io(out))?;
-    let (sha256, size) = writer.hasher.finish();
-    Ok(Packed {
-        path: out.to_owned(),
-        sha256,
-        size,
-    })
+    writer.finish(out)
 }
 
 #[cfg(test)]

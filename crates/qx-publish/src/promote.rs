@@ -76,19 +76,13 @@ fn already_promoted(
     same.then_some(existing)
 }
 
-/// Downloads, verifies, rewrites, re-signs and promotes.
-pub fn promote(
+/// The release's manifest on the `from` channel, its signature checked and its product,
+/// version and channel matching the request.
+fn fetch_verified(
     client: &Client,
-    key: &SigningKey,
     trusted: &TrustedKeys,
     req: &PromoteRequest,
-) -> Result<Promoted> {
-    if req.from == req.to {
-        return Err(Error::Usage(format!(
-            "--from and --to are both {}; promote moves a release to another channel",
-            req.from
-        )));
-    }
+) -> Result<Manifest> {
     let from = req.from.as_str();
     let bytes = client.fetch(&req.product, &req.version, MANIFEST_FILE, from)?;
     let sig = client.fetch(&req.product, &req.version, SIGNATURE_FILE, from)?;
@@ -121,9 +115,27 @@ pub fn promote(
             original.channel
         ));
     }
-    if !problems.is_empty() {
-        return Err(fail(problems));
+    if problems.is_empty() {
+        Ok(original)
+    } else {
+        Err(fail(problems))
     }
+}
+
+/// Downloads, verifies, rewrites, re-signs and promotes.
+pub fn promote(
+    client: &Client,
+    key: &SigningKey,
+    trusted: &TrustedKeys,
+    req: &PromoteRequest,
+) -> Result<Promoted> {
+    if req.from == req.to {
+        return Err(Error::Usage(format!(
+            "--from and --to are both {}; promote moves a release to another channel",
+            req.from
+        )));
+    }
+    let original = fetch_verified(client, trusted, req)?;
     if let Some(existing) = already_promoted(client, trusted, req, &original) {
         return Ok(Promoted {
             manifest: existing,
@@ -137,7 +149,7 @@ pub fn promote(
     let outcome = client.promote(
         &req.product,
         &req.version,
-        from,
+        req.from.as_str(),
         req.to.as_str(),
         &new_bytes,
         &new_sig,

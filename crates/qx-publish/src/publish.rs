@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::lint::{self, Finding};
 use crate::spec::Spec;
 use crate::upload::{Client, Outcome, Progress};
+use qx_core::Version;
 
 #[derive(Debug, Clone)]
 pub struct PublishOptions {
@@ -59,20 +60,8 @@ pub fn publish(
         .unwrap_or_else(|| spec.channel.clone());
     let mut warnings = Vec::new();
     if let Some(client) = client {
-        match client.latest_version(spec.product.as_str(), channel.as_str()) {
-            Ok(latest) => {
-                let f =
-                    lint::version_newer(&version, channel.as_str(), latest.as_ref(), opts.strict);
-                for w in lint::enforce(f.into_iter().collect())? {
-                    note(&w.to_string());
-                    warnings.push(w);
-                }
-            }
-            Err(e) if opts.dry_run => note(&format!(
-                "warning: could not ask the server for the channel's versions: {e}"
-            )),
-            Err(e) => return Err(e),
-        }
+        let latest = client.latest_version(spec.product.as_str(), channel.as_str());
+        warnings = version_lint(opts, &version, channel.as_str(), latest, note)?;
     }
 
     let tmp;
@@ -93,6 +82,43 @@ pub fn publish(
     let Some(client) = client else {
         return Err(Error::Usage("publish needs --server URL".into()));
     };
+    let outcome = upload(client, &release)?;
+    Ok(Published {
+        release,
+        outcome: Some(outcome),
+        warnings,
+    })
+}
+
+/// The `version-not-newer` lint against the channel's newest version on the server (a dry
+/// run goes on with a warning when the server cannot say).
+fn version_lint(
+    opts: &PublishOptions,
+    version: &Version,
+    channel: &str,
+    latest: Result<Option<Version>>,
+    note: &mut dyn FnMut(&str),
+) -> Result<Vec<Finding>> {
+    let latest = match latest {
+        Ok(latest) => latest,
+        Err(e) if opts.dry_run => {
+            note(&format!(
+                "warning: could not ask the server for the channel's versions: {e}"
+            ));
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(e),
+    };
+    let f = lint::version_newer(version, channel, latest.as_ref(), opts.strict);
+    let warnings = lint::enforce(f.into_iter().collect())?;
+    for w in &warnings {
+        note(&w.to_string());
+    }
+    Ok(warnings)
+}
+
+/// Uploads a built release with a progress display.
+fn upload(client: &Client, release: &BuiltRelease) -> Result<Outcome> {
     let total: u64 = release
         .manifest
         .artifacts()
@@ -100,18 +126,13 @@ pub fn publish(
         .map(|a| a.size_bytes)
         .sum();
     let progress = Progress::new(total);
-    let outcome = client.publish(
+    client.publish(
         &release.dir,
         &release.manifest,
         &release.manifest_bytes,
         &release.signature,
         &progress,
-    )?;
-    Ok(Published {
-        release,
-        outcome: Some(outcome),
-        warnings,
-    })
+    )
 }
 
 /// Where a publish without `--out` builds: nowhere permanent.

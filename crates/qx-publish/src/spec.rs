@@ -147,20 +147,83 @@ struct RawFullImage {
     target_slot: TargetSlot,
 }
 
+/// `p` resolved against the spec's directory (an absolute path stays as it is).
+fn resolve(dir: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        dir.join(p)
+    }
+}
+
+/// The `expires_in` duration (default 90 days); zero is refused.
+fn expires_in(text: Option<&str>) -> std::result::Result<Duration, String> {
+    let Some(s) = text else {
+        return Ok(DEFAULT_EXPIRES_IN);
+    };
+    let d = humantime::parse_duration(s).map_err(|e| {
+        format!("expires_in = {s:?} is not a duration such as \"90d\" or \"12h\": {e}")
+    })?;
+    if d.is_zero() {
+        return Err("expires_in must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+impl RawComponent {
+    /// The component with its source resolved against the spec's directory.
+    fn resolve(self, dir: &Path) -> std::result::Result<ComponentSpec, String> {
+        let source = self.source(dir)?;
+        Ok(ComponentSpec {
+            name: self.name,
+            kind: self.kind,
+            install_path: self.install_path,
+            source,
+            restart_service: self.restart_service,
+            backup_before_update: self.backup_before_update,
+            permissions: self.permissions,
+            requires: self.requires,
+            migrate_command: self.migrate_command,
+            health_command: self.health_command,
+        })
+    }
+
+    /// Where the content comes from: `source`, or `build` + `output`.
+    fn source(&self, dir: &Path) -> std::result::Result<Source, String> {
+        let name = &self.name;
+        match (&self.source, &self.build, &self.output) {
+            (Some(s), None, None) => Ok(Source::Path(resolve(dir, s))),
+            (None, Some(command), Some(output)) => {
+                if command.trim().is_empty() {
+                    return Err(format!("component {name}: build must be a shell command"));
+                }
+                Ok(Source::Build {
+                    command: command.clone(),
+                    output: resolve(dir, output),
+                })
+            }
+            (None, Some(_), None) => Err(format!(
+                "component {name}: a build command needs `output` (the file or directory it produces)"
+            )),
+            (None, None, Some(_)) => Err(format!(
+                "component {name}: `output` needs a `build` command (or use `source` for an existing path)"
+            )),
+            (None, None, None) => Err(format!(
+                "component {name}: needs `source` (a file or directory) or `build` + `output`"
+            )),
+            (Some(_), _, _) => Err(format!(
+                "component {name}: give either `source` or `build` + `output`, not both"
+            )),
+        }
+    }
+}
+
 impl Spec {
     /// Reads and parses a spec file.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-        let dir = path
-            .parent()
-            .map(|d| {
-                if d.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    d
-                }
-            })
-            .unwrap_or(Path::new("."));
+        let dir = qx_core::fs::parent_of(path);
         let dir = std::fs::canonicalize(dir).map_err(Error::io(dir))?;
         Self::parse(&text, path, &dir)
     }
@@ -173,87 +236,20 @@ impl Spec {
         };
         let raw: RawSpec =
             toml::from_str(text).map_err(|e| bad(e.to_string().trim_end().to_owned()))?;
-        let expires_in = match &raw.expires_in {
-            None => DEFAULT_EXPIRES_IN,
-            Some(s) => {
-                let d = humantime::parse_duration(s).map_err(|e| {
-                    bad(format!(
-                        "expires_in = {s:?} is not a duration such as \"90d\" or \"12h\": {e}"
-                    ))
-                })?;
-                if d.is_zero() {
-                    return Err(bad("expires_in must be longer than zero".into()));
-                }
-                d
-            }
-        };
-        let resolve = |p: &str| -> PathBuf {
-            let p = Path::new(p);
-            if p.is_absolute() {
-                p.to_owned()
-            } else {
-                dir.join(p)
-            }
-        };
-        let mut components = Vec::with_capacity(raw.component.len());
-        for c in raw.component {
-            let source = match (c.source, c.build, c.output) {
-                (Some(s), None, None) => Source::Path(resolve(&s)),
-                (None, Some(command), Some(output)) => {
-                    if command.trim().is_empty() {
-                        return Err(bad(format!("component {}: build must be a shell command", c.name)));
-                    }
-                    Source::Build {
-                        command,
-                        output: resolve(&output),
-                    }
-                }
-                (None, Some(_), None) => {
-                    return Err(bad(format!(
-                        "component {}: a build command needs `output` (the file or directory it produces)",
-                        c.name
-                    )))
-                }
-                (None, None, Some(_)) => {
-                    return Err(bad(format!(
-                        "component {}: `output` needs a `build` command (or use `source` for an existing path)",
-                        c.name
-                    )))
-                }
-                (None, None, None) => {
-                    return Err(bad(format!(
-                        "component {}: needs `source` (a file or directory) or `build` + `output`",
-                        c.name
-                    )))
-                }
-                (Some(_), _, _) => {
-                    return Err(bad(format!(
-                        "component {}: give either `source` or `build` + `output`, not both",
-                        c.name
-                    )))
-                }
-            };
-            components.push(ComponentSpec {
-                name: c.name,
-                kind: c.kind,
-                install_path: c.install_path,
-                source,
-                restart_service: c.restart_service,
-                backup_before_update: c.backup_before_update,
-                permissions: c.permissions,
-                requires: c.requires,
-                migrate_command: c.migrate_command,
-                health_command: c.health_command,
-            });
-        }
+        let expires_in = expires_in(raw.expires_in.as_deref()).map_err(bad)?;
+        let resolve = |p: &str| resolve(dir, p);
+        let components = raw
+            .component
+            .into_iter()
+            .map(|c| c.resolve(dir))
+            .collect::<std::result::Result<Vec<_>, String>>()
+            .map_err(bad)?;
         let mut seen = std::collections::HashSet::new();
-        for c in &components {
-            if !seen.insert(c.name.clone()) {
-                return Err(bad(format!(
-                    "component {} is defined more than once",
-                    c.name
-                )));
-            }
+        if let Some(c) = components.iter().find(|c| !seen.insert(c.name.clone())) {
+            return Err(bad(format!(
+                "component {} is defined more than once",
+                c.name
+            )));
         }
         if components.is_empty() && raw.full_image.is_none() {
             return Err(bad(
@@ -268,16 +264,17 @@ impl Spec {
             requires_reboot: f.requires_reboot,
             target_slot: f.target_slot,
         });
+        let channel = match raw.channel {
+            Some(c) => c,
+            None => ChannelName::new(DEFAULT_CHANNEL)
+                .map_err(|e| bad(format!("default channel: {e}")))?,
+        };
         Ok(Spec {
             path: path.to_owned(),
             dir: dir.to_owned(),
             product: raw.product,
             version: raw.version,
-            channel: match raw.channel {
-                Some(c) => c,
-                None => ChannelName::new(DEFAULT_CHANNEL)
-                    .map_err(|e| bad(format!("default channel: {e}")))?,
-            },
+            channel,
             expires_in,
             release_notes: raw.release_notes,
             min_version: raw.min_version,

@@ -1,14 +1,11 @@
 //! `qx-publish build` and `verify` on real files: archives unpacked by GNU tar, signatures
 //! checked by the minisign tool, reproducibility, and every lint that stops a bad release.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::{qx_publish, stderr, Work, HEADER};
+use crate::support::{keygen, qx_publish, stderr, verify, Work, HEADER};
 use predicates::prelude::*;
 use qx_core::{Manifest, UnknownFields};
 
@@ -194,13 +191,7 @@ fn build_with_source_date_epoch_gives_identical_manifest() {
     }
     // Signatures are randomised (minisign adds noise), but both verify over the same bytes.
     for out in [&a, &b] {
-        qx_publish()
-            .arg("verify")
-            .arg(out)
-            .arg("--pubkey")
-            .arg(w.pubkey())
-            .assert()
-            .success();
+        verify(out, w.pubkey()).success();
     }
     assert_eq!(manifest(&a).release_date.as_second().to_string(), epoch);
 }
@@ -282,13 +273,7 @@ fn build_full_image_copies_files_as_is() {
         std::fs::read(out.join("system.squashfs")).expect("copy"),
         vec![7u8; 10_000]
     );
-    qx_publish()
-        .arg("verify")
-        .arg(&out)
-        .arg("--pubkey")
-        .arg(w.pubkey())
-        .assert()
-        .success();
+    verify(&out, w.pubkey()).success();
 }
 
 #[test]
@@ -322,72 +307,78 @@ fn build_failing_build_command_is_reported() {
     assert!(!out.exists(), "a failed build leaves no half-built release");
 }
 
-// ---- lints: each its own test, through the binary ----
+// ---- lints: one named row each, through the binary ----
 
-fn lint_fails(spec_body: &str, lint: &str, message: &str) {
-    let w = Work::new();
-    let spec = w.write_spec("lint.toml", &format!("{HEADER}{spec_body}"));
-    let out = w.path().join("dist");
-    let a = w.build(&spec, &out, &[]).code(1);
-    let err = stderr(&a);
-    assert!(err.contains(&format!("error[{lint}]")), "{err}");
-    assert!(err.contains(message), "{err}");
-    assert!(!out.join("manifest.json").exists(), "nothing was signed");
+/// A spec with one thing wrong, the lint it trips and what its message says.
+struct LintCase {
+    name: &'static str,
+    spec_body: &'static str,
+    lint: &'static str,
+    message: &'static str,
 }
 
-#[test]
-fn lint_install_path_not_absolute() {
-    lint_fails(
-        "[[component]]\nname = \"qx-demo\"\ninstall_path = \"data/bin/qx-demo\"\nsource = \"src/qx-demo.sh\"\n",
-        "install-path-invalid",
-        "it must be an absolute path",
-    );
-}
-
-#[test]
-fn lint_install_path_with_parent_dir() {
-    lint_fails(
-        "[[component]]\nname = \"qx-demo\"\ninstall_path = \"/data/../etc/qx-demo\"\nsource = \"src/qx-demo.sh\"\n",
-        "install-path-invalid",
-        "must not contain '..'",
-    );
-}
-
-#[test]
-fn lint_two_components_with_the_same_install_path() {
-    lint_fails(
-        "[[component]]\nname = \"a\"\ninstall_path = \"/data/bin/x\"\nsource = \"src/qx-demo.sh\"\n\
+const LINT_CASES: &[LintCase] = &[
+    LintCase {
+        name: "install_path_not_absolute",
+        spec_body: "[[component]]\nname = \"qx-demo\"\ninstall_path = \"data/bin/qx-demo\"\nsource = \"src/qx-demo.sh\"\n",
+        lint: "install-path-invalid",
+        message: "it must be an absolute path",
+    },
+    LintCase {
+        name: "install_path_with_parent_dir",
+        spec_body: "[[component]]\nname = \"qx-demo\"\ninstall_path = \"/data/../etc/qx-demo\"\nsource = \"src/qx-demo.sh\"\n",
+        lint: "install-path-invalid",
+        message: "must not contain '..'",
+    },
+    LintCase {
+        name: "two_components_with_the_same_install_path",
+        spec_body: "[[component]]\nname = \"a\"\ninstall_path = \"/data/bin/x\"\nsource = \"src/qx-demo.sh\"\n\
          [[component]]\nname = \"b\"\ninstall_path = \"/data/bin/x\"\nsource = \"src/build.sh\"\n",
-        "install-path-duplicate",
-        "components a and b both install to /data/bin/x",
-    );
-}
+        lint: "install-path-duplicate",
+        message: "components a and b both install to /data/bin/x",
+    },
+    LintCase {
+        name: "file_component_with_a_directory",
+        spec_body: "[[component]]\nname = \"ui\"\nkind = \"file\"\ninstall_path = \"/data/share/ui\"\nsource = \"ui\"\n",
+        lint: "file-archive-not-single-file",
+        message: "must hold exactly one regular file",
+    },
+    LintCase {
+        name: "migrations_without_migrate_command",
+        spec_body: "[[component]]\nname = \"m\"\nkind = \"migrations\"\ninstall_path = \"/data/m\"\nsource = \"migrations\"\n",
+        lint: "migrations-without-command",
+        message: "has no migrate_command",
+    },
+    LintCase {
+        name: "requires_unknown_component",
+        spec_body: "[[component]]\nname = \"a\"\ninstall_path = \"/data/bin/a\"\nsource = \"src/qx-demo.sh\"\nrequires = [{ name = \"qx-missing\", min_version = \"1.0.0\" }]\n",
+        lint: "requires-unknown-component",
+        message: "requires \"qx-missing\", which is not a component of this spec",
+    },
+];
 
 #[test]
-fn lint_file_component_with_a_directory() {
-    lint_fails(
-        "[[component]]\nname = \"ui\"\nkind = \"file\"\ninstall_path = \"/data/share/ui\"\nsource = \"ui\"\n",
-        "file-archive-not-single-file",
-        "must hold exactly one regular file",
-    );
-}
-
-#[test]
-fn lint_migrations_without_migrate_command() {
-    lint_fails(
-        "[[component]]\nname = \"m\"\nkind = \"migrations\"\ninstall_path = \"/data/m\"\nsource = \"migrations\"\n",
-        "migrations-without-command",
-        "has no migrate_command",
-    );
-}
-
-#[test]
-fn lint_requires_unknown_component() {
-    lint_fails(
-        "[[component]]\nname = \"a\"\ninstall_path = \"/data/bin/a\"\nsource = \"src/qx-demo.sh\"\nrequires = [{ name = \"qx-missing\", min_version = \"1.0.0\" }]\n",
-        "requires-unknown-component",
-        "requires \"qx-missing\", which is not a component of this spec",
-    );
+fn lints_refuse_a_bad_spec_before_anything_is_signed() {
+    let w = Work::new();
+    for case in LINT_CASES {
+        let name = case.name;
+        let spec = w.write_spec(
+            &format!("lint-{name}.toml"),
+            &format!("{HEADER}{}", case.spec_body),
+        );
+        let out = w.path().join(format!("dist-{name}"));
+        let a = w.build(&spec, &out, &[]).code(1);
+        let err = stderr(&a);
+        assert!(
+            err.contains(&format!("error[{}]", case.lint)),
+            "{name}: {err}"
+        );
+        assert!(err.contains(case.message), "{name}: {err}");
+        assert!(
+            !out.join("manifest.json").exists(),
+            "{name}: nothing was signed"
+        );
+    }
 }
 
 #[test]
@@ -409,12 +400,7 @@ fn verify_accepts_a_fresh_build() {
     let w = Work::new();
     let out = w.path().join("dist");
     w.build(&w.spec(), &out, &[]).success();
-    qx_publish()
-        .arg("verify")
-        .arg(&out)
-        .arg("--pubkey")
-        .arg(w.pubkey())
-        .assert()
+    verify(&out, w.pubkey())
         .success()
         .stdout(predicate::str::contains(
             "archive quantix-host-ui.tar.zst: 4 entries, intact",
@@ -448,13 +434,7 @@ fn verify_lists_every_problem_of_a_tampered_release() {
     let mig = out.join("qx-demo-migrations.tar.zst");
     let m = std::fs::read(&mig).expect("read");
     std::fs::write(&mig, &m[..m.len() / 2]).expect("write");
-    let a = qx_publish()
-        .arg("verify")
-        .arg(&out)
-        .arg("--pubkey")
-        .arg(w.pubkey())
-        .assert()
-        .code(1);
+    let a = verify(&out, w.pubkey()).code(1);
     let err = stderr(&a);
     assert!(
         err.contains("artifact quantix-host-ui.tar.zst: sha256 mismatch"),
@@ -480,12 +460,7 @@ fn verify_refuses_a_manifest_changed_after_signing() {
         .expect("read")
         .replace("\"dev\"", "\"stable\"");
     std::fs::write(&p, text).expect("write");
-    qx_publish()
-        .arg("verify")
-        .arg(&out)
-        .arg("--pubkey")
-        .arg(w.pubkey())
-        .assert()
+    verify(&out, w.pubkey())
         .code(1)
         .stderr(predicate::str::contains(
             "does not match the manifest bytes",
@@ -498,17 +473,8 @@ fn verify_refuses_a_signature_by_another_key() {
     let out = w.path().join("dist");
     w.build(&w.spec(), &out, &[]).success();
     let other = w.path().join("other");
-    qx_publish()
-        .args(["keygen", "--out"])
-        .arg(&other)
-        .assert()
-        .success();
-    qx_publish()
-        .arg("verify")
-        .arg(&out)
-        .arg("--pubkey")
-        .arg(other.join("qx-publish.pub"))
-        .assert()
+    keygen(&other);
+    verify(&out, other.join("qx-publish.pub"))
         .code(1)
         .stderr(predicate::str::contains("not among the trusted keys"));
 }
@@ -548,12 +514,7 @@ fn verify_refuses_a_file_component_holding_two_files() {
         sk.sign(manifest.as_bytes(), "t").expect("sign"),
     )
     .expect("write");
-    qx_publish()
-        .arg("verify")
-        .arg(&dir)
-        .arg("--pubkey")
-        .arg(w.pubkey())
-        .assert()
+    verify(&dir, w.pubkey())
         .code(1)
         .stderr(predicate::str::contains(
             "component qx-demo is kind \"file\" but qx-demo.tar.zst holds 2 entries",
@@ -615,7 +576,7 @@ fn build_and_verify_json_output() {
     let w = Work::new();
     let out = w.path().join("dist");
     let a = w.build(&w.spec(), &out, &["--json"]).success();
-    let v: serde_json::Value = serde_json::from_str(&common::stdout(&a)).expect("json");
+    let v: serde_json::Value = serde_json::from_str(&crate::support::stdout(&a)).expect("json");
     assert_eq!(v["version"], "1.0.0");
     assert_eq!(v["artifacts"].as_array().expect("artifacts").len(), 3);
     let m = manifest(&out);
@@ -628,7 +589,7 @@ fn build_and_verify_json_output() {
         .arg(w.pubkey())
         .assert()
         .success();
-    let v: serde_json::Value = serde_json::from_str(&common::stdout(&a)).expect("json");
+    let v: serde_json::Value = serde_json::from_str(&crate::support::stdout(&a)).expect("json");
     assert_eq!(v["ok"], true);
 
     std::fs::write(out.join("qx-demo.tar.zst"), b"garbage").expect("write");
@@ -639,7 +600,7 @@ fn build_and_verify_json_output() {
         .arg(w.pubkey())
         .assert()
         .code(1);
-    let v: serde_json::Value = serde_json::from_str(&common::stdout(&a)).expect("json");
+    let v: serde_json::Value = serde_json::from_str(&crate::support::stdout(&a)).expect("json");
     assert_eq!(v["ok"], false);
     assert!(
         v["problems"].as_array().expect("problems").len() >= 2,

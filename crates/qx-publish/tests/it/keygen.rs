@@ -1,11 +1,8 @@
 //! `qx-publish keygen`: key files, their modes, and refusing to overwrite.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::os::unix::fs::PermissionsExt;
 
-use common::qx_publish;
+use crate::support::{keygen, qx_publish};
 use predicates::prelude::*;
 
 fn mode(p: &std::path::Path) -> u32 {
@@ -15,11 +12,7 @@ fn mode(p: &std::path::Path) -> u32 {
 #[test]
 fn keygen_writes_a_0600_secret_key_and_prints_the_public_key() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let out = qx_publish()
-        .args(["keygen", "--out"])
-        .arg(tmp.path())
-        .assert()
-        .success()
+    let out = keygen(tmp.path())
         .stdout(predicate::str::contains("public key: RW"))
         .stdout(predicate::str::contains("key id: "));
     let key = tmp.path().join("qx-publish.key");
@@ -47,11 +40,7 @@ fn keygen_writes_a_0600_secret_key_and_prints_the_public_key() {
 #[test]
 fn keygen_refuses_to_overwrite_an_existing_key() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    qx_publish()
-        .args(["keygen", "--out"])
-        .arg(tmp.path())
-        .assert()
-        .success();
+    keygen(tmp.path());
     let key = tmp.path().join("qx-publish.key");
     let before = std::fs::read(&key).expect("key");
     qx_publish()
@@ -70,11 +59,7 @@ fn keygen_refuses_to_overwrite_an_existing_key() {
 #[test]
 fn keygen_force_replaces_the_key_pair() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    qx_publish()
-        .args(["keygen", "--out"])
-        .arg(tmp.path())
-        .assert()
-        .success();
+    keygen(tmp.path());
     let key = tmp.path().join("qx-publish.key");
     let before = std::fs::read(&key).expect("key");
     qx_publish()
@@ -89,11 +74,7 @@ fn keygen_force_replaces_the_key_pair() {
 #[test]
 fn keygen_key_signs_manifests_the_minisign_tool_accepts() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    qx_publish()
-        .args(["keygen", "--out"])
-        .arg(tmp.path())
-        .assert()
-        .success();
+    keygen(tmp.path());
     let sk = qx_core::SigningKey::from_file(&tmp.path().join("qx-publish.key")).expect("loads");
     let data = tmp.path().join("data");
     std::fs::write(&data, b"hello").expect("write");

@@ -1,16 +1,16 @@
 //! `qx-publish publish|promote|yank|verify URL` against a real update server on a loopback
 //! port.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::path::Path;
 
+use crate::support::{keygen, qx_publish, stderr, stdout, Work, HEADER, TOKEN};
 use base64::Engine;
-use common::{qx_publish, stderr, stdout, Work, HEADER, TOKEN};
 use predicates::prelude::*;
+use qx_core::api::{ServerUrl, SIGNATURE_HEADER};
 use qx_core::{Manifest, TrustedKeys, UnknownFields};
 use qx_testkit::server::TestServer;
+
+const PRODUCT: &str = "quantix-demo";
 
 struct Env {
     work: Work,
@@ -47,15 +47,32 @@ impl Env {
         cmd
     }
 
-    fn get(&self, path: &str) -> reqwest::blocking::Response {
-        reqwest::blocking::get(format!("{}{path}", self.server.url())).expect("GET")
+    fn urls(&self) -> ServerUrl {
+        ServerUrl::new(self.server.url())
+    }
+
+    fn get(&self, url: &str) -> reqwest::blocking::Response {
+        reqwest::blocking::get(url).expect("GET")
+    }
+
+    /// `qx-publish promote` of `version` from dev to `to`, re-signed with `key`.
+    fn promote(&self, key: &Path, to: &str, version: &str) -> assert_cmd::Command {
+        let mut cmd = qx_publish();
+        cmd.env("QX_PUBLISH_TOKEN", TOKEN)
+            .arg("promote")
+            .arg("--server")
+            .arg(self.server.url())
+            .arg("--key")
+            .arg(key)
+            .args(["--product", PRODUCT, "--from", "dev", "--to", to, version]);
+        cmd
     }
 
     /// The current manifest of a channel, with its signature checked.
     fn manifest(&self, channel: &str) -> Manifest {
-        let resp = self.get(&format!("/api/v1/quantix-demo/manifest?channel={channel}"));
+        let resp = self.get(&self.urls().manifest(PRODUCT, channel));
         assert_eq!(resp.status(), 200, "manifest of {channel}");
-        let sig = resp.headers()["x-qx-signature"]
+        let sig = resp.headers()[SIGNATURE_HEADER]
             .to_str()
             .expect("header")
             .to_owned();
@@ -86,7 +103,7 @@ fn publish_uploads_a_release_the_server_serves() {
         // Not a terminal: plain progress lines.
         .stderr(predicate::str::contains("uploading qx-demo.tar.zst"));
     let served = e
-        .get("/api/v1/quantix-demo/manifest?channel=dev")
+        .get(&e.urls().manifest(PRODUCT, "dev"))
         .bytes()
         .expect("body");
     assert_eq!(
@@ -95,10 +112,7 @@ fn publish_uploads_a_release_the_server_serves() {
     );
     let m = e.manifest("dev");
     for c in &m.components {
-        let art = e.get(&format!(
-            "/api/v1/quantix-demo/releases/1.0.0/{}?channel=dev",
-            c.artifact
-        ));
+        let art = e.get(&e.urls().artifact(PRODUCT, "1.0.0", &c.artifact, "dev"));
         assert_eq!(
             art.bytes().expect("art").to_vec(),
             std::fs::read(out.join(c.artifact.as_str())).expect("built")
@@ -267,10 +281,7 @@ fn publish_dry_run_uploads_nothing() {
         .assert()
         .success()
         .stdout(predicate::str::contains("dry run: quantix-demo 1.0.0"));
-    assert_eq!(
-        e.get("/api/v1/quantix-demo/manifest?channel=dev").status(),
-        404
-    );
+    assert_eq!(e.get(&e.urls().manifest(PRODUCT, "dev")).status(), 404);
 }
 
 #[test]
@@ -300,7 +311,10 @@ fn publish_one_component_makes_a_partial_release() {
     let names: Vec<&str> = m.components.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["qx-demo"]);
     // The older, complete release stays available.
-    let r = e.get("/api/v1/quantix-demo/releases/1.0.0/quantix-host-ui.tar.zst?channel=dev");
+    let r = e.get(
+        &e.urls()
+            .artifact(PRODUCT, "1.0.0", "quantix-host-ui.tar.zst", "dev"),
+    );
     assert_eq!(r.status(), 200);
 }
 
@@ -335,22 +349,7 @@ fn publish_retries_connection_errors_then_gives_up() {
 fn promote_then_fetch_from_the_new_channel() {
     let e = start();
     e.publish(&[]).assert().success();
-    qx_publish()
-        .env("QX_PUBLISH_TOKEN", TOKEN)
-        .arg("promote")
-        .arg("--server")
-        .arg(e.server.url())
-        .arg("--key")
-        .arg(e.work.key())
-        .args([
-            "--product",
-            "quantix-demo",
-            "--from",
-            "dev",
-            "--to",
-            "beta",
-            "1.0.0",
-        ])
+    e.promote(&e.work.key(), "beta", "1.0.0")
         .assert()
         .success()
         .stdout(predicate::str::contains(
@@ -363,10 +362,7 @@ fn promote_then_fetch_from_the_new_channel() {
     assert_eq!(beta.components, dev.components);
     assert!(beta.expires >= dev.expires);
     // End to end from the new channel, with the stock tool too.
-    let url = format!(
-        "{}/api/v1/quantix-demo/releases/1.0.0?channel=beta",
-        e.server.url()
-    );
+    let url = e.urls().release(PRODUCT, "1.0.0", "beta");
     qx_publish()
         .args(["verify", &url, "--pubkey"])
         .arg(e.work.pubkey())
@@ -379,9 +375,7 @@ fn promote_then_fetch_from_the_new_channel() {
     std::fs::create_dir_all(&dir).expect("mkdir");
     for f in ["manifest.json", "manifest.json.minisig"] {
         let b = e
-            .get(&format!(
-                "/api/v1/quantix-demo/releases/1.0.0/{f}?channel=beta"
-            ))
+            .get(&e.urls().artifact(PRODUCT, "1.0.0", f, "beta"))
             .bytes()
             .expect("body");
         std::fs::write(dir.join(f), b).expect("write");
@@ -401,28 +395,10 @@ fn promote_then_fetch_from_the_new_channel() {
 fn promote_again_is_reported_as_already_done() {
     let e = start();
     e.publish(&[]).assert().success();
-    let promote = || {
-        let mut cmd = qx_publish();
-        cmd.env("QX_PUBLISH_TOKEN", TOKEN)
-            .arg("promote")
-            .arg("--server")
-            .arg(e.server.url())
-            .arg("--key")
-            .arg(e.work.key())
-            .args([
-                "--product",
-                "quantix-demo",
-                "--from",
-                "dev",
-                "--to",
-                "stable",
-                "1.0.0",
-            ]);
-        cmd
-    };
+    let promote = || e.promote(&e.work.key(), "stable", "1.0.0");
     promote().assert().success();
     let first = e
-        .get("/api/v1/quantix-demo/manifest?channel=stable")
+        .get(&e.urls().manifest(PRODUCT, "stable"))
         .bytes()
         .expect("body");
     promote()
@@ -430,7 +406,7 @@ fn promote_again_is_reported_as_already_done() {
         .success()
         .stdout(predicate::str::contains("already promoted"));
     let second = e
-        .get("/api/v1/quantix-demo/manifest?channel=stable")
+        .get(&e.urls().manifest(PRODUCT, "stable"))
         .bytes()
         .expect("body");
     assert_eq!(first, second);
@@ -441,58 +417,21 @@ fn promote_refuses_a_release_signed_by_another_key() {
     let e = start();
     e.publish(&[]).assert().success();
     let other = e.work.path().join("other");
-    qx_publish()
-        .args(["keygen", "--out"])
-        .arg(&other)
-        .assert()
-        .success();
-    qx_publish()
-        .env("QX_PUBLISH_TOKEN", TOKEN)
-        .arg("promote")
-        .arg("--server")
-        .arg(e.server.url())
-        .arg("--key")
-        .arg(other.join("qx-publish.key"))
-        .args([
-            "--product",
-            "quantix-demo",
-            "--from",
-            "dev",
-            "--to",
-            "beta",
-            "1.0.0",
-        ])
+    keygen(&other);
+    e.promote(&other.join("qx-publish.key"), "beta", "1.0.0")
         .assert()
         .code(1)
         .stderr(predicate::str::contains(
             "refusing to re-sign a manifest that is not verified",
         ));
-    assert_eq!(
-        e.get("/api/v1/quantix-demo/manifest?channel=beta").status(),
-        404
-    );
+    assert_eq!(e.get(&e.urls().manifest(PRODUCT, "beta")).status(), 404);
 }
 
 #[test]
 fn promote_missing_version_is_reported() {
     let e = start();
     e.publish(&[]).assert().success();
-    qx_publish()
-        .env("QX_PUBLISH_TOKEN", TOKEN)
-        .arg("promote")
-        .arg("--server")
-        .arg(e.server.url())
-        .arg("--key")
-        .arg(e.work.key())
-        .args([
-            "--product",
-            "quantix-demo",
-            "--from",
-            "dev",
-            "--to",
-            "beta",
-            "9.9.9",
-        ])
+    e.promote(&e.work.key(), "beta", "9.9.9")
         .assert()
         .code(1)
         .stderr(predicate::str::contains("404"));
@@ -545,10 +484,7 @@ fn yank_with_a_wrong_token_shows_401() {
 fn verify_url_of_the_newest_release() {
     let e = start();
     e.publish(&[]).assert().success();
-    let url = format!(
-        "{}/api/v1/quantix-demo/manifest?channel=dev",
-        e.server.url()
-    );
+    let url = e.urls().manifest(PRODUCT, "dev");
     qx_publish()
         .args(["verify", &url, "--key"])
         .arg(e.work.key())
@@ -628,7 +564,7 @@ fn publish_over_tls_with_a_private_ca() {
         .assert()
         .success()
         .stdout(predicate::str::contains("published quantix-demo 1.0.0"));
-    let url = format!("{}/api/v1/quantix-demo/manifest?channel=dev", server.url());
+    let url = ServerUrl::new(server.url()).manifest(PRODUCT, "dev");
     qx_publish()
         .args(["verify", &url, "--ca-cert"])
         .arg(&cert)

@@ -1,6 +1,5 @@
 //! Shared helpers of the qx-publish integration tests: a work directory with a key pair and a
 //! copy of the example product, and the built binary.
-#![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,6 +9,28 @@ pub const TOKEN: &str = "test-publish-token";
 /// The example product of the repository.
 pub fn example_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quantix-demo")
+}
+
+/// `qx-publish keygen --out DIR`, which must succeed.
+pub fn keygen(dir: &Path) -> assert_cmd::assert::Assert {
+    qx_publish()
+        .args(["keygen", "--out"])
+        .arg(dir)
+        .assert()
+        .success()
+}
+
+/// `qx-publish verify TARGET --pubkey PUBKEY`.
+pub fn verify(
+    target: impl AsRef<std::ffi::OsStr>,
+    pubkey: impl AsRef<std::ffi::OsStr>,
+) -> assert_cmd::assert::Assert {
+    qx_publish()
+        .arg("verify")
+        .arg(target)
+        .arg("--pubkey")
+        .arg(pubkey)
+        .assert()
 }
 
 pub fn qx_publish() -> assert_cmd::Command {
@@ -36,11 +57,7 @@ impl Work {
             .expect("cp runs");
         assert!(status.success(), "copying the example product");
         let _ = std::fs::remove_dir_all(tmp.path().join("demo/build"));
-        qx_publish()
-            .args(["keygen", "--out"])
-            .arg(tmp.path().join("keys"))
-            .assert()
-            .success();
+        keygen(&tmp.path().join("keys"));
         Self { tmp }
     }
 
