@@ -19,9 +19,8 @@
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -29,7 +28,7 @@ use qx_core::api::ServerUrl;
 use qx_core::{ArtifactRef, KeyPair, Manifest, Sha256, SigningKey, UnknownFields};
 
 use crate::benchmarks::update_section;
-use crate::process::{free_port, vm_hwm_kib, wait_for_port, workspace_root};
+use crate::process::{vm_hwm_kib, workspace_root, UpdateServer};
 
 const WORKER_ENV: &str = "QX_BENCH_APPLY_WORKER";
 const PRODUCT: &str = "quantix-os";
@@ -60,7 +59,7 @@ pub fn run() -> Result<()> {
     }
     write_manifest(work.path(), &version_dir, &artifacts)?;
 
-    let server = Server::start(&bin_dir.join("qx-update-server"), &releases, work.path())?;
+    let server = start_server(&bin_dir.join("qx-update-server"), &releases, work.path())?;
     let contenders = Contenders {
         work: work.path(),
         server: &server,
@@ -161,7 +160,7 @@ fn build_programs() -> Result<PathBuf> {
 /// The contenders of one run, with what they share.
 struct Contenders<'a> {
     work: &'a Path,
-    server: &'a Server,
+    server: &'a UpdateServer,
     agent_bin: &'a Path,
 }
 
@@ -170,7 +169,7 @@ impl Contenders<'_> {
     fn measure(&self, a: &Packed, runs: usize) -> Result<Row> {
         let url = self
             .server
-            .url
+            .url()
             .artifact(PRODUCT, VERSION, &a.expected.artifact, CHANNEL);
         let (mut pipe, mut pipe_synced) = (Vec::new(), Vec::new());
         let (mut agent, mut two_pass, mut stream) = (Vec::new(), Vec::new(), Vec::new());
@@ -183,7 +182,7 @@ impl Contenders<'_> {
             pipe.push(p);
             pipe_synced.push(synced);
             settle()?;
-            let m = run_agent(self.agent_bin, self.work, &self.server.url, a)?;
+            let m = run_agent(self.agent_bin, self.work, self.server.url(), a)?;
             eprintln!(
                 "bench apply: pipeline {:.3} s (then sync {:.3} s), qx-update apply {:.3} s",
                 p.as_secs_f64(),
@@ -339,45 +338,15 @@ fn write_manifest(work: &Path, version_dir: &Path, artifacts: &[Packed]) -> Resu
     Ok(())
 }
 
-/// The release update server as a child process; killed on drop.
-struct Server {
-    child: Child,
-    url: ServerUrl,
-}
-
-impl Server {
-    fn start(bin: &Path, releases: &Path, work: &Path) -> Result<Self> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let log = File::create(work.join("server.log"))?;
-        let child = Command::new(bin)
-            .env("RELEASE_DIR", releases)
-            .env("LISTEN_ADDR", addr.to_string())
-            .env("PUBLISH_TOKEN", "bench-token-not-secret")
-            .env("CHANNELS", "dev,beta,stable")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut server = Self {
-            child,
-            url: ServerUrl::new(&format!("http://{addr}")),
-        };
-        wait_for_port(
-            addr,
-            "the update server",
-            &mut server.child,
-            Duration::from_secs(10),
-        )
-        .with_context(|| format!("see {}/server.log", work.display()))?;
-        Ok(server)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The release update server over `releases`, its output into `server.log` in `work`.
+fn start_server(bin: &Path, releases: &Path, work: &Path) -> Result<UpdateServer> {
+    let log = File::create(work.join("server.log"))?;
+    let mut cmd = UpdateServer::command(bin, releases, "bench-token-not-secret");
+    cmd.env("CHANNELS", "dev,beta,stable")
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    UpdateServer::start(cmd, Duration::from_secs(10))
+        .with_context(|| format!("see {}/server.log", work.display()))
 }
 
 /// Writes back every dirty page (the `sync` command), outside any timing.

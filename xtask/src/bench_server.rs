@@ -20,7 +20,9 @@ use qx_core::api::{self, ServerUrl};
 use qx_core::Sha256;
 
 use crate::benchmarks::update_section;
-use crate::process::{free_port, target_dir, vm_hwm_kib, wait_for_port, workspace_root};
+use crate::process::{
+    free_port, target_dir, vm_hwm_kib, wait_for_port, workspace_root, UpdateServer,
+};
 
 /// Debian packages this benchmark runs.
 const PACKAGES: &[&str] = &["nginx", "wrk", "minisign", "curl"];
@@ -51,8 +53,8 @@ pub fn run() -> anyhow::Result<()> {
     let releases = work.join("releases");
     std::fs::create_dir_all(&releases)?;
 
-    let server = Server::start(&bin, &releases, &work.join("server.log"))?;
-    let publish_times = publish_releases(work, &server.url)?;
+    let server = start_server(&bin, &releases, &work.join("server.log"))?;
+    let publish_times = publish_releases(work, server.url())?;
     // The reference web server on the same directory.
     let nginx = Nginx::start(work, &releases)?;
     let throughput = measure_throughput(&server, &nginx.url)?;
@@ -127,8 +129,8 @@ fn small_artifact(base: &ServerUrl) -> String {
 
 /// Download throughput, then manifest requests with and without `If-None-Match`, on both
 /// servers, interleaved; and our server's peak memory after the downloads.
-fn measure_throughput(server: &Server, nginx: &ServerUrl) -> anyhow::Result<Throughput> {
-    let ours = &server.url;
+fn measure_throughput(server: &UpdateServer, nginx: &ServerUrl) -> anyhow::Result<Throughput> {
+    let ours = server.url();
     for base in [ours, nginx] {
         let url = small_artifact(base);
         let (status, head, body_len) = http_get(&url)?;
@@ -187,9 +189,9 @@ fn measure_peak_memory(
     eprintln!("measuring peak memory (fresh server per artifact size, 8 connections)");
     let mut peak = Vec::new();
     for (product, name, _) in RELEASES {
-        let server = Server::start(bin, releases, &work.join("server-mem.log"))?;
+        let server = start_server(bin, releases, &work.join("server-mem.log"))?;
         let run = wrk(
-            &server.url.artifact(product, VERSION, name, CHANNEL),
+            &server.url().artifact(product, VERSION, name, CHANNEL),
             8,
             None,
         )?;
@@ -343,50 +345,19 @@ fn http_get(url: &str) -> anyhow::Result<(u16, String, u64)> {
     Ok((status, head, (buf.len() - split - 4) as u64))
 }
 
-/// Our release server on a free loopback port; stopped (SIGTERM) on drop.
-struct Server {
-    child: Child,
-    url: ServerUrl,
-}
-
-impl Server {
-    fn start(bin: &Path, releases: &Path, log: &Path) -> anyhow::Result<Self> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let log = std::fs::File::create(log)?;
-        let child = Command::new(bin)
-            .env("RELEASE_DIR", releases)
-            .env("LISTEN_ADDR", addr.to_string())
-            .env("PUBLISH_TOKEN", TOKEN)
-            .env("MAX_UPLOAD_BYTES", "2GiB")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut server = Self {
-            child,
-            url: ServerUrl::new(&format!("http://{addr}")),
-        };
-        wait_for_port(addr, "qx-update-server", &mut server.child, LISTEN_WITHIN)?;
-        Ok(server)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
+/// Our release server over `releases`, its errors into `log`.
+fn start_server(bin: &Path, releases: &Path, log: &Path) -> anyhow::Result<UpdateServer> {
+    let log = std::fs::File::create(log)?;
+    let mut cmd = UpdateServer::command(bin, releases, TOKEN);
+    cmd.env("MAX_UPLOAD_BYTES", "2GiB")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log);
+    UpdateServer::start(cmd, LISTEN_WITHIN)
 }
 
 /// How long a server may take to listen.
 const LISTEN_WITHIN: Duration = Duration::from_secs(30);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
 
 /// The reference web server, configured to answer our server's manifest and artifact routes
 /// from the same release directory; stopped through its master process on drop.

@@ -22,7 +22,7 @@ use anyhow::{bail, Context};
 use qx_core::api::ServerUrl;
 use qx_core::fs::under_root;
 
-use crate::process::{free_port, target_dir, wait_for_port, workspace_root};
+use crate::process::{free_port, target_dir, wait_for_port, workspace_root, UpdateServer};
 
 const TOKEN: &str = "demo-publish-token";
 const PRODUCT: &str = "quantix-demo";
@@ -93,6 +93,8 @@ struct Demo {
     url: ServerUrl,
     /// The port of the host daemon's API (written into node.yaml).
     api_port: u16,
+    server: Option<UpdateServer>,
+    /// The host daemon, with `--keep`.
     background: Background,
 }
 
@@ -165,6 +167,7 @@ impl Demo {
             key,
             url: ServerUrl::new("http://127.0.0.1"),
             api_port: 0,
+            server: None,
             background: Background(Vec::new()),
         })
     }
@@ -178,18 +181,11 @@ impl Demo {
     fn start_server(&mut self) -> anyhow::Result<()> {
         step("the update server, with an empty release directory");
         let releases = self.work.join("releases");
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let mut server = Command::new(&self.server_bin)
-            .env("RELEASE_DIR", &releases)
-            .env("LISTEN_ADDR", addr.to_string())
-            .env("PUBLISH_TOKEN", TOKEN)
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting qx-update-server")?;
-        let ready = wait_for_port(addr, "qx-update-server", &mut server, LISTEN_WITHIN);
-        self.background.0.push(("qx-update-server".into(), server));
-        ready?;
-        self.url = ServerUrl::new(&format!("http://{addr}"));
+        let mut cmd = UpdateServer::command(&self.server_bin, &releases, TOKEN);
+        cmd.stdout(Stdio::null());
+        let server = UpdateServer::start(cmd, LISTEN_WITHIN)?;
+        self.url = server.url().clone();
+        self.server = Some(server);
         println!(
             "qx-update-server listens on {} (releases in {})",
             self.url.base(),

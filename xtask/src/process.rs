@@ -4,10 +4,11 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use qx_core::api::ServerUrl;
 
 /// The workspace's root directory (the parent of `xtask/`).
 pub fn workspace_root() -> PathBuf {
@@ -61,6 +62,55 @@ pub fn vm_hwm_kib(process: &str) -> anyhow::Result<u64> {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .with_context(|| format!("no VmHWM in {path}"))
+}
+
+/// A `qx-update-server` child process on a free loopback port; stopped with SIGTERM (its
+/// orderly stop) on drop.
+pub struct UpdateServer {
+    child: Child,
+    url: ServerUrl,
+}
+
+impl UpdateServer {
+    /// The command of `bin` serving `releases` and accepting `token` for publishes; the caller
+    /// adds its own environment and output, then [`UpdateServer::start`]s it.
+    pub fn command(bin: &Path, releases: &Path, token: &str) -> Command {
+        let mut cmd = Command::new(bin);
+        cmd.env("RELEASE_DIR", releases).env("PUBLISH_TOKEN", token);
+        cmd
+    }
+
+    /// Starts `cmd` listening on a free loopback port and waits until it accepts connections.
+    pub fn start(mut cmd: Command, within: Duration) -> anyhow::Result<Self> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let child = cmd
+            .env("LISTEN_ADDR", addr.to_string())
+            .spawn()
+            .with_context(|| format!("starting {}", cmd.get_program().to_string_lossy()))?;
+        let mut server = Self {
+            child,
+            url: ServerUrl::new(&format!("http://{addr}")),
+        };
+        wait_for_port(addr, "qx-update-server", &mut server.child, within)?;
+        Ok(server)
+    }
+
+    pub fn url(&self) -> &ServerUrl {
+        &self.url
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for UpdateServer {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
 }
 
 #[cfg(test)]
