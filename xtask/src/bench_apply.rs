@@ -330,11 +330,16 @@ fn write_manifest(work: &Path, version_dir: &Path, artifacts: &[Packed]) -> Resu
     let bytes = manifest.to_bytes();
     let kp = KeyPair::generate()?;
     let key = work.join("bench.key");
-    fs::write(&key, &kp.secret_key_file)?;
+    let secret = qx_core::fs::WriteOptions {
+        mode: 0o600,
+        no_clobber: false,
+    };
+    qx_core::fs::write_atomic_with(&key, kp.secret_key_file.as_bytes(), secret)?;
     let sig = SigningKey::from_file(&key)?.sign(&bytes, "benchmark")?;
     fs::write(work.join("bench.pub"), &kp.public_key_file)?;
-    fs::write(version_dir.join(qx_core::MANIFEST_FILE), &bytes)?;
-    fs::write(version_dir.join(qx_core::SIGNATURE_FILE), sig)?;
+    // The release files go into place as a publish puts them: atomically, durably.
+    qx_core::fs::write_atomic(&version_dir.join(qx_core::MANIFEST_FILE), &bytes)?;
+    qx_core::fs::write_atomic(&version_dir.join(qx_core::SIGNATURE_FILE), sig.as_bytes())?;
     Ok(())
 }
 
