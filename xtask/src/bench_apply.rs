@@ -18,14 +18,17 @@
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use qx_core::api::ServerUrl;
 use qx_core::{ArtifactRef, KeyPair, Manifest, Sha256, SigningKey, UnknownFields};
+
+use crate::benchmarks::update_section;
+use crate::process::{vm_hwm_kib, workspace_root, UpdateServer};
 
 const WORKER_ENV: &str = "QX_BENCH_APPLY_WORKER";
 const PRODUCT: &str = "quantix-os";
@@ -39,26 +42,74 @@ pub fn run() -> Result<()> {
         return worker();
     }
     if cfg!(debug_assertions) {
-        eprintln!("bench apply: re-running as a release build");
-        let st = Command::new(env!("CARGO"))
-            .args([
-                "run",
-                "--release",
-                "--quiet",
-                "--package",
-                "xtask",
-                "--",
-                "bench",
-                "apply",
-            ])
-            .status()
-            .context("running cargo")?;
-        ensure!(
-            st.success(),
-            "the release build of the benchmark failed ({st})"
-        );
-        return Ok(());
+        return rerun_as_release();
     }
+    let (sizes, runs) = settings()?;
+    let bin_dir = build_programs()?;
+    let work = tempfile::Builder::new()
+        .prefix("qx-bench-apply-")
+        .tempdir()?;
+    let releases = work.path().join("releases");
+    let version_dir = releases.join(PRODUCT).join(CHANNEL).join(VERSION);
+    fs::create_dir_all(&version_dir)?;
+    let mut artifacts = Vec::new();
+    for &mb in &sizes {
+        eprintln!("bench apply: packing a {mb} MB component");
+        artifacts.push(pack_component(&version_dir, mb)?);
+    }
+    write_manifest(work.path(), &version_dir, &artifacts)?;
+
+    let server = start_server(&bin_dir.join("qx-update-server"), &releases, work.path())?;
+    let contenders = Contenders {
+        work: work.path(),
+        server: &server,
+        agent_bin: &bin_dir.join("qx-update"),
+    };
+    let rows = artifacts
+        .iter()
+        .map(|a| contenders.measure(a, runs))
+        .collect::<Result<Vec<_>>>()?;
+    drop(server);
+    if std::env::var_os("QX_BENCH_KEEP").is_some() {
+        eprintln!("bench apply: keeping {}", work.keep().display());
+    }
+
+    let section = render(&rows, runs);
+    println!("{section}");
+    let path = workspace_root().join("BENCHMARKS.md");
+    update_section(&path, SECTION_START, SECTION_END, &section)?;
+    eprintln!(
+        "bench apply: wrote the \"Agent apply\" section of {}",
+        path.display()
+    );
+    Ok(())
+}
+
+/// What is measured here must be a release build: runs this benchmark again as one.
+fn rerun_as_release() -> Result<()> {
+    eprintln!("bench apply: re-running as a release build");
+    let st = Command::new(env!("CARGO"))
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "--package",
+            "xtask",
+            "--",
+            "bench",
+            "apply",
+        ])
+        .status()
+        .context("running cargo")?;
+    ensure!(
+        st.success(),
+        "the release build of the benchmark failed ({st})"
+    );
+    Ok(())
+}
+
+/// `QX_BENCH_SIZES_MB` and `QX_BENCH_RUNS`, or their defaults.
+fn settings() -> Result<(Vec<u64>, usize)> {
     let sizes: Vec<u64> = std::env::var("QX_BENCH_SIZES_MB")
         .unwrap_or_else(|_| "50,500".into())
         .split(',')
@@ -73,7 +124,12 @@ pub fn run() -> Result<()> {
         .parse()
         .context("QX_BENCH_RUNS: an integer")?;
     ensure!(runs >= 1 && !sizes.is_empty(), "nothing to measure");
+    Ok((sizes, runs))
+}
 
+/// Builds the release update server and agent; returns the directory holding them (this
+/// release binary's own).
+fn build_programs() -> Result<PathBuf> {
     eprintln!("bench apply: building the release update server and agent");
     let st = Command::new(env!("CARGO"))
         .args([
@@ -95,48 +151,38 @@ pub fn run() -> Result<()> {
         st.success(),
         "building qx-update-server and qx-update failed ({st})"
     );
-    let bin_dir = std::env::current_exe()?
+    Ok(std::env::current_exe()?
         .parent()
         .context("the benchmark binary has no directory")?
-        .to_owned();
+        .to_owned())
+}
 
-    let work = tempfile::Builder::new()
-        .prefix("qx-bench-apply-")
-        .tempdir()?;
-    let releases = work.path().join("releases");
-    let version_dir = releases.join(PRODUCT).join(CHANNEL).join(VERSION);
-    fs::create_dir_all(&version_dir)?;
+/// The contenders of one run, with what they share.
+struct Contenders<'a> {
+    work: &'a Path,
+    server: &'a UpdateServer,
+    agent_bin: &'a Path,
+}
 
-    let mut artifacts = Vec::new();
-    for &mb in &sizes {
-        eprintln!("bench apply: packing a {mb} MB component");
-        artifacts.push(pack_component(&version_dir, mb)?);
-    }
-    write_manifest(work.path(), &version_dir, &artifacts)?;
-
-    let server = Server::start(&bin_dir.join("qx-update-server"), &releases, work.path())?;
-    let agent_bin = bin_dir.join("qx-update");
-    let mut rows = Vec::new();
-    for a in &artifacts {
-        let url = format!(
-            "http://{}/api/v1/{PRODUCT}/releases/{VERSION}/{}?channel={CHANNEL}",
-            server.addr, a.expected.artifact
-        );
-        let mut pipe = Vec::new();
-        let mut pipe_synced = Vec::new();
-        let mut agent = Vec::new();
-        let mut two_pass = Vec::new();
-        let mut stream = Vec::new();
+impl Contenders<'_> {
+    /// `runs` runs of every contender on one artifact, interleaved; medians and peaks.
+    fn measure(&self, a: &Packed, runs: usize) -> Result<Row> {
+        let url = self
+            .server
+            .url()
+            .artifact(PRODUCT, VERSION, &a.expected.artifact, CHANNEL);
+        let (mut pipe, mut pipe_synced) = (Vec::new(), Vec::new());
+        let (mut agent, mut two_pass) = (Vec::new(), Vec::new());
         for i in 0..runs {
             eprintln!("bench apply: {} MB, run {}/{runs}", a.mb, i + 1);
             // Each contender starts with no dirty page left by the one before: an fsync would
             // otherwise pay for the previous contender's writes (ext4 ordered mode).
             settle()?;
-            let (p, synced) = run_pipeline(work.path(), &url, &a.expected)?;
+            let (p, synced) = run_pipeline(self.work, &url, &a.expected)?;
             pipe.push(p);
             pipe_synced.push(synced);
             settle()?;
-            let m = run_agent(&agent_bin, work.path(), server.addr, a)?;
+            let m = run_agent(self.agent_bin, self.work, self.server.url(), a)?;
             eprintln!(
                 "bench apply: pipeline {:.3} s (then sync {:.3} s), qx-update apply {:.3} s",
                 p.as_secs_f64(),
@@ -145,11 +191,9 @@ pub fn run() -> Result<()> {
             );
             agent.push(m);
             settle()?;
-            two_pass.push(run_ours(work.path(), &url, &a.expected, Mode::TwoPass)?);
-            settle()?;
-            stream.push(run_ours(work.path(), &url, &a.expected, Mode::Streaming)?);
+            two_pass.push(run_ours(self.work, &url, &a.expected)?);
         }
-        rows.push(Row {
+        Ok(Row {
             mb: a.mb,
             artifact_bytes: a.expected.size_bytes,
             unpacked_bytes: a.unpacked,
@@ -157,26 +201,8 @@ pub fn run() -> Result<()> {
             pipeline_synced: median(&mut pipe_synced),
             agent: summarize(agent),
             two_pass: summarize(two_pass),
-            stream: summarize(stream),
-        });
+        })
     }
-    drop(server);
-    if std::env::var_os("QX_BENCH_KEEP").is_some() {
-        eprintln!("bench apply: keeping {}", work.keep().display());
-    }
-
-    let section = render(&rows, runs);
-    println!("{section}");
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("xtask has no parent directory")?
-        .join("BENCHMARKS.md");
-    update_section(&path, &section)?;
-    eprintln!(
-        "bench apply: wrote the \"Agent apply\" section of {}",
-        path.display()
-    );
-    Ok(())
 }
 
 struct Packed {
@@ -194,7 +220,6 @@ struct Row {
     pipeline_synced: Duration,
     agent: Measured,
     two_pass: Measured,
-    stream: Measured,
 }
 
 /// One run of one of our contenders: its time and its process's peak resident memory.
@@ -301,56 +326,28 @@ fn write_manifest(work: &Path, version_dir: &Path, artifacts: &[Packed]) -> Resu
     let bytes = manifest.to_bytes();
     let kp = KeyPair::generate()?;
     let key = work.join("bench.key");
-    fs::write(&key, &kp.secret_key_file)?;
+    let secret = qx_core::fs::WriteOptions {
+        mode: 0o600,
+        no_clobber: false,
+    };
+    qx_core::fs::write_atomic_with(&key, kp.secret_key_file.as_bytes(), secret)?;
     let sig = SigningKey::from_file(&key)?.sign(&bytes, "benchmark")?;
     fs::write(work.join("bench.pub"), &kp.public_key_file)?;
-    fs::write(version_dir.join(qx_core::MANIFEST_FILE), &bytes)?;
-    fs::write(version_dir.join(qx_core::SIGNATURE_FILE), sig)?;
+    // The release files go into place as a publish puts them: atomically, durably.
+    qx_core::fs::write_atomic(&version_dir.join(qx_core::MANIFEST_FILE), &bytes)?;
+    qx_core::fs::write_atomic(&version_dir.join(qx_core::SIGNATURE_FILE), sig.as_bytes())?;
     Ok(())
 }
 
-/// The release update server as a child process; killed on drop.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    fn start(bin: &Path, releases: &Path, work: &Path) -> Result<Self> {
-        let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let log = File::create(work.join("server.log"))?;
-        let child = Command::new(bin)
-            .env("RELEASE_DIR", releases)
-            .env("LISTEN_ADDR", addr.to_string())
-            .env("PUBLISH_TOKEN", "bench-token-not-secret")
-            .env("CHANNELS", "dev,beta,stable")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut server = Self { child, addr };
-        for _ in 0..400 {
-            if TcpStream::connect(addr).is_ok() {
-                return Ok(server);
-            }
-            if let Some(st) = server.child.try_wait()? {
-                bail!(
-                    "the update server exited at start ({st}); see {}/server.log",
-                    work.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        let _ = server.child.kill();
-        bail!("the update server did not accept connections within 10 s")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The release update server over `releases`, its output into `server.log` in `work`.
+fn start_server(bin: &Path, releases: &Path, work: &Path) -> Result<UpdateServer> {
+    let log = File::create(work.join("server.log"))?;
+    let mut cmd = UpdateServer::command(bin, releases, "bench-token-not-secret");
+    cmd.env("CHANNELS", "dev,beta,stable")
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    UpdateServer::start(cmd, Duration::from_secs(10))
+        .with_context(|| format!("see {}/server.log", work.display()))
 }
 
 /// Writes back every dirty page (the `sync` command), outside any timing.
@@ -408,17 +405,9 @@ fn run_pipeline(work: &Path, url: &str, expected: &ArtifactRef) -> Result<(Durat
     Ok((elapsed, synced))
 }
 
-#[derive(Clone, Copy)]
-enum Mode {
-    /// Download to a file (`fetch`), then extract from it: what the apply path does today.
-    TwoPass,
-    /// `fetch_into` a pipe read by an extraction thread: one pass.
-    Streaming,
-}
-
 /// Our download + verify + extract + install in a child process; the time is measured inside
 /// it (the child is this binary, whose start-up checks Debian packages: not the agent's cost).
-fn run_ours(work: &Path, url: &str, expected: &ArtifactRef, mode: Mode) -> Result<Measured> {
+fn run_ours(work: &Path, url: &str, expected: &ArtifactRef) -> Result<Measured> {
     let staging = work.join("ours-staging");
     let target_parent = work.join("ours-root");
     fresh_dir(&staging)?;
@@ -426,13 +415,6 @@ fn run_ours(work: &Path, url: &str, expected: &ArtifactRef, mode: Mode) -> Resul
     let out = Command::new(std::env::current_exe()?)
         .args(["bench", "apply"])
         .env(WORKER_ENV, "1")
-        .env(
-            "QX_BENCH_MODE",
-            match mode {
-                Mode::TwoPass => "two-pass",
-                Mode::Streaming => "streaming",
-            },
-        )
         .env("QX_BENCH_URL", url)
         .env("QX_BENCH_STAGING", &staging)
         .env("QX_BENCH_TARGET", target_parent.join("ui"))
@@ -474,56 +456,22 @@ fn worker() -> Result<()> {
         sha256: var("QX_BENCH_SHA256")?.parse()?,
         size_bytes: var("QX_BENCH_SIZE")?.parse()?,
     };
-    let streaming = var("QX_BENCH_MODE")? == "streaming";
     let extracted = staging.join("extracted");
     let start = Instant::now();
     let dl = qx_agent::download::Downloader::new(qx_agent::download::DownloadOptions::default())?;
-    if streaming {
-        fs::create_dir(&extracted)?;
-        let (mut reader, mut writer) = std::io::pipe()?;
-        let archive = staging.join(expected.artifact.as_str());
-        let dest = extracted.clone();
-        let unpacker = std::thread::spawn(move || -> Result<()> {
-            let result = zstd::Decoder::new(&mut reader)
-                .map_err(anyhow::Error::from)
-                .and_then(|dec| {
-                    qx_agent::extract::extract_tar(dec, &archive, &dest, 16 << 30)
-                        .map_err(anyhow::Error::from)
-                });
-            // Read to EOF whatever follows the archive's end (or after a failure).
-            std::io::copy(&mut reader, &mut std::io::sink())?;
-            result.map(|_| ())
-        });
-        let fetched = dl.fetch_into(&url, &staging, &expected, &mut |_| {}, &mut writer);
-        drop(writer);
-        let unpacked = unpacker
-            .join()
-            .map_err(|_| anyhow::anyhow!("the extraction thread panicked"))?;
-        fetched?;
-        unpacked?;
-    } else {
-        let archive = dl.fetch(&url, &staging, &expected, &mut |_| {})?;
-        let fetched = start.elapsed();
-        qx_agent::extract::extract_tar_zst(&archive, &extracted, 16 << 30)?;
-        eprintln!(
-            "bench apply worker: download + verify {:.3} s, extract {:.3} s",
-            fetched.as_secs_f64(),
-            (start.elapsed() - fetched).as_secs_f64()
-        );
-    }
+    let archive = dl.fetch(&url, &staging, &expected, &mut |_| {})?;
+    let fetched = start.elapsed();
+    qx_agent::extract::extract_tar_zst(&archive, &extracted, 16 << 30)?;
+    eprintln!(
+        "bench apply worker: download + verify {:.3} s, extract {:.3} s",
+        fetched.as_secs_f64(),
+        (start.elapsed() - fetched).as_secs_f64()
+    );
     // Only now, with the hash verified, does the tree go into place.
     fs::rename(&extracted, &target)?;
-    if let Some(parent) = target.parent() {
-        File::open(parent)?.sync_all()?;
-    }
+    qx_core::fs::fsync_parent(&target)?;
     let elapsed = start.elapsed();
-    let mut status = String::new();
-    File::open("/proc/self/status")?.read_to_string(&mut status)?;
-    let hwm = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .context("no VmHWM in /proc/self/status")?;
+    let hwm = vm_hwm_kib("self")?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "elapsed_us {}", elapsed.as_micros())?;
     writeln!(out, "vmhwm_kib {hwm}")?;
@@ -533,7 +481,7 @@ fn worker() -> Result<()> {
 /// `qx-update apply` (release binary) on a fresh host root: the whole transaction (manifest
 /// and signature, download, verify, extract, backup, install, version file, history, log),
 /// under `/usr/bin/time` for its peak resident memory.
-fn run_agent(bin: &Path, work: &Path, server: SocketAddr, a: &Packed) -> Result<Measured> {
+fn run_agent(bin: &Path, work: &Path, server: &ServerUrl, a: &Packed) -> Result<Measured> {
     let root = work.join("agent-root");
     fresh_dir(&root)?;
     let etc = root.join("etc/limiquantix");
@@ -542,7 +490,8 @@ fn run_agent(bin: &Path, work: &Path, server: SocketAddr, a: &Packed) -> Result<
     fs::write(
         etc.join("node.yaml"),
         format!(
-            "updates:\n  enabled: true\n  server_url: \"http://{server}\"\n  product: {PRODUCT}\n  channel: {CHANNEL}\n  trusted_keys: [/etc/limiquantix/update-key.pub]\n  service_manager: command\n  restart_command: [\"/bin/true\", \"{{service}}\"]\n"
+            "updates:\n  enabled: true\n  server_url: \"{server}\"\n  product: {PRODUCT}\n  channel: {CHANNEL}\n  trusted_keys: [/etc/limiquantix/update-key.pub]\n  service_manager: command\n  restart_command: [\"/bin/true\", \"{{service}}\"]\n",
+            server = server.base()
         ),
     )?;
     let rss = work.join("agent.rss");
@@ -582,12 +531,30 @@ fn run_agent(bin: &Path, work: &Path, server: SocketAddr, a: &Packed) -> Result<
     })
 }
 
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// The "Agent apply" section with its markers: how it was measured, the table, the ratios
+/// against the targets, the machine.
 fn render(rows: &[Row], runs: usize) -> String {
-    let secs = |d: Duration| d.as_secs_f64();
-    let mib = |kib: u64| kib as f64 / 1024.0;
     let mut s = String::new();
     let _ = writeln!(s, "{SECTION_START}");
     let _ = writeln!(s, "## Agent apply\n");
+    render_method(&mut s, runs);
+    render_table(&mut s, rows);
+    render_verdicts(&mut s, rows);
+    render_machine(&mut s);
+    let _ = write!(s, "{SECTION_END}");
+    s
+}
+
+/// How the figures were taken, contender by contender.
+fn render_method(s: &mut String, runs: usize) {
     let _ = writeln!(
         s,
         "Command: `cargo xtask bench apply` (release build; {runs} run(s) per figure, median time, \
@@ -614,11 +581,11 @@ fn render(rows: &[Row], runs: usize) -> String {
          - **core, two passes**: download + verify + extract + install only, as the apply path \
          does it: `Downloader::fetch` to a staging file, then the apply path's extractor from \
          that file, then a rename into place (the artifact is fsynced, the extracted files are \
-         not); timed inside a child process; VmHWM of that process.\n\
-         - **core, one pass**: the same with `Downloader::fetch_into`, whose bytes go through a \
-         pipe to an extraction thread while they arrive (extraction into staging; the rename \
-         into place waits for the hash).\n"
+         not); timed inside a child process; VmHWM of that process.\n"
     );
+}
+
+fn render_table(s: &mut String, rows: &[Row]) {
     let _ = writeln!(
         s,
         "| artifact (unpacked) | contender | time | × pipeline | peak memory |"
@@ -645,7 +612,6 @@ fn render(rows: &[Row], runs: usize) -> String {
         for (name, m) in [
             ("qx-update apply", &r.agent),
             ("core, two passes", &r.two_pass),
-            ("core, one pass", &r.stream),
         ] {
             let _ = writeln!(
                 s,
@@ -656,6 +622,10 @@ fn render(rows: &[Row], runs: usize) -> String {
             );
         }
     }
+}
+
+/// Ratios against the durable baseline and the target; peak memory against the size.
+fn render_verdicts(s: &mut String, rows: &[Row]) {
     let durable: Vec<String> = rows
         .iter()
         .map(|r| {
@@ -689,21 +659,24 @@ fn render(rows: &[Row], runs: usize) -> String {
             let _ = writeln!(
                 s,
                 "\nPeak memory, {} MB → {} MB artifact ({:.0}× the data): qx-update apply {:.1} → {:.1} MiB, \
-                 core one pass {:.1} → {:.1} MiB: independent of the artifact's size.",
+                 core two passes {:.1} → {:.1} MiB: independent of the artifact's size.",
                 small.mb,
                 large.mb,
                 large.artifact_bytes as f64 / small.artifact_bytes as f64,
                 mib(small.agent.peak_kib),
                 mib(large.agent.peak_kib),
-                mib(small.stream.peak_kib),
-                mib(large.stream.peak_kib),
+                mib(small.two_pass.peak_kib),
+                mib(large.two_pass.peak_kib),
             );
         }
     }
+}
+
+/// The machine may be shared: its CPUs and load say how far the figures can be trusted.
+fn render_machine(s: &mut String) {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    // The machine may be shared: the load says how far the figures can be trusted.
     let load = fs::read_to_string("/proc/loadavg")
         .ok()
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
@@ -713,72 +686,4 @@ fn render(rows: &[Row], runs: usize) -> String {
         "\nMachine: {cpus} CPU(s) seen by the process; load average (1, 5, 15 min) at the end \
          of the run: {load}."
     );
-    let _ = write!(s, "{SECTION_END}");
-    s
-}
-
-/// Replaces the section between the markers (every copy of it, keeping the place of the
-/// first), or appends it.
-fn update_section(path: &Path, section: &str) -> Result<()> {
-    let mut text = fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let mut at = None;
-    while let Some(a) = text.find(SECTION_START) {
-        let Some(len) = text[a..].find(SECTION_END) else {
-            break;
-        };
-        let mut b = a + len + SECTION_END.len();
-        if text[b..].starts_with('\n') {
-            b += 1;
-        }
-        text.replace_range(a..b, "");
-        at.get_or_insert(a);
-    }
-    let block = format!("{section}\n");
-    match at {
-        Some(a) => text.insert_str(a, &block),
-        None => {
-            let trimmed = text.trim_end_matches('\n').len();
-            text.truncate(trimmed);
-            text.push_str("\n\n");
-            text.push_str(&block);
-        }
-    }
-    fs::write(path, text)?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn section_is_replaced_once_in_place() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("BENCHMARKS.md");
-        let old = format!("{SECTION_START}\nold 1\n{SECTION_END}\n");
-        fs::write(
-            &path,
-            format!("# Benchmarks\n\n## Other\n\n{old}{old}\n## After\n"),
-        )
-        .expect("write");
-        update_section(&path, &format!("{SECTION_START}\nnew\n{SECTION_END}")).expect("update");
-        assert_eq!(
-            fs::read_to_string(&path).expect("read"),
-            format!(
-                "# Benchmarks\n\n## Other\n\n{SECTION_START}\nnew\n{SECTION_END}\n\n## After\n"
-            )
-        );
-    }
-
-    #[test]
-    fn section_is_appended_when_absent() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("BENCHMARKS.md");
-        fs::write(&path, "# Benchmarks\n\n## Other\n\n").expect("write");
-        update_section(&path, "S").expect("update");
-        assert_eq!(
-            fs::read_to_string(&path).expect("read"),
-            "# Benchmarks\n\n## Other\n\nS\n"
-        );
-    }
 }

@@ -9,12 +9,20 @@
 //! section of BENCHMARKS.md (between its `bench-server` markers).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use base64::Engine as _;
+use qx_core::api::{self, ServerUrl};
+use qx_core::Sha256;
+
+use crate::benchmarks::update_section;
+use crate::process::{
+    free_port, target_dir, vm_hwm_kib, wait_for_port, workspace_root, UpdateServer,
+};
 
 /// Debian packages this benchmark runs.
 const PACKAGES: &[&str] = &["nginx", "wrk", "minisign", "curl"];
@@ -26,10 +34,50 @@ const RUN_SECS: u32 = 10;
 /// Each measurement is repeated, server and reference interleaved, and the best run kept
 /// (the machine is shared; the best run is the least disturbed one).
 const ROUNDS: usize = 3;
+/// The release both servers serve; its manifest names this channel.
+const CHANNEL: &str = "stable";
+const VERSION: &str = "1.0.0";
+/// The two releases: (product, artifact file name, artifact size).
+const RELEASES: [(&str, &str, u64); 2] = [
+    ("bench", "payload-50m.bin", SMALL),
+    ("bench-big", "payload-1g.bin", LARGE),
+];
 
 pub fn run() -> anyhow::Result<()> {
     crate::deps::ensure(PACKAGES)?;
-    let root = workspace_root();
+    let bin = build_server()?;
+    let work = tempfile::Builder::new()
+        .prefix("qx-bench-server-")
+        .tempdir()?;
+    let work = work.path();
+    let releases = work.join("releases");
+    std::fs::create_dir_all(&releases)?;
+
+    let server = start_server(&bin, &releases, &work.join("server.log"))?;
+    let publish_times = publish_releases(work, server.url())?;
+    // The reference web server on the same directory.
+    let nginx = Nginx::start(work, &releases)?;
+    let throughput = measure_throughput(&server, &nginx.url)?;
+    drop(server);
+    drop(nginx);
+    let peak = measure_peak_memory(&bin, &releases, work)?;
+
+    let report = Report {
+        machine: machine()?,
+        throughput,
+        peak,
+        publish_times,
+    };
+    let text = report.markdown();
+    println!("{text}");
+    let block = format!("{START}\n{}\n{END}", text.trim_end());
+    update_section(&workspace_root().join("BENCHMARKS.md"), START, END, &block)?;
+    eprintln!("BENCHMARKS.md updated (section \"Update server\")");
+    Ok(())
+}
+
+/// Builds the release `qx-update-server`; returns its path.
+fn build_server() -> anyhow::Result<PathBuf> {
     crate::deps::cargo(&[
         "build",
         "--release",
@@ -38,168 +86,131 @@ pub fn run() -> anyhow::Result<()> {
         "--bin",
         "qx-update-server",
     ])?;
-    let bin = target_dir(&root).join("release/qx-update-server");
+    let bin = target_dir().join("release/qx-update-server");
     if !bin.is_file() {
         bail!("the release build did not produce {}", bin.display());
     }
-    let work = WorkDir::new()?;
-    let releases = work.0.join("releases");
-    std::fs::create_dir_all(&releases)?;
+    Ok(bin)
+}
 
+/// Creates both artifacts and a minisign key, publishes each release through the server's
+/// API, then removes the artifacts (the server holds its copies); returns each publish's time.
+fn publish_releases(work: &Path, server: &ServerUrl) -> anyhow::Result<Vec<Duration>> {
     eprintln!(
         "creating a 50 MB and a 1 GiB artifact in {}",
-        work.0.display()
+        work.display()
     );
-    let small = work.0.join("payload-50m.bin");
-    let large = work.0.join("payload-1g.bin");
-    write_pattern(&small, SMALL)?;
-    write_pattern(&large, LARGE)?;
-    let key = work.0.join("bench.key");
-    let status = Command::new("minisign")
-        .args(["-G", "-W", "-f", "-p"])
-        .arg(work.0.join("bench.pub"))
-        .arg("-s")
-        .arg(&key)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .status()
-        .context("running minisign -G")?;
-    if !status.success() {
-        bail!("minisign -G failed ({status})");
+    let key = work.join("bench.key");
+    run_quiet(
+        Command::new("minisign")
+            .args(["-G", "-W", "-f", "-p"])
+            .arg(work.join("bench.pub"))
+            .arg("-s")
+            .arg(&key),
+        "minisign -G",
+    )?;
+    let mut times = Vec::new();
+    for (product, name, size) in RELEASES {
+        let artifact = work.join(name);
+        write_pattern(&artifact, size)?;
+        let t = Instant::now();
+        publish(work, &key, server, product, &artifact)?;
+        times.push(t.elapsed());
+        std::fs::remove_file(&artifact).ok();
     }
+    Ok(times)
+}
 
-    // Publish both releases through the server's API.
-    let port = free_port()?;
-    let server = Server::start(&bin, &releases, port, &work.0.join("server.log"))?;
-    let base = format!("http://127.0.0.1:{port}");
-    let t = Instant::now();
-    publish(&work.0, &key, &base, "bench", "1.0.0", &small)?;
-    let small_publish = t.elapsed();
-    let t = Instant::now();
-    publish(&work.0, &key, &base, "bench-big", "1.0.0", &large)?;
-    let large_publish = t.elapsed();
-    std::fs::remove_file(&large).ok();
-    std::fs::remove_file(&small).ok();
+/// The small artifact's URL on either server.
+fn small_artifact(base: &ServerUrl) -> String {
+    let (product, name, _) = RELEASES[0];
+    base.artifact(product, VERSION, name, CHANNEL)
+}
 
-    // The reference web server on the same directory.
-    let nginx_port = free_port()?;
-    let nginx = Nginx::start(&work.0, &releases, nginx_port)?;
-    let nbase = format!("http://127.0.0.1:{nginx_port}");
-
-    let artifact_path = "/api/v1/bench/releases/1.0.0/payload-50m.bin";
-    let manifest_path = "/api/v1/bench/manifest";
-    for b in [&base, &nbase] {
-        let (status, head, body_len) = http_get(&format!("{b}{artifact_path}"))?;
+/// Download throughput, then manifest requests with and without `If-None-Match`, on both
+/// servers, interleaved; and our server's peak memory after the downloads.
+fn measure_throughput(server: &UpdateServer, nginx: &ServerUrl) -> anyhow::Result<Throughput> {
+    let ours = server.url();
+    for base in [ours, nginx] {
+        let url = small_artifact(base);
+        let (status, head, body_len) = http_get(&url)?;
         if status != 200 || body_len != SMALL {
-            bail!("{b}{artifact_path}: status {status}, {body_len} bytes; head:\n{head}");
+            bail!("{url}: status {status}, {body_len} bytes; head:\n{head}");
         }
     }
-    let etag = |b: &str| -> anyhow::Result<String> {
-        let (status, head, _) = http_get(&format!("{b}{manifest_path}"))?;
-        if status != 200 {
-            bail!("{b}{manifest_path}: status {status}");
-        }
-        head.lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("etag").then(|| v.trim().to_owned())
-            })
-            .with_context(|| format!("{b}{manifest_path} sent no ETag"))
+    let manifest = |base: &ServerUrl| base.manifest(RELEASES[0].0, CHANNEL);
+    let if_none_match = |base: &ServerUrl| -> anyhow::Result<String> {
+        Ok(format!("If-None-Match: {}", etag(&manifest(base))?))
     };
-    let (server_etag, nginx_etag) = (etag(&base)?, etag(&nbase)?);
+    let (ours_304, nginx_304) = (if_none_match(ours)?, if_none_match(nginx)?);
 
     eprintln!("measuring downloads (64 connections, {RUN_SECS}s per run, {ROUNDS} rounds)");
-    let mut dl = Pair::default();
-    let mut mf = Pair::default();
-    let mut mf304 = Pair::default();
+    let mut t = Throughput::default();
     for _ in 0..ROUNDS {
-        dl.server
-            .keep_best(wrk(&format!("{base}{artifact_path}"), 64, None)?);
-        dl.nginx
-            .keep_best(wrk(&format!("{nbase}{artifact_path}"), 64, None)?);
+        t.dl.server.keep_best(wrk(&small_artifact(ours), 64, None)?);
+        t.dl.nginx.keep_best(wrk(&small_artifact(nginx), 64, None)?);
     }
-    let hwm_after_downloads = vm_hwm(server.pid())?;
+    t.hwm_after_downloads = vm_hwm_kib(&server.pid().to_string())?;
     eprintln!("measuring manifest requests");
     for _ in 0..ROUNDS {
-        mf.server
-            .keep_best(wrk(&format!("{base}{manifest_path}"), 64, None)?);
-        mf.nginx
-            .keep_best(wrk(&format!("{nbase}{manifest_path}"), 64, None)?);
-        mf304.server.keep_best(wrk(
-            &format!("{base}{manifest_path}"),
-            64,
-            Some(&format!("If-None-Match: {server_etag}")),
-        )?);
-        mf304.nginx.keep_best(wrk(
-            &format!("{nbase}{manifest_path}"),
-            64,
-            Some(&format!("If-None-Match: {nginx_etag}")),
-        )?);
+        t.mf.server.keep_best(wrk(&manifest(ours), 64, None)?);
+        t.mf.nginx.keep_best(wrk(&manifest(nginx), 64, None)?);
+        t.mf304
+            .server
+            .keep_best(wrk(&manifest(ours), 64, Some(&ours_304))?);
+        t.mf304
+            .nginx
+            .keep_best(wrk(&manifest(nginx), 64, Some(&nginx_304))?);
     }
-    drop(server);
-    drop(nginx);
+    Ok(t)
+}
 
+/// The `ETag` of a `GET`.
+fn etag(url: &str) -> anyhow::Result<String> {
+    let (status, head, _) = http_get(url)?;
+    if status != 200 {
+        bail!("{url}: status {status}");
+    }
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("etag").then(|| v.trim().to_owned())
+        })
+        .with_context(|| format!("{url} sent no ETag"))
+}
+
+/// Our server's peak memory serving each artifact size to 8 connections, a fresh process per
+/// size: (artifact, VmHWM in KiB, bytes served).
+fn measure_peak_memory(
+    bin: &Path,
+    releases: &Path,
+    work: &Path,
+) -> anyhow::Result<Vec<(&'static str, u64, f64)>> {
     eprintln!("measuring peak memory (fresh server per artifact size, 8 connections)");
     let mut peak = Vec::new();
-    for (product, name) in [
-        ("bench", "payload-50m.bin"),
-        ("bench-big", "payload-1g.bin"),
-    ] {
-        let port = free_port()?;
-        let server = Server::start(&bin, &releases, port, &work.0.join("server-mem.log"))?;
+    for (product, name, _) in RELEASES {
+        let server = start_server(bin, releases, &work.join("server-mem.log"))?;
         let run = wrk(
-            &format!("http://127.0.0.1:{port}/api/v1/{product}/releases/1.0.0/{name}"),
+            &server.url().artifact(product, VERSION, name, CHANNEL),
             8,
             None,
         )?;
-        peak.push((name, vm_hwm(server.pid())?, run.bytes));
+        peak.push((name, vm_hwm_kib(&server.pid().to_string())?, run.bytes));
     }
+    Ok(peak)
+}
 
-    let report = Report {
-        machine: machine()?,
-        dl,
-        mf,
-        mf304,
-        hwm_after_downloads,
-        peak,
-        small_publish,
-        large_publish,
-    };
-    let text = report.markdown();
-    println!("{text}");
-    update_benchmarks(&root.join("BENCHMARKS.md"), &text)?;
-    eprintln!("BENCHMARKS.md updated (section \"Update server\")");
+/// Runs a command with no input and no output on stdout; fails when it fails.
+fn run_quiet(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .with_context(|| format!("running {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
     Ok(())
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
-fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-}
-
-/// A scratch directory removed at the end.
-struct WorkDir(PathBuf);
-
-impl WorkDir {
-    fn new() -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("qx-bench-server-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Writes `len` bytes of incompressible-looking data.
@@ -229,46 +240,22 @@ fn write_pattern(path: &Path, len: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sha256_of(path: &Path) -> anyhow::Result<String> {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .context("running sha256sum")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .next()
-        .map(str::to_owned)
-        .with_context(|| format!("sha256sum {} printed nothing", path.display()))
-}
-
-/// Writes, signs (minisign) and publishes (curl, multipart) a release of one artifact.
-fn publish(
-    work: &Path,
-    key: &Path,
-    base: &str,
-    product: &str,
-    version: &str,
-    artifact: &Path,
-) -> anyhow::Result<()> {
-    let name = artifact
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("artifact file name")?;
-    let size = std::fs::metadata(artifact)?.len();
-    let manifest = format!(
+/// The manifest of a one-artifact release of `product` (JSON, as a publisher writes it).
+fn release_manifest(product: &str, artifact: &str, sha256: Sha256, size: u64) -> String {
+    format!(
         r#"{{
   "schema": 1,
   "product": "{product}",
-  "version": "{version}",
-  "channel": "stable",
+  "version": "{VERSION}",
+  "channel": "{CHANNEL}",
   "release_date": "2026-01-16T12:00:00Z",
   "expires": "2036-01-16T12:00:00Z",
   "update_type": "component",
   "components": [
     {{
       "name": "payload",
-      "version": "{version}",
-      "artifact": "{name}",
+      "version": "{VERSION}",
+      "artifact": "{artifact}",
       "sha256": "{sha}",
       "size_bytes": {size},
       "install_path": "/data/bin/payload",
@@ -279,23 +266,37 @@ fn publish(
   "release_notes": "benchmark release"
 }}
 "#,
-        sha = sha256_of(artifact)?
-    );
+        sha = sha256.to_hex()
+    )
+}
+
+/// Writes, signs (minisign) and publishes (curl, multipart) a release of one artifact.
+fn publish(
+    work: &Path,
+    key: &Path,
+    server: &ServerUrl,
+    product: &str,
+    artifact: &Path,
+) -> anyhow::Result<()> {
+    let name = artifact
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("artifact file name")?;
+    let file =
+        std::fs::File::open(artifact).with_context(|| format!("opening {}", artifact.display()))?;
+    let (sha256, size) = Sha256::of_reader(std::io::BufReader::new(file))
+        .with_context(|| format!("hashing {}", artifact.display()))?;
     let mpath = work.join(format!("{product}-manifest.json"));
-    std::fs::write(&mpath, manifest)?;
-    let status = Command::new("minisign")
-        .arg("-S")
-        .arg("-s")
-        .arg(key)
-        .arg("-m")
-        .arg(&mpath)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .status()
-        .context("running minisign -S")?;
-    if !status.success() {
-        bail!("minisign -S failed ({status})");
-    }
+    std::fs::write(&mpath, release_manifest(product, name, sha256, size))?;
+    run_quiet(
+        Command::new("minisign")
+            .arg("-S")
+            .arg("-s")
+            .arg(key)
+            .arg("-m")
+            .arg(&mpath),
+        "minisign -S",
+    )?;
     let sig = PathBuf::from(format!("{}.minisig", mpath.display()));
     let out = Command::new("curl")
         .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
@@ -307,34 +308,17 @@ fn publish(
         .arg(format!("signature=@{}", sig.display()))
         .arg("-F")
         .arg(format!("{name}=@{}", artifact.display()))
-        .arg(format!("{base}/api/v1/{product}/publish"))
+        .arg(server.publish(product))
         .output()
         .context("running curl")?;
     let code = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     if code != "201" {
         bail!(
-            "publishing {product} {version} answered {code}: {}",
+            "publishing {product} {VERSION} answered {code}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
     Ok(())
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn wait_for_port(port: u16, what: &str, child: &mut Child) -> anyhow::Result<()> {
-    for _ in 0..600 {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        if let Some(status) = child.try_wait()? {
-            bail!("{what} exited before listening ({status})");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("{what} did not listen on port {port} within 30 s")
 }
 
 /// One HTTP/1.1 GET on a fresh connection: (status, head, body length).
@@ -361,55 +345,86 @@ fn http_get(url: &str) -> anyhow::Result<(u16, String, u64)> {
     Ok((status, head, (buf.len() - split - 4) as u64))
 }
 
-struct Server {
-    child: Child,
+/// Our release server over `releases`, its errors into `log`.
+fn start_server(bin: &Path, releases: &Path, log: &Path) -> anyhow::Result<UpdateServer> {
+    let log = std::fs::File::create(log)?;
+    let mut cmd = UpdateServer::command(bin, releases, TOKEN);
+    cmd.env("MAX_UPLOAD_BYTES", "2GiB")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log);
+    UpdateServer::start(cmd, LISTEN_WITHIN)
 }
 
-impl Server {
-    fn start(bin: &Path, releases: &Path, port: u16, log: &Path) -> anyhow::Result<Self> {
-        let log = std::fs::File::create(log)?;
-        let mut child = Command::new(bin)
-            .env("RELEASE_DIR", releases)
-            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-            .env("PUBLISH_TOKEN", TOKEN)
-            .env("MAX_UPLOAD_BYTES", "2GiB")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        wait_for_port(port, "qx-update-server", &mut child)?;
-        Ok(Self { child })
-    }
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
+/// How long a server may take to listen.
+const LISTEN_WITHIN: Duration = Duration::from_secs(30);
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
+/// The reference web server, configured to answer our server's manifest and artifact routes
+/// from the same release directory; stopped through its master process on drop.
 struct Nginx {
     child: Child,
     conf: PathBuf,
+    url: ServerUrl,
 }
 
 impl Nginx {
-    fn start(work: &Path, releases: &Path, port: u16) -> anyhow::Result<Self> {
+    fn start(work: &Path, releases: &Path) -> anyhow::Result<Self> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let tmp = work.join("nginx-tmp");
         std::fs::create_dir_all(&tmp)?;
-        let sig = std::fs::read(releases.join("bench/stable/1.0.0/manifest.json.minisig"))?;
-        let sig_b64 = base64(&sig);
-        let r = releases.display();
-        let t = tmp.display();
-        let conf = format!(
-            r#"daemon off;
+        let (product, _, _) = RELEASES[0];
+        let sig = std::fs::read(
+            releases
+                .join(product)
+                .join(CHANNEL)
+                .join(VERSION)
+                .join(qx_core::SIGNATURE_FILE),
+        )?;
+        let conf = work.join("nginx.conf");
+        std::fs::write(&conf, nginx_conf(&tmp, releases, addr, &sig))?;
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(&tmp)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting nginx")?;
+        let mut nginx = Self {
+            child,
+            conf,
+            url: ServerUrl::new(&format!("http://{addr}")),
+        };
+        wait_for_port(addr, "nginx", &mut nginx.child, LISTEN_WITHIN)?;
+        Ok(nginx)
+    }
+}
+
+/// A route template of the update server as an anchored regular expression, one capture
+/// group per placeholder (in the template's order).
+fn route_pattern(template: &str) -> String {
+    let name = "([a-z0-9][a-z0-9._-]*)";
+    let pattern = template
+        .replace("{product}", name)
+        .replace("{version}", "([^/]+)")
+        .replace("{artifact}", name);
+    format!("^{pattern}$")
+}
+
+/// The reference server's configuration: the manifest route (with the signature header and
+/// `no-cache`, as ours sends) and the artifact route, aliased into the release directory.
+fn nginx_conf(tmp: &Path, releases: &Path, addr: SocketAddr, signature: &[u8]) -> String {
+    let sig_b64 = base64::engine::general_purpose::STANDARD.encode(signature);
+    let (r, t) = (releases.display(), tmp.display());
+    let (manifest, artifact) = (
+        route_pattern(api::server::MANIFEST),
+        route_pattern(api::server::ARTIFACT),
+    );
+    let header = api::SIGNATURE_HEADER;
+    let manifest_file = qx_core::MANIFEST_FILE;
+    format!(
+        r#"daemon off;
 master_process on;
 worker_processes auto;
 user root;
@@ -429,37 +444,20 @@ http {{
   types {{ application/json json; }}
   default_type application/octet-stream;
   server {{
-    listen 127.0.0.1:{port};
-    location ~ ^/api/v1/([a-z0-9][a-z0-9._-]*)/manifest$ {{
-      alias {r}/$1/stable/1.0.0/manifest.json;
+    listen {addr};
+    location ~ {manifest} {{
+      alias {r}/$1/{CHANNEL}/{VERSION}/{manifest_file};
       default_type application/json;
-      add_header X-Qx-Signature "{sig_b64}";
+      add_header {header} "{sig_b64}";
       add_header Cache-Control no-cache;
     }}
-    location ~ ^/api/v1/([a-z0-9][a-z0-9._-]*)/releases/([^/]+)/([a-z0-9][a-z0-9._-]*)$ {{
-      alias {r}/$1/stable/$2/$3;
+    location ~ {artifact} {{
+      alias {r}/$1/{CHANNEL}/$2/$3;
     }}
   }}
 }}
 "#
-        );
-        let conf_path = work.join("nginx.conf");
-        std::fs::write(&conf_path, conf)?;
-        let mut child = Command::new("nginx")
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-p")
-            .arg(&tmp)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting nginx")?;
-        wait_for_port(port, "nginx", &mut child)?;
-        Ok(Self {
-            child,
-            conf: conf_path,
-        })
-    }
+    )
 }
 
 impl Drop for Nginx {
@@ -473,23 +471,6 @@ impl Drop for Nginx {
             .status();
         let _ = self.child.wait();
     }
-}
-
-fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// One wrk run's figures.
@@ -523,20 +504,18 @@ impl Pair {
     }
 }
 
-fn parse_size(s: &str) -> Option<f64> {
-    let s = s.trim();
-    let split = s.find(|c: char| c.is_ascii_alphabetic())?;
-    let (n, unit) = s.split_at(split);
-    let n: f64 = n.parse().ok()?;
-    let mult = match unit {
-        "B" => 1.0,
-        "KB" => 1024.0,
-        "MB" => 1024.0 * 1024.0,
-        "GB" => 1024.0 * 1024.0 * 1024.0,
-        "TB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => return None,
+/// A size as wrk prints it: two decimals and a binary multiple labelled `KB`, `MB`, `GB` or
+/// `TB` (`5.73GB` is 5.73 GiB). The unit is read by the project's size rule in its binary
+/// spelling (`GiB`), the number as a decimal.
+fn wrk_bytes(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic())?);
+    let unit = match unit {
+        "B" => "B".to_owned(),
+        label => format!("{}iB", label.strip_suffix('B')?),
     };
-    Some(n * mult)
+    let multiplier = qx_core::size::parse_size(&format!("1{unit}")).ok()?;
+    Some(number.parse::<f64>().ok()? * multiplier as f64)
 }
 
 fn wrk(url: &str, connections: u32, header: Option<&str>) -> anyhow::Result<Run> {
@@ -571,7 +550,7 @@ fn wrk(url: &str, connections: u32, header: Option<&str>) -> anyhow::Result<Run>
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))?;
     let bytes_per_sec = field("Transfer/sec:")
-        .and_then(|v| parse_size(&v))
+        .and_then(|v| wrk_bytes(&v))
         .with_context(|| format!("no Transfer/sec in wrk output:\n{text}"))?;
     // "  123 requests in 10.00s, 5.73GB read"
     let bytes = text
@@ -579,28 +558,18 @@ fn wrk(url: &str, connections: u32, header: Option<&str>) -> anyhow::Result<Run>
         .find(|l| l.contains(" requests in "))
         .and_then(|l| l.rsplit(", ").next())
         .and_then(|l| l.strip_suffix(" read"))
-        .and_then(parse_size)
+        .and_then(wrk_bytes)
         .unwrap_or(0.0);
     eprintln!(
         "  {url}{}: {requests_per_sec:.0} req/s, {:.1} MiB/s",
         header.map(|h| format!(" [{h}]")).unwrap_or_default(),
-        bytes_per_sec / 1048576.0
+        mib(bytes_per_sec)
     );
     Ok(Run {
         requests_per_sec,
         bytes_per_sec,
         bytes,
     })
-}
-
-/// Peak resident set size of a process, in KiB.
-fn vm_hwm(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM in /proc/PID/status")
 }
 
 fn machine() -> anyhow::Result<String> {
@@ -638,27 +607,54 @@ fn machine() -> anyhow::Result<String> {
     ))
 }
 
-struct Report {
-    machine: String,
+/// Figures of the throughput runs.
+#[derive(Default)]
+struct Throughput {
     dl: Pair,
     mf: Pair,
     mf304: Pair,
     hwm_after_downloads: u64,
+}
+
+struct Report {
+    machine: String,
+    throughput: Throughput,
     peak: Vec<(&'static str, u64, f64)>,
-    small_publish: Duration,
-    large_publish: Duration,
+    /// Publish time per release, in the order of [`RELEASES`].
+    publish_times: Vec<Duration>,
+}
+
+fn mib(bytes: f64) -> f64 {
+    bytes / 1048576.0
+}
+
+fn gib(bytes: f64) -> f64 {
+    bytes / 1073741824.0
+}
+
+fn verdict(ratio: f64, target: f64) -> String {
+    if ratio >= target {
+        format!("meets ≥ {target}×")
+    } else {
+        format!("**misses** ≥ {target}×")
+    }
+}
+
+/// A table row of requests per second.
+fn rps_row(measurement: &str, pair: &Pair, target: f64) -> String {
+    format!(
+        "| {measurement}, 64 connections | {:.0} req/s | {:.0} req/s | {:.2} | {} |\n",
+        pair.server.requests_per_sec,
+        pair.nginx.requests_per_sec,
+        pair.rps_ratio(),
+        verdict(pair.rps_ratio(), target)
+    )
 }
 
 impl Report {
+    /// The "Update server" section: how it was measured, the throughput table, memory, how
+    /// the server gets there, publish times.
     fn markdown(&self) -> String {
-        let mib = |b: f64| b / 1048576.0;
-        let verdict = |ratio: f64, target: f64| {
-            if ratio >= target {
-                format!("meets ≥ {target}×")
-            } else {
-                format!("**misses** ≥ {target}×")
-            }
-        };
         let mut s = String::new();
         s.push_str("## Update server\n\n");
         s.push_str("Command: `cargo xtask bench server` (builds `qx-update-server` in release mode, starts it and a reference web server — nginx, `sendfile on`, same release directory, same URL paths — on loopback, drives both with `wrk -t2`, best of ");
@@ -666,48 +662,8 @@ impl Report {
             "{ROUNDS} interleaved {RUN_SECS}-second runs each).\n\n"
         ));
         s.push_str(&format!("Machine: {}. The machine is shared (other builds and tests were running), so absolute figures are noisy; the ratios come from runs interleaved in the same minute.\n\n", self.machine));
-        s.push_str("| measurement | qx-update-server | reference | ratio | target |\n|---|---|---|---|---|\n");
-        s.push_str(&format!(
-            "| artifact download, 50 MB, 64 connections | {:.0} MiB/s ({:.1} GiB read) | {:.0} MiB/s ({:.1} GiB read) | {:.2} | {} |\n",
-            mib(self.dl.server.bytes_per_sec),
-            self.dl.server.bytes / 1073741824.0,
-            mib(self.dl.nginx.bytes_per_sec),
-            self.dl.nginx.bytes / 1073741824.0,
-            self.dl.bps_ratio(),
-            verdict(self.dl.bps_ratio(), 0.9)
-        ));
-        s.push_str(&format!(
-            "| manifest, 64 connections | {:.0} req/s | {:.0} req/s | {:.2} | {} |\n",
-            self.mf.server.requests_per_sec,
-            self.mf.nginx.requests_per_sec,
-            self.mf.rps_ratio(),
-            verdict(self.mf.rps_ratio(), 0.8)
-        ));
-        s.push_str(&format!(
-            "| manifest with `If-None-Match` (304), 64 connections | {:.0} req/s | {:.0} req/s | {:.2} | {} |\n\n",
-            self.mf304.server.requests_per_sec,
-            self.mf304.nginx.requests_per_sec,
-            self.mf304.rps_ratio(),
-            verdict(self.mf304.rps_ratio(), 0.8)
-        ));
-        s.push_str("Server memory (VmHWM, peak resident set), each size in a fresh server process serving it to 8 connections for ");
-        s.push_str(&format!(
-            "{RUN_SECS} s:\n\n| artifact | peak RSS | bytes served |\n|---|---|---|\n"
-        ));
-        for (name, kib, bytes) in &self.peak {
-            s.push_str(&format!(
-                "| {name} | {:.1} MiB | {:.1} GiB |\n",
-                *kib as f64 / 1024.0,
-                bytes / 1073741824.0
-            ));
-        }
-        if let [(_, a, _), (_, b, _)] = self.peak.as_slice() {
-            s.push_str(&format!(
-                "\nPeak RSS 1 GiB vs 50 MB: {:.2}× (flat: the artifact is streamed in 256 KiB chunks, never held whole). After the 64-connection download runs the peak was {:.1} MiB.\n",
-                *b as f64 / (*a).max(1) as f64,
-                self.hwm_after_downloads as f64 / 1024.0
-            ));
-        }
+        s.push_str(&self.throughput_table());
+        s.push_str(&self.memory());
         s.push_str(concat!(
             "\nHow: artifacts are read in 256 KiB chunks on the blocking pool and streamed (no sendfile); ",
             "the newest release per channel is kept in memory (dropped on every publish, promote and yank, ",
@@ -717,11 +673,55 @@ impl Report {
             "(perf) showed the time in the kernel's scheduler and cross-thread wake-ups rather than in the ",
             "handlers, which the per-core runtimes removed.\n",
         ));
+        if let [small, large] = self.publish_times.as_slice() {
+            s.push_str(&format!(
+                "\nPublish through the API (curl multipart upload, hashed while streaming, fsynced, renamed into place): 50 MB in {:.2} s, 1 GiB in {:.2} s.\n",
+                small.as_secs_f64(),
+                large.as_secs_f64()
+            ));
+        }
+        s
+    }
+
+    fn throughput_table(&self) -> String {
+        let Throughput { dl, mf, mf304, .. } = &self.throughput;
+        let mut s = String::from(
+            "| measurement | qx-update-server | reference | ratio | target |\n|---|---|---|---|---|\n",
+        );
         s.push_str(&format!(
-            "\nPublish through the API (curl multipart upload, hashed while streaming, fsynced, renamed into place): 50 MB in {:.2} s, 1 GiB in {:.2} s.\n",
-            self.small_publish.as_secs_f64(),
-            self.large_publish.as_secs_f64()
+            "| artifact download, 50 MB, 64 connections | {:.0} MiB/s ({:.1} GiB read) | {:.0} MiB/s ({:.1} GiB read) | {:.2} | {} |\n",
+            mib(dl.server.bytes_per_sec),
+            gib(dl.server.bytes),
+            mib(dl.nginx.bytes_per_sec),
+            gib(dl.nginx.bytes),
+            dl.bps_ratio(),
+            verdict(dl.bps_ratio(), 0.9)
         ));
+        s.push_str(&rps_row("manifest", mf, 0.8));
+        s.push_str(&rps_row("manifest with `If-None-Match` (304)", mf304, 0.8));
+        s.push('\n');
+        s
+    }
+
+    fn memory(&self) -> String {
+        let mut s = String::from("Server memory (VmHWM, peak resident set), each size in a fresh server process serving it to 8 connections for ");
+        s.push_str(&format!(
+            "{RUN_SECS} s:\n\n| artifact | peak RSS | bytes served |\n|---|---|---|\n"
+        ));
+        for (name, kib, bytes) in &self.peak {
+            s.push_str(&format!(
+                "| {name} | {:.1} MiB | {:.1} GiB |\n",
+                *kib as f64 / 1024.0,
+                gib(*bytes)
+            ));
+        }
+        if let [(_, a, _), (_, b, _)] = self.peak.as_slice() {
+            s.push_str(&format!(
+                "\nPeak RSS 1 GiB vs 50 MB: {:.2}× (flat: the artifact is streamed in 256 KiB chunks, never held whole). After the 64-connection download runs the peak was {:.1} MiB.\n",
+                *b as f64 / (*a).max(1) as f64,
+                self.throughput.hwm_after_downloads as f64 / 1024.0
+            ));
+        }
         s
     }
 }
@@ -729,47 +729,29 @@ impl Report {
 const START: &str = "<!-- bench-server:start -->";
 const END: &str = "<!-- bench-server:end -->";
 
-/// Replaces what lies between this benchmark's markers in BENCHMARKS.md, or appends the
-/// section with its markers; nothing outside the markers is touched.
-fn update_benchmarks(path: &Path, section: &str) -> anyhow::Result<()> {
-    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n\n".into());
-    let block = format!("{START}\n{}{END}\n", section.trim_end().to_owned() + "\n");
-    let new = match (old.find(START), old.find(END)) {
-        (Some(a), Some(b)) if b > a => {
-            let after = &old[b + END.len()..];
-            let after = after.strip_prefix('\n').unwrap_or(after);
-            format!("{}{block}{after}", &old[..a])
-        }
-        _ => {
-            let mut out = old.clone();
-            if !out.ends_with("\n\n") {
-                out.push_str(if out.ends_with('\n') { "\n" } else { "\n\n" });
-            }
-            out.push_str(&block);
-            out
-        }
-    };
-    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn only_the_marked_section_is_replaced() {
-        let dir = std::env::temp_dir().join(format!("qx-bench-md-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("BENCHMARKS.md");
-        let other =
-            "<!-- bench-apply:start -->\n## Agent apply\nfigures\n<!-- bench-apply:end -->\n";
-        std::fs::write(&path, format!("# Benchmarks\n\n{other}")).expect("write");
-        update_benchmarks(&path, "## Update server\n\nfirst\n").expect("append");
-        update_benchmarks(&path, "## Update server\n\nsecond\n").expect("replace");
-        let text = std::fs::read_to_string(&path).expect("read");
-        std::fs::remove_dir_all(&dir).ok();
-        assert!(text.contains(other), "{text}");
-        assert!(text.contains("second") && !text.contains("first"), "{text}");
-        assert_eq!(text.matches(START).count(), 1, "{text}");
+    fn wrk_sizes_are_binary_multiples() {
+        assert_eq!(wrk_bytes("100B"), Some(100.0));
+        assert_eq!(wrk_bytes("512.00KB"), Some(524_288.0));
+        assert_eq!(wrk_bytes(" 1.50MB"), Some(1_572_864.0));
+        assert_eq!(wrk_bytes("5.73GB"), Some(5.73 * 1_073_741_824.0));
+        assert_eq!(wrk_bytes("5.73XB"), None);
+        assert_eq!(wrk_bytes("GB"), None);
+    }
+
+    #[test]
+    fn route_patterns_capture_each_placeholder() {
+        assert_eq!(
+            route_pattern(api::server::ARTIFACT),
+            "^/api/v1/([a-z0-9][a-z0-9._-]*)/releases/([^/]+)/([a-z0-9][a-z0-9._-]*)$"
+        );
+        assert_eq!(
+            route_pattern(api::server::MANIFEST),
+            "^/api/v1/([a-z0-9][a-z0-9._-]*)/manifest$"
+        );
     }
 }

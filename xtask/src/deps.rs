@@ -62,6 +62,7 @@ pub fn ensure(packages: &[&str]) -> anyhow::Result<()> {
     run(&args)
 }
 
+/// Runs the cargo that runs this program, with `args`; fails when it fails.
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
     let st = Command::new(env!("CARGO"))
         .args(args)

@@ -1,10 +1,8 @@
-//! The release manifest (SPEC §2): its types, how it is parsed, and every rule it must obey.
+//! The release manifest (docs/spec.md §2): its types, how it is parsed, and every rule it must obey.
 //!
 //! Parsing is the only way from bytes to a [`Manifest`]: it checks the structure (JSON syntax,
 //! types, names, versions, hashes; the first such error stops it, with its JSON path) and then
 //! every rule between fields, all of them reported together as [`Problem`]s.
-
-use std::collections::{BTreeSet, HashSet};
 
 use jiff::Timestamp;
 use schemars::JsonSchema;
@@ -238,160 +236,15 @@ impl Manifest {
         out
     }
 
-    /// Every rule between fields; all broken ones at once.
+    /// Every rule between fields; all broken ones at once, group by group: the release, the
+    /// update type, each component, the full image.
     pub fn validate(&self) -> Result<(), Vec<Problem>> {
-        let mut problems = Vec::new();
-        let mut bad = |path: String, message: String| problems.push(Problem { path, message });
-
-        if self.schema != SCHEMA_VERSION {
-            bad(
-                "schema".into(),
-                format!(
-                    "unsupported schema {} (this program knows {SCHEMA_VERSION})",
-                    self.schema
-                ),
-            );
-        }
-        if self.expires <= self.release_date {
-            bad("expires".into(), "must be later than release_date".into());
-        }
-        if let Some(min) = &self.min_version {
-            if min > &self.version {
-                bad(
-                    "min_version".into(),
-                    format!("{min} is above the release version {}", self.version),
-                );
-            }
-        }
-        match self.update_type {
-            UpdateType::Component => {
-                if self.components.is_empty() {
-                    bad(
-                        "components".into(),
-                        "a component update needs at least one component".into(),
-                    );
-                }
-                if self.full_image.is_some() {
-                    bad("full_image".into(), "a component update must not carry a full image (use update_type \"mixed\")".into());
-                }
-            }
-            UpdateType::Full => {
-                if self.full_image.is_none() {
-                    bad("full_image".into(), "a full update needs full_image".into());
-                }
-                if !self.components.is_empty() {
-                    bad(
-                        "components".into(),
-                        "a full update must not list components (use update_type \"mixed\")".into(),
-                    );
-                }
-            }
-            UpdateType::Mixed => {
-                if self.full_image.is_none() || self.components.is_empty() {
-                    bad(
-                        "update_type".into(),
-                        "a mixed update needs both components and full_image".into(),
-                    );
-                }
-            }
-        }
-
-        let mut artifacts = HashSet::new();
-        let reserved = [MANIFEST_FILE, SIGNATURE_FILE];
-        let mut artifact =
-            |path: String, name: &ArtifactName, bad: &mut dyn FnMut(String, String)| {
-                if reserved.contains(&name.as_str()) {
-                    bad(path, format!("artifact name {name} is reserved"));
-                } else if !artifacts.insert(name.clone()) {
-                    bad(path, format!("artifact {name} is listed more than once"));
-                }
-            };
-
-        let mut names = HashSet::new();
-        let mut paths: Vec<(&InstallPath, usize)> = Vec::new();
-        for (i, c) in self.components.iter().enumerate() {
-            let at = |field: &str| format!("components[{i}].{field}");
-            if !names.insert(&c.name) {
-                bad(
-                    at("name"),
-                    format!("component {} is listed more than once", c.name),
-                );
-            }
-            artifact(at("artifact"), &c.artifact, &mut bad);
-            if c.version != self.version {
-                bad(
-                    at("version"),
-                    format!(
-                        "component version {} differs from the release version {} (one version is stamped into every component)",
-                        c.version, self.version
-                    ),
-                );
-            }
-            for (other, j) in &paths {
-                if overlaps(other.as_str(), c.install_path.as_str()) {
-                    bad(
-                        at("install_path"),
-                        format!(
-                            "{} overlaps components[{j}].install_path {}",
-                            c.install_path, other
-                        ),
-                    );
-                }
-            }
-            paths.push((&c.install_path, i));
-            match (c.kind, &c.migrate_command) {
-                (ComponentKind::Migrations, None) => bad(
-                    at("migrate_command"),
-                    "a migrations component needs a migrate_command".into(),
-                ),
-                (ComponentKind::Migrations, Some(cmd)) if cmd.is_empty() || cmd[0].is_empty() => {
-                    bad(at("migrate_command"), "must name a program".into())
-                }
-                (ComponentKind::File | ComponentKind::Directory, Some(_)) => bad(
-                    at("migrate_command"),
-                    "only a migrations component may have a migrate_command".into(),
-                ),
-                _ => {}
-            }
-            if let Some(cmd) = &c.health_command {
-                if cmd.is_empty() || cmd[0].is_empty() {
-                    bad(at("health_command"), "must name a program".into());
-                }
-            }
-            let mut required = BTreeSet::new();
-            for (k, r) in c.requires.iter().enumerate() {
-                if r.name == c.name {
-                    bad(
-                        format!("components[{i}].requires[{k}]"),
-                        "a component cannot require itself".into(),
-                    );
-                }
-                if !required.insert(&r.name) {
-                    bad(
-                        format!("components[{i}].requires[{k}]"),
-                        format!("{} is required twice", r.name),
-                    );
-                }
-            }
-        }
-        if let Some(img) = &self.full_image {
-            artifact("full_image.artifact".into(), &img.artifact, &mut bad);
-            if let Some(k) = &img.kernel {
-                artifact("full_image.kernel.artifact".into(), &k.artifact, &mut bad);
-            }
-            if let Some(r) = &img.initramfs {
-                artifact(
-                    "full_image.initramfs.artifact".into(),
-                    &r.artifact,
-                    &mut bad,
-                );
-            }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems)
-        }
+        let mut check = rules::Check::new(self);
+        check.release();
+        check.update_type();
+        check.components();
+        check.full_image();
+        check.finish()
     }
 
     /// Every artifact of the release with its hash and size: exactly what may be downloaded.
@@ -453,5 +306,6 @@ pub fn json_schema() -> String {
     out
 }
 
+mod rules;
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,4 @@
-//! A sandboxed host root in a temporary directory: the layout of SPEC §4 (`/data/bin`,
+//! A sandboxed host root in a temporary directory: the layout of docs/spec.md §4 (`/data/bin`,
 //! `/data/versions`, `/etc/limiquantix/node.yaml`, `/run`, …), a configuration written from
 //! parameters, and a tiny real service manager.
 //!
@@ -133,7 +133,7 @@ impl TestHost {
 
     /// A host path (`/data/bin/x`) below the root.
     pub fn path(&self, host_path: &str) -> PathBuf {
-        self.root.join(host_path.trim_start_matches('/'))
+        qx_core::fs::under_root(&self.root, Path::new(host_path))
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -205,15 +205,12 @@ impl TestHost {
         exec_host_path: &str,
         args: &str,
     ) -> anyhow::Result<()> {
-        fs::write(
-            self.path(&format!("/etc/qx-test-services/{service}")),
-            format!("{exec_host_path}\n{args}\n"),
-        )?;
-        Ok(())
+        self.add_service_with_hook(service, exec_host_path, args, "")
     }
 
     /// Declares a service with a start hook: a shell command run (with `$ROOT` set) just
-    /// before each start, e.g. to record what the service would see when it starts.
+    /// before each start, e.g. to record what the service would see when it starts. An empty
+    /// hook is none.
     pub fn add_service_with_hook(
         &self,
         service: &str,

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -292,6 +293,8 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// One client connection: an injected 500, or both directions forwarded until either side
+/// finishes or the proxy stops.
 async fn handle(
     mut client: TcpStream,
     upstream: SocketAddr,
@@ -301,146 +304,13 @@ async fn handle(
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     if fail {
-        // Read one request head, answer 500 ourselves, close.
-        let mut rec = RequestRecorder::default();
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = client.read(&mut buf).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            if rec.feed(&buf[..n], &shared) > 0 {
-                break;
-            }
-        }
-        shared.injected_500.fetch_add(1, Ordering::SeqCst);
-        let body = "{\"error\":\"injected failure\",\"details\":[]}";
-        let resp = format!(
-            "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        client.write_all(resp.as_bytes()).await?;
-        client.shutdown().await?;
-        return Ok(());
+        return answer_injected_500(&mut client, &shared).await;
     }
-
     let server = TcpStream::connect(upstream).await?;
-    let (mut client_r, mut client_w) = client.into_split();
-    let (mut server_r, mut server_w) = server.into_split();
-    let up_shared = shared.clone();
-    let up = async move {
-        let mut rec = RequestRecorder::default();
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = match client_r.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            rec.feed(&buf[..n], &up_shared);
-            if server_w.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
-            up_shared.bytes_up.fetch_add(n as u64, Ordering::SeqCst);
-        }
-        let _ = server_w.shutdown().await;
-    };
-
-    let down = async move {
-        let mut sent: u64 = 0;
-        let mut tracker = ResponseTracker::default();
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = match server_r.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let mut chunk = buf[..n].to_vec();
-            // Walk the chunk: response heads and bodies; flip in place, note a stall point.
-            let mut stall_at: Option<(usize, Option<Duration>)> = None;
-            let mut i = 0;
-            while i < chunk.len() {
-                match &mut tracker.body {
-                    None => {
-                        let before = tracker.head.len();
-                        tracker.head.extend_from_slice(&chunk[i..]);
-                        match find(&tracker.head, b"\r\n\r\n") {
-                            Some(end) => {
-                                let body_len = body_length(&tracker.head[..end]);
-                                tracker.head.clear();
-                                i += end + 4 - before;
-                                let number = shared.responses.fetch_add(1, Ordering::SeqCst);
-                                tracker.body = Some(Body {
-                                    number,
-                                    pos: 0,
-                                    remaining: body_len,
-                                    faults: lock(&shared.faults).clone(),
-                                });
-                                if body_len == Some(0) {
-                                    tracker.body = None;
-                                }
-                            }
-                            None => i = chunk.len(),
-                        }
-                    }
-                    Some(body) => {
-                        let avail = (chunk.len() - i) as u64;
-                        let m = body.remaining.map_or(avail, |r| r.min(avail));
-                        let (lo, hi) = (body.pos, body.pos + m);
-                        if let Some(flip) = body.faults.flip.as_ref() {
-                            if body.number < flip.responses && (lo..hi).contains(&flip.body_offset)
-                            {
-                                chunk[i + (flip.body_offset - lo) as usize] ^= 0xff;
-                                shared.flips.fetch_add(1, Ordering::SeqCst);
-                            }
-                        }
-                        if let Some(stall) = body.faults.stall.as_ref() {
-                            if stall_at.is_none()
-                                && body.number < stall.responses
-                                && (lo..hi).contains(&stall.after_body_bytes)
-                            {
-                                stall_at = Some((
-                                    i + (stall.after_body_bytes - lo) as usize,
-                                    stall.duration,
-                                ));
-                            }
-                        }
-                        body.pos = hi;
-                        i += m as usize;
-                        if let Some(r) = body.remaining.as_mut() {
-                            *r -= m;
-                            if *r == 0 {
-                                tracker.body = None;
-                            }
-                        }
-                    }
-                }
-            }
-            if let Some((at, duration)) = stall_at {
-                if send(&mut client_w, &chunk[..at], &mut sent, &faults, &shared)
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                shared.stalls.fetch_add(1, Ordering::SeqCst);
-                // The connection ends when the client goes away (the `up` half finishes) or the
-                // proxy stops, which cancels this wait.
-                match duration {
-                    Some(d) => tokio::time::sleep(d).await,
-                    None => std::future::pending::<()>().await,
-                }
-                chunk.drain(..at);
-            }
-            if send(&mut client_w, &chunk, &mut sent, &faults, &shared)
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        let _ = client_w.shutdown().await;
-    };
-
+    let (client_r, client_w) = client.into_split();
+    let (server_r, server_w) = server.into_split();
+    let up = forward_up(client_r, server_w, shared.clone());
+    let down = forward_down(server_r, client_w, faults, shared);
     // Whichever side finishes first (client gone, upstream closed, cut) ends the connection.
     let mut stop = stop;
     tokio::select! {
@@ -451,9 +321,175 @@ async fn handle(
     Ok(())
 }
 
+/// Reads one request head, answers 500 without contacting the upstream, closes.
+async fn answer_injected_500(client: &mut TcpStream, shared: &Shared) -> std::io::Result<()> {
+    let mut rec = RequestRecorder::default();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = client.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if rec.feed(&buf[..n], shared) > 0 {
+            break;
+        }
+    }
+    shared.injected_500.fetch_add(1, Ordering::SeqCst);
+    let body = "{\"error\":\"injected failure\",\"details\":[]}";
+    let resp = format!(
+        "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    client.write_all(resp.as_bytes()).await?;
+    client.shutdown().await
+}
+
+/// Reads what is there; `None` at the end of the stream or on an error.
+async fn read_some(r: &mut OwnedReadHalf, buf: &mut [u8]) -> Option<usize> {
+    match r.read(buf).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => Some(n),
+    }
+}
+
+/// Client to upstream: every byte forwarded and counted, request heads recorded.
+async fn forward_up(
+    mut client_r: OwnedReadHalf,
+    mut server_w: OwnedWriteHalf,
+    shared: Arc<Shared>,
+) {
+    let mut rec = RequestRecorder::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Some(n) = read_some(&mut client_r, &mut buf).await {
+        rec.feed(&buf[..n], &shared);
+        if server_w.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        shared.bytes_up.fetch_add(n as u64, Ordering::SeqCst);
+    }
+    let _ = server_w.shutdown().await;
+}
+
+/// Upstream to client: each chunk walked through the response tracker (flips applied in
+/// place, a stall point noted), then sent, pausing at the stall point.
+async fn forward_down(
+    mut server_r: OwnedReadHalf,
+    mut client_w: OwnedWriteHalf,
+    faults: Faults,
+    shared: Arc<Shared>,
+) {
+    let mut sent: u64 = 0;
+    let mut tracker = ResponseTracker::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Some(n) = read_some(&mut server_r, &mut buf).await {
+        let mut chunk = buf[..n].to_vec();
+        if let Some((at, duration)) = tracker.walk(&mut chunk, &shared) {
+            if send(&mut client_w, &chunk[..at], &mut sent, &faults, &shared)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            shared.stalls.fetch_add(1, Ordering::SeqCst);
+            // The connection ends when the client goes away (the `up` half finishes) or the
+            // proxy stops, which cancels this wait.
+            match duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending::<()>().await,
+            }
+            chunk.drain(..at);
+        }
+        if send(&mut client_w, &chunk, &mut sent, &faults, &shared)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    let _ = client_w.shutdown().await;
+}
+
+impl ResponseTracker {
+    /// Walks one downstream chunk: response heads and bodies. Flips bytes in place; returns
+    /// the first stall point in the chunk (offset, duration).
+    fn walk(&mut self, chunk: &mut [u8], shared: &Shared) -> Option<(usize, Option<Duration>)> {
+        let mut stall_at = None;
+        let mut i = 0;
+        while i < chunk.len() {
+            i += match &mut self.body {
+                None => self.take_head(&chunk[i..], shared),
+                Some(body) => {
+                    let (m, stall) = body.take(&mut chunk[i..], shared);
+                    if stall_at.is_none() {
+                        stall_at = stall.map(|(at, d)| (i + at, d));
+                    }
+                    if body.remaining == Some(0) {
+                        self.body = None;
+                    }
+                    m
+                }
+            };
+        }
+        stall_at
+    }
+
+    /// Adds bytes to the pending response head; at its end, starts the body (numbered, with
+    /// the faults of this moment). Returns how many bytes of `data` were the head's.
+    fn take_head(&mut self, data: &[u8], shared: &Shared) -> usize {
+        let before = self.head.len();
+        self.head.extend_from_slice(data);
+        let Some(end) = find(&self.head, b"\r\n\r\n") else {
+            return data.len();
+        };
+        let body_len = body_length(&self.head[..end]);
+        self.head.clear();
+        let number = shared.responses.fetch_add(1, Ordering::SeqCst);
+        self.body = (body_len != Some(0)).then(|| Body {
+            number,
+            pos: 0,
+            remaining: body_len,
+            faults: lock(&shared.faults).clone(),
+        });
+        end + 4 - before
+    }
+}
+
+impl Body {
+    /// Takes the part of `data` that belongs to this body: flips a byte in it if the faults
+    /// say so, and returns its length and the stall point in it (offset, duration).
+    fn take(
+        &mut self,
+        data: &mut [u8],
+        shared: &Shared,
+    ) -> (usize, Option<(usize, Option<Duration>)>) {
+        let avail = data.len() as u64;
+        let m = self.remaining.map_or(avail, |r| r.min(avail));
+        let range = self.pos..self.pos + m;
+        if let Some(flip) = self.faults.flip.as_ref() {
+            if self.number < flip.responses && range.contains(&flip.body_offset) {
+                data[(flip.body_offset - range.start) as usize] ^= 0xff;
+                shared.flips.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let stall = self.faults.stall.as_ref().and_then(|stall| {
+            (self.number < stall.responses && range.contains(&stall.after_body_bytes)).then(|| {
+                (
+                    (stall.after_body_bytes - range.start) as usize,
+                    stall.duration,
+                )
+            })
+        });
+        self.pos = range.end;
+        if let Some(r) = self.remaining.as_mut() {
+            *r -= m;
+        }
+        (m as usize, stall)
+    }
+}
+
 /// Writes downstream, honouring `cut_every`; an error means the connection is finished.
 async fn send(
-    client_w: &mut tokio::net::tcp::OwnedWriteHalf,
+    client_w: &mut OwnedWriteHalf,
     data: &[u8],
     sent: &mut u64,
     faults: &Faults,

@@ -1,6 +1,6 @@
 //! Fixture releases: real tar.zst artifacts, a manifest built from qx-core's types, signed with
 //! a real minisign key, published to a server over HTTP multipart exactly as `qx-publish`
-//! does (`POST /api/v1/{product}/publish`, parts `manifest`, `signature`, then one part per
+//! does (`POST` to [`ServerUrl::publish`], parts `manifest`, `signature`, then one part per
 //! artifact named by the artifact name, `Authorization: Bearer <token>`).
 //!
 //! Also [`tar_zst`] for hand-made (hostile) archives and [`StaticServer`], a one-route HTTP
@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::{bail, Context};
+use qx_core::api::ServerUrl;
+use qx_core::fs::WriteOptions;
 use qx_core::{
     ArtifactName, ChannelName, Component, ComponentKind, ComponentName, InstallPath, KeyPair,
     Manifest, Permissions, ProductName, Requirement, ServiceName, Sha256, SigningKey, UpdateType,
@@ -34,7 +36,11 @@ impl FixtureKey {
         let kp = KeyPair::generate()?;
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("release.key");
-        std::fs::write(&path, &kp.secret_key_file)?;
+        let secret = WriteOptions {
+            mode: 0o600,
+            no_clobber: true,
+        };
+        qx_core::fs::write_atomic_with(&path, kp.secret_key_file.as_bytes(), secret)?;
         let key = SigningKey::from_file(&path)?;
         Ok(Self {
             key,
@@ -234,6 +240,38 @@ impl ComponentSpec {
         self
     }
 
+    /// This component's manifest entry for its artifact `bytes` (`<name>.tar.zst`).
+    fn manifest_entry(&self, version: &Version, bytes: &[u8]) -> anyhow::Result<Component> {
+        Ok(Component {
+            name: ComponentName::new(self.name.clone())?,
+            version: version.clone(),
+            artifact: ArtifactName::new(format!("{}.tar.zst", self.name))?,
+            sha256: Sha256::of(bytes),
+            size_bytes: bytes.len() as u64,
+            install_path: InstallPath::new(self.install_path.clone())?,
+            kind: self.kind,
+            restart_service: self
+                .restart_service
+                .clone()
+                .map(ServiceName::new)
+                .transpose()?,
+            backup_before_update: self.backup_before_update,
+            permissions: self.permissions.map(Permissions::new).transpose()?,
+            requires: self
+                .requires
+                .iter()
+                .map(|(n, v)| {
+                    Ok(Requirement {
+                        name: ComponentName::new(n.clone())?,
+                        min_version: Version::parse(v)?,
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?,
+            migrate_command: self.migrate_command.clone(),
+            health_command: self.health_command.clone(),
+        })
+    }
+
     fn archive(&self) -> anyhow::Result<Vec<u8>> {
         match &self.content {
             Content::Raw(b) => Ok(b.clone()),
@@ -318,36 +356,9 @@ impl ReleaseSpec {
         let mut artifacts = Vec::new();
         for c in &self.components {
             let bytes = c.archive()?;
-            let artifact = format!("{}.tar.zst", c.name);
-            components.push(Component {
-                name: ComponentName::new(c.name.clone())?,
-                version: version.clone(),
-                artifact: ArtifactName::new(artifact.clone())?,
-                sha256: Sha256::of(&bytes),
-                size_bytes: bytes.len() as u64,
-                install_path: InstallPath::new(c.install_path.clone())?,
-                kind: c.kind,
-                restart_service: c
-                    .restart_service
-                    .clone()
-                    .map(ServiceName::new)
-                    .transpose()?,
-                backup_before_update: c.backup_before_update,
-                permissions: c.permissions.map(Permissions::new).transpose()?,
-                requires: c
-                    .requires
-                    .iter()
-                    .map(|(n, v)| {
-                        Ok(Requirement {
-                            name: ComponentName::new(n.clone())?,
-                            min_version: Version::parse(v)?,
-                        })
-                    })
-                    .collect::<anyhow::Result<Vec<_>>>()?,
-                migrate_command: c.migrate_command.clone(),
-                health_command: c.health_command.clone(),
-            });
-            artifacts.push((artifact, bytes));
+            let component = c.manifest_entry(&version, &bytes)?;
+            artifacts.push((component.artifact.to_string(), bytes));
+            components.push(component);
         }
         let now = jiff::Timestamp::now();
         let (release_date, expires) = if self.expires_in.is_negative() {
@@ -408,7 +419,7 @@ pub struct BuiltRelease {
 }
 
 impl BuiltRelease {
-    /// Publishes to `server_url` (`POST /api/v1/{product}/publish`); returns the HTTP status.
+    /// Publishes to `server_url` (`POST` to [`ServerUrl::publish`]); returns the HTTP status.
     /// Errors when the server answers anything but 200/201.
     pub fn publish(&self, server_url: &str, token: &str) -> anyhow::Result<u16> {
         let status = self.publish_raw(server_url, token)?;
@@ -442,7 +453,7 @@ impl BuiltRelease {
                 reqwest::blocking::multipart::Part::bytes(bytes.clone()).file_name(name.clone()),
             );
         }
-        let url = format!("{server_url}/api/v1/{}/publish", self.manifest.product);
+        let url = ServerUrl::new(server_url).publish(&self.manifest.product);
         let resp = reqwest::blocking::Client::new()
             .post(&url)
             .bearer_auth(token)
@@ -531,7 +542,7 @@ impl Drop for StaticServer {
     }
 }
 
-/// Where a release lives in a server's release directory (seed 000 layout).
+/// Where a release lives in a server's release directory (docs/spec.md §3).
 pub fn release_path(
     release_dir: &std::path::Path,
     product: &str,

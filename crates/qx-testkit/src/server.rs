@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
+use qx_core::api::ServerUrl;
 use qx_server::Config;
 
 /// A running `qx-update-server` on `127.0.0.1:<port>`.
@@ -84,6 +85,11 @@ impl TestServer {
     /// The base URL, e.g. `http://127.0.0.1:41234`.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The server's URLs (routes of `qx_core::api`).
+    pub fn api(&self) -> ServerUrl {
+        ServerUrl::new(&self.url)
     }
 
     pub fn addr(&self) -> SocketAddr {
