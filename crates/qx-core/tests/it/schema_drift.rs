@@ -1,5 +1,5 @@
 //! The committed JSON Schema must be what the types generate. Regenerate with
-//! `UPDATE_SCHEMA=1 cargo test -p qx-core --test schema_drift`.
+//! `UPDATE_SCHEMA=1 cargo test -p qx-core --test it schema_drift`.
 
 use std::path::PathBuf;
 
@@ -14,6 +14,6 @@ fn committed_schema_matches_types() {
     assert!(
         committed == generated,
         "schema/manifest.schema.json is out of date with the manifest types; \
-         run `UPDATE_SCHEMA=1 cargo test -p qx-core --test schema_drift` and commit the result"
+         run `UPDATE_SCHEMA=1 cargo test -p qx-core --test it schema_drift` and commit the result"
     );
 }

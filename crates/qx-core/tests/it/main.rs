@@ -1,0 +1,4 @@
+//! qx-core's integration tests: one binary, one module per area.
+
+mod minisign_cli;
+mod schema_drift;
