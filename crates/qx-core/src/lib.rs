@@ -5,6 +5,8 @@
 //! rule is written once and enforced the same way everywhere.
 
 pub mod api;
+pub mod channel;
+mod document;
 pub mod fs;
 pub mod hash;
 pub mod history;
@@ -18,6 +20,7 @@ pub mod status;
 pub mod update_log;
 pub mod version;
 
+pub use channel::{ChannelError, ChannelState, ReleaseEntry, Revocation, RevokeAction};
 pub use hash::{Sha256, Sha256Hasher};
 pub use history::{HistoryEntry, Outcome, UpdateKind};
 pub use manifest::{

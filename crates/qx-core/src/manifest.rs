@@ -8,6 +8,8 @@ use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::document::{parse_json, schema_text, to_signed_bytes, ParseFailure};
+pub use crate::document::{Problem, UnknownFields};
 use crate::hash::Sha256;
 use crate::names::{
     ArtifactName, ChannelName, ComponentName, InstallPath, Permissions, ProductName, ServiceName,
@@ -137,24 +139,6 @@ pub enum TargetSlot {
     B,
 }
 
-/// One broken rule, with where it is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Problem {
-    /// JSON path, e.g. `components[1].install_path`.
-    pub path: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("manifest is not valid JSON: {0}")]
@@ -191,49 +175,27 @@ impl ManifestError {
     }
 }
 
-/// How unknown fields are treated: the server refuses them (typos must not ship), agents
-/// ignore them (old agents keep working with new servers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UnknownFields {
-    Reject,
-    Ignore,
+impl From<ParseFailure> for ManifestError {
+    fn from(failure: ParseFailure) -> Self {
+        match failure {
+            ParseFailure::Syntax(m) => ManifestError::Syntax(m),
+            ParseFailure::Structure { path, message } => ManifestError::Structure { path, message },
+            ParseFailure::UnknownFields(f) => ManifestError::UnknownFields(f),
+        }
+    }
 }
 
 impl Manifest {
     /// Parses and validates manifest bytes.
     pub fn parse(bytes: &[u8], unknown: UnknownFields) -> Result<Self, ManifestError> {
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let mut ignored = Vec::new();
-        let mut on_ignored = |path: serde_ignored::Path<'_>| ignored.push(path.to_string());
-        let tracked = serde_ignored::Deserializer::new(&mut de, &mut on_ignored);
-        let manifest: Manifest = match serde_path_to_error::deserialize(tracked) {
-            Ok(m) => m,
-            Err(e) => {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                return Err(if inner.is_syntax() || inner.is_eof() {
-                    ManifestError::Syntax(inner.to_string())
-                } else {
-                    ManifestError::Structure {
-                        path,
-                        message: strip_position(&inner.to_string()),
-                    }
-                });
-            }
-        };
-        de.end().map_err(|e| ManifestError::Syntax(e.to_string()))?;
-        if unknown == UnknownFields::Reject && !ignored.is_empty() {
-            return Err(ManifestError::UnknownFields(ignored));
-        }
+        let manifest: Manifest = parse_json(bytes, unknown).map_err(ManifestError::from)?;
         manifest.validate().map_err(ManifestError::Invalid)?;
         Ok(manifest)
     }
 
     /// Serialises the manifest as the bytes that get signed (pretty JSON, trailing newline).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
-        out.push(b'\n');
-        out
+        to_signed_bytes(self)
     }
 
     /// Every rule between fields; all broken ones at once, group by group: the release, the
@@ -291,19 +253,9 @@ fn overlaps(a: &str, b: &str) -> bool {
     a == b || b.starts_with(&format!("{a}/")) || a.starts_with(&format!("{b}/"))
 }
 
-fn strip_position(message: &str) -> String {
-    match message.find(" at line ") {
-        Some(i) => message[..i].to_owned(),
-        None => message.to_owned(),
-    }
-}
-
 /// The JSON Schema of the manifest, generated from the types.
 pub fn json_schema() -> String {
-    let schema = schemars::schema_for!(Manifest);
-    let mut out = serde_json::to_string_pretty(&schema).unwrap_or_default();
-    out.push('\n');
-    out
+    schema_text(&schemars::schema_for!(Manifest))
 }
 
 mod rules;
