@@ -24,19 +24,18 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use qx_core::fs::{
+    copy_durable, fsync_dir, fsync_tree, remove_any, swap_into_place, under_root, write_atomic,
+};
 use qx_core::status::{HistoryEntry, Outcome, UpdateState};
-use qx_core::{ArtifactRef, ComponentKind, Version};
+use qx_core::{ArtifactRef, ComponentKind, UpdateLog, Version};
 use serde::{Deserialize, Serialize};
 
 use crate::check::{self, download_options};
 use crate::download::{free_space, Downloader};
 use crate::extract;
-use crate::journal::{
-    copy_durable, crash_point, fsync_dir, fsync_tree, remove_any, swap_into_place, write_atomic,
-    Entry, Journal, OpKind, Phase,
-};
+use crate::journal::{crash_point, Entry, Journal, OpKind, Phase};
 use crate::service::{self, ServiceManager};
-use crate::updatelog::UpdateLog;
 use crate::{Agent, AgentError, HostPaths};
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -98,14 +97,17 @@ pub fn lock(paths: &HostPaths) -> Result<ApplyLock, AgentError> {
         .write(true)
         .open(&paths.lock)
         .map_err(AgentError::io(&paths.lock))?;
-    let got =
-        fs4::fs_std::FileExt::try_lock_exclusive(&file).map_err(AgentError::io(&paths.lock))?;
-    if !got {
-        return Err(AgentError::Busy {
+    use rustix::fs::{flock, FlockOperation};
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(ApplyLock { _file: file }),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(AgentError::Busy {
             lock: paths.lock.clone(),
-        });
+        }),
+        Err(e) => Err(AgentError::Io {
+            path: paths.lock.clone(),
+            source: e.into(),
+        }),
     }
-    Ok(ApplyLock { _file: file })
 }
 
 fn new_operation_id() -> String {
@@ -282,7 +284,7 @@ fn apply_locked(tx: &mut Tx<'_>, opts: &ApplyOptions, op: &str) -> Result<ApplyR
     let backup_dir = paths.backup.join(&version);
     let mut entries = Vec::new();
     for c in &verified.to_apply {
-        let target = c.install_path.under(&paths.root);
+        let target = under_root(&paths.root, c.install_path.as_path());
         let parent = target.parent().unwrap_or(&paths.root).to_path_buf();
         let base = target
             .file_name()
@@ -1079,13 +1081,11 @@ pub(crate) fn download_artifacts(
         });
     }
     let downloader = Downloader::new(download_options(config))?;
+    let server = config.server();
     let status = agent.status_handle();
     let mut paths = Vec::with_capacity(artifacts.len());
     for a in artifacts {
-        let url = format!(
-            "{}/api/v1/{}/releases/{}/{}?channel={}",
-            config.server_url, config.product, version, a.artifact, config.channel
-        );
+        let url = server.artifact(&config.product, version, &a.artifact, &config.channel);
         log.line(&format!("download {url}"));
         let path = downloader.fetch(&url, dir, a, &mut |p| {
             status.set_state(UpdateState::Downloading {

@@ -7,14 +7,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use base64::Engine;
+use qx_core::api::SIGNATURE_HEADER;
 use qx_core::{Component, Manifest, SignatureError, UnknownFields, Version};
 use serde::Serialize;
 
 use crate::download::{DownloadError, DownloadOptions, Downloader};
 use crate::{Agent, AgentError, ApplyOptions, Config};
-
-/// The header carrying the base64 of the `.minisig` file.
-pub const SIGNATURE_HEADER: &str = "x-qx-signature";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckReport {
@@ -62,10 +60,7 @@ pub fn download_options(config: &Config) -> DownloadOptions {
 }
 
 pub fn manifest_url(config: &Config) -> String {
-    format!(
-        "{}/api/v1/{}/manifest?channel={}",
-        config.server_url, config.product, config.channel
-    )
+    config.server().manifest(&config.product, &config.channel)
 }
 
 /// Fetches and verifies the manifest; see the module documentation.
@@ -348,7 +343,7 @@ fn write_seen(path: &Path, seen: &BTreeMap<String, String>) -> Result<(), AgentE
         path: path.to_owned(),
         source: std::io::Error::other(e),
     })?;
-    crate::journal::write_atomic(path, &bytes)
+    Ok(qx_core::fs::write_atomic(path, &bytes)?)
 }
 
 impl CheckReport {

@@ -122,7 +122,7 @@ fn print_json<T: serde::Serialize>(v: &T) {
 
 fn load_config(config: Option<&Path>, root: &Path) -> Result<Config, AgentError> {
     let path = config.map(Path::to_owned).unwrap_or_else(|| {
-        crate::config::under(root, Path::new(crate::config::DEFAULT_CONFIG_PATH))
+        qx_core::fs::under_root(root, Path::new(crate::config::DEFAULT_CONFIG_PATH))
     });
     Ok(Config::load_under(&path, root)?)
 }

@@ -40,7 +40,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jiff::civil::{DateTime, Time, Weekday};
-use qx_core::{ChannelName, ProductName, TrustedKeys};
+use qx_core::fs::under_root;
+use qx_core::{parse_rate, parse_size, ChannelName, ProductName, TrustedKeys};
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -217,6 +218,11 @@ fn yes() -> bool {
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/limiquantix/node.yaml";
 
 impl Config {
+    /// The URLs of the configured update server.
+    pub fn server(&self) -> qx_core::api::ServerUrl {
+        qx_core::api::ServerUrl::new(&self.server_url)
+    }
+
     /// Reads and validates `path` (a path on this machine, already resolved). Trusted key
     /// files are resolved under `/`; use [`Config::load_under`] for a root prefix.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -296,7 +302,7 @@ impl Config {
             let key = format!("trusted_keys[{i}]");
             let e = entry.trim();
             let added = if e.starts_with('/') || e.starts_with('.') {
-                let p = under(root, Path::new(e));
+                let p = under_root(root, Path::new(e));
                 trusted_keys.add_file(&p)
             } else {
                 trusted_keys.add(e)
@@ -313,9 +319,9 @@ impl Config {
         let bandwidth_limit = raw
             .bandwidth_limit
             .as_deref()
-            .map(parse_rate)
+            .map(bytes_per_second)
             .transpose()
-            .map_err(|m| invalid("bandwidth_limit", m))?;
+            .map_err(|e| invalid("bandwidth_limit", e.to_string()))?;
 
         let d = DownloadSettings::default();
         let download = match raw.download {
@@ -371,9 +377,9 @@ impl Config {
         }
         let api = ApiConfig {
             listen,
-            tls_cert: raw_api.tls_cert.map(|p| under(root, &p)),
-            tls_key: raw_api.tls_key.map(|p| under(root, &p)),
-            token_file: under(
+            tls_cert: raw_api.tls_cert.map(|p| under_root(root, &p)),
+            tls_key: raw_api.tls_key.map(|p| under_root(root, &p)),
+            token_file: under_root(
                 root,
                 &raw_api
                     .token_file
@@ -424,10 +430,10 @@ impl Config {
             None => 4 << 30,
             Some(RawSize::Number(n)) => n,
             Some(RawSize::Text(t)) => {
-                parse_size(&t).map_err(|m| invalid("max_unpacked_bytes", m))?
+                parse_size(&t).map_err(|e| invalid("max_unpacked_bytes", e.to_string()))?
             }
         };
-        let log_path = under(
+        let log_path = under_root(
             root,
             &raw.log_path
                 .unwrap_or_else(|| PathBuf::from("/var/log/quantix/update.log")),
@@ -465,56 +471,14 @@ impl Config {
     }
 }
 
-/// A host path below a root prefix: `/x/y` under `/tmp/h` is `/tmp/h/x/y`; a relative path
-/// is taken relative to the root too.
-pub fn under(root: &Path, path: &Path) -> PathBuf {
-    let rel = path.strip_prefix("/").unwrap_or(path);
-    root.join(rel)
-}
-
-/// `"10MiB/s"`, `"500KB/s"`, `"1000000"` (bytes per second).
-pub fn parse_rate(text: &str) -> Result<u64, String> {
+/// A rate such as `10MiB/s`; a bare size (`1000000`) is bytes per second too.
+fn bytes_per_second(text: &str) -> Result<u64, qx_core::SizeError> {
     let t = text.trim();
-    let t = t.strip_suffix("/s").unwrap_or(t);
-    let n = parse_size(t).map_err(|_| {
-        format!("{text:?} is not a rate such as \"10MiB/s\", \"500KB/s\" or a number of bytes per second")
-    })?;
-    if n == 0 {
-        return Err("must be more than 0 bytes per second (leave it out for no limit)".into());
+    if t.ends_with("/s") {
+        parse_rate(t)
+    } else {
+        parse_rate(&format!("{t}/s"))
     }
-    Ok(n)
-}
-
-/// `"4GiB"`, `"500MB"`, `"123"` (bytes).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "K" | "KB" | "k" | "kB" => 1_000,
-        "KiB" => 1 << 10,
-        "M" | "MB" => 1_000_000,
-        "MiB" => 1 << 20,
-        "G" | "GB" => 1_000_000_000,
-        "GiB" => 1 << 30,
-        "T" | "TB" => 1_000_000_000_000,
-        "TiB" => 1 << 40,
-        other => {
-            return Err(format!(
-                "{text:?}: unknown unit {other:?} (use B, KB, KiB, MB, MiB, GB, GiB)"
-            ))
-        }
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size such as \"4GiB\" or a number of bytes"))?;
-    if !n.is_finite() || n < 0.0 {
-        return Err(format!("{text:?} is not a valid size"));
-    }
-    Ok((n * mult as f64) as u64)
 }
 
 /// A recurring local-time window in which automatic updates may be applied:
@@ -719,6 +683,16 @@ mod tests {
         assert_eq!(parse_rate("500KB/s"), Ok(500_000));
         assert!(parse_rate("fast").is_err());
         assert_eq!(parse_size("4GiB"), Ok(4 << 30));
+    }
+
+    #[test]
+    fn max_unpacked_bytes_4g_is_4_gib_and_4gb_is_4_billion() {
+        let c = parse("  max_unpacked_bytes: 4G\n").expect("config");
+        assert_eq!(c.max_unpacked_bytes, 4 << 30);
+        let c = parse("  max_unpacked_bytes: 4GB\n").expect("config");
+        assert_eq!(c.max_unpacked_bytes, 4_000_000_000);
+        let c = parse("  bandwidth_limit: 1M/s\n").expect("config");
+        assert_eq!(c.bandwidth_limit, Some(1 << 20));
     }
 
     #[test]

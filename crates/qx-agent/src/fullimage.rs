@@ -26,13 +26,12 @@ use std::path::PathBuf;
 
 use qx_boot::install::InstalledFile;
 use qx_boot::{AbState, ImageFile, InstallRequest, Sha256Digest, Slot};
+use qx_core::fs::remove_any;
 use qx_core::status::{HistoryEntry, Outcome, UpdateState};
-use qx_core::{ArtifactRef, FullImage, Manifest, TargetSlot, Version};
+use qx_core::{ArtifactRef, FullImage, Manifest, TargetSlot, UpdateLog, Version};
 use serde::Serialize;
 
 use crate::check::ComponentChange;
-use crate::journal::remove_any;
-use crate::updatelog::UpdateLog;
 use crate::{Agent, AgentError, ApplyOptions, ApplyReport, CheckReport};
 
 /// The name under which the system image appears in check reports, history and status.

@@ -19,7 +19,6 @@ pub mod journal;
 pub mod service;
 pub mod state;
 pub mod tls;
-pub mod updatelog;
 pub mod web;
 pub mod window;
 
@@ -66,7 +65,7 @@ impl HostPaths {
 
     /// A host path (absolute, as on the real machine) below the root.
     pub fn host(&self, path: &Path) -> PathBuf {
-        config::under(&self.root, path)
+        qx_core::fs::under_root(&self.root, path)
     }
 
     /// The installed versions (`/data/versions/<component>`, one line each).
@@ -186,6 +185,8 @@ pub enum AgentError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Fs(#[from] qx_core::fs::FsError),
     #[error("system image {version}: {source}")]
     SystemImage {
         version: String,
@@ -206,7 +207,7 @@ impl AgentError {
     /// The process exit code for this error (documented in `qx-update --help`).
     pub fn exit_code(&self) -> i32 {
         match self {
-            AgentError::Io { .. } | AgentError::Journal { .. } => 1,
+            AgentError::Io { .. } | AgentError::Fs(_) | AgentError::Journal { .. } => 1,
             AgentError::DowngradeMismatch { .. } | AgentError::UnknownComponent { .. } => 2,
             AgentError::Config(_) => 3,
             AgentError::Busy { .. } => 10,

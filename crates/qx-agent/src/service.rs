@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::config::{under, ServiceManagerKind};
+use qx_core::fs::under_root;
+
+use crate::config::ServiceManagerKind;
 use crate::journal::dev_ino;
 use crate::Config;
 
@@ -102,7 +104,7 @@ impl ServiceManager {
                 .flatten()
                 .filter(|p| *p != 0);
         }
-        let path = under(
+        let path = under_root(
             &self.root,
             Path::new(&self.pidfile.replace("{service}", service)),
         );
@@ -236,7 +238,8 @@ pub fn run(argv: &[String], root: &Path, cwd: Option<&Path>, timeout: Option<Dur
     let dir = cwd.unwrap_or(root);
     let mut cmd = if program.contains('/') && !program.starts_with('/') {
         Command::new(dir.join(program))
-    } else if let Some(host_path) = program.strip_prefix('/').map(|p| root.join(p)) {
+    } else if program.starts_with('/') {
+        let host_path = under_root(root, Path::new(program));
         // An absolute program is a host path: under `--root` the host's own file is used
         // when it exists there (a sandboxed host's /data/bin/x), else the system's.
         if root != Path::new("/") && host_path.exists() {
