@@ -126,7 +126,6 @@ pub fn run() -> Result<()> {
         let mut pipe_synced = Vec::new();
         let mut agent = Vec::new();
         let mut two_pass = Vec::new();
-        let mut stream = Vec::new();
         for i in 0..runs {
             eprintln!("bench apply: {} MB, run {}/{runs}", a.mb, i + 1);
             // Each contender starts with no dirty page left by the one before: an fsync would
@@ -145,9 +144,7 @@ pub fn run() -> Result<()> {
             );
             agent.push(m);
             settle()?;
-            two_pass.push(run_ours(work.path(), &url, &a.expected, Mode::TwoPass)?);
-            settle()?;
-            stream.push(run_ours(work.path(), &url, &a.expected, Mode::Streaming)?);
+            two_pass.push(run_ours(work.path(), &url, &a.expected)?);
         }
         rows.push(Row {
             mb: a.mb,
@@ -157,7 +154,6 @@ pub fn run() -> Result<()> {
             pipeline_synced: median(&mut pipe_synced),
             agent: summarize(agent),
             two_pass: summarize(two_pass),
-            stream: summarize(stream),
         });
     }
     drop(server);
@@ -194,7 +190,6 @@ struct Row {
     pipeline_synced: Duration,
     agent: Measured,
     two_pass: Measured,
-    stream: Measured,
 }
 
 /// One run of one of our contenders: its time and its process's peak resident memory.
@@ -408,17 +403,9 @@ fn run_pipeline(work: &Path, url: &str, expected: &ArtifactRef) -> Result<(Durat
     Ok((elapsed, synced))
 }
 
-#[derive(Clone, Copy)]
-enum Mode {
-    /// Download to a file (`fetch`), then extract from it: what the apply path does today.
-    TwoPass,
-    /// `fetch_into` a pipe read by an extraction thread: one pass.
-    Streaming,
-}
-
 /// Our download + verify + extract + install in a child process; the time is measured inside
 /// it (the child is this binary, whose start-up checks Debian packages: not the agent's cost).
-fn run_ours(work: &Path, url: &str, expected: &ArtifactRef, mode: Mode) -> Result<Measured> {
+fn run_ours(work: &Path, url: &str, expected: &ArtifactRef) -> Result<Measured> {
     let staging = work.join("ours-staging");
     let target_parent = work.join("ours-root");
     fresh_dir(&staging)?;
@@ -426,13 +413,6 @@ fn run_ours(work: &Path, url: &str, expected: &ArtifactRef, mode: Mode) -> Resul
     let out = Command::new(std::env::current_exe()?)
         .args(["bench", "apply"])
         .env(WORKER_ENV, "1")
-        .env(
-            "QX_BENCH_MODE",
-            match mode {
-                Mode::TwoPass => "two-pass",
-                Mode::Streaming => "streaming",
-            },
-        )
         .env("QX_BENCH_URL", url)
         .env("QX_BENCH_STAGING", &staging)
         .env("QX_BENCH_TARGET", target_parent.join("ui"))
@@ -474,43 +454,17 @@ fn worker() -> Result<()> {
         sha256: var("QX_BENCH_SHA256")?.parse()?,
         size_bytes: var("QX_BENCH_SIZE")?.parse()?,
     };
-    let streaming = var("QX_BENCH_MODE")? == "streaming";
     let extracted = staging.join("extracted");
     let start = Instant::now();
     let dl = qx_agent::download::Downloader::new(qx_agent::download::DownloadOptions::default())?;
-    if streaming {
-        fs::create_dir(&extracted)?;
-        let (mut reader, mut writer) = std::io::pipe()?;
-        let archive = staging.join(expected.artifact.as_str());
-        let dest = extracted.clone();
-        let unpacker = std::thread::spawn(move || -> Result<()> {
-            let result = zstd::Decoder::new(&mut reader)
-                .map_err(anyhow::Error::from)
-                .and_then(|dec| {
-                    qx_agent::extract::extract_tar(dec, &archive, &dest, 16 << 30)
-                        .map_err(anyhow::Error::from)
-                });
-            // Read to EOF whatever follows the archive's end (or after a failure).
-            std::io::copy(&mut reader, &mut std::io::sink())?;
-            result.map(|_| ())
-        });
-        let fetched = dl.fetch_into(&url, &staging, &expected, &mut |_| {}, &mut writer);
-        drop(writer);
-        let unpacked = unpacker
-            .join()
-            .map_err(|_| anyhow::anyhow!("the extraction thread panicked"))?;
-        fetched?;
-        unpacked?;
-    } else {
-        let archive = dl.fetch(&url, &staging, &expected, &mut |_| {})?;
-        let fetched = start.elapsed();
-        qx_agent::extract::extract_tar_zst(&archive, &extracted, 16 << 30)?;
-        eprintln!(
-            "bench apply worker: download + verify {:.3} s, extract {:.3} s",
-            fetched.as_secs_f64(),
-            (start.elapsed() - fetched).as_secs_f64()
-        );
-    }
+    let archive = dl.fetch(&url, &staging, &expected, &mut |_| {})?;
+    let fetched = start.elapsed();
+    qx_agent::extract::extract_tar_zst(&archive, &extracted, 16 << 30)?;
+    eprintln!(
+        "bench apply worker: download + verify {:.3} s, extract {:.3} s",
+        fetched.as_secs_f64(),
+        (start.elapsed() - fetched).as_secs_f64()
+    );
     // Only now, with the hash verified, does the tree go into place.
     fs::rename(&extracted, &target)?;
     if let Some(parent) = target.parent() {
@@ -614,10 +568,7 @@ fn render(rows: &[Row], runs: usize) -> String {
          - **core, two passes**: download + verify + extract + install only, as the apply path \
          does it: `Downloader::fetch` to a staging file, then the apply path's extractor from \
          that file, then a rename into place (the artifact is fsynced, the extracted files are \
-         not); timed inside a child process; VmHWM of that process.\n\
-         - **core, one pass**: the same with `Downloader::fetch_into`, whose bytes go through a \
-         pipe to an extraction thread while they arrive (extraction into staging; the rename \
-         into place waits for the hash).\n"
+         not); timed inside a child process; VmHWM of that process.\n"
     );
     let _ = writeln!(
         s,
@@ -645,7 +596,6 @@ fn render(rows: &[Row], runs: usize) -> String {
         for (name, m) in [
             ("qx-update apply", &r.agent),
             ("core, two passes", &r.two_pass),
-            ("core, one pass", &r.stream),
         ] {
             let _ = writeln!(
                 s,
@@ -689,14 +639,14 @@ fn render(rows: &[Row], runs: usize) -> String {
             let _ = writeln!(
                 s,
                 "\nPeak memory, {} MB → {} MB artifact ({:.0}× the data): qx-update apply {:.1} → {:.1} MiB, \
-                 core one pass {:.1} → {:.1} MiB: independent of the artifact's size.",
+                 core two passes {:.1} → {:.1} MiB: independent of the artifact's size.",
                 small.mb,
                 large.mb,
                 large.artifact_bytes as f64 / small.artifact_bytes as f64,
                 mib(small.agent.peak_kib),
                 mib(large.agent.peak_kib),
-                mib(small.stream.peak_kib),
-                mib(large.stream.peak_kib),
+                mib(small.two_pass.peak_kib),
+                mib(large.two_pass.peak_kib),
             );
         }
     }

@@ -169,16 +169,6 @@ fn extract_zst(
     result
 }
 
-/// Extracts a plain tar stream (see [`extract_tar_zst`]); `dest` must exist and be empty.
-pub fn extract_tar<R: Read>(
-    reader: R,
-    archive: &Path,
-    dest: &Path,
-    max_bytes: u64,
-) -> Result<ExtractStats, ExtractError> {
-    extract_inner(reader, archive, dest, max_bytes, None)
-}
-
 /// The extraction; each finished regular file goes to `synced` when given.
 fn extract_inner<R: Read>(
     reader: R,
