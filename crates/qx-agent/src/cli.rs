@@ -11,14 +11,14 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use qx_core::status::UpdateState;
 
-use crate::{Agent, AgentError, ApplyOptions, Config, EXIT_CODES};
+use crate::{exit_codes_help, Agent, AgentError, ApplyOptions, Config};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "qx-update",
     version,
     about = "Quantix OTA host agent: check, apply and roll back signed releases",
-    after_help = EXIT_CODES
+    after_help = exit_codes_help()
 )]
 pub struct Cli {
     /// Root prefix under which every host path is resolved (a whole host in a directory).

@@ -295,7 +295,8 @@ pub fn download(agent: &Agent, plan: &Plan, log: &mut UpdateLog) -> Result<Stage
         .chain(img.kernel.iter().cloned())
         .chain(img.initramfs.iter().cloned())
         .collect();
-    let downloaded = crate::apply::download_artifacts(agent, &plan.version, &dir, &files, log)?;
+    let downloaded =
+        crate::transaction::apply::download_artifacts(agent, &plan.version, &dir, &files, log)?;
     let got = downloaded
         .into_iter()
         .zip(&files)
@@ -438,7 +439,7 @@ pub fn maybe_reboot(
     if argv.first().is_none_or(|p| p.trim().is_empty()) {
         return Err(reboot_err("updates.reboot_command is empty".into()));
     }
-    let ran = crate::service::run(
+    let ran = crate::transaction::service::run(
         argv,
         agent.root(),
         None,

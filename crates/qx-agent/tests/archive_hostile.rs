@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use qx_agent::extract::{extract_tar_zst, ExtractError};
+use qx_agent::transaction::extract::{extract_tar_zst, ExtractError};
 use qx_agent::{Agent, AgentError, ApplyOptions, Config};
 use qx_testkit::host::{demo_binary, Lab};
 use qx_testkit::release::{tar_zst, ComponentSpec, Content, TarEntry};

@@ -12,9 +12,7 @@ use std::time::Duration;
 
 use api_support::*;
 use jiff::Zoned;
-use qx_agent::config::MaintenanceWindow;
-use qx_agent::daemon::{Clock, Runner, Scheduler, Step};
-use qx_agent::window::Policy;
+use qx_agent::daemon::{Clock, MaintenanceWindow, Policy, Runner, Scheduler, Step};
 use qx_core::status::Outcome;
 use qx_testkit::host::Lab;
 

@@ -11,9 +11,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use qx_agent::api::{self, ApiState};
+use qx_agent::daemon::api::{self, ApiState};
+use qx_agent::daemon::tls::{self, ApiToken};
 use qx_agent::daemon::Runner;
-use qx_agent::tls::{self, ApiToken};
 use qx_agent::{Agent, Config};
 use qx_testkit::host::{demo_binary, Lab};
 use qx_testkit::release::{BuiltRelease, ComponentSpec};

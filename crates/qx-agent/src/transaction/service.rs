@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use qx_core::fs::under_root;
 
 use crate::config::ServiceManagerKind;
-use crate::journal::dev_ino;
+use crate::transaction::journal::dev_ino;
 use crate::Config;
 
 /// Polling interval while waiting for a condition (bounded by a deadline).

@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
+use crate::daemon::tls::ApiToken;
 use crate::daemon::{RunError, Runner};
-use crate::tls::ApiToken;
 use crate::{AgentError, ApplyOptions};
 
 /// Shared state of the API handlers.
@@ -408,7 +408,7 @@ pub fn router(state: ApiState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(api)
-        .merge(crate::web::router())
+        .merge(crate::daemon::web::router())
         .with_state(state)
 }
 

@@ -19,7 +19,6 @@
 //! Recovery (at every start): `prepared` → remove temporaries; `installing`/`rolling_back` →
 //! restore every file from backup; `migrated` → roll forward from step 6.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -33,9 +32,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::check::{self, download_options};
 use crate::download::{free_space, Downloader};
-use crate::extract;
-use crate::journal::{crash_point, Entry, Journal, OpKind, Phase};
-use crate::service::{self, ServiceManager};
+use crate::transaction::extract;
+use crate::transaction::journal::{crash_point, Entry, Journal, OpKind, Phase};
+use crate::transaction::service::{self, ServiceManager};
 use crate::{Agent, AgentError, HostPaths};
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -1047,11 +1046,6 @@ fn finish_rollback_op(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, A
         }
         Some(reason) => Err(AgentError::RollbackFailed { reason }),
     }
-}
-
-/// Installed versions as a map (for reports).
-pub fn installed(paths: &HostPaths) -> BTreeMap<String, String> {
-    paths.installed_versions()
 }
 
 /// Downloads artifacts of release `version` (of the configured product and channel, which the
