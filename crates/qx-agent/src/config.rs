@@ -1,5 +1,5 @@
-//! Agent configuration: the `updates:` section of `/etc/limiquantix/node.yaml` (seed 000 keys
-//! plus SPEC §4's). Other top-level sections of the file belong to other programs and are
+//! Agent configuration: the `updates:` section of `/etc/limiquantix/node.yaml` (the base keys
+//! plus docs/spec.md §4's). Other top-level sections of the file belong to other programs and are
 //! ignored; inside `updates:` an unknown key is an error that names it.
 //!
 //! ```yaml
@@ -243,184 +243,54 @@ impl Config {
             path: source.to_owned(),
             message: e.to_string(),
         })?;
-        let raw = raw.updates.ok_or_else(|| ConfigError::NoUpdatesSection {
+        let mut raw = raw.updates.ok_or_else(|| ConfigError::NoUpdatesSection {
             path: source.to_owned(),
         })?;
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
-            path: source.to_owned(),
-            key: key.to_owned(),
-            message,
-        };
-        let duration = |key: &str, v: &Option<String>, default: Duration| match v {
-            None => Ok(default),
-            Some(s) => humantime::parse_duration(s.trim()).map_err(|e| {
-                invalid(
-                    key,
-                    format!("{s:?} is not a duration such as \"30s\", \"1h\": {e}"),
-                )
-            }),
-        };
-
-        let server_url = raw.server_url.ok_or_else(|| {
-            invalid(
-                "server_url",
-                "is required (e.g. \"https://updates.example:9000\")".into(),
-            )
-        })?;
-        let url = reqwest::Url::parse(&server_url)
-            .map_err(|e| invalid("server_url", format!("{server_url:?} is not a URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(invalid(
-                "server_url",
-                format!("{server_url:?} must be an http:// or https:// URL with a host"),
-            ));
-        }
-        let server_url = server_url.trim_end_matches('/').to_owned();
-
-        let channel = ChannelName::new(raw.channel.unwrap_or_else(|| "stable".into()))
-            .map_err(|e| invalid("channel", e.to_string()))?;
-        let product = ProductName::new(raw.product.unwrap_or_else(|| "quantix-os".into()))
-            .map_err(|e| invalid("product", e.to_string()))?;
-        let check_interval = duration(
+        let at = Keys { source };
+        let server_url = at.server_url(raw.server_url.take())?;
+        let channel = ChannelName::new(raw.channel.take().unwrap_or_else(|| "stable".into()))
+            .map_err(|e| at.invalid("channel", e.to_string()))?;
+        let product = ProductName::new(raw.product.take().unwrap_or_else(|| "quantix-os".into()))
+            .map_err(|e| at.invalid("product", e.to_string()))?;
+        let check_interval = at.duration(
             "check_interval",
             &raw.check_interval,
             Duration::from_secs(3600),
         )?;
         if check_interval.is_zero() {
-            return Err(invalid("check_interval", "must be longer than 0s".into()));
+            return Err(at.invalid("check_interval", "must be longer than 0s".into()));
         }
-
-        if raw.trusted_keys.is_empty() {
-            return Err(invalid(
-                "trusted_keys",
-                "no trusted public keys are configured; add the publisher's minisign public key (its base64 line or the path of its .pub file)".into(),
-            ));
-        }
-        let mut trusted_keys = TrustedKeys::new();
-        for (i, entry) in raw.trusted_keys.iter().enumerate() {
-            let key = format!("trusted_keys[{i}]");
-            let e = entry.trim();
-            let added = if e.starts_with('/') || e.starts_with('.') {
-                let p = under_root(root, Path::new(e));
-                trusted_keys.add_file(&p)
-            } else {
-                trusted_keys.add(e)
-            };
-            added.map_err(|err| invalid(&key, err.to_string()))?;
-        }
-
+        let trusted_keys = at.trusted_keys(&raw.trusted_keys, root)?;
         let maintenance_window = raw
             .maintenance_window
             .as_deref()
             .map(crate::daemon::MaintenanceWindow::parse)
             .transpose()
-            .map_err(|m| invalid("maintenance_window", m))?;
+            .map_err(|m| at.invalid("maintenance_window", m))?;
         let bandwidth_limit = raw
             .bandwidth_limit
             .as_deref()
             .map(bytes_per_second)
             .transpose()
-            .map_err(|e| invalid("bandwidth_limit", e.to_string()))?;
-
-        let d = DownloadSettings::default();
-        let download = match raw.download {
-            None => d,
-            Some(r) => {
-                let s = DownloadSettings {
-                    max_attempts: r.max_attempts.unwrap_or(d.max_attempts),
-                    initial_backoff: duration(
-                        "download.initial_backoff",
-                        &r.initial_backoff,
-                        d.initial_backoff,
-                    )?,
-                    max_backoff: duration("download.max_backoff", &r.max_backoff, d.max_backoff)?,
-                    connect_timeout: duration(
-                        "download.connect_timeout",
-                        &r.connect_timeout,
-                        d.connect_timeout,
-                    )?,
-                    stall_timeout: duration(
-                        "download.stall_timeout",
-                        &r.stall_timeout,
-                        d.stall_timeout,
-                    )?,
-                };
-                if s.max_attempts == 0 {
-                    return Err(invalid(
-                        "download.max_attempts",
-                        "must be at least 1".into(),
-                    ));
-                }
-                s
-            }
-        };
-
-        let raw_api = raw.api.unwrap_or(RawApi {
-            listen: None,
-            tls_cert: None,
-            tls_key: None,
-            token_file: None,
-        });
-        let listen_text = raw_api.listen.unwrap_or_else(|| "0.0.0.0:8443".into());
-        let listen: SocketAddr = listen_text.parse().map_err(|e| {
-            invalid(
-                "api.listen",
-                format!("{listen_text:?} is not an address such as \"0.0.0.0:8443\": {e}"),
-            )
-        })?;
-        if raw_api.tls_cert.is_some() != raw_api.tls_key.is_some() {
-            return Err(invalid(
-                "api",
-                "tls_cert and tls_key must be given together (or neither, for a self-signed certificate)".into(),
-            ));
-        }
-        let api = ApiConfig {
-            listen,
-            tls_cert: raw_api.tls_cert.map(|p| under_root(root, &p)),
-            tls_key: raw_api.tls_key.map(|p| under_root(root, &p)),
-            token_file: under_root(
-                root,
-                &raw_api
-                    .token_file
-                    .unwrap_or_else(|| PathBuf::from("/etc/limiquantix/update-api-token")),
-            ),
-        };
-
+            .map_err(|e| at.invalid("bandwidth_limit", e.to_string()))?;
+        let download = at.download(raw.download.take())?;
+        let api = at.api(raw.api.take(), root)?;
+        let ab = at.commands_and_ab(&mut raw)?;
         let service_manager = raw.service_manager.unwrap_or(ServiceManagerKind::Openrc);
-        let check_argv = |key: &str, v: &Option<Vec<String>>| match v {
-            Some(argv) if argv.is_empty() || argv[0].trim().is_empty() => Err(invalid(
-                key,
-                "must name a program (a non-empty argv list)".into(),
-            )),
-            _ => Ok(()),
-        };
-        check_argv("restart_command", &raw.restart_command)?;
-        check_argv("pid_command", &raw.pid_command)?;
-        check_argv("reboot_command", &raw.reboot_command)?;
-        // Through JSON: the documented shape of a slot (`{device: …}` / `{path: …}`) is a
-        // one-key map, which a YAML deserializer reads only as a `!tag`. Unknown keys are
-        // refused (AbConfig denies them).
-        let ab: qx_boot::AbConfig = match raw.ab {
-            None | Some(serde_yaml_ng::Value::Null) => qx_boot::AbConfig::default(),
-            Some(v) => serde_json::to_value(&v)
-                .and_then(serde_json::from_value)
-                .map_err(|e| invalid("ab", e.to_string()))?,
-        };
-        ab.validate().map_err(|e| invalid("ab", e.to_string()))?;
         if service_manager == ServiceManagerKind::Command && raw.restart_command.is_none() {
-            return Err(invalid(
+            return Err(at.invalid(
                 "restart_command",
                 "service_manager `command` needs restart_command, e.g. [\"/usr/local/bin/restart\", \"{service}\"]".into(),
             ));
         }
         let pidfile = raw.pidfile.unwrap_or_else(|| "/run/{service}.pid".into());
         if !pidfile.starts_with('/') {
-            return Err(invalid(
+            return Err(at.invalid(
                 "pidfile",
                 format!("{pidfile:?} must be an absolute host path"),
             ));
         }
-        let verify_timeout = duration(
+        let verify_timeout = at.duration(
             "verify_timeout",
             &raw.verify_timeout,
             Duration::from_secs(10),
@@ -429,15 +299,14 @@ impl Config {
             None => 4 << 30,
             Some(RawSize::Number(n)) => n,
             Some(RawSize::Text(t)) => {
-                parse_size(&t).map_err(|e| invalid("max_unpacked_bytes", e.to_string()))?
+                parse_size(&t).map_err(|e| at.invalid("max_unpacked_bytes", e.to_string()))?
             }
         };
         let log_path = under_root(
             root,
             &raw.log_path
-                .unwrap_or_else(|| PathBuf::from("/var/log/quantix/update.log")),
+                .unwrap_or_else(|| PathBuf::from(qx_core::update_log::DEFAULT_UPDATE_LOG)),
         );
-
         Ok(Config {
             source: source.to_owned(),
             root: root.to_owned(),
@@ -467,6 +336,169 @@ impl Config {
                 .unwrap_or_else(|| vec!["/sbin/reboot".to_owned()]),
             ab,
         })
+    }
+}
+
+/// Reads the keys of one configuration file, naming the file and the key in every error.
+struct Keys<'a> {
+    source: &'a Path,
+}
+
+impl Keys<'_> {
+    fn invalid(&self, key: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.source.to_owned(),
+            key: key.to_owned(),
+            message,
+        }
+    }
+
+    /// A duration such as `30s` or `1h`; `default` when absent.
+    fn duration(
+        &self,
+        key: &str,
+        value: &Option<String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(s) => humantime::parse_duration(s.trim()).map_err(|e| {
+                self.invalid(
+                    key,
+                    format!("{s:?} is not a duration such as \"30s\", \"1h\": {e}"),
+                )
+            }),
+        }
+    }
+
+    /// `server_url`: required, http(s) with a host; kept without a trailing slash.
+    fn server_url(&self, value: Option<String>) -> Result<String, ConfigError> {
+        let server_url = value.ok_or_else(|| {
+            self.invalid(
+                "server_url",
+                "is required (e.g. \"https://updates.example:9000\")".into(),
+            )
+        })?;
+        let url = reqwest::Url::parse(&server_url)
+            .map_err(|e| self.invalid("server_url", format!("{server_url:?} is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(self.invalid(
+                "server_url",
+                format!("{server_url:?} must be an http:// or https:// URL with a host"),
+            ));
+        }
+        Ok(server_url.trim_end_matches('/').to_owned())
+    }
+
+    /// `trusted_keys`: at least one; a key line, or a `.pub` file read under `root`.
+    fn trusted_keys(&self, entries: &[String], root: &Path) -> Result<TrustedKeys, ConfigError> {
+        if entries.is_empty() {
+            return Err(self.invalid(
+                "trusted_keys",
+                "no trusted public keys are configured; add the publisher's minisign public key (its base64 line or the path of its .pub file)".into(),
+            ));
+        }
+        let mut trusted_keys = TrustedKeys::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let e = entry.trim();
+            let added = if e.starts_with('/') || e.starts_with('.') {
+                trusted_keys.add_file(&under_root(root, Path::new(e)))
+            } else {
+                trusted_keys.add(e)
+            };
+            added.map_err(|err| self.invalid(&format!("trusted_keys[{i}]"), err.to_string()))?;
+        }
+        Ok(trusted_keys)
+    }
+
+    /// `download`: the defaults for every key left out.
+    fn download(&self, raw: Option<RawDownload>) -> Result<DownloadSettings, ConfigError> {
+        let d = DownloadSettings::default();
+        let Some(r) = raw else {
+            return Ok(d);
+        };
+        let s = DownloadSettings {
+            max_attempts: r.max_attempts.unwrap_or(d.max_attempts),
+            initial_backoff: self.duration(
+                "download.initial_backoff",
+                &r.initial_backoff,
+                d.initial_backoff,
+            )?,
+            max_backoff: self.duration("download.max_backoff", &r.max_backoff, d.max_backoff)?,
+            connect_timeout: self.duration(
+                "download.connect_timeout",
+                &r.connect_timeout,
+                d.connect_timeout,
+            )?,
+            stall_timeout: self.duration(
+                "download.stall_timeout",
+                &r.stall_timeout,
+                d.stall_timeout,
+            )?,
+        };
+        if s.max_attempts == 0 {
+            return Err(self.invalid("download.max_attempts", "must be at least 1".into()));
+        }
+        Ok(s)
+    }
+
+    /// `api`: the listen address, TLS files (both or neither) and token file under `root`.
+    fn api(&self, raw: Option<RawApi>, root: &Path) -> Result<ApiConfig, ConfigError> {
+        let raw_api = raw.unwrap_or(RawApi {
+            listen: None,
+            tls_cert: None,
+            tls_key: None,
+            token_file: None,
+        });
+        let listen_text = raw_api.listen.unwrap_or_else(|| "0.0.0.0:8443".into());
+        let listen: SocketAddr = listen_text.parse().map_err(|e| {
+            self.invalid(
+                "api.listen",
+                format!("{listen_text:?} is not an address such as \"0.0.0.0:8443\": {e}"),
+            )
+        })?;
+        if raw_api.tls_cert.is_some() != raw_api.tls_key.is_some() {
+            return Err(self.invalid(
+                "api",
+                "tls_cert and tls_key must be given together (or neither, for a self-signed certificate)".into(),
+            ));
+        }
+        Ok(ApiConfig {
+            listen,
+            tls_cert: raw_api.tls_cert.map(|p| under_root(root, &p)),
+            tls_key: raw_api.tls_key.map(|p| under_root(root, &p)),
+            token_file: under_root(
+                root,
+                &raw_api
+                    .token_file
+                    .unwrap_or_else(|| PathBuf::from("/etc/limiquantix/update-api-token")),
+            ),
+        })
+    }
+
+    /// The argv keys (each must name a program) and the A/B section (`updates.ab`).
+    fn commands_and_ab(&self, raw: &mut RawUpdates) -> Result<qx_boot::AbConfig, ConfigError> {
+        let check_argv = |key: &str, v: &Option<Vec<String>>| match v {
+            Some(argv) if argv.is_empty() || argv[0].trim().is_empty() => {
+                Err(self.invalid(key, "must name a program (a non-empty argv list)".into()))
+            }
+            _ => Ok(()),
+        };
+        check_argv("restart_command", &raw.restart_command)?;
+        check_argv("pid_command", &raw.pid_command)?;
+        check_argv("reboot_command", &raw.reboot_command)?;
+        // Through JSON: the documented shape of a slot (`{device: …}` / `{path: …}`) is a
+        // one-key map, which a YAML deserializer reads only as a `!tag`. Unknown keys are
+        // refused (AbConfig denies them).
+        let ab: qx_boot::AbConfig = match raw.ab.take() {
+            None | Some(serde_yaml_ng::Value::Null) => qx_boot::AbConfig::default(),
+            Some(v) => serde_json::to_value(&v)
+                .and_then(serde_json::from_value)
+                .map_err(|e| self.invalid("ab", e.to_string()))?,
+        };
+        ab.validate()
+            .map_err(|e| self.invalid("ab", e.to_string()))?;
+        Ok(ab)
     }
 }
 
