@@ -1,4 +1,4 @@
-//! Artifact downloads (SPEC §4 step 2): resumable with HTTP `Range`, verified while streaming,
+//! Artifact downloads (docs/spec.md §4 step 2): resumable with HTTP `Range`, verified while streaming,
 //! retried with exponential backoff and full jitter within a bounded budget, optionally
 //! throttled, with progress reports.
 //!

@@ -59,7 +59,7 @@ pub fn exit_codes_help() -> String {
     out
 }
 
-/// Everything that can go wrong, one variant per refusal of SPEC §2/§4, each with its own
+/// Everything that can go wrong, one variant per refusal of docs/spec.md §2/§4, each with its own
 /// exit code (see [`AgentError::exit_code`] and `qx-update --help`).
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

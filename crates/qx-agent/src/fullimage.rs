@@ -1,6 +1,6 @@
 //! Full-image (A/B) apply: a release whose `update_type` is `full` or `mixed` carries a system
 //! image (`full_image`: `system.squashfs`, optionally a kernel and an initramfs) that is written
-//! into the inactive slot by [`qx_boot::install_image`] (SPEC §5).
+//! into the inactive slot by [`qx_boot::install_image`] (docs/spec.md §5).
 //!
 //! Order of an apply that carries an image:
 //! 1. check (as for components); the image is planned: the slot to write, and whether it is
@@ -154,42 +154,11 @@ pub fn system_change(
         offered: offered.clone(),
         action,
     };
-    if let Some(s) = &state {
-        if s.version == offered {
-            if s.pending && s.to != booted {
-                return Ok(Some((
-                    change(
-                        installed,
-                        format!("written into slot {}; waiting for the reboot", s.to),
-                    ),
-                    false,
-                )));
-            }
-            if s.pending {
-                return Ok(Some((
-                    change(
-                        installed,
-                        format!(
-                            "running in slot {}; waiting for `qx-update ab verify`",
-                            s.to
-                        ),
-                    ),
-                    false,
-                )));
-            }
-            if s.outcome == Some(qx_boot::Outcome::RolledBack) {
-                return Ok(Some((
-                    change(
-                        installed,
-                        format!(
-                            "rolled back from slot {} earlier; not retried (publish a newer release)",
-                            s.to
-                        ),
-                    ),
-                    false,
-                )));
-            }
-        }
+    if let Some(action) = state
+        .as_ref()
+        .and_then(|s| already_written(s, booted, &offered))
+    {
+        return Ok(Some((change(installed, action), false)));
     }
     let install = format!("install into slot {target}");
     let Some(inst) = installed else {
@@ -215,6 +184,33 @@ pub fn system_change(
         )));
     }
     Ok(Some((change(Some(inst), install), true)))
+}
+
+/// The action to show when the offered image was written before and must not be written
+/// again: waiting for its reboot or its verification, or rolled back (not retried).
+fn already_written(s: &AbState, booted: Slot, offered: &str) -> Option<String> {
+    if s.version != offered {
+        return None;
+    }
+    if s.pending && s.to != booted {
+        return Some(format!(
+            "written into slot {}; waiting for the reboot",
+            s.to
+        ));
+    }
+    if s.pending {
+        return Some(format!(
+            "running in slot {}; waiting for `qx-update ab verify`",
+            s.to
+        ));
+    }
+    if s.outcome == Some(qx_boot::Outcome::RolledBack) {
+        return Some(format!(
+            "rolled back from slot {} earlier; not retried (publish a newer release)",
+            s.to
+        ));
+    }
+    None
 }
 
 /// Adds the system image to a check report (the hook of [`Agent::check_with`]).

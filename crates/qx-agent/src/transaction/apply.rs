@@ -1,4 +1,4 @@
-//! The component-update transaction (SPEC §4 steps 1–8), its crash recovery, and `rollback`.
+//! The component-update transaction (docs/spec.md §4 steps 1–8), its crash recovery, and `rollback`.
 //!
 //! Order of an apply, each phase change written to the journal (fsynced) first:
 //! 1. lock `/data/updates/lock` (a second apply gets [`AgentError::Busy`]); finish any
@@ -9,11 +9,11 @@
 //! 4. back up every target that exists to `backup/<version>/<component>/`, fsync, write
 //!    `backup.json`; journal `installing`; replace each target by rename (a file) or
 //!    `renameat2(RENAME_EXCHANGE)` (a directory), fsync the directory. An installed file is
-//!    never opened for writing (ETXTBSY, seed 003 §2.2);
+//!    never opened for writing (ETXTBSY, docs/spec.md §4);
 //! 5. run migrations (cwd = the installed migrations directory, output into the update log);
-//!    failure: restore every file, no restart, error (seed 003 §2.3); journal `migrated`;
+//!    failure: restore every file, no restart, error (docs/spec.md §4); journal `migrated`;
 //! 6. restart each service once, verify the effect (`/proc/<pid>/exe` is the new inode, or the
-//!    health command passes); failure: restore, restart again, error (seed 003 §2.1);
+//!    health command passes); failure: restore, restart again, error (docs/spec.md §4);
 //! 7. write `/data/versions/<component>`; journal `committed`; history; prune staging/backups.
 //!
 //! Recovery (at every start): `prepared` → remove temporaries; `installing`/`rolling_back` →
