@@ -8,7 +8,7 @@
 //! runs itself again as a release build. The update server is the release `qx-update-server`
 //! binary on a loopback port. Ours runs as a child process (so its VmHWM is its own): the
 //! download goes through `qx_agent::download::Downloader` (streamed to `staging/`, hashed while
-//! streaming, fsynced), then `qx_agent::extract::extract_tar_zst` (the apply path's safe
+//! streaming, fsynced), then `qx_agent::transaction::extract::extract_tar_zst` (the apply path's safe
 //! extractor) into staging, then the extracted tree is renamed into place and its parent
 //! directory fsynced.
 //!
@@ -461,7 +461,7 @@ fn worker() -> Result<()> {
     let dl = qx_agent::download::Downloader::new(qx_agent::download::DownloadOptions::default())?;
     let archive = dl.fetch(&url, &staging, &expected, &mut |_| {})?;
     let fetched = start.elapsed();
-    qx_agent::extract::extract_tar_zst(&archive, &extracted, 16 << 30)?;
+    qx_agent::transaction::extract::extract_tar_zst(&archive, &extracted, 16 << 30)?;
     eprintln!(
         "bench apply worker: download + verify {:.3} s, extract {:.3} s",
         fetched.as_secs_f64(),

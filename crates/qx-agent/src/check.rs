@@ -1,4 +1,4 @@
-//! Check: fetch the manifest of our product and channel with its signature, verify it (SPEC
+//! Check: fetch the manifest of our product and channel with its signature, verify it (docs/spec.md
 //! §2) and work out what an apply would change. Never touches the host except
 //! `/data/updates/seen.json` (replay protection), which only moves forward and only after a
 //! manifest passed its signature check.
@@ -7,14 +7,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use base64::Engine;
+use qx_core::api::SIGNATURE_HEADER;
 use qx_core::{Component, Manifest, SignatureError, UnknownFields, Version};
 use serde::Serialize;
 
 use crate::download::{DownloadError, DownloadOptions, Downloader};
 use crate::{Agent, AgentError, ApplyOptions, Config};
-
-/// The header carrying the base64 of the `.minisig` file.
-pub const SIGNATURE_HEADER: &str = "x-qx-signature";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckReport {
@@ -42,10 +40,7 @@ pub struct ComponentChange {
 #[derive(Debug, Clone)]
 pub struct Verified {
     pub manifest: Manifest,
-    pub bytes: Vec<u8>,
-    pub signature: String,
     pub key_id: String,
-    pub url: String,
     /// Components to install (selected and not already at the offered version).
     pub to_apply: Vec<Component>,
 }
@@ -62,10 +57,7 @@ pub fn download_options(config: &Config) -> DownloadOptions {
 }
 
 pub fn manifest_url(config: &Config) -> String {
-    format!(
-        "{}/api/v1/{}/manifest?channel={}",
-        config.server_url, config.product, config.channel
-    )
+    config.server().manifest(&config.product, &config.channel)
 }
 
 /// Fetches and verifies the manifest; see the module documentation.
@@ -103,8 +95,8 @@ pub fn check(agent: &Agent, opts: &ApplyOptions) -> Result<(CheckReport, Verifie
     verify_manifest(agent, &url, bytes, signature, opts)
 }
 
-/// Every check of SPEC §2 on manifest bytes and their signature, in order: signature, manifest
-/// rules, expiry, product, channel, replay (then seen.json moves forward), downgrade,
+/// Every check of docs/spec.md §2 on manifest bytes and their signature, in order: signature,
+/// manifest rules, expiry, product, channel, replay (then seen.json moves forward), downgrade,
 /// min_version, requires.
 pub fn verify_manifest(
     agent: &Agent,
@@ -114,9 +106,30 @@ pub fn verify_manifest(
     opts: &ApplyOptions,
 ) -> Result<(CheckReport, Verified), AgentError> {
     let config = agent.config();
-    let key_id = config
+    let key_id = verify_signature(config, url, &bytes, &signature)?;
+    let manifest = Manifest::parse(&bytes, UnknownFields::Ignore)?;
+    check_identity(config, &manifest)?;
+    let downgrade_ok = downgrade_allowed(opts, &manifest)?;
+    check_replay(agent, &manifest, downgrade_ok)?;
+    plan(PlanRequest {
+        agent,
+        manifest,
+        key_id,
+        opts,
+        downgrade_ok,
+    })
+}
+
+/// The signature against the trusted keys; the id of the key that signed.
+fn verify_signature(
+    config: &Config,
+    url: &str,
+    bytes: &[u8],
+    signature: &str,
+) -> Result<String, AgentError> {
+    config
         .trusted_keys
-        .verify(&bytes, &signature)
+        .verify(bytes, signature)
         .map_err(|e| match e {
             SignatureError::Missing => AgentError::SignatureMissing {
                 url: url.to_owned(),
@@ -127,8 +140,11 @@ pub fn verify_manifest(
             other => AgentError::SignatureInvalid {
                 reason: other.to_string(),
             },
-        })?;
-    let manifest = Manifest::parse(&bytes, UnknownFields::Ignore)?;
+        })
+}
+
+/// Not expired, and for this host's product and channel.
+fn check_identity(config: &Config, manifest: &Manifest) -> Result<(), AgentError> {
     if manifest.is_expired(jiff::Timestamp::now()) {
         return Err(AgentError::Expired {
             version: manifest.version.to_string(),
@@ -147,169 +163,68 @@ pub fn verify_manifest(
             got: manifest.channel.to_string(),
         });
     }
-    let downgrade_ok = match &opts.allow_downgrade {
-        None => false,
-        Some(asked) => {
-            let same = Version::parse(asked.trim()).is_ok_and(|v| v == manifest.version);
-            if !same {
-                return Err(AgentError::DowngradeMismatch {
-                    asked: asked.clone(),
-                    offered: manifest.version.to_string(),
-                });
-            }
-            true
-        }
-    };
+    Ok(())
+}
 
-    // Replay protection: never go back below the newest manifest seen on this channel.
+/// True when `--allow-downgrade` names the offered version; an error when it names another.
+fn downgrade_allowed(opts: &ApplyOptions, manifest: &Manifest) -> Result<bool, AgentError> {
+    let Some(asked) = &opts.allow_downgrade else {
+        return Ok(false);
+    };
+    if Version::parse(asked.trim()).is_ok_and(|v| v == manifest.version) {
+        Ok(true)
+    } else {
+        Err(AgentError::DowngradeMismatch {
+            asked: asked.clone(),
+            offered: manifest.version.to_string(),
+        })
+    }
+}
+
+/// Replay protection: never go back below the newest manifest seen on this channel; a newer
+/// one is recorded in `seen.json`.
+fn check_replay(agent: &Agent, manifest: &Manifest, downgrade_ok: bool) -> Result<(), AgentError> {
+    let config = agent.config();
     let seen_path = &agent.paths().seen;
     let mut seen = read_seen(seen_path);
-    if let Some(prev) = seen.get(config.channel.as_str()) {
-        if let Ok(prev_v) = Version::parse(prev) {
-            if manifest.version < prev_v && !downgrade_ok {
-                return Err(AgentError::Replay {
-                    channel: config.channel.to_string(),
-                    seen: prev.clone(),
-                    offered: manifest.version.to_string(),
-                });
-            }
-            if manifest.version <= prev_v {
-                // Nothing to record.
-                return plan(
-                    agent,
-                    manifest,
-                    bytes,
-                    signature,
-                    key_id,
-                    url,
-                    opts,
-                    downgrade_ok,
-                );
-            }
+    let prev = seen
+        .get(config.channel.as_str())
+        .and_then(|p| Version::parse(p).ok().map(|v| (p.clone(), v)));
+    if let Some((prev, prev_v)) = prev {
+        if manifest.version < prev_v && !downgrade_ok {
+            return Err(AgentError::Replay {
+                channel: config.channel.to_string(),
+                seen: prev,
+                offered: manifest.version.to_string(),
+            });
+        }
+        if manifest.version <= prev_v {
+            // Nothing to record.
+            return Ok(());
         }
     }
     seen.insert(config.channel.to_string(), manifest.version.to_string());
-    write_seen(seen_path, &seen)?;
-    plan(
-        agent,
-        manifest,
-        bytes,
-        signature,
-        key_id,
-        url,
-        opts,
-        downgrade_ok,
-    )
+    write_seen(seen_path, &seen)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn plan(
-    agent: &Agent,
+/// What [`plan`] works from: a manifest that passed the signature, identity and replay checks.
+struct PlanRequest<'a> {
+    agent: &'a Agent,
     manifest: Manifest,
-    bytes: Vec<u8>,
-    signature: String,
     key_id: String,
-    url: &str,
-    opts: &ApplyOptions,
+    opts: &'a ApplyOptions,
     downgrade_ok: bool,
-) -> Result<(CheckReport, Verified), AgentError> {
-    let installed = agent.paths().installed_versions();
-    let parsed = |name: &str| installed.get(name).and_then(|v| Version::parse(v).ok());
+}
 
-    // Which components the operator asked for.
-    let selected: Vec<&Component> = match &opts.components {
-        None => manifest.components.iter().collect(),
-        Some(names) if names.is_empty() => manifest.components.iter().collect(),
-        Some(names) => {
-            let mut out = Vec::new();
-            for n in names {
-                let c = manifest
-                    .component(n)
-                    .ok_or_else(|| AgentError::UnknownComponent {
-                        name: n.clone(),
-                        version: manifest.version.to_string(),
-                        available: manifest
-                            .components
-                            .iter()
-                            .map(|c| c.name.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    })?;
-                if !out.iter().any(|o: &&Component| o.name == c.name) {
-                    out.push(c);
-                }
-            }
-            out
-        }
-    };
-
-    // The host's version: the newest release any of its components is at.
-    if let Some(min) = &manifest.min_version {
-        let host = installed
-            .values()
-            .filter_map(|v| Version::parse(v).ok())
-            .max();
-        if let Some(host) = host {
-            if &host < min && !downgrade_ok {
-                return Err(AgentError::BelowMinVersion {
-                    installed: host.to_string(),
-                    min_version: min.to_string(),
-                    version: manifest.version.to_string(),
-                });
-            }
-        }
-    }
-
-    let mut changes = Vec::new();
-    let mut to_apply = Vec::new();
-    for c in &selected {
-        let inst = installed.get(c.name.as_str()).cloned();
-        let action = match parsed(c.name.as_str()) {
-            None if inst.is_none() => "install",
-            None => "update",
-            Some(v) if v < c.version => "update",
-            Some(v) if v == c.version => "unchanged",
-            Some(v) => {
-                if !downgrade_ok {
-                    return Err(AgentError::Downgrade {
-                        component: c.name.to_string(),
-                        installed: v.to_string(),
-                        offered: c.version.to_string(),
-                    });
-                }
-                "downgrade"
-            }
-        };
-        if action != "unchanged" {
-            to_apply.push((*c).clone());
-        }
-        changes.push(ComponentChange {
-            name: c.name.to_string(),
-            installed: inst,
-            offered: c.version.to_string(),
-            action: action.into(),
-        });
-    }
-
-    // Prerequisites: met by this apply or by what is installed.
-    for c in &to_apply {
-        for r in &c.requires {
-            let in_apply = to_apply
-                .iter()
-                .any(|o| o.name == r.name && o.version >= r.min_version);
-            let inst = parsed(r.name.as_str());
-            let installed_ok = inst.as_ref().is_some_and(|v| v >= &r.min_version);
-            if !in_apply && !installed_ok {
-                return Err(AgentError::UnmetRequirement {
-                    component: c.name.to_string(),
-                    requires: r.name.to_string(),
-                    min_version: r.min_version.to_string(),
-                    installed: installed.get(r.name.as_str()).cloned(),
-                });
-            }
-        }
-    }
-
+/// What an apply would change: the selected components against the installed versions, with
+/// the release's min_version and every component's requirements checked.
+fn plan(req: PlanRequest<'_>) -> Result<(CheckReport, Verified), AgentError> {
+    let manifest = &req.manifest;
+    let installed = req.agent.paths().installed_versions();
+    let selected = select_components(manifest, req.opts)?;
+    check_min_version(manifest, &installed, req.downgrade_ok)?;
+    let (changes, to_apply) = compare(&selected, &installed, req.downgrade_ok)?;
+    check_requirements(&to_apply, &installed)?;
     let report = CheckReport {
         product: manifest.product.to_string(),
         channel: manifest.channel.to_string(),
@@ -326,14 +241,132 @@ fn plan(
     Ok((
         report,
         Verified {
-            manifest,
-            bytes,
-            signature,
-            key_id,
-            url: url.to_owned(),
+            manifest: req.manifest,
+            key_id: req.key_id,
             to_apply,
         },
     ))
+}
+
+/// The components the operator asked for (`--component`), each once; all when none.
+fn select_components<'m>(
+    manifest: &'m Manifest,
+    opts: &ApplyOptions,
+) -> Result<Vec<&'m Component>, AgentError> {
+    let names = match &opts.components {
+        Some(names) if !names.is_empty() => names,
+        _ => return Ok(manifest.components.iter().collect()),
+    };
+    let mut out: Vec<&Component> = Vec::new();
+    for n in names {
+        let c = manifest
+            .component(n)
+            .ok_or_else(|| AgentError::UnknownComponent {
+                name: n.clone(),
+                version: manifest.version.to_string(),
+                available: manifest
+                    .components
+                    .iter()
+                    .map(|c| c.name.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        if !out.iter().any(|o| o.name == c.name) {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// The host's version (the newest release any of its components is at) must not be below
+/// the release's `min_version`.
+fn check_min_version(
+    manifest: &Manifest,
+    installed: &BTreeMap<String, String>,
+    downgrade_ok: bool,
+) -> Result<(), AgentError> {
+    let Some(min) = &manifest.min_version else {
+        return Ok(());
+    };
+    let host = installed
+        .values()
+        .filter_map(|v| Version::parse(v).ok())
+        .max();
+    match host {
+        Some(host) if &host < min && !downgrade_ok => Err(AgentError::BelowMinVersion {
+            installed: host.to_string(),
+            min_version: min.to_string(),
+            version: manifest.version.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn installed_version(installed: &BTreeMap<String, String>, name: &str) -> Option<Version> {
+    installed.get(name).and_then(|v| Version::parse(v).ok())
+}
+
+/// Installed against offered, per selected component: the report's changes and the
+/// components to install (a downgrade only with `downgrade_ok`).
+fn compare(
+    selected: &[&Component],
+    installed: &BTreeMap<String, String>,
+    downgrade_ok: bool,
+) -> Result<(Vec<ComponentChange>, Vec<Component>), AgentError> {
+    let mut changes = Vec::new();
+    let mut to_apply = Vec::new();
+    for c in selected {
+        let inst = installed.get(c.name.as_str()).cloned();
+        let action = match installed_version(installed, c.name.as_str()) {
+            None if inst.is_none() => "install",
+            None => "update",
+            Some(v) if v < c.version => "update",
+            Some(v) if v == c.version => "unchanged",
+            Some(_) if downgrade_ok => "downgrade",
+            Some(v) => {
+                return Err(AgentError::Downgrade {
+                    component: c.name.to_string(),
+                    installed: v.to_string(),
+                    offered: c.version.to_string(),
+                })
+            }
+        };
+        if action != "unchanged" {
+            to_apply.push((*c).clone());
+        }
+        changes.push(ComponentChange {
+            name: c.name.to_string(),
+            installed: inst,
+            offered: c.version.to_string(),
+            action: action.into(),
+        });
+    }
+    Ok((changes, to_apply))
+}
+
+/// Prerequisites: met by this apply or by what is installed.
+fn check_requirements(
+    to_apply: &[Component],
+    installed: &BTreeMap<String, String>,
+) -> Result<(), AgentError> {
+    for c in to_apply {
+        for r in &c.requires {
+            let in_apply = to_apply
+                .iter()
+                .any(|o| o.name == r.name && o.version >= r.min_version);
+            let installed_ok =
+                installed_version(installed, r.name.as_str()).is_some_and(|v| v >= r.min_version);
+            if !in_apply && !installed_ok {
+                return Err(AgentError::UnmetRequirement {
+                    component: c.name.to_string(),
+                    requires: r.name.to_string(),
+                    min_version: r.min_version.to_string(),
+                    installed: installed.get(r.name.as_str()).cloned(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn read_seen(path: &Path) -> BTreeMap<String, String> {
@@ -348,7 +381,7 @@ fn write_seen(path: &Path, seen: &BTreeMap<String, String>) -> Result<(), AgentE
         path: path.to_owned(),
         source: std::io::Error::other(e),
     })?;
-    crate::journal::write_atomic(path, &bytes)
+    Ok(qx_core::fs::write_atomic(path, &bytes)?)
 }
 
 impl CheckReport {

@@ -11,14 +11,14 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use qx_core::status::UpdateState;
 
-use crate::{Agent, AgentError, ApplyOptions, Config, EXIT_CODES};
+use crate::{code, exit_codes_help, Agent, AgentError, ApplyOptions, Config};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "qx-update",
     version,
     about = "Quantix OTA host agent: check, apply and roll back signed releases",
-    after_help = EXIT_CODES
+    after_help = exit_codes_help()
 )]
 pub struct Cli {
     /// Root prefix under which every host path is resolved (a whole host in a directory).
@@ -86,7 +86,11 @@ pub fn main() -> i32 {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { 2 } else { 0 };
+            return if e.use_stderr() {
+                code::USAGE
+            } else {
+                code::SUCCESS
+            };
         }
     };
     let _ = tracing_subscriber::fmt()
@@ -122,7 +126,7 @@ fn print_json<T: serde::Serialize>(v: &T) {
 
 fn load_config(config: Option<&Path>, root: &Path) -> Result<Config, AgentError> {
     let path = config.map(Path::to_owned).unwrap_or_else(|| {
-        crate::config::under(root, Path::new(crate::config::DEFAULT_CONFIG_PATH))
+        qx_core::fs::under_root(root, Path::new(crate::config::DEFAULT_CONFIG_PATH))
     });
     Ok(Config::load_under(&path, root)?)
 }
@@ -141,7 +145,7 @@ fn run_ab(config: Option<&Path>, root: &Path, json: bool, cmd: &qx_boot::cli::Ab
         Ok(c) => c,
         Err(e) => {
             print_error(json, &e);
-            return 1;
+            return code::FAILURE;
         }
     };
     let ctx = qx_boot::AbContext::new(&config.ab, root, &config.log_path);
@@ -156,7 +160,7 @@ fn run_ab(config: Option<&Path>, root: &Path, json: bool, cmd: &qx_boot::cli::Ab
             } else {
                 eprintln!("qx-update ab: {e}");
             }
-            1
+            code::FAILURE
         }
     }
 }
@@ -174,190 +178,198 @@ pub fn run(cli: Cli) -> i32 {
         Command::Check {
             components,
             allow_downgrade,
-        } => {
-            let opts = ApplyOptions {
-                components: (!components.is_empty()).then_some(components),
-                allow_downgrade,
-            };
-            match agent.check_with(&opts) {
-                Ok(r) if json => {
-                    print_json(&r);
-                    0
-                }
-                Ok(r) => {
-                    print!("{}", r.render());
-                    0
-                }
-                Err(e) => print_error(json, &e),
-            }
-        }
+        } => check(&agent, json, &apply_options(components, allow_downgrade)),
         Command::Apply {
             components,
             yes,
             allow_downgrade,
             reboot,
-        } => {
-            let opts = ApplyOptions {
-                components: (!components.is_empty()).then_some(components),
-                allow_downgrade,
-            };
-            if !yes {
-                if json || !std::io::stdin().is_terminal() {
-                    eprintln!("qx-update: apply needs --yes when not run interactively");
-                    return 2;
-                }
-                let report = match agent.check_with(&opts) {
-                    Ok(r) => r,
-                    Err(e) => return print_error(json, &e),
-                };
-                print!("{}", report.render());
-                if !report.available {
-                    return 0;
-                }
-                print!("Apply {} now? [y/N] ", report.version);
-                let _ = std::io::stdout().flush();
-                let mut answer = String::new();
-                let _ = std::io::stdin().read_line(&mut answer);
-                if !matches!(answer.trim(), "y" | "Y" | "yes") {
-                    eprintln!("qx-update: not applied");
-                    return 1;
-                }
-            }
-            let progress =
-                (!json && std::io::stderr().is_terminal()).then(|| Progress::start(&agent));
-            let result = agent.apply_with_reboot(&opts, reboot);
-            if let Some(p) = progress {
-                p.stop();
-            }
-            match result {
-                Ok(r) if json => {
-                    print_json(&r);
-                    0
-                }
-                Ok(r) if r.components.is_empty() && r.system.is_none() => {
-                    println!("Already up to date ({}).", r.version);
-                    0
-                }
-                Ok(r) => {
-                    println!("Installed {}: {}", r.version, r.components.join(", "));
-                    if let Some(s) = &r.system {
-                        println!("{}", s.summary());
-                    }
-                    0
-                }
-                Err(e) => print_error(json, &e),
-            }
-        }
+        } => apply(
+            &agent,
+            json,
+            &apply_options(components, allow_downgrade),
+            yes,
+            reboot,
+        ),
         Command::Status => {
-            let s = agent.status();
-            if json {
-                print_json(&s);
-            } else {
-                println!(
-                    "product {} on channel {}; state: {}",
-                    s.product,
-                    s.channel,
-                    s.state.name()
-                );
-                if let UpdateState::Failed { reason } = &s.state {
-                    println!("  {reason}");
-                }
-                println!("installed:");
-                if s.installed.is_empty() {
-                    println!("  (nothing recorded)");
-                }
-                for (c, v) in &s.installed {
-                    println!("  {c:<24} {v}");
-                }
-                println!("history:");
-                for h in s.history.iter().rev().take(10) {
-                    println!(
-                        "  {} {} {} -> {} {:?}{}",
-                        h.time,
-                        h.kind,
-                        h.from_version.as_deref().unwrap_or("-"),
-                        h.version,
-                        h.outcome,
-                        h.reason
-                            .as_deref()
-                            .map(|r| format!(": {r}"))
-                            .unwrap_or_default()
-                    );
-                }
-            }
+            status(&agent, json);
             0
         }
-        Command::Rollback { yes } => {
-            if !yes && (json || !std::io::stdin().is_terminal()) {
-                eprintln!("qx-update: rollback needs --yes when not run interactively");
-                return 2;
-            }
-            if !yes {
-                print!("Roll back to the version before the last update? [y/N] ");
-                let _ = std::io::stdout().flush();
-                let mut answer = String::new();
-                let _ = std::io::stdin().read_line(&mut answer);
-                if !matches!(answer.trim(), "y" | "Y" | "yes") {
-                    eprintln!("qx-update: not rolled back");
-                    return 1;
-                }
-            }
-            match agent.rollback() {
-                Ok(r) if json => {
-                    print_json(&r);
-                    0
-                }
-                Ok(r) => {
-                    println!("Rolled back to {}: {}", r.version, r.components.join(", "));
-                    0
-                }
-                Err(e) => print_error(json, &e),
-            }
-        }
-        Command::Daemon(args) => {
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("qx-update: cannot start the async runtime: {e}");
-                    return 1;
-                }
-            };
-            match rt.block_on(crate::daemon::run(agent, &args)) {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("qx-update daemon: {e:#}");
-                    1
-                }
-            }
-        }
+        Command::Rollback { yes } => rollback(&agent, json, yes),
+        Command::Daemon(args) => daemon(agent, &args),
         // Handled above, before the agent is built; kept for completeness.
         Command::Ab { cmd } => run_ab(cli.config.as_deref(), &cli.root, json, &cmd),
-        Command::Recover => match agent.recover() {
-            Ok(r) if json => {
-                print_json(&r);
-                0
-            }
-            Ok(None) => {
-                println!("Nothing to recover.");
-                0
-            }
-            Ok(Some(r)) => {
-                println!(
-                    "Operation {} ({}) was interrupted in phase {:?}: {}{}",
-                    r.operation_id,
-                    r.version,
-                    r.phase,
-                    r.action,
-                    r.reason.map(|x| format!(" ({x})")).unwrap_or_default()
-                );
-                0
-            }
-            Err(e) => print_error(json, &e),
-        },
+        Command::Recover => recover(&agent, json),
     }
+}
+
+fn apply_options(components: Vec<String>, allow_downgrade: Option<String>) -> ApplyOptions {
+    ApplyOptions {
+        components: (!components.is_empty()).then_some(components),
+        allow_downgrade,
+    }
+}
+
+/// Asks a yes/no question on the terminal; only "y" or "yes" is a yes.
+fn confirm(question: &str) -> bool {
+    print!("{question} [y/N] ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().read_line(&mut answer);
+    matches!(answer.trim(), "y" | "Y" | "yes")
+}
+
+/// `qx-update check`.
+fn check(agent: &Agent, json: bool, opts: &ApplyOptions) -> i32 {
+    match agent.check_with(opts) {
+        Ok(r) if json => {
+            print_json(&r);
+            0
+        }
+        Ok(r) => {
+            print!("{}", r.render());
+            0
+        }
+        Err(e) => print_error(json, &e),
+    }
+}
+
+/// `qx-update apply`: without `--yes`, show the check and ask first (on a terminal only).
+fn apply(agent: &Agent, json: bool, opts: &ApplyOptions, yes: bool, reboot: bool) -> i32 {
+    if !yes {
+        if json || !std::io::stdin().is_terminal() {
+            eprintln!("qx-update: apply needs --yes when not run interactively");
+            return code::USAGE;
+        }
+        let report = match agent.check_with(opts) {
+            Ok(r) => r,
+            Err(e) => return print_error(json, &e),
+        };
+        print!("{}", report.render());
+        if !report.available {
+            return code::SUCCESS;
+        }
+        if !confirm(&format!("Apply {} now?", report.version)) {
+            eprintln!("qx-update: not applied");
+            return code::FAILURE;
+        }
+    }
+    let progress = (!json && std::io::stderr().is_terminal()).then(|| Progress::start(agent));
+    let result = agent.apply_with_reboot(opts, reboot);
+    if let Some(p) = progress {
+        p.stop();
+    }
+    match result {
+        Ok(r) if json => print_json(&r),
+        Ok(r) if r.components.is_empty() && r.system.is_none() => {
+            println!("Already up to date ({}).", r.version);
+        }
+        Ok(r) => {
+            println!("Installed {}: {}", r.version, r.components.join(", "));
+            if let Some(s) = &r.system {
+                println!("{}", s.summary());
+            }
+        }
+        Err(e) => return print_error(json, &e),
+    }
+    code::SUCCESS
+}
+
+/// `qx-update status`.
+fn status(agent: &Agent, json: bool) {
+    let s = agent.status();
+    if json {
+        print_json(&s);
+        return;
+    }
+    println!(
+        "product {} on channel {}; state: {}",
+        s.product,
+        s.channel,
+        s.state.name()
+    );
+    if let UpdateState::Failed { reason } = &s.state {
+        println!("  {reason}");
+    }
+    println!("installed:");
+    if s.installed.is_empty() {
+        println!("  (nothing recorded)");
+    }
+    for (c, v) in &s.installed {
+        println!("  {c:<24} {v}");
+    }
+    println!("history:");
+    for h in s.history.iter().rev().take(10) {
+        println!(
+            "  {} {} {} -> {} {:?}{}",
+            h.time,
+            h.kind,
+            h.from_version.as_deref().unwrap_or("-"),
+            h.version,
+            h.outcome,
+            h.reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// `qx-update rollback`: without `--yes`, ask first (on a terminal only).
+fn rollback(agent: &Agent, json: bool, yes: bool) -> i32 {
+    if !yes && (json || !std::io::stdin().is_terminal()) {
+        eprintln!("qx-update: rollback needs --yes when not run interactively");
+        return code::USAGE;
+    }
+    if !yes && !confirm("Roll back to the version before the last update?") {
+        eprintln!("qx-update: not rolled back");
+        return code::FAILURE;
+    }
+    match agent.rollback() {
+        Ok(r) if json => print_json(&r),
+        Ok(r) => println!("Rolled back to {}: {}", r.version, r.components.join(", ")),
+        Err(e) => return print_error(json, &e),
+    }
+    code::SUCCESS
+}
+
+/// `qx-update daemon`: the async runtime, then the daemon until it stops.
+fn daemon(agent: Agent, args: &crate::daemon::DaemonArgs) -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("qx-update: cannot start the async runtime: {e}");
+            return code::FAILURE;
+        }
+    };
+    match rt.block_on(crate::daemon::run(agent, args)) {
+        Ok(()) => code::SUCCESS,
+        Err(e) => {
+            eprintln!("qx-update daemon: {e:#}");
+            code::FAILURE
+        }
+    }
+}
+
+/// `qx-update recover`.
+fn recover(agent: &Agent, json: bool) -> i32 {
+    match agent.recover() {
+        Ok(r) if json => print_json(&r),
+        Ok(None) => println!("Nothing to recover."),
+        Ok(Some(r)) => println!(
+            "Operation {} ({}) was interrupted in phase {:?}: {}{}",
+            r.operation_id,
+            r.version,
+            r.phase,
+            r.action,
+            r.reason.map(|x| format!(" ({x})")).unwrap_or_default()
+        ),
+        Err(e) => return print_error(json, &e),
+    }
+    code::SUCCESS
 }
 
 /// A progress bar on the terminal (bytes, rate, ETA while downloading; the step otherwise).

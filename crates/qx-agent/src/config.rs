@@ -1,5 +1,5 @@
-//! Agent configuration: the `updates:` section of `/etc/limiquantix/node.yaml` (seed 000 keys
-//! plus SPEC §4's). Other top-level sections of the file belong to other programs and are
+//! Agent configuration: the `updates:` section of `/etc/limiquantix/node.yaml` (the base keys
+//! plus docs/spec.md §4's). Other top-level sections of the file belong to other programs and are
 //! ignored; inside `updates:` an unknown key is an error that names it.
 //!
 //! ```yaml
@@ -39,8 +39,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use jiff::civil::{DateTime, Time, Weekday};
-use qx_core::{ChannelName, ProductName, TrustedKeys};
+use qx_core::fs::under_root;
+use qx_core::{parse_rate, parse_size, ChannelName, ProductName, TrustedKeys};
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +81,7 @@ pub struct Config {
     pub trusted_key_entries: Vec<String>,
     /// Loaded by [`Config::resolve`] (file entries are read under the root).
     pub trusted_keys: TrustedKeys,
-    pub maintenance_window: Option<MaintenanceWindow>,
+    pub maintenance_window: Option<crate::daemon::MaintenanceWindow>,
     /// Bytes per second.
     pub bandwidth_limit: Option<u64>,
     pub download: DownloadSettings,
@@ -217,6 +217,11 @@ fn yes() -> bool {
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/limiquantix/node.yaml";
 
 impl Config {
+    /// The URLs of the configured update server.
+    pub fn server(&self) -> qx_core::api::ServerUrl {
+        qx_core::api::ServerUrl::new(&self.server_url)
+    }
+
     /// Reads and validates `path` (a path on this machine, already resolved). Trusted key
     /// files are resolved under `/`; use [`Config::load_under`] for a root prefix.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -238,184 +243,54 @@ impl Config {
             path: source.to_owned(),
             message: e.to_string(),
         })?;
-        let raw = raw.updates.ok_or_else(|| ConfigError::NoUpdatesSection {
+        let mut raw = raw.updates.ok_or_else(|| ConfigError::NoUpdatesSection {
             path: source.to_owned(),
         })?;
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
-            path: source.to_owned(),
-            key: key.to_owned(),
-            message,
-        };
-        let duration = |key: &str, v: &Option<String>, default: Duration| match v {
-            None => Ok(default),
-            Some(s) => humantime::parse_duration(s.trim()).map_err(|e| {
-                invalid(
-                    key,
-                    format!("{s:?} is not a duration such as \"30s\", \"1h\": {e}"),
-                )
-            }),
-        };
-
-        let server_url = raw.server_url.ok_or_else(|| {
-            invalid(
-                "server_url",
-                "is required (e.g. \"https://updates.example:9000\")".into(),
-            )
-        })?;
-        let url = reqwest::Url::parse(&server_url)
-            .map_err(|e| invalid("server_url", format!("{server_url:?} is not a URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(invalid(
-                "server_url",
-                format!("{server_url:?} must be an http:// or https:// URL with a host"),
-            ));
-        }
-        let server_url = server_url.trim_end_matches('/').to_owned();
-
-        let channel = ChannelName::new(raw.channel.unwrap_or_else(|| "stable".into()))
-            .map_err(|e| invalid("channel", e.to_string()))?;
-        let product = ProductName::new(raw.product.unwrap_or_else(|| "quantix-os".into()))
-            .map_err(|e| invalid("product", e.to_string()))?;
-        let check_interval = duration(
+        let at = Keys { source };
+        let server_url = at.server_url(raw.server_url.take())?;
+        let channel = ChannelName::new(raw.channel.take().unwrap_or_else(|| "stable".into()))
+            .map_err(|e| at.invalid("channel", e.to_string()))?;
+        let product = ProductName::new(raw.product.take().unwrap_or_else(|| "quantix-os".into()))
+            .map_err(|e| at.invalid("product", e.to_string()))?;
+        let check_interval = at.duration(
             "check_interval",
             &raw.check_interval,
             Duration::from_secs(3600),
         )?;
         if check_interval.is_zero() {
-            return Err(invalid("check_interval", "must be longer than 0s".into()));
+            return Err(at.invalid("check_interval", "must be longer than 0s".into()));
         }
-
-        if raw.trusted_keys.is_empty() {
-            return Err(invalid(
-                "trusted_keys",
-                "no trusted public keys are configured; add the publisher's minisign public key (its base64 line or the path of its .pub file)".into(),
-            ));
-        }
-        let mut trusted_keys = TrustedKeys::new();
-        for (i, entry) in raw.trusted_keys.iter().enumerate() {
-            let key = format!("trusted_keys[{i}]");
-            let e = entry.trim();
-            let added = if e.starts_with('/') || e.starts_with('.') {
-                let p = under(root, Path::new(e));
-                trusted_keys.add_file(&p)
-            } else {
-                trusted_keys.add(e)
-            };
-            added.map_err(|err| invalid(&key, err.to_string()))?;
-        }
-
+        let trusted_keys = at.trusted_keys(&raw.trusted_keys, root)?;
         let maintenance_window = raw
             .maintenance_window
             .as_deref()
-            .map(MaintenanceWindow::parse)
+            .map(crate::daemon::MaintenanceWindow::parse)
             .transpose()
-            .map_err(|m| invalid("maintenance_window", m))?;
+            .map_err(|m| at.invalid("maintenance_window", m))?;
         let bandwidth_limit = raw
             .bandwidth_limit
             .as_deref()
-            .map(parse_rate)
+            .map(bytes_per_second)
             .transpose()
-            .map_err(|m| invalid("bandwidth_limit", m))?;
-
-        let d = DownloadSettings::default();
-        let download = match raw.download {
-            None => d,
-            Some(r) => {
-                let s = DownloadSettings {
-                    max_attempts: r.max_attempts.unwrap_or(d.max_attempts),
-                    initial_backoff: duration(
-                        "download.initial_backoff",
-                        &r.initial_backoff,
-                        d.initial_backoff,
-                    )?,
-                    max_backoff: duration("download.max_backoff", &r.max_backoff, d.max_backoff)?,
-                    connect_timeout: duration(
-                        "download.connect_timeout",
-                        &r.connect_timeout,
-                        d.connect_timeout,
-                    )?,
-                    stall_timeout: duration(
-                        "download.stall_timeout",
-                        &r.stall_timeout,
-                        d.stall_timeout,
-                    )?,
-                };
-                if s.max_attempts == 0 {
-                    return Err(invalid(
-                        "download.max_attempts",
-                        "must be at least 1".into(),
-                    ));
-                }
-                s
-            }
-        };
-
-        let raw_api = raw.api.unwrap_or(RawApi {
-            listen: None,
-            tls_cert: None,
-            tls_key: None,
-            token_file: None,
-        });
-        let listen_text = raw_api.listen.unwrap_or_else(|| "0.0.0.0:8443".into());
-        let listen: SocketAddr = listen_text.parse().map_err(|e| {
-            invalid(
-                "api.listen",
-                format!("{listen_text:?} is not an address such as \"0.0.0.0:8443\": {e}"),
-            )
-        })?;
-        if raw_api.tls_cert.is_some() != raw_api.tls_key.is_some() {
-            return Err(invalid(
-                "api",
-                "tls_cert and tls_key must be given together (or neither, for a self-signed certificate)".into(),
-            ));
-        }
-        let api = ApiConfig {
-            listen,
-            tls_cert: raw_api.tls_cert.map(|p| under(root, &p)),
-            tls_key: raw_api.tls_key.map(|p| under(root, &p)),
-            token_file: under(
-                root,
-                &raw_api
-                    .token_file
-                    .unwrap_or_else(|| PathBuf::from("/etc/limiquantix/update-api-token")),
-            ),
-        };
-
+            .map_err(|e| at.invalid("bandwidth_limit", e.to_string()))?;
+        let download = at.download(raw.download.take())?;
+        let api = at.api(raw.api.take(), root)?;
+        let ab = at.commands_and_ab(&mut raw)?;
         let service_manager = raw.service_manager.unwrap_or(ServiceManagerKind::Openrc);
-        let check_argv = |key: &str, v: &Option<Vec<String>>| match v {
-            Some(argv) if argv.is_empty() || argv[0].trim().is_empty() => Err(invalid(
-                key,
-                "must name a program (a non-empty argv list)".into(),
-            )),
-            _ => Ok(()),
-        };
-        check_argv("restart_command", &raw.restart_command)?;
-        check_argv("pid_command", &raw.pid_command)?;
-        check_argv("reboot_command", &raw.reboot_command)?;
-        // Through JSON: the documented shape of a slot (`{device: …}` / `{path: …}`) is a
-        // one-key map, which a YAML deserializer reads only as a `!tag`. Unknown keys are
-        // refused (AbConfig denies them).
-        let ab: qx_boot::AbConfig = match raw.ab {
-            None | Some(serde_yaml_ng::Value::Null) => qx_boot::AbConfig::default(),
-            Some(v) => serde_json::to_value(&v)
-                .and_then(serde_json::from_value)
-                .map_err(|e| invalid("ab", e.to_string()))?,
-        };
-        ab.validate().map_err(|e| invalid("ab", e.to_string()))?;
         if service_manager == ServiceManagerKind::Command && raw.restart_command.is_none() {
-            return Err(invalid(
+            return Err(at.invalid(
                 "restart_command",
                 "service_manager `command` needs restart_command, e.g. [\"/usr/local/bin/restart\", \"{service}\"]".into(),
             ));
         }
         let pidfile = raw.pidfile.unwrap_or_else(|| "/run/{service}.pid".into());
         if !pidfile.starts_with('/') {
-            return Err(invalid(
+            return Err(at.invalid(
                 "pidfile",
                 format!("{pidfile:?} must be an absolute host path"),
             ));
         }
-        let verify_timeout = duration(
+        let verify_timeout = at.duration(
             "verify_timeout",
             &raw.verify_timeout,
             Duration::from_secs(10),
@@ -424,15 +299,14 @@ impl Config {
             None => 4 << 30,
             Some(RawSize::Number(n)) => n,
             Some(RawSize::Text(t)) => {
-                parse_size(&t).map_err(|m| invalid("max_unpacked_bytes", m))?
+                parse_size(&t).map_err(|e| at.invalid("max_unpacked_bytes", e.to_string()))?
             }
         };
-        let log_path = under(
+        let log_path = under_root(
             root,
             &raw.log_path
-                .unwrap_or_else(|| PathBuf::from("/var/log/quantix/update.log")),
+                .unwrap_or_else(|| PathBuf::from(qx_core::update_log::DEFAULT_UPDATE_LOG)),
         );
-
         Ok(Config {
             source: source.to_owned(),
             root: root.to_owned(),
@@ -465,179 +339,176 @@ impl Config {
     }
 }
 
-/// A host path below a root prefix: `/x/y` under `/tmp/h` is `/tmp/h/x/y`; a relative path
-/// is taken relative to the root too.
-pub fn under(root: &Path, path: &Path) -> PathBuf {
-    let rel = path.strip_prefix("/").unwrap_or(path);
-    root.join(rel)
+/// Reads the keys of one configuration file, naming the file and the key in every error.
+struct Keys<'a> {
+    source: &'a Path,
 }
 
-/// `"10MiB/s"`, `"500KB/s"`, `"1000000"` (bytes per second).
-pub fn parse_rate(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let t = t.strip_suffix("/s").unwrap_or(t);
-    let n = parse_size(t).map_err(|_| {
-        format!("{text:?} is not a rate such as \"10MiB/s\", \"500KB/s\" or a number of bytes per second")
-    })?;
-    if n == 0 {
-        return Err("must be more than 0 bytes per second (leave it out for no limit)".into());
-    }
-    Ok(n)
-}
-
-/// `"4GiB"`, `"500MB"`, `"123"` (bytes).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "K" | "KB" | "k" | "kB" => 1_000,
-        "KiB" => 1 << 10,
-        "M" | "MB" => 1_000_000,
-        "MiB" => 1 << 20,
-        "G" | "GB" => 1_000_000_000,
-        "GiB" => 1 << 30,
-        "T" | "TB" => 1_000_000_000_000,
-        "TiB" => 1 << 40,
-        other => {
-            return Err(format!(
-                "{text:?}: unknown unit {other:?} (use B, KB, KiB, MB, MiB, GB, GiB)"
-            ))
+impl Keys<'_> {
+    fn invalid(&self, key: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.source.to_owned(),
+            key: key.to_owned(),
+            message,
         }
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size such as \"4GiB\" or a number of bytes"))?;
-    if !n.is_finite() || n < 0.0 {
-        return Err(format!("{text:?} is not a valid size"));
     }
-    Ok((n * mult as f64) as u64)
-}
 
-/// A recurring local-time window in which automatic updates may be applied:
-/// `"Sun 02:00-04:00"`, `"Mon-Fri 01:00-03:30"`, `"Sat,Sun 22:00-02:00"` (crosses midnight:
-/// belongs to the day it starts on), `"daily 03:00-04:00"`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MaintenanceWindow {
-    /// Days the window starts on; all seven for `daily`.
-    pub days: Vec<Weekday>,
-    pub start: Time,
-    pub end: Time,
-    text: String,
-}
-
-impl std::fmt::Display for MaintenanceWindow {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.text)
+    /// A duration such as `30s` or `1h`; `default` when absent.
+    fn duration(
+        &self,
+        key: &str,
+        value: &Option<String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(s) => humantime::parse_duration(s.trim()).map_err(|e| {
+                self.invalid(
+                    key,
+                    format!("{s:?} is not a duration such as \"30s\", \"1h\": {e}"),
+                )
+            }),
+        }
     }
-}
 
-const ALL_DAYS: [Weekday; 7] = [
-    Weekday::Monday,
-    Weekday::Tuesday,
-    Weekday::Wednesday,
-    Weekday::Thursday,
-    Weekday::Friday,
-    Weekday::Saturday,
-    Weekday::Sunday,
-];
-
-fn weekday(s: &str) -> Option<Weekday> {
-    Some(match s.to_ascii_lowercase().as_str() {
-        "mon" | "monday" => Weekday::Monday,
-        "tue" | "tuesday" => Weekday::Tuesday,
-        "wed" | "wednesday" => Weekday::Wednesday,
-        "thu" | "thursday" => Weekday::Thursday,
-        "fri" | "friday" => Weekday::Friday,
-        "sat" | "saturday" => Weekday::Saturday,
-        "sun" | "sunday" => Weekday::Sunday,
-        _ => return None,
-    })
-}
-
-fn hhmm(s: &str) -> Option<Time> {
-    let (h, m) = s.split_once(':')?;
-    if h.is_empty() || h.len() > 2 || m.len() != 2 {
-        return None;
+    /// `server_url`: required, http(s) with a host; kept without a trailing slash.
+    fn server_url(&self, value: Option<String>) -> Result<String, ConfigError> {
+        let server_url = value.ok_or_else(|| {
+            self.invalid(
+                "server_url",
+                "is required (e.g. \"https://updates.example:9000\")".into(),
+            )
+        })?;
+        let url = reqwest::Url::parse(&server_url)
+            .map_err(|e| self.invalid("server_url", format!("{server_url:?} is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(self.invalid(
+                "server_url",
+                format!("{server_url:?} must be an http:// or https:// URL with a host"),
+            ));
+        }
+        Ok(server_url.trim_end_matches('/').to_owned())
     }
-    let h: i8 = h.parse().ok()?;
-    let m: i8 = m.parse().ok()?;
-    if h == 24 && m == 0 {
-        return Time::new(23, 59, 59, 999_999_999).ok();
-    }
-    Time::new(h, m, 0, 0).ok()
-}
 
-impl MaintenanceWindow {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let bad = |why: &str| {
-            format!("{text:?} is not a window such as \"Sun 02:00-04:00\", \"Mon-Fri 01:00-03:00\" or \"daily 03:00-04:00\": {why}")
+    /// `trusted_keys`: at least one; a key line, or a `.pub` file read under `root`.
+    fn trusted_keys(&self, entries: &[String], root: &Path) -> Result<TrustedKeys, ConfigError> {
+        if entries.is_empty() {
+            return Err(self.invalid(
+                "trusted_keys",
+                "no trusted public keys are configured; add the publisher's minisign public key (its base64 line or the path of its .pub file)".into(),
+            ));
+        }
+        let mut trusted_keys = TrustedKeys::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let e = entry.trim();
+            let added = if e.starts_with('/') || e.starts_with('.') {
+                trusted_keys.add_file(&under_root(root, Path::new(e)))
+            } else {
+                trusted_keys.add(e)
+            };
+            added.map_err(|err| self.invalid(&format!("trusted_keys[{i}]"), err.to_string()))?;
+        }
+        Ok(trusted_keys)
+    }
+
+    /// `download`: the defaults for every key left out.
+    fn download(&self, raw: Option<RawDownload>) -> Result<DownloadSettings, ConfigError> {
+        let d = DownloadSettings::default();
+        let Some(r) = raw else {
+            return Ok(d);
         };
-        let mut parts = text.split_whitespace();
-        let (days_part, times_part) = match (parts.next(), parts.next(), parts.next()) {
-            (Some(d), Some(t), None) => (d, t),
-            (Some(t), None, None) => ("daily", t),
-            _ => return Err(bad("expected DAYS HH:MM-HH:MM")),
+        let s = DownloadSettings {
+            max_attempts: r.max_attempts.unwrap_or(d.max_attempts),
+            initial_backoff: self.duration(
+                "download.initial_backoff",
+                &r.initial_backoff,
+                d.initial_backoff,
+            )?,
+            max_backoff: self.duration("download.max_backoff", &r.max_backoff, d.max_backoff)?,
+            connect_timeout: self.duration(
+                "download.connect_timeout",
+                &r.connect_timeout,
+                d.connect_timeout,
+            )?,
+            stall_timeout: self.duration(
+                "download.stall_timeout",
+                &r.stall_timeout,
+                d.stall_timeout,
+            )?,
         };
-        let mut days = Vec::new();
-        if matches!(
-            days_part.to_ascii_lowercase().as_str(),
-            "daily" | "*" | "every"
-        ) {
-            days.extend(ALL_DAYS);
-        } else {
-            for item in days_part.split(',') {
-                if let Some((a, b)) = item.split_once('-') {
-                    let a = weekday(a).ok_or_else(|| bad(&format!("unknown day {a:?}")))?;
-                    let b = weekday(b).ok_or_else(|| bad(&format!("unknown day {b:?}")))?;
-                    let mut d = a;
-                    for _ in 0..7 {
-                        if !days.contains(&d) {
-                            days.push(d);
-                        }
-                        if d == b {
-                            break;
-                        }
-                        d = d.wrapping_add(1);
-                    }
-                } else {
-                    let d = weekday(item).ok_or_else(|| bad(&format!("unknown day {item:?}")))?;
-                    if !days.contains(&d) {
-                        days.push(d);
-                    }
-                }
-            }
+        if s.max_attempts == 0 {
+            return Err(self.invalid("download.max_attempts", "must be at least 1".into()));
         }
-        let (s, e) = times_part
-            .split_once('-')
-            .ok_or_else(|| bad("expected HH:MM-HH:MM"))?;
-        let start = hhmm(s).ok_or_else(|| bad(&format!("bad start time {s:?}")))?;
-        let end = hhmm(e).ok_or_else(|| bad(&format!("bad end time {e:?}")))?;
-        if start == end {
-            return Err(bad("the window is empty (start equals end)"));
+        Ok(s)
+    }
+
+    /// `api`: the listen address, TLS files (both or neither) and token file under `root`.
+    fn api(&self, raw: Option<RawApi>, root: &Path) -> Result<ApiConfig, ConfigError> {
+        let raw_api = raw.unwrap_or(RawApi {
+            listen: None,
+            tls_cert: None,
+            tls_key: None,
+            token_file: None,
+        });
+        let listen_text = raw_api.listen.unwrap_or_else(|| "0.0.0.0:8443".into());
+        let listen: SocketAddr = listen_text.parse().map_err(|e| {
+            self.invalid(
+                "api.listen",
+                format!("{listen_text:?} is not an address such as \"0.0.0.0:8443\": {e}"),
+            )
+        })?;
+        if raw_api.tls_cert.is_some() != raw_api.tls_key.is_some() {
+            return Err(self.invalid(
+                "api",
+                "tls_cert and tls_key must be given together (or neither, for a self-signed certificate)".into(),
+            ));
         }
-        Ok(Self {
-            days,
-            start,
-            end,
-            text: text.to_owned(),
+        Ok(ApiConfig {
+            listen,
+            tls_cert: raw_api.tls_cert.map(|p| under_root(root, &p)),
+            tls_key: raw_api.tls_key.map(|p| under_root(root, &p)),
+            token_file: under_root(
+                root,
+                &raw_api
+                    .token_file
+                    .unwrap_or_else(|| PathBuf::from("/etc/limiquantix/update-api-token")),
+            ),
         })
     }
 
-    /// True when the local date-time `at` falls inside the window.
-    pub fn contains(&self, at: DateTime) -> bool {
-        let t = at.time();
-        let day = at.weekday();
-        if self.start < self.end {
-            self.days.contains(&day) && t >= self.start && t < self.end
-        } else {
-            // Crosses midnight: the evening part belongs to `day`, the morning part to the day before.
-            (self.days.contains(&day) && t >= self.start)
-                || (self.days.contains(&day.wrapping_sub(1)) && t < self.end)
-        }
+    /// The argv keys (each must name a program) and the A/B section (`updates.ab`).
+    fn commands_and_ab(&self, raw: &mut RawUpdates) -> Result<qx_boot::AbConfig, ConfigError> {
+        let check_argv = |key: &str, v: &Option<Vec<String>>| match v {
+            Some(argv) if argv.is_empty() || argv[0].trim().is_empty() => {
+                Err(self.invalid(key, "must name a program (a non-empty argv list)".into()))
+            }
+            _ => Ok(()),
+        };
+        check_argv("restart_command", &raw.restart_command)?;
+        check_argv("pid_command", &raw.pid_command)?;
+        check_argv("reboot_command", &raw.reboot_command)?;
+        // Through JSON: the documented shape of a slot (`{device: …}` / `{path: …}`) is a
+        // one-key map, which a YAML deserializer reads only as a `!tag`. Unknown keys are
+        // refused (AbConfig denies them).
+        let ab: qx_boot::AbConfig = match raw.ab.take() {
+            None | Some(serde_yaml_ng::Value::Null) => qx_boot::AbConfig::default(),
+            Some(v) => serde_json::to_value(&v)
+                .and_then(serde_json::from_value)
+                .map_err(|e| self.invalid("ab", e.to_string()))?,
+        };
+        ab.validate()
+            .map_err(|e| self.invalid("ab", e.to_string()))?;
+        Ok(ab)
+    }
+}
+
+/// A rate such as `10MiB/s`; a bare size (`1000000`) is bytes per second too.
+fn bytes_per_second(text: &str) -> Result<u64, qx_core::SizeError> {
+    let t = text.trim();
+    if t.ends_with("/s") {
+        parse_rate(t)
+    } else {
+        parse_rate(&format!("{t}/s"))
     }
 }
 
@@ -722,20 +593,12 @@ mod tests {
     }
 
     #[test]
-    fn window_contains() {
-        let w = MaintenanceWindow::parse("Sun 02:00-04:00").expect("window");
-        // 2026-11-29 is a Sunday.
-        let at = |d: i8, h: i8, m: i8| jiff::civil::date(2026, 11, d).at(h, m, 0, 0);
-        assert!(w.contains(at(29, 2, 0)));
-        assert!(w.contains(at(29, 3, 59)));
-        assert!(!w.contains(at(29, 4, 0)));
-        assert!(!w.contains(at(28, 3, 0)));
-        let night = MaintenanceWindow::parse("Sat 22:00-02:00").expect("window");
-        assert!(night.contains(at(28, 23, 0)));
-        assert!(night.contains(at(29, 1, 0)));
-        assert!(!night.contains(at(29, 23, 0)));
-        let weekdays = MaintenanceWindow::parse("Mon-Fri 01:00-03:00").expect("window");
-        assert!(weekdays.contains(jiff::civil::date(2026, 11, 27).at(1, 30, 0, 0)));
-        assert!(!weekdays.contains(at(29, 1, 30)));
+    fn max_unpacked_bytes_4g_is_4_gib_and_4gb_is_4_billion() {
+        let c = parse("  max_unpacked_bytes: 4G\n").expect("config");
+        assert_eq!(c.max_unpacked_bytes, 4 << 30);
+        let c = parse("  max_unpacked_bytes: 4GB\n").expect("config");
+        assert_eq!(c.max_unpacked_bytes, 4_000_000_000);
+        let c = parse("  bandwidth_limit: 1M/s\n").expect("config");
+        assert_eq!(c.bandwidth_limit, Some(1 << 20));
     }
 }

@@ -1,4 +1,4 @@
-//! Artifact downloads (SPEC §4 step 2): resumable with HTTP `Range`, verified while streaming,
+//! Artifact downloads (docs/spec.md §4 step 2): resumable with HTTP `Range`, verified while streaming,
 //! retried with exponential backoff and full jitter within a bounded budget, optionally
 //! throttled, with progress reports.
 //!
@@ -137,13 +137,6 @@ pub enum DownloadError {
     TooLarge { url: String, limit: u64 },
     #[error("cannot set up the HTTP client: {0}")]
     Client(String),
-    /// `fetch_into` only: the download had to start again from zero (the server ignored the
-    /// range, or the data failed verification) after bytes had gone to the sink.
-    #[error("artifact {artifact}: {reason}; the download must start again from zero but part of it was already streamed on: discard what was streamed and fetch the artifact again")]
-    StreamRestarted { artifact: String, reason: String },
-    /// `fetch_into` only: writing to the sink failed (the partial download is kept).
-    #[error("artifact {artifact}: the consumer of the streamed download failed: {source}")]
-    Sink { artifact: String, source: io::Error },
 }
 
 impl DownloadError {
@@ -415,28 +408,20 @@ impl Drop for Writeback {
     }
 }
 
-/// The partial file of one artifact and the running hash of its content; with a sink, every
-/// byte of the artifact also goes there once, in order.
-struct Part<'a, 's> {
+/// The partial file of one artifact and the running hash of its content.
+struct Part<'a> {
     expected: &'a ArtifactRef,
     path: PathBuf,
     meta: PathBuf,
     file: Option<File>,
     writeback: Writeback,
     hasher: Sha256Hasher,
-    sink: Option<&'s mut dyn Write>,
-    /// Bytes given to the sink.
-    sunk: u64,
 }
 
-impl<'a, 's> Part<'a, 's> {
-    /// Picks up a `.part` left by an earlier attempt or process (re-hashing its content and
-    /// streaming it to the sink), or starts empty.
-    fn open(
-        dir: &Path,
-        expected: &'a ArtifactRef,
-        sink: Option<&'s mut dyn Write>,
-    ) -> Result<Self, DownloadError> {
+impl<'a> Part<'a> {
+    /// Picks up a `.part` left by an earlier attempt or process (re-hashing its content), or
+    /// starts empty.
+    fn open(dir: &Path, expected: &'a ArtifactRef) -> Result<Self, DownloadError> {
         let name = expected.artifact.as_str();
         let mut part = Self {
             expected,
@@ -445,8 +430,6 @@ impl<'a, 's> Part<'a, 's> {
             file: None,
             writeback: Writeback::new(),
             hasher: Sha256Hasher::new(),
-            sink,
-            sunk: 0,
         };
         let same_content = fs::read_to_string(&part.meta)
             .map(|s| s.trim() == expected.sha256.to_hex())
@@ -478,7 +461,6 @@ impl<'a, 's> Part<'a, 's> {
                 Err(e) => return Err(DownloadError::io(&part.path, e)),
             };
             part.hasher.update(&buf[..n]);
-            part.feed(&buf[..n])?;
         }
         part.file = Some(file);
         tracing::info!(
@@ -524,23 +506,10 @@ impl<'a, 's> Part<'a, 's> {
             self.writeback.wrote(file, data.len() as u64);
         }
         self.hasher.update(data);
-        self.feed(data)
-    }
-
-    /// Hands bytes to the sink, if there is one.
-    fn feed(&mut self, data: &[u8]) -> Result<(), DownloadError> {
-        if let Some(sink) = self.sink.as_mut() {
-            sink.write_all(data).map_err(|source| DownloadError::Sink {
-                artifact: self.expected.artifact.as_str().to_owned(),
-                source,
-            })?;
-            self.sunk += data.len() as u64;
-        }
         Ok(())
     }
 
-    /// Deletes the partial data (and its sidecar): the next write starts from zero. When bytes
-    /// were already streamed to a sink, that stream is void: `StreamRestarted`.
+    /// Deletes the partial data (and its sidecar): the next write starts from zero.
     fn discard(&mut self) -> Result<(), DownloadError> {
         self.writeback.stop();
         self.file = None;
@@ -551,12 +520,6 @@ impl<'a, 's> Part<'a, 's> {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(DownloadError::io(p, e)),
             }
-        }
-        if self.sunk > 0 {
-            return Err(DownloadError::StreamRestarted {
-                artifact: self.expected.artifact.as_str().to_owned(),
-                reason: "the partial download could not be continued".into(),
-            });
         }
         Ok(())
     }
@@ -582,13 +545,6 @@ impl<'a, 's> Part<'a, 's> {
         };
         match self.discard() {
             Ok(()) => Err(Failed::corrupt(error)),
-            Err(DownloadError::StreamRestarted { artifact, .. }) => {
-                // The streamed data is void; say what was wrong with it.
-                Err(Failed::fatal(DownloadError::StreamRestarted {
-                    artifact,
-                    reason: error.to_string(),
-                }))
-            }
             Err(e) => Err(Failed::fatal(e)),
         }
     }
@@ -601,11 +557,7 @@ impl<'a, 's> Part<'a, 's> {
             .map_err(|e| DownloadError::io(&self.path, e))?;
         self.file = None;
         fs::rename(&self.path, final_path).map_err(|e| DownloadError::io(final_path, e))?;
-        if let Some(dir) = final_path.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| DownloadError::io(dir, e))?;
-        }
+        qx_core::fs::fsync_parent(final_path).map_err(|e| DownloadError::io(&e.path, e.source))?;
         match fs::remove_file(&self.meta) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -650,73 +602,19 @@ impl Downloader {
         expected: &ArtifactRef,
         progress: &mut dyn FnMut(&DownloadProgress),
     ) -> Result<PathBuf, DownloadError> {
-        self.fetch_inner(url, dir, expected, progress, None)
-    }
-
-    /// [`fetch`](Self::fetch), and every byte of the artifact is also written to `sink`, once
-    /// and in order from byte 0, as it arrives (a resumed `.part` is read back into the sink
-    /// first; a file already complete in `dir` is streamed from disk). This lets a caller
-    /// decompress and unpack **into staging** while downloading, in one pass.
-    ///
-    /// The bytes are verified only when this returns `Ok`: until then the sink's output must
-    /// not be used (installed, executed). If the download has to restart from zero after bytes
-    /// went to the sink (the server ignored the range, or the data failed verification), this
-    /// stops with [`DownloadError::StreamRestarted`]: discard the sink's output and fetch again
-    /// (with `fetch`, then unpack from the file). A failing sink stops the download with
-    /// [`DownloadError::Sink`]; the partial file is kept for a resume.
-    ///
-    /// With a pipe to a decoder thread as the sink, that thread must read its end to EOF even
-    /// after the archive's end marker (or after failing), or the download blocks or fails.
-    pub fn fetch_into(
-        &self,
-        url: &str,
-        dir: &Path,
-        expected: &ArtifactRef,
-        progress: &mut dyn FnMut(&DownloadProgress),
-        sink: &mut dyn Write,
-    ) -> Result<PathBuf, DownloadError> {
-        self.fetch_inner(url, dir, expected, progress, Some(sink))
-    }
-
-    fn fetch_inner(
-        &self,
-        url: &str,
-        dir: &Path,
-        expected: &ArtifactRef,
-        progress: &mut dyn FnMut(&DownloadProgress),
-        mut sink: Option<&mut dyn Write>,
-    ) -> Result<PathBuf, DownloadError> {
         let name = expected.artifact.as_str();
         let final_path = dir.join(name);
         fs::create_dir_all(dir).map_err(|e| DownloadError::io(dir, e))?;
         let mut meter = Meter::new(name, expected.size_bytes);
 
-        match File::open(&final_path) {
-            Ok(f) => {
-                let (sha, len) =
-                    Sha256::of_reader(f).map_err(|e| DownloadError::io(&final_path, e))?;
-                if sha == expected.sha256 && len == expected.size_bytes {
-                    if let Some(sink) = sink.as_mut() {
-                        let mut f = File::open(&final_path)
-                            .map_err(|e| DownloadError::io(&final_path, e))?;
-                        io::copy(&mut f, sink).map_err(|source| DownloadError::Sink {
-                            artifact: name.to_owned(),
-                            source,
-                        })?;
-                    }
-                    if let Some(p) = meter.tick(Instant::now(), len, true) {
-                        progress(&p);
-                    }
-                    return Ok(final_path);
-                }
-                tracing::warn!(path = %final_path.display(), "existing file does not match the manifest; downloading again");
-                fs::remove_file(&final_path).map_err(|e| DownloadError::io(&final_path, e))?;
+        if already_complete(&final_path, expected)? {
+            if let Some(p) = meter.tick(Instant::now(), expected.size_bytes, true) {
+                progress(&p);
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(DownloadError::io(&final_path, e)),
+            return Ok(final_path);
         }
 
-        let mut part = Part::open(dir, expected, sink)?;
+        let mut part = Part::open(dir, expected)?;
         let needed = expected.size_bytes - part.len();
         let available = free_space(dir).map_err(|e| DownloadError::io(dir, e))?;
         if available < needed {
@@ -758,158 +656,40 @@ impl Downloader {
         Ok(final_path)
     }
 
+    /// One request for what is missing of `part`: check the answer's status and headers,
+    /// stream the body into the part (capped at the announced size, hashed as it is written,
+    /// throttled, with progress), then verify the whole content.
     fn attempt(
         &self,
         url: &str,
-        part: &mut Part<'_, '_>,
+        part: &mut Part<'_>,
         limiter: &mut Option<RateLimiter>,
         meter: &mut Meter,
         progress: &mut dyn FnMut(&DownloadProgress),
         budget: &mut RetryBudget<'_>,
     ) -> Result<(), Failed> {
         let size = part.expected.size_bytes;
-        let name = part.expected.artifact.as_str().to_owned();
-        let offset = part.len();
-        if offset == size {
+        if part.len() == size {
             // Everything arrived before a crash or a cut: nothing to ask the server for.
             return part.verify();
         }
-        let mut req = self.client.get(url);
-        if offset > 0 {
-            req = req
-                .header(header::RANGE, format!("bytes={offset}-"))
-                .header(header::IF_RANGE, format!("\"{}\"", part.expected.sha256));
-        }
-        let mut resp = req
-            .send()
-            .map_err(|e| Failed::transient(network(url, &e), false))?;
-        let status = resp.status();
-        match status {
-            StatusCode::OK => {
-                if offset > 0 {
-                    tracing::info!(
-                        url,
-                        "server sent the whole artifact instead of a range; restarting from zero"
-                    );
-                    part.discard().map_err(|e| match e {
-                        DownloadError::StreamRestarted { artifact, .. } => {
-                            Failed::fatal(DownloadError::StreamRestarted {
-                                artifact,
-                                reason:
-                                    "the server answered the range request with the whole artifact"
-                                        .into(),
-                            })
-                        }
-                        e => Failed::fatal(e),
-                    })?;
-                }
-            }
-            StatusCode::PARTIAL_CONTENT => {
-                let range = resp
-                    .headers()
-                    .get(header::CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(parse_content_range);
-                match range {
-                    Some((_, Some(total))) if total != size => {
-                        part.discard().map_err(Failed::fatal)?;
-                        return Err(Failed::corrupt(DownloadError::SizeMismatch {
-                            artifact: name,
-                            expected: size,
-                            got: total,
-                        }));
-                    }
-                    Some((start, _)) if start == offset => {}
-                    _ => {
-                        part.discard().map_err(Failed::fatal)?;
-                        return Err(Failed::transient(
-                            DownloadError::Network {
-                                url: url.to_owned(),
-                                message: format!(
-                                    "the server answered a request for bytes {offset}- with an unusable range; restarting from zero"
-                                ),
-                            },
-                            false,
-                        ));
-                    }
-                }
-            }
-            StatusCode::RANGE_NOT_SATISFIABLE => {
-                part.discard().map_err(Failed::fatal)?;
-                return Err(Failed::transient(http(url, status), false));
-            }
-            _ => {
-                budget.retry_after = retry_after(&resp);
-                return Err(classify_status(url, &resp));
-            }
-        }
-        // The update server's strong ETag is the artifact's quoted SHA-256: when it names other
-        // content, the body is not worth reading.
-        let etag = resp
-            .headers()
-            .get(header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|t| {
-                t.strip_prefix('"')?
-                    .strip_suffix('"')?
-                    .parse::<Sha256>()
-                    .ok()
-            });
-        if let Some(tag) = etag {
-            if tag != part.expected.sha256 {
-                part.discard().map_err(Failed::fatal)?;
-                return Err(Failed::corrupt(DownloadError::Mismatch {
-                    artifact: name,
-                    expected: part.expected.sha256,
-                    got: tag,
-                }));
-            }
-        }
-        if let Some(announced) = resp.content_length() {
-            if part.len() + announced != size {
-                part.discard().map_err(Failed::fatal)?;
-                return Err(Failed::corrupt(DownloadError::SizeMismatch {
-                    artifact: name,
-                    expected: size,
-                    got: part.len() + announced,
-                }));
-            }
-        }
-
+        let resp = self.request(url, part)?;
+        accept_status(url, &resp, part, budget)?;
+        accept_content(&resp, part)?;
         let start = part.len();
+        let mut body = Capped::new(resp, size - start);
         let chunk = match self.opts.bandwidth_limit {
             Some(rate) => RateLimiter::chunk_for(rate),
             None => BUF_SIZE,
         };
         let mut buf = vec![0u8; chunk];
         loop {
-            let n = match resp.read(&mut buf) {
+            let n = match body.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(Failed::transient(
-                        DownloadError::Network {
-                            url: url.to_owned(),
-                            message: format!(
-                                "transfer interrupted after {} of {size} bytes: {}",
-                                part.len(),
-                                error_chain(&e)
-                            ),
-                        },
-                        part.len() >= start + MIN_PROGRESS,
-                    ))
-                }
+                Err(e) => return Err(read_failed(url, part, &body, &e, start)),
             };
-            if part.len() + n as u64 > size {
-                let got = part.len() + n as u64;
-                part.discard().map_err(Failed::fatal)?;
-                return Err(Failed::corrupt(DownloadError::SizeMismatch {
-                    artifact: name,
-                    expected: size,
-                    got,
-                }));
-            }
             part.write(&buf[..n]).map_err(Failed::fatal)?;
             if let Some(limiter) = limiter.as_mut() {
                 let wait = limiter.take(Instant::now(), n as u64);
@@ -922,18 +702,28 @@ impl Downloader {
             }
         }
         if part.len() < size {
-            return Err(Failed::transient(
-                DownloadError::Network {
-                    url: url.to_owned(),
-                    message: format!(
-                        "the server closed the connection after {} of {size} bytes",
-                        part.len()
-                    ),
-                },
-                part.len() >= start + MIN_PROGRESS,
-            ));
+            let message = format!(
+                "the server closed the connection after {} of {size} bytes",
+                part.len()
+            );
+            let progressed = part.len() >= start + MIN_PROGRESS;
+            return Err(Failed::transient(network_error(url, message), progressed));
         }
         part.verify()
+    }
+
+    /// Sends the request: a plain GET, or a resumption (`Range` + `If-Range` with the
+    /// artifact's SHA-256, the server's strong ETag) when part of the data is already here.
+    fn request(&self, url: &str, part: &Part<'_>) -> Result<Response, Failed> {
+        let offset = part.len();
+        let mut req = self.client.get(url);
+        if offset > 0 {
+            req = req
+                .header(header::RANGE, format!("bytes={offset}-"))
+                .header(header::IF_RANGE, format!("\"{}\"", part.expected.sha256));
+        }
+        req.send()
+            .map_err(|e| Failed::transient(network(url, &e), false))
     }
 
     /// Fetches small text/bytes (manifest, signature) with the same retry policy; returns the
@@ -992,6 +782,188 @@ impl Downloader {
             return Err(too_large());
         }
         Ok((body, headers))
+    }
+}
+
+/// True when `path` holds the artifact already (right size and SHA-256); a file with other
+/// content is removed.
+fn already_complete(path: &Path, expected: &ArtifactRef) -> Result<bool, DownloadError> {
+    match File::open(path) {
+        Ok(f) => {
+            let (sha, len) = Sha256::of_reader(f).map_err(|e| DownloadError::io(path, e))?;
+            if sha == expected.sha256 && len == expected.size_bytes {
+                return Ok(true);
+            }
+            tracing::warn!(path = %path.display(), "existing file does not match the manifest; downloading again");
+            fs::remove_file(path).map_err(|e| DownloadError::io(path, e))?;
+            Ok(false)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(DownloadError::io(path, e)),
+    }
+}
+
+/// A body reader that delivers at most `limit` bytes: a read that would go past it fails,
+/// and `over` records how many bytes that read brought (the server sent more than the
+/// signed manifest says).
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    over: Option<u64>,
+}
+
+impl<R> Capped<R> {
+    fn new(inner: R, limit: u64) -> Self {
+        Self {
+            inner,
+            left: limit,
+            over: None,
+        }
+    }
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            self.over = Some(n as u64);
+            return Err(io::Error::other("more bytes than the signed manifest says"));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Checks the status of an answer to [`Downloader::request`]: 200 (the whole artifact: a
+/// part kept from before is discarded), 206 with the range asked for, or a failure.
+fn accept_status(
+    url: &str,
+    resp: &Response,
+    part: &mut Part<'_>,
+    budget: &mut RetryBudget<'_>,
+) -> Result<(), Failed> {
+    let offset = part.len();
+    let size = part.expected.size_bytes;
+    let status = resp.status();
+    match status {
+        StatusCode::OK if offset > 0 => {
+            tracing::info!(
+                url,
+                "server sent the whole artifact instead of a range; restarting from zero"
+            );
+            part.discard().map_err(Failed::fatal)
+        }
+        StatusCode::OK => Ok(()),
+        StatusCode::PARTIAL_CONTENT => {
+            let range = resp
+                .headers()
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_content_range);
+            match range {
+                Some((_, Some(total))) if total != size => {
+                    part.discard().map_err(Failed::fatal)?;
+                    Err(Failed::corrupt(DownloadError::SizeMismatch {
+                        artifact: part.expected.artifact.as_str().to_owned(),
+                        expected: size,
+                        got: total,
+                    }))
+                }
+                Some((start, _)) if start == offset => Ok(()),
+                _ => {
+                    part.discard().map_err(Failed::fatal)?;
+                    let message = format!(
+                        "the server answered a request for bytes {offset}- with an unusable range; restarting from zero"
+                    );
+                    Err(Failed::transient(network_error(url, message), false))
+                }
+            }
+        }
+        StatusCode::RANGE_NOT_SATISFIABLE => {
+            part.discard().map_err(Failed::fatal)?;
+            Err(Failed::transient(http(url, status), false))
+        }
+        _ => {
+            budget.retry_after = retry_after(resp);
+            Err(classify_status(url, resp))
+        }
+    }
+}
+
+/// Checks what an answer says of its content before the body is read: an ETag naming other
+/// content (the update server's strong ETag is the artifact's quoted SHA-256) or a length
+/// that does not complete the artifact is refused (the part is discarded).
+fn accept_content(resp: &Response, part: &mut Part<'_>) -> Result<(), Failed> {
+    let etag = resp
+        .headers()
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| {
+            t.strip_prefix('"')?
+                .strip_suffix('"')?
+                .parse::<Sha256>()
+                .ok()
+        });
+    let name = part.expected.artifact.as_str().to_owned();
+    let size = part.expected.size_bytes;
+    if let Some(tag) = etag.filter(|t| *t != part.expected.sha256) {
+        part.discard().map_err(Failed::fatal)?;
+        return Err(Failed::corrupt(DownloadError::Mismatch {
+            artifact: name,
+            expected: part.expected.sha256,
+            got: tag,
+        }));
+    }
+    if let Some(announced) = resp.content_length() {
+        if part.len() + announced != size {
+            let got = part.len() + announced;
+            part.discard().map_err(Failed::fatal)?;
+            return Err(Failed::corrupt(DownloadError::SizeMismatch {
+                artifact: name,
+                expected: size,
+                got,
+            }));
+        }
+    }
+    Ok(())
+}
+
+/// A failed read of the body: more bytes than the artifact has (the part is discarded), or
+/// a cut (progress when at least [`MIN_PROGRESS`] bytes arrived since `start`).
+fn read_failed<R>(
+    url: &str,
+    part: &mut Part<'_>,
+    body: &Capped<R>,
+    e: &io::Error,
+    start: u64,
+) -> Failed {
+    let size = part.expected.size_bytes;
+    if let Some(n) = body.over {
+        let got = part.len() + n;
+        if let Err(e) = part.discard() {
+            return Failed::fatal(e);
+        }
+        return Failed::corrupt(DownloadError::SizeMismatch {
+            artifact: part.expected.artifact.as_str().to_owned(),
+            expected: size,
+            got,
+        });
+    }
+    let message = format!(
+        "transfer interrupted after {} of {size} bytes: {}",
+        part.len(),
+        error_chain(e)
+    );
+    Failed::transient(
+        network_error(url, message),
+        part.len() >= start + MIN_PROGRESS,
+    )
+}
+
+fn network_error(url: &str, message: String) -> DownloadError {
+    DownloadError::Network {
+        url: url.to_owned(),
+        message,
     }
 }
 

@@ -1,6 +1,6 @@
 //! Full-image (A/B) apply: a release whose `update_type` is `full` or `mixed` carries a system
 //! image (`full_image`: `system.squashfs`, optionally a kernel and an initramfs) that is written
-//! into the inactive slot by [`qx_boot::install_image`] (SPEC §5).
+//! into the inactive slot by [`qx_boot::install_image`] (docs/spec.md §5).
 //!
 //! Order of an apply that carries an image:
 //! 1. check (as for components); the image is planned: the slot to write, and whether it is
@@ -26,13 +26,12 @@ use std::path::PathBuf;
 
 use qx_boot::install::InstalledFile;
 use qx_boot::{AbContext, AbState, ImageFile, InstallRequest, Slot};
+use qx_core::fs::remove_any;
 use qx_core::status::{HistoryEntry, Outcome, UpdateState};
-use qx_core::{ArtifactRef, FullImage, Manifest, TargetSlot, Version};
+use qx_core::{ArtifactRef, FullImage, Manifest, TargetSlot, UpdateLog, Version};
 use serde::Serialize;
 
 use crate::check::ComponentChange;
-use crate::journal::remove_any;
-use crate::updatelog::UpdateLog;
 use crate::{Agent, AgentError, ApplyOptions, ApplyReport, CheckReport};
 
 /// The name under which the system image appears in check reports, history and status.
@@ -155,42 +154,11 @@ pub fn system_change(
         offered: offered.clone(),
         action,
     };
-    if let Some(s) = &state {
-        if s.version == offered {
-            if s.pending && s.to != booted {
-                return Ok(Some((
-                    change(
-                        installed,
-                        format!("written into slot {}; waiting for the reboot", s.to),
-                    ),
-                    false,
-                )));
-            }
-            if s.pending {
-                return Ok(Some((
-                    change(
-                        installed,
-                        format!(
-                            "running in slot {}; waiting for `qx-update ab verify`",
-                            s.to
-                        ),
-                    ),
-                    false,
-                )));
-            }
-            if s.outcome == Some(Outcome::RolledBack) {
-                return Ok(Some((
-                    change(
-                        installed,
-                        format!(
-                            "rolled back from slot {} earlier; not retried (publish a newer release)",
-                            s.to
-                        ),
-                    ),
-                    false,
-                )));
-            }
-        }
+    if let Some(action) = state
+        .as_ref()
+        .and_then(|s| already_written(s, booted, &offered))
+    {
+        return Ok(Some((change(installed, action), false)));
     }
     let install = format!("install into slot {target}");
     let Some(inst) = installed else {
@@ -216,6 +184,33 @@ pub fn system_change(
         )));
     }
     Ok(Some((change(Some(inst), install), true)))
+}
+
+/// The action to show when the offered image was written before and must not be written
+/// again: waiting for its reboot or its verification, or rolled back (not retried).
+fn already_written(s: &AbState, booted: Slot, offered: &str) -> Option<String> {
+    if s.version != offered {
+        return None;
+    }
+    if s.pending && s.to != booted {
+        return Some(format!(
+            "written into slot {}; waiting for the reboot",
+            s.to
+        ));
+    }
+    if s.pending {
+        return Some(format!(
+            "running in slot {}; waiting for `qx-update ab verify`",
+            s.to
+        ));
+    }
+    if s.outcome == Some(Outcome::RolledBack) {
+        return Some(format!(
+            "rolled back from slot {} earlier; not retried (publish a newer release)",
+            s.to
+        ));
+    }
+    None
 }
 
 /// Adds the system image to a check report (the hook of [`Agent::check_with`]).
@@ -298,7 +293,8 @@ pub fn download(agent: &Agent, plan: &Plan, log: &mut UpdateLog) -> Result<Stage
         .chain(img.kernel.iter().cloned())
         .chain(img.initramfs.iter().cloned())
         .collect();
-    let downloaded = crate::apply::download_artifacts(agent, &plan.version, &dir, &files, log)?;
+    let downloaded =
+        crate::transaction::apply::download_artifacts(agent, &plan.version, &dir, &files, log)?;
     let mut got = downloaded
         .into_iter()
         .zip(&files)
@@ -440,7 +436,7 @@ pub fn maybe_reboot(
     if argv.first().is_none_or(|p| p.trim().is_empty()) {
         return Err(reboot_err("updates.reboot_command is empty".into()));
     }
-    let ran = crate::service::run(
+    let ran = crate::transaction::service::run(
         argv,
         agent.root(),
         None,

@@ -2,35 +2,32 @@
 //! crash-safe transaction, the daemon with its local HTTPS API and web page, and the A/B
 //! system-update commands. Also a library, so a larger daemon can embed it.
 //!
-//! The facade is [`Agent`]: `check` (no host change), `apply` (SPEC §4 steps 1–8 as one
+//! The facade is [`Agent`]: `check` (no host change), `apply` (docs/spec.md §4 steps 1–8 as one
 //! journaled transaction), `status`/`subscribe`, `recover` (finish an interrupted apply),
 //! `rollback` (restore the previous version from its backup).
 
-pub mod api;
-pub mod apply;
-pub mod check;
+mod check;
 pub mod cli;
-pub mod config;
+mod config;
 pub mod daemon;
 pub mod download;
-pub mod extract;
-pub mod fullimage;
-pub mod journal;
-pub mod service;
-pub mod state;
-pub mod tls;
-pub mod updatelog;
-pub mod web;
-pub mod window;
+mod error;
+mod fullimage;
+mod status;
+pub mod transaction;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use apply::{ApplyOptions, ApplyReport, RecoveryReport};
 pub use check::{CheckReport, ComponentChange};
-pub use config::{Config, ConfigError};
-pub use state::StatusSnapshot;
+pub use config::{
+    ApiConfig, Config, ConfigError, DownloadSettings, ServiceManagerKind, DEFAULT_CONFIG_PATH,
+};
+pub use error::{code, exit_codes_help, AgentError, EXIT_CODE_TABLE};
+pub use fullimage::SystemInstall;
+pub use status::StatusSnapshot;
+pub use transaction::{ApplyOptions, ApplyReport, RecoveryReport};
 
 /// Every host path the agent uses, resolved under the root prefix (`--root`).
 #[derive(Debug, Clone)]
@@ -66,7 +63,7 @@ impl HostPaths {
 
     /// A host path (absolute, as on the real machine) below the root.
     pub fn host(&self, path: &Path) -> PathBuf {
-        config::under(&self.root, path)
+        qx_core::fs::under_root(&self.root, path)
     }
 
     /// The installed versions (`/data/versions/<component>`, one line each).
@@ -90,183 +87,10 @@ impl HostPaths {
     }
 }
 
-/// Everything that can go wrong, one variant per refusal of SPEC §2/§4, each with its own
-/// exit code (see [`AgentError::exit_code`] and `qx-update --help`).
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    #[error("update in progress: another apply holds {lock}; wait for it to finish (see `qx-update status`)")]
-    Busy { lock: PathBuf },
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("cannot fetch {url}: {message}")]
-    Fetch { url: String, message: String },
-    #[error("the server has no release of {product} on channel {channel} ({url})")]
-    NoRelease {
-        product: String,
-        channel: String,
-        url: String,
-    },
-    #[error("manifest from {url} has no signature (header X-Qx-Signature missing or empty); refusing it")]
-    SignatureMissing { url: String },
-    #[error(
-        "manifest signature is invalid: {reason}; refusing it (tampered manifest or signature)"
-    )]
-    SignatureInvalid { reason: String },
-    #[error("manifest is signed by key {key_id}, which is not trusted (trusted: {trusted}); add the publisher's key to updates.trusted_keys if it is genuine")]
-    UntrustedKey { key_id: String, trusted: String },
-    #[error("manifest is invalid: {0}")]
-    ManifestInvalid(#[from] qx_core::ManifestError),
-    #[error("manifest {version} expired at {expires}; the publisher must re-sign or publish a newer release")]
-    Expired { version: String, expires: String },
-    #[error("manifest is for product {got}, this host runs {expected}; refusing it")]
-    WrongProduct { expected: String, got: String },
-    #[error("manifest is for channel {got}, this host follows {expected}; refusing it")]
-    WrongChannel { expected: String, got: String },
-    #[error("component {component}: offered {offered} is lower than installed {installed}; a downgrade needs --allow-downgrade {offered}")]
-    Downgrade {
-        component: String,
-        installed: String,
-        offered: String,
-    },
-    #[error("manifest version {offered} is lower than {seen}, already seen on channel {channel} (replayed or rolled-back manifest); refusing it (--allow-downgrade {offered} to take it on purpose)")]
-    Replay {
-        channel: String,
-        seen: String,
-        offered: String,
-    },
-    #[error("this host is at {installed}, below release {version}'s min_version {min_version}; install an intermediate release first")]
-    BelowMinVersion {
-        installed: String,
-        min_version: String,
-        version: String,
-    },
-    #[error("component {component} requires {requires} >= {min_version}, but {}", match .installed { Some(v) => format!("{v} is installed and not updated by this apply"), None => "it is not installed and not part of this apply".into() })]
-    UnmetRequirement {
-        component: String,
-        requires: String,
-        min_version: String,
-        installed: Option<String>,
-    },
-    #[error("--allow-downgrade {asked} does not name the offered version {offered}")]
-    DowngradeMismatch { asked: String, offered: String },
-    #[error("component {name} is not in release {version} (it has: {available})")]
-    UnknownComponent {
-        name: String,
-        version: String,
-        available: String,
-    },
-    #[error("not enough free space in {path}: {needed} bytes needed, {available} available")]
-    NoSpace {
-        path: PathBuf,
-        needed: u64,
-        available: u64,
-    },
-    #[error("download failed: {0}")]
-    Download(#[from] download::DownloadError),
-    #[error("unsafe archive refused: {0}")]
-    UnsafeArchive(#[from] extract::ExtractError),
-    #[error("migration of component {component} failed ({status}); every file was restored and no service was restarted; its output is in {log}")]
-    MigrationFailed {
-        component: String,
-        status: String,
-        log: PathBuf,
-    },
-    #[error("restart of service {service} failed: {reason}; every file was restored from backup")]
-    RestartFailed { service: String, reason: String },
-    #[error("update did not take effect: {component}: {reason}; every file was restored from backup and the services restarted")]
-    NotEffective { component: String, reason: String },
-    #[error("no backup to roll back to in {dir}")]
-    NoBackup { dir: PathBuf },
-    #[error("rollback incomplete: {reason}")]
-    RollbackFailed { reason: String },
-    #[error("journal {path}: {message}")]
-    Journal { path: PathBuf, message: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("system image {version}: {source}")]
-    SystemImage {
-        version: String,
-        source: qx_boot::BootError,
-    },
-    #[error("the system image is installed and pending, but the reboot command `{command}` failed: {reason}; reboot the host to start the new slot")]
-    Reboot { command: String, reason: String },
-}
-
-impl AgentError {
-    pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
-        move |source| AgentError::Io {
-            path: path.to_owned(),
-            source,
-        }
-    }
-
-    /// The process exit code for this error (documented in `qx-update --help`).
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            AgentError::Io { .. } | AgentError::Journal { .. } => 1,
-            AgentError::DowngradeMismatch { .. } | AgentError::UnknownComponent { .. } => 2,
-            AgentError::Config(_) => 3,
-            AgentError::Busy { .. } => 10,
-            AgentError::Fetch { .. } => 11,
-            AgentError::NoRelease { .. } => 12,
-            AgentError::SignatureMissing { .. } => 20,
-            AgentError::SignatureInvalid { .. } => 21,
-            AgentError::UntrustedKey { .. } => 22,
-            AgentError::ManifestInvalid(_) => 23,
-            AgentError::Expired { .. } => 24,
-            AgentError::WrongProduct { .. } => 25,
-            AgentError::WrongChannel { .. } => 26,
-            AgentError::Downgrade { .. } => 27,
-            AgentError::Replay { .. } => 28,
-            AgentError::BelowMinVersion { .. } => 29,
-            AgentError::UnmetRequirement { .. } => 30,
-            AgentError::NoSpace { .. } => 31,
-            AgentError::Download(_) => 32,
-            AgentError::UnsafeArchive(_) => 33,
-            AgentError::MigrationFailed { .. } => 40,
-            AgentError::RestartFailed { .. } => 41,
-            AgentError::NotEffective { .. } => 42,
-            AgentError::NoBackup { .. } => 43,
-            AgentError::RollbackFailed { .. } => 44,
-            AgentError::SystemImage { .. } => 45,
-            AgentError::Reboot { .. } => 46,
-        }
-    }
-
-    /// True for refusals of a manifest (nothing on the host was touched).
-    pub fn is_refusal(&self) -> bool {
-        (20..=31).contains(&self.exit_code())
-    }
-}
-
-/// The exit-code table printed by `qx-update --help`.
-pub const EXIT_CODES: &str = "\
-Exit codes:
-   0  success (also: already up to date)
-   1  failure (I/O, journal)
-   2  usage error (bad arguments, unknown --component, --allow-downgrade naming another version)
-   3  configuration error
-  10  busy: another apply is in progress
-  11  cannot reach the update server        12  no release on this channel
-  20  manifest signature missing            21  signature invalid
-  22  signed by an untrusted key            23  manifest invalid
-  24  manifest expired                      25  manifest for another product
-  26  manifest for another channel          27  downgrade refused
-  28  replayed (older than already seen)    29  host below min_version
-  30  unmet requirement                     31  not enough free space
-  32  download failed                       33  unsafe archive
-  40  migration failed (files restored)     41  service restart failed (files restored)
-  42  update did not take effect (restored) 43  no backup to roll back to
-  44  rollback incomplete                   45  writing the system image failed (booted slot unchanged)
-  46  reboot command failed (image installed, pending)";
-
 struct Inner {
     config: Config,
     paths: HostPaths,
-    status: state::StatusHandle,
+    status: status::StatusHandle,
 }
 
 /// The agent: cheap to clone (an `Arc` inside), shared by the CLI, the daemon and the API.
@@ -291,7 +115,7 @@ impl Agent {
             }));
         }
         let paths = HostPaths::new(&root);
-        let status = state::StatusHandle::new(&config, &paths);
+        let status = status::StatusHandle::new(&config, &paths);
         Ok(Agent {
             inner: Arc::new(Inner {
                 config,
@@ -313,7 +137,7 @@ impl Agent {
         &self.inner.paths
     }
 
-    pub(crate) fn status_handle(&self) -> &state::StatusHandle {
+    pub(crate) fn status_handle(&self) -> &status::StatusHandle {
         &self.inner.status
     }
 
@@ -349,7 +173,7 @@ impl Agent {
         result
     }
 
-    /// The whole transaction (SPEC §4 steps 1-8); takes the apply file lock (a second apply in
+    /// The whole transaction (docs/spec.md §4 steps 1-8); takes the apply file lock (a second apply in
     /// any process gets [`AgentError::Busy`]); updates the status as it goes. Blocking.
     pub fn apply(&self, opts: &ApplyOptions) -> Result<ApplyReport, AgentError> {
         self.apply_with_reboot(opts, false)
@@ -362,7 +186,7 @@ impl Agent {
         opts: &ApplyOptions,
         reboot: bool,
     ) -> Result<ApplyReport, AgentError> {
-        let mut report = apply::apply(self, opts)?;
+        let mut report = transaction::apply::apply(self, opts)?;
         fullimage::maybe_reboot(self, &mut report, reboot)?;
         Ok(report)
     }
@@ -386,11 +210,11 @@ impl Agent {
     /// Finish an interrupted apply from its journal (roll back or forward). Called at start by
     /// the CLI and the daemon. Takes the apply lock (Busy while another apply runs).
     pub fn recover(&self) -> Result<Option<RecoveryReport>, AgentError> {
-        apply::recover(self)
+        transaction::apply::recover(self)
     }
 
     /// Restore the previous version from the latest backup, restart, verify.
     pub fn rollback(&self) -> Result<ApplyReport, AgentError> {
-        apply::rollback(self)
+        transaction::apply::rollback(self)
     }
 }

@@ -3,7 +3,6 @@
 
 use std::fs;
 
-use qx_agent::apply;
 use qx_agent::Agent;
 use qx_agent::AgentError;
 use qx_agent::ApplyOptions;
@@ -91,7 +90,7 @@ fn second_apply_while_one_holds_the_lock_is_busy() {
     host_at_v1(&lab);
     node_release(&lab, "1.1.0");
     let agent = agent(&lab);
-    let held = apply::lock(agent.paths()).expect("first lock");
+    let held = qx_agent::transaction::lock(agent.paths()).expect("first lock");
     let err = agent
         .apply(&ApplyOptions::default())
         .expect_err("must be busy");

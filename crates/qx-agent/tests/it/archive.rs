@@ -4,8 +4,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use qx_agent::extract::extract_tar_zst;
-use qx_agent::extract::ExtractError;
+use qx_agent::transaction::extract::extract_tar_zst;
+use qx_agent::transaction::extract::ExtractError;
 use qx_agent::AgentError;
 use qx_agent::ApplyOptions;
 use qx_testkit::host::{demo_binary, Lab};

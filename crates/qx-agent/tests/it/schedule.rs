@@ -8,12 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Zoned;
-use qx_agent::config::MaintenanceWindow;
-use qx_agent::daemon::Clock;
-use qx_agent::daemon::Runner;
-use qx_agent::daemon::Scheduler;
-use qx_agent::daemon::Step;
-use qx_agent::window::Policy;
+use qx_agent::daemon::{Clock, MaintenanceWindow, Policy, Runner, Scheduler, Step};
 use qx_agent::Agent;
 use qx_core::status::Outcome;
 use qx_testkit::host::Lab;

@@ -9,12 +9,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use qx_agent::api;
-use qx_agent::api::ApiState;
 use qx_agent::daemon;
+use qx_agent::daemon::api::{self, ApiState};
+use qx_agent::daemon::tls::{self, ApiToken};
 use qx_agent::daemon::Runner;
-use qx_agent::tls;
-use qx_agent::tls::ApiToken;
 use qx_agent::Agent;
 use qx_testkit::host::{demo_binary, Lab};
 use qx_testkit::release::{BuiltRelease, ComponentSpec};

@@ -1,4 +1,4 @@
-//! The component-update transaction (SPEC §4 steps 1–8), its crash recovery, and `rollback`.
+//! The component-update transaction (docs/spec.md §4 steps 1–8), its crash recovery, and `rollback`.
 //!
 //! Order of an apply, each phase change written to the journal (fsynced) first:
 //! 1. lock `/data/updates/lock` (a second apply gets [`AgentError::Busy`]); finish any
@@ -9,34 +9,32 @@
 //! 4. back up every target that exists to `backup/<version>/<component>/`, fsync, write
 //!    `backup.json`; journal `installing`; replace each target by rename (a file) or
 //!    `renameat2(RENAME_EXCHANGE)` (a directory), fsync the directory. An installed file is
-//!    never opened for writing (ETXTBSY, seed 003 §2.2);
+//!    never opened for writing (ETXTBSY, docs/spec.md §4);
 //! 5. run migrations (cwd = the installed migrations directory, output into the update log);
-//!    failure: restore every file, no restart, error (seed 003 §2.3); journal `migrated`;
+//!    failure: restore every file, no restart, error (docs/spec.md §4); journal `migrated`;
 //! 6. restart each service once, verify the effect (`/proc/<pid>/exe` is the new inode, or the
-//!    health command passes); failure: restore, restart again, error (seed 003 §2.1);
+//!    health command passes); failure: restore, restart again, error (docs/spec.md §4);
 //! 7. write `/data/versions/<component>`; journal `committed`; history; prune staging/backups.
 //!
 //! Recovery (at every start): `prepared` → remove temporaries; `installing`/`rolling_back` →
 //! restore every file from backup; `migrated` → roll forward from step 6.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use qx_core::fs::{
+    copy_durable, fsync_dir, fsync_tree, remove_any, swap_into_place, under_root, write_atomic,
+};
 use qx_core::status::{HistoryEntry, Outcome, UpdateState};
-use qx_core::{ArtifactRef, ComponentKind, Version};
+use qx_core::{ArtifactRef, ComponentKind, UpdateLog, Version};
 use serde::{Deserialize, Serialize};
 
 use crate::check::{self, download_options};
 use crate::download::{free_space, Downloader};
-use crate::extract;
-use crate::journal::{
-    copy_durable, crash_point, fsync_dir, fsync_tree, remove_any, swap_into_place, write_atomic,
-    Entry, Journal, OpKind, Phase,
-};
-use crate::service::{self, ServiceManager};
-use crate::updatelog::UpdateLog;
+use crate::transaction::extract;
+use crate::transaction::journal::{crash_point, Entry, Journal, OpKind, Phase};
+use crate::transaction::service::{self, ServiceManager};
 use crate::{Agent, AgentError, HostPaths};
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -98,14 +96,17 @@ pub fn lock(paths: &HostPaths) -> Result<ApplyLock, AgentError> {
         .write(true)
         .open(&paths.lock)
         .map_err(AgentError::io(&paths.lock))?;
-    let got =
-        fs4::fs_std::FileExt::try_lock_exclusive(&file).map_err(AgentError::io(&paths.lock))?;
-    if !got {
-        return Err(AgentError::Busy {
+    use rustix::fs::{flock, FlockOperation};
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(ApplyLock { _file: file }),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(AgentError::Busy {
             lock: paths.lock.clone(),
-        });
+        }),
+        Err(e) => Err(AgentError::Io {
+            path: paths.lock.clone(),
+            source: e.into(),
+        }),
     }
-    Ok(ApplyLock { _file: file })
 }
 
 fn new_operation_id() -> String {
@@ -200,17 +201,49 @@ pub fn apply(agent: &Agent, opts: &ApplyOptions) -> Result<ApplyReport, AgentErr
     result
 }
 
+/// Steps 1–8 under the lock: check, log the manifest, stage a system image, download,
+/// journal, extract, back up, install, migrate, then restart, verify and commit.
 fn apply_locked(tx: &mut Tx<'_>, opts: &ApplyOptions, op: &str) -> Result<ApplyReport, AgentError> {
     let agent = tx.agent;
-    let config = agent.config();
-    let paths = tx.paths;
     tx.log.line(&format!(
         "apply {op}: checking {}",
-        check::manifest_url(config)
+        check::manifest_url(agent.config())
     ));
     let (report, verified) = check::check(agent, opts)?;
+    log_manifest(&mut tx.log, &report, &verified);
     let m = &verified.manifest;
-    tx.log.line(&format!(
+    // A system image (full/mixed): downloaded and verified before any host change, written
+    // into the inactive slot after the components (see crate::fullimage).
+    let image = match crate::fullimage::plan(agent, m, opts, &mut tx.log)? {
+        Some(p) => {
+            let staged = crate::fullimage::download(agent, &p, &mut tx.log)?;
+            Some((p, staged))
+        }
+        None => None,
+    };
+    let report = if verified.to_apply.is_empty() {
+        if image.is_none() {
+            tx.log.line("nothing to apply: the host is up to date");
+        }
+        ApplyReport {
+            version: m.version.to_string(),
+            components: Vec::new(),
+            outcome: Outcome::Success,
+            system: None,
+        }
+    } else {
+        apply_components(tx, &verified, op)?
+    };
+    match image {
+        Some((p, staged)) => crate::fullimage::install(agent, p, staged, &mut tx.log, report),
+        None => Ok(report),
+    }
+}
+
+/// The manifest's details and every component, into the update log.
+fn log_manifest(log: &mut UpdateLog, report: &check::CheckReport, verified: &check::Verified) {
+    let m = &verified.manifest;
+    log.line(&format!(
         "manifest: product={} version={} channel={} released={} expires={} type={} signed-by={}",
         m.product,
         m.version,
@@ -221,10 +254,10 @@ fn apply_locked(tx: &mut Tx<'_>, opts: &ApplyOptions, op: &str) -> Result<ApplyR
         verified.key_id
     ));
     if !m.release_notes.is_empty() {
-        tx.log.block("notes", m.release_notes.as_bytes());
+        log.block("notes", m.release_notes.as_bytes());
     }
     for c in &m.components {
-        tx.log.line(&format!(
+        log.line(&format!(
             "  component {} {} artifact={} sha256={} size={} install_path={} kind={:?} service={}",
             c.name,
             c.version,
@@ -239,32 +272,18 @@ fn apply_locked(tx: &mut Tx<'_>, opts: &ApplyOptions, op: &str) -> Result<ApplyR
                 .unwrap_or("-")
         ));
     }
-    // A system image (full/mixed): downloaded and verified before any host change, written
-    // into the inactive slot after the components (see crate::fullimage).
-    let image = match crate::fullimage::plan(agent, m, opts, &mut tx.log)? {
-        Some(p) => {
-            let staged = crate::fullimage::download(agent, &p, &mut tx.log)?;
-            Some((p, staged))
-        }
-        None => None,
-    };
-    if verified.to_apply.is_empty() {
-        let report = ApplyReport {
-            version: m.version.to_string(),
-            components: Vec::new(),
-            outcome: Outcome::Success,
-            system: None,
-        };
-        let Some((p, staged)) = image else {
-            tx.log.line("nothing to apply: the host is up to date");
-            return Ok(report);
-        };
-        return crate::fullimage::install(agent, p, staged, &mut tx.log, report);
-    }
-    let version = m.version.to_string();
-    let installed = paths.installed_versions();
+}
 
-    // Steps 1-2: free space, then the downloads.
+/// The component transaction: download (steps 1–2), journal `prepared`, extract (3), back up
+/// and install (4), migrate (5), then restart, verify and commit (6–8).
+fn apply_components(
+    tx: &mut Tx<'_>,
+    verified: &check::Verified,
+    op: &str,
+) -> Result<ApplyReport, AgentError> {
+    let paths = tx.paths;
+    let m = &verified.manifest;
+    let version = m.version.to_string();
     let staging_dir = paths.staging.join(&version);
     let expected: Vec<ArtifactRef> = verified
         .to_apply
@@ -275,37 +294,98 @@ fn apply_locked(tx: &mut Tx<'_>, opts: &ApplyOptions, op: &str) -> Result<ApplyR
             size_bytes: c.size_bytes,
         })
         .collect();
-    let artifacts = download_artifacts(agent, &version, &staging_dir, &expected, &mut tx.log)?;
+    let artifacts = download_artifacts(tx.agent, &version, &staging_dir, &expected, &mut tx.log)?;
     crash_point("downloaded");
 
-    // The plan.
     let backup_dir = paths.backup.join(&version);
-    let mut entries = Vec::new();
-    for c in &verified.to_apply {
-        let target = c.install_path.under(&paths.root);
-        let parent = target.parent().unwrap_or(&paths.root).to_path_buf();
-        let base = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| c.name.to_string());
-        let exists = fs::symlink_metadata(&target).is_ok();
-        entries.push(Entry {
-            name: c.name.to_string(),
-            kind: c.kind,
-            extract_dir: parent.join(format!(".qx-x-{base}.{op}")),
-            temp: parent.join(format!(".qx-new-{base}.{op}")),
-            backup: exists.then(|| backup_dir.join(c.name.as_str()).join(&base)),
-            target,
-            previous_version: installed.get(c.name.as_str()).cloned(),
-            version: c.version.to_string(),
-            restart_service: c.restart_service.as_ref().map(|s| s.to_string()),
-            permissions: c.permissions.map(|p| p.mode()),
-            health_command: c.health_command.clone(),
-            migrate_command: c.migrate_command.clone(),
-            keep_backup: c.backup_before_update,
-        });
-    }
-    // Free space for the backups (the files being replaced), checked before anything is written.
+    let entries = plan_entries(paths, &verified.to_apply, &backup_dir, op);
+    check_backup_space(paths, &entries)?;
+    let from_version = entries
+        .iter()
+        .filter_map(|e| e.previous_version.as_deref())
+        .filter_map(|v| Version::parse(v).ok())
+        .max()
+        .map(|v| v.to_string());
+    let mut j = Journal {
+        operation_id: op.to_owned(),
+        op: OpKind::Apply,
+        product: m.product.to_string(),
+        version,
+        from_version,
+        phase: Phase::Prepared,
+        started: now(),
+        backup_dir,
+        staging_dir,
+        entries,
+        services_restarted: false,
+        reason: None,
+    };
+    tx.store(&j)?;
+    tx.log.line(&format!(
+        "journal {op}: phase Prepared ({} component(s))",
+        j.entries.len()
+    ));
+    crash_point("prepared");
+    prepare(tx, &mut j, &artifacts)?;
+    install_all(tx, &mut j)?;
+    migrate_all(tx, &mut j)?;
+    finish_forward(tx, &mut j)
+}
+
+/// Where the new content of `target` is extracted and staged beside it during operation `op`.
+fn temp_paths(target: &Path, fallback: &str, root: &Path, op: &str) -> (PathBuf, PathBuf) {
+    let parent = target.parent().unwrap_or(root);
+    let base = temp_base(target, fallback);
+    (
+        parent.join(format!(".qx-x-{base}.{op}")),
+        parent.join(format!(".qx-new-{base}.{op}")),
+    )
+}
+
+/// One journal entry per component to install.
+fn plan_entries(
+    paths: &HostPaths,
+    to_apply: &[qx_core::Component],
+    backup_dir: &Path,
+    op: &str,
+) -> Vec<Entry> {
+    let installed = paths.installed_versions();
+    to_apply
+        .iter()
+        .map(|c| {
+            let target = under_root(&paths.root, c.install_path.as_path());
+            let (extract_dir, temp) = temp_paths(&target, c.name.as_str(), &paths.root, op);
+            let exists = fs::symlink_metadata(&target).is_ok();
+            let base = temp_base(&target, c.name.as_str());
+            Entry {
+                name: c.name.to_string(),
+                kind: c.kind,
+                extract_dir,
+                temp,
+                backup: exists.then(|| backup_dir.join(c.name.as_str()).join(&base)),
+                target,
+                previous_version: installed.get(c.name.as_str()).cloned(),
+                version: c.version.to_string(),
+                restart_service: c.restart_service.as_ref().map(|s| s.to_string()),
+                permissions: c.permissions.map(|p| p.mode()),
+                health_command: c.health_command.clone(),
+                migrate_command: c.migrate_command.clone(),
+                keep_backup: c.backup_before_update,
+            }
+        })
+        .collect()
+}
+
+/// The file name of `target` (`fallback` for a path without one).
+fn temp_base(target: &Path, fallback: &str) -> String {
+    target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| fallback.to_owned())
+}
+
+/// Free space for the backups (the files being replaced), checked before anything is written.
+fn check_backup_space(paths: &HostPaths, entries: &[Entry]) -> Result<(), AgentError> {
     let backup_bytes: u64 = entries
         .iter()
         .filter(|e| e.backup.is_some())
@@ -319,54 +399,32 @@ fn apply_locked(tx: &mut Tx<'_>, opts: &ApplyOptions, op: &str) -> Result<ApplyR
             available: backup_free,
         });
     }
-    let from_version = entries
-        .iter()
-        .filter_map(|e| e.previous_version.as_deref())
-        .filter_map(|v| Version::parse(v).ok())
-        .max()
-        .map(|v| v.to_string());
-    let mut j = Journal {
-        operation_id: op.to_owned(),
-        op: OpKind::Apply,
-        product: m.product.to_string(),
-        version: version.clone(),
-        from_version,
-        phase: Phase::Prepared,
-        started: now(),
-        backup_dir: backup_dir.clone(),
-        staging_dir: staging_dir.clone(),
-        entries,
-        services_restarted: false,
-        reason: None,
-    };
-    tx.store(&j)?;
-    tx.log.line(&format!(
-        "journal {op}: phase Prepared ({} component(s))",
-        j.entries.len()
-    ));
-    crash_point("prepared");
+    Ok(())
+}
 
-    // Step 3: extract beside each target.
-    let result = extract_all(tx, &j, &artifacts);
-    if let Err(e) = result {
+/// Steps 3 and 4a: extract beside each target, back up each target; a failure removes the
+/// temporaries (nothing was replaced yet).
+fn prepare(tx: &mut Tx<'_>, j: &mut Journal, artifacts: &[PathBuf]) -> Result<(), AgentError> {
+    if let Err(e) = extract_all(tx, j, artifacts) {
         tx.log
             .line(&format!("extraction failed: {e}; removing temporaries"));
-        discard_prepared(tx, &mut j, &e.to_string())?;
+        discard_prepared(tx, j, &e.to_string())?;
         return Err(e);
     }
     crash_point("extracted");
-
-    // Step 4a: backups.
-    if let Err(e) = backup_all(tx, &j) {
+    if let Err(e) = backup_all(tx, j) {
         tx.log
             .line(&format!("backup failed: {e}; removing temporaries"));
-        discard_prepared(tx, &mut j, &e.to_string())?;
+        discard_prepared(tx, j, &e.to_string())?;
         return Err(e);
     }
     crash_point("backed-up");
+    Ok(())
+}
 
-    // Step 4b: replace.
-    tx.phase(&mut j, Phase::Installing)?;
+/// Step 4b: journal `installing`, then replace each target; a failure restores every file.
+fn install_all(tx: &mut Tx<'_>, j: &mut Journal) -> Result<(), AgentError> {
+    tx.phase(j, Phase::Installing)?;
     crash_point("installing");
     for i in 0..j.entries.len() {
         let e = j.entries[i].clone();
@@ -375,7 +433,7 @@ fn apply_locked(tx: &mut Tx<'_>, opts: &ApplyOptions, op: &str) -> Result<ApplyR
         });
         if let Err(err) = install_entry(&e) {
             tx.log.line(&format!("install of {} failed: {err}", e.name));
-            rollback_tx(tx, &mut j, &format!("install of {} failed: {err}", e.name))?;
+            rollback_tx(tx, j, &format!("install of {} failed: {err}", e.name))?;
             return Err(err);
         }
         tx.log.line(&format!(
@@ -387,13 +445,19 @@ fn apply_locked(tx: &mut Tx<'_>, opts: &ApplyOptions, op: &str) -> Result<ApplyR
         crash_point(&format!("installed:{}", e.name));
     }
     crash_point("installed");
+    Ok(())
+}
 
-    // Step 5: migrations, before any restart.
+/// Step 5: migrations, before any restart (cwd = the installed migrations directory, output
+/// into the update log); a failure restores every file and restarts nothing. Then journal
+/// `migrated`.
+fn migrate_all(tx: &mut Tx<'_>, j: &mut Journal) -> Result<(), AgentError> {
     for e in j.entries.clone() {
-        if e.kind != ComponentKind::Migrations {
-            continue;
-        }
-        let Some(argv) = &e.migrate_command else {
+        let Some(argv) = e
+            .migrate_command
+            .as_ref()
+            .filter(|_| e.kind == ComponentKind::Migrations)
+        else {
             continue;
         };
         tx.state(UpdateState::Migrating {
@@ -416,24 +480,15 @@ fn apply_locked(tx: &mut Tx<'_>, opts: &ApplyOptions, op: &str) -> Result<ApplyR
                 status: ran.status.clone(),
                 log: tx.log.path().to_owned(),
             };
-            rollback_tx(
-                tx,
-                &mut j,
-                &format!("migration of {} failed ({})", e.name, ran.status),
-            )?;
+            let reason = format!("migration of {} failed ({})", e.name, ran.status);
+            rollback_tx(tx, j, &reason)?;
             return Err(err);
         }
         crash_point(&format!("migrated:{}", e.name));
     }
-    tx.phase(&mut j, Phase::Migrated)?;
+    tx.phase(j, Phase::Migrated)?;
     crash_point("migrated");
-
-    // Steps 6-8.
-    let report = finish_forward(tx, &mut j)?;
-    match image {
-        Some((p, staged)) => crate::fullimage::install(agent, p, staged, &mut tx.log, report),
-        None => Ok(report),
-    }
+    Ok(())
 }
 
 fn extract_all(tx: &mut Tx<'_>, j: &Journal, artifacts: &[PathBuf]) -> Result<(), AgentError> {
@@ -936,15 +991,10 @@ pub fn rollback(agent: &Agent) -> Result<ApplyReport, AgentError> {
         .entries
         .iter()
         .map(|e| {
-            let parent = e.target.parent().unwrap_or(&paths.root).to_path_buf();
-            let base = e
-                .target
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| e.name.clone());
+            let (extract_dir, temp) = temp_paths(&e.target, &e.name, &paths.root, &op);
             Entry {
-                extract_dir: parent.join(format!(".qx-x-{base}.{op}")),
-                temp: parent.join(format!(".qx-new-{base}.{op}")),
+                extract_dir,
+                temp,
                 health_command: None,
                 migrate_command: None,
                 ..e.clone()
@@ -1047,11 +1097,6 @@ fn finish_rollback_op(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, A
     }
 }
 
-/// Installed versions as a map (for reports).
-pub fn installed(paths: &HostPaths) -> BTreeMap<String, String> {
-    paths.installed_versions()
-}
-
 /// Downloads artifacts of release `version` (of the configured product and channel, which the
 /// check has matched with the signed manifest) into `dir` (created): first checks that the file system has room
 /// for what is not there yet, then fetches each one (resumed, verified while streaming) with its
@@ -1079,13 +1124,11 @@ pub(crate) fn download_artifacts(
         });
     }
     let downloader = Downloader::new(download_options(config))?;
+    let server = config.server();
     let status = agent.status_handle();
     let mut paths = Vec::with_capacity(artifacts.len());
     for a in artifacts {
-        let url = format!(
-            "{}/api/v1/{}/releases/{}/{}?channel={}",
-            config.server_url, config.product, version, a.artifact, config.channel
-        );
+        let url = server.artifact(&config.product, version, &a.artifact, &config.channel);
         log.line(&format!("download {url}"));
         let path = downloader.fetch(&url, dir, a, &mut |p| {
             status.set_state(UpdateState::Downloading {

@@ -169,17 +169,8 @@ fn extract_zst(
     result
 }
 
-/// Extracts a plain tar stream (see [`extract_tar_zst`]); `dest` must exist and be empty.
-pub fn extract_tar<R: Read>(
-    reader: R,
-    archive: &Path,
-    dest: &Path,
-    max_bytes: u64,
-) -> Result<ExtractStats, ExtractError> {
-    extract_inner(reader, archive, dest, max_bytes, None)
-}
-
-/// The extraction; each finished regular file goes to `synced` when given.
+/// The extraction; each finished regular file goes to `synced` when given. Every entry is
+/// checked (count, path, parents) and then written by the function for its kind.
 fn extract_inner<R: Read>(
     reader: R,
     archive: &Path,
@@ -187,16 +178,18 @@ fn extract_inner<R: Read>(
     max_bytes: u64,
     synced: Option<&mpsc::SyncSender<(PathBuf, File)>>,
 ) -> Result<ExtractStats, ExtractError> {
-    let corrupt = |e: io::Error| ExtractError::Corrupt {
-        archive: archive.to_owned(),
-        message: e.to_string(),
+    let mut x = Extraction {
+        archive,
+        dest,
+        max_bytes,
+        synced,
+        buf: vec![0u8; COPY_BUF],
+        stats: ExtractStats::default(),
     };
     let mut tar = tar::Archive::new(reader);
-    let mut buf = vec![0u8; COPY_BUF];
-    let mut stats = ExtractStats::default();
     let mut count = 0u64;
-    for entry in tar.entries().map_err(corrupt)? {
-        let mut entry = entry.map_err(corrupt)?;
+    for entry in tar.entries().map_err(|e| x.corrupt(e))? {
+        let mut entry = entry.map_err(|e| x.corrupt(e))?;
         count += 1;
         if count > MAX_ENTRIES {
             return Err(ExtractError::TooManyEntries {
@@ -204,8 +197,7 @@ fn extract_inner<R: Read>(
                 limit: MAX_ENTRIES,
             });
         }
-        let raw = entry.path_bytes().into_owned();
-        let name = String::from_utf8_lossy(&raw).into_owned();
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let kind = entry.header().entry_type();
         if matches!(
             kind,
@@ -225,165 +217,72 @@ fn extract_inner<R: Read>(
             });
         }
         check_parents(archive, dest, &rel, &name)?;
-        let out = dest.join(&rel);
-        let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
-        match kind {
-            tar::EntryType::Directory => {
-                match fs::symlink_metadata(&out) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => {
-                        return Err(ExtractError::Duplicate {
-                            archive: archive.to_owned(),
-                            entry: name,
-                        })
-                    }
-                    Err(_) => {
-                        fs::create_dir(&out).map_err(|source| ExtractError::Io {
-                            path: out.clone(),
-                            source,
-                        })?;
-                    }
-                }
-                fs::set_permissions(&out, fs::Permissions::from_mode(mode | 0o700)).map_err(
-                    |source| ExtractError::Io {
-                        path: out.clone(),
-                        source,
-                    },
-                )?;
-                stats.dirs += 1;
+        x.entry(&mut entry, kind, &rel, name)?;
+    }
+    Ok(x.stats)
+}
+
+/// One extraction in progress.
+struct Extraction<'a> {
+    archive: &'a Path,
+    dest: &'a Path,
+    max_bytes: u64,
+    synced: Option<&'a mpsc::SyncSender<(PathBuf, File)>>,
+    buf: Vec<u8>,
+    stats: ExtractStats,
+}
+
+impl Extraction<'_> {
+    fn corrupt(&self, e: io::Error) -> ExtractError {
+        ExtractError::Corrupt {
+            archive: self.archive.to_owned(),
+            message: e.to_string(),
+        }
+    }
+
+    /// The error of creating `out` for entry `name`: an existing entry is a duplicate.
+    fn create_failed(&self, name: &str, out: &Path, source: io::Error) -> ExtractError {
+        if source.kind() == io::ErrorKind::AlreadyExists {
+            ExtractError::Duplicate {
+                archive: self.archive.to_owned(),
+                entry: name.to_owned(),
             }
+        } else {
+            ExtractError::Io {
+                path: out.to_owned(),
+                source,
+            }
+        }
+    }
+
+    /// Writes one checked entry at `rel` below the destination, by its kind.
+    fn entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        kind: tar::EntryType,
+        rel: &Path,
+        name: String,
+    ) -> Result<(), ExtractError> {
+        let out = self.dest.join(rel);
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+        let link_target = || {
+            entry
+                .link_name_bytes()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
+        match kind {
+            tar::EntryType::Directory => self.directory(&out, mode, name),
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let size = entry.header().size().map_err(corrupt)?;
-                if stats.bytes.saturating_add(size) > max_bytes {
-                    return Err(ExtractError::TooLarge {
-                        archive: archive.to_owned(),
-                        limit: max_bytes,
-                    });
-                }
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(mode)
-                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                    .open(&out)
-                    .map_err(|source| {
-                        if source.kind() == io::ErrorKind::AlreadyExists {
-                            ExtractError::Duplicate {
-                                archive: archive.to_owned(),
-                                entry: name.clone(),
-                            }
-                        } else {
-                            ExtractError::Io {
-                                path: out.clone(),
-                                source,
-                            }
-                        }
-                    })?;
-                let written = copy_limited(&mut entry, &mut f, size, &mut buf).map_err(corrupt)?;
-                stats.bytes += written;
-                f.flush().map_err(|source| ExtractError::Io {
-                    path: out.clone(),
-                    source,
-                })?;
-                // The umask may have narrowed the mode given to open(2).
-                fs::set_permissions(&out, fs::Permissions::from_mode(mode)).map_err(|source| {
-                    ExtractError::Io {
-                        path: out.clone(),
-                        source,
-                    }
-                })?;
-                stats.files += 1;
-                if let Some(tx) = synced {
-                    // Fails only if every syncing thread is gone, which they are not before
-                    // the queue is closed; then the file is synced here.
-                    if let Err(mpsc::SendError((path, f))) = tx.send((out, f)) {
-                        f.sync_all()
-                            .map_err(|source| ExtractError::Io { path, source })?;
-                    }
-                }
+                self.file(entry, out, mode, name)
             }
             tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
-                let escapes = || ExtractError::LinkEscapes {
-                    archive: archive.to_owned(),
-                    entry: name.clone(),
-                    target: target.clone(),
-                };
-                if target.is_empty() || target.starts_with('/') {
-                    return Err(escapes());
-                }
-                // Resolve lexically from the link's directory; it must stay inside the root.
-                let mut depth: i64 = rel.components().count() as i64 - 1;
-                for c in Path::new(&target).components() {
-                    match c {
-                        Component::Normal(_) => depth += 1,
-                        Component::CurDir => {}
-                        Component::ParentDir => {
-                            depth -= 1;
-                            if depth < 0 {
-                                return Err(escapes());
-                            }
-                        }
-                        Component::RootDir | Component::Prefix(_) => return Err(escapes()),
-                    }
-                }
-                std::os::unix::fs::symlink(&target, &out).map_err(|source| {
-                    if source.kind() == io::ErrorKind::AlreadyExists {
-                        ExtractError::Duplicate {
-                            archive: archive.to_owned(),
-                            entry: name.clone(),
-                        }
-                    } else {
-                        ExtractError::Io {
-                            path: out.clone(),
-                            source,
-                        }
-                    }
-                })?;
-                stats.links += 1;
+                let target = link_target();
+                self.symlink(rel, &out, &target, &name)
             }
             tar::EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
-                let target_rel =
-                    safe_relative(archive, &target).map_err(|_| ExtractError::LinkEscapes {
-                        archive: archive.to_owned(),
-                        entry: name.clone(),
-                        target: target.clone(),
-                    })?;
-                let bad = || ExtractError::BadHardLink {
-                    archive: archive.to_owned(),
-                    entry: name.clone(),
-                    target: target.clone(),
-                };
-                if target_rel.as_os_str().is_empty() {
-                    return Err(bad());
-                }
-                check_parents(archive, dest, &target_rel, &target)?;
-                let src = dest.join(&target_rel);
-                match fs::symlink_metadata(&src) {
-                    Ok(m) if m.file_type().is_file() => {}
-                    _ => return Err(bad()),
-                }
-                fs::hard_link(&src, &out).map_err(|source| {
-                    if source.kind() == io::ErrorKind::AlreadyExists {
-                        ExtractError::Duplicate {
-                            archive: archive.to_owned(),
-                            entry: name.clone(),
-                        }
-                    } else {
-                        ExtractError::Io {
-                            path: out.clone(),
-                            source,
-                        }
-                    }
-                })?;
-                stats.links += 1;
+                let target = link_target();
+                self.hard_link(&out, &target, &name)
             }
             other => {
                 let kind = match other {
@@ -393,15 +292,143 @@ fn extract_inner<R: Read>(
                     tar::EntryType::GNUSparse => "sparse file",
                     _ => "special entry",
                 };
-                return Err(ExtractError::SpecialFile {
-                    archive: archive.to_owned(),
+                Err(ExtractError::SpecialFile {
+                    archive: self.archive.to_owned(),
                     entry: name,
                     kind: kind.into(),
-                });
+                })
             }
         }
     }
-    Ok(stats)
+
+    fn directory(&mut self, out: &Path, mode: u32, name: String) -> Result<(), ExtractError> {
+        let io = |source| ExtractError::Io {
+            path: out.to_owned(),
+            source,
+        };
+        match fs::symlink_metadata(out) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(ExtractError::Duplicate {
+                    archive: self.archive.to_owned(),
+                    entry: name,
+                })
+            }
+            Err(_) => fs::create_dir(out).map_err(io)?,
+        }
+        fs::set_permissions(out, fs::Permissions::from_mode(mode | 0o700)).map_err(io)?;
+        self.stats.dirs += 1;
+        Ok(())
+    }
+
+    /// A regular file: size-capped, created with `O_EXCL | O_NOFOLLOW`, then handed to the
+    /// syncing threads when there are some.
+    fn file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        out: PathBuf,
+        mode: u32,
+        name: String,
+    ) -> Result<(), ExtractError> {
+        let size = entry.header().size().map_err(|e| self.corrupt(e))?;
+        if self.stats.bytes.saturating_add(size) > self.max_bytes {
+            return Err(ExtractError::TooLarge {
+                archive: self.archive.to_owned(),
+                limit: self.max_bytes,
+            });
+        }
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&out)
+            .map_err(|source| self.create_failed(&name, &out, source))?;
+        let written =
+            copy_limited(entry, &mut f, size, &mut self.buf).map_err(|e| self.corrupt(e))?;
+        self.stats.bytes += written;
+        let io = |source| ExtractError::Io {
+            path: out.clone(),
+            source,
+        };
+        f.flush().map_err(io)?;
+        // The umask may have narrowed the mode given to open(2).
+        fs::set_permissions(&out, fs::Permissions::from_mode(mode)).map_err(io)?;
+        self.stats.files += 1;
+        if let Some(tx) = self.synced {
+            // Fails only if every syncing thread is gone, which they are not before the
+            // queue is closed; then the file is synced here.
+            if let Err(mpsc::SendError((path, f))) = tx.send((out, f)) {
+                f.sync_all()
+                    .map_err(|source| ExtractError::Io { path, source })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A symbolic link whose target, resolved lexically from the link's directory, stays
+    /// inside the extraction root.
+    fn symlink(
+        &mut self,
+        rel: &Path,
+        out: &Path,
+        target: &str,
+        name: &str,
+    ) -> Result<(), ExtractError> {
+        let escapes = || ExtractError::LinkEscapes {
+            archive: self.archive.to_owned(),
+            entry: name.to_owned(),
+            target: target.to_owned(),
+        };
+        if target.is_empty() || target.starts_with('/') {
+            return Err(escapes());
+        }
+        let mut depth: i64 = rel.components().count() as i64 - 1;
+        for c in Path::new(target).components() {
+            match c {
+                Component::Normal(_) => depth += 1,
+                Component::CurDir => {}
+                Component::ParentDir => {
+                    depth -= 1;
+                    if depth < 0 {
+                        return Err(escapes());
+                    }
+                }
+                Component::RootDir | Component::Prefix(_) => return Err(escapes()),
+            }
+        }
+        std::os::unix::fs::symlink(target, out)
+            .map_err(|source| self.create_failed(name, out, source))?;
+        self.stats.links += 1;
+        Ok(())
+    }
+
+    /// A hard link to a regular file extracted before it.
+    fn hard_link(&mut self, out: &Path, target: &str, name: &str) -> Result<(), ExtractError> {
+        let archive = self.archive;
+        let target_rel = safe_relative(archive, target).map_err(|_| ExtractError::LinkEscapes {
+            archive: archive.to_owned(),
+            entry: name.to_owned(),
+            target: target.to_owned(),
+        })?;
+        let bad = || ExtractError::BadHardLink {
+            archive: archive.to_owned(),
+            entry: name.to_owned(),
+            target: target.to_owned(),
+        };
+        if target_rel.as_os_str().is_empty() {
+            return Err(bad());
+        }
+        check_parents(archive, self.dest, &target_rel, target)?;
+        let src = self.dest.join(&target_rel);
+        match fs::symlink_metadata(&src) {
+            Ok(m) if m.file_type().is_file() => {}
+            _ => return Err(bad()),
+        }
+        fs::hard_link(&src, out).map_err(|source| self.create_failed(name, out, source))?;
+        self.stats.links += 1;
+        Ok(())
+    }
 }
 
 /// The entry path as a relative path of normal components (`./` segments dropped).

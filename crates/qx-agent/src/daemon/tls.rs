@@ -10,9 +10,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use qx_core::Sha256;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// File name of the generated self-signed certificate and key (one PEM file, 0600).
@@ -137,13 +137,13 @@ impl std::fmt::Debug for ApiToken {
 impl ApiToken {
     pub fn new(token: &str) -> ApiToken {
         ApiToken {
-            digest: Sha256::digest(token.as_bytes()).into(),
+            digest: *Sha256::of(token.as_bytes()).as_bytes(),
         }
     }
 
     /// Constant-time check of a presented token.
     pub fn matches(&self, presented: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let digest = *Sha256::of(presented.as_bytes()).as_bytes();
         bool::from(self.digest.ct_eq(&digest))
     }
 }

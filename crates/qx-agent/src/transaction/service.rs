@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::config::{under, ServiceManagerKind};
-use crate::journal::dev_ino;
+use qx_core::fs::under_root;
+
+use crate::config::ServiceManagerKind;
+use crate::transaction::journal::dev_ino;
 use crate::Config;
 
 /// Polling interval while waiting for a condition (bounded by a deadline).
@@ -102,7 +104,7 @@ impl ServiceManager {
                 .flatten()
                 .filter(|p| *p != 0);
         }
-        let path = under(
+        let path = under_root(
             &self.root,
             Path::new(&self.pidfile.replace("{service}", service)),
         );
@@ -234,19 +236,7 @@ pub fn run(argv: &[String], root: &Path, cwd: Option<&Path>, timeout: Option<Dur
         return fail("empty command".into());
     };
     let dir = cwd.unwrap_or(root);
-    let mut cmd = if program.contains('/') && !program.starts_with('/') {
-        Command::new(dir.join(program))
-    } else if let Some(host_path) = program.strip_prefix('/').map(|p| root.join(p)) {
-        // An absolute program is a host path: under `--root` the host's own file is used
-        // when it exists there (a sandboxed host's /data/bin/x), else the system's.
-        if root != Path::new("/") && host_path.exists() {
-            Command::new(host_path)
-        } else {
-            Command::new(program)
-        }
-    } else {
-        Command::new(program)
-    };
+    let mut cmd = command_for(program, root, dir);
     let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
     let path = match cwd {
         Some(d) => format!("{}:{path}", d.display()),
@@ -271,58 +261,66 @@ pub fn run(argv: &[String], root: &Path, cwd: Option<&Path>, timeout: Option<Dur
         Ok(c) => c,
         Err(e) => return fail(format!("cannot start {program}: {e}")),
     };
-    let status = match timeout {
-        None => child.wait().map(Some),
-        Some(t) => {
-            let deadline = Instant::now() + t;
-            let polls = (t.as_millis() / POLL.as_millis()).max(1) + 1;
-            let mut result = Ok(None);
-            for _ in 0..polls {
-                match child.try_wait() {
-                    Ok(Some(s)) => {
-                        result = Ok(Some(s));
-                        break;
-                    }
-                    Ok(None) if Instant::now() < deadline => std::thread::sleep(POLL),
-                    Ok(None) => break,
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
-                }
-            }
-            result
-        }
-    };
-    let read_back = |f: &mut std::fs::File| {
-        use std::io::{Read, Seek};
-        let mut v = Vec::new();
-        let _ = f.seek(std::io::SeekFrom::Start(0));
-        let _ = f.take(1 << 20).read_to_end(&mut v);
-        v
-    };
-    let status = match status {
-        Ok(Some(s)) => s,
+    let (ok, status) = match wait(&mut child, timeout) {
+        Ok(Some(s)) => (s.success(), s.to_string()),
         Ok(None) => {
             let _ = child.kill();
             let _ = child.wait();
-            return Ran {
-                argv: argv.to_vec(),
-                ok: false,
-                status: format!("killed after {}s", timeout.unwrap_or_default().as_secs()),
-                stdout: read_back(&mut out_f),
-                stderr: read_back(&mut err_f),
-            };
+            let secs = timeout.unwrap_or_default().as_secs();
+            (false, format!("killed after {secs}s"))
         }
         Err(e) => return fail(format!("wait failed: {e}")),
     };
-    let stdout = read_back(&mut out_f);
-    let stderr = read_back(&mut err_f);
     Ran {
         argv: argv.to_vec(),
-        ok: status.success(),
-        status: status.to_string(),
-        stdout,
-        stderr,
+        ok,
+        status,
+        stdout: read_back(&mut out_f),
+        stderr: read_back(&mut err_f),
     }
+}
+
+/// The command for `program`: relative to `dir` when it has a '/' but is not absolute; an
+/// absolute program is a host path: under `--root` the host's own file is used when it
+/// exists there (a sandboxed host's /data/bin/x), else the system's.
+fn command_for(program: &str, root: &Path, dir: &Path) -> Command {
+    if program.contains('/') && !program.starts_with('/') {
+        return Command::new(dir.join(program));
+    }
+    if program.starts_with('/') {
+        let host_path = under_root(root, Path::new(program));
+        if root != Path::new("/") && host_path.exists() {
+            return Command::new(host_path);
+        }
+    }
+    Command::new(program)
+}
+
+/// Waits for `child`, at most `timeout`: `None` when it is still running then.
+fn wait(
+    child: &mut std::process::Child,
+    timeout: Option<Duration>,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    let Some(t) = timeout else {
+        return child.wait().map(Some);
+    };
+    let deadline = Instant::now() + t;
+    let polls = (t.as_millis() / POLL.as_millis()).max(1) + 1;
+    for _ in 0..polls {
+        match child.try_wait()? {
+            Some(s) => return Ok(Some(s)),
+            None if Instant::now() < deadline => std::thread::sleep(POLL),
+            None => break,
+        }
+    }
+    Ok(None)
+}
+
+/// The first MiB of a captured output file.
+fn read_back(f: &mut std::fs::File) -> Vec<u8> {
+    use std::io::{Read, Seek};
+    let mut v = Vec::new();
+    let _ = f.seek(std::io::SeekFrom::Start(0));
+    let _ = f.take(1 << 20).read_to_end(&mut v);
+    v
 }

@@ -3,12 +3,16 @@
 //! [`crate::config::MaintenanceWindow`]), when to reboot. The daemon loop (`daemon`) only
 //! executes what [`next_action`] returns, so the policy is tested without clocks or sleeps.
 
+use std::future::Future;
 use std::time::Duration;
 
 use jiff::{Timestamp, Zoned};
+use tokio::sync::watch;
 
-use crate::config::MaintenanceWindow;
+use crate::daemon::window::{next_open, MaintenanceWindow};
+use crate::daemon::{RunError, Runner, MAX_WAIT};
 use crate::Config;
+use crate::{AgentError, ApplyOptions, ApplyReport};
 
 /// Share of `check_interval` by which each wait is randomly lengthened or shortened (±10%), so
 /// that a fleet started at the same moment does not poll the server in lockstep.
@@ -148,25 +152,187 @@ pub fn should_reboot(update_type: &str, policy: &Policy) -> bool {
     policy.auto_reboot && matches!(update_type, "full" | "mixed")
 }
 
-/// The next moment at or after `now` at which `window` is open: `now` itself when it is open.
-/// `None` when it does not open within eight days (a window without days).
-pub fn next_open(window: &MaintenanceWindow, now: &Zoned) -> Option<Zoned> {
-    if window.contains(now.datetime()) {
-        return Some(now.clone());
+// ---------------------------------------------------------------------------------------------
+// The scheduler: executes the decisions above.
+
+/// The time source of the scheduler. The real one is [`SystemClock`]; tests inject a virtual
+/// clock whose `wait_until` advances its time at once.
+pub trait Clock: Send + Sync {
+    /// Now, in the host's time zone (the maintenance window is local time).
+    fn now(&self) -> Zoned;
+    /// Returns at `until` or a bit earlier (the caller re-evaluates after each wait).
+    fn wait_until(&self, until: &Zoned) -> impl Future<Output = ()> + Send;
+}
+
+/// The system clock in the host's configured time zone.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Zoned {
+        Zoned::now()
     }
-    let tz = now.time_zone().clone();
-    let mut date = now.date();
-    for _ in 0..8 {
-        if window.days.contains(&date.weekday()) {
-            if let Ok(open) = date.to_datetime(window.start).to_zoned(tz.clone()) {
-                if open > *now {
-                    return Some(open);
+
+    fn wait_until(&self, until: &Zoned) -> impl Future<Output = ()> + Send {
+        let left = until.timestamp().as_millisecond() - Zoned::now().timestamp().as_millisecond();
+        let wait = Duration::from_millis(u64::try_from(left).unwrap_or(0)).min(MAX_WAIT);
+        tokio::time::sleep(wait)
+    }
+}
+
+/// What one scheduler step did.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// `enabled: false`: nothing will ever be done.
+    Disabled,
+    /// A check ran at `at`; `offered` is the available version, if any; `error` if it failed.
+    Checked {
+        at: Zoned,
+        offered: Option<String>,
+        error: Option<String>,
+    },
+    /// An automatic apply of `version` ran, started at `at`.
+    Applied {
+        at: Zoned,
+        version: String,
+        result: Result<ApplyReport, String>,
+        rebooting: bool,
+    },
+    /// Waited from `from` until about `until`.
+    Waited { from: Zoned, until: Zoned },
+}
+
+/// `t + d`, with `d` capped at a century (a configured interval of "1000years" must not
+/// overflow the time arithmetic).
+fn later(t: jiff::Timestamp, d: Duration) -> jiff::Timestamp {
+    const CENTURY: Duration = Duration::from_secs(100 * 366 * 24 * 3600);
+    let d = jiff::SignedDuration::try_from(d.min(CENTURY)).unwrap_or(jiff::SignedDuration::ZERO);
+    t.checked_add(d).unwrap_or(t)
+}
+
+/// Executes the schedule decided by [`next_action`].
+pub struct Scheduler<C: Clock> {
+    runner: Runner,
+    clock: C,
+    policy: Policy,
+    schedule: Schedule,
+}
+
+impl<C: Clock> Scheduler<C> {
+    /// The first check comes after a short random delay (see [`initial_delay`]).
+    pub fn new(runner: Runner, clock: C, policy: Policy) -> Scheduler<C> {
+        let delay = initial_delay(policy.check_interval, rand::random::<f64>());
+        let first = later(clock.now().timestamp(), delay);
+        Scheduler {
+            runner,
+            clock,
+            policy,
+            schedule: Schedule {
+                next_check: Some(first),
+                ..Schedule::default()
+            },
+        }
+    }
+
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    fn after_interval(&self, now: &Zoned) -> jiff::Timestamp {
+        let wait = jittered(self.policy.check_interval, rand::random::<f64>());
+        later(now.timestamp(), wait)
+    }
+
+    /// Decides and performs one action.
+    pub async fn step(&mut self) -> Step {
+        let now = self.clock.now();
+        match next_action(&now, &self.schedule, &self.policy) {
+            Action::Disabled => Step::Disabled,
+            Action::Wait { until } => {
+                self.clock.wait_until(&until).await;
+                Step::Waited { from: now, until }
+            }
+            Action::Check => {
+                self.schedule.next_check = Some(self.after_interval(&now));
+                match self.runner.check().await {
+                    Ok(report) => {
+                        tracing::info!(version = %report.version, available = report.available, "scheduled check");
+                        self.schedule.pending = report.available.then(|| Pending {
+                            version: report.version.clone(),
+                            update_type: report.update_type.clone(),
+                        });
+                        Step::Checked {
+                            at: now,
+                            offered: report.available.then_some(report.version),
+                            error: None,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "scheduled check failed; will retry at the next interval");
+                        Step::Checked {
+                            at: now,
+                            offered: None,
+                            error: Some(e.to_string()),
+                        }
+                    }
+                }
+            }
+            Action::Apply { version } => {
+                let pending = self.schedule.pending.take();
+                let update_type = pending.map(|p| p.update_type).unwrap_or_default();
+                tracing::info!(%version, "automatic apply");
+                let result = self.runner.apply(ApplyOptions::default()).await;
+                let mut rebooting = false;
+                match &result {
+                    Ok(report) if report.outcome == qx_core::status::Outcome::Success => {
+                        // The agent itself runs `updates.reboot_command` once the image is in
+                        // its slot and `auto_reboot` is set: one place decides, for the CLI,
+                        // the API and this loop alike.
+                        rebooting =
+                            report.system.is_some() && should_reboot(&update_type, &self.policy);
+                    }
+                    // Busy: an operator's apply runs; the next check sees what is left.
+                    Err(RunError::Busy) | Err(RunError::Agent(AgentError::Busy { .. })) => {}
+                    Err(RunError::ShuttingDown) => {}
+                    _ => self.schedule.failed_version = Some(version.clone()),
+                }
+                Step::Applied {
+                    at: now,
+                    version,
+                    result: result.map_err(|e| e.to_string()),
+                    rebooting,
                 }
             }
         }
-        date = date.tomorrow().ok()?;
     }
-    None
+
+    /// Steps until `shutdown` turns true. A step cut short by the shutdown leaves a running
+    /// apply to finish on its blocking thread (see [`Runner::wait_idle`]).
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if *shutdown.borrow_and_update() {
+                return;
+            }
+            let disabled = tokio::select! {
+                step = self.step() => matches!(step, Step::Disabled),
+                _ = wait_stop(&mut shutdown) => return,
+            };
+            if disabled {
+                tracing::info!(
+                    "updates are disabled (updates.enabled: false); the API answers status only"
+                );
+                wait_stop(&mut shutdown).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Returns when `shutdown` turns true (never, if its sender is gone without sending it).
+async fn wait_stop(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 #[cfg(test)]
@@ -351,22 +517,13 @@ mod tests {
     }
 
     #[test]
-    fn next_open_finds_the_coming_opening() {
-        let w = MaintenanceWindow::parse("Sun 02:00-04:00").expect("window");
+    fn huge_intervals_do_not_overflow() {
+        let t: jiff::Timestamp = "2026-11-20T10:00Z".parse().expect("time");
+        let far = later(t, Duration::from_secs(u64::MAX));
+        assert!(far > t);
         assert_eq!(
-            next_open(&w, &at("2026-11-20T10:00[UTC]")),
-            Some(at("2026-11-22T02:00[UTC]"))
-        );
-        let inside = at("2026-11-22T03:00[UTC]");
-        assert_eq!(next_open(&w, &inside), Some(inside.clone()));
-        assert_eq!(
-            next_open(&w, &at("2026-11-22T05:00[UTC]")),
-            Some(at("2026-11-29T02:00[UTC]"))
-        );
-        let night = MaintenanceWindow::parse("Sat 23:00-01:00").expect("window");
-        assert_eq!(
-            next_open(&night, &at("2026-11-22T00:30[UTC]")),
-            Some(at("2026-11-22T00:30[UTC]"))
+            later(t, Duration::from_secs(60)),
+            "2026-11-20T10:01Z".parse().expect("time")
         );
     }
 }

@@ -1,4 +1,5 @@
-//! The local HTTPS API of the daemon (SPEC §4 "Local API"; reference: docs/host-api.md).
+//! The local HTTPS API of the daemon (docs/spec.md §4 "Local API"; reference: docs/host-api.md).
+//! The routes are `qx_core::api::host`'s.
 //!
 //! | route | |
 //! |---|---|
@@ -22,15 +23,16 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
+use qx_core::api::host;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
+use crate::daemon::tls::ApiToken;
 use crate::daemon::{RunError, Runner};
-use crate::tls::ApiToken;
 use crate::{AgentError, ApplyOptions};
 
 /// Shared state of the API handlers.
@@ -285,8 +287,8 @@ async fn apply(State(state): State<ApiState>, body: Bytes) -> Result<Response, A
         StatusCode::ACCEPTED,
         Json(ApplyAccepted {
             operation_id: started.operation_id,
-            status_url: "/api/v1/updates/status".into(),
-            events_url: "/api/v1/updates/events".into(),
+            status_url: host::STATUS.into(),
+            events_url: host::EVENTS.into(),
         }),
     )
         .into_response())
@@ -346,7 +348,13 @@ async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "no such API endpoint",
-        vec!["the update API has GET /api/v1/updates/check, POST /api/v1/updates/apply, GET /api/v1/updates/status and GET /api/v1/updates/events".into()],
+        vec![format!(
+            "the update API has GET {}, POST {}, GET {} and GET {}",
+            host::CHECK,
+            host::APPLY,
+            host::STATUS,
+            host::EVENTS
+        )],
     )
 }
 
@@ -385,18 +393,22 @@ async fn require_token(
     }
 }
 
+/// Every path under this prefix is the token-protected API.
+const API_PREFIX: &str = "/api";
+
 /// The whole application: the API under `/api/` (token required) and the page at `/`.
 pub fn router(state: ApiState) -> Router {
     let api = Router::new()
-        .route("/v1/updates/check", get(check))
-        .route("/v1/updates/apply", post(apply))
-        .route("/v1/updates/status", get(status))
-        .route("/v1/updates/events", get(events))
-        .fallback(not_found)
+        .route(host::CHECK, get(check))
+        .route(host::APPLY, post(apply))
+        .route(host::STATUS, get(status))
+        .route(host::EVENTS, get(events))
+        .route(API_PREFIX, any(not_found))
+        .route(&format!("{API_PREFIX}/{{*rest}}"), any(not_found))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
-        .nest("/api", api)
-        .merge(crate::web::router())
+        .merge(api)
+        .merge(crate::daemon::web::router())
         .with_state(state)
 }
 

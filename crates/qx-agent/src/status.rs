@@ -3,10 +3,9 @@
 //! [`crate::Agent`]; the daemon's page subscribes to it.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::Path;
 
-use qx_core::status::{HistoryEntry, UpdateState};
+use qx_core::history::{self, HistoryEntry};
+use qx_core::status::UpdateState;
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
@@ -46,7 +45,7 @@ impl StatusHandle {
             product: config.product.to_string(),
             channel: config.channel.to_string(),
             installed: paths.installed_versions(),
-            history: read_history(&paths.history, HISTORY_IN_SNAPSHOT),
+            history: history::read(&paths.history, HISTORY_IN_SNAPSHOT),
         };
         let (tx, _) = watch::channel(snap);
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
@@ -89,7 +88,7 @@ impl StatusHandle {
     /// Re-reads installed versions and history from disk (another process may have applied).
     pub fn refresh(&self) {
         let installed = self.paths.installed_versions();
-        let history = read_history(&self.history_path, HISTORY_IN_SNAPSHOT);
+        let history = history::read(&self.history_path, HISTORY_IN_SNAPSHOT);
         let changed = self.tx.send_if_modified(|s| {
             if s.installed != installed || s.history != history {
                 s.installed = installed;
@@ -106,42 +105,8 @@ impl StatusHandle {
 
     /// Appends one entry to `history.jsonl` (fsynced) and to the snapshot.
     pub fn record(&self, entry: HistoryEntry) -> Result<(), AgentError> {
-        append_history(&self.history_path, &entry)?;
+        history::append(&self.history_path, &entry)?;
         self.refresh();
         Ok(())
     }
-}
-
-/// Appends one JSON line to the history file and fsyncs it.
-pub fn append_history(path: &Path, entry: &HistoryEntry) -> Result<(), AgentError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(AgentError::io(dir))?;
-    }
-    let mut line = serde_json::to_string(entry).map_err(|e| AgentError::Io {
-        path: path.to_owned(),
-        source: std::io::Error::other(e),
-    })?;
-    line.push('\n');
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(AgentError::io(path))?;
-    f.write_all(line.as_bytes()).map_err(AgentError::io(path))?;
-    f.sync_all().map_err(AgentError::io(path))?;
-    Ok(())
-}
-
-/// The last `max` entries of the history file; unreadable lines (a torn last line after a
-/// power cut) are skipped.
-pub fn read_history(path: &Path, max: usize) -> Vec<HistoryEntry> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Vec::new();
-    };
-    let all: Vec<HistoryEntry> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let skip = all.len().saturating_sub(max);
-    all.into_iter().skip(skip).collect()
 }

@@ -2,7 +2,7 @@
 //! jitter), applies automatically when `auto_apply` is set (inside `maintenance_window` when
 //! one is set), and serves the local HTTPS API and the Updates page.
 //!
-//! - The decision of what to do next is [`crate::window::next_action`], a pure function; this
+//! - The decision of what to do next is [`schedule::next_action`], a pure function; this
 //!   module only executes it, with the time read from a [`Clock`] (tests inject a virtual one).
 //! - One apply at a time: the API and the scheduler share a [`Runner`], which refuses a second
 //!   apply in this process at once (409); the agent's file lock refuses one from another
@@ -15,18 +15,23 @@
 //!   between a rename and its fsync. If the service manager kills the process anyway
 //!   (SIGKILL after its stop timeout), the journal lets the next start roll back or forward.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use jiff::Zoned;
 use tokio::sync::watch;
 
-use crate::window::{self, Action, Pending, Policy, Schedule};
+pub mod api;
+pub mod schedule;
+pub mod tls;
+pub(crate) mod web;
+pub mod window;
+
 use crate::{Agent, AgentError, ApplyOptions, ApplyReport, CheckReport, StatusSnapshot};
+pub use schedule::{Clock, Policy, Scheduler, Step, SystemClock};
+pub use window::MaintenanceWindow;
 
 /// Arguments of `qx-update daemon`.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -42,7 +47,7 @@ pub const API_STATE_DIR: &str = "data/updates/api";
 
 /// Longest single wait of the real clock: the schedule is re-evaluated at least this often,
 /// so a wall-clock jump (NTP step, suspend) delays nothing by more than this.
-const MAX_WAIT: Duration = Duration::from_secs(300);
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(300);
 
 // ---------------------------------------------------------------------------------------------
 // Runner: one apply at a time, shared by the API and the scheduler.
@@ -214,205 +219,6 @@ impl Runner {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Clock and scheduler.
-
-/// The time source of the scheduler. The real one is [`SystemClock`]; tests inject a virtual
-/// clock whose `wait_until` advances its time at once.
-pub trait Clock: Send + Sync {
-    /// Now, in the host's time zone (the maintenance window is local time).
-    fn now(&self) -> Zoned;
-    /// Returns at `until` or a bit earlier (the caller re-evaluates after each wait).
-    fn wait_until(&self, until: &Zoned) -> impl Future<Output = ()> + Send;
-}
-
-/// The system clock in the host's configured time zone.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn huge_intervals_do_not_overflow() {
-        let t: jiff::Timestamp = "2026-11-20T10:00Z".parse().expect("time");
-        let far = later(t, Duration::from_secs(u64::MAX));
-        assert!(far > t);
-        assert_eq!(
-            later(t, Duration::from_secs(60)),
-            "2026-11-20T10:01Z".parse().expect("time")
-        );
-    }
-}
-
-impl Clock for SystemClock {
-    fn now(&self) -> Zoned {
-        Zoned::now()
-    }
-
-    fn wait_until(&self, until: &Zoned) -> impl Future<Output = ()> + Send {
-        let left = until.timestamp().as_millisecond() - Zoned::now().timestamp().as_millisecond();
-        let wait = Duration::from_millis(u64::try_from(left).unwrap_or(0)).min(MAX_WAIT);
-        tokio::time::sleep(wait)
-    }
-}
-
-/// What one scheduler step did.
-#[derive(Debug, Clone)]
-pub enum Step {
-    /// `enabled: false`: nothing will ever be done.
-    Disabled,
-    /// A check ran at `at`; `offered` is the available version, if any; `error` if it failed.
-    Checked {
-        at: Zoned,
-        offered: Option<String>,
-        error: Option<String>,
-    },
-    /// An automatic apply of `version` ran, started at `at`.
-    Applied {
-        at: Zoned,
-        version: String,
-        result: Result<ApplyReport, String>,
-        rebooting: bool,
-    },
-    /// Waited from `from` until about `until`.
-    Waited { from: Zoned, until: Zoned },
-}
-
-/// `t + d`, with `d` capped at a century (a configured interval of "1000years" must not
-/// overflow the time arithmetic).
-fn later(t: jiff::Timestamp, d: Duration) -> jiff::Timestamp {
-    const CENTURY: Duration = Duration::from_secs(100 * 366 * 24 * 3600);
-    let d = jiff::SignedDuration::try_from(d.min(CENTURY)).unwrap_or(jiff::SignedDuration::ZERO);
-    t.checked_add(d).unwrap_or(t)
-}
-
-/// Executes the schedule decided by [`window::next_action`].
-pub struct Scheduler<C: Clock> {
-    runner: Runner,
-    clock: C,
-    policy: Policy,
-    schedule: Schedule,
-}
-
-impl<C: Clock> Scheduler<C> {
-    /// The first check comes after a short random delay (see [`window::initial_delay`]).
-    pub fn new(runner: Runner, clock: C, policy: Policy) -> Scheduler<C> {
-        let delay = window::initial_delay(policy.check_interval, rand::random::<f64>());
-        let first = later(clock.now().timestamp(), delay);
-        Scheduler {
-            runner,
-            clock,
-            policy,
-            schedule: Schedule {
-                next_check: Some(first),
-                ..Schedule::default()
-            },
-        }
-    }
-
-    pub fn schedule(&self) -> &Schedule {
-        &self.schedule
-    }
-
-    fn after_interval(&self, now: &Zoned) -> jiff::Timestamp {
-        let wait = window::jittered(self.policy.check_interval, rand::random::<f64>());
-        later(now.timestamp(), wait)
-    }
-
-    /// Decides and performs one action.
-    pub async fn step(&mut self) -> Step {
-        let now = self.clock.now();
-        match window::next_action(&now, &self.schedule, &self.policy) {
-            Action::Disabled => Step::Disabled,
-            Action::Wait { until } => {
-                self.clock.wait_until(&until).await;
-                Step::Waited { from: now, until }
-            }
-            Action::Check => {
-                self.schedule.next_check = Some(self.after_interval(&now));
-                match self.runner.check().await {
-                    Ok(report) => {
-                        tracing::info!(version = %report.version, available = report.available, "scheduled check");
-                        self.schedule.pending = report.available.then(|| Pending {
-                            version: report.version.clone(),
-                            update_type: report.update_type.clone(),
-                        });
-                        Step::Checked {
-                            at: now,
-                            offered: report.available.then_some(report.version),
-                            error: None,
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "scheduled check failed; will retry at the next interval");
-                        Step::Checked {
-                            at: now,
-                            offered: None,
-                            error: Some(e.to_string()),
-                        }
-                    }
-                }
-            }
-            Action::Apply { version } => {
-                let pending = self.schedule.pending.take();
-                let update_type = pending.map(|p| p.update_type).unwrap_or_default();
-                tracing::info!(%version, "automatic apply");
-                let result = self.runner.apply(ApplyOptions::default()).await;
-                let mut rebooting = false;
-                match &result {
-                    Ok(report) if report.outcome == qx_core::status::Outcome::Success => {
-                        // The agent itself runs `updates.reboot_command` once the image is in
-                        // its slot and `auto_reboot` is set: one place decides, for the CLI,
-                        // the API and this loop alike.
-                        rebooting = report.system.is_some()
-                            && window::should_reboot(&update_type, &self.policy);
-                    }
-                    // Busy: an operator's apply runs; the next check sees what is left.
-                    Err(RunError::Busy) | Err(RunError::Agent(AgentError::Busy { .. })) => {}
-                    Err(RunError::ShuttingDown) => {}
-                    _ => self.schedule.failed_version = Some(version.clone()),
-                }
-                Step::Applied {
-                    at: now,
-                    version,
-                    result: result.map_err(|e| e.to_string()),
-                    rebooting,
-                }
-            }
-        }
-    }
-
-    /// Steps until `shutdown` turns true. A step cut short by the shutdown leaves a running
-    /// apply to finish on its blocking thread (see [`Runner::wait_idle`]).
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        loop {
-            if *shutdown.borrow_and_update() {
-                return;
-            }
-            let disabled = tokio::select! {
-                step = self.step() => matches!(step, Step::Disabled),
-                _ = wait_stop(&mut shutdown) => return,
-            };
-            if disabled {
-                tracing::info!(
-                    "updates are disabled (updates.enabled: false); the API answers status only"
-                );
-                wait_stop(&mut shutdown).await;
-                return;
-            }
-        }
-    }
-}
-
-/// Returns when `shutdown` turns true (never, if its sender is gone without sending it).
-async fn wait_stop(shutdown: &mut watch::Receiver<bool>) {
-    if shutdown.wait_for(|stop| *stop).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // The daemon.
 
 /// `qx-update daemon`: see the module documentation.
@@ -438,9 +244,9 @@ pub async fn run(agent: Agent, args: &DaemonArgs) -> anyhow::Result<()> {
         }
     }
 
-    let token = crate::tls::load_or_create_token(&config.api.token_file)
-        .context("cannot set up the API token")?;
-    let tls = crate::tls::server_config(
+    let token =
+        tls::load_or_create_token(&config.api.token_file).context("cannot set up the API token")?;
+    let tls = tls::server_config(
         config.api.tls_cert.as_deref(),
         config.api.tls_key.as_deref(),
         &root.join(API_STATE_DIR),
@@ -464,8 +270,8 @@ pub async fn run(agent: Agent, args: &DaemonArgs) -> anyhow::Result<()> {
 
     tracing::info!(listen = %listening, enabled = config.enabled, auto_apply = config.auto_apply,
         window = ?config.maintenance_window.as_ref().map(|w| w.to_string()), "daemon started");
-    let state = crate::api::ApiState::new(runner.clone(), token);
-    let served = crate::api::serve(state, listener, tls, stop_rx.clone()).await;
+    let state = api::ApiState::new(runner.clone(), token);
+    let served = api::serve(state, listener, tls, stop_rx.clone()).await;
 
     runner.stop_accepting();
     if let Err(e) = scheduler.await {

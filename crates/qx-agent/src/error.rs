@@ -1,0 +1,235 @@
+//! The agent's errors and their process exit codes. The codes and their meanings are one
+//! table ([`EXIT_CODE_TABLE`]): [`AgentError::exit_code`] names its entries and
+//! `qx-update --help` prints it ([`exit_codes_help`]).
+
+use std::path::{Path, PathBuf};
+
+use crate::transaction::extract;
+use crate::{download, ConfigError};
+
+/// Declares the exit codes once: a constant per code in [`code`] and the table for `--help`.
+macro_rules! exit_codes {
+    ($($name:ident = $code:literal : $meaning:literal,)*) => {
+        /// The exit codes of `qx-update`, by name.
+        pub mod code {
+            $(pub const $name: i32 = $code;)*
+        }
+        /// Every exit code of `qx-update` with its meaning, in order.
+        pub const EXIT_CODE_TABLE: &[(i32, &str)] = &[$(($code, $meaning),)*];
+    };
+}
+
+exit_codes! {
+    SUCCESS = 0: "success (also: already up to date)",
+    FAILURE = 1: "failure (I/O, journal)",
+    USAGE = 2: "usage error (bad arguments, unknown --component, --allow-downgrade naming another version)",
+    CONFIG = 3: "configuration error",
+    BUSY = 10: "busy: another apply is in progress",
+    FETCH = 11: "cannot reach the update server",
+    NO_RELEASE = 12: "no release on this channel",
+    SIGNATURE_MISSING = 20: "manifest signature missing",
+    SIGNATURE_INVALID = 21: "signature invalid",
+    UNTRUSTED_KEY = 22: "signed by an untrusted key",
+    MANIFEST_INVALID = 23: "manifest invalid",
+    EXPIRED = 24: "manifest expired",
+    WRONG_PRODUCT = 25: "manifest for another product",
+    WRONG_CHANNEL = 26: "manifest for another channel",
+    DOWNGRADE = 27: "downgrade refused",
+    REPLAY = 28: "replayed (older than already seen)",
+    BELOW_MIN_VERSION = 29: "host below min_version",
+    UNMET_REQUIREMENT = 30: "unmet requirement",
+    NO_SPACE = 31: "not enough free space",
+    DOWNLOAD = 32: "download failed",
+    UNSAFE_ARCHIVE = 33: "unsafe archive",
+    MIGRATION_FAILED = 40: "migration failed (files restored)",
+    RESTART_FAILED = 41: "service restart failed (files restored)",
+    NOT_EFFECTIVE = 42: "update did not take effect (restored)",
+    NO_BACKUP = 43: "no backup to roll back to",
+    ROLLBACK_FAILED = 44: "rollback incomplete",
+    SYSTEM_IMAGE = 45: "writing the system image failed (booted slot unchanged)",
+    REBOOT = 46: "reboot command failed (image installed, pending)",
+}
+
+/// The exit-code table as `qx-update --help` prints it.
+pub fn exit_codes_help() -> String {
+    let mut out = String::from("Exit codes:");
+    for (code, meaning) in EXIT_CODE_TABLE {
+        out.push_str(&format!("\n  {code:>2}  {meaning}"));
+    }
+    out
+}
+
+/// Everything that can go wrong, one variant per refusal of docs/spec.md §2/§4, each with its own
+/// exit code (see [`AgentError::exit_code`] and `qx-update --help`).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("update in progress: another apply holds {lock}; wait for it to finish (see `qx-update status`)")]
+    Busy { lock: PathBuf },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot fetch {url}: {message}")]
+    Fetch { url: String, message: String },
+    #[error("the server has no release of {product} on channel {channel} ({url})")]
+    NoRelease {
+        product: String,
+        channel: String,
+        url: String,
+    },
+    #[error("manifest from {url} has no signature (header X-Qx-Signature missing or empty); refusing it")]
+    SignatureMissing { url: String },
+    #[error(
+        "manifest signature is invalid: {reason}; refusing it (tampered manifest or signature)"
+    )]
+    SignatureInvalid { reason: String },
+    #[error("manifest is signed by key {key_id}, which is not trusted (trusted: {trusted}); add the publisher's key to updates.trusted_keys if it is genuine")]
+    UntrustedKey { key_id: String, trusted: String },
+    #[error("manifest is invalid: {0}")]
+    ManifestInvalid(#[from] qx_core::ManifestError),
+    #[error("manifest {version} expired at {expires}; the publisher must re-sign or publish a newer release")]
+    Expired { version: String, expires: String },
+    #[error("manifest is for product {got}, this host runs {expected}; refusing it")]
+    WrongProduct { expected: String, got: String },
+    #[error("manifest is for channel {got}, this host follows {expected}; refusing it")]
+    WrongChannel { expected: String, got: String },
+    #[error("component {component}: offered {offered} is lower than installed {installed}; a downgrade needs --allow-downgrade {offered}")]
+    Downgrade {
+        component: String,
+        installed: String,
+        offered: String,
+    },
+    #[error("manifest version {offered} is lower than {seen}, already seen on channel {channel} (replayed or rolled-back manifest); refusing it (--allow-downgrade {offered} to take it on purpose)")]
+    Replay {
+        channel: String,
+        seen: String,
+        offered: String,
+    },
+    #[error("this host is at {installed}, below release {version}'s min_version {min_version}; install an intermediate release first")]
+    BelowMinVersion {
+        installed: String,
+        min_version: String,
+        version: String,
+    },
+    #[error("component {component} requires {requires} >= {min_version}, but {}", match .installed { Some(v) => format!("{v} is installed and not updated by this apply"), None => "it is not installed and not part of this apply".into() })]
+    UnmetRequirement {
+        component: String,
+        requires: String,
+        min_version: String,
+        installed: Option<String>,
+    },
+    #[error("--allow-downgrade {asked} does not name the offered version {offered}")]
+    DowngradeMismatch { asked: String, offered: String },
+    #[error("component {name} is not in release {version} (it has: {available})")]
+    UnknownComponent {
+        name: String,
+        version: String,
+        available: String,
+    },
+    #[error("not enough free space in {path}: {needed} bytes needed, {available} available")]
+    NoSpace {
+        path: PathBuf,
+        needed: u64,
+        available: u64,
+    },
+    #[error("download failed: {0}")]
+    Download(#[from] download::DownloadError),
+    #[error("unsafe archive refused: {0}")]
+    UnsafeArchive(#[from] extract::ExtractError),
+    #[error("migration of component {component} failed ({status}); every file was restored and no service was restarted; its output is in {log}")]
+    MigrationFailed {
+        component: String,
+        status: String,
+        log: PathBuf,
+    },
+    #[error("restart of service {service} failed: {reason}; every file was restored from backup")]
+    RestartFailed { service: String, reason: String },
+    #[error("update did not take effect: {component}: {reason}; every file was restored from backup and the services restarted")]
+    NotEffective { component: String, reason: String },
+    #[error("no backup to roll back to in {dir}")]
+    NoBackup { dir: PathBuf },
+    #[error("rollback incomplete: {reason}")]
+    RollbackFailed { reason: String },
+    #[error("journal {path}: {message}")]
+    Journal { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Fs(#[from] qx_core::fs::FsError),
+    #[error("system image {version}: {source}")]
+    SystemImage {
+        version: String,
+        source: qx_boot::BootError,
+    },
+    #[error("the system image is installed and pending, but the reboot command `{command}` failed: {reason}; reboot the host to start the new slot")]
+    Reboot { command: String, reason: String },
+}
+
+impl AgentError {
+    pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
+        move |source| AgentError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// The process exit code for this error (one of [`EXIT_CODE_TABLE`]).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AgentError::Io { .. } | AgentError::Fs(_) | AgentError::Journal { .. } => code::FAILURE,
+            AgentError::DowngradeMismatch { .. } | AgentError::UnknownComponent { .. } => {
+                code::USAGE
+            }
+            AgentError::Config(_) => code::CONFIG,
+            AgentError::Busy { .. } => code::BUSY,
+            AgentError::Fetch { .. } => code::FETCH,
+            AgentError::NoRelease { .. } => code::NO_RELEASE,
+            AgentError::SignatureMissing { .. } => code::SIGNATURE_MISSING,
+            AgentError::SignatureInvalid { .. } => code::SIGNATURE_INVALID,
+            AgentError::UntrustedKey { .. } => code::UNTRUSTED_KEY,
+            AgentError::ManifestInvalid(_) => code::MANIFEST_INVALID,
+            AgentError::Expired { .. } => code::EXPIRED,
+            AgentError::WrongProduct { .. } => code::WRONG_PRODUCT,
+            AgentError::WrongChannel { .. } => code::WRONG_CHANNEL,
+            AgentError::Downgrade { .. } => code::DOWNGRADE,
+            AgentError::Replay { .. } => code::REPLAY,
+            AgentError::BelowMinVersion { .. } => code::BELOW_MIN_VERSION,
+            AgentError::UnmetRequirement { .. } => code::UNMET_REQUIREMENT,
+            AgentError::NoSpace { .. } => code::NO_SPACE,
+            AgentError::Download(_) => code::DOWNLOAD,
+            AgentError::UnsafeArchive(_) => code::UNSAFE_ARCHIVE,
+            AgentError::MigrationFailed { .. } => code::MIGRATION_FAILED,
+            AgentError::RestartFailed { .. } => code::RESTART_FAILED,
+            AgentError::NotEffective { .. } => code::NOT_EFFECTIVE,
+            AgentError::NoBackup { .. } => code::NO_BACKUP,
+            AgentError::RollbackFailed { .. } => code::ROLLBACK_FAILED,
+            AgentError::SystemImage { .. } => code::SYSTEM_IMAGE,
+            AgentError::Reboot { .. } => code::REBOOT,
+        }
+    }
+
+    /// True for refusals of a manifest (nothing on the host was touched).
+    pub fn is_refusal(&self) -> bool {
+        (code::SIGNATURE_MISSING..=code::NO_SPACE).contains(&self.exit_code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_is_in_the_help_once() {
+        let help = exit_codes_help();
+        for (code, meaning) in EXIT_CODE_TABLE {
+            let line = format!("  {code:>2}  {meaning}");
+            assert_eq!(help.matches(&line).count(), 1, "{line}");
+        }
+        let busy = AgentError::Busy {
+            lock: PathBuf::from("/x"),
+        };
+        assert_eq!(busy.exit_code(), code::BUSY);
+        assert!(EXIT_CODE_TABLE.contains(&(busy.exit_code(), "busy: another apply is in progress")));
+    }
+}
