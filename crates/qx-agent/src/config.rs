@@ -248,18 +248,8 @@ impl Config {
         })?;
         let at = Keys { source };
         let server_url = at.server_url(raw.server_url.take())?;
-        let channel = ChannelName::new(raw.channel.take().unwrap_or_else(|| "stable".into()))
-            .map_err(|e| at.invalid("channel", e.to_string()))?;
-        let product = ProductName::new(raw.product.take().unwrap_or_else(|| "quantix-os".into()))
-            .map_err(|e| at.invalid("product", e.to_string()))?;
-        let check_interval = at.duration(
-            "check_interval",
-            &raw.check_interval,
-            Duration::from_secs(3600),
-        )?;
-        if check_interval.is_zero() {
-            return Err(at.invalid("check_interval", "must be longer than 0s".into()));
-        }
+        let (product, channel) = at.product_and_channel(&mut raw)?;
+        let check_interval = at.check_interval(&raw)?;
         let trusted_keys = at.trusted_keys(&raw.trusted_keys, root)?;
         let maintenance_window = raw
             .maintenance_window
@@ -276,32 +266,13 @@ impl Config {
         let download = at.download(raw.download.take())?;
         let api = at.api(raw.api.take(), root)?;
         let ab = at.commands_and_ab(&mut raw)?;
-        let service_manager = raw.service_manager.unwrap_or(ServiceManagerKind::Openrc);
-        if service_manager == ServiceManagerKind::Command && raw.restart_command.is_none() {
-            return Err(at.invalid(
-                "restart_command",
-                "service_manager `command` needs restart_command, e.g. [\"/usr/local/bin/restart\", \"{service}\"]".into(),
-            ));
-        }
-        let pidfile = raw.pidfile.unwrap_or_else(|| "/run/{service}.pid".into());
-        if !pidfile.starts_with('/') {
-            return Err(at.invalid(
-                "pidfile",
-                format!("{pidfile:?} must be an absolute host path"),
-            ));
-        }
+        let (service_manager, pidfile) = at.service_manager(&mut raw)?;
         let verify_timeout = at.duration(
             "verify_timeout",
             &raw.verify_timeout,
             Duration::from_secs(10),
         )?;
-        let max_unpacked_bytes = match raw.max_unpacked_bytes {
-            None => 4 << 30,
-            Some(RawSize::Number(n)) => n,
-            Some(RawSize::Text(t)) => {
-                parse_size(&t).map_err(|e| at.invalid("max_unpacked_bytes", e.to_string()))?
-            }
-        };
+        let max_unpacked_bytes = at.max_unpacked_bytes(raw.max_unpacked_bytes.take())?;
         let log_path = under_root(
             root,
             &raw.log_path
@@ -342,6 +313,74 @@ impl Config {
 /// Reads the keys of one configuration file, naming the file and the key in every error.
 struct Keys<'a> {
     source: &'a Path,
+}
+
+impl Keys<'_> {
+    /// `product` (default `quantix-os`) and `channel` (default `stable`).
+    fn product_and_channel(
+        &self,
+        raw: &mut RawUpdates,
+    ) -> Result<(ProductName, ChannelName), ConfigError> {
+        let channel = raw
+            .channel
+            .take()
+            .unwrap_or_else(|| qx_core::api::DEFAULT_CHANNEL.into());
+        let channel =
+            ChannelName::new(channel).map_err(|e| self.invalid("channel", e.to_string()))?;
+        let product = ProductName::new(raw.product.take().unwrap_or_else(|| "quantix-os".into()))
+            .map_err(|e| self.invalid("product", e.to_string()))?;
+        Ok((product, channel))
+    }
+
+    /// `check_interval` (default 1h), never zero.
+    fn check_interval(&self, raw: &RawUpdates) -> Result<Duration, ConfigError> {
+        let every = self.duration(
+            "check_interval",
+            &raw.check_interval,
+            Duration::from_secs(3600),
+        )?;
+        if every.is_zero() {
+            return Err(self.invalid("check_interval", "must be longer than 0s".into()));
+        }
+        Ok(every)
+    }
+
+    /// `service_manager` (default `openrc`; `command` needs `restart_command`) and
+    /// `pidfile` (an absolute host path with `{service}`, default `/run/{service}.pid`).
+    fn service_manager(
+        &self,
+        raw: &mut RawUpdates,
+    ) -> Result<(ServiceManagerKind, String), ConfigError> {
+        let kind = raw.service_manager.unwrap_or(ServiceManagerKind::Openrc);
+        if kind == ServiceManagerKind::Command && raw.restart_command.is_none() {
+            return Err(self.invalid(
+                "restart_command",
+                "service_manager `command` needs restart_command, e.g. [\"/usr/local/bin/restart\", \"{service}\"]".into(),
+            ));
+        }
+        let pidfile = raw
+            .pidfile
+            .take()
+            .unwrap_or_else(|| "/run/{service}.pid".into());
+        if !pidfile.starts_with('/') {
+            return Err(self.invalid(
+                "pidfile",
+                format!("{pidfile:?} must be an absolute host path"),
+            ));
+        }
+        Ok((kind, pidfile))
+    }
+
+    /// `max_unpacked_bytes`: a number or a size string (default 4 GiB).
+    fn max_unpacked_bytes(&self, raw: Option<RawSize>) -> Result<u64, ConfigError> {
+        match raw {
+            None => Ok(4 << 30),
+            Some(RawSize::Number(n)) => Ok(n),
+            Some(RawSize::Text(t)) => {
+                parse_size(&t).map_err(|e| self.invalid("max_unpacked_bytes", e.to_string()))
+            }
+        }
+    }
 }
 
 impl Keys<'_> {

@@ -284,12 +284,7 @@ pub fn download(agent: &Agent, plan: &Plan, log: &mut UpdateLog) -> Result<Stage
         .staging
         .join(format!("{SYSTEM}-{}", plan.version));
     let img = &plan.image;
-    let system = ArtifactRef {
-        artifact: img.artifact.clone(),
-        sha256: img.sha256,
-        size_bytes: img.size_bytes,
-    };
-    let files: Vec<ArtifactRef> = std::iter::once(system)
+    let files: Vec<ArtifactRef> = std::iter::once(img.artifact_ref())
         .chain(img.kernel.iter().cloned())
         .chain(img.initramfs.iter().cloned())
         .collect();
@@ -311,6 +306,19 @@ pub fn download(agent: &Agent, plan: &Plan, log: &mut UpdateLog) -> Result<Stage
         kernel,
         initramfs,
     })
+}
+
+/// The history entry of an image install that ended with `outcome`.
+fn history_entry(plan: &Plan, outcome: Outcome, reason: String) -> HistoryEntry {
+    HistoryEntry {
+        time: jiff::Timestamp::now(),
+        kind: qx_core::UpdateKind::Full,
+        version: plan.version.clone(),
+        from_version: plan.from_version.clone(),
+        components: vec![SYSTEM.into()],
+        outcome,
+        reason: Some(reason),
+    }
 }
 
 /// Writes the downloaded image into its slot and records it; `report` is the apply's report
@@ -353,15 +361,7 @@ pub fn install(
             };
             log.line(&format!("system image {}: FAILED: {err}", plan.version));
             log.sync();
-            status.record(HistoryEntry {
-                time: jiff::Timestamp::now(),
-                kind: qx_core::UpdateKind::Full,
-                version: plan.version.clone(),
-                from_version: plan.from_version.clone(),
-                components: vec![SYSTEM.into()],
-                outcome: Outcome::Failed,
-                reason: Some(err.to_string()),
-            })?;
+            status.record(history_entry(&plan, Outcome::Failed, err.to_string()))?;
             return Err(err);
         }
     };
@@ -369,15 +369,7 @@ pub fn install(
         "written into slot {} ({}); pending: GRUB boots it next ({} attempts), `qx-update ab verify` commits it, slot {} is the fallback",
         r.to, r.target, r.tries, r.from
     );
-    status.record(HistoryEntry {
-        time: jiff::Timestamp::now(),
-        kind: qx_core::UpdateKind::Full,
-        version: plan.version.clone(),
-        from_version: plan.from_version.clone(),
-        components: vec![SYSTEM.into()],
-        outcome: Outcome::Success,
-        reason: Some(reason.clone()),
-    })?;
+    status.record(history_entry(&plan, Outcome::Success, reason.clone()))?;
     log.line(&format!("system image {}: {reason}", plan.version));
     if let Err(e) = remove_any(&staged.dir) {
         log.line(&format!("prune staging: {e}"));

@@ -28,6 +28,8 @@ pub mod server {
     pub const PROMOTE: &str = "/api/v1/{product}/releases/{version}/promote";
     /// `DELETE` yanks the release from a channel.
     pub const RELEASE: &str = "/api/v1/{product}/releases/{version}";
+    /// `GET` the signed channel state, `PUT` a new one (compare-and-swap on `seq`).
+    pub const CHANNEL: &str = "/api/v1/{product}/channels/{channel}";
 
     /// Every route the server answers, in registration order.
     pub const ROUTES: &[&str] = &[
@@ -171,6 +173,15 @@ impl ServerUrl {
             &[("product", &product), ("version", &version)],
         );
         format!("{}{path}?{FROM_PARAM}={}", self.base, encode(from))
+    }
+
+    /// `GET`/`PUT` the signed channel state (docs/spec.md §8).
+    pub fn channel_state(&self, product: impl Display, channel: impl Display) -> String {
+        let path = fill(
+            server::CHANNEL,
+            &[("product", &product), ("channel", &channel)],
+        );
+        self.at(path)
     }
 
     /// `DELETE` (yank) a release from a channel.

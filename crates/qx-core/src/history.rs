@@ -23,15 +23,19 @@ pub enum Outcome {
     /// An installed update was abandoned (a failed health check, the boot counter
     /// exhausted, or an operator's rollback).
     RolledBack,
+    /// The installed release was revoked with `revert` in the signed channel state and the
+    /// host went back to the channel's `current` (docs/spec.md §8).
+    Reverted,
 }
 
 impl Outcome {
-    /// The name used in the history file: `success`, `failed`, `rolled_back`.
+    /// The name used in the history file: `success`, `failed`, `rolled_back`, `reverted`.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Success => "success",
             Outcome::Failed => "failed",
             Outcome::RolledBack => "rolled_back",
+            Outcome::Reverted => "reverted",
         }
     }
 }

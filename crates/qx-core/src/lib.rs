@@ -5,6 +5,7 @@
 //! rule is written once and enforced the same way everywhere.
 
 pub mod api;
+pub mod bundle;
 pub mod channel;
 mod document;
 pub mod fs;

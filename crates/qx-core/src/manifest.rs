@@ -214,18 +214,10 @@ impl Manifest {
         let mut out: Vec<ArtifactRef> = self
             .components
             .iter()
-            .map(|c| ArtifactRef {
-                artifact: c.artifact.clone(),
-                sha256: c.sha256,
-                size_bytes: c.size_bytes,
-            })
+            .map(Component::artifact_ref)
             .collect();
         if let Some(img) = &self.full_image {
-            out.push(ArtifactRef {
-                artifact: img.artifact.clone(),
-                sha256: img.sha256,
-                size_bytes: img.size_bytes,
-            });
+            out.push(img.artifact_ref());
             out.extend(img.kernel.iter().cloned());
             out.extend(img.initramfs.iter().cloned());
         }
@@ -245,6 +237,28 @@ impl Manifest {
     /// True when `now` is past `expires`.
     pub fn is_expired(&self, now: Timestamp) -> bool {
         now >= self.expires
+    }
+}
+
+impl Component {
+    /// The component's artifact with its hash and size.
+    pub fn artifact_ref(&self) -> ArtifactRef {
+        ArtifactRef {
+            artifact: self.artifact.clone(),
+            sha256: self.sha256,
+            size_bytes: self.size_bytes,
+        }
+    }
+}
+
+impl FullImage {
+    /// The system image's artifact with its hash and size (kernel and initramfs aside).
+    pub fn artifact_ref(&self) -> ArtifactRef {
+        ArtifactRef {
+            artifact: self.artifact.clone(),
+            sha256: self.sha256,
+            size_bytes: self.size_bytes,
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::{Component as PathComponent, Path};
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 
-/// The rule for product, channel, component and artifact names (SPEC §2).
+/// The rule for product, channel, component and artifact names (docs/spec.md §2).
 pub const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,63}$";
 /// The rule for service names: what init systems accept, without path separators.
 pub const SERVICE_PATTERN: &str = "^[A-Za-z0-9_][A-Za-z0-9@._:-]{0,127}$";

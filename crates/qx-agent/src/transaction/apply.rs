@@ -285,15 +285,7 @@ fn apply_components(
     let m = &verified.manifest;
     let version = m.version.to_string();
     let staging_dir = paths.staging.join(&version);
-    let expected: Vec<ArtifactRef> = verified
-        .to_apply
-        .iter()
-        .map(|c| ArtifactRef {
-            artifact: c.artifact.clone(),
-            sha256: c.sha256,
-            size_bytes: c.size_bytes,
-        })
-        .collect();
+    let expected: Vec<ArtifactRef> = verified.to_apply.iter().map(|c| c.artifact_ref()).collect();
     let artifacts = download_artifacts(tx.agent, &version, &staging_dir, &expected, &mut tx.log)?;
     crash_point("downloaded");
 
