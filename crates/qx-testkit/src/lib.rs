@@ -1,6 +1,7 @@
 //! Test-only helpers shared by the crates' integration tests: a real update server on a free
 //! loopback port, a sandboxed host root, a fault-injecting TCP proxy, fixture releases.
 
+pub mod channel;
 pub mod host;
 pub mod proxy;
 pub mod release;
