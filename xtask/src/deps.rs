@@ -27,6 +27,12 @@ pub const TEST_PACKAGES: &[&str] = &[
     "cpio",
 ];
 
+/// The part of [`TEST_PACKAGES`] the quick tier (`cargo xtask test --fast`) uses: the stock
+/// signing tool, the boot loader's environment editor and script checker, GNU tar, zstd and
+/// the SQLite shell. No browser, no emulator.
+pub const FAST_TEST_PACKAGES: &[&str] =
+    &["minisign", "grub-common", "sqlite3", "zstd", "tar", "curl"];
+
 /// What the benchmarks need in addition.
 pub const BENCH_PACKAGES: &[&str] = &["nginx", "wrk", "curl", "zstd", "time"];
 
