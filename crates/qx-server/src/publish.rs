@@ -433,7 +433,7 @@ async fn promote_inner<S: ReleaseStore>(
     };
     let mut upload = app.store.begin().await?;
     for a in &new {
-        upload.link_from(&source_key, &a.artifact).await?;
+        upload.link_from(&source_key, a).await?;
     }
     let outcome = commit(app, upload, &key, manifest_bytes, signature).await?;
     if outcome == CommitOutcome::Created {
