@@ -1,6 +1,7 @@
 //! Check: fetch the signed channel state of our product and channel, verify it (docs/spec.md
 //! §8, see [`crate::channel`]), decide what this host should run
-//! ([`ChannelState::target`], or the version the operator chose), fetch that release's manifest,
+//! ([`ChannelState::target`], or the version the operator chose), fetch that release's manifest
+//! (`releases/{version}/manifest.json` and `.minisig`),
 //! check its SHA-256 against the state before parsing it, verify it (docs/spec.md §2) and work
 //! out what an apply would change: only the components whose version or artifact SHA-256
 //! differs from what is installed.
@@ -125,8 +126,7 @@ pub fn check(
     let Some(decision) = decide(state, host.as_ref(), opts, None)? else {
         return Ok((up_to_date(state, host.as_ref()), None));
     };
-    let (url, bytes, signature) =
-        fetch_release_manifest(config, &downloader, state, &decision.entry)?;
+    let (url, bytes, signature) = fetch_release_manifest(config, &downloader, &decision.entry)?;
     let source = ManifestSource {
         url,
         bytes,
@@ -293,12 +293,12 @@ fn up_to_date(state: &ChannelState, host: Option<&Version>) -> CheckReport {
     }
 }
 
-/// The manifest of a release (bytes, signature) from the server: the manifest endpoint for
-/// `current`, the release's `manifest.json` and `.minisig` files otherwise.
+/// The manifest of a release (bytes, signature) from the server: the release's
+/// `manifest.json` and `.minisig` files, so the bytes are those of the version decided on even
+/// while the channel changes.
 fn fetch_release_manifest(
     config: &Config,
     downloader: &Downloader,
-    state: &ChannelState,
     entry: &ReleaseEntry,
 ) -> Result<(String, Vec<u8>, String), AgentError> {
     let fetch = |url: &str| {
@@ -307,12 +307,6 @@ fn fetch_release_manifest(
             message: e.to_string(),
         })
     };
-    if entry.version == state.current {
-        let url = manifest_url(config);
-        let (bytes, headers) = fetch(&url)?;
-        let signature = signature_header(&headers, &url)?;
-        return Ok((url, bytes, signature));
-    }
     let server = config.server();
     let file = |name: &str| server.artifact(&config.product, &entry.version, name, &config.channel);
     let url = file(qx_core::manifest::MANIFEST_FILE);
