@@ -1,14 +1,25 @@
-//! Check: fetch the manifest of our product and channel with its signature, verify it (docs/spec.md
-//! §2) and work out what an apply would change. Never touches the host except
-//! `/data/updates/seen.json` (replay protection), which only moves forward and only after a
-//! manifest passed its signature check.
+//! Check: fetch the signed channel state of our product and channel, verify it (docs/spec.md
+//! §8, see [`crate::channel`]), decide what this host should run
+//! ([`ChannelState::target`], or the version the operator chose), fetch that release's manifest
+//! (`releases/{version}/manifest.json` and `.minisig`),
+//! check its SHA-256 against the state before parsing it, verify it (docs/spec.md §2) and work
+//! out what an apply would change: only the components whose version or artifact SHA-256
+//! differs from what is installed.
+//!
+//! A server with no state for the channel (404) gets the Part-I path: the channel's manifest,
+//! with replay protection by version (`/data/updates/seen.json`), so existing deployments
+//! keep working; once a state was verified on the channel, a 404 is refused.
+//!
+//! Never touches the host except the replay watermarks, which only move forward and only after
+//! a signature check.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use base64::Engine;
 use qx_core::api::SIGNATURE_HEADER;
-use qx_core::{Component, Manifest, SignatureError, UnknownFields, Version};
+use qx_core::channel::{ChannelState, ReleaseEntry, RevokeAction, Target};
+use qx_core::{Component, Manifest, Sha256, SignatureError, UnknownFields, Version};
 use serde::Serialize;
 
 use crate::download::{DownloadError, DownloadOptions, Downloader};
@@ -25,6 +36,13 @@ pub struct CheckReport {
     /// True when an apply would change something.
     pub available: bool,
     pub changes: Vec<ComponentChange>,
+    /// The `seq` of the verified channel state (none on a server without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel_seq: Option<u64>,
+    /// True when the installed release is revoked with `revert` and an apply goes back to
+    /// `version` (docs/spec.md §8).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub revert: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -32,7 +50,8 @@ pub struct ComponentChange {
     pub name: String,
     pub installed: Option<String>,
     pub offered: String,
-    /// `"update"` | `"install"` | `"unchanged"` | `"downgrade"` (only with --allow-downgrade).
+    /// `"update"` | `"install"` | `"unchanged"` | `"downgrade"` (only with --allow-downgrade or
+    /// a revert) | `"rebuilt"` (same version, other artifact bytes).
     pub action: String,
 }
 
@@ -41,8 +60,22 @@ pub struct ComponentChange {
 pub struct Verified {
     pub manifest: Manifest,
     pub key_id: String,
-    /// Components to install (selected and not already at the offered version).
+    /// Components to install (selected, and whose version or artifact SHA-256 differs from
+    /// what is installed).
     pub to_apply: Vec<Component>,
+    /// Going back to `current` from a release revoked with `revert` (history `reverted`).
+    pub reverted: bool,
+    /// Where the artifacts come from.
+    pub source: ArtifactSource,
+}
+
+/// Where an apply takes the artifacts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArtifactSource {
+    /// Downloaded from the update server.
+    Server,
+    /// Extracted (hash-checked) from a bundle file (docs/spec.md §12).
+    Bundle(std::path::PathBuf),
 }
 
 pub fn download_options(config: &Config) -> DownloadOptions {
@@ -60,11 +93,57 @@ pub fn manifest_url(config: &Config) -> String {
     config.server().manifest(&config.product, &config.channel)
 }
 
-/// Fetches and verifies the manifest; see the module documentation.
-pub fn check(agent: &Agent, opts: &ApplyOptions) -> Result<(CheckReport, Verified), AgentError> {
+/// Fetches and verifies what this host should install; see the module documentation. No
+/// [`Verified`] when the host is up to date on a release it need not fetch again (a kept
+/// revoked release, or a chosen release above `current`).
+pub fn check(
+    agent: &Agent,
+    opts: &ApplyOptions,
+) -> Result<(CheckReport, Option<Verified>), AgentError> {
+    if let Some(from) = &opts.from {
+        return crate::bundle::check(agent, opts, from);
+    }
+    let config = agent.config();
+    let downloader = Downloader::new(download_options(config))?;
+    let Some(fetched) = crate::channel::fetch(config, &downloader)? else {
+        let url = config
+            .server()
+            .channel_state(&config.product, &config.channel);
+        crate::channel::refuse_if_seen(agent, &url)?;
+        if let Some(v) = &opts.version {
+            return Err(AgentError::NotInstallable {
+                version: v.clone(),
+                channel: config.channel.to_string(),
+                reason: "the server publishes no signed channel state for it, so no release can be chosen".into(),
+            });
+        }
+        return check_manifest_only(agent, opts, &downloader).map(|(r, v)| (r, Some(v)));
+    };
+    let verified = crate::channel::verify(agent, &fetched.url, &fetched.bytes, &fetched.signature)?;
+    let state = &verified.state;
+    let installed = agent.paths().installed_versions();
+    let host = crate::installed::host_version(&installed);
+    let Some(decision) = decide(state, host.as_ref(), opts, None)? else {
+        return Ok((up_to_date(state, host.as_ref()), None));
+    };
+    let (url, bytes, signature) = fetch_release_manifest(config, &downloader, &decision.entry)?;
+    let source = ManifestSource {
+        url,
+        bytes,
+        signature,
+        artifacts: ArtifactSource::Server,
+    };
+    verify_release(agent, opts, state, &decision, source)
+}
+
+/// The Part-I path for a server without a channel state: the channel's manifest.
+fn check_manifest_only(
+    agent: &Agent,
+    opts: &ApplyOptions,
+    downloader: &Downloader,
+) -> Result<(CheckReport, Verified), AgentError> {
     let config = agent.config();
     let url = manifest_url(config);
-    let downloader = Downloader::new(download_options(config))?;
     let (bytes, headers) = downloader.get_bytes(&url).map_err(|e| match e {
         DownloadError::NotFound { url } => AgentError::NoRelease {
             product: config.product.to_string(),
@@ -76,23 +155,222 @@ pub fn check(agent: &Agent, opts: &ApplyOptions) -> Result<(CheckReport, Verifie
             message: other.to_string(),
         },
     })?;
+    let signature = signature_header(&headers, &url)?;
+    verify_manifest(agent, &url, bytes, signature, opts)
+}
+
+/// The signature in the `X-Qx-Signature` header (base64 of the `.minisig` text).
+pub(crate) fn signature_header(
+    headers: &reqwest::header::HeaderMap,
+    url: &str,
+) -> Result<String, AgentError> {
     let sig_b64 = headers
         .get(SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .unwrap_or("");
     if sig_b64.is_empty() {
-        return Err(AgentError::SignatureMissing { url });
+        return Err(AgentError::SignatureMissing {
+            url: url.to_owned(),
+        });
     }
     let sig_raw = base64::engine::general_purpose::STANDARD
         .decode(sig_b64)
         .map_err(|e| AgentError::SignatureInvalid {
             reason: format!("header X-Qx-Signature is not base64: {e}"),
         })?;
-    let signature = String::from_utf8(sig_raw).map_err(|_| AgentError::SignatureInvalid {
+    String::from_utf8(sig_raw).map_err(|_| AgentError::SignatureInvalid {
         reason: "the signature is not a text .minisig file".into(),
+    })
+}
+
+/// What the host installs: a release of the state, and whether that is a revert.
+#[derive(Debug, Clone)]
+pub(crate) struct Decision {
+    pub entry: ReleaseEntry,
+    pub revert: bool,
+}
+
+/// docs/spec.md §8: the operator's chosen version (`--version`, or the release a bundle holds:
+/// `bundled`) when listed in `releases`; else [`ChannelState::target`]. A host on `current` is
+/// checked against `current` (only what differs is applied); `None` when the host is up to
+/// date on another release (kept after a revocation, or chosen above `current`).
+pub(crate) fn decide(
+    state: &ChannelState,
+    host: Option<&Version>,
+    opts: &ApplyOptions,
+    bundled: Option<&Version>,
+) -> Result<Option<Decision>, AgentError> {
+    let target = state.target(host);
+    let chosen = match (&opts.version, bundled) {
+        (Some(asked), Some(b)) if Version::parse(asked.trim()).ok().as_ref() != Some(b) => {
+            return Err(AgentError::NotInstallable {
+                version: asked.clone(),
+                channel: state.channel.to_string(),
+                reason: format!("the bundle holds release {b}"),
+            })
+        }
+        (_, Some(b)) => Some(b.clone()),
+        (Some(asked), None) => {
+            Some(
+                Version::parse(asked.trim()).map_err(|e| AgentError::NotInstallable {
+                    version: asked.clone(),
+                    channel: state.channel.to_string(),
+                    reason: format!("not a version: {e}"),
+                })?,
+            )
+        }
+        (None, None) => None,
+    };
+    if let Some(v) = chosen {
+        let entry = installable(state, &v)?;
+        let revert = matches!(target, Target::Revert(e) if e.version == v);
+        return Ok(Some(Decision {
+            entry: entry.clone(),
+            revert,
+        }));
+    }
+    Ok(match target {
+        Target::Update(e) => Some(Decision {
+            entry: e.clone(),
+            revert: false,
+        }),
+        Target::Revert(e) => Some(Decision {
+            entry: e.clone(),
+            revert: true,
+        }),
+        Target::UpToDate if host == Some(&state.current) => {
+            state.current_release().map(|e| Decision {
+                entry: e.clone(),
+                revert: false,
+            })
+        }
+        Target::UpToDate => None,
+    })
+}
+
+/// The release entry of `version`, or why it cannot be installed.
+fn installable<'s>(
+    state: &'s ChannelState,
+    version: &Version,
+) -> Result<&'s ReleaseEntry, AgentError> {
+    if let Some(e) = state.release(version) {
+        return Ok(e);
+    }
+    let reason = match state.revocation(version) {
+        Some(RevokeAction::Revert) => "it is revoked (revert)".to_owned(),
+        Some(RevokeAction::Keep) => "it is revoked (keep)".to_owned(),
+        None => format!(
+            "it is not listed in the signed channel state (installable: {})",
+            state
+                .releases
+                .iter()
+                .map(|r| r.version.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    Err(AgentError::NotInstallable {
+        version: version.to_string(),
+        channel: state.channel.to_string(),
+        reason,
+    })
+}
+
+/// The report of a host that is up to date on a release other than `current`.
+fn up_to_date(state: &ChannelState, host: Option<&Version>) -> CheckReport {
+    CheckReport {
+        product: state.product.to_string(),
+        channel: state.channel.to_string(),
+        version: host.map(|v| v.to_string()).unwrap_or_default(),
+        release_date: String::new(),
+        release_notes: String::new(),
+        update_type: String::new(),
+        available: false,
+        changes: Vec::new(),
+        channel_seq: Some(state.seq),
+        revert: false,
+    }
+}
+
+/// The manifest of a release (bytes, signature) from the server: the release's
+/// `manifest.json` and `.minisig` files, so the bytes are those of the version decided on even
+/// while the channel changes.
+fn fetch_release_manifest(
+    config: &Config,
+    downloader: &Downloader,
+    entry: &ReleaseEntry,
+) -> Result<(String, Vec<u8>, String), AgentError> {
+    let fetch = |url: &str| {
+        downloader.get_bytes(url).map_err(|e| AgentError::Fetch {
+            url: url.to_owned(),
+            message: e.to_string(),
+        })
+    };
+    let server = config.server();
+    let file = |name: &str| server.artifact(&config.product, &entry.version, name, &config.channel);
+    let url = file(qx_core::manifest::MANIFEST_FILE);
+    let (bytes, _) = fetch(&url)?;
+    let sig_url = file(qx_core::manifest::SIGNATURE_FILE);
+    let (sig, _) = fetch(&sig_url)?;
+    let signature = String::from_utf8(sig).map_err(|_| AgentError::SignatureInvalid {
+        reason: format!("{sig_url} is not a text .minisig file"),
     })?;
-    verify_manifest(agent, &url, bytes, signature, opts)
+    Ok((url, bytes, signature))
+}
+
+/// A release manifest as fetched (or read from a bundle), not yet trusted.
+pub(crate) struct ManifestSource {
+    pub url: String,
+    pub bytes: Vec<u8>,
+    pub signature: String,
+    pub artifacts: ArtifactSource,
+}
+
+/// The manifest of the decided release: its SHA-256 against the state first (before parsing),
+/// then signature, rules, identity and the plan.
+pub(crate) fn verify_release(
+    agent: &Agent,
+    opts: &ApplyOptions,
+    state: &ChannelState,
+    decision: &Decision,
+    source: ManifestSource,
+) -> Result<(CheckReport, Option<Verified>), AgentError> {
+    let entry = &decision.entry;
+    let got = Sha256::of(&source.bytes);
+    if got != entry.manifest_sha256 {
+        return Err(AgentError::ManifestMismatch {
+            version: entry.version.to_string(),
+            url: source.url,
+            expected: entry.manifest_sha256.to_string(),
+            got: got.to_string(),
+        });
+    }
+    let config = agent.config();
+    let key_id = verify_signature(config, &source.url, &source.bytes, &source.signature)?;
+    let manifest = Manifest::parse(&source.bytes, UnknownFields::Ignore)?;
+    check_identity(config, &manifest)?;
+    if manifest.version != entry.version {
+        return Err(AgentError::ManifestMismatch {
+            version: entry.version.to_string(),
+            url: source.url,
+            expected: format!("a manifest of {}", entry.version),
+            got: format!("a manifest of {}", manifest.version),
+        });
+    }
+    let downgrade_ok = decision.revert || downgrade_allowed(opts, &manifest)?;
+    let (mut report, mut verified) = plan(PlanRequest {
+        agent,
+        manifest,
+        key_id,
+        opts,
+        downgrade_ok,
+    })?;
+    report.channel_seq = Some(state.seq);
+    report.revert = decision.revert;
+    verified.reverted = decision.revert;
+    verified.source = source.artifacts;
+    Ok((report, Some(verified)))
 }
 
 /// Every check of docs/spec.md §2 on manifest bytes and their signature, in order: signature,
@@ -121,7 +399,7 @@ pub fn verify_manifest(
 }
 
 /// The signature against the trusted keys; the id of the key that signed.
-fn verify_signature(
+pub(crate) fn verify_signature(
     config: &Config,
     url: &str,
     bytes: &[u8],
@@ -220,10 +498,12 @@ struct PlanRequest<'a> {
 /// the release's min_version and every component's requirements checked.
 fn plan(req: PlanRequest<'_>) -> Result<(CheckReport, Verified), AgentError> {
     let manifest = &req.manifest;
-    let installed = req.agent.paths().installed_versions();
+    let paths = req.agent.paths();
+    let installed = paths.installed_versions();
     let selected = select_components(manifest, req.opts)?;
     check_min_version(manifest, &installed, req.downgrade_ok)?;
-    let (changes, to_apply) = compare(&selected, &installed, req.downgrade_ok)?;
+    let recorded = |name: &str| crate::installed::artifact_sha(paths, name);
+    let (changes, to_apply) = compare(&selected, &installed, &recorded, req.downgrade_ok)?;
     check_requirements(&to_apply, &installed)?;
     let report = CheckReport {
         product: manifest.product.to_string(),
@@ -237,6 +517,8 @@ fn plan(req: PlanRequest<'_>) -> Result<(CheckReport, Verified), AgentError> {
             .unwrap_or_default(),
         available: !to_apply.is_empty(),
         changes,
+        channel_seq: None,
+        revert: false,
     };
     Ok((
         report,
@@ -244,6 +526,8 @@ fn plan(req: PlanRequest<'_>) -> Result<(CheckReport, Verified), AgentError> {
             manifest: req.manifest,
             key_id: req.key_id,
             to_apply,
+            reverted: false,
+            source: ArtifactSource::Server,
         },
     ))
 }
@@ -307,20 +591,29 @@ fn installed_version(installed: &BTreeMap<String, String>, name: &str) -> Option
 }
 
 /// Installed against offered, per selected component: the report's changes and the
-/// components to install (a downgrade only with `downgrade_ok`).
+/// components to install (a downgrade only with `downgrade_ok`). A component at the offered
+/// version is installed again only when the artifact SHA-256 recorded for that version
+/// (`recorded`) differs from the manifest's.
 fn compare(
     selected: &[&Component],
     installed: &BTreeMap<String, String>,
+    recorded: &dyn Fn(&str) -> Option<(String, Sha256)>,
     downgrade_ok: bool,
 ) -> Result<(Vec<ComponentChange>, Vec<Component>), AgentError> {
     let mut changes = Vec::new();
     let mut to_apply = Vec::new();
     for c in selected {
         let inst = installed.get(c.name.as_str()).cloned();
+        let rebuilt = || {
+            recorded(c.name.as_str()).is_some_and(|(v, sha)| {
+                Version::parse(&v).is_ok_and(|v| v == c.version) && sha != c.sha256
+            })
+        };
         let action = match installed_version(installed, c.name.as_str()) {
             None if inst.is_none() => "install",
             None => "update",
             Some(v) if v < c.version => "update",
+            Some(v) if v == c.version && rebuilt() => "rebuilt",
             Some(v) if v == c.version => "unchanged",
             Some(_) if downgrade_ok => "downgrade",
             Some(v) => {
@@ -402,6 +695,12 @@ impl CheckReport {
         }
         if !self.release_notes.is_empty() {
             out.push_str(&format!("\nRelease notes:\n{}\n", self.release_notes));
+        }
+        if self.revert {
+            out.push_str(&format!(
+                "\nThe installed release is revoked (revert): an apply goes back to {}.\n",
+                self.version
+            ));
         }
         out.push_str(if self.available {
             "\nAn update is available: run `qx-update apply`.\n"

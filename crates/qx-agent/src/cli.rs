@@ -34,6 +34,18 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Which release to install instead of the channel's target (docs/spec.md §8, §12).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ReleaseChoice {
+    /// Install this release of the signed channel state's `releases` (a lower one also needs
+    /// `--allow-downgrade VERSION`).
+    #[arg(long, value_name = "VERSION")]
+    version: Option<String>,
+    /// Install from a bundle (`qx-publish bundle`): a file, or an http(s) URL downloaded first.
+    #[arg(long, value_name = "FILE|URL")]
+    from: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Fetch and verify the manifest; show installed -> offered per component. No host change.
@@ -44,6 +56,8 @@ pub enum Command {
         /// Accept this lower version (must name the offered version exactly).
         #[arg(long, value_name = "VERSION")]
         allow_downgrade: Option<String>,
+        #[command(flatten)]
+        release: ReleaseChoice,
     },
     /// Download, verify and install the offered release as one transaction.
     Apply {
@@ -56,6 +70,8 @@ pub enum Command {
         /// Accept this lower version (must name the offered version exactly).
         #[arg(long, value_name = "VERSION")]
         allow_downgrade: Option<String>,
+        #[command(flatten)]
+        release: ReleaseChoice,
         /// Reboot after a full system image was written into the inactive slot (also done
         /// without this flag when `updates.auto_reboot` is true).
         #[arg(long)]
@@ -178,16 +194,22 @@ pub fn run(cli: Cli) -> i32 {
         Command::Check {
             components,
             allow_downgrade,
-        } => check(&agent, json, &apply_options(components, allow_downgrade)),
+            release,
+        } => check(
+            &agent,
+            json,
+            &apply_options(components, allow_downgrade, release),
+        ),
         Command::Apply {
             components,
             yes,
             allow_downgrade,
+            release,
             reboot,
         } => apply(
             &agent,
             json,
-            &apply_options(components, allow_downgrade),
+            &apply_options(components, allow_downgrade, release),
             yes,
             reboot,
         ),
@@ -203,10 +225,16 @@ pub fn run(cli: Cli) -> i32 {
     }
 }
 
-fn apply_options(components: Vec<String>, allow_downgrade: Option<String>) -> ApplyOptions {
+fn apply_options(
+    components: Vec<String>,
+    allow_downgrade: Option<String>,
+    release: ReleaseChoice,
+) -> ApplyOptions {
     ApplyOptions {
         components: (!components.is_empty()).then_some(components),
         allow_downgrade,
+        version: release.version,
+        from: release.from,
     }
 }
 

@@ -27,20 +27,26 @@ exit_codes! {
     BUSY = 10: "busy: another apply is in progress",
     FETCH = 11: "cannot reach the update server",
     NO_RELEASE = 12: "no release on this channel",
-    SIGNATURE_MISSING = 20: "manifest signature missing",
+    SIGNATURE_MISSING = 20: "signature missing (manifest or channel state)",
     SIGNATURE_INVALID = 21: "signature invalid",
     UNTRUSTED_KEY = 22: "signed by an untrusted key",
-    MANIFEST_INVALID = 23: "manifest invalid",
+    MANIFEST_INVALID = 23: "manifest or channel state invalid",
     EXPIRED = 24: "manifest expired",
-    WRONG_PRODUCT = 25: "manifest for another product",
-    WRONG_CHANNEL = 26: "manifest for another channel",
+    WRONG_PRODUCT = 25: "manifest or channel state for another product",
+    WRONG_CHANNEL = 26: "manifest or channel state for another channel",
     DOWNGRADE = 27: "downgrade refused",
-    REPLAY = 28: "replayed (older than already seen)",
+    REPLAY = 28: "manifest replayed (older than already seen; servers without a channel state)",
     BELOW_MIN_VERSION = 29: "host below min_version",
     UNMET_REQUIREMENT = 30: "unmet requirement",
     NO_SPACE = 31: "not enough free space",
     DOWNLOAD = 32: "download failed",
     UNSAFE_ARCHIVE = 33: "unsafe archive",
+    STATE_REPLAYED = 34: "channel state replayed (seq lower than already seen, or the same seq with other bytes)",
+    STATE_EXPIRED = 35: "channel state expired (frozen channel)",
+    MANIFEST_MISMATCH = 36: "manifest does not match the channel state's manifest_sha256",
+    NOT_INSTALLABLE = 37: "version not installable (not listed in the channel state, or revoked)",
+    STATE_WITHDRAWN = 38: "channel state missing on a channel that had one",
+    BUNDLE_INVALID = 39: "bundle malformed, truncated or tampered (nothing changed)",
     MIGRATION_FAILED = 40: "migration failed (files restored)",
     RESTART_FAILED = 41: "service restart failed (files restored)",
     NOT_EFFECTIVE = 42: "update did not take effect (restored)",
@@ -75,16 +81,53 @@ pub enum AgentError {
         channel: String,
         url: String,
     },
-    #[error("manifest from {url} has no signature (header X-Qx-Signature missing or empty); refusing it")]
+    #[error("{url} has no signature (header X-Qx-Signature missing or empty); refusing it")]
     SignatureMissing { url: String },
-    #[error(
-        "manifest signature is invalid: {reason}; refusing it (tampered manifest or signature)"
-    )]
+    #[error("signature is invalid: {reason}; refusing it (tampered document or signature)")]
     SignatureInvalid { reason: String },
-    #[error("manifest is signed by key {key_id}, which is not trusted (trusted: {trusted}); add the publisher's key to updates.trusted_keys if it is genuine")]
+    #[error("signed by key {key_id}, which is not trusted (trusted: {trusted}); add the publisher's key to updates.trusted_keys if it is genuine")]
     UntrustedKey { key_id: String, trusted: String },
     #[error("manifest is invalid: {0}")]
     ManifestInvalid(#[from] qx_core::ManifestError),
+    #[error("channel state from {url} is invalid: {source}")]
+    ChannelInvalid {
+        url: String,
+        source: qx_core::channel::ChannelError,
+    },
+    #[error("channel state of {channel} has seq {offered}, {}; refusing it (replayed or forged channel state)", match .same_seq { true => "the same seq as the state already seen but other bytes".to_owned(), false => format!("lower than {seen}, already seen") })]
+    StateReplayed {
+        channel: String,
+        seen: u64,
+        offered: u64,
+        same_seq: bool,
+    },
+    #[error("channel state of {channel} (seq {seq}) expired at {expires}; refusing it (frozen channel): the publisher must run `qx-publish refresh`")]
+    StateExpired {
+        channel: String,
+        seq: u64,
+        expires: String,
+    },
+    #[error("manifest of {version} from {url} has SHA-256 {got}, but the signed channel state names {expected}; refusing it without parsing it")]
+    ManifestMismatch {
+        version: String,
+        url: String,
+        expected: String,
+        got: String,
+    },
+    #[error("version {version} is not installable on channel {channel}: {reason}")]
+    NotInstallable {
+        version: String,
+        channel: String,
+        reason: String,
+    },
+    #[error("the server has no channel state for {channel} ({url}), but this host already verified one (seq {seen}); refusing the unsigned fallback (a server must not strip the channel state)")]
+    StateWithdrawn {
+        channel: String,
+        url: String,
+        seen: u64,
+    },
+    #[error("bundle refused: {0}")]
+    Bundle(#[from] qx_core::bundle::BundleError),
     #[error("manifest {version} expired at {expires}; the publisher must re-sign or publish a newer release")]
     Expired { version: String, expires: String },
     #[error("manifest is for product {got}, this host runs {expected}; refusing it")]
@@ -188,7 +231,15 @@ impl AgentError {
             AgentError::SignatureMissing { .. } => code::SIGNATURE_MISSING,
             AgentError::SignatureInvalid { .. } => code::SIGNATURE_INVALID,
             AgentError::UntrustedKey { .. } => code::UNTRUSTED_KEY,
-            AgentError::ManifestInvalid(_) => code::MANIFEST_INVALID,
+            AgentError::ManifestInvalid(_) | AgentError::ChannelInvalid { .. } => {
+                code::MANIFEST_INVALID
+            }
+            AgentError::StateReplayed { .. } => code::STATE_REPLAYED,
+            AgentError::StateExpired { .. } => code::STATE_EXPIRED,
+            AgentError::ManifestMismatch { .. } => code::MANIFEST_MISMATCH,
+            AgentError::NotInstallable { .. } => code::NOT_INSTALLABLE,
+            AgentError::StateWithdrawn { .. } => code::STATE_WITHDRAWN,
+            AgentError::Bundle(_) => code::BUNDLE_INVALID,
             AgentError::Expired { .. } => code::EXPIRED,
             AgentError::WrongProduct { .. } => code::WRONG_PRODUCT,
             AgentError::WrongChannel { .. } => code::WRONG_CHANNEL,
@@ -211,7 +262,9 @@ impl AgentError {
 
     /// True for refusals of a manifest (nothing on the host was touched).
     pub fn is_refusal(&self) -> bool {
-        (code::SIGNATURE_MISSING..=code::NO_SPACE).contains(&self.exit_code())
+        let c = self.exit_code();
+        (code::SIGNATURE_MISSING..=code::NO_SPACE).contains(&c)
+            || (code::STATE_REPLAYED..=code::BUNDLE_INVALID).contains(&c)
     }
 }
 

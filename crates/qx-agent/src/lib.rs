@@ -6,6 +6,8 @@
 //! journaled transaction), `status`/`subscribe`, `recover` (finish an interrupted apply),
 //! `rollback` (restore the previous version from its backup).
 
+mod bundle;
+mod channel;
 mod check;
 pub mod cli;
 mod config;
@@ -13,6 +15,7 @@ pub mod daemon;
 pub mod download;
 mod error;
 mod fullimage;
+mod installed;
 mod status;
 pub mod transaction;
 
@@ -41,6 +44,10 @@ pub struct HostPaths {
     pub lock: PathBuf,
     pub history: PathBuf,
     pub seen: PathBuf,
+    /// The channel-state replay watermark (docs/spec.md §8).
+    pub channel_seen: PathBuf,
+    /// The installed artifacts' SHA-256, one file per component.
+    pub artifacts: PathBuf,
     pub ab_state: PathBuf,
 }
 
@@ -57,6 +64,8 @@ impl HostPaths {
             lock: at("data/updates/lock"),
             history: at("data/updates/history.jsonl"),
             seen: at("data/updates/seen.json"),
+            channel_seen: at("data/updates/channel-seen.json"),
+            artifacts: at("data/versions/.artifacts"),
             ab_state: at("quantix/ab-update-state.json"),
         }
     }
@@ -156,7 +165,9 @@ impl Agent {
             status.set_state(qx_core::status::UpdateState::Checking);
         }
         let result = check::check(self, opts).and_then(|(mut report, verified)| {
-            fullimage::extend_check(self, &mut report, &verified.manifest, opts)?;
+            if let Some(v) = &verified {
+                fullimage::extend_check(self, &mut report, &v.manifest, opts)?;
+            }
             Ok(report)
         });
         if !busy {

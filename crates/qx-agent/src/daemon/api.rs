@@ -4,7 +4,7 @@
 //! | route | |
 //! |---|---|
 //! | `GET /api/v1/updates/check` | fetch + verify the manifest → `CheckReport` |
-//! | `POST /api/v1/updates/apply` | optional `{"components": [..], "allow_downgrade": ".."}`; 202 `{"operation_id"}` at once; 409 while an apply runs |
+//! | `POST /api/v1/updates/apply` | optional `{"components": [..], "allow_downgrade": "..", "version": ".."}`; `version` is checked against the signed channel state first (400 when not installable); 202 `{"operation_id"}` at once; 409 while an apply runs |
 //! | `GET /api/v1/updates/status` | `StatusSnapshot`: state, operation id, installed versions, history |
 //! | `GET /api/v1/updates/events` | server-sent events, one `status` event (a `StatusSnapshot`) per change |
 //!
@@ -119,9 +119,10 @@ impl IntoResponse for ApiError {
 pub fn agent_error_status(e: &AgentError) -> StatusCode {
     match e {
         AgentError::Busy { .. } => StatusCode::CONFLICT,
-        AgentError::DowngradeMismatch { .. } | AgentError::UnknownComponent { .. } => {
-            StatusCode::BAD_REQUEST
-        }
+        AgentError::DowngradeMismatch { .. }
+        | AgentError::UnknownComponent { .. }
+        | AgentError::NotInstallable { .. }
+        | AgentError::Bundle(_) => StatusCode::BAD_REQUEST,
         AgentError::NoRelease { .. } => StatusCode::NOT_FOUND,
         AgentError::Downgrade { .. }
         | AgentError::BelowMinVersion { .. }
@@ -137,6 +138,11 @@ pub fn agent_error_status(e: &AgentError) -> StatusCode {
         | AgentError::WrongProduct { .. }
         | AgentError::WrongChannel { .. }
         | AgentError::Replay { .. }
+        | AgentError::ChannelInvalid { .. }
+        | AgentError::StateReplayed { .. }
+        | AgentError::StateExpired { .. }
+        | AgentError::ManifestMismatch { .. }
+        | AgentError::StateWithdrawn { .. }
         | AgentError::UnsafeArchive(_) => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -216,6 +222,9 @@ pub struct ApplyRequest {
     /// Accept a downgrade to exactly this version.
     #[serde(default)]
     pub allow_downgrade: Option<String>,
+    /// Install this release of the signed channel state's `releases` (docs/spec.md §8).
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 /// The answer of `POST /api/v1/updates/apply`.
@@ -251,7 +260,7 @@ async fn apply(State(state): State<ApiState>, body: Bytes) -> Result<Response, A
                 "the request body is not valid JSON for an apply",
                 vec![
                     e.to_string(),
-                    "expected an empty body or {\"components\": [\"name\", ...], \"allow_downgrade\": \"version\"}".into(),
+                    "expected an empty body or {\"components\": [\"name\", ...], \"allow_downgrade\": \"version\", \"version\": \"version\"}".into(),
                 ],
             )
         })?
@@ -277,8 +286,13 @@ async fn apply(State(state): State<ApiState>, body: Bytes) -> Result<Response, A
     let opts = ApplyOptions {
         components: request.components,
         allow_downgrade: request.allow_downgrade,
+        version: request.version,
+        from: None,
     };
     let runner = &state.inner.runner;
+    if let Some(v) = &opts.version {
+        validate_version(runner, v, &opts).await?;
+    }
     let started = runner
         .start_apply(opts)
         .await
@@ -292,6 +306,35 @@ async fn apply(State(state): State<ApiState>, body: Bytes) -> Result<Response, A
         }),
     )
         .into_response())
+}
+
+/// A chosen `version` is checked before the apply starts: not a version, not listed in the
+/// signed channel state, revoked, or lower without `allow_downgrade` naming it → 400.
+async fn validate_version(
+    runner: &super::Runner,
+    version: &str,
+    opts: &ApplyOptions,
+) -> Result<(), ApiError> {
+    if let Err(e) = qx_core::Version::parse(version.trim()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("\"version\" {version:?} is not a version"),
+            vec![e.to_string()],
+        ));
+    }
+    match runner.check_with(opts.clone()).await {
+        Ok(_) => Ok(()),
+        Err(RunError::Agent(
+            e @ (AgentError::NotInstallable { .. }
+            | AgentError::Downgrade { .. }
+            | AgentError::DowngradeMismatch { .. }),
+        )) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            e.to_string(),
+            vec![format!("exit code {}", e.exit_code())],
+        )),
+        Err(e) => Err(ApiError::from_run(e, runner.agent().config())),
+    }
 }
 
 /// Server-sent events: one `status` event with the current snapshot at once, then one per

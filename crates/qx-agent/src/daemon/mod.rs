@@ -117,6 +117,16 @@ impl Runner {
             .map_err(RunError::from)
     }
 
+    /// Like [`Runner::check`], with the options an apply would use (no host change but the
+    /// replay watermarks).
+    pub async fn check_with(&self, opts: crate::ApplyOptions) -> Result<CheckReport, RunError> {
+        let agent = self.inner.agent.clone();
+        tokio::task::spawn_blocking(move || agent.check_with(&opts))
+            .await
+            .map_err(|e| RunError::task("check", e))?
+            .map_err(RunError::from)
+    }
+
     /// The current status (reads installed versions and history from disk).
     pub async fn status(&self) -> Result<StatusSnapshot, RunError> {
         let agent = self.inner.agent.clone();

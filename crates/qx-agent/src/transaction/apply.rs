@@ -45,6 +45,12 @@ pub struct ApplyOptions {
     /// Accept a lower version, naming it exactly (`--allow-downgrade VERSION`).
     #[serde(default)]
     pub allow_downgrade: Option<String>,
+    /// Install this release of the channel state's `releases` (`--version V`, docs/spec.md §8).
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Install from a bundle file or URL (`--from`, docs/spec.md §12); never from the host API.
+    #[serde(skip)]
+    pub from: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -210,6 +216,18 @@ fn apply_locked(tx: &mut Tx<'_>, opts: &ApplyOptions, op: &str) -> Result<ApplyR
         check::manifest_url(agent.config())
     ));
     let (report, verified) = check::check(agent, opts)?;
+    let Some(verified) = verified else {
+        tx.log.line(&format!(
+            "nothing to apply: the host is up to date on {}",
+            report.version
+        ));
+        return Ok(ApplyReport {
+            version: report.version,
+            components: Vec::new(),
+            outcome: Outcome::Success,
+            system: None,
+        });
+    };
     log_manifest(&mut tx.log, &report, &verified);
     let m = &verified.manifest;
     // A system image (full/mixed): downloaded and verified before any host change, written
@@ -286,7 +304,14 @@ fn apply_components(
     let version = m.version.to_string();
     let staging_dir = paths.staging.join(&version);
     let expected: Vec<ArtifactRef> = verified.to_apply.iter().map(|c| c.artifact_ref()).collect();
-    let artifacts = download_artifacts(tx.agent, &version, &staging_dir, &expected, &mut tx.log)?;
+    let artifacts = match &verified.source {
+        check::ArtifactSource::Server => {
+            download_artifacts(tx.agent, &version, &staging_dir, &expected, &mut tx.log)?
+        }
+        check::ArtifactSource::Bundle(file) => {
+            crate::bundle::extract(file, m, &staging_dir, &expected, &mut tx.log)?
+        }
+    };
     crash_point("downloaded");
 
     let backup_dir = paths.backup.join(&version);
@@ -311,6 +336,7 @@ fn apply_components(
         entries,
         services_restarted: false,
         reason: None,
+        reverted: verified.reverted,
     };
     tx.store(&j)?;
     tx.log.line(&format!(
@@ -363,6 +389,7 @@ fn plan_entries(
                 health_command: c.health_command.clone(),
                 migrate_command: c.migrate_command.clone(),
                 keep_backup: c.backup_before_update,
+                sha256: Some(c.sha256),
             }
         })
         .collect()
@@ -705,14 +732,22 @@ fn finish_forward(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, Agent
     crash_point("verified");
 
     for e in &j.entries {
+        if let Some(sha) = &e.sha256 {
+            crate::installed::record_artifact_sha(tx.paths, &e.name, &e.version, sha)?;
+        }
         write_atomic(
             &tx.paths.versions.join(&e.name),
             format!("{}\n", e.version).as_bytes(),
         )?;
     }
     crash_point("versions");
+    let outcome = if j.reverted {
+        Outcome::Reverted
+    } else {
+        Outcome::Success
+    };
     // History before the commit mark: a crash in between repeats the entry, never loses it.
-    tx.history(j, Outcome::Success, None)?;
+    tx.history(j, outcome, None)?;
     tx.phase(j, Phase::Committed)?;
     crash_point("committed");
     tx.log.line(&format!(
@@ -724,7 +759,7 @@ fn finish_forward(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, Agent
     Ok(ApplyReport {
         version: j.version.clone(),
         components: j.entries.iter().map(|e| e.name.clone()).collect(),
-        outcome: Outcome::Success,
+        outcome,
         system: None,
     })
 }
@@ -884,7 +919,7 @@ fn sweep_tmp(dirs: &[&Path]) {
 
 fn recover_locked(agent: &Agent) -> Result<Option<RecoveryReport>, AgentError> {
     let paths = agent.paths();
-    sweep_tmp(&[&paths.versions, &paths.updates]);
+    sweep_tmp(&[&paths.versions, &paths.artifacts, &paths.updates]);
     let Some(mut j) = Journal::load(&paths.journal)? else {
         return Ok(None);
     };
@@ -1006,6 +1041,7 @@ pub fn rollback(agent: &Agent) -> Result<ApplyReport, AgentError> {
         entries,
         services_restarted: false,
         reason: Some(format!("rollback of {} requested", meta.version)),
+        reverted: false,
     };
     let status = agent.status_handle();
     status.set_operation(Some(op));

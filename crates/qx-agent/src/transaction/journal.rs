@@ -64,6 +64,9 @@ pub struct Entry {
     /// Keep the backup after a successful apply (`backup_before_update`).
     #[serde(default = "yes")]
     pub keep_backup: bool,
+    /// The SHA-256 of the artifact installed (recorded beside the version file at commit).
+    #[serde(default)]
+    pub sha256: Option<qx_core::Sha256>,
 }
 
 fn yes() -> bool {
@@ -89,6 +92,9 @@ pub struct Journal {
     pub services_restarted: bool,
     #[serde(default)]
     pub reason: Option<String>,
+    /// Going back from a release revoked with `revert` (history outcome `reverted`).
+    #[serde(default)]
+    pub reverted: bool,
 }
 
 impl Journal {

@@ -167,7 +167,7 @@ fn check_with_unreachable_server_is_502_naming_the_server() {
             details[0]
                 .as_str()
                 .unwrap()
-                .contains("/api/v1/quantix-os/manifest?channel=dev"),
+                .contains("/api/v1/quantix-os/channels/dev"),
             "{body}"
         );
         assert!(

@@ -196,6 +196,7 @@ fn selected_component_only() {
         .apply(&ApplyOptions {
             components: Some(vec!["qx-console".into()]),
             allow_downgrade: None,
+            ..Default::default()
         })
         .expect("apply");
     assert_eq!(r.components, vec!["qx-console"]);
@@ -205,6 +206,7 @@ fn selected_component_only() {
         .apply(&ApplyOptions {
             components: Some(vec!["nope".into()]),
             allow_downgrade: None,
+            ..Default::default()
         })
         .expect_err("unknown component");
     assert!(matches!(err, AgentError::UnknownComponent { .. }), "{err}");

@@ -6,13 +6,19 @@ use base64::Engine;
 use qx_agent::AgentError;
 use qx_agent::ApplyOptions;
 use qx_testkit::host::Lab;
-use qx_testkit::release::{BuiltRelease, ComponentSpec, FixtureKey, ReleaseSpec, StaticServer};
+use qx_testkit::release::{BuiltRelease, ComponentSpec, FixtureKey, ReleaseSpec};
+
+use crate::support::hostile::{Canned, HostileServer};
+
+type StaticServer = HostileServer;
 
 use crate::support::host::{agent, node, run_qx_update};
 
 /// Points the lab host at a lying server that serves `body` with these headers.
+/// It has no channel state (404), so the agent takes the manifest-only path (docs/spec.md §8).
 fn lying_server(lab: &Lab, headers: Vec<(String, String)>, body: Vec<u8>) -> StaticServer {
-    let s = StaticServer::start(200, headers, body).unwrap();
+    let path = format!("/api/v1/{}/manifest", lab.product);
+    let s = HostileServer::start(vec![Canned::ok(&path, headers, body)]);
     let mut c = lab.host_config();
     c.server_url = s.url();
     lab.host.write_config(&c).unwrap();
@@ -217,6 +223,7 @@ fn check_refuses_downgrade_unless_named() {
         .check_with(&ApplyOptions {
             components: None,
             allow_downgrade: Some("1.4.0".into()),
+            ..Default::default()
         })
         .expect_err("mismatch");
     assert!(matches!(e, AgentError::DowngradeMismatch { .. }), "{e}");
@@ -226,6 +233,7 @@ fn check_refuses_downgrade_unless_named() {
         .check_with(&ApplyOptions {
             components: None,
             allow_downgrade: Some("1.5.0".into()),
+            ..Default::default()
         })
         .expect("allowed by name");
     assert_eq!(r.changes[0].action, "downgrade");
@@ -331,6 +339,7 @@ fn requirement_met_by_the_same_release() {
         .check_with(&ApplyOptions {
             components: Some(vec!["qx-node".into()]),
             allow_downgrade: None,
+            ..Default::default()
         })
         .expect_err("unmet without qx-console");
     assert!(matches!(e, AgentError::UnmetRequirement { .. }), "{e}");

@@ -661,6 +661,7 @@ fn component_selection_leaves_the_image_alone() {
         .apply(&ApplyOptions {
             components: Some(vec!["qx-tool".into()]),
             allow_downgrade: None,
+            ..Default::default()
         })
         .expect("apply");
     assert_eq!(r.components, vec!["qx-tool"]);

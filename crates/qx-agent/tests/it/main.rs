@@ -14,6 +14,7 @@ mod api;
 mod apply;
 mod archive;
 mod browser;
+mod channel;
 mod check;
 mod crash;
 mod daemon;

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod host;
+pub mod hostile;
 pub mod sys;
 
 use std::time::{Duration, Instant};
