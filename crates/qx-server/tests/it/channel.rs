@@ -199,6 +199,19 @@ fn channel_state_put_201_then_get_serves_exact_bytes_signature_and_etag() {
     assert_eq!(res.status(), 304);
     assert_eq!(res.headers()["etag"].to_str().unwrap(), etag);
     assert!(res.bytes().unwrap().is_empty());
+
+    // The route is counted under its template.
+    let metrics = reqwest::blocking::get(ServerUrl::new(f.server.url()).metrics())
+        .unwrap()
+        .text()
+        .unwrap();
+    for method in ["PUT", "GET"] {
+        let label = format!(
+            "method=\"{method}\",route=\"{}\"",
+            qx_core::api::server::CHANNEL
+        );
+        assert!(metrics.contains(&label), "{label} missing from {metrics}");
+    }
 }
 
 #[test]
