@@ -31,9 +31,18 @@
 //!   signature is kept. A version equal by SemVer precedence but spelled otherwise (other
 //!   build metadata) → 409.
 //! - Promote refuses a yanked source with 409.
-//! - The newest release per channel is cached in memory for at most
-//!   [`state::MANIFEST_CACHE_TTL`] and dropped at once on any publish, promote or yank through
-//!   this process; nothing else is cached (a restart rescans the disk).
+//! - Channel state (docs/spec.md §8): `GET`/`PUT /api/v1/{product}/channels/{channel}`
+//!   ([`handlers::channel`]). The server stores the publisher's exact bytes and signature and
+//!   never signs; a `PUT` is parsed strictly, checked against the URL and the releases held
+//!   on the channel (each listed release with its manifest's SHA-256), and stored only if its
+//!   `seq` is higher than the stored one (compare-and-swap; 409 names the stored `seq`). With
+//!   a state, the manifest and channels endpoints offer its `current`; a yank still marks the
+//!   release on disk, but the state alone decides what is offered.
+//! - A publish may omit artifact parts that an earlier release of the product (any
+//!   configured channel) holds with the same name, size and SHA-256: they are hard-linked.
+//! - The manifest each channel offers is cached in memory for at most
+//!   [`state::MANIFEST_CACHE_TTL`] and dropped at once on any publish, promote, yank or stored
+//!   channel state through this process; nothing else is cached (a restart rescans the disk).
 
 pub mod config;
 pub mod error;

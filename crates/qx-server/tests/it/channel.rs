@@ -36,16 +36,22 @@ impl Fixture {
 
     /// A signed release of two components whose bytes depend on the version.
     fn release(&self, version: &str) -> BuiltRelease {
-        ReleaseSpec::new(PRODUCT, CHANNEL, version)
+        let (node, console) = (format!("node {version}"), format!("console {version}"));
+        self.release_on(CHANNEL, version, &node, &console)
+    }
+
+    /// A signed release of two components with the given contents.
+    fn release_on(&self, channel: &str, version: &str, node: &str, console: &str) -> BuiltRelease {
+        ReleaseSpec::new(PRODUCT, channel, version)
             .component(ComponentSpec::file(
                 "qx-node",
                 "/data/bin/qx-node",
-                format!("node {version}").into_bytes(),
+                node.as_bytes().to_vec(),
             ))
             .component(ComponentSpec::file(
                 "qx-console",
                 "/data/bin/qx-console",
-                format!("console {version}").into_bytes(),
+                console.as_bytes().to_vec(),
             ))
             .sign(&self.key)
             .unwrap()
@@ -59,6 +65,22 @@ impl Fixture {
 
     fn signed(&self, seq: u64, releases: &[&BuiltRelease]) -> SignedChannel {
         sign(&state_of(seq, releases).unwrap(), &self.key).unwrap()
+    }
+
+    fn manifest(&self) -> reqwest::blocking::Response {
+        let url = ServerUrl::new(self.server.url()).manifest(PRODUCT, CHANNEL);
+        reqwest::blocking::get(url).unwrap()
+    }
+
+    fn yank(&self, version: &str) -> Value {
+        let url = ServerUrl::new(self.server.url()).release(PRODUCT, version, CHANNEL);
+        let res = reqwest::blocking::Client::new()
+            .delete(url)
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        res.json().unwrap()
     }
 
     fn url(&self) -> String {
@@ -177,6 +199,19 @@ fn channel_state_put_201_then_get_serves_exact_bytes_signature_and_etag() {
     assert_eq!(res.status(), 304);
     assert_eq!(res.headers()["etag"].to_str().unwrap(), etag);
     assert!(res.bytes().unwrap().is_empty());
+
+    // The route is counted under its template.
+    let metrics = reqwest::blocking::get(ServerUrl::new(f.server.url()).metrics())
+        .unwrap()
+        .text()
+        .unwrap();
+    for method in ["PUT", "GET"] {
+        let label = format!(
+            "method=\"{method}\",route=\"{}\"",
+            qx_core::api::server::CHANNEL
+        );
+        assert!(metrics.contains(&label), "{label} missing from {metrics}");
+    }
 }
 
 #[test]
@@ -451,4 +486,160 @@ fn testkit_entry_hashes_the_manifest_as_the_server_holds_it() {
     .bytes()
     .unwrap();
     assert_eq!(e.manifest_sha256, Sha256::of(&held));
+}
+
+/// The manifest endpoint's answer: (version header, body).
+fn served(f: &Fixture) -> (String, Vec<u8>) {
+    let res = f.manifest();
+    assert_eq!(res.status(), 200);
+    let version = res.headers()["x-qx-version"].to_str().unwrap().to_owned();
+    (version, res.bytes().unwrap().to_vec())
+}
+
+#[test]
+fn manifest_endpoint_serves_the_states_current_not_the_newest() {
+    let f = Fixture::new();
+    let r1 = f.published("1.0.0");
+    let r2 = f.published("1.1.0");
+    assert_eq!(served(&f).0, "1.1.0", "without a state: the newest");
+    // current = the last listed: 1.0.0, though 1.1.0 is listed and newer.
+    assert_eq!(Put::of(&f.signed(1, &[&r2, &r1])).send(&f.server).0, 201);
+    let (version, body) = served(&f);
+    assert_eq!(version, "1.0.0");
+    assert_eq!(body, r1.manifest_bytes);
+    let res = f.manifest();
+    let etag = format!("\"{}\"", Sha256::of(&r1.manifest_bytes).to_hex());
+    assert_eq!(res.headers()["etag"].to_str().unwrap(), etag);
+    let channels: Value = reqwest::blocking::get(ServerUrl::new(f.server.url()).channels())
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        channels["products"][PRODUCT][CHANNEL], "1.0.0",
+        "{channels}"
+    );
+    // A newer state is served at once.
+    assert_eq!(Put::of(&f.signed(2, &[&r1, &r2])).send(&f.server).0, 201);
+    assert_eq!(served(&f), ("1.1.0".to_owned(), r2.manifest_bytes.clone()));
+}
+
+#[test]
+fn yank_on_a_channel_with_a_state_marks_the_release_and_the_state_decides() {
+    let f = Fixture::new();
+    let r1 = f.published("1.0.0");
+    let r2 = f.published("1.1.0");
+    assert_eq!(Put::of(&f.signed(1, &[&r1, &r2])).send(&f.server).0, 201);
+    let v = f.yank("1.1.0");
+    assert_eq!(v["yanked"], true);
+    assert_eq!(v["listed_by_channel_state"], true, "{v}");
+    // Marked yanked on disk and in the release list ...
+    let dir = f
+        .server
+        .release_dir()
+        .join(PRODUCT)
+        .join(CHANNEL)
+        .join("1.1.0");
+    assert!(dir.join(".yanked").exists());
+    let list: Value =
+        reqwest::blocking::get(ServerUrl::new(f.server.url()).releases(PRODUCT, CHANNEL))
+            .unwrap()
+            .json()
+            .unwrap();
+    assert_eq!(list["releases"][0]["version"], "1.1.0");
+    assert_eq!(list["releases"][0]["yanked"], true);
+    // ... but still served while the signed state names it current.
+    assert_eq!(served(&f).0, "1.1.0");
+    // The publisher's next state withdraws it: the fallback is served.
+    let mut next = state_of(2, &[&r1]).unwrap();
+    qx_testkit::channel::revoke(
+        &mut next,
+        &r2.manifest.version,
+        qx_core::RevokeAction::Revert,
+    );
+    assert_eq!(
+        Put::of(&sign(&next, &f.key).unwrap()).send(&f.server).0,
+        201
+    );
+    assert_eq!(served(&f), ("1.0.0".to_owned(), r1.manifest_bytes.clone()));
+    assert_eq!(f.yank("1.1.0")["listed_by_channel_state"], false);
+}
+
+const CONSOLE: &str = "qx-console.tar.zst";
+
+/// The release without the part of `artifact` (the manifest still lists it).
+fn omitting(mut release: BuiltRelease, artifact: &str) -> BuiltRelease {
+    release.artifacts.retain(|(n, _)| n != artifact);
+    release
+}
+
+fn download(f: &Fixture, channel: &str, version: &str, artifact: &str) -> (u16, Vec<u8>) {
+    let url = ServerUrl::new(f.server.url()).artifact(PRODUCT, version, artifact, channel);
+    let res = reqwest::blocking::get(url).unwrap();
+    (res.status().as_u16(), res.bytes().unwrap().to_vec())
+}
+
+fn inode(path: &std::path::Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
+}
+
+/// Publishing a release that omits an artifact an earlier release holds (from `held_on`).
+fn carry_over_from(held_on: &str) {
+    let f = Fixture::new();
+    let r1 = f.release_on(held_on, "1.0.0", "node 1", "console 1");
+    r1.publish(f.server.url(), TOKEN).unwrap();
+    let r2 = f.release_on(CHANNEL, "1.1.0", "node 2", "console 1");
+    assert_eq!(r2.artifact(CONSOLE), r1.artifact(CONSOLE), "same bytes");
+    let (status, body) = omitting(r2.clone(), CONSOLE)
+        .publish_raw(f.server.url(), TOKEN)
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["carried_over"], serde_json::json!([CONSOLE]), "{v}");
+    let (status, bytes) = download(&f, CHANNEL, "1.1.0", CONSOLE);
+    assert_eq!(status, 200);
+    assert_eq!(
+        Some(bytes.as_slice()),
+        r1.artifact(CONSOLE),
+        "byte-identical"
+    );
+    let root = f.server.release_dir().join(PRODUCT);
+    assert_eq!(
+        inode(&root.join(held_on).join("1.0.0").join(CONSOLE)),
+        inode(&root.join(CHANNEL).join("1.1.0").join(CONSOLE)),
+        "hard-linked, not copied"
+    );
+    assert_eq!(
+        download(&f, CHANNEL, "1.1.0", "qx-node.tar.zst").1,
+        r2.artifact("qx-node.tar.zst").unwrap()
+    );
+}
+
+#[test]
+fn publish_links_an_omitted_artifact_held_by_an_earlier_release_of_the_channel() {
+    carry_over_from(CHANNEL);
+}
+
+#[test]
+fn publish_links_an_omitted_artifact_held_by_a_release_on_another_channel() {
+    carry_over_from("dev");
+}
+
+#[test]
+fn publish_omitting_an_artifact_held_nowhere_is_422_and_nothing_is_visible() {
+    let f = Fixture::new();
+    let r1 = f.published("1.0.0");
+    // Same name as a held artifact, other bytes (so other size and SHA-256).
+    let r2 = f.release_on(CHANNEL, "1.1.0", "node 2", "a console never uploaded");
+    let (status, body) = omitting(r2, CONSOLE)
+        .publish_raw(f.server.url(), TOKEN)
+        .unwrap();
+    assert_eq!(status, 422, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(v["error"].as_str().unwrap().contains(CONSOLE), "{v}");
+    assert_eq!(v["details"][0]["artifact"], CONSOLE, "{v}");
+    let root = f.server.release_dir();
+    assert!(!root.join(PRODUCT).join(CHANNEL).join("1.1.0").exists());
+    assert!(crate::support::staging_entries(root).is_empty());
+    assert_eq!(download(&f, CHANNEL, "1.1.0", "qx-node.tar.zst").0, 404);
+    assert_eq!(served(&f), ("1.0.0".to_owned(), r1.manifest_bytes.clone()));
 }
