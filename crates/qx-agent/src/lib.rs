@@ -215,6 +215,6 @@ impl Agent {
 
     /// Restore the previous version from the latest backup, restart, verify.
     pub fn rollback(&self) -> Result<ApplyReport, AgentError> {
-        transaction::apply::rollback(self)
+        transaction::rollback::rollback(self)
     }
 }
