@@ -44,10 +44,11 @@ exit_codes! {
     MIGRATION_FAILED = 40: "migration failed (files restored)",
     RESTART_FAILED = 41: "service restart failed (files restored)",
     NOT_EFFECTIVE = 42: "update did not take effect (restored)",
-    NO_BACKUP = 43: "no backup to roll back to",
+    NO_BACKUP = 43: "nothing older to roll back to (no backup left)",
     ROLLBACK_FAILED = 44: "rollback incomplete",
     SYSTEM_IMAGE = 45: "writing the system image failed (booted slot unchanged)",
     REBOOT = 46: "reboot command failed (image installed, pending)",
+    ROLLBACK_FIRST_INSTALL = 47: "rollback refused: it would remove a first install (needs --force)",
 }
 
 /// The exit-code table as `qx-update --help` prints it.
@@ -144,8 +145,14 @@ pub enum AgentError {
     RestartFailed { service: String, reason: String },
     #[error("update did not take effect: {component}: {reason}; every file was restored from backup and the services restarted")]
     NotEffective { component: String, reason: String },
-    #[error("no backup to roll back to in {dir}")]
-    NoBackup { dir: PathBuf },
+    #[error("nothing older to roll back to: the host runs {installed} and no backup of an earlier release is left in {dir} (updates.keep_backups keeps the backups of the last {keep} updates)")]
+    NoBackup {
+        dir: PathBuf,
+        installed: String,
+        keep: usize,
+    },
+    #[error("rollback refused: {version} was the first install on this host; rolling it back would remove {components} and leave nothing installed (qx-update rollback --force removes them)")]
+    RollbackFirstInstall { version: String, components: String },
     #[error("rollback incomplete: {reason}")]
     RollbackFailed { reason: String },
     #[error("journal {path}: {message}")]
@@ -203,6 +210,7 @@ impl AgentError {
             AgentError::RestartFailed { .. } => code::RESTART_FAILED,
             AgentError::NotEffective { .. } => code::NOT_EFFECTIVE,
             AgentError::NoBackup { .. } => code::NO_BACKUP,
+            AgentError::RollbackFirstInstall { .. } => code::ROLLBACK_FIRST_INSTALL,
             AgentError::RollbackFailed { .. } => code::ROLLBACK_FAILED,
             AgentError::SystemImage { .. } => code::SYSTEM_IMAGE,
             AgentError::Reboot { .. } => code::REBOOT,

@@ -27,7 +27,9 @@ pub use config::{
 pub use error::{code, exit_codes_help, AgentError, EXIT_CODE_TABLE};
 pub use fullimage::SystemInstall;
 pub use status::StatusSnapshot;
-pub use transaction::{ApplyOptions, ApplyReport, RecoveryReport};
+pub use transaction::{
+    ApplyOptions, ApplyReport, RecoveryReport, RollbackOptions, RollbackPlan, RollbackStep,
+};
 
 /// Every host path the agent uses, resolved under the root prefix (`--root`).
 #[derive(Debug, Clone)]
@@ -213,8 +215,19 @@ impl Agent {
         transaction::apply::recover(self)
     }
 
-    /// Restore the previous version from the latest backup, restart, verify.
+    /// Undo the latest apply from its backup, restart, verify (health command, else the
+    /// inode); a first install is refused ([`AgentError::RollbackFirstInstall`]).
     pub fn rollback(&self) -> Result<ApplyReport, AgentError> {
-        transaction::rollback::rollback(self)
+        self.rollback_with(&RollbackOptions::default())
+    }
+
+    /// [`Agent::rollback`] with options (`force`: remove a first install too).
+    pub fn rollback_with(&self, opts: &RollbackOptions) -> Result<ApplyReport, AgentError> {
+        transaction::rollback::rollback(self, opts)
+    }
+
+    /// What [`Agent::rollback`] would restore and remove; no host change.
+    pub fn rollback_plan(&self) -> Result<RollbackPlan, AgentError> {
+        transaction::rollback::plan(self)
     }
 }

@@ -807,10 +807,10 @@ fn prune(tx: &mut Tx<'_>, j: &Journal) {
             }
         }
     }
+    // The last `keep_backups` applies keep theirs (in the order they were made, not by
+    // version: after a downgrade the newest backup is of a lower version).
     let keep = tx.agent.config().keep_backups;
-    let mut backups = list_backups(&tx.paths.backup);
-    // Newest first.
-    backups.sort_by(|a, b| b.0.cmp(&a.0));
+    let backups = super::rollback::backups_newest_first(&tx.paths.backup);
     for (_, dir) in backups.into_iter().skip(keep) {
         tx.log.line(&format!("prune backup {}", dir.display()));
         let _ = remove_any(&dir);
@@ -848,21 +848,6 @@ pub(super) fn read_backup_meta(dir: &Path) -> Option<BackupMeta> {
     fs::read(dir.join(BACKUP_META))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-}
-
-/// Complete backups, with their version.
-pub(super) fn list_backups(root: &Path) -> Vec<(Version, PathBuf)> {
-    let mut out = Vec::new();
-    if let Ok(rd) = fs::read_dir(root) {
-        for d in rd.flatten() {
-            if let Some(meta) = read_backup_meta(&d.path()) {
-                if let Ok(v) = Version::parse(&meta.version) {
-                    out.push((v, d.path()));
-                }
-            }
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------

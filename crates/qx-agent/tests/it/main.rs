@@ -22,4 +22,5 @@ mod field_failures;
 mod fullimage;
 mod packaging;
 mod qemu;
+mod rollback;
 mod schedule;
