@@ -64,8 +64,9 @@ pub fn manifest_url(config: &Config) -> String {
 pub fn check(agent: &Agent, opts: &ApplyOptions) -> Result<(CheckReport, Verified), AgentError> {
     let config = agent.config();
     let url = manifest_url(config);
-    let downloader = Downloader::new(download_options(config))?;
+    let downloader = Downloader::with_tls(download_options(config), &config.tls)?;
     let (bytes, headers) = downloader.get_bytes(&url).map_err(|e| match e {
+        DownloadError::Tls(t) => AgentError::Tls(t),
         DownloadError::NotFound { url } => AgentError::NoRelease {
             product: config.product.to_string(),
             channel: config.channel.to_string(),

@@ -27,6 +27,7 @@ exit_codes! {
     BUSY = 10: "busy: another apply is in progress",
     FETCH = 11: "cannot reach the update server",
     NO_RELEASE = 12: "no release on this channel",
+    TLS = 13: "TLS: the update server's certificate is not trusted, or it needs this host's client certificate (the message names the setting: updates.tls.*)",
     SIGNATURE_MISSING = 20: "manifest signature missing",
     SIGNATURE_INVALID = 21: "signature invalid",
     UNTRUSTED_KEY = 22: "signed by an untrusted key",
@@ -70,6 +71,8 @@ pub enum AgentError {
     Config(#[from] ConfigError),
     #[error("cannot fetch {url}: {message}")]
     Fetch { url: String, message: String },
+    #[error(transparent)]
+    Tls(crate::client_tls::TlsFailure),
     #[error("the server has no release of {product} on channel {channel} ({url})")]
     NoRelease {
         product: String,
@@ -191,6 +194,7 @@ impl AgentError {
             AgentError::Config(_) => code::CONFIG,
             AgentError::Busy { .. } => code::BUSY,
             AgentError::Fetch { .. } => code::FETCH,
+            AgentError::Tls(_) | AgentError::Download(download::DownloadError::Tls(_)) => code::TLS,
             AgentError::NoRelease { .. } => code::NO_RELEASE,
             AgentError::SignatureMissing { .. } => code::SIGNATURE_MISSING,
             AgentError::SignatureInvalid { .. } => code::SIGNATURE_INVALID,

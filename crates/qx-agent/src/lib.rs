@@ -8,6 +8,7 @@
 
 mod check;
 pub mod cli;
+pub mod client_tls;
 mod config;
 pub mod daemon;
 pub mod download;
@@ -164,7 +165,10 @@ impl Agent {
         if !busy {
             status.set_state(match &result {
                 Ok(_) => before,
-                Err(e) if e.is_refusal() || matches!(e, AgentError::Fetch { .. }) => {
+                Err(e)
+                    if e.is_refusal()
+                        || matches!(e, AgentError::Fetch { .. } | AgentError::Tls(_)) =>
+                {
                     qx_core::status::UpdateState::Failed {
                         reason: e.to_string(),
                     }

@@ -978,7 +978,7 @@ pub(crate) fn download_artifacts(
             available,
         });
     }
-    let downloader = Downloader::new(download_options(config))?;
+    let downloader = Downloader::with_tls(download_options(config), &config.tls)?;
     let server = config.server();
     let status = agent.status_handle();
     let mut paths = Vec::with_capacity(artifacts.len());

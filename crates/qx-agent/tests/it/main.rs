@@ -24,3 +24,4 @@ mod packaging;
 mod qemu;
 mod rollback;
 mod schedule;
+mod tls;
