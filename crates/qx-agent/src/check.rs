@@ -104,7 +104,7 @@ pub fn check(
         return crate::bundle::check(agent, opts, from);
     }
     let config = agent.config();
-    let downloader = Downloader::new(download_options(config))?;
+    let downloader = Downloader::with_tls(download_options(config), &config.tls)?;
     let Some(fetched) = crate::channel::fetch(config, &downloader)? else {
         let url = config
             .server()
@@ -145,6 +145,7 @@ fn check_manifest_only(
     let config = agent.config();
     let url = manifest_url(config);
     let (bytes, headers) = downloader.get_bytes(&url).map_err(|e| match e {
+        DownloadError::Tls(t) => AgentError::Tls(t),
         DownloadError::NotFound { url } => AgentError::NoRelease {
             product: config.product.to_string(),
             channel: config.channel.to_string(),

@@ -79,11 +79,14 @@ pub enum Command {
     },
     /// State, installed versions and update history.
     Status,
-    /// Restore the version before the last apply from its backup, restart, verify.
+    /// Undo the last apply from its backup (again: the one before), restart, verify.
     Rollback {
-        /// Do not ask for confirmation.
+        /// Do not ask for confirmation (what is restored is printed all the same).
         #[arg(long, short = 'y')]
         yes: bool,
+        /// Also roll back a first install: removes every component it installed.
+        #[arg(long)]
+        force: bool,
     },
     /// Finish an interrupted apply from its journal (also done at the start of apply).
     Recover,
@@ -217,7 +220,7 @@ pub fn run(cli: Cli) -> i32 {
             status(&agent, json);
             0
         }
-        Command::Rollback { yes } => rollback(&agent, json, yes),
+        Command::Rollback { yes, force } => rollback(&agent, json, yes, force),
         Command::Daemon(args) => daemon(agent, &args),
         // Handled above, before the agent is built; kept for completeness.
         Command::Ab { cmd } => run_ab(cli.config.as_deref(), &cli.root, json, &cmd),
@@ -343,17 +346,28 @@ fn status(agent: &Agent, json: bool) {
     }
 }
 
-/// `qx-update rollback`: without `--yes`, ask first (on a terminal only).
-fn rollback(agent: &Agent, json: bool, yes: bool) -> i32 {
+/// `qx-update rollback`: shows what is restored (and removed); without `--yes`, asks first
+/// (on a terminal only). A first install is refused without `--force`.
+fn rollback(agent: &Agent, json: bool, yes: bool, force: bool) -> i32 {
     if !yes && (json || !std::io::stdin().is_terminal()) {
         eprintln!("qx-update: rollback needs --yes when not run interactively");
         return code::USAGE;
     }
-    if !yes && !confirm("Roll back to the version before the last update?") {
+    let plan = match agent.rollback_plan() {
+        Ok(p) => p,
+        Err(e) => return print_error(json, &e),
+    };
+    if !json {
+        print!("{}", plan.render());
+    }
+    let opts = crate::RollbackOptions { force };
+    // A refused first install is not asked about: the rollback below names the refusal.
+    let refused = plan.first_install && !force;
+    if !yes && !refused && !confirm("Roll back now?") {
         eprintln!("qx-update: not rolled back");
         return code::FAILURE;
     }
-    match agent.rollback() {
+    match agent.rollback_with(&opts) {
         Ok(r) if json => print_json(&r),
         Ok(r) => println!("Rolled back to {}: {}", r.version, r.components.join(", ")),
         Err(e) => return print_error(json, &e),

@@ -29,6 +29,8 @@
 //!   keep_backups: 3
 //!   log_path: /var/log/quantix/update.log
 //!   reboot_command: ["/sbin/reboot"]  # run after a full-image apply (auto_reboot / --reboot)
+//!   tls: {ca_cert: /etc/limiquantix/update-ca.pem,        # extra CAs (docs/agent-tls.md)
+//!         client_cert: /etc/limiquantix/update-client.crt, client_key: /etc/limiquantix/update-client.key}
 //!   ab: {...}                         # A/B system updates: qx_boot::AbConfig
 //! ```
 //!
@@ -103,6 +105,8 @@ pub struct Config {
     pub reboot_command: Vec<String>,
     /// The A/B part (`updates.ab`); the defaults when absent.
     pub ab: qx_boot::AbConfig,
+    /// `updates.tls`: extra CAs and the client certificate for the update server.
+    pub tls: crate::client_tls::ClientTls,
 }
 
 /// Retry and timeout policy of downloads (maps onto `download::DownloadOptions`).
@@ -182,6 +186,15 @@ struct RawUpdates {
     log_path: Option<PathBuf>,
     reboot_command: Option<Vec<String>>,
     ab: Option<serde_yaml_ng::Value>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca_cert: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -265,6 +278,7 @@ impl Config {
             .map_err(|e| at.invalid("bandwidth_limit", e.to_string()))?;
         let download = at.download(raw.download.take())?;
         let api = at.api(raw.api.take(), root)?;
+        let tls = at.tls(raw.tls.take(), root)?;
         let ab = at.commands_and_ab(&mut raw)?;
         let (service_manager, pidfile) = at.service_manager(&mut raw)?;
         let verify_timeout = at.duration(
@@ -306,6 +320,7 @@ impl Config {
                 .reboot_command
                 .unwrap_or_else(|| vec!["/sbin/reboot".to_owned()]),
             ab,
+            tls,
         })
     }
 }
@@ -513,6 +528,20 @@ impl Keys<'_> {
                     .unwrap_or_else(|| PathBuf::from("/etc/limiquantix/update-api-token")),
             ),
         })
+    }
+
+    /// `tls`: the files it names are read under `root` and checked now.
+    fn tls(
+        &self,
+        raw: Option<RawTls>,
+        root: &Path,
+    ) -> Result<crate::client_tls::ClientTls, ConfigError> {
+        let Some(t) = raw else {
+            return Ok(Default::default());
+        };
+        let at = |p: Option<PathBuf>| p.map(|p| under_root(root, &p));
+        crate::client_tls::ClientTls::load(at(t.ca_cert), at(t.client_cert), at(t.client_key))
+            .map_err(|(key, message)| self.invalid(key, message))
     }
 
     /// The argv keys (each must name a program) and the A/B section (`updates.ab`).

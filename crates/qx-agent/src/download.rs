@@ -137,6 +137,9 @@ pub enum DownloadError {
     TooLarge { url: String, limit: u64 },
     #[error("cannot set up the HTTP client: {0}")]
     Client(String),
+    /// The server's certificate is not trusted, or it wants a client certificate: not retried.
+    #[error(transparent)]
+    Tls(#[from] crate::client_tls::TlsFailure),
 }
 
 impl DownloadError {
@@ -571,19 +574,46 @@ impl<'a> Part<'a> {
 pub struct Downloader {
     client: Client,
     opts: DownloadOptions,
+    /// A client certificate is configured (for the wording of a TLS refusal).
+    has_client_cert: bool,
 }
 
 impl Downloader {
+    /// A client that trusts the system's trust store and the bundled roots.
     pub fn new(opts: DownloadOptions) -> Result<Self, DownloadError> {
-        let client = Client::builder()
+        Self::with_tls(opts, &crate::client_tls::ClientTls::default())
+    }
+
+    /// A client that also trusts `tls.ca_cert` and presents `tls.client_cert` (`updates.tls`).
+    pub fn with_tls(
+        opts: DownloadOptions,
+        tls: &crate::client_tls::ClientTls,
+    ) -> Result<Self, DownloadError> {
+        let builder = Client::builder()
             .connect_timeout(opts.connect_timeout)
             // The blocking client applies this to the wait for the response head and to each
             // read of the body: it is a stall timeout, not a limit on the whole transfer.
             .timeout(opts.stall_timeout)
-            .user_agent(concat!("qx-update/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("qx-update/", env!("CARGO_PKG_VERSION")));
+        let client = tls
+            .apply(builder)
+            .map_err(DownloadError::Client)?
             .build()
-            .map_err(|e| DownloadError::Client(e.to_string()))?;
-        Ok(Self { client, opts })
+            .map_err(|e| DownloadError::Client(error_chain(&e)))?;
+        Ok(Self {
+            client,
+            opts,
+            has_client_cert: tls.client.is_some(),
+        })
+    }
+
+    /// A request that got no answer: a TLS refusal is final (retrying cannot fix trust), any
+    /// other failure is retried.
+    fn send_failed(&self, url: &str, e: &reqwest::Error) -> Failed {
+        match crate::client_tls::TlsFailure::of(url, e, self.has_client_cert) {
+            Some(tls) => Failed::fatal(DownloadError::Tls(tls)),
+            None => Failed::transient(network(url, e), false),
+        }
     }
 
     pub fn options(&self) -> &DownloadOptions {
@@ -722,8 +752,7 @@ impl Downloader {
                 .header(header::RANGE, format!("bytes={offset}-"))
                 .header(header::IF_RANGE, format!("\"{}\"", part.expected.sha256));
         }
-        req.send()
-            .map_err(|e| Failed::transient(network(url, &e), false))
+        req.send().map_err(|e| self.send_failed(url, &e))
     }
 
     /// Fetches small text/bytes (manifest, signature) with the same retry policy; returns the
@@ -751,7 +780,7 @@ impl Downloader {
             .client
             .get(url)
             .send()
-            .map_err(|e| Failed::transient(network(url, &e), false))?;
+            .map_err(|e| self.send_failed(url, &e))?;
         if resp.status() != StatusCode::OK {
             budget.retry_after = retry_after(&resp);
             return Err(classify_status(url, &resp));

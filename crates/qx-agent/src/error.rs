@@ -27,6 +27,7 @@ exit_codes! {
     BUSY = 10: "busy: another apply is in progress",
     FETCH = 11: "cannot reach the update server",
     NO_RELEASE = 12: "no release on this channel",
+    TLS = 13: "TLS: the update server's certificate is not trusted, or it needs this host's client certificate (the message names the setting: updates.tls.*)",
     SIGNATURE_MISSING = 20: "signature missing (manifest or channel state)",
     SIGNATURE_INVALID = 21: "signature invalid",
     UNTRUSTED_KEY = 22: "signed by an untrusted key",
@@ -50,10 +51,11 @@ exit_codes! {
     MIGRATION_FAILED = 40: "migration failed (files restored)",
     RESTART_FAILED = 41: "service restart failed (files restored)",
     NOT_EFFECTIVE = 42: "update did not take effect (restored)",
-    NO_BACKUP = 43: "no backup to roll back to",
+    NO_BACKUP = 43: "nothing older to roll back to (no backup left)",
     ROLLBACK_FAILED = 44: "rollback incomplete",
     SYSTEM_IMAGE = 45: "writing the system image failed (booted slot unchanged)",
     REBOOT = 46: "reboot command failed (image installed, pending)",
+    ROLLBACK_FIRST_INSTALL = 47: "rollback refused: it would remove a first install (needs --force)",
 }
 
 /// The exit-code table as `qx-update --help` prints it.
@@ -75,6 +77,8 @@ pub enum AgentError {
     Config(#[from] ConfigError),
     #[error("cannot fetch {url}: {message}")]
     Fetch { url: String, message: String },
+    #[error(transparent)]
+    Tls(crate::client_tls::TlsFailure),
     #[error("the server has no release of {product} on channel {channel} ({url})")]
     NoRelease {
         product: String,
@@ -187,8 +191,14 @@ pub enum AgentError {
     RestartFailed { service: String, reason: String },
     #[error("update did not take effect: {component}: {reason}; every file was restored from backup and the services restarted")]
     NotEffective { component: String, reason: String },
-    #[error("no backup to roll back to in {dir}")]
-    NoBackup { dir: PathBuf },
+    #[error("nothing older to roll back to: the host runs {installed} and no backup of an earlier release is left in {dir} (updates.keep_backups keeps the backups of the last {keep} updates)")]
+    NoBackup {
+        dir: PathBuf,
+        installed: String,
+        keep: usize,
+    },
+    #[error("rollback refused: {version} was the first install on this host; rolling it back would remove {components} and leave nothing installed (qx-update rollback --force removes them)")]
+    RollbackFirstInstall { version: String, components: String },
     #[error("rollback incomplete: {reason}")]
     RollbackFailed { reason: String },
     #[error("journal {path}: {message}")]
@@ -227,6 +237,7 @@ impl AgentError {
             AgentError::Config(_) => code::CONFIG,
             AgentError::Busy { .. } => code::BUSY,
             AgentError::Fetch { .. } => code::FETCH,
+            AgentError::Tls(_) | AgentError::Download(download::DownloadError::Tls(_)) => code::TLS,
             AgentError::NoRelease { .. } => code::NO_RELEASE,
             AgentError::SignatureMissing { .. } => code::SIGNATURE_MISSING,
             AgentError::SignatureInvalid { .. } => code::SIGNATURE_INVALID,
@@ -254,6 +265,7 @@ impl AgentError {
             AgentError::RestartFailed { .. } => code::RESTART_FAILED,
             AgentError::NotEffective { .. } => code::NOT_EFFECTIVE,
             AgentError::NoBackup { .. } => code::NO_BACKUP,
+            AgentError::RollbackFirstInstall { .. } => code::ROLLBACK_FIRST_INSTALL,
             AgentError::RollbackFailed { .. } => code::ROLLBACK_FAILED,
             AgentError::SystemImage { .. } => code::SYSTEM_IMAGE,
             AgentError::Reboot { .. } => code::REBOOT,

@@ -10,6 +10,7 @@ mod bundle;
 mod channel;
 mod check;
 pub mod cli;
+pub mod client_tls;
 mod config;
 pub mod daemon;
 pub mod download;
@@ -30,7 +31,9 @@ pub use config::{
 pub use error::{code, exit_codes_help, AgentError, EXIT_CODE_TABLE};
 pub use fullimage::SystemInstall;
 pub use status::StatusSnapshot;
-pub use transaction::{ApplyOptions, ApplyReport, RecoveryReport};
+pub use transaction::{
+    ApplyOptions, ApplyReport, RecoveryReport, RollbackOptions, RollbackPlan, RollbackStep,
+};
 
 /// Every host path the agent uses, resolved under the root prefix (`--root`).
 #[derive(Debug, Clone)]
@@ -173,7 +176,10 @@ impl Agent {
         if !busy {
             status.set_state(match &result {
                 Ok(_) => before,
-                Err(e) if e.is_refusal() || matches!(e, AgentError::Fetch { .. }) => {
+                Err(e)
+                    if e.is_refusal()
+                        || matches!(e, AgentError::Fetch { .. } | AgentError::Tls(_)) =>
+                {
                     qx_core::status::UpdateState::Failed {
                         reason: e.to_string(),
                     }
@@ -224,8 +230,19 @@ impl Agent {
         transaction::apply::recover(self)
     }
 
-    /// Restore the previous version from the latest backup, restart, verify.
+    /// Undo the latest apply from its backup, restart, verify (health command, else the
+    /// inode); a first install is refused ([`AgentError::RollbackFirstInstall`]).
     pub fn rollback(&self) -> Result<ApplyReport, AgentError> {
-        transaction::apply::rollback(self)
+        self.rollback_with(&RollbackOptions::default())
+    }
+
+    /// [`Agent::rollback`] with options (`force`: remove a first install too).
+    pub fn rollback_with(&self, opts: &RollbackOptions) -> Result<ApplyReport, AgentError> {
+        transaction::rollback::rollback(self, opts)
+    }
+
+    /// What [`Agent::rollback`] would restore and remove; no host change.
+    pub fn rollback_plan(&self) -> Result<RollbackPlan, AgentError> {
+        transaction::rollback::plan(self)
     }
 }

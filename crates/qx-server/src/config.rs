@@ -23,6 +23,9 @@ pub struct Config {
     pub token_is_default: bool,
     /// `TLS_CERT` and `TLS_KEY` (PEM files); plain HTTP when absent.
     pub tls: Option<TlsFiles>,
+    /// `TLS_CLIENT_CA` (PEM file of CA certificates): when set, every endpoint requires a
+    /// client certificate signed by one of them (mutual TLS). Needs `TLS_CERT`/`TLS_KEY`.
+    pub tls_client_ca: Option<PathBuf>,
     /// `MAX_UPLOAD_BYTES`: the largest publish request body accepted.
     pub max_upload_bytes: u64,
     /// `CHANNELS`: the channels releases may be published to.
@@ -45,6 +48,8 @@ pub enum ConfigError {
     },
     #[error("TLS_CERT and TLS_KEY must be set together (only {set} is set); set both for HTTPS or neither for plain HTTP")]
     TlsHalf { set: &'static str },
+    #[error("TLS_CLIENT_CA is set but TLS_CERT and TLS_KEY are not: client certificates need HTTPS; set TLS_CERT and TLS_KEY too")]
+    ClientCaWithoutTls,
 }
 
 impl Config {
@@ -56,6 +61,7 @@ impl Config {
             publish_token: DEFAULT_TOKEN.to_owned(),
             token_is_default: true,
             tls: None,
+            tls_client_ca: None,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             channels: default_channels(),
         }
@@ -107,6 +113,19 @@ impl Config {
             (Some(_), None) => return Err(ConfigError::TlsHalf { set: "TLS_CERT" }),
             (None, Some(_)) => return Err(ConfigError::TlsHalf { set: "TLS_KEY" }),
         };
+        if let Some(ca) = lookup("TLS_CLIENT_CA") {
+            if cfg.tls.is_none() {
+                return Err(ConfigError::ClientCaWithoutTls);
+            }
+            if ca.trim().is_empty() {
+                return Err(invalid(
+                    "TLS_CLIENT_CA",
+                    "",
+                    "it is empty; set it to a PEM file of CA certificates".into(),
+                ));
+            }
+            cfg.tls_client_ca = Some(ca.into());
+        }
         if let Some(v) = lookup("MAX_UPLOAD_BYTES") {
             cfg.max_upload_bytes =
                 parse_max_upload(&v).map_err(|reason| invalid("MAX_UPLOAD_BYTES", &v, reason))?;
@@ -187,6 +206,20 @@ mod tests {
         assert!(!c.token_is_default);
         assert_eq!(c.channels.len(), 2);
         assert!(c.tls.is_some());
+        assert!(c.tls_client_ca.is_none());
+    }
+
+    #[test]
+    fn client_ca_needs_tls() {
+        let err = cfg(&[("TLS_CLIENT_CA", "/ca.pem")]).expect_err("refused");
+        assert!(matches!(err, ConfigError::ClientCaWithoutTls), "{err}");
+        let c = cfg(&[
+            ("TLS_CERT", "/c.pem"),
+            ("TLS_KEY", "/k.pem"),
+            ("TLS_CLIENT_CA", "/ca.pem"),
+        ])
+        .expect("valid");
+        assert_eq!(c.tls_client_ca, Some(PathBuf::from("/ca.pem")));
     }
 
     #[test]
@@ -202,6 +235,12 @@ mod tests {
             vec![("CHANNELS", "")],
             vec![("TLS_CERT", "/c.pem")],
             vec![("TLS_KEY", "/k.pem")],
+            vec![("TLS_CLIENT_CA", "/ca.pem")],
+            vec![
+                ("TLS_CERT", "/c.pem"),
+                ("TLS_KEY", "/k.pem"),
+                ("TLS_CLIENT_CA", ""),
+            ],
         ] {
             assert!(cfg(&vars).is_err(), "{vars:?} should be refused");
         }

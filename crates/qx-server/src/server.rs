@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,8 +33,13 @@ pub enum ServerError {
     Serve(std::io::Error),
 }
 
-/// Loads the certificate chain and key into a rustls configuration (HTTP/2 and HTTP/1.1).
-pub fn load_tls(files: &TlsFiles) -> Result<rustls::ServerConfig, ServerError> {
+/// Loads the certificate chain and key into a rustls configuration (HTTP/2 and HTTP/1.1);
+/// with `client_ca` (`TLS_CLIENT_CA`), every connection must present a client certificate
+/// signed by one of its CAs.
+pub fn load_tls(
+    files: &TlsFiles,
+    client_ca: Option<&Path>,
+) -> Result<rustls::ServerConfig, ServerError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| ServerError::Tls {
@@ -52,15 +57,54 @@ pub fn load_tls(files: &TlsFiles) -> Result<rustls::ServerConfig, ServerError> {
         reason: format!("cannot read a PEM private key: {e}"),
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| ServerError::Tls {
+            path: files.cert.clone(),
+            reason: e.to_string(),
+        })?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => builder.with_client_cert_verifier(client_verifier(ca, provider)?),
+    };
+    let mut cfg = builder
+        .with_single_cert(certs, key)
         .map_err(|e| ServerError::Tls {
             path: files.key.clone(),
             reason: format!("the certificate and key do not form a usable pair: {e}"),
         })?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
+}
+
+/// The verifier of `TLS_CLIENT_CA`: a client certificate signed by one of its CAs is required.
+fn client_verifier(
+    ca: &Path,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, ServerError> {
+    let fail = |reason: String| ServerError::Tls {
+        path: ca.to_owned(),
+        reason,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            fail(format!(
+                "TLS_CLIENT_CA: cannot read PEM CA certificates: {e}"
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(fail("TLS_CLIENT_CA: no certificate in the file".into()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs {
+        roots
+            .add(c)
+            .map_err(|e| fail(format!("TLS_CLIENT_CA: not a usable CA certificate: {e}")))?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| fail(format!("TLS_CLIENT_CA: {e}")))
 }
 
 /// A server ready to run: TLS loaded, storage opened and recovered.
@@ -74,7 +118,7 @@ pub struct Prepared {
 /// loads TLS, so that every configuration error shows before the first request.
 pub async fn prepare(config: Config) -> Result<Prepared, ServerError> {
     let tls = match &config.tls {
-        Some(files) => Some(load_tls(files)?),
+        Some(files) => Some(load_tls(files, config.tls_client_ca.as_deref())?),
         None => None,
     };
     let store = LocalStore::new(&config.release_dir)?;
@@ -281,7 +325,7 @@ pub fn main() -> ExitCode {
         }
     };
     if let Some(files) = &config.tls {
-        if let Err(e) = load_tls(files) {
+        if let Err(e) = load_tls(files, config.tls_client_ca.as_deref()) {
             eprintln!("qx-update-server: {e}");
             return ExitCode::from(2);
         }

@@ -1,4 +1,5 @@
-//! The component-update transaction (docs/spec.md §4 steps 1–8), its crash recovery, and `rollback`.
+//! The component-update transaction (docs/spec.md §4 steps 1–8) and its crash recovery
+//! (`qx-update rollback` is [`super::rollback`]).
 //!
 //! Order of an apply, each phase change written to the journal (fsynced) first:
 //! 1. lock `/data/updates/lock` (a second apply gets [`AgentError::Busy`]); finish any
@@ -115,25 +116,25 @@ pub fn lock(paths: &HostPaths) -> Result<ApplyLock, AgentError> {
     }
 }
 
-fn new_operation_id() -> String {
+pub(super) fn new_operation_id() -> String {
     let n: u64 = rand::random();
     format!("{n:016x}")
 }
 
-fn now() -> String {
+pub(super) fn now() -> String {
     jiff::Timestamp::now().to_string()
 }
 
 /// Everything one running operation needs.
-struct Tx<'a> {
-    agent: &'a Agent,
-    paths: &'a HostPaths,
-    log: UpdateLog,
-    services: ServiceManager,
+pub(super) struct Tx<'a> {
+    pub(super) agent: &'a Agent,
+    pub(super) paths: &'a HostPaths,
+    pub(super) log: UpdateLog,
+    pub(super) services: ServiceManager,
 }
 
 impl<'a> Tx<'a> {
-    fn new(agent: &'a Agent) -> Self {
+    pub(super) fn new(agent: &'a Agent) -> Self {
         Tx {
             agent,
             paths: agent.paths(),
@@ -142,22 +143,22 @@ impl<'a> Tx<'a> {
         }
     }
 
-    fn state(&self, s: UpdateState) {
+    pub(super) fn state(&self, s: UpdateState) {
         self.agent.status_handle().set_state(s);
     }
 
-    fn store(&mut self, j: &Journal) -> Result<(), AgentError> {
+    pub(super) fn store(&mut self, j: &Journal) -> Result<(), AgentError> {
         j.store(&self.paths.journal)
     }
 
-    fn phase(&mut self, j: &mut Journal, phase: Phase) -> Result<(), AgentError> {
+    pub(super) fn phase(&mut self, j: &mut Journal, phase: Phase) -> Result<(), AgentError> {
         self.log
             .line(&format!("journal {}: phase {:?}", j.operation_id, phase));
         self.log.sync();
         j.set_phase(&self.paths.journal, phase)
     }
 
-    fn history(
+    pub(super) fn history(
         &mut self,
         j: &Journal,
         outcome: Outcome,
@@ -351,7 +352,12 @@ fn apply_components(
 }
 
 /// Where the new content of `target` is extracted and staged beside it during operation `op`.
-fn temp_paths(target: &Path, fallback: &str, root: &Path, op: &str) -> (PathBuf, PathBuf) {
+pub(super) fn temp_paths(
+    target: &Path,
+    fallback: &str,
+    root: &Path,
+    op: &str,
+) -> (PathBuf, PathBuf) {
     let parent = target.parent().unwrap_or(root);
     let base = temp_base(target, fallback);
     (
@@ -611,7 +617,7 @@ fn discard_prepared(tx: &mut Tx<'_>, j: &mut Journal, reason: &str) -> Result<()
 }
 
 /// Restore every file from backup (idempotent: may be re-run after a crash at any point).
-fn restore_all(tx: &mut Tx<'_>, j: &Journal) -> Result<(), AgentError> {
+pub(super) fn restore_all(tx: &mut Tx<'_>, j: &Journal) -> Result<(), AgentError> {
     for e in &j.entries {
         let is_dir = e.kind != ComponentKind::File;
         let parent = e.target.parent().unwrap_or(&tx.paths.root).to_path_buf();
@@ -766,7 +772,7 @@ fn finish_forward(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, Agent
 
 /// Effect verification of one component: its health command passes, or the restarted
 /// service runs the newly installed file.
-fn verify_entry(tx: &mut Tx<'_>, e: &Entry) -> Result<(), String> {
+pub(super) fn verify_entry(tx: &mut Tx<'_>, e: &Entry) -> Result<(), String> {
     if fs::symlink_metadata(&e.target).is_err() {
         return Err(format!(
             "{} is missing after the install",
@@ -836,10 +842,10 @@ fn prune(tx: &mut Tx<'_>, j: &Journal) {
             }
         }
     }
+    // The last `keep_backups` applies keep theirs (in the order they were made, not by
+    // version: after a downgrade the newest backup is of a lower version).
     let keep = tx.agent.config().keep_backups;
-    let mut backups = list_backups(&tx.paths.backup);
-    // Newest first.
-    backups.sort_by(|a, b| b.0.cmp(&a.0));
+    let backups = super::rollback::backups_newest_first(&tx.paths.backup);
     for (_, dir) in backups.into_iter().skip(keep) {
         tx.log.line(&format!("prune backup {}", dir.display()));
         let _ = remove_any(&dir);
@@ -873,25 +879,10 @@ fn tree_size(path: &Path) -> u64 {
     total
 }
 
-fn read_backup_meta(dir: &Path) -> Option<BackupMeta> {
+pub(super) fn read_backup_meta(dir: &Path) -> Option<BackupMeta> {
     fs::read(dir.join(BACKUP_META))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-}
-
-/// Complete backups, with their version.
-fn list_backups(root: &Path) -> Vec<(Version, PathBuf)> {
-    let mut out = Vec::new();
-    if let Ok(rd) = fs::read_dir(root) {
-        for d in rd.flatten() {
-            if let Some(meta) = read_backup_meta(&d.path()) {
-                if let Ok(v) = Version::parse(&meta.version) {
-                    out.push((v, d.path()));
-                }
-            }
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -917,7 +908,7 @@ fn sweep_tmp(dirs: &[&Path]) {
     }
 }
 
-fn recover_locked(agent: &Agent) -> Result<Option<RecoveryReport>, AgentError> {
+pub(super) fn recover_locked(agent: &Agent) -> Result<Option<RecoveryReport>, AgentError> {
     let paths = agent.paths();
     sweep_tmp(&[&paths.versions, &paths.artifacts, &paths.updates]);
     let Some(mut j) = Journal::load(&paths.journal)? else {
@@ -981,7 +972,7 @@ fn recover_locked(agent: &Agent) -> Result<Option<RecoveryReport>, AgentError> {
                 report("rolled_back", Outcome::Failed, Some(e.to_string()), &j)
             }
         },
-        (OpKind::Rollback, _) => match finish_rollback_op(&mut tx, &mut j) {
+        (OpKind::Rollback, _) => match super::rollback::finish(&mut tx, &mut j) {
             Ok(_) => report("rollback_completed", Outcome::RolledBack, None, &j),
             Err(e) => report(
                 "rollback_completed",
@@ -994,135 +985,6 @@ fn recover_locked(agent: &Agent) -> Result<Option<RecoveryReport>, AgentError> {
     tx.log.sync();
     status.set_operation(None);
     Ok(Some(result))
-}
-
-// ---------------------------------------------------------------------------------------------
-// rollback
-
-/// `qx-update rollback`: restore what the latest apply replaced, from its backup; restart;
-/// verify the restored files run; the backup is consumed.
-pub fn rollback(agent: &Agent) -> Result<ApplyReport, AgentError> {
-    let _lock = lock(agent.paths())?;
-    recover_locked(agent)?;
-    let paths = agent.paths();
-    let mut backups = list_backups(&paths.backup);
-    backups.sort_by(|a, b| b.0.cmp(&a.0));
-    let Some((_, dir)) = backups.into_iter().next() else {
-        return Err(AgentError::NoBackup {
-            dir: paths.backup.clone(),
-        });
-    };
-    let meta = read_backup_meta(&dir).ok_or_else(|| AgentError::NoBackup { dir: dir.clone() })?;
-    let op = new_operation_id();
-    let entries = meta
-        .entries
-        .iter()
-        .map(|e| {
-            let (extract_dir, temp) = temp_paths(&e.target, &e.name, &paths.root, &op);
-            Entry {
-                extract_dir,
-                temp,
-                health_command: None,
-                migrate_command: None,
-                ..e.clone()
-            }
-        })
-        .collect();
-    let mut j = Journal {
-        operation_id: op.clone(),
-        op: OpKind::Rollback,
-        product: agent.config().product.to_string(),
-        version: meta.from_version.clone().unwrap_or_else(|| "(none)".into()),
-        from_version: Some(meta.version.clone()),
-        phase: Phase::Installing,
-        started: now(),
-        backup_dir: dir.clone(),
-        staging_dir: paths.staging.join(&meta.version),
-        entries,
-        services_restarted: false,
-        reason: Some(format!("rollback of {} requested", meta.version)),
-        reverted: false,
-    };
-    let status = agent.status_handle();
-    status.set_operation(Some(op));
-    let mut tx = Tx::new(agent);
-    tx.log.line(&format!(
-        "rollback: restoring the state before {} from {}",
-        meta.version,
-        dir.display()
-    ));
-    let result = j
-        .store(&paths.journal)
-        .and_then(|_| finish_rollback_op(&mut tx, &mut j));
-    match &result {
-        Ok(r) => status.set_state(UpdateState::Done {
-            version: r.version.clone(),
-        }),
-        Err(e) => status.set_state(UpdateState::Failed {
-            reason: e.to_string(),
-        }),
-    }
-    tx.log.sync();
-    status.set_operation(None);
-    status.refresh();
-    result
-}
-
-fn finish_rollback_op(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, AgentError> {
-    tx.state(UpdateState::RollingBack {
-        reason: j.reason.clone().unwrap_or_default(),
-    });
-    restore_all(tx, j)?;
-    crash_point("rollback-restored");
-    let services = j.services();
-    if !services.is_empty() {
-        j.services_restarted = true;
-        tx.store(j)?;
-    }
-    let mut problems = Vec::new();
-    for s in &services {
-        tx.state(UpdateState::Restarting { service: s.clone() });
-        let ran = tx.services.restart(s);
-        tx.log.line(&format!("restart {s}: {}", ran.status));
-        if !ran.ok {
-            problems.push(format!("restart of {s} failed ({})", ran.status));
-        }
-    }
-    for e in &j.entries {
-        if let (Some(s), ComponentKind::File, Some(_)) = (&e.restart_service, e.kind, &e.backup) {
-            tx.state(UpdateState::Verifying {
-                component: e.name.clone(),
-            });
-            if let Err(reason) = tx.services.wait_running(s, &e.target) {
-                problems.push(format!("{}: {reason}", e.name));
-            }
-        }
-    }
-    let reason = (!problems.is_empty()).then(|| problems.join("; "));
-    tx.history(
-        j,
-        if reason.is_none() {
-            Outcome::RolledBack
-        } else {
-            Outcome::Failed
-        },
-        reason.clone(),
-    )?;
-    tx.phase(j, Phase::Committed)?;
-    // The backup was consumed.
-    let _ = remove_any(&j.backup_dir);
-    match reason {
-        None => {
-            tx.log.line(&format!("rollback: now at {}", j.version));
-            Ok(ApplyReport {
-                version: j.version.clone(),
-                components: j.entries.iter().map(|e| e.name.clone()).collect(),
-                outcome: Outcome::RolledBack,
-                system: None,
-            })
-        }
-        Some(reason) => Err(AgentError::RollbackFailed { reason }),
-    }
 }
 
 /// Downloads artifacts of release `version` (of the configured product and channel, which the
@@ -1151,7 +1013,7 @@ pub(crate) fn download_artifacts(
             available,
         });
     }
-    let downloader = Downloader::new(download_options(config))?;
+    let downloader = Downloader::with_tls(download_options(config), &config.tls)?;
     let server = config.server();
     let status = agent.status_handle();
     let mut paths = Vec::with_capacity(artifacts.len());

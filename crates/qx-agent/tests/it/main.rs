@@ -23,4 +23,6 @@ mod field_failures;
 mod fullimage;
 mod packaging;
 mod qemu;
+mod rollback;
 mod schedule;
+mod tls;
