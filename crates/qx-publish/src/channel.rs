@@ -177,6 +177,8 @@ pub struct Update<'a> {
     pub product: ProductName,
     pub channel: ChannelName,
     pub lifetime: SignedDuration,
+    /// How many 409s are answered by reading the state again ([`CONFLICT_RETRIES`]).
+    pub conflict_retries: u32,
 }
 
 /// The state a verb is about to sign, and the one it replaces.
@@ -293,10 +295,10 @@ impl Update<'_> {
 
     /// Signs and `PUT`s the planned state. `always` sends it even when the content did not
     /// change (refresh). On a 409 the state is read again and `change` applied once more
-    /// ([`CONFLICT_RETRIES`]).
+    /// (`conflict_retries` times).
     pub fn commit(&self, planned: Planned, change: &Change<'_>, always: bool) -> Result<Committed> {
         let mut planned = planned;
-        let mut retries = CONFLICT_RETRIES;
+        let mut retries = self.conflict_retries;
         loop {
             let previous_seq = planned.previous.as_ref().map(|p| p.state.seq);
             let unchanged = planned

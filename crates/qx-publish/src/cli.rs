@@ -627,6 +627,7 @@ impl ChannelArgs {
             product: self.product.clone(),
             channel: self.channel.clone(),
             lifetime: self.state.lifetime()?,
+            conflict_retries: channel::CONFLICT_RETRIES,
         })
     }
 }

@@ -188,6 +188,7 @@ pub fn promote_and_sign(
         product,
         channel: req.to.clone(),
         lifetime,
+        conflict_retries: channel::CONFLICT_RETRIES,
     };
     update.base()?;
     let p = promote(client, signer.key(), signer.trusted(), req)?;

@@ -151,6 +151,7 @@ fn update<'a>(
         product: product.clone(),
         channel: channel.clone(),
         lifetime,
+        conflict_retries: channel::CONFLICT_RETRIES,
     }
 }
 
