@@ -33,7 +33,7 @@ pub mod server {
 
     /// Every route the server answers, in registration order.
     pub const ROUTES: &[&str] = &[
-        HEALTH, METRICS, CHANNELS, MANIFEST, RELEASES, ARTIFACT, PUBLISH, PROMOTE, RELEASE,
+        HEALTH, METRICS, CHANNELS, MANIFEST, RELEASES, ARTIFACT, PUBLISH, PROMOTE, RELEASE, CHANNEL,
     ];
 }
 

@@ -41,6 +41,11 @@ impl Params {
     pub fn version(&self) -> Result<Version, ApiError> {
         Version::parse(self.get("version")).map_err(|e| ApiError::bad_request(e.to_string()))
     }
+    /// The `{channel}` segment, which must be a configured channel (400 if it breaks the name
+    /// rule, 404 if it is not configured).
+    pub fn channel<S: ReleaseStore>(&self, app: &App<S>) -> Result<ChannelName, ApiError> {
+        app.channel(self.get("channel"))
+    }
     /// The `{artifact}` segment, checked against the name rule (400 if it breaks it).
     pub fn artifact(&self) -> Result<ArtifactName, ApiError> {
         ArtifactName::new(self.get("artifact")).map_err(|e| ApiError::bad_request(e.to_string()))

@@ -106,7 +106,7 @@ async fn manifest_and_signature(
     )?;
     let signature = read_small(&mut field, "signature", MAX_SIGNATURE_BYTES).await?;
     drop(field);
-    check_signature(&signature)?;
+    check_signature(&signature, "the signature part")?;
     Ok((manifest_bytes, manifest, signature))
 }
 
@@ -120,13 +120,14 @@ fn parse_manifest(bytes: &[u8]) -> Result<Manifest, ApiError> {
     })
 }
 
-/// The signature must be a minisign signature file; it is not verified here.
-fn check_signature(sig: &[u8]) -> Result<(), ApiError> {
+/// The signature (`what` names where it came from) must be a minisign signature file; it is
+/// not verified here.
+pub(crate) fn check_signature(sig: &[u8], what: &str) -> Result<(), ApiError> {
     let text = std::str::from_utf8(sig)
-        .map_err(|_| ApiError::unprocessable("the signature part is not UTF-8 text"))?;
+        .map_err(|_| ApiError::unprocessable(format!("{what} is not UTF-8 text")))?;
     minisign_verify::Signature::decode(text).map_err(|e| {
         ApiError::unprocessable(format!(
-            "the signature part is not a minisign signature ({e}); send the .minisig file of the manifest"
+            "{what} is not a minisign signature ({e}); send the .minisig file of the signed document"
         ))
     })?;
     Ok(())
@@ -433,7 +434,7 @@ async fn promote_inner<S: ReleaseStore>(
     };
     let mut upload = app.store.begin().await?;
     for a in &new {
-        upload.link_from(&source_key, &a.artifact).await?;
+        upload.link_from(&source_key, a).await?;
     }
     let outcome = commit(app, upload, &key, manifest_bytes, signature).await?;
     if outcome == CommitOutcome::Created {

@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use qx_core::api::server as api;
 
 use crate::error::ApiError;
-use crate::handlers::{artifact, read};
+use crate::handlers::{artifact, channel, read};
 use crate::metrics;
 use crate::publish;
 use crate::state::App;
@@ -43,6 +43,12 @@ pub fn router<S: ReleaseStore>(app: Arc<App<S>>) -> Router {
             post(publish::promote::<S>).layer(DefaultBodyLimit::max(MAX_PROMOTE_BYTES)),
         )
         .route(api::RELEASE, delete(publish::yank::<S>))
+        .route(
+            api::CHANNEL,
+            get(channel::get_state::<S>)
+                .merge(put(channel::put_state::<S>))
+                .layer(DefaultBodyLimit::max(channel::MAX_CHANNEL_BYTES)),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -3,6 +3,12 @@
 //! it) is the default backend ([`local::LocalStore`]). An object-store backend implements the
 //! same trait: uploads go to a staging prefix, commit is a conditional put of the manifest,
 //! promote is a server-side copy, yank is a marker object.
+//!
+//! The signed channel state of each product and channel (docs/spec.md §8) lives beside its
+//! releases; [`ReleaseStore::put_channel_state`] is a compare-and-swap on its `seq`. The local
+//! engine holds a per-channel lock while it reads, decides and writes; an object-store engine
+//! reads the stored state with its ETag, decides, and writes with a conditional put (`If-Match`,
+//! or `If-None-Match: *` when there is none), starting over when the condition fails.
 
 pub mod local;
 
@@ -13,7 +19,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use futures_util::Stream;
-use qx_core::{ArtifactName, ChannelName, Manifest, ProductName, Version};
+use qx_core::{ArtifactName, ArtifactRef, ChannelName, Manifest, ProductName, Version};
 use tokio::io::AsyncWrite;
 
 /// A chunked stream of file bytes.
@@ -66,6 +72,25 @@ pub enum CommitOutcome {
     Conflict,
 }
 
+/// A stored channel state: the publisher's exact bytes and `.minisig` text, and its `seq`.
+#[derive(Debug, Clone)]
+pub struct StoredChannel {
+    pub bytes: Bytes,
+    pub signature: Bytes,
+    pub seq: u64,
+}
+
+/// What a compare-and-swap of a channel state did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The state is new (none was stored, or its `seq` is higher) and now served.
+    Stored,
+    /// The stored state has the very same bytes; nothing changed (its signature is kept).
+    Identical,
+    /// The stored state has a `seq` at least as high, with other bytes; nothing changed.
+    Stale { stored_seq: u64 },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{0} was not found")]
@@ -99,11 +124,12 @@ pub trait Upload: Send + 'static {
     ) -> impl Future<Output = StoreResult<Self::Writer>> + Send;
     /// Makes an artifact durable once it is fully written.
     fn finish(&mut self, writer: Self::Writer) -> impl Future<Output = StoreResult<()>> + Send;
-    /// Reuses an artifact of an existing release without copying its bytes (promote).
+    /// Reuses an artifact of an existing release without copying its bytes (promote, and
+    /// artifacts a publish carries over). The source's file must have the artifact's size.
     fn link_from(
         &mut self,
         source: &ReleaseKey,
-        name: &ArtifactName,
+        artifact: &ArtifactRef,
     ) -> impl Future<Output = StoreResult<()>> + Send;
 }
 
@@ -144,4 +170,22 @@ pub trait ReleaseStore: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<CommitOutcome>> + Send;
     /// Marks a release yanked (files are kept). Returns false if it already was.
     fn yank(&self, key: &ReleaseKey) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// The stored channel state of a product's channel, if any.
+    fn channel_state(
+        &self,
+        product: &ProductName,
+        channel: &ChannelName,
+    ) -> impl Future<Output = StoreResult<Option<StoredChannel>>> + Send;
+    /// Stores a channel state whose `seq` is `seq` if no state is stored or the stored one's
+    /// `seq` is lower (compare-and-swap: of concurrent puts of one `seq`, exactly one is
+    /// stored); byte-identical to the stored one → [`PutOutcome::Identical`]; otherwise
+    /// [`PutOutcome::Stale`]. The caller has parsed and checked the bytes.
+    fn put_channel_state(
+        &self,
+        product: &ProductName,
+        channel: &ChannelName,
+        seq: u64,
+        bytes: Bytes,
+        signature: Bytes,
+    ) -> impl Future<Output = StoreResult<PutOutcome>> + Send;
 }

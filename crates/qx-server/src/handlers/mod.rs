@@ -1,8 +1,9 @@
-//! The endpoints, grouped by area: [`read`] (health, metrics, channels, manifest, releases)
-//! and [`artifact`] (one file of a release, with ranges and validators). Publish, promote and
-//! yank are in [`crate::publish`].
+//! The endpoints, grouped by area: [`read`] (health, metrics, channels, manifest, releases),
+//! [`artifact`] (one file of a release, with ranges and validators) and [`channel`] (the
+//! signed channel state). Publish, promote and yank are in [`crate::publish`].
 
 pub mod artifact;
+pub mod channel;
 pub mod read;
 
 use axum::http::{header, HeaderMap};

@@ -3,26 +3,32 @@
 //! release; uploads are assembled in `$RELEASE_DIR/.staging/<random>/` and made visible by
 //! one `rename` of the whole directory.
 //!
+//! The channel state of each product and channel is `<product>/<channel>/channel.json` and
+//! `channel.json.minisig`, replaced under a per-channel lock (see [`channel`]).
+//!
 //! Invariants: a release directory, once visible, is complete and never changes except for
 //! the `.yanked` marker; a rename onto an existing (non-empty) release directory fails, which
 //! is what makes exactly one of two concurrent publishes of one version win.
 
+mod channel;
+
 use std::fs;
 use std::io::{self, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use qx_core::fs::{create_dir_all_durable, fsync_dir, write_atomic};
 use qx_core::{
-    ArtifactName, ChannelName, Manifest, ProductName, UnknownFields, Version, MANIFEST_FILE,
-    SIGNATURE_FILE,
+    ArtifactName, ArtifactRef, ChannelName, Manifest, ProductName, UnknownFields, Version,
+    MANIFEST_FILE, SIGNATURE_FILE,
 };
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
 use super::{
-    ByteStream, CommitOutcome, ReleaseKey, ReleaseStore, StoreError, StoreResult, StoredRelease,
-    Upload, VersionEntry,
+    ByteStream, CommitOutcome, PutOutcome, ReleaseKey, ReleaseStore, StoreError, StoreResult,
+    StoredChannel, StoredRelease, Upload, VersionEntry,
 };
 
 /// The marker file of a yanked release.
@@ -36,6 +42,7 @@ const CHUNK: usize = 256 * 1024;
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: PathBuf,
+    channel_locks: Arc<channel::ChannelLocks>,
 }
 
 impl LocalStore {
@@ -43,7 +50,10 @@ impl LocalStore {
     pub fn new(root: impl Into<PathBuf>) -> StoreResult<Self> {
         let root = root.into();
         fs::create_dir_all(root.join(STAGING_DIR)).map_err(StoreError::io(&root))?;
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            channel_locks: Arc::new(channel::ChannelLocks::new()),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -324,6 +334,40 @@ impl ReleaseStore for LocalStore {
         })
         .await
     }
+
+    async fn channel_state(
+        &self,
+        product: &ProductName,
+        channel: &ChannelName,
+    ) -> StoreResult<Option<StoredChannel>> {
+        let (root, locks) = (self.root.clone(), self.channel_locks.clone());
+        let (product, channel) = (product.clone(), channel.clone());
+        blocking(move || {
+            let _held = locks.lock(&product, &channel);
+            match channel::channel_dir(&root, &product, &channel)? {
+                Some(dir) => channel::read(&dir),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn put_channel_state(
+        &self,
+        product: &ProductName,
+        channel: &ChannelName,
+        seq: u64,
+        bytes: Bytes,
+        signature: Bytes,
+    ) -> StoreResult<PutOutcome> {
+        let (root, locks) = (self.root.clone(), self.channel_locks.clone());
+        let (product, channel) = (product.clone(), channel.clone());
+        blocking(move || {
+            let _held = locks.lock(&product, &channel);
+            channel::put(&root, &product, &channel, seq, &bytes, &signature)
+        })
+        .await
+    }
 }
 
 /// Seconds since the epoch, written into the yank marker for operators.
@@ -362,15 +406,31 @@ impl Upload for LocalUpload {
         writer.sync_all().await.map_err(StoreError::io(&path))
     }
 
-    async fn link_from(&mut self, source: &ReleaseKey, name: &ArtifactName) -> StoreResult<()> {
-        check_file_name(name.as_str())?;
+    async fn link_from(&mut self, source: &ReleaseKey, artifact: &ArtifactRef) -> StoreResult<()> {
+        let name = artifact.artifact.as_str();
+        check_file_name(name)?;
         let from = self
             .root
             .join(source.product.as_str())
             .join(source.channel.as_str())
             .join(source.version.to_string())
-            .join(name.as_str());
-        let to = self.dir.path().join(name.as_str());
-        blocking(move || fs::hard_link(&from, &to).map_err(StoreError::io(from))).await
+            .join(name);
+        let to = self.dir.path().join(name);
+        let size = artifact.size_bytes;
+        blocking(move || {
+            // The source must be the regular file its manifest describes: a symlink is never
+            // linked (nor followed), a file of another size is damage.
+            let meta = fs::symlink_metadata(&from).map_err(StoreError::io(&from))?;
+            if !meta.is_file() || meta.len() != size {
+                return Err(StoreError::Corrupt {
+                    path: from,
+                    reason: format!(
+                        "is not a regular file of the {size} bytes its manifest declares"
+                    ),
+                });
+            }
+            fs::hard_link(&from, &to).map_err(StoreError::io(&from))
+        })
+        .await
     }
 }

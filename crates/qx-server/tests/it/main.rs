@@ -4,6 +4,7 @@
 
 mod api;
 mod bad_input;
+mod channel;
 mod robustness;
 mod routes;
 mod support;

@@ -18,6 +18,7 @@ const METHODS: &[(&str, &[&str])] = &[
     (api::PUBLISH, &["POST"]),
     (api::PROMOTE, &["POST"]),
     (api::RELEASE, &["DELETE"]),
+    (api::CHANNEL, &["GET", "PUT"]),
 ];
 
 /// The fallback's answer: 404 with the error sentence `no such endpoint`.
@@ -41,10 +42,11 @@ async fn every_api_route_answers_other_than_the_fallback_404() {
         &Release::new(&signer, "quantix-os", "stable", "1.0.0"),
     )
     .await;
-    let values: [(&str, &dyn std::fmt::Display); 3] = [
+    let values: [(&str, &dyn std::fmt::Display); 4] = [
         ("product", &"quantix-os"),
         ("version", &"1.0.0"),
         ("artifact", &"qx-node.tar.zst"),
+        ("channel", &"stable"),
     ];
     for route in api::ROUTES {
         let methods = METHODS
