@@ -2,6 +2,11 @@
 //! streaming, checked against the manifest, then one atomic commit), promote (re-signed
 //! manifest, artifacts reused without copying) and yank.
 //!
+//! Yank and the channel state (docs/spec.md §8): `DELETE` marks the release yanked on disk
+//! (listed as such, skipped by the manifest endpoint of a channel without a state); on a
+//! channel with a state, the state alone decides what the manifest endpoint serves, and the
+//! answer says whether the state still lists the yanked release.
+//!
 //! A publish is a multipart/form-data body whose parts come in this order: `manifest` (the
 //! manifest bytes), `signature` (the `.minisig` text), then one part per artifact whose part
 //! name is the artifact name (a `filename` attribute is ignored). The server checks that the
@@ -515,11 +520,22 @@ pub async fn yank<S: ReleaseStore>(
     if newly {
         tracing::info!(release = %key, "yanked");
     }
+    // With a channel state, the state decides what hosts are offered (docs/spec.md §8): a
+    // release it still lists stays offered until the publisher signs a state without it.
+    let listed = app
+        .store
+        .channel_state(&key.product, &key.channel)
+        .await?
+        .is_some_and(|s| s.state.release(&key.version).is_some());
+    if listed {
+        tracing::warn!(release = %key, "yanked, but the channel state still lists it; it stays offered until a new channel state withdraws it");
+    }
     Ok(Json(json!({
         "product": key.product.as_str(),
         "channel": key.channel.as_str(),
         "version": key.version.to_string(),
         "yanked": true,
+        "listed_by_channel_state": listed,
     }))
     .into_response())
 }

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use axum::http::{header, HeaderMap, HeaderValue};
 use base64::Engine;
 use bytes::Bytes;
-use qx_core::{ChannelName, ProductName, Sha256};
+use qx_core::{ChannelName, ProductName, Sha256, Version};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::storage::{ReleaseKey, ReleaseStore};
+use crate::storage::{ReleaseKey, ReleaseStore, StoreError, StoredChannel};
 
 /// How long a resolved "newest release of a channel" is reused when nothing changed through
 /// this process. Changes made by this server invalidate it at once; the lifetime only bounds
@@ -38,7 +38,7 @@ struct ManifestCache {
     entries: HashMap<ProductName, HashMap<ChannelName, CachedManifest>>,
 }
 
-/// The newest non-yanked release of a channel, ready to send.
+/// The manifest a channel offers, ready to send.
 #[derive(Clone)]
 pub(crate) struct ResolvedManifest {
     pub bytes: Bytes,
@@ -118,8 +118,8 @@ impl<S: ReleaseStore> App<S> {
         }
     }
 
-    /// The newest non-yanked release of a channel: from the cache while it is fresh,
-    /// otherwise read from the store and cached.
+    /// The manifest a channel offers (see [`Self::read_offered`]): from the cache while it is
+    /// fresh, otherwise read from the store and cached.
     pub(crate) async fn resolve_manifest(
         &self,
         product: &ProductName,
@@ -129,7 +129,7 @@ impl<S: ReleaseStore> App<S> {
         if let Some(value) = cached {
             return Ok(value);
         }
-        let value = self.read_newest(product, channel).await?;
+        let value = self.read_offered(product, channel).await?;
         self.remember(generation, product, channel, &value);
         Ok(value)
     }
@@ -175,36 +175,85 @@ impl<S: ReleaseStore> App<S> {
         );
     }
 
-    /// Reads the newest non-yanked release of a channel from the store.
-    async fn read_newest(
+    /// What the channel offers (docs/spec.md §8): the `current` release of its channel state
+    /// when it has one, otherwise (no state yet) its newest non-yanked release.
+    pub(crate) async fn offered_version(
+        &self,
+        product: &ProductName,
+        channel: &ChannelName,
+    ) -> Result<Option<Version>, ApiError> {
+        let stored = self.store.channel_state(product, channel).await?;
+        self.offered_version_of(product, channel, stored.as_ref())
+            .await
+    }
+
+    /// Reads the manifest a channel offers from the store: its state's `current` (checked
+    /// against the state's `manifest_sha256`), or without a state the newest non-yanked
+    /// release.
+    async fn read_offered(
         &self,
         product: &ProductName,
         channel: &ChannelName,
     ) -> Result<ResolvedManifest, ApiError> {
-        let versions = self.store.versions(product, channel).await?;
-        let Some(newest) = versions.iter().find(|v| !v.yanked) else {
+        let stored = self.store.channel_state(product, channel).await?;
+        let Some(version) = self
+            .offered_version_of(product, channel, stored.as_ref())
+            .await?
+        else {
+            let versions = self.store.versions(product, channel).await?;
             return Err(ApiError::not_found(if versions.is_empty() {
                 format!("product {product} has no release on channel {channel}")
             } else {
                 format!("every release of {product} on channel {channel} is yanked")
             }));
         };
-        let release = self
-            .store
-            .release(&ReleaseKey {
-                product: product.clone(),
-                channel: channel.clone(),
-                version: newest.version.clone(),
-            })
-            .await?;
+        let key = ReleaseKey {
+            product: product.clone(),
+            channel: channel.clone(),
+            version,
+        };
+        let release = match self.store.release(&key).await {
+            Err(StoreError::NotFound(_)) if stored.is_some() => {
+                return Err(ApiError::internal(format!(
+                    "the channel state names {key} as current, but this server does not hold it; put a channel state naming a held release"
+                )))
+            }
+            other => other?,
+        };
+        let sha = Sha256::of(&release.manifest_bytes);
+        if let Some(entry) = stored.as_ref().and_then(|s| s.state.current_release()) {
+            if entry.manifest_sha256 != sha {
+                return Err(ApiError::internal(format!(
+                    "the manifest held for {key} has sha256 {}, not the {} its channel state lists",
+                    sha.short(),
+                    entry.manifest_sha256.short()
+                )));
+            }
+        }
         Ok(ResolvedManifest {
-            etag: header_value(etag(&Sha256::of(&release.manifest_bytes)))?,
+            etag: header_value(etag(&sha))?,
             signature: header_value(
                 base64::engine::general_purpose::STANDARD.encode(&release.signature),
             )?,
-            version: header_value(newest.version.to_string())?,
+            version: header_value(key.version.to_string())?,
             bytes: release.manifest_bytes,
         })
+    }
+
+    /// [`Self::offered_version`] with the channel state already read.
+    async fn offered_version_of(
+        &self,
+        product: &ProductName,
+        channel: &ChannelName,
+        stored: Option<&StoredChannel>,
+    ) -> Result<Option<Version>, ApiError> {
+        match stored {
+            Some(s) => Ok(Some(s.state.current.clone())),
+            None => {
+                let versions = self.store.versions(product, channel).await?;
+                Ok(versions.into_iter().find(|v| !v.yanked).map(|v| v.version))
+            }
+        }
     }
 }
 

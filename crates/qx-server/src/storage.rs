@@ -19,7 +19,9 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use futures_util::Stream;
-use qx_core::{ArtifactName, ArtifactRef, ChannelName, Manifest, ProductName, Version};
+use qx_core::{
+    ArtifactName, ArtifactRef, ChannelName, ChannelState, Manifest, ProductName, Version,
+};
 use tokio::io::AsyncWrite;
 
 /// A chunked stream of file bytes.
@@ -72,12 +74,13 @@ pub enum CommitOutcome {
     Conflict,
 }
 
-/// A stored channel state: the publisher's exact bytes and `.minisig` text, and its `seq`.
+/// A stored channel state: the publisher's exact bytes and `.minisig` text, and what they
+/// say (parsed leniently: a stored state was checked strictly when it was put).
 #[derive(Debug, Clone)]
 pub struct StoredChannel {
     pub bytes: Bytes,
     pub signature: Bytes,
-    pub seq: u64,
+    pub state: ChannelState,
 }
 
 /// What a compare-and-swap of a channel state did.

@@ -52,8 +52,8 @@ pub struct Channels {
     products: BTreeMap<String, BTreeMap<String, String>>,
 }
 
-/// `GET /api/v1/channels`: the configured channels and the newest release of each product on
-/// each of them.
+/// `GET /api/v1/channels`: the configured channels and what each offers for each product —
+/// the `current` of its channel state, or without a state its newest non-yanked release.
 pub async fn channels<S: ReleaseStore>(
     State(app): State<Arc<App<S>>>,
 ) -> Result<Json<Channels>, ApiError> {
@@ -61,9 +61,8 @@ pub async fn channels<S: ReleaseStore>(
     for product in app.store.products().await? {
         let mut latest = BTreeMap::new();
         for channel in &app.config.channels {
-            let versions = app.store.versions(&product, channel).await?;
-            if let Some(v) = versions.iter().find(|v| !v.yanked) {
-                latest.insert(channel.to_string(), v.version.to_string());
+            if let Some(v) = app.offered_version(&product, channel).await? {
+                latest.insert(channel.to_string(), v.to_string());
             }
         }
         products.insert(product.to_string(), latest);
@@ -74,7 +73,9 @@ pub async fn channels<S: ReleaseStore>(
     }))
 }
 
-/// `GET /api/v1/{product}/manifest?channel=C`: the exact signed bytes of the newest release.
+/// `GET /api/v1/{product}/manifest?channel=C`: the exact signed bytes of the release the
+/// channel offers: its channel state's `current`, or without a state the newest non-yanked
+/// release (docs/spec.md §8: agents that predate the channel state keep working).
 pub async fn manifest<S: ReleaseStore>(
     State(app): State<Arc<App<S>>>,
     params: Params,

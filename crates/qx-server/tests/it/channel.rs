@@ -61,6 +61,22 @@ impl Fixture {
         sign(&state_of(seq, releases).unwrap(), &self.key).unwrap()
     }
 
+    fn manifest(&self) -> reqwest::blocking::Response {
+        let url = ServerUrl::new(self.server.url()).manifest(PRODUCT, CHANNEL);
+        reqwest::blocking::get(url).unwrap()
+    }
+
+    fn yank(&self, version: &str) -> Value {
+        let url = ServerUrl::new(self.server.url()).release(PRODUCT, version, CHANNEL);
+        let res = reqwest::blocking::Client::new()
+            .delete(url)
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        res.json().unwrap()
+    }
+
     fn url(&self) -> String {
         ServerUrl::new(self.server.url()).channel_state(PRODUCT, CHANNEL)
     }
@@ -451,4 +467,80 @@ fn testkit_entry_hashes_the_manifest_as_the_server_holds_it() {
     .bytes()
     .unwrap();
     assert_eq!(e.manifest_sha256, Sha256::of(&held));
+}
+
+/// The manifest endpoint's answer: (version header, body).
+fn served(f: &Fixture) -> (String, Vec<u8>) {
+    let res = f.manifest();
+    assert_eq!(res.status(), 200);
+    let version = res.headers()["x-qx-version"].to_str().unwrap().to_owned();
+    (version, res.bytes().unwrap().to_vec())
+}
+
+#[test]
+fn manifest_endpoint_serves_the_states_current_not_the_newest() {
+    let f = Fixture::new();
+    let r1 = f.published("1.0.0");
+    let r2 = f.published("1.1.0");
+    assert_eq!(served(&f).0, "1.1.0", "without a state: the newest");
+    // current = the last listed: 1.0.0, though 1.1.0 is listed and newer.
+    assert_eq!(Put::of(&f.signed(1, &[&r2, &r1])).send(&f.server).0, 201);
+    let (version, body) = served(&f);
+    assert_eq!(version, "1.0.0");
+    assert_eq!(body, r1.manifest_bytes);
+    let res = f.manifest();
+    let etag = format!("\"{}\"", Sha256::of(&r1.manifest_bytes).to_hex());
+    assert_eq!(res.headers()["etag"].to_str().unwrap(), etag);
+    let channels: Value = reqwest::blocking::get(ServerUrl::new(f.server.url()).channels())
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        channels["products"][PRODUCT][CHANNEL], "1.0.0",
+        "{channels}"
+    );
+    // A newer state is served at once.
+    assert_eq!(Put::of(&f.signed(2, &[&r1, &r2])).send(&f.server).0, 201);
+    assert_eq!(served(&f), ("1.1.0".to_owned(), r2.manifest_bytes.clone()));
+}
+
+#[test]
+fn yank_on_a_channel_with_a_state_marks_the_release_and_the_state_decides() {
+    let f = Fixture::new();
+    let r1 = f.published("1.0.0");
+    let r2 = f.published("1.1.0");
+    assert_eq!(Put::of(&f.signed(1, &[&r1, &r2])).send(&f.server).0, 201);
+    let v = f.yank("1.1.0");
+    assert_eq!(v["yanked"], true);
+    assert_eq!(v["listed_by_channel_state"], true, "{v}");
+    // Marked yanked on disk and in the release list ...
+    let dir = f
+        .server
+        .release_dir()
+        .join(PRODUCT)
+        .join(CHANNEL)
+        .join("1.1.0");
+    assert!(dir.join(".yanked").exists());
+    let list: Value =
+        reqwest::blocking::get(ServerUrl::new(f.server.url()).releases(PRODUCT, CHANNEL))
+            .unwrap()
+            .json()
+            .unwrap();
+    assert_eq!(list["releases"][0]["version"], "1.1.0");
+    assert_eq!(list["releases"][0]["yanked"], true);
+    // ... but still served while the signed state names it current.
+    assert_eq!(served(&f).0, "1.1.0");
+    // The publisher's next state withdraws it: the fallback is served.
+    let mut next = state_of(2, &[&r1]).unwrap();
+    qx_testkit::channel::revoke(
+        &mut next,
+        &r2.manifest.version,
+        qx_core::RevokeAction::Revert,
+    );
+    assert_eq!(
+        Put::of(&sign(&next, &f.key).unwrap()).send(&f.server).0,
+        201
+    );
+    assert_eq!(served(&f), ("1.0.0".to_owned(), r1.manifest_bytes.clone()));
+    assert_eq!(f.yank("1.1.0")["listed_by_channel_state"], false);
 }

@@ -109,7 +109,7 @@ pub(super) fn read(dir: &Path) -> StoreResult<Option<StoredChannel>> {
     Ok(Some(StoredChannel {
         bytes: Bytes::from(bytes),
         signature: Bytes::from(signature),
-        seq: state.seq,
+        state,
     }))
 }
 
@@ -135,9 +135,9 @@ pub(super) fn put(
         if stored.bytes.as_ref() == bytes {
             return Ok(PutOutcome::Identical);
         }
-        if seq <= stored.seq {
+        if seq <= stored.state.seq {
             return Ok(PutOutcome::Stale {
-                stored_seq: stored.seq,
+                stored_seq: stored.state.seq,
             });
         }
     }
@@ -257,7 +257,10 @@ mod tests {
         assert_eq!(put(1, &one), PutOutcome::Stale { stored_seq: 2 });
         let dir = root.path().join("quantix-os/stable");
         let stored = read(&dir).unwrap().unwrap();
-        assert_eq!((stored.seq, stored.bytes.as_ref()), (2, two.as_slice()));
+        assert_eq!(
+            (stored.state.seq, stored.bytes.as_ref()),
+            (2, two.as_slice())
+        );
     }
 
     #[test]
