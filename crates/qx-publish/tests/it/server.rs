@@ -266,12 +266,13 @@ fn publish_older_version_warns_and_strict_refuses() {
         .stderr(predicate::str::contains(
             "error[version-not-newer]: version 1.0.5 is not greater than 1.1.0",
         ));
-    // Without --strict: a warning, and the server decides (it keeps both).
+    // Without --strict: a warning; the server keeps both, and the signed channel state makes
+    // the published release current (docs/spec.md §8; `--no-current` would only list it).
     e.publish(&["--release-version", "1.0.5"])
         .assert()
         .success()
         .stderr(predicate::str::contains("warning[version-not-newer]"));
-    assert_eq!(e.manifest("dev").version.to_string(), "1.1.0");
+    assert_eq!(e.manifest("dev").version.to_string(), "1.0.5");
 }
 
 #[test]
