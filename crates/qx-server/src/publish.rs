@@ -9,7 +9,9 @@
 //!
 //! A publish is a multipart/form-data body whose parts come in this order: `manifest` (the
 //! manifest bytes), `signature` (the `.minisig` text), then one part per artifact whose part
-//! name is the artifact name (a `filename` attribute is ignored). The server checks that the
+//! name is the artifact name (a `filename` attribute is ignored); an artifact part may be
+//! omitted when an earlier release of the product holds that artifact with the same name, size
+//! and SHA-256 (it is hard-linked, docs/spec.md §8). The server checks that the
 //! signature is a well-formed minisign signature but does not verify it: it holds no keys,
 //! publishers sign and agents verify.
 
@@ -45,6 +47,9 @@ struct Published {
     channel: String,
     version: String,
     artifacts: Vec<String>,
+    /// Artifacts not uploaded but linked from an earlier release (publish only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    carried_over: Vec<String>,
 }
 
 fn multipart_error(e: MultipartError) -> ApiError {
@@ -166,12 +171,14 @@ fn outcome_response(
     outcome: CommitOutcome,
     key: &ReleaseKey,
     artifacts: Vec<String>,
+    carried_over: Vec<String>,
 ) -> Result<Response, ApiError> {
     let body = Json(Published {
         product: key.product.to_string(),
         channel: key.channel.to_string(),
         version: key.version.to_string(),
         artifacts,
+        carried_over,
     });
     match outcome {
         CommitOutcome::Created => Ok((StatusCode::CREATED, body).into_response()),
@@ -210,7 +217,7 @@ fn record_outcome<S: ReleaseStore>(
 }
 
 /// Authorize, check the declared size, read the manifest and signature, stream the
-/// artifacts into an upload, check none is missing, commit.
+/// artifacts into an upload, link the omitted ones from earlier releases, commit.
 async fn publish_inner<S: ReleaseStore>(
     app: &App<S>,
     params: Params,
@@ -235,16 +242,13 @@ async fn publish_inner<S: ReleaseStore>(
         .collect();
     let mut upload = app.store.begin().await?;
     let seen = receive_parts(&mut upload, &mut multipart, &expected).await?;
-    check_none_missing(&expected, &seen)?;
+    let linked = link_omitted(app, &mut upload, &key.product, &expected, &seen).await?;
     let outcome = commit(app, upload, &key, manifest_bytes, signature).await?;
     if outcome == CommitOutcome::Created {
-        tracing::info!(release = %key, "published");
+        tracing::info!(release = %key, carried_over = linked.len(), "published");
     }
-    outcome_response(
-        outcome,
-        &key,
-        expected.keys().map(|k| k.to_string()).collect(),
-    )
+    let artifacts = expected.keys().map(|k| k.to_string()).collect();
+    outcome_response(outcome, &key, artifacts, linked)
 }
 
 /// A `Content-Length` over `MAX_UPLOAD_BYTES` is refused before the body is read.
@@ -296,28 +300,94 @@ async fn receive_parts<U: Upload>(
     Ok(seen)
 }
 
-/// Every artifact the manifest lists must have been uploaded.
-fn check_none_missing(
+/// Links into the upload every listed artifact that was not uploaded, from an earlier release
+/// of the product (any configured channel) holding one with the same name, size and SHA-256
+/// (docs/spec.md §8: a release carries unchanged components over without re-uploading them).
+/// An omitted artifact held nowhere → 422 naming it. Returns the linked artifacts.
+async fn link_omitted<S: ReleaseStore>(
+    app: &App<S>,
+    upload: &mut S::Upload,
+    product: &ProductName,
     expected: &BTreeMap<ArtifactName, ArtifactRef>,
     seen: &HashSet<ArtifactName>,
-) -> Result<(), ApiError> {
-    let missing: Vec<&str> = expected
-        .keys()
-        .filter(|k| !seen.contains(*k))
-        .map(|k| k.as_str())
+) -> Result<Vec<String>, ApiError> {
+    let omitted: Vec<&ArtifactRef> = expected
+        .values()
+        .filter(|a| !seen.contains(&a.artifact))
         .collect();
-    if missing.is_empty() {
-        return Ok(());
+    if omitted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let holders = held_artifacts(app, product).await?;
+    let mut linked = Vec::new();
+    let mut unheld = Vec::new();
+    for a in omitted {
+        let candidates = holders.iter().filter(|(r, _)| r == a).map(|(_, k)| k);
+        if link_first(upload, candidates, a).await? {
+            linked.push(a.artifact.to_string());
+        } else {
+            unheld.push(a);
+        }
+    }
+    if unheld.is_empty() {
+        return Ok(linked);
     }
     Err(ApiError::unprocessable(format!(
-        "the upload lacks artifact(s) listed in the manifest: {}",
-        missing.join(", ")
+        "the upload lacks artifact(s) listed in the manifest that no earlier release of {product} holds with the same name, size and sha256: {}; upload them",
+        unheld.iter().map(|a| a.artifact.as_str()).collect::<Vec<_>>().join(", ")
     ))
-    .with_details(
-        missing
-            .iter()
-            .map(|m| json!({"artifact": m, "problem": "missing from the upload"})),
-    ))
+    .with_details(unheld.iter().map(|a| {
+        json!({
+            "artifact": a.artifact.as_str(),
+            "problem": "missing from the upload and held by no earlier release",
+            "sha256": a.sha256.to_hex(),
+            "size_bytes": a.size_bytes,
+        })
+    })))
+}
+
+/// Every artifact of every release of the product on the configured channels, newest release
+/// first within a channel. A damaged release is skipped (and logged).
+async fn held_artifacts<S: ReleaseStore>(
+    app: &App<S>,
+    product: &ProductName,
+) -> Result<Vec<(ArtifactRef, ReleaseKey)>, ApiError> {
+    let mut out = Vec::new();
+    for channel in &app.config.channels {
+        for v in app.store.versions(product, channel).await? {
+            let key = ReleaseKey {
+                product: product.clone(),
+                channel: channel.clone(),
+                version: v.version,
+            };
+            match app.store.release(&key).await {
+                Ok(r) => out.extend(r.manifest.artifacts().into_iter().map(|a| (a, key.clone()))),
+                Err(e @ (StoreError::NotFound(_) | StoreError::Corrupt { .. })) => {
+                    tracing::warn!(release = %key, error = %e, "skipped while looking for a carried-over artifact");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Links `artifact` from the first candidate release whose file is intact; false if none is.
+async fn link_first<'k, U: Upload>(
+    upload: &mut U,
+    candidates: impl Iterator<Item = &'k ReleaseKey>,
+    artifact: &ArtifactRef,
+) -> Result<bool, ApiError> {
+    for source in candidates {
+        match upload.link_from(source, artifact).await {
+            Ok(()) => return Ok(true),
+            Err(e @ (StoreError::Corrupt { .. } | StoreError::Io { .. })) => {
+                tracing::warn!(release = %source, artifact = %artifact.artifact, error = %e, "cannot link a carried-over artifact from this release");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(false)
 }
 
 /// Commits an upload as `key` and forgets the cached manifests of its product when a
@@ -449,6 +519,7 @@ async fn promote_inner<S: ReleaseStore>(
         outcome,
         &key,
         new.iter().map(|a| a.artifact.to_string()).collect(),
+        Vec::new(),
     )
 }
 

@@ -36,16 +36,22 @@ impl Fixture {
 
     /// A signed release of two components whose bytes depend on the version.
     fn release(&self, version: &str) -> BuiltRelease {
-        ReleaseSpec::new(PRODUCT, CHANNEL, version)
+        let (node, console) = (format!("node {version}"), format!("console {version}"));
+        self.release_on(CHANNEL, version, &node, &console)
+    }
+
+    /// A signed release of two components with the given contents.
+    fn release_on(&self, channel: &str, version: &str, node: &str, console: &str) -> BuiltRelease {
+        ReleaseSpec::new(PRODUCT, channel, version)
             .component(ComponentSpec::file(
                 "qx-node",
                 "/data/bin/qx-node",
-                format!("node {version}").into_bytes(),
+                node.as_bytes().to_vec(),
             ))
             .component(ComponentSpec::file(
                 "qx-console",
                 "/data/bin/qx-console",
-                format!("console {version}").into_bytes(),
+                console.as_bytes().to_vec(),
             ))
             .sign(&self.key)
             .unwrap()
@@ -543,4 +549,84 @@ fn yank_on_a_channel_with_a_state_marks_the_release_and_the_state_decides() {
     );
     assert_eq!(served(&f), ("1.0.0".to_owned(), r1.manifest_bytes.clone()));
     assert_eq!(f.yank("1.1.0")["listed_by_channel_state"], false);
+}
+
+const CONSOLE: &str = "qx-console.tar.zst";
+
+/// The release without the part of `artifact` (the manifest still lists it).
+fn omitting(mut release: BuiltRelease, artifact: &str) -> BuiltRelease {
+    release.artifacts.retain(|(n, _)| n != artifact);
+    release
+}
+
+fn download(f: &Fixture, channel: &str, version: &str, artifact: &str) -> (u16, Vec<u8>) {
+    let url = ServerUrl::new(f.server.url()).artifact(PRODUCT, version, artifact, channel);
+    let res = reqwest::blocking::get(url).unwrap();
+    (res.status().as_u16(), res.bytes().unwrap().to_vec())
+}
+
+fn inode(path: &std::path::Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
+}
+
+/// Publishing a release that omits an artifact an earlier release holds (from `held_on`).
+fn carry_over_from(held_on: &str) {
+    let f = Fixture::new();
+    let r1 = f.release_on(held_on, "1.0.0", "node 1", "console 1");
+    r1.publish(f.server.url(), TOKEN).unwrap();
+    let r2 = f.release_on(CHANNEL, "1.1.0", "node 2", "console 1");
+    assert_eq!(r2.artifact(CONSOLE), r1.artifact(CONSOLE), "same bytes");
+    let (status, body) = omitting(r2.clone(), CONSOLE)
+        .publish_raw(f.server.url(), TOKEN)
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["carried_over"], serde_json::json!([CONSOLE]), "{v}");
+    let (status, bytes) = download(&f, CHANNEL, "1.1.0", CONSOLE);
+    assert_eq!(status, 200);
+    assert_eq!(
+        Some(bytes.as_slice()),
+        r1.artifact(CONSOLE),
+        "byte-identical"
+    );
+    let root = f.server.release_dir().join(PRODUCT);
+    assert_eq!(
+        inode(&root.join(held_on).join("1.0.0").join(CONSOLE)),
+        inode(&root.join(CHANNEL).join("1.1.0").join(CONSOLE)),
+        "hard-linked, not copied"
+    );
+    assert_eq!(
+        download(&f, CHANNEL, "1.1.0", "qx-node.tar.zst").1,
+        r2.artifact("qx-node.tar.zst").unwrap()
+    );
+}
+
+#[test]
+fn publish_links_an_omitted_artifact_held_by_an_earlier_release_of_the_channel() {
+    carry_over_from(CHANNEL);
+}
+
+#[test]
+fn publish_links_an_omitted_artifact_held_by_a_release_on_another_channel() {
+    carry_over_from("dev");
+}
+
+#[test]
+fn publish_omitting_an_artifact_held_nowhere_is_422_and_nothing_is_visible() {
+    let f = Fixture::new();
+    let r1 = f.published("1.0.0");
+    // Same name as a held artifact, other bytes (so other size and SHA-256).
+    let r2 = f.release_on(CHANNEL, "1.1.0", "node 2", "a console never uploaded");
+    let (status, body) = omitting(r2, CONSOLE)
+        .publish_raw(f.server.url(), TOKEN)
+        .unwrap();
+    assert_eq!(status, 422, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(v["error"].as_str().unwrap().contains(CONSOLE), "{v}");
+    assert_eq!(v["details"][0]["artifact"], CONSOLE, "{v}");
+    let root = f.server.release_dir();
+    assert!(!root.join(PRODUCT).join(CHANNEL).join("1.1.0").exists());
+    assert!(crate::support::staging_entries(root).is_empty());
+    assert_eq!(download(&f, CHANNEL, "1.1.0", "qx-node.tar.zst").0, 404);
+    assert_eq!(served(&f), ("1.0.0".to_owned(), r1.manifest_bytes.clone()));
 }
