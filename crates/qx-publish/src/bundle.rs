@@ -108,6 +108,36 @@ pub fn bundle(
             ),
         ));
     }
+    let files = download(client, req, &manifest, note)?;
+    let meta = BundleMetadata {
+        channel: signed.bytes.clone(),
+        channel_signature: signed.signature.clone().into_bytes(),
+        manifest: bytes,
+        manifest_signature: sig.into_bytes(),
+    };
+    write_bundle(&req.out, &meta, &files.1)?;
+    drop(files.0);
+    let size_bytes = std::fs::metadata(&req.out)
+        .map_err(Error::io(&req.out))?
+        .len();
+    Ok(Bundled {
+        state: signed.state,
+        manifest,
+        out: req.out.clone(),
+        size_bytes,
+    })
+}
+
+/// Downloads every artifact of the release into a temporary directory beside the bundle,
+/// each checked against the verified manifest as it arrives; returns the directory (removed
+/// when dropped) and the (name, path) pairs in the manifest's order.
+fn download(
+    client: &Client,
+    req: &BundleRequest,
+    manifest: &Manifest,
+    note: &mut dyn FnMut(&str),
+) -> Result<(tempfile::TempDir, Vec<(String, PathBuf)>)> {
+    let (product, ch) = (req.product.as_str(), req.channel.as_str());
     let tmp = tempfile::Builder::new()
         .prefix(".qx-bundle-")
         .tempdir_in(qx_core::fs::parent_of(&req.out))
@@ -123,20 +153,5 @@ pub fn bundle(
         client.download_verified(product, &version, ch, &a, &dest)?;
         files.push((a.artifact.to_string(), dest));
     }
-    let meta = BundleMetadata {
-        channel: signed.bytes.clone(),
-        channel_signature: signed.signature.clone().into_bytes(),
-        manifest: bytes,
-        manifest_signature: sig.into_bytes(),
-    };
-    write_bundle(&req.out, &meta, &files)?;
-    let size_bytes = std::fs::metadata(&req.out)
-        .map_err(Error::io(&req.out))?
-        .len();
-    Ok(Bundled {
-        state: signed.state,
-        manifest,
-        out: req.out.clone(),
-        size_bytes,
-    })
+    Ok((tmp, files))
 }
