@@ -36,6 +36,10 @@ pub struct BuildOptions {
     /// Overrides the spec's release notes.
     pub notes: Option<String>,
     pub level: i32,
+    /// Components carried over unchanged from the channel's `current` release (docs/spec.md
+    /// §8): listed in the manifest as they are (their own version, artifact, size and
+    /// SHA-256); their artifacts are not in `out` (the server holds them).
+    pub carried: Vec<Component>,
 }
 
 /// A built, signed and self-verified release directory.
@@ -47,6 +51,8 @@ pub struct BuiltRelease {
     pub signature: String,
     /// Lint warnings that did not stop the build.
     pub warnings: Vec<Finding>,
+    /// The artifacts of carried-over components: listed in the manifest, not in `dir`.
+    pub carried: Vec<String>,
 }
 
 /// The trusted comment put in every signature: `product version channel`.
@@ -333,6 +339,21 @@ impl Plan {
         for c in &self.selected {
             components.push(self.component(c, &opts.out, &mut findings, note)?);
         }
+        let mut carried = Vec::new();
+        for c in &opts.carried {
+            if components.iter().any(|b: &Component| b.name == c.name) {
+                continue;
+            }
+            note(&format!(
+                "{}: carried over unchanged (version {}, {}, sha256 {})",
+                c.name,
+                c.version,
+                c.artifact,
+                c.sha256.short()
+            ));
+            carried.push(c.artifact.to_string());
+            components.push(c.clone());
+        }
         let warnings = [self.warnings.clone(), lint::enforce(findings)?].concat();
         for w in &warnings {
             note(&w.to_string());
@@ -361,13 +382,15 @@ impl Plan {
         manifest.validate().map_err(|problems| {
             Error::Manifest(problems.iter().map(|p| p.to_string()).collect())
         })?;
-        let (manifest_bytes, signature) = sign_and_verify(&self.key, &manifest, &opts.out, note)?;
+        let (manifest_bytes, signature) =
+            sign_and_verify(&self.key, &manifest, &opts.out, &carried, note)?;
         Ok(BuiltRelease {
             dir: opts.out.clone(),
             manifest,
             manifest_bytes,
             signature,
             warnings,
+            carried,
         })
     }
 
@@ -488,6 +511,7 @@ fn sign_and_verify(
     key: &SigningKey,
     manifest: &Manifest,
     out: &Path,
+    carried: &[String],
     note: &mut dyn FnMut(&str),
 ) -> Result<(Vec<u8>, String)> {
     let manifest_bytes = manifest.to_bytes();
@@ -496,7 +520,7 @@ fn sign_and_verify(
     write_new(&out.join(SIGNATURE_FILE), signature.as_bytes())?;
     let mut keys = TrustedKeys::new();
     keys.add(&key.public_key_file()?)?;
-    crate::verify::verify_dir(out, Some(&keys))?;
+    crate::verify::verify_dir_carrying(out, Some(&keys), carried)?;
     note(&format!(
         "signed manifest.json with key {} and verified the release in {}",
         key.key_id(),

@@ -4,9 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use qx_core::{ChannelName, TrustedKeys, Version};
+use qx_core::{ChannelName, ProductName, RevokeAction, TrustedKeys, Version};
 
 use crate::build::{self, BuildOptions};
+use crate::bundle::{self, BundleRequest};
+use crate::channel::{self, Committed, Signer, StateOutcome, Update};
 use crate::error::{Error, Result};
 use crate::promote::{self, PromoteRequest};
 use crate::publish::{self, PublishOptions};
@@ -20,7 +22,8 @@ const EXIT_CODES: &str = "Exit codes: 0 success, 1 failure (a refused lint, a fa
 #[derive(Debug, Parser)]
 #[command(name = "qx-publish", version, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// Print the result as JSON on stdout (build, publish, verify).
+    /// Print the result as JSON on stdout (build, publish, promote, yank, refresh, verify,
+    /// bundle).
     #[arg(long, global = true)]
     json: bool,
     /// Trust this CA certificate (PEM) for an https:// server with a self-signed or private
@@ -76,9 +79,46 @@ enum Command {
         after_help = "TARGET is a directory or a URL such as http://HOST:9000/api/v1/PRODUCT/releases/VERSION?channel=dev (or .../api/v1/PRODUCT/manifest?channel=dev for the newest).\n\nExit codes: 0 everything checks out, 1 a problem was found (all are listed), 2 usage error."
     )]
     Verify(VerifyArgs),
-    /// Withdraw a release from a channel (the channel falls back to the previous release).
+    /// Withdraw a release from a channel and sign the channel's new state (revoked with
+    /// `keep`, or `revert` with --revert; current falls back to the highest remaining release).
     #[command(after_help = EXIT_CODES)]
     Yank(YankArgs),
+    /// Re-sign the channel state with seq + 1 and a new expiry, content unchanged (run it
+    /// before the state expires).
+    #[command(after_help = EXIT_CODES)]
+    Refresh(RefreshArgs),
+    /// Write one file holding a release for an offline host: the signed channel state, the
+    /// signed manifest and every artifact, all verified while downloading.
+    #[command(after_help = EXIT_CODES)]
+    Bundle(BundleArgs),
+}
+
+/// The options of every verb that signs a new channel state.
+#[derive(Debug, clap::Args)]
+struct StateArgs {
+    /// How long the new channel state is valid (e.g. 30d, 12h, 2weeks).
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = humantime::parse_duration)]
+    lifetime: std::time::Duration,
+    /// Also trust this public key for the channel's current state and the manifests it lists
+    /// (repeatable; the signing key's own is always trusted): for a key rotation.
+    #[arg(long = "trusted-key", value_name = "FILE")]
+    trusted_keys: Vec<PathBuf>,
+}
+
+impl StateArgs {
+    fn lifetime(&self) -> Result<jiff::SignedDuration> {
+        let d = jiff::SignedDuration::try_from(self.lifetime)
+            .map_err(|e| Error::Usage(format!("--lifetime: {e}")))?;
+        if d.is_zero() {
+            return Err(Error::Usage("--lifetime must be longer than 0".into()));
+        }
+        Ok(d)
+    }
+
+    fn signer(&self, key: &std::path::Path, extra: &[PathBuf]) -> Result<Signer> {
+        let keys = [self.trusted_keys.as_slice(), extra].concat();
+        Signer::new(build::load_key(key)?, &keys)
+    }
 }
 
 // The arguments of each command.
@@ -127,6 +167,12 @@ struct PublishArgs {
     /// Retries after a connection error.
     #[arg(long, default_value_t = 3)]
     retries: u32,
+    /// List the release in the channel state without making it current (installable on
+    /// purpose with `qx-update apply --version`).
+    #[arg(long)]
+    no_current: bool,
+    #[command(flatten)]
+    state: StateArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -149,6 +195,11 @@ struct PromoteArgs {
     token_file: Option<PathBuf>,
     #[arg(long, default_value_t = 3)]
     retries: u32,
+    /// List the release in the target channel's state without making it current.
+    #[arg(long)]
+    no_current: bool,
+    #[command(flatten)]
+    state: StateArgs,
     version: Version,
 }
 
@@ -165,19 +216,70 @@ struct VerifyArgs {
     retries: u32,
 }
 
+/// The server, product, channel, key and token of a verb that changes one channel.
 #[derive(Debug, clap::Args)]
-struct YankArgs {
+struct ChannelArgs {
     #[arg(long, value_name = "URL")]
     server: String,
     #[arg(long, value_name = "P")]
-    product: String,
+    product: ProductName,
     #[arg(long, value_name = "C")]
     channel: ChannelName,
+    /// The secret key that signs the channel's new state.
+    #[arg(long, value_name = "KEYFILE")]
+    key: PathBuf,
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
     #[arg(long, default_value_t = 3)]
     retries: u32,
+    #[command(flatten)]
+    state: StateArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct YankArgs {
+    #[command(flatten)]
+    channel: ChannelArgs,
+    /// Hosts running the version go back to current (default: they keep it until a newer
+    /// current comes).
+    #[arg(long)]
+    revert: bool,
     version: Version,
+}
+
+#[derive(Debug, clap::Args)]
+struct RefreshArgs {
+    #[command(flatten)]
+    channel: ChannelArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct BundleArgs {
+    #[arg(long, value_name = "URL")]
+    server: String,
+    #[arg(long, value_name = "P")]
+    product: ProductName,
+    #[arg(long, value_name = "C", default_value = qx_core::api::DEFAULT_CHANNEL)]
+    channel: ChannelName,
+    /// The bundle file to write (replaced atomically).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Trust the public key of this secret key.
+    #[arg(long, value_name = "KEYFILE")]
+    key: Option<PathBuf>,
+    /// Trust this public key (repeatable).
+    #[arg(long = "trusted-key", value_name = "FILE")]
+    trusted_keys: Vec<PathBuf>,
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
+    version: Version,
+}
+
+impl ChannelArgs {
+    fn client(&self, global: &Global) -> Result<Client> {
+        let token = Token::from_file_or_env(self.token_file.as_deref())?;
+        global.client(&self.server, Some(token), self.retries)
+    }
 }
 
 /// The options every command shares.
@@ -208,6 +310,7 @@ impl BuildArgs {
             version: self.release_version,
             notes: self.notes,
             level: self.level,
+            carried: Vec::new(),
         }
     }
 }
@@ -271,6 +374,8 @@ fn run_command(cli: Cli) -> Result<()> {
         Command::Promote(a) => promote_command(a, &global),
         Command::Verify(a) => verify_command(a, &global),
         Command::Yank(a) => yank_command(a, &global),
+        Command::Refresh(a) => refresh_command(a, &global),
+        Command::Bundle(a) => bundle_command(a, &global),
     }
 }
 
@@ -318,6 +423,9 @@ fn publish_command(a: PublishArgs, global: &Global) -> Result<()> {
         build: a.args.options(a.out.unwrap_or_else(publish::no_out_dir)),
         strict: a.strict,
         dry_run: a.dry_run,
+        make_current: !a.no_current,
+        lifetime: a.state.lifetime()?,
+        trusted_keys: a.state.trusted_keys,
     };
     let p = publish::publish(&opts, client.as_ref(), &mut |l| note(l))?;
     let m = &p.release.manifest;
@@ -328,8 +436,18 @@ fn publish_command(a: PublishArgs, global: &Global) -> Result<()> {
             Some(Outcome::AlreadyThere) => "unchanged",
         };
         let dir = (!opts.build.out.as_os_str().is_empty()).then_some(p.release.dir.as_path());
-        print_json(&release_json(m, dir, Some(outcome), &p.warnings));
+        let mut v = release_json(m, dir, Some(outcome), &p.warnings);
+        v["carried"] = serde_json::json!(p.release.carried);
+        v["carried_from"] = serde_json::json!(p.carried_from.as_ref().map(|v| v.to_string()));
+        v["channel_state"] = p.state.as_ref().map_or(serde_json::Value::Null, state_json);
+        print_json(&v);
         return Ok(());
+    }
+    if let Some(from) = &p.carried_from {
+        println!(
+            "carried {} artifact(s) over from {from} (not uploaded)",
+            p.release.carried.len()
+        );
     }
     match p.outcome {
         None => println!(
@@ -347,32 +465,100 @@ fn publish_command(a: PublishArgs, global: &Global) -> Result<()> {
             a.server.unwrap_or_default()
         ),
         Some(Outcome::AlreadyThere) => println!(
-            "{} {} was already published to channel {} with identical content; nothing changed",
+            "{} {} was already published to channel {} with identical content",
             m.product, m.version, m.channel
         ),
     }
+    if let Some(c) = &p.state {
+        print_state(c);
+    }
     Ok(())
+}
+
+/// A channel state after a verb, as JSON.
+fn state_json(c: &Committed) -> serde_json::Value {
+    let s = &c.state;
+    serde_json::json!({
+        "product": s.product.as_str(),
+        "channel": s.channel.as_str(),
+        "seq": s.seq,
+        "previous_seq": c.previous_seq,
+        "outcome": match c.outcome {
+            StateOutcome::Stored => "stored",
+            StateOutcome::Unchanged => "unchanged",
+        },
+        "current": s.current.to_string(),
+        "issued": s.issued.to_string(),
+        "expires": s.expires.to_string(),
+        "releases": s.releases.iter().map(|r| serde_json::json!({
+            "version": r.version.to_string(),
+            "manifest_sha256": r.manifest_sha256.to_hex(),
+        })).collect::<Vec<_>>(),
+        "revoked": s.revoked.iter().map(|r| serde_json::json!({
+            "version": r.version.to_string(),
+            "action": match r.action {
+                RevokeAction::Keep => "keep",
+                RevokeAction::Revert => "revert",
+            },
+        })).collect::<Vec<_>>(),
+        "key_id": c.key_id,
+    })
+}
+
+/// A channel state after a verb, in one line.
+fn print_state(c: &Committed) {
+    let s = &c.state;
+    match c.outcome {
+        StateOutcome::Stored => println!(
+            "channel state of {} {}: seq {}, current {}, {} release(s), {} revoked, expires {} (signed by key {})",
+            s.product,
+            s.channel,
+            s.seq,
+            s.current,
+            s.releases.len(),
+            s.revoked.len(),
+            s.expires,
+            c.key_id
+        ),
+        StateOutcome::Unchanged => println!(
+            "channel state of {} {}: seq {} already says so (current {}); nothing to sign",
+            s.product, s.channel, s.seq, s.current
+        ),
+    }
 }
 
 fn promote_command(a: PromoteArgs, global: &Global) -> Result<()> {
     let token = Token::from_file_or_env(a.token_file.as_deref())?;
     let client = global.client(&a.server, Some(token), a.retries)?;
-    let signing = build::load_key(&a.key)?;
-    let trusted = match trusted_from(a.pubkey.as_ref(), None)? {
-        Some(t) => t,
-        None => {
-            let mut t = TrustedKeys::new();
-            t.add(&signing.public_key_file()?)?;
-            t
-        }
-    };
+    // The release must be signed by --pubkey when given, else by the key's own.
+    let extra: Vec<PathBuf> = a.pubkey.iter().cloned().collect();
+    let signer = a.state.signer(&a.key, &extra)?;
     let req = PromoteRequest {
         product: a.product,
         version: a.version.to_string(),
         from: a.from,
         to: a.to,
     };
-    let p = promote::promote(&client, &signing, &trusted, &req)?;
+    let lifetime = a.state.lifetime()?;
+    let (p, committed) =
+        promote::promote_and_sign(&client, &signer, &req, !a.no_current, lifetime)?;
+    let outcome = match p.outcome {
+        Outcome::Created => "promoted",
+        Outcome::AlreadyThere => "unchanged",
+    };
+    if global.json {
+        print_json(&serde_json::json!({
+            "product": req.product,
+            "version": req.version,
+            "from": req.from.as_str(),
+            "to": req.to.as_str(),
+            "outcome": outcome,
+            "expires": p.manifest.expires.to_string(),
+            "key_id": p.key_id,
+            "channel_state": state_json(&committed),
+        }));
+        return Ok(());
+    }
     let verb = match p.outcome {
         Outcome::Created => "promoted",
         Outcome::AlreadyThere => "already promoted (identical):",
@@ -381,6 +567,7 @@ fn promote_command(a: PromoteArgs, global: &Global) -> Result<()> {
         "{verb} {} {} from {} to {} (re-signed by key {}, expires {})",
         req.product, req.version, req.from, req.to, p.key_id, p.manifest.expires
     );
+    print_state(&committed);
     Ok(())
 }
 
@@ -432,13 +619,116 @@ fn print_verify_json(target: &str, result: &Result<verify::Report>) {
     }
 }
 
+impl ChannelArgs {
+    fn update<'a>(&self, client: &'a Client, signer: &'a Signer) -> Result<Update<'a>> {
+        Ok(Update {
+            client,
+            signer,
+            product: self.product.clone(),
+            channel: self.channel.clone(),
+            lifetime: self.state.lifetime()?,
+            conflict_retries: channel::CONFLICT_RETRIES,
+        })
+    }
+}
+
 fn yank_command(a: YankArgs, global: &Global) -> Result<()> {
-    let token = Token::from_file_or_env(a.token_file.as_deref())?;
-    let client = global.client(&a.server, Some(token), a.retries)?;
-    client.yank(&a.product, &a.version.to_string(), a.channel.as_str())?;
+    let c = &a.channel;
+    let client = c.client(global)?;
+    let signer = c.state.signer(&c.key, &[])?;
+    let action = if a.revert {
+        RevokeAction::Revert
+    } else {
+        RevokeAction::Keep
+    };
+    let committed = channel::yank(&c.update(&client, &signer)?, &a.version, action)?;
+    let action = if a.revert { "revert" } else { "keep" };
+    if global.json {
+        print_json(&serde_json::json!({
+            "product": c.product.as_str(),
+            "channel": c.channel.as_str(),
+            "version": a.version.to_string(),
+            "action": action,
+            "outcome": "yanked",
+            "channel_state": state_json(&committed),
+        }));
+        return Ok(());
+    }
     println!(
-        "yanked {} {} from channel {}",
-        a.product, a.version, a.channel
+        "yanked {} {} from channel {} (revoked: {action})",
+        c.product, a.version, c.channel
+    );
+    print_state(&committed);
+    Ok(())
+}
+
+fn refresh_command(a: RefreshArgs, global: &Global) -> Result<()> {
+    let c = &a.channel;
+    let client = c.client(global)?;
+    let signer = c.state.signer(&c.key, &[])?;
+    let committed = channel::refresh(&c.update(&client, &signer)?)?;
+    if global.json {
+        print_json(&serde_json::json!({
+            "product": c.product.as_str(),
+            "channel": c.channel.as_str(),
+            "outcome": "refreshed",
+            "channel_state": state_json(&committed),
+        }));
+        return Ok(());
+    }
+    println!("refreshed the channel state of {} {}", c.product, c.channel);
+    print_state(&committed);
+    Ok(())
+}
+
+fn bundle_command(a: BundleArgs, global: &Global) -> Result<()> {
+    let mut trusted = TrustedKeys::new();
+    if let Some(k) = &a.key {
+        trusted.add(&build::load_key(k)?.public_key_file()?)?;
+    }
+    for f in &a.trusted_keys {
+        trusted.add_file(f)?;
+    }
+    if trusted.is_empty() {
+        return Err(Error::Usage(
+            "bundle needs a trusted key: --key KEYFILE or --trusted-key FILE".into(),
+        ));
+    }
+    let client = global.client(&a.server, None, a.retries)?;
+    let req = BundleRequest {
+        product: a.product.to_string(),
+        channel: a.channel.to_string(),
+        version: a.version,
+        out: a.out,
+    };
+    let b = bundle::bundle(&client, &trusted, &req, &mut |l| note(l))?;
+    if global.json {
+        print_json(&serde_json::json!({
+            "product": req.product,
+            "channel": req.channel,
+            "version": req.version.to_string(),
+            "out": b.out.display().to_string(),
+            "size_bytes": b.size_bytes,
+            "seq": b.state.seq,
+            "current": b.state.current.to_string(),
+            "expires": b.state.expires.to_string(),
+            "artifacts": b.manifest.artifacts().iter().map(|x| serde_json::json!({
+                "artifact": x.artifact.as_str(),
+                "sha256": x.sha256.to_hex(),
+                "size_bytes": x.size_bytes,
+            })).collect::<Vec<_>>(),
+        }));
+        return Ok(());
+    }
+    println!(
+        "bundled {} {} from channel {} (state seq {}, {} artifact(s)) into {} ({} bytes)",
+        req.product,
+        req.version,
+        req.channel,
+        b.state.seq,
+        b.manifest.artifacts().len(),
+        b.out.display(),
+        b.size_bytes
     );
     Ok(())
 }

@@ -9,6 +9,8 @@ use crate::lint::Finding;
 pub enum Error {
     #[error(transparent)]
     Fs(#[from] qx_core::fs::FsError),
+    #[error(transparent)]
+    Bundle(#[from] qx_core::bundle::BundleError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -47,6 +49,19 @@ pub enum Error {
         url: String,
         status: u16,
         message: String,
+    },
+    #[error("channel state of {product} channel {channel}: {message}")]
+    ChannelState {
+        product: String,
+        channel: String,
+        message: String,
+    },
+    #[error("channel state of {product} channel {channel}: the server holds seq {} (409 Conflict), so our seq {ours} was not stored: someone else changed the channel while this command ran; nothing was overwritten — check the channel and run the command again", stored.map_or_else(|| "unknown".to_owned(), |s| s.to_string()))]
+    ChannelConflict {
+        product: String,
+        channel: String,
+        ours: u64,
+        stored: Option<u64>,
     },
     #[error("verification of {target} found {} problem(s):\n{}", .problems.len(), .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Verify {

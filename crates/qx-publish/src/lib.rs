@@ -8,11 +8,16 @@
 //! - [`upload`]: the server's publisher API (publish with progress, promote, yank, reads);
 //! - [`publish`]: build + lint + upload;
 //! - [`promote`]: re-sign a release for another channel;
+//! - [`channel`]: read, verify, build, sign and store the channel state (docs/spec.md §8);
+//! - [`state`]: the channel-changing verbs' changes (publish, promote, yank, refresh);
+//! - [`bundle`]: one file for an offline host (docs/spec.md §12);
 //! - [`verify`]: check a release directory or URL end to end;
 //! - [`keygen`]: minisign key pairs;
 //! - [`cli`]: the `qx-publish` command line.
 
 pub mod build;
+pub mod bundle;
+pub mod channel;
 pub mod cli;
 pub mod error;
 pub mod keygen;
@@ -21,6 +26,7 @@ pub mod pack;
 pub mod promote;
 pub mod publish;
 pub mod spec;
+pub mod state;
 pub mod upload;
 pub mod verify;
 

@@ -10,10 +10,15 @@
 //! this very release (same artifacts, trusted signature), nothing is sent and the promotion
 //! is reported as already done.
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
+use qx_core::channel::ChannelState;
 use qx_core::{
-    ChannelName, Manifest, SigningKey, TrustedKeys, UnknownFields, MANIFEST_FILE, SIGNATURE_FILE,
+    ChannelName, Manifest, ProductName, SigningKey, TrustedKeys, UnknownFields, MANIFEST_FILE,
+    SIGNATURE_FILE,
 };
+
+use crate::channel::{self, Committed, Signer, Update};
+use crate::state;
 
 use crate::build::trusted_comment;
 use crate::error::{Error, Result};
@@ -31,6 +36,8 @@ pub struct PromoteRequest {
 #[derive(Debug, Clone)]
 pub struct Promoted {
     pub manifest: Manifest,
+    /// The exact bytes of the target channel's manifest.
+    pub manifest_bytes: Vec<u8>,
     pub outcome: Outcome,
     pub key_id: String,
 }
@@ -57,7 +64,7 @@ fn already_promoted(
     trusted: &TrustedKeys,
     req: &PromoteRequest,
     original: &Manifest,
-) -> Option<Manifest> {
+) -> Option<(Manifest, Vec<u8>)> {
     let to = req.to.as_str();
     let bytes = client
         .fetch(&req.product, &req.version, MANIFEST_FILE, to)
@@ -73,7 +80,7 @@ fn already_promoted(
         && existing.product == original.product
         && existing.version == original.version
         && existing.artifacts() == original.artifacts();
-    same.then_some(existing)
+    same.then_some((existing, bytes))
 }
 
 /// The release's manifest on the `from` channel, its signature checked and its product,
@@ -136,9 +143,10 @@ pub fn promote(
         )));
     }
     let original = fetch_verified(client, trusted, req)?;
-    if let Some(existing) = already_promoted(client, trusted, req, &original) {
+    if let Some((existing, bytes)) = already_promoted(client, trusted, req, &original) {
         return Ok(Promoted {
             manifest: existing,
+            manifest_bytes: bytes,
             outcome: Outcome::AlreadyThere,
             key_id: key.key_id(),
         });
@@ -156,9 +164,38 @@ pub fn promote(
     )?;
     Ok(Promoted {
         manifest,
+        manifest_bytes: new_bytes,
         outcome,
         key_id: key.key_id(),
     })
+}
+
+/// Promotes, then signs the target channel's new state: the release listed and, with
+/// `make_current`, made `current`. The target's state is read and checked first, so an
+/// untrusted one stops the promotion before anything changes.
+pub fn promote_and_sign(
+    client: &Client,
+    signer: &Signer,
+    req: &PromoteRequest,
+    make_current: bool,
+    lifetime: SignedDuration,
+) -> Result<(Promoted, Committed)> {
+    let product = ProductName::new(req.product.clone())
+        .map_err(|e| Error::Usage(format!("--product {}: {e}", req.product)))?;
+    let update = Update {
+        client,
+        signer,
+        product,
+        channel: req.to.clone(),
+        lifetime,
+        conflict_retries: channel::CONFLICT_RETRIES,
+    };
+    update.base()?;
+    let p = promote(client, signer.key(), signer.trusted(), req)?;
+    let entry = channel::entry(&p.manifest, &p.manifest_bytes);
+    let change = |s: &mut ChannelState| state::add_release(s, &entry, make_current);
+    let committed = update.apply(&change, false)?;
+    Ok((p, committed))
 }
 
 #[cfg(test)]

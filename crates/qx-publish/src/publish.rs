@@ -1,18 +1,31 @@
 //! `qx-publish publish`: build, lint (including the version against the server), verify,
-//! upload.
+//! upload, then sign the channel's new state (docs/spec.md §8).
 //!
-//! Partial releases (`--component NAME`): the manifest lists only the named components. An
-//! agent applies exactly the components the newest manifest of its channel lists; components
-//! it does not list stay as installed. The server keeps every older release, so each one
-//! stays fetchable and verifiable on its own. `requires` still refers to any component of the
-//! spec, checked by agents against what is installed.
+//! Releases are complete: `--component NAME` builds the named components and carries every
+//! other component over from the channel's `current` release unchanged — its manifest is
+//! fetched, its signature checked with the trusted keys and its SHA-256 checked against the
+//! channel state; each carried component keeps its name, version, artifact, size and SHA-256.
+//! The upload leaves the carried artifacts out; the server links them from the earlier
+//! release. A channel without a current release has nothing to carry from, so `--component`
+//! is refused there (publish every component first). The full image is never carried over:
+//! it is a system image installed by its own A/B path, and a hot fix of components does not
+//! re-offer it. A dry run without `--server` builds the named components only.
+//!
+//! After the upload, the channel state lists the release and makes it `current`
+//! (`--no-current`: listed, installable on purpose, `current` unchanged).
 
 use std::path::PathBuf;
 
+use jiff::SignedDuration;
+use qx_core::channel::ChannelState;
+use qx_core::{ChannelName, Component, ProductName, Sha256};
+
 use crate::build::{self, BuildOptions, BuiltRelease};
+use crate::channel::{self, Committed, Signer, Update};
 use crate::error::{Error, Result};
 use crate::lint::{self, Finding};
 use crate::spec::Spec;
+use crate::state;
 use crate::upload::{Client, Outcome, Progress};
 use qx_core::Version;
 
@@ -24,6 +37,12 @@ pub struct PublishOptions {
     pub strict: bool,
     /// Build, lint and verify; upload nothing.
     pub dry_run: bool,
+    /// Make the release the channel's `current` (else only list it).
+    pub make_current: bool,
+    /// Validity of the new channel state.
+    pub lifetime: SignedDuration,
+    /// Public keys trusted besides the signing key's own (`--trusted-key`).
+    pub trusted_keys: Vec<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -32,6 +51,10 @@ pub struct Published {
     /// None on a dry run.
     pub outcome: Option<Outcome>,
     pub warnings: Vec<Finding>,
+    /// The channel state after the publish (None on a dry run).
+    pub state: Option<Committed>,
+    /// The release the carried components come from.
+    pub carried_from: Option<Version>,
 }
 
 /// Publishes a release. `client` is None only for a dry run without `--server`.
@@ -46,7 +69,7 @@ pub fn publish(
         ));
     }
     // Cheap checks first, so a refusal does not wait for a long build.
-    build::load_key(&opts.build.key)?;
+    let signer = Signer::new(build::load_key(&opts.build.key)?, &opts.trusted_keys)?;
     let spec = Spec::load(&opts.build.spec)?;
     let version = opts
         .build
@@ -59,35 +82,114 @@ pub fn publish(
         .clone()
         .unwrap_or_else(|| spec.channel.clone());
     let mut warnings = Vec::new();
+    let mut build_opts = opts.build.clone();
+    let mut carried_from = None;
     if let Some(client) = client {
         let latest = client.latest_version(spec.product.as_str(), channel.as_str());
         warnings = version_lint(opts, &version, channel.as_str(), latest, note)?;
+        let update = update(client, &signer, &spec.product, &channel, opts.lifetime);
+        // The state is read and checked before the build: an untrusted one stops here.
+        let (_, base) = update.base()?;
+        if !opts.build.components.is_empty() {
+            build::select(&spec, &opts.build.components)?;
+            let (from, carried) = carry_over(client, &signer, &base, &opts.build.components)?;
+            note(&format!(
+                "carrying {} component(s) over from {from}, the current release of channel {channel}",
+                carried.len()
+            ));
+            build_opts.carried = carried;
+            carried_from = Some(from);
+        }
+    } else if !opts.build.components.is_empty() {
+        note("dry run without --server: only the named components are built (a published release carries the others over from the channel's current release)");
     }
 
     let tmp;
-    let mut build_opts = opts.build.clone();
     if build_opts.out.as_os_str().is_empty() {
         tmp = tempfile::tempdir().map_err(Error::io(std::env::temp_dir()))?;
         build_opts.out = tmp.path().join("release");
     }
     let release = build::build(&build_opts, note)?;
     warnings.extend(release.warnings.iter().cloned());
-    if opts.dry_run {
-        return Ok(Published {
-            release,
-            outcome: None,
-            warnings,
-        });
-    }
-    let Some(client) = client else {
-        return Err(Error::Usage("publish needs --server URL".into()));
+    let client = match client {
+        Some(c) if !opts.dry_run => c,
+        _ => {
+            return Ok(Published {
+                release,
+                outcome: None,
+                warnings,
+                state: None,
+                carried_from,
+            })
+        }
     };
     let outcome = upload(client, &release)?;
+    let entry = channel::entry(&release.manifest, &release.manifest_bytes);
+    let make_current = opts.make_current;
+    let change = |s: &mut ChannelState| state::add_release(s, &entry, make_current);
+    let update = update(client, &signer, &spec.product, &channel, opts.lifetime);
+    let committed = update.apply(&change, false)?;
     Ok(Published {
         release,
         outcome: Some(outcome),
         warnings,
+        state: Some(committed),
+        carried_from,
     })
+}
+
+fn update<'a>(
+    client: &'a Client,
+    signer: &'a Signer,
+    product: &ProductName,
+    channel: &ChannelName,
+    lifetime: SignedDuration,
+) -> Update<'a> {
+    Update {
+        client,
+        signer,
+        product: product.clone(),
+        channel: channel.clone(),
+        lifetime,
+        conflict_retries: channel::CONFLICT_RETRIES,
+    }
+}
+
+/// The components of the channel's `current` release that `selected` does not rebuild, from
+/// its manifest, verified by signature and by the state's SHA-256 (docs/spec.md §8).
+pub fn carry_over(
+    client: &Client,
+    signer: &Signer,
+    base: &ChannelState,
+    selected: &[String],
+) -> Result<(Version, Vec<Component>)> {
+    let (product, channel) = (base.product.as_str(), base.channel.as_str());
+    let Some(current) = base.current_release() else {
+        return Err(Error::Usage(format!(
+            "--component: channel {channel} has no current release to carry the other components over from; publish every component first (without --component)"
+        )));
+    };
+    let (m, bytes, _) =
+        channel::fetch_manifest(client, signer.trusted(), product, channel, &current.version)?;
+    let sha = Sha256::of(&bytes);
+    if sha != current.manifest_sha256 {
+        return Err(Error::ChannelState {
+            product: product.to_owned(),
+            channel: channel.to_owned(),
+            message: format!(
+                "the manifest of current release {} does not match the signed state (sha256 {}, the state says {}); refusing to carry its components over",
+                current.version,
+                sha.short(),
+                current.manifest_sha256.short()
+            ),
+        });
+    }
+    let carried = m
+        .components
+        .into_iter()
+        .filter(|c| !selected.iter().any(|s| s == c.name.as_str()))
+        .collect();
+    Ok((current.version.clone(), carried))
 }
 
 /// The `version-not-newer` lint against the channel's newest version on the server (a dry
@@ -123,6 +225,7 @@ fn upload(client: &Client, release: &BuiltRelease) -> Result<Outcome> {
         .manifest
         .artifacts()
         .iter()
+        .filter(|a| !release.carried.iter().any(|c| c == a.artifact.as_str()))
         .map(|a| a.size_bytes)
         .sum();
     let progress = Progress::new(total);
@@ -131,6 +234,7 @@ fn upload(client: &Client, release: &BuiltRelease) -> Result<Outcome> {
         &release.manifest,
         &release.manifest_bytes,
         &release.signature,
+        &release.carried,
         &progress,
     )
 }

@@ -30,11 +30,24 @@ pub struct Report {
 struct Checks {
     problems: Vec<String>,
     checked: Vec<String>,
+    /// Artifacts carried over: not in the directory.
+    carried: Vec<String>,
 }
 
 /// Verifies a release directory. Without `keys` the signature cannot be checked, which is
 /// reported as a problem.
 pub fn verify_dir(dir: &Path, keys: Option<&TrustedKeys>) -> Result<Report> {
+    verify_dir_carrying(dir, keys, &[])
+}
+
+/// Verifies a release directory whose `carried` artifacts (carried over from an earlier
+/// release, docs/spec.md §8) are held by the server, not by the directory: they are checked
+/// by the server when it links them, and skipped here.
+pub fn verify_dir_carrying(
+    dir: &Path,
+    keys: Option<&TrustedKeys>,
+    carried: &[String],
+) -> Result<Report> {
     let target = dir.display().to_string();
     let fail = |problems: Vec<String>| Error::Verify {
         target: target.clone(),
@@ -43,7 +56,10 @@ pub fn verify_dir(dir: &Path, keys: Option<&TrustedKeys>) -> Result<Report> {
     let manifest_path = dir.join(MANIFEST_FILE);
     let bytes = std::fs::read(&manifest_path)
         .map_err(|e| fail(vec![format!("{}: {e}", manifest_path.display())]))?;
-    let mut checks = Checks::default();
+    let mut checks = Checks {
+        carried: carried.to_vec(),
+        ..Checks::default()
+    };
     let key_id = checks.signature(dir, &bytes, keys);
     let manifest = match Manifest::parse(&bytes, UnknownFields::Reject) {
         Ok(m) => m,
@@ -130,6 +146,15 @@ impl Checks {
     /// Every artifact's size and SHA-256 against the manifest.
     fn artifacts(&mut self, dir: &Path, manifest: &Manifest) {
         for a in manifest.artifacts() {
+            if self.carried.iter().any(|c| c == a.artifact.as_str()) {
+                self.checked.push(format!(
+                    "artifact {}: carried over ({} bytes, sha256 {}), held by the server",
+                    a.artifact,
+                    a.size_bytes,
+                    a.sha256.short()
+                ));
+                continue;
+            }
             let path = dir.join(a.artifact.as_str());
             let (sha, size) = match std::fs::File::open(&path).and_then(Sha256::of_reader) {
                 Ok(found) => found,

@@ -130,12 +130,14 @@ impl<'a> Check<'a> {
             );
         }
         self.artifact(at("artifact"), &c.artifact);
+        // A component built for the release carries its version; one carried over unchanged
+        // from an earlier release keeps its own, lower one (docs/spec.md §6, §8).
         let version = &self.manifest.version;
-        if &c.version != version {
+        if &c.version > version {
             self.bad(
                 at("version"),
                 format!(
-                    "component version {} differs from the release version {version} (one version is stamped into every component)",
+                    "component version {} is above the release version {version} (a component carries the release version, or keeps its own when carried over unchanged)",
                     c.version
                 ),
             );

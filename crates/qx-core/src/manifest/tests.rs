@@ -115,7 +115,8 @@ fn all_cross_field_problems_at_once() {
         v["expires"] = "2026-01-01T00:00:00Z".into();
         v["components"][1]["artifact"] = "qx-node.tar.zst".into();
         v["components"][1]["install_path"] = "/data/bin/qx-node".into();
-        v["components"][1]["version"] = "0.0.4".into();
+        // Above the release version (a lower one is a carried-over component, docs/spec.md §8).
+        v["components"][1]["version"] = "99.0.0".into();
         v["components"][1]
             .as_object_mut()
             .expect("object")
@@ -133,6 +134,12 @@ fn all_cross_field_problems_at_once() {
     ] {
         assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
     }
+}
+
+#[test]
+fn carried_over_component_keeps_its_lower_version() {
+    let bytes = edit(|v| v["components"][1]["version"] = "0.0.4".into());
+    assert!(problems(&bytes).is_empty());
 }
 
 #[test]

@@ -22,6 +22,10 @@ pub(super) enum Action {
         version: String,
         channel: String,
     },
+    /// A `PUT` of a channel state.
+    ChannelState {
+        channel: String,
+    },
     Read,
 }
 
@@ -89,6 +93,9 @@ pub(super) fn check_parts(
         (413, _) => "the release is larger than the server accepts (413 Payload Too Large); raise the server's MAX_UPLOAD_BYTES or make the release smaller".to_owned(),
         (422, Action::Publish { version, .. }) => format!(
             "the server rejected release {version} (422 Unprocessable Entity)"
+        ),
+        (400 | 422, Action::ChannelState { channel }) => format!(
+            "the server refused the channel state of {channel} ({status})"
         ),
         (422, _) => "the server rejected the manifest (422 Unprocessable Entity)".to_owned(),
         (400, _) => "the server could not read the request (400 Bad Request)".to_owned(),

@@ -18,7 +18,7 @@ use std::time::Duration;
 use base64::Engine;
 use futures_util::StreamExt;
 use qx_core::api::{ServerUrl, SIGNATURE_HEADER};
-use qx_core::{Manifest, Version, MANIFEST_FILE, SIGNATURE_FILE};
+use qx_core::{ArtifactRef, Manifest, Sha256Hasher, Version, MANIFEST_FILE, SIGNATURE_FILE};
 use reqwest::blocking::{RequestBuilder, Response};
 use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
@@ -297,18 +297,21 @@ impl Client {
     }
 
     /// Uploads a built release directory: parts `manifest`, `signature`, then one part per
-    /// artifact named after it, streamed from disk.
+    /// artifact named after it, streamed from disk. Artifacts named in `carried` (carried
+    /// over from an earlier release, docs/spec.md §8) are left out: the server links them.
     pub fn publish(
         &self,
         dir: &Path,
         manifest: &Manifest,
         manifest_bytes: &[u8],
         signature: &str,
+        carried: &[String],
         progress: &Progress,
     ) -> Result<Outcome> {
         let files = manifest
             .artifacts()
             .iter()
+            .filter(|a| !carried.iter().any(|c| c == a.artifact.as_str()))
             .map(|a| UploadFile {
                 path: dir.join(a.artifact.as_str()),
                 name: a.artifact.to_string(),
@@ -375,6 +378,114 @@ impl Client {
         Ok(())
     }
 
+    /// The channel's signed state (docs/spec.md §8): its exact bytes and `.minisig` text, or
+    /// None when the channel has no state yet (404).
+    pub fn channel_state(&self, product: &str, channel: &str) -> Result<Option<(Vec<u8>, String)>> {
+        let url = self.server.channel_state(product, channel);
+        let resp = self.get(&url)?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let sig = signature_header(&resp);
+        let body = check(resp, &url, &Action::Read)?;
+        let sig = sig.ok_or_else(|| Error::Transport {
+            url: url.clone(),
+            message: format!("the server sent the channel state without its signature ({SIGNATURE_HEADER} header)"),
+        })?;
+        Ok(Some((body, sig)))
+    }
+
+    /// `PUT`s a signed channel state. A 409 (the stored state's `seq` is not lower) is an
+    /// answer, not an error: the caller decides what to do with it.
+    pub fn put_channel_state(
+        &self,
+        product: &str,
+        channel: &str,
+        bytes: &[u8],
+        signature: &str,
+    ) -> Result<StatePut> {
+        let token = self.token()?.clone();
+        let url = self.server.channel_state(product, channel);
+        let sig = base64::engine::general_purpose::STANDARD.encode(signature.as_bytes());
+        let resp = self.send(&url, || {
+            Ok(self
+                .http
+                .put(&url)
+                .bearer_auth(&token.0)
+                .header(SIGNATURE_HEADER, &sig)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(bytes.to_vec())
+                .timeout(SHORT_TIMEOUT))
+        })?;
+        let status = resp.status();
+        if status == StatusCode::CONFLICT {
+            let body = resp.bytes().map_err(|e| transport(&url, e))?.to_vec();
+            return Ok(StatePut::Conflict { body });
+        }
+        let action = Action::ChannelState {
+            channel: channel.to_owned(),
+        };
+        check(resp, &url, &action)?;
+        Ok(StatePut::Stored(outcome(status)))
+    }
+
+    /// Every release of a channel as (version, yanked), newest first; empty when the server
+    /// knows none.
+    pub fn releases(&self, product: &str, channel: &str) -> Result<Vec<(Version, bool)>> {
+        let url = self.server.releases(product, channel);
+        let resp = self.get(&url)?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(Vec::new());
+        }
+        let body = check(resp, &url, &Action::Read)?;
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| Error::Transport {
+            url: url.clone(),
+            message: format!("the release list is not JSON: {e}"),
+        })?;
+        let releases = v["releases"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        releases
+            .iter()
+            .map(|r| {
+                let version = r["version"].as_str().and_then(|s| Version::parse(s).ok());
+                let version = version.ok_or_else(|| Error::Transport {
+                    url: url.clone(),
+                    message: format!(
+                        "the release list holds an entry without a valid version: {r}"
+                    ),
+                })?;
+                Ok((version, r["yanked"].as_bool().unwrap_or(false)))
+            })
+            .collect()
+    }
+
+    /// Streams one artifact of a release to `dest`, checking its size and SHA-256 against
+    /// `expected` as it arrives; a file that does not match is removed.
+    pub fn download_verified(
+        &self,
+        product: &str,
+        version: &str,
+        channel: &str,
+        expected: &ArtifactRef,
+        dest: &Path,
+    ) -> Result<()> {
+        let url = self
+            .server
+            .artifact(product, version, &expected.artifact, channel);
+        let resp = self.send(&url, || Ok(self.http.get(&url)))?;
+        if !resp.status().is_success() {
+            check(resp, &url, &Action::Read)?;
+            return Err(Error::Transport {
+                url,
+                message: "unexpected answer".into(),
+            });
+        }
+        let result = copy_verified(resp, &url, expected, dest);
+        if result.is_err() {
+            let _ = std::fs::remove_file(dest);
+        }
+        result
+    }
+
     /// Sends a multipart upload, retried by the client's policy, and judges the answer.
     ///
     /// Uploads use the asynchronous client on a private runtime: when the server answers
@@ -412,6 +523,72 @@ impl Client {
         check_parts(status, body, url, action)?;
         Ok(outcome(status))
     }
+}
+
+/// How the server took a channel state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatePut {
+    /// 201 stored, or 200: byte-identical to the stored one.
+    Stored(Outcome),
+    /// 409: the stored state's `seq` is not lower; the body names it.
+    Conflict { body: Vec<u8> },
+}
+
+/// The `.minisig` text carried base64-encoded in the signature header, if any.
+fn signature_header(resp: &Response) -> Option<String> {
+    let value = resp.headers().get(SIGNATURE_HEADER)?.to_str().ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value)
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// Copies a response body to `dest`, refusing more bytes than signed, fewer, or other ones.
+fn copy_verified(mut resp: Response, url: &str, expected: &ArtifactRef, dest: &Path) -> Result<()> {
+    use std::io::{Read, Write};
+    let fail = |message: String| Error::Transport {
+        url: url.to_owned(),
+        message: format!("artifact {}: {message}", expected.artifact),
+    };
+    let file = std::fs::File::create(dest).map_err(Error::io(dest))?;
+    let mut out = std::io::BufWriter::new(file);
+    let mut hasher = Sha256Hasher::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = resp
+            .read(&mut buf)
+            .map_err(|e| fail(format!("download interrupted: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        if hasher.len() + n as u64 > expected.size_bytes {
+            return Err(fail(format!(
+                "larger than the {} bytes the manifest signs",
+                expected.size_bytes
+            )));
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(Error::io(dest))?;
+    }
+    let (sha, len) = hasher.finish();
+    if len != expected.size_bytes {
+        return Err(fail(format!(
+            "{len} bytes, the manifest signs {}",
+            expected.size_bytes
+        )));
+    }
+    if sha != expected.sha256 {
+        return Err(fail(format!(
+            "sha256 mismatch (manifest {}, downloaded {})",
+            expected.sha256.short(),
+            sha.short()
+        )));
+    }
+    let file = out
+        .into_inner()
+        .map_err(|e| Error::io(dest)(e.into_error()))?;
+    file.sync_all().map_err(Error::io(dest))?;
+    Ok(())
 }
 
 /// One attempt of an upload: the outer error is a local failure (a file that cannot be

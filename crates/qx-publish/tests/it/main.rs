@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod build;
+mod channel;
 mod keygen;
 mod server;
 mod support;

@@ -10,15 +10,15 @@ use qx_core::api::{ServerUrl, SIGNATURE_HEADER};
 use qx_core::{Manifest, TrustedKeys, UnknownFields};
 use qx_testkit::server::TestServer;
 
-const PRODUCT: &str = "quantix-demo";
+pub const PRODUCT: &str = "quantix-demo";
 
-struct Env {
-    work: Work,
-    server: TestServer,
+pub struct Env {
+    pub work: Work,
+    pub server: TestServer,
     _releases: tempfile::TempDir,
 }
 
-fn start() -> Env {
+pub fn start() -> Env {
     let releases = tempfile::tempdir().expect("tempdir");
     let server = TestServer::start(releases.path(), TOKEN).expect("server starts");
     Env {
@@ -29,11 +29,11 @@ fn start() -> Env {
 }
 
 impl Env {
-    fn publish(&self, extra: &[&str]) -> assert_cmd::Command {
+    pub fn publish(&self, extra: &[&str]) -> assert_cmd::Command {
         self.publish_spec(&self.work.spec(), extra)
     }
 
-    fn publish_spec(&self, spec: &Path, extra: &[&str]) -> assert_cmd::Command {
+    pub fn publish_spec(&self, spec: &Path, extra: &[&str]) -> assert_cmd::Command {
         let mut cmd = qx_publish();
         cmd.env("QX_PUBLISH_TOKEN", TOKEN)
             .arg("publish")
@@ -47,16 +47,16 @@ impl Env {
         cmd
     }
 
-    fn urls(&self) -> ServerUrl {
+    pub fn urls(&self) -> ServerUrl {
         ServerUrl::new(self.server.url())
     }
 
-    fn get(&self, url: &str) -> reqwest::blocking::Response {
+    pub fn get(&self, url: &str) -> reqwest::blocking::Response {
         reqwest::blocking::get(url).expect("GET")
     }
 
     /// `qx-publish promote` of `version` from dev to `to`, re-signed with `key`.
-    fn promote(&self, key: &Path, to: &str, version: &str) -> assert_cmd::Command {
+    pub fn promote(&self, key: &Path, to: &str, version: &str) -> assert_cmd::Command {
         let mut cmd = qx_publish();
         cmd.env("QX_PUBLISH_TOKEN", TOKEN)
             .arg("promote")
@@ -69,7 +69,7 @@ impl Env {
     }
 
     /// The current manifest of a channel, with its signature checked.
-    fn manifest(&self, channel: &str) -> Manifest {
+    pub fn manifest(&self, channel: &str) -> Manifest {
         let resp = self.get(&self.urls().manifest(PRODUCT, channel));
         assert_eq!(resp.status(), 200, "manifest of {channel}");
         let sig = resp.headers()[SIGNATURE_HEADER]
@@ -266,12 +266,13 @@ fn publish_older_version_warns_and_strict_refuses() {
         .stderr(predicate::str::contains(
             "error[version-not-newer]: version 1.0.5 is not greater than 1.1.0",
         ));
-    // Without --strict: a warning, and the server decides (it keeps both).
+    // Without --strict: a warning; the server keeps both, and the signed channel state makes
+    // the published release current (docs/spec.md §8; `--no-current` would only list it).
     e.publish(&["--release-version", "1.0.5"])
         .assert()
         .success()
         .stderr(predicate::str::contains("warning[version-not-newer]"));
-    assert_eq!(e.manifest("dev").version.to_string(), "1.1.0");
+    assert_eq!(e.manifest("dev").version.to_string(), "1.0.5");
 }
 
 #[test]
@@ -300,17 +301,21 @@ fn publish_dry_run_works_without_a_server() {
 }
 
 #[test]
-fn publish_one_component_makes_a_partial_release() {
+fn publish_one_component_makes_a_complete_release() {
     let e = start();
     e.publish(&[]).assert().success();
     e.publish(&["--component", "qx-demo", "--release-version", "1.0.1"])
         .assert()
-        .success();
+        .success()
+        .stdout(predicate::str::contains(
+            "carried 2 artifact(s) over from 1.0.0",
+        ));
     let m = e.manifest("dev");
     assert_eq!(m.version.to_string(), "1.0.1");
-    let names: Vec<&str> = m.components.iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(names, ["qx-demo"]);
-    // The older, complete release stays available.
+    let mut names: Vec<&str> = m.components.iter().map(|c| c.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["quantix-host-ui", "qx-demo", "qx-demo-migrations"]);
+    // The older release stays available.
     let r = e.get(
         &e.urls()
             .artifact(PRODUCT, "1.0.0", "quantix-host-ui.tar.zst", "dev"),
@@ -450,6 +455,8 @@ fn yank_falls_back_to_the_previous_release() {
         .arg("yank")
         .arg("--server")
         .arg(e.server.url())
+        .arg("--key")
+        .arg(e.work.key())
         .args(["--product", "quantix-demo", "--channel", "dev", "1.0.1"])
         .assert()
         .success()
@@ -468,16 +475,21 @@ fn yank_falls_back_to_the_previous_release() {
 fn yank_with_a_wrong_token_shows_401() {
     let e = start();
     e.publish(&[]).assert().success();
+    e.publish(&["--release-version", "1.0.1"])
+        .assert()
+        .success();
     qx_publish()
         .env("QX_PUBLISH_TOKEN", "nope")
         .arg("yank")
         .arg("--server")
         .arg(e.server.url())
-        .args(["--product", "quantix-demo", "--channel", "dev", "1.0.0"])
+        .arg("--key")
+        .arg(e.work.key())
+        .args(["--product", "quantix-demo", "--channel", "dev", "1.0.1"])
         .assert()
         .code(1)
         .stderr(predicate::str::contains("401"));
-    assert_eq!(e.manifest("dev").version.to_string(), "1.0.0");
+    assert_eq!(e.manifest("dev").version.to_string(), "1.0.1");
 }
 
 #[test]
