@@ -49,10 +49,7 @@ pub fn fetch(config: &Config, downloader: &Downloader) -> Result<Option<Fetched>
             }))
         }
         Err(DownloadError::NotFound { .. }) => Ok(None),
-        Err(other) => Err(AgentError::Fetch {
-            url,
-            message: other.to_string(),
-        }),
+        Err(other) => Err(crate::check::fetch_error(&url, other)),
     }
 }
 

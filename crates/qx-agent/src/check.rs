@@ -145,16 +145,12 @@ fn check_manifest_only(
     let config = agent.config();
     let url = manifest_url(config);
     let (bytes, headers) = downloader.get_bytes(&url).map_err(|e| match e {
-        DownloadError::Tls(t) => AgentError::Tls(t),
         DownloadError::NotFound { url } => AgentError::NoRelease {
             product: config.product.to_string(),
             channel: config.channel.to_string(),
             url,
         },
-        other => AgentError::Fetch {
-            url: url.clone(),
-            message: other.to_string(),
-        },
+        other => fetch_error(&url, other),
     })?;
     let signature = signature_header(&headers, &url)?;
     verify_manifest(agent, &url, bytes, signature, opts)
@@ -294,6 +290,18 @@ fn up_to_date(state: &ChannelState, host: Option<&Version>) -> CheckReport {
     }
 }
 
+/// A failed request to the update server: a TLS failure keeps its own error (it names the
+/// setting to change), anything else is "cannot fetch".
+pub(crate) fn fetch_error(url: &str, e: DownloadError) -> AgentError {
+    match e {
+        DownloadError::Tls(t) => AgentError::Tls(t),
+        other => AgentError::Fetch {
+            url: url.to_owned(),
+            message: other.to_string(),
+        },
+    }
+}
+
 /// The manifest of a release (bytes, signature) from the server: the release's
 /// `manifest.json` and `.minisig` files, so the bytes are those of the version decided on even
 /// while the channel changes.
@@ -302,12 +310,7 @@ fn fetch_release_manifest(
     downloader: &Downloader,
     entry: &ReleaseEntry,
 ) -> Result<(String, Vec<u8>, String), AgentError> {
-    let fetch = |url: &str| {
-        downloader.get_bytes(url).map_err(|e| AgentError::Fetch {
-            url: url.to_owned(),
-            message: e.to_string(),
-        })
-    };
+    let fetch = |url: &str| downloader.get_bytes(url).map_err(|e| fetch_error(url, e));
     let server = config.server();
     let file = |name: &str| server.artifact(&config.product, &entry.version, name, &config.channel);
     let url = file(qx_core::manifest::MANIFEST_FILE);
