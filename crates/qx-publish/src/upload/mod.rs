@@ -222,21 +222,7 @@ impl Client {
     /// The highest version the channel has (yanked releases included), or None when it has
     /// none.
     pub fn latest_version(&self, product: &str, channel: &str) -> Result<Option<Version>> {
-        let url = self.server.releases(product, channel);
-        let resp = self.get(&url)?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        let body = check(resp, &url, &Action::Read)?;
-        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| Error::Transport {
-            url: url.clone(),
-            message: format!("the release list is not JSON: {e}"),
-        })?;
-        let releases = v["releases"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-        Ok(releases
-            .iter()
-            .filter_map(|r| r["version"].as_str().map(Version::parse)?.ok())
-            .max())
+        Ok(self.releases(product, channel)?.into_iter().map(|(v, _)| v).max())
     }
 
     /// The channel's current manifest bytes and signature text.
