@@ -8,8 +8,8 @@
 //! fresh process. The figures and ratios are printed and written into the "Update server"
 //! section of BENCHMARKS.md (between its `bench-server` markers).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,7 +21,8 @@ use qx_core::Sha256;
 
 use crate::benchmarks::update_section;
 use crate::process::{
-    free_port, target_dir, vm_hwm_kib, wait_for_port, workspace_root, UpdateServer,
+    free_port, http_get, target_dir, vm_hwm_kib, wait_for_port, workspace_root, HttpAnswer,
+    UpdateServer,
 };
 
 /// Debian packages this benchmark runs.
@@ -133,7 +134,8 @@ fn measure_throughput(server: &UpdateServer, nginx: &ServerUrl) -> anyhow::Resul
     let ours = server.url();
     for base in [ours, nginx] {
         let url = small_artifact(base);
-        let (status, head, body_len) = http_get(&url)?;
+        let HttpAnswer { status, head, body } = http_get(&url)?;
+        let body_len = body.len() as u64;
         if status != 200 || body_len != SMALL {
             bail!("{url}: status {status}, {body_len} bytes; head:\n{head}");
         }
@@ -167,15 +169,13 @@ fn measure_throughput(server: &UpdateServer, nginx: &ServerUrl) -> anyhow::Resul
 
 /// The `ETag` of a `GET`.
 fn etag(url: &str) -> anyhow::Result<String> {
-    let (status, head, _) = http_get(url)?;
-    if status != 200 {
-        bail!("{url}: status {status}");
+    let answer = http_get(url)?;
+    if answer.status != 200 {
+        bail!("{url}: status {}", answer.status);
     }
-    head.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("etag").then(|| v.trim().to_owned())
-        })
+    answer
+        .header("etag")
+        .map(str::to_owned)
         .with_context(|| format!("{url} sent no ETag"))
 }
 
@@ -319,30 +319,6 @@ fn publish(
         );
     }
     Ok(())
-}
-
-/// One HTTP/1.1 GET on a fresh connection: (status, head, body length).
-fn http_get(url: &str) -> anyhow::Result<(u16, String, u64)> {
-    let rest = url.strip_prefix("http://").context("http URL")?;
-    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut s = TcpStream::connect(host)?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no end of the response head")?;
-    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status code")?;
-    Ok((status, head, (buf.len() - split - 4) as u64))
 }
 
 /// Our release server over `releases`, its errors into `log`.

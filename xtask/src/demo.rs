@@ -4,11 +4,20 @@
 //! 2. makes a signing key, starts `qx-update-server` on a free loopback port with an empty
 //!    release directory;
 //! 3. publishes release 1.0.0 of the example product (`examples/quantix-demo`) with
-//!    `qx-publish`;
+//!    `qx-publish`, which also signs the channel's state (docs/spec.md §8);
 //! 4. creates a sandboxed host under `target/demo/host` (`--root`), and installs 1.0.0 there
 //!    with `qx-update apply`: migrations run, the demo service starts;
-//! 5. publishes 1.0.1, shows `qx-update check`, applies it (the running service is replaced
-//!    and restarted, the update verified by its health check), and prints `qx-update status`.
+//! 5. publishes 1.0.1 as a hot fix of the service alone (`--component qx-demo`: the other
+//!    components are carried over, not uploaded), shows `qx-update check`, applies it (the
+//!    running service is replaced and restarted, the update verified by its health check),
+//!    and prints `qx-update status`;
+//! 6. publishes a bad 1.0.2 and applies it, then yanks it with `--revert`: the host's check
+//!    says to go back, `apply` reverts it to 1.0.1 and the history says `reverted`;
+//! 7. bundles 1.0.1 (`qx-publish bundle`) and shows it to an offline host
+//!    (`qx-update check --from FILE`).
+//!
+//! After every change of the channel, the signed channel state as the server serves it is
+//! fetched, its signature verified and its `seq`, `current`, releases and revocations printed.
 //!
 //! With `--keep`, the server and the host's daemon keep running afterwards, so the host page
 //! can be opened in a browser; Ctrl-C stops everything.
@@ -19,16 +28,23 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use qx_core::api::ServerUrl;
+use base64::Engine as _;
+use qx_core::api::{ServerUrl, SIGNATURE_HEADER};
 use qx_core::fs::under_root;
+use qx_core::history::{self, HISTORY_FILE};
+use qx_core::{ChannelState, Outcome, RevokeAction, TrustedKeys, UnknownFields};
 
-use crate::process::{free_port, target_dir, wait_for_port, workspace_root, UpdateServer};
+use crate::process::{
+    free_port, http_get, target_dir, wait_for_port, workspace_root, UpdateServer,
+};
 
 const TOKEN: &str = "demo-publish-token";
 const PRODUCT: &str = "quantix-demo";
 const CHANNEL: &str = "dev";
 /// How long the server and the daemon may take to listen.
 const LISTEN_WITHIN: Duration = Duration::from_secs(30);
+/// Where the offline host's configuration points: a loopback port nothing listens on.
+const UNREACHABLE_SERVER: &str = "http://127.0.0.1:1";
 /// The example product's service script (`service.sh ROOT start|stop|restart SERVICE`).
 const SERVICE_SH: &str = "examples/quantix-demo/host/service.sh";
 
@@ -106,7 +122,9 @@ pub fn run_demo(keep: bool) -> anyhow::Result<()> {
     demo.publish(
         "1.0.0",
         "First release: the demo service, its page and its database.",
+        &[],
     )?;
+    demo.show_channel()?;
     demo.show_api();
     demo.prepare_host()?;
     step("install 1.0.0 on the host");
@@ -114,6 +132,9 @@ pub fn run_demo(keep: bool) -> anyhow::Result<()> {
     demo.agent(&["apply", "--yes"])?;
     demo.agent(&["status"])?;
     demo.update_running_host()?;
+    demo.bad_release()?;
+    demo.yank_with_revert()?;
+    demo.offline_bundle()?;
     if keep {
         return demo.keep_running();
     }
@@ -194,8 +215,10 @@ impl Demo {
         Ok(())
     }
 
-    fn publish(&self, version: &str, notes: &str) -> anyhow::Result<()> {
-        let args = [
+    /// `qx-publish publish` of `version` (only `components` when some are named: the others
+    /// are carried over from the channel's current release); it signs the channel's new state.
+    fn publish(&self, version: &str, notes: &str, components: &[&str]) -> anyhow::Result<()> {
+        let mut args = vec![
             "publish",
             "--spec",
             &self.spec,
@@ -210,7 +233,38 @@ impl Demo {
             "--notes",
             notes,
         ];
+        for c in components {
+            args.extend(["--component", c]);
+        }
         run(&self.publish_bin, &args, &[("QX_PUBLISH_TOKEN", TOKEN)])
+    }
+
+    /// Fetches the channel's signed state as the server serves it, verifies its signature
+    /// with the publisher's public key and parses it as an agent does (docs/spec.md §8), and
+    /// prints it in one line.
+    fn show_channel(&self) -> anyhow::Result<()> {
+        let url = self.url.channel_state(PRODUCT, CHANNEL);
+        let answer = http_get(&url)?;
+        if answer.status != 200 {
+            bail!("GET {url}: status {}", answer.status);
+        }
+        let signature = answer
+            .header(SIGNATURE_HEADER)
+            .with_context(|| format!("GET {url}: no {SIGNATURE_HEADER} header"))?;
+        let signature = base64::engine::general_purpose::STANDARD
+            .decode(signature)
+            .with_context(|| format!("GET {url}: {SIGNATURE_HEADER} is not base64"))?;
+        let signature = String::from_utf8(signature)
+            .with_context(|| format!("GET {url}: the signature is not text"))?;
+        let mut keys = TrustedKeys::new();
+        keys.add_file(&self.work.join("keys/qx-publish.pub"))?;
+        let key_id = keys
+            .verify(&answer.body, &signature)
+            .with_context(|| format!("the channel state from {url}"))?;
+        let state = ChannelState::parse(&answer.body, UnknownFields::Reject)
+            .with_context(|| format!("the channel state from {url}"))?;
+        println!("\x1b[1m{}\x1b[0m", channel_line(&state, &key_id));
+        Ok(())
     }
 
     /// Shows the server's answers with curl (when it is installed).
@@ -225,6 +279,11 @@ impl Demo {
                 "manifest headers (signature, strong ETag)",
                 &headers_only[..],
                 u.manifest(PRODUCT, CHANNEL),
+            ),
+            (
+                "channel state headers (signature, strong ETag)",
+                &headers_only[..],
+                u.channel_state(PRODUCT, CHANNEL),
             ),
             ("releases", &[][..], u.releases(PRODUCT, CHANNEL)),
         ] {
@@ -246,61 +305,169 @@ impl Demo {
         under_root(&self.host, Path::new(path))
     }
 
-    /// The host's directories, its configuration and the trusted key.
+    /// The sandboxed host's directories, its configuration and the trusted key.
     fn prepare_host(&mut self) -> anyhow::Result<()> {
         step("a sandboxed host: node.yaml, the trusted key, a service manager");
-        for d in ["/etc/limiquantix", "/data/bin", "/run", "/var/log"] {
-            std::fs::create_dir_all(self.host_path(d))?;
-        }
-        std::fs::copy(
-            self.work.join("keys/qx-publish.pub"),
-            self.host_path("/etc/limiquantix/update-key.pub"),
-        )?;
         self.api_port = free_port()?;
-        let yaml = format!(
-            "updates:\n  enabled: true\n  server_url: \"{url}\"\n  product: {PRODUCT}\n  channel: {CHANNEL}\n  check_interval: 1h\n  auto_apply: false\n  trusted_keys: [/etc/limiquantix/update-key.pub]\n  service_manager: command\n  restart_command: [\"{service_sh}\", \"{root}\", \"restart\", \"{{service}}\"]\n  pidfile: \"/run/{{service}}.pid\"\n  api: {{listen: \"127.0.0.1:{api_port}\", token_file: /etc/limiquantix/api-token}}\n",
-            url = self.url.base(),
-            service_sh = self.workspace.join(SERVICE_SH).display(),
-            root = utf8(&self.host)?,
-            api_port = self.api_port,
-        );
+        let yaml = self.write_host(&self.host, self.url.base(), self.api_port)?;
         let config = self.host_path("/etc/limiquantix/node.yaml");
-        qx_core::fs::write_atomic(&config, yaml.as_bytes())?;
         print!("{}:\n{yaml}", config.display());
         Ok(())
     }
 
-    /// Runs `qx-update --root HOST ARGS…`.
+    /// Makes a host under `root` whose agent asks `server_url` and listens on `api_port`;
+    /// returns its node.yaml.
+    fn write_host(&self, root: &Path, server_url: &str, api_port: u16) -> anyhow::Result<String> {
+        let at = |path: &str| under_root(root, Path::new(path));
+        for d in ["/etc/limiquantix", "/data/bin", "/run", "/var/log"] {
+            std::fs::create_dir_all(at(d))?;
+        }
+        std::fs::copy(
+            self.work.join("keys/qx-publish.pub"),
+            at("/etc/limiquantix/update-key.pub"),
+        )?;
+        let yaml = format!(
+            "updates:\n  enabled: true\n  server_url: \"{url}\"\n  product: {PRODUCT}\n  channel: {CHANNEL}\n  check_interval: 1h\n  auto_apply: false\n  trusted_keys: [/etc/limiquantix/update-key.pub]\n  service_manager: command\n  restart_command: [\"{service_sh}\", \"{root}\", \"restart\", \"{{service}}\"]\n  pidfile: \"/run/{{service}}.pid\"\n  api: {{listen: \"127.0.0.1:{api_port}\", token_file: /etc/limiquantix/api-token}}\n",
+            url = server_url,
+            service_sh = self.workspace.join(SERVICE_SH).display(),
+            root = utf8(root)?,
+        );
+        qx_core::fs::write_atomic(&at("/etc/limiquantix/node.yaml"), yaml.as_bytes())?;
+        Ok(yaml)
+    }
+
+    /// Runs `qx-update --root HOST ARGS…` on the sandboxed host.
     fn agent(&self, args: &[&str]) -> anyhow::Result<()> {
-        let mut all = vec!["--root", utf8(&self.host)?];
+        self.agent_on(&self.host, args)
+    }
+
+    /// Runs `qx-update --root ROOT ARGS…`.
+    fn agent_on(&self, root: &Path, args: &[&str]) -> anyhow::Result<()> {
+        let mut all = vec!["--root", utf8(root)?];
         all.extend_from_slice(args);
         run(&self.agent_bin, &all, &[])
     }
 
-    /// Publishes 1.0.1 and applies it while the service runs; checks that it runs 1.0.1.
+    /// The version the demo service runs on the host; an error unless it is `expected`.
+    fn expect_running(&self, expected: &str) -> anyhow::Result<()> {
+        let running = read_trimmed(&self.host_path("/data/lib/qx-demo/running-version"));
+        if running != expected {
+            bail!("the demo service runs {running:?}, not {expected}");
+        }
+        let health = Command::new(self.host_path("/data/bin/qx-demo"))
+            .arg("--check")
+            .env("QX_ROOT", &self.host)
+            .output()
+            .context("running the demo service's health check")?;
+        println!(
+            "qx-demo service runs {running}: {}",
+            String::from_utf8_lossy(&health.stdout).trim()
+        );
+        Ok(())
+    }
+
+    /// Publishes 1.0.1, a hot fix of the service alone, and applies it while the service
+    /// runs; checks that it runs 1.0.1.
     fn update_running_host(&self) -> anyhow::Result<()> {
-        step("publish 1.0.1 and update the running host");
+        step("publish 1.0.1, a hot fix of the service alone, and update the running host");
         self.publish(
             "1.0.1",
             "Hot fix: the service is replaced while it runs and restarted once.",
+            &["qx-demo"],
         )?;
+        self.show_channel()?;
         self.agent(&["check"])?;
         let pidfile = self.host_path("/run/qx-demo.pid");
         let before = read_trimmed(&pidfile);
         self.agent(&["apply", "--yes"])?;
         let after = read_trimmed(&pidfile);
-        let running = read_trimmed(&self.host_path("/data/lib/qx-demo/running-version"));
         self.agent(&["status"])?;
-        println!("\nqx-demo service: pid {before} -> {after}, running version {running}");
-        if running != "1.0.1" {
-            bail!("the demo service does not run 1.0.1 after the update");
-        }
+        println!("\nqx-demo service: pid {before} -> {after}");
+        self.expect_running("1.0.1")?;
         println!(
             "update log: {}",
             self.host_path(qx_core::update_log::DEFAULT_UPDATE_LOG)
                 .display()
         );
         Ok(())
+    }
+
+    /// Publishes a bad 1.0.2 (it installs and runs; the demo then yanks it) and applies it.
+    fn bad_release(&self) -> anyhow::Result<()> {
+        step("publish 1.0.2, a bad release, and install it on the host");
+        self.publish(
+            "1.0.2",
+            "A bad release: it installs, and the demo then yanks it.",
+            &["qx-demo"],
+        )?;
+        self.show_channel()?;
+        self.agent(&["apply", "--yes"])?;
+        self.expect_running("1.0.2")
+    }
+
+    /// Yanks 1.0.2 with `--revert`: the host on it goes back to the channel's current
+    /// (docs/spec.md §8) as a normal transaction, recorded as `reverted`.
+    fn yank_with_revert(&self) -> anyhow::Result<()> {
+        step("yank 1.0.2 with --revert: hosts on it must go back to current");
+        let args = [
+            "yank",
+            "1.0.2",
+            "--revert",
+            "--server",
+            self.url.base(),
+            "--product",
+            PRODUCT,
+            "--channel",
+            CHANNEL,
+            "--key",
+            &self.key,
+        ];
+        run(&self.publish_bin, &args, &[("QX_PUBLISH_TOKEN", TOKEN)])?;
+        self.show_channel()?;
+        step("the host on 1.0.2 checks, goes back to 1.0.1 and records it");
+        self.agent(&["check"])?;
+        self.agent(&["apply", "--yes"])?;
+        self.agent(&["status"])?;
+        self.expect_running("1.0.1")?;
+        let path = self.host_path(HISTORY_FILE);
+        let last = history::read(&path, 1);
+        if last.first().map(|e| e.outcome) != Some(Outcome::Reverted) {
+            bail!("the last history entry is not a revert: {last:?}");
+        }
+        let text = std::fs::read_to_string(&path)?;
+        println!("history ({}):", path.display());
+        println!("  {}", text.lines().last().unwrap_or_default());
+        step("checked again, the host on current is up to date");
+        self.agent(&["check"])
+    }
+
+    /// Bundles 1.0.1 (`qx-publish bundle`) and checks it on a fresh host whose server is
+    /// unreachable (docs/spec.md §12).
+    fn offline_bundle(&self) -> anyhow::Result<()> {
+        step("bundle 1.0.1 for an offline host and check the bundle there");
+        let bundle = self.work.join("quantix-demo-1.0.1.bundle");
+        let args = [
+            "bundle",
+            "1.0.1",
+            "--server",
+            self.url.base(),
+            "--product",
+            PRODUCT,
+            "--channel",
+            CHANNEL,
+            "--key",
+            &self.key,
+            "--out",
+            utf8(&bundle)?,
+        ];
+        run(&self.publish_bin, &args, &[])?;
+        let offline = self.work.join("offline-host");
+        self.write_host(&offline, UNREACHABLE_SERVER, free_port()?)?;
+        println!(
+            "an offline host under {} (its server_url, {UNREACHABLE_SERVER}, answers nothing)",
+            offline.display()
+        );
+        self.agent_on(&offline, &["check", "--from", utf8(&bundle)?])
     }
 
     /// Starts the host daemon and waits for Ctrl-C.
@@ -317,7 +484,7 @@ impl Demo {
         let token = read_trimmed(&self.host_path("/etc/limiquantix/api-token"));
         println!("open https://{api}/ (self-signed certificate) and enter the token {token}");
         println!(
-            "publish another release with:\n  QX_PUBLISH_TOKEN={TOKEN} {} publish --spec {} --key {} --server {} --channel {CHANNEL} --release-version 1.0.2",
+            "publish another release with:\n  QX_PUBLISH_TOKEN={TOKEN} {} publish --spec {} --key {} --server {} --channel {CHANNEL} --release-version 1.0.3",
             self.publish_bin.display(),
             self.spec,
             self.key,
@@ -334,5 +501,73 @@ impl Demo {
             .arg(&self.host)
             .args(["stop", "qx-demo"])
             .status();
+    }
+}
+
+/// A channel state in one line: what an operator reads after each change of the channel.
+fn channel_line(s: &ChannelState, key_id: &str) -> String {
+    let list = |v: Vec<String>| {
+        if v.is_empty() {
+            "none".to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    let releases = list(s.releases.iter().map(|r| r.version.to_string()).collect());
+    let revoked = list(
+        s.revoked
+            .iter()
+            .map(|r| {
+                let action = match r.action {
+                    RevokeAction::Keep => "keep",
+                    RevokeAction::Revert => "revert",
+                };
+                format!("{} ({action})", r.version)
+            })
+            .collect(),
+    );
+    format!(
+        "channel state of {} {} on the server (signature by key {key_id} verified): seq {}, current {}; releases: {releases}; revoked: {revoked}; expires {}",
+        s.product, s.channel, s.seq, s.current, s.expires
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qx_core::channel::{ReleaseEntry, Revocation};
+    use qx_core::{ChannelName, ProductName, Sha256};
+
+    #[test]
+    fn channel_line_names_seq_current_releases_and_revocations() {
+        let version = |v: &str| v.parse().expect("version");
+        let state = ChannelState {
+            schema: 1,
+            product: ProductName::new(PRODUCT).expect("product"),
+            channel: ChannelName::new(CHANNEL).expect("channel"),
+            seq: 4,
+            issued: "2026-01-01T00:00:00Z".parse().expect("issued"),
+            expires: "2026-01-31T00:00:00Z".parse().expect("expires"),
+            current: version("1.0.1"),
+            releases: vec![ReleaseEntry {
+                version: version("1.0.1"),
+                manifest_sha256: Sha256::of(b"manifest"),
+            }],
+            revoked: vec![Revocation {
+                version: version("1.0.2"),
+                action: RevokeAction::Revert,
+            }],
+            rollout: None,
+        };
+        let line = channel_line(&state, "ABCD");
+        for part in [
+            "quantix-demo dev",
+            "key ABCD verified",
+            "seq 4, current 1.0.1",
+            "releases: 1.0.1;",
+            "revoked: 1.0.2 (revert);",
+        ] {
+            assert!(line.contains(part), "{part:?} not in {line:?}");
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! What the automation's commands share about this machine: the workspace and its target
-//! directory, free loopback ports, waiting for a child process to listen, a process's peak
-//! memory.
+//! directory, free loopback ports, waiting for a child process to listen, a plain HTTP `GET`,
+//! a process's peak memory.
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -51,6 +52,61 @@ pub fn wait_for_port(
         "{what} did not accept connections on {addr} within {} s",
         within.as_secs()
     )
+}
+
+/// The answer to [`http_get`].
+pub struct HttpAnswer {
+    pub status: u16,
+    /// The status line and the headers.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl HttpAnswer {
+    /// The value of header `name` (case-insensitive), trimmed.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// One HTTP/1.1 `GET` of an `http://` URL on a fresh connection (`Connection: close`); a
+/// chunked answer is refused (our server sends a `Content-Length`).
+pub fn http_get(url: &str) -> anyhow::Result<HttpAnswer> {
+    let rest = url.strip_prefix("http://").context("http URL")?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut s = TcpStream::connect(host).with_context(|| format!("connecting to {host}"))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)
+        .with_context(|| format!("reading the answer to GET {url}"))?;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of the response head")?;
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status code")?;
+    let answer = HttpAnswer {
+        status,
+        head,
+        body: buf.split_off(split + 4),
+    };
+    if answer
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        bail!("GET {url}: a chunked answer (not read by this client)");
+    }
+    Ok(answer)
 }
 
 /// Peak resident set size (VmHWM) in KiB of a process: a pid, or `self`.
@@ -116,6 +172,18 @@ impl Drop for UpdateServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_header_is_found_whatever_its_case() {
+        let answer = HttpAnswer {
+            status: 200,
+            head: "HTTP/1.1 200 OK\r\nETag: \"abc\"\r\nX-Qx-Signature:  c2ln \r\n".into(),
+            body: Vec::new(),
+        };
+        assert_eq!(answer.header("etag"), Some("\"abc\""));
+        assert_eq!(answer.header("x-qx-signature"), Some("c2ln"));
+        assert_eq!(answer.header("content-length"), None);
+    }
 
     #[test]
     fn this_process_has_a_peak_memory() {
