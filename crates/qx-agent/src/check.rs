@@ -706,10 +706,10 @@ impl CheckReport {
                 self.version
             ));
         }
-        out.push_str(if self.available {
-            "\nAn update is available: run `qx-update apply`.\n"
-        } else {
-            "\nThis host is up to date.\n"
+        out.push_str(match (self.available, self.revert) {
+            (true, true) => "\nRun `qx-update apply` to go back.\n",
+            (true, false) => "\nAn update is available: run `qx-update apply`.\n",
+            (false, _) => "\nThis host is up to date.\n",
         });
         out
     }

@@ -332,7 +332,7 @@ fn status(agent: &Agent, json: bool) {
     println!("history:");
     for h in s.history.iter().rev().take(10) {
         println!(
-            "  {} {} {} -> {} {:?}{}",
+            "  {} {} {} -> {} {}{}",
             h.time,
             h.kind,
             h.from_version.as_deref().unwrap_or("-"),

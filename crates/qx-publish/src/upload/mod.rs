@@ -222,7 +222,11 @@ impl Client {
     /// The highest version the channel has (yanked releases included), or None when it has
     /// none.
     pub fn latest_version(&self, product: &str, channel: &str) -> Result<Option<Version>> {
-        Ok(self.releases(product, channel)?.into_iter().map(|(v, _)| v).max())
+        Ok(self
+            .releases(product, channel)?
+            .into_iter()
+            .map(|(v, _)| v)
+            .max())
     }
 
     /// The channel's current manifest bytes and signature text.
