@@ -49,6 +49,8 @@ pub fn fetch(config: &Config, downloader: &Downloader) -> Result<Option<Fetched>
             }))
         }
         Err(DownloadError::NotFound { .. }) => Ok(None),
+        // Trust is a setting to change, not an unreachable server (exit code TLS).
+        Err(DownloadError::Tls(t)) => Err(AgentError::Tls(t)),
         Err(other) => Err(AgentError::Fetch {
             url,
             message: other.to_string(),

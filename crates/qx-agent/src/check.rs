@@ -303,9 +303,12 @@ fn fetch_release_manifest(
     entry: &ReleaseEntry,
 ) -> Result<(String, Vec<u8>, String), AgentError> {
     let fetch = |url: &str| {
-        downloader.get_bytes(url).map_err(|e| AgentError::Fetch {
-            url: url.to_owned(),
-            message: e.to_string(),
+        downloader.get_bytes(url).map_err(|e| match e {
+            DownloadError::Tls(t) => AgentError::Tls(t),
+            other => AgentError::Fetch {
+                url: url.to_owned(),
+                message: other.to_string(),
+            },
         })
     };
     let server = config.server();
