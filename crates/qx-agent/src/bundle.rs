@@ -4,14 +4,21 @@
 //! channel, downgrade), and only then are the wanted artifacts extracted into staging, each
 //! one's size and SHA-256 checked while it streams (`qx_core::bundle::extract_artifacts`). A
 //! truncated or tampered bundle is refused before anything on the host changes.
+//!
+//! A bundle given as an `http(s)` URL is first downloaded into
+//! `/data/updates/staging/bundles/` by the resumable downloader (a cut download resumes on the
+//! next attempt or the next run), capped at `updates.max_unpacked_bytes` since no size or hash
+//! is known before its signed metadata is read; then it takes exactly the path of a file. The
+//! downloaded file is removed once its artifacts are extracted.
 
 use std::path::{Path, PathBuf};
 
 use qx_core::bundle::{extract_artifacts, read_metadata, BundleError};
+use qx_core::status::UpdateState;
 use qx_core::{ArtifactRef, Manifest, Sha256, UpdateLog};
 
 use crate::check::{self, ArtifactSource, CheckReport, ManifestSource, Verified};
-use crate::download::free_space;
+use crate::download::{free_space, Downloader};
 use crate::{Agent, AgentError, ApplyOptions};
 
 /// Verifies a bundle and plans its release; see the module documentation.
@@ -20,13 +27,11 @@ pub(crate) fn check(
     opts: &ApplyOptions,
     from: &str,
 ) -> Result<(CheckReport, Option<Verified>), AgentError> {
-    let path = PathBuf::from(from);
-    if from.starts_with("http://") || from.starts_with("https://") {
-        return Err(AgentError::Bundle(BundleError::Malformed {
-            path,
-            reason: "installing a bundle from a URL is not supported by this agent yet; download it and pass the file to --from".into(),
-        }));
-    }
+    let path = if from.starts_with("http://") || from.starts_with("https://") {
+        download(agent, from)?
+    } else {
+        PathBuf::from(from)
+    };
     let meta = read_metadata(&path)?;
     let label = path.display().to_string();
     let channel_sig = text(&path, "channel.json.minisig", meta.channel_signature)?;
@@ -67,6 +72,31 @@ pub(crate) fn check(
     check::verify_release(agent, opts, state, &decision, source)
 }
 
+/// Where a bundle downloaded from a URL is kept (partial data included, for a resumption).
+fn download_dir(agent: &Agent) -> PathBuf {
+    agent.paths().staging.join("bundles")
+}
+
+/// Downloads the bundle at `url` into [`download_dir`] (named after the URL's SHA-256, so a
+/// resumption continues the same URL), with its progress in the agent's status.
+fn download(agent: &Agent, url: &str) -> Result<PathBuf, AgentError> {
+    let config = agent.config();
+    let downloader = Downloader::with_tls(check::download_options(config), &config.tls)?;
+    let name = format!("{}.qxb", &Sha256::of(url.as_bytes()).to_hex()[..16]);
+    let status = agent.status_handle();
+    let limit = (config.max_unpacked_bytes, "updates.max_unpacked_bytes");
+    tracing::info!(url, "downloading the bundle");
+    let path = downloader.fetch_file(url, &download_dir(agent), &name, limit, &mut |p| {
+        status.set_state(UpdateState::Downloading {
+            artifact: p.artifact.clone(),
+            bytes: p.bytes,
+            total: p.total,
+            rate: p.rate,
+        })
+    })?;
+    Ok(path)
+}
+
 fn text(bundle: &Path, name: &str, bytes: Vec<u8>) -> Result<String, AgentError> {
     String::from_utf8(bytes).map_err(|_| {
         AgentError::Bundle(BundleError::Malformed {
@@ -79,6 +109,7 @@ fn text(bundle: &Path, name: &str, bytes: Vec<u8>) -> Result<String, AgentError>
 /// Extracts the `wanted` artifacts of the verified `manifest` from the bundle into `dir`
 /// (checked: size and SHA-256), after checking the file system has room for them.
 pub(crate) fn extract(
+    agent: &Agent,
     bundle: &Path,
     manifest: &Manifest,
     dir: &Path,
@@ -102,5 +133,14 @@ pub(crate) fn extract(
     ));
     let paths = extract_artifacts(bundle, dir, wanted, &manifest.artifacts())?;
     log.line("bundle artifacts extracted (size and sha256 verified)");
+    if bundle.parent() == Some(download_dir(agent).as_path()) {
+        match std::fs::remove_file(bundle) {
+            Ok(()) => log.line(&format!(
+                "removed the downloaded bundle {}",
+                bundle.display()
+            )),
+            Err(e) => log.line(&format!("cannot remove {}: {e}", bundle.display())),
+        }
+    }
     Ok(paths)
 }

@@ -14,6 +14,13 @@
 //! A response whose ETag is a quoted SHA-256 other than the expected one is refused before its
 //! body is read (as a mismatch); other ETag forms are ignored.
 //!
+//! A file of unknown content ([`Downloader::fetch_file`]: a bundle, docs/spec.md §12) goes
+//! through the same loop: its size is the length the first answer announces (refused above
+//! the caller's cap before a byte is read, and when no length is announced), there is no
+//! SHA-256 to check (its reader verifies it), and a resumption sends the server's strong ETag
+//! as `If-Range` (without one, a cut download starts again from zero); the sidecar then holds
+//! `<size> <etag>`.
+//!
 //! Attempt budget: `max_attempts` bounds the consecutive attempts that end without progress
 //! (connection refused, 5xx, a stall or a cut before [`MIN_PROGRESS`] new bytes arrived, ...).
 //! An attempt that added at least `MIN_PROGRESS` bytes and was then cut does not use the budget
@@ -108,7 +115,7 @@ pub enum DownloadError {
         expected: Sha256,
         got: Sha256,
     },
-    #[error("artifact {artifact}: the server sent {got} bytes where the signed manifest says {expected}; the download was discarded")]
+    #[error("artifact {artifact}: the server sent {got} bytes where the signed manifest (for a file: the length first announced) says {expected}; the download was discarded")]
     SizeMismatch {
         artifact: String,
         expected: u64,
@@ -135,6 +142,17 @@ pub enum DownloadError {
     Network { url: String, message: String },
     #[error("{url}: the response is larger than {limit} bytes; refused")]
     TooLarge { url: String, limit: u64 },
+    /// A file download ([`Downloader::fetch_file`]) announced more than its cap.
+    #[error("{url}: {size} bytes, more than the {limit} bytes allowed ({setting}); refused before downloading")]
+    FileTooLarge {
+        url: String,
+        size: u64,
+        limit: u64,
+        setting: &'static str,
+    },
+    /// A file download whose answer announces no length: it could not be told from a cut.
+    #[error("{url}: the server announces no length (Content-Length); refused")]
+    NoLength { url: String },
     #[error("cannot set up the HTTP client: {0}")]
     Client(String),
     /// The server's certificate is not trusted, or it wants a client certificate: not retried.
@@ -411,9 +429,75 @@ impl Drop for Writeback {
     }
 }
 
-/// The partial file of one artifact and the running hash of its content.
-struct Part<'a> {
-    expected: &'a ArtifactRef,
+/// What a download must end as: an artifact of the signed manifest (size and SHA-256 known),
+/// or a file of unknown content whose size the first answer announces, up to `limit`.
+#[derive(Debug, Clone)]
+struct Want {
+    name: String,
+    size: Option<u64>,
+    limit: u64,
+    /// Where the limit comes from (named in the refusal).
+    setting: &'static str,
+    sha256: Option<Sha256>,
+    /// The server's strong ETag of a file being fetched: `If-Range` of a resumption.
+    etag: Option<String>,
+}
+
+impl Want {
+    fn artifact(a: &ArtifactRef) -> Self {
+        Self {
+            name: a.artifact.as_str().to_owned(),
+            size: Some(a.size_bytes),
+            limit: a.size_bytes,
+            setting: "the signed manifest's size_bytes",
+            sha256: Some(a.sha256),
+            etag: None,
+        }
+    }
+
+    /// What the sidecar holds: the SHA-256 (artifact), or `<size> <etag>` (file); `None`
+    /// when a file's partial data could not be resumed (no size or ETag known).
+    fn identity(&self) -> Option<String> {
+        match (self.sha256, self.size, &self.etag) {
+            (Some(sha), _, _) => Some(sha.to_hex()),
+            (None, Some(size), Some(etag)) => Some(format!("{size} {etag}")),
+            _ => None,
+        }
+    }
+
+    /// The sidecar of earlier partial data names the same content; for a file, its size and
+    /// ETag are taken from it.
+    fn resumes(&mut self, sidecar: &str) -> bool {
+        let sidecar = sidecar.trim();
+        if let Some(sha) = self.sha256 {
+            return sidecar == sha.to_hex();
+        }
+        let Some((size, etag)) = sidecar.split_once(' ') else {
+            return false;
+        };
+        match size.parse::<u64>() {
+            Ok(size) if size <= self.limit && !etag.is_empty() => {
+                self.size = Some(size);
+                self.etag = Some(etag.to_owned());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// `If-Range` of a resumption: the artifact's quoted SHA-256 (the update server's strong
+    /// ETag), or the file's ETag.
+    fn if_range(&self) -> Option<String> {
+        match self.sha256 {
+            Some(sha) => Some(format!("\"{sha}\"")),
+            None => self.etag.clone(),
+        }
+    }
+}
+
+/// The partial file of one download and the running hash of its content.
+struct Part {
+    want: Want,
     path: PathBuf,
     meta: PathBuf,
     file: Option<File>,
@@ -421,13 +505,13 @@ struct Part<'a> {
     hasher: Sha256Hasher,
 }
 
-impl<'a> Part<'a> {
+impl Part {
     /// Picks up a `.part` left by an earlier attempt or process (re-hashing its content), or
     /// starts empty.
-    fn open(dir: &Path, expected: &'a ArtifactRef) -> Result<Self, DownloadError> {
-        let name = expected.artifact.as_str();
+    fn open(dir: &Path, want: Want) -> Result<Self, DownloadError> {
+        let name = want.name.clone();
         let mut part = Self {
-            expected,
+            want,
             path: dir.join(format!("{name}.part")),
             meta: dir.join(format!("{name}.part.sha256")),
             file: None,
@@ -435,7 +519,7 @@ impl<'a> Part<'a> {
             hasher: Sha256Hasher::new(),
         };
         let same_content = fs::read_to_string(&part.meta)
-            .map(|s| s.trim() == expected.sha256.to_hex())
+            .map(|s| part.want.resumes(&s))
             .unwrap_or(false);
         if !same_content {
             part.discard()?;
@@ -450,7 +534,7 @@ impl<'a> Part<'a> {
             .metadata()
             .map_err(|e| DownloadError::io(&part.path, e))?
             .len();
-        if len > expected.size_bytes {
+        if part.want.size.is_some_and(|size| len > size) {
             drop(file);
             part.discard()?;
             return Ok(part);
@@ -474,13 +558,19 @@ impl<'a> Part<'a> {
         Ok(part)
     }
 
+    /// The size the download ends at (0 for a file before its first answer).
+    fn size(&self) -> u64 {
+        self.want.size.unwrap_or(0)
+    }
+
     fn len(&self) -> u64 {
         self.hasher.len()
     }
 
     fn ensure_open(&mut self) -> Result<&mut File, DownloadError> {
         if self.file.is_none() {
-            fs::write(&self.meta, format!("{}\n", self.expected.sha256))
+            let identity = self.want.identity().unwrap_or_default();
+            fs::write(&self.meta, format!("{identity}\n"))
                 .map_err(|e| DownloadError::io(&self.meta, e))?;
             let file = OpenOptions::new()
                 .create(true)
@@ -530,21 +620,19 @@ impl<'a> Part<'a> {
     /// Checks the complete content; on a mismatch the data is deleted.
     fn verify(&mut self) -> Result<(), Failed> {
         let (got, len) = self.hasher.clone().finish();
-        let name = self.expected.artifact.as_str();
-        let error = if len != self.expected.size_bytes {
-            DownloadError::SizeMismatch {
-                artifact: name.to_owned(),
-                expected: self.expected.size_bytes,
+        let name = self.want.name.clone();
+        let error = match self.want.sha256 {
+            _ if len != self.size() => DownloadError::SizeMismatch {
+                artifact: name,
+                expected: self.size(),
                 got: len,
-            }
-        } else if got != self.expected.sha256 {
-            DownloadError::Mismatch {
-                artifact: name.to_owned(),
-                expected: self.expected.sha256,
+            },
+            Some(expected) if got != expected => DownloadError::Mismatch {
+                artifact: name,
+                expected,
                 got,
-            }
-        } else {
-            return Ok(());
+            },
+            _ => return Ok(()),
         };
         match self.discard() {
             Ok(()) => Err(Failed::corrupt(error)),
@@ -644,7 +732,7 @@ impl Downloader {
             return Ok(final_path);
         }
 
-        let mut part = Part::open(dir, expected)?;
+        let mut part = Part::open(dir, Want::artifact(expected))?;
         let needed = expected.size_bytes - part.len();
         let available = free_space(dir).map_err(|e| DownloadError::io(dir, e))?;
         if available < needed {
@@ -654,30 +742,7 @@ impl Downloader {
                 available,
             });
         }
-        if let Some(p) = meter.tick(Instant::now(), part.len(), true) {
-            progress(&p);
-        }
-
-        let mut limiter = self.opts.bandwidth_limit.map(RateLimiter::new);
-        let mut budget = RetryBudget::new(&self.opts);
-        loop {
-            budget.attempts += 1;
-            let result = self.attempt(
-                url,
-                &mut part,
-                &mut limiter,
-                &mut meter,
-                progress,
-                &mut budget,
-            );
-            match result {
-                Ok(()) => break,
-                Err(failed) => {
-                    let delay = budget.failed(url, failed)?;
-                    std::thread::sleep(delay);
-                }
-            }
-        }
+        self.run(url, &mut part, &mut meter, progress)?;
         part.commit(&final_path)?;
         if let Some(p) = meter.tick(Instant::now(), expected.size_bytes, true) {
             progress(&p);
@@ -686,26 +751,93 @@ impl Downloader {
         Ok(final_path)
     }
 
+    /// Downloads `url`, whose content is not known in advance (a bundle, docs/spec.md §12),
+    /// into `dir/<name>`: the same resumable, retried loop as [`Downloader::fetch`], the size
+    /// taken from the first answer and refused above `limit` (named `setting` in the error)
+    /// before a byte is read. Nothing checks the content: the caller's reader must. A file
+    /// left at `dir/<name>` by an earlier call is replaced (it cannot be verified).
+    pub fn fetch_file(
+        &self,
+        url: &str,
+        dir: &Path,
+        name: &str,
+        (limit, setting): (u64, &'static str),
+        progress: &mut dyn FnMut(&DownloadProgress),
+    ) -> Result<PathBuf, DownloadError> {
+        let final_path = dir.join(name);
+        fs::create_dir_all(dir).map_err(|e| DownloadError::io(dir, e))?;
+        match fs::remove_file(&final_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DownloadError::io(&final_path, e)),
+        }
+        let want = Want {
+            name: name.to_owned(),
+            size: None,
+            limit,
+            setting,
+            sha256: None,
+            etag: None,
+        };
+        let mut part = Part::open(dir, want)?;
+        let mut meter = Meter::new(name, part.size());
+        self.run(url, &mut part, &mut meter, progress)?;
+        let size = part.size();
+        part.commit(&final_path)?;
+        if let Some(p) = meter.tick(Instant::now(), size, true) {
+            progress(&p);
+        }
+        tracing::info!(file = name, bytes = size, "file downloaded");
+        Ok(final_path)
+    }
+
+    /// Attempts until the part is complete and verified, or the retry budget is spent.
+    fn run(
+        &self,
+        url: &str,
+        part: &mut Part,
+        meter: &mut Meter,
+        progress: &mut dyn FnMut(&DownloadProgress),
+    ) -> Result<(), DownloadError> {
+        if let Some(p) = meter.tick(Instant::now(), part.len(), true) {
+            progress(&p);
+        }
+        let mut limiter = self.opts.bandwidth_limit.map(RateLimiter::new);
+        let mut budget = RetryBudget::new(&self.opts);
+        loop {
+            budget.attempts += 1;
+            let result = self.attempt(url, part, &mut limiter, meter, progress, &mut budget);
+            match result {
+                Ok(()) => return Ok(()),
+                Err(failed) => {
+                    let delay = budget.failed(url, failed)?;
+                    std::thread::sleep(delay);
+                }
+            }
+        }
+    }
+
     /// One request for what is missing of `part`: check the answer's status and headers,
     /// stream the body into the part (capped at the announced size, hashed as it is written,
     /// throttled, with progress), then verify the whole content.
     fn attempt(
         &self,
         url: &str,
-        part: &mut Part<'_>,
+        part: &mut Part,
         limiter: &mut Option<RateLimiter>,
         meter: &mut Meter,
         progress: &mut dyn FnMut(&DownloadProgress),
         budget: &mut RetryBudget<'_>,
     ) -> Result<(), Failed> {
-        let size = part.expected.size_bytes;
-        if part.len() == size {
+        if part.want.size == Some(part.len()) {
             // Everything arrived before a crash or a cut: nothing to ask the server for.
             return part.verify();
         }
         let resp = self.request(url, part)?;
         accept_status(url, &resp, part, budget)?;
-        accept_content(&resp, part)?;
+        accept_content(url, &resp, part)?;
+        let size = part.size();
+        meter.total = size;
         let start = part.len();
         let mut body = Capped::new(resp, size - start);
         let chunk = match self.opts.bandwidth_limit {
@@ -744,13 +876,13 @@ impl Downloader {
 
     /// Sends the request: a plain GET, or a resumption (`Range` + `If-Range` with the
     /// artifact's SHA-256, the server's strong ETag) when part of the data is already here.
-    fn request(&self, url: &str, part: &Part<'_>) -> Result<Response, Failed> {
+    fn request(&self, url: &str, part: &Part) -> Result<Response, Failed> {
         let offset = part.len();
         let mut req = self.client.get(url);
-        if offset > 0 {
+        if let Some(validator) = part.want.if_range().filter(|_| offset > 0) {
             req = req
                 .header(header::RANGE, format!("bytes={offset}-"))
-                .header(header::IF_RANGE, format!("\"{}\"", part.expected.sha256));
+                .header(header::IF_RANGE, validator);
         }
         req.send().map_err(|e| self.send_failed(url, &e))
     }
@@ -868,11 +1000,11 @@ impl<R: Read> Read for Capped<R> {
 fn accept_status(
     url: &str,
     resp: &Response,
-    part: &mut Part<'_>,
+    part: &mut Part,
     budget: &mut RetryBudget<'_>,
 ) -> Result<(), Failed> {
     let offset = part.len();
-    let size = part.expected.size_bytes;
+    let size = part.want.size;
     let status = resp.status();
     match status {
         StatusCode::OK if offset > 0 => {
@@ -890,11 +1022,11 @@ fn accept_status(
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_content_range);
             match range {
-                Some((_, Some(total))) if total != size => {
+                Some((_, Some(total))) if size.is_some_and(|s| s != total) => {
                     part.discard().map_err(Failed::fatal)?;
                     Err(Failed::corrupt(DownloadError::SizeMismatch {
-                        artifact: part.expected.artifact.as_str().to_owned(),
-                        expected: size,
+                        artifact: part.want.name.clone(),
+                        expected: size.unwrap_or(0),
                         got: total,
                     }))
                 }
@@ -921,8 +1053,12 @@ fn accept_status(
 
 /// Checks what an answer says of its content before the body is read: an ETag naming other
 /// content (the update server's strong ETag is the artifact's quoted SHA-256) or a length
-/// that does not complete the artifact is refused (the part is discarded).
-fn accept_content(resp: &Response, part: &mut Part<'_>) -> Result<(), Failed> {
+/// that does not complete the artifact is refused (the part is discarded). For a file, the
+/// size and ETag are learned here first ([`learn_file`]).
+fn accept_content(url: &str, resp: &Response, part: &mut Part) -> Result<(), Failed> {
+    let Some(sha256) = part.want.sha256 else {
+        return learn_file(url, resp, part);
+    };
     let etag = resp
         .headers()
         .get(header::ETAG)
@@ -933,22 +1069,26 @@ fn accept_content(resp: &Response, part: &mut Part<'_>) -> Result<(), Failed> {
                 .parse::<Sha256>()
                 .ok()
         });
-    let name = part.expected.artifact.as_str().to_owned();
-    let size = part.expected.size_bytes;
-    if let Some(tag) = etag.filter(|t| *t != part.expected.sha256) {
+    if let Some(tag) = etag.filter(|t| *t != sha256) {
         part.discard().map_err(Failed::fatal)?;
         return Err(Failed::corrupt(DownloadError::Mismatch {
-            artifact: name,
-            expected: part.expected.sha256,
+            artifact: part.want.name.clone(),
+            expected: sha256,
             got: tag,
         }));
     }
+    check_length(resp, part)
+}
+
+/// The announced length must complete the part exactly.
+fn check_length(resp: &Response, part: &mut Part) -> Result<(), Failed> {
+    let size = part.size();
     if let Some(announced) = resp.content_length() {
         if part.len() + announced != size {
             let got = part.len() + announced;
             part.discard().map_err(Failed::fatal)?;
             return Err(Failed::corrupt(DownloadError::SizeMismatch {
-                artifact: name,
+                artifact: part.want.name.clone(),
                 expected: size,
                 got,
             }));
@@ -957,23 +1097,70 @@ fn accept_content(resp: &Response, part: &mut Part<'_>) -> Result<(), Failed> {
     Ok(())
 }
 
+/// A file download's answer: the whole size it announces (`Content-Range`'s total, else
+/// `Content-Length` plus what is here) must be known and within the cap, and fit on disk;
+/// on a fresh start, the size and the strong ETag (for a later resumption) are taken.
+fn learn_file(url: &str, resp: &Response, part: &mut Part) -> Result<(), Failed> {
+    let ranged = resp
+        .headers()
+        .get(header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_content_range)
+        .and_then(|(_, total)| total);
+    let total = ranged.or_else(|| resp.content_length().map(|n| part.len() + n));
+    let Some(total) = total else {
+        part.discard().map_err(Failed::fatal)?;
+        return Err(Failed::fatal(DownloadError::NoLength {
+            url: url.to_owned(),
+        }));
+    };
+    if total > part.want.limit {
+        part.discard().map_err(Failed::fatal)?;
+        return Err(Failed::fatal(DownloadError::FileTooLarge {
+            url: url.to_owned(),
+            size: total,
+            limit: part.want.limit,
+            setting: part.want.setting,
+        }));
+    }
+    if part.len() == 0 {
+        part.want.size = Some(total);
+        part.want.etag = resp
+            .headers()
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .filter(|t| t.starts_with('"'))
+            .map(str::to_owned);
+        let dir = part.path.parent().unwrap_or(Path::new("."));
+        let available = free_space(dir).map_err(|e| Failed::fatal(DownloadError::io(dir, e)))?;
+        if available < total {
+            return Err(Failed::fatal(DownloadError::NoSpace {
+                path: dir.to_owned(),
+                needed: total,
+                available,
+            }));
+        }
+    }
+    check_length(resp, part)
+}
+
 /// A failed read of the body: more bytes than the artifact has (the part is discarded), or
 /// a cut (progress when at least [`MIN_PROGRESS`] bytes arrived since `start`).
 fn read_failed<R>(
     url: &str,
-    part: &mut Part<'_>,
+    part: &mut Part,
     body: &Capped<R>,
     e: &io::Error,
     start: u64,
 ) -> Failed {
-    let size = part.expected.size_bytes;
+    let size = part.size();
     if let Some(n) = body.over {
         let got = part.len() + n;
         if let Err(e) = part.discard() {
             return Failed::fatal(e);
         }
         return Failed::corrupt(DownloadError::SizeMismatch {
-            artifact: part.expected.artifact.as_str().to_owned(),
+            artifact: part.want.name.clone(),
             expected: size,
             got,
         });

@@ -310,7 +310,7 @@ fn apply_components(
             download_artifacts(tx.agent, &version, &staging_dir, &expected, &mut tx.log)?
         }
         check::ArtifactSource::Bundle(file) => {
-            crate::bundle::extract(file, m, &staging_dir, &expected, &mut tx.log)?
+            crate::bundle::extract(tx.agent, file, m, &staging_dir, &expected, &mut tx.log)?
         }
     };
     crash_point("downloaded");

@@ -336,3 +336,101 @@ fn bundle_with_a_replayed_state_is_refused() {
     assert_eq!(code, code::STATE_REPLAYED, "{text}");
     assert_unchanged(&lab);
 }
+
+/// Serves `bytes` at `/bundles/release.qxb` (with a strong ETag, honouring `Range`), cut at
+/// `cut_at` on every answer when given; returns the server and the bundle's URL.
+fn serve_bundle(bytes: Vec<u8>, cut_at: Option<usize>) -> (HostileServer, String) {
+    let etag = format!("\"{}\"", qx_core::Sha256::of(&bytes));
+    let mut canned = Canned::ok("/bundles/release.qxb", vec![("ETag".into(), etag)], bytes);
+    canned.cut_at = cut_at;
+    let s = HostileServer::start(vec![canned]);
+    let url = format!("{}/bundles/release.qxb", s.url());
+    (s, url)
+}
+
+/// Nothing of a bundle download is left but, at most, its partial data.
+fn downloaded_bundles(lab: &Lab) -> Vec<String> {
+    std::fs::read_dir(lab.host.path("/data/updates/staging/bundles"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn bundle_from_url_installs_resuming_across_a_cut() {
+    let (lab, _v1, v2, state) = lab_with_two();
+    let bytes = std::fs::read(bundle_of(&lab, &state, &v2)).unwrap();
+    let len = bytes.len() as u64;
+    let (server, _) = serve_bundle(bytes, None);
+    // Every connection is cut after two thirds of the bundle: the second attempt resumes.
+    let proxy = qx_testkit::proxy::FaultProxy::start(
+        server.url().trim_start_matches("http://").parse().unwrap(),
+    )
+    .unwrap();
+    proxy.set_faults(qx_testkit::proxy::Faults {
+        cut_every: Some(len * 2 / 3),
+        ..Default::default()
+    });
+    let url = format!("{}/bundles/release.qxb", proxy.url());
+    offline(&lab);
+    let (code, text) = qx(&lab.host, &["apply", "--yes", "--from", &url]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(lab.host.version("qx-node").as_deref(), Some("1.1.0"));
+    assert_eq!(
+        lab.host.read("/data/bin/qx-node").unwrap(),
+        demo_binary("1.1.0").unwrap()
+    );
+    assert!(proxy.stats().cuts >= 1, "{:?}", proxy.stats());
+    assert!(
+        proxy
+            .requests()
+            .iter()
+            .any(|r| r.to_ascii_lowercase().contains("range: bytes=")),
+        "resumed with a Range request"
+    );
+    assert_eq!(downloaded_bundles(&lab), Vec::<String>::new());
+}
+
+#[test]
+fn bundle_from_url_cut_short_every_time_is_refused_with_the_host_unchanged() {
+    let (lab, _v1, v2, state) = lab_with_two();
+    let bytes = std::fs::read(bundle_of(&lab, &state, &v2)).unwrap();
+    let half = bytes.len() / 2;
+    let (_server, url) = serve_bundle(bytes, Some(half));
+    offline(&lab);
+    let (code, text) = qx(&lab.host, &["apply", "--yes", "--from", &url]);
+    assert_eq!(code, code::DOWNLOAD, "{text}");
+    assert_unchanged(&lab);
+}
+
+#[test]
+fn bundle_from_url_serving_a_truncated_file_is_refused_with_the_host_unchanged() {
+    let (lab, _v1, v2, state) = lab_with_two();
+    let mut bytes = std::fs::read(bundle_of(&lab, &state, &v2)).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    let (_server, url) = serve_bundle(bytes, None);
+    offline(&lab);
+    let (code, text) = qx(&lab.host, &["apply", "--yes", "--from", &url]);
+    assert_eq!(code, code::BUNDLE_INVALID, "{text}");
+    assert_unchanged(&lab);
+}
+
+#[test]
+fn bundle_from_url_above_max_unpacked_bytes_is_refused_before_downloading() {
+    let (lab, _v1, v2, state) = lab_with_two();
+    let bytes = std::fs::read(bundle_of(&lab, &state, &v2)).unwrap();
+    let (server, url) = serve_bundle(bytes, None);
+    let mut c = lab.host_config();
+    c.server_url = dead_url();
+    c.extra = "  max_unpacked_bytes: 4096\n".into();
+    lab.host.write_config(&c).unwrap();
+    let (code, text) = qx(&lab.host, &["apply", "--yes", "--from", &url]);
+    assert_eq!(code, code::DOWNLOAD, "{text}");
+    assert!(text.contains("updates.max_unpacked_bytes"), "{text}");
+    assert_eq!(server.hits("/bundles/release.qxb"), 1, "not retried");
+    assert_eq!(downloaded_bundles(&lab), Vec::<String>::new());
+    assert_unchanged(&lab);
+}

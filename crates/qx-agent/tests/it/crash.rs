@@ -5,8 +5,11 @@
 //! old or entirely on the new version (every file's hash and every version file), the service
 //! runs the installed binary, no temporary file is left, and the journal is closed.
 //!
-//! `QX_CRASH_TRIALS` sets the number of random-offset trials (default 40; the stress run uses
-//! 200 or more).
+//! The same for a revert (a host on a release revoked with `revert` goes back to `current`,
+//! docs/spec.md §8) and for an apply from a bundle (docs/spec.md §12).
+//!
+//! `QX_CRASH_TRIALS` sets the number of random-offset trials of each test (default 40 for an
+//! apply, 20 for a revert and a bundle apply; the stress run uses 200 or more).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -14,9 +17,12 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use qx_core::bundle::{write_bundle, BundleMetadata};
+use qx_core::channel::RevokeAction;
 use qx_core::Sha256;
+use qx_testkit::channel::{revoke, sign, state_of};
 use qx_testkit::host::{demo_binary, is_running, HostConfig, TestHost};
-use qx_testkit::release::{ComponentSpec, FixtureKey, ReleaseSpec};
+use qx_testkit::release::{BuiltRelease, ComponentSpec, FixtureKey, ReleaseSpec};
 use qx_testkit::server::TestServer;
 
 use crate::support::host::{journal, qx_update, service, walk, walk_where};
@@ -25,6 +31,8 @@ use crate::support::poll;
 struct World {
     server: TestServer,
     key: FixtureKey,
+    /// Release 2.0.0 as published.
+    v2: BuiltRelease,
     _releases: tempfile::TempDir,
 }
 
@@ -57,40 +65,57 @@ fn mig_v2() -> Vec<(String, Vec<u8>, u32)> {
     ]
 }
 
-/// A server with release 2.0.0 of three components (a running binary, a directory, migrations).
-fn world(node_install_path: &str) -> World {
-    let releases = tempfile::tempdir().unwrap();
-    let server = TestServer::start(releases.path(), "t").unwrap();
-    let key = FixtureKey::generate().unwrap();
-    ReleaseSpec::new("quantix-os", "dev", "2.0.0")
+/// Release `version` (1.0.0 or 2.0.0) of three components (a running binary, a directory,
+/// migrations), signed.
+fn release(key: &FixtureKey, version: &str, node_install_path: &str) -> BuiltRelease {
+    let (ui, mig) = if version == "1.0.0" {
+        (ui_v1(), mig_v1())
+    } else {
+        (ui_v2(), mig_v2())
+    };
+    ReleaseSpec::new("quantix-os", "dev", version)
         .component(
-            ComponentSpec::file("qx-node", node_install_path, demo_binary("2.0.0").unwrap())
+            ComponentSpec::file("qx-node", node_install_path, demo_binary(version).unwrap())
                 .service("quantix-node"),
         )
         .component(ComponentSpec::tree(
             "host-ui",
             "/data/share/quantix-host-ui",
-            ui_v2(),
+            ui,
         ))
         .component(ComponentSpec::migrations(
             "db-migrations",
             "/data/lib/quantix-migrations",
-            mig_v2(),
+            mig,
             vec!["./migrate.sh".into()],
         ))
-        .sign(&key)
+        .sign(key)
         .unwrap()
-        .publish(server.url(), "t")
-        .unwrap();
+}
+
+/// A server with release 2.0.0 (no channel state: the manifest-only path).
+fn world(node_install_path: &str) -> World {
+    let releases = tempfile::tempdir().unwrap();
+    let server = TestServer::start(releases.path(), "t").unwrap();
+    let key = FixtureKey::generate().unwrap();
+    let v2 = release(&key, "2.0.0", node_install_path);
+    v2.publish(server.url(), "t").unwrap();
     World {
         server,
         key,
+        v2,
         _releases: releases,
     }
 }
 
 /// A fresh host at 1.0.0 with the service running.
 fn host_v1(w: &World) -> TestHost {
+    host_at(w, "1.0.0")
+}
+
+/// A fresh host with every component at `version` (1.0.0 or 2.0.0, not installed by the
+/// agent) and the service running.
+fn host_at(w: &World, version: &str) -> TestHost {
     let host = TestHost::new().unwrap();
     host.write_config(&HostConfig::new(
         w.server.url(),
@@ -99,18 +124,23 @@ fn host_v1(w: &World) -> TestHost {
         &w.key.public_key_file,
     ))
     .unwrap();
-    host.write_file("/data/bin/qx-node", &demo_binary("1.0.0").unwrap(), 0o755)
+    let (ui, mig) = if version == "1.0.0" {
+        (ui_v1(), mig_v1())
+    } else {
+        (ui_v2(), mig_v2())
+    };
+    host.write_file("/data/bin/qx-node", &demo_binary(version).unwrap(), 0o755)
         .unwrap();
-    for (p, b, m) in ui_v1() {
+    for (p, b, m) in ui {
         host.write_file(&format!("/data/share/quantix-host-ui/{p}"), &b, m)
             .unwrap();
     }
-    for (p, b, m) in mig_v1() {
+    for (p, b, m) in mig {
         host.write_file(&format!("/data/lib/quantix-migrations/{p}"), &b, m)
             .unwrap();
     }
     for c in ["qx-node", "host-ui", "db-migrations"] {
-        host.set_version(c, "1.0.0").unwrap();
+        host.set_version(c, version).unwrap();
     }
     host.add_service("quantix-node", "/data/bin/qx-node", "infinity")
         .unwrap();
@@ -220,17 +250,22 @@ fn recover_and_check(
         Sha256::of(&fs::read(host.path("/data/bin/qx-node")).unwrap()),
         "{what}: the service runs another binary than the installed one"
     );
-    // Status is readable and agrees with the version files.
+    // Status is readable and agrees with the version files (which match one side).
     let out = qx(host, &["--json", "status"]).output().unwrap();
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let v = if on == "old" { "1.0.0" } else { "2.0.0" };
-    assert_eq!(s["installed"]["qx-node"], v, "{what}");
+    let v = host.version("qx-node").unwrap();
+    assert_eq!(s["installed"]["qx-node"], v.as_str(), "{what}");
     on
 }
 
 /// Applies with the crash hook set; returns true when the process aborted there.
 fn apply_crashing_at(host: &TestHost, point: &str) -> bool {
-    let out = qx(host, &["apply", "--yes"])
+    run_crashing_at(host, &["apply", "--yes"], point)
+}
+
+/// Runs `qx-update <args>` with the crash hook set; true when the process aborted there.
+fn run_crashing_at(host: &TestHost, args: &[&str], point: &str) -> bool {
+    let out = qx(host, args)
         .env("QX_TEST_CRASH_AT", point)
         .output()
         .unwrap();
@@ -381,35 +416,52 @@ fn wait_group_gone(pgid: i32, what: &str) {
     );
 }
 
-#[test]
-fn kill_9_at_random_offsets_then_recover() {
-    let trials: u32 = std::env::var("QX_CRASH_TRIALS")
+/// The number of random-offset trials (`QX_CRASH_TRIALS`, default `default`).
+fn trials(default: u32) -> u32 {
+    std::env::var("QX_CRASH_TRIALS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(40);
-    let w = world("/data/bin/qx-node");
-    let (old, new) = (expected("1.0.0"), expected("2.0.0"));
-    // The kill point is a point of the agent's progress, not of the clock: the moment its update
-    // log has grown by a random share of what an uninterrupted apply writes there (a line at
-    // every step, before the step's work), so kills land all through the transaction.
+        .unwrap_or(default)
+}
+
+/// `trials` runs of `qx-update <args>` on a fresh host from `host`, each killed (`kill -9` of
+/// its process group) at a random point, then recovered and checked: entirely `old` or
+/// entirely `new`. The kill point is a point of the agent's progress, not of the clock: the
+/// moment its update log has grown by a random share of what an uninterrupted run writes there
+/// (a line at every step, before the step's work), so kills land all through the transaction.
+fn kill_9_at_random_points(
+    host: &dyn Fn() -> TestHost,
+    args: &[&str],
+    (old, new): (&BTreeMap<String, String>, &BTreeMap<String, String>),
+    trials: u32,
+) {
     let log_len = |h: &TestHost| {
         std::fs::metadata(h.path("/var/log/quantix/update.log"))
             .map(|m| m.len())
             .unwrap_or(0)
     };
-    let host = host_v1(&w);
-    let before = log_len(&host);
-    let out = qx(&host, &["apply", "--yes"]).output().unwrap();
-    assert!(out.status.success());
-    let full = log_len(&host) - before;
-    assert!(full > 0, "an apply writes its update log");
-    drop(host);
+    let first = host();
+    let before = log_len(&first);
+    let out = qx(&first, args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fingerprint(&first),
+        *new,
+        "an uninterrupted run ends on new"
+    );
+    let full = log_len(&first) - before;
+    assert!(full > 0, "a run writes its update log");
+    drop(first);
     let (mut on_old, mut on_new) = (0, 0);
     for i in 0..trials {
-        let host = host_v1(&w);
+        let host = host();
         let share = rand::random_range(0..=full);
         let target = log_len(&host) + share;
-        let mut child = qx(&host, &["apply", "--yes"])
+        let mut child = qx(&host, args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0)
@@ -429,12 +481,132 @@ fn kill_9_at_random_offsets_then_recover() {
         // releases its files, e.g. a copy of the apply lock's descriptor in a child between
         // fork and exec, only when it runs again), which can take a while on a loaded machine.
         wait_group_gone(pgid, &what);
-        match recover_and_check(&host, &old, &new, &what) {
+        match recover_and_check(&host, old, new, &what) {
             "old" => on_old += 1,
             _ => on_new += 1,
         }
     }
-    eprintln!("{trials} random kills: {on_old} recovered to old, {on_new} to new");
+    eprintln!("{args:?}: {trials} random kills: {on_old} recovered to old, {on_new} to new");
+}
+
+#[test]
+fn kill_9_at_random_offsets_then_recover() {
+    let w = world("/data/bin/qx-node");
+    let (old, new) = (expected("1.0.0"), expected("2.0.0"));
+    kill_9_at_random_points(
+        &|| host_v1(&w),
+        &["apply", "--yes"],
+        (&old, &new),
+        trials(40),
+    );
+}
+
+/// A server with 1.0.0 and 2.0.0 and a signed channel state that revokes 2.0.0 with
+/// `revert`, current 1.0.0 (docs/spec.md §8): a host on 2.0.0 goes back to 1.0.0.
+fn revert_world() -> World {
+    let w = world("/data/bin/qx-node");
+    let v1 = release(&w.key, "1.0.0", "/data/bin/qx-node");
+    v1.publish(w.server.url(), "t").unwrap();
+    let mut state = state_of(1, &[&v1]).unwrap();
+    revoke(&mut state, &w.v2.manifest.version, RevokeAction::Revert);
+    sign(&state, &w.key)
+        .unwrap()
+        .publish(w.server.url(), "t")
+        .unwrap();
+    w
+}
+
+/// Named crash points of a revert: old is 2.0.0, new is 1.0.0, and the history says
+/// `reverted` once the host is on new.
+#[test]
+fn crash_at_every_named_step_of_a_revert_then_recover() {
+    let w = revert_world();
+    let (old, new) = (expected("2.0.0"), expected("1.0.0"));
+    for point in POINTS {
+        let host = host_at(&w, "2.0.0");
+        assert!(
+            run_crashing_at(&host, &["apply", "--yes"], point),
+            "{point}: the crash point was not reached"
+        );
+        let on = recover_and_check(&host, &old, &new, point);
+        let want = match *point {
+            "migrated" | "restarted" | "verified" | "versions" | "committed" => "new",
+            _ => "old",
+        };
+        assert_eq!(on, want, "{point}: recovered to the wrong side");
+        if on == "new" {
+            let hist = fs::read_to_string(host.path("/data/updates/history.jsonl")).unwrap();
+            assert!(hist.contains("\"reverted\""), "{point}: {hist}");
+        }
+    }
+}
+
+#[test]
+fn kill_9_at_random_points_of_a_revert_then_recover() {
+    let w = revert_world();
+    let (old, new) = (expected("2.0.0"), expected("1.0.0"));
+    kill_9_at_random_points(
+        &|| host_at(&w, "2.0.0"),
+        &["apply", "--yes"],
+        (&old, &new),
+        trials(20),
+    );
+}
+
+/// A bundle of 2.0.0 with a signed state offering it (docs/spec.md §12), in `dir`.
+fn bundle_of_v2(w: &World, dir: &std::path::Path) -> std::path::PathBuf {
+    let signed = sign(&state_of(1, &[&w.v2]).unwrap(), &w.key).unwrap();
+    let mut files = Vec::new();
+    for (name, bytes) in &w.v2.artifacts {
+        let p = dir.join(format!("art-{name}"));
+        fs::write(&p, bytes).unwrap();
+        files.push((name.clone(), p));
+    }
+    let meta = BundleMetadata {
+        channel: signed.bytes,
+        channel_signature: signed.signature.into_bytes(),
+        manifest: w.v2.manifest_bytes.clone(),
+        manifest_signature: w.v2.signature.clone().into_bytes(),
+    };
+    let out = dir.join("release.qxb");
+    write_bundle(&out, &meta, &files).unwrap();
+    out
+}
+
+#[test]
+fn crash_at_every_named_step_of_a_bundle_apply_then_recover() {
+    let w = world("/data/bin/qx-node");
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = bundle_of_v2(&w, dir.path());
+    let args = ["apply", "--yes", "--from", bundle.to_str().unwrap()];
+    let (old, new) = (expected("1.0.0"), expected("2.0.0"));
+    for point in POINTS {
+        let host = host_v1(&w);
+        assert!(
+            run_crashing_at(&host, &args, point),
+            "{point}: the crash point was not reached"
+        );
+        let on = recover_and_check(&host, &old, &new, point);
+        let want = match *point {
+            "migrated" | "restarted" | "verified" | "versions" | "committed" => "new",
+            _ => "old",
+        };
+        assert_eq!(on, want, "{point}: recovered to the wrong side");
+    }
+}
+
+#[test]
+fn kill_9_at_random_points_of_a_bundle_apply_then_recover() {
+    let w = world("/data/bin/qx-node");
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = bundle_of_v2(&w, dir.path());
+    let (old, new) = (expected("1.0.0"), expected("2.0.0"));
+    kill_9_at_random_points(
+        &|| host_v1(&w),
+        &["apply", "--yes", "--from", bundle.to_str().unwrap()],
+        (&old, &new),
+        trials(20),
+    );
 }
 
 #[test]

@@ -21,6 +21,7 @@ mod daemon;
 mod download;
 mod field_failures;
 mod fullimage;
+mod hotfix;
 mod packaging;
 mod qemu;
 mod rollback;
