@@ -18,7 +18,7 @@ use qx_core::status::UpdateState;
 use qx_core::{ArtifactRef, Manifest, Sha256, UpdateLog};
 
 use crate::check::{self, ArtifactSource, CheckReport, ManifestSource, Verified};
-use crate::download::{free_space, Downloader};
+use crate::download::Downloader;
 use crate::{Agent, AgentError, ApplyOptions};
 
 /// Verifies a bundle and plans its release; see the module documentation.
@@ -118,14 +118,7 @@ pub(crate) fn extract(
 ) -> Result<Vec<PathBuf>, AgentError> {
     std::fs::create_dir_all(dir).map_err(AgentError::io(dir))?;
     let needed: u64 = wanted.iter().map(|a| a.size_bytes).sum();
-    let available = free_space(dir).map_err(AgentError::io(dir))?;
-    if available < needed {
-        return Err(AgentError::NoSpace {
-            path: dir.to_owned(),
-            needed,
-            available,
-        });
-    }
+    crate::transaction::apply::ensure_space(dir, needed)?;
     log.line(&format!(
         "extract {} artifact(s) from bundle {}",
         wanted.len(),

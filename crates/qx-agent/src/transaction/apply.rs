@@ -1005,14 +1005,7 @@ pub(crate) fn download_artifacts(
         .filter(|a| !dir.join(a.artifact.as_str()).exists())
         .map(|a| a.size_bytes)
         .sum();
-    let available = free_space(dir).map_err(AgentError::io(dir))?;
-    if available < needed {
-        return Err(AgentError::NoSpace {
-            path: dir.to_owned(),
-            needed,
-            available,
-        });
-    }
+    ensure_space(dir, needed)?;
     let downloader = Downloader::with_tls(download_options(config), &config.tls)?;
     let server = config.server();
     let status = agent.status_handle();
@@ -1036,4 +1029,17 @@ pub(crate) fn download_artifacts(
         paths.push(path);
     }
     Ok(paths)
+}
+
+/// Refuses to go on when `dir`'s file system has fewer than `needed` free bytes.
+pub(crate) fn ensure_space(dir: &Path, needed: u64) -> Result<(), AgentError> {
+    let available = free_space(dir).map_err(AgentError::io(dir))?;
+    if available < needed {
+        return Err(AgentError::NoSpace {
+            path: dir.to_owned(),
+            needed,
+            available,
+        });
+    }
+    Ok(())
 }
