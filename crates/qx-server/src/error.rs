@@ -73,12 +73,29 @@ impl ApiError {
 }
 
 impl From<StoreError> for ApiError {
+    /// The public body never names a file-system path: the full error (with its path) goes
+    /// to the log, the client gets what failed and what to do. A full disk (or quota) is 507.
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(what) => ApiError::not_found(format!("{what} was not found")),
+            other if other.is_out_of_space() => {
+                tracing::error!(error = %other, "storage full");
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "the server's release storage is full; nothing was stored. Free space on the server (or raise its quota), then retry",
+                )
+            }
+            StoreError::Corrupt { .. } => {
+                tracing::error!(error = %e, "damaged stored release");
+                ApiError::internal(
+                    "a stored release is damaged; the server's log names it. Ask the operator to remove or repair it",
+                )
+            }
             other => {
                 tracing::error!(error = %other, "storage error");
-                ApiError::internal(format!("storage error: {other}"))
+                ApiError::internal(
+                    "the server's release storage failed; the server's log has the details. Retry later or ask the operator",
+                )
             }
         }
     }

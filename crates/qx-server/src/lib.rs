@@ -7,7 +7,8 @@
 //! - [`state`]: the state handlers share; [`params`]: path and query parameters;
 //! - [`handlers`]: the read-only endpoints; [`publish`]: publish, promote, yank;
 //! - [`range`]: the `Range` header; [`metrics`]: Prometheus metrics;
-//! - [`server`]: start (crash recovery, TLS), serve, shut down.
+//! - [`server`]: start (crash recovery, TLS), serve, shut down; [`protocol_errors`]: JSON
+//!   bodies for hyper's own 400/414/431 answers to requests it cannot parse.
 //!
 //! Behaviour where docs/spec.md §3 leaves a choice:
 //! - A URL segment or `channel` query value that breaks the name rules (`..`, `%2e%2e`, a
@@ -28,9 +29,16 @@
 //!   not a minisign signature, unlisted/missing/duplicate parts and hash or size mismatches →
 //!   422; parts out of order (`manifest`, `signature`, artifacts) → 400. A re-publish whose
 //!   manifest bytes are identical (and whose artifacts therefore match) → 200; the stored
-//!   signature is kept. A version equal by SemVer precedence but spelled otherwise (other
+//!   signature is kept; when that release is yanked it stays yanked and the 200 body says
+//!   `"yanked": true`. A version equal by SemVer precedence but spelled otherwise (other
 //!   build metadata) → 409.
 //! - Promote refuses a yanked source with 409.
+//! - A query parameter given twice, a malformed percent escape or a non-UTF-8 query value → 400
+//!   ([`params::QueryParams`]); hyper's own 400/414/431 answers get JSON bodies
+//!   ([`protocol_errors`]). No error body names a file-system path (the log does); a full disk
+//!   or quota during a publish or promote → 507.
+//! - A release whose manifest is damaged is skipped (and logged) by the manifest, channels and
+//!   release-list endpoints; the newest intact non-yanked release is offered instead.
 //! - Channel state (docs/spec.md §8): `GET`/`PUT /api/v1/{product}/channels/{channel}`
 //!   ([`handlers::channel`]). The server stores the publisher's exact bytes and signature and
 //!   never signs; a `PUT` is parsed strictly, checked against the URL and the releases held
@@ -49,6 +57,7 @@ pub mod error;
 pub mod handlers;
 pub mod metrics;
 pub mod params;
+pub mod protocol_errors;
 pub mod publish;
 pub mod range;
 pub mod routes;

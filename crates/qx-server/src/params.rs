@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{FromRequestParts, Query, RawPathParams};
+use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
 use qx_core::api::{CHANNEL_PARAM, DEFAULT_CHANNEL, FROM_PARAM};
 use qx_core::{ArtifactName, ChannelName, ProductName, Version};
@@ -52,20 +52,69 @@ impl Params {
     }
 }
 
-/// URL query parameters, with a JSON 400 when they cannot be decoded.
+/// URL query parameters, with a JSON 400 when they cannot be decoded: a malformed percent
+/// escape (`%zz`), bytes that are not UTF-8 once decoded, or a parameter given twice
+/// (`channel=a&channel=b`: which one was meant cannot be known). Empty pairs (`a=1&&b=2`) are
+/// ignored; `+` is a space, as in HTML forms.
 pub struct QueryParams(pub HashMap<String, String>);
 
 impl<St: Send + Sync> FromRequestParts<St> for QueryParams {
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, ApiError> {
-        if parts.uri.query().is_none_or(str::is_empty) {
-            return Ok(QueryParams(HashMap::new()));
-        }
-        Query::<HashMap<String, String>>::from_request_parts(parts, state)
-            .await
-            .map(|Query(m)| QueryParams(m))
-            .map_err(|e| ApiError::bad_request(format!("the URL query is invalid: {e}")))
+    async fn from_request_parts(parts: &mut Parts, _state: &St) -> Result<Self, ApiError> {
+        parse_query(parts.uri.query().unwrap_or("")).map(QueryParams)
     }
+}
+
+/// Parses a raw query string strictly (see [`QueryParams`]).
+pub fn parse_query(raw: &str) -> Result<HashMap<String, String>, ApiError> {
+    let mut out = HashMap::new();
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = decode_component(name)?;
+        let value = decode_component(value)?;
+        if out.contains_key(&name) {
+            return Err(ApiError::bad_request(format!(
+                "the query parameter {name:?} is given more than once; give it once"
+            )));
+        }
+        out.insert(name, value);
+    }
+    Ok(out)
+}
+
+/// Percent-decodes one query component; a `%` not followed by two hex digits, or a result
+/// that is not UTF-8, is a 400.
+fn decode_component(text: &str) -> Result<String, ApiError> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "the URL query has a malformed percent escape: % must be followed by two hex digits",
+                        )
+                    })?;
+                out.push(hex);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out)
+        .map_err(|_| ApiError::bad_request("the URL query is not UTF-8 once percent-decoded"))
 }
 
 impl QueryParams {
@@ -98,4 +147,25 @@ pub fn release_key<S: ReleaseStore>(
         channel: query.channel(app)?,
         version: params.version()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_decodes_escapes_and_plus() {
+        let q = parse_query("channel=st%61ble&note=a+b&&x").expect("valid");
+        assert_eq!(q.get("channel").map(String::as_str), Some("stable"));
+        assert_eq!(q.get("note").map(String::as_str), Some("a b"));
+        assert_eq!(q.get("x").map(String::as_str), Some(""));
+    }
+
+    #[test]
+    fn query_refuses_repeats_bad_escapes_and_non_utf8() {
+        for raw in ["channel=a&channel=b", "%zz", "a=%4", "a=%ff", "%"] {
+            let e = parse_query(raw).expect_err(raw);
+            assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{raw}");
+        }
+    }
 }

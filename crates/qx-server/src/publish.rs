@@ -50,6 +50,9 @@ struct Published {
     /// Artifacts not uploaded but linked from an earlier release (publish only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     carried_over: Vec<String>,
+    /// True when the release was already there and is yanked: a byte-identical re-publish
+    /// changes nothing, so it stays yanked (and is not offered).
+    yanked: bool,
 }
 
 fn multipart_error(e: MultipartError) -> ApiError {
@@ -167,18 +170,26 @@ fn check_target<S: ReleaseStore>(
     Ok(())
 }
 
-fn outcome_response(
+/// The answer to a publish or promote. A byte-identical re-publish of a yanked release is
+/// 200 with `"yanked": true` (it stays yanked: nothing changed), so the publisher is told.
+async fn outcome_response<S: ReleaseStore>(
+    app: &App<S>,
     outcome: CommitOutcome,
     key: &ReleaseKey,
     artifacts: Vec<String>,
     carried_over: Vec<String>,
 ) -> Result<Response, ApiError> {
+    let yanked = outcome == CommitOutcome::Identical && app.store.release(key).await?.yanked;
+    if yanked {
+        tracing::warn!(release = %key, "re-published byte for byte, but it is yanked and stays yanked");
+    }
     let body = Json(Published {
         product: key.product.to_string(),
         channel: key.channel.to_string(),
         version: key.version.to_string(),
         artifacts,
         carried_over,
+        yanked,
     });
     match outcome {
         CommitOutcome::Created => Ok((StatusCode::CREATED, body).into_response()),
@@ -248,7 +259,7 @@ async fn publish_inner<S: ReleaseStore>(
         tracing::info!(release = %key, carried_over = linked.len(), "published");
     }
     let artifacts = expected.keys().map(|k| k.to_string()).collect();
-    outcome_response(outcome, &key, artifacts, linked)
+    outcome_response(app, outcome, &key, artifacts, linked).await
 }
 
 /// A `Content-Length` over `MAX_UPLOAD_BYTES` is refused before the body is read.
@@ -516,11 +527,13 @@ async fn promote_inner<S: ReleaseStore>(
         tracing::info!(release = %key, from = %source_key.channel, "promoted");
     }
     outcome_response(
+        app,
         outcome,
         &key,
         new.iter().map(|a| a.artifact.to_string()).collect(),
         Vec::new(),
     )
+    .await
 }
 
 /// The artifacts of the new manifest (sorted by name), which must be exactly those of the

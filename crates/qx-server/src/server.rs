@@ -11,6 +11,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{Config, ConfigError, TlsFiles};
+use crate::protocol_errors::JsonErrorsAcceptor;
 use crate::routes::router;
 use crate::state::App;
 use crate::storage::local::LocalStore;
@@ -241,12 +242,14 @@ impl Worker {
         match self.rustls {
             Some(cfg) => {
                 axum_server::from_tcp_rustls(listener, cfg)
+                    .map(JsonErrorsAcceptor)
                     .handle(self.handle)
                     .serve(service)
                     .await
             }
             None => {
                 axum_server::from_tcp(listener)
+                    .map(JsonErrorsAcceptor)
                     .handle(self.handle)
                     .serve(service)
                     .await

@@ -196,30 +196,23 @@ impl<S: ReleaseStore> App<S> {
         channel: &ChannelName,
     ) -> Result<ResolvedManifest, ApiError> {
         let stored = self.store.channel_state(product, channel).await?;
-        let Some(version) = self
-            .offered_version_of(product, channel, stored.as_ref())
-            .await?
-        else {
-            let versions = self.store.versions(product, channel).await?;
-            return Err(ApiError::not_found(if versions.is_empty() {
-                format!("product {product} has no release on channel {channel}")
-            } else {
-                format!("every release of {product} on channel {channel} is yanked")
-            }));
-        };
-        let key = ReleaseKey {
-            product: product.clone(),
-            channel: channel.clone(),
-            version,
-        };
-        let release = match self.store.release(&key).await {
-            Err(StoreError::NotFound(_)) if stored.is_some() => {
-                return Err(ApiError::internal(format!(
-                    "the channel state names {key} as current, but this server does not hold it; put a channel state naming a held release"
-                )))
+        let release = match &stored {
+            Some(s) => self.current_of_state(product, channel, s).await?,
+            None => {
+                match self.newest_intact(product, channel).await? {
+                    Some(r) => r,
+                    None => {
+                        let versions = self.store.versions(product, channel).await?;
+                        return Err(ApiError::not_found(if versions.is_empty() {
+                            format!("product {product} has no release on channel {channel}")
+                        } else {
+                            format!("every release of {product} on channel {channel} is yanked or damaged")
+                        }));
+                    }
+                }
             }
-            other => other?,
         };
+        let key = &release.key;
         let sha = Sha256::of(&release.manifest_bytes);
         if let Some(entry) = stored.as_ref().and_then(|s| s.state.current_release()) {
             if entry.manifest_sha256 != sha {
@@ -240,6 +233,26 @@ impl<S: ReleaseStore> App<S> {
         })
     }
 
+    /// The release a channel state names as `current`; 500 if this server does not hold it.
+    async fn current_of_state(
+        &self,
+        product: &ProductName,
+        channel: &ChannelName,
+        state: &StoredChannel,
+    ) -> Result<crate::storage::StoredRelease, ApiError> {
+        let key = ReleaseKey {
+            product: product.clone(),
+            channel: channel.clone(),
+            version: state.state.current.clone(),
+        };
+        match self.store.release(&key).await {
+            Err(StoreError::NotFound(_)) => Err(ApiError::internal(format!(
+                "the channel state names {key} as current, but this server does not hold it; put a channel state naming a held release"
+            ))),
+            other => Ok(other?),
+        }
+    }
+
     /// [`Self::offered_version`] with the channel state already read.
     async fn offered_version_of(
         &self,
@@ -249,11 +262,39 @@ impl<S: ReleaseStore> App<S> {
     ) -> Result<Option<Version>, ApiError> {
         match stored {
             Some(s) => Ok(Some(s.state.current.clone())),
-            None => {
-                let versions = self.store.versions(product, channel).await?;
-                Ok(versions.into_iter().find(|v| !v.yanked).map(|v| v.version))
+            None => Ok(self
+                .newest_intact(product, channel)
+                .await?
+                .map(|r| r.key.version)),
+        }
+    }
+
+    /// The newest non-yanked release of a channel whose manifest can be read and parsed; a
+    /// damaged one (a `manifest.json` cut short, a missing signature) is skipped and logged,
+    /// so that it does not hide the intact releases below it.
+    async fn newest_intact(
+        &self,
+        product: &ProductName,
+        channel: &ChannelName,
+    ) -> Result<Option<crate::storage::StoredRelease>, ApiError> {
+        for v in self.store.versions(product, channel).await? {
+            if v.yanked {
+                continue;
+            }
+            let key = ReleaseKey {
+                product: product.clone(),
+                channel: channel.clone(),
+                version: v.version,
+            };
+            match self.store.release(&key).await {
+                Ok(r) => return Ok(Some(r)),
+                Err(e @ (StoreError::NotFound(_) | StoreError::Corrupt { .. })) => {
+                    tracing::warn!(release = %key, error = %e, "damaged release skipped; remove or repair it");
+                }
+                Err(e) => return Err(e.into()),
             }
         }
+        Ok(None)
     }
 }
 

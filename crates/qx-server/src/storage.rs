@@ -109,6 +109,19 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// True for a full file system or an exhausted quota (`ENOSPC`, `EDQUOT`).
+    pub fn is_out_of_space(&self) -> bool {
+        let io = match self {
+            StoreError::Io { source, .. } => source,
+            StoreError::Fs(e) => &e.source,
+            _ => return false,
+        };
+        matches!(
+            io.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+        ) || matches!(io.raw_os_error(), Some(28 /* ENOSPC */ | 122 /* EDQUOT */))
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> StoreError {
         let path = path.into();
         move |source| StoreError::Io { path, source }

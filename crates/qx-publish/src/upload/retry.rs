@@ -2,8 +2,9 @@
 //!
 //! Connection errors and 500/502/503/504 answers (transient server trouble; every request the
 //! client retries is idempotent) are retried a bounded number of times with exponential
-//! backoff (doubling, at most 30 s); every other answer is final. Each retry is announced on
-//! stderr: `URL: WHY; retrying in N ms (attempt K/M)`.
+//! backoff (doubling, at most 30 s); every other answer is final — among them 507 (the
+//! server's storage is full: sending the same bytes again cannot succeed). Each retry is
+//! announced on stderr: `URL: WHY; retrying in N ms (attempt K/M)`.
 
 use std::time::Duration;
 
@@ -120,10 +121,37 @@ mod tests {
             (502, true),
             (504, true),
             (404, false),
+            // A full disk on the server: sending the same bytes again cannot help.
+            (507, false),
         ] {
             let status = StatusCode::from_u16(code).expect("status");
             assert_eq!(is_transient(status), transient, "{code}");
         }
+    }
+
+    #[test]
+    fn insufficient_storage_is_not_retried() {
+        let policy = RetryPolicy {
+            retries: 3,
+            backoff: Duration::from_millis(1),
+        };
+        let req = Request {
+            url: "http://127.0.0.1:1/x",
+            give_up_hint: "",
+        };
+        let mut sent = 0;
+        let status = policy
+            .run(
+                &req,
+                || {
+                    sent += 1;
+                    Ok(Ok(StatusCode::INSUFFICIENT_STORAGE))
+                },
+                |s| *s,
+                || {},
+            )
+            .expect("a 507 is a final answer");
+        assert_eq!((status, sent), (StatusCode::INSUFFICIENT_STORAGE, 1));
     }
 
     #[test]

@@ -152,8 +152,12 @@ pub async fn releases<S: ReleaseStore>(
         };
         let r = match app.store.release(&key).await {
             Ok(r) => r,
-            // Listed a moment ago, so a damaged directory: skip it but say so in the log.
-            Err(StoreError::NotFound(_)) => continue,
+            // Listed a moment ago, so a damaged directory (or a manifest cut short): skip it
+            // but say so in the log; one damaged release must not hide the others.
+            Err(e @ (StoreError::NotFound(_) | StoreError::Corrupt { .. })) => {
+                tracing::warn!(release = %key, error = %e, "damaged release skipped in the release list");
+                continue;
+            }
             Err(e) => return Err(e.into()),
         };
         out.push(ReleaseEntry {

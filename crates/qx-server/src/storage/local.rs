@@ -271,7 +271,10 @@ impl ReleaseStore for LocalStore {
             write_atomic(&dir.path().join(SIGNATURE_FILE), &signature)?;
             let channel_dir = target
                 .parent()
-                .ok_or_else(|| StoreError::NotFound(format!("parent of {}", target.display())))?
+                .ok_or_else(|| StoreError::Corrupt {
+                    path: target.clone(),
+                    reason: "a release directory has no parent".into(),
+                })?
                 .to_owned();
             create_dir_all_durable(&channel_dir)?;
 
