@@ -86,6 +86,12 @@ pub struct Component {
     pub backup_before_update: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub permissions: Option<Permissions>,
+    /// Permit setuid/setgid bits (`permissions`, archive entries); refused otherwise.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_setuid: bool,
+    /// Permit modes writable by others (`permissions`, archive entries); refused otherwise.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_world_writable: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requires: Vec<Requirement>,
     /// Only for `kind: migrations`: argv run from the extracted component's directory.
@@ -98,6 +104,10 @@ pub struct Component {
 
 fn yes() -> bool {
     true
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A prerequisite: another component installed at least at this version.
@@ -241,6 +251,14 @@ impl Manifest {
 }
 
 impl Component {
+    /// The special modes this component may install.
+    pub fn mode_allowance(&self) -> ModeAllowance {
+        ModeAllowance {
+            setuid: self.allow_setuid,
+            world_writable: self.allow_world_writable,
+        }
+    }
+
     /// The component's artifact with its hash and size.
     pub fn artifact_ref(&self) -> ArtifactRef {
         ArtifactRef {
@@ -260,6 +278,87 @@ impl FullImage {
             size_bytes: self.size_bytes,
         }
     }
+}
+
+/// Which dangerous modes a component may install (docs/release-spec.md: `allow_setuid`,
+/// `allow_world_writable`); both refused by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModeAllowance {
+    pub setuid: bool,
+    pub world_writable: bool,
+}
+
+impl ModeAllowance {
+    /// Why `mode` may not be installed, or `None` when it may: setuid/setgid bits without
+    /// `setuid`, a mode writable by others without `world_writable`.
+    pub fn refusal(self, mode: u32) -> Option<String> {
+        if mode & 0o6000 != 0 && !self.setuid {
+            return Some(format!(
+                "mode {mode:04o} sets the setuid/setgid bit; refused unless the component sets allow_setuid"
+            ));
+        }
+        if mode & 0o002 != 0 && !self.world_writable {
+            return Some(format!(
+                "mode {mode:04o} is writable by others; refused unless the component sets allow_world_writable"
+            ));
+        }
+        None
+    }
+}
+
+/// Install paths refused whatever the release (docs/release-spec.md, "Install paths that are
+/// refused"): replacing
+/// one of these system directories wholesale leaves a host that cannot boot or run the agent.
+pub const DENIED_INSTALL_PATHS: &[&str] = &[
+    "/bin",
+    "/boot",
+    "/data",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/usr/bin",
+    "/usr/lib",
+    "/usr/local",
+    "/usr/local/bin",
+    "/usr/local/sbin",
+    "/usr/sbin",
+    "/usr/share",
+    "/var",
+    "/var/lib",
+    "/var/log",
+    "/var/run",
+    "/var/tmp",
+];
+
+/// The agent's own configuration, trusted keys and state: no install path may be one of them,
+/// inside one, or a parent of one.
+pub const AGENT_OWN_PATHS: &[&str] = &["/etc/limiquantix", "/data/updates", "/var/log/quantix"];
+
+/// Why `path` may not be an install path, or `None` when it may: it is a denied system
+/// directory (any top-level `/lib*` included), or it overlaps the agent's own paths.
+pub fn install_path_refusal(path: &InstallPath) -> Option<String> {
+    let p = path.as_str();
+    let top_lib = p.starts_with("/lib") && !p[1..].contains('/');
+    if top_lib || DENIED_INSTALL_PATHS.contains(&p) {
+        return Some(format!(
+            "{p} is a system directory; installing there would replace it wholesale and can leave the host unable to boot (install below it instead, e.g. /data/bin/<name>)"
+        ));
+    }
+    AGENT_OWN_PATHS.iter().find(|own| overlaps(own, p)).map(|own| {
+        format!(
+            "{p} overlaps {own}, the update agent's own configuration, trust or state; a release must not replace the agent's own files"
+        )
+    })
 }
 
 /// Two install paths overlap when they are equal or one is inside the other.

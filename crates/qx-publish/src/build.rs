@@ -441,6 +441,8 @@ impl Plan {
             restart_service: c.restart_service.clone(),
             backup_before_update: c.backup_before_update,
             permissions: c.permissions,
+            allow_setuid: c.allow_setuid,
+            allow_world_writable: c.allow_world_writable,
             requires: requirements(c)?,
             migrate_command: c.migrate_command.clone(),
             health_command: c.health_command.clone(),

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use qx_core::manifest::{install_path_refusal, ModeAllowance};
 use qx_core::{ComponentKind, InstallPath, Version};
 
 use crate::error::{Error, Result};
@@ -13,6 +14,8 @@ use crate::spec::Spec;
 
 pub const INSTALL_PATH_INVALID: &str = "install-path-invalid";
 pub const INSTALL_PATH_DUPLICATE: &str = "install-path-duplicate";
+pub const INSTALL_PATH_DENIED: &str = "install-path-denied";
+pub const MODE_REFUSED: &str = "mode-refused";
 pub const FILE_ARCHIVE_NOT_SINGLE_FILE: &str = "file-archive-not-single-file";
 pub const MIGRATIONS_WITHOUT_COMMAND: &str = "migrations-without-command";
 pub const MIGRATE_COMMAND_NOT_MIGRATIONS: &str = "migrate-command-not-migrations";
@@ -68,6 +71,12 @@ pub fn spec(spec: &Spec) -> Vec<Finding> {
                 ),
             )),
             Ok(p) => {
+                if let Some(why) = install_path_refusal(&p) {
+                    out.push(error(
+                        INSTALL_PATH_DENIED,
+                        format!("component {}: install_path {p} is refused: {why}", c.name),
+                    ));
+                }
                 if let Some(other) = paths.get(p.as_str()) {
                     out.push(error(
                         INSTALL_PATH_DUPLICATE,
@@ -81,6 +90,7 @@ pub fn spec(spec: &Spec) -> Vec<Finding> {
                 }
             }
         }
+        out.extend(mode(c));
         match (c.kind, &c.migrate_command) {
             (ComponentKind::Migrations, None) => out.push(error(
                 MIGRATIONS_WITHOUT_COMMAND,
@@ -120,6 +130,23 @@ pub fn spec(spec: &Spec) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// `permissions` without setuid/setgid or write-by-others bits, unless the component sets
+/// `allow_setuid` / `allow_world_writable` (agents refuse them otherwise).
+fn mode(c: &crate::spec::ComponentSpec) -> Option<Finding> {
+    let allow = ModeAllowance {
+        setuid: c.allow_setuid,
+        world_writable: c.allow_world_writable,
+    };
+    let why = allow.refusal(c.permissions?.mode())?;
+    Some(error(
+        MODE_REFUSED,
+        format!(
+            "component {}: permissions {why} = true in its [[component]] section (agents refuse it otherwise)",
+            c.name
+        ),
+    ))
 }
 
 /// A `file` component's archive must hold exactly one regular file and nothing else.
@@ -255,6 +282,45 @@ mod tests {
             lints("[[component]]\nname = \"a\"\ninstall_path = \"/x\"\nsource = \"a\"\n[[component]]\nname = \"b\"\ninstall_path = \"/x\"\nsource = \"b\"\n"),
             [INSTALL_PATH_DUPLICATE]
         );
+    }
+
+    #[test]
+    fn install_path_on_the_deny_list() {
+        for path in [
+            "/etc",
+            "/usr",
+            "/lib64",
+            "/var/lib",
+            "/etc/limiquantix",
+            "/data/updates",
+            "/data",
+        ] {
+            assert_eq!(
+                lints(&format!(
+                    "[[component]]\nname = \"a\"\ninstall_path = \"{path}\"\nsource = \"a\"\n"
+                )),
+                [INSTALL_PATH_DENIED],
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn setuid_permissions_without_allow_setuid() {
+        let base = "[[component]]\nname = \"a\"\ninstall_path = \"/data/bin/a\"\nsource = \"a\"\npermissions = \"6755\"\n";
+        assert_eq!(lints(base), [MODE_REFUSED]);
+        let f = super::spec(&spec(base)).remove(0);
+        assert!(f.message.contains("allow_setuid = true"), "{f}");
+        assert!(lints(&format!("{base}allow_setuid = true\n")).is_empty());
+    }
+
+    #[test]
+    fn world_writable_permissions_without_allow_world_writable() {
+        let base = "[[component]]\nname = \"a\"\nkind = \"directory\"\ninstall_path = \"/data/share/a\"\nsource = \"a\"\npermissions = \"2777\"\nallow_setuid = true\n";
+        assert_eq!(lints(base), [MODE_REFUSED]);
+        let f = super::spec(&spec(base)).remove(0);
+        assert!(f.message.contains("allow_world_writable = true"), "{f}");
+        assert!(lints(&format!("{base}allow_world_writable = true\n")).is_empty());
     }
 
     #[test]

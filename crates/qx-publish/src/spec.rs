@@ -67,6 +67,10 @@ pub struct ComponentSpec {
     pub restart_service: Option<ServiceName>,
     pub backup_before_update: bool,
     pub permissions: Option<Permissions>,
+    /// Permit setuid/setgid modes (refused by the `mode-refused` lint otherwise).
+    pub allow_setuid: bool,
+    /// Permit modes writable by others (refused by the `mode-refused` lint otherwise).
+    pub allow_world_writable: bool,
     pub requires: Vec<RequireSpec>,
     pub migrate_command: Option<Vec<String>>,
     pub health_command: Option<Vec<String>>,
@@ -130,6 +134,10 @@ struct RawComponent {
     backup_before_update: bool,
     permissions: Option<Permissions>,
     #[serde(default)]
+    allow_setuid: bool,
+    #[serde(default)]
+    allow_world_writable: bool,
+    #[serde(default)]
     requires: Vec<RequireSpec>,
     migrate_command: Option<Vec<String>>,
     health_command: Option<Vec<String>>,
@@ -183,6 +191,8 @@ impl RawComponent {
             restart_service: self.restart_service,
             backup_before_update: self.backup_before_update,
             permissions: self.permissions,
+            allow_setuid: self.allow_setuid,
+            allow_world_writable: self.allow_world_writable,
             requires: self.requires,
             migrate_command: self.migrate_command,
             health_command: self.health_command,
@@ -348,6 +358,14 @@ kernel = "image/vmlinuz"
         assert_eq!(img.squashfs, PathBuf::from("/images/system.squashfs"));
         assert_eq!(img.kernel, Some(PathBuf::from("/specs/image/vmlinuz")));
         assert!(img.requires_reboot);
+    }
+
+    #[test]
+    fn mode_allowances_default_to_false_and_can_be_set() {
+        let s = parse("product = \"p\"\nversion = \"1.0.0\"\n[[component]]\nname = \"a\"\ninstall_path = \"/data/a\"\nsource = \"a\"\n[[component]]\nname = \"b\"\ninstall_path = \"/data/b\"\nsource = \"b\"\npermissions = \"6777\"\nallow_setuid = true\nallow_world_writable = true\n")
+            .expect("parses");
+        assert!(!s.components[0].allow_setuid && !s.components[0].allow_world_writable);
+        assert!(s.components[1].allow_setuid && s.components[1].allow_world_writable);
     }
 
     #[test]

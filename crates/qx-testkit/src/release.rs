@@ -257,6 +257,8 @@ impl ComponentSpec {
                 .transpose()?,
             backup_before_update: self.backup_before_update,
             permissions: self.permissions.map(Permissions::new).transpose()?,
+            allow_setuid: false,
+            allow_world_writable: false,
             requires: self
                 .requires
                 .iter()

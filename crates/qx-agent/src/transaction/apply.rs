@@ -392,6 +392,8 @@ fn plan_entries(
                 version: c.version.to_string(),
                 restart_service: c.restart_service.as_ref().map(|s| s.to_string()),
                 permissions: c.permissions.map(|p| p.mode()),
+                allow_setuid: c.allow_setuid,
+                allow_world_writable: c.allow_world_writable,
                 health_command: c.health_command.clone(),
                 migrate_command: c.migrate_command.clone(),
                 keep_backup: c.backup_before_update,
@@ -525,7 +527,11 @@ fn extract_all(tx: &mut Tx<'_>, j: &Journal, artifacts: &[PathBuf]) -> Result<()
         remove_any(&e.temp)?;
         // Files are fsynced while the extraction goes on; `fsync_tree` below still fsyncs
         // every file and directory of the result (cheap for the files already clean).
-        let stats = extract::extract_tar_zst_synced(archive, &e.extract_dir, max)?;
+        let allow = extract::ModeAllowance {
+            setuid: e.allow_setuid,
+            world_writable: e.allow_world_writable,
+        };
+        let stats = extract::extract_tar_zst_synced(archive, &e.extract_dir, max, allow)?;
         tx.log.line(&format!(
             "extracted {} into {}: {} file(s), {} dir(s), {} link(s), {} bytes",
             archive.display(),
@@ -537,7 +543,8 @@ fn extract_all(tx: &mut Tx<'_>, j: &Journal, artifacts: &[PathBuf]) -> Result<()
         ));
         match e.kind {
             ComponentKind::File => {
-                let file = extract::single_file(archive, &e.extract_dir)?;
+                let expected = temp_base(&e.target, &e.name);
+                let file = extract::single_file(archive, &e.extract_dir, &expected)?;
                 fs::rename(&file, &e.temp).map_err(AgentError::io(&e.temp))?;
                 remove_any(&e.extract_dir)?;
             }

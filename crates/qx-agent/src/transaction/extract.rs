@@ -3,7 +3,9 @@
 //! Every entry is checked before anything is written for it: no absolute path, no `..`, no
 //! symbolic link whose target leaves the extraction root, no hard link to anything but a
 //! regular file already extracted, no device node or fifo, no write through a symbolic link,
-//! and the total unpacked size is capped (decompression bomb). Files are created with
+//! and the total unpacked size is capped (decompression bomb). A file or directory whose mode
+//! sets the setuid/setgid bit or is writable by others is refused unless the component allows
+//! it ([`ModeAllowance`]). Files are created with
 //! `O_EXCL`, so nothing existing is ever overwritten. On any refusal the staging directory is
 //! removed; nothing is ever written outside it.
 
@@ -12,6 +14,8 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{mpsc, Mutex};
+
+pub use qx_core::manifest::ModeAllowance;
 
 /// Upper bound on the number of entries of one archive.
 pub const MAX_ENTRIES: u64 = 1_000_000;
@@ -48,6 +52,18 @@ pub enum ExtractError {
         entry: String,
         link: String,
     },
+    #[error("{archive}: entry {entry:?}: {reason}")]
+    ModeRefused {
+        archive: PathBuf,
+        entry: String,
+        reason: String,
+    },
+    #[error("{archive}: `file` component entry {entry:?} is not named {expected:?}, the install path's file name; rebuild the release with qx-publish")]
+    MisnamedFile {
+        archive: PathBuf,
+        entry: String,
+        expected: String,
+    },
     #[error("{archive}: entry {entry:?} appears twice")]
     Duplicate { archive: PathBuf, entry: String },
     #[error("{archive}: unpacks to more than {limit} bytes (decompression bomb?); raise updates.max_unpacked_bytes if this is genuine")]
@@ -72,13 +88,24 @@ pub struct ExtractStats {
 }
 
 /// Extracts `archive` (tar.zst) into `dest`, which must not exist yet (it is created; its
-/// parent must exist). On error `dest` is removed. Nothing is fsynced.
+/// parent must exist). On error `dest` is removed. Nothing is fsynced. Setuid/setgid and
+/// world-writable modes are refused (see [`extract_tar_zst_allowing`]).
 pub fn extract_tar_zst(
     archive: &Path,
     dest: &Path,
     max_bytes: u64,
 ) -> Result<ExtractStats, ExtractError> {
-    extract_zst(archive, dest, max_bytes, None)
+    extract_tar_zst_allowing(archive, dest, max_bytes, ModeAllowance::default())
+}
+
+/// [`extract_tar_zst`], with the special modes the component allows kept as they are.
+pub fn extract_tar_zst_allowing(
+    archive: &Path,
+    dest: &Path,
+    max_bytes: u64,
+    allow: ModeAllowance,
+) -> Result<ExtractStats, ExtractError> {
+    extract_zst(archive, dest, max_bytes, allow, None)
 }
 
 /// Threads fsyncing the regular files of an extraction while it goes on: see
@@ -101,6 +128,7 @@ pub fn extract_tar_zst_synced(
     archive: &Path,
     dest: &Path,
     max_bytes: u64,
+    allow: ModeAllowance,
 ) -> Result<ExtractStats, ExtractError> {
     let (tx, rx) = mpsc::sync_channel::<(PathBuf, File)>(SYNC_QUEUE);
     let rx = Mutex::new(rx);
@@ -108,7 +136,7 @@ pub fn extract_tar_zst_synced(
         let workers: Vec<_> = (0..SYNC_THREADS)
             .map(|_| scope.spawn(|| sync_worker(&rx)))
             .collect();
-        let mut result = extract_zst(archive, dest, max_bytes, Some(&tx));
+        let mut result = extract_zst(archive, dest, max_bytes, allow, Some(&tx));
         // No more files: the workers finish the queue and stop.
         drop(tx);
         for w in workers {
@@ -149,6 +177,7 @@ fn extract_zst(
     archive: &Path,
     dest: &Path,
     max_bytes: u64,
+    allow: ModeAllowance,
     synced: Option<&mpsc::SyncSender<(PathBuf, File)>>,
 ) -> Result<ExtractStats, ExtractError> {
     let io_err = |path: &Path| {
@@ -161,7 +190,7 @@ fn extract_zst(
             archive: archive.to_owned(),
             message: e.to_string(),
         })?;
-        extract_inner(decoder, archive, dest, max_bytes, synced)
+        extract_inner(decoder, archive, dest, max_bytes, allow, synced)
     });
     if result.is_err() {
         let _ = fs::remove_dir_all(dest);
@@ -176,12 +205,14 @@ fn extract_inner<R: Read>(
     archive: &Path,
     dest: &Path,
     max_bytes: u64,
+    allow: ModeAllowance,
     synced: Option<&mpsc::SyncSender<(PathBuf, File)>>,
 ) -> Result<ExtractStats, ExtractError> {
     let mut x = Extraction {
         archive,
         dest,
         max_bytes,
+        allow,
         synced,
         buf: vec![0u8; COPY_BUF],
         stats: ExtractStats::default(),
@@ -227,6 +258,7 @@ struct Extraction<'a> {
     archive: &'a Path,
     dest: &'a Path,
     max_bytes: u64,
+    allow: ModeAllowance,
     synced: Option<&'a mpsc::SyncSender<(PathBuf, File)>>,
     buf: Vec<u8>,
     stats: ExtractStats,
@@ -255,6 +287,22 @@ impl Extraction<'_> {
         }
     }
 
+    /// The mode of a file or directory entry (permission and setuid/setgid/sticky bits),
+    /// refused when the component does not allow it.
+    fn mode(&self, h: &tar::Header, kind: tar::EntryType, name: &str) -> Result<u32, ExtractError> {
+        let mode = h.mode().unwrap_or(0o644) & 0o7777;
+        let checked =
+            kind.is_dir() || matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous);
+        match self.allow.refusal(mode) {
+            Some(reason) if checked => Err(ExtractError::ModeRefused {
+                archive: self.archive.to_owned(),
+                entry: name.to_owned(),
+                reason,
+            }),
+            _ => Ok(mode),
+        }
+    }
+
     /// Writes one checked entry at `rel` below the destination, by its kind.
     fn entry<R: Read>(
         &mut self,
@@ -264,7 +312,7 @@ impl Extraction<'_> {
         name: String,
     ) -> Result<(), ExtractError> {
         let out = self.dest.join(rel);
-        let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+        let mode = self.mode(entry.header(), kind, &name)?;
         let link_target = || {
             entry
                 .link_name_bytes()
@@ -525,8 +573,9 @@ fn copy_limited(
     Ok(copied)
 }
 
-/// The one regular file of a `kind: file` artifact's extraction.
-pub fn single_file(archive: &Path, dir: &Path) -> Result<PathBuf, ExtractError> {
+/// The one regular file of a `kind: file` artifact's extraction, which must be named
+/// `expected` (the install path's file name, as qx-publish packs it) at the archive's top.
+pub fn single_file(archive: &Path, dir: &Path, expected: &str) -> Result<PathBuf, ExtractError> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -550,7 +599,18 @@ pub fn single_file(archive: &Path, dir: &Path) -> Result<PathBuf, ExtractError> 
         }
     }
     match found.as_slice() {
-        [(p, true)] => Ok(p.clone()),
+        [(p, true)] if p.strip_prefix(dir).is_ok_and(|rel| rel == Path::new(expected)) => {
+            Ok(p.clone())
+        }
+        [(p, true)] => Err(ExtractError::MisnamedFile {
+            archive: archive.to_owned(),
+            entry: p
+                .strip_prefix(dir)
+                .unwrap_or(p)
+                .to_string_lossy()
+                .into_owned(),
+            expected: expected.to_owned(),
+        }),
         _ => Err(ExtractError::Layout {
             archive: archive.to_owned(),
             message: format!(
@@ -600,7 +660,13 @@ mod tests {
         let archive = dir.path().join("a.tar.zst");
         fs::write(&archive, tar_zst(&entries()).unwrap()).unwrap();
         let plain = extract_tar_zst(&archive, &dir.path().join("plain"), 1 << 30).unwrap();
-        let synced = extract_tar_zst_synced(&archive, &dir.path().join("synced"), 1 << 30).unwrap();
+        let synced = extract_tar_zst_synced(
+            &archive,
+            &dir.path().join("synced"),
+            1 << 30,
+            ModeAllowance::default(),
+        )
+        .unwrap();
         assert_eq!(plain, synced);
         assert_eq!(synced.files, SYNC_QUEUE as u64 + 8);
         for i in 0..(SYNC_QUEUE + 8) {
@@ -628,7 +694,8 @@ mod tests {
         v.push(file("../victim", 4, b'x'));
         fs::write(&archive, tar_zst(&v).unwrap()).unwrap();
         let dest = dir.path().join("x");
-        let err = extract_tar_zst_synced(&archive, &dest, 1 << 30).unwrap_err();
+        let err =
+            extract_tar_zst_synced(&archive, &dest, 1 << 30, ModeAllowance::default()).unwrap_err();
         assert!(matches!(err, ExtractError::ParentDir { .. }), "{err}");
         assert!(!dest.exists(), "staging removed after a refusal");
         assert!(!dir.path().join("victim").exists());

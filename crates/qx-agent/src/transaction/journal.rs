@@ -57,6 +57,11 @@ pub struct Entry {
     pub version: String,
     pub restart_service: Option<String>,
     pub permissions: Option<u32>,
+    /// The component's `allow_setuid` / `allow_world_writable`: modes its archive may carry.
+    #[serde(default)]
+    pub allow_setuid: bool,
+    #[serde(default)]
+    pub allow_world_writable: bool,
     #[serde(default)]
     pub health_command: Option<Vec<String>>,
     #[serde(default)]

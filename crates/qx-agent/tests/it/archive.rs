@@ -4,8 +4,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use qx_agent::transaction::extract::extract_tar_zst;
 use qx_agent::transaction::extract::ExtractError;
+use qx_agent::transaction::extract::{extract_tar_zst, extract_tar_zst_allowing, ModeAllowance};
 use qx_agent::AgentError;
 use qx_agent::ApplyOptions;
 use qx_testkit::host::{demo_binary, Lab};
@@ -310,4 +310,114 @@ fn apply_refuses_hostile_artifact_and_leaves_the_host_untouched() {
     let all = listing(root.parent().unwrap());
     assert!(!all.iter().any(|p| p.ends_with("evil")), "{all:?}");
     assert!(!all.iter().any(|p| p.contains(".qx-")), "{all:?}");
+}
+
+/// A tar.zst holding one directory `d/` with `mode` (the testkit's directories are 0755).
+fn dir_with_mode(mode: u32) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(mode);
+    h.set_size(0);
+    b.append_data(&mut h, "d/", std::io::empty()).unwrap();
+    zstd::encode_all(b.into_inner().unwrap().as_slice(), 3).unwrap()
+}
+
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn archive_refuses_setuid_and_setgid_files_unless_allowed() {
+    for mode in [0o4755, 0o2755, 0o6755] {
+        let e = refuse(
+            &[TarEntry::File {
+                path: "tool".into(),
+                bytes: b"x".to_vec(),
+                mode,
+            }],
+            MIB,
+        );
+        assert!(
+            matches!(e, ExtractError::ModeRefused { .. }),
+            "{mode:o}: {e}"
+        );
+        assert!(e.to_string().contains("allow_setuid"), "{e}");
+    }
+    let sb = sandbox();
+    let archive = sb.staging.join("a.tar.zst");
+    let entry = TarEntry::File {
+        path: "tool".into(),
+        bytes: b"x".to_vec(),
+        mode: 0o4755,
+    };
+    fs::write(&archive, tar_zst(&[entry]).unwrap()).unwrap();
+    let allow = ModeAllowance {
+        setuid: true,
+        world_writable: false,
+    };
+    let dest = sb.staging.join("x");
+    extract_tar_zst_allowing(&archive, &dest, MIB, allow).expect("allowed");
+    assert_eq!(mode_of(&dest.join("tool")), 0o4755);
+}
+
+#[test]
+fn archive_refuses_world_writable_files_and_directories_unless_allowed() {
+    let e = refuse(
+        &[TarEntry::File {
+            path: "open".into(),
+            bytes: b"x".to_vec(),
+            mode: 0o666,
+        }],
+        MIB,
+    );
+    assert!(matches!(e, ExtractError::ModeRefused { .. }), "{e}");
+    let sb = sandbox();
+    let archive = sb.staging.join("a.tar.zst");
+    fs::write(&archive, dir_with_mode(0o2777)).unwrap();
+    let dest = sb.staging.join("x");
+    let e = extract_tar_zst(&archive, &dest, MIB).expect_err("2777 directory");
+    assert!(matches!(e, ExtractError::ModeRefused { .. }), "{e}");
+    assert!(!dest.exists(), "staging removed after a refusal");
+    let allow = ModeAllowance {
+        setuid: true,
+        world_writable: true,
+    };
+    extract_tar_zst_allowing(&archive, &dest, MIB, allow).expect("allowed");
+    assert_eq!(mode_of(&dest.join("d")), 0o2777);
+}
+
+#[test]
+fn apply_refuses_file_component_whose_entry_is_not_the_install_file_name() {
+    let lab = Lab::new().unwrap();
+    lab.host
+        .write_file("/data/bin/qx-node", &demo_binary("1.0.0").unwrap(), 0o755)
+        .unwrap();
+    lab.host.set_version("qx-node", "1.0.0").unwrap();
+    let misnamed = tar_zst(&[TarEntry::File {
+        path: "qx-other".into(),
+        bytes: demo_binary("1.1.0").unwrap(),
+        mode: 0o755,
+    }])
+    .unwrap();
+    let mut c = ComponentSpec::file("qx-node", "/data/bin/qx-node", Vec::new());
+    c.content = Content::Raw(misnamed);
+    lab.publish(&lab.release("1.1.0").component(c)).unwrap();
+    let err = agent(&lab)
+        .apply(&ApplyOptions::default())
+        .expect_err("refused");
+    assert!(
+        matches!(
+            &err,
+            AgentError::UnsafeArchive(ExtractError::MisnamedFile { entry, expected, .. })
+                if entry == "qx-other" && expected == "qx-node"
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        lab.host.read("/data/bin/qx-node").unwrap(),
+        demo_binary("1.0.0").unwrap()
+    );
+    assert_eq!(lab.host.version("qx-node").as_deref(), Some("1.0.0"));
 }

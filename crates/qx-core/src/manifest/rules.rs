@@ -5,8 +5,8 @@
 use std::collections::{BTreeSet, HashSet};
 
 use super::{
-    overlaps, Component, ComponentKind, Manifest, Problem, UpdateType, MANIFEST_FILE,
-    SCHEMA_VERSION, SIGNATURE_FILE,
+    install_path_refusal, overlaps, Component, ComponentKind, Manifest, Problem, UpdateType,
+    MANIFEST_FILE, SCHEMA_VERSION, SIGNATURE_FILE,
 };
 use crate::names::{ArtifactName, ComponentName, InstallPath};
 
@@ -114,6 +114,7 @@ impl<'a> Check<'a> {
     pub(super) fn components(&mut self) {
         for (i, c) in self.manifest.components.iter().enumerate() {
             self.component_identity(i, c);
+            self.component_safety(i, c);
             self.component_commands(i, c);
             self.component_requires(i, c);
         }
@@ -157,6 +158,20 @@ impl<'a> Check<'a> {
             self.bad(at("install_path"), message);
         }
         self.install_paths.push((&c.install_path, i));
+    }
+
+    /// An install path off the deny list; no setuid/setgid or world-writable permissions
+    /// unless the component allows them.
+    fn component_safety(&mut self, i: usize, c: &Component) {
+        if let Some(why) = install_path_refusal(&c.install_path) {
+            self.bad(format!("components[{i}].install_path"), why);
+        }
+        if let Some(why) = c
+            .permissions
+            .and_then(|p| c.mode_allowance().refusal(p.mode()))
+        {
+            self.bad(format!("components[{i}].permissions"), why);
+        }
     }
 
     /// A migrate command exactly on migrations components; every command names a program.

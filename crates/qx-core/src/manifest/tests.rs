@@ -194,3 +194,101 @@ fn full_image_artifacts_listed_once() {
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!(p[0].path, "full_image.kernel.artifact");
 }
+
+/// The problems at `components[0].<field>` of the sample with `f` applied.
+fn problems_at(field: &str, f: impl FnOnce(&mut serde_json::Value)) -> Vec<Problem> {
+    let at = format!("components[0].{field}");
+    problems(&edit(f))
+        .into_iter()
+        .filter(|p| p.path == at)
+        .collect()
+}
+
+#[test]
+fn manifest_refuses_setuid_and_setgid_permissions_without_allow_setuid() {
+    for mode in ["4755", "2755", "6755"] {
+        let found = problems_at("permissions", |v| {
+            v["components"][0]["permissions"] = mode.into()
+        });
+        assert_eq!(found.len(), 1, "{mode}: {found:?}");
+        assert!(found[0].message.contains("allow_setuid"), "{found:?}");
+    }
+}
+
+#[test]
+fn manifest_refuses_world_writable_permissions_without_allow_world_writable() {
+    for mode in ["0777", "2777", "0666", "0002"] {
+        let found = problems_at("permissions", |v| {
+            v["components"][0]["permissions"] = mode.into();
+            v["components"][0]["allow_setuid"] = true.into();
+        });
+        assert_eq!(found.len(), 1, "{mode}: {found:?}");
+        assert!(
+            found[0].message.contains("allow_world_writable"),
+            "{found:?}"
+        );
+    }
+}
+
+#[test]
+fn manifest_accepts_special_modes_the_component_allows() {
+    let bytes = edit(|v| {
+        v["components"][0]["permissions"] = "6777".into();
+        v["components"][0]["allow_setuid"] = true.into();
+        v["components"][0]["allow_world_writable"] = true.into();
+    });
+    let m = Manifest::parse(&bytes, UnknownFields::Reject).expect("allowed");
+    assert!(m.components[0].allow_setuid && m.components[0].allow_world_writable);
+    let again = Manifest::parse(&m.to_bytes(), UnknownFields::Reject).expect("roundtrip");
+    assert_eq!(m, again);
+    // Both default to false and are not written when false (older manifests are unchanged).
+    let plain = Manifest::parse(SAMPLE.as_bytes(), UnknownFields::Reject).expect("sample");
+    let text = String::from_utf8(plain.to_bytes()).expect("utf-8");
+    assert!(!text.contains("allow_"), "{text}");
+}
+
+#[test]
+fn manifest_refuses_system_directories_as_install_paths() {
+    for path in [
+        "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/boot", "/proc", "/sys",
+        "/dev", "/run", "/var/lib", "/var", "/data",
+    ] {
+        let found = problems_at("install_path", |v| {
+            v["components"][0]["install_path"] = path.into()
+        });
+        assert_eq!(found.len(), 1, "{path}: {found:?}");
+        assert!(found[0].message.contains("system directory"), "{found:?}");
+    }
+}
+
+#[test]
+fn manifest_refuses_the_agents_own_paths_their_insides_and_parents() {
+    for path in [
+        "/etc/limiquantix",
+        "/etc/limiquantix/node.yaml",
+        "/data/updates",
+        "/data/updates/staging",
+        "/var/log/quantix",
+    ] {
+        let found = problems_at("install_path", |v| {
+            v["components"][0]["install_path"] = path.into()
+        });
+        assert_eq!(found.len(), 1, "{path}: {found:?}");
+        assert!(found[0].message.contains("agent's own"), "{found:?}");
+    }
+}
+
+#[test]
+fn manifest_accepts_install_paths_below_system_directories() {
+    for path in [
+        "/data/bin/qx-node",
+        "/usr/local/bin/qx-node",
+        "/etc/qx-node.conf",
+        "/data/lib/x",
+    ] {
+        let found = problems_at("install_path", |v| {
+            v["components"][0]["install_path"] = path.into()
+        });
+        assert!(found.is_empty(), "{path}: {found:?}");
+    }
+}
