@@ -318,7 +318,10 @@ fn fetch_release_manifest(
     let sig_url = file(qx_core::manifest::SIGNATURE_FILE);
     let (sig, _) = fetch(&sig_url)?;
     let signature = String::from_utf8(sig).map_err(|_| AgentError::SignatureInvalid {
-        reason: format!("{sig_url} is not a text .minisig file"),
+        reason: format!(
+            "{} is not a text .minisig file",
+            crate::download::redact_credentials(&sig_url)
+        ),
     })?;
     Ok((url, bytes, signature))
 }

@@ -184,7 +184,19 @@ fn run_ab(config: Option<&Path>, root: &Path, json: bool, cmd: &qx_boot::cli::Ab
     }
 }
 
-pub fn run(cli: Cli) -> i32 {
+pub fn run(mut cli: Cli) -> i32 {
+    // Made absolute once, at start: paths below it are handed to commands run in other
+    // directories (a migration's cwd), where a relative root would be resolved again.
+    cli.root = match std::path::absolute(&cli.root) {
+        Ok(root) => root,
+        Err(e) => {
+            eprintln!(
+                "qx-update: --root {}: cannot make it absolute: {e}; pass an absolute path",
+                cli.root.display()
+            );
+            return code::USAGE;
+        }
+    };
     if let Command::Ab { cmd } = &cli.command {
         return run_ab(cli.config.as_deref(), &cli.root, cli.json, cmd);
     }

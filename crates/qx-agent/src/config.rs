@@ -433,12 +433,22 @@ impl Keys<'_> {
                 "is required (e.g. \"https://updates.example:9000\")".into(),
             )
         })?;
-        let url = reqwest::Url::parse(&server_url)
-            .map_err(|e| self.invalid("server_url", format!("{server_url:?} is not a URL: {e}")))?;
+        let url = reqwest::Url::parse(&server_url).map_err(|e| {
+            self.invalid(
+                "server_url",
+                format!(
+                    "{:?} is not a URL: {e}",
+                    crate::download::redact_credentials(&server_url)
+                ),
+            )
+        })?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(self.invalid(
                 "server_url",
-                format!("{server_url:?} must be an http:// or https:// URL with a host"),
+                format!(
+                    "{:?} must be an http:// or https:// URL with a host",
+                    crate::download::redact_credentials(&server_url)
+                ),
             ));
         }
         Ok(server_url.trim_end_matches('/').to_owned())

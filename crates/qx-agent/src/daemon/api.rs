@@ -200,7 +200,10 @@ impl ApiError {
         if let Some(what) = unreachable {
             let full = std::mem::replace(
                 &mut api.body.error,
-                format!("the update server at {} {what}", config.server_url),
+                format!(
+                    "the update server at {} {what}",
+                    crate::download::redact_credentials(&config.server_url)
+                ),
             );
             api.body.details.insert(0, full);
             api.body.details.push(format!(

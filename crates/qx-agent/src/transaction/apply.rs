@@ -214,7 +214,7 @@ fn apply_locked(tx: &mut Tx<'_>, opts: &ApplyOptions, op: &str) -> Result<ApplyR
     let agent = tx.agent;
     tx.log.line(&format!(
         "apply {op}: checking {}",
-        check::manifest_url(agent.config())
+        crate::download::redact_credentials(&check::manifest_url(agent.config()))
     ));
     let (report, verified) = check::check(agent, opts)?;
     let Some(verified) = verified else {
@@ -1012,7 +1012,10 @@ pub(crate) fn download_artifacts(
     let mut paths = Vec::with_capacity(artifacts.len());
     for a in artifacts {
         let url = server.artifact(&config.product, version, &a.artifact, &config.channel);
-        log.line(&format!("download {url}"));
+        log.line(&format!(
+            "download {}",
+            crate::download::redact_credentials(&url)
+        ));
         let path = downloader.fetch(&url, dir, a, &mut |p| {
             status.set_state(UpdateState::Downloading {
                 artifact: p.artifact.clone(),

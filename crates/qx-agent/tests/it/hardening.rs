@@ -1,0 +1,80 @@
+//! Issue 11 (hardening), the agent's part: a relative `--root`, credentials in `server_url`,
+//! terminal escapes in server-provided text, host API body validation and size limits,
+//! loose permissions on the files that decide what runs as root.
+
+use qx_testkit::host::Lab;
+use qx_testkit::release::ComponentSpec;
+
+use crate::support::host::{
+    dead_url, host_at_v1, node_release, qx_update, run_qx_update, update_log,
+};
+
+/// A migration that records it ran, in the host root it is given.
+const MARK: &str = "#!/bin/sh\nset -e\necho migrated > \"$QX_ROOT/run/migrated\"\n";
+
+#[test]
+fn relative_root_runs_migrations() {
+    let lab = Lab::new().unwrap();
+    lab.publish(&lab.release("1.0.0").component(ComponentSpec::migrations(
+        "db-migrations",
+        "/data/lib/quantix-migrations",
+        vec![("mark".into(), MARK.as_bytes().to_vec(), 0o755)],
+        vec!["mark".into()],
+    )))
+    .unwrap();
+    let root = lab.host.root();
+    std::fs::create_dir_all(root.join("run")).unwrap();
+    let out = qx_update(root.file_name().unwrap().as_ref())
+        .current_dir(root.parent().unwrap())
+        .args(["apply", "--yes"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("run/migrated")).unwrap(),
+        "migrated\n"
+    );
+}
+
+/// The lab's configuration with `qxuser:s3cret@` in `server_url` (pointing at `url`).
+fn with_credentials(lab: &Lab, url: &str) {
+    let mut c = lab.host_config();
+    c.server_url = url.replacen("://", "://qxuser:s3cret@", 1);
+    lab.host.write_config(&c).unwrap();
+}
+
+#[test]
+fn server_url_credentials_are_redacted_in_errors_and_log_lines() {
+    let lab = Lab::new().unwrap();
+    with_credentials(&lab, &dead_url());
+    let out = qx_update(lab.host.root())
+        .env("QX_LOG", "info")
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("***@127.0.0.1"), "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
+}
+
+#[test]
+fn server_url_credentials_are_redacted_in_the_update_log() {
+    let lab = Lab::new().unwrap();
+    with_credentials(&lab, lab.server.url());
+    host_at_v1(&lab);
+    node_release(&lab, "1.1.0");
+    let out = run_qx_update(lab.host.root(), &["apply", "--yes"]);
+    assert!(out.status.success(), "{out:?}");
+    let log = update_log(lab.host.root());
+    assert!(log.contains("***@127.0.0.1"), "{log}");
+    assert!(!log.contains("s3cret"), "{log}");
+}
