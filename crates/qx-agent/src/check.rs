@@ -685,7 +685,8 @@ fn write_seen(path: &Path, seen: &BTreeMap<String, String>) -> Result<(), AgentE
 }
 
 impl CheckReport {
-    /// Human text: one line per component, installed → offered.
+    /// Human text: one line per component, installed → offered; what came from the server
+    /// (the release notes) with its control characters escaped.
     pub fn render(&self) -> String {
         let mut out = format!(
             "{} {} on channel {} (released {})\n",
@@ -701,7 +702,10 @@ impl CheckReport {
             ));
         }
         if !self.release_notes.is_empty() {
-            out.push_str(&format!("\nRelease notes:\n{}\n", self.release_notes));
+            out.push_str(&format!(
+                "\nRelease notes:\n{}\n",
+                crate::untrusted::printable(&self.release_notes)
+            ));
         }
         if self.revert {
             out.push_str(&format!(

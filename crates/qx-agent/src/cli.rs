@@ -131,7 +131,7 @@ fn print_error(json: bool, e: &AgentError) -> i32 {
             serde_json::json!({"error": e.to_string(), "exit_code": code})
         );
     } else {
-        eprintln!("qx-update: {e}");
+        eprintln!("qx-update: {}", crate::untrusted::printable(&e.to_string()));
     }
     code
 }
@@ -332,7 +332,7 @@ fn status(agent: &Agent, json: bool) {
         s.state.name()
     );
     if let UpdateState::Failed { reason } = &s.state {
-        println!("  {reason}");
+        println!("  {}", crate::untrusted::printable(reason));
     }
     println!("installed:");
     if s.installed.is_empty() {
@@ -352,7 +352,7 @@ fn status(agent: &Agent, json: bool) {
             h.outcome,
             h.reason
                 .as_deref()
-                .map(|r| format!(": {r}"))
+                .map(|r| format!(": {}", crate::untrusted::printable(r)))
                 .unwrap_or_default()
         );
     }

@@ -6,7 +6,7 @@ use qx_testkit::host::Lab;
 use qx_testkit::release::ComponentSpec;
 
 use crate::support::host::{
-    dead_url, host_at_v1, node_release, qx_update, run_qx_update, update_log,
+    dead_url, host_at_v1, node, node_release, qx_update, run_qx_update, update_log,
 };
 
 /// A migration that records it ran, in the host root it is given.
@@ -77,4 +77,30 @@ fn server_url_credentials_are_redacted_in_the_update_log() {
     let log = update_log(lab.host.root());
     assert!(log.contains("***@127.0.0.1"), "{log}");
     assert!(!log.contains("s3cret"), "{log}");
+}
+
+#[test]
+fn release_notes_terminal_escapes_are_escaped_in_check_output_and_update_log() {
+    let lab = Lab::new().unwrap();
+    host_at_v1(&lab);
+    let mut spec = lab
+        .release("1.1.0")
+        .component(node("1.1.0").service("quantix-node"));
+    spec.release_notes = "fixes\x1b[2J\x1b]0;pwned\x07 done\u{9b}31m".into();
+    lab.publish(&spec).unwrap();
+
+    let out = run_qx_update(lab.host.root(), &["check"]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("fixes\\u{1b}[2J\\u{1b}]0;pwned\\u{7} done\\u{9b}31m"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(['\x1b', '\x07', '\u{9b}']), "{stdout:?}");
+
+    let out = run_qx_update(lab.host.root(), &["apply", "--yes"]);
+    assert!(out.status.success(), "{out:?}");
+    let log = update_log(lab.host.root());
+    assert!(log.contains("notes | fixes\\u{1b}[2J"), "{log}");
+    assert!(!log.contains(['\x1b', '\x07', '\u{9b}']), "{log:?}");
 }
