@@ -4,10 +4,13 @@
 
 use qx_testkit::host::Lab;
 use qx_testkit::release::ComponentSpec;
+use serde_json::json;
 
+use crate::support::api::{daemon_lab, error_body, ApiServer, TOKEN};
 use crate::support::host::{
-    dead_url, host_at_v1, node, node_release, qx_update, run_qx_update, update_log,
+    agent, dead_url, host_at_v1, node, node_release, qx_update, run_qx_update, update_log,
 };
+use crate::support::runtime;
 
 /// A migration that records it ran, in the host root it is given.
 const MARK: &str = "#!/bin/sh\nset -e\necho migrated > \"$QX_ROOT/run/migrated\"\n";
@@ -103,4 +106,55 @@ fn release_notes_terminal_escapes_are_escaped_in_check_output_and_update_log() {
     let log = update_log(lab.host.root());
     assert!(log.contains("notes | fixes\\u{1b}[2J"), "{log}");
     assert!(!log.contains(['\x1b', '\x07', '\u{9b}']), "{log:?}");
+}
+
+/// Apply bodies that must be refused before an apply starts: 400 with a JSON error whose
+/// text contains `expect`, and the host unchanged.
+#[test]
+fn api_apply_refuses_bad_bodies_before_starting() {
+    let cases: [(&str, serde_json::Value, &str); 6] = [
+        ("empty array", json!([]), "must be a JSON object"),
+        (
+            "nested array",
+            json!([["qx-demo"]]),
+            "must be a JSON object",
+        ),
+        ("string", json!("qx-node"), "must be a JSON object"),
+        (
+            "unknown component",
+            json!({"components": ["qx-demo"]}),
+            "component qx-demo is not in release 1.1.0",
+        ),
+        (
+            "mismatched allow_downgrade",
+            json!({"allow_downgrade": "0.9.0"}),
+            "0.9.0",
+        ),
+        (
+            "allow_downgrade not a version",
+            json!({"allow_downgrade": "latest"}),
+            "\"allow_downgrade\" \"latest\" is not a version",
+        ),
+    ];
+    let lab = daemon_lab(None, None, "");
+    runtime().block_on(async {
+        let api = ApiServer::start(agent(&lab), TOKEN);
+        for (name, body, expect) in &cases {
+            let resp = api
+                .post("/api/v1/updates/apply")
+                .json(body)
+                .send()
+                .await
+                .unwrap();
+            let (status, body) = error_body(resp).await;
+            assert_eq!(status, 400, "{name}: {body}");
+            let error = body["error"].as_str().unwrap_or_default();
+            assert!(error.contains(expect), "{name}: {body}");
+            assert!(body["details"].is_array(), "{name}: {body}");
+            let state = api.runner.agent().status().state;
+            assert_eq!(state.name(), "idle", "{name}: no apply started");
+        }
+        assert_eq!(lab.host.version("qx-node").as_deref(), Some("1.0.0"));
+        api.shutdown().await;
+    });
 }
