@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -253,7 +254,14 @@ async fn status(State(state): State<ApiState>) -> Result<Response, ApiError> {
     Ok(Json(snapshot).into_response())
 }
 
-async fn apply(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+/// The largest request body the API reads (an apply body is a few hundred bytes).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+async fn apply(
+    State(state): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(body_rejected)?;
     let request = parse_apply(&body)?;
     validate_apply(&request)?;
     let opts = ApplyOptions {
@@ -279,6 +287,26 @@ async fn apply(State(state): State<ApiState>, body: Bytes) -> Result<Response, A
         }),
     )
         .into_response())
+}
+
+/// A body that could not be read: too large (413, on HTTP/1.1 and HTTP/2 alike) or cut off.
+fn body_rejected(e: BytesRejection) -> ApiError {
+    let status = e.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            status,
+            "the request body is too large",
+            vec![format!(
+                "the API reads at most {MAX_BODY_BYTES} bytes; an apply body is {{\"components\": [...], \"allow_downgrade\": ..., \"version\": ...}}"
+            )],
+        )
+    } else {
+        ApiError::new(
+            status,
+            "the request body could not be read",
+            vec![e.body_text()],
+        )
+    }
 }
 
 /// The apply body: empty, or a JSON object (serde would also take an array for the struct,
@@ -495,7 +523,8 @@ pub fn router(state: ApiState) -> Router {
         .route(host::EVENTS, get(events))
         .route(API_PREFIX, any(not_found))
         .route(&format!("{API_PREFIX}/{{*rest}}"), any(not_found))
-        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     Router::new()
         .merge(api)
         .merge(crate::daemon::web::router())

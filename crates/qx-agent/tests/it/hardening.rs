@@ -6,7 +6,7 @@ use qx_testkit::host::Lab;
 use qx_testkit::release::ComponentSpec;
 use serde_json::json;
 
-use crate::support::api::{daemon_lab, error_body, ApiServer, TOKEN};
+use crate::support::api::{daemon_lab, error_body, post_h2, ApiServer, TOKEN};
 use crate::support::host::{
     agent, dead_url, host_at_v1, node, node_release, qx_update, run_qx_update, update_log,
 };
@@ -153,6 +153,51 @@ fn api_apply_refuses_bad_bodies_before_starting() {
             assert!(body["details"].is_array(), "{name}: {body}");
             let state = api.runner.agent().status().state;
             assert_eq!(state.name(), "idle", "{name}: no apply started");
+        }
+        assert_eq!(lab.host.version("qx-node").as_deref(), Some("1.0.0"));
+        api.shutdown().await;
+    });
+}
+
+/// An apply body over the limit gets a JSON 413, over HTTP/1.1 and over HTTP/2.
+#[test]
+fn api_oversized_body_is_json_413_on_http1_and_http2() {
+    let lab = daemon_lab(None, None, "");
+    // Valid JSON, far larger than any apply body.
+    let body = format!("{{\"components\": [\"{}\"]}}", "a".repeat(4 << 20));
+    runtime().block_on(async {
+        let api = ApiServer::start(agent(&lab), TOKEN);
+        let http1 = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .no_proxy()
+            .http1_only()
+            .build()
+            .unwrap();
+        let resp = http1
+            .post(api.url("/api/v1/updates/apply"))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_11);
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let h2 = post_h2(&api.base, "/api/v1/updates/apply", body.into_bytes()).await;
+        for (name, (status, text)) in [
+            (
+                "HTTP/2",
+                (h2.0, String::from_utf8_lossy(&h2.1).into_owned()),
+            ),
+            ("HTTP/1.1", (status, text)),
+        ] {
+            assert_eq!(status, 413, "{name}: {text}");
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {text}"));
+            let error = json["error"].as_str().unwrap_or_default();
+            assert!(error.contains("too large"), "{name}: {json}");
+            assert!(json["details"].is_array(), "{name}: {json}");
         }
         assert_eq!(lab.host.version("qx-node").as_deref(), Some("1.0.0"));
         api.shutdown().await;
