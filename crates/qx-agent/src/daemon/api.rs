@@ -17,8 +17,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -26,7 +26,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
-use futures_util::stream::{self, Stream};
+use futures_util::stream::{self, Stream, StreamExt};
 use qx_core::api::host;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
@@ -257,11 +257,13 @@ async fn status(State(state): State<ApiState>) -> Result<Response, ApiError> {
 /// The largest request body the API reads (an apply body is a few hundred bytes).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-async fn apply(
-    State(state): State<ApiState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let body = body.map_err(body_rejected)?;
+/// Up to this much of an oversized body is read and dropped before the 413, so that a client
+/// still sending it gets the answer rather than a reset connection; beyond it the connection
+/// is closed after the answer.
+const DRAIN_BYTES: usize = 1024 * 1024;
+
+async fn apply(State(state): State<ApiState>, body: Body) -> Result<Response, ApiError> {
+    let body = read_body(body).await?;
     let request = parse_apply(&body)?;
     validate_apply(&request)?;
     let opts = ApplyOptions {
@@ -289,24 +291,40 @@ async fn apply(
         .into_response())
 }
 
-/// A body that could not be read: too large (413, on HTTP/1.1 and HTTP/2 alike) or cut off.
-fn body_rejected(e: BytesRejection) -> ApiError {
-    let status = e.status();
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
+/// The request body, at most [`MAX_BODY_BYTES`]: more is a JSON 413 (on HTTP/1.1 and HTTP/2
+/// alike), a body cut off a 400.
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    let too_large = || {
         ApiError::new(
-            status,
+            StatusCode::PAYLOAD_TOO_LARGE,
             "the request body is too large",
             vec![format!(
                 "the API reads at most {MAX_BODY_BYTES} bytes; an apply body is {{\"components\": [...], \"allow_downgrade\": ..., \"version\": ...}}"
             )],
         )
-    } else {
-        ApiError::new(
-            status,
-            "the request body could not be read",
-            vec![e.body_text()],
-        )
+    };
+    let mut stream = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+                vec![e.to_string()],
+            )
+        })?;
+        seen = seen.saturating_add(chunk.len());
+        if seen <= MAX_BODY_BYTES {
+            kept.extend_from_slice(&chunk);
+        } else if seen > DRAIN_BYTES {
+            break;
+        }
     }
+    if seen > MAX_BODY_BYTES {
+        return Err(too_large());
+    }
+    Ok(Bytes::from(kept))
 }
 
 /// The apply body: empty, or a JSON object (serde would also take an array for the struct,
