@@ -163,8 +163,8 @@ fn api_apply_refuses_bad_bodies_before_starting() {
 #[test]
 fn api_oversized_body_is_json_413_on_http1_and_http2() {
     let lab = daemon_lab(None, None, "");
-    // Valid JSON, far larger than any apply body.
-    let body = format!("{{\"components\": [\"{}\"]}}", "a".repeat(4 << 20));
+    // Valid JSON, four times the limit.
+    let body = format!("{{\"components\": [\"{}\"]}}", "a".repeat(256 << 10));
     runtime().block_on(async {
         let api = ApiServer::start(agent(&lab), TOKEN);
         let http1 = reqwest::Client::builder()
@@ -202,4 +202,62 @@ fn api_oversized_body_is_json_413_on_http1_and_http2() {
         assert_eq!(lab.host.version("qx-node").as_deref(), Some("1.0.0"));
         api.shutdown().await;
     });
+}
+
+/// `qx-update status` on the lab's host after `change` made one of its files unsafe: refused
+/// (exit 1), the message naming the file and the fix.
+fn refused_after(change: impl FnOnce(&Lab), file: &str, fix: &str) {
+    let lab = Lab::new().unwrap();
+    change(&lab);
+    let out = run_qx_update(lab.host.root(), &["status"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let path = lab.host.path(file).display().to_string();
+    assert!(stderr.contains(&path), "{stderr}");
+    assert!(stderr.contains(&format!("{fix} {path}")), "{stderr}");
+}
+
+fn chmod(lab: &Lab, file: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let p = lab.host.path(file);
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn world_writable_config_is_refused() {
+    let file = "/etc/limiquantix/node.yaml";
+    refused_after(|lab| chmod(lab, file, 0o666), file, "chmod go-w");
+}
+
+#[test]
+fn group_writable_trusted_key_file_is_refused() {
+    let file = "/etc/limiquantix/update-key.pub";
+    refused_after(|lab| chmod(lab, file, 0o664), file, "chmod go-w");
+}
+
+#[test]
+fn config_not_owned_by_root_is_refused() {
+    let file = "/etc/limiquantix/node.yaml";
+    let chown = |lab: &Lab| {
+        std::os::unix::fs::chown(lab.host.path(file), Some(4242), Some(4242)).unwrap();
+    };
+    refused_after(chown, file, "chown root");
+}
+
+#[test]
+fn world_writable_api_token_file_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("api-token");
+    std::fs::write(&path, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o622)).unwrap();
+    let Err(err) = qx_agent::daemon::tls::load_or_create_token(&path) else {
+        panic!("a world-writable token file was accepted");
+    };
+    let text = err.to_string();
+    assert!(text.contains("API token file"), "{text}");
+    assert!(
+        text.contains(&format!("chmod go-w {}", path.display())),
+        "{text}"
+    );
 }
