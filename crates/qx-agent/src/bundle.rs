@@ -85,7 +85,7 @@ fn download(agent: &Agent, url: &str) -> Result<PathBuf, AgentError> {
     let name = format!("{}.qxb", &Sha256::of(url.as_bytes()).to_hex()[..16]);
     let status = agent.status_handle();
     let limit = (config.max_unpacked_bytes, "updates.max_unpacked_bytes");
-    tracing::info!(url, "downloading the bundle");
+    tracing::info!(url = %crate::download::redact_credentials(url), "downloading the bundle");
     let path = downloader.fetch_file(url, &download_dir(agent), &name, limit, &mut |p| {
         status.set_state(UpdateState::Downloading {
             artifact: p.artifact.clone(),

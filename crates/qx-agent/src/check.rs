@@ -318,7 +318,10 @@ fn fetch_release_manifest(
     let sig_url = file(qx_core::manifest::SIGNATURE_FILE);
     let (sig, _) = fetch(&sig_url)?;
     let signature = String::from_utf8(sig).map_err(|_| AgentError::SignatureInvalid {
-        reason: format!("{sig_url} is not a text .minisig file"),
+        reason: format!(
+            "{} is not a text .minisig file",
+            crate::download::redact_credentials(&sig_url)
+        ),
     })?;
     Ok((url, bytes, signature))
 }
@@ -682,7 +685,8 @@ fn write_seen(path: &Path, seen: &BTreeMap<String, String>) -> Result<(), AgentE
 }
 
 impl CheckReport {
-    /// Human text: one line per component, installed → offered.
+    /// Human text: one line per component, installed → offered; what came from the server
+    /// (the release notes) with its control characters escaped.
     pub fn render(&self) -> String {
         let mut out = format!(
             "{} {} on channel {} (released {})\n",
@@ -698,7 +702,10 @@ impl CheckReport {
             ));
         }
         if !self.release_notes.is_empty() {
-            out.push_str(&format!("\nRelease notes:\n{}\n", self.release_notes));
+            out.push_str(&format!(
+                "\nRelease notes:\n{}\n",
+                crate::untrusted::printable(&self.release_notes)
+            ));
         }
         if self.revert {
             out.push_str(&format!(

@@ -131,7 +131,7 @@ fn print_error(json: bool, e: &AgentError) -> i32 {
             serde_json::json!({"error": e.to_string(), "exit_code": code})
         );
     } else {
-        eprintln!("qx-update: {e}");
+        eprintln!("qx-update: {}", crate::untrusted::printable(&e.to_string()));
     }
     code
 }
@@ -184,7 +184,19 @@ fn run_ab(config: Option<&Path>, root: &Path, json: bool, cmd: &qx_boot::cli::Ab
     }
 }
 
-pub fn run(cli: Cli) -> i32 {
+pub fn run(mut cli: Cli) -> i32 {
+    // Made absolute once, at start: paths below it are handed to commands run in other
+    // directories (a migration's cwd), where a relative root would be resolved again.
+    cli.root = match std::path::absolute(&cli.root) {
+        Ok(root) => root,
+        Err(e) => {
+            eprintln!(
+                "qx-update: --root {}: cannot make it absolute: {e}; pass an absolute path",
+                cli.root.display()
+            );
+            return code::USAGE;
+        }
+    };
     if let Command::Ab { cmd } = &cli.command {
         return run_ab(cli.config.as_deref(), &cli.root, cli.json, cmd);
     }
@@ -320,7 +332,7 @@ fn status(agent: &Agent, json: bool) {
         s.state.name()
     );
     if let UpdateState::Failed { reason } = &s.state {
-        println!("  {reason}");
+        println!("  {}", crate::untrusted::printable(reason));
     }
     println!("installed:");
     if s.installed.is_empty() {
@@ -340,7 +352,7 @@ fn status(agent: &Agent, json: bool) {
             h.outcome,
             h.reason
                 .as_deref()
-                .map(|r| format!(": {r}"))
+                .map(|r| format!(": {}", crate::untrusted::printable(r)))
                 .unwrap_or_default()
         );
     }

@@ -157,7 +157,10 @@ fn certificates(
 
 /// A TLS connection to the update server failed, in plain words.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("TLS connection to {url} failed: {problem}")]
+#[error(
+    "TLS connection to {} failed: {problem}",
+    crate::download::redact_credentials(url)
+)]
 pub struct TlsFailure {
     pub url: String,
     pub problem: TlsProblem,

@@ -62,6 +62,44 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    /// A file that decides what runs as root or what is trusted, writable by someone else.
+    #[error("{what} {path}: {problem}; refused")]
+    Insecure {
+        what: &'static str,
+        path: PathBuf,
+        problem: String,
+    },
+}
+
+/// Refuses `path` (`what` names it in the message) when another user could change it:
+/// writable by group or others, or owned by a user other than root (or the user the agent
+/// runs as). The configuration names commands run as root; the trusted keys decide which
+/// releases are installed; the API token starts them. Symbolic links are followed (the file
+/// read is the one checked).
+pub fn refuse_if_writable_by_others(what: &'static str, path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = meta.mode() & 0o7777;
+    let us = rustix::process::geteuid().as_raw();
+    let shown = crate::untrusted::printable(&path.display().to_string());
+    let problem = if mode & 0o022 != 0 {
+        format!("has mode {mode:04o} and is writable by group or others; run `chmod go-w {shown}`")
+    } else if meta.uid() != 0 && meta.uid() != us {
+        format!(
+            "is owned by uid {} instead of root; run `chown root {shown}` (and check what it contains)",
+            meta.uid()
+        )
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::Insecure {
+        what,
+        path: path.to_owned(),
+        problem,
+    })
 }
 
 /// The `updates:` section, typed and validated.
@@ -243,6 +281,7 @@ impl Config {
 
     /// Reads `path` and resolves every host path it names under `root`.
     pub fn load_under(path: &Path, root: &Path) -> Result<Config, ConfigError> {
+        refuse_if_writable_by_others("configuration", path)?;
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -433,12 +472,22 @@ impl Keys<'_> {
                 "is required (e.g. \"https://updates.example:9000\")".into(),
             )
         })?;
-        let url = reqwest::Url::parse(&server_url)
-            .map_err(|e| self.invalid("server_url", format!("{server_url:?} is not a URL: {e}")))?;
+        let url = reqwest::Url::parse(&server_url).map_err(|e| {
+            self.invalid(
+                "server_url",
+                format!(
+                    "{:?} is not a URL: {e}",
+                    crate::download::redact_credentials(&server_url)
+                ),
+            )
+        })?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(self.invalid(
                 "server_url",
-                format!("{server_url:?} must be an http:// or https:// URL with a host"),
+                format!(
+                    "{:?} must be an http:// or https:// URL with a host",
+                    crate::download::redact_credentials(&server_url)
+                ),
             ));
         }
         Ok(server_url.trim_end_matches('/').to_owned())
@@ -456,7 +505,11 @@ impl Keys<'_> {
         for (i, entry) in entries.iter().enumerate() {
             let e = entry.trim();
             let added = if e.starts_with('/') || e.starts_with('.') {
-                trusted_keys.add_file(&under_root(root, Path::new(e)))
+                let file = under_root(root, Path::new(e));
+                if file.exists() {
+                    refuse_if_writable_by_others("trusted key file", &file)?;
+                }
+                trusted_keys.add_file(&file)
             } else {
                 trusted_keys.add(e)
             };

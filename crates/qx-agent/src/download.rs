@@ -246,12 +246,12 @@ impl<'a> RetryBudget<'a> {
         let max = self.opts.max_attempts.max(1);
         if self.in_a_row >= max || self.corrupt >= max {
             return Err(DownloadError::GaveUp {
-                url: url.to_owned(),
+                url: redact_credentials(url),
                 attempts: self.attempts,
                 last: Box::new(failed.error),
             });
         }
-        tracing::warn!(url, attempt = self.attempts, error = %failed.error, "download attempt failed; retrying");
+        tracing::warn!(url = %redact_credentials(url), attempt = self.attempts, error = %failed.error, "download attempt failed; retrying");
         // After progress: a short pause (the first backoff step), not counted.
         let step = self.in_a_row.max(1);
         let delay = backoff_delay(self.opts, step, rand::rng().random::<f64>());
@@ -919,7 +919,7 @@ impl Downloader {
         }
         let too_large = || {
             Failed::fatal(DownloadError::TooLarge {
-                url: url.to_owned(),
+                url: redact_credentials(url),
                 limit: MAX_SMALL_BODY,
             })
         };
@@ -933,7 +933,7 @@ impl Downloader {
             .map_err(|e| {
                 Failed::transient(
                     DownloadError::Network {
-                        url: url.to_owned(),
+                        url: redact_credentials(url),
                         message: format!("reading the response failed: {}", error_chain(&e)),
                     },
                     false,
@@ -1111,13 +1111,13 @@ fn learn_file(url: &str, resp: &Response, part: &mut Part) -> Result<(), Failed>
     let Some(total) = total else {
         part.discard().map_err(Failed::fatal)?;
         return Err(Failed::fatal(DownloadError::NoLength {
-            url: url.to_owned(),
+            url: redact_credentials(url),
         }));
     };
     if total > part.want.limit {
         part.discard().map_err(Failed::fatal)?;
         return Err(Failed::fatal(DownloadError::FileTooLarge {
-            url: url.to_owned(),
+            url: redact_credentials(url),
             size: total,
             limit: part.want.limit,
             setting: part.want.setting,
@@ -1178,14 +1178,14 @@ fn read_failed<R>(
 
 fn network_error(url: &str, message: String) -> DownloadError {
     DownloadError::Network {
-        url: url.to_owned(),
+        url: redact_credentials(url),
         message,
     }
 }
 
 fn http(url: &str, status: StatusCode) -> DownloadError {
     DownloadError::Http {
-        url: url.to_owned(),
+        url: redact_credentials(url),
         status: status.as_u16(),
     }
 }
@@ -1195,7 +1195,7 @@ fn classify_status(url: &str, resp: &Response) -> Failed {
     let status = resp.status();
     if status == StatusCode::NOT_FOUND {
         return Failed::fatal(DownloadError::NotFound {
-            url: url.to_owned(),
+            url: redact_credentials(url),
         });
     }
     let retryable = status.is_server_error()
@@ -1222,7 +1222,7 @@ fn retry_after(resp: &Response) -> Option<Duration> {
 
 fn network(url: &str, e: &reqwest::Error) -> DownloadError {
     DownloadError::Network {
-        url: url.to_owned(),
+        url: redact_credentials(url),
         message: error_chain(e),
     }
 }
@@ -1239,6 +1239,32 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         }
         source = s.source();
     }
+    redact_credentials(&out)
+}
+
+/// `text` with the credentials of every URL in it (`user:password@` in
+/// `https://user:password@host/…`) replaced by `***@`: the one place URLs are made fit to
+/// print, in errors, log lines and the update log.
+pub fn redact_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| matches!(c, '/' | '?' | '#' | ')' | '"' | '\'') || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(i) => {
+                out.push_str("***@");
+                out.push_str(&authority[i + 1..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
     out
 }
 
@@ -1261,6 +1287,16 @@ fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn redact_credentials_hides_userinfo_of_every_url() {
+        assert_eq!(
+            redact_credentials("cannot fetch https://u:p@h:1/a?x (for url (http://u@h/b))"),
+            "cannot fetch https://***@h:1/a?x (for url (http://***@h/b))"
+        );
+        assert_eq!(redact_credentials("http://h/a@b"), "http://h/a@b");
+        assert_eq!(redact_credentials("no url"), "no url");
+    }
+
     use super::*;
 
     #[test]

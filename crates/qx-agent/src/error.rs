@@ -75,17 +75,23 @@ pub enum AgentError {
     Busy { lock: PathBuf },
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot fetch {url}: {message}")]
+    #[error("cannot fetch {}: {message}", crate::download::redact_credentials(url))]
     Fetch { url: String, message: String },
     #[error(transparent)]
     Tls(crate::client_tls::TlsFailure),
-    #[error("the server has no release of {product} on channel {channel} ({url})")]
+    #[error(
+        "the server has no release of {product} on channel {channel} ({})",
+        crate::download::redact_credentials(url)
+    )]
     NoRelease {
         product: String,
         channel: String,
         url: String,
     },
-    #[error("{url} has no signature (header X-Qx-Signature missing or empty); refusing it")]
+    #[error(
+        "{} has no signature (header X-Qx-Signature missing or empty); refusing it",
+        crate::download::redact_credentials(url)
+    )]
     SignatureMissing { url: String },
     #[error("signature is invalid: {reason}; refusing it (tampered document or signature)")]
     SignatureInvalid { reason: String },
@@ -93,7 +99,10 @@ pub enum AgentError {
     UntrustedKey { key_id: String, trusted: String },
     #[error("manifest is invalid: {0}")]
     ManifestInvalid(#[from] qx_core::ManifestError),
-    #[error("channel state from {url} is invalid: {source}")]
+    #[error(
+        "channel state from {} is invalid: {source}",
+        crate::download::redact_credentials(url)
+    )]
     ChannelInvalid {
         url: String,
         source: qx_core::channel::ChannelError,
@@ -111,7 +120,7 @@ pub enum AgentError {
         seq: u64,
         expires: String,
     },
-    #[error("manifest of {version} from {url} has SHA-256 {got}, but the signed channel state names {expected}; refusing it without parsing it")]
+    #[error("manifest of {version} from {} has SHA-256 {got}, but the signed channel state names {expected}; refusing it without parsing it", crate::download::redact_credentials(url))]
     ManifestMismatch {
         version: String,
         url: String,
@@ -124,7 +133,7 @@ pub enum AgentError {
         channel: String,
         reason: String,
     },
-    #[error("the server has no channel state for {channel} ({url}), but this host already verified one (seq {seen}); refusing the unsigned fallback (a server must not strip the channel state)")]
+    #[error("the server has no channel state for {channel} ({}), but this host already verified one (seq {seen}); refusing the unsigned fallback (a server must not strip the channel state)", crate::download::redact_credentials(url))]
     StateWithdrawn {
         channel: String,
         url: String,

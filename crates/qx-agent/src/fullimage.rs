@@ -434,8 +434,14 @@ pub fn maybe_reboot(
         None,
         Some(std::time::Duration::from_secs(120)),
     );
-    log.block("stdout", &ran.stdout);
-    log.block("stderr", &ran.stderr);
+    log.block(
+        "stdout",
+        crate::untrusted::printable_output(&ran.stdout).as_bytes(),
+    );
+    log.block(
+        "stderr",
+        crate::untrusted::printable_output(&ran.stderr).as_bytes(),
+    );
     if !ran.ok {
         let reason = format!(
             "{}: {}",

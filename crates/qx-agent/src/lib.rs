@@ -19,6 +19,7 @@ mod fullimage;
 mod installed;
 mod status;
 pub mod transaction;
+pub mod untrusted;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! | route | |
 //! |---|---|
 //! | `GET /api/v1/updates/check` | fetch + verify the manifest → `CheckReport` |
-//! | `POST /api/v1/updates/apply` | optional `{"components": [..], "allow_downgrade": "..", "version": ".."}`; `version` is checked against the signed channel state first (400 when not installable); 202 `{"operation_id"}` at once; 409 while an apply runs |
+//! | `POST /api/v1/updates/apply` | optional `{"components": [..], "allow_downgrade": "..", "version": ".."}`; a JSON object or empty; the body is checked against the release it would install first (400 for a component not in it, an `allow_downgrade` not naming the offered version, a `version` not installable); 202 `{"operation_id"}` at once; 409 while an apply runs |
 //! | `GET /api/v1/updates/status` | `StatusSnapshot`: state, operation id, installed versions, history |
 //! | `GET /api/v1/updates/events` | server-sent events, one `status` event (a `StatusSnapshot`) per change |
 //!
@@ -17,15 +17,16 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
-use futures_util::stream::{self, Stream};
+use futures_util::stream::{self, Stream, StreamExt};
 use qx_core::api::host;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
@@ -200,7 +201,10 @@ impl ApiError {
         if let Some(what) = unreachable {
             let full = std::mem::replace(
                 &mut api.body.error,
-                format!("the update server at {} {what}", config.server_url),
+                format!(
+                    "the update server at {} {what}",
+                    crate::download::redact_credentials(&config.server_url)
+                ),
             );
             api.body.details.insert(0, full);
             api.body.details.push(format!(
@@ -250,21 +254,123 @@ async fn status(State(state): State<ApiState>) -> Result<Response, ApiError> {
     Ok(Json(snapshot).into_response())
 }
 
-async fn apply(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
-    let request: ApplyRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        ApplyRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
+/// The largest request body the API reads (an apply body is a few hundred bytes).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Up to this much of an oversized body is read and dropped before the 413, so that a client
+/// still sending it gets the answer rather than a reset connection; beyond it the connection
+/// is closed after the answer.
+const DRAIN_BYTES: usize = 1024 * 1024;
+
+async fn apply(State(state): State<ApiState>, body: Body) -> Result<Response, ApiError> {
+    let body = read_body(body).await?;
+    let request = parse_apply(&body)?;
+    validate_apply(&request)?;
+    let opts = ApplyOptions {
+        components: request.components,
+        allow_downgrade: request.allow_downgrade,
+        version: request.version,
+        from: None,
+    };
+    let runner = &state.inner.runner;
+    if opts.components.is_some() || opts.allow_downgrade.is_some() || opts.version.is_some() {
+        check_against_release(runner, &opts).await?;
+    }
+    let started = runner
+        .start_apply(opts)
+        .await
+        .map_err(|e| ApiError::from_run(e, runner.agent().config()))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ApplyAccepted {
+            operation_id: started.operation_id,
+            status_url: host::STATUS.into(),
+            events_url: host::EVENTS.into(),
+        }),
+    )
+        .into_response())
+}
+
+/// The request body, at most [`MAX_BODY_BYTES`]: more is a JSON 413 (on HTTP/1.1 and HTTP/2
+/// alike), a body cut off a 400.
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the request body is too large",
+            vec![format!(
+                "the API reads at most {MAX_BODY_BYTES} bytes; an apply body is {{\"components\": [...], \"allow_downgrade\": ..., \"version\": ...}}"
+            )],
+        )
+    };
+    let mut stream = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "the request body is not valid JSON for an apply",
-                vec![
-                    e.to_string(),
-                    "expected an empty body or {\"components\": [\"name\", ...], \"allow_downgrade\": \"version\", \"version\": \"version\"}".into(),
-                ],
+                "the request body could not be read",
+                vec![e.to_string()],
             )
-        })?
+        })?;
+        seen = seen.saturating_add(chunk.len());
+        if seen <= MAX_BODY_BYTES {
+            kept.extend_from_slice(&chunk);
+        } else if seen > DRAIN_BYTES {
+            break;
+        }
+    }
+    if seen > MAX_BODY_BYTES {
+        return Err(too_large());
+    }
+    Ok(Bytes::from(kept))
+}
+
+/// The apply body: empty, or a JSON object (serde would also take an array for the struct,
+/// `[]` or `[["name"]]`, which must not start an apply).
+fn parse_apply(body: &[u8]) -> Result<ApplyRequest, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(ApplyRequest::default());
+    }
+    let bad = |e: String| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the request body is not valid JSON for an apply",
+            vec![
+                e,
+                "expected an empty body or {\"components\": [\"name\", ...], \"allow_downgrade\": \"version\", \"version\": \"version\"}".into(),
+            ],
+        )
     };
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    if !value.is_object() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the apply body must be a JSON object (or empty)",
+            vec![
+                format!("got {}", json_kind(&value)),
+                "send {} to apply everything, or {\"components\": [\"name\"]} for some components"
+                    .into(),
+            ],
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| bad(e.to_string()))
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// What can be told from the body alone: component names, and versions that are versions.
+fn validate_apply(request: &ApplyRequest) -> Result<(), ApiError> {
     if let Some(components) = &request.components {
         if components.is_empty() {
             return Err(ApiError::new(
@@ -283,51 +389,38 @@ async fn apply(State(state): State<ApiState>, body: Bytes) -> Result<Response, A
             }
         }
     }
-    let opts = ApplyOptions {
-        components: request.components,
-        allow_downgrade: request.allow_downgrade,
-        version: request.version,
-        from: None,
-    };
-    let runner = &state.inner.runner;
-    if let Some(v) = &opts.version {
-        validate_version(runner, v, &opts).await?;
+    for (field, value) in [
+        ("allow_downgrade", &request.allow_downgrade),
+        ("version", &request.version),
+    ] {
+        if let Some(v) = value {
+            if let Err(e) = qx_core::Version::parse(v.trim()) {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("\"{field}\" {v:?} is not a version"),
+                    vec![e.to_string()],
+                ));
+            }
+        }
     }
-    let started = runner
-        .start_apply(opts)
-        .await
-        .map_err(|e| ApiError::from_run(e, runner.agent().config()))?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(ApplyAccepted {
-            operation_id: started.operation_id,
-            status_url: host::STATUS.into(),
-            events_url: host::EVENTS.into(),
-        }),
-    )
-        .into_response())
+    Ok(())
 }
 
-/// A chosen `version` is checked before the apply starts: not a version, not listed in the
-/// signed channel state, revoked, or lower without `allow_downgrade` naming it → 400.
-async fn validate_version(
+/// The request against the release it would install (a check, no host change), before the
+/// apply starts: a component not in it, an `allow_downgrade` that does not name the offered
+/// version, a chosen `version` not listed in the signed channel state, revoked, or lower
+/// without `allow_downgrade` naming it → 400.
+async fn check_against_release(
     runner: &super::Runner,
-    version: &str,
     opts: &ApplyOptions,
 ) -> Result<(), ApiError> {
-    if let Err(e) = qx_core::Version::parse(version.trim()) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("\"version\" {version:?} is not a version"),
-            vec![e.to_string()],
-        ));
-    }
     match runner.check_with(opts.clone()).await {
         Ok(_) => Ok(()),
         Err(RunError::Agent(
             e @ (AgentError::NotInstallable { .. }
             | AgentError::Downgrade { .. }
-            | AgentError::DowngradeMismatch { .. }),
+            | AgentError::DowngradeMismatch { .. }
+            | AgentError::UnknownComponent { .. }),
         )) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             e.to_string(),
@@ -448,7 +541,8 @@ pub fn router(state: ApiState) -> Router {
         .route(host::EVENTS, get(events))
         .route(API_PREFIX, any(not_found))
         .route(&format!("{API_PREFIX}/{{*rest}}"), any(not_found))
-        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     Router::new()
         .merge(api)
         .merge(crate::daemon::web::router())

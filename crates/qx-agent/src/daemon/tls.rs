@@ -45,6 +45,9 @@ pub enum TlsError {
         key: PathBuf,
         source: rustls::Error,
     },
+    /// A token file another user could change or read ([`crate::config::refuse_if_writable_by_others`]).
+    #[error(transparent)]
+    Insecure(Box<crate::ConfigError>),
     #[error("token file {path} is empty; put a token in it, or delete it to have a random one generated")]
     EmptyToken { path: PathBuf },
 }
@@ -158,6 +161,8 @@ pub fn load_or_create_token(path: &Path) -> Result<ApiToken, TlsError> {
         create_private_file(path, format!("{token}\n").as_bytes())?;
         tracing::info!(path = %path.display(), "created the local API token file");
     }
+    crate::config::refuse_if_writable_by_others("API token file", path)
+        .map_err(|e| TlsError::Insecure(Box::new(e)))?;
     let text = read(path)?;
     let text = String::from_utf8_lossy(&text);
     let token = text.trim();

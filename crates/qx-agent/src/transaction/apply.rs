@@ -214,7 +214,7 @@ fn apply_locked(tx: &mut Tx<'_>, opts: &ApplyOptions, op: &str) -> Result<ApplyR
     let agent = tx.agent;
     tx.log.line(&format!(
         "apply {op}: checking {}",
-        check::manifest_url(agent.config())
+        crate::download::redact_credentials(&check::manifest_url(agent.config()))
     ));
     let (report, verified) = check::check(agent, opts)?;
     let Some(verified) = verified else {
@@ -273,7 +273,8 @@ fn log_manifest(log: &mut UpdateLog, report: &check::CheckReport, verified: &che
         verified.key_id
     ));
     if !m.release_notes.is_empty() {
-        log.block("notes", m.release_notes.as_bytes());
+        let notes = crate::untrusted::printable(&m.release_notes);
+        log.block("notes", notes.as_bytes());
     }
     for c in &m.components {
         log.line(&format!(
@@ -497,8 +498,14 @@ fn migrate_all(tx: &mut Tx<'_>, j: &mut Journal) -> Result<(), AgentError> {
             e.target.display()
         ));
         let ran = service::run(argv, &tx.paths.root, Some(&e.target), None);
-        tx.log.block("stdout", &ran.stdout);
-        tx.log.block("stderr", &ran.stderr);
+        tx.log.block(
+            "stdout",
+            crate::untrusted::printable_output(&ran.stdout).as_bytes(),
+        );
+        tx.log.block(
+            "stderr",
+            crate::untrusted::printable_output(&ran.stderr).as_bytes(),
+        );
         tx.log.line(&format!("migrate {}: {}", e.name, ran.status));
         tx.log.sync();
         if !ran.ok {
@@ -690,7 +697,10 @@ fn rollback_tx(tx: &mut Tx<'_>, j: &mut Journal, reason: &str) -> Result<(), Age
             let ran = tx.services.restart(&s);
             tx.log
                 .line(&format!("restart {s} (after restore): {}", ran.status));
-            tx.log.block("stderr", &ran.stderr);
+            tx.log.block(
+                "stderr",
+                crate::untrusted::printable_output(&ran.stderr).as_bytes(),
+            );
         }
     }
     tx.history(j, Outcome::Failed, Some(reason.to_owned()))?;
@@ -711,8 +721,14 @@ fn finish_forward(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, Agent
         let ran = tx.services.restart(s);
         tx.log
             .line(&format!("restart {s}: {:?} -> {}", ran.argv, ran.status));
-        tx.log.block("stdout", &ran.stdout);
-        tx.log.block("stderr", &ran.stderr);
+        tx.log.block(
+            "stdout",
+            crate::untrusted::printable_output(&ran.stdout).as_bytes(),
+        );
+        tx.log.block(
+            "stderr",
+            crate::untrusted::printable_output(&ran.stderr).as_bytes(),
+        );
         if !ran.ok {
             let reason = format!(
                 "{} ({})",
@@ -790,8 +806,14 @@ pub(super) fn verify_entry(tx: &mut Tx<'_>, e: &Entry) -> Result<(), String> {
         let ran = tx.services.health(h);
         tx.log
             .line(&format!("health {}: {:?} -> {}", e.name, h, ran.status));
-        tx.log.block("stdout", &ran.stdout);
-        tx.log.block("stderr", &ran.stderr);
+        tx.log.block(
+            "stdout",
+            crate::untrusted::printable_output(&ran.stdout).as_bytes(),
+        );
+        tx.log.block(
+            "stderr",
+            crate::untrusted::printable_output(&ran.stderr).as_bytes(),
+        );
         return if ran.ok {
             Ok(())
         } else {
@@ -1019,7 +1041,10 @@ pub(crate) fn download_artifacts(
     let mut paths = Vec::with_capacity(artifacts.len());
     for a in artifacts {
         let url = server.artifact(&config.product, version, &a.artifact, &config.channel);
-        log.line(&format!("download {url}"));
+        log.line(&format!(
+            "download {}",
+            crate::download::redact_credentials(&url)
+        ));
         let path = downloader.fetch(&url, dir, a, &mut |p| {
             status.set_state(UpdateState::Downloading {
                 artifact: p.artifact.clone(),

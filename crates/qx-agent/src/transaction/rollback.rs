@@ -314,7 +314,10 @@ fn restart_restored(tx: &mut Tx<'_>, j: &mut Journal) -> Result<Vec<String>, Age
         tx.state(UpdateState::Restarting { service: s.clone() });
         let ran = tx.services.restart(s);
         tx.log.line(&format!("restart {s}: {}", ran.status));
-        tx.log.block("stderr", &ran.stderr);
+        tx.log.block(
+            "stderr",
+            crate::untrusted::printable_output(&ran.stderr).as_bytes(),
+        );
         if !ran.ok {
             problems.push(format!("restart of {s} failed ({})", ran.status));
         }

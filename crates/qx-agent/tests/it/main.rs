@@ -21,6 +21,7 @@ mod daemon;
 mod download;
 mod field_failures;
 mod fullimage;
+mod hardening;
 mod hotfix;
 mod packaging;
 mod qemu;
