@@ -6,3 +6,4 @@ pub mod host;
 pub mod proxy;
 pub mod release;
 pub mod server;
+pub mod wait;

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use qx_core::{KeyPair, Sha256, SigningKey};
 use qx_testkit::server::TestServer;
@@ -271,18 +271,9 @@ pub fn raw_get(addr: SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
     )
 }
 
-/// Polls `cond` every few milliseconds until it holds or `limit` passes.
-pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Calls `cond` every 20 ms until it returns true or `limit` has passed; returns whether it did.
+pub fn wait_until(limit: Duration, cond: impl FnMut() -> bool) -> bool {
+    qx_testkit::wait::poll(limit, Duration::from_millis(20), cond)
 }
 
 /// Entries of `$RELEASE_DIR/.staging`.

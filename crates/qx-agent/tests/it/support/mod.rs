@@ -7,8 +7,6 @@ pub mod host;
 pub mod hostile;
 pub mod sys;
 
-use std::time::{Duration, Instant};
-
 /// A multi-threaded tokio runtime with two workers.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -18,17 +16,4 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Calls `ready` every `every` until it returns true or `within` has passed; returns whether
-/// it did.
-pub fn poll(within: Duration, every: Duration, mut ready: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if ready() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(every);
-    }
-}
+pub use qx_testkit::wait::poll;
