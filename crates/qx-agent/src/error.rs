@@ -186,6 +186,13 @@ pub enum AgentError {
         needed: u64,
         available: u64,
     },
+    #[error("out of space: {}: {source}; the file system filled up while {during}; nothing was installed and the partial files were removed: free space there and apply again", path.display())]
+    OutOfSpace {
+        path: PathBuf,
+        /// What was being written: `"extracting the release"`, …
+        during: &'static str,
+        source: std::io::Error,
+    },
     #[error("download failed: {0}")]
     Download(#[from] download::DownloadError),
     #[error("unsafe archive refused: {0}")]
@@ -236,6 +243,30 @@ impl AgentError {
         }
     }
 
+    /// This error, or [`AgentError::OutOfSpace`] when it is a write refused because the file
+    /// system is full (ENOSPC) or the quota is reached: a full disk while `during` (e.g.
+    /// extracting) is the host's problem, never a hostile archive.
+    pub(crate) fn or_out_of_space(self, during: &'static str) -> AgentError {
+        match self {
+            AgentError::UnsafeArchive(extract::ExtractError::Io { path, source })
+            | AgentError::Io { path, source }
+                if extract::is_out_of_space(&source) =>
+            {
+                AgentError::OutOfSpace {
+                    path,
+                    during,
+                    source,
+                }
+            }
+            AgentError::Fs(e) if extract::is_out_of_space(&e.source) => AgentError::OutOfSpace {
+                path: e.path,
+                during,
+                source: e.source,
+            },
+            other => other,
+        }
+    }
+
     /// The process exit code for this error (one of [`EXIT_CODE_TABLE`]).
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -267,7 +298,7 @@ impl AgentError {
             AgentError::Replay { .. } => code::REPLAY,
             AgentError::BelowMinVersion { .. } => code::BELOW_MIN_VERSION,
             AgentError::UnmetRequirement { .. } => code::UNMET_REQUIREMENT,
-            AgentError::NoSpace { .. } => code::NO_SPACE,
+            AgentError::NoSpace { .. } | AgentError::OutOfSpace { .. } => code::NO_SPACE,
             AgentError::Download(_) => code::DOWNLOAD,
             AgentError::UnsafeArchive(_) => code::UNSAFE_ARCHIVE,
             AgentError::MigrationFailed { .. } => code::MIGRATION_FAILED,

@@ -128,7 +128,9 @@ pub fn agent_error_status(e: &AgentError) -> StatusCode {
         AgentError::Downgrade { .. }
         | AgentError::BelowMinVersion { .. }
         | AgentError::UnmetRequirement { .. } => StatusCode::CONFLICT,
-        AgentError::NoSpace { .. } => StatusCode::INSUFFICIENT_STORAGE,
+        AgentError::NoSpace { .. } | AgentError::OutOfSpace { .. } => {
+            StatusCode::INSUFFICIENT_STORAGE
+        }
         AgentError::Fetch { .. }
         | AgentError::Download(_)
         | AgentError::SignatureMissing { .. }

@@ -21,7 +21,7 @@
 //! restore every file from backup; `migrated` → roll forward from step 6.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use qx_core::fs::{
@@ -230,6 +230,71 @@ fn apply_locked(tx: &mut Tx<'_>, opts: &ApplyOptions, op: &str) -> Result<ApplyR
         });
     };
     log_manifest(&mut tx.log, &report, &verified);
+    let version = verified.manifest.version.to_string();
+    let keep = staging_of(&version, opts.from.is_some());
+    sweep_staging(tx, &keep);
+    let result = install_release(tx, opts, &verified, op);
+    if let Err(e) = &result {
+        // A download cut by the network resumes at the next attempt; anything else of this
+        // release is of no further use, and a full disk must not stay full.
+        let keep = if resumes(e) { keep } else { Vec::new() };
+        sweep_staging(tx, &keep);
+    }
+    result
+}
+
+/// The entries of `staging/` an apply of `version` uses: its artifacts, its system image
+/// files and, when it comes from a bundle, the downloaded bundle.
+fn staging_of(version: &str, from_bundle: bool) -> Vec<String> {
+    let mut keep = vec![
+        version.to_owned(),
+        format!("{}-{version}", crate::fullimage::SYSTEM),
+    ];
+    if from_bundle {
+        keep.push("bundles".to_owned());
+    }
+    keep
+}
+
+/// True for a failure whose partial download the next attempt resumes (the network, the
+/// server): its staging is kept.
+fn resumes(e: &AgentError) -> bool {
+    use crate::download::DownloadError as D;
+    matches!(
+        e,
+        AgentError::Fetch { .. }
+            | AgentError::Download(D::Network { .. } | D::GaveUp { .. } | D::Http { .. })
+    )
+}
+
+/// Removes every entry of `staging/` but those named in `keep` (docs/spec.md §4): what an
+/// earlier or failed apply of another release left behind. Failures are logged.
+fn sweep_staging(tx: &mut Tx<'_>, keep: &[String]) {
+    let Ok(entries) = fs::read_dir(&tx.paths.staging) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if keep.contains(&name) {
+            continue;
+        }
+        match remove_any(&entry.path()) {
+            Ok(()) => tx
+                .log
+                .line(&format!("removed staging {}", entry.path().display())),
+            Err(e) => tx.log.line(&format!("cannot remove staging: {e}")),
+        }
+    }
+}
+
+/// After the check: stage a system image, apply the components, install the image.
+fn install_release(
+    tx: &mut Tx<'_>,
+    opts: &ApplyOptions,
+    verified: &check::Verified,
+    op: &str,
+) -> Result<ApplyReport, AgentError> {
+    let agent = tx.agent;
     let m = &verified.manifest;
     // A system image (full/mixed): downloaded and verified before any host change, written
     // into the inactive slot after the components (see crate::fullimage).
@@ -251,7 +316,7 @@ fn apply_locked(tx: &mut Tx<'_>, opts: &ApplyOptions, op: &str) -> Result<ApplyR
             system: None,
         }
     } else {
-        apply_components(tx, &verified, op)?
+        apply_components(tx, verified, op)?
     };
     match image {
         Some((p, staged)) => crate::fullimage::install(agent, p, staged, &mut tx.log, report),
@@ -318,7 +383,12 @@ fn apply_components(
 
     let backup_dir = paths.backup.join(&version);
     let entries = plan_entries(paths, &verified.to_apply, &backup_dir, op);
-    check_backup_space(paths, &entries)?;
+    check_space(
+        paths,
+        &entries,
+        &artifacts,
+        tx.agent.config().max_unpacked_bytes,
+    )?;
     let from_version = entries
         .iter()
         .filter_map(|e| e.previous_version.as_deref())
@@ -412,35 +482,66 @@ fn temp_base(target: &Path, fallback: &str) -> String {
         .unwrap_or_else(|| fallback.to_owned())
 }
 
-/// Free space for the backups (the files being replaced), checked before anything is written.
-fn check_backup_space(paths: &HostPaths, entries: &[Entry]) -> Result<(), AgentError> {
-    let backup_bytes: u64 = entries
-        .iter()
-        .filter(|e| e.backup.is_some())
-        .map(|e| tree_size(&e.target))
-        .sum();
-    let backup_free = free_space(&paths.updates).map_err(AgentError::io(&paths.updates))?;
-    if backup_free < backup_bytes {
-        return Err(AgentError::NoSpace {
-            path: paths.backup.clone(),
-            needed: backup_bytes,
-            available: backup_free,
-        });
+/// Free space for what the apply writes next, checked before anything is written: the
+/// extracted release beside each target (its unpacked size, read from the archive and bounded
+/// by `updates.max_unpacked_bytes`) and the backups of the files it replaces, added up per file
+/// system (the downloaded archives are already on disk).
+fn check_space(
+    paths: &HostPaths,
+    entries: &[Entry],
+    artifacts: &[PathBuf],
+    max_unpacked: u64,
+) -> Result<(), AgentError> {
+    // (device, a directory on it, bytes needed there)
+    let mut needs: Vec<(u64, PathBuf, u64)> = Vec::new();
+    let mut need = |dir: PathBuf, bytes: u64| -> Result<(), AgentError> {
+        let dir = existing_ancestor(&dir);
+        let dev = fs::metadata(&dir).map_err(AgentError::io(&dir))?.dev();
+        match needs.iter_mut().find(|n| n.0 == dev) {
+            Some(n) => n.2 = n.2.saturating_add(bytes),
+            None => needs.push((dev, dir, bytes)),
+        }
+        Ok(())
+    };
+    for (e, archive) in entries.iter().zip(artifacts) {
+        let parent = e.target.parent().unwrap_or(&paths.root);
+        need(
+            parent.to_owned(),
+            extract::unpacked_size(archive, max_unpacked)?,
+        )?;
+        if e.backup.is_some() {
+            need(paths.backup.clone(), tree_size(&e.target))?;
+        }
+    }
+    for (_, dir, needed) in needs {
+        ensure_space(&dir, needed)?;
     }
     Ok(())
+}
+
+/// `dir`, or its nearest ancestor that exists (a target's parent may not exist yet).
+fn existing_ancestor(dir: &Path) -> PathBuf {
+    dir.ancestors()
+        .find(|d| d.exists())
+        .unwrap_or(Path::new("/"))
+        .to_owned()
 }
 
 /// Steps 3 and 4a: extract beside each target, back up each target; a failure removes the
 /// temporaries (nothing was replaced yet).
 fn prepare(tx: &mut Tx<'_>, j: &mut Journal, artifacts: &[PathBuf]) -> Result<(), AgentError> {
-    if let Err(e) = extract_all(tx, j, artifacts) {
+    if let Err(e) =
+        extract_all(tx, j, artifacts).map_err(|e| e.or_out_of_space("extracting the release"))
+    {
         tx.log
             .line(&format!("extraction failed: {e}; removing temporaries"));
         discard_prepared(tx, j, &e.to_string())?;
         return Err(e);
     }
     crash_point("extracted");
-    if let Err(e) = backup_all(tx, j) {
+    if let Err(e) =
+        backup_all(tx, j).map_err(|e| e.or_out_of_space("backing up the files it replaces"))
+    {
         tx.log
             .line(&format!("backup failed: {e}; removing temporaries"));
         discard_prepared(tx, j, &e.to_string())?;

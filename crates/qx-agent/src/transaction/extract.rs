@@ -78,6 +78,14 @@ pub enum ExtractError {
     Io { path: PathBuf, source: io::Error },
 }
 
+/// True for "no space left on device" and "disk quota exceeded".
+pub fn is_out_of_space(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
 /// What was extracted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExtractStats {
@@ -392,8 +400,14 @@ impl Extraction<'_> {
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&out)
             .map_err(|source| self.create_failed(&name, &out, source))?;
-        let written =
-            copy_limited(entry, &mut f, size, &mut self.buf).map_err(|e| self.corrupt(e))?;
+        // A failed write (a full disk) is the host's problem, not the archive's.
+        let written = copy_limited(entry, &mut f, size, &mut self.buf).map_err(|e| match e {
+            CopyError::Read(e) => self.corrupt(e),
+            CopyError::Write(source) => ExtractError::Io {
+                path: out.clone(),
+                source,
+            },
+        })?;
         self.stats.bytes += written;
         let io = |source| ExtractError::Io {
             path: out.clone(),
@@ -551,13 +565,20 @@ fn check_parents(archive: &Path, dest: &Path, rel: &Path, name: &str) -> Result<
 /// use 8 KiB). One per extraction, whatever the archive's size.
 const COPY_BUF: usize = 1024 * 1024;
 
+/// Which side of [`copy_limited`] failed: reading the archive or writing the file.
+#[derive(Debug)]
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
 /// Copies at most `limit` bytes from `r` to `w` through `buf`; returns the bytes copied.
 fn copy_limited(
     r: &mut impl Read,
     w: &mut impl Write,
     limit: u64,
     buf: &mut [u8],
-) -> io::Result<u64> {
+) -> Result<u64, CopyError> {
     let mut copied = 0u64;
     while copied < limit {
         let want = usize::try_from(limit - copied).map_or(buf.len(), |n| n.min(buf.len()));
@@ -565,12 +586,51 @@ fn copy_limited(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(CopyError::Read(e)),
         };
-        w.write_all(&buf[..n])?;
+        w.write_all(&buf[..n]).map_err(CopyError::Write)?;
         copied += n as u64;
     }
     Ok(copied)
+}
+
+/// The unit [`unpacked_size`] counts in: a file takes whole blocks, a directory one.
+pub const SPACE_BLOCK: u64 = 4096;
+
+/// The space `archive` (tar.zst) takes once extracted, read from its entry headers (the whole
+/// archive is decompressed, nothing is written): each regular file's size rounded up to
+/// [`SPACE_BLOCK`], one block per directory. More than `max_bytes` of file data is refused
+/// as the extraction would refuse it ([`ExtractError::TooLarge`]), so the count is bounded.
+pub fn unpacked_size(archive: &Path, max_bytes: u64) -> Result<u64, ExtractError> {
+    let corrupt = |e: io::Error| ExtractError::Corrupt {
+        archive: archive.to_owned(),
+        message: e.to_string(),
+    };
+    let file = File::open(archive).map_err(|source| ExtractError::Io {
+        path: archive.to_owned(),
+        source,
+    })?;
+    let decoder = zstd::stream::read::Decoder::new(file).map_err(corrupt)?;
+    let mut tar = tar::Archive::new(decoder);
+    let (mut data, mut space) = (0u64, 0u64);
+    for entry in tar.entries().map_err(corrupt)? {
+        let entry = entry.map_err(corrupt)?;
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            space = space.saturating_add(SPACE_BLOCK);
+        } else if matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous) {
+            let size = entry.header().size().map_err(corrupt)?;
+            data = data.saturating_add(size);
+            if data > max_bytes {
+                return Err(ExtractError::TooLarge {
+                    archive: archive.to_owned(),
+                    limit: max_bytes,
+                });
+            }
+            space = space.saturating_add(size.div_ceil(SPACE_BLOCK).saturating_mul(SPACE_BLOCK));
+        }
+    }
+    Ok(space)
 }
 
 /// The one regular file of a `kind: file` artifact's extraction, which must be named

@@ -18,6 +18,7 @@ mod channel;
 mod check;
 mod crash;
 mod daemon;
+mod disk_full;
 mod download;
 mod field_failures;
 mod fullimage;
