@@ -4,7 +4,10 @@
 //! Order of an apply, each phase change written to the journal (fsynced) first:
 //! 1. lock `/data/updates/lock` (a second apply gets [`AgentError::Busy`]); finish any
 //!    interrupted apply from its journal; fetch + verify the manifest (`check`);
-//! 2. free-space check, download every artifact to `staging/<version>/` (resumable, verified);
+//! 2. remove what other releases left in `staging/`; free-space check, download every artifact
+//!    to `staging/<version>/` (resumable, verified); free-space check for the unpacked size and
+//!    the backups. A failed apply removes its staging unless a network or server failure cut a
+//!    download (the next attempt resumes it);
 //! 3. journal `prepared`; extract each artifact beside its target (`.qx-x-<name>.<op>`, then
 //!    `.qx-new-<name>.<op>`), permissions from the manifest, fsync;
 //! 4. back up every target that exists to `backup/<version>/<component>/`, fsync, write

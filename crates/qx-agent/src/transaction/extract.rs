@@ -762,6 +762,22 @@ mod tests {
     }
 
     #[test]
+    fn unpacked_size_counts_whole_blocks_and_stops_at_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("a.tar.zst");
+        let v = vec![
+            TarEntry::Dir { path: "d".into() },
+            file("d/one", 1, 1),
+            file("d/exact", SPACE_BLOCK as usize, 2),
+            file("d/empty", 0, 3),
+        ];
+        fs::write(&archive, tar_zst(&v).unwrap()).unwrap();
+        assert_eq!(unpacked_size(&archive, 1 << 20).unwrap(), 3 * SPACE_BLOCK);
+        let err = unpacked_size(&archive, SPACE_BLOCK).unwrap_err();
+        assert!(matches!(err, ExtractError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
     fn copy_limited_stops_at_the_limit() {
         let data = vec![7u8; COPY_BUF + 10];
         let mut out = Vec::new();
