@@ -39,7 +39,7 @@ exit_codes! {
     REPLAY = 28: "manifest replayed (older than already seen; servers without a channel state)",
     BELOW_MIN_VERSION = 29: "host below min_version",
     UNMET_REQUIREMENT = 30: "unmet requirement",
-    NO_SPACE = 31: "not enough free space",
+    NO_SPACE = 31: "not enough free space, or the disk filled up during the apply (nothing installed)",
     DOWNLOAD = 32: "download failed",
     UNSAFE_ARCHIVE = 33: "unsafe archive",
     STATE_REPLAYED = 34: "channel state replayed (seq lower than already seen, or the same seq with other bytes)",
