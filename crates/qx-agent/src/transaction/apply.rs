@@ -158,6 +158,26 @@ impl<'a> Tx<'a> {
         j.set_phase(&self.paths.journal, phase)
     }
 
+    /// Runs one migration, health or restart command (`run`, given the service manager and
+    /// the hook told its process group): the group is in the journal while the agent waits
+    /// for it, so that recovery can kill what is left of it after a crash.
+    pub(super) fn run_recorded(
+        &mut self,
+        j: &mut Journal,
+        run: impl FnOnce(&ServiceManager, service::Started<'_>) -> service::Ran,
+    ) -> Result<service::Ran, AgentError> {
+        let path = &self.paths.journal;
+        let ran = run(&self.services, &mut |group| {
+            j.set_running(path, Some(group)).map_err(|e| {
+                format!("cannot record the command's process group in the journal: {e}")
+            })
+        });
+        if j.running.is_some() {
+            j.set_running(path, None)?;
+        }
+        Ok(ran)
+    }
+
     pub(super) fn history(
         &mut self,
         j: &Journal,
@@ -339,6 +359,7 @@ fn apply_components(
         services_restarted: false,
         reason: None,
         reverted: verified.reverted,
+        running: None,
     };
     tx.store(&j)?;
     tx.log.line(&format!(
@@ -497,7 +518,7 @@ fn migrate_all(tx: &mut Tx<'_>, j: &mut Journal) -> Result<(), AgentError> {
             argv,
             e.target.display()
         ));
-        let ran = service::run(argv, &tx.paths.root, Some(&e.target), None);
+        let ran = tx.run_recorded(j, |s, started| s.migrate(argv, &e.target, started))?;
         tx.log.block(
             "stdout",
             crate::untrusted::printable_output(&ran.stdout).as_bytes(),
@@ -694,7 +715,7 @@ fn rollback_tx(tx: &mut Tx<'_>, j: &mut Journal, reason: &str) -> Result<(), Age
     if j.services_restarted {
         for s in j.services() {
             tx.state(UpdateState::Restarting { service: s.clone() });
-            let ran = tx.services.restart(&s);
+            let ran = tx.run_recorded(j, |m, started| m.restart(&s, started))?;
             tx.log
                 .line(&format!("restart {s} (after restore): {}", ran.status));
             tx.log.block(
@@ -718,7 +739,7 @@ fn finish_forward(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, Agent
     }
     for s in &services {
         tx.state(UpdateState::Restarting { service: s.clone() });
-        let ran = tx.services.restart(s);
+        let ran = tx.run_recorded(j, |m, started| m.restart(s, started))?;
         tx.log
             .line(&format!("restart {s}: {:?} -> {}", ran.argv, ran.status));
         tx.log.block(
@@ -748,7 +769,7 @@ fn finish_forward(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, Agent
         tx.state(UpdateState::Verifying {
             component: e.name.clone(),
         });
-        if let Err(reason) = verify_entry(tx, &e) {
+        if let Err(reason) = verify_entry(tx, j, &e)? {
             tx.log.line(&format!("verify {}: FAILED: {reason}", e.name));
             rollback_tx(tx, j, &format!("{} did not take effect: {reason}", e.name))?;
             return Err(AgentError::NotEffective {
@@ -795,15 +816,20 @@ fn finish_forward(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, Agent
 
 /// Effect verification of one component: its health command passes, or the restarted
 /// service runs the newly installed file.
-pub(super) fn verify_entry(tx: &mut Tx<'_>, e: &Entry) -> Result<(), String> {
+/// (The outer error: the journal could not be written.)
+pub(super) fn verify_entry(
+    tx: &mut Tx<'_>,
+    j: &mut Journal,
+    e: &Entry,
+) -> Result<Result<(), String>, AgentError> {
     if fs::symlink_metadata(&e.target).is_err() {
-        return Err(format!(
+        return Ok(Err(format!(
             "{} is missing after the install",
             e.target.display()
-        ));
+        )));
     }
     if let Some(h) = &e.health_command {
-        let ran = tx.services.health(h);
+        let ran = tx.run_recorded(j, |m, started| m.health(h, started))?;
         tx.log
             .line(&format!("health {}: {:?} -> {}", e.name, h, ran.status));
         tx.log.block(
@@ -814,7 +840,7 @@ pub(super) fn verify_entry(tx: &mut Tx<'_>, e: &Entry) -> Result<(), String> {
             "stderr",
             crate::untrusted::printable_output(&ran.stderr).as_bytes(),
         );
-        return if ran.ok {
+        return Ok(if ran.ok {
             Ok(())
         } else {
             Err(format!(
@@ -823,9 +849,9 @@ pub(super) fn verify_entry(tx: &mut Tx<'_>, e: &Entry) -> Result<(), String> {
                 ran.status,
                 String::from_utf8_lossy(&ran.stderr).trim()
             ))
-        };
+        });
     }
-    match (&e.restart_service, e.kind) {
+    Ok(match (&e.restart_service, e.kind) {
         // A migrations component took effect when its command succeeded.
         (_, ComponentKind::Migrations) => Ok(()),
         (Some(s), ComponentKind::File) => tx.services.wait_running(s, &e.target).map(|pid| {
@@ -845,7 +871,7 @@ pub(super) fn verify_entry(tx: &mut Tx<'_>, e: &Entry) -> Result<(), String> {
         }),
         // No service and no health command: the files in place are the whole effect.
         (None, _) => Ok(()),
-    }
+    })
 }
 
 /// Step 8's cleanup: staging of this version, backups beyond `keep_backups`, backups of
@@ -937,10 +963,52 @@ fn sweep_tmp(dirs: &[&Path]) {
     }
 }
 
+/// Before anything else in recovery: kills what is left of the process group of the command
+/// the journal says was running, and waits (bounded) until none of it lives.
+fn kill_orphans(agent: &Agent, j: &mut Journal) -> Result<(), AgentError> {
+    let Some(group) = j.running.clone() else {
+        return Ok(());
+    };
+    let mut log = UpdateLog::open(&agent.config().log_path);
+    match service::kill_group(&group, service::GROUP_EXIT_TIMEOUT) {
+        Ok(0) => {}
+        Ok(n) => {
+            log.line(&format!(
+                "recovery: killed {n} process(es) left of `{}` (process group {})",
+                group.command, group.pgid
+            ));
+            log.sync();
+        }
+        Err(alive) => {
+            let pids = alive
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            log.line(&format!(
+                "recovery: process group {} of `{}` does not die: {pids}",
+                group.pgid, group.command
+            ));
+            log.sync();
+            return Err(AgentError::OrphanAlive {
+                pgid: group.pgid,
+                command: group.command,
+                pids,
+                secs: service::GROUP_EXIT_TIMEOUT.as_secs(),
+            });
+        }
+    }
+    j.set_running(&agent.paths().journal, None)
+}
+
 pub(super) fn recover_locked(agent: &Agent) -> Result<Option<RecoveryReport>, AgentError> {
     let paths = agent.paths();
+    let mut journal = Journal::load(&paths.journal)?;
+    if let Some(j) = &mut journal {
+        kill_orphans(agent, j)?;
+    }
     sweep_tmp(&[&paths.versions, &paths.artifacts, &paths.updates]);
-    let Some(mut j) = Journal::load(&paths.journal)? else {
+    let Some(mut j) = journal else {
         return Ok(None);
     };
     if !j.is_open() {

@@ -23,6 +23,7 @@ mod field_failures;
 mod fullimage;
 mod hardening;
 mod hotfix;
+mod orphans;
 mod packaging;
 mod qemu;
 mod rollback;
