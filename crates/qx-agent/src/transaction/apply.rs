@@ -89,9 +89,37 @@ pub struct BackupMeta {
 
 pub const BACKUP_META: &str = "backup.json";
 
-/// The apply lock: held (flock) for the whole transaction, released when dropped.
+/// The apply lock: held (flock) for the whole transaction, released when dropped. The file
+/// names its holder ([`LockHolder`]) for `qx-update status` in other processes.
 pub struct ApplyLock {
-    _file: fs::File,
+    file: fs::File,
+}
+
+/// Who holds the apply lock: written into the lock file by the holder (in place: the lock is
+/// on the file's inode; not fsynced, it describes a running process).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LockHolder {
+    pub pid: Option<u32>,
+    /// The operation it runs, once it has one.
+    pub operation_id: Option<String>,
+}
+
+impl ApplyLock {
+    /// Records this process, and the operation it runs, as the holder.
+    pub fn record(&self, operation_id: Option<&str>) {
+        use std::os::unix::fs::FileExt;
+        let holder = LockHolder {
+            pid: Some(std::process::id()),
+            operation_id: operation_id.map(str::to_owned),
+        };
+        if let Ok(bytes) = serde_json::to_vec(&holder) {
+            // Best effort: status then shows the holder without its pid.
+            let _ = self
+                .file
+                .set_len(0)
+                .and_then(|()| self.file.write_all_at(&bytes, 0));
+        }
+    }
 }
 
 pub fn lock(paths: &HostPaths) -> Result<ApplyLock, AgentError> {
@@ -105,7 +133,11 @@ pub fn lock(paths: &HostPaths) -> Result<ApplyLock, AgentError> {
         .map_err(AgentError::io(&paths.lock))?;
     use rustix::fs::{flock, FlockOperation};
     match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(ApplyLock { _file: file }),
+        Ok(()) => {
+            let lock = ApplyLock { file };
+            lock.record(None);
+            Ok(lock)
+        }
         Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(AgentError::Busy {
             lock: paths.lock.clone(),
         }),
@@ -114,6 +146,36 @@ pub fn lock(paths: &HostPaths) -> Result<ApplyLock, AgentError> {
             source: e.into(),
         }),
     }
+}
+
+/// The holder of the apply lock, when a process holds it now; never takes the lock (that
+/// would make an apply starting at that moment fail as busy). The kernel's table of file
+/// locks (`/proc/locks`) says whether the lock file is locked; the file names the holder.
+pub fn lock_holder(paths: &HostPaths) -> Option<LockHolder> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(&paths.lock).ok()?;
+    let (major, minor) = (rustix::fs::major(m.dev()), rustix::fs::minor(m.dev()));
+    let table = fs::read_to_string("/proc/locks").ok()?;
+    // "1: FLOCK  ADVISORY  WRITE 1234 fd:00:5654740 0 EOF"; a waiter has "->" after "1:".
+    let kernel_pid = table.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [_, "FLOCK", _, "WRITE", pid, id, ..] = f.as_slice() else {
+            return None;
+        };
+        let mut id = id.split(':');
+        let same = id.next().and_then(|x| u32::from_str_radix(x, 16).ok()) == Some(major)
+            && id.next().and_then(|x| u32::from_str_radix(x, 16).ok()) == Some(minor)
+            && id.next().and_then(|x| x.parse::<u64>().ok()) == Some(m.ino());
+        same.then(|| pid.parse::<u32>().ok().filter(|p| *p != 0))
+    })?;
+    let recorded: LockHolder = fs::read(&paths.lock)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    Some(LockHolder {
+        pid: recorded.pid.or(kernel_pid),
+        ..recorded
+    })
 }
 
 pub(super) fn new_operation_id() -> String {
@@ -201,12 +263,13 @@ impl<'a> Tx<'a> {
 // apply
 
 pub fn apply(agent: &Agent, opts: &ApplyOptions) -> Result<ApplyReport, AgentError> {
-    let _lock = lock(agent.paths())?;
+    let lock = lock(agent.paths())?;
     if let Some(r) = recover_locked(agent)? {
         tracing::warn!(operation = %r.operation_id, action = %r.action, "finished an interrupted operation before applying");
     }
     let status = agent.status_handle();
     let op = new_operation_id();
+    lock.record(Some(&op));
     status.set_operation(Some(op.clone()));
     status.set_state(UpdateState::Checking);
     let mut tx = Tx::new(agent);

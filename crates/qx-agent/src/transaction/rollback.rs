@@ -164,7 +164,7 @@ pub fn plan(agent: &Agent) -> Result<RollbackPlan, AgentError> {
 
 /// `qx-update rollback`: see the module documentation.
 pub fn rollback(agent: &Agent, opts: &RollbackOptions) -> Result<ApplyReport, AgentError> {
-    let _lock = lock(agent.paths())?;
+    let lock = lock(agent.paths())?;
     recover_locked(agent)?;
     let paths = agent.paths();
     let (meta, dir) = backups_newest_first(&paths.backup)
@@ -184,6 +184,7 @@ pub fn rollback(agent: &Agent, opts: &RollbackOptions) -> Result<ApplyReport, Ag
         });
     }
     let op = new_operation_id();
+    lock.record(Some(&op));
     let mut j = journal_for(agent, paths, &meta, &dir, &op);
     let status = agent.status_handle();
     status.set_operation(Some(op));

@@ -28,4 +28,5 @@ mod packaging;
 mod qemu;
 mod rollback;
 mod schedule;
+mod status_progress;
 mod tls;
