@@ -1064,14 +1064,20 @@ fn kill_orphans(agent: &Agent, j: &mut Journal) -> Result<(), AgentError> {
     j.set_running(&agent.paths().journal, None)
 }
 
-pub(super) fn recover_locked(agent: &Agent) -> Result<Option<RecoveryReport>, AgentError> {
+/// Recovery's first steps: the journal, if any, with no process of its command left alive;
+/// leftover temporaries of atomic writes removed.
+fn load_for_recovery(agent: &Agent) -> Result<Option<Journal>, AgentError> {
     let paths = agent.paths();
     let mut journal = Journal::load(&paths.journal)?;
     if let Some(j) = &mut journal {
         kill_orphans(agent, j)?;
     }
     sweep_tmp(&[&paths.versions, &paths.artifacts, &paths.updates]);
-    let Some(mut j) = journal else {
+    Ok(journal)
+}
+
+pub(super) fn recover_locked(agent: &Agent) -> Result<Option<RecoveryReport>, AgentError> {
+    let Some(mut j) = load_for_recovery(agent)? else {
         return Ok(None);
     };
     if !j.is_open() {
