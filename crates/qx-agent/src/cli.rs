@@ -11,6 +11,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use qx_core::status::UpdateState;
 
+use crate::status::{OperationState, OperationStatus, RecoveryAction};
+use crate::transaction::journal::{OpKind, Phase};
 use crate::{code, exit_codes_help, Agent, AgentError, ApplyOptions, Config};
 
 #[derive(Debug, Parser)]
@@ -325,14 +327,21 @@ fn status(agent: &Agent, json: bool) {
         print_json(&s);
         return;
     }
+    // This process is idle, but the host's disk may say otherwise.
+    let state = match (&s.operation, s.state.is_busy()) {
+        (Some(op), false) if op.state == OperationState::InProgress => "in progress",
+        (Some(op), false) if op.state == OperationState::Interrupted => "interrupted",
+        _ => s.state.name(),
+    };
     println!(
-        "product {} on channel {}; state: {}",
-        s.product,
-        s.channel,
-        s.state.name()
+        "product {} on channel {}; state: {state}",
+        s.product, s.channel
     );
     if let UpdateState::Failed { reason } = &s.state {
         println!("  {}", crate::untrusted::printable(reason));
+    }
+    if let Some(op) = &s.operation {
+        print_operation(op);
     }
     println!("installed:");
     if s.installed.is_empty() {
@@ -356,6 +365,59 @@ fn status(agent: &Agent, json: bool) {
                 .unwrap_or_default()
         );
     }
+}
+
+/// The operation in progress or interrupted, for `qx-update status`.
+fn print_operation(op: &OperationStatus) {
+    let id = op.operation_id.as_deref().unwrap_or("(no id yet)");
+    let kind = match op.kind {
+        Some(OpKind::Rollback) => "rollback",
+        Some(OpKind::Apply) | None => "apply",
+    };
+    let target = match (&op.from_version, &op.version) {
+        (Some(from), Some(to)) => format!(" {from} -> {to}"),
+        (None, Some(to)) => format!(" of {to}"),
+        _ => String::new(),
+    };
+    let phase = op.phase.map_or_else(
+        || "checking or downloading (no journal yet)".to_string(),
+        |p| format!("phase {}", phase_name(p)),
+    );
+    match op.state {
+        OperationState::InProgress => {
+            let pid = op
+                .pid
+                .map_or_else(|| "pid unknown".into(), |p| format!("pid {p}"));
+            println!("operation {id} in progress ({pid}): {kind}{target}, {phase}");
+        }
+        OperationState::Interrupted => {
+            let what = match op.recovery {
+                Some(RecoveryAction::RollForward) => "restart, verify and commit the new version",
+                Some(RecoveryAction::FinishRollback) => "finish the rollback",
+                Some(RecoveryAction::RollBack) | None => "roll back every file from the backup",
+            };
+            println!("operation {id} interrupted: {kind}{target}, {phase}");
+            println!(
+                "  recovery will {what}: run `qx-update recover` (the daemon and the next apply do it first)"
+            );
+        }
+    }
+    for c in &op.components {
+        println!(
+            "  {} {} -> {}",
+            c.name,
+            c.previous_version.as_deref().unwrap_or("(none)"),
+            c.version
+        );
+    }
+}
+
+/// A journal phase as `--json` writes it.
+fn phase_name(p: Phase) -> String {
+    serde_json::to_value(p)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{p:?}"))
 }
 
 /// `qx-update rollback`: shows what is restored (and removed); without `--yes`, asks first

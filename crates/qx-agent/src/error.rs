@@ -219,6 +219,13 @@ pub enum AgentError {
     RollbackFailed { reason: String },
     #[error("journal {path}: {message}")]
     Journal { path: PathBuf, message: String },
+    #[error("process group {pgid} of the interrupted command `{command}` still has live processes ({pids}) {secs} s after SIGKILL (stuck in the kernel, e.g. on a hung mount); recovery waits for them before anything else: resolve what they wait on, or reboot, then run `qx-update recover`")]
+    OrphanAlive {
+        pgid: u32,
+        command: String,
+        pids: String,
+        secs: u64,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -270,7 +277,10 @@ impl AgentError {
     /// The process exit code for this error (one of [`EXIT_CODE_TABLE`]).
     pub fn exit_code(&self) -> i32 {
         match self {
-            AgentError::Io { .. } | AgentError::Fs(_) | AgentError::Journal { .. } => code::FAILURE,
+            AgentError::Io { .. }
+            | AgentError::Fs(_)
+            | AgentError::Journal { .. }
+            | AgentError::OrphanAlive { .. } => code::FAILURE,
             AgentError::DowngradeMismatch { .. } | AgentError::UnknownComponent { .. } => {
                 code::USAGE
             }

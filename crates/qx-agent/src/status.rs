@@ -1,6 +1,10 @@
 //! The live status of the agent: the state of the current operation (checking, downloading,
 //! installing, …), the installed versions and the update history. One [`StatusHandle`] per
 //! [`crate::Agent`]; the daemon's page subscribes to it.
+//!
+//! `state` is this process's own operation; `operation` is what the host's disk says, whichever
+//! process runs it: an operation in progress (a process holds the apply lock) or an interrupted
+//! one (its journal is open and nobody holds the lock: recovery will finish it).
 
 use std::collections::BTreeMap;
 
@@ -9,6 +13,7 @@ use qx_core::status::UpdateState;
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
+use crate::transaction::journal::{Journal, OpKind, Phase};
 use crate::{AgentError, Config, HostPaths};
 
 /// Largest number of history entries kept in a snapshot (newest last).
@@ -22,6 +27,117 @@ pub struct StatusSnapshot {
     pub channel: String,
     pub installed: BTreeMap<String, String>,
     pub history: Vec<HistoryEntry>,
+    /// An operation in progress on this host (in any process) or an interrupted one; `None`
+    /// when the host is at rest.
+    pub operation: Option<OperationStatus>,
+}
+
+/// Whether an operation runs now or was interrupted.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationState {
+    /// A process holds the apply lock.
+    InProgress,
+    /// The journal is open and nobody holds the lock: the next recovery (at the start of the
+    /// daemon, of `qx-update apply`, or `qx-update recover`) finishes it.
+    Interrupted,
+}
+
+/// What recovery will do with an interrupted operation.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryAction {
+    /// Restore every file from the backup (phases `prepared`, `installing`, `rolling_back`).
+    RollBack,
+    /// Restart, verify and commit the new version (phase `migrated`).
+    RollForward,
+    /// Finish restoring a `qx-update rollback`.
+    FinishRollback,
+}
+
+/// One component of the operation: its target version and the one it replaces.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ComponentTarget {
+    pub name: String,
+    pub version: String,
+    pub previous_version: Option<String>,
+}
+
+/// The operation on disk (apply lock and journal).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct OperationStatus {
+    pub state: OperationState,
+    /// The lock holder's pid (in progress only).
+    pub pid: Option<u32>,
+    pub operation_id: Option<String>,
+    /// `apply` or `rollback`; `None` before the journal is written.
+    pub kind: Option<OpKind>,
+    /// The journal's phase; `None` while the operation checks and downloads (no journal yet).
+    pub phase: Option<Phase>,
+    /// The target release and the one it replaces.
+    pub version: Option<String>,
+    pub from_version: Option<String>,
+    pub started: Option<String>,
+    pub components: Vec<ComponentTarget>,
+    /// Interrupted only: what recovery will do.
+    pub recovery: Option<RecoveryAction>,
+}
+
+impl OperationStatus {
+    /// The operation on the disk of `paths`' host, if any.
+    pub fn read(paths: &HostPaths) -> Option<Self> {
+        let holder = crate::transaction::lock_holder(paths);
+        // An unreadable journal is reported by recovery; here it is no operation to show.
+        let journal = Journal::load(&paths.journal).ok().flatten();
+        match holder {
+            Some(h) => {
+                // The journal of this operation: open, or closed by it a moment ago.
+                let j = journal.filter(|j| {
+                    j.is_open() || h.operation_id.as_deref() == Some(j.operation_id.as_str())
+                });
+                let mut op = Self::of(OperationState::InProgress, j.as_ref());
+                op.pid = h.pid;
+                op.operation_id = op.operation_id.or(h.operation_id);
+                Some(op)
+            }
+            None => journal
+                .filter(Journal::is_open)
+                .map(|j| Self::of(OperationState::Interrupted, Some(&j))),
+        }
+    }
+
+    fn of(state: OperationState, j: Option<&Journal>) -> Self {
+        let recovery =
+            j.filter(|_| state == OperationState::Interrupted)
+                .map(|j| match (j.op, j.phase) {
+                    (OpKind::Rollback, _) => RecoveryAction::FinishRollback,
+                    (OpKind::Apply, Phase::Migrated) => RecoveryAction::RollForward,
+                    (OpKind::Apply, _) => RecoveryAction::RollBack,
+                });
+        Self {
+            state,
+            pid: None,
+            operation_id: j.map(|j| j.operation_id.clone()),
+            kind: j.map(|j| j.op),
+            phase: j.map(|j| j.phase),
+            version: j.map(|j| j.version.clone()),
+            from_version: j.and_then(|j| j.from_version.clone()),
+            started: j.map(|j| j.started.clone()),
+            components: j
+                .map(|j| {
+                    j.entries
+                        .iter()
+                        .map(|e| ComponentTarget {
+                            name: e.name.clone(),
+                            version: e.version.clone(),
+                            previous_version: e.previous_version.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            recovery,
+        }
+    }
 }
 
 /// How many changes a slow event subscriber may fall behind before it skips to the latest.
@@ -46,6 +162,7 @@ impl StatusHandle {
             channel: config.channel.to_string(),
             installed: paths.installed_versions(),
             history: history::read(&paths.history, HISTORY_IN_SNAPSHOT),
+            operation: OperationStatus::read(paths),
         };
         let (tx, _) = watch::channel(snap);
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
@@ -85,14 +202,17 @@ impl StatusHandle {
         self.publish();
     }
 
-    /// Re-reads installed versions and history from disk (another process may have applied).
+    /// Re-reads installed versions, history and the operation on disk (another process may
+    /// be applying or have applied).
     pub fn refresh(&self) {
         let installed = self.paths.installed_versions();
         let history = history::read(&self.history_path, HISTORY_IN_SNAPSHOT);
+        let operation = OperationStatus::read(&self.paths);
         let changed = self.tx.send_if_modified(|s| {
-            if s.installed != installed || s.history != history {
+            if s.installed != installed || s.history != history || s.operation != operation {
                 s.installed = installed;
                 s.history = history;
+                s.operation = operation;
                 true
             } else {
                 false

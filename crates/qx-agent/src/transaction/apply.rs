@@ -92,9 +92,37 @@ pub struct BackupMeta {
 
 pub const BACKUP_META: &str = "backup.json";
 
-/// The apply lock: held (flock) for the whole transaction, released when dropped.
+/// The apply lock: held (flock) for the whole transaction, released when dropped. The file
+/// names its holder ([`LockHolder`]) for `qx-update status` in other processes.
 pub struct ApplyLock {
-    _file: fs::File,
+    file: fs::File,
+}
+
+/// Who holds the apply lock: written into the lock file by the holder (in place: the lock is
+/// on the file's inode; not fsynced, it describes a running process).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LockHolder {
+    pub pid: Option<u32>,
+    /// The operation it runs, once it has one.
+    pub operation_id: Option<String>,
+}
+
+impl ApplyLock {
+    /// Records this process, and the operation it runs, as the holder.
+    pub fn record(&self, operation_id: Option<&str>) {
+        use std::os::unix::fs::FileExt;
+        let holder = LockHolder {
+            pid: Some(std::process::id()),
+            operation_id: operation_id.map(str::to_owned),
+        };
+        if let Ok(bytes) = serde_json::to_vec(&holder) {
+            // Best effort: status then shows the holder without its pid.
+            let _ = self
+                .file
+                .set_len(0)
+                .and_then(|()| self.file.write_all_at(&bytes, 0));
+        }
+    }
 }
 
 pub fn lock(paths: &HostPaths) -> Result<ApplyLock, AgentError> {
@@ -108,7 +136,11 @@ pub fn lock(paths: &HostPaths) -> Result<ApplyLock, AgentError> {
         .map_err(AgentError::io(&paths.lock))?;
     use rustix::fs::{flock, FlockOperation};
     match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(ApplyLock { _file: file }),
+        Ok(()) => {
+            let lock = ApplyLock { file };
+            lock.record(None);
+            Ok(lock)
+        }
         Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(AgentError::Busy {
             lock: paths.lock.clone(),
         }),
@@ -117,6 +149,36 @@ pub fn lock(paths: &HostPaths) -> Result<ApplyLock, AgentError> {
             source: e.into(),
         }),
     }
+}
+
+/// The holder of the apply lock, when a process holds it now; never takes the lock (that
+/// would make an apply starting at that moment fail as busy). The kernel's table of file
+/// locks (`/proc/locks`) says whether the lock file is locked; the file names the holder.
+pub fn lock_holder(paths: &HostPaths) -> Option<LockHolder> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(&paths.lock).ok()?;
+    let (major, minor) = (rustix::fs::major(m.dev()), rustix::fs::minor(m.dev()));
+    let table = fs::read_to_string("/proc/locks").ok()?;
+    // "1: FLOCK  ADVISORY  WRITE 1234 fd:00:5654740 0 EOF"; a waiter has "->" after "1:".
+    let kernel_pid = table.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [_, "FLOCK", _, "WRITE", pid, id, ..] = f.as_slice() else {
+            return None;
+        };
+        let mut id = id.split(':');
+        let same = id.next().and_then(|x| u32::from_str_radix(x, 16).ok()) == Some(major)
+            && id.next().and_then(|x| u32::from_str_radix(x, 16).ok()) == Some(minor)
+            && id.next().and_then(|x| x.parse::<u64>().ok()) == Some(m.ino());
+        same.then(|| pid.parse::<u32>().ok().filter(|p| *p != 0))
+    })?;
+    let recorded: LockHolder = fs::read(&paths.lock)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    Some(LockHolder {
+        pid: recorded.pid.or(kernel_pid),
+        ..recorded
+    })
 }
 
 pub(super) fn new_operation_id() -> String {
@@ -161,6 +223,26 @@ impl<'a> Tx<'a> {
         j.set_phase(&self.paths.journal, phase)
     }
 
+    /// Runs one migration, health or restart command (`run`, given the service manager and
+    /// the hook told its process group): the group is in the journal while the agent waits
+    /// for it, so that recovery can kill what is left of it after a crash.
+    pub(super) fn run_recorded(
+        &mut self,
+        j: &mut Journal,
+        run: impl FnOnce(&ServiceManager, service::Started<'_>) -> service::Ran,
+    ) -> Result<service::Ran, AgentError> {
+        let path = &self.paths.journal;
+        let ran = run(&self.services, &mut |group| {
+            j.set_running(path, Some(group)).map_err(|e| {
+                format!("cannot record the command's process group in the journal: {e}")
+            })
+        });
+        if j.running.is_some() {
+            j.set_running(path, None)?;
+        }
+        Ok(ran)
+    }
+
     pub(super) fn history(
         &mut self,
         j: &Journal,
@@ -184,12 +266,13 @@ impl<'a> Tx<'a> {
 // apply
 
 pub fn apply(agent: &Agent, opts: &ApplyOptions) -> Result<ApplyReport, AgentError> {
-    let _lock = lock(agent.paths())?;
+    let lock = lock(agent.paths())?;
     if let Some(r) = recover_locked(agent)? {
         tracing::warn!(operation = %r.operation_id, action = %r.action, "finished an interrupted operation before applying");
     }
     let status = agent.status_handle();
     let op = new_operation_id();
+    lock.record(Some(&op));
     status.set_operation(Some(op.clone()));
     status.set_state(UpdateState::Checking);
     let mut tx = Tx::new(agent);
@@ -412,6 +495,7 @@ fn apply_components(
         services_restarted: false,
         reason: None,
         reverted: verified.reverted,
+        running: None,
     };
     tx.store(&j)?;
     tx.log.line(&format!(
@@ -601,7 +685,7 @@ fn migrate_all(tx: &mut Tx<'_>, j: &mut Journal) -> Result<(), AgentError> {
             argv,
             e.target.display()
         ));
-        let ran = service::run(argv, &tx.paths.root, Some(&e.target), None);
+        let ran = tx.run_recorded(j, |s, started| s.migrate(argv, &e.target, started))?;
         tx.log.block(
             "stdout",
             crate::untrusted::printable_output(&ran.stdout).as_bytes(),
@@ -798,7 +882,7 @@ fn rollback_tx(tx: &mut Tx<'_>, j: &mut Journal, reason: &str) -> Result<(), Age
     if j.services_restarted {
         for s in j.services() {
             tx.state(UpdateState::Restarting { service: s.clone() });
-            let ran = tx.services.restart(&s);
+            let ran = tx.run_recorded(j, |m, started| m.restart(&s, started))?;
             tx.log
                 .line(&format!("restart {s} (after restore): {}", ran.status));
             tx.log.block(
@@ -822,7 +906,7 @@ fn finish_forward(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, Agent
     }
     for s in &services {
         tx.state(UpdateState::Restarting { service: s.clone() });
-        let ran = tx.services.restart(s);
+        let ran = tx.run_recorded(j, |m, started| m.restart(s, started))?;
         tx.log
             .line(&format!("restart {s}: {:?} -> {}", ran.argv, ran.status));
         tx.log.block(
@@ -852,7 +936,7 @@ fn finish_forward(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, Agent
         tx.state(UpdateState::Verifying {
             component: e.name.clone(),
         });
-        if let Err(reason) = verify_entry(tx, &e) {
+        if let Err(reason) = verify_entry(tx, j, &e)? {
             tx.log.line(&format!("verify {}: FAILED: {reason}", e.name));
             rollback_tx(tx, j, &format!("{} did not take effect: {reason}", e.name))?;
             return Err(AgentError::NotEffective {
@@ -899,15 +983,20 @@ fn finish_forward(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, Agent
 
 /// Effect verification of one component: its health command passes, or the restarted
 /// service runs the newly installed file.
-pub(super) fn verify_entry(tx: &mut Tx<'_>, e: &Entry) -> Result<(), String> {
+/// (The outer error: the journal could not be written.)
+pub(super) fn verify_entry(
+    tx: &mut Tx<'_>,
+    j: &mut Journal,
+    e: &Entry,
+) -> Result<Result<(), String>, AgentError> {
     if fs::symlink_metadata(&e.target).is_err() {
-        return Err(format!(
+        return Ok(Err(format!(
             "{} is missing after the install",
             e.target.display()
-        ));
+        )));
     }
     if let Some(h) = &e.health_command {
-        let ran = tx.services.health(h);
+        let ran = tx.run_recorded(j, |m, started| m.health(h, started))?;
         tx.log
             .line(&format!("health {}: {:?} -> {}", e.name, h, ran.status));
         tx.log.block(
@@ -918,7 +1007,7 @@ pub(super) fn verify_entry(tx: &mut Tx<'_>, e: &Entry) -> Result<(), String> {
             "stderr",
             crate::untrusted::printable_output(&ran.stderr).as_bytes(),
         );
-        return if ran.ok {
+        return Ok(if ran.ok {
             Ok(())
         } else {
             Err(format!(
@@ -927,9 +1016,9 @@ pub(super) fn verify_entry(tx: &mut Tx<'_>, e: &Entry) -> Result<(), String> {
                 ran.status,
                 String::from_utf8_lossy(&ran.stderr).trim()
             ))
-        };
+        });
     }
-    match (&e.restart_service, e.kind) {
+    Ok(match (&e.restart_service, e.kind) {
         // A migrations component took effect when its command succeeded.
         (_, ComponentKind::Migrations) => Ok(()),
         (Some(s), ComponentKind::File) => tx.services.wait_running(s, &e.target).map(|pid| {
@@ -949,7 +1038,7 @@ pub(super) fn verify_entry(tx: &mut Tx<'_>, e: &Entry) -> Result<(), String> {
         }),
         // No service and no health command: the files in place are the whole effect.
         (None, _) => Ok(()),
-    }
+    })
 }
 
 /// Step 8's cleanup: staging of this version, backups beyond `keep_backups`, backups of
@@ -1041,10 +1130,58 @@ fn sweep_tmp(dirs: &[&Path]) {
     }
 }
 
-pub(super) fn recover_locked(agent: &Agent) -> Result<Option<RecoveryReport>, AgentError> {
+/// Before anything else in recovery: kills what is left of the process group of the command
+/// the journal says was running, and waits (bounded) until none of it lives.
+fn kill_orphans(agent: &Agent, j: &mut Journal) -> Result<(), AgentError> {
+    let Some(group) = j.running.clone() else {
+        return Ok(());
+    };
+    let mut log = UpdateLog::open(&agent.config().log_path);
+    match service::kill_group(&group, service::GROUP_EXIT_TIMEOUT) {
+        Ok(0) => {}
+        Ok(n) => {
+            log.line(&format!(
+                "recovery: killed {n} process(es) left of `{}` (process group {})",
+                group.command, group.pgid
+            ));
+            log.sync();
+        }
+        Err(alive) => {
+            let pids = alive
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            log.line(&format!(
+                "recovery: process group {} of `{}` does not die: {pids}",
+                group.pgid, group.command
+            ));
+            log.sync();
+            return Err(AgentError::OrphanAlive {
+                pgid: group.pgid,
+                command: group.command,
+                pids,
+                secs: service::GROUP_EXIT_TIMEOUT.as_secs(),
+            });
+        }
+    }
+    j.set_running(&agent.paths().journal, None)
+}
+
+/// Recovery's first steps: the journal, if any, with no process of its command left alive;
+/// leftover temporaries of atomic writes removed.
+fn load_for_recovery(agent: &Agent) -> Result<Option<Journal>, AgentError> {
     let paths = agent.paths();
+    let mut journal = Journal::load(&paths.journal)?;
+    if let Some(j) = &mut journal {
+        kill_orphans(agent, j)?;
+    }
     sweep_tmp(&[&paths.versions, &paths.artifacts, &paths.updates]);
-    let Some(mut j) = Journal::load(&paths.journal)? else {
+    Ok(journal)
+}
+
+pub(super) fn recover_locked(agent: &Agent) -> Result<Option<RecoveryReport>, AgentError> {
+    let Some(mut j) = load_for_recovery(agent)? else {
         return Ok(None);
     };
     if !j.is_open() {

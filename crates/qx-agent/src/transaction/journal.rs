@@ -11,6 +11,9 @@
 //! | `rolling_back` | a failure was being undone: finish restoring (and restart if needed) |
 //! | `migrated`     | all files new and migrations done: roll forward (restart, verify, versions) |
 //! | `committed` / `rolled_back` | finished: only leftover temporaries are removed |
+//!
+//! While a migration, health or restart command runs, `running` names its process group;
+//! recovery first kills what is left of that group and waits until none of it lives.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,6 +21,7 @@ use std::path::{Path, PathBuf};
 use qx_core::ComponentKind;
 use serde::{Deserialize, Serialize};
 
+use crate::transaction::service::ProcessGroup;
 use crate::AgentError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +104,10 @@ pub struct Journal {
     /// Going back from a release revoked with `revert` (history outcome `reverted`).
     #[serde(default)]
     pub reverted: bool,
+    /// The process group of the migration, health or restart command running now (written
+    /// before the agent waits for it, cleared when it has ended).
+    #[serde(default)]
+    pub running: Option<ProcessGroup>,
 }
 
 impl Journal {
@@ -132,6 +140,16 @@ impl Journal {
 
     pub fn set_phase(&mut self, path: &Path, phase: Phase) -> Result<(), AgentError> {
         self.phase = phase;
+        self.store(path)
+    }
+
+    /// Records (durably) the command running now, or none.
+    pub fn set_running(
+        &mut self,
+        path: &Path,
+        group: Option<ProcessGroup>,
+    ) -> Result<(), AgentError> {
+        self.running = group;
         self.store(path)
     }
 

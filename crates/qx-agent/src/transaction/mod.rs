@@ -9,5 +9,7 @@ pub(crate) mod journal;
 pub(crate) mod rollback;
 pub(crate) mod service;
 
-pub use apply::{lock, ApplyLock, ApplyOptions, ApplyReport, RecoveryReport};
+pub use apply::{
+    lock, lock_holder, ApplyLock, ApplyOptions, ApplyReport, LockHolder, RecoveryReport,
+};
 pub use rollback::{RollbackOptions, RollbackPlan, RollbackStep};

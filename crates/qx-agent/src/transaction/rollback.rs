@@ -164,7 +164,7 @@ pub fn plan(agent: &Agent) -> Result<RollbackPlan, AgentError> {
 
 /// `qx-update rollback`: see the module documentation.
 pub fn rollback(agent: &Agent, opts: &RollbackOptions) -> Result<ApplyReport, AgentError> {
-    let _lock = lock(agent.paths())?;
+    let lock = lock(agent.paths())?;
     recover_locked(agent)?;
     let paths = agent.paths();
     let (meta, dir) = backups_newest_first(&paths.backup)
@@ -184,6 +184,7 @@ pub fn rollback(agent: &Agent, opts: &RollbackOptions) -> Result<ApplyReport, Ag
         });
     }
     let op = new_operation_id();
+    lock.record(Some(&op));
     let mut j = journal_for(agent, paths, &meta, &dir, &op);
     let status = agent.status_handle();
     status.set_operation(Some(op));
@@ -247,6 +248,7 @@ fn journal_for(
         services_restarted: false,
         reason: Some(format!("rollback of {} requested", meta.version)),
         reverted: false,
+        running: None,
     }
 }
 
@@ -258,11 +260,17 @@ pub(super) fn finish(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, Ag
     restore_all(tx, j)?;
     crash_point("rollback-restored");
     let mut problems = restart_restored(tx, j)?;
-    for e in j.entries.iter().filter(|e| e.backup.is_some()) {
+    let restored: Vec<_> = j
+        .entries
+        .iter()
+        .filter(|e| e.backup.is_some())
+        .cloned()
+        .collect();
+    for e in &restored {
         tx.state(UpdateState::Verifying {
             component: e.name.clone(),
         });
-        match verify_entry(tx, e) {
+        match verify_entry(tx, j, e)? {
             Ok(()) => tx.log.line(&format!("verify {} (restored): ok", e.name)),
             Err(reason) => {
                 tx.log
@@ -312,7 +320,7 @@ fn restart_restored(tx: &mut Tx<'_>, j: &mut Journal) -> Result<Vec<String>, Age
     let mut problems = Vec::new();
     for s in &services {
         tx.state(UpdateState::Restarting { service: s.clone() });
-        let ran = tx.services.restart(s);
+        let ran = tx.run_recorded(j, |m, started| m.restart(s, started))?;
         tx.log.line(&format!("restart {s}: {}", ran.status));
         tx.log.block(
             "stderr",

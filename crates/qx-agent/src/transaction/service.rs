@@ -5,12 +5,19 @@
 //! configured pid command, systemd's `MainPID`, or a pidfile (`/run/<service>.pid` under the
 //! root). Effect verification proves an update took effect: the process's running executable
 //! (`/proc/<pid>/exe`) is the newly installed inode, or the component's health command passes.
+//!
+//! Every command runs in its own process group with a parent-death signal (SIGKILL): a killed
+//! agent takes the command along, and the group id (recorded in the journal while a
+//! migration, health or restart command runs) lets recovery kill what the command started
+//! and wait until none of it lives ([`kill_group`]).
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use qx_core::fs::under_root;
+use serde::{Deserialize, Serialize};
 
 use crate::config::ServiceManagerKind;
 use crate::transaction::journal::dev_ino;
@@ -68,13 +75,20 @@ impl ServiceManager {
         }
     }
 
-    pub fn restart(&self, service: &str) -> Ran {
-        run(
+    /// Restarts `service`; `started` is told its process group before it is waited for.
+    pub fn restart(&self, service: &str, started: Started<'_>) -> Ran {
+        run_with(
             &self.restart_argv(service),
             &self.root,
             None,
             Some(self.verify_timeout.max(Duration::from_secs(60))),
+            started,
         )
+    }
+
+    /// Runs a migration command in `dir` (no deadline); `started` as for a restart.
+    pub fn migrate(&self, argv: &[String], dir: &Path, started: Started<'_>) -> Ran {
+        run_with(argv, &self.root, Some(dir), None, started)
     }
 
     /// The service's main pid, if the manager knows one.
@@ -173,10 +187,11 @@ impl ServiceManager {
         ))
     }
 
-    /// Runs a health command (argv, no shell) with a deadline of `verify_timeout`.
-    pub fn health(&self, argv: &[String]) -> Ran {
+    /// Runs a health command (argv, no shell) with a deadline of `verify_timeout`; `started`
+    /// as for a restart.
+    pub fn health(&self, argv: &[String], started: Started<'_>) -> Ran {
         let argv = self.template(argv, "");
-        run(&argv, &self.root, None, Some(self.verify_timeout))
+        run_with(&argv, &self.root, None, Some(self.verify_timeout), started)
     }
 }
 
@@ -221,10 +236,38 @@ fn inodes_under(dir: &Path) -> Vec<(u64, u64)> {
     out
 }
 
+/// A command's process group while it runs: recorded in the journal so that recovery can
+/// kill what is left of it after the agent died.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessGroup {
+    /// The group id (the pid of the command, its leader).
+    pub pgid: u32,
+    /// The session the group was made in (the agent's): a group of that id in another
+    /// session is a later one that reused the number, not this command's.
+    pub sid: u32,
+    /// The command, for messages.
+    pub command: String,
+}
+
+/// Told a command's process group once it was started, before it is waited for; an error
+/// stops the command (its group is killed) and fails it with that message.
+pub type Started<'a> = &'a mut dyn FnMut(ProcessGroup) -> Result<(), String>;
+
 /// Runs `argv` (no shell) with `QX_ROOT` set, output captured; killed after `timeout`.
 /// `cwd` defaults to the root. A program name without '/' is also looked up in `cwd`; an
 /// absolute one is looked up under the root first.
 pub fn run(argv: &[String], root: &Path, cwd: Option<&Path>, timeout: Option<Duration>) -> Ran {
+    run_with(argv, root, cwd, timeout, &mut |_| Ok(()))
+}
+
+/// [`run`], telling `started` the command's process group before waiting for it.
+pub fn run_with(
+    argv: &[String],
+    root: &Path,
+    cwd: Option<&Path>,
+    timeout: Option<Duration>,
+    started: Started<'_>,
+) -> Ran {
     let fail = |status: String| Ran {
         argv: argv.to_vec(),
         ok: false,
@@ -257,15 +300,25 @@ pub fn run(argv: &[String], root: &Path, cwd: Option<&Path>, timeout: Option<Dur
         .stdin(Stdio::null())
         .stdout(Stdio::from(out_c))
         .stderr(Stdio::from(err_c));
+    dies_with_agent(&mut cmd);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return fail(format!("cannot start {program}: {e}")),
     };
+    let group = ProcessGroup {
+        pgid: child.id(),
+        sid: rustix::process::getsid(None).map_or(0, |p| p.as_raw_nonzero().get() as u32),
+        command: argv.join(" "),
+    };
+    let pgid = group.pgid;
+    if let Err(e) = started(group) {
+        stop_group(&mut child, pgid);
+        return fail(format!("stopped: {e}"));
+    }
     let (ok, status) = match wait(&mut child, timeout) {
         Ok(Some(s)) => (s.success(), s.to_string()),
         Ok(None) => {
-            let _ = child.kill();
-            let _ = child.wait();
+            stop_group(&mut child, pgid);
             let secs = timeout.unwrap_or_default().as_secs();
             (false, format!("killed after {secs}s"))
         }
@@ -278,6 +331,94 @@ pub fn run(argv: &[String], root: &Path, cwd: Option<&Path>, timeout: Option<Dur
         stdout: read_back(&mut out_f),
         stderr: read_back(&mut err_f),
     }
+}
+
+/// The command gets its own process group (its id is the command's pid) and SIGKILL when the
+/// agent dies.
+///
+/// The parent-death signal fires when the *thread* that forked the child ends, not only the
+/// process. That is fine here: [`run_with`] forks and then waits for the child on the same
+/// thread until the child has exited (or been killed), so that thread cannot end while the
+/// child runs unless the whole agent dies (in the daemon it is a blocking-pool thread, which
+/// is retired only once idle, i.e. after `run_with` returned).
+fn dies_with_agent(cmd: &mut Command) {
+    cmd.process_group(0);
+    let agent = rustix::process::getpid();
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed. It makes two raw system calls (prctl and getppid,
+    // through rustix, which neither allocates nor takes locks) and builds an io::Error from a
+    // raw errno (no allocation); it touches no memory shared with the parent's other threads.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(|e| std::io::Error::from_raw_os_error(e.raw_os_error()))?;
+            // The agent died before the signal was set: the kernel would not send it now.
+            if rustix::process::getppid() != Some(agent) {
+                return Err(std::io::Error::from_raw_os_error(
+                    rustix::io::Errno::SRCH.raw_os_error(),
+                ));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Kills `child` and every process of its group, and reaps `child`.
+fn stop_group(child: &mut std::process::Child, pgid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pgid as i32) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// How long recovery waits for the processes of a killed group to be gone.
+pub const GROUP_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Kills every process of `group` (SIGKILL) and waits, at most `within`, until none lives.
+/// Returns how many were alive at first; on timeout the pids still alive.
+pub fn kill_group(group: &ProcessGroup, within: Duration) -> Result<usize, Vec<u32>> {
+    let deadline = Instant::now() + within;
+    let first = group_members(group).len();
+    let max_polls = (within.as_millis() / POLL.as_millis()).max(1) + 1;
+    for _ in 0..max_polls {
+        let alive = group_members(group);
+        if alive.is_empty() {
+            return Ok(first);
+        }
+        if let Some(pid) = rustix::process::Pid::from_raw(group.pgid as i32) {
+            // ESRCH: the last member went away in between.
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+        if Instant::now() >= deadline {
+            return Err(alive);
+        }
+        std::thread::sleep(POLL);
+    }
+    Err(group_members(group))
+}
+
+/// The processes of `group` that have not exited (zombies have: they hold nothing), found
+/// in `/proc` by group and session.
+fn group_members(group: &ProcessGroup) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // "pid (comm) state ppid pgrp session ...": comm may hold spaces and parentheses.
+            let (_, rest) = stat.rsplit_once(')')?;
+            let mut f = rest.split_whitespace();
+            let state = f.next()?;
+            let pgrp: u32 = f.nth(1)?.parse().ok()?;
+            let session: u32 = f.next()?.parse().ok()?;
+            let member = pgrp == group.pgid && session == group.sid;
+            (member && state != "Z" && state != "X").then_some(pid)
+        })
+        .collect()
 }
 
 /// The command for `program`: relative to `dir` when it has a '/' but is not absolute; an
