@@ -177,6 +177,9 @@ pub struct ApiConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub token_file: PathBuf,
+    /// `api.header_read_timeout`, `idle_timeout`, `tls_handshake_timeout`,
+    /// `max_connections`, `max_connections_per_client`, `body_read_timeout`, `body_min_rate`.
+    pub limits: qx_core::listener::ConnectionLimits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -252,13 +255,21 @@ struct RawDownload {
     stall_timeout: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawApi {
     listen: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     token_file: Option<PathBuf>,
+    // The connection limits (docs/host-api.md); an absent key keeps its default.
+    header_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    tls_handshake_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_connections_per_client: Option<usize>,
+    body_read_timeout: Option<String>,
+    body_min_rate: Option<String>,
 }
 
 fn yes() -> bool {
@@ -551,12 +562,8 @@ impl Keys<'_> {
 
     /// `api`: the listen address, TLS files (both or neither) and token file under `root`.
     fn api(&self, raw: Option<RawApi>, root: &Path) -> Result<ApiConfig, ConfigError> {
-        let raw_api = raw.unwrap_or(RawApi {
-            listen: None,
-            tls_cert: None,
-            tls_key: None,
-            token_file: None,
-        });
+        let raw_api = raw.unwrap_or_default();
+        let limits = self.api_limits(&raw_api)?;
         let listen_text = raw_api.listen.unwrap_or_else(|| "0.0.0.0:8443".into());
         let listen: SocketAddr = listen_text.parse().map_err(|e| {
             self.invalid(
@@ -580,6 +587,67 @@ impl Keys<'_> {
                     .token_file
                     .unwrap_or_else(|| PathBuf::from("/etc/limiquantix/update-api-token")),
             ),
+            limits,
+        })
+    }
+
+    /// `api.*` connection limits: durations, counts and a rate, each above zero.
+    fn api_limits(&self, r: &RawApi) -> Result<qx_core::listener::ConnectionLimits, ConfigError> {
+        let d = qx_core::listener::ConnectionLimits::default();
+        let positive = |key: &str, v: Duration| {
+            if v.is_zero() {
+                Err(self.invalid(key, "must be above zero".into()))
+            } else {
+                Ok(v)
+            }
+        };
+        let count = |key: &str, v: Option<usize>, default: usize| match v {
+            Some(0) => Err(self.invalid(key, "must be at least 1".into())),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        let body_min_rate = match &r.body_min_rate {
+            None => d.body_min_rate,
+            Some(s) => {
+                parse_rate(s).map_err(|e| self.invalid("api.body_min_rate", e.to_string()))?
+            }
+        };
+        Ok(qx_core::listener::ConnectionLimits {
+            header_read_timeout: positive(
+                "api.header_read_timeout",
+                self.duration(
+                    "api.header_read_timeout",
+                    &r.header_read_timeout,
+                    d.header_read_timeout,
+                )?,
+            )?,
+            idle_timeout: positive(
+                "api.idle_timeout",
+                self.duration("api.idle_timeout", &r.idle_timeout, d.idle_timeout)?,
+            )?,
+            tls_handshake_timeout: positive(
+                "api.tls_handshake_timeout",
+                self.duration(
+                    "api.tls_handshake_timeout",
+                    &r.tls_handshake_timeout,
+                    d.tls_handshake_timeout,
+                )?,
+            )?,
+            max_connections: count("api.max_connections", r.max_connections, d.max_connections)?,
+            max_connections_per_client: count(
+                "api.max_connections_per_client",
+                r.max_connections_per_client,
+                d.max_connections_per_client,
+            )?,
+            body_read_timeout: positive(
+                "api.body_read_timeout",
+                self.duration(
+                    "api.body_read_timeout",
+                    &r.body_read_timeout,
+                    d.body_read_timeout,
+                )?,
+            )?,
+            body_min_rate,
         })
     }
 

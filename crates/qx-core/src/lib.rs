@@ -11,6 +11,8 @@ mod document;
 pub mod fs;
 pub mod hash;
 pub mod history;
+#[cfg(feature = "listener")]
+pub mod listener;
 pub mod manifest;
 pub mod names;
 pub mod signature;

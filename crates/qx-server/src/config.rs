@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use qx_core::listener::ConnectionLimits;
 use qx_core::ChannelName;
 
 /// The token used when `PUBLISH_TOKEN` is not set; a warning is logged at start.
@@ -30,6 +31,10 @@ pub struct Config {
     pub max_upload_bytes: u64,
     /// `CHANNELS`: the channels releases may be published to.
     pub channels: Vec<ChannelName>,
+    /// The connection limits (docs/spec.md §3): `HEADER_READ_TIMEOUT`, `IDLE_TIMEOUT`,
+    /// `TLS_HANDSHAKE_TIMEOUT`, `MAX_CONNECTIONS`, `MAX_CONNECTIONS_PER_CLIENT`,
+    /// `BODY_READ_TIMEOUT`, `BODY_MIN_RATE`.
+    pub limits: ConnectionLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +69,7 @@ impl Config {
             tls_client_ca: None,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             channels: default_channels(),
+            limits: ConnectionLimits::default(),
         }
     }
 
@@ -133,7 +139,70 @@ impl Config {
         if let Some(v) = lookup("CHANNELS") {
             cfg.channels = parse_channels(&v).map_err(|reason| invalid("CHANNELS", &v, reason))?;
         }
+        cfg.limits = limits_from(&lookup)?;
         Ok(cfg)
+    }
+}
+
+/// The connection limits from their variables; an unset one keeps its default.
+fn limits_from(lookup: &impl Fn(&str) -> Option<String>) -> Result<ConnectionLimits, ConfigError> {
+    let mut l = ConnectionLimits::default();
+    let read = |var: &'static str, parse: fn(&str) -> Result<u64, String>| {
+        lookup(var)
+            .map(|v| {
+                parse(&v).map_err(|reason| ConfigError::Invalid {
+                    var,
+                    value: v.clone(),
+                    reason,
+                })
+            })
+            .transpose()
+    };
+    let millis = |ms: u64| std::time::Duration::from_millis(ms);
+    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    if let Some(ms) = read("HEADER_READ_TIMEOUT", parse_duration_ms)? {
+        l.header_read_timeout = millis(ms);
+    }
+    if let Some(ms) = read("IDLE_TIMEOUT", parse_duration_ms)? {
+        l.idle_timeout = millis(ms);
+    }
+    if let Some(ms) = read("TLS_HANDSHAKE_TIMEOUT", parse_duration_ms)? {
+        l.tls_handshake_timeout = millis(ms);
+    }
+    if let Some(ms) = read("BODY_READ_TIMEOUT", parse_duration_ms)? {
+        l.body_read_timeout = millis(ms);
+    }
+    if let Some(n) = read("MAX_CONNECTIONS", parse_count)? {
+        l.max_connections = count(n);
+    }
+    if let Some(n) = read("MAX_CONNECTIONS_PER_CLIENT", parse_count)? {
+        l.max_connections_per_client = count(n);
+    }
+    if let Some(rate) = read("BODY_MIN_RATE", |v| {
+        qx_core::size::parse_rate(v).map_err(|e| e.to_string())
+    })? {
+        l.body_min_rate = rate;
+    }
+    Ok(l)
+}
+
+/// A duration such as `30s`, `2m` or `500ms`, above zero, in milliseconds.
+fn parse_duration_ms(v: &str) -> Result<u64, String> {
+    let d = humantime::parse_duration(v.trim())
+        .map_err(|e| format!("{e}; expected a duration such as 30s, 2m or 500ms"))?;
+    match u64::try_from(d.as_millis()) {
+        Ok(0) => Err("it must be at least 1ms".into()),
+        Ok(ms) => Ok(ms),
+        Err(_) => Err("it is too long".into()),
+    }
+}
+
+/// A count of connections, above zero.
+fn parse_count(v: &str) -> Result<u64, String> {
+    match v.trim().parse::<u64>() {
+        Ok(0) => Err("it must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e}; expected a whole number such as 4096")),
     }
 }
 
@@ -243,6 +312,43 @@ mod tests {
             ],
         ] {
             assert!(cfg(&vars).is_err(), "{vars:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn connection_limits_are_read() {
+        assert_eq!(
+            cfg(&[]).expect("defaults").limits,
+            ConnectionLimits::default()
+        );
+        let c = cfg(&[
+            ("HEADER_READ_TIMEOUT", "5s"),
+            ("IDLE_TIMEOUT", "2m"),
+            ("TLS_HANDSHAKE_TIMEOUT", "500ms"),
+            ("MAX_CONNECTIONS", "100"),
+            ("MAX_CONNECTIONS_PER_CLIENT", "10"),
+            ("BODY_READ_TIMEOUT", "20s"),
+            ("BODY_MIN_RATE", "10KiB/s"),
+        ])
+        .expect("valid");
+        let l = c.limits;
+        assert_eq!(l.header_read_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(l.idle_timeout, std::time::Duration::from_secs(120));
+        assert_eq!(
+            l.tls_handshake_timeout,
+            std::time::Duration::from_millis(500)
+        );
+        assert_eq!((l.max_connections, l.max_connections_per_client), (100, 10));
+        assert_eq!(l.body_read_timeout, std::time::Duration::from_secs(20));
+        assert_eq!(l.body_min_rate, 10 << 10);
+        for (var, bad) in [
+            ("IDLE_TIMEOUT", "0s"),
+            ("IDLE_TIMEOUT", "soon"),
+            ("MAX_CONNECTIONS", "0"),
+            ("BODY_MIN_RATE", "fast"),
+        ] {
+            let e = cfg(&[(var, bad)]).expect_err(bad).to_string();
+            assert!(e.contains(var), "{e}");
         }
     }
 

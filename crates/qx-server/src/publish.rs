@@ -56,6 +56,12 @@ struct Published {
 }
 
 fn multipart_error(e: MultipartError) -> ApiError {
+    if let Some(slow) = qx_core::listener::BodyTooSlow::find(&e) {
+        tracing::warn!(error = %slow, "publish cut off: the upload was too slow; its staging is removed");
+        return ApiError::new(StatusCode::REQUEST_TIMEOUT, slow.to_string()).with_detail(
+            "the server requires at least BODY_MIN_RATE bytes per second over each BODY_READ_TIMEOUT window",
+        );
+    }
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::too_large(format!(
             "the upload is larger than this server accepts (MAX_UPLOAD_BYTES): {}",

@@ -170,6 +170,7 @@ impl Prepared {
             channels = %config.channels.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(","),
             "qx-update-server listening"
         );
+        let limiter = qx_core::listener::Limiter::new(config.limits);
         let app = router(Arc::new(App::new(store, config)));
         let handle = axum_server::Handle::new();
         let stopper = handle.clone();
@@ -184,6 +185,7 @@ impl Prepared {
         let worker = Worker {
             handle,
             app,
+            limiter,
             rustls: tls
                 .map(|cfg| axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(cfg))),
         };
@@ -206,11 +208,13 @@ impl Prepared {
     }
 }
 
-/// What each serving thread needs: the shutdown handle, the router and the TLS settings.
+/// What each serving thread needs: the shutdown handle, the router, the connection limits
+/// (shared counts: the caps hold across threads) and the TLS settings.
 #[derive(Clone)]
 struct Worker {
     handle: axum_server::Handle,
     app: axum::Router,
+    limiter: qx_core::listener::Limiter,
     rustls: Option<axum_server::tls_rustls::RustlsConfig>,
 }
 
@@ -236,19 +240,22 @@ impl Worker {
         Ok(rx)
     }
 
-    /// Serves `listener` (HTTPS when TLS is configured) until the handle shuts it down.
+    /// Serves `listener` (HTTPS when TLS is configured) under the connection limits until the
+    /// handle shuts it down.
     async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
         let service = self.app.into_make_service();
         match self.rustls {
             Some(cfg) => {
-                axum_server::from_tcp_rustls(listener, cfg)
+                self.limiter
+                    .tls(listener, cfg)
                     .map(JsonErrorsAcceptor)
                     .handle(self.handle)
                     .serve(service)
                     .await
             }
             None => {
-                axum_server::from_tcp(listener)
+                self.limiter
+                    .plain(listener)
                     .map(JsonErrorsAcceptor)
                     .handle(self.handle)
                     .serve(service)

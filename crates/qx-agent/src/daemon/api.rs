@@ -28,6 +28,7 @@ use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream, StreamExt};
 use qx_core::api::host;
+use qx_core::listener::{BodyTooSlow, ConnectionLimits, Limiter};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
@@ -46,6 +47,9 @@ struct StateInner {
     runner: Runner,
     token: ApiToken,
     shutdown: watch::Receiver<bool>,
+    /// The connection limits (`updates.api.*`) `serve` applies; the event stream's keep-alive
+    /// comes more often than the idle timeout.
+    limits: ConnectionLimits,
 }
 
 impl ApiState {
@@ -57,6 +61,19 @@ impl ApiState {
                 runner,
                 token,
                 shutdown: rx,
+                limits: ConnectionLimits::default(),
+            }),
+        }
+    }
+
+    /// The same state serving under `limits` (`updates.api.*`).
+    pub fn with_limits(self, limits: ConnectionLimits) -> ApiState {
+        ApiState {
+            inner: Arc::new(StateInner {
+                runner: self.inner.runner.clone(),
+                token: self.inner.token.clone(),
+                shutdown: self.inner.shutdown.clone(),
+                limits,
             }),
         }
     }
@@ -67,8 +84,15 @@ impl ApiState {
                 runner: self.inner.runner.clone(),
                 token: self.inner.token.clone(),
                 shutdown,
+                limits: self.inner.limits,
             }),
         }
+    }
+
+    /// The event stream's keep-alive interval: 15 s, or half the idle timeout when that is
+    /// shorter, so an idle stream is never closed as an idle connection.
+    fn keep_alive_interval(&self) -> Duration {
+        Duration::from_secs(15).min(self.inner.limits.idle_timeout / 2)
     }
 }
 
@@ -310,6 +334,13 @@ async fn read_body(body: Body) -> Result<Bytes, ApiError> {
     let mut seen = 0usize;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
+            if let Some(slow) = BodyTooSlow::find(&e) {
+                return ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body arrived too slowly",
+                    vec![slow.to_string()],
+                );
+            }
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "the request body could not be read",
@@ -444,6 +475,7 @@ async fn events(
     let rx = agent.subscribe_events();
     let first = agent.status();
     let shutdown = state.inner.shutdown.clone();
+    let keep_alive = state.keep_alive_interval();
     let stream = stream::unfold(
         (rx, shutdown, Some(first)),
         move |(mut rx, mut shutdown, first)| {
@@ -479,7 +511,7 @@ async fn events(
             }
         },
     );
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(keep_alive))
 }
 
 async fn not_found() -> ApiError {
@@ -560,6 +592,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let state = state.with_shutdown(shutdown.clone());
+    let limits = state.inner.limits;
     let app = router(state);
     let handle = axum_server::Handle::new();
     let stopper = handle.clone();
@@ -568,7 +601,8 @@ pub async fn serve(
         stopper.graceful_shutdown(Some(Duration::from_secs(5)));
     });
     let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
-    let result = axum_server::from_tcp_rustls(listener, config)
+    let result = Limiter::new(limits)
+        .tls(listener, config)
         .handle(handle)
         .serve(app.into_make_service())
         .await;

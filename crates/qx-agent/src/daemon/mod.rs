@@ -280,7 +280,7 @@ pub async fn run(agent: Agent, args: &DaemonArgs) -> anyhow::Result<()> {
 
     tracing::info!(listen = %listening, enabled = config.enabled, auto_apply = config.auto_apply,
         window = ?config.maintenance_window.as_ref().map(|w| w.to_string()), "daemon started");
-    let state = api::ApiState::new(runner.clone(), token);
+    let state = api::ApiState::new(runner.clone(), token).with_limits(config.api.limits);
     let served = api::serve(state, listener, tls, stop_rx.clone()).await;
 
     runner.stop_accepting();

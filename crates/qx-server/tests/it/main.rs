@@ -5,6 +5,7 @@
 mod api;
 mod bad_input;
 mod channel;
+mod connections;
 mod hardening;
 mod robustness;
 mod routes;
