@@ -9,3 +9,4 @@ mod hardening;
 mod robustness;
 mod routes;
 mod support;
+mod symlinks;
