@@ -46,6 +46,12 @@ use reqwest::StatusCode;
 /// The largest body `get_bytes` accepts (manifests and signatures are a few KiB).
 pub const MAX_SMALL_BODY: u64 = 16 * 1024 * 1024;
 
+/// Redirects followed in a row before a request fails.
+const MAX_REDIRECTS: usize = 10;
+
+/// The longest redirect target an error message quotes.
+const MAX_LOCATION_CHARS: usize = 200;
+
 /// An interrupted attempt that added at least this many bytes counts as progress.
 pub const MIN_PROGRESS: u64 = 64 * 1024;
 
@@ -105,6 +111,14 @@ impl DownloadProgress {
 pub enum DownloadError {
     #[error("{url}: the server answered HTTP {status}")]
     Http { url: String, status: u16 },
+    /// A redirect that was not followed: to another scheme than http/https, or without a
+    /// usable `Location`. `location` is redacted of credentials and made printable.
+    #[error("{url}: the server redirected (HTTP {status}) to {location}, which was not followed: only redirects to http:// and https:// URLs are followed; point server_url at the final address")]
+    Redirect {
+        url: String,
+        status: u16,
+        location: String,
+    },
     #[error(
         "{url}: not found on the update server (HTTP 404); check the product, channel and version"
     )]
@@ -682,6 +696,7 @@ impl Downloader {
             // The blocking client applies this to the wait for the response head and to each
             // read of the body: it is a stall timeout, not a limit on the whole transfer.
             .timeout(opts.stall_timeout)
+            .redirect(redirect_policy())
             .user_agent(concat!("qx-update/", env!("CARGO_PKG_VERSION")));
         let client = tls
             .apply(builder)
@@ -1198,6 +1213,14 @@ fn classify_status(url: &str, resp: &Response) -> Failed {
             url: redact_credentials(url),
         });
     }
+    if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+        // The client follows http(s) redirects itself; one that reaches here was refused.
+        return Failed::fatal(DownloadError::Redirect {
+            url: redact_credentials(url),
+            status: status.as_u16(),
+            location: redirect_target(resp),
+        });
+    }
     let retryable = status.is_server_error()
         || status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS;
@@ -1206,6 +1229,37 @@ fn classify_status(url: &str, resp: &Response) -> Failed {
     } else {
         Failed::fatal(http(url, status))
     }
+}
+
+/// Follows up to [`MAX_REDIRECTS`] redirects to http(s) URLs; a redirect anywhere else is
+/// not followed, so its 3xx answer reaches [`classify_status`], which says what was refused.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        if !matches!(attempt.url().scheme(), "http" | "https") {
+            attempt.stop()
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+/// The `Location` of a refused redirect, fit to print: credentials redacted, control
+/// characters escaped, cut at [`MAX_LOCATION_CHARS`].
+fn redirect_target(resp: &Response) -> String {
+    let Some(value) = resp.headers().get(header::LOCATION) else {
+        return "no location (the answer has no Location header)".to_owned();
+    };
+    let text = String::from_utf8_lossy(value.as_bytes());
+    let mut shown: String = text.chars().take(MAX_LOCATION_CHARS).collect();
+    if text.chars().count() > MAX_LOCATION_CHARS {
+        shown.push('…');
+    }
+    format!(
+        "\"{}\"",
+        crate::untrusted::printable(&redact_credentials(&shown))
+    )
 }
 
 /// `Retry-After` in seconds (the date form is ignored).
