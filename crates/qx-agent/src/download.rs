@@ -75,6 +75,13 @@ pub struct DownloadOptions {
     pub connect_timeout: Duration,
     /// No byte for this long (while waiting for the response head or the body) fails the attempt.
     pub stall_timeout: Duration,
+    /// The whole fetch of a small document ([`Downloader::get_bytes`]: manifest, channel
+    /// state, signature), retries included.
+    pub document_deadline: Duration,
+    /// Bytes per second an artifact must average over each `min_rate_window` of its transfer
+    /// (0: no minimum; with a bandwidth limit, at most half of it).
+    pub min_rate: u64,
+    pub min_rate_window: Duration,
 }
 
 impl Default for DownloadOptions {
@@ -86,6 +93,9 @@ impl Default for DownloadOptions {
             bandwidth_limit: None,
             connect_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(30),
+            document_deadline: Duration::from_secs(60),
+            min_rate: 1024,
+            min_rate_window: Duration::from_secs(60),
         }
     }
 }
@@ -139,6 +149,22 @@ pub enum DownloadError {
     },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// A small document did not arrive within `updates.download.document_deadline`.
+    #[error("{url}: not received within its deadline of {} ({received} bytes of the last answer had arrived); the server or the link is too slow (updates.download.document_deadline)", humantime::format_duration(*deadline))]
+    Deadline {
+        url: String,
+        deadline: Duration,
+        received: u64,
+    },
+    /// An artifact transfer averaged less than `updates.download.min_rate` over a window.
+    #[error("{url}: too slow: {bytes} bytes in {} ({rate} bytes/s), below the minimum of {min_rate} bytes/s (updates.download.min_rate over updates.download.min_rate_window); the transfer was stopped", humantime::format_duration(*window))]
+    TooSlow {
+        url: String,
+        bytes: u64,
+        window: Duration,
+        rate: u64,
+        min_rate: u64,
+    },
     #[error("{url}: gave up after {attempts} attempt(s); last error: {last}")]
     GaveUp {
         url: String,
@@ -671,6 +697,51 @@ impl Part {
     }
 }
 
+/// The minimum transfer rate of an artifact: the bytes of each window of at least
+/// `min_rate_window` must average `min_rate` bytes/s, or the attempt fails.
+struct RateFloor {
+    min_rate: u64,
+    window: Duration,
+    since: Instant,
+    bytes: u64,
+}
+
+impl RateFloor {
+    /// `None` when no minimum is set. With a bandwidth limit the minimum is at most half of it.
+    fn new(opts: &DownloadOptions, now: Instant) -> Option<Self> {
+        let limit = opts.bandwidth_limit.map_or(u64::MAX, |l| l / 2);
+        let min_rate = opts.min_rate.min(limit);
+        (min_rate > 0).then_some(Self {
+            min_rate,
+            window: opts.min_rate_window,
+            since: now,
+            bytes: 0,
+        })
+    }
+
+    /// Counts `n` bytes; at the end of a window, too few bytes are an error.
+    fn add(&mut self, url: &str, now: Instant, n: u64) -> Result<(), DownloadError> {
+        self.bytes += n;
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed < self.window {
+            return Ok(());
+        }
+        let rate = (self.bytes as f64 / elapsed.as_secs_f64()) as u64;
+        if rate < self.min_rate {
+            return Err(DownloadError::TooSlow {
+                url: redact_credentials(url),
+                bytes: self.bytes,
+                window: Duration::from_millis(elapsed.as_millis() as u64),
+                rate,
+                min_rate: self.min_rate,
+            });
+        }
+        self.since = now;
+        self.bytes = 0;
+        Ok(())
+    }
+}
+
 /// The blocking download client (callers in async code use `spawn_blocking`).
 #[derive(Debug, Clone)]
 pub struct Downloader {
@@ -860,6 +931,7 @@ impl Downloader {
             None => BUF_SIZE,
         };
         let mut buf = vec![0u8; chunk];
+        let mut floor = RateFloor::new(&self.opts, Instant::now());
         loop {
             let n = match body.read(&mut buf) {
                 Ok(0) => break,
@@ -868,6 +940,12 @@ impl Downloader {
                 Err(e) => return Err(read_failed(url, part, &body, &e, start)),
             };
             part.write(&buf[..n]).map_err(Failed::fatal)?;
+            if let Some(floor) = floor.as_mut() {
+                let progressed = part.len() >= start + MIN_PROGRESS;
+                floor
+                    .add(url, Instant::now(), n as u64)
+                    .map_err(|e| Failed::transient(e, progressed))?;
+            }
             if let Some(limiter) = limiter.as_mut() {
                 let wait = limiter.take(Instant::now(), n as u64);
                 if !wait.is_zero() {
@@ -903,16 +981,21 @@ impl Downloader {
     }
 
     /// Fetches small text/bytes (manifest, signature) with the same retry policy; returns the
-    /// body and the response headers. Bodies over [`MAX_SMALL_BODY`] are refused.
+    /// body and the response headers. Bodies over [`MAX_SMALL_BODY`] are refused; the whole
+    /// fetch, retries included, must end within `document_deadline`.
     pub fn get_bytes(&self, url: &str) -> Result<(Vec<u8>, HeaderMap), DownloadError> {
+        let deadline = Deadline {
+            at: Instant::now() + self.opts.document_deadline,
+            length: self.opts.document_deadline,
+        };
         let mut budget = RetryBudget::new(&self.opts);
         loop {
             budget.attempts += 1;
-            match self.get_small(url, &mut budget) {
+            match self.get_small(url, &mut budget, &deadline) {
                 Ok(v) => return Ok(v),
                 Err(failed) => {
                     let delay = budget.failed(url, failed)?;
-                    std::thread::sleep(delay);
+                    std::thread::sleep(delay.min(deadline.left()));
                 }
             }
         }
@@ -922,42 +1005,86 @@ impl Downloader {
         &self,
         url: &str,
         budget: &mut RetryBudget<'_>,
+        deadline: &Deadline,
     ) -> Result<(Vec<u8>, HeaderMap), Failed> {
+        if deadline.left().is_zero() {
+            return Err(Failed::fatal(deadline.passed(url, 0)));
+        }
         let resp = self
             .client
             .get(url)
+            .timeout(self.opts.stall_timeout.min(deadline.left()))
             .send()
-            .map_err(|e| self.send_failed(url, &e))?;
+            .map_err(|e| match deadline.left().is_zero() {
+                true => Failed::fatal(deadline.passed(url, 0)),
+                false => self.send_failed(url, &e),
+            })?;
         if resp.status() != StatusCode::OK {
             budget.retry_after = retry_after(&resp);
             return Err(classify_status(url, &resp));
         }
-        let too_large = || {
-            Failed::fatal(DownloadError::TooLarge {
-                url: redact_credentials(url),
-                limit: MAX_SMALL_BODY,
-            })
-        };
         if resp.content_length().is_some_and(|n| n > MAX_SMALL_BODY) {
-            return Err(too_large());
+            return Err(small_too_large(url));
         }
         let headers = resp.headers().clone();
-        let mut body = Vec::new();
-        resp.take(MAX_SMALL_BODY + 1)
-            .read_to_end(&mut body)
-            .map_err(|e| {
-                Failed::transient(
-                    DownloadError::Network {
-                        url: redact_credentials(url),
-                        message: format!("reading the response failed: {}", error_chain(&e)),
-                    },
-                    false,
-                )
-            })?;
-        if body.len() as u64 > MAX_SMALL_BODY {
-            return Err(too_large());
-        }
+        let body = read_small(url, resp, deadline)?;
         Ok((body, headers))
+    }
+}
+
+/// The deadline of one small document.
+struct Deadline {
+    at: Instant,
+    length: Duration,
+}
+
+impl Deadline {
+    fn left(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+
+    fn passed(&self, url: &str, received: u64) -> DownloadError {
+        DownloadError::Deadline {
+            url: redact_credentials(url),
+            deadline: self.length,
+            received,
+        }
+    }
+}
+
+fn small_too_large(url: &str) -> Failed {
+    Failed::fatal(DownloadError::TooLarge {
+        url: redact_credentials(url),
+        limit: MAX_SMALL_BODY,
+    })
+}
+
+/// The body of a small document, at most [`MAX_SMALL_BODY`], read before the deadline (the
+/// deadline is checked after each read; one read waits at most the request's timeout, the
+/// smaller of the stall timeout and the time left when it was sent).
+fn read_small(url: &str, mut resp: Response, deadline: &Deadline) -> Result<Vec<u8>, Failed> {
+    let mut body = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match resp.read(&mut buf) {
+            Ok(0) => return Ok(body),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) if deadline.left().is_zero() => {
+                return Err(Failed::fatal(deadline.passed(url, body.len() as u64)))
+            }
+            Err(e) => {
+                let message = format!("reading the response failed: {}", error_chain(&e));
+                return Err(Failed::transient(network_error(url, message), false));
+            }
+        };
+        body.extend_from_slice(&buf[..n]);
+        if body.len() as u64 > MAX_SMALL_BODY {
+            return Err(small_too_large(url));
+        }
+        if deadline.left().is_zero() {
+            return Err(Failed::fatal(deadline.passed(url, body.len() as u64)));
+        }
     }
 }
 

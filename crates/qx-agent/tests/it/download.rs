@@ -119,6 +119,7 @@ fn opts() -> DownloadOptions {
         bandwidth_limit: None,
         connect_timeout: Duration::from_secs(5),
         stall_timeout: Duration::from_secs(10),
+        ..DownloadOptions::default()
     }
 }
 

@@ -18,6 +18,7 @@ mod channel;
 mod check;
 mod crash;
 mod daemon;
+mod deadlines;
 mod download;
 mod field_failures;
 mod fullimage;
