@@ -86,6 +86,9 @@ pub fn download_options(config: &Config) -> DownloadOptions {
         bandwidth_limit: config.bandwidth_limit,
         connect_timeout: config.download.connect_timeout,
         stall_timeout: config.download.stall_timeout,
+        document_deadline: config.download.document_deadline,
+        min_rate: config.download.min_rate,
+        min_rate_window: config.download.min_rate_window,
     }
 }
 

@@ -17,7 +17,8 @@
 //!   maintenance_window: "Sun 02:00-04:00"
 //!   bandwidth_limit: 10MiB/s
 //!   download: {max_attempts: 6, initial_backoff: 500ms, max_backoff: 30s,
-//!              connect_timeout: 10s, stall_timeout: 30s}
+//!              connect_timeout: 10s, stall_timeout: 30s,
+//!              document_deadline: 60s, min_rate: 1KiB/s, min_rate_window: 60s}
 //!   api: {listen: "0.0.0.0:8443", tls_cert: /etc/limiquantix/tls.crt,
 //!         tls_key: /etc/limiquantix/tls.key, token_file: /etc/limiquantix/api-token}
 //!   service_manager: openrc          # openrc | systemd | command
@@ -155,6 +156,15 @@ pub struct DownloadSettings {
     pub max_backoff: Duration,
     pub connect_timeout: Duration,
     pub stall_timeout: Duration,
+
+    // Deadlines against a server that drips bytes just inside the stall timeout.
+    /// The whole fetch of a small document (manifest, channel state, signature), retries
+    /// included.
+    pub document_deadline: Duration,
+    /// Bytes per second an artifact download must average over each `min_rate_window`
+    /// (0: no minimum).
+    pub min_rate: u64,
+    pub min_rate_window: Duration,
 }
 
 impl Default for DownloadSettings {
@@ -165,6 +175,10 @@ impl Default for DownloadSettings {
             max_backoff: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(30),
+
+            document_deadline: Duration::from_secs(60),
+            min_rate: 1024,
+            min_rate_window: Duration::from_secs(60),
         }
     }
 }
@@ -253,6 +267,10 @@ struct RawDownload {
     max_backoff: Option<String>,
     connect_timeout: Option<String>,
     stall_timeout: Option<String>,
+
+    document_deadline: Option<String>,
+    min_rate: Option<String>,
+    min_rate_window: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -553,9 +571,33 @@ impl Keys<'_> {
                 &r.stall_timeout,
                 d.stall_timeout,
             )?,
+
+            document_deadline: self.duration(
+                "download.document_deadline",
+                &r.document_deadline,
+                d.document_deadline,
+            )?,
+            min_rate: match r.min_rate.as_deref() {
+                None => d.min_rate,
+                Some(text) => bytes_per_second(text)
+                    .map_err(|e| self.invalid("download.min_rate", e.to_string()))?,
+            },
+            min_rate_window: self.duration(
+                "download.min_rate_window",
+                &r.min_rate_window,
+                d.min_rate_window,
+            )?,
         };
         if s.max_attempts == 0 {
             return Err(self.invalid("download.max_attempts", "must be at least 1".into()));
+        }
+        for (key, value) in [
+            ("download.document_deadline", s.document_deadline),
+            ("download.min_rate_window", s.min_rate_window),
+        ] {
+            if value.is_zero() {
+                return Err(self.invalid(key, "must be longer than 0s".into()));
+            }
         }
         Ok(s)
     }

@@ -46,6 +46,12 @@ use reqwest::StatusCode;
 /// The largest body `get_bytes` accepts (manifests and signatures are a few KiB).
 pub const MAX_SMALL_BODY: u64 = 16 * 1024 * 1024;
 
+/// Redirects followed in a row before a request fails.
+const MAX_REDIRECTS: usize = 10;
+
+/// The longest redirect target an error message quotes.
+const MAX_LOCATION_CHARS: usize = 200;
+
 /// An interrupted attempt that added at least this many bytes counts as progress.
 pub const MIN_PROGRESS: u64 = 64 * 1024;
 
@@ -69,6 +75,13 @@ pub struct DownloadOptions {
     pub connect_timeout: Duration,
     /// No byte for this long (while waiting for the response head or the body) fails the attempt.
     pub stall_timeout: Duration,
+    /// The whole fetch of a small document ([`Downloader::get_bytes`]: manifest, channel
+    /// state, signature), retries included.
+    pub document_deadline: Duration,
+    /// Bytes per second an artifact must average over each `min_rate_window` of its transfer
+    /// (0: no minimum; with a bandwidth limit, at most half of it).
+    pub min_rate: u64,
+    pub min_rate_window: Duration,
 }
 
 impl Default for DownloadOptions {
@@ -80,6 +93,9 @@ impl Default for DownloadOptions {
             bandwidth_limit: None,
             connect_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(30),
+            document_deadline: Duration::from_secs(60),
+            min_rate: 1024,
+            min_rate_window: Duration::from_secs(60),
         }
     }
 }
@@ -105,6 +121,14 @@ impl DownloadProgress {
 pub enum DownloadError {
     #[error("{url}: the server answered HTTP {status}")]
     Http { url: String, status: u16 },
+    /// A redirect that was not followed: to another scheme than http/https, or without a
+    /// usable `Location`. `location` is redacted of credentials and made printable.
+    #[error("{url}: the server redirected (HTTP {status}) to {location}, which was not followed: only redirects to http:// and https:// URLs are followed; point server_url at the final address")]
+    Redirect {
+        url: String,
+        status: u16,
+        location: String,
+    },
     #[error(
         "{url}: not found on the update server (HTTP 404); check the product, channel and version"
     )]
@@ -125,6 +149,22 @@ pub enum DownloadError {
     },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// A small document did not arrive within `updates.download.document_deadline`.
+    #[error("{url}: not received within its deadline of {} ({received} bytes of the last answer had arrived); the server or the link is too slow (updates.download.document_deadline)", humantime::format_duration(*deadline))]
+    Deadline {
+        url: String,
+        deadline: Duration,
+        received: u64,
+    },
+    /// An artifact transfer averaged less than `updates.download.min_rate` over a window.
+    #[error("{url}: too slow: {bytes} bytes in {} ({rate} bytes/s), below the minimum of {min_rate} bytes/s (updates.download.min_rate over updates.download.min_rate_window); the transfer was stopped", humantime::format_duration(*window))]
+    TooSlow {
+        url: String,
+        bytes: u64,
+        window: Duration,
+        rate: u64,
+        min_rate: u64,
+    },
     #[error("{url}: gave up after {attempts} attempt(s); last error: {last}")]
     GaveUp {
         url: String,
@@ -657,6 +697,51 @@ impl Part {
     }
 }
 
+/// The minimum transfer rate of an artifact: the bytes of each window of at least
+/// `min_rate_window` must average `min_rate` bytes/s, or the attempt fails.
+struct RateFloor {
+    min_rate: u64,
+    window: Duration,
+    since: Instant,
+    bytes: u64,
+}
+
+impl RateFloor {
+    /// `None` when no minimum is set. With a bandwidth limit the minimum is at most half of it.
+    fn new(opts: &DownloadOptions, now: Instant) -> Option<Self> {
+        let limit = opts.bandwidth_limit.map_or(u64::MAX, |l| l / 2);
+        let min_rate = opts.min_rate.min(limit);
+        (min_rate > 0).then_some(Self {
+            min_rate,
+            window: opts.min_rate_window,
+            since: now,
+            bytes: 0,
+        })
+    }
+
+    /// Counts `n` bytes; at the end of a window, too few bytes are an error.
+    fn add(&mut self, url: &str, now: Instant, n: u64) -> Result<(), DownloadError> {
+        self.bytes += n;
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed < self.window {
+            return Ok(());
+        }
+        let rate = (self.bytes as f64 / elapsed.as_secs_f64()) as u64;
+        if rate < self.min_rate {
+            return Err(DownloadError::TooSlow {
+                url: redact_credentials(url),
+                bytes: self.bytes,
+                window: Duration::from_millis(elapsed.as_millis() as u64),
+                rate,
+                min_rate: self.min_rate,
+            });
+        }
+        self.since = now;
+        self.bytes = 0;
+        Ok(())
+    }
+}
+
 /// The blocking download client (callers in async code use `spawn_blocking`).
 #[derive(Debug, Clone)]
 pub struct Downloader {
@@ -682,6 +767,7 @@ impl Downloader {
             // The blocking client applies this to the wait for the response head and to each
             // read of the body: it is a stall timeout, not a limit on the whole transfer.
             .timeout(opts.stall_timeout)
+            .redirect(redirect_policy())
             .user_agent(concat!("qx-update/", env!("CARGO_PKG_VERSION")));
         let client = tls
             .apply(builder)
@@ -845,6 +931,7 @@ impl Downloader {
             None => BUF_SIZE,
         };
         let mut buf = vec![0u8; chunk];
+        let mut floor = RateFloor::new(&self.opts, Instant::now());
         loop {
             let n = match body.read(&mut buf) {
                 Ok(0) => break,
@@ -853,6 +940,12 @@ impl Downloader {
                 Err(e) => return Err(read_failed(url, part, &body, &e, start)),
             };
             part.write(&buf[..n]).map_err(Failed::fatal)?;
+            if let Some(floor) = floor.as_mut() {
+                let progressed = part.len() >= start + MIN_PROGRESS;
+                floor
+                    .add(url, Instant::now(), n as u64)
+                    .map_err(|e| Failed::transient(e, progressed))?;
+            }
             if let Some(limiter) = limiter.as_mut() {
                 let wait = limiter.take(Instant::now(), n as u64);
                 if !wait.is_zero() {
@@ -888,16 +981,21 @@ impl Downloader {
     }
 
     /// Fetches small text/bytes (manifest, signature) with the same retry policy; returns the
-    /// body and the response headers. Bodies over [`MAX_SMALL_BODY`] are refused.
+    /// body and the response headers. Bodies over [`MAX_SMALL_BODY`] are refused; the whole
+    /// fetch, retries included, must end within `document_deadline`.
     pub fn get_bytes(&self, url: &str) -> Result<(Vec<u8>, HeaderMap), DownloadError> {
+        let deadline = Deadline {
+            at: Instant::now() + self.opts.document_deadline,
+            length: self.opts.document_deadline,
+        };
         let mut budget = RetryBudget::new(&self.opts);
         loop {
             budget.attempts += 1;
-            match self.get_small(url, &mut budget) {
+            match self.get_small(url, &mut budget, &deadline) {
                 Ok(v) => return Ok(v),
                 Err(failed) => {
                     let delay = budget.failed(url, failed)?;
-                    std::thread::sleep(delay);
+                    std::thread::sleep(delay.min(deadline.left()));
                 }
             }
         }
@@ -907,42 +1005,86 @@ impl Downloader {
         &self,
         url: &str,
         budget: &mut RetryBudget<'_>,
+        deadline: &Deadline,
     ) -> Result<(Vec<u8>, HeaderMap), Failed> {
+        if deadline.left().is_zero() {
+            return Err(Failed::fatal(deadline.passed(url, 0)));
+        }
         let resp = self
             .client
             .get(url)
+            .timeout(self.opts.stall_timeout.min(deadline.left()))
             .send()
-            .map_err(|e| self.send_failed(url, &e))?;
+            .map_err(|e| match deadline.left().is_zero() {
+                true => Failed::fatal(deadline.passed(url, 0)),
+                false => self.send_failed(url, &e),
+            })?;
         if resp.status() != StatusCode::OK {
             budget.retry_after = retry_after(&resp);
             return Err(classify_status(url, &resp));
         }
-        let too_large = || {
-            Failed::fatal(DownloadError::TooLarge {
-                url: redact_credentials(url),
-                limit: MAX_SMALL_BODY,
-            })
-        };
         if resp.content_length().is_some_and(|n| n > MAX_SMALL_BODY) {
-            return Err(too_large());
+            return Err(small_too_large(url));
         }
         let headers = resp.headers().clone();
-        let mut body = Vec::new();
-        resp.take(MAX_SMALL_BODY + 1)
-            .read_to_end(&mut body)
-            .map_err(|e| {
-                Failed::transient(
-                    DownloadError::Network {
-                        url: redact_credentials(url),
-                        message: format!("reading the response failed: {}", error_chain(&e)),
-                    },
-                    false,
-                )
-            })?;
-        if body.len() as u64 > MAX_SMALL_BODY {
-            return Err(too_large());
-        }
+        let body = read_small(url, resp, deadline)?;
         Ok((body, headers))
+    }
+}
+
+/// The deadline of one small document.
+struct Deadline {
+    at: Instant,
+    length: Duration,
+}
+
+impl Deadline {
+    fn left(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+
+    fn passed(&self, url: &str, received: u64) -> DownloadError {
+        DownloadError::Deadline {
+            url: redact_credentials(url),
+            deadline: self.length,
+            received,
+        }
+    }
+}
+
+fn small_too_large(url: &str) -> Failed {
+    Failed::fatal(DownloadError::TooLarge {
+        url: redact_credentials(url),
+        limit: MAX_SMALL_BODY,
+    })
+}
+
+/// The body of a small document, at most [`MAX_SMALL_BODY`], read before the deadline (the
+/// deadline is checked after each read; one read waits at most the request's timeout, the
+/// smaller of the stall timeout and the time left when it was sent).
+fn read_small(url: &str, mut resp: Response, deadline: &Deadline) -> Result<Vec<u8>, Failed> {
+    let mut body = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match resp.read(&mut buf) {
+            Ok(0) => return Ok(body),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) if deadline.left().is_zero() => {
+                return Err(Failed::fatal(deadline.passed(url, body.len() as u64)))
+            }
+            Err(e) => {
+                let message = format!("reading the response failed: {}", error_chain(&e));
+                return Err(Failed::transient(network_error(url, message), false));
+            }
+        };
+        body.extend_from_slice(&buf[..n]);
+        if body.len() as u64 > MAX_SMALL_BODY {
+            return Err(small_too_large(url));
+        }
+        if deadline.left().is_zero() {
+            return Err(Failed::fatal(deadline.passed(url, body.len() as u64)));
+        }
     }
 }
 
@@ -1198,6 +1340,14 @@ fn classify_status(url: &str, resp: &Response) -> Failed {
             url: redact_credentials(url),
         });
     }
+    if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+        // The client follows http(s) redirects itself; one that reaches here was refused.
+        return Failed::fatal(DownloadError::Redirect {
+            url: redact_credentials(url),
+            status: status.as_u16(),
+            location: redirect_target(resp),
+        });
+    }
     let retryable = status.is_server_error()
         || status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS;
@@ -1206,6 +1356,37 @@ fn classify_status(url: &str, resp: &Response) -> Failed {
     } else {
         Failed::fatal(http(url, status))
     }
+}
+
+/// Follows up to [`MAX_REDIRECTS`] redirects to http(s) URLs; a redirect anywhere else is
+/// not followed, so its 3xx answer reaches [`classify_status`], which says what was refused.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        if !matches!(attempt.url().scheme(), "http" | "https") {
+            attempt.stop()
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+/// The `Location` of a refused redirect, fit to print: credentials redacted, control
+/// characters escaped, cut at [`MAX_LOCATION_CHARS`].
+fn redirect_target(resp: &Response) -> String {
+    let Some(value) = resp.headers().get(header::LOCATION) else {
+        return "no location (the answer has no Location header)".to_owned();
+    };
+    let text = String::from_utf8_lossy(value.as_bytes());
+    let mut shown: String = text.chars().take(MAX_LOCATION_CHARS).collect();
+    if text.chars().count() > MAX_LOCATION_CHARS {
+        shown.push('…');
+    }
+    format!(
+        "\"{}\"",
+        crate::untrusted::printable(&redact_credentials(&shown))
+    )
 }
 
 /// `Retry-After` in seconds (the date form is ignored).

@@ -102,6 +102,10 @@ pub enum StoreError {
     Io { path: PathBuf, source: io::Error },
     #[error("stored release {path} is damaged: {reason}; remove or repair it")]
     Corrupt { path: PathBuf, reason: String },
+    /// Something in the release directory the server will not use as it is (a symlinked
+    /// staging directory): the message says why and what to do.
+    #[error("{path}: {reason}")]
+    Refused { path: PathBuf, reason: String },
     #[error("storage task failed: {0}")]
     Task(String),
     #[error(transparent)]

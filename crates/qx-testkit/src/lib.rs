@@ -2,6 +2,7 @@
 //! loopback port, a sandboxed host root, a fault-injecting TCP proxy, fixture releases.
 
 pub mod channel;
+pub mod drip;
 pub mod host;
 pub mod proxy;
 pub mod release;

@@ -119,6 +119,7 @@ fn opts() -> DownloadOptions {
         bandwidth_limit: None,
         connect_timeout: Duration::from_secs(5),
         stall_timeout: Duration::from_secs(10),
+        ..DownloadOptions::default()
     }
 }
 
@@ -849,4 +850,37 @@ fn etag_naming_other_content_is_refused_before_the_body() {
         other => panic!("expected Mismatch, got {other:?}"),
     }
     assert_eq!(std::fs::read_dir(staging.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn redirect_to_a_non_http_url_says_what_was_refused() {
+    let raw = RawServer::start(
+        "HTTP/1.1 302 Found\r\nlocation: ftp://mirror:s3cret@mirror.test/qx-node.tar.zst\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into(),
+        0,
+    );
+    let staging = tempfile::tempdir().unwrap();
+    let dl = downloader(opts());
+    let expected = artifact_ref(Sha256::of(b"x"), 1);
+    let url = format!("http://{}/artifact", raw.addr);
+    let check = |err: DownloadError| {
+        let text = err.to_string();
+        match err {
+            DownloadError::Redirect {
+                status, location, ..
+            } => {
+                assert_eq!(status, 302);
+                assert_eq!(location, "\"ftp://***@mirror.test/qx-node.tar.zst\"");
+            }
+            other => panic!("expected a refused redirect, got {other:?}"),
+        }
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(
+            text.contains("only redirects to http:// and https://"),
+            "{text}"
+        );
+    };
+    check(fetch(&dl, &url, staging.path(), &expected).unwrap_err());
+    assert_eq!(raw.connections.load(Ordering::SeqCst), 1, "not retried");
+    check(dl.get_bytes(&url).unwrap_err());
+    assert_eq!(raw.connections.load(Ordering::SeqCst), 2, "not retried");
 }

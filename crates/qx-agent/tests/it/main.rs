@@ -20,6 +20,7 @@ mod connections;
 mod crash;
 mod daemon;
 mod disk_full;
+mod deadlines;
 mod download;
 mod field_failures;
 mod fullimage;

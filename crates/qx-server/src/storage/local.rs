@@ -9,11 +9,17 @@
 //! Invariants: a release directory, once visible, is complete and never changes except for
 //! the `.yanked` marker; a rename onto an existing (non-empty) release directory fails, which
 //! is what makes exactly one of two concurrent publishes of one version win.
+//!
+//! No symlink inside the release directory is followed ([`nofollow`]): a linked product,
+//! channel or version directory, manifest, signature or artifact is skipped and logged (or
+//! refused), a symlinked `.staging` stops the server at start (nothing is deleted through it),
+//! and a stored manifest whose product, channel or version differs from its path is damage.
 
 mod channel;
+mod nofollow;
 
 use std::fs;
-use std::io::{self, SeekFrom};
+use std::io::{self, Read, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -49,7 +55,8 @@ impl LocalStore {
     /// Uses `root` (created if missing).
     pub fn new(root: impl Into<PathBuf>) -> StoreResult<Self> {
         let root = root.into();
-        fs::create_dir_all(root.join(STAGING_DIR)).map_err(StoreError::io(&root))?;
+        fs::create_dir_all(&root).map_err(StoreError::io(&root))?;
+        staging_dir(&root)?;
         Ok(Self {
             root,
             channel_locks: Arc::new(channel::ChannelLocks::new()),
@@ -61,11 +68,164 @@ impl LocalStore {
     }
 
     fn release_dir(&self, key: &ReleaseKey) -> PathBuf {
-        self.root
-            .join(key.product.as_str())
-            .join(key.channel.as_str())
-            .join(key.version.to_string())
+        self.root.join(release_rel(key))
     }
+}
+
+/// A release's directory relative to the release root.
+fn release_rel(key: &ReleaseKey) -> PathBuf {
+    Path::new(key.product.as_str())
+        .join(key.channel.as_str())
+        .join(key.version.to_string())
+}
+
+/// `$RELEASE_DIR/.staging`, created if missing. A symlink there is refused: recovery empties
+/// this directory, and it must never delete through a link.
+fn staging_dir(root: &Path) -> StoreResult<PathBuf> {
+    let staging = root.join(STAGING_DIR);
+    match nofollow::is_real_dir(&staging) {
+        Ok(true) => {}
+        Ok(false) => fs::create_dir_all(&staging).map_err(StoreError::io(&staging))?,
+        Err(StoreError::Corrupt { path, .. }) => {
+            return Err(StoreError::Refused {
+                path,
+                reason: format!(
+                    "the staging directory is a symlink or not a directory; the server never follows a symlink inside its release directory (nor deletes through one). Remove it (the server creates a real {STAGING_DIR} directory) or point RELEASE_DIR itself at the other disk"
+                ),
+            })
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(staging)
+}
+
+/// A channel directory to write into, created if missing; a linked (or non-directory)
+/// product or channel directory is refused, before anything is created under it and after.
+fn writable_channel_dir(
+    root: &Path,
+    product: &ProductName,
+    channel: &ChannelName,
+) -> StoreResult<PathBuf> {
+    let dir = root.join(product.as_str()).join(channel.as_str());
+    channel::channel_dir(root, product, channel)?;
+    create_dir_all_durable(&dir)?;
+    channel::channel_dir(root, product, channel)?.ok_or_else(|| StoreError::Io {
+        path: dir.clone(),
+        source: io::Error::new(io::ErrorKind::NotFound, "vanished after being created"),
+    })
+}
+
+/// Reads a whole file opened by [`nofollow::open_file`].
+fn read_all(mut file: fs::File, path: &Path) -> StoreResult<Vec<u8>> {
+    let mut out = Vec::new();
+    file.read_to_end(&mut out).map_err(StoreError::io(path))?;
+    Ok(out)
+}
+
+/// True when `path` exists, without following a symlink.
+fn exists_no_follow(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok()
+}
+
+/// A stored manifest must describe the release its path names; one for another product,
+/// channel or version (a copied or misplaced directory) is damage.
+fn check_matches_path(manifest: &Manifest, key: &ReleaseKey, path: &Path) -> StoreResult<()> {
+    if manifest.product == key.product
+        && manifest.channel == key.channel
+        && manifest.version == key.version
+    {
+        return Ok(());
+    }
+    Err(StoreError::Corrupt {
+        path: path.to_owned(),
+        reason: format!(
+            "its manifest is for {} {} on channel {}, not the {key} its path names",
+            manifest.product, manifest.version, manifest.channel
+        ),
+    })
+}
+
+/// The manifest and signature of a release, opened without following links.
+fn read_release(root: &Path, key: ReleaseKey) -> StoreResult<StoredRelease> {
+    let rel = release_rel(&key);
+    let dir = root.join(&rel);
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let Some(file) = nofollow::open_file(root, &rel.join(MANIFEST_FILE))? else {
+        return Err(StoreError::NotFound(format!("release {key}")));
+    };
+    let manifest_bytes = read_all(file, &manifest_path)?;
+    let sig_path = dir.join(SIGNATURE_FILE);
+    let signature = match nofollow::open_file(root, &rel.join(SIGNATURE_FILE))? {
+        Some(f) => read_all(f, &sig_path)?,
+        None => {
+            return Err(StoreError::Corrupt {
+                path: dir,
+                reason: format!("{SIGNATURE_FILE} is missing"),
+            })
+        }
+    };
+    let manifest = Manifest::parse(&manifest_bytes, UnknownFields::Ignore).map_err(|e| {
+        StoreError::Corrupt {
+            path: manifest_path.clone(),
+            reason: e.to_string(),
+        }
+    })?;
+    check_matches_path(&manifest, &key, &manifest_path)?;
+    let yanked = exists_no_follow(&dir.join(YANKED_FILE));
+    Ok(StoredRelease {
+        key,
+        manifest_bytes: Bytes::from(manifest_bytes),
+        signature: Bytes::from(signature),
+        manifest,
+        yanked,
+    })
+}
+
+/// The versions in a channel directory (empty when absent; a linked product or channel
+/// directory, or a linked version directory in it, is skipped and logged).
+fn list_versions(
+    root: &Path,
+    product: &ProductName,
+    channel: &ChannelName,
+) -> StoreResult<Vec<VersionEntry>> {
+    let product_dir = root.join(product.as_str());
+    let dir = product_dir.join(channel.as_str());
+    for d in [&product_dir, &dir] {
+        match nofollow::is_real_dir(d) {
+            Ok(true) => {}
+            Ok(false) => return Ok(Vec::new()),
+            Err(e @ StoreError::Corrupt { .. }) => {
+                tracing::warn!(error = %e, "linked directory skipped");
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let mut out = Vec::new();
+    for entry in fs::read_dir(&dir).map_err(StoreError::io(&dir))? {
+        let entry = entry.map_err(StoreError::io(&dir))?;
+        let Some(version) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| Version::parse(n).ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            tracing::warn!(path = %path.display(), "{}", nofollow::LINK_REFUSED);
+            continue;
+        }
+        if !fs::symlink_metadata(path.join(MANIFEST_FILE)).is_ok_and(|m| m.is_file()) {
+            continue;
+        }
+        out.push(VersionEntry {
+            version,
+            yanked: exists_no_follow(&path.join(YANKED_FILE)),
+        });
+    }
+    out.sort_by(|a, b| b.version.cmp(&a.version));
+    Ok(out)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -88,9 +248,9 @@ impl ReleaseStore for LocalStore {
     type Upload = LocalUpload;
 
     async fn recover(&self) -> StoreResult<usize> {
-        let staging = self.root.join(STAGING_DIR);
+        let root = self.root.clone();
         blocking(move || {
-            fs::create_dir_all(&staging).map_err(StoreError::io(&staging))?;
+            let staging = staging_dir(&root)?;
             let mut removed = 0;
             for entry in fs::read_dir(&staging).map_err(StoreError::io(&staging))? {
                 let entry = entry.map_err(StoreError::io(&staging))?;
@@ -115,7 +275,11 @@ impl ReleaseStore for LocalStore {
             let mut out = Vec::new();
             for entry in fs::read_dir(&root).map_err(StoreError::io(&root))? {
                 let entry = entry.map_err(StoreError::io(&root))?;
-                if !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                let file_type = entry.file_type().map_err(StoreError::io(entry.path()))?;
+                if file_type.is_symlink() {
+                    tracing::warn!(path = %entry.path().display(), "{}", nofollow::LINK_REFUSED);
+                }
+                if !file_type.is_dir() {
                     continue;
                 }
                 if let Some(p) = entry
@@ -137,81 +301,15 @@ impl ReleaseStore for LocalStore {
         product: &ProductName,
         channel: &ChannelName,
     ) -> StoreResult<Vec<VersionEntry>> {
-        let dir = self.root.join(product.as_str()).join(channel.as_str());
-        blocking(move || {
-            let entries = match fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-                Err(e) => {
-                    return Err(StoreError::Io {
-                        path: dir,
-                        source: e,
-                    })
-                }
-            };
-            let mut out = Vec::new();
-            for entry in entries {
-                let entry = entry.map_err(StoreError::io(&dir))?;
-                let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                    continue;
-                };
-                let Ok(version) = Version::parse(&name) else {
-                    continue;
-                };
-                let path = entry.path();
-                if !path.join(MANIFEST_FILE).is_file() {
-                    continue;
-                }
-                out.push(VersionEntry {
-                    version,
-                    yanked: path.join(YANKED_FILE).exists(),
-                });
-            }
-            out.sort_by(|a, b| b.version.cmp(&a.version));
-            Ok(out)
-        })
-        .await
+        let root = self.root.clone();
+        let (product, channel) = (product.clone(), channel.clone());
+        blocking(move || list_versions(&root, &product, &channel)).await
     }
 
     async fn release(&self, key: &ReleaseKey) -> StoreResult<StoredRelease> {
-        let dir = self.release_dir(key);
+        let root = self.root.clone();
         let key = key.clone();
-        blocking(move || {
-            let manifest_path = dir.join(MANIFEST_FILE);
-            let manifest_bytes = match fs::read(&manifest_path) {
-                Ok(b) => b,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(StoreError::NotFound(format!("release {key}")))
-                }
-                Err(e) => {
-                    return Err(StoreError::Io {
-                        path: manifest_path,
-                        source: e,
-                    })
-                }
-            };
-            let sig_path = dir.join(SIGNATURE_FILE);
-            let signature = fs::read(&sig_path).map_err(|e| StoreError::Corrupt {
-                path: dir.clone(),
-                reason: format!("{SIGNATURE_FILE} cannot be read: {e}"),
-            })?;
-            let manifest =
-                Manifest::parse(&manifest_bytes, UnknownFields::Ignore).map_err(|e| {
-                    StoreError::Corrupt {
-                        path: manifest_path.clone(),
-                        reason: e.to_string(),
-                    }
-                })?;
-            let yanked = dir.join(YANKED_FILE).exists();
-            Ok(StoredRelease {
-                key,
-                manifest_bytes: Bytes::from(manifest_bytes),
-                signature: Bytes::from(signature),
-                manifest,
-                yanked,
-            })
-        })
-        .await
+        blocking(move || read_release(&root, key)).await
     }
 
     async fn read_range(
@@ -223,15 +321,13 @@ impl ReleaseStore for LocalStore {
     ) -> StoreResult<ByteStream> {
         check_file_name(file)?;
         let path = self.release_dir(key).join(file);
-        let mut f = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound(format!(
-                    "file {file} of release {key}"
-                )))
-            }
-            Err(e) => return Err(StoreError::Io { path, source: e }),
+        let (root, rel) = (self.root.clone(), release_rel(key).join(file));
+        let Some(f) = blocking(move || nofollow::open_file(&root, &rel)).await? else {
+            return Err(StoreError::NotFound(format!(
+                "file {file} of release {key}"
+            )));
         };
+        let mut f = tokio::fs::File::from_std(f);
         if start > 0 {
             f.seek(SeekFrom::Start(start))
                 .await
@@ -243,10 +339,9 @@ impl ReleaseStore for LocalStore {
     }
 
     async fn begin(&self) -> StoreResult<LocalUpload> {
-        let staging = self.root.join(STAGING_DIR);
         let root = self.root.clone();
         blocking(move || {
-            fs::create_dir_all(&staging).map_err(StoreError::io(&staging))?;
+            let staging = staging_dir(&root)?;
             let dir = tempfile::Builder::new()
                 .prefix("upload-")
                 .tempdir_in(&staging)
@@ -264,19 +359,13 @@ impl ReleaseStore for LocalStore {
         signature: Bytes,
     ) -> StoreResult<CommitOutcome> {
         let target = self.release_dir(key);
+        let (root, key) = (self.root.clone(), key.clone());
         let version = key.version.clone();
         blocking(move || {
             let LocalUpload { dir, .. } = upload;
             write_atomic(&dir.path().join(MANIFEST_FILE), &manifest)?;
             write_atomic(&dir.path().join(SIGNATURE_FILE), &signature)?;
-            let channel_dir = target
-                .parent()
-                .ok_or_else(|| StoreError::Corrupt {
-                    path: target.clone(),
-                    reason: "a release directory has no parent".into(),
-                })?
-                .to_owned();
-            create_dir_all_durable(&channel_dir)?;
+            let channel_dir = writable_channel_dir(&root, &key.product, &key.channel)?;
 
             // A version equal by precedence but spelled otherwise (other build metadata) is
             // the same release for every client: refuse it.
@@ -303,8 +392,11 @@ impl ReleaseStore for LocalStore {
                         || e.kind() == io::ErrorKind::AlreadyExists =>
                 {
                     let existing_path = target.join(MANIFEST_FILE);
-                    let existing =
-                        fs::read(&existing_path).map_err(StoreError::io(&existing_path))?;
+                    let rel = release_rel(&key).join(MANIFEST_FILE);
+                    let existing = match nofollow::open_file(&root, &rel)? {
+                        Some(f) => read_all(f, &existing_path)?,
+                        None => Vec::new(),
+                    };
                     Ok(if existing == manifest.as_ref() {
                         CommitOutcome::Identical
                     } else {
@@ -322,9 +414,10 @@ impl ReleaseStore for LocalStore {
 
     async fn yank(&self, key: &ReleaseKey) -> StoreResult<bool> {
         let dir = self.release_dir(key);
-        let key = key.clone();
+        let (root, key) = (self.root.clone(), key.clone());
         blocking(move || {
-            if !dir.join(MANIFEST_FILE).is_file() {
+            // Opened without following links: a linked directory on the way is refused.
+            if nofollow::open_file(&root, &release_rel(&key).join(MANIFEST_FILE))?.is_none() {
                 return Err(StoreError::NotFound(format!("release {key}")));
             }
             let marker = dir.join(YANKED_FILE);
@@ -347,9 +440,15 @@ impl ReleaseStore for LocalStore {
         let (product, channel) = (product.clone(), channel.clone());
         blocking(move || {
             let _held = locks.lock(&product, &channel);
-            match channel::channel_dir(&root, &product, &channel)? {
-                Some(dir) => channel::read(&dir),
-                None => Ok(None),
+            // A linked product or channel directory holds no state this server serves.
+            match channel::channel_dir(&root, &product, &channel) {
+                Ok(Some(dir)) => channel::read(&dir),
+                Ok(None) => Ok(None),
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    tracing::warn!(error = %e, "linked directory skipped");
+                    Ok(None)
+                }
+                Err(e) => Err(e),
             }
         })
         .await
@@ -412,19 +511,19 @@ impl Upload for LocalUpload {
     async fn link_from(&mut self, source: &ReleaseKey, artifact: &ArtifactRef) -> StoreResult<()> {
         let name = artifact.artifact.as_str();
         check_file_name(name)?;
-        let from = self
-            .root
-            .join(source.product.as_str())
-            .join(source.channel.as_str())
-            .join(source.version.to_string())
-            .join(name);
+        let rel = release_rel(source).join(name);
+        let (root, from) = (self.root.clone(), self.root.join(&rel));
         let to = self.dir.path().join(name);
         let size = artifact.size_bytes;
         blocking(move || {
             // The source must be the regular file its manifest describes: a symlink is never
-            // linked (nor followed), a file of another size is damage.
-            let meta = fs::symlink_metadata(&from).map_err(StoreError::io(&from))?;
-            if !meta.is_file() || meta.len() != size {
+            // linked (nor followed, nor any linked directory on the way), a file of another
+            // size is damage.
+            let Some(file) = nofollow::open_file(&root, &rel)? else {
+                return Err(StoreError::io(&from)(io::ErrorKind::NotFound.into()));
+            };
+            let meta = file.metadata().map_err(StoreError::io(&from))?;
+            if meta.len() != size {
                 return Err(StoreError::Corrupt {
                     path: from,
                     reason: format!(

@@ -10,3 +10,4 @@ mod hardening;
 mod robustness;
 mod routes;
 mod support;
+mod symlinks;
