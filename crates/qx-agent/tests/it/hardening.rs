@@ -1,6 +1,7 @@
 //! Issue 11 (hardening), the agent's part: a relative `--root`, credentials in `server_url`,
 //! terminal escapes in server-provided text, host API body validation and size limits,
-//! loose permissions on the files that decide what runs as root.
+//! loose permissions on the files that decide what runs as root, symbolic-link chains that
+//! leave the tree, install paths the agent's configuration allows.
 
 use qx_testkit::host::Lab;
 use qx_testkit::release::ComponentSpec;
@@ -260,4 +261,75 @@ fn world_writable_api_token_file_is_refused() {
         text.contains(&format!("chmod go-w {}", path.display())),
         "{text}"
     );
+}
+
+/// A directory component `ui` at `/data/share/ui` whose archive holds `entries`.
+fn ui_release(lab: &Lab, version: &str, entries: &[qx_testkit::release::TarEntry]) {
+    let mut c = ComponentSpec::tree("ui", "/data/share/ui", Vec::new());
+    c.content = qx_testkit::release::Content::Raw(qx_testkit::release::tar_zst(entries).unwrap());
+    lab.publish(&lab.release(version).component(c)).unwrap();
+}
+
+fn link(path: &str, target: &str) -> qx_testkit::release::TarEntry {
+    qx_testkit::release::TarEntry::Symlink {
+        path: path.into(),
+        target: target.into(),
+    }
+}
+
+#[test]
+fn symlink_chain_escaping_the_tree_is_refused() {
+    use qx_agent::transaction::extract::ExtractError;
+    let lab = Lab::new().unwrap();
+    // `x/up -> ..`, `p1 -> x/up/..`, `p2 -> p1/..`, … `p9 -> p8/..`: each target is inside
+    // the tree read as text; `p9` is the host's `/` read as the kernel reads it.
+    let mut entries = vec![
+        qx_testkit::release::TarEntry::Dir { path: "x".into() },
+        link("x/up", ".."),
+        link("p1", "x/up/.."),
+    ];
+    entries.extend((2..=9).map(|i| link(&format!("p{i}"), &format!("p{}/..", i - 1))));
+    ui_release(&lab, "1.0.0", &entries);
+    let err = agent(&lab)
+        .apply(&qx_agent::ApplyOptions::default())
+        .expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        matches!(
+            &err,
+            qx_agent::AgentError::UnsafeArchive(ExtractError::LinkEscapes { entry, .. }) if entry == "p1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"p1\"") && text.contains("x/up/.."),
+        "{text}"
+    );
+    assert!(!lab.host.path("/data/share/ui").exists());
+    assert_eq!(lab.host.version("ui"), None);
+}
+
+#[test]
+fn symlink_chains_inside_the_tree_still_install() {
+    let lab = Lab::new().unwrap();
+    let entries = [
+        qx_testkit::release::TarEntry::File {
+            path: "lib/v2/tool".into(),
+            bytes: b"v2\n".to_vec(),
+            mode: 0o644,
+        },
+        link("lib/cur", "v2"),
+        link("bin/tool", "../lib/cur/tool"),
+        link("a/b/up", "../.."),
+        link("a/b/tool", "up/bin/tool"),
+    ];
+    ui_release(&lab, "1.0.0", &entries);
+    agent(&lab)
+        .apply(&qx_agent::ApplyOptions::default())
+        .unwrap();
+    let installed = lab.host.path("/data/share/ui");
+    for p in ["bin/tool", "a/b/tool", "lib/cur/tool"] {
+        assert_eq!(std::fs::read(installed.join(p)).unwrap(), b"v2\n", "{p}");
+    }
+    assert_eq!(lab.host.version("ui").as_deref(), Some("1.0.0"));
 }
