@@ -503,6 +503,12 @@ impl Extraction<'_> {
 }
 
 /// The entry path as a relative path of normal components (`./` segments dropped).
+/// Public for the fuzz targets only.
+#[doc(hidden)]
+pub fn entry_path(archive: &Path, name: &str) -> Result<PathBuf, ExtractError> {
+    safe_relative(archive, name)
+}
+
 fn safe_relative(archive: &Path, name: &str) -> Result<PathBuf, ExtractError> {
     if name.starts_with('/') {
         return Err(ExtractError::AbsolutePath {

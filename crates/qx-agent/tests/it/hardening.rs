@@ -333,3 +333,86 @@ fn symlink_chains_inside_the_tree_still_install() {
     }
     assert_eq!(lab.host.version("ui").as_deref(), Some("1.0.0"));
 }
+
+/// A directory component `vendor` installed at `path`, one file `tool` in it.
+fn vendor_release(lab: &Lab, version: &str, path: &str) -> qx_testkit::release::ReleaseSpec {
+    let files = vec![("tool".to_owned(), b"vendor\n".to_vec(), 0o755)];
+    lab.release(version)
+        .component(ComponentSpec::tree("vendor", path, files))
+}
+
+#[test]
+fn allow_install_paths_lets_a_release_replace_an_allowed_system_directory() {
+    let lab = Lab::with("quantix-os", "dev", "  allow_install_paths: [/opt]\n").unwrap();
+    lab.publish(&vendor_release(&lab, "1.0.0", "/opt")).unwrap();
+    agent(&lab)
+        .apply(&qx_agent::ApplyOptions::default())
+        .unwrap();
+    assert_eq!(lab.host.read("/opt/tool").unwrap(), b"vendor\n");
+    assert_eq!(lab.host.version("vendor").as_deref(), Some("1.0.0"));
+
+    // The same release on a host that does not allow /opt: refused, saying how to allow it.
+    let plain = Lab::new().unwrap();
+    plain
+        .publish(&vendor_release(&plain, "1.0.0", "/opt"))
+        .unwrap();
+    let err = agent(&plain)
+        .apply(&qx_agent::ApplyOptions::default())
+        .expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        matches!(err, qx_agent::AgentError::InstallPathRefused { .. }),
+        "{text}"
+    );
+    assert!(
+        text.contains("/opt is a system directory") && text.contains("updates.allow_install_paths"),
+        "{text}"
+    );
+    assert!(!plain.host.path("/opt/tool").exists());
+    assert_eq!(plain.host.version("vendor"), None);
+}
+
+#[test]
+fn allow_install_paths_never_unlocks_the_agents_own_paths() {
+    let extra = "  allow_install_paths: [/etc, /data, /var/log]\n";
+    let lab = Lab::with("quantix-os", "dev", extra).unwrap();
+    let agent = agent(&lab);
+    let allowed = &agent.config().allow_install_paths;
+    assert_eq!(allowed.len(), 3);
+    for own in [
+        "/etc",
+        "/etc/limiquantix",
+        "/data",
+        "/data/updates/x",
+        "/var/log/quantix",
+    ] {
+        let path = qx_core::InstallPath::new(own).unwrap();
+        let why = qx_core::manifest::install_path_refusal(&path, allowed)
+            .unwrap_or_else(|| panic!("{own} was allowed"));
+        assert!(why.contains("agent's own"), "{own}: {why}");
+        // No release can even carry it: the manifest rules refuse it everywhere.
+        let built = vendor_release(&lab, "1.0.0", own).sign(&lab.key);
+        let refused = match built {
+            Err(e) => e.to_string(),
+            Ok(r) => r
+                .publish(lab.server.url(), &lab.token)
+                .unwrap_err()
+                .to_string(),
+        };
+        assert!(refused.contains("agent's own"), "{own}: {refused}");
+    }
+    // Below an allowed prefix but clear of the agent's paths: still fine.
+    lab.publish(&vendor_release(&lab, "1.0.0", "/var/log/vendor"))
+        .unwrap();
+    agent.apply(&qx_agent::ApplyOptions::default()).unwrap();
+    assert_eq!(lab.host.read("/var/log/vendor/tool").unwrap(), b"vendor\n");
+}
+
+#[test]
+fn allow_install_paths_refuses_a_relative_entry() {
+    let lab = Lab::with("quantix-os", "dev", "  allow_install_paths: [opt]\n").unwrap();
+    let out = run_qx_update(lab.host.root(), &["status"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("updates.allow_install_paths"), "{stderr}");
+}
