@@ -79,3 +79,17 @@ pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Installs the fuzzing front end (`cargo install cargo-fuzz --locked`) when `cargo fuzz` is
+/// missing.
+pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    let present = Command::new(env!("CARGO"))
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    eprintln!("installing cargo-fuzz");
+    cargo(&["install", "cargo-fuzz", "--locked"])
+}

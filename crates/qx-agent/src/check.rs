@@ -19,6 +19,7 @@ use std::path::Path;
 use base64::Engine;
 use qx_core::api::SIGNATURE_HEADER;
 use qx_core::channel::{ChannelState, ReleaseEntry, RevokeAction, Target};
+use qx_core::manifest::install_path_refusal;
 use qx_core::{Component, Manifest, Sha256, SignatureError, UnknownFields, Version};
 use serde::Serialize;
 
@@ -514,6 +515,7 @@ fn plan(req: PlanRequest<'_>) -> Result<(CheckReport, Verified), AgentError> {
     check_min_version(manifest, &installed, req.downgrade_ok)?;
     let recorded = |name: &str| crate::installed::artifact_sha(paths, name);
     let (changes, to_apply) = compare(&selected, &installed, &recorded, req.downgrade_ok)?;
+    check_install_paths(req.agent.config(), &to_apply)?;
     check_requirements(&to_apply, &installed)?;
     let report = CheckReport {
         product: manifest.product.to_string(),
@@ -540,6 +542,22 @@ fn plan(req: PlanRequest<'_>) -> Result<(CheckReport, Verified), AgentError> {
             source: ArtifactSource::Server,
         },
     ))
+}
+
+/// Every component to install goes to a path this host accepts: no denied system directory
+/// unless `updates.allow_install_paths` allows it, never the agent's own paths.
+fn check_install_paths(config: &Config, to_apply: &[Component]) -> Result<(), AgentError> {
+    let allowed = &config.allow_install_paths;
+    match to_apply
+        .iter()
+        .find_map(|c| Some((c, install_path_refusal(&c.install_path, allowed)?)))
+    {
+        Some((c, reason)) => Err(AgentError::InstallPathRefused {
+            component: c.name.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The components the operator asked for (`--component`), each once; all when none.

@@ -33,7 +33,13 @@
 //!   tls: {ca_cert: /etc/limiquantix/update-ca.pem,        # extra CAs (docs/agent-tls.md)
 //!         client_cert: /etc/limiquantix/update-client.crt, client_key: /etc/limiquantix/update-client.key}
 //!   ab: {...}                         # A/B system updates: qx_boot::AbConfig
+//!   allow_install_paths: [/opt/vendor]  # system directories releases may replace (see below)
 //! ```
+//!
+//! `allow_install_paths` lists prefixes under which a release may install even where the
+//! install path is a denied system directory (`/opt`, `/usr/local`, …:
+//! `qx_core::manifest::DENIED_INSTALL_PATHS`); empty by default. It never allows the agent's
+//! own configuration, trust, state or log paths.
 //!
 //! Every host path (key files, TLS files, token file, pidfile, log) is resolved under the
 //! root prefix given to [`Config::resolve`] (`--root`).
@@ -146,6 +152,10 @@ pub struct Config {
     pub ab: qx_boot::AbConfig,
     /// `updates.tls`: extra CAs and the client certificate for the update server.
     pub tls: crate::client_tls::ClientTls,
+
+    /// `updates.allow_install_paths`: prefixes under which a release may replace a denied
+    /// system directory (never the agent's own paths); empty by default.
+    pub allow_install_paths: Vec<qx_core::InstallPath>,
 }
 
 /// Retry and timeout policy of downloads (maps onto `download::DownloadOptions`).
@@ -242,6 +252,9 @@ struct RawUpdates {
     reboot_command: Option<Vec<String>>,
     ab: Option<serde_yaml_ng::Value>,
     tls: Option<RawTls>,
+
+    #[serde(default)]
+    allow_install_paths: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -355,6 +368,8 @@ impl Config {
             Duration::from_secs(10),
         )?;
         let max_unpacked_bytes = at.max_unpacked_bytes(raw.max_unpacked_bytes.take())?;
+        let allow_install_paths =
+            at.allow_install_paths(std::mem::take(&mut raw.allow_install_paths))?;
         let log_path = under_root(
             root,
             &raw.log_path
@@ -389,6 +404,7 @@ impl Config {
                 .unwrap_or_else(|| vec!["/sbin/reboot".to_owned()]),
             ab,
             tls,
+            allow_install_paths,
         })
     }
 }
@@ -399,6 +415,23 @@ struct Keys<'a> {
 }
 
 impl Keys<'_> {
+    /// `allow_install_paths`: each an absolute, normalised install path.
+    fn allow_install_paths(
+        &self,
+        raw: Vec<String>,
+    ) -> Result<Vec<qx_core::InstallPath>, ConfigError> {
+        raw.into_iter()
+            .map(|p| {
+                qx_core::InstallPath::new(p.clone()).map_err(|e| {
+                    self.invalid(
+                        "allow_install_paths",
+                        format!("{p:?}: {e}; write an absolute path such as /opt/vendor"),
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// `product` (default `quantix-os`) and `channel` (default `stable`).
     fn product_and_channel(
         &self,

@@ -99,6 +99,8 @@ pub enum AgentError {
     UntrustedKey { key_id: String, trusted: String },
     #[error("manifest is invalid: {0}")]
     ManifestInvalid(#[from] qx_core::ManifestError),
+    #[error("component {component}: install_path refused on this host: {reason}")]
+    InstallPathRefused { component: String, reason: String },
     #[error(
         "channel state from {} is invalid: {source}",
         crate::download::redact_credentials(url)
@@ -292,9 +294,9 @@ impl AgentError {
             AgentError::SignatureMissing { .. } => code::SIGNATURE_MISSING,
             AgentError::SignatureInvalid { .. } => code::SIGNATURE_INVALID,
             AgentError::UntrustedKey { .. } => code::UNTRUSTED_KEY,
-            AgentError::ManifestInvalid(_) | AgentError::ChannelInvalid { .. } => {
-                code::MANIFEST_INVALID
-            }
+            AgentError::ManifestInvalid(_)
+            | AgentError::ChannelInvalid { .. }
+            | AgentError::InstallPathRefused { .. } => code::MANIFEST_INVALID,
             AgentError::StateReplayed { .. } => code::STATE_REPLAYED,
             AgentError::StateExpired { .. } => code::STATE_EXPIRED,
             AgentError::ManifestMismatch { .. } => code::MANIFEST_MISMATCH,

@@ -306,9 +306,9 @@ impl ModeAllowance {
     }
 }
 
-/// Install paths refused whatever the release (docs/release-spec.md, "Install paths that are
-/// refused"): replacing
-/// one of these system directories wholesale leaves a host that cannot boot or run the agent.
+/// System directories refused as install paths (docs/release-spec.md, "Install paths that are
+/// refused") unless the agent's configuration allows them (`updates.allow_install_paths`):
+/// replacing one of them wholesale leaves a host that cannot boot or run the agent.
 pub const DENIED_INSTALL_PATHS: &[&str] = &[
     "/bin",
     "/boot",
@@ -341,19 +341,33 @@ pub const DENIED_INSTALL_PATHS: &[&str] = &[
 ];
 
 /// The agent's own configuration, trusted keys and state: no install path may be one of them,
-/// inside one, or a parent of one.
+/// inside one, or a parent of one, whatever any setting allows.
 pub const AGENT_OWN_PATHS: &[&str] = &["/etc/limiquantix", "/data/updates", "/var/log/quantix"];
 
-/// Why `path` may not be an install path, or `None` when it may: it is a denied system
-/// directory (any top-level `/lib*` included), or it overlaps the agent's own paths.
-pub fn install_path_refusal(path: &InstallPath) -> Option<String> {
+/// Why `path` may not be an install path on a host that allows the prefixes `allowed`, or
+/// `None` when it may: it overlaps the agent's own paths (never allowed), or it is a denied
+/// system directory (any top-level `/lib*` included) that no allowed prefix equals or
+/// contains.
+pub fn install_path_refusal(path: &InstallPath, allowed: &[InstallPath]) -> Option<String> {
+    if let Some(why) = agent_path_refusal(path) {
+        return Some(why);
+    }
     let p = path.as_str();
     let top_lib = p.starts_with("/lib") && !p[1..].contains('/');
-    if top_lib || DENIED_INSTALL_PATHS.contains(&p) {
-        return Some(format!(
-            "{p} is a system directory; installing there would replace it wholesale and can leave the host unable to boot (install below it instead, e.g. /data/bin/<name>)"
-        ));
-    }
+    let is_allowed = allowed
+        .iter()
+        .any(|a| p == a.as_str() || p.starts_with(&format!("{}/", a.as_str())));
+    ((top_lib || DENIED_INSTALL_PATHS.contains(&p)) && !is_allowed).then(|| {
+        format!(
+            "{p} is a system directory; installing there would replace it wholesale and can leave the host unable to boot (install below it instead, e.g. /data/bin/<name>, or allow it on the host with updates.allow_install_paths)"
+        )
+    })
+}
+
+/// Why `path` overlaps the agent's own configuration, trust or state (refused by the manifest
+/// rules everywhere, never allowed), or `None`.
+pub fn agent_path_refusal(path: &InstallPath) -> Option<String> {
+    let p = path.as_str();
     AGENT_OWN_PATHS.iter().find(|own| overlaps(own, p)).map(|own| {
         format!(
             "{p} overlaps {own}, the update agent's own configuration, trust or state; a release must not replace the agent's own files"

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use qx_core::manifest::{install_path_refusal, ModeAllowance};
+use qx_core::manifest::{agent_path_refusal, install_path_refusal, ModeAllowance};
 use qx_core::{ComponentKind, InstallPath, Version};
 
 use crate::error::{Error, Result};
@@ -71,12 +71,7 @@ pub fn spec(spec: &Spec) -> Vec<Finding> {
                 ),
             )),
             Ok(p) => {
-                if let Some(why) = install_path_refusal(&p) {
-                    out.push(error(
-                        INSTALL_PATH_DENIED,
-                        format!("component {}: install_path {p} is refused: {why}", c.name),
-                    ));
-                }
+                out.extend(install_path_denied(c.name.as_str(), &p));
                 if let Some(other) = paths.get(p.as_str()) {
                     out.push(error(
                         INSTALL_PATH_DUPLICATE,
@@ -130,6 +125,23 @@ pub fn spec(spec: &Spec) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// The agent's own paths are refused everywhere (an error); a system directory only by hosts
+/// whose `updates.allow_install_paths` does not allow it (a warning).
+fn install_path_denied(component: &str, p: &InstallPath) -> Option<Finding> {
+    let message =
+        |why: String| format!("component {component}: install_path {p} is refused: {why}");
+    if let Some(why) = agent_path_refusal(p) {
+        return Some(error(INSTALL_PATH_DENIED, message(why)));
+    }
+    install_path_refusal(p, &[]).map(|why| Finding {
+        lint: INSTALL_PATH_DENIED,
+        severity: Severity::Warning,
+        message: message(format!(
+            "{why}; hosts refuse it unless their updates.allow_install_paths allows it"
+        )),
+    })
 }
 
 /// `permissions` without setuid/setgid or write-by-others bits, unless the component sets
@@ -303,6 +315,14 @@ mod tests {
                 "{path}"
             );
         }
+        let severity = |path: &str| {
+            super::spec(&spec(&format!(
+                "[[component]]\nname = \"a\"\ninstall_path = \"{path}\"\nsource = \"a\"\n"
+            )))[0]
+                .severity
+        };
+        assert_eq!(severity("/usr"), Severity::Warning);
+        assert_eq!(severity("/etc/limiquantix"), Severity::Error);
     }
 
     #[test]

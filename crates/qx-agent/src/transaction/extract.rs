@@ -1,7 +1,8 @@
 //! Safe extraction of a `tar.zst` artifact into a fresh staging directory.
 //!
 //! Every entry is checked before anything is written for it: no absolute path, no `..`, no
-//! symbolic link whose target leaves the extraction root, no hard link to anything but a
+//! symbolic link whose target leaves the extraction root (resolved as the kernel would, through
+//! the archive's other links: [`LinkTree`]), no hard link to anything but a
 //! regular file already extracted, no device node or fifo, no write through a symbolic link,
 //! and the total unpacked size is capped (decompression bomb). A file or directory whose mode
 //! sets the setuid/setgid bit or is writable by others is refused unless the component allows
@@ -17,6 +18,9 @@ use std::sync::{mpsc, Mutex};
 
 pub use qx_core::manifest::ModeAllowance;
 
+mod links;
+pub use links::{LinkRefusal, LinkTree, MAX_LINK_HOPS};
+
 /// Upper bound on the number of entries of one archive.
 pub const MAX_ENTRIES: u64 = 1_000_000;
 
@@ -30,6 +34,12 @@ pub enum ExtractError {
     BadPath { archive: PathBuf, entry: String },
     #[error("{archive}: link {entry:?} points to {target:?}, outside the extraction root")]
     LinkEscapes {
+        archive: PathBuf,
+        entry: String,
+        target: String,
+    },
+    #[error("{archive}: link {entry:?} points to {target:?} through more than {MAX_LINK_HOPS} links (a loop?)")]
+    LinkLoop {
         archive: PathBuf,
         entry: String,
         target: String,
@@ -224,6 +234,7 @@ fn extract_inner<R: Read>(
         synced,
         buf: vec![0u8; COPY_BUF],
         stats: ExtractStats::default(),
+        links: LinkTree::new(),
     };
     let mut tar = tar::Archive::new(reader);
     let mut count = 0u64;
@@ -258,6 +269,7 @@ fn extract_inner<R: Read>(
         check_parents(archive, dest, &rel, &name)?;
         x.entry(&mut entry, kind, &rel, name)?;
     }
+    x.recheck_links()?;
     Ok(x.stats)
 }
 
@@ -270,6 +282,8 @@ struct Extraction<'a> {
     synced: Option<&'a mpsc::SyncSender<(PathBuf, File)>>,
     buf: Vec<u8>,
     stats: ExtractStats,
+    /// The symbolic links created so far, for resolving the next ones.
+    links: LinkTree,
 }
 
 impl Extraction<'_> {
@@ -428,8 +442,8 @@ impl Extraction<'_> {
         Ok(())
     }
 
-    /// A symbolic link whose target, resolved lexically from the link's directory, stays
-    /// inside the extraction root.
+    /// A symbolic link whose target, resolved as the kernel would through the links created
+    /// before it ([`LinkTree`]), stays inside the extraction root.
     fn symlink(
         &mut self,
         rel: &Path,
@@ -437,32 +451,41 @@ impl Extraction<'_> {
         target: &str,
         name: &str,
     ) -> Result<(), ExtractError> {
-        let escapes = || ExtractError::LinkEscapes {
-            archive: self.archive.to_owned(),
-            entry: name.to_owned(),
-            target: target.to_owned(),
-        };
-        if target.is_empty() || target.starts_with('/') {
-            return Err(escapes());
-        }
-        let mut depth: i64 = rel.components().count() as i64 - 1;
-        for c in Path::new(target).components() {
-            match c {
-                Component::Normal(_) => depth += 1,
-                Component::CurDir => {}
-                Component::ParentDir => {
-                    depth -= 1;
-                    if depth < 0 {
-                        return Err(escapes());
-                    }
-                }
-                Component::RootDir | Component::Prefix(_) => return Err(escapes()),
-            }
-        }
+        self.links
+            .add(rel, target)
+            .map_err(|why| self.link_refused(name, target, why))?;
         std::os::unix::fs::symlink(target, out)
             .map_err(|source| self.create_failed(name, out, source))?;
         self.stats.links += 1;
         Ok(())
+    }
+
+    /// Every link checked again once all exist: a later link may change where an earlier
+    /// target passing through its name leads.
+    fn recheck_links(&self) -> Result<(), ExtractError> {
+        self.links.recheck().map_err(|(link, why)| {
+            let target = fs::read_link(self.dest.join(&link))
+                .map(|t| t.display().to_string())
+                .unwrap_or_default();
+            self.link_refused(&link.display().to_string(), &target, why)
+        })
+    }
+
+    fn link_refused(&self, name: &str, target: &str, why: LinkRefusal) -> ExtractError {
+        let (archive, entry, target) =
+            (self.archive.to_owned(), name.to_owned(), target.to_owned());
+        match why {
+            LinkRefusal::Escapes => ExtractError::LinkEscapes {
+                archive,
+                entry,
+                target,
+            },
+            LinkRefusal::TooManyHops => ExtractError::LinkLoop {
+                archive,
+                entry,
+                target,
+            },
+        }
     }
 
     /// A hard link to a regular file extracted before it.
@@ -494,6 +517,12 @@ impl Extraction<'_> {
 }
 
 /// The entry path as a relative path of normal components (`./` segments dropped).
+/// Public for the fuzz targets only.
+#[doc(hidden)]
+pub fn entry_path(archive: &Path, name: &str) -> Result<PathBuf, ExtractError> {
+    safe_relative(archive, name)
+}
+
 fn safe_relative(archive: &Path, name: &str) -> Result<PathBuf, ExtractError> {
     if name.starts_with('/') {
         return Err(ExtractError::AbsolutePath {

@@ -1,6 +1,7 @@
 //! Issue 11 (hardening), the agent's part: a relative `--root`, credentials in `server_url`,
 //! terminal escapes in server-provided text, host API body validation and size limits,
-//! loose permissions on the files that decide what runs as root.
+//! loose permissions on the files that decide what runs as root, symbolic-link chains that
+//! leave the tree, install paths the agent's configuration allows.
 
 use qx_testkit::host::Lab;
 use qx_testkit::release::ComponentSpec;
@@ -260,4 +261,158 @@ fn world_writable_api_token_file_is_refused() {
         text.contains(&format!("chmod go-w {}", path.display())),
         "{text}"
     );
+}
+
+/// A directory component `ui` at `/data/share/ui` whose archive holds `entries`.
+fn ui_release(lab: &Lab, version: &str, entries: &[qx_testkit::release::TarEntry]) {
+    let mut c = ComponentSpec::tree("ui", "/data/share/ui", Vec::new());
+    c.content = qx_testkit::release::Content::Raw(qx_testkit::release::tar_zst(entries).unwrap());
+    lab.publish(&lab.release(version).component(c)).unwrap();
+}
+
+fn link(path: &str, target: &str) -> qx_testkit::release::TarEntry {
+    qx_testkit::release::TarEntry::Symlink {
+        path: path.into(),
+        target: target.into(),
+    }
+}
+
+#[test]
+fn symlink_chain_escaping_the_tree_is_refused() {
+    use qx_agent::transaction::extract::ExtractError;
+    let lab = Lab::new().unwrap();
+    // `x/up -> ..`, `p1 -> x/up/..`, `p2 -> p1/..`, … `p9 -> p8/..`: each target is inside
+    // the tree read as text; `p9` is the host's `/` read as the kernel reads it.
+    let mut entries = vec![
+        qx_testkit::release::TarEntry::Dir { path: "x".into() },
+        link("x/up", ".."),
+        link("p1", "x/up/.."),
+    ];
+    entries.extend((2..=9).map(|i| link(&format!("p{i}"), &format!("p{}/..", i - 1))));
+    ui_release(&lab, "1.0.0", &entries);
+    let err = agent(&lab)
+        .apply(&qx_agent::ApplyOptions::default())
+        .expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        matches!(
+            &err,
+            qx_agent::AgentError::UnsafeArchive(ExtractError::LinkEscapes { entry, .. }) if entry == "p1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"p1\"") && text.contains("x/up/.."),
+        "{text}"
+    );
+    assert!(!lab.host.path("/data/share/ui").exists());
+    assert_eq!(lab.host.version("ui"), None);
+}
+
+#[test]
+fn symlink_chains_inside_the_tree_still_install() {
+    let lab = Lab::new().unwrap();
+    let entries = [
+        qx_testkit::release::TarEntry::File {
+            path: "lib/v2/tool".into(),
+            bytes: b"v2\n".to_vec(),
+            mode: 0o644,
+        },
+        link("lib/cur", "v2"),
+        link("bin/tool", "../lib/cur/tool"),
+        link("a/b/up", "../.."),
+        link("a/b/tool", "up/bin/tool"),
+    ];
+    ui_release(&lab, "1.0.0", &entries);
+    agent(&lab)
+        .apply(&qx_agent::ApplyOptions::default())
+        .unwrap();
+    let installed = lab.host.path("/data/share/ui");
+    for p in ["bin/tool", "a/b/tool", "lib/cur/tool"] {
+        assert_eq!(std::fs::read(installed.join(p)).unwrap(), b"v2\n", "{p}");
+    }
+    assert_eq!(lab.host.version("ui").as_deref(), Some("1.0.0"));
+}
+
+/// A directory component `vendor` installed at `path`, one file `tool` in it.
+fn vendor_release(lab: &Lab, version: &str, path: &str) -> qx_testkit::release::ReleaseSpec {
+    let files = vec![("tool".to_owned(), b"vendor\n".to_vec(), 0o755)];
+    lab.release(version)
+        .component(ComponentSpec::tree("vendor", path, files))
+}
+
+#[test]
+fn allow_install_paths_lets_a_release_replace_an_allowed_system_directory() {
+    let lab = Lab::with("quantix-os", "dev", "  allow_install_paths: [/opt]\n").unwrap();
+    lab.publish(&vendor_release(&lab, "1.0.0", "/opt")).unwrap();
+    agent(&lab)
+        .apply(&qx_agent::ApplyOptions::default())
+        .unwrap();
+    assert_eq!(lab.host.read("/opt/tool").unwrap(), b"vendor\n");
+    assert_eq!(lab.host.version("vendor").as_deref(), Some("1.0.0"));
+
+    // The same release on a host that does not allow /opt: refused, saying how to allow it.
+    let plain = Lab::new().unwrap();
+    plain
+        .publish(&vendor_release(&plain, "1.0.0", "/opt"))
+        .unwrap();
+    let err = agent(&plain)
+        .apply(&qx_agent::ApplyOptions::default())
+        .expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        matches!(err, qx_agent::AgentError::InstallPathRefused { .. }),
+        "{text}"
+    );
+    assert!(
+        text.contains("/opt is a system directory") && text.contains("updates.allow_install_paths"),
+        "{text}"
+    );
+    assert!(!plain.host.path("/opt/tool").exists());
+    assert_eq!(plain.host.version("vendor"), None);
+}
+
+#[test]
+fn allow_install_paths_never_unlocks_the_agents_own_paths() {
+    let extra = "  allow_install_paths: [/etc, /data, /var/log]\n";
+    let lab = Lab::with("quantix-os", "dev", extra).unwrap();
+    let agent = agent(&lab);
+    let allowed = &agent.config().allow_install_paths;
+    assert_eq!(allowed.len(), 3);
+    for own in [
+        "/etc",
+        "/etc/limiquantix",
+        "/data",
+        "/data/updates/x",
+        "/var/log/quantix",
+    ] {
+        let path = qx_core::InstallPath::new(own).unwrap();
+        let why = qx_core::manifest::install_path_refusal(&path, allowed)
+            .unwrap_or_else(|| panic!("{own} was allowed"));
+        assert!(why.contains("agent's own"), "{own}: {why}");
+        // No release can even carry it: the manifest rules refuse it everywhere.
+        let built = vendor_release(&lab, "1.0.0", own).sign(&lab.key);
+        let refused = match built {
+            Err(e) => e.to_string(),
+            Ok(r) => r
+                .publish(lab.server.url(), &lab.token)
+                .unwrap_err()
+                .to_string(),
+        };
+        assert!(refused.contains("agent's own"), "{own}: {refused}");
+    }
+    // Below an allowed prefix but clear of the agent's paths: still fine.
+    lab.publish(&vendor_release(&lab, "1.0.0", "/var/log/vendor"))
+        .unwrap();
+    agent.apply(&qx_agent::ApplyOptions::default()).unwrap();
+    assert_eq!(lab.host.read("/var/log/vendor/tool").unwrap(), b"vendor\n");
+}
+
+#[test]
+fn allow_install_paths_refuses_a_relative_entry() {
+    let lab = Lab::with("quantix-os", "dev", "  allow_install_paths: [opt]\n").unwrap();
+    let out = run_qx_update(lab.host.root(), &["status"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("updates.allow_install_paths"), "{stderr}");
 }

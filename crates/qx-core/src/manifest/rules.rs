@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashSet};
 
 use super::{
-    install_path_refusal, overlaps, Component, ComponentKind, Manifest, Problem, UpdateType,
+    agent_path_refusal, overlaps, Component, ComponentKind, Manifest, Problem, UpdateType,
     MANIFEST_FILE, SCHEMA_VERSION, SIGNATURE_FILE,
 };
 use crate::names::{ArtifactName, ComponentName, InstallPath};
@@ -160,10 +160,11 @@ impl<'a> Check<'a> {
         self.install_paths.push((&c.install_path, i));
     }
 
-    /// An install path off the deny list; no setuid/setgid or world-writable permissions
-    /// unless the component allows them.
+    /// An install path clear of the agent's own paths (system directories are the host's
+    /// call: its agent refuses them unless its configuration allows them); no setuid/setgid
+    /// or world-writable permissions unless the component allows them.
     fn component_safety(&mut self, i: usize, c: &Component) {
-        if let Some(why) = install_path_refusal(&c.install_path) {
+        if let Some(why) = agent_path_refusal(&c.install_path) {
             self.bad(format!("components[{i}].install_path"), why);
         }
         if let Some(why) = c

@@ -247,17 +247,86 @@ fn manifest_accepts_special_modes_the_component_allows() {
     assert!(!text.contains("allow_"), "{text}");
 }
 
+fn install_path(p: &str) -> InstallPath {
+    InstallPath::new(p.to_owned()).expect("valid install path")
+}
+
+/// System directories that are not parents of the agent's own paths (`/etc`, `/var`, `/data`
+/// are: refused everywhere).
+const SYSTEM_DIRECTORIES: &[&str] = &[
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib64",
+    "/lib32",
+    "/boot",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/run",
+    "/var/lib",
+    "/opt",
+    "/usr/local",
+];
+
 #[test]
-fn manifest_refuses_system_directories_as_install_paths() {
+fn install_path_rule_refuses_system_directories() {
+    for path in SYSTEM_DIRECTORIES {
+        let why = install_path_refusal(&install_path(path), &[]).expect(path);
+        assert!(why.contains("system directory"), "{why}");
+        assert!(why.contains("updates.allow_install_paths"), "{why}");
+    }
+}
+
+#[test]
+fn install_path_rule_lets_an_allowed_prefix_through() {
+    let allowed = [install_path("/opt"), install_path("/usr/local")];
+    for path in ["/opt", "/usr/local", "/usr/local/bin", "/usr/local/sbin"] {
+        assert_eq!(
+            install_path_refusal(&install_path(path), &allowed),
+            None,
+            "{path}"
+        );
+    }
+    for path in ["/etc", "/usr", "/var/lib", "/lib64"] {
+        assert!(
+            install_path_refusal(&install_path(path), &allowed).is_some(),
+            "{path}"
+        );
+    }
+    // A prefix is a whole path segment: /usr/local does not allow /usr/localx.
+    let only = [install_path("/usr/lo")];
+    assert!(install_path_refusal(&install_path("/usr/local"), &only).is_some());
+}
+
+#[test]
+fn install_path_rule_never_allows_the_agents_own_paths() {
+    let allowed = [
+        install_path("/etc"),
+        install_path("/data"),
+        install_path("/var"),
+    ];
     for path in [
-        "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/boot", "/proc", "/sys",
-        "/dev", "/run", "/var/lib", "/var", "/data",
+        "/etc/limiquantix",
+        "/etc/limiquantix/node.yaml",
+        "/data/updates",
+        "/data",
+        "/var/log/quantix",
+        "/var/log",
     ] {
+        let why = install_path_refusal(&install_path(path), &allowed).expect(path);
+        assert!(why.contains("agent's own"), "{path}: {why}");
+    }
+}
+
+#[test]
+fn manifest_leaves_system_directories_to_the_hosts_rule() {
+    for path in SYSTEM_DIRECTORIES {
         let found = problems_at("install_path", |v| {
-            v["components"][0]["install_path"] = path.into()
+            v["components"][0]["install_path"] = (*path).into()
         });
-        assert_eq!(found.len(), 1, "{path}: {found:?}");
-        assert!(found[0].message.contains("system directory"), "{found:?}");
+        assert!(found.is_empty(), "{path}: {found:?}");
     }
 }
 
