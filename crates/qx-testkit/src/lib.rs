@@ -7,4 +7,5 @@ pub mod host;
 pub mod proxy;
 pub mod release;
 pub mod server;
+pub mod sockets;
 pub mod wait;

@@ -6,8 +6,7 @@
 //! The idle sockets come from 127.0.0.2, `/status` from 127.0.0.1. Every wait is bounded and
 //! on a condition; a bound well under a long timeout proves that the short one acted.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +16,9 @@ use qx_agent::daemon::tls::{self, ApiToken};
 use qx_agent::daemon::Runner;
 use qx_core::listener::ConnectionLimits;
 use qx_testkit::host::Lab;
+use qx_testkit::sockets::{
+    count_closed, loopback, open, raise_nofile, tls_handshake, wait_all_closed, wait_closed,
+};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::sync::watch;
@@ -26,13 +28,6 @@ use crate::support::host::agent;
 
 const SHORT: Duration = Duration::from_secs(2);
 const LONG: Duration = Duration::from_secs(600);
-
-fn raise_nofile() {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let mut lim = getrlimit(Resource::Nofile);
-    lim.current = lim.maximum;
-    setrlimit(Resource::Nofile, lim).expect("raise RLIMIT_NOFILE");
-}
 
 /// The API of a lab's agent served in-process under `limits` on its own runtime.
 struct Api {
@@ -98,19 +93,7 @@ fn status_ok(api: &Api) -> bool {
 
 /// One TCP connection to `to` from 127.0.0.2.
 fn connect(to: SocketAddr) -> TcpStream {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let s = rt.block_on(async {
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        sock.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), 0))
-            .unwrap();
-        sock.connect(to).await.expect("connect")
-    });
-    let s = s.into_std().unwrap();
-    s.set_nonblocking(false).unwrap();
-    s
+    open(loopback(2), to, 1, b"").remove(0)
 }
 
 /// Accepts any certificate: the test talks to the API's self-signed one.
@@ -160,53 +143,8 @@ fn tls_open(to: SocketAddr, prefix: &[u8]) -> TcpStream {
         .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
         .with_no_client_auth();
     let mut s = connect(to);
-    let name = ServerName::try_from("localhost").unwrap();
-    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
-    while conn.is_handshaking() {
-        conn.complete_io(&mut s).expect("TLS handshake");
-    }
-    if !prefix.is_empty() {
-        conn.writer().write_all(prefix).unwrap();
-        while conn.wants_write() {
-            conn.write_tls(&mut s).unwrap();
-        }
-    }
+    tls_handshake(&mut s, Arc::new(cfg), prefix);
     s
-}
-
-/// True when the peer has closed `s`; drains what it sent first.
-fn closed(s: &mut TcpStream) -> bool {
-    s.set_nonblocking(true).unwrap();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
-            Err(_) => return true,
-        }
-    }
-}
-
-fn count_closed(socks: &mut [TcpStream]) -> usize {
-    socks.iter_mut().map(closed).filter(|c| *c).count()
-}
-
-fn wait_all_closed(api: &Api, socks: &mut [TcpStream]) {
-    let mut last = 0;
-    let done = qx_testkit::wait::poll(Duration::from_secs(60), Duration::from_millis(200), || {
-        assert!(
-            status_ok(api),
-            "/status stopped answering while idle sockets were open"
-        );
-        last = count_closed(socks);
-        last == socks.len()
-    });
-    assert!(
-        done,
-        "only {last} of {} idle sockets were closed",
-        socks.len()
-    );
 }
 
 #[test]
@@ -215,7 +153,9 @@ fn api_closes_thousands_of_idle_tls_sockets_after_the_handshake_while_status_ans
     let api = start(limits(SHORT, LONG, LONG));
     let mut socks: Vec<TcpStream> = (0..1000).map(|_| tls_open(api.addr, b"")).collect();
     assert!(status_ok(&api));
-    wait_all_closed(&api, &mut socks);
+    wait_all_closed(&mut socks, Duration::from_secs(60), "/status", || {
+        status_ok(&api)
+    });
 }
 
 #[test]
@@ -224,7 +164,9 @@ fn api_closes_thousands_of_silent_tcp_sockets_at_the_handshake_timeout() {
     let api = start(limits(LONG, LONG, SHORT));
     let mut socks: Vec<TcpStream> = (0..2000).map(|_| connect(api.addr)).collect();
     assert!(status_ok(&api));
-    wait_all_closed(&api, &mut socks);
+    wait_all_closed(&mut socks, Duration::from_secs(60), "/status", || {
+        status_ok(&api)
+    });
 }
 
 #[test]
@@ -234,7 +176,9 @@ fn api_closes_half_sent_headers_at_the_header_read_timeout() {
     let half = b"GET /api/v1/updates/status HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
     let mut socks: Vec<TcpStream> = (0..1000).map(|_| tls_open(api.addr, half)).collect();
     assert!(status_ok(&api));
-    wait_all_closed(&api, &mut socks);
+    wait_all_closed(&mut socks, Duration::from_secs(60), "/status", || {
+        status_ok(&api)
+    });
 }
 
 #[test]
@@ -244,13 +188,9 @@ fn api_closes_a_client_over_its_connection_cap_at_once() {
     l.max_connections_per_client = 100;
     let api = start(l);
     let mut socks: Vec<TcpStream> = (0..150).map(|_| connect(api.addr)).collect();
-    let mut n = 0;
-    let fifty = qx_testkit::wait::poll(Duration::from_secs(30), Duration::from_millis(50), || {
-        n = count_closed(&mut socks);
-        n >= 50
-    });
+    let n = wait_closed(&mut socks, 50, Duration::from_secs(30));
     assert!(
-        fifty,
+        n >= 50,
         "only {n} connections over the cap of 100 were closed"
     );
     assert!(status_ok(&api), "/status from another address must answer");

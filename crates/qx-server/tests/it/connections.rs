@@ -8,26 +8,21 @@
 //! a long timeout proves that the short one closed the sockets.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
 use qx_core::listener::ConnectionLimits;
 use qx_server::Config;
 use qx_testkit::server::TestServer;
+use qx_testkit::sockets::{
+    count_closed, loopback, open, raise_nofile, tls_handshake, wait_all_closed, wait_closed,
+};
 
 use crate::support::{raw_get, staging_entries, Release, Signer, TOKEN};
 
 const SHORT: Duration = Duration::from_secs(2);
 const LONG: Duration = Duration::from_secs(600);
-
-/// Raises this process's open-file limit to its hard limit: the test holds both ends.
-fn raise_nofile() {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let mut lim = getrlimit(Resource::Nofile);
-    lim.current = lim.maximum;
-    setrlimit(Resource::Nofile, lim).expect("raise RLIMIT_NOFILE");
-}
 
 fn limits(idle: Duration, header: Duration) -> ConnectionLimits {
     ConnectionLimits {
@@ -47,69 +42,8 @@ fn start(dir: &std::path::Path, limits: ConnectionLimits) -> TestServer {
     TestServer::start_with(cfg).expect("start the server")
 }
 
-fn loopback(last: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
-}
-
-/// `n` TCP connections to `to` from the address `from`, each having sent `prefix`.
-fn open(from: IpAddr, to: SocketAddr, n: usize, prefix: &[u8]) -> Vec<TcpStream> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    (0..n)
-        .map(|_| {
-            let s = rt.block_on(async {
-                let sock = tokio::net::TcpSocket::new_v4().expect("socket");
-                sock.bind(SocketAddr::new(from, 0)).expect("bind");
-                sock.connect(to).await.expect("connect")
-            });
-            let mut s = s.into_std().expect("std socket");
-            s.set_nonblocking(false).expect("blocking");
-            s.write_all(prefix).expect("write the prefix");
-            s
-        })
-        .collect()
-}
-
-/// True when the peer has closed `s` (end of stream or reset); drains what it sent first.
-fn closed(s: &mut TcpStream) -> bool {
-    s.set_nonblocking(true).expect("nonblocking");
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
-            Err(_) => return true,
-        }
-    }
-}
-
-fn count_closed(socks: &mut [TcpStream]) -> usize {
-    socks.iter_mut().map(closed).filter(|c| *c).count()
-}
-
 fn health_ok(addr: SocketAddr) -> bool {
     raw_get(addr, "/health").0 == 200
-}
-
-/// Waits until every socket is closed, checking `/health` on every round.
-fn wait_all_closed(socks: &mut [TcpStream], within: Duration, health: impl Fn() -> bool) {
-    let mut last = 0;
-    let done = qx_testkit::wait::poll(within, Duration::from_millis(200), || {
-        assert!(
-            health(),
-            "/health stopped answering while idle sockets were open"
-        );
-        last = count_closed(socks);
-        last == socks.len()
-    });
-    assert!(
-        done,
-        "only {last} of {} idle sockets were closed",
-        socks.len()
-    );
 }
 
 #[test]
@@ -129,7 +63,9 @@ fn server_closes_thousands_of_idle_plain_sockets_while_health_answers() {
         assert_eq!(&head, b"HTTP/1.1 200");
     }
     socks.append(&mut kept);
-    wait_all_closed(&mut socks, Duration::from_secs(60), || health_ok(addr));
+    wait_all_closed(&mut socks, Duration::from_secs(60), "/health", || {
+        health_ok(addr)
+    });
 }
 
 #[test]
@@ -142,7 +78,9 @@ fn server_closes_half_sent_headers_at_the_header_read_timeout() {
     let half = b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
     let mut socks = open(loopback(2), addr, 2000, half);
     assert!(health_ok(addr));
-    wait_all_closed(&mut socks, Duration::from_secs(60), || health_ok(addr));
+    wait_all_closed(&mut socks, Duration::from_secs(60), "/health", || {
+        health_ok(addr)
+    });
 }
 
 #[test]
@@ -154,13 +92,9 @@ fn server_closes_a_client_over_its_connection_cap_at_once() {
     let server = start(dir.path(), l);
     let addr = server.addr();
     let mut socks = open(loopback(2), addr, 150, b"");
-    let mut n = 0;
-    let fifty = qx_testkit::wait::poll(Duration::from_secs(30), Duration::from_millis(50), || {
-        n = count_closed(&mut socks);
-        n >= 50
-    });
+    let n = wait_closed(&mut socks, 50, Duration::from_secs(30));
     assert!(
-        fifty,
+        n >= 50,
         "only {n} connections over the cap of 100 were closed"
     );
     assert!(health_ok(addr), "/health from another address must answer");
@@ -221,11 +155,7 @@ fn open_tls(tls: &Tls, from: IpAddr, to: SocketAddr, n: usize) -> Vec<TcpStream>
     (0..n)
         .map(|_| {
             let mut s = open(from, to, 1, b"").remove(0);
-            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-            let mut conn = rustls::ClientConnection::new(cfg.clone(), name).unwrap();
-            while conn.is_handshaking() {
-                conn.complete_io(&mut s).expect("TLS handshake");
-            }
+            tls_handshake(&mut s, cfg.clone(), b"");
             s
         })
         .collect()
@@ -249,7 +179,7 @@ fn server_closes_thousands_of_idle_tls_sockets_after_the_handshake() {
     let server = start_tls(dir.path(), &tls, limits(SHORT, LONG));
     let mut socks = open_tls(&tls, loopback(2), server.addr(), 1000);
     assert!(tls_health_ok(&server, &tls));
-    wait_all_closed(&mut socks, Duration::from_secs(60), || {
+    wait_all_closed(&mut socks, Duration::from_secs(60), "/health", || {
         tls_health_ok(&server, &tls)
     });
 }
@@ -265,7 +195,7 @@ fn server_closes_unfinished_tls_handshakes_at_the_handshake_timeout() {
     // A ClientHello's first bytes only: the handshake never finishes.
     let mut socks = open(loopback(2), server.addr(), 1000, &[0x16, 0x03, 0x01]);
     assert!(tls_health_ok(&server, &tls));
-    wait_all_closed(&mut socks, Duration::from_secs(60), || {
+    wait_all_closed(&mut socks, Duration::from_secs(60), "/health", || {
         tls_health_ok(&server, &tls)
     });
 }
