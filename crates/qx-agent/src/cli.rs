@@ -337,7 +337,7 @@ fn status(agent: &Agent, json: bool) {
         "product {} on channel {}; state: {state}",
         s.product, s.channel
     );
-    if let UpdateState::Failed { reason } = &s.state {
+    if let UpdateState::Failed { reason, .. } = &s.state {
         println!("  {}", crate::untrusted::printable(reason));
     }
     if let Some(op) = &s.operation {

@@ -324,6 +324,16 @@ impl AgentError {
         }
     }
 
+    /// The `failed` state this error leaves in the status: its message, exit code and the
+    /// host API's HTTP status for it.
+    pub fn failed_state(&self) -> qx_core::status::UpdateState {
+        qx_core::status::UpdateState::Failed {
+            reason: self.to_string(),
+            code: Some(self.exit_code()),
+            http_status: Some(crate::daemon::api::agent_error_status(self).as_u16()),
+        }
+    }
+
     /// True for refusals of a manifest (nothing on the host was touched).
     pub fn is_refusal(&self) -> bool {
         let c = self.exit_code();

@@ -181,9 +181,7 @@ impl Agent {
                     if e.is_refusal()
                         || matches!(e, AgentError::Fetch { .. } | AgentError::Tls(_)) =>
                 {
-                    qx_core::status::UpdateState::Failed {
-                        reason: e.to_string(),
-                    }
+                    e.failed_state()
                 }
                 Err(_) => before,
             });

@@ -37,6 +37,15 @@ pub enum UpdateState {
     },
     Failed {
         reason: String,
+        /// The failure's `qx-update` exit code (e.g. 31: out of space), when an error ended
+        /// the operation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<i32>,
+        /// The HTTP status the host API gives that error (e.g. 507 for out of space): an
+        /// apply started through the API answers 202 at once, so its failure reaches the
+        /// client here.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        http_status: Option<u16>,
     },
 }
 

@@ -283,9 +283,7 @@ pub fn apply(agent: &Agent, opts: &ApplyOptions) -> Result<ApplyReport, AgentErr
         }),
         Err(e) => {
             tx.log.line(&format!("apply {op} FAILED: {e}"));
-            status.set_state(UpdateState::Failed {
-                reason: e.to_string(),
-            })
+            status.set_state(e.failed_state())
         }
     }
     tx.log.sync();
@@ -1215,6 +1213,8 @@ pub(super) fn recover_locked(agent: &Agent) -> Result<Option<RecoveryReport>, Ag
             discard_prepared(&mut tx, &mut j, &reason)?;
             status.set_state(UpdateState::Failed {
                 reason: reason.clone(),
+                code: None,
+                http_status: None,
             });
             report("rolled_back", Outcome::Failed, Some(reason), &j)
         }
@@ -1225,6 +1225,8 @@ pub(super) fn recover_locked(agent: &Agent) -> Result<Option<RecoveryReport>, Ag
             rollback_tx(&mut tx, &mut j, &reason)?;
             status.set_state(UpdateState::Failed {
                 reason: reason.clone(),
+                code: None,
+                http_status: None,
             });
             report("rolled_back", Outcome::Failed, Some(reason), &j)
         }
@@ -1236,9 +1238,7 @@ pub(super) fn recover_locked(agent: &Agent) -> Result<Option<RecoveryReport>, Ag
                 report("rolled_forward", Outcome::Success, None, &j)
             }
             Err(e) => {
-                status.set_state(UpdateState::Failed {
-                    reason: e.to_string(),
-                });
+                status.set_state(e.failed_state());
                 report("rolled_back", Outcome::Failed, Some(e.to_string()), &j)
             }
         },

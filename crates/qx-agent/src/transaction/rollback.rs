@@ -202,9 +202,7 @@ pub fn rollback(agent: &Agent, opts: &RollbackOptions) -> Result<ApplyReport, Ag
         Ok(r) => status.set_state(UpdateState::Done {
             version: r.version.clone(),
         }),
-        Err(e) => status.set_state(UpdateState::Failed {
-            reason: e.to_string(),
-        }),
+        Err(e) => status.set_state(e.failed_state()),
     }
     tx.log.sync();
     status.set_operation(None);

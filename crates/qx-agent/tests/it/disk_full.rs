@@ -273,6 +273,9 @@ fn disk_full_during_extraction_is_507_in_the_host_api() {
         let reason = end["state"]["reason"].as_str().unwrap_or_default();
         assert!(reason.contains("out of space"), "{end}");
         assert!(!reason.contains("unsafe archive"), "{end}");
+        // The apply answered 202 at once: its failure carries the API's status for it.
+        assert_eq!(end["state"]["http_status"], 507, "{end}");
+        assert_eq!(end["state"]["code"], code::NO_SPACE, "{end}");
         api.shutdown().await;
     });
     nothing_left(&disk, "many");
