@@ -31,6 +31,29 @@ pub mod server {
     /// `GET` the signed channel state, `PUT` a new one (compare-and-swap on `seq`).
     pub const CHANNEL: &str = "/api/v1/{product}/channels/{channel}";
 
+    // The fleet API (docs/spec.md §9). Static segments win over `{product}` in the router,
+    // so `hosts`, `tokens`, `enrollment-tokens` and `fleet` cannot be product names.
+    /// `POST` an enrollment token (scope `admin`).
+    pub const ENROLLMENT_TOKENS: &str = "/api/v1/enrollment-tokens";
+    /// `POST` with an enrollment token: a host enrolls.
+    pub const ENROLL: &str = "/api/v1/hosts/enroll";
+    /// `GET` the host list (filters, paging).
+    pub const HOSTS: &str = "/api/v1/hosts";
+    /// `GET` a host with its events, `PATCH` its labels, `DELETE` decommissions it.
+    pub const HOST: &str = "/api/v1/hosts/{id}";
+    /// `POST` a check-in (host token).
+    pub const CHECKIN: &str = "/api/v1/hosts/{id}/checkin";
+    /// `POST` an event batch (host token).
+    pub const HOST_EVENTS: &str = "/api/v1/hosts/{id}/events";
+    /// `POST` an operator token, `GET` the list (scope `admin`).
+    pub const TOKENS: &str = "/api/v1/tokens";
+    /// `DELETE` revokes an operator token.
+    pub const TOKEN: &str = "/api/v1/tokens/{name}";
+    /// Server-sent events of fleet changes, for the dashboard (scope `read`).
+    pub const FLEET_EVENTS: &str = "/api/v1/fleet/events";
+    /// The dashboard.
+    pub const UI: &str = "/ui";
+
     /// Every route the server answers, in registration order.
     pub const ROUTES: &[&str] = &[
         HEALTH, METRICS, CHANNELS, MANIFEST, RELEASES, ARTIFACT, PUBLISH, PROMOTE, RELEASE, CHANNEL,

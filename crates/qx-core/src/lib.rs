@@ -8,6 +8,7 @@ pub mod api;
 pub mod bundle;
 pub mod channel;
 mod document;
+pub mod fleet;
 pub mod fs;
 pub mod hash;
 pub mod history;

@@ -54,6 +54,7 @@
 
 pub mod config;
 pub mod error;
+pub mod fleet;
 pub mod handlers;
 pub mod metrics;
 pub mod params;

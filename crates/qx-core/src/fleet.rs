@@ -1,0 +1,320 @@
+//! The fleet protocol's JSON (docs/spec.md §9), spelled once for the update server, the agent
+//! and the load generator: enrollment, check-ins, event batches and the operator's host views.
+//!
+//! Every request body type refuses unknown fields (a misspelt field is a 400, not silently
+//! dropped); answers are read leniently (an older agent ignores fields a newer server adds).
+//! Times are RFC 3339 UTC strings; the server stores and judges by its own clock and keeps a
+//! host's times only as reported values.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Labels of a host or an enrollment token: `key → value`.
+pub type Labels = BTreeMap<String, String>;
+
+/// The most labels one host may carry, and the longest key and value (in bytes).
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_KEY: usize = 63;
+pub const MAX_LABEL_VALUE: usize = 255;
+/// The longest free-text field of a report or event (a message), in bytes; longer text is
+/// cut at a character boundary and marked, never refused.
+pub const MAX_MESSAGE: usize = 4096;
+/// The most events in one batch.
+pub const MAX_EVENTS_PER_BATCH: usize = 500;
+
+/// The operator scopes, weakest first; `admin` includes every other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// See hosts, events, rollouts.
+    Read,
+    /// Upload, promote and yank releases.
+    Publish,
+    /// Start, pause, resume and abort rollouts.
+    Rollout,
+    /// Everything, including tokens, enrollment tokens and decommissioning.
+    Admin,
+}
+
+/// `POST /api/v1/enrollment-tokens` (scope `admin`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentTokenRequest {
+    /// The product hosts enrolled with this token run.
+    pub product: String,
+    /// Labels every host enrolled with this token starts with.
+    #[serde(default)]
+    pub labels: Labels,
+    /// How long the token stays valid, as a duration (`"24h"`, `"7d"`); default 24 h.
+    #[serde(default)]
+    pub expires_in: Option<String>,
+    /// How many hosts may enroll with it; default 1.
+    #[serde(default)]
+    pub uses: Option<u32>,
+    /// An operator's name for it (shown in listings).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The answer to an enrollment-token request: the token itself is shown this once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollmentTokenCreated {
+    pub id: String,
+    pub token: String,
+    pub product: String,
+    pub labels: Labels,
+    pub expires_at: String,
+    pub uses: u32,
+}
+
+/// `POST /api/v1/hosts/enroll` with `Authorization: Bearer <enrollment token>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// The host's name, for people (not an identity).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Labels the host adds to the token's (the token's win on a clash).
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+/// The host's identity, as the server answers an enrollment and the agent keeps it in
+/// `/data/updates/identity.json` (mode 0600).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub host_id: String,
+    /// 256 bits, base64url without padding; the server keeps only its hash.
+    pub host_token: String,
+    pub product: String,
+    /// The server that issued it (the agent enrolls again when its `server_url` changes).
+    #[serde(default)]
+    pub server_url: Option<String>,
+}
+
+/// Why a check-in is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckInReason {
+    Check,
+    Boot,
+}
+
+/// One A/B slot as a host reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotReport {
+    pub name: String,
+    #[serde(default)]
+    pub version: Option<String>,
+    /// `good`, `bad`, `trying`, `empty` (qx-boot's slot states).
+    pub state: String,
+}
+
+/// The outcome of the host's last update, as reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LastResult {
+    pub version: String,
+    /// `success`, `failed`, `rolled_back`.
+    pub outcome: String,
+    #[serde(default)]
+    pub message: Option<String>,
+    pub time: String,
+}
+
+/// `POST /api/v1/hosts/{id}/checkin` with the host token: sent on every check and after boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckIn {
+    pub reason: CheckInReason,
+    pub agent_version: String,
+    pub channel: String,
+    /// Component → installed version.
+    #[serde(default)]
+    pub installed: BTreeMap<String, String>,
+    #[serde(default)]
+    pub booted_slot: Option<String>,
+    #[serde(default)]
+    pub slots: Vec<SlotReport>,
+    /// A version installed and waiting for a reboot or confirmation.
+    #[serde(default)]
+    pub pending: Option<String>,
+    #[serde(default)]
+    pub last_result: Option<LastResult>,
+    /// `ok` or a short reason.
+    #[serde(default)]
+    pub health: Option<String>,
+    /// The host's own labels (replace the ones it reported before; operator labels stay).
+    #[serde(default)]
+    pub labels: Labels,
+    pub uptime_s: u64,
+    /// The host's clock, for reference only.
+    #[serde(default)]
+    pub time: Option<String>,
+}
+
+/// The answer to a check-in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckInAnswer {
+    pub server_time: String,
+    /// Seconds until the next check-in the server expects (its interval with jitter).
+    pub next_checkin_s: u64,
+    /// What this host is offered (§10; absent until rollouts exist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer: Option<serde_json::Value>,
+}
+
+/// What happened on a host (§9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    Offered,
+    DownloadStarted,
+    DownloadDone,
+    InstallStarted,
+    Installed,
+    Reboot,
+    /// The only success: the update took effect (a full image: the new slot booted and
+    /// passed its health checks).
+    Confirmed,
+    Failed,
+    RolledBack,
+    Deferred,
+    Cancelled,
+    /// The agent's queue was full and dropped `count` older events.
+    Dropped,
+}
+
+/// One event; `seq` is the host's own sequence number, increasing by one per event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    pub seq: u64,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    /// The host's clock when it happened (kept as reported; the server records its own).
+    pub time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
+    /// For `failed`: the step (`download`, `install`, `migrate`, `restart`, `verify`, `boot`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// For `dropped`: how many events were lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+/// `POST /api/v1/hosts/{id}/events` with the host token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventBatch {
+    pub events: Vec<Event>,
+}
+
+/// The answer to an event batch: events already stored (a replay) are counted once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsAccepted {
+    pub accepted: u64,
+    pub duplicates: u64,
+    /// The highest sequence number the server holds for this host: the agent may forget
+    /// every queued event up to it.
+    pub last_seq: u64,
+}
+
+/// Whether a host checks in when the server expects it to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Liveness {
+    Online,
+    Overdue,
+    Offline,
+    Decommissioned,
+}
+
+/// A host in the operator's list (`GET /api/v1/hosts`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostSummary {
+    pub id: String,
+    pub product: String,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    pub channel: Option<String>,
+    /// Component → version, from the last check-in.
+    pub versions: BTreeMap<String, String>,
+    /// The last update's state as the events tell it: `idle`, `updating`, `installed`
+    /// (awaiting confirmation), `confirmed`, `failed`, `rolled_back`.
+    pub state: String,
+    pub liveness: Liveness,
+    pub labels: Labels,
+    pub enrolled_at: String,
+    pub last_checkin: Option<String>,
+    pub next_checkin_due: Option<String>,
+    #[serde(default)]
+    pub agent_version: Option<String>,
+    #[serde(default)]
+    pub last_message: Option<String>,
+}
+
+/// `GET /api/v1/hosts`: one page; `next` is the cursor of the following page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostList {
+    pub hosts: Vec<HostSummary>,
+    pub next: Option<String>,
+}
+
+/// An event as the server stored it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    #[serde(flatten)]
+    pub event: Event,
+    /// The server's clock when it arrived.
+    pub received: String,
+}
+
+/// `GET /api/v1/hosts/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostDetail {
+    #[serde(flatten)]
+    pub host: HostSummary,
+    pub slots: Vec<SlotReport>,
+    pub booted_slot: Option<String>,
+    pub pending: Option<String>,
+    /// The newest events first, at most 200.
+    pub events: Vec<StoredEvent>,
+}
+
+/// `PATCH /api/v1/hosts/{id}`: labels to set (a `null` value removes the label).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelsPatch {
+    pub labels: BTreeMap<String, Option<String>>,
+}
+
+/// `POST /api/v1/tokens` (scope `admin`; also `qx-update-server token create`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorTokenRequest {
+    pub name: String,
+    pub scopes: Vec<Scope>,
+}
+
+/// An operator token as listed (never the secret, which is shown once at creation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorToken {
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    pub created_at: String,
+    #[serde(default)]
+    pub revoked_at: Option<String>,
+    /// Only in the answer to its creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}

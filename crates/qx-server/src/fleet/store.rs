@@ -1,0 +1,236 @@
+//! The fleet store (docs/spec.md §9): one trait, two engines with the same schema and
+//! migrations: SQLite (the embedded default, a file beside the releases) and PostgreSQL
+//! (`DATABASE_URL=postgres://…`, shared by several servers).
+//!
+//! Secrets never reach the store: tokens arrive as their SHA-256 ([`TokenHash`]). Every time
+//! is the server's clock in Unix milliseconds ([`Millis`]), passed in by the caller so that
+//! tests inject their own clock. A host's own reported times are kept as text only.
+
+use futures_util::future::BoxFuture;
+use qx_core::fleet::{
+    CheckIn, Event, EventsAccepted, HostDetail, HostList, Labels, LabelsPatch, Liveness, Scope,
+};
+use qx_core::Sha256;
+
+/// The server's clock: milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+/// The SHA-256 of a bearer token (operator, enrollment or host token).
+pub type TokenHash = Sha256;
+
+/// What a store operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// The database failed or could not be reached.
+    #[error("the fleet database failed: {0}")]
+    Database(String),
+    /// The database's schema is newer than this server knows.
+    #[error(
+        "the fleet database was migrated by a newer server ({0}); run that version or a newer one"
+    )]
+    SchemaTooNew(String),
+    /// A unique name is taken (an operator token's name).
+    #[error("{0} already exists")]
+    Conflict(String),
+}
+
+pub type FleetResult<T> = Result<T, FleetError>;
+
+/// A new operator token.
+#[derive(Debug, Clone)]
+pub struct NewOperatorToken {
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    pub hash: TokenHash,
+    pub now: Millis,
+}
+
+/// An operator token as stored (active or revoked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorTokenRow {
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    pub created_at: Millis,
+    pub revoked_at: Option<Millis>,
+}
+
+/// A new enrollment token.
+#[derive(Debug, Clone)]
+pub struct NewEnrollmentToken {
+    pub id: String,
+    pub name: Option<String>,
+    pub hash: TokenHash,
+    pub product: String,
+    pub labels: Labels,
+    pub expires_at: Millis,
+    pub uses: u32,
+    pub now: Millis,
+}
+
+/// Why an enrollment token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnrollRefused {
+    Unknown,
+    Expired,
+    UsedUp,
+    Revoked,
+}
+
+/// A host being enrolled: the store takes one use of the token and creates the host in one
+/// transaction (two servers racing for the last use: exactly one wins).
+#[derive(Debug, Clone)]
+pub struct NewHost {
+    pub id: String,
+    pub token_hash: TokenHash,
+    pub hostname: Option<String>,
+    /// The host's own labels; the token's labels are added over them.
+    pub labels: Labels,
+    pub now: Millis,
+}
+
+/// The host as enrollment created it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrolledHost {
+    pub id: String,
+    pub product: String,
+    pub labels: Labels,
+}
+
+/// What a host token authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostAuth {
+    pub id: String,
+    pub product: String,
+    /// Set once decommissioned: the token no longer acts (401).
+    pub decommissioned: bool,
+}
+
+/// How liveness is judged: online until `grace` past the expected check-in, then overdue,
+/// offline once `offline_after` past it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LivenessRule {
+    pub grace: Millis,
+    pub offline_after: Millis,
+}
+
+impl LivenessRule {
+    /// The liveness of a host whose next check-in was due at `due` (none yet: online).
+    pub fn judge(&self, due: Option<Millis>, now: Millis) -> Liveness {
+        match due {
+            Some(d) if now > d + self.offline_after => Liveness::Offline,
+            Some(d) if now > d + self.grace => Liveness::Overdue,
+            _ => Liveness::Online,
+        }
+    }
+}
+
+/// One label condition of a selector: `key=value` or `key!=value`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelMatch {
+    pub key: String,
+    pub value: String,
+    pub equal: bool,
+}
+
+/// The operator's host list query (`GET /api/v1/hosts`).
+#[derive(Debug, Clone, Default)]
+pub struct HostQuery {
+    pub product: Option<String>,
+    pub channel: Option<String>,
+    /// Hosts running this version of any component.
+    pub version: Option<String>,
+    /// The update state (`HostSummary::state`).
+    pub state: Option<String>,
+    pub labels: Vec<LabelMatch>,
+    pub liveness: Option<Liveness>,
+    /// Include decommissioned hosts (default: no).
+    pub decommissioned: bool,
+    /// The `next` of the previous page.
+    pub cursor: Option<String>,
+    /// At most this many hosts (the caller caps it).
+    pub limit: u32,
+}
+
+/// Counts for the dashboard and the metrics, by the host list's dimensions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetCounts {
+    /// `(product, channel, component, version) → hosts`.
+    pub by_version: Vec<((String, String, String, String), u64)>,
+    /// `(product, state) → hosts`.
+    pub by_state: Vec<((String, String), u64)>,
+    /// `liveness → hosts` (decommissioned hosts excluded).
+    pub by_liveness: Vec<(Liveness, u64)>,
+    /// `(event type, message) → count` of `failed` and `rolled_back` events since `since`.
+    pub recent_failures: Vec<((String, String), u64)>,
+}
+
+/// The fleet store. Object-safe: the server holds an `Arc<dyn FleetStore>` chosen at start.
+pub trait FleetStore: Send + Sync + 'static {
+    /// Brings the schema up to date (idempotent; safe when several servers start at once).
+    fn migrate(&self) -> BoxFuture<'_, FleetResult<()>>;
+
+    /// Stores a new operator token; `Conflict` when an active one has that name.
+    fn create_operator_token(&self, t: NewOperatorToken) -> BoxFuture<'_, FleetResult<()>>;
+    /// The active or revoked token with this hash.
+    fn operator_token(
+        &self,
+        hash: TokenHash,
+    ) -> BoxFuture<'_, FleetResult<Option<OperatorTokenRow>>>;
+    fn list_operator_tokens(&self) -> BoxFuture<'_, FleetResult<Vec<OperatorTokenRow>>>;
+    /// Revokes the active token named `name`; false when there is none.
+    fn revoke_operator_token(&self, name: String, now: Millis) -> BoxFuture<'_, FleetResult<bool>>;
+
+    fn create_enrollment_token(&self, t: NewEnrollmentToken) -> BoxFuture<'_, FleetResult<()>>;
+    /// Takes one use of the enrollment token `token` and creates `host`, atomically.
+    fn enroll(
+        &self,
+        token: TokenHash,
+        host: NewHost,
+    ) -> BoxFuture<'_, FleetResult<Result<EnrolledHost, EnrollRefused>>>;
+
+    /// The host a host token belongs to.
+    fn host_by_token(&self, hash: TokenHash) -> BoxFuture<'_, FleetResult<Option<HostAuth>>>;
+    /// Records a check-in received at `now`; the host is next expected at `next_due`.
+    fn check_in(
+        &self,
+        host: String,
+        report: CheckIn,
+        now: Millis,
+        next_due: Millis,
+    ) -> BoxFuture<'_, FleetResult<()>>;
+    /// Stores the events not stored yet (by `(host, seq)`), updates the host's state from the
+    /// newest one, and says how many were new and which is the highest stored sequence number.
+    fn append_events(
+        &self,
+        host: String,
+        events: Vec<Event>,
+        now: Millis,
+    ) -> BoxFuture<'_, FleetResult<EventsAccepted>>;
+
+    fn list_hosts(
+        &self,
+        query: HostQuery,
+        rule: LivenessRule,
+        now: Millis,
+    ) -> BoxFuture<'_, FleetResult<HostList>>;
+    /// A host with its newest `events` events.
+    fn host(
+        &self,
+        id: String,
+        events: u32,
+        rule: LivenessRule,
+        now: Millis,
+    ) -> BoxFuture<'_, FleetResult<Option<HostDetail>>>;
+    /// Sets and removes operator labels; false when the host does not exist.
+    fn patch_labels(&self, id: String, patch: LabelsPatch) -> BoxFuture<'_, FleetResult<bool>>;
+    /// Revokes the host's token; false when the host does not exist or was already.
+    fn decommission(&self, id: String, now: Millis) -> BoxFuture<'_, FleetResult<bool>>;
+
+    /// The counts of [`FleetCounts`]; failures since `since`.
+    fn counts(
+        &self,
+        rule: LivenessRule,
+        now: Millis,
+        since: Millis,
+    ) -> BoxFuture<'_, FleetResult<FleetCounts>>;
+}
