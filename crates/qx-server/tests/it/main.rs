@@ -6,6 +6,7 @@ mod api;
 mod bad_input;
 mod channel;
 mod connections;
+mod fleet_store;
 mod hardening;
 mod robustness;
 mod routes;
