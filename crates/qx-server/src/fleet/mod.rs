@@ -1,11 +1,21 @@
 //! The fleet view (docs/spec.md §9): hosts enroll, check in and report events; operators list
 //! and inspect them. [`store`] is the storage trait its engines implement: [`sqlite`] (the
-//! embedded default) and [`postgres`], both through [`sql`]; [`connect`] picks one.
+//! embedded default) and [`postgres`], both through [`sql`]; [`connect`] picks one. The HTTP
+//! side: [`api`] (handlers), [`auth`] (tokens and scopes), [`admin`] (token creation shared
+//! with the command line), [`validate`] and [`query`] (what requests may hold), [`limit`]
+//! (the overload limit) and [`clock`] (the injectable time).
 
+pub mod admin;
+pub mod api;
+pub mod auth;
+pub mod clock;
+pub mod limit;
 pub mod postgres;
+pub mod query;
 pub mod sql;
 pub mod sqlite;
 pub mod store;
+pub mod validate;
 
 use std::path::Path;
 use std::sync::{Arc, Once};

@@ -6,6 +6,8 @@ mod api;
 mod bad_input;
 mod channel;
 mod connections;
+mod fleet_api;
+mod fleet_cli;
 mod fleet_store;
 mod hardening;
 mod robustness;
