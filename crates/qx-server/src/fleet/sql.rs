@@ -35,9 +35,11 @@ pub struct SqlStore {
     read: AnyPool,
     write: AnyPool,
     migrator: &'static Migrator,
-    /// One migration at a time from this process (PostgreSQL also locks across servers).
-    migrating: tokio::sync::Mutex<()>,
 }
+
+/// One migration at a time in this process, whatever the store (PostgreSQL also takes an
+/// advisory lock across servers; a SQLite file is one server's).
+static MIGRATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl SqlStore {
     pub(crate) fn new(
@@ -51,7 +53,6 @@ impl SqlStore {
             read,
             write,
             migrator,
-            migrating: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -66,7 +67,7 @@ impl SqlStore {
     }
 
     async fn run_migrations(&self) -> FleetResult<()> {
-        let _one = self.migrating.lock().await;
+        let _one = MIGRATING.lock().await;
         match self.migrator.run(&self.write).await {
             Ok(()) => Ok(()),
             Err(MigrateError::VersionMissing(v)) => Err(FleetError::SchemaTooNew(format!(
