@@ -3,9 +3,11 @@
 //! partial indexes), and runs over sqlx's engine-neutral connection. [`super::sqlite`] and
 //! [`super::postgres`] open the pools and bring their migrations.
 //!
-//! Writes go through `write` (SQLite: one connection, the one writer the engine allows;
-//! PostgreSQL: the shared pool); reads through `read`.
+//! Writes go through `write` (SQLite: one connection, the one writer the engine allows, with
+//! check-ins and event batches grouped into shared transactions by [`batch`]; PostgreSQL: the
+//! shared pool, one transaction per write); reads through `read`.
 
+mod batch;
 mod bind;
 mod events;
 mod hosts;
@@ -35,6 +37,8 @@ pub struct SqlStore {
     read: AnyPool,
     write: AnyPool,
     migrator: &'static Migrator,
+    /// SQLite: the writer task that groups check-ins and event batches.
+    batch: Option<batch::Batcher>,
 }
 
 /// One migration at a time in this process, whatever the store (PostgreSQL also takes an
@@ -48,11 +52,13 @@ impl SqlStore {
         write: AnyPool,
         migrator: &'static Migrator,
     ) -> Self {
+        let batch = (engine == Engine::Sqlite).then(|| batch::Batcher::start(write.clone()));
         SqlStore {
             engine,
             read,
             write,
             migrator,
+            batch,
         }
     }
 
@@ -142,7 +148,10 @@ impl FleetStore for SqlStore {
         now: Millis,
         next_due: Millis,
     ) -> BoxFuture<'_, FleetResult<()>> {
-        Box::pin(events::check_in(&self.write, host, report, now, next_due))
+        match &self.batch {
+            Some(b) => Box::pin(b.check_in(host, report, now, next_due)),
+            None => Box::pin(events::check_in(&self.write, host, report, now, next_due)),
+        }
     }
 
     fn append_events(
@@ -151,7 +160,10 @@ impl FleetStore for SqlStore {
         events: Vec<Event>,
         now: Millis,
     ) -> BoxFuture<'_, FleetResult<EventsAccepted>> {
-        Box::pin(events::append_events(&self.write, host, events, now))
+        match &self.batch {
+            Some(b) => Box::pin(b.append_events(host, events, now)),
+            None => Box::pin(events::append_events(&self.write, host, events, now)),
+        }
     }
 
     fn list_hosts(

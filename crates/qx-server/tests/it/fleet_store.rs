@@ -1091,3 +1091,49 @@ async fn schema_is_the_same_on_both_engines() {
         "schemas differ: only in SQLite {only_sqlite:?}, only in PostgreSQL {only_postgres:?}"
     );
 }
+
+both_engines!(concurrent_writes_all_land_and_a_failed_one_stays_alone);
+
+/// Fifty hosts checking in and sending events at once (SQLite groups them into shared
+/// transactions), with writes for an unknown host among them: every good write lands, every
+/// bad one is refused alone.
+async fn concurrent_writes_all_land_and_a_failed_one_stays_alone(db: Db) {
+    let s = db.store().await;
+    let hosts: Vec<String> = (0..50).map(|i| format!("h{i:02}")).collect();
+    enroll_all(&*s, &hosts).await;
+    let start = Arc::new(tokio::sync::Barrier::new(hosts.len() + 1));
+    let mut tasks = Vec::new();
+    for h in hosts.iter().cloned().chain(["nobody".to_string()]) {
+        let (s, start) = (s.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let r = report("stable", &[("app", "1.0.0")], labels(&[("me", &h)]));
+            let checked = s.check_in(h.clone(), r, T0, T0 + 900_000).await;
+            let batch = vec![event(1, EventType::Offered), event(2, EventType::Confirmed)];
+            let sent = s.append_events(h.clone(), batch, T0).await;
+            (
+                h,
+                checked.is_ok(),
+                sent.map(|a| (a.accepted, a.last_seq)).ok(),
+            )
+        }));
+    }
+    for t in tasks {
+        let (h, checked, sent) = t.await.unwrap();
+        if h == "nobody" {
+            assert_eq!((checked, sent), (false, None));
+        } else {
+            assert_eq!((checked, sent), (true, Some((2, 2))), "{h}");
+        }
+    }
+    let list = s.list_hosts(query(), RULE, T0).await.unwrap().hosts;
+    assert_eq!(list.len(), 50);
+    for h in list {
+        assert_eq!(
+            (h.state.as_str(), h.labels.get("me")),
+            ("confirmed", Some(&h.id)),
+            "{}",
+            h.id
+        );
+    }
+}
