@@ -3,9 +3,11 @@
 //! partial indexes), and runs over sqlx's engine-neutral connection. [`super::sqlite`] and
 //! [`super::postgres`] open the pools and bring their migrations.
 //!
-//! Writes go through `write` (SQLite: one connection, the one writer the engine allows;
-//! PostgreSQL: the shared pool); reads through `read`.
+//! Writes go through `write` (SQLite: one connection, the one writer the engine allows, with
+//! check-ins and event batches grouped into shared transactions by [`batch`]; PostgreSQL: the
+//! shared pool, one transaction per write); reads through `read`.
 
+mod batch;
 mod bind;
 mod events;
 mod hosts;
@@ -35,9 +37,13 @@ pub struct SqlStore {
     read: AnyPool,
     write: AnyPool,
     migrator: &'static Migrator,
-    /// One migration at a time from this process (PostgreSQL also locks across servers).
-    migrating: tokio::sync::Mutex<()>,
+    /// SQLite: the writer task that groups check-ins and event batches.
+    batch: Option<batch::Batcher>,
 }
+
+/// One migration at a time in this process, whatever the store (PostgreSQL also takes an
+/// advisory lock across servers; a SQLite file is one server's).
+static MIGRATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl SqlStore {
     pub(crate) fn new(
@@ -46,12 +52,13 @@ impl SqlStore {
         write: AnyPool,
         migrator: &'static Migrator,
     ) -> Self {
+        let batch = (engine == Engine::Sqlite).then(|| batch::Batcher::start(write.clone()));
         SqlStore {
             engine,
             read,
             write,
             migrator,
-            migrating: tokio::sync::Mutex::new(()),
+            batch,
         }
     }
 
@@ -66,7 +73,7 @@ impl SqlStore {
     }
 
     async fn run_migrations(&self) -> FleetResult<()> {
-        let _one = self.migrating.lock().await;
+        let _one = MIGRATING.lock().await;
         match self.migrator.run(&self.write).await {
             Ok(()) => Ok(()),
             Err(MigrateError::VersionMissing(v)) => Err(FleetError::SchemaTooNew(format!(
@@ -141,7 +148,10 @@ impl FleetStore for SqlStore {
         now: Millis,
         next_due: Millis,
     ) -> BoxFuture<'_, FleetResult<()>> {
-        Box::pin(events::check_in(&self.write, host, report, now, next_due))
+        match &self.batch {
+            Some(b) => Box::pin(b.check_in(host, report, now, next_due)),
+            None => Box::pin(events::check_in(&self.write, host, report, now, next_due)),
+        }
     }
 
     fn append_events(
@@ -150,7 +160,10 @@ impl FleetStore for SqlStore {
         events: Vec<Event>,
         now: Millis,
     ) -> BoxFuture<'_, FleetResult<EventsAccepted>> {
-        Box::pin(events::append_events(&self.write, host, events, now))
+        match &self.batch {
+            Some(b) => Box::pin(b.append_events(host, events, now)),
+            None => Box::pin(events::append_events(&self.write, host, events, now)),
+        }
     }
 
     fn list_hosts(

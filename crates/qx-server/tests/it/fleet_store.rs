@@ -1023,3 +1023,117 @@ async fn migrate_is_idempotent(db: Db) {
     let again = db.store().await;
     assert_eq!(ids(&*again, query(), T0).await, ["h1"]);
 }
+
+both_engines!(migrate_twice_at_once);
+
+/// Two servers starting together on a fresh database: both migrate, the schema is applied once.
+async fn migrate_twice_at_once(db: Db) {
+    let (a, b) = (db.open().await, db.open().await);
+    let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
+    ra.unwrap();
+    rb.unwrap();
+    let s = db.store().await;
+    enroll_all(&*s, &["h1".into()]).await;
+    assert_eq!(ids(&*s, query(), T0).await, ["h1"]);
+}
+
+/// Tables, columns and index names of a schema.
+type Schema = BTreeSet<(String, String)>;
+
+async fn sqlite_schema(path: &str) -> Schema {
+    use sqlx::Row;
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{path}"))
+        .await
+        .unwrap();
+    let rows = sqlx::query(
+        "SELECT m.name AS t, p.name AS c FROM sqlite_master m, pragma_table_info(m.name) p \
+         WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND m.name NOT LIKE '_sqlx%' \
+         UNION ALL SELECT tbl_name, 'index ' || name FROM sqlite_master \
+         WHERE type = 'index' AND sql IS NOT NULL",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    rows.iter().map(|r| (r.get("t"), r.get("c"))).collect()
+}
+
+async fn postgres_schema(url: &str) -> Schema {
+    use sqlx::Row;
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let rows = sqlx::query(
+        "SELECT table_name::text AS t, column_name::text AS c FROM information_schema.columns \
+         WHERE table_schema = 'public' AND table_name NOT LIKE '\\_sqlx%' \
+         UNION ALL SELECT tablename::text, 'index ' || indexname::text FROM pg_indexes \
+         WHERE schemaname = 'public' AND indexname NOT LIKE '%\\_pkey' \
+         AND indexname NOT LIKE '%\\_key'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    rows.iter().map(|r| (r.get("t"), r.get("c"))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow tier: needs a PostgreSQL cluster; `cargo xtask test` installs and runs it"]
+async fn schema_is_the_same_on_both_engines() {
+    let (lite, pg) = (Db::new(Kind::Sqlite), Db::new(Kind::Postgres));
+    lite.store().await;
+    pg.store().await;
+    let (a, b) = (
+        sqlite_schema(&lite.target).await,
+        postgres_schema(&pg.target).await,
+    );
+    assert!(a.len() > 40, "{a:?}");
+    let only_sqlite: Vec<_> = a.difference(&b).collect();
+    let only_postgres: Vec<_> = b.difference(&a).collect();
+    assert!(
+        only_sqlite.is_empty() && only_postgres.is_empty(),
+        "schemas differ: only in SQLite {only_sqlite:?}, only in PostgreSQL {only_postgres:?}"
+    );
+}
+
+both_engines!(concurrent_writes_all_land_and_a_failed_one_stays_alone);
+
+/// Fifty hosts checking in and sending events at once (SQLite groups them into shared
+/// transactions), with writes for an unknown host among them: every good write lands, every
+/// bad one is refused alone.
+async fn concurrent_writes_all_land_and_a_failed_one_stays_alone(db: Db) {
+    let s = db.store().await;
+    let hosts: Vec<String> = (0..50).map(|i| format!("h{i:02}")).collect();
+    enroll_all(&*s, &hosts).await;
+    let start = Arc::new(tokio::sync::Barrier::new(hosts.len() + 1));
+    let mut tasks = Vec::new();
+    for h in hosts.iter().cloned().chain(["nobody".to_string()]) {
+        let (s, start) = (s.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let r = report("stable", &[("app", "1.0.0")], labels(&[("me", &h)]));
+            let checked = s.check_in(h.clone(), r, T0, T0 + 900_000).await;
+            let batch = vec![event(1, EventType::Offered), event(2, EventType::Confirmed)];
+            let sent = s.append_events(h.clone(), batch, T0).await;
+            (
+                h,
+                checked.is_ok(),
+                sent.map(|a| (a.accepted, a.last_seq)).ok(),
+            )
+        }));
+    }
+    for t in tasks {
+        let (h, checked, sent) = t.await.unwrap();
+        if h == "nobody" {
+            assert_eq!((checked, sent), (false, None));
+        } else {
+            assert_eq!((checked, sent), (true, Some((2, 2))), "{h}");
+        }
+    }
+    let list = s.list_hosts(query(), RULE, T0).await.unwrap().hosts;
+    assert_eq!(list.len(), 50);
+    for h in list {
+        assert_eq!(
+            (h.state.as_str(), h.labels.get("me")),
+            ("confirmed", Some(&h.id)),
+            "{}",
+            h.id
+        );
+    }
+}

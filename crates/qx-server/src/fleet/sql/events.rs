@@ -3,8 +3,8 @@
 //! number).
 
 use qx_core::fleet::{CheckIn, Event, EventType, EventsAccepted};
+use sqlx::AnyConnection;
 use sqlx::AnyPool;
-use sqlx::{Any, Transaction};
 
 use super::bind::{get, seq_of, seq_value, to_json, Sql};
 use super::db;
@@ -24,7 +24,7 @@ pub(super) async fn check_in(
 
 /// Writes one check-in inside `tx`.
 pub(crate) async fn record_check_in(
-    tx: &mut Transaction<'static, Any>,
+    conn: &mut AnyConnection,
     host: &str,
     report: &CheckIn,
     now: Millis,
@@ -46,7 +46,7 @@ pub(crate) async fn record_check_in(
     sql.push(" WHERE id = ").text(host);
     let done = sql
         .query()
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await
         .map_err(db("recording a check-in"))?;
     if done.rows_affected() == 0 {
@@ -56,7 +56,7 @@ pub(crate) async fn record_check_in(
     clear.text(host);
     clear
         .query()
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await
         .map_err(db("replacing a host's versions"))?;
     for (component, version) in &report.installed {
@@ -68,7 +68,7 @@ pub(crate) async fn record_check_in(
             .text(version)
             .push(")");
         ins.query()
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await
             .map_err(db("storing a host's versions"))?;
     }
@@ -76,10 +76,10 @@ pub(crate) async fn record_check_in(
     clear.text(host);
     clear
         .query()
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await
         .map_err(db("replacing a host's own labels"))?;
-    super::hosts::insert_labels(tx, host, &report.labels, "host").await
+    super::hosts::insert_labels(conn, host, &report.labels, "host").await
 }
 
 fn optional_text(sql: &mut Sql, v: Option<&str>) {
@@ -135,7 +135,7 @@ pub(super) async fn append_events(
 
 /// Stores one batch inside `tx`.
 pub(crate) async fn record_events(
-    tx: &mut Transaction<'static, Any>,
+    conn: &mut AnyConnection,
     host: &str,
     events: &[Event],
     now: Millis,
@@ -154,7 +154,7 @@ pub(crate) async fn record_events(
     last.text(host);
     if last
         .query()
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(db("reading a host's last event"))?
         .is_none()
@@ -163,16 +163,16 @@ pub(crate) async fn record_events(
     }
     let mut new = Vec::new();
     for row in &rows {
-        if insert_event(tx, host, row, now).await? {
+        if insert_event(conn, host, row, now).await? {
             new.push(row);
         }
     }
-    follow_newest(tx, host, &new).await?;
+    follow_newest(conn, host, &new).await?;
     let mut last = Sql::new("SELECT last_seq FROM hosts WHERE id = ");
     last.text(host);
     let row = last
         .query()
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *conn)
         .await
         .map_err(db("reading a host's last event"))?;
     let accepted = new.len() as u64;
@@ -185,7 +185,7 @@ pub(crate) async fn record_events(
 
 /// Inserts the event unless `(host, seq)` is stored; whether it was new.
 async fn insert_event(
-    tx: &mut Transaction<'static, Any>,
+    conn: &mut AnyConnection,
     host: &str,
     row: &EventRow<'_>,
     now: Millis,
@@ -199,7 +199,7 @@ async fn insert_event(
     sql.push(") ON CONFLICT (host_id, seq) DO NOTHING");
     let done = sql
         .query()
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await
         .map_err(db("storing an event"))?;
     Ok(done.rows_affected() > 0)
@@ -208,7 +208,7 @@ async fn insert_event(
 /// Moves the host's state, message and last sequence number to the newest of the new events
 /// when they are newer than what it holds (an older event arriving late changes nothing).
 async fn follow_newest(
-    tx: &mut Transaction<'static, Any>,
+    conn: &mut AnyConnection,
     host: &str,
     new: &[&EventRow<'_>],
 ) -> FleetResult<()> {
@@ -227,7 +227,7 @@ async fn follow_newest(
             .int(r.seq)
             .push(")");
         sql.query()
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await
             .map_err(db("updating a host's state"))?;
     }
@@ -242,7 +242,7 @@ async fn follow_newest(
             .int(r.seq)
             .push(")");
         sql.query()
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await
             .map_err(db("updating a host's last message"))?;
     }
@@ -251,7 +251,7 @@ async fn follow_newest(
         sql.int(r.seq).push(" WHERE id = ").text(host);
         sql.push(" AND last_seq < ").int(r.seq);
         sql.query()
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await
             .map_err(db("updating a host's last sequence number"))?;
     }

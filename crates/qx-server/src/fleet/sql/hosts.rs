@@ -10,8 +10,8 @@ use qx_core::fleet::{
     StoredEvent,
 };
 use sqlx::any::AnyRow;
+use sqlx::AnyConnection;
 use sqlx::AnyPool;
-use sqlx::{Any, Transaction};
 
 use super::bind::{from_json, get, rfc3339, Sql};
 use super::db;
@@ -27,7 +27,7 @@ const SUMMARY_COLUMNS: &str = "SELECT h.id, h.product, h.hostname, h.channel, h.
 /// Inserts labels from `source` (`token`, `host`, `operator`); a key the host has already keeps
 /// its value (so a host's own labels never override its token's).
 pub(crate) async fn insert_labels(
-    tx: &mut Transaction<'static, Any>,
+    conn: &mut AnyConnection,
     host: &str,
     labels: &Labels,
     source: &str,
@@ -39,7 +39,7 @@ pub(crate) async fn insert_labels(
             .text(source)
             .push(") ON CONFLICT (host_id, key) DO NOTHING");
         sql.query()
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await
             .map_err(db("storing a host's labels"))?;
     }
