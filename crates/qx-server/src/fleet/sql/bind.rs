@@ -5,7 +5,7 @@ use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::query::Query;
 use sqlx::{Any, Row};
 
-use crate::fleet::store::{FleetError, FleetResult, Millis};
+use crate::fleet::store::{FleetError, FleetResult};
 
 /// A parameter value.
 #[derive(Debug, Clone)]
@@ -87,14 +87,6 @@ pub(crate) fn seq_value(seq: u64) -> FleetResult<i64> {
 /// A column value back as a sequence number (never negative: only [`seq_value`] writes it).
 pub(crate) fn seq_of(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
-}
-
-/// The server's time as RFC 3339 UTC.
-pub(crate) fn rfc3339(ms: Millis) -> String {
-    match jiff::Timestamp::from_millisecond(ms) {
-        Ok(t) => t.to_string(),
-        Err(_) => format!("@{ms}ms"),
-    }
 }
 
 /// Text stored as JSON, as `T`.

@@ -13,8 +13,9 @@ use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
 use sqlx::AnyPool;
 
-use super::bind::{from_json, get, rfc3339, Sql};
+use super::bind::{from_json, get, Sql};
 use super::db;
+use crate::fleet::clock::rfc3339;
 use crate::fleet::store::{FleetCounts, FleetError, FleetResult, HostQuery, LivenessRule, Millis};
 
 /// How many ids one `IN (…)` list carries.
