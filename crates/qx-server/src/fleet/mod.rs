@@ -48,3 +48,6 @@ pub async fn connect(target: &str) -> FleetResult<Arc<dyn FleetStore>> {
     store.migrate().await?;
     Ok(Arc::new(store))
 }
+
+/// The fleet store's migrations, the same files for both engines (`crates/qx-server/migrations/`).
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

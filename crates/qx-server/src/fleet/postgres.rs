@@ -5,12 +5,9 @@
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::migrate::Migrator;
 
 use super::sql::{Engine, SqlStore};
 use super::store::{FleetError, FleetResult};
-
-static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
 /// Connections per server.
 pub const CONNECTIONS: u32 = 16;
@@ -40,6 +37,6 @@ pub async fn open(url: &str) -> FleetResult<SqlStore> {
         Engine::Postgres,
         pool.clone(),
         pool,
-        &MIGRATOR,
+        &super::MIGRATOR,
     ))
 }

@@ -8,14 +8,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::migrate::Migrator;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Executor};
 
 use super::sql::{Engine, SqlStore};
 use super::store::{FleetError, FleetResult};
-
-static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// How long a statement waits for another process's write lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,7 +45,7 @@ pub async fn open(path: &Path) -> FleetResult<SqlStore> {
         .connect_with(options)
         .await
         .map_err(|e| open_error(path, e))?;
-    Ok(SqlStore::new(Engine::Sqlite, read, write, &MIGRATOR))
+    Ok(SqlStore::new(Engine::Sqlite, read, write, &super::MIGRATOR))
 }
 
 async fn pragmas(conn: &mut sqlx::AnyConnection, read_only: bool) -> Result<(), sqlx::Error> {

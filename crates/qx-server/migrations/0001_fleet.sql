@@ -1,5 +1,5 @@
--- The fleet store (docs/spec.md §9), SQLite dialect. The PostgreSQL file beside this one has
--- the same tables, columns and indexes; a test compares them. Times are Unix milliseconds of
+-- The fleet store (docs/spec.md §9): one migration for both engines (SQLite and PostgreSQL),
+-- in the SQL they share; a test compares the schemas the two engines end up with. Times are Unix milliseconds of
 -- the server's clock, JSON is text, tokens are stored as their SHA-256 in hex.
 
 CREATE TABLE operator_tokens (
