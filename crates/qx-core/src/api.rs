@@ -220,6 +220,21 @@ impl ServerUrl {
         );
         self.with_channel(path, Some(&channel))
     }
+
+    /// `POST` a host's enrollment (enrollment token).
+    pub fn enroll(&self) -> String {
+        self.at(server::ENROLL.to_owned())
+    }
+
+    /// `POST` a host's check-in (host token).
+    pub fn checkin(&self, host_id: impl Display) -> String {
+        self.at(fill(server::CHECKIN, &[("id", &host_id)]))
+    }
+
+    /// `POST` a host's event batch (host token).
+    pub fn host_events(&self, host_id: impl Display) -> String {
+        self.at(fill(server::HOST_EVENTS, &[("id", &host_id)]))
+    }
 }
 
 #[cfg(test)]
@@ -246,7 +261,13 @@ mod tests {
             s.release("p", "1.0.0", "a&b"),
             "http://127.0.0.1:9000/base/api/v1/p/releases/1.0.0?channel=a%26b"
         );
+        assert_eq!(
+            s.checkin("h/1"),
+            "http://127.0.0.1:9000/base/api/v1/hosts/h%2F1/checkin"
+        );
         for url in [
+            s.enroll(),
+            s.host_events("h1"),
             s.health(),
             s.metrics(),
             s.channels(),
