@@ -944,7 +944,9 @@ mod tests {
 
     #[test]
     fn fleet_bad_keys_and_labels_are_named() {
-        let err = parse("  fleet: {enroll_token: x}\n").expect_err("fail").to_string();
+        let err = parse("  fleet: {enroll_token: x}\n")
+            .expect_err("fail")
+            .to_string();
         assert!(err.contains("enroll_token"), "{err}");
         let err = parse("  fleet: {labels: {\"a b\": x}}\n")
             .expect_err("fail")
