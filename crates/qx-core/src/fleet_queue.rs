@@ -135,7 +135,7 @@ impl EventQueue {
         event.seq = seq;
         let mut line = to_line(&event);
         let fits = q.events.len() < self.limits.max_events
-            && q.bytes() + line.len() + 1 <= self.limits.max_bytes;
+            && q.bytes() + line.len() < self.limits.max_bytes;
         if fits && q.clean {
             append_line(&self.events_path(), &line)?;
             return Ok(seq);

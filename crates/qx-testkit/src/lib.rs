@@ -6,6 +6,7 @@ pub mod drip;
 pub mod host;
 pub mod proxy;
 pub mod release;
+pub mod scripted;
 pub mod server;
 pub mod sockets;
 pub mod wait;

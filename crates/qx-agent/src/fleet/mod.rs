@@ -11,7 +11,8 @@
 //!   agent goes on updating; removing `/data/updates/identity.json` enrolls it again.
 //! - A failed check-in never fails the check or the apply: it is logged and the next check
 //!   tries again. Its answer's `next_checkin_s`, or a 429's `Retry-After`, is left for the
-//!   daemon's schedule ([`ScheduleHint`]).
+//!   daemon's schedule ([`ScheduleHint`]), which sets its next check (and so its next
+//!   check-in) by it.
 //! - Events go through [`qx_core::fleet_queue::EventQueue`], shared with the A/B boot
 //!   commands; they are sent after each check-in and each apply, and forgotten up to the
 //!   server's `last_seq`.
@@ -25,7 +26,7 @@ mod report;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use qx_core::fleet::Event;
 use qx_core::fleet::MAX_EVENTS_PER_BATCH;
@@ -101,8 +102,6 @@ pub struct Fleet {
     state_dir: PathBuf,
     queue: EventQueue,
     hint: Mutex<Option<ScheduleHint>>,
-    /// A 429 asked for quiet until then (this process).
-    not_before: Mutex<Option<Instant>>,
 }
 
 impl Fleet {
@@ -115,7 +114,6 @@ impl Fleet {
             state_dir: paths.fleet.clone(),
             queue: EventQueue::under_root(&paths.root),
             hint: Mutex::new(None),
-            not_before: Mutex::new(None),
         }
     }
 
@@ -218,13 +216,6 @@ impl Fleet {
     }
 
     fn try_report(&self, agent: &Agent) -> Result<(), FleetError> {
-        if let Some(left) = self.quiet_left() {
-            tracing::info!(
-                seconds = left.as_secs(),
-                "fleet: the server asked for quiet (429); no check-in until then"
-            );
-            return Ok(());
-        }
         let client = FleetClient::new(agent.config())?;
         let Some(id) = self.identity_for(&client)? else {
             return Ok(());
@@ -311,9 +302,6 @@ impl Fleet {
             FleetError::Unauthorized { .. } => self.decommissioned(e),
             FleetError::RetryAfter { after, .. } => {
                 let after = (*after).clamp(RETRY_AFTER_BOUNDS.0, RETRY_AFTER_BOUNDS.1);
-                if let Ok(mut n) = self.not_before.lock() {
-                    *n = Some(Instant::now() + after);
-                }
                 self.set_hint(ScheduleHint::RetryAfter(after));
                 tracing::warn!(error = %e, "fleet: check-in postponed");
             }
@@ -341,11 +329,6 @@ impl Fleet {
                 tracing::error!(error = %e, "fleet: the enrollment token was refused; put a valid token into updates.fleet.enroll_token_file")
             }
         }
-    }
-
-    fn quiet_left(&self) -> Option<Duration> {
-        let until = (*self.not_before.lock().ok()?)?;
-        until.checked_duration_since(Instant::now())
     }
 }
 
