@@ -497,3 +497,82 @@ fn without_a_fleet_block_the_agent_sends_nothing_and_queues_nothing() {
     assert!(!lab.host.path("/data/updates/fleet/events.jsonl").exists());
     assert!(!lab.host.path("/data/updates/identity.json").exists());
 }
+
+#[test]
+fn a_crash_between_send_and_acknowledgement_resends_and_the_server_counts_once() {
+    let (lab, fleet) = fleet_lab("");
+    node_release(&lab, "1.1.0");
+    let root = lab.host.root();
+    // `qx-update check` aborts after the server stored the batch, before the queue forgets it.
+    let out = crate::support::host::qx_update(root)
+        .arg("check")
+        .env("QX_TEST_CRASH_AT", "fleet-events-sent")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "aborted: {out:?}");
+    assert_eq!(fleet.types(), vec!["offered"], "the server has it");
+    assert_eq!(
+        queued(&lab).len(),
+        1,
+        "the host does not know it was delivered"
+    );
+
+    let out = run_qx_update(root, &["check"]);
+    assert!(out.status.success(), "{out:?}");
+    let batches = fleet.stub.requests_to("/events");
+    assert_eq!(batches.len(), 2, "sent again");
+    assert_eq!(
+        batches[1].json()["events"][0]["seq"],
+        1,
+        "the same event, same seq"
+    );
+    assert_eq!(fleet.types(), vec!["offered"], "counted once");
+    assert!(queued(&lab).is_empty());
+    // The next event continues the sequence.
+    node_release(&lab, "1.2.0");
+    assert!(run_qx_update(root, &["check"]).status.success());
+    let seqs: Vec<u64> = fleet
+        .events()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![1, 2]);
+}
+
+#[test]
+fn an_apply_held_back_by_the_maintenance_window_is_reported_deferred_once() {
+    let (lab, fleet) = fleet_lab("  auto_apply: true\n  maintenance_window: \"Sun 02:00-04:00\"\n");
+    node_release(&lab, "1.1.0");
+    let a = agent(&lab);
+    // Friday: the window opens on Sunday.
+    let clock = FakeClock::at("2026-11-20T10:00[UTC]");
+    runtime().block_on(async {
+        let policy = Policy::from_config(a.config());
+        let mut scheduler = Scheduler::new(Runner::new(a.clone()), clock.clone(), policy);
+        let mut checks = 0;
+        for _ in 0..100 {
+            match scheduler.step().await {
+                Step::Checked { error, .. } => {
+                    assert_eq!(error, None);
+                    checks += 1;
+                }
+                Step::Waited { .. } => {}
+                other => panic!("unexpected step {other:?}"),
+            }
+            if checks == 3 {
+                break;
+            }
+        }
+    });
+    assert_eq!(lab.host.version("qx-node").as_deref(), Some("1.0.0"));
+    assert_eq!(fleet.types(), vec!["offered", "deferred"]);
+    let deferred = fleet.events().pop().unwrap();
+    assert_eq!(deferred["version"], "1.1.0");
+    assert!(
+        deferred["message"]
+            .as_str()
+            .unwrap()
+            .contains("Sun 02:00-04:00"),
+        "{deferred}"
+    );
+}
