@@ -6,13 +6,15 @@ use anyhow::{bail, Context};
 
 /// Everything `cargo xtask test` needs beyond the Rust toolchain.
 /// Each is used for real by a test: signatures are checked by the stock signing tool, grubenv
-/// files by the boot loader's own editor, archives unpacked by GNU tar, the web page driven by a
-/// headless browser, A/B images booted under a system emulator.
+/// files by the boot loader's own editor, archives unpacked by GNU tar, the fleet store run on
+/// a throwaway PostgreSQL cluster, the web page driven by a headless browser, A/B images
+/// booted under a system emulator.
 pub const TEST_PACKAGES: &[&str] = &[
     "minisign",
     "grub-common",
     "grub-pc-bin",
     "sqlite3",
+    "postgresql",
     "zstd",
     "tar",
     "curl",

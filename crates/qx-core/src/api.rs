@@ -35,6 +35,8 @@ pub mod server {
     // so `hosts`, `tokens`, `enrollment-tokens` and `fleet` cannot be product names.
     /// `POST` an enrollment token (scope `admin`).
     pub const ENROLLMENT_TOKENS: &str = "/api/v1/enrollment-tokens";
+    /// `DELETE` revokes an enrollment token (scope `admin`); hosts enrolled with it stay.
+    pub const ENROLLMENT_TOKEN: &str = "/api/v1/enrollment-tokens/{id}";
     /// `POST` with an enrollment token: a host enrolls.
     pub const ENROLL: &str = "/api/v1/hosts/enroll";
     /// `GET` the host list (filters, paging).
@@ -56,7 +58,25 @@ pub mod server {
 
     /// Every route the server answers, in registration order.
     pub const ROUTES: &[&str] = &[
-        HEALTH, METRICS, CHANNELS, MANIFEST, RELEASES, ARTIFACT, PUBLISH, PROMOTE, RELEASE, CHANNEL,
+        HEALTH,
+        METRICS,
+        CHANNELS,
+        MANIFEST,
+        RELEASES,
+        ARTIFACT,
+        PUBLISH,
+        PROMOTE,
+        RELEASE,
+        CHANNEL,
+        ENROLLMENT_TOKENS,
+        ENROLLMENT_TOKEN,
+        ENROLL,
+        HOSTS,
+        HOST,
+        CHECKIN,
+        HOST_EVENTS,
+        TOKENS,
+        TOKEN,
     ];
 }
 
@@ -221,19 +241,54 @@ impl ServerUrl {
         self.with_channel(path, Some(&channel))
     }
 
-    /// `POST` a host's enrollment (enrollment token).
+    /// `POST` an enrollment (with an enrollment token).
     pub fn enroll(&self) -> String {
         self.at(server::ENROLL.to_owned())
     }
 
-    /// `POST` a host's check-in (host token).
-    pub fn checkin(&self, host_id: impl Display) -> String {
-        self.at(fill(server::CHECKIN, &[("id", &host_id)]))
+    /// `POST` a host's check-in (with its host token).
+    pub fn checkin(&self, host: impl Display) -> String {
+        self.at(fill(server::CHECKIN, &[("id", &host)]))
     }
 
-    /// `POST` a host's event batch (host token).
-    pub fn host_events(&self, host_id: impl Display) -> String {
-        self.at(fill(server::HOST_EVENTS, &[("id", &host_id)]))
+    /// `POST` a host's event batch (with its host token).
+    pub fn host_events(&self, host: impl Display) -> String {
+        self.at(fill(server::HOST_EVENTS, &[("id", &host)]))
+    }
+
+    /// `GET` the host list; `query` is appended as it is (`product=p&label=site%3Dlab`).
+    pub fn hosts(&self, query: &str) -> String {
+        let path = self.at(server::HOSTS.to_owned());
+        if query.is_empty() {
+            path
+        } else {
+            format!("{path}?{query}")
+        }
+    }
+
+    /// `GET`, `PATCH` or `DELETE` one host.
+    pub fn host(&self, host: impl Display) -> String {
+        self.at(fill(server::HOST, &[("id", &host)]))
+    }
+
+    /// `POST` or `GET` operator tokens.
+    pub fn tokens(&self) -> String {
+        self.at(server::TOKENS.to_owned())
+    }
+
+    /// `DELETE` (revoke) an operator token.
+    pub fn token(&self, name: impl Display) -> String {
+        self.at(fill(server::TOKEN, &[("name", &name)]))
+    }
+
+    /// `POST` an enrollment token.
+    pub fn enrollment_tokens(&self) -> String {
+        self.at(server::ENROLLMENT_TOKENS.to_owned())
+    }
+
+    /// `DELETE` (revoke) an enrollment token.
+    pub fn enrollment_token(&self, id: impl Display) -> String {
+        self.at(fill(server::ENROLLMENT_TOKEN, &[("id", &id)]))
     }
 }
 
@@ -262,12 +317,21 @@ mod tests {
             "http://127.0.0.1:9000/base/api/v1/p/releases/1.0.0?channel=a%26b"
         );
         assert_eq!(
-            s.checkin("h/1"),
-            "http://127.0.0.1:9000/base/api/v1/hosts/h%2F1/checkin"
+            s.checkin("ab12"),
+            "http://127.0.0.1:9000/base/api/v1/hosts/ab12/checkin"
+        );
+        assert_eq!(
+            s.hosts("label=a%3Db"),
+            "http://127.0.0.1:9000/base/api/v1/hosts?label=a%3Db"
         );
         for url in [
             s.enroll(),
-            s.host_events("h1"),
+            s.host_events("h"),
+            s.host("h"),
+            s.tokens(),
+            s.token("alice"),
+            s.enrollment_tokens(),
+            s.enrollment_token("e"),
             s.health(),
             s.metrics(),
             s.channels(),

@@ -52,8 +52,15 @@ pub fn check_name(kind: &'static str, value: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// Words the update server's own routes use right under `/api/v1/` (the fleet API): a
+/// product of that name could not be reached, so none may be called so.
+pub const RESERVED_PRODUCT_NAMES: &[&str] = &["hosts", "tokens", "enrollment-tokens", "fleet"];
+
 macro_rules! name_type {
     ($(#[$doc:meta])* $ty:ident, $kind:literal) => {
+        name_type!($(#[$doc])* $ty, $kind, &[]);
+    };
+    ($(#[$doc:meta])* $ty:ident, $kind:literal, $reserved:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -63,6 +70,14 @@ macro_rules! name_type {
             pub fn new(value: impl Into<String>) -> Result<Self, NameError> {
                 let value = value.into();
                 check_name($kind, &value)?;
+                let reserved: &[&str] = $reserved;
+                if reserved.contains(&value.as_str()) {
+                    return Err(NameError::Invalid {
+                        kind: $kind,
+                        value,
+                        reason: "it is reserved for the update server's own endpoints (hosts, tokens, enrollment-tokens, fleet)",
+                    });
+                }
                 Ok(Self(value))
             }
             pub fn as_str(&self) -> &str {
@@ -115,7 +130,8 @@ macro_rules! name_type {
 name_type!(
     /// A product, e.g. `quantix-os`.
     ProductName,
-    "product name"
+    "product name",
+    RESERVED_PRODUCT_NAMES
 );
 name_type!(
     /// A release channel, e.g. `stable`.
@@ -328,6 +344,19 @@ impl JsonSchema for Permissions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fleet_route_words_are_not_product_names() {
+        for word in RESERVED_PRODUCT_NAMES {
+            let e = ProductName::new(*word).expect_err(word).to_string();
+            assert!(e.contains("reserved"), "{e}");
+            assert!(
+                ChannelName::new(*word).is_ok(),
+                "{word} stays a valid channel name"
+            );
+        }
+        assert!(serde_json::from_str::<ProductName>("\"hosts\"").is_err());
+    }
 
     #[test]
     fn accepts_good_names() {

@@ -1,7 +1,8 @@
 //! Server configuration, read from the environment (docs/spec.md §3).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use qx_core::listener::ConnectionLimits;
 use qx_core::ChannelName;
@@ -35,6 +36,84 @@ pub struct Config {
     /// `TLS_HANDSHAKE_TIMEOUT`, `MAX_CONNECTIONS`, `MAX_CONNECTIONS_PER_CLIENT`,
     /// `BODY_READ_TIMEOUT`, `BODY_MIN_RATE`.
     pub limits: ConnectionLimits,
+    /// The fleet view's settings (docs/spec.md §9).
+    pub fleet: FleetConfig,
+}
+
+/// `CHECKIN_INTERVAL` when unset: 15 minutes.
+pub const DEFAULT_CHECKIN_INTERVAL: Duration = Duration::from_secs(15 * 60);
+/// The file of the embedded fleet database, under `RELEASE_DIR` when `FLEET_DB` is unset. A
+/// directory whose name starts with `.` is never a product, so the release store skips it.
+pub const DEFAULT_FLEET_DB: &str = ".fleet/fleet.db";
+/// `FLEET_RATE_LIMIT` when unset: host requests (enroll, check-in, events) per second.
+pub const DEFAULT_FLEET_RATE_LIMIT: u32 = 5000;
+
+/// Where the fleet store lives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum FleetDatabase {
+    /// The embedded default: a SQLite file (`FLEET_DB`, or `RELEASE_DIR/.fleet/fleet.db`).
+    Sqlite(PathBuf),
+    /// `DATABASE_URL=postgres://…`: a PostgreSQL database, shared by several servers.
+    Postgres(String),
+}
+
+impl std::fmt::Debug for FleetDatabase {
+    /// Never prints the URL's password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Self::Postgres(url) => f.debug_tuple("Postgres").field(&redact_url(url)).finish(),
+        }
+    }
+}
+
+/// A database URL with its password replaced by `***`, for logs and messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// The fleet view's settings.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// `DATABASE_URL` (`postgres://…`) or `FLEET_DB` (a SQLite file).
+    pub database: FleetDatabase,
+    /// `CHECKIN_INTERVAL`: how often a host is told to check in (±10 % jitter per answer).
+    pub checkin_interval: Duration,
+    /// `CHECKIN_GRACE`: how long past its expected check-in a host stays online before it is
+    /// overdue (default: one interval).
+    pub checkin_grace: Duration,
+    /// `CHECKIN_OFFLINE_AFTER`: how long past its expected check-in a host becomes offline
+    /// (default: three intervals; must exceed the grace).
+    pub offline_after: Duration,
+    /// `FLEET_RATE_LIMIT`: host requests per second across the server before it answers 429
+    /// with `Retry-After` (a token bucket holding `FLEET_RATE_BURST`, default one second's
+    /// worth); `0` turns the limit off.
+    pub rate_limit: u32,
+    /// `FLEET_RATE_BURST`.
+    pub rate_burst: u32,
+}
+
+impl FleetConfig {
+    /// The defaults, with the SQLite file under `release_dir`.
+    pub fn new(release_dir: &Path) -> Self {
+        Self {
+            database: FleetDatabase::Sqlite(release_dir.join(DEFAULT_FLEET_DB)),
+            checkin_interval: DEFAULT_CHECKIN_INTERVAL,
+            checkin_grace: DEFAULT_CHECKIN_INTERVAL,
+            offline_after: DEFAULT_CHECKIN_INTERVAL * 3,
+            rate_limit: DEFAULT_FLEET_RATE_LIMIT,
+            rate_burst: DEFAULT_FLEET_RATE_LIMIT,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +132,10 @@ pub enum ConfigError {
     },
     #[error("TLS_CERT and TLS_KEY must be set together (only {set} is set); set both for HTTPS or neither for plain HTTP")]
     TlsHalf { set: &'static str },
+    #[error("DATABASE_URL and FLEET_DB are both set: the fleet store is PostgreSQL (DATABASE_URL) or a SQLite file (FLEET_DB); unset one")]
+    TwoDatabases,
+    #[error("CHECKIN_OFFLINE_AFTER must be longer than CHECKIN_GRACE (a host is overdue before it is offline); raise CHECKIN_OFFLINE_AFTER or lower CHECKIN_GRACE")]
+    OfflineBeforeGrace,
     #[error("TLS_CLIENT_CA is set but TLS_CERT and TLS_KEY are not: client certificates need HTTPS; set TLS_CERT and TLS_KEY too")]
     ClientCaWithoutTls,
 }
@@ -60,8 +143,10 @@ pub enum ConfigError {
 impl Config {
     /// The defaults of docs/spec.md §3 with the given release directory; handy for tests.
     pub fn new(release_dir: impl Into<PathBuf>) -> Self {
+        let release_dir = release_dir.into();
         Self {
-            release_dir: release_dir.into(),
+            fleet: FleetConfig::new(&release_dir),
+            release_dir,
             listen_addr: SocketAddr::from(([0, 0, 0, 0], 9000)),
             publish_token: DEFAULT_TOKEN.to_owned(),
             token_is_default: true,
@@ -140,8 +225,111 @@ impl Config {
             cfg.channels = parse_channels(&v).map_err(|reason| invalid("CHANNELS", &v, reason))?;
         }
         cfg.limits = limits_from(&lookup)?;
+        cfg.fleet = fleet_from(&lookup, &cfg.release_dir)?;
         Ok(cfg)
     }
+}
+
+/// `DATABASE_URL` (PostgreSQL) or `FLEET_DB` (a SQLite file), never both; `default` when
+/// neither is set.
+fn database_from(
+    lookup: &impl Fn(&str) -> Option<String>,
+    default: FleetDatabase,
+) -> Result<FleetDatabase, ConfigError> {
+    let invalid = |var: &'static str, value: &str, reason: String| ConfigError::Invalid {
+        var,
+        value: value.to_owned(),
+        reason,
+    };
+    Ok(match (lookup("DATABASE_URL"), lookup("FLEET_DB")) {
+        (Some(_), Some(_)) => return Err(ConfigError::TwoDatabases),
+        (Some(url), None) => {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(invalid(
+                    "DATABASE_URL",
+                    &redact_url(&url),
+                    "only postgres:// URLs are accepted; for SQLite leave it unset (or set FLEET_DB to a file)".into(),
+                ));
+            }
+            FleetDatabase::Postgres(url)
+        }
+        (None, Some(path)) if path.trim().is_empty() => {
+            return Err(invalid(
+                "FLEET_DB",
+                "",
+                "it is empty; set a file path".into(),
+            ))
+        }
+        (None, Some(path)) => FleetDatabase::Sqlite(path.into()),
+        (None, None) => default,
+    })
+}
+
+/// The fleet settings from their variables; an unset one keeps its default (the grace and
+/// the offline delay follow `CHECKIN_INTERVAL` unless set).
+fn fleet_from(
+    lookup: &impl Fn(&str) -> Option<String>,
+    release_dir: &Path,
+) -> Result<FleetConfig, ConfigError> {
+    let invalid = |var: &'static str, value: &str, reason: String| ConfigError::Invalid {
+        var,
+        value: value.to_owned(),
+        reason,
+    };
+    let mut f = FleetConfig::new(release_dir);
+    f.database = database_from(lookup, f.database)?;
+    let duration = |var: &'static str| -> Result<Option<Duration>, ConfigError> {
+        lookup(var)
+            .map(|v| {
+                parse_duration_ms(&v)
+                    .map(Duration::from_millis)
+                    .map_err(|reason| invalid(var, &v, reason))
+            })
+            .transpose()
+    };
+    if let Some(d) = duration("CHECKIN_INTERVAL")? {
+        if d < Duration::from_secs(10) {
+            return Err(invalid(
+                "CHECKIN_INTERVAL",
+                &format!("{d:?}"),
+                "it must be at least 10s".into(),
+            ));
+        }
+        f.checkin_interval = d;
+    }
+    f.checkin_grace = duration("CHECKIN_GRACE")?.unwrap_or(f.checkin_interval);
+    f.offline_after = duration("CHECKIN_OFFLINE_AFTER")?.unwrap_or(f.checkin_interval * 3);
+    if f.offline_after <= f.checkin_grace {
+        return Err(ConfigError::OfflineBeforeGrace);
+    }
+    let count = |var: &'static str| -> Result<Option<u32>, ConfigError> {
+        lookup(var)
+            .map(|v| {
+                v.trim().parse::<u32>().map_err(|e| {
+                    invalid(
+                        var,
+                        &v,
+                        format!("{e}; expected a whole number such as 5000"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    if let Some(n) = count("FLEET_RATE_LIMIT")? {
+        f.rate_limit = n;
+        f.rate_burst = n;
+    }
+    if let Some(n) = count("FLEET_RATE_BURST")? {
+        if n == 0 {
+            return Err(invalid(
+                "FLEET_RATE_BURST",
+                "0",
+                "it must be at least 1".into(),
+            ));
+        }
+        f.rate_burst = n;
+    }
+    Ok(f)
 }
 
 /// The connection limits from their variables; an unset one keeps its default.
@@ -349,6 +537,64 @@ mod tests {
         ] {
             let e = cfg(&[(var, bad)]).expect_err(bad).to_string();
             assert!(e.contains(var), "{e}");
+        }
+    }
+
+    #[test]
+    fn fleet_defaults_and_values() {
+        let c = cfg(&[("RELEASE_DIR", "/srv/rel")]).expect("defaults");
+        let f = &c.fleet;
+        assert_eq!(
+            f.database,
+            FleetDatabase::Sqlite(PathBuf::from("/srv/rel/.fleet/fleet.db"))
+        );
+        assert_eq!(f.checkin_interval, Duration::from_secs(900));
+        assert_eq!(f.checkin_grace, Duration::from_secs(900));
+        assert_eq!(f.offline_after, Duration::from_secs(2700));
+        assert_eq!((f.rate_limit, f.rate_burst), (5000, 5000));
+        let c = cfg(&[
+            ("DATABASE_URL", "postgres://qx:pw@db/fleet"),
+            ("CHECKIN_INTERVAL", "1m"),
+            ("FLEET_RATE_LIMIT", "10"),
+            ("FLEET_RATE_BURST", "20"),
+        ])
+        .expect("valid");
+        let f = &c.fleet;
+        assert_eq!(
+            f.database,
+            FleetDatabase::Postgres("postgres://qx:pw@db/fleet".into())
+        );
+        assert!(!format!("{f:?}").contains("pw"), "{f:?}");
+        assert_eq!(f.checkin_grace, Duration::from_secs(60));
+        assert_eq!(f.offline_after, Duration::from_secs(180));
+        assert_eq!((f.rate_limit, f.rate_burst), (10, 20));
+        let c = cfg(&[("FLEET_DB", "/var/lib/qx/fleet.db")]).expect("valid");
+        assert_eq!(
+            c.fleet.database,
+            FleetDatabase::Sqlite(PathBuf::from("/var/lib/qx/fleet.db"))
+        );
+    }
+
+    #[test]
+    fn fleet_bad_values_are_refused_naming_the_variable() {
+        for (vars, name) in [
+            (vec![("DATABASE_URL", "mysql://x")], "DATABASE_URL"),
+            (
+                vec![("DATABASE_URL", "postgres://a"), ("FLEET_DB", "/f")],
+                "FLEET_DB",
+            ),
+            (vec![("FLEET_DB", " ")], "FLEET_DB"),
+            (vec![("CHECKIN_INTERVAL", "1s")], "CHECKIN_INTERVAL"),
+            (vec![("CHECKIN_INTERVAL", "often")], "CHECKIN_INTERVAL"),
+            (
+                vec![("CHECKIN_GRACE", "1h"), ("CHECKIN_OFFLINE_AFTER", "30m")],
+                "CHECKIN_OFFLINE_AFTER",
+            ),
+            (vec![("FLEET_RATE_LIMIT", "-1")], "FLEET_RATE_LIMIT"),
+            (vec![("FLEET_RATE_BURST", "0")], "FLEET_RATE_BURST"),
+        ] {
+            let e = cfg(&vars).expect_err(name).to_string();
+            assert!(e.contains(name), "{vars:?}: {e}");
         }
     }
 

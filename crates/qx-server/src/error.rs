@@ -101,6 +101,30 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::fleet::store::FleetError> for ApiError {
+    /// The database's own message goes to the log; the client learns that the fleet store
+    /// failed (503: retry later) or, for a name already taken, 409.
+    fn from(e: crate::fleet::store::FleetError) -> Self {
+        use crate::fleet::store::FleetError;
+        match e {
+            FleetError::Conflict(what) => ApiError::conflict(format!(
+                "{what} already exists; revoke it first or choose another name"
+            )),
+            FleetError::Invalid(what) => {
+                ApiError::bad_request(format!("{what}; nothing was stored"))
+            }
+            other => {
+                tracing::error!(error = %other, "fleet store error");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the server's fleet database failed; nothing was changed. Retry later; the server's log has the details",
+                )
+                .with_header(header::RETRY_AFTER, HeaderValue::from_static("30"))
+            }
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&Body {

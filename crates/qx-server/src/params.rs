@@ -46,6 +46,24 @@ impl Params {
     pub fn channel<S: ReleaseStore>(&self, app: &App<S>) -> Result<ChannelName, ApiError> {
         app.channel(self.get("channel"))
     }
+    /// The `{id}` segment of a host or an enrollment token: 1 to 64 lowercase letters, digits or `-` (400 otherwise).
+    pub fn host_id(&self) -> Result<String, ApiError> {
+        let id = self.get("id");
+        let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+        if id.is_empty() || id.len() > 64 || !id.chars().all(ok) {
+            return Err(ApiError::bad_request(format!(
+                "id {id:?} is invalid: 1 to 64 lowercase letters, digits or '-'"
+            )));
+        }
+        Ok(id.to_owned())
+    }
+    /// The `{name}` segment of an operator token, checked against the name rule.
+    pub fn token_name(&self) -> Result<String, ApiError> {
+        let name = self.get("name");
+        qx_core::names::check_name("operator token name", name)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok(name.to_owned())
+    }
     /// The `{artifact}` segment, checked against the name rule (400 if it breaks it).
     pub fn artifact(&self) -> Result<ArtifactName, ApiError> {
         ArtifactName::new(self.get("artifact")).map_err(|e| ApiError::bad_request(e.to_string()))
@@ -84,7 +102,7 @@ pub fn parse_query(raw: &str) -> Result<HashMap<String, String>, ApiError> {
 
 /// Percent-decodes one query component; a `%` not followed by two hex digits, or a result
 /// that is not UTF-8, is a 400.
-fn decode_component(text: &str) -> Result<String, ApiError> {
+pub(crate) fn decode_component(text: &str) -> Result<String, ApiError> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -35,6 +35,7 @@ use crate::error::ApiError;
 use crate::params::{release_key, Params, QueryParams};
 use crate::state::App;
 use crate::storage::{CommitOutcome, ReleaseKey, ReleaseStore, StoreError, Upload};
+use qx_core::fleet::Scope;
 
 /// The largest manifest part accepted.
 pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
@@ -241,7 +242,7 @@ async fn publish_inner<S: ReleaseStore>(
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    app.authorize(&headers)?;
+    app.authorize(&headers, &[Scope::Publish]).await?;
     let product = params.product()?;
     check_declared_size(app, &headers)?;
     let mut multipart = multipart.map_err(multipart_rejection)?;
@@ -494,7 +495,7 @@ async fn promote_inner<S: ReleaseStore>(
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    app.authorize(&headers)?;
+    app.authorize(&headers, &[Scope::Publish]).await?;
     let product = params.product()?;
     let version = params.version()?;
     let from = query.from_channel(app)?;
@@ -603,7 +604,7 @@ pub async fn yank<S: ReleaseStore>(
     query: QueryParams,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    app.authorize(&headers)?;
+    app.authorize(&headers, &[Scope::Publish]).await?;
     let key = release_key(&app, &params, &query)?;
     let newly = app.store.yank(&key).await?;
     app.invalidate(&key.product);

@@ -5,11 +5,13 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post, put};
+use axum::routing::{delete, get, patch, post, put};
 use axum::Router;
 use qx_core::api::server as api;
 
 use crate::error::ApiError;
+use crate::fleet::api as fleet;
+use crate::fleet::validate;
 use crate::handlers::{artifact, channel, read};
 use crate::metrics;
 use crate::publish;
@@ -49,6 +51,7 @@ pub fn router<S: ReleaseStore>(app: Arc<App<S>>) -> Router {
                 .merge(put(channel::put_state::<S>))
                 .layer(DefaultBodyLimit::max(channel::MAX_CHANNEL_BYTES)),
         )
+        .merge(fleet_routes::<S>())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -56,6 +59,42 @@ pub fn router<S: ReleaseStore>(app: Arc<App<S>>) -> Router {
             metrics::track,
         ))
         .with_state(app)
+}
+
+/// The fleet API (docs/spec.md §9): bodies up to [`validate::MAX_FLEET_BODY`], event
+/// batches up to [`validate::MAX_EVENTS_BODY`].
+fn fleet_routes<S: ReleaseStore>() -> Router<Arc<App<S>>> {
+    let body = DefaultBodyLimit::max(validate::MAX_FLEET_BODY);
+    Router::new()
+        .route(
+            api::ENROLLMENT_TOKENS,
+            post(fleet::create_enrollment_token::<S>).layer(body),
+        )
+        .route(
+            api::ENROLLMENT_TOKEN,
+            delete(fleet::revoke_enrollment_token::<S>),
+        )
+        .route(api::ENROLL, post(fleet::enroll::<S>).layer(body))
+        .route(api::HOSTS, get(fleet::list_hosts::<S>))
+        .route(
+            api::HOST,
+            get(fleet::host::<S>)
+                .merge(patch(fleet::patch_labels::<S>))
+                .merge(delete(fleet::decommission::<S>))
+                .layer(body),
+        )
+        .route(api::CHECKIN, post(fleet::check_in::<S>).layer(body))
+        .route(
+            api::HOST_EVENTS,
+            post(fleet::events::<S>).layer(DefaultBodyLimit::max(validate::MAX_EVENTS_BODY)),
+        )
+        .route(
+            api::TOKENS,
+            get(fleet::list_tokens::<S>)
+                .merge(post(fleet::create_token::<S>))
+                .layer(body),
+        )
+        .route(api::TOKEN, delete(fleet::revoke_token::<S>))
 }
 
 async fn not_found() -> ApiError {

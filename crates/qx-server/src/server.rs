@@ -10,10 +10,12 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{Config, ConfigError, TlsFiles};
+use crate::config::{Config, ConfigError, FleetConfig, FleetDatabase, TlsFiles};
+use crate::fleet::clock::{Clock, SystemClock};
+use crate::fleet::store::FleetStore;
 use crate::protocol_errors::JsonErrorsAcceptor;
 use crate::routes::router;
-use crate::state::App;
+use crate::state::{App, Fleet};
 use crate::storage::local::LocalStore;
 use crate::storage::{ReleaseStore, StoreError};
 
@@ -32,6 +34,8 @@ pub enum ServerError {
     },
     #[error("the server stopped with an error: {0}")]
     Serve(std::io::Error),
+    #[error("fleet store {target}: {reason}")]
+    Fleet { target: String, reason: String },
 }
 
 /// Loads the certificate chain and key into a rustls configuration (HTTP/2 and HTTP/1.1);
@@ -113,11 +117,50 @@ pub struct Prepared {
     config: Config,
     tls: Option<rustls::ServerConfig>,
     store: LocalStore,
+    fleet: Fleet,
+}
+
+/// Opens the fleet store the configuration names (creating the SQLite file's directory)
+/// and brings its schema up to date.
+pub async fn open_fleet(config: &FleetConfig) -> Result<Arc<dyn FleetStore>, ServerError> {
+    let target = match &config.database {
+        FleetDatabase::Postgres(url) => url.clone(),
+        FleetDatabase::Sqlite(path) => {
+            let fail = |reason: String| ServerError::Fleet {
+                target: path.display().to_string(),
+                reason,
+            };
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    fail(format!(
+                        "cannot create its directory: {e}; set FLEET_DB to a writable place"
+                    ))
+                })?;
+            }
+            path.to_str()
+                .ok_or_else(|| fail("the path is not UTF-8; set FLEET_DB to a UTF-8 path".into()))?
+                .to_owned()
+        }
+    };
+    crate::fleet::connect(&target)
+        .await
+        .map_err(|e| ServerError::Fleet {
+            target: crate::config::redact_url(&target),
+            reason: e.to_string(),
+        })
 }
 
 /// Opens the local-disk store (removing leftover uploads from staging: crash recovery) and
 /// loads TLS, so that every configuration error shows before the first request.
 pub async fn prepare(config: Config) -> Result<Prepared, ServerError> {
+    prepare_with_clock(config, Arc::new(SystemClock)).await
+}
+
+/// [`prepare`] with the fleet view's clock given (tests set the time).
+pub async fn prepare_with_clock(
+    config: Config,
+    clock: Arc<dyn Clock>,
+) -> Result<Prepared, ServerError> {
     let tls = match &config.tls {
         Some(files) => Some(load_tls(files, config.tls_client_ca.as_deref())?),
         None => None,
@@ -132,11 +175,17 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServerError> {
     }
     if config.token_is_default {
         tracing::warn!(
-            "PUBLISH_TOKEN is not set: the default token {:?} is in use; anyone who knows it can publish. Set PUBLISH_TOKEN to a long random secret",
+            "PUBLISH_TOKEN is not set: the default token {:?} is in use; anyone who knows it can publish and administer the fleet. Set PUBLISH_TOKEN to a long random secret",
             crate::config::DEFAULT_TOKEN
         );
     }
-    Ok(Prepared { config, tls, store })
+    let fleet = Fleet::new(open_fleet(&config.fleet).await?, clock, &config.fleet);
+    Ok(Prepared {
+        config,
+        tls,
+        store,
+        fleet,
+    })
 }
 
 impl Prepared {
@@ -152,7 +201,12 @@ impl Prepared {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let Prepared { config, tls, store } = self;
+        let Prepared {
+            config,
+            tls,
+            store,
+            fleet,
+        } = self;
         let addr = listener
             .local_addr()
             .map(|a| a.to_string())
@@ -168,10 +222,11 @@ impl Prepared {
             release_dir = %config.release_dir.display(),
             tls = tls.is_some(),
             channels = %config.channels.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(","),
+            fleet = ?config.fleet.database,
             "qx-update-server listening"
         );
         let limiter = qx_core::listener::Limiter::new(config.limits);
-        let app = router(Arc::new(App::new(store, config)));
+        let app = router(Arc::new(App::new(store, config, fleet)));
         let handle = axum_server::Handle::new();
         let stopper = handle.clone();
         tokio::spawn(async move {

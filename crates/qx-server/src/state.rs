@@ -5,13 +5,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderValue};
 use base64::Engine;
 use bytes::Bytes;
+use qx_core::fleet::Scope;
 use qx_core::{ChannelName, ProductName, Sha256, Version};
-use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
+use crate::fleet::auth::{self, Need, Operator};
+use crate::fleet::clock::Clock;
+use crate::fleet::limit::RateLimit;
+use crate::fleet::store::{FleetStore, LivenessRule};
 use crate::metrics::Metrics;
 use crate::storage::{ReleaseKey, ReleaseStore, StoreError, StoredChannel};
 
@@ -26,8 +30,33 @@ pub struct App<S> {
     pub store: S,
     pub config: crate::config::Config,
     pub metrics: Arc<Metrics>,
+    /// The fleet view: its store, clock and overload limit.
+    pub fleet: Fleet,
     token_digest: [u8; 32],
     manifests: RwLock<ManifestCache>,
+}
+
+/// The fleet view's share of the state (docs/spec.md §9).
+pub struct Fleet {
+    pub store: Arc<dyn FleetStore>,
+    /// Every fleet time is read here (tests set it).
+    pub clock: Arc<dyn Clock>,
+    /// The overload limit of host requests.
+    pub limit: RateLimit,
+}
+
+impl Fleet {
+    pub fn new(
+        store: Arc<dyn FleetStore>,
+        clock: Arc<dyn Clock>,
+        config: &crate::config::FleetConfig,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            limit: RateLimit::new(config.rate_limit, config.rate_burst),
+        }
+    }
 }
 
 /// Resolved manifests per product and channel; `generation` counts invalidations, so that a
@@ -54,9 +83,10 @@ struct CachedManifest {
 }
 
 impl<S: ReleaseStore> App<S> {
-    pub fn new(store: S, config: crate::config::Config) -> Self {
+    pub fn new(store: S, config: crate::config::Config, fleet: Fleet) -> Self {
         Self {
             store,
+            fleet,
             token_digest: *Sha256::of(config.publish_token.as_bytes()).as_bytes(),
             config,
             metrics: Arc::new(Metrics::new()),
@@ -64,27 +94,33 @@ impl<S: ReleaseStore> App<S> {
         }
     }
 
-    /// Checks `Authorization: Bearer <token>` in constant time (digests are compared, so the
-    /// token's length does not leak either).
-    pub fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(value) = headers.get(header::AUTHORIZATION) else {
-            return Err(ApiError::unauthorized(
-                "missing Authorization header; send Authorization: Bearer <PUBLISH_TOKEN>",
-            ));
-        };
-        let given = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::unauthorized("the Authorization header must be Bearer <PUBLISH_TOKEN>")
-            })?;
-        let digest = Sha256::of(given.as_bytes());
-        if bool::from(digest.as_bytes().ct_eq(&self.token_digest)) {
-            Ok(())
-        } else {
-            Err(ApiError::unauthorized("the publish token is wrong"))
+    /// Checks an operator's bearer token for the release routes (publish, promote, yank,
+    /// channel state): `PUBLISH_TOKEN` (the bootstrap admin token), or an operator token
+    /// with one of `scopes`.
+    pub async fn authorize(&self, headers: &HeaderMap, scopes: &[Scope]) -> Result<(), ApiError> {
+        self.operator(headers, scopes, "PUBLISH_TOKEN")
+            .await
+            .map(|_| ())
+    }
+
+    /// Checks an operator's bearer token (see [`crate::fleet::auth::operator`]); `kind`
+    /// names the token in the 401 messages.
+    pub async fn operator(
+        &self,
+        headers: &HeaderMap,
+        scopes: &[Scope],
+        kind: &str,
+    ) -> Result<Operator, ApiError> {
+        let need = Need { scopes, kind };
+        auth::operator(&*self.fleet.store, &self.token_digest, headers, need).await
+    }
+
+    /// How liveness is judged, from the settings.
+    pub fn liveness_rule(&self) -> LivenessRule {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        LivenessRule {
+            grace: ms(self.config.fleet.checkin_grace),
+            offline_after: ms(self.config.fleet.offline_after),
         }
     }
 

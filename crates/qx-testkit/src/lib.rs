@@ -4,6 +4,7 @@
 pub mod channel;
 pub mod drip;
 pub mod host;
+pub mod postgres;
 pub mod proxy;
 pub mod release;
 pub mod scripted;

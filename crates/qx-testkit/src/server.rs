@@ -1,14 +1,17 @@
 //! A real update server on a free loopback port, running in-process on its own thread and
-//! runtime, so that blocking and async tests alike can use it. It stops when dropped.
+//! runtime, so that blocking and async tests alike can use it. It stops when dropped. Its
+//! fleet store is the configuration's (SQLite under the release directory by default, or a
+//! PostgreSQL `DATABASE_URL`).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use qx_core::api::ServerUrl;
+use qx_server::fleet::clock::{Clock, SystemClock};
 use qx_server::Config;
 
 /// A running `qx-update-server` on `127.0.0.1:<port>`.
@@ -32,6 +35,13 @@ impl TestServer {
     /// Starts a server with a full configuration; its `listen_addr` is replaced by a free
     /// loopback port.
     pub fn start_with(config: Config) -> anyhow::Result<Self> {
+        Self::start_with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// [`Self::start_with`] with the fleet view's clock given: a
+    /// [`qx_server::fleet::clock::ManualClock`] lets a test set "now" for liveness, expiry,
+    /// `last_checkin` and the rate limit.
+    pub fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
         let addr = listener.local_addr().context("reading the bound address")?;
         let release_dir = config.release_dir.clone();
@@ -51,7 +61,8 @@ impl TestServer {
                     }
                 };
                 runtime.block_on(async move {
-                    let prepared = match qx_server::server::prepare(config).await {
+                    let prepared = match qx_server::server::prepare_with_clock(config, clock).await
+                    {
                         Ok(p) => p,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e.to_string()));

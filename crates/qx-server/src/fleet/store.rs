@@ -32,6 +32,10 @@ pub enum FleetError {
     /// A unique name is taken (an operator token's name).
     #[error("{0} already exists")]
     Conflict(String),
+    /// A value the store cannot take (a paging cursor it did not issue, a sequence number
+    /// beyond 2^63 - 1): the caller answers 400.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub type FleetResult<T> = Result<T, FleetError>;
@@ -181,6 +185,9 @@ pub trait FleetStore: Send + Sync + 'static {
     fn revoke_operator_token(&self, name: String, now: Millis) -> BoxFuture<'_, FleetResult<bool>>;
 
     fn create_enrollment_token(&self, t: NewEnrollmentToken) -> BoxFuture<'_, FleetResult<()>>;
+    /// Revokes the enrollment token `id` (hosts already enrolled with it stay); false when
+    /// there is none or it was revoked already.
+    fn revoke_enrollment_token(&self, id: String, now: Millis) -> BoxFuture<'_, FleetResult<bool>>;
     /// Takes one use of the enrollment token `token` and creates `host`, atomically.
     fn enroll(
         &self,

@@ -23,6 +23,7 @@ use crate::params::Params;
 use crate::publish::check_signature;
 use crate::state::{etag, header_value, App};
 use crate::storage::{PutOutcome, ReleaseKey, ReleaseStore, StoreError};
+use qx_core::fleet::Scope;
 
 /// The largest channel state accepted (a `PUT` body).
 pub const MAX_CHANNEL_BYTES: usize = 1 << 20;
@@ -71,7 +72,8 @@ pub async fn put_state<S: ReleaseStore>(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    app.authorize(&headers)?;
+    app.authorize(&headers, &[Scope::Publish, Scope::Rollout])
+        .await?;
     let product = params.product()?;
     let channel = params.channel(&app)?;
     let bytes = body.map_err(body_rejection)?;

@@ -19,6 +19,15 @@ const METHODS: &[(&str, &[&str])] = &[
     (api::PROMOTE, &["POST"]),
     (api::RELEASE, &["DELETE"]),
     (api::CHANNEL, &["GET", "PUT"]),
+    (api::ENROLLMENT_TOKENS, &["POST"]),
+    (api::ENROLLMENT_TOKEN, &["DELETE"]),
+    (api::ENROLL, &["POST"]),
+    (api::HOSTS, &["GET"]),
+    (api::HOST, &["GET", "PATCH", "DELETE"]),
+    (api::CHECKIN, &["POST"]),
+    (api::HOST_EVENTS, &["POST"]),
+    (api::TOKENS, &["GET", "POST"]),
+    (api::TOKEN, &["DELETE"]),
 ];
 
 /// The fallback's answer: 404 with the error sentence `no such endpoint`.
@@ -42,11 +51,13 @@ async fn every_api_route_answers_other_than_the_fallback_404() {
         &Release::new(&signer, "quantix-os", "stable", "1.0.0"),
     )
     .await;
-    let values: [(&str, &dyn std::fmt::Display); 4] = [
+    let values: [(&str, &dyn std::fmt::Display); 6] = [
         ("product", &"quantix-os"),
         ("version", &"1.0.0"),
         ("artifact", &"qx-node.tar.zst"),
         ("channel", &"stable"),
+        ("id", &"0123456789abcdef"),
+        ("name", &"alice"),
     ];
     for route in api::ROUTES {
         let methods = METHODS

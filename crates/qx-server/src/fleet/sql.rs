@@ -1,0 +1,204 @@
+//! The fleet store in SQL, one implementation for both engines: the SQL is written once in
+//! the dialect SQLite and PostgreSQL share (`$n` parameters, `ON CONFLICT`, `RETURNING`,
+//! partial indexes), and runs over sqlx's engine-neutral connection. [`super::sqlite`] and
+//! [`super::postgres`] open the pools and bring their migrations.
+//!
+//! Writes go through `write` (SQLite: one connection, the one writer the engine allows, with
+//! check-ins and event batches grouped into shared transactions by [`batch`]; PostgreSQL: the
+//! shared pool, one transaction per write); reads through `read`.
+
+mod batch;
+mod bind;
+mod events;
+mod hosts;
+mod tokens;
+
+use futures_util::future::BoxFuture;
+use qx_core::fleet::{CheckIn, Event, EventsAccepted, HostDetail, HostList, LabelsPatch};
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::AnyPool;
+
+use super::store::{
+    EnrollRefused, EnrolledHost, FleetCounts, FleetError, FleetResult, FleetStore, HostAuth,
+    HostQuery, LivenessRule, Millis, NewEnrollmentToken, NewHost, NewOperatorToken,
+    OperatorTokenRow, TokenHash,
+};
+
+/// Which engine a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// The fleet store over a SQL database.
+pub struct SqlStore {
+    engine: Engine,
+    read: AnyPool,
+    write: AnyPool,
+    migrator: &'static Migrator,
+    /// SQLite: the writer task that groups check-ins and event batches.
+    batch: Option<batch::Batcher>,
+}
+
+/// One migration at a time in this process, whatever the store (PostgreSQL also takes an
+/// advisory lock across servers; a SQLite file is one server's).
+static MIGRATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+impl SqlStore {
+    pub(crate) fn new(
+        engine: Engine,
+        read: AnyPool,
+        write: AnyPool,
+        migrator: &'static Migrator,
+    ) -> Self {
+        let batch = (engine == Engine::Sqlite).then(|| batch::Batcher::start(write.clone()));
+        SqlStore {
+            engine,
+            read,
+            write,
+            migrator,
+            batch,
+        }
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// Closes the pools (tests drop databases after this).
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+
+    async fn run_migrations(&self) -> FleetResult<()> {
+        let _one = MIGRATING.lock().await;
+        match self.migrator.run(&self.write).await {
+            Ok(()) => Ok(()),
+            Err(MigrateError::VersionMissing(v)) => Err(FleetError::SchemaTooNew(format!(
+                "migration {v} is applied but unknown to this server"
+            ))),
+            Err(e) => Err(FleetError::Database(format!(
+                "migrating the fleet database ({:?}): {e}",
+                self.engine
+            ))),
+        }
+    }
+}
+
+/// Maps a database error to [`FleetError::Database`], saying what was being done.
+pub(crate) fn db(doing: &'static str) -> impl Fn(sqlx::Error) -> FleetError {
+    move |e| FleetError::Database(format!("{doing}: {e}"))
+}
+
+/// Whether the error is a unique-constraint violation.
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+impl FleetStore for SqlStore {
+    fn migrate(&self) -> BoxFuture<'_, FleetResult<()>> {
+        Box::pin(self.run_migrations())
+    }
+
+    fn create_operator_token(&self, t: NewOperatorToken) -> BoxFuture<'_, FleetResult<()>> {
+        Box::pin(tokens::create_operator_token(&self.write, t))
+    }
+
+    fn operator_token(
+        &self,
+        hash: TokenHash,
+    ) -> BoxFuture<'_, FleetResult<Option<OperatorTokenRow>>> {
+        Box::pin(tokens::operator_token(&self.read, hash))
+    }
+
+    fn list_operator_tokens(&self) -> BoxFuture<'_, FleetResult<Vec<OperatorTokenRow>>> {
+        Box::pin(tokens::list_operator_tokens(&self.read))
+    }
+
+    fn revoke_operator_token(&self, name: String, now: Millis) -> BoxFuture<'_, FleetResult<bool>> {
+        Box::pin(tokens::revoke_operator_token(&self.write, name, now))
+    }
+
+    fn create_enrollment_token(&self, t: NewEnrollmentToken) -> BoxFuture<'_, FleetResult<()>> {
+        Box::pin(tokens::create_enrollment_token(&self.write, t))
+    }
+
+    fn revoke_enrollment_token(&self, id: String, now: Millis) -> BoxFuture<'_, FleetResult<bool>> {
+        Box::pin(tokens::revoke_enrollment_token(&self.write, id, now))
+    }
+
+    fn enroll(
+        &self,
+        token: TokenHash,
+        host: NewHost,
+    ) -> BoxFuture<'_, FleetResult<Result<EnrolledHost, EnrollRefused>>> {
+        Box::pin(tokens::enroll(&self.write, token, host))
+    }
+
+    fn host_by_token(&self, hash: TokenHash) -> BoxFuture<'_, FleetResult<Option<HostAuth>>> {
+        Box::pin(tokens::host_by_token(&self.read, hash))
+    }
+
+    fn check_in(
+        &self,
+        host: String,
+        report: CheckIn,
+        now: Millis,
+        next_due: Millis,
+    ) -> BoxFuture<'_, FleetResult<()>> {
+        match &self.batch {
+            Some(b) => Box::pin(b.check_in(host, report, now, next_due)),
+            None => Box::pin(events::check_in(&self.write, host, report, now, next_due)),
+        }
+    }
+
+    fn append_events(
+        &self,
+        host: String,
+        events: Vec<Event>,
+        now: Millis,
+    ) -> BoxFuture<'_, FleetResult<EventsAccepted>> {
+        match &self.batch {
+            Some(b) => Box::pin(b.append_events(host, events, now)),
+            None => Box::pin(events::append_events(&self.write, host, events, now)),
+        }
+    }
+
+    fn list_hosts(
+        &self,
+        query: HostQuery,
+        rule: LivenessRule,
+        now: Millis,
+    ) -> BoxFuture<'_, FleetResult<HostList>> {
+        Box::pin(hosts::list_hosts(&self.read, query, rule, now))
+    }
+
+    fn host(
+        &self,
+        id: String,
+        events: u32,
+        rule: LivenessRule,
+        now: Millis,
+    ) -> BoxFuture<'_, FleetResult<Option<HostDetail>>> {
+        Box::pin(hosts::host(&self.read, id, events, rule, now))
+    }
+
+    fn patch_labels(&self, id: String, patch: LabelsPatch) -> BoxFuture<'_, FleetResult<bool>> {
+        Box::pin(hosts::patch_labels(&self.write, id, patch))
+    }
+
+    fn decommission(&self, id: String, now: Millis) -> BoxFuture<'_, FleetResult<bool>> {
+        Box::pin(hosts::decommission(&self.write, id, now))
+    }
+
+    fn counts(
+        &self,
+        rule: LivenessRule,
+        now: Millis,
+        since: Millis,
+    ) -> BoxFuture<'_, FleetResult<FleetCounts>> {
+        Box::pin(hosts::counts(&self.read, rule, now, since))
+    }
+}
