@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use qx_agent::daemon::{Policy, Runner, Scheduler, Step};
 use qx_agent::{AgentError, ApplyOptions};
@@ -575,4 +576,217 @@ fn an_apply_held_back_by_the_maintenance_window_is_reported_deferred_once() {
             .contains("Sun 02:00-04:00"),
         "{deferred}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Against the real update server's fleet API (its SQLite store, the default).
+
+/// An operator's call to the lab's server with the bootstrap admin token.
+fn operator(lab: &Lab, method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
+    let client = reqwest::blocking::Client::new();
+    let mut req = client.request(method, url).bearer_auth(&lab.token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let answer = req.send().unwrap();
+    let status = answer.status().as_u16();
+    let text = answer.text().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// A lab whose host enrolls with a single-use token the real server issued.
+fn real_fleet_lab() -> Lab {
+    let lab = Lab::new().unwrap();
+    let (status, created) = operator(
+        &lab,
+        reqwest::Method::POST,
+        &lab.server.api().enrollment_tokens(),
+        Some(json!({"product": "quantix-os", "labels": {"site": "lab"}, "uses": 1})),
+    );
+    assert!((200..300).contains(&status), "{status} {created}");
+    let token = created["token"].as_str().unwrap();
+    lab.host
+        .write_file(TOKEN_FILE, format!("{token}\n").as_bytes(), 0o600)
+        .unwrap();
+    lab.write_config(&format!(
+        "  fleet:\n    enroll_token_file: {TOKEN_FILE}\n    labels: {{role: node}}\n"
+    ))
+    .unwrap();
+    lab.host.write_file(BOOT_ID, b"boot-1\n", 0o644).unwrap();
+    host_at_v1(&lab);
+    lab
+}
+
+fn host_id(lab: &Lab) -> String {
+    let id: Value =
+        serde_json::from_slice(&lab.host.read("/data/updates/identity.json").unwrap()).unwrap();
+    id["host_id"].as_str().unwrap().to_owned()
+}
+
+/// The host as the server shows it, its events oldest first.
+fn server_view(lab: &Lab) -> (Value, Vec<String>) {
+    let (status, detail) = operator(
+        lab,
+        reqwest::Method::GET,
+        &lab.server.api().host(host_id(lab)),
+        None,
+    );
+    assert_eq!(status, 200, "{detail}");
+    let mut types: Vec<(u64, String)> = detail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["seq"].as_u64().unwrap(),
+                e["type"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    types.sort();
+    (detail, types.into_iter().map(|(_, t)| t).collect())
+}
+
+#[test]
+fn real_server_a_host_enrolls_once_and_its_apply_is_confirmed_and_counted_once() {
+    let lab = real_fleet_lab();
+    node_release(&lab, "1.1.0");
+    let a = agent(&lab);
+    a.check().unwrap();
+    a.apply(&ApplyOptions::default()).unwrap();
+    // A second agent (the next process) checks with the identity: the single-use token is
+    // spent, so a second enrollment would have failed and left no check-in.
+    agent(&lab).check().unwrap();
+
+    let (status, list) = operator(
+        &lab,
+        reqwest::Method::GET,
+        &lab.server.api().hosts(""),
+        None,
+    );
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(
+        list["hosts"].as_array().unwrap().len(),
+        1,
+        "one host: {list}"
+    );
+    let (detail, types) = server_view(&lab);
+    assert_eq!(
+        types,
+        vec![
+            "offered",
+            "download_started",
+            "download_done",
+            "install_started",
+            "installed",
+            "confirmed"
+        ]
+    );
+    assert_eq!(detail["versions"], json!({"qx-node": "1.1.0"}));
+    assert_eq!(detail["state"], "confirmed");
+    assert_eq!(detail["labels"]["site"], "lab");
+    assert_eq!(detail["labels"]["role"], "node");
+    assert!(queued(&lab).is_empty());
+
+    // Killed between the batch and its acknowledgement: sent again, counted once.
+    node_release(&lab, "1.2.0");
+    let root = lab.host.root();
+    let out = crate::support::host::qx_update(root)
+        .arg("check")
+        .env("QX_TEST_CRASH_AT", "fleet-events-sent")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "aborted: {out:?}");
+    assert_eq!(queued(&lab).len(), 1);
+    assert!(run_qx_update(root, &["check"]).status.success());
+    assert!(queued(&lab).is_empty());
+    let (_, types) = server_view(&lab);
+    assert_eq!(
+        types.iter().filter(|t| *t == "offered").count(),
+        2,
+        "{types:?}"
+    );
+    assert_eq!(types.len(), 7, "{types:?}");
+}
+
+#[test]
+fn real_server_a_decommissioned_host_stops_reporting_and_keeps_updating() {
+    let lab = real_fleet_lab();
+    agent(&lab).check().ok();
+    let id = host_id(&lab);
+    let (status, body) = operator(
+        &lab,
+        reqwest::Method::DELETE,
+        &lab.server.api().host(&id),
+        None,
+    );
+    assert!((200..300).contains(&status), "{status} {body}");
+    node_release(&lab, "1.1.0");
+    let a = agent(&lab);
+    a.check().expect("the check goes on");
+    let stored: Value =
+        serde_json::from_slice(&lab.host.read("/data/updates/identity.json").unwrap()).unwrap();
+    assert!(stored["decommissioned_at"].is_string(), "{stored}");
+    a.apply(&ApplyOptions::default()).unwrap();
+    assert_eq!(lab.host.version("qx-node").as_deref(), Some("1.1.0"));
+    assert_eq!(host_id(&lab), id, "not enrolled again");
+}
+
+#[test]
+fn real_server_overloaded_answers_429_and_the_schedule_waits_for_its_retry_after() {
+    use qx_server::fleet::clock::ManualClock;
+    // A server whose fleet takes one host request per second, on a clock the test moves:
+    // the enrollment takes the only token, the check-in right after is refused.
+    let releases = tempfile::tempdir().unwrap();
+    let mut config = qx_server::Config::new(releases.path());
+    config.publish_token = "overload-admin".into();
+    config.token_is_default = false;
+    config.fleet.rate_limit = 1;
+    config.fleet.rate_burst = 1;
+    let server_clock = ManualClock::new(1_767_225_600_000);
+    let server =
+        qx_testkit::server::TestServer::start_with_clock(config, Arc::new(server_clock.clone()))
+            .unwrap();
+    let created: Value = reqwest::blocking::Client::new()
+        .post(server.api().enrollment_tokens())
+        .bearer_auth("overload-admin")
+        .json(&json!({"product": "quantix-os"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let lab = Lab::new().unwrap();
+    let token = created["token"].as_str().unwrap();
+    lab.host
+        .write_file(TOKEN_FILE, format!("{token}\n").as_bytes(), 0o600)
+        .unwrap();
+    let mut c = lab.host_config();
+    c.server_url = server.url().to_owned();
+    c.extra = format!("  fleet:\n    enroll_token_file: {TOKEN_FILE}\n");
+    lab.host.write_config(&c).unwrap();
+
+    let a = agent(&lab);
+    let clock = FakeClock::at("2026-11-20T10:00[UTC]");
+    let checks = runtime().block_on(async {
+        let policy = Policy::from_config(a.config());
+        let mut scheduler = Scheduler::new(Runner::new(a.clone()), clock.clone(), policy);
+        let mut checks = Vec::new();
+        for _ in 0..100 {
+            // The server has no release for the host: each check fails, each checks in.
+            if let Step::Checked { at, .. } = scheduler.step().await {
+                checks.push(at.timestamp());
+                // The server's bucket refills before the next attempt.
+                server_clock.advance(Duration::from_secs(60));
+            }
+            if checks.len() == 3 {
+                break;
+            }
+        }
+        checks
+    });
+    let gap = |i: usize| checks[i + 1].duration_since(checks[i]).as_secs();
+    // Retry-After: at least 1 s until the token is back, plus up to 10 s of spread.
+    assert!((1..=11).contains(&gap(0)), "{}", gap(0));
+    // Then the server's interval (15 min ± 10 %).
+    assert!((810..=990).contains(&gap(1)), "{}", gap(1));
 }
