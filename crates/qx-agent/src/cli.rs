@@ -169,7 +169,10 @@ fn run_ab(config: Option<&Path>, root: &Path, json: bool, cmd: &qx_boot::cli::Ab
             return code::FAILURE;
         }
     };
-    let ctx = qx_boot::AbContext::new(&config.ab, root, &config.log_path);
+    // The boot commands queue `confirmed` / `rolled_back` when the host reports to a fleet.
+    let fleet = crate::fleet::Fleet::new(&config, &crate::HostPaths::new(root));
+    let ctx =
+        qx_boot::AbContext::new(&config.ab, root, &config.log_path).with_events(fleet.reporting());
     match qx_boot::cli::run(cmd, &ctx, json) {
         Ok(code) => code,
         Err(e) => {

@@ -34,6 +34,8 @@
 //!         client_cert: /etc/limiquantix/update-client.crt, client_key: /etc/limiquantix/update-client.key}
 //!   ab: {...}                         # A/B system updates: qx_boot::AbConfig
 //!   allow_install_paths: [/opt/vendor]  # system directories releases may replace (see below)
+//!   fleet: {enroll_token_file: /etc/limiquantix/fleet-enroll-token,   # docs/spec.md §9
+//!           labels: {site: berlin}, enabled: true}
 //! ```
 //!
 //! `allow_install_paths` lists prefixes under which a release may install even where the
@@ -156,6 +158,22 @@ pub struct Config {
     /// `updates.allow_install_paths`: prefixes under which a release may replace a denied
     /// system directory (never the agent's own paths); empty by default.
     pub allow_install_paths: Vec<qx_core::InstallPath>,
+    /// `updates.fleet`: enrollment and reports to the update server's fleet API.
+    pub fleet: FleetConfig,
+}
+
+/// `updates.fleet` (docs/spec.md §9). Reporting is on when `enabled` (the default) and the
+/// host has an identity for the configured server or `enroll_token_file` is set (then the
+/// agent enrolls by itself on its first check).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// `false` stops enrollment, check-ins and event reports (updates go on).
+    pub enabled: bool,
+    /// The file holding the enrollment token, resolved under the root; refused when another
+    /// user could change it.
+    pub enroll_token_file: Option<PathBuf>,
+    /// The host's own labels, sent with the enrollment and every check-in.
+    pub labels: qx_core::fleet::Labels,
 }
 
 /// Retry and timeout policy of downloads (maps onto `download::DownloadOptions`).
@@ -255,6 +273,17 @@ struct RawUpdates {
 
     #[serde(default)]
     allow_install_paths: Vec<String>,
+    fleet: Option<RawFleet>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    #[serde(default = "yes")]
+    enabled: bool,
+    enroll_token_file: Option<PathBuf>,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -370,6 +399,7 @@ impl Config {
         let max_unpacked_bytes = at.max_unpacked_bytes(raw.max_unpacked_bytes.take())?;
         let allow_install_paths =
             at.allow_install_paths(std::mem::take(&mut raw.allow_install_paths))?;
+        let fleet = at.fleet(raw.fleet.take(), root)?;
         let log_path = under_root(
             root,
             &raw.log_path
@@ -405,6 +435,7 @@ impl Config {
             ab,
             tls,
             allow_install_paths,
+            fleet,
         })
     }
 }
@@ -415,6 +446,51 @@ struct Keys<'a> {
 }
 
 impl Keys<'_> {
+    /// `fleet`: the token file under `root` (checked now when it exists: it must not be
+    /// changeable by another user) and the labels, within the fleet protocol's bounds.
+    fn fleet(&self, raw: Option<RawFleet>, root: &Path) -> Result<FleetConfig, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(FleetConfig {
+                enabled: true,
+                ..FleetConfig::default()
+            });
+        };
+        let enroll_token_file = raw.enroll_token_file.map(|p| under_root(root, &p));
+        if let Some(file) = enroll_token_file.as_deref().filter(|f| f.exists()) {
+            refuse_if_writable_by_others("fleet enrollment token file", file)?;
+        }
+        use qx_core::fleet::{MAX_LABELS, MAX_LABEL_KEY, MAX_LABEL_VALUE};
+        if raw.labels.len() > MAX_LABELS {
+            return Err(self.invalid(
+                "fleet.labels",
+                format!("{} labels; at most {MAX_LABELS}", raw.labels.len()),
+            ));
+        }
+        for (k, v) in &raw.labels {
+            let key_ok = !k.is_empty()
+                && k.len() <= MAX_LABEL_KEY
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+            if !key_ok {
+                return Err(self.invalid(
+                    "fleet.labels",
+                    format!("label key {k:?}: 1 to {MAX_LABEL_KEY} letters, digits, '-', '_', '.' or '/'"),
+                ));
+            }
+            if v.len() > MAX_LABEL_VALUE || v.chars().any(char::is_control) {
+                return Err(self.invalid(
+                    "fleet.labels",
+                    format!("label {k}: the value must be at most {MAX_LABEL_VALUE} bytes without control characters"),
+                ));
+            }
+        }
+        Ok(FleetConfig {
+            enabled: raw.enabled,
+            enroll_token_file,
+            labels: raw.labels,
+        })
+    }
+
     /// `allow_install_paths`: each an absolute, normalised install path.
     fn allow_install_paths(
         &self,
@@ -846,6 +922,36 @@ mod tests {
             .expect_err("fail")
             .to_string();
         assert!(err.contains("restart_command"), "{err}");
+    }
+
+    #[test]
+    fn fleet_block_is_optional_and_read_under_the_root() {
+        let c = parse("").expect("config");
+        assert!(c.fleet.enabled);
+        assert_eq!(c.fleet.enroll_token_file, None);
+        let c = parse(
+            "  fleet:\n    enroll_token_file: /etc/limiquantix/fleet-token\n    labels: {site: berlin, rack: \"4\"}\n",
+        )
+        .expect("config");
+        assert_eq!(
+            c.fleet.enroll_token_file,
+            Some(PathBuf::from("/r/etc/limiquantix/fleet-token"))
+        );
+        assert_eq!(c.fleet.labels.get("rack").map(String::as_str), Some("4"));
+        let c = parse("  fleet: {enabled: false}\n").expect("config");
+        assert!(!c.fleet.enabled);
+    }
+
+    #[test]
+    fn fleet_bad_keys_and_labels_are_named() {
+        let err = parse("  fleet: {enroll_token: x}\n")
+            .expect_err("fail")
+            .to_string();
+        assert!(err.contains("enroll_token"), "{err}");
+        let err = parse("  fleet: {labels: {\"a b\": x}}\n")
+            .expect_err("fail")
+            .to_string();
+        assert!(err.contains("fleet.labels") && err.contains("a b"), "{err}");
     }
 
     #[test]

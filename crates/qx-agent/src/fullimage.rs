@@ -26,6 +26,7 @@ use std::path::PathBuf;
 
 use qx_boot::install::InstalledFile;
 use qx_boot::{AbContext, AbState, ImageFile, InstallRequest, Slot};
+use qx_core::fleet::EventType;
 use qx_core::fs::remove_any;
 use qx_core::status::{HistoryEntry, Outcome, UpdateState};
 use qx_core::{ArtifactRef, FullImage, Manifest, TargetSlot, UpdateLog, Version};
@@ -350,7 +351,8 @@ pub fn install(
     ));
     log.sync();
     let config = agent.config();
-    let ctx = AbContext::new(&config.ab, agent.root(), &config.log_path);
+    let ctx = AbContext::new(&config.ab, agent.root(), &config.log_path)
+        .with_events(agent.fleet().reporting());
     let result = qx_boot::install_image(&ctx, &req);
     let r = match result {
         Ok(r) => r,
@@ -371,6 +373,11 @@ pub fn install(
     );
     status.record(history_entry(&plan, Outcome::Success, reason.clone()))?;
     log.line(&format!("system image {}: {reason}", plan.version));
+    // Installed, not confirmed: `ab verify` confirms it after the new slot booted.
+    let mut installed = crate::fleet::event(EventType::Installed, Some(&plan.version));
+    installed.component = Some(SYSTEM.into());
+    installed.message = Some(reason.clone());
+    agent.fleet().record(installed);
     if let Err(e) = remove_any(&staged.dir) {
         log.line(&format!("prune staging: {e}"));
     }
@@ -428,6 +435,11 @@ pub fn maybe_reboot(
     if argv.first().is_none_or(|p| p.trim().is_empty()) {
         return Err(reboot_err("updates.reboot_command is empty".into()));
     }
+    let mut reboot = crate::fleet::event(EventType::Reboot, Some(&system.version));
+    reboot.component = Some(SYSTEM.into());
+    agent.fleet().record(reboot);
+    // Delivered before the host goes down (what is not delivered goes after the boot).
+    agent.fleet().send_events(agent);
     let ran = crate::transaction::service::run(
         argv,
         agent.root(),

@@ -15,6 +15,7 @@ mod config;
 pub mod daemon;
 pub mod download;
 mod error;
+pub mod fleet;
 mod fullimage;
 mod installed;
 mod status;
@@ -27,7 +28,8 @@ use std::sync::Arc;
 
 pub use check::{CheckReport, ComponentChange};
 pub use config::{
-    ApiConfig, Config, ConfigError, DownloadSettings, ServiceManagerKind, DEFAULT_CONFIG_PATH,
+    ApiConfig, Config, ConfigError, DownloadSettings, FleetConfig, ServiceManagerKind,
+    DEFAULT_CONFIG_PATH,
 };
 pub use error::{code, exit_codes_help, AgentError, EXIT_CODE_TABLE};
 pub use fullimage::SystemInstall;
@@ -53,6 +55,10 @@ pub struct HostPaths {
     /// The installed artifacts' SHA-256, one file per component.
     pub artifacts: PathBuf,
     pub ab_state: PathBuf,
+    /// The fleet identity (docs/spec.md §9), mode 0600.
+    pub identity: PathBuf,
+    /// The fleet state: the event queue, the last boot id and offered version reported.
+    pub fleet: PathBuf,
 }
 
 impl HostPaths {
@@ -71,6 +77,8 @@ impl HostPaths {
             channel_seen: at("data/updates/channel-seen.json"),
             artifacts: at("data/versions/.artifacts"),
             ab_state: at("quantix/ab-update-state.json"),
+            identity: at("data/updates/identity.json"),
+            fleet: at("data/updates/fleet"),
         }
     }
 
@@ -104,6 +112,7 @@ struct Inner {
     config: Config,
     paths: HostPaths,
     status: status::StatusHandle,
+    fleet: fleet::Fleet,
 }
 
 /// The agent: cheap to clone (an `Arc` inside), shared by the CLI, the daemon and the API.
@@ -129,11 +138,13 @@ impl Agent {
         }
         let paths = HostPaths::new(&root);
         let status = status::StatusHandle::new(&config, &paths);
+        let fleet = fleet::Fleet::new(&config, &paths);
         Ok(Agent {
             inner: Arc::new(Inner {
                 config,
                 paths,
                 status,
+                fleet,
             }),
         })
     }
@@ -152,6 +163,11 @@ impl Agent {
 
     pub(crate) fn status_handle(&self) -> &status::StatusHandle {
         &self.inner.status
+    }
+
+    /// The fleet reporter (docs/spec.md §9): identity, check-ins, the event queue.
+    pub fn fleet(&self) -> &fleet::Fleet {
+        &self.inner.fleet
     }
 
     /// Fetch + verify the manifest for our product/channel; no host change. Blocking.
@@ -186,6 +202,13 @@ impl Agent {
                 Err(_) => before,
             });
         }
+        // Every check checks in (whatever its result); a failed check-in is only logged.
+        if let Ok(report) = &result {
+            if report.available {
+                self.inner.fleet.offered(&report.version);
+            }
+        }
+        self.inner.fleet.report(self);
         result
     }
 
@@ -202,7 +225,10 @@ impl Agent {
         opts: &ApplyOptions,
         reboot: bool,
     ) -> Result<ApplyReport, AgentError> {
-        let mut report = transaction::apply::apply(self, opts)?;
+        let result = transaction::apply::apply(self, opts);
+        // The apply's events (and the versions it changed) go out now, not at the next check.
+        self.inner.fleet.report(self);
+        let mut report = result?;
         fullimage::maybe_reboot(self, &mut report, reboot)?;
         Ok(report)
     }

@@ -51,6 +51,9 @@ pub struct AbContext<'a> {
     /// The update log (`updates.log_path` of the agent's configuration), as a
     /// path on this machine: it is used as it is, not resolved under `root`.
     pub log_path: &'a Path,
+    /// Queue fleet events (`confirmed`, `rolled_back`) in the host's event queue
+    /// (`qx_core::fleet_queue`, under `root`): set when the host reports to a fleet.
+    pub events: bool,
 }
 
 impl<'a> AbContext<'a> {
@@ -59,7 +62,13 @@ impl<'a> AbContext<'a> {
             config,
             root,
             log_path,
+            events: false,
         }
+    }
+
+    /// The same context, queueing fleet events when `on`.
+    pub fn with_events(self, on: bool) -> Self {
+        AbContext { events: on, ..self }
     }
 
     /// The GRUB environment block under the root.
@@ -104,17 +113,22 @@ pub(crate) fn lock(root: &Path) -> Result<AbLock> {
 }
 
 /// Close the pending update `state` with `outcome`: the state file and the
-/// history both record it.
+/// history both record it, and the fleet event queue when the host reports to
+/// a fleet (`confirmed` for a success, `rolled_back` otherwise).
 fn finish_update(
-    root: &Path,
+    ctx: &AbContext,
     mut state: AbState,
     outcome: Outcome,
     reason: &str,
 ) -> Result<HistoryEntry> {
     let now = Timestamp::now();
     state.finish(outcome, reason, now);
-    state.store(root)?;
-    history::record(root, now, &state.version, outcome, reason)
+    state.store(ctx.root)?;
+    let entry = history::record(ctx.root, now, &state.version, outcome, reason)?;
+    if ctx.events {
+        history::record_event(ctx.root, now, &state.version, outcome, reason);
+    }
+    Ok(entry)
 }
 
 /// One slot in [`AbStatus`].
@@ -287,7 +301,7 @@ fn check_pending(ctx: &AbContext, booted: Slot) -> Result<BootCheck> {
         state.version, ctx.config.tries
     );
     let version = state.version.clone();
-    finish_update(ctx.root, state, Outcome::RolledBack, &reason)?;
+    finish_update(ctx, state, Outcome::RolledBack, &reason)?;
     Ok(BootCheck::RolledBack {
         failed,
         booted,
@@ -429,7 +443,7 @@ fn mark_booted_good(
     let mut completed = None;
     if let Some(s) = state.filter(|s| s.pending && s.to == booted) {
         let version = s.version.clone();
-        completed = Some(finish_update(ctx.root, s, Outcome::Success, reason)?);
+        completed = Some(finish_update(ctx, s, Outcome::Success, reason)?);
         history::log(
             log,
             &format!("update to version {version} in slot {booted} completed: {reason}"),
@@ -477,7 +491,7 @@ pub fn mark_bad(ctx: &AbContext) -> Result<MarkBadReport> {
             "slot {booted} marked bad by the operator (qx-update ab mark-bad); \
              the next boot uses slot {other}"
         );
-        rolled_back = Some(finish_update(ctx.root, s, Outcome::RolledBack, &reason)?);
+        rolled_back = Some(finish_update(ctx, s, Outcome::RolledBack, &reason)?);
     }
     history::log(
         &mut ctx.open_log(),

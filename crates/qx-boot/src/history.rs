@@ -7,6 +7,8 @@
 use std::path::Path;
 
 use jiff::Timestamp;
+use qx_core::fleet::{Event, EventType};
+use qx_core::fleet_queue::EventQueue;
 use qx_core::fs::under_root;
 use qx_core::history::{self, HistoryEntry, Outcome, UpdateKind, HISTORY_FILE};
 use qx_core::UpdateLog;
@@ -42,6 +44,31 @@ pub fn record(
     };
     history::append(&under_root(root, Path::new(HISTORY_FILE)), &entry)?;
     Ok(entry)
+}
+
+/// Queue the fleet event that closes a full-image update: `confirmed` (the new
+/// slot booted and passed its health checks, or the operator marked it good) or
+/// `rolled_back`. A queue that cannot be written is logged: the boot goes on.
+pub fn record_event(root: &Path, time: Timestamp, version: &str, outcome: Outcome, reason: &str) {
+    let kind = match outcome {
+        Outcome::Success => EventType::Confirmed,
+        _ => EventType::RolledBack,
+    };
+    let event = Event {
+        seq: 0,
+        kind,
+        time: time.to_string(),
+        version: Some(version.to_owned()),
+        component: Some("system".to_owned()),
+        stage: (kind == EventType::RolledBack).then(|| "boot".to_owned()),
+        exit_code: None,
+        message: Some(reason.to_owned()),
+        count: None,
+    };
+    if let Err(e) = EventQueue::under_root(root).record(event) {
+        // The boot commands' output goes to the boot log; the update log has the outcome.
+        eprintln!("qx-update ab: cannot queue the fleet event: {e}; it is lost");
+    }
 }
 
 #[cfg(test)]

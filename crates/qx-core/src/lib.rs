@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod channel;
 mod document;
 pub mod fleet;
+pub mod fleet_queue;
 pub mod fs;
 pub mod hash;
 pub mod history;

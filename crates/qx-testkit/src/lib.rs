@@ -7,6 +7,7 @@ pub mod host;
 pub mod postgres;
 pub mod proxy;
 pub mod release;
+pub mod scripted;
 pub mod server;
 pub mod sockets;
 pub mod wait;

@@ -127,6 +127,29 @@ impl Runner {
             .map_err(RunError::from)
     }
 
+    /// Queues a fleet event (a blocking, fsynced append).
+    pub async fn record_event(&self, event: crate::fleet::Event) {
+        let agent = self.inner.agent.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || agent.fleet().record(event)).await {
+            tracing::warn!(error = %e, "the fleet event task failed; the event is lost");
+        }
+    }
+
+    /// Checks in when the host has booted since the last delivered check-in (the boot id
+    /// changed): the daemon's start after a boot.
+    pub async fn boot_check_in(&self) {
+        let agent = self.inner.agent.clone();
+        let ran = tokio::task::spawn_blocking(move || {
+            if agent.fleet().booted() {
+                agent.fleet().report(&agent);
+            }
+        })
+        .await;
+        if let Err(e) = ran {
+            tracing::warn!(error = %e, "the boot check-in task failed");
+        }
+    }
+
     /// The current status (reads installed versions and history from disk).
     pub async fn status(&self) -> Result<StatusSnapshot, RunError> {
         let agent = self.inner.agent.clone();
@@ -275,6 +298,7 @@ pub async fn run(agent: Agent, args: &DaemonArgs) -> anyhow::Result<()> {
     let signals = tokio::spawn(watch_signals(install_signals(), stop_tx));
 
     let runner = Runner::new(agent);
+    runner.boot_check_in().await;
     let scheduler = Scheduler::new(runner.clone(), SystemClock, Policy::from_config(&config));
     let scheduler = tokio::spawn(scheduler.run(stop_rx.clone()));
 

@@ -60,6 +60,8 @@ pub struct Schedule {
     /// An automatic apply of this version failed (and was rolled back): it is not applied
     /// automatically again; a newer release, or an operator's apply, is needed.
     pub failed_version: Option<String>,
+    /// The version whose automatic apply was reported `deferred` (waiting for the window).
+    pub deferred: Option<String>,
 }
 
 /// What the daemon does next.
@@ -117,6 +119,30 @@ pub fn next_action(now: &Zoned, schedule: &Schedule, policy: &Policy) -> Action 
         }
     }
     Action::Wait { until }
+}
+
+/// The version an automatic apply would install now but for the closed maintenance window
+/// (reported once per version as a `deferred` fleet event).
+pub fn deferred_by_window<'a>(
+    now: &Zoned,
+    schedule: &'a Schedule,
+    policy: &Policy,
+) -> Option<&'a str> {
+    let pending = schedule.pending.as_ref()?;
+    let failed_before = schedule.failed_version.as_deref() == Some(pending.version.as_str());
+    let window = policy.maintenance_window.as_ref()?;
+    (policy.enabled && policy.auto_apply && !failed_before && !window.contains(now.datetime()))
+        .then_some(pending.version.as_str())
+}
+
+/// When the next check comes after the fleet server's answer: its `next_checkin_s` or its
+/// 429's `Retry-After` (already within [`crate::fleet::NEXT_CHECKIN_BOUNDS`] /
+/// [`crate::fleet::RETRY_AFTER_BOUNDS`]), counted from `now`.
+pub fn next_check_after(now: Timestamp, hint: crate::fleet::ScheduleHint) -> Timestamp {
+    use crate::fleet::ScheduleHint;
+    match hint {
+        ScheduleHint::NextCheckIn(d) | ScheduleHint::RetryAfter(d) => later(now, d),
+    }
 }
 
 /// The wait after a check: `interval` lengthened or shortened by up to [`JITTER`]; `unit` is a
@@ -243,18 +269,54 @@ impl<C: Clock> Scheduler<C> {
         later(now.timestamp(), wait)
     }
 
+    /// The fleet server's answer at the last check-in, if any, decides the next check (the
+    /// check-in happens inside the check and the apply: see [`crate::fleet`]).
+    fn follow_fleet(&mut self) {
+        if let Some(hint) = self.runner.agent().fleet().take_hint() {
+            let now = self.clock.now().timestamp();
+            self.schedule.next_check = Some(next_check_after(now, hint));
+            tracing::debug!(?hint, "next check set by the fleet server");
+        }
+    }
+
+    /// Reports `deferred` once per version held back by the maintenance window.
+    async fn report_deferred(&mut self, now: &Zoned) {
+        let Some(version) = deferred_by_window(now, &self.schedule, &self.policy) else {
+            return;
+        };
+        if self.schedule.deferred.as_deref() == Some(version) {
+            return;
+        }
+        let version = version.to_owned();
+        self.schedule.deferred = Some(version.clone());
+        let window = self
+            .policy
+            .maintenance_window
+            .as_ref()
+            .map(|w| w.to_string());
+        self.runner
+            .record_event(crate::fleet::Event {
+                message: window.map(|w| format!("waiting for the maintenance window {w}")),
+                ..crate::fleet::event(qx_core::fleet::EventType::Deferred, Some(&version))
+            })
+            .await;
+    }
+
     /// Decides and performs one action.
     pub async fn step(&mut self) -> Step {
         let now = self.clock.now();
         match next_action(&now, &self.schedule, &self.policy) {
             Action::Disabled => Step::Disabled,
             Action::Wait { until } => {
+                self.report_deferred(&now).await;
                 self.clock.wait_until(&until).await;
                 Step::Waited { from: now, until }
             }
             Action::Check => {
                 self.schedule.next_check = Some(self.after_interval(&now));
-                match self.runner.check().await {
+                let checked = self.runner.check().await;
+                self.follow_fleet();
+                match checked {
                     Ok(report) => {
                         tracing::info!(version = %report.version, available = report.available, "scheduled check");
                         self.schedule.pending = report.available.then(|| Pending {
@@ -282,6 +344,7 @@ impl<C: Clock> Scheduler<C> {
                 let update_type = pending.map(|p| p.update_type).unwrap_or_default();
                 tracing::info!(%version, "automatic apply");
                 let result = self.runner.apply(ApplyOptions::default()).await;
+                self.follow_fleet();
                 let mut rebooting = false;
                 match &result {
                     Ok(report) if report.outcome == qx_core::status::Outcome::Success => {
@@ -362,6 +425,7 @@ mod tests {
                 update_type: "component".into(),
             }),
             failed_version: None,
+            deferred: None,
         }
     }
 
@@ -488,6 +552,44 @@ mod tests {
             Action::Apply {
                 version: "2.0.1".into()
             }
+        );
+    }
+
+    #[test]
+    fn deferred_only_while_the_window_holds_an_automatic_apply_back() {
+        let p = policy(Some("Sun 02:00-04:00"));
+        let s = pending("2.0.0");
+        assert_eq!(
+            deferred_by_window(&at("2026-11-22T00:30[UTC]"), &s, &p),
+            Some("2.0.0")
+        );
+        assert_eq!(
+            deferred_by_window(&at("2026-11-22T02:30[UTC]"), &s, &p),
+            None
+        );
+        assert_eq!(
+            deferred_by_window(&at("2026-11-22T00:30[UTC]"), &s, &policy(None)),
+            None
+        );
+        let mut manual = p.clone();
+        manual.auto_apply = false;
+        assert_eq!(
+            deferred_by_window(&at("2026-11-22T00:30[UTC]"), &s, &manual),
+            None
+        );
+    }
+
+    #[test]
+    fn the_fleet_server_sets_the_next_check() {
+        use crate::fleet::ScheduleHint;
+        let t: jiff::Timestamp = "2026-11-20T10:00Z".parse().expect("time");
+        assert_eq!(
+            next_check_after(t, ScheduleHint::NextCheckIn(Duration::from_secs(900))),
+            "2026-11-20T10:15Z".parse().expect("time")
+        );
+        assert_eq!(
+            next_check_after(t, ScheduleHint::RetryAfter(Duration::from_secs(30))),
+            "2026-11-20T10:00:30Z".parse().expect("time")
         );
     }
 

@@ -27,6 +27,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use qx_core::fleet::EventType;
 use qx_core::fs::{
     copy_durable, fsync_dir, fsync_tree, remove_any, swap_into_place, under_root, write_atomic,
 };
@@ -196,6 +197,10 @@ pub(super) struct Tx<'a> {
     pub(super) paths: &'a HostPaths,
     pub(super) log: UpdateLog,
     pub(super) services: ServiceManager,
+    /// The release being applied and the step it is at, for the fleet's `failed` event; no
+    /// stage before the download (a refused check is not a failed update).
+    pub(super) fleet_version: Option<String>,
+    pub(super) stage: Option<&'static str>,
 }
 
 impl<'a> Tx<'a> {
@@ -205,7 +210,22 @@ impl<'a> Tx<'a> {
             paths: agent.paths(),
             log: UpdateLog::open(&agent.config().log_path),
             services: ServiceManager::new(agent.config(), agent.root()),
+            fleet_version: None,
+            stage: None,
         }
+    }
+
+    /// Enters `stage` of the apply of `version`: a failure from here on is a `failed` event.
+    pub(super) fn stage(&mut self, version: &str, stage: &'static str) {
+        self.fleet_version = Some(version.to_owned());
+        self.stage = Some(stage);
+    }
+
+    /// Queues a fleet event about release `version` (when the host reports to a fleet).
+    pub(super) fn event(&self, kind: EventType, version: &str, component: Option<&str>) {
+        let mut e = crate::fleet::event(kind, Some(version));
+        e.component = component.map(str::to_owned);
+        self.agent.fleet().record(e);
     }
 
     pub(super) fn state(&self, s: UpdateState) {
@@ -283,6 +303,11 @@ pub fn apply(agent: &Agent, opts: &ApplyOptions) -> Result<ApplyReport, AgentErr
         }),
         Err(e) => {
             tx.log.line(&format!("apply {op} FAILED: {e}"));
+            if let (Some(version), Some(stage)) = (&tx.fleet_version, tx.stage) {
+                agent
+                    .fleet()
+                    .record(crate::fleet::failed(version, stage, e));
+            }
             status.set_state(e.failed_state())
         }
     }
@@ -380,32 +405,68 @@ fn install_release(
 ) -> Result<ApplyReport, AgentError> {
     let agent = tx.agent;
     let m = &verified.manifest;
+    let version = m.version.to_string();
+    let up_to_date = ApplyReport {
+        version: version.clone(),
+        components: Vec::new(),
+        outcome: Outcome::Success,
+        system: None,
+    };
     // A system image (full/mixed): downloaded and verified before any host change, written
     // into the inactive slot after the components (see crate::fullimage).
-    let image = match crate::fullimage::plan(agent, m, opts, &mut tx.log)? {
+    let plan = crate::fullimage::plan(agent, m, opts, &mut tx.log)?;
+    if plan.is_none() && verified.to_apply.is_empty() {
+        tx.log.line("nothing to apply: the host is up to date");
+        return Ok(up_to_date);
+    }
+    tx.stage(&version, "download");
+    tx.event(EventType::DownloadStarted, &version, None);
+    let image = match plan {
         Some(p) => {
             let staged = crate::fullimage::download(agent, &p, &mut tx.log)?;
             Some((p, staged))
         }
         None => None,
     };
-    let report = if verified.to_apply.is_empty() {
-        if image.is_none() {
-            tx.log.line("nothing to apply: the host is up to date");
-        }
-        ApplyReport {
-            version: m.version.to_string(),
-            components: Vec::new(),
-            outcome: Outcome::Success,
-            system: None,
-        }
+    let artifacts = if verified.to_apply.is_empty() {
+        Vec::new()
     } else {
-        apply_components(tx, verified, op)?
+        fetch_artifacts(tx, verified)?
+    };
+    tx.event(EventType::DownloadDone, &version, None);
+    tx.stage(&version, "install");
+    tx.event(EventType::InstallStarted, &version, None);
+    let report = if verified.to_apply.is_empty() {
+        up_to_date
+    } else {
+        apply_components(tx, verified, op, &artifacts)?
     };
     match image {
         Some((p, staged)) => crate::fullimage::install(agent, p, staged, &mut tx.log, report),
         None => Ok(report),
     }
+}
+
+/// Steps 1–2 of the component transaction: every artifact to install, downloaded (or taken
+/// from the bundle) into `staging/<version>/` and verified.
+fn fetch_artifacts(
+    tx: &mut Tx<'_>,
+    verified: &check::Verified,
+) -> Result<Vec<PathBuf>, AgentError> {
+    let m = &verified.manifest;
+    let version = m.version.to_string();
+    let staging_dir = tx.paths.staging.join(&version);
+    let expected: Vec<ArtifactRef> = verified.to_apply.iter().map(|c| c.artifact_ref()).collect();
+    let artifacts = match &verified.source {
+        check::ArtifactSource::Server => {
+            download_artifacts(tx.agent, &version, &staging_dir, &expected, &mut tx.log)?
+        }
+        check::ArtifactSource::Bundle(file) => {
+            crate::bundle::extract(tx.agent, file, m, &staging_dir, &expected, &mut tx.log)?
+        }
+    };
+    crash_point("downloaded");
+    Ok(artifacts)
 }
 
 /// The manifest's details and every component, into the update log.
@@ -443,34 +504,24 @@ fn log_manifest(log: &mut UpdateLog, report: &check::CheckReport, verified: &che
     }
 }
 
-/// The component transaction: download (steps 1–2), journal `prepared`, extract (3), back up
-/// and install (4), migrate (5), then restart, verify and commit (6–8).
+/// The component transaction after the download ([`fetch_artifacts`]): journal `prepared`,
+/// extract (3), back up and install (4), migrate (5), then restart, verify and commit (6–8).
 fn apply_components(
     tx: &mut Tx<'_>,
     verified: &check::Verified,
     op: &str,
+    artifacts: &[PathBuf],
 ) -> Result<ApplyReport, AgentError> {
     let paths = tx.paths;
     let m = &verified.manifest;
     let version = m.version.to_string();
     let staging_dir = paths.staging.join(&version);
-    let expected: Vec<ArtifactRef> = verified.to_apply.iter().map(|c| c.artifact_ref()).collect();
-    let artifacts = match &verified.source {
-        check::ArtifactSource::Server => {
-            download_artifacts(tx.agent, &version, &staging_dir, &expected, &mut tx.log)?
-        }
-        check::ArtifactSource::Bundle(file) => {
-            crate::bundle::extract(tx.agent, file, m, &staging_dir, &expected, &mut tx.log)?
-        }
-    };
-    crash_point("downloaded");
-
     let backup_dir = paths.backup.join(&version);
     let entries = plan_entries(paths, &verified.to_apply, &backup_dir, op);
     check_space(
         paths,
         &entries,
-        &artifacts,
+        artifacts,
         tx.agent.config().max_unpacked_bytes,
     )?;
     let from_version = entries
@@ -501,8 +552,10 @@ fn apply_components(
         j.entries.len()
     ));
     crash_point("prepared");
-    prepare(tx, &mut j, &artifacts)?;
+    prepare(tx, &mut j, artifacts)?;
     install_all(tx, &mut j)?;
+    tx.event(EventType::Installed, &j.version, None);
+    tx.stage(&j.version.clone(), "migrate");
     migrate_all(tx, &mut j)?;
     finish_forward(tx, &mut j)
 }
@@ -897,6 +950,7 @@ fn rollback_tx(tx: &mut Tx<'_>, j: &mut Journal, reason: &str) -> Result<(), Age
 
 /// Steps 6-8 (also the roll-forward of recovery): restart, verify, versions, commit, prune.
 fn finish_forward(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, AgentError> {
+    tx.stage(&j.version.clone(), "restart");
     let services = j.services();
     if !services.is_empty() {
         j.services_restarted = true;
@@ -930,6 +984,7 @@ fn finish_forward(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, Agent
     }
     crash_point("restarted");
 
+    tx.stage(&j.version.clone(), "verify");
     for e in j.entries.clone() {
         tx.state(UpdateState::Verifying {
             component: e.name.clone(),
@@ -965,6 +1020,9 @@ fn finish_forward(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, Agent
     tx.history(j, outcome, None)?;
     tx.phase(j, Phase::Committed)?;
     crash_point("committed");
+    // The only success: every component's effect was verified above.
+    tx.event(EventType::Confirmed, &j.version, None);
+    tx.stage = None;
     tx.log.line(&format!(
         "apply {}: {} installed",
         j.operation_id, j.version
@@ -1254,7 +1312,38 @@ pub(super) fn recover_locked(agent: &Agent) -> Result<Option<RecoveryReport>, Ag
     };
     tx.log.sync();
     status.set_operation(None);
+    record_recovery(agent, j.op, &result);
     Ok(Some(result))
+}
+
+/// The fleet event of a finished recovery: an apply rolled back is `failed` (at the step the
+/// journal was in), a finished operator's rollback is `rolled_back`.
+fn record_recovery(agent: &Agent, op: OpKind, r: &RecoveryReport) {
+    let kind = match (op, r.outcome) {
+        (_, Outcome::Failed) => EventType::Failed,
+        (OpKind::Rollback, Outcome::RolledBack) => EventType::RolledBack,
+        _ => return,
+    };
+    let mut e = crate::fleet::event(kind, Some(&r.version));
+    if kind == EventType::Failed {
+        e.stage = Some(
+            match r.phase {
+                Phase::Migrated => "verify",
+                _ => "install",
+            }
+            .to_owned(),
+        );
+    }
+    e.message = Some(format!(
+        "interrupted operation {} finished by recovery ({}){}",
+        r.operation_id,
+        r.action,
+        r.reason
+            .as_deref()
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default()
+    ));
+    agent.fleet().record(e);
 }
 
 /// Downloads artifacts of release `version` (of the configured product and channel, which the

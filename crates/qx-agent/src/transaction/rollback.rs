@@ -11,6 +11,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use qx_core::fleet::EventType;
 use qx_core::fs::remove_any;
 use qx_core::status::{Outcome, UpdateState};
 use qx_core::Version;
@@ -199,9 +200,17 @@ pub fn rollback(agent: &Agent, opts: &RollbackOptions) -> Result<ApplyReport, Ag
         .store(&paths.journal)
         .and_then(|_| finish(&mut tx, &mut j));
     match &result {
-        Ok(r) => status.set_state(UpdateState::Done {
-            version: r.version.clone(),
-        }),
+        Ok(r) => {
+            let mut e = crate::fleet::event(EventType::RolledBack, Some(&meta.version));
+            e.message = Some(format!(
+                "rolled back by the operator (qx-update rollback) to {}",
+                r.version
+            ));
+            agent.fleet().record(e);
+            status.set_state(UpdateState::Done {
+                version: r.version.clone(),
+            })
+        }
         Err(e) => status.set_state(e.failed_state()),
     }
     tx.log.sync();

@@ -23,6 +23,7 @@ mod deadlines;
 mod disk_full;
 mod download;
 mod field_failures;
+mod fleet;
 mod fullimage;
 mod hardening;
 mod hotfix;

@@ -3,8 +3,6 @@
 //! maintenance window, not without `auto_apply`, nothing when disabled. The applies are real:
 //! a real update server on loopback, a sandboxed host with a running service.
 
-use std::future::Future;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Zoned;
@@ -14,32 +12,9 @@ use qx_core::status::Outcome;
 use qx_testkit::host::Lab;
 
 use crate::support::api::daemon_lab;
+use crate::support::clock::FakeClock;
 use crate::support::host::agent;
 use crate::support::runtime;
-
-/// Virtual time: `wait_until` jumps to the deadline.
-#[derive(Clone)]
-struct FakeClock(Arc<Mutex<Zoned>>);
-
-impl FakeClock {
-    fn at(s: &str) -> FakeClock {
-        FakeClock(Arc::new(Mutex::new(s.parse().unwrap())))
-    }
-}
-
-impl Clock for FakeClock {
-    fn now(&self) -> Zoned {
-        self.0.lock().unwrap().clone()
-    }
-
-    fn wait_until(&self, until: &Zoned) -> impl Future<Output = ()> + Send {
-        let mut now = self.0.lock().unwrap();
-        if *until > *now {
-            *now = until.clone();
-        }
-        std::future::ready(())
-    }
-}
 
 fn lab(extra: &str) -> Lab {
     daemon_lab(None, None, extra)

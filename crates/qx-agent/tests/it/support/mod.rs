@@ -3,6 +3,7 @@
 //! ([`sys`]), and bounded waits.
 
 pub mod api;
+pub mod clock;
 pub mod gate;
 pub mod host;
 pub mod hostile;
