@@ -135,6 +135,7 @@ pub fn run_demo(keep: bool) -> anyhow::Result<()> {
     demo.bad_release()?;
     demo.yank_with_revert()?;
     demo.offline_bundle()?;
+    demo.show_fleet();
     if keep {
         return demo.keep_running();
     }
@@ -305,19 +306,77 @@ impl Demo {
         under_root(&self.host, Path::new(path))
     }
 
+    /// `qx-update-server enrollment-token create` for the demo's product (the store is the
+    /// running server's); writes the token where node.yaml's `fleet.enroll_token_file` says,
+    /// so the host's first check enrolls it (docs/spec.md §9).
+    fn enroll_token(&self) -> anyhow::Result<()> {
+        let releases = self.work.join("releases");
+        let out = UpdateServer::command(&self.server_bin, &releases, TOKEN)
+            .args([
+                "enrollment-token",
+                "create",
+                "--product",
+                PRODUCT,
+                "--uses",
+                "5",
+            ])
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running qx-update-server enrollment-token create")?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "qx-update-server enrollment-token create failed ({})",
+                out.status
+            );
+        }
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let file = self.host_path("/etc/limiquantix/fleet-enroll-token");
+        let secret = qx_core::fs::WriteOptions {
+            mode: 0o600,
+            ..Default::default()
+        };
+        qx_core::fs::write_atomic_with(&file, format!("{token}\n").as_bytes(), secret)?;
+        println!(
+            "enrollment token for {PRODUCT} written to {} (the first check enrolls the host)",
+            file.display()
+        );
+        Ok(())
+    }
+
+    /// The fleet as the server sees it: `GET /api/v1/hosts` with the bootstrap admin token.
+    fn show_fleet(&self) {
+        step("the fleet as the server sees it (GET /api/v1/hosts)");
+        let url = self.url.hosts("");
+        let out = Command::new("curl")
+            .args(["-sS", "-H", &format!("Authorization: Bearer {TOKEN}"), &url])
+            .output();
+        match out {
+            Ok(o) => println!("{}", String::from_utf8_lossy(&o.stdout).trim_end()),
+            Err(e) => println!("(curl is not available: {e})"),
+        }
+    }
+
     /// The sandboxed host's directories, its configuration and the trusted key.
     fn prepare_host(&mut self) -> anyhow::Result<()> {
         step("a sandboxed host: node.yaml, the trusted key, a service manager");
         self.api_port = free_port()?;
-        let yaml = self.write_host(&self.host, self.url.base(), self.api_port)?;
+        let yaml = self.write_host(&self.host, self.url.base(), self.api_port, true)?;
+        self.enroll_token()?;
         let config = self.host_path("/etc/limiquantix/node.yaml");
         print!("{}:\n{yaml}", config.display());
         Ok(())
     }
 
-    /// Makes a host under `root` whose agent asks `server_url` and listens on `api_port`;
+    /// Makes a host under `root` whose agent asks `server_url` and listens on `api_port`
+    /// (and, with `fleet`, enrolls with the token file [`Self::enroll_token`] writes);
     /// returns its node.yaml.
-    fn write_host(&self, root: &Path, server_url: &str, api_port: u16) -> anyhow::Result<String> {
+    fn write_host(
+        &self,
+        root: &Path,
+        server_url: &str,
+        api_port: u16,
+        fleet: bool,
+    ) -> anyhow::Result<String> {
         let at = |path: &str| under_root(root, Path::new(path));
         for d in ["/etc/limiquantix", "/data/bin", "/run", "/var/log"] {
             std::fs::create_dir_all(at(d))?;
@@ -326,12 +385,15 @@ impl Demo {
             self.work.join("keys/qx-publish.pub"),
             at("/etc/limiquantix/update-key.pub"),
         )?;
-        let yaml = format!(
+        let mut yaml = format!(
             "updates:\n  enabled: true\n  server_url: \"{url}\"\n  product: {PRODUCT}\n  channel: {CHANNEL}\n  check_interval: 1h\n  auto_apply: false\n  trusted_keys: [/etc/limiquantix/update-key.pub]\n  service_manager: command\n  restart_command: [\"{service_sh}\", \"{root}\", \"restart\", \"{{service}}\"]\n  pidfile: \"/run/{{service}}.pid\"\n  api: {{listen: \"127.0.0.1:{api_port}\", token_file: /etc/limiquantix/api-token}}\n",
             url = server_url,
             service_sh = self.workspace.join(SERVICE_SH).display(),
             root = utf8(root)?,
         );
+        if fleet {
+            yaml.push_str("  fleet: {enroll_token_file: /etc/limiquantix/fleet-enroll-token, labels: {site: demo}}\n");
+        }
         qx_core::fs::write_atomic(&at("/etc/limiquantix/node.yaml"), yaml.as_bytes())?;
         Ok(yaml)
     }
@@ -462,7 +524,7 @@ impl Demo {
         ];
         run(&self.publish_bin, &args, &[])?;
         let offline = self.work.join("offline-host");
-        self.write_host(&offline, UNREACHABLE_SERVER, free_port()?)?;
+        self.write_host(&offline, UNREACHABLE_SERVER, free_port()?, false)?;
         println!(
             "an offline host under {} (its server_url, {UNREACHABLE_SERVER}, answers nothing)",
             offline.display()
