@@ -186,7 +186,7 @@ mod tests {
     #[test]
     fn page_never_puts_the_token_in_a_url() {
         assert!(
-            !APP_JS.contains("EventSource"),
+            !APP_JS.contains("new EventSource("),
             "EventSource cannot send headers"
         );
         assert!(
