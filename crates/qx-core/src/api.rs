@@ -53,8 +53,14 @@ pub mod server {
     pub const TOKEN: &str = "/api/v1/tokens/{name}";
     /// Server-sent events of fleet changes, for the dashboard (scope `read`).
     pub const FLEET_EVENTS: &str = "/api/v1/fleet/events";
-    /// The dashboard.
+    /// The fleet overview counts for the dashboard (scope `read`).
+    pub const FLEET_SUMMARY: &str = "/api/v1/fleet/summary";
+    /// The dashboard (no token: the page asks for one).
     pub const UI: &str = "/ui";
+    /// The dashboard's script.
+    pub const UI_SCRIPT: &str = "/ui/app.js";
+    /// The dashboard's style sheet.
+    pub const UI_STYLE: &str = "/ui/style.css";
 
     /// Every route the server answers, in registration order.
     pub const ROUTES: &[&str] = &[
@@ -77,6 +83,11 @@ pub mod server {
         HOST_EVENTS,
         TOKENS,
         TOKEN,
+        FLEET_SUMMARY,
+        FLEET_EVENTS,
+        UI,
+        UI_SCRIPT,
+        UI_STYLE,
     ];
 }
 
@@ -289,6 +300,21 @@ impl ServerUrl {
     /// `DELETE` (revoke) an enrollment token.
     pub fn enrollment_token(&self, id: impl Display) -> String {
         self.at(fill(server::ENROLLMENT_TOKEN, &[("id", &id)]))
+    }
+
+    /// `GET` the fleet overview counts.
+    pub fn fleet_summary(&self) -> String {
+        self.at(server::FLEET_SUMMARY.to_owned())
+    }
+
+    /// `GET` the fleet's change stream (server-sent events).
+    pub fn fleet_events(&self) -> String {
+        self.at(server::FLEET_EVENTS.to_owned())
+    }
+
+    /// The dashboard page.
+    pub fn ui(&self) -> String {
+        self.at(server::UI.to_owned())
     }
 }
 

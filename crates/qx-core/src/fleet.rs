@@ -318,3 +318,76 @@ pub struct OperatorToken {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
 }
+
+/// `GET /api/v1/fleet/summary` (scope `read`): the dashboard's overview, counted by the store
+/// (never by listing hosts). Decommissioned hosts are not counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetSummary {
+    /// The server's clock when it counted.
+    pub server_time: String,
+    /// Failures are counted from this time on (the server's clock).
+    pub failures_since: String,
+    /// Hosts per product, channel, component and version.
+    pub by_version: Vec<VersionCount>,
+    /// Hosts per product and channel (`""`: no check-in yet).
+    pub by_channel: Vec<ChannelCount>,
+    /// Hosts per product and update state.
+    pub by_state: Vec<StateCount>,
+    /// Hosts per liveness.
+    pub by_liveness: Vec<LivenessCount>,
+    /// `failed` and `rolled_back` events since `failures_since`, grouped by message, most
+    /// frequent first.
+    pub recent_failures: Vec<FailureCount>,
+}
+
+/// One row of [`FleetSummary::by_version`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionCount {
+    pub product: String,
+    pub channel: String,
+    pub component: String,
+    pub version: String,
+    pub hosts: u64,
+}
+
+/// One row of [`FleetSummary::by_channel`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelCount {
+    pub product: String,
+    pub channel: String,
+    pub hosts: u64,
+}
+
+/// One row of [`FleetSummary::by_state`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateCount {
+    pub product: String,
+    pub state: String,
+    pub hosts: u64,
+}
+
+/// One row of [`FleetSummary::by_liveness`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LivenessCount {
+    pub liveness: Liveness,
+    pub hosts: u64,
+}
+
+/// One row of [`FleetSummary::recent_failures`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureCount {
+    /// `failed` or `rolled_back`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message: String,
+    pub count: u64,
+}
+
+/// What changed in the fleet, as the server-sent events stream (`GET /api/v1/fleet/events`,
+/// event name `change`) tells the dashboard: enough to decide what to refresh, nothing more.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetChange {
+    /// `checkin`, `events` or `decommission`.
+    pub kind: String,
+    pub host: String,
+}

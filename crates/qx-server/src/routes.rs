@@ -11,7 +11,7 @@ use qx_core::api::server as api;
 
 use crate::error::ApiError;
 use crate::fleet::api as fleet;
-use crate::fleet::validate;
+use crate::fleet::{ui, validate};
 use crate::handlers::{artifact, channel, read};
 use crate::metrics;
 use crate::publish;
@@ -61,7 +61,7 @@ pub fn router<S: ReleaseStore>(app: Arc<App<S>>) -> Router {
         .with_state(app)
 }
 
-/// The fleet API (docs/spec.md §9): bodies up to [`validate::MAX_FLEET_BODY`], event
+/// The fleet API and the dashboard (docs/spec.md §9): bodies up to [`validate::MAX_FLEET_BODY`], event
 /// batches up to [`validate::MAX_EVENTS_BODY`].
 fn fleet_routes<S: ReleaseStore>() -> Router<Arc<App<S>>> {
     let body = DefaultBodyLimit::max(validate::MAX_FLEET_BODY);
@@ -95,6 +95,11 @@ fn fleet_routes<S: ReleaseStore>() -> Router<Arc<App<S>>> {
                 .layer(body),
         )
         .route(api::TOKEN, delete(fleet::revoke_token::<S>))
+        .route(api::FLEET_SUMMARY, get(ui::summary::<S>))
+        .route(api::FLEET_EVENTS, get(ui::events::<S>))
+        .route(api::UI, get(ui::index))
+        .route(api::UI_SCRIPT, get(ui::script))
+        .route(api::UI_STYLE, get(ui::style))
 }
 
 async fn not_found() -> ApiError {

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderMap, HeaderValue};
 use base64::Engine;
 use bytes::Bytes;
-use qx_core::fleet::Scope;
+use qx_core::fleet::{FleetChange, Scope};
 use qx_core::{ChannelName, ProductName, Sha256, Version};
+use tokio::sync::broadcast;
 
 use crate::error::ApiError;
 use crate::fleet::auth::{self, Need, Operator};
@@ -24,6 +25,10 @@ use crate::storage::{ReleaseKey, ReleaseStore, StoreError, StoredChannel};
 /// how late a change made behind its back (another server on shared storage, an operator)
 /// is seen.
 pub const MANIFEST_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// How many fleet changes a slow dashboard stream may fall behind before it is told to
+/// refresh everything (the changes only say what to refresh).
+pub const CHANGE_BACKLOG: usize = 256;
 
 /// The state every handler shares.
 pub struct App<S> {
@@ -43,6 +48,8 @@ pub struct Fleet {
     pub clock: Arc<dyn Clock>,
     /// The overload limit of host requests.
     pub limit: RateLimit,
+    /// Every check-in, event batch and decommission, for the dashboard's live stream.
+    changes: broadcast::Sender<FleetChange>,
 }
 
 impl Fleet {
@@ -55,7 +62,22 @@ impl Fleet {
             store,
             clock,
             limit: RateLimit::new(config.rate_limit, config.rate_burst),
+            changes: broadcast::channel(CHANGE_BACKLOG).0,
         }
+    }
+
+    /// Tells the dashboards that `host` changed (`kind`: `checkin`, `events`,
+    /// `decommission`); nobody listening is fine.
+    pub fn notify(&self, kind: &str, host: &str) {
+        let _ = self.changes.send(FleetChange {
+            kind: kind.to_owned(),
+            host: host.to_owned(),
+        });
+    }
+
+    /// The changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<FleetChange> {
+        self.changes.subscribe()
     }
 }
 

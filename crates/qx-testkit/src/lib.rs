@@ -1,6 +1,7 @@
 //! Test-only helpers shared by the crates' integration tests: a real update server on a free
-//! loopback port, a sandboxed host root, a fault-injecting TCP proxy, fixture releases.
+//! loopback port, a sandboxed host root, a fault-injecting TCP proxy, fixture releases, a headless browser.
 
+pub mod browser;
 pub mod channel;
 pub mod drip;
 pub mod host;

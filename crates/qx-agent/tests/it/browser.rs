@@ -2,189 +2,29 @@
 //! chromedriver), served over HTTPS with the daemon's self-signed certificate, against a real
 //! update server and a sandboxed host with a running service.
 //!
-//! Needs the Debian packages `chromium` and `chromium-driver`; when `/usr/bin/chromium` is
-//! missing the test installs them with `apt-get` (as CI does, as root). Every wait is a bounded
-//! poll of a DOM condition. The screenshot is saved to
-//! `<target>/test-artifacts/updates-page.png`.
+//! The driver, the waits and the screenshots are `qx_testkit::browser`'s (it installs Chromium
+//! when missing). The screenshot is saved to `<target>/test-artifacts/updates-page.png`.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::path::Path;
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
+use qx_testkit::browser::{click, displayed, save_screenshot, sign_in, text, wait_for, Driver};
 use qx_testkit::host::Lab;
 
 use crate::support::api::*;
 use crate::support::host::{agent, dead_url, host_at_v1};
 use crate::support::runtime;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
-/// Installs Chromium and its driver when missing.
-fn ensure_chromium() {
-    if Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists() {
-        return;
-    }
-    let update = Command::new("apt-get")
-        .args(["update", "-qq"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .expect("run apt-get update (the browser test installs chromium; run as root)");
-    assert!(update.success(), "apt-get update failed");
-    let install = Command::new("apt-get")
-        .args(["install", "-y", "-qq", "chromium", "chromium-driver"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .expect("run apt-get install chromium chromium-driver");
-    assert!(
-        install.success(),
-        "apt-get install chromium chromium-driver failed"
-    );
-}
-
-/// A chromedriver process on a free loopback port; killed when dropped.
-struct Driver {
-    child: Child,
-    url: String,
-}
-
-impl Driver {
-    fn start() -> Driver {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let mut child = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .arg("--allowed-ips=127.0.0.1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver");
-        // chromedriver says when it listens; a dead driver ends the output (bounded).
-        let stdout = child.stdout.take().unwrap();
-        let mut ready = false;
-        for line in BufReader::new(stdout).lines().take(50) {
-            let line = line.unwrap_or_default();
-            if line.contains("started successfully") {
-                ready = true;
-                break;
-            }
-        }
-        assert!(ready, "chromedriver did not start on port {port}");
-        Driver {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn browser(driver: &Driver, profile: &Path) -> Client {
-    let caps = serde_json::json!({
-        "browserName": "chrome",
-        "acceptInsecureCerts": true,
-        "goog:chromeOptions": {
-            "binary": CHROMIUM,
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--ignore-certificate-errors", "--disable-dev-shm-usage",
-                "--window-size=1200,1500",
-                format!("--user-data-dir={}", profile.display()),
-            ]
-        }
-    });
-    let serde_json::Value::Object(caps) = caps else {
-        unreachable!()
-    };
-    // The WebDriver client's TLS stack needs a process-wide provider (both are compiled in).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    ClientBuilder::rustls()
-        .expect("webdriver client")
-        .capabilities(caps)
-        .connect(&driver.url)
-        .await
-        .expect("a chromium session")
-}
-
 /// A browser session on the API's page.
 async fn open_page(driver: &Driver, profile: &Path, api: &ApiServer) -> Client {
-    let client = browser(driver, profile).await;
+    let client = driver.browser(profile).await;
     client.goto(&api.url("/")).await.unwrap();
     client
-}
-
-/// Polls `what` every 100 ms, at most 1200 times (two minutes).
-async fn wait_for<F, Fut>(client: &Client, what: &str, mut cond: F)
-where
-    F: FnMut(Client) -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..1200 {
-        if cond(client.clone()).await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let page = client.source().await.unwrap_or_default();
-    panic!("timed out waiting for: {what}\npage:\n{page}");
-}
-
-async fn text(client: &Client, css: &str) -> Option<String> {
-    let e = client.find(Locator::Css(css)).await.ok()?;
-    e.text().await.ok()
-}
-
-async fn displayed(client: &Client, css: &str) -> bool {
-    match client.find(Locator::Css(css)).await {
-        Ok(e) => e.is_displayed().await.unwrap_or(false),
-        Err(_) => false,
-    }
-}
-
-async fn click(client: &Client, css: &str) {
-    client
-        .find(Locator::Css(css))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-}
-
-fn artifacts_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let dir = target.join("test-artifacts");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-async fn sign_in(client: &Client, token: &str) {
-    wait_for(client, "the token form", |c| async move {
-        displayed(&c, "#token").await
-    })
-    .await;
-    let input = client.find(Locator::Css("#token")).await.unwrap();
-    input.clear().await.unwrap();
-    input.send_keys(token).await.unwrap();
-    click(client, "#token-save").await;
 }
 
 #[test]
 #[ignore = "slow tier: needs a browser; `cargo xtask test` runs it"]
 fn updates_page_checks_applies_and_shows_the_new_version() {
-    ensure_chromium();
     let lab = Lab::new().unwrap();
     // 512 KiB at 512 KiB/s: the progress bar has a second of download to show.
     write_config(
@@ -209,11 +49,7 @@ fn updates_page_checks_applies_and_shows_the_new_version() {
         check_shows_the_offer(&client).await;
         apply_shows_progress_to_the_new_version(&client).await;
 
-        let png = client.screenshot().await.unwrap();
-        let path = artifacts_dir().join("updates-page.png");
-        std::fs::write(&path, &png).unwrap();
-        assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
-        eprintln!("screenshot: {}", path.display());
+        save_screenshot(&client, "updates-page.png").await;
 
         client.close().await.unwrap();
         api.shutdown().await;
@@ -326,7 +162,6 @@ async fn apply_shows_progress_to_the_new_version(client: &Client) {
 #[test]
 #[ignore = "slow tier: needs a browser; `cargo xtask test` runs it"]
 fn updates_page_shows_an_unreachable_server_as_an_actionable_error() {
-    ensure_chromium();
     let lab = Lab::new().unwrap();
     let dead_url = dead_url();
     write_config(&lab, None, &dead_url, "");
@@ -356,8 +191,7 @@ fn updates_page_shows_an_unreachable_server_as_an_actionable_error() {
             text(&client, "#check-message").await.as_deref(),
             Some("The check did not complete.")
         );
-        let png = client.screenshot().await.unwrap();
-        std::fs::write(artifacts_dir().join("updates-page-error.png"), &png).unwrap();
+        save_screenshot(&client, "updates-page-error.png").await;
         client.close().await.unwrap();
         api.shutdown().await;
     });

@@ -185,7 +185,11 @@ pub async fn check_in<S: ReleaseStore>(
     let interval = app.config.fleet.checkin_interval.as_secs();
     let next = next_checkin_s(interval, &id, now);
     let due = now.saturating_add(i64::try_from(next * 1000).unwrap_or(i64::MAX));
-    app.fleet.store.check_in(id, report, now, due).await?;
+    app.fleet
+        .store
+        .check_in(id.clone(), report, now, due)
+        .await?;
+    app.fleet.notify("checkin", &id);
     Ok(Json(CheckInAnswer {
         server_time: rfc3339(now),
         next_checkin_s: next,
@@ -207,7 +211,12 @@ pub async fn events<S: ReleaseStore>(
     auth::host(&*app.fleet.store, &headers, &id).await?;
     let mut batch: EventBatch = validate::json(body, "event batch")?;
     validate::events(&mut batch.events)?;
-    let accepted = app.fleet.store.append_events(id, batch.events, now).await?;
+    let accepted = app
+        .fleet
+        .store
+        .append_events(id.clone(), batch.events, now)
+        .await?;
+    app.fleet.notify("events", &id);
     Ok(Json(accepted).into_response())
 }
 
@@ -298,6 +307,7 @@ pub async fn decommission<S: ReleaseStore>(
     let now = app.fleet.clock.now();
     if app.fleet.store.decommission(id.clone(), now).await? {
         tracing::info!(host = %id, by = ?who, "host decommissioned");
+        app.fleet.notify("decommission", &id);
     }
     Ok(Json(detail(&app, &id).await?).into_response())
 }

@@ -3,7 +3,8 @@
 //! embedded default) and [`postgres`], both through [`sql`]; [`connect`] picks one. The HTTP
 //! side: [`api`] (handlers), [`auth`] (tokens and scopes), [`admin`] (token creation shared
 //! with the command line), [`validate`] and [`query`] (what requests may hold), [`limit`]
-//! (the overload limit) and [`clock`] (the injectable time).
+//! (the overload limit) and [`clock`] (the injectable time); [`ui`] the dashboard, its
+//! overview counts and its change stream.
 
 pub mod admin;
 pub mod api;
@@ -15,6 +16,7 @@ pub mod query;
 pub mod sql;
 pub mod sqlite;
 pub mod store;
+pub mod ui;
 pub mod validate;
 
 use std::path::Path;

@@ -160,6 +160,8 @@ pub struct HostQuery {
 pub struct FleetCounts {
     /// `(product, channel, component, version) → hosts`.
     pub by_version: Vec<((String, String, String, String), u64)>,
+    /// `(product, channel) → hosts` (`""`: no check-in yet).
+    pub by_channel: Vec<((String, String), u64)>,
     /// `(product, state) → hosts`.
     pub by_state: Vec<((String, String), u64)>,
     /// `liveness → hosts` (decommissioned hosts excluded).

@@ -16,36 +16,36 @@ use serde_json::{json, Value};
 use crate::support::*;
 
 /// 2026-01-01T00:00:00Z: the injected clock's start.
-const T0: i64 = 1_767_225_600_000;
+pub(crate) const T0: i64 = 1_767_225_600_000;
 /// The check-in interval of these servers: 15 minutes.
-const INTERVAL_S: u64 = 900;
+pub(crate) const INTERVAL_S: u64 = 900;
 
 #[derive(Clone, Copy)]
-enum Engine {
+pub(crate) enum Engine {
     Sqlite,
     Postgres,
 }
 
 /// A server on its own release directory with a manual clock.
-struct Lab {
-    server: TestServer,
-    clock: ManualClock,
+pub(crate) struct Lab {
+    pub(crate) server: TestServer,
+    pub(crate) clock: ManualClock,
     _dir: tempfile::TempDir,
 }
 
 /// What a request answered: status, headers, JSON body (`Null` when empty).
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) headers: reqwest::header::HeaderMap,
+    pub(crate) body: Value,
 }
 
 impl Lab {
-    fn start(engine: Engine) -> Lab {
+    pub(crate) fn start(engine: Engine) -> Lab {
         Self::start_with(engine, |_| {})
     }
 
-    fn start_with(engine: Engine, tune: impl FnOnce(&mut Config)) -> Lab {
+    pub(crate) fn start_with(engine: Engine, tune: impl FnOnce(&mut Config)) -> Lab {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::new(dir.path());
         config.publish_token = TOKEN.to_owned();
@@ -66,7 +66,7 @@ impl Lab {
         }
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         url: &str,
@@ -103,17 +103,17 @@ impl Lab {
         }
     }
 
-    async fn post(&self, url: &str, token: &str, body: &Value) -> Answer {
+    pub(crate) async fn post(&self, url: &str, token: &str, body: &Value) -> Answer {
         let bytes = serde_json::to_vec(body).unwrap();
         self.call(Method::POST, url, Some(token), Some(bytes)).await
     }
 
-    async fn get(&self, url: &str, token: &str) -> Answer {
+    pub(crate) async fn get(&self, url: &str, token: &str) -> Answer {
         self.call(Method::GET, url, Some(token), None).await
     }
 
     /// An enrollment token for `quantix-os` (admin: the bootstrap token).
-    async fn enrollment_token(&self, body: Value) -> String {
+    pub(crate) async fn enrollment_token(&self, body: Value) -> String {
         let a = self
             .post(&self.server.api().enrollment_tokens(), TOKEN, &body)
             .await;
@@ -122,7 +122,7 @@ impl Lab {
     }
 
     /// Enrolls a host; returns `(host_id, host_token)`.
-    async fn enroll(&self, enrollment: &str, labels: Value) -> (String, String) {
+    pub(crate) async fn enroll(&self, enrollment: &str, labels: Value) -> (String, String) {
         let body = json!({"hostname": "node", "labels": labels});
         let a = self
             .post(&self.server.api().enroll(), enrollment, &body)
@@ -134,37 +134,37 @@ impl Lab {
     }
 
     /// A fresh host of `quantix-os`.
-    async fn host(&self) -> (String, String) {
+    pub(crate) async fn host(&self) -> (String, String) {
         let e = self
             .enrollment_token(json!({"product": "quantix-os"}))
             .await;
         self.enroll(&e, json!({})).await
     }
 
-    async fn check_in(&self, host: &(String, String), body: &Value) -> Answer {
+    pub(crate) async fn check_in(&self, host: &(String, String), body: &Value) -> Answer {
         self.post(&self.server.api().checkin(&host.0), &host.1, body)
             .await
     }
 
-    async fn events(&self, host: &(String, String), events: Value) -> Answer {
+    pub(crate) async fn events(&self, host: &(String, String), events: Value) -> Answer {
         let url = self.server.api().host_events(&host.0);
         self.post(&url, &host.1, &json!({ "events": events })).await
     }
 
-    async fn detail(&self, id: &str) -> Value {
+    pub(crate) async fn detail(&self, id: &str) -> Value {
         let a = self.get(&self.server.api().host(id), TOKEN).await;
         assert_eq!(a.status, 200, "{}", a.body);
         a.body
     }
 
-    async fn hosts(&self, query: &str) -> Vec<Value> {
+    pub(crate) async fn hosts(&self, query: &str) -> Vec<Value> {
         let a = self.get(&self.server.api().hosts(query), TOKEN).await;
         assert_eq!(a.status, 200, "{query}: {}", a.body);
         a.body["hosts"].as_array().unwrap().clone()
     }
 }
 
-fn report(version: &str) -> Value {
+pub(crate) fn report(version: &str) -> Value {
     json!({
         "reason": "check",
         "agent_version": "0.1.0",
@@ -177,7 +177,7 @@ fn report(version: &str) -> Value {
     })
 }
 
-fn event(seq: u64, kind: &str) -> Value {
+pub(crate) fn event(seq: u64, kind: &str) -> Value {
     json!({"seq": seq, "type": kind, "time": "2026-01-01T00:00:00Z", "version": "1.1.0"})
 }
 
@@ -825,7 +825,7 @@ async fn labels_patch_sets_and_removes(engine: Engine) {
 }
 
 /// Creates an operator token through the API (bootstrap admin); returns its secret.
-async fn operator_token(lab: &Lab, name: &str, scopes: Value) -> String {
+pub(crate) async fn operator_token(lab: &Lab, name: &str, scopes: Value) -> String {
     let a = lab
         .post(
             &lab.server.api().tokens(),

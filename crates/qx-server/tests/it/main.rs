@@ -6,6 +6,7 @@ mod api;
 mod bad_input;
 mod channel;
 mod connections;
+mod dashboard;
 mod fleet_api;
 mod fleet_cli;
 mod fleet_store;

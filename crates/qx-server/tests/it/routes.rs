@@ -28,6 +28,11 @@ const METHODS: &[(&str, &[&str])] = &[
     (api::HOST_EVENTS, &["POST"]),
     (api::TOKENS, &["GET", "POST"]),
     (api::TOKEN, &["DELETE"]),
+    (api::FLEET_SUMMARY, &["GET"]),
+    (api::FLEET_EVENTS, &["GET"]),
+    (api::UI, &["GET"]),
+    (api::UI_SCRIPT, &["GET"]),
+    (api::UI_STYLE, &["GET"]),
 ];
 
 /// The fallback's answer: 404 with the error sentence `no such endpoint`.

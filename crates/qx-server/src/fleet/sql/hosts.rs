@@ -356,6 +356,7 @@ pub(super) async fn counts(
         );
         out.by_version.push((key, count_of(&r)?));
     }
+    out.by_channel = channel_counts(pool).await?;
     let sql = Sql::new(
         "SELECT product, state, COUNT(*) AS n FROM hosts WHERE decommissioned_at IS NULL \
          GROUP BY product, state ORDER BY product, state",
@@ -383,6 +384,23 @@ pub(super) async fn counts(
     {
         out.recent_failures
             .push(((get(&r, "type")?, get(&r, "message")?), count_of(&r)?));
+    }
+    Ok(out)
+}
+
+async fn channel_counts(pool: &AnyPool) -> FleetResult<Vec<((String, String), u64)>> {
+    let sql = Sql::new(
+        "SELECT product, COALESCE(channel, '') AS channel, COUNT(*) AS n FROM hosts \
+         WHERE decommissioned_at IS NULL GROUP BY 1, 2 ORDER BY 1, 2",
+    );
+    let rows = sql
+        .query()
+        .fetch_all(pool)
+        .await
+        .map_err(db("counting hosts by channel"))?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(((get(&r, "product")?, get(&r, "channel")?), count_of(&r)?));
     }
     Ok(out)
 }
