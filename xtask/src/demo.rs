@@ -354,6 +354,10 @@ impl Demo {
             Ok(o) => println!("{}", String::from_utf8_lossy(&o.stdout).trim_end()),
             Err(e) => println!("(curl is not available: {e})"),
         }
+        println!(
+            "the fleet dashboard: {} (sign in with the operator token {TOKEN})",
+            self.url.ui()
+        );
     }
 
     /// The sandboxed host's directories, its configuration and the trusted key.
@@ -545,6 +549,10 @@ impl Demo {
         ready?;
         let token = read_trimmed(&self.host_path("/etc/limiquantix/api-token"));
         println!("open https://{api}/ (self-signed certificate) and enter the token {token}");
+        println!(
+            "the fleet dashboard, with this host: {} (operator token {TOKEN})",
+            self.url.ui()
+        );
         println!(
             "publish another release with:\n  QX_PUBLISH_TOKEN={TOKEN} {} publish --spec {} --key {} --server {} --channel {CHANNEL} --release-version 1.0.3",
             self.publish_bin.display(),
