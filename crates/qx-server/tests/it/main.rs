@@ -8,6 +8,7 @@ mod channel;
 mod connections;
 mod fleet_api;
 mod fleet_cli;
+mod fleet_metrics;
 mod fleet_store;
 mod hardening;
 mod robustness;
