@@ -605,7 +605,60 @@ pub fn markdown(opts: &Options, reports: &[RunReport], machine: &str) -> String 
         out.push_str(&row(r));
         out.push('\n');
     }
-    out.push_str(&format!("\nMachine: {machine}.\n"));
+    out.push_str(&targets(reports));
+    out.push_str(&format!(
+        "\n\"fleet counts\" is the first `/metrics` scrape after the load: it reads \
+         `FleetStore::counts` (hosts by version, state and liveness), the query the dashboard's \
+         overview needs (`GET /api/v1/fleet/summary` is not on this branch). \"host page\" is \
+         `GET /api/v1/hosts?limit=100`. Server RSS is VmRSS after enrollment and after the load. \
+         PostgreSQL is the throwaway cluster of `qx_testkit::postgres` (a Unix socket, \
+         `fsync=off`, `synchronous_commit=off`); SQLite runs as shipped (WAL, \
+         `synchronous=NORMAL`). The load generator runs on the same 2 cores as the server.\n\n\
+         Machine: {machine}.\n"
+    ));
+    out
+}
+
+/// The targets (issue 12) as the baseline: ≥ 2,000 check-ins/s with p99 < 100 ms on SQLite,
+/// the overview < 300 ms, RSS flat in the number of hosts.
+pub fn targets(reports: &[RunReport]) -> String {
+    let mut out = String::from(
+        "\nAgainst the targets (check-ins/s ÷ 2,000, p99 ÷ 100 ms, fleet counts ÷ 300 ms; \
+         the first must be ≥ 1, the others < 1):\n\n",
+    );
+    for r in reports {
+        let rate = r.checkins.0.len() as f64 / r.elapsed.as_secs_f64().max(f64::EPSILON);
+        let p99 = r.checkins.quantile(0.99).as_secs_f64() / 0.1;
+        let counts = r.counts.as_secs_f64() / 0.3;
+        let met = rate >= 2000.0 && p99 < 1.0 && counts < 1.0;
+        out.push_str(&format!(
+            "- {:?}, {} hosts: {:.2} / {:.2} / {:.2}: {}\n",
+            r.engine,
+            r.hosts,
+            rate / 2000.0,
+            p99,
+            counts,
+            if met { "met" } else { "not met" }
+        ));
+    }
+    for engine in [Engine::Sqlite, Engine::Postgres] {
+        let runs: Vec<&RunReport> = reports.iter().filter(|r| r.engine == engine).collect();
+        if let (Some(small), Some(large)) = (
+            runs.iter().min_by_key(|r| r.hosts),
+            runs.iter().max_by_key(|r| r.hosts),
+        ) {
+            if large.hosts > small.hosts {
+                out.push_str(&format!(
+                    "- {engine:?} server RSS after the load, {} → {} hosts: {} → {} ({:.2}×)\n",
+                    small.hosts,
+                    large.hosts,
+                    mib(small.rss_end_kib),
+                    mib(large.rss_end_kib),
+                    large.rss_end_kib as f64 / small.rss_end_kib.max(1) as f64
+                ));
+            }
+        }
+    }
     out
 }
 
@@ -620,6 +673,44 @@ mod tests {
         assert_eq!(l.quantile(0.99), Duration::from_micros(99));
         assert_eq!(l.quantile(1.0), Duration::from_micros(100));
         assert_eq!(Latencies::default().quantile(0.5), Duration::ZERO);
+    }
+
+    fn report(engine: Engine, hosts: usize, checkins: usize, rss: u64) -> RunReport {
+        RunReport {
+            engine,
+            hosts,
+            enroll: Duration::from_secs(1),
+            checkins: Latencies(vec![20_000; checkins]),
+            events: Latencies::default(),
+            refused: 0,
+            failed: 0,
+            elapsed: Duration::from_secs(1),
+            rss_start_kib: rss,
+            rss_end_kib: rss,
+            host_page: Duration::from_millis(10),
+            counts: Duration::from_millis(150),
+        }
+    }
+
+    #[test]
+    fn targets_are_ratios_and_rss_is_compared_across_sizes() {
+        let text = targets(&[
+            report(Engine::Sqlite, 5000, 3000, 10240),
+            report(Engine::Sqlite, 50000, 1000, 12288),
+        ]);
+        assert!(
+            text.contains("- Sqlite, 5000 hosts: 1.50 / 0.20 / 0.50: met"),
+            "{text}"
+        );
+        assert!(
+            text.contains("- Sqlite, 50000 hosts: 0.50 / 0.20 / 0.50: not met"),
+            "{text}"
+        );
+        assert!(
+            text.contains("RSS after the load, 5000 → 50000 hosts: 10.0 MiB → 12.0 MiB (1.20×)"),
+            "{text}"
+        );
+        assert!(!text.contains("Postgres"), "{text}");
     }
 
     #[test]
