@@ -1,10 +1,12 @@
-//! Project automation: `cargo xtask test | demo | bench <name>`.
+//! Project automation: `cargo xtask test | demo | bench <name>` (`bench fleet`: the fleet's
+//! load generator).
 
 mod bench_apply;
 mod bench_server;
 mod benchmarks;
 mod demo;
 mod deps;
+mod loadgen;
 mod process;
 mod test;
 
@@ -45,18 +47,55 @@ enum Bench {
     Server,
     /// Agent apply vs a download-and-unpack shell pipeline.
     Apply,
+    /// The fleet's load generator: simulated hosts enroll, then check in and send events.
+    Fleet {
+        /// Fleet sizes, a fresh server and store for each.
+        #[arg(long, value_delimiter = ',', default_value = "5000,50000")]
+        hosts: Vec<usize>,
+        /// Stores to run on.
+        #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+        engines: Vec<loadgen::Engine>,
+        /// Seconds of load per run.
+        #[arg(long, default_value_t = 20)]
+        secs: u64,
+        /// Connections (threads) playing the hosts.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Check-ins per second across all connections; 0: as fast as possible.
+        #[arg(long, default_value_t = 0)]
+        rate: u32,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Test { fast } => test::run(fast),
         Cmd::Demo { keep } => demo::run_demo(keep),
-        Cmd::Bench { which } => {
-            deps::ensure(deps::BENCH_PACKAGES)?;
-            match which {
-                Bench::Server => bench_server::run(),
-                Bench::Apply => bench_apply::run(),
+        Cmd::Bench { which } => match which {
+            Bench::Server => {
+                deps::ensure(deps::BENCH_PACKAGES)?;
+                bench_server::run()
             }
-        }
+            Bench::Apply => {
+                deps::ensure(deps::BENCH_PACKAGES)?;
+                bench_apply::run()
+            }
+            Bench::Fleet {
+                hosts,
+                engines,
+                secs,
+                concurrency,
+                rate,
+            } => {
+                deps::ensure(&["postgresql"])?;
+                loadgen::run(&loadgen::Options {
+                    hosts,
+                    engines,
+                    secs,
+                    concurrency,
+                    rate,
+                })
+            }
+        },
     }
 }

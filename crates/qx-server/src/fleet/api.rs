@@ -4,6 +4,7 @@
 //! checked ([`super::validate`]) before anything is stored.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{RawQuery, State};
@@ -177,6 +178,7 @@ pub async fn check_in<S: ReleaseStore>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let started = Instant::now();
     let now = admit(&app, &headers)?;
     let id = params.host_id()?;
     auth::host(&*app.fleet.store, &headers, &id).await?;
@@ -185,10 +187,12 @@ pub async fn check_in<S: ReleaseStore>(
     let interval = app.config.fleet.checkin_interval.as_secs();
     let next = next_checkin_s(interval, &id, now);
     let due = now.saturating_add(i64::try_from(next * 1000).unwrap_or(i64::MAX));
+    let reason = report.reason;
     app.fleet
         .store
         .check_in(id.clone(), report, now, due)
         .await?;
+    app.metrics.check_in(reason, started.elapsed());
     app.fleet.notify("checkin", &id);
     Ok(Json(CheckInAnswer {
         server_time: rfc3339(now),
@@ -206,16 +210,20 @@ pub async fn events<S: ReleaseStore>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let started = Instant::now();
     let now = admit(&app, &headers)?;
     let id = params.host_id()?;
     auth::host(&*app.fleet.store, &headers, &id).await?;
     let mut batch: EventBatch = validate::json(body, "event batch")?;
     validate::events(&mut batch.events)?;
+    let kinds: Vec<_> = batch.events.iter().map(|e| e.kind).collect();
     let accepted = app
         .fleet
         .store
         .append_events(id.clone(), batch.events, now)
         .await?;
+    app.metrics
+        .events(&kinds, accepted.duplicates, started.elapsed());
     app.fleet.notify("events", &id);
     Ok(Json(accepted).into_response())
 }

@@ -34,8 +34,12 @@ pub async fn health() -> Json<Health> {
     })
 }
 
-/// `GET /metrics`: the Prometheus text exposition.
+/// `GET /metrics`: the Prometheus text exposition (the fleet's host gauges refreshed first).
 pub async fn metrics_text<S: ReleaseStore>(State(app): State<Arc<App<S>>>) -> Response {
+    let now = app.fleet.clock.now();
+    app.metrics
+        .refresh_fleet(&*app.fleet.store, app.liveness_rule(), now)
+        .await;
     (
         [(
             header::CONTENT_TYPE,

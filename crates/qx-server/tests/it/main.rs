@@ -9,6 +9,7 @@ mod connections;
 mod dashboard;
 mod fleet_api;
 mod fleet_cli;
+mod fleet_metrics;
 mod fleet_store;
 mod hardening;
 mod robustness;
