@@ -4,8 +4,8 @@
 //! check-ins and event batches from all of them for a fixed time, as fast as possible or at a
 //! configured rate, over a bounded number of keep-alive connections. Reports sustained
 //! check-ins per second, p50/p99 latency, the server's RSS before and after the load, and the
-//! time of the dashboard's queries (the first host page, and the fleet counts read by the
-//! first `/metrics` scrape). The figures go into the "Fleet ingest" section of BENCHMARKS.md.
+//! time of the dashboard's queries (the first host page, and its overview
+//! `GET /api/v1/fleet/summary`). The figures go into the "Fleet ingest" section of BENCHMARKS.md.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -143,7 +143,7 @@ fn run_one(bin: &Path, engine: Engine, hosts: usize, opts: &Options) -> anyhow::
     let rss_end_kib = vm_rss_kib(server.pid())?;
     let mut conn = Conn::new(addr);
     let host_page = timed(|| conn.expect(&get(&api.hosts("limit=100"), TOKEN), 200))?;
-    let counts = timed(|| conn.expect(&get(&api.metrics(), ""), 200))?;
+    let counts = timed(|| conn.expect(&get(&api.fleet_summary(), TOKEN), 200))?;
     Ok(RunReport {
         engine,
         hosts,
@@ -607,9 +607,9 @@ pub fn markdown(opts: &Options, reports: &[RunReport], machine: &str) -> String 
     }
     out.push_str(&targets(reports));
     out.push_str(&format!(
-        "\n\"fleet counts\" is the first `/metrics` scrape after the load: it reads \
-         `FleetStore::counts` (hosts by version, state and liveness), the query the dashboard's \
-         overview needs (`GET /api/v1/fleet/summary` is not on this branch). \"host page\" is \
+        "\n\"fleet counts\" is the dashboard's overview, `GET /api/v1/fleet/summary` (the store's \
+         counts by version, channel, state and liveness, and the day's failures), right after \
+         the load. \"host page\" is \
          `GET /api/v1/hosts?limit=100`. Server RSS is VmRSS after enrollment and after the load. \
          PostgreSQL is the throwaway cluster of `qx_testkit::postgres` (a Unix socket, \
          `fsync=off`, `synchronous_commit=off`); SQLite runs as shipped (WAL, \

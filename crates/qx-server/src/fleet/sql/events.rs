@@ -22,8 +22,51 @@ pub(super) async fn check_in(
     tx.commit().await.map_err(db("committing a check-in"))
 }
 
-/// Writes one check-in inside `tx`.
+/// Writes one check-in inside `tx`: the host row, then its versions and its own labels only
+/// when they differ from the previous check-in's (the common check-in changes neither, and
+/// is then two statements).
 pub(crate) async fn record_check_in(
+    conn: &mut AnyConnection,
+    host: &str,
+    report: &CheckIn,
+    now: Millis,
+    next_due: Millis,
+) -> FleetResult<()> {
+    let previous = previous_report(conn, host).await?;
+    update_host_row(conn, host, report, now, next_due).await?;
+    if previous.as_ref().map(|p| &p.installed) != Some(&report.installed) {
+        replace_versions(conn, host, report).await?;
+    }
+    if previous.as_ref().map(|p| &p.labels) != Some(&report.labels) {
+        let mut clear = Sql::new("DELETE FROM host_labels WHERE source = 'host' AND host_id = ");
+        clear.text(host);
+        clear
+            .query()
+            .execute(&mut *conn)
+            .await
+            .map_err(db("replacing a host's own labels"))?;
+        super::hosts::insert_labels(conn, host, &report.labels, "host").await?;
+    }
+    Ok(())
+}
+
+/// The host's previous check-in as stored (`None`: none yet, or unreadable: then everything
+/// is written again). An unknown host is an error.
+async fn previous_report(conn: &mut AnyConnection, host: &str) -> FleetResult<Option<CheckIn>> {
+    let mut sql = Sql::new("SELECT report FROM hosts WHERE id = ");
+    sql.text(host);
+    let row = sql
+        .query()
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db("reading a host's last check-in"))?
+        .ok_or_else(|| unknown_host(host))?;
+    let text: Option<String> = get(&row, "report")?;
+    Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+}
+
+/// The host row's report columns.
+async fn update_host_row(
     conn: &mut AnyConnection,
     host: &str,
     report: &CheckIn,
@@ -52,6 +95,15 @@ pub(crate) async fn record_check_in(
     if done.rows_affected() == 0 {
         return Err(unknown_host(host));
     }
+    Ok(())
+}
+
+/// Replaces the host's component versions with the check-in's.
+async fn replace_versions(
+    conn: &mut AnyConnection,
+    host: &str,
+    report: &CheckIn,
+) -> FleetResult<()> {
     let mut clear = Sql::new("DELETE FROM host_versions WHERE host_id = ");
     clear.text(host);
     clear
@@ -72,14 +124,7 @@ pub(crate) async fn record_check_in(
             .await
             .map_err(db("storing a host's versions"))?;
     }
-    let mut clear = Sql::new("DELETE FROM host_labels WHERE source = 'host' AND host_id = ");
-    clear.text(host);
-    clear
-        .query()
-        .execute(&mut *conn)
-        .await
-        .map_err(db("replacing a host's own labels"))?;
-    super::hosts::insert_labels(conn, host, &report.labels, "host").await
+    Ok(())
 }
 
 fn optional_text(sql: &mut Sql, v: Option<&str>) {
