@@ -950,6 +950,40 @@ fn rollback_tx(tx: &mut Tx<'_>, j: &mut Journal, reason: &str) -> Result<(), Age
 
 /// Steps 6-8 (also the roll-forward of recovery): restart, verify, versions, commit, prune.
 fn finish_forward(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, AgentError> {
+    restart_services(tx, j)?;
+    crash_point("restarted");
+    verify_all(tx, j)?;
+    crash_point("verified");
+    record_versions(tx, j)?;
+    crash_point("versions");
+    let outcome = if j.reverted {
+        Outcome::Reverted
+    } else {
+        Outcome::Success
+    };
+    // History before the commit mark: a crash in between repeats the entry, never loses it.
+    tx.history(j, outcome, None)?;
+    tx.phase(j, Phase::Committed)?;
+    crash_point("committed");
+    // The only success: every component's effect was verified above.
+    tx.event(EventType::Confirmed, &j.version, None);
+    tx.stage = None;
+    tx.log.line(&format!(
+        "apply {}: {} installed",
+        j.operation_id, j.version
+    ));
+    prune(tx, j);
+    tx.log.sync();
+    Ok(ApplyReport {
+        version: j.version.clone(),
+        components: j.entries.iter().map(|e| e.name.clone()).collect(),
+        outcome,
+        system: None,
+    })
+}
+
+/// Step 6: restarts the services of the installed entries; a failed restart rolls back.
+fn restart_services(tx: &mut Tx<'_>, j: &mut Journal) -> Result<(), AgentError> {
     tx.stage(&j.version.clone(), "restart");
     let services = j.services();
     if !services.is_empty() {
@@ -982,8 +1016,11 @@ fn finish_forward(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, Agent
             });
         }
     }
-    crash_point("restarted");
+    Ok(())
+}
 
+/// Step 7: every entry's effect is verified; one that did not take effect rolls back.
+fn verify_all(tx: &mut Tx<'_>, j: &mut Journal) -> Result<(), AgentError> {
     tx.stage(&j.version.clone(), "verify");
     for e in j.entries.clone() {
         tx.state(UpdateState::Verifying {
@@ -999,8 +1036,11 @@ fn finish_forward(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, Agent
         }
         tx.log.line(&format!("verify {}: ok", e.name));
     }
-    crash_point("verified");
+    Ok(())
+}
 
+/// Step 8's first part: the installed artifacts' hashes and `/data/versions/<component>`.
+fn record_versions(tx: &mut Tx<'_>, j: &Journal) -> Result<(), AgentError> {
     for e in &j.entries {
         if let Some(sha) = &e.sha256 {
             crate::installed::record_artifact_sha(tx.paths, &e.name, &e.version, sha)?;
@@ -1010,31 +1050,7 @@ fn finish_forward(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, Agent
             format!("{}\n", e.version).as_bytes(),
         )?;
     }
-    crash_point("versions");
-    let outcome = if j.reverted {
-        Outcome::Reverted
-    } else {
-        Outcome::Success
-    };
-    // History before the commit mark: a crash in between repeats the entry, never loses it.
-    tx.history(j, outcome, None)?;
-    tx.phase(j, Phase::Committed)?;
-    crash_point("committed");
-    // The only success: every component's effect was verified above.
-    tx.event(EventType::Confirmed, &j.version, None);
-    tx.stage = None;
-    tx.log.line(&format!(
-        "apply {}: {} installed",
-        j.operation_id, j.version
-    ));
-    prune(tx, j);
-    tx.log.sync();
-    Ok(ApplyReport {
-        version: j.version.clone(),
-        components: j.entries.iter().map(|e| e.name.clone()).collect(),
-        outcome,
-        system: None,
-    })
+    Ok(())
 }
 
 /// Effect verification of one component: its health command passes, or the restarted
