@@ -5,14 +5,13 @@
 //! server (one request per connection), or answered 404 without one. Bounded: a drip ends
 //! with its body, when the client goes away, or when the server is dropped.
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::Context;
+use crate::interpose::{forward, read_head, Loopback};
 
 /// What is dripped.
 #[derive(Debug, Clone)]
@@ -27,10 +26,8 @@ pub struct Drip {
 
 /// A running drip server on `127.0.0.1:<port>`; it stops when dropped.
 pub struct DripServer {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    server: Loopback,
     dripped: Arc<AtomicU64>,
-    thread: Option<JoinHandle<()>>,
 }
 
 /// The longest wait for a request head.
@@ -39,53 +36,22 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 impl DripServer {
     /// Drips `drip`; everything else goes to `upstream` (404 without one).
     pub fn start(upstream: Option<SocketAddr>, drip: Drip) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
-        let addr = listener.local_addr().context("reading the bound address")?;
-        let stop = Arc::new(AtomicBool::new(false));
         let dripped = Arc::new(AtomicU64::new(0));
-        let (stop2, dripped2) = (stop.clone(), dripped.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("drip-server-{}", addr.port()))
-            .spawn(move || {
-                for stream in listener.incoming() {
-                    if stop2.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    let (drip, stop, dripped) = (drip.clone(), stop2.clone(), dripped2.clone());
-                    std::thread::spawn(move || {
-                        let _ = serve(stream, upstream, &drip, &stop, &dripped);
-                    });
-                }
-            })
-            .context("spawning the drip server")?;
-        Ok(Self {
-            addr,
-            stop,
-            dripped,
-            thread: Some(thread),
-        })
+        let counter = dripped.clone();
+        let server = Loopback::start("drip-server", move |stream, stop| {
+            let _ = serve(stream, upstream, &drip, stop, &counter);
+        })?;
+        Ok(Self { server, dripped })
     }
 
     /// The base URL, e.g. `http://127.0.0.1:41234`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     /// Body bytes dripped so far, over every connection.
     pub fn dripped(&self) -> u64 {
         self.dripped.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for DripServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wakes the accept loop so that it sees the flag.
-        let _ = TcpStream::connect(self.addr);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -98,7 +64,7 @@ fn serve(
     dripped: &AtomicU64,
 ) -> std::io::Result<()> {
     client.set_read_timeout(Some(HEAD_TIMEOUT))?;
-    let head = read_head(&mut client)?;
+    let (head, _) = read_head(&mut client)?;
     let path = String::from_utf8_lossy(&head)
         .split_whitespace()
         .nth(1)
@@ -120,36 +86,5 @@ fn serve(
         }
         return client.shutdown(Shutdown::Both);
     }
-    let Some(upstream) = upstream else {
-        client.write_all(
-            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-        )?;
-        return client.shutdown(Shutdown::Both);
-    };
-    let mut server = TcpStream::connect(upstream)?;
-    // One request per connection: the upstream closes after its answer.
-    let end = head.len() - 2;
-    server.write_all(&head[..end])?;
-    server.write_all(b"connection: close\r\n\r\n")?;
-    std::io::copy(&mut server, &mut client)?;
-    client.shutdown(Shutdown::Both)
-}
-
-/// The request head, up to and including its blank line (at most 64 KiB).
-fn read_head(client: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = client.read(&mut buf)?;
-        if n == 0 || head.len() > 64 * 1024 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let end = head
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(head.len(), |p| p + 4);
-    head.truncate(end);
-    Ok(head)
+    forward(client, upstream, &head)
 }

@@ -5,6 +5,7 @@ pub mod browser;
 pub mod channel;
 pub mod drip;
 pub mod host;
+pub mod interpose;
 pub mod postgres;
 pub mod proxy;
 pub mod release;

@@ -5,13 +5,11 @@
 //! host token, an answer out of bounds. It stops when dropped.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::Context;
+use crate::interpose::{forward, read_head, Loopback};
 
 /// One request as the server received it.
 #[derive(Debug, Clone)]
@@ -67,10 +65,8 @@ type Script = dyn Fn(&Request) -> Answer + Send + Sync;
 
 /// A running scripted server on `127.0.0.1:<port>`.
 pub struct ScriptedServer {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    server: Loopback,
     requests: Arc<Mutex<Vec<Request>>>,
-    thread: Option<JoinHandle<()>>,
 }
 
 /// The longest wait for a request's head and body.
@@ -85,40 +81,18 @@ impl ScriptedServer {
         prefix: &str,
         script: impl Fn(&Request) -> Answer + Send + Sync + 'static,
     ) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
-        let addr = listener.local_addr().context("reading the bound address")?;
-        let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let script: Arc<Script> = Arc::new(script);
+        let recorded = requests.clone();
         let prefix = prefix.to_owned();
-        let (stop2, requests2) = (stop.clone(), requests.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("scripted-server-{}", addr.port()))
-            .spawn(move || {
-                for stream in listener.incoming() {
-                    if stop2.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    let (script, requests, prefix) =
-                        (script.clone(), requests2.clone(), prefix.clone());
-                    std::thread::spawn(move || {
-                        let _ = serve(stream, upstream, &prefix, &*script, &requests);
-                    });
-                }
-            })
-            .context("spawning the scripted server")?;
-        Ok(Self {
-            addr,
-            stop,
-            requests,
-            thread: Some(thread),
-        })
+        let server = Loopback::start("scripted-server", move |stream, _| {
+            let _ = serve(stream, upstream, &prefix, &script, &recorded);
+        })?;
+        Ok(Self { server, requests })
     }
 
     /// The base URL, e.g. `http://127.0.0.1:41234`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     /// Every scripted request so far, in order of arrival.
@@ -132,17 +106,6 @@ impl ScriptedServer {
             .into_iter()
             .filter(|r| r.path.ends_with(suffix))
             .collect()
-    }
-}
-
-impl Drop for ScriptedServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wakes the accept loop so that it sees the flag.
-        let _ = TcpStream::connect(self.addr);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -206,45 +169,4 @@ fn serve(
     out.push_str(&answer.body);
     client.write_all(out.as_bytes())?;
     client.shutdown(Shutdown::Both)
-}
-
-/// Sends a request without a body to `upstream` and its answer back (404 without one).
-fn forward(
-    mut client: TcpStream,
-    upstream: Option<SocketAddr>,
-    head: &[u8],
-) -> std::io::Result<()> {
-    let Some(upstream) = upstream else {
-        client.write_all(
-            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-        )?;
-        return client.shutdown(Shutdown::Both);
-    };
-    let mut server = TcpStream::connect(upstream)?;
-    // One request per connection: the upstream closes after its answer.
-    let end = head.len() - 2;
-    server.write_all(&head[..end])?;
-    server.write_all(b"connection: close\r\n\r\n")?;
-    std::io::copy(&mut server, &mut client)?;
-    client.shutdown(Shutdown::Both)
-}
-
-/// The request head up to and including its blank line (at most 64 KiB), and the body bytes
-/// read with it.
-fn read_head(client: &mut TcpStream) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = client.read(&mut buf)?;
-        if n == 0 || head.len() > 64 * 1024 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let end = head
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(head.len(), |p| p + 4);
-    let rest = head.split_off(end);
-    Ok((head, rest))
 }
