@@ -13,8 +13,9 @@
 //! reproducer is printed (`fuzz/artifacts/<target>/crash-…`; replay it with
 //! `cargo fuzz run --sanitizer none <target> <file>`).
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -30,7 +31,9 @@ pub fn run(fast: bool) -> anyhow::Result<()> {
     } else {
         deps::TEST_PACKAGES
     };
-    let mut result = deps::ensure(packages).and_then(|()| deps::cargo(&cargo_args(fast)));
+    let mut failures = Vec::new();
+    let mut result =
+        deps::ensure(packages).and_then(|()| cargo_test(&cargo_args(fast), &mut failures));
     if !fast {
         let fuzzed = fuzz_seconds().and_then(fuzz_all);
         if let Err(e) = &fuzzed {
@@ -38,6 +41,7 @@ pub fn run(fast: bool) -> anyhow::Result<()> {
         }
         result = result.and(fuzzed);
     }
+    print_failures(&failures);
     let verdict = if result.is_ok() { "passed" } else { "failed" };
     println!(
         "\ncargo xtask test{}: {verdict}; wall time {}",
@@ -45,6 +49,67 @@ pub fn run(fast: bool) -> anyhow::Result<()> {
         wall_time(start.elapsed())
     );
     result
+}
+
+/// Runs `cargo <args>`, passing its output through while keeping each test binary's
+/// `failures:` section in `failures`, so that the end of the run can repeat them (fuzzing
+/// prints a lot in between).
+fn cargo_test(args: &[&str], failures: &mut Vec<String>) -> anyhow::Result<()> {
+    let mut child = Command::new(env!("CARGO"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo")?;
+    let stdout = child.stdout.take().context("cargo's piped stdout")?;
+    let mut section = FailureSection::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo's output")?;
+        println!("{line}");
+        section.feed(&line, failures);
+    }
+    let st = child.wait().context("waiting for cargo")?;
+    if !st.success() {
+        bail!("cargo {} failed ({st})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// The `failures:` part of one test binary's output: from the line `failures:` (it comes
+/// twice: before the panics, then before the list of names) to its `test result:` line.
+#[derive(Default)]
+struct FailureSection {
+    inside: bool,
+}
+
+impl FailureSection {
+    /// Most lines kept over the whole run (panics and backtraces can be long).
+    const MAX_LINES: usize = 3000;
+
+    fn feed(&mut self, line: &str, failures: &mut Vec<String>) {
+        if line == "failures:" && !self.inside {
+            self.inside = true;
+            failures.push("---".to_owned());
+        }
+        if !self.inside {
+            return;
+        }
+        if line.starts_with("test result:") {
+            self.inside = false;
+            failures.push(line.to_owned());
+        } else if failures.len() < Self::MAX_LINES {
+            failures.push(line.to_owned());
+        }
+    }
+}
+
+fn print_failures(failures: &[String]) {
+    if failures.is_empty() {
+        return;
+    }
+    println!("\nthe failed tests, again (their output is above):");
+    for line in failures {
+        println!("{line}");
+    }
 }
 
 /// The cargo arguments: the whole workspace, every target, every failure reported; the slow
@@ -136,13 +201,21 @@ fn fuzz_all(seconds: u64) -> anyhow::Result<()> {
 
 /// One target for `seconds`: new inputs go to a scratch corpus under `fuzz/target` (the
 /// committed corpus only seeds it); a crash leaves its reproducer in `fuzz/artifacts/<target>/`.
+/// The fuzzer's own output goes to `fuzz/target/logs/<target>.log`; on a crash its end is
+/// printed.
 fn fuzz_one(target: &str, seconds: u64) -> anyhow::Result<()> {
     let scratch = fuzz_dir().join("target/corpus-run").join(target);
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let scratch = scratch.display().to_string();
     let seeds = format!("corpus/{target}");
     let max_time = format!("-max_total_time={seconds}");
-    println!("\nfuzz {target}: {seconds} s");
+    let log_path = fuzz_log(target)?;
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    println!(
+        "fuzz {target}: {seconds} s (output in {})",
+        log_path.display()
+    );
     let st = cargo_fuzz(&[
         "run",
         "--sanitizer",
@@ -153,11 +226,40 @@ fn fuzz_one(target: &str, seconds: u64) -> anyhow::Result<()> {
         "--",
         &max_time,
     ])
+    .stdout(log.try_clone().context("duplicating the log's handle")?)
+    .stderr(log)
     .status()
     .with_context(|| format!("running cargo fuzz run {target}"))?;
     if st.success() {
         return Ok(());
     }
+    print_tail(&log_path, 60);
+    bail!(
+        "{target} crashed ({st}); reproducer(s): {}",
+        reproducers(target)
+    )
+}
+
+/// `fuzz/target/logs/<target>.log`, its directory created.
+fn fuzz_log(target: &str) -> anyhow::Result<PathBuf> {
+    let dir = fuzz_dir().join("target/logs");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir.join(format!("{target}.log")))
+}
+
+/// Prints the last `n` lines of `path` (nothing when it cannot be read).
+fn print_tail(path: &Path, n: usize) {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    println!("--- the end of {}:", path.display());
+    for line in &lines[lines.len().saturating_sub(n)..] {
+        println!("{line}");
+    }
+}
+
+/// The reproducers a crashed target left in `fuzz/artifacts/<target>/`.
+fn reproducers(target: &str) -> String {
     let artifacts = fuzz_dir().join("artifacts").join(target);
     let mut found: Vec<String> = std::fs::read_dir(&artifacts)
         .into_iter()
@@ -166,14 +268,11 @@ fn fuzz_one(target: &str, seconds: u64) -> anyhow::Result<()> {
         .map(|e| e.path().display().to_string())
         .collect();
     found.sort();
-    bail!(
-        "{target} crashed ({st}); reproducer(s): {}",
-        if found.is_empty() {
-            "see the output above".to_owned()
-        } else {
-            found.join(", ")
-        }
-    )
+    if found.is_empty() {
+        "none written (see the output above)".to_owned()
+    } else {
+        found.join(", ")
+    }
 }
 
 /// `1 h 02 min 03 s`, `4 min 05 s` or `12.3 s`.
@@ -234,5 +333,28 @@ mod tests {
         assert_eq!(wall_time(Duration::from_millis(12_345)), "12.3 s");
         assert_eq!(wall_time(Duration::from_secs(245)), "4 min 05 s");
         assert_eq!(wall_time(Duration::from_secs(3723)), "1 h 02 min 03 s");
+    }
+
+    #[test]
+    fn the_failures_section_of_each_binary_is_kept_and_nothing_else() {
+        let output = "running 2 tests\ntest a ... ok\ntest b ... FAILED\n\nfailures:\n\n\
+            ---- b stdout ----\npanicked at b\n\nfailures:\n    b\n\n\
+            test result: FAILED. 1 passed; 1 failed\n\nrunning 1 test\ntest c ... ok\n\
+            test result: ok. 1 passed\n";
+        let mut kept = Vec::new();
+        let mut section = FailureSection::default();
+        for line in output.lines() {
+            section.feed(line, &mut kept);
+        }
+        assert_eq!(kept.first().map(String::as_str), Some("---"));
+        assert!(kept.iter().any(|l| l == "panicked at b"));
+        assert!(kept.iter().any(|l| l == "    b"));
+        assert_eq!(
+            kept.last().map(String::as_str),
+            Some("test result: FAILED. 1 passed; 1 failed")
+        );
+        assert!(!kept
+            .iter()
+            .any(|l| l.contains("test c") || l.contains("test a")));
     }
 }

@@ -78,6 +78,21 @@ pub struct EnrollRequest {
     /// Labels the host adds to the token's (the token's win on a clash).
     #[serde(default)]
     pub labels: Labels,
+    /// A secret the host made and kept durably before sending this request
+    /// ([`new_secret`]): when the answer is lost (the host crashed or the connection broke
+    /// before the identity was kept), the same request again is answered with the same host,
+    /// a new host token, and no second use of the enrollment token.
+    #[serde(default)]
+    pub enrollment_key: Option<String>,
+}
+
+/// A new secret: 256 random bits, base64url without padding (43 characters). Host tokens,
+/// operator and enrollment tokens, and a host's enrollment key.
+pub fn new_secret() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    rand::Rng::fill(&mut rand::rng(), &mut bytes[..]);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// The host's identity, as the server answers an enrollment and the agent keeps it in

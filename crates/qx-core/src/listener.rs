@@ -16,6 +16,9 @@
 //!   over each `body_read_timeout` window while the handler waits for it; a body slower than
 //!   that (a drip-fed upload, or one that never comes) fails with [`BodyTooSlow`], which the
 //!   handler answers 408.
+//! - **Descriptors**: building a [`Limiter`] raises the process's open-file limit to its hard
+//!   limit (a service's soft limit is often 1,024) and warns when `max_connections` does not
+//!   fit under it.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -85,8 +88,39 @@ pub struct Limiter {
     counts: Arc<Mutex<Counts>>,
 }
 
+/// Descriptors a listener's process keeps for everything but client connections (files being
+/// served, the database, logs).
+const RESERVED_FDS: u64 = 256;
+
+/// Raises the soft open-file limit to the hard one; returns the soft limit in force.
+fn raise_open_file_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        lim.current = lim.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, lim) {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+        }
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
 impl Limiter {
+    /// The limiter; raises the process's open-file limit (see the module's documentation).
     pub fn new(limits: ConnectionLimits) -> Self {
+        let nofile = raise_open_file_limit();
+        let wanted = u64::try_from(limits.max_connections)
+            .unwrap_or(u64::MAX)
+            .saturating_add(RESERVED_FDS);
+        if nofile < wanted {
+            tracing::warn!(
+                open_file_limit = nofile,
+                max_connections = limits.max_connections,
+                "the open-file limit is below max_connections plus {RESERVED_FDS} for files: \
+                 raise it (LimitNOFILE= in the service unit) or lower max_connections, or \
+                 connections will be refused with 'too many open files' before the cap"
+            );
+        }
         Self {
             limits,
             counts: Arc::default(),

@@ -226,11 +226,13 @@ impl Prepared {
             "qx-update-server listening"
         );
         let limiter = qx_core::listener::Limiter::new(config.limits);
-        let app = router(Arc::new(App::new(store, config, fleet)));
+        let state = Arc::new(App::new(store, config, fleet));
+        let app = router(state.clone());
         let handle = axum_server::Handle::new();
         let stopper = handle.clone();
         tokio::spawn(async move {
             shutdown.await;
+            state.fleet.stop_streams();
             stopper.graceful_shutdown(Some(Duration::from_secs(10)));
         });
         // One single-threaded runtime per core, each accepting on the same listening socket

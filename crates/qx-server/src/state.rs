@@ -50,6 +50,9 @@ pub struct Fleet {
     pub limit: RateLimit,
     /// Every check-in, event batch and decommission, for the dashboard's live stream.
     changes: broadcast::Sender<FleetChange>,
+    /// Cancelled when the server begins to stop: the live streams end then, so the graceful
+    /// shutdown does not wait for them.
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 impl Fleet {
@@ -63,7 +66,18 @@ impl Fleet {
             clock,
             limit: RateLimit::new(config.rate_limit, config.rate_burst),
             changes: broadcast::channel(CHANGE_BACKLOG).0,
+            stopping: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Ends every live stream (the server is stopping).
+    pub fn stop_streams(&self) {
+        self.stopping.cancel();
+    }
+
+    /// Completes when the server begins to stop.
+    pub fn stopping(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.stopping.clone().cancelled_owned()
     }
 
     /// Tells the dashboards that `host` changed (`kind`: `checkin`, `events`,

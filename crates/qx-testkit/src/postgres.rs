@@ -113,9 +113,11 @@ fn as_owner(program: &Path) -> Command {
 
 fn start() -> Cluster {
     let bin = bin_dir();
+    // Under /tmp whatever TMPDIR says: the `postgres` user must reach it, and the socket's
+    // path must stay under the 107 bytes a Unix socket's name may have.
     let dir = tempfile::Builder::new()
         .prefix("qx-pg-")
-        .tempdir()
+        .tempdir_in("/tmp")
         .expect("temporary directory for the cluster")
         .keep();
     if rustix::process::geteuid().is_root() {
@@ -130,7 +132,15 @@ fn start() -> Cluster {
     let out = as_owner(&bin.join("initdb"))
         .arg("-D")
         .arg(&data)
-        .args(["-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-sync"])
+        .args([
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ])
         .output()
         .expect("run initdb");
     assert!(

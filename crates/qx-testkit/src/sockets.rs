@@ -6,13 +6,55 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Raises this process's open-file limit to its hard limit: a test holding thousands of
-/// sockets (and, in-process, the server's ends too) needs it.
-pub fn raise_nofile() {
+/// File descriptors left for everything else a test process holds (its servers' files,
+/// listeners, the other tests' sockets) when a socket test sizes itself.
+const RESERVED_FDS: u64 = 512;
+
+static SOCKET_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The right of one socket-heavy test to a share of the open-file limit: such tests run one at
+/// a time while they hold it, and each opens what [`SocketBudget::sockets`] allows.
+pub struct SocketBudget {
+    _turn: std::sync::MutexGuard<'static, ()>,
+    limit: u64,
+}
+
+/// Raises this process's open-file limit (the soft limit up to the hard one) and waits for
+/// this test's turn among the socket-heavy tests.
+pub fn socket_budget() -> SocketBudget {
     use rustix::process::{getrlimit, setrlimit, Resource};
+    let turn = SOCKET_TESTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut lim = getrlimit(Resource::Nofile);
     lim.current = lim.maximum;
     setrlimit(Resource::Nofile, lim).expect("raise RLIMIT_NOFILE");
+    SocketBudget {
+        _turn: turn,
+        limit: getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX),
+    }
+}
+
+impl SocketBudget {
+    /// How many of `wanted` client sockets this test may open: each costs two descriptors
+    /// (the client's end, and the in-process server's). Thousands where the limit allows
+    /// (this machine's is tens of thousands); fewer, said on stderr, under a low hard limit.
+    pub fn sockets(&self, wanted: usize) -> usize {
+        let room = self.limit.saturating_sub(RESERVED_FDS) / 2;
+        let n = usize::try_from(room).unwrap_or(usize::MAX).min(wanted);
+        if n < wanted {
+            eprintln!(
+                "the open-file limit is {}: {n} sockets instead of {wanted}",
+                self.limit
+            );
+        }
+        assert!(
+            n >= 100,
+            "the open-file limit {} is too low for this test",
+            self.limit
+        );
+        n
+    }
 }
 
 /// The loopback address `127.0.0.<last>`: idle sockets come from another address than the

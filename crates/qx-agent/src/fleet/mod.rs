@@ -5,7 +5,9 @@
 //! - Reporting is on when `updates.fleet.enabled` (the default) and the host has an identity
 //!   for the configured server, or `updates.fleet.enroll_token_file` is set: then the first
 //!   check enrolls the host ([`identity`]). A host is never enrolled twice for one server; an
-//!   identity for another `server_url` is replaced by a new enrollment.
+//!   identity for another `server_url` is replaced by a new enrollment. An enrollment whose
+//!   answer was lost is sent again with the same enrollment key, and the server answers it
+//!   with the same host ([`identity::enrollment_key`]).
 //! - A 401 to the host token means the host was decommissioned: the identity file records it,
 //!   reporting stops (no events are queued any more, no enrollment is tried again) and the
 //!   agent goes on updating; removing `/data/updates/identity.json` enrolls it again.
@@ -257,14 +259,19 @@ impl Fleet {
         let req = EnrollRequest {
             hostname: read_trimmed(&under_root(&self.root, Path::new(HOSTNAME))),
             labels: self.config.labels.clone(),
+            enrollment_key: Some(identity::enrollment_key(
+                &self.identity_path,
+                &self.server_url,
+            )?),
         };
         let mut id = client.enroll(&token, &req)?;
+        crate::transaction::journal::crash_point("fleet-enrolled");
         id.server_url = Some(self.server_url.clone());
         let stored = StoredIdentity {
             identity: id.clone(),
             decommissioned_at: None,
         };
-        identity::store(&self.identity_path, &stored)?;
+        identity::store_enrolled(&self.identity_path, &stored)?;
         tracing::info!(host = %id.host_id, server = %self.server_url, "fleet: enrolled");
         Ok(Some(id))
     }

@@ -17,7 +17,7 @@ use qx_agent::daemon::Runner;
 use qx_core::listener::ConnectionLimits;
 use qx_testkit::host::Lab;
 use qx_testkit::sockets::{
-    count_closed, loopback, open, raise_nofile, tls_handshake, wait_all_closed, wait_closed,
+    count_closed, loopback, open, socket_budget, tls_handshake, wait_all_closed, wait_closed,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -149,9 +149,11 @@ fn tls_open(to: SocketAddr, prefix: &[u8]) -> TcpStream {
 
 #[test]
 fn api_closes_thousands_of_idle_tls_sockets_after_the_handshake_while_status_answers() {
-    raise_nofile();
+    let budget = socket_budget();
     let api = start(limits(SHORT, LONG, LONG));
-    let mut socks: Vec<TcpStream> = (0..1000).map(|_| tls_open(api.addr, b"")).collect();
+    let mut socks: Vec<TcpStream> = (0..budget.sockets(1000))
+        .map(|_| tls_open(api.addr, b""))
+        .collect();
     assert!(status_ok(&api));
     wait_all_closed(&mut socks, Duration::from_secs(60), "/status", || {
         status_ok(&api)
@@ -160,9 +162,11 @@ fn api_closes_thousands_of_idle_tls_sockets_after_the_handshake_while_status_ans
 
 #[test]
 fn api_closes_thousands_of_silent_tcp_sockets_at_the_handshake_timeout() {
-    raise_nofile();
+    let budget = socket_budget();
     let api = start(limits(LONG, LONG, SHORT));
-    let mut socks: Vec<TcpStream> = (0..2000).map(|_| connect(api.addr)).collect();
+    let mut socks: Vec<TcpStream> = (0..budget.sockets(2000))
+        .map(|_| connect(api.addr))
+        .collect();
     assert!(status_ok(&api));
     wait_all_closed(&mut socks, Duration::from_secs(60), "/status", || {
         status_ok(&api)
@@ -171,10 +175,12 @@ fn api_closes_thousands_of_silent_tcp_sockets_at_the_handshake_timeout() {
 
 #[test]
 fn api_closes_half_sent_headers_at_the_header_read_timeout() {
-    raise_nofile();
+    let budget = socket_budget();
     let api = start(limits(LONG, SHORT, LONG));
     let half = b"GET /api/v1/updates/status HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
-    let mut socks: Vec<TcpStream> = (0..1000).map(|_| tls_open(api.addr, half)).collect();
+    let mut socks: Vec<TcpStream> = (0..budget.sockets(1000))
+        .map(|_| tls_open(api.addr, half))
+        .collect();
     assert!(status_ok(&api));
     wait_all_closed(&mut socks, Duration::from_secs(60), "/status", || {
         status_ok(&api)
@@ -183,11 +189,13 @@ fn api_closes_half_sent_headers_at_the_header_read_timeout() {
 
 #[test]
 fn api_closes_a_client_over_its_connection_cap_at_once() {
-    raise_nofile();
+    let budget = socket_budget();
     let mut l = limits(LONG, LONG, LONG);
     l.max_connections_per_client = 100;
     let api = start(l);
-    let mut socks: Vec<TcpStream> = (0..150).map(|_| connect(api.addr)).collect();
+    let mut socks: Vec<TcpStream> = (0..budget.sockets(150))
+        .map(|_| connect(api.addr))
+        .collect();
     let n = wait_closed(&mut socks, 50, Duration::from_secs(30));
     assert!(
         n >= 50,

@@ -710,6 +710,46 @@ fn real_server_a_host_enrolls_once_and_its_apply_is_confirmed_and_counted_once()
 }
 
 #[test]
+fn real_server_a_crash_before_the_identity_is_kept_enrolls_the_host_once() {
+    let lab = real_fleet_lab();
+    node_release(&lab, "1.1.0");
+    let root = lab.host.root();
+    // The server enrolled the host (spending the single-use token); the agent died before it
+    // kept the identity.
+    let out = crate::support::host::qx_update(root)
+        .arg("check")
+        .env("QX_TEST_CRASH_AT", "fleet-enrolled")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "aborted: {out:?}");
+    assert!(lab.host.read("/data/updates/identity.json").is_err());
+    assert!(lab.host.read("/data/updates/enrollment-key.json").is_ok());
+
+    let out = run_qx_update(root, &["check"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        lab.host.read("/data/updates/enrollment-key.json").is_err(),
+        "the key goes once the identity is kept"
+    );
+    let (status, list) = operator(
+        &lab,
+        reqwest::Method::GET,
+        &lab.server.api().hosts(""),
+        None,
+    );
+    assert_eq!(status, 200, "{list}");
+    let hosts = list["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 1, "enrolled once: {list}");
+    assert_eq!(hosts[0]["id"].as_str().unwrap(), host_id(&lab));
+    let (detail, types) = server_view(&lab);
+    assert!(
+        detail["last_checkin"].is_string(),
+        "the identity it kept works: {detail}"
+    );
+    assert_eq!(types, vec!["offered"]);
+}
+
+#[test]
 fn real_server_a_decommissioned_host_stops_reporting_and_keeps_updating() {
     let lab = real_fleet_lab();
     agent(&lab).check().ok();

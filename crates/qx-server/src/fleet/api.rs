@@ -131,12 +131,16 @@ pub async fn enroll<S: ReleaseStore>(
         validate::short("hostname", h, 253)?;
     }
     validate::labels("the enrollment request", &req.labels)?;
+    if let Some(k) = &req.enrollment_key {
+        validate::secret("enrollment_key", k)?;
+    }
     let host_token = new_secret();
     let host = NewHost {
         id: new_id(),
         token_hash: token_hash(&host_token),
         hostname: req.hostname,
         labels: req.labels,
+        enrollment_key: req.enrollment_key.as_deref().map(token_hash),
         now,
     };
     let enrolled = match app.fleet.store.enroll(token_hash(&token), host).await? {

@@ -4,7 +4,6 @@
 //! byte by byte, so its content does not leak through timing).
 
 use axum::http::{header, HeaderMap, StatusCode};
-use base64::Engine;
 use qx_core::fleet::Scope;
 use qx_core::Sha256;
 use subtle::ConstantTimeEq;
@@ -12,12 +11,7 @@ use subtle::ConstantTimeEq;
 use super::store::{FleetStore, HostAuth, TokenHash};
 use crate::error::ApiError;
 
-/// A new secret: 256 random bits, base64url without padding (43 characters).
-pub fn new_secret() -> String {
-    let mut bytes = [0u8; 32];
-    rand::Rng::fill(&mut rand::rng(), &mut bytes[..]);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
+pub use qx_core::fleet::new_secret;
 
 /// A new identifier (hosts, enrollment tokens): 128 random bits in lowercase hex.
 pub fn new_id() -> String {
@@ -186,6 +180,7 @@ mod tests {
 
     #[test]
     fn secrets_are_256_bits_of_base64url() {
+        use base64::Engine;
         let a = new_secret();
         assert_eq!(a.len(), 43);
         let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD

@@ -89,6 +89,9 @@ pub struct NewHost {
     pub hostname: Option<String>,
     /// The host's own labels; the token's labels are added over them.
     pub labels: Labels,
+    /// The hash of the host's enrollment key: a host already enrolled with this key and
+    /// token (its answer was lost) is answered again with its new token hash instead.
+    pub enrollment_key: Option<TokenHash>,
     pub now: Millis,
 }
 
@@ -190,7 +193,9 @@ pub trait FleetStore: Send + Sync + 'static {
     /// Revokes the enrollment token `id` (hosts already enrolled with it stay); false when
     /// there is none or it was revoked already.
     fn revoke_enrollment_token(&self, id: String, now: Millis) -> BoxFuture<'_, FleetResult<bool>>;
-    /// Takes one use of the enrollment token `token` and creates `host`, atomically.
+    /// Takes one use of the enrollment token `token` and creates `host`, atomically; or, when
+    /// a live host was enrolled with `host.enrollment_key` and this token, gives that host
+    /// `host.token_hash` instead (its id is answered, no use is taken).
     fn enroll(
         &self,
         token: TokenHash,

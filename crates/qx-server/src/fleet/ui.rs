@@ -13,7 +13,7 @@ use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures_util::stream::{self, Stream};
+use futures_util::stream::{self, Stream, StreamExt};
 use qx_core::fleet::{
     ChannelCount, FailureCount, FleetChange, FleetSummary, LivenessCount, Scope, StateCount,
     VersionCount,
@@ -143,7 +143,8 @@ pub fn fleet_summary(c: FleetCounts, now: Millis, since: Millis) -> FleetSummary
 /// `GET /api/v1/fleet/events` (read): server-sent events. A `ready` event at once, then one
 /// `change` event ([`FleetChange`]) per check-in, event batch and decommission, in order. A
 /// stream that falls more than [`crate::state::CHANGE_BACKLOG`] behind gets one change of
-/// kind `resync` (refresh everything) and goes on from the present.
+/// kind `resync` (refresh everything) and goes on from the present. The stream ends when the
+/// server begins to stop.
 pub async fn events<S: ReleaseStore>(
     State(app): State<Arc<App<S>>>,
     headers: HeaderMap,
@@ -168,6 +169,7 @@ pub async fn events<S: ReleaseStore>(
             .unwrap_or_else(|e| Event::default().event("resync").data(e.to_string()));
         Some((Ok(event), (rx, false)))
     });
+    let stream = stream.take_until(app.fleet.stopping());
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 

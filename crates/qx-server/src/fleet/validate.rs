@@ -61,6 +61,18 @@ pub fn short(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A secret a host made (its enrollment key): 32 to 128 base64url characters, so that a
+/// guessable one is refused.
+pub fn secret(field: &str, value: &str) -> Result<(), ApiError> {
+    let alphabet = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    if !(32..=128).contains(&value.len()) || !value.chars().all(alphabet) {
+        return Err(bad(format!(
+            "{field} must be 32 to 128 base64url characters (256 random bits make 43)"
+        )));
+    }
+    Ok(())
+}
+
 /// Labels: at most [`MAX_LABELS`]; keys of 1 to [`MAX_LABEL_KEY`] letters, digits, `.`,
 /// `_`, `/`, `-` starting with a letter or digit (so that `k=v` and `k!=v` selectors parse);
 /// values up to [`MAX_LABEL_VALUE`] bytes without control characters.

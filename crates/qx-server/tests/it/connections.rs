@@ -16,7 +16,7 @@ use qx_core::listener::ConnectionLimits;
 use qx_server::Config;
 use qx_testkit::server::TestServer;
 use qx_testkit::sockets::{
-    count_closed, loopback, open, raise_nofile, tls_handshake, wait_all_closed, wait_closed,
+    count_closed, loopback, open, socket_budget, tls_handshake, wait_all_closed, wait_closed,
 };
 
 use crate::support::{raw_get, staging_entries, Release, Signer, TOKEN};
@@ -48,14 +48,15 @@ fn health_ok(addr: SocketAddr) -> bool {
 
 #[test]
 fn server_closes_thousands_of_idle_plain_sockets_while_health_answers() {
-    raise_nofile();
+    let budget = socket_budget();
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), limits(SHORT, LONG));
     let addr = server.addr();
-    let mut socks = open(loopback(2), addr, 2000, b"");
+    let n = budget.sockets(3000);
+    let mut socks = open(loopback(2), addr, n * 2 / 3, b"");
     // Keep-alive connections left idle after one answered request.
     let request = b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n";
-    let mut kept = open(loopback(3), addr, 1000, request);
+    let mut kept = open(loopback(3), addr, n / 3, request);
     assert!(health_ok(addr));
     for s in &mut kept {
         let mut head = [0u8; 12];
@@ -70,13 +71,13 @@ fn server_closes_thousands_of_idle_plain_sockets_while_health_answers() {
 
 #[test]
 fn server_closes_half_sent_headers_at_the_header_read_timeout() {
-    raise_nofile();
+    let budget = socket_budget();
     let dir = tempfile::tempdir().unwrap();
     // The idle timeout is long: only the header-read timeout can close these in time.
     let server = start(dir.path(), limits(LONG, SHORT));
     let addr = server.addr();
     let half = b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
-    let mut socks = open(loopback(2), addr, 2000, half);
+    let mut socks = open(loopback(2), addr, budget.sockets(2000), half);
     assert!(health_ok(addr));
     wait_all_closed(&mut socks, Duration::from_secs(60), "/health", || {
         health_ok(addr)
@@ -85,13 +86,13 @@ fn server_closes_half_sent_headers_at_the_header_read_timeout() {
 
 #[test]
 fn server_closes_a_client_over_its_connection_cap_at_once() {
-    raise_nofile();
+    let budget = socket_budget();
     let dir = tempfile::tempdir().unwrap();
     let mut l = limits(LONG, LONG);
     l.max_connections_per_client = 100;
     let server = start(dir.path(), l);
     let addr = server.addr();
-    let mut socks = open(loopback(2), addr, 150, b"");
+    let mut socks = open(loopback(2), addr, budget.sockets(150), b"");
     let n = wait_closed(&mut socks, 50, Duration::from_secs(30));
     assert!(
         n >= 50,
@@ -173,11 +174,11 @@ fn tls_health_ok(server: &TestServer, tls: &Tls) -> bool {
 
 #[test]
 fn server_closes_thousands_of_idle_tls_sockets_after_the_handshake() {
-    raise_nofile();
+    let budget = socket_budget();
     let dir = tempfile::tempdir().unwrap();
     let tls = tls_files();
     let server = start_tls(dir.path(), &tls, limits(SHORT, LONG));
-    let mut socks = open_tls(&tls, loopback(2), server.addr(), 1000);
+    let mut socks = open_tls(&tls, loopback(2), server.addr(), budget.sockets(1000));
     assert!(tls_health_ok(&server, &tls));
     wait_all_closed(&mut socks, Duration::from_secs(60), "/health", || {
         tls_health_ok(&server, &tls)
@@ -186,14 +187,19 @@ fn server_closes_thousands_of_idle_tls_sockets_after_the_handshake() {
 
 #[test]
 fn server_closes_unfinished_tls_handshakes_at_the_handshake_timeout() {
-    raise_nofile();
+    let budget = socket_budget();
     let dir = tempfile::tempdir().unwrap();
     let tls = tls_files();
     let mut l = limits(LONG, LONG);
     l.tls_handshake_timeout = SHORT;
     let server = start_tls(dir.path(), &tls, l);
     // A ClientHello's first bytes only: the handshake never finishes.
-    let mut socks = open(loopback(2), server.addr(), 1000, &[0x16, 0x03, 0x01]);
+    let mut socks = open(
+        loopback(2),
+        server.addr(),
+        budget.sockets(1000),
+        &[0x16, 0x03, 0x01],
+    );
     assert!(tls_health_ok(&server, &tls));
     wait_all_closed(&mut socks, Duration::from_secs(60), "/health", || {
         tls_health_ok(&server, &tls)

@@ -256,6 +256,37 @@ async fn change_stream_tells_each_check_in_event_batch_and_decommission() {
 }
 
 #[tokio::test]
+async fn change_stream_ends_cleanly_when_the_server_stops() {
+    let lab = Lab::start(Engine::Sqlite);
+    let mut stream = client()
+        .get(lab.server.api().fleet_events())
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut buf = String::new();
+    next_event(&mut stream, &mut buf, "ready").await;
+    // Stopping the server (the drop waits for it): the stream must end as a complete response,
+    // not be cut when the graceful shutdown gives up on it.
+    drop(lab);
+    let end = tokio::time::timeout(STREAM_WAIT, async {
+        loop {
+            match stream.chunk().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ended");
+    assert!(
+        matches!(end, Ok(None)),
+        "the stream was cut instead of ended: {end:?}"
+    );
+}
+
+#[tokio::test]
 async fn the_page_and_its_assets_are_served_without_a_token() {
     let lab = Lab::start(Engine::Sqlite);
     for (path, kind) in [

@@ -214,6 +214,9 @@ on_both_engines!(
     enroll_with_revoked_token_is_401,
     enroll_with_expired_token_is_403,
     enroll_with_used_up_token_is_403,
+    enrollment_sent_again_with_its_key_answers_the_same_host_with_a_new_token,
+    enrollment_key_of_a_decommissioned_host_enrolls_a_new_one,
+    enrollment_key_with_another_token_is_409_and_a_short_key_400,
     replayed_event_batch_is_counted_once,
     out_of_order_seqs_are_stored,
     oversized_body_is_413,
@@ -518,6 +521,94 @@ async fn enroll_with_used_up_token_is_403(engine: Engine) {
         lab.hosts("").await.len(),
         1,
         "a single-use token enrolls one host"
+    );
+}
+
+/// A single-use token, an enrollment with `key`: its answer.
+async fn enroll_with_key(lab: &Lab, token: &str, key: &str) -> Answer {
+    let body = json!({"hostname": "node", "labels": {"role": "db"}, "enrollment_key": key});
+    lab.post(&lab.server.api().enroll(), token, &body).await
+}
+
+const KEY: &str = "k7Yc1mQ0fW2xR9tL4vB8nD3sH6gJ5pZaE0uI1oK2yTq";
+
+async fn enrollment_sent_again_with_its_key_answers_the_same_host_with_a_new_token(engine: Engine) {
+    let lab = Lab::start(engine);
+    let e = lab.enrollment_token(json!({"product": "quantix-os"})).await;
+    let first = enroll_with_key(&lab, &e, KEY).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    // The answer was lost: the host sends the same request again, the token's one use spent.
+    let again = enroll_with_key(&lab, &e, KEY).await;
+    assert_eq!(again.status, 201, "{}", again.body);
+    assert_eq!(
+        again.body["host_id"], first.body["host_id"],
+        "the same host"
+    );
+    assert_ne!(again.body["host_token"], first.body["host_token"]);
+    let hosts = lab.hosts("").await;
+    assert_eq!(hosts.len(), 1, "enrolled once: {hosts:?}");
+    assert_eq!(hosts[0]["labels"]["role"], "db");
+    let id = first.body["host_id"].as_str().unwrap().to_owned();
+    let old = (
+        id.clone(),
+        first.body["host_token"].as_str().unwrap().to_owned(),
+    );
+    let new = (id, again.body["host_token"].as_str().unwrap().to_owned());
+    assert_eq!(lab.check_in(&new, &report("1.0.0")).await.status, 200);
+    assert_eq!(
+        lab.check_in(&old, &report("1.0.0")).await.status,
+        401,
+        "the lost token no longer acts"
+    );
+    // Without the key, the spent token enrolls nothing.
+    let a = lab.post(&lab.server.api().enroll(), &e, &json!({})).await;
+    assert_eq!(a.status, 403, "{}", a.body);
+}
+
+async fn enrollment_key_of_a_decommissioned_host_enrolls_a_new_one(engine: Engine) {
+    let lab = Lab::start(engine);
+    let e = lab
+        .enrollment_token(json!({"product": "quantix-os", "uses": 2}))
+        .await;
+    let first = enroll_with_key(&lab, &e, KEY).await;
+    let id = first.body["host_id"].as_str().unwrap().to_owned();
+    let gone = lab
+        .call(
+            Method::DELETE,
+            &lab.server.api().host(&id),
+            Some(TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(gone.status, 200, "{}", gone.body);
+    let again = enroll_with_key(&lab, &e, KEY).await;
+    assert_eq!(again.status, 201, "{}", again.body);
+    assert_ne!(again.body["host_id"], first.body["host_id"], "a new host");
+    assert_eq!(lab.hosts("").await.len(), 1);
+    assert_eq!(lab.hosts("liveness=decommissioned").await.len(), 1);
+}
+
+async fn enrollment_key_with_another_token_is_409_and_a_short_key_400(engine: Engine) {
+    let lab = Lab::start(engine);
+    let e1 = lab.enrollment_token(json!({"product": "quantix-os"})).await;
+    let e2 = lab.enrollment_token(json!({"product": "quantix-os"})).await;
+    assert_eq!(enroll_with_key(&lab, &e1, KEY).await.status, 201);
+    let a = enroll_with_key(&lab, &e2, KEY).await;
+    assert_eq!(a.status, 409, "{}", a.body);
+    let a = enroll_with_key(&lab, &e2, "short").await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(
+        a.body["error"].as_str().unwrap().contains("enrollment_key"),
+        "{}",
+        a.body
+    );
+    assert_eq!(lab.hosts("").await.len(), 1, "nothing stored");
+    // Both refusals left e2's use: it still enrolls a host.
+    assert_eq!(
+        enroll_with_key(&lab, &e2, &KEY.replace('k', "m"))
+            .await
+            .status,
+        201
     );
 }
 

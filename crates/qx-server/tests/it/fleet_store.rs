@@ -120,6 +120,7 @@ fn new_host(id: &str, host_labels: Labels, now: i64) -> NewHost {
         token_hash: hash(&format!("host-token-{id}")),
         hostname: Some(format!("{id}.lan")),
         labels: host_labels,
+        enrollment_key: None,
         now,
     }
 }

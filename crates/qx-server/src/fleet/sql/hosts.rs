@@ -313,7 +313,8 @@ pub(super) async fn patch_labels(
 }
 
 pub(super) async fn decommission(pool: &AnyPool, id: String, now: Millis) -> FleetResult<bool> {
-    let mut sql = Sql::new("UPDATE hosts SET decommissioned_at = ");
+    // The enrollment key goes: enrolling with it again makes a new host.
+    let mut sql = Sql::new("UPDATE hosts SET enroll_key_hash = NULL, decommissioned_at = ");
     sql.int(now)
         .push(" WHERE id = ")
         .text(&id)

@@ -144,6 +144,12 @@ pub(super) async fn enroll(
 ) -> FleetResult<Result<EnrolledHost, EnrollRefused>> {
     let hash = token.to_hex();
     let mut tx = pool.begin().await.map_err(db("starting an enrollment"))?;
+    if let Some(answer) = replay(&mut tx, &hash, &host).await? {
+        tx.commit()
+            .await
+            .map_err(db("committing a repeated enrollment"))?;
+        return Ok(answer);
+    }
     let mut take =
         Sql::new("UPDATE enrollment_tokens SET uses_left = uses_left - 1 WHERE token_hash = ");
     take.text(&hash)
@@ -177,6 +183,67 @@ pub(super) async fn enroll(
         product,
         labels,
     }))
+}
+
+/// An enrollment sent again with the key of a live host this token enrolled (the host never
+/// got the answer): that host takes the new token hash (the lost one stops working) and keeps
+/// its id, labels and the use it took. `None` when the key names no such host.
+async fn replay(
+    tx: &mut Transaction<'static, Any>,
+    token_hash: &str,
+    host: &NewHost,
+) -> FleetResult<Option<Result<EnrolledHost, EnrollRefused>>> {
+    let Some(key) = &host.enrollment_key else {
+        return Ok(None);
+    };
+    let mut sql = Sql::new(
+        "SELECT h.id, h.product, t.revoked_at FROM hosts h JOIN enrollment_tokens t \
+         ON t.id = h.enrollment_token WHERE h.decommissioned_at IS NULL AND h.enroll_key_hash = ",
+    );
+    sql.text(&key.to_hex())
+        .push(" AND t.token_hash = ")
+        .text(token_hash);
+    let Some(row) = sql
+        .query()
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db("looking up an enrollment key"))?
+    else {
+        return Ok(None);
+    };
+    if get::<Option<i64>>(&row, "revoked_at")?.is_some() {
+        return Ok(Some(Err(EnrollRefused::Revoked)));
+    }
+    let id: String = get(&row, "id")?;
+    let mut rotate = Sql::new("UPDATE hosts SET token_hash = ");
+    rotate
+        .text(&host.token_hash.to_hex())
+        .push(" WHERE id = ")
+        .text(&id);
+    rotate
+        .query()
+        .execute(&mut **tx)
+        .await
+        .map_err(db("giving a host a new token"))?;
+    let labels = host_labels(tx, &id).await?;
+    Ok(Some(Ok(EnrolledHost {
+        id,
+        product: get(&row, "product")?,
+        labels,
+    })))
+}
+
+async fn host_labels(tx: &mut Transaction<'static, Any>, id: &str) -> FleetResult<Labels> {
+    let mut sql = Sql::new("SELECT key, value FROM host_labels WHERE host_id = ");
+    sql.text(id);
+    let rows = sql
+        .query()
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db("reading a host's labels"))?;
+    rows.iter()
+        .map(|r| Ok((get(r, "key")?, get(r, "value")?)))
+        .collect()
 }
 
 /// Why the token gave no use (read in the same transaction).
@@ -213,8 +280,8 @@ async fn insert_host(
     product: &str,
 ) -> FleetResult<()> {
     let mut sql = Sql::new(
-        "INSERT INTO hosts (id, token_hash, enrollment_token, product, hostname, enrolled_at) \
-         VALUES (",
+        "INSERT INTO hosts (id, token_hash, enrollment_token, product, hostname, enrolled_at, \
+         enroll_key_hash) VALUES (",
     );
     sql.text(&host.id)
         .push(", ")
@@ -228,10 +295,18 @@ async fn insert_host(
         Some(h) => sql.text(h),
         None => sql.push("NULL"),
     };
-    sql.push(", ").int(host.now).push(")");
+    sql.push(", ").int(host.now).push(", ");
+    match &host.enrollment_key {
+        Some(k) => sql.text(&k.to_hex()),
+        None => sql.push("NULL"),
+    };
+    sql.push(")");
     match sql.query().execute(&mut **tx).await {
         Ok(_) => Ok(()),
-        Err(e) if is_unique_violation(&e) => Err(FleetError::Conflict(format!("host {}", host.id))),
+        Err(e) if is_unique_violation(&e) => Err(FleetError::Conflict(format!(
+            "host {} (or its enrollment key, used with another enrollment token)",
+            host.id
+        ))),
         Err(e) => Err(db("creating an enrolled host")(e)),
     }
 }
