@@ -3,12 +3,13 @@
 //! partial indexes), and runs over sqlx's engine-neutral connection. [`super::sqlite`] and
 //! [`super::postgres`] open the pools and bring their migrations.
 //!
-//! Writes go through `write` (SQLite: one connection, the one writer the engine allows, with
-//! check-ins and event batches grouped into shared transactions by [`batch`]; PostgreSQL: the
-//! shared pool, one transaction per write); reads through `read`.
+//! Writes go through `write` (SQLite: one connection, the one writer the engine allows;
+//! PostgreSQL: a pool); check-ins and event batches are grouped into shared transactions by
+//! [`batch`] on both, the other writes are one transaction each. Reads go through `read`.
 
 mod batch;
 mod bind;
+mod checkins;
 mod events;
 mod hosts;
 mod tokens;
@@ -52,7 +53,7 @@ impl SqlStore {
         write: AnyPool,
         migrator: &'static Migrator,
     ) -> Self {
-        let batch = (engine == Engine::Sqlite).then(|| batch::Batcher::start(write.clone()));
+        let batch = Some(batch::Batcher::start(write.clone()));
         SqlStore {
             engine,
             read,
@@ -90,6 +91,11 @@ impl SqlStore {
 /// Maps a database error to [`FleetError::Database`], saying what was being done.
 pub(crate) fn db(doing: &'static str) -> impl Fn(sqlx::Error) -> FleetError {
     move |e| FleetError::Database(format!("{doing}: {e}"))
+}
+
+/// A write for a host the store does not know.
+pub(crate) fn unknown_host(host: &str) -> FleetError {
+    FleetError::Invalid(format!("host {host} is not enrolled"))
 }
 
 /// Whether the error is a unique-constraint violation.
@@ -150,7 +156,7 @@ impl FleetStore for SqlStore {
     ) -> BoxFuture<'_, FleetResult<()>> {
         match &self.batch {
             Some(b) => Box::pin(b.check_in(host, report, now, next_due)),
-            None => Box::pin(events::check_in(&self.write, host, report, now, next_due)),
+            None => Box::pin(checkins::check_in(&self.write, host, report, now, next_due)),
         }
     }
 

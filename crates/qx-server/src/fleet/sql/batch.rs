@@ -1,14 +1,18 @@
-//! The SQLite writer: check-ins and event batches from concurrent requests are grouped into
-//! one transaction by one task (SQLite has one writer, and a commit costs the same for one
-//! write as for a hundred). Each write runs under its own savepoint, so one that fails (an
-//! unknown host) is undone alone; every caller is answered after the commit.
+//! The writer: check-ins and event batches from concurrent requests are grouped into
+//! one transaction by one task (SQLite has one writer; on both engines a commit costs the same
+//! for one write as for a hundred). The batch's check-ins are written together (one read, one
+//! `UPDATE`: [`record_check_ins`]), then each event batch; a write refused for its content (an
+//! unknown host) is refused before it writes anything. A database error abandons the transaction and the
+//! batch is written again one write at a time, each under a savepoint, so that only the write
+//! that caused it fails. Every caller is answered after the commit.
 
 use qx_core::fleet::{CheckIn, Event, EventsAccepted};
 use sqlx::{Acquire, AnyPool};
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkins::{record_check_ins, CheckInWrite};
 use super::db;
-use super::events::{record_check_in, record_events};
+use super::events::record_events;
 use crate::fleet::store::{FleetError, FleetResult, Millis};
 
 /// The most writes one transaction takes.
@@ -143,43 +147,104 @@ fn answer(write: Write, outcome: Outcome) {
     }
 }
 
-/// Writes the batch in one transaction, each write under a savepoint; the outcomes in order.
+/// Writes the batch in one transaction; the outcomes in order (see the module's comment).
 async fn apply(pool: &AnyPool, batch: &[Write]) -> FleetResult<Vec<Outcome>> {
+    match apply_grouped(pool, batch).await {
+        Ok(outcomes) => Ok(outcomes),
+        Err(e) => {
+            tracing::warn!(error = %e, writes = batch.len(), "fleet: a grouped write failed; writing its parts one by one");
+            apply_each(pool, batch).await
+        }
+    }
+}
+
+/// The check-ins together, then each event batch.
+async fn apply_grouped(pool: &AnyPool, batch: &[Write]) -> FleetResult<Vec<Outcome>> {
     let mut tx = pool
         .begin()
         .await
         .map_err(db("starting a batch of writes"))?;
+    let check_ins: Vec<CheckInWrite<'_>> = batch.iter().filter_map(check_in_write).collect();
+    let mut checked = record_check_ins(&mut tx, &check_ins).await?.into_iter();
     let mut outcomes = Vec::with_capacity(batch.len());
     for write in batch {
-        let mut one = tx
-            .begin()
-            .await
-            .map_err(db("starting a write of a batch"))?;
         let outcome = match write {
-            Write::CheckIn {
-                host,
-                report,
-                now,
-                next_due,
-                ..
-            } => Outcome::CheckIn(record_check_in(&mut one, host, report, *now, *next_due).await),
+            Write::CheckIn { .. } => Outcome::CheckIn(checked.next().unwrap_or(Ok(()))),
+            // Only a database error comes after a write (an unknown host or a bad sequence
+            // number is found before any), and it abandons the whole transaction.
             Write::Events {
                 host, events, now, ..
-            } => Outcome::Events(record_events(&mut one, host, events, *now).await),
+            } => match record_events(&mut tx, host, events, *now).await {
+                Err(e @ FleetError::Database(_)) => return Err(e),
+                r => Outcome::Events(r),
+            },
         };
-        if outcome.is_ok() {
-            one.commit()
-                .await
-                .map_err(db("ending a write of a batch"))?;
-        } else {
-            one.rollback()
-                .await
-                .map_err(db("undoing a failed write of a batch"))?;
-        }
         outcomes.push(outcome);
     }
     tx.commit()
         .await
         .map_err(db("committing a batch of writes"))?;
     Ok(outcomes)
+}
+
+/// Every write under its own savepoint.
+async fn apply_each(pool: &AnyPool, batch: &[Write]) -> FleetResult<Vec<Outcome>> {
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(db("starting a batch of writes"))?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for write in batch {
+        outcomes.push(write_one(&mut tx, write).await?);
+    }
+    tx.commit()
+        .await
+        .map_err(db("committing a batch of writes"))?;
+    Ok(outcomes)
+}
+
+fn check_in_write(write: &Write) -> Option<CheckInWrite<'_>> {
+    match write {
+        Write::CheckIn {
+            host,
+            report,
+            now,
+            next_due,
+            ..
+        } => Some(CheckInWrite {
+            host,
+            report,
+            now: *now,
+            next_due: *next_due,
+        }),
+        Write::Events { .. } => None,
+    }
+}
+
+/// One write under a savepoint, undone alone when it fails.
+async fn write_one(tx: &mut sqlx::AnyConnection, write: &Write) -> FleetResult<Outcome> {
+    let mut one = tx
+        .begin()
+        .await
+        .map_err(db("starting a write of a batch"))?;
+    let outcome = match write {
+        Write::CheckIn { .. } => {
+            let w: Vec<CheckInWrite<'_>> = check_in_write(write).into_iter().collect();
+            let r = record_check_ins(&mut one, &w).await;
+            Outcome::CheckIn(r.and_then(|o| o.into_iter().next().unwrap_or(Ok(()))))
+        }
+        Write::Events {
+            host, events, now, ..
+        } => Outcome::Events(record_events(&mut one, host, events, *now).await),
+    };
+    if outcome.is_ok() {
+        one.commit()
+            .await
+            .map_err(db("ending a write of a batch"))?;
+    } else {
+        one.rollback()
+            .await
+            .map_err(db("undoing a failed write of a batch"))?;
+    }
+    Ok(outcome)
 }

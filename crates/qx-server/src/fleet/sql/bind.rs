@@ -50,6 +50,14 @@ impl Sql {
         self.bind(Value::Text(v.to_owned()))
     }
 
+    /// A text parameter, or `NULL`.
+    pub(crate) fn opt_text(&mut self, v: Option<&str>) -> &mut Self {
+        match v {
+            Some(v) => self.text(v),
+            None => self.push("NULL"),
+        }
+    }
+
     /// `(<$a>, <$b>, …)` of the given texts.
     pub(crate) fn list(&mut self, items: &[String]) -> &mut Self {
         self.push("(");

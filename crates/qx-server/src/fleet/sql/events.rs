@@ -1,142 +1,13 @@
-//! Check-ins (the host row's report columns, its versions and its own labels) and event
-//! batches (stored once per `(host, seq)`; the host's state follows its highest sequence
-//! number).
+//! Event batches (stored once per `(host, seq)`; the host's state follows its highest
+//! sequence number).
 
-use qx_core::fleet::{CheckIn, Event, EventType, EventsAccepted};
+use qx_core::fleet::{Event, EventType, EventsAccepted};
 use sqlx::AnyConnection;
 use sqlx::AnyPool;
 
 use super::bind::{get, seq_of, seq_value, to_json, Sql};
-use super::db;
-use crate::fleet::store::{FleetError, FleetResult, Millis};
-
-pub(super) async fn check_in(
-    pool: &AnyPool,
-    host: String,
-    report: CheckIn,
-    now: Millis,
-    next_due: Millis,
-) -> FleetResult<()> {
-    let mut tx = pool.begin().await.map_err(db("starting a check-in"))?;
-    record_check_in(&mut tx, &host, &report, now, next_due).await?;
-    tx.commit().await.map_err(db("committing a check-in"))
-}
-
-/// Writes one check-in inside `tx`: the host row, then its versions and its own labels only
-/// when they differ from the previous check-in's (the common check-in changes neither, and
-/// is then two statements).
-pub(crate) async fn record_check_in(
-    conn: &mut AnyConnection,
-    host: &str,
-    report: &CheckIn,
-    now: Millis,
-    next_due: Millis,
-) -> FleetResult<()> {
-    let previous = previous_report(conn, host).await?;
-    update_host_row(conn, host, report, now, next_due).await?;
-    if previous.as_ref().map(|p| &p.installed) != Some(&report.installed) {
-        replace_versions(conn, host, report).await?;
-    }
-    if previous.as_ref().map(|p| &p.labels) != Some(&report.labels) {
-        let mut clear = Sql::new("DELETE FROM host_labels WHERE source = 'host' AND host_id = ");
-        clear.text(host);
-        clear
-            .query()
-            .execute(&mut *conn)
-            .await
-            .map_err(db("replacing a host's own labels"))?;
-        super::hosts::insert_labels(conn, host, &report.labels, "host").await?;
-    }
-    Ok(())
-}
-
-/// The host's previous check-in as stored (`None`: none yet, or unreadable: then everything
-/// is written again). An unknown host is an error.
-async fn previous_report(conn: &mut AnyConnection, host: &str) -> FleetResult<Option<CheckIn>> {
-    let mut sql = Sql::new("SELECT report FROM hosts WHERE id = ");
-    sql.text(host);
-    let row = sql
-        .query()
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db("reading a host's last check-in"))?
-        .ok_or_else(|| unknown_host(host))?;
-    let text: Option<String> = get(&row, "report")?;
-    Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
-}
-
-/// The host row's report columns.
-async fn update_host_row(
-    conn: &mut AnyConnection,
-    host: &str,
-    report: &CheckIn,
-    now: Millis,
-    next_due: Millis,
-) -> FleetResult<()> {
-    let mut sql = Sql::new("UPDATE hosts SET channel = ");
-    sql.text(&report.channel)
-        .push(", agent_version = ")
-        .text(&report.agent_version);
-    sql.push(", booted_slot = ");
-    optional_text(&mut sql, report.booted_slot.as_deref());
-    sql.push(", slots = ")
-        .text(&to_json("slots", &report.slots)?);
-    sql.push(", pending = ");
-    optional_text(&mut sql, report.pending.as_deref());
-    sql.push(", report = ").text(&to_json("check-in", report)?);
-    sql.push(", last_checkin = ").int(now);
-    sql.push(", next_due = ").int(next_due);
-    sql.push(" WHERE id = ").text(host);
-    let done = sql
-        .query()
-        .execute(&mut *conn)
-        .await
-        .map_err(db("recording a check-in"))?;
-    if done.rows_affected() == 0 {
-        return Err(unknown_host(host));
-    }
-    Ok(())
-}
-
-/// Replaces the host's component versions with the check-in's.
-async fn replace_versions(
-    conn: &mut AnyConnection,
-    host: &str,
-    report: &CheckIn,
-) -> FleetResult<()> {
-    let mut clear = Sql::new("DELETE FROM host_versions WHERE host_id = ");
-    clear.text(host);
-    clear
-        .query()
-        .execute(&mut *conn)
-        .await
-        .map_err(db("replacing a host's versions"))?;
-    for (component, version) in &report.installed {
-        let mut ins = Sql::new("INSERT INTO host_versions (host_id, component, version) VALUES (");
-        ins.text(host)
-            .push(", ")
-            .text(component)
-            .push(", ")
-            .text(version)
-            .push(")");
-        ins.query()
-            .execute(&mut *conn)
-            .await
-            .map_err(db("storing a host's versions"))?;
-    }
-    Ok(())
-}
-
-fn optional_text(sql: &mut Sql, v: Option<&str>) {
-    match v {
-        Some(v) => sql.text(v),
-        None => sql.push("NULL"),
-    };
-}
-
-fn unknown_host(host: &str) -> FleetError {
-    FleetError::Invalid(format!("host {host} is not enrolled"))
-}
+use super::{db, unknown_host};
+use crate::fleet::store::{FleetResult, Millis};
 
 /// The host state an event moves to; `None`: the event leaves it.
 pub(crate) fn state_after(kind: EventType) -> Option<&'static str> {
@@ -178,7 +49,10 @@ pub(super) async fn append_events(
     Ok(accepted)
 }
 
-/// Stores one batch inside `tx`.
+/// Stores one batch inside `tx`, in three statements: the host's last sequence number (an
+/// unknown host fails here, before anything is written), the new events in one `INSERT` that
+/// answers which were new, and the host's state, message and last sequence number in one
+/// `UPDATE`.
 pub(crate) async fn record_events(
     conn: &mut AnyConnection,
     host: &str,
@@ -195,63 +69,63 @@ pub(crate) async fn record_events(
             })
         })
         .collect::<FleetResult<Vec<_>>>()?;
-    let mut last = Sql::new("SELECT last_seq FROM hosts WHERE id = ");
-    last.text(host);
-    if last
+    let mut sql = Sql::new("SELECT last_seq FROM hosts WHERE id = ");
+    sql.text(host);
+    let stored = sql
         .query()
         .fetch_optional(&mut *conn)
         .await
         .map_err(db("reading a host's last event"))?
-        .is_none()
-    {
-        return Err(unknown_host(host));
-    }
-    let mut new = Vec::new();
-    for row in &rows {
-        if insert_event(conn, host, row, now).await? {
-            new.push(row);
-        }
-    }
+        .ok_or_else(|| unknown_host(host))?;
+    let last_seq: i64 = get(&stored, "last_seq")?;
+    let inserted = insert_events(conn, host, &rows, now).await?;
+    // A sequence number sent twice in one batch is new once, the first time.
+    let mut seen = std::collections::BTreeSet::new();
+    let new: Vec<&EventRow<'_>> = rows
+        .iter()
+        .filter(|r| inserted.contains(&r.seq) && seen.insert(r.seq))
+        .collect();
     follow_newest(conn, host, &new).await?;
-    let mut last = Sql::new("SELECT last_seq FROM hosts WHERE id = ");
-    last.text(host);
-    let row = last
-        .query()
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(db("reading a host's last event"))?;
+    let newest = new.iter().map(|r| r.seq).max().unwrap_or(last_seq);
     let accepted = new.len() as u64;
     Ok(EventsAccepted {
         accepted,
         duplicates: events.len() as u64 - accepted,
-        last_seq: seq_of(get(&row, "last_seq")?),
+        last_seq: seq_of(last_seq.max(newest)),
     })
 }
 
-/// Inserts the event unless `(host, seq)` is stored; whether it was new.
-async fn insert_event(
+/// Inserts the events whose `(host, seq)` is not stored yet; the sequence numbers inserted.
+async fn insert_events(
     conn: &mut AnyConnection,
     host: &str,
-    row: &EventRow<'_>,
+    rows: &[EventRow<'_>],
     now: Millis,
-) -> FleetResult<bool> {
+) -> FleetResult<std::collections::BTreeSet<i64>> {
+    if rows.is_empty() {
+        return Ok(Default::default());
+    }
     let mut sql =
-        Sql::new("INSERT INTO events (host_id, seq, type, message, received, body) VALUES (");
-    sql.text(host).push(", ").int(row.seq).push(", ");
-    sql.text(&type_name(row.event.kind)).push(", ");
-    optional_text(&mut sql, row.event.message.as_deref());
-    sql.push(", ").int(now).push(", ").text(&row.body);
-    sql.push(") ON CONFLICT (host_id, seq) DO NOTHING");
+        Sql::new("INSERT INTO events (host_id, seq, type, message, received, body) VALUES ");
+    for (i, row) in rows.iter().enumerate() {
+        sql.push(if i == 0 { "(" } else { ", (" });
+        sql.text(host).push(", ").int(row.seq).push(", ");
+        sql.text(&type_name(row.event.kind)).push(", ");
+        sql.opt_text(row.event.message.as_deref());
+        sql.push(", ").int(now).push(", ").text(&row.body).push(")");
+    }
+    sql.push(" ON CONFLICT (host_id, seq) DO NOTHING RETURNING seq");
     let done = sql
         .query()
-        .execute(&mut *conn)
+        .fetch_all(&mut *conn)
         .await
-        .map_err(db("storing an event"))?;
-    Ok(done.rows_affected() > 0)
+        .map_err(db("storing events"))?;
+    done.iter().map(|r| get::<i64>(r, "seq")).collect()
 }
 
-/// Moves the host's state, message and last sequence number to the newest of the new events
-/// when they are newer than what it holds (an older event arriving late changes nothing).
+/// Moves the host's state, message and last sequence number to the newest of the new events,
+/// each only when it is newer than what the host holds (an older event arriving late changes
+/// nothing): one `UPDATE`, its assignments guarded by `CASE`.
 async fn follow_newest(
     conn: &mut AnyConnection,
     host: &str,
@@ -263,42 +137,44 @@ async fn follow_newest(
             .max_by_key(|r| r.seq)
             .copied()
     };
+    let Some(last) = newest(&|_| true) else {
+        return Ok(());
+    };
+    let mut sql = Sql::new("UPDATE hosts SET last_seq = CASE WHEN last_seq < ");
+    sql.int(last.seq).push(" THEN ").int(last.seq);
+    sql.push(" ELSE last_seq END");
     if let Some(r) = newest(&|r| state_after(r.event.kind).is_some()) {
         let state = state_after(r.event.kind).unwrap_or("idle");
-        let mut sql = Sql::new("UPDATE hosts SET state = ");
-        sql.text(state).push(", state_seq = ").int(r.seq);
-        sql.push(" WHERE id = ").text(host);
-        sql.push(" AND (state_seq IS NULL OR state_seq < ")
-            .int(r.seq)
-            .push(")");
-        sql.query()
-            .execute(&mut *conn)
-            .await
-            .map_err(db("updating a host's state"))?;
+        let newer = |sql: &mut Sql| {
+            sql.push(" CASE WHEN state_seq IS NULL OR state_seq < ")
+                .int(r.seq)
+                .push(" THEN ");
+        };
+        sql.push(", state =");
+        newer(&mut sql);
+        sql.text(state).push(" ELSE state END, state_seq =");
+        newer(&mut sql);
+        sql.int(r.seq).push(" ELSE state_seq END");
     }
     let failure =
         |r: &EventRow<'_>| matches!(r.event.kind, EventType::Failed | EventType::RolledBack);
     if let Some(r) = newest(&failure) {
-        let mut sql = Sql::new("UPDATE hosts SET last_message = ");
-        optional_text(&mut sql, r.event.message.as_deref());
-        sql.push(", message_seq = ").int(r.seq);
-        sql.push(" WHERE id = ").text(host);
-        sql.push(" AND (message_seq IS NULL OR message_seq < ")
-            .int(r.seq)
-            .push(")");
-        sql.query()
-            .execute(&mut *conn)
-            .await
-            .map_err(db("updating a host's last message"))?;
+        let newer = |sql: &mut Sql| {
+            sql.push(" CASE WHEN message_seq IS NULL OR message_seq < ")
+                .int(r.seq)
+                .push(" THEN ");
+        };
+        sql.push(", last_message =");
+        newer(&mut sql);
+        sql.opt_text(r.event.message.as_deref())
+            .push(" ELSE last_message END, message_seq =");
+        newer(&mut sql);
+        sql.int(r.seq).push(" ELSE message_seq END");
     }
-    if let Some(r) = newest(&|_| true) {
-        let mut sql = Sql::new("UPDATE hosts SET last_seq = ");
-        sql.int(r.seq).push(" WHERE id = ").text(host);
-        sql.push(" AND last_seq < ").int(r.seq);
-        sql.query()
-            .execute(&mut *conn)
-            .await
-            .map_err(db("updating a host's last sequence number"))?;
-    }
+    sql.push(" WHERE id = ").text(host);
+    sql.query()
+        .execute(&mut *conn)
+        .await
+        .map_err(db("updating a host's state"))?;
     Ok(())
 }
