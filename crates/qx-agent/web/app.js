@@ -1,75 +1,21 @@
 // Settings → Updates: talks to the host agent's API on the same origin.
 // Every API call carries "Authorization: Bearer <token>"; the live progress is read from the
 // server-sent events endpoint with fetch() (not EventSource, which cannot send that header).
+// The helpers both pages share ($, apiSession, cell, fmtTime…) are in common.js, loaded first.
 "use strict";
 
-const TOKEN_KEY = "qx-update-token";
-const API = "/api/v1/updates";
-const $ = (id) => document.getElementById(id);
+const { token, saveToken, forgetToken, api, readJson, showError } = apiSession({
+  tokenKey: "qx-update-token",
+  base: "/api/v1/updates",
+  peer: "update agent",
+  unreachable: ["Check that the qx-update daemon is running on this host and that the network allows port " + (location.port || "443") + "."],
+  refusals: { 401: "The token was not accepted. Enter the token from the host's token file." },
+  signOut,
+});
 
 let eventsAbort = null;
 let lastCheck = null;
 let applying = false;
-
-function token() { return sessionStorage.getItem(TOKEN_KEY); }
-
-class ApiError extends Error {
-  constructor(message, details, status) { super(message); this.details = details || []; this.status = status; }
-}
-
-async function api(path, options = {}) {
-  const headers = Object.assign({}, options.headers || {}, { Authorization: "Bearer " + token() });
-  let response;
-  try {
-    response = await fetch(API + path, Object.assign({}, options, { headers }));
-  } catch (e) {
-    throw new ApiError("The update agent on " + location.host + " could not be reached: " + e.message,
-      ["Check that the qx-update daemon is running on this host and that the network allows port " + (location.port || "443") + "."]);
-  }
-  if (response.status === 401) {
-    signOut("The token was not accepted. Enter the token from the host's token file.");
-    throw new ApiError("Not signed in", [], 401);
-  }
-  return response;
-}
-
-async function readJson(response) {
-  let body = null;
-  try { body = await response.json(); } catch (_) { body = null; }
-  if (!response.ok) {
-    const message = body && body.error ? body.error : "The agent answered " + response.status + " " + response.statusText;
-    throw new ApiError(message, body && Array.isArray(body.details) ? body.details : [], response.status);
-  }
-  return body;
-}
-
-function showError(err) {
-  if (err && err.status === 401) return;
-  const box = $("error");
-  box.replaceChildren();
-  const title = document.createElement("strong");
-  title.textContent = err.message || String(err);
-  box.append(title);
-  if (err.details && err.details.length) {
-    const list = document.createElement("ul");
-    for (const d of err.details) {
-      const li = document.createElement("li");
-      li.textContent = typeof d === "string" ? d : JSON.stringify(d);
-      list.append(li);
-    }
-    box.append(list);
-  }
-  box.hidden = false;
-}
-
-function clearError() { $("error").hidden = true; $("error").replaceChildren(); }
-
-function cell(text, cls) {
-  const td = document.createElement("td");
-  td.textContent = text == null ? "–" : String(text);
-  if (cls) td.className = cls;
-  return td;
-}
 
 function fmtBytes(n) {
   if (!Number.isFinite(n)) return "?";
@@ -77,11 +23,6 @@ function fmtBytes(n) {
   let i = 0;
   while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
   return (i === 0 ? n : n.toFixed(1)) + " " + units[i];
-}
-
-function fmtTime(s) {
-  const d = new Date(s);
-  return isNaN(d) ? s : d.toLocaleString();
 }
 
 const STEP_PERCENT = { checking: 2, installing: 70, migrating: 76, restarting: 84, verifying: 92, rolling_back: 95, done: 100 };
@@ -264,7 +205,7 @@ async function followEvents() {
 }
 
 function signOut(message) {
-  sessionStorage.removeItem(TOKEN_KEY);
+  forgetToken();
   if (eventsAbort) { eventsAbort.abort(); eventsAbort = null; }
   $("app").hidden = true;
   $("token-form").hidden = false;
@@ -291,7 +232,7 @@ document.addEventListener("DOMContentLoaded", () => {
     ev.preventDefault();
     const t = $("token").value.trim();
     if (!t) return;
-    sessionStorage.setItem(TOKEN_KEY, t);
+    saveToken(t);
     start();
   });
   $("check").addEventListener("click", check);

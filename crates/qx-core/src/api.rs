@@ -1,7 +1,8 @@
 //! The wire protocol, spelled once: the update server's and the host agent's route templates,
 //! header and query-parameter names, and URL builders that percent-encode every path segment.
 //! The server registers these templates (axum's `{name}` syntax) and builds its metrics route
-//! list from them; every client builds its URLs here.
+//! list from them; every client builds its URLs here. The script both web pages share is here
+//! too (`COMMON_JS`, `listener` feature), with its route on each server.
 
 use std::fmt::Display;
 
@@ -57,6 +58,8 @@ pub mod server {
     pub const FLEET_SUMMARY: &str = "/api/v1/fleet/summary";
     /// The dashboard (no token: the page asks for one).
     pub const UI: &str = "/ui";
+    /// The script both pages share (`api::COMMON_JS`); the page loads it first.
+    pub const UI_COMMON_SCRIPT: &str = "/ui/common.js";
     /// The dashboard's script.
     pub const UI_SCRIPT: &str = "/ui/app.js";
     /// The dashboard's style sheet.
@@ -86,12 +89,13 @@ pub mod server {
         FLEET_SUMMARY,
         FLEET_EVENTS,
         UI,
+        UI_COMMON_SCRIPT,
         UI_SCRIPT,
         UI_STYLE,
     ];
 }
 
-/// Routes of the host agent's local API.
+/// Routes of the host agent's local API and of its page.
 pub mod host {
     pub const CHECK: &str = "/api/v1/updates/check";
     pub const APPLY: &str = "/api/v1/updates/apply";
@@ -100,7 +104,34 @@ pub mod host {
 
     /// Every route of the host API.
     pub const ROUTES: &[&str] = &[CHECK, APPLY, STATUS, EVENTS];
+
+    /// The Settings → Updates page (no token: the page asks for one).
+    pub const PAGE: &str = "/";
+    /// The same page at the path of the host's settings.
+    pub const PAGE_SETTINGS: &str = "/settings/updates";
+    /// The script both pages share (`api::COMMON_JS`); the page loads it first.
+    pub const PAGE_COMMON_SCRIPT: &str = "/common.js";
+    /// The page's script.
+    pub const PAGE_SCRIPT: &str = "/app.js";
+    /// The page's style sheet.
+    pub const PAGE_STYLE: &str = "/style.css";
+
+    /// Every route of the page (its static files need no token).
+    pub const PAGE_ROUTES: &[&str] = &[
+        PAGE,
+        PAGE_SETTINGS,
+        PAGE_COMMON_SCRIPT,
+        PAGE_SCRIPT,
+        PAGE_STYLE,
+    ];
 }
+
+/// The script both embedded pages load before their own (`web/common.js` in this crate): the
+/// sign-in token, API calls and their error answers, the error box, table cells and times.
+/// Served by the update server at [`server::UI_COMMON_SCRIPT`] and by the host agent at
+/// [`host::PAGE_COMMON_SCRIPT`].
+#[cfg(feature = "listener")]
+pub const COMMON_JS: &str = include_str!("../web/common.js");
 
 /// Characters escaped in a path segment or a query value: controls, space, and everything
 /// with a meaning in a URL.
@@ -370,7 +401,7 @@ mod tests {
 
     #[test]
     fn every_route_is_listed_once() {
-        for routes in [server::ROUTES, host::ROUTES] {
+        for routes in [server::ROUTES, host::ROUTES, host::PAGE_ROUTES] {
             let mut sorted = routes.to_vec();
             sorted.sort_unstable();
             sorted.dedup();

@@ -98,6 +98,7 @@ fn fleet_routes<S: ReleaseStore>() -> Router<Arc<App<S>>> {
         .route(api::FLEET_SUMMARY, get(ui::summary::<S>))
         .route(api::FLEET_EVENTS, get(ui::events::<S>))
         .route(api::UI, get(ui::index))
+        .route(api::UI_COMMON_SCRIPT, get(ui::common_script))
         .route(api::UI_SCRIPT, get(ui::script))
         .route(api::UI_STYLE, get(ui::style))
 }

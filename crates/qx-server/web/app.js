@@ -2,15 +2,25 @@
 // Every API call carries "Authorization: Bearer <operator token>"; the live changes are read
 // from the server-sent events endpoint with fetch() (not EventSource, which cannot send that
 // header). Only counts and one page of hosts are ever fetched: the page stays small with any
-// number of hosts.
+// number of hosts. The helpers both pages share ($, apiSession, cell, fmtTime…) are in
+// common.js, loaded first.
 "use strict";
 
-const TOKEN_KEY = "qx-fleet-token";
-const API = "/api/v1";
 const PAGE = 50;
 const LATE = 10;
 const THROTTLE_MS = 1000;
-const $ = (id) => document.getElementById(id);
+
+const { token, saveToken, forgetToken, api, readJson, showError } = apiSession({
+  tokenKey: "qx-fleet-token",
+  base: "/api/v1",
+  peer: "update server",
+  unreachable: ["Check that qx-update-server is running and reachable."],
+  refusals: {
+    401: "The token was not accepted. Enter an operator token.",
+    403: "This token may not read the fleet: it needs the read scope.",
+  },
+  signOut,
+});
 
 let eventsAbort = null;
 // The host table: the filters' query, the cursor of the shown page, the cursors before it.
@@ -21,71 +31,7 @@ let nextCursor = null;
 let refreshTimer = null;
 let lastRefresh = 0;
 
-function token() { return sessionStorage.getItem(TOKEN_KEY); }
-
-class ApiError extends Error {
-  constructor(message, details, status) { super(message); this.details = details || []; this.status = status; }
-}
-
-async function api(path, options = {}) {
-  const headers = Object.assign({}, options.headers || {}, { Authorization: "Bearer " + token() });
-  let response;
-  try {
-    response = await fetch(API + path, Object.assign({}, options, { headers }));
-  } catch (e) {
-    throw new ApiError("The update server on " + location.host + " could not be reached: " + e.message,
-      ["Check that qx-update-server is running and reachable."]);
-  }
-  if (response.status === 401) {
-    signOut("The token was not accepted. Enter an operator token.");
-    throw new ApiError("Not signed in", [], 401);
-  }
-  if (response.status === 403) {
-    signOut("This token may not read the fleet: it needs the read scope.");
-    throw new ApiError("Not allowed", [], 403);
-  }
-  return response;
-}
-
-async function readJson(response) {
-  let body = null;
-  try { body = await response.json(); } catch (_) { body = null; }
-  if (!response.ok) {
-    const message = body && body.error ? body.error : "The server answered " + response.status + " " + response.statusText;
-    throw new ApiError(message, body && Array.isArray(body.details) ? body.details : [], response.status);
-  }
-  return body;
-}
-
 async function getJson(path) { return readJson(await api(path)); }
-
-function showError(err) {
-  if (err && (err.status === 401 || err.status === 403)) return;
-  const box = $("error");
-  box.replaceChildren();
-  const title = document.createElement("strong");
-  title.textContent = err.message || String(err);
-  box.append(title);
-  if (err.details && err.details.length) {
-    const list = document.createElement("ul");
-    for (const d of err.details) {
-      const li = document.createElement("li");
-      li.textContent = typeof d === "string" ? d : JSON.stringify(d);
-      list.append(li);
-    }
-    box.append(list);
-  }
-  box.hidden = false;
-}
-
-function clearError() { $("error").hidden = true; $("error").replaceChildren(); }
-
-function cell(text, cls) {
-  const td = document.createElement("td");
-  td.textContent = text == null || text === "" ? "–" : String(text);
-  if (cls) td.className = cls;
-  return td;
-}
 
 function hostLink(h) {
   const td = document.createElement("td");
@@ -94,12 +40,6 @@ function hostLink(h) {
   a.textContent = h.hostname ? h.hostname + " (" + h.id + ")" : h.id;
   td.append(a);
   return td;
-}
-
-function fmtTime(s) {
-  if (!s) return null;
-  const d = new Date(s);
-  return isNaN(d) ? s : d.toLocaleString();
 }
 
 function fill(tableId, rows, emptyId) {
@@ -334,7 +274,7 @@ function showView() {
 }
 
 function signOut(message) {
-  sessionStorage.removeItem(TOKEN_KEY);
+  forgetToken();
   if (eventsAbort) { eventsAbort.abort(); eventsAbort = null; }
   setLive(false);
   $("app").hidden = true;
@@ -365,7 +305,7 @@ document.addEventListener("DOMContentLoaded", () => {
     ev.preventDefault();
     const t = $("token").value.trim();
     if (!t) return;
-    sessionStorage.setItem(TOKEN_KEY, t);
+    saveToken(t);
     start();
   });
   $("filters").addEventListener("submit", (ev) => {

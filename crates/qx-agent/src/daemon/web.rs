@@ -1,12 +1,14 @@
 //! The Settings → Updates page, served by the daemon at `/`. Plain HTML, CSS and JavaScript
 //! embedded in the binary; the page calls the local API (see `api`) with the host's token,
 //! which it asks for once and keeps in the browser tab's session storage. The static files
-//! need no token.
+//! need no token. The helpers the page shares with the update server's dashboard
+//! (`qx_core::api::COMMON_JS`) are served at `/common.js`, before its own `app.js`.
 
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use qx_core::api::{host, COMMON_JS};
 
 const INDEX_HTML: &str = include_str!("../../web/index.html");
 const APP_JS: &str = include_str!("../../web/app.js");
@@ -28,23 +30,28 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     )
 }
 
-/// Routes of the page: `/` (also `/settings/updates`), `/app.js`, `/style.css`.
+/// Routes of the page, `qx_core::api::host::PAGE_ROUTES`: the page at `/` (also
+/// `/settings/updates`), `/common.js`, `/app.js`, `/style.css`.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route(
-            "/",
+            host::PAGE,
             get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
         )
         .route(
-            "/settings/updates",
+            host::PAGE_SETTINGS,
             get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
         )
         .route(
-            "/app.js",
+            host::PAGE_COMMON_SCRIPT,
+            get(|| async { asset("text/javascript; charset=utf-8", COMMON_JS) }),
+        )
+        .route(
+            host::PAGE_SCRIPT,
             get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
         )
         .route(
-            "/style.css",
+            host::PAGE_STYLE,
             get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
         )
 }
@@ -55,9 +62,48 @@ mod tests {
 
     #[test]
     fn page_references_only_embedded_assets() {
-        assert!(INDEX_HTML.contains("src=\"/app.js\""));
-        assert!(INDEX_HTML.contains("href=\"/style.css\""));
+        let common = INDEX_HTML
+            .find(&format!("<script src=\"{}\"", host::PAGE_COMMON_SCRIPT))
+            .expect("the page loads the shared script");
+        let own = INDEX_HTML
+            .find(&format!("<script src=\"{}\"", host::PAGE_SCRIPT))
+            .expect("the page loads its script");
+        assert!(common < own, "the shared script comes first");
+        assert_eq!(INDEX_HTML.matches("<script").count(), 2, "no other script");
+        assert!(INDEX_HTML.contains(&format!("href=\"{}\"", host::PAGE_STYLE)));
         assert!(!INDEX_HTML.contains("<script>"), "no inline scripts (CSP)");
         assert!(!INDEX_HTML.contains("style=\""), "no inline styles (CSP)");
+    }
+
+    #[test]
+    fn page_script_leaves_the_shared_helpers_to_the_shared_script() {
+        for shared in [
+            "function token(",
+            "function api(",
+            "function readJson(",
+            "function showError(",
+            "function clearError(",
+            "function cell(",
+            "function fmtTime(",
+            "const $ =",
+            "class ApiError",
+        ] {
+            assert!(COMMON_JS.contains(shared), "{shared} is shared");
+            assert!(!APP_JS.contains(shared), "{shared} is defined again");
+        }
+    }
+
+    #[test]
+    fn page_never_puts_the_token_in_a_url() {
+        for (name, script) in [("app.js", APP_JS), ("common.js", COMMON_JS)] {
+            assert!(
+                !script.contains("new EventSource("),
+                "{name}: EventSource cannot send headers"
+            );
+            assert!(
+                !script.contains("token="),
+                "{name}: the token goes in the Authorization header"
+            );
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! running service: each endpoint, authentication, 409 on a concurrent apply, and the status
 //! transitions of a real apply observed through the server-sent events.
 
+use qx_core::api::host;
 use qx_testkit::host::Lab;
 use serde_json::Value;
 
@@ -75,17 +76,32 @@ fn static_page_needs_no_token() {
     let lab = daemon_lab(None, None, "");
     runtime().block_on(async {
         let api = ApiServer::start(agent(&lab), TOKEN);
-        for (path, ct) in [
-            ("/", "text/html"),
-            ("/app.js", "text/javascript"),
-            ("/style.css", "text/css"),
-        ] {
+        for path in host::PAGE_ROUTES {
+            let ct = match path.rsplit_once('.') {
+                Some((_, "js")) => "text/javascript",
+                Some((_, "css")) => "text/css",
+                _ => "text/html",
+            };
             let resp = api.client.get(api.url(path)).send().await.unwrap();
             assert_eq!(resp.status(), 200, "{path}");
             let got = resp.headers()["content-type"].to_str().unwrap().to_string();
             assert!(got.starts_with(ct), "{path}: {got}");
             assert!(resp.headers().contains_key("content-security-policy"));
         }
+        let common = api
+            .client
+            .get(api.url(host::PAGE_COMMON_SCRIPT))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(
+            common,
+            qx_core::api::COMMON_JS,
+            "the shared script, as embedded"
+        );
         let page = api
             .client
             .get(api.url("/"))

@@ -3,6 +3,8 @@
 //! operator token and keeps it in the browser tab's session storage), the overview counts it
 //! shows (`GET /api/v1/fleet/summary`) and the stream of fleet changes it follows
 //! (`GET /api/v1/fleet/events`, server-sent events). Both API endpoints need scope `read`.
+//! The helpers the page shares with the host's Updates page (`qx_core::api::COMMON_JS`) are
+//! served at `/ui/common.js`, before its own `app.js`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream, StreamExt};
+use qx_core::api::COMMON_JS;
 use qx_core::fleet::{
     ChannelCount, FailureCount, FleetChange, FleetSummary, LivenessCount, Scope, StateCount,
     VersionCount,
@@ -58,6 +61,11 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 /// `GET /ui`: the page.
 pub async fn index() -> Response {
     asset("text/html; charset=utf-8", INDEX_HTML)
+}
+
+/// `GET /ui/common.js`: the script both pages share (`qx_core::api::COMMON_JS`).
+pub async fn common_script() -> Response {
+    asset("text/javascript; charset=utf-8", COMMON_JS)
 }
 
 /// `GET /ui/app.js`.
@@ -177,23 +185,52 @@ pub async fn events<S: ReleaseStore>(
 mod tests {
     use super::*;
 
+    use qx_core::api::server as api;
+
     #[test]
     fn page_references_only_embedded_assets() {
-        assert!(INDEX_HTML.contains("src=\"/ui/app.js\""));
-        assert!(INDEX_HTML.contains("href=\"/ui/style.css\""));
+        let common = INDEX_HTML
+            .find(&format!("<script src=\"{}\"", api::UI_COMMON_SCRIPT))
+            .expect("the page loads the shared script");
+        let own = INDEX_HTML
+            .find(&format!("<script src=\"{}\"", api::UI_SCRIPT))
+            .expect("the page loads its script");
+        assert!(common < own, "the shared script comes first");
+        assert_eq!(INDEX_HTML.matches("<script").count(), 2, "no other script");
+        assert!(INDEX_HTML.contains(&format!("href=\"{}\"", api::UI_STYLE)));
         assert!(!INDEX_HTML.contains("<script>"), "no inline scripts (CSP)");
         assert!(!INDEX_HTML.contains("style=\""), "no inline styles (CSP)");
     }
 
     #[test]
+    fn page_script_leaves_the_shared_helpers_to_the_shared_script() {
+        for shared in [
+            "function token(",
+            "function api(",
+            "function readJson(",
+            "function showError(",
+            "function clearError(",
+            "function cell(",
+            "function fmtTime(",
+            "const $ =",
+            "class ApiError",
+        ] {
+            assert!(COMMON_JS.contains(shared), "{shared} is shared");
+            assert!(!APP_JS.contains(shared), "{shared} is defined again");
+        }
+    }
+
+    #[test]
     fn page_never_puts_the_token_in_a_url() {
-        assert!(
-            !APP_JS.contains("new EventSource("),
-            "EventSource cannot send headers"
-        );
-        assert!(
-            !APP_JS.contains("token="),
-            "the token goes in the Authorization header"
-        );
+        for (name, script) in [("app.js", APP_JS), ("common.js", COMMON_JS)] {
+            assert!(
+                !script.contains("new EventSource("),
+                "{name}: EventSource cannot send headers"
+            );
+            assert!(
+                !script.contains("token="),
+                "{name}: the token goes in the Authorization header"
+            );
+        }
     }
 }

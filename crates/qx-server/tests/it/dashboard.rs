@@ -291,6 +291,7 @@ async fn the_page_and_its_assets_are_served_without_a_token() {
     let lab = Lab::start(Engine::Sqlite);
     for (path, kind) in [
         (qx_core::api::server::UI, "text/html"),
+        (qx_core::api::server::UI_COMMON_SCRIPT, "text/javascript"),
         (qx_core::api::server::UI_SCRIPT, "text/javascript"),
         (qx_core::api::server::UI_STYLE, "text/css"),
     ] {
@@ -301,6 +302,12 @@ async fn the_page_and_its_assets_are_served_without_a_token() {
         let csp = res.headers()["content-security-policy"].to_str().unwrap();
         assert!(csp.contains("script-src 'self'"), "{csp}");
     }
+    let common = get(&lab.server, qx_core::api::server::UI_COMMON_SCRIPT).await;
+    assert_eq!(
+        common.text().await.unwrap(),
+        qx_core::api::COMMON_JS,
+        "the shared script, as embedded"
+    );
 }
 
 // ---- The page in headless Chromium (slow tier) ----

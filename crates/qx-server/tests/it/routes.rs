@@ -31,6 +31,7 @@ const METHODS: &[(&str, &[&str])] = &[
     (api::FLEET_SUMMARY, &["GET"]),
     (api::FLEET_EVENTS, &["GET"]),
     (api::UI, &["GET"]),
+    (api::UI_COMMON_SCRIPT, &["GET"]),
     (api::UI_SCRIPT, &["GET"]),
     (api::UI_STYLE, &["GET"]),
 ];
