@@ -11,6 +11,10 @@ use super::store::{FleetError, FleetResult};
 
 /// Connections per server.
 pub const CONNECTIONS: u32 = 16;
+/// Writer tasks grouping check-ins and event batches, each on its own connection (a batch's
+/// rows are locked in one order, and a batch that still meets another's locks is written
+/// again one write at a time).
+pub const WRITERS: usize = 4;
 /// How long a request waits for a free connection.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 

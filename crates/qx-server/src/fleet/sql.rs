@@ -38,8 +38,10 @@ pub struct SqlStore {
     read: AnyPool,
     write: AnyPool,
     migrator: &'static Migrator,
-    /// SQLite: the writer task that groups check-ins and event batches.
-    batch: Option<batch::Batcher>,
+    /// The writer tasks that group check-ins and event batches.
+    batch: batch::Batcher,
+    /// SQLite: the background checkpoint of the WAL (the writer never checkpoints).
+    checkpointer: Option<super::sqlite::Checkpointer>,
 }
 
 /// One migration at a time in this process, whatever the store (PostgreSQL also takes an
@@ -53,13 +55,32 @@ impl SqlStore {
         write: AnyPool,
         migrator: &'static Migrator,
     ) -> Self {
-        let batch = Some(batch::Batcher::start(write.clone()));
+        let writers = match engine {
+            Engine::Sqlite => 1,
+            Engine::Postgres => super::postgres::WRITERS,
+        };
+        let batch = batch::Batcher::start(write.clone(), writers);
         SqlStore {
             engine,
             read,
             write,
             migrator,
             batch,
+            checkpointer: None,
+        }
+    }
+
+    pub(crate) fn with_checkpointer(mut self, c: super::sqlite::Checkpointer) -> Self {
+        self.checkpointer = Some(c);
+        self
+    }
+
+    /// SQLite: checkpoints the WAL now (the background task does it on its own); `None` on
+    /// PostgreSQL.
+    pub async fn checkpoint(&self) -> FleetResult<Option<super::sqlite::WalState>> {
+        match &self.checkpointer {
+            Some(c) => c.run().await.map(Some),
+            None => Ok(None),
         }
     }
 
@@ -69,6 +90,9 @@ impl SqlStore {
 
     /// Closes the pools (tests drop databases after this).
     pub async fn close(&self) {
+        if let Some(c) = &self.checkpointer {
+            c.close().await;
+        }
         self.write.close().await;
         self.read.close().await;
     }
@@ -91,6 +115,22 @@ impl SqlStore {
 /// Maps a database error to [`FleetError::Database`], saying what was being done.
 pub(crate) fn db(doing: &'static str) -> impl Fn(sqlx::Error) -> FleetError {
     move |e| FleetError::Database(format!("{doing}: {e}"))
+}
+
+/// Begins a write transaction. On SQLite `BEGIN IMMEDIATE`: the write lock is taken at once,
+/// waiting for it under the busy timeout; a transaction that read first could not wait for it
+/// when it writes (SQLite answers "locked" at once), and the background checkpoint holds it
+/// now and then.
+pub(crate) async fn begin_write(
+    pool: &AnyPool,
+    doing: &'static str,
+) -> FleetResult<sqlx::Transaction<'static, sqlx::Any>> {
+    let begun = if pool.connect_options().database_url.scheme() == "sqlite" {
+        pool.begin_with("BEGIN IMMEDIATE").await
+    } else {
+        pool.begin().await
+    };
+    begun.map_err(db(doing))
 }
 
 /// A write for a host the store does not know.
@@ -154,10 +194,7 @@ impl FleetStore for SqlStore {
         now: Millis,
         next_due: Millis,
     ) -> BoxFuture<'_, FleetResult<()>> {
-        match &self.batch {
-            Some(b) => Box::pin(b.check_in(host, report, now, next_due)),
-            None => Box::pin(checkins::check_in(&self.write, host, report, now, next_due)),
-        }
+        Box::pin(self.batch.check_in(host, report, now, next_due))
     }
 
     fn append_events(
@@ -166,10 +203,7 @@ impl FleetStore for SqlStore {
         events: Vec<Event>,
         now: Millis,
     ) -> BoxFuture<'_, FleetResult<EventsAccepted>> {
-        match &self.batch {
-            Some(b) => Box::pin(b.append_events(host, events, now)),
-            None => Box::pin(events::append_events(&self.write, host, events, now)),
-        }
+        Box::pin(self.batch.append_events(host, events, now))
     }
 
     fn list_hosts(

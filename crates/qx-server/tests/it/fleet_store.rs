@@ -1138,3 +1138,34 @@ async fn concurrent_writes_all_land_and_a_failed_one_stays_alone(db: Db) {
         );
     }
 }
+
+/// SQLite: the writer leaves the WAL to the background checkpoint (here called by the test;
+/// its task runs once an hour), which copies it all into the database file, after which the
+/// WAL starts again from its beginning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_writer_never_checkpoints_and_the_checkpointer_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let hour = std::time::Duration::from_secs(3600);
+    let s = sqlite::open_with(&dir.path().join("fleet.db"), hour)
+        .await
+        .unwrap();
+    s.migrate().await.unwrap();
+    let hosts: Vec<String> = (0..400).map(|i| format!("h{i:03}")).collect();
+    enroll_all(&s, &hosts).await;
+    for h in &hosts {
+        let r = report("stable", &[("app", "1.0.0")], labels(&[]));
+        s.check_in(h.clone(), r, T0, T0 + 900_000).await.unwrap();
+    }
+    let wal = s.checkpoint().await.unwrap().expect("SQLite checkpoints");
+    // SQLite's own checkpoint, on the writer, would have restarted the WAL at 1,000 pages.
+    assert!(wal.frames > 1000, "the writer checkpointed: {wal:?}");
+    assert_eq!(wal.checkpointed, wal.frames, "all copied: {wal:?}");
+    let r = report("stable", &[("app", "1.0.1")], labels(&[]));
+    s.check_in(hosts[0].clone(), r, T0, T0 + 900_000)
+        .await
+        .unwrap();
+    let wal = s.checkpoint().await.unwrap().expect("SQLite checkpoints");
+    assert!(wal.frames < 100, "the WAL started again: {wal:?}");
+    let list = s.list_hosts(query(), RULE, T0).await.unwrap();
+    assert_eq!(list.hosts.len(), 100, "a page of the hosts reads back");
+}

@@ -7,12 +7,14 @@
 //! that caused it fails. Every caller is answered after the commit.
 
 use qx_core::fleet::{CheckIn, Event, EventsAccepted};
+use std::sync::Arc;
+
 use sqlx::{Acquire, AnyPool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkins::{record_check_ins, CheckInWrite};
-use super::db;
 use super::events::record_events;
+use super::{begin_write, db};
 use crate::fleet::store::{FleetError, FleetResult, Millis};
 
 /// The most writes one transaction takes.
@@ -60,10 +62,15 @@ fn stopped() -> FleetError {
 }
 
 impl Batcher {
-    /// Starts the writer on the current runtime.
-    pub(crate) fn start(pool: AnyPool) -> Self {
+    /// Starts `writers` writer tasks on the current runtime, taking batches from one queue
+    /// (SQLite: one, the engine's one writer; PostgreSQL: several, each on its own
+    /// connection).
+    pub(crate) fn start(pool: AnyPool, writers: usize) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(pool, rx));
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..writers.max(1) {
+            tokio::spawn(run(pool.clone(), rx.clone()));
+        }
         Batcher { queue }
     }
 
@@ -105,27 +112,34 @@ impl Batcher {
     }
 }
 
-async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Write>) {
+async fn run(pool: AnyPool, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Write>>>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    loop {
+        // One writer waits for the next batch at a time; the others write theirs meanwhile.
+        if rx.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
         match apply(&pool, &batch).await {
             Ok(outcomes) => {
                 for (write, outcome) in batch.drain(..).zip(outcomes) {
                     answer(write, outcome);
                 }
             }
-            Err(e) => {
-                let message = e.to_string();
-                for write in batch.drain(..) {
-                    let e = FleetError::Database(message.clone());
-                    let outcome = match &write {
-                        Write::CheckIn { .. } => Outcome::CheckIn(Err(e)),
-                        Write::Events { .. } => Outcome::Events(Err(e)),
-                    };
-                    answer(write, outcome);
-                }
-            }
+            Err(e) => fail_all(&mut batch, &e),
         }
+    }
+}
+
+/// Answers every write of the batch with the database error that stopped it.
+fn fail_all(batch: &mut Vec<Write>, e: &FleetError) {
+    let message = e.to_string();
+    for write in batch.drain(..) {
+        let e = FleetError::Database(message.clone());
+        let outcome = match &write {
+            Write::CheckIn { .. } => Outcome::CheckIn(Err(e)),
+            Write::Events { .. } => Outcome::Events(Err(e)),
+        };
+        answer(write, outcome);
     }
 }
 
@@ -160,10 +174,7 @@ async fn apply(pool: &AnyPool, batch: &[Write]) -> FleetResult<Vec<Outcome>> {
 
 /// The check-ins together, then each event batch.
 async fn apply_grouped(pool: &AnyPool, batch: &[Write]) -> FleetResult<Vec<Outcome>> {
-    let mut tx = pool
-        .begin()
-        .await
-        .map_err(db("starting a batch of writes"))?;
+    let mut tx = begin_write(pool, "starting a batch of writes").await?;
     let check_ins: Vec<CheckInWrite<'_>> = batch.iter().filter_map(check_in_write).collect();
     let mut checked = record_check_ins(&mut tx, &check_ins).await?.into_iter();
     let mut outcomes = Vec::with_capacity(batch.len());
@@ -189,10 +200,7 @@ async fn apply_grouped(pool: &AnyPool, batch: &[Write]) -> FleetResult<Vec<Outco
 
 /// Every write under its own savepoint.
 async fn apply_each(pool: &AnyPool, batch: &[Write]) -> FleetResult<Vec<Outcome>> {
-    let mut tx = pool
-        .begin()
-        .await
-        .map_err(db("starting a batch of writes"))?;
+    let mut tx = begin_write(pool, "starting a batch of writes").await?;
     let mut outcomes = Vec::with_capacity(batch.len());
     for write in batch {
         outcomes.push(write_one(&mut tx, write).await?);

@@ -19,6 +19,8 @@ pub(crate) enum Value {
 pub(crate) struct Sql {
     text: String,
     values: Vec<Value>,
+    /// Not kept in the connection's statement cache (see [`Sql::once`]).
+    once: bool,
 }
 
 impl Sql {
@@ -26,7 +28,15 @@ impl Sql {
         Sql {
             text: text.to_owned(),
             values: Vec::new(),
+            once: false,
         }
+    }
+
+    /// A statement whose text varies with its rows (a group's `VALUES`, an `IN` list): not
+    /// kept prepared, or a connection's cache would hold one of each size.
+    pub(crate) fn once(&mut self) -> &mut Self {
+        self.once = true;
+        self
     }
 
     pub(crate) fn push(&mut self, text: &str) -> &mut Self {
@@ -71,7 +81,7 @@ impl Sql {
     }
 
     pub(crate) fn query(&self) -> Query<'_, Any, AnyArguments<'_>> {
-        let mut q = sqlx::query(&self.text);
+        let mut q = sqlx::query(&self.text).persistent(!self.once);
         for v in &self.values {
             q = match v {
                 Value::Int(i) => q.bind(*i),

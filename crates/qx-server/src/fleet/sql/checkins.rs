@@ -1,12 +1,11 @@
 //! Check-ins: the host row's report columns, and its versions and own labels when they changed.
 //! A group of check-ins (the writer's batch) is written with one read of the hosts' previous
-//! check-ins and one `UPDATE` of all their rows, so its cost hardly grows with its size; a
-//! single check-in is a group of one.
+//! check-ins and one `UPDATE` of all their rows, so its cost hardly grows with its size.
 
 use std::collections::{BTreeMap, HashMap};
 
 use qx_core::fleet::CheckIn;
-use sqlx::{AnyConnection, AnyPool};
+use sqlx::AnyConnection;
 
 use super::bind::{get, to_json, Sql};
 use super::{db, unknown_host};
@@ -25,25 +24,21 @@ struct Columns<'a> {
     write: &'a CheckInWrite<'a>,
     slots: String,
     report: String,
+    /// Channel, agent version, slots or pending update differ from the previous check-in's
+    /// (they rarely do: the usual check-in rewrites only its report and times, and no index
+    /// but the due time's moves).
+    described: bool,
 }
 
-pub(super) async fn check_in(
-    pool: &AnyPool,
-    host: String,
-    report: CheckIn,
-    now: Millis,
-    next_due: Millis,
-) -> FleetResult<()> {
-    let mut tx = pool.begin().await.map_err(db("starting a check-in"))?;
-    let write = CheckInWrite {
-        host: &host,
-        report: &report,
-        now,
-        next_due,
-    };
-    let outcome = record_check_ins(&mut tx, &[write]).await?;
-    outcome.into_iter().next().unwrap_or(Ok(()))?;
-    tx.commit().await.map_err(db("committing a check-in"))
+/// Whether `now` changes the host's descriptive columns (those of its indexes among them).
+fn describes_anew(now: &CheckIn, before: Option<&CheckIn>) -> bool {
+    before.is_none_or(|b| {
+        b.channel != now.channel
+            || b.agent_version != now.agent_version
+            || b.booted_slot != now.booted_slot
+            || b.slots != now.slots
+            || b.pending != now.pending
+    })
 }
 
 /// Writes a group of check-ins inside one transaction; one outcome per check-in, in order.
@@ -65,14 +60,19 @@ pub(crate) async fn record_check_ins(
     let rows = last
         .values()
         .map(|w| {
+            let before = previous.get(w.host).and_then(Option::as_ref);
             Ok(Columns {
                 write: w,
                 slots: to_json("slots", &w.report.slots)?,
                 report: to_json("check-in", w.report)?,
+                described: describes_anew(w.report, before),
             })
         })
         .collect::<FleetResult<Vec<_>>>()?;
-    update_host_rows(conn, &rows).await?;
+    let (described, same): (Vec<Columns<'_>>, Vec<Columns<'_>>) =
+        rows.into_iter().partition(|r| r.described);
+    update_host_rows(conn, &described, true).await?;
+    update_host_rows(conn, &same, false).await?;
     for w in last.values() {
         let before = previous.get(w.host).and_then(Option::as_ref);
         write_changes(conn, w, before).await?;
@@ -94,7 +94,7 @@ async fn previous_reports(
     hosts: &[String],
 ) -> FleetResult<HashMap<String, Option<CheckIn>>> {
     let mut sql = Sql::new("SELECT id, report FROM hosts WHERE id IN ");
-    sql.list(hosts);
+    sql.once().list(hosts);
     let rows = sql
         .query()
         .fetch_all(&mut *conn)
@@ -110,31 +110,47 @@ async fn previous_reports(
 }
 
 /// The report columns of every row, in one statement: the new values as a table joined to
-/// `hosts` by id (the same SQL on both engines).
-async fn update_host_rows(conn: &mut AnyConnection, rows: &[Columns<'_>]) -> FleetResult<()> {
+/// `hosts` by id (the same SQL on both engines). Without `described`, only the report and the
+/// times (the rows' other columns are unchanged).
+async fn update_host_rows(
+    conn: &mut AnyConnection,
+    rows: &[Columns<'_>],
+    described: bool,
+) -> FleetResult<()> {
     if rows.is_empty() {
         return Ok(());
     }
-    let mut sql = Sql::new(
-        "WITH v (id, channel, agent_version, booted_slot, slots, pending, report, last_checkin, \
-         next_due) AS (VALUES ",
-    );
+    let mut sql = Sql::new(if described {
+        "WITH v (id, report, last_checkin, next_due, channel, agent_version, booted_slot, \
+         slots, pending) AS (VALUES "
+    } else {
+        "WITH v (id, report, last_checkin, next_due) AS (VALUES "
+    });
     for (i, row) in rows.iter().enumerate() {
         let (w, r) = (row.write, row.write.report);
         sql.push(if i == 0 { "(" } else { ", (" });
-        sql.text(w.host).push(", ").text(&r.channel).push(", ");
-        sql.text(&r.agent_version).push(", ");
-        sql.opt_text(r.booted_slot.as_deref()).push(", ");
-        sql.text(&row.slots).push(", ");
-        sql.opt_text(r.pending.as_deref()).push(", ");
-        sql.text(&row.report).push(", ");
-        sql.int(w.now).push(", ").int(w.next_due).push(")");
+        sql.text(w.host).push(", ").text(&row.report).push(", ");
+        sql.int(w.now).push(", ").int(w.next_due);
+        if described {
+            sql.push(", ").text(&r.channel).push(", ");
+            sql.text(&r.agent_version).push(", ");
+            sql.opt_text(r.booted_slot.as_deref()).push(", ");
+            sql.text(&row.slots).push(", ");
+            sql.opt_text(r.pending.as_deref());
+        }
+        sql.push(")");
     }
     sql.push(
-        ") UPDATE hosts SET channel = v.channel, agent_version = v.agent_version, \
-         booted_slot = v.booted_slot, slots = v.slots, pending = v.pending, report = v.report, \
-         last_checkin = v.last_checkin, next_due = v.next_due FROM v WHERE hosts.id = v.id",
+        ") UPDATE hosts SET report = v.report, last_checkin = v.last_checkin, \
+         next_due = v.next_due",
     );
+    if described {
+        sql.push(
+            ", channel = v.channel, agent_version = v.agent_version, \
+             booted_slot = v.booted_slot, slots = v.slots, pending = v.pending",
+        );
+    }
+    sql.push(" FROM v WHERE hosts.id = v.id").once();
     sql.query()
         .execute(&mut *conn)
         .await

@@ -3,7 +3,6 @@
 
 use qx_core::fleet::{Event, EventType, EventsAccepted};
 use sqlx::AnyConnection;
-use sqlx::AnyPool;
 
 use super::bind::{get, seq_of, seq_value, to_json, Sql};
 use super::{db, unknown_host};
@@ -35,18 +34,6 @@ struct EventRow<'e> {
     event: &'e Event,
     seq: i64,
     body: String,
-}
-
-pub(super) async fn append_events(
-    pool: &AnyPool,
-    host: String,
-    events: Vec<Event>,
-    now: Millis,
-) -> FleetResult<EventsAccepted> {
-    let mut tx = pool.begin().await.map_err(db("starting an event batch"))?;
-    let accepted = record_events(&mut tx, &host, &events, now).await?;
-    tx.commit().await.map_err(db("committing an event batch"))?;
-    Ok(accepted)
 }
 
 /// Stores one batch inside `tx`, in three statements: the host's last sequence number (an
@@ -114,7 +101,8 @@ async fn insert_events(
         sql.opt_text(row.event.message.as_deref());
         sql.push(", ").int(now).push(", ").text(&row.body).push(")");
     }
-    sql.push(" ON CONFLICT (host_id, seq) DO NOTHING RETURNING seq");
+    sql.push(" ON CONFLICT (host_id, seq) DO NOTHING RETURNING seq")
+        .once();
     let done = sql
         .query()
         .fetch_all(&mut *conn)

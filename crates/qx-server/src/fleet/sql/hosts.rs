@@ -276,7 +276,7 @@ pub(super) async fn patch_labels(
     id: String,
     patch: LabelsPatch,
 ) -> FleetResult<bool> {
-    let mut tx = pool.begin().await.map_err(db("starting a label change"))?;
+    let mut tx = super::begin_write(pool, "starting a label change").await?;
     let mut sql = Sql::new("SELECT id FROM hosts WHERE id = ");
     sql.text(&id);
     let found = sql

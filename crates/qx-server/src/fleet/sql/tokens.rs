@@ -143,7 +143,7 @@ pub(super) async fn enroll(
     host: NewHost,
 ) -> FleetResult<Result<EnrolledHost, EnrollRefused>> {
     let hash = token.to_hex();
-    let mut tx = pool.begin().await.map_err(db("starting an enrollment"))?;
+    let mut tx = super::begin_write(pool, "starting an enrollment").await?;
     if let Some(answer) = replay(&mut tx, &hash, &host).await? {
         tx.commit()
             .await
