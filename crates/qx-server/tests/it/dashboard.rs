@@ -507,3 +507,45 @@ async fn dashboard_pages_through_250_hosts_and_filters_them() {
     assert_eq!(page_ids(&client).await.len(), 50);
     client.close().await.unwrap();
 }
+
+#[tokio::test]
+#[ignore = "slow tier: needs a browser; `cargo xtask test` runs it"]
+async fn dashboard_with_ten_thousand_hosts_renders_one_page_of_them() {
+    let lab = Lab::start(Engine::Sqlite);
+    // Written into the store at once (enrolling them one by one over HTTP is what the fleet
+    // API tests and the load generator do; here it would take minutes).
+    let db = lab.server.release_dir().join(DEFAULT_FLEET_DB);
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000) \
+         INSERT INTO hosts (id, token_hash, product, enrolled_at) \
+         SELECT printf('h%05d', i), printf('t%05d', i), 'quantix-os', 0 FROM n",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().unwrap();
+    let client = open_dashboard(&driver, profile.path(), &lab).await;
+    sign_in(&client, TOKEN).await;
+    wait_text(&client, "the first page", "#page-info", "Hosts 1–50").await;
+    assert_eq!(
+        text(&client, "#count-total").await.as_deref(),
+        Some("10000")
+    );
+    assert_eq!(page_ids(&client).await.len(), 50);
+    // One page of the fleet is in the document, never the fleet.
+    let rows = client
+        .execute("return document.querySelectorAll('tr').length;", vec![])
+        .await
+        .unwrap();
+    assert!(
+        rows.as_u64().unwrap() < 200,
+        "{rows} table rows in the page"
+    );
+    save_screenshot(&client, "dashboard-10000-hosts.png").await;
+    client.close().await.unwrap();
+}
