@@ -17,6 +17,7 @@ pub mod history;
 pub mod listener;
 pub mod manifest;
 pub mod names;
+pub mod rollout;
 pub mod signature;
 #[cfg(feature = "sign")]
 pub mod signing;
