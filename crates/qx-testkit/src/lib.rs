@@ -6,6 +6,7 @@ pub mod channel;
 pub mod drip;
 pub mod host;
 pub mod interpose;
+pub mod page;
 pub mod postgres;
 pub mod proxy;
 pub mod release;

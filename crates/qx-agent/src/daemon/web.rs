@@ -61,49 +61,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn page_references_only_embedded_assets() {
-        let common = INDEX_HTML
-            .find(&format!("<script src=\"{}\"", host::PAGE_COMMON_SCRIPT))
-            .expect("the page loads the shared script");
-        let own = INDEX_HTML
-            .find(&format!("<script src=\"{}\"", host::PAGE_SCRIPT))
-            .expect("the page loads its script");
-        assert!(common < own, "the shared script comes first");
-        assert_eq!(INDEX_HTML.matches("<script").count(), 2, "no other script");
-        assert!(INDEX_HTML.contains(&format!("href=\"{}\"", host::PAGE_STYLE)));
-        assert!(!INDEX_HTML.contains("<script>"), "no inline scripts (CSP)");
-        assert!(!INDEX_HTML.contains("style=\""), "no inline styles (CSP)");
-    }
-
-    #[test]
-    fn page_script_leaves_the_shared_helpers_to_the_shared_script() {
-        for shared in [
-            "function token(",
-            "function api(",
-            "function readJson(",
-            "function showError(",
-            "function clearError(",
-            "function cell(",
-            "function fmtTime(",
-            "const $ =",
-            "class ApiError",
-        ] {
-            assert!(COMMON_JS.contains(shared), "{shared} is shared");
-            assert!(!APP_JS.contains(shared), "{shared} is defined again");
-        }
-    }
-
-    #[test]
-    fn page_never_puts_the_token_in_a_url() {
-        for (name, script) in [("app.js", APP_JS), ("common.js", COMMON_JS)] {
-            assert!(
-                !script.contains("new EventSource("),
-                "{name}: EventSource cannot send headers"
-            );
-            assert!(
-                !script.contains("token="),
-                "{name}: the token goes in the Authorization header"
-            );
-        }
+    fn page_keeps_the_rules_both_pages_keep() {
+        qx_testkit::page::assert_page_rules(&qx_testkit::page::Page {
+            html: INDEX_HTML,
+            common_js: COMMON_JS,
+            common_src: host::PAGE_COMMON_SCRIPT,
+            app_js: APP_JS,
+            app_src: host::PAGE_SCRIPT,
+            style_href: host::PAGE_STYLE,
+        });
     }
 }

@@ -88,30 +88,16 @@ fn static_page_needs_no_token() {
             assert!(got.starts_with(ct), "{path}: {got}");
             assert!(resp.headers().contains_key("content-security-policy"));
         }
-        let common = api
-            .client
-            .get(api.url(host::PAGE_COMMON_SCRIPT))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = |path: &str| {
+            let req = api.client.get(api.url(path));
+            async move { req.send().await.unwrap().text().await.unwrap() }
+        };
         assert_eq!(
-            common,
+            text(host::PAGE_COMMON_SCRIPT).await,
             qx_core::api::COMMON_JS,
             "the shared script, as embedded"
         );
-        let page = api
-            .client
-            .get(api.url("/"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert!(page.contains("Check for Updates"));
+        assert!(text("/").await.contains("Check for Updates"));
         api.shutdown().await;
     });
 }

@@ -499,18 +499,23 @@ fn without_a_fleet_block_the_agent_sends_nothing_and_queues_nothing() {
     assert!(!lab.host.path("/data/updates/identity.json").exists());
 }
 
+/// `qx-update check` on the host at `root`, aborted at the crash point `point`.
+fn check_aborted_at(root: &std::path::Path, point: &str) {
+    let out = crate::support::host::qx_update(root)
+        .arg("check")
+        .env("QX_TEST_CRASH_AT", point)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "aborted at {point}: {out:?}");
+}
+
 #[test]
 fn a_crash_between_send_and_acknowledgement_resends_and_the_server_counts_once() {
     let (lab, fleet) = fleet_lab("");
     node_release(&lab, "1.1.0");
     let root = lab.host.root();
     // `qx-update check` aborts after the server stored the batch, before the queue forgets it.
-    let out = crate::support::host::qx_update(root)
-        .arg("check")
-        .env("QX_TEST_CRASH_AT", "fleet-events-sent")
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "aborted: {out:?}");
+    check_aborted_at(root, "fleet-events-sent");
     assert_eq!(fleet.types(), vec!["offered"], "the server has it");
     assert_eq!(
         queued(&lab).len(),
@@ -691,12 +696,7 @@ fn real_server_a_host_enrolls_once_and_its_apply_is_confirmed_and_counted_once()
     // Killed between the batch and its acknowledgement: sent again, counted once.
     node_release(&lab, "1.2.0");
     let root = lab.host.root();
-    let out = crate::support::host::qx_update(root)
-        .arg("check")
-        .env("QX_TEST_CRASH_AT", "fleet-events-sent")
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "aborted: {out:?}");
+    check_aborted_at(root, "fleet-events-sent");
     assert_eq!(queued(&lab).len(), 1);
     assert!(run_qx_update(root, &["check"]).status.success());
     assert!(queued(&lab).is_empty());
@@ -716,12 +716,7 @@ fn real_server_a_crash_before_the_identity_is_kept_enrolls_the_host_once() {
     let root = lab.host.root();
     // The server enrolled the host (spending the single-use token); the agent died before it
     // kept the identity.
-    let out = crate::support::host::qx_update(root)
-        .arg("check")
-        .env("QX_TEST_CRASH_AT", "fleet-enrolled")
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "aborted: {out:?}");
+    check_aborted_at(root, "fleet-enrolled");
     assert!(lab.host.read("/data/updates/identity.json").is_err());
     assert!(lab.host.read("/data/updates/enrollment-key.json").is_ok());
 
