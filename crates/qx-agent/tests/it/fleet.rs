@@ -622,6 +622,13 @@ fn real_fleet_lab() -> Lab {
     lab
 }
 
+/// The server's list of hosts.
+fn server_hosts(lab: &Lab) -> Vec<Value> {
+    let (status, list) = operator(lab, reqwest::Method::GET, &lab.server.api().hosts(""), None);
+    assert_eq!(status, 200, "{list}");
+    list["hosts"].as_array().cloned().unwrap_or_default()
+}
+
 fn host_id(lab: &Lab) -> String {
     let id: Value =
         serde_json::from_slice(&lab.host.read("/data/updates/identity.json").unwrap()).unwrap();
@@ -663,18 +670,8 @@ fn real_server_a_host_enrolls_once_and_its_apply_is_confirmed_and_counted_once()
     // spent, so a second enrollment would have failed and left no check-in.
     agent(&lab).check().unwrap();
 
-    let (status, list) = operator(
-        &lab,
-        reqwest::Method::GET,
-        &lab.server.api().hosts(""),
-        None,
-    );
-    assert_eq!(status, 200, "{list}");
-    assert_eq!(
-        list["hosts"].as_array().unwrap().len(),
-        1,
-        "one host: {list}"
-    );
+    let hosts = server_hosts(&lab);
+    assert_eq!(hosts.len(), 1, "one host: {hosts:?}");
     let (detail, types) = server_view(&lab);
     assert_eq!(
         types,
@@ -726,15 +723,8 @@ fn real_server_a_crash_before_the_identity_is_kept_enrolls_the_host_once() {
         lab.host.read("/data/updates/enrollment-key.json").is_err(),
         "the key goes once the identity is kept"
     );
-    let (status, list) = operator(
-        &lab,
-        reqwest::Method::GET,
-        &lab.server.api().hosts(""),
-        None,
-    );
-    assert_eq!(status, 200, "{list}");
-    let hosts = list["hosts"].as_array().unwrap();
-    assert_eq!(hosts.len(), 1, "enrolled once: {list}");
+    let hosts = server_hosts(&lab);
+    assert_eq!(hosts.len(), 1, "enrolled once: {hosts:?}");
     assert_eq!(hosts[0]["id"].as_str().unwrap(), host_id(&lab));
     let (detail, types) = server_view(&lab);
     assert!(
