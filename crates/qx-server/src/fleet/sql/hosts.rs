@@ -331,62 +331,88 @@ fn count_of(row: &AnyRow) -> FleetResult<u64> {
     Ok(u64::try_from(get::<i64>(row, "n")?).unwrap_or(0))
 }
 
+/// The fleet's counts: five grouped reads, run at once on the read pool (each is a scan of
+/// the hosts or the recent failures; together they are the dashboard's overview).
 pub(super) async fn counts(
     pool: &AnyPool,
     rule: LivenessRule,
     now: Millis,
     since: Millis,
 ) -> FleetResult<FleetCounts> {
-    let mut out = FleetCounts::default();
+    let (by_version, by_channel, by_state, by_liveness, recent_failures) = tokio::try_join!(
+        version_counts(pool),
+        channel_counts(pool),
+        state_counts(pool),
+        liveness_counts(pool, rule, now),
+        failure_counts(pool, since),
+    )?;
+    Ok(FleetCounts {
+        by_version,
+        by_channel,
+        by_state,
+        by_liveness,
+        recent_failures,
+    })
+}
+
+type VersionKey = (String, String, String, String);
+
+async fn version_counts(pool: &AnyPool) -> FleetResult<Vec<(VersionKey, u64)>> {
     let sql = Sql::new(
         "SELECT h.product, COALESCE(h.channel, '') AS channel, v.component, v.version, \
          COUNT(*) AS n FROM hosts h JOIN host_versions v ON v.host_id = h.id \
          WHERE h.decommissioned_at IS NULL GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
     );
-    for r in sql
+    let rows = sql
         .query()
         .fetch_all(pool)
         .await
-        .map_err(db("counting hosts by version"))?
-    {
-        let key = (
-            get(&r, "product")?,
-            get(&r, "channel")?,
-            get(&r, "component")?,
-            get(&r, "version")?,
-        );
-        out.by_version.push((key, count_of(&r)?));
-    }
-    out.by_channel = channel_counts(pool).await?;
+        .map_err(db("counting hosts by version"))?;
+    rows.iter()
+        .map(|r| {
+            let key = (
+                get(r, "product")?,
+                get(r, "channel")?,
+                get(r, "component")?,
+                get(r, "version")?,
+            );
+            Ok((key, count_of(r)?))
+        })
+        .collect()
+}
+
+async fn state_counts(pool: &AnyPool) -> FleetResult<Vec<((String, String), u64)>> {
     let sql = Sql::new(
         "SELECT product, state, COUNT(*) AS n FROM hosts WHERE decommissioned_at IS NULL \
          GROUP BY product, state ORDER BY product, state",
     );
-    for r in sql
+    let rows = sql
         .query()
         .fetch_all(pool)
         .await
-        .map_err(db("counting hosts by state"))?
-    {
-        out.by_state
-            .push(((get(&r, "product")?, get(&r, "state")?), count_of(&r)?));
-    }
-    out.by_liveness = liveness_counts(pool, rule, now).await?;
+        .map_err(db("counting hosts by state"))?;
+    rows.iter()
+        .map(|r| Ok(((get(r, "product")?, get(r, "state")?), count_of(r)?)))
+        .collect()
+}
+
+async fn failure_counts(
+    pool: &AnyPool,
+    since: Millis,
+) -> FleetResult<Vec<((String, String), u64)>> {
     let mut sql = Sql::new(
         "SELECT type, COALESCE(message, '') AS message, COUNT(*) AS n FROM events \
          WHERE type IN ('failed', 'rolled_back') AND received >= ",
     );
     sql.int(since).push(" GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2");
-    for r in sql
+    let rows = sql
         .query()
         .fetch_all(pool)
         .await
-        .map_err(db("counting recent failures"))?
-    {
-        out.recent_failures
-            .push(((get(&r, "type")?, get(&r, "message")?), count_of(&r)?));
-    }
-    Ok(out)
+        .map_err(db("counting recent failures"))?;
+    rows.iter()
+        .map(|r| Ok(((get(r, "type")?, get(r, "message")?), count_of(r)?)))
+        .collect()
 }
 
 async fn channel_counts(pool: &AnyPool) -> FleetResult<Vec<((String, String), u64)>> {
