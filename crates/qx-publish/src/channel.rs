@@ -381,6 +381,21 @@ pub fn yank(update: &Update<'_>, version: &Version, action: RevokeAction) -> Res
     update.commit(planned, &change, false)
 }
 
+/// `qx-publish rollout start`: signs the plan of a rollout of `version` in `waves`, its first
+/// wave opening now; a fresh id and salt (kept across retries after a 409).
+pub fn start_rollout(
+    update: &Update<'_>,
+    version: &Version,
+    waves: &[qx_core::rollout::WaveSpec],
+) -> Result<Committed> {
+    let waves = qx_core::rollout::schedule(waves, now())
+        .map_err(|e| Error::Usage(format!("--waves: the schedule does not fit in time: {e}")))?;
+    let id = qx_core::fleet::new_secret()[..16].to_owned();
+    let salt = qx_core::fleet::new_secret();
+    let change = |s: &mut ChannelState| crate::state::start_rollout(s, version, &id, &salt, &waves);
+    update.apply(&change, false)
+}
+
 /// `qx-publish refresh`: the same content with `seq + 1` and a new expiry (a channel without a
 /// state gets its first one, listing the releases the server holds).
 pub fn refresh(update: &Update<'_>) -> Result<Committed> {

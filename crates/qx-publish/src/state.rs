@@ -6,9 +6,11 @@
 //! - yank: the release leaves `releases` and enters `revoked` with `keep` or `revert`; when it
 //!   was `current`, the highest remaining release becomes `current`; the only release of a
 //!   channel cannot be yanked (hosts would be offered nothing);
-//! - refresh: nothing changes but `seq`, `issued` and `expires`.
+//! - refresh: nothing changes but `seq`, `issued` and `expires`;
+//! - rollout start: the signed plan of §10 (the release is listed, above `current`; one
+//!   rollout at a time).
 
-use qx_core::channel::{ChannelState, ReleaseEntry, Revocation, RevokeAction};
+use qx_core::channel::{ChannelState, ReleaseEntry, Revocation, RevokeAction, RolloutPlan, Wave};
 use qx_core::Version;
 
 use crate::error::{Error, Result};
@@ -104,6 +106,54 @@ pub fn yank(state: &mut ChannelState, version: &Version, action: RevokeAction) -
     {
         state.rollout = None;
     }
+    Ok(())
+}
+
+/// Starts the rollout of `version` with `waves` (the plan's `id` and `salt` given): the
+/// release must be listed and above `current` (published with `--no-current`); a rollout of
+/// another version, or another rollout of this one, must end first. The same plan again is
+/// no change (a retried command).
+pub fn start_rollout(
+    state: &mut ChannelState,
+    version: &Version,
+    id: &str,
+    salt: &str,
+    waves: &[Wave],
+) -> Result<()> {
+    let Some(entry) = state.release(version).cloned() else {
+        return Err(refuse(
+            state,
+            format!("{version} is not listed in the channel; publish it with --no-current first"),
+        ));
+    };
+    if version <= &state.current {
+        return Err(refuse(
+            state,
+            format!(
+                "{version} is not above current {}; a rollout brings a newer release",
+                state.current
+            ),
+        ));
+    }
+    if let Some(running) = &state.rollout {
+        if running.id == id && &running.version == version {
+            return Ok(());
+        }
+        return Err(refuse(
+            state,
+            format!(
+                "the rollout {} of {} is in progress; it must end before another starts",
+                running.id, running.version
+            ),
+        ));
+    }
+    state.rollout = Some(RolloutPlan {
+        id: id.to_owned(),
+        version: version.clone(),
+        manifest_sha256: entry.manifest_sha256,
+        salt: salt.to_owned(),
+        waves: waves.to_vec(),
+    });
     Ok(())
 }
 

@@ -544,3 +544,82 @@ fn bundle_without_a_trusted_key_is_a_usage_error() {
         .code(2)
         .stderr(predicate::str::contains("needs a trusted key"));
 }
+
+/// `qx-publish rollout start --server … --channel dev ARGS` with the token.
+fn rollout_start(e: &Env, args: &[&str]) -> assert_cmd::Command {
+    let mut cmd = qx_publish();
+    cmd.env("QX_PUBLISH_TOKEN", TOKEN)
+        .args(["rollout", "start", "--server", e.server.url(), "--key"])
+        .arg(e.work.key())
+        .args(["--product", PRODUCT, "--channel", "dev"])
+        .args(args);
+    cmd
+}
+
+#[test]
+fn rollout_start_signs_the_plan_and_a_yank_of_its_version_ends_it() {
+    let e = start();
+    e.publish(&[]).assert().success();
+    e.publish_version("1.1.0", &["--no-current"]);
+    let a = rollout_start(&e, &["--waves", "1%:1h,10%:4h,100%", "1.1.0", "--json"])
+        .assert()
+        .success();
+    assert_eq!(json(&a)["outcome"], "rollout_started");
+    let s = e.state("dev").unwrap();
+    assert_eq!(
+        s.current,
+        v("1.0.0"),
+        "current stays until the rollout completes"
+    );
+    let plan = s.rollout.clone().expect("the signed plan");
+    assert_eq!(plan.version, v("1.1.0"));
+    assert_eq!(plan.manifest_sha256, e.sha("1.1.0", "dev"));
+    assert!(plan.salt.len() >= 32 && !plan.id.is_empty(), "{plan:?}");
+    let percents: Vec<f64> = plan.waves.iter().map(|w| w.percent).collect();
+    assert_eq!(percents, [1.0, 10.0, 100.0]);
+    let gap = |i: usize| {
+        plan.waves[i]
+            .not_before
+            .duration_since(plan.waves[i - 1].not_before)
+    };
+    assert_eq!((gap(1).as_secs(), gap(2).as_secs()), (3600, 4 * 3600));
+
+    rollout_start(&e, &["--waves", "100%", "1.1.0"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("is in progress"));
+    assert_eq!(e.state("dev").unwrap().seq, s.seq, "nothing signed");
+
+    e.verb("yank", "dev", &["1.1.0"]).assert().success();
+    let s = e.state("dev").unwrap();
+    assert_eq!(s.rollout, None, "a yank of its version ends the rollout");
+}
+
+#[test]
+fn rollout_start_refuses_bad_waves_and_a_release_it_cannot_roll_out() {
+    let e = start();
+    e.publish(&[]).assert().success();
+    e.publish_version("1.1.0", &["--no-current"]);
+    let seq = e.state("dev").unwrap().seq;
+    for (waves, why) in [
+        ("10%:1h,50%", "must reach 100%"),
+        ("10%,100%", "needs its soak time"),
+        ("50%:1h,10%:1h,100%", "must grow"),
+        ("abc", "a wave is PERCENT%:SOAK"),
+    ] {
+        rollout_start(&e, &["--waves", waves, "1.1.0"])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(why));
+    }
+    rollout_start(&e, &["--waves", "100%", "9.9.9"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("not listed"));
+    rollout_start(&e, &["--waves", "100%", "1.0.0"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("not above current"));
+    let s = e.state("dev").unwrap();
+    assert_eq!((s.seq, s.rollout), (seq, None), "nothing signed");
+}
