@@ -381,19 +381,41 @@ pub fn yank(update: &Update<'_>, version: &Version, action: RevokeAction) -> Res
     update.commit(planned, &change, false)
 }
 
-/// `qx-publish rollout start`: signs the plan of a rollout of `version` in `waves`, its first
-/// wave opening now; a fresh id and salt (kept across retries after a 409).
+/// A new rollout's id, salt and waves, the first wave opening now; made once, so that a
+/// retry after a 409 signs the same plan.
+#[derive(Debug, Clone)]
+pub struct NewRollout {
+    pub id: String,
+    pub salt: String,
+    pub waves: Vec<qx_core::channel::Wave>,
+}
+
+impl NewRollout {
+    pub fn new(specs: &[qx_core::rollout::WaveSpec]) -> Result<Self> {
+        let waves = qx_core::rollout::schedule(specs, now()).map_err(|e| {
+            Error::Usage(format!("--waves: the schedule does not fit in time: {e}"))
+        })?;
+        Ok(NewRollout {
+            id: qx_core::fleet::new_secret()[..16].to_owned(),
+            salt: qx_core::fleet::new_secret(),
+            waves,
+        })
+    }
+
+    /// Puts the plan for `version` into the successor state (see [`crate::state::start_rollout`]).
+    pub fn apply_to(&self, state: &mut ChannelState, version: &Version) -> Result<()> {
+        crate::state::start_rollout(state, version, &self.id, &self.salt, &self.waves)
+    }
+}
+
+/// `qx-publish rollout start`: signs the plan of a rollout of `version` in `waves`.
 pub fn start_rollout(
     update: &Update<'_>,
     version: &Version,
     waves: &[qx_core::rollout::WaveSpec],
 ) -> Result<Committed> {
-    let waves = qx_core::rollout::schedule(waves, now())
-        .map_err(|e| Error::Usage(format!("--waves: the schedule does not fit in time: {e}")))?;
-    let id = qx_core::fleet::new_secret()[..16].to_owned();
-    let salt = qx_core::fleet::new_secret();
-    let change = |s: &mut ChannelState| crate::state::start_rollout(s, version, &id, &salt, &waves);
-    update.apply(&change, false)
+    let rollout = NewRollout::new(waves)?;
+    update.apply(&|s: &mut ChannelState| rollout.apply_to(s, version), false)
 }
 
 /// `qx-publish refresh`: the same content with `seq + 1` and a new expiry (a channel without a

@@ -194,6 +194,10 @@ struct PublishArgs {
     /// purpose with `qx-update apply --version`).
     #[arg(long)]
     no_current: bool,
+    /// Start a staged rollout of the release in these waves, in the same signed state (e.g.
+    /// 1%:1h,10%:4h,50%:12h,100%; the release is listed, not made current).
+    #[arg(long, value_name = "WAVES")]
+    waves: Option<String>,
     #[command(flatten)]
     state: StateArgs,
 }
@@ -450,6 +454,12 @@ fn publish_command(a: PublishArgs, global: &Global) -> Result<()> {
         make_current: !a.no_current,
         lifetime: a.state.lifetime()?,
         trusted_keys: a.state.trusted_keys,
+        waves: a
+            .waves
+            .as_deref()
+            .map(qx_core::rollout::parse_waves)
+            .transpose()
+            .map_err(|e| Error::Usage(e.to_string()))?,
     };
     let p = publish::publish(&opts, client.as_ref(), &mut |l| note(l))?;
     let m = &p.release.manifest;
@@ -525,6 +535,7 @@ fn state_json(c: &Committed) -> serde_json::Value {
                 RevokeAction::Revert => "revert",
             },
         })).collect::<Vec<_>>(),
+        "rollout": s.rollout,
         "key_id": c.key_id,
     })
 }

@@ -43,6 +43,9 @@ pub struct PublishOptions {
     pub lifetime: SignedDuration,
     /// Public keys trusted besides the signing key's own (`--trusted-key`).
     pub trusted_keys: Vec<PathBuf>,
+    /// Start a staged rollout of the release in these waves (it is then listed, not made
+    /// current), in the same signed state.
+    pub waves: Option<Vec<qx_core::rollout::WaveSpec>>,
 }
 
 #[derive(Debug)]
@@ -88,8 +91,19 @@ pub fn publish(
         let latest = client.latest_version(spec.product.as_str(), channel.as_str());
         warnings = version_lint(opts, &version, channel.as_str(), latest, note)?;
         let update = update(client, &signer, &spec.product, &channel, opts.lifetime);
-        // The state is read and checked before the build: an untrusted one stops here.
+        // The state is read and checked before the build: an untrusted one stops here, and
+        // so does a rollout that could not start.
         let (_, base) = update.base()?;
+        if let (Some(_), Some(running)) = (&opts.waves, &base.rollout) {
+            return Err(Error::ChannelState {
+                product: spec.product.to_string(),
+                channel: channel.to_string(),
+                message: format!(
+                    "the rollout {} of {} is in progress; it must end before another starts",
+                    running.id, running.version
+                ),
+            });
+        }
         if !opts.build.components.is_empty() {
             build::select(&spec, &opts.build.components)?;
             let (from, carried) = carry_over(client, &signer, &base, &opts.build.components)?;
@@ -125,8 +139,19 @@ pub fn publish(
     };
     let outcome = upload(client, &release)?;
     let entry = channel::entry(&release.manifest, &release.manifest_bytes);
-    let make_current = opts.make_current;
-    let change = |s: &mut ChannelState| state::add_release(s, &entry, make_current);
+    let rollout = opts
+        .waves
+        .as_deref()
+        .map(channel::NewRollout::new)
+        .transpose()?;
+    let make_current = opts.make_current && rollout.is_none();
+    let change = |s: &mut ChannelState| {
+        state::add_release(s, &entry, make_current)?;
+        match &rollout {
+            Some(r) => r.apply_to(s, &entry.version),
+            None => Ok(()),
+        }
+    };
     let update = update(client, &signer, &spec.product, &channel, opts.lifetime);
     let committed = update.apply(&change, false)?;
     Ok(Published {

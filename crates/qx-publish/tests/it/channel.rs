@@ -623,3 +623,44 @@ fn rollout_start_refuses_bad_waves_and_a_release_it_cannot_roll_out() {
     let s = e.state("dev").unwrap();
     assert_eq!((s.seq, s.rollout), (seq, None), "nothing signed");
 }
+
+#[test]
+fn publish_with_waves_uploads_and_starts_the_rollout_in_one_signed_state() {
+    let e = start();
+    e.publish(&[]).assert().success();
+    let before = e.state("dev").unwrap().seq;
+    let a = e
+        .publish(&[
+            "--release-version",
+            "1.1.0",
+            "--waves",
+            "5%:2h,100%",
+            "--json",
+        ])
+        .assert()
+        .success();
+    assert_eq!(json(&a)["channel_state"]["rollout"]["version"], "1.1.0");
+    let s = e.state("dev").unwrap();
+    assert_eq!(s.seq, before + 1, "one signed state");
+    assert_eq!(s.current, v("1.0.0"), "listed, not current");
+    assert_eq!(versions(&s), ["1.1.0", "1.0.0"]);
+    let plan = s.rollout.expect("the plan");
+    assert_eq!((plan.version, plan.waves.len()), (v("1.1.0"), 2));
+    assert_eq!(plan.manifest_sha256, e.sha("1.1.0", "dev"));
+
+    // A second rollout is refused before anything is built or uploaded.
+    e.publish(&["--release-version", "1.2.0", "--waves", "100%"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("is in progress"));
+    let list: serde_json::Value = e.get(&e.urls().releases(PRODUCT, "dev")).json().unwrap();
+    let listed = list["releases"].as_array().unwrap();
+    assert!(
+        listed.iter().all(|r| r["version"] != "1.2.0"),
+        "nothing uploaded: {list}"
+    );
+    e.publish(&["--release-version", "1.2.0", "--waves", "1%"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("must reach 100%"));
+}
