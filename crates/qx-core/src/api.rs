@@ -56,6 +56,27 @@ pub mod server {
     pub const FLEET_EVENTS: &str = "/api/v1/fleet/events";
     /// The fleet overview counts for the dashboard (scope `read`).
     pub const FLEET_SUMMARY: &str = "/api/v1/fleet/summary";
+    // Staged rollouts and pins (docs/spec.md §10).
+    /// `GET` the rollouts of a product (`?channel=`), newest first (scope `read`).
+    pub const ROLLOUTS: &str = "/api/v1/{product}/rollouts";
+    /// `GET` one rollout's status (scope `read`).
+    pub const ROLLOUT: &str = "/api/v1/{product}/rollouts/{id}";
+    /// `POST`: no new offers, no wave opens (scope `rollout`).
+    pub const ROLLOUT_PAUSE: &str = "/api/v1/{product}/rollouts/{id}/pause";
+    /// `POST`: runs again; failures seen so far are acknowledged (scope `rollout`).
+    pub const ROLLOUT_RESUME: &str = "/api/v1/{product}/rollouts/{id}/resume";
+    /// `POST`: ends it, hosts keep what they run (scope `rollout`); a revert is a signed
+    /// channel state instead.
+    pub const ROLLOUT_ABORT: &str = "/api/v1/{product}/rollouts/{id}/abort";
+    /// `GET ?host=ID`: what that host gets and when (scope `read`).
+    pub const ROLLOUT_PREVIEW: &str = "/api/v1/{product}/rollouts/{id}/preview";
+    /// `GET` the pins, `POST` one (scope `rollout` to change, `read` to list).
+    pub const PINS: &str = "/api/v1/{product}/pins";
+    /// `DELETE` a pin (scope `rollout`).
+    pub const PIN: &str = "/api/v1/{product}/pins/{id}";
+    /// The query parameter naming a host (`?host=ID`).
+    pub const HOST_PARAM: &str = "host";
+
     /// The dashboard (no token: the page asks for one).
     pub const UI: &str = "/ui";
     /// The script both pages share (`api::COMMON_JS`); the page loads it first.
@@ -341,6 +362,45 @@ impl ServerUrl {
     /// `GET` the fleet's change stream (server-sent events).
     pub fn fleet_events(&self) -> String {
         self.at(server::FLEET_EVENTS.to_owned())
+    }
+
+    /// `GET` a product's rollouts (`channel`: only that channel's).
+    pub fn rollouts(&self, product: impl Display, channel: Option<&str>) -> String {
+        let path = fill(server::ROLLOUTS, &[("product", &product)]);
+        self.with_channel(path, channel.as_ref().map(|c| c as &dyn Display))
+    }
+
+    /// `GET` one rollout; `POST` to `action` (`pause`, `resume`, `abort`) when given.
+    pub fn rollout(&self, product: impl Display, id: impl Display, action: Option<&str>) -> String {
+        let path = fill(server::ROLLOUT, &[("product", &product), ("id", &id)]);
+        match action {
+            Some(a) => self.at(format!("{path}/{}", encode(a))),
+            None => self.at(path),
+        }
+    }
+
+    /// `GET` what `host` gets from the rollout and when.
+    pub fn rollout_preview(
+        &self,
+        product: impl Display,
+        id: impl Display,
+        host: impl Display,
+    ) -> String {
+        let path = fill(
+            server::ROLLOUT_PREVIEW,
+            &[("product", &product), ("id", &id)],
+        );
+        format!("{}?{}={}", self.at(path), server::HOST_PARAM, encode(host))
+    }
+
+    /// `GET` or `POST` a product's pins.
+    pub fn pins(&self, product: impl Display) -> String {
+        self.at(fill(server::PINS, &[("product", &product)]))
+    }
+
+    /// `DELETE` a pin.
+    pub fn pin(&self, product: impl Display, id: impl Display) -> String {
+        self.at(fill(server::PIN, &[("product", &product), ("id", &id)]))
     }
 
     /// The dashboard page.

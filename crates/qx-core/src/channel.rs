@@ -87,6 +87,59 @@ pub struct RolloutPlan {
     pub salt: String,
     /// Cumulative waves, in order.
     pub waves: Vec<Wave>,
+    /// How the server gates and halts it (signed with the plan, so every server sharing the
+    /// fleet store judges by the same rules; agents do not use it). Defaults when absent.
+    #[serde(default)]
+    pub policy: RolloutPolicy,
+}
+
+/// The health rules of a rollout (docs/spec.md §10), judged by the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct RolloutPolicy {
+    /// A wave opens only when the previous wave's confirmed share of its finished hosts is at
+    /// least this percent.
+    pub gate: f64,
+    /// Halt when this many failures are seen (since the last resume).
+    pub max_failures: u32,
+    /// Halt when, after `min_sample` finished hosts, failures exceed this percent of them.
+    pub max_failure_rate: f64,
+    pub min_sample: u32,
+    /// How long each stage may take before the host counts as `timed_out`.
+    pub deadlines: StageDeadlines,
+}
+
+impl Default for RolloutPolicy {
+    fn default() -> Self {
+        RolloutPolicy {
+            gate: 95.0,
+            max_failures: 5,
+            max_failure_rate: 5.0,
+            min_sample: 10,
+            deadlines: StageDeadlines::default(),
+        }
+    }
+}
+
+/// Seconds each stage of a host's update may take: from `download_started` to
+/// `download_done`, from there to `installed`, and from `installed` (or `reboot`) to
+/// `confirmed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct StageDeadlines {
+    pub download_s: u64,
+    pub install_s: u64,
+    pub confirm_s: u64,
+}
+
+impl Default for StageDeadlines {
+    fn default() -> Self {
+        StageDeadlines {
+            download_s: 2 * 3600,
+            install_s: 3600,
+            confirm_s: 30 * 60,
+        }
+    }
 }
 
 /// One wave of a rollout: hosts whose bucket is below `percent` × 100, not before a time.
@@ -262,6 +315,7 @@ impl ChannelState {
             }
             last = Some(w);
         }
+        policy_rules(&plan.policy, fail);
     }
 
     /// The installable release of that version, if listed.
@@ -313,6 +367,34 @@ impl ChannelState {
         next.issued = now;
         next.expires = now.saturating_add(lifetime).unwrap_or(Timestamp::MAX);
         next
+    }
+}
+
+/// The rules of a rollout's policy: shares are percents, deadlines are not zero.
+fn policy_rules(policy: &RolloutPolicy, fail: &mut impl FnMut(&str, String)) {
+    for (name, value) in [
+        ("gate", policy.gate),
+        ("max_failure_rate", policy.max_failure_rate),
+    ] {
+        if !(0.0..=100.0).contains(&value) {
+            fail(
+                &format!("rollout.policy.{name}"),
+                "must be a percent from 0 to 100".into(),
+            );
+        }
+    }
+    let d = policy.deadlines;
+    for (name, value) in [
+        ("download_s", d.download_s),
+        ("install_s", d.install_s),
+        ("confirm_s", d.confirm_s),
+    ] {
+        if value == 0 {
+            fail(
+                &format!("rollout.policy.deadlines.{name}"),
+                "must be at least one second".into(),
+            );
+        }
     }
 }
 

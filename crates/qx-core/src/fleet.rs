@@ -176,9 +176,42 @@ pub struct CheckInAnswer {
     pub server_time: String,
     /// Seconds until the next check-in the server expects (its interval with jitter).
     pub next_checkin_s: u64,
-    /// What this host is offered (§10; absent until rollouts exist).
+    /// A version the server offers this host instead of the channel's `current` (§10): a
+    /// rollout's version once the host's turn came, or the version it is pinned to. Absent:
+    /// the host follows the signed channel state (its `current`, or a revert).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub offer: Option<serde_json::Value>,
+    pub offer: Option<Offer>,
+    /// A version whose download the host drops if it has not installed it yet (its rollout
+    /// halted or was aborted); the host records `cancelled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<String>,
+}
+
+/// What the server offers one host at a check-in. The agent takes it only within the signed
+/// channel state: the version must be listed there, and a rollout's version only from the
+/// host's own wave's signed `not_before` on (judged by the earlier of the server's time and
+/// the host's clock).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    pub version: String,
+    pub reason: OfferReason,
+    /// The rollout's id (`reason` = `rollout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<String>,
+    /// The host's wave in that rollout, from 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave: Option<u32>,
+}
+
+/// Why a version is offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OfferReason {
+    /// The host's wave of a rollout is open and its turn inside the wave came.
+    Rollout,
+    /// An operator pinned the host (or a label selector it matches) to this version: it runs
+    /// that one and is offered no other.
+    Pin,
 }
 
 /// What happened on a host (§9).
@@ -198,6 +231,9 @@ pub enum EventType {
     RolledBack,
     Deferred,
     Cancelled,
+    /// The host went back from a revoked version (`version`: the one it left) to the
+    /// channel's `current`, as a signed revert asked.
+    Reverted,
     /// The agent's queue was full and dropped `count` older events.
     Dropped,
 }
@@ -405,4 +441,208 @@ pub struct FleetChange {
     /// `checkin`, `events` or `decommission`.
     pub kind: String,
     pub host: String,
+}
+
+/// Where a rollout stands (§10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutState {
+    /// Waves open as their times and gates allow.
+    Running,
+    /// An operator paused it: no new offers, no wave opens; hosts already offered go on.
+    Paused,
+    /// A halt rule tripped: no new offers; hosts that have not installed are told to cancel.
+    Halted,
+    /// Ended by an operator (`abort`, or a signed revert or yank of its version).
+    Aborted,
+    /// Every wave is open and every host of the channel took the version or finished; or the
+    /// version became the channel's `current`.
+    Completed,
+}
+
+/// Where one host stands in a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutStage {
+    Offered,
+    Downloading,
+    Installing,
+    /// Installed (or rebooted into it), waiting for `confirmed`.
+    Confirming,
+    Confirmed,
+    Failed,
+    RolledBack,
+    /// A stage deadline passed without the next event.
+    TimedOut,
+    Cancelled,
+    Reverted,
+}
+
+impl RolloutStage {
+    /// Every stage, in the order above.
+    pub const ALL: [RolloutStage; 10] = [
+        RolloutStage::Offered,
+        RolloutStage::Downloading,
+        RolloutStage::Installing,
+        RolloutStage::Confirming,
+        RolloutStage::Confirmed,
+        RolloutStage::Failed,
+        RolloutStage::RolledBack,
+        RolloutStage::TimedOut,
+        RolloutStage::Cancelled,
+        RolloutStage::Reverted,
+    ];
+
+    /// A failure for the halt rules: failed, rolled back, timed out.
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            RolloutStage::Failed | RolloutStage::RolledBack | RolloutStage::TimedOut
+        )
+    }
+
+    /// Offered and not finished yet.
+    pub fn in_progress(self) -> bool {
+        matches!(
+            self,
+            RolloutStage::Offered
+                | RolloutStage::Downloading
+                | RolloutStage::Installing
+                | RolloutStage::Confirming
+        )
+    }
+}
+
+/// Why a rollout halted, with the numbers that tripped the rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Halt {
+    /// `max_failures` or `max_failure_rate`.
+    pub rule: String,
+    /// A sentence for people.
+    pub reason: String,
+    /// Failures and finished hosts counted since the last resume.
+    pub failures: u64,
+    pub finished: u64,
+    pub at: String,
+}
+
+/// One wave of a rollout as the operator sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WaveStatus {
+    pub percent: f64,
+    /// The signed earliest time.
+    pub not_before: String,
+    /// When the server opened it (its time passed and the previous wave's gate held).
+    #[serde(default)]
+    pub opened_at: Option<String>,
+    /// `open`, `waiting_time` (before `not_before`), `waiting_gate` (the previous wave's
+    /// confirmed share is below the gate), `closed` (paused, halted or ended before it opened).
+    pub gate: String,
+    /// Hosts of the channel in this wave (enrolled, not decommissioned).
+    pub eligible: u64,
+    /// Hosts per stage (every stage named, zeros included).
+    pub stages: BTreeMap<RolloutStage, u64>,
+    /// Confirmed over finished hosts of the wave, in percent (none finished: absent).
+    #[serde(default)]
+    pub confirmed_share: Option<f64>,
+    /// When the last host of the wave is offered, if it opens (an estimate).
+    #[serde(default)]
+    pub eta: Option<String>,
+}
+
+/// `GET /api/v1/{product}/rollouts/{id}` and the answer of pause, resume and abort.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutStatus {
+    pub id: String,
+    pub product: String,
+    pub channel: String,
+    pub version: String,
+    pub state: RolloutState,
+    pub policy: crate::channel::RolloutPolicy,
+    pub waves: Vec<WaveStatus>,
+    /// Set while halted (and kept after a resume, in `halts`).
+    #[serde(default)]
+    pub halt: Option<Halt>,
+    /// Every halt so far, oldest first.
+    #[serde(default)]
+    pub halts: Vec<Halt>,
+    /// Failures and finished hosts acknowledged by the last resume (not counted again).
+    pub acknowledged_failures: u64,
+    pub acknowledged_finished: u64,
+    /// The most frequent failure messages: `(message, hosts)`.
+    pub top_failures: Vec<(String, u64)>,
+    pub started_at: String,
+    pub updated_at: String,
+    /// Why it ended (aborted or completed), for people.
+    #[serde(default)]
+    pub ended_reason: Option<String>,
+}
+
+/// `GET /api/v1/{product}/rollouts?channel=`: newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutList {
+    pub rollouts: Vec<RolloutStatus>,
+}
+
+/// `GET /api/v1/{product}/rollouts/{id}/preview?host=ID`: what that host gets and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutPreview {
+    pub host: String,
+    pub rollout: String,
+    pub version: String,
+    pub bucket: u32,
+    pub canary: bool,
+    /// The host's wave, from 0 (none: its bucket is past the last wave).
+    #[serde(default)]
+    pub wave: Option<u32>,
+    /// The version it is pinned to, which wins over the rollout.
+    #[serde(default)]
+    pub pinned: Option<String>,
+    /// The signed earliest time of its wave.
+    #[serde(default)]
+    pub not_before: Option<String>,
+    /// When the server offers it the version (its wave open, its place inside the wave), if
+    /// known now.
+    #[serde(default)]
+    pub earliest: Option<String>,
+    /// Its stage, once offered.
+    #[serde(default)]
+    pub stage: Option<RolloutStage>,
+    /// A sentence: what it gets and why.
+    pub summary: String,
+}
+
+/// `POST /api/v1/{product}/pins` (scope `rollout`): exactly one of `host` and `selector`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinRequest {
+    /// The channel the pin applies to (default: `stable`).
+    #[serde(default)]
+    pub channel: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Labels the host must carry, `key=value[,key=value…]`.
+    #[serde(default)]
+    pub selector: Option<String>,
+    pub version: String,
+}
+
+/// A stored pin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    pub id: String,
+    pub product: String,
+    pub channel: String,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub selector: Option<String>,
+    pub version: String,
+    pub created_at: String,
+}
+
+/// `GET /api/v1/{product}/pins`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinList {
+    pub pins: Vec<Pin>,
 }

@@ -153,6 +153,7 @@ pub fn start_rollout(
         manifest_sha256: entry.manifest_sha256,
         salt: salt.to_owned(),
         waves: waves.to_vec(),
+        policy: qx_core::channel::RolloutPolicy::default(),
     });
     Ok(())
 }

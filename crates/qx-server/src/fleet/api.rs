@@ -202,6 +202,7 @@ pub async fn check_in<S: ReleaseStore>(
         server_time: rfc3339(now),
         next_checkin_s: next,
         offer: None,
+        cancel: None,
     })
     .into_response())
 }

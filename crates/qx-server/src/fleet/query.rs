@@ -21,6 +21,7 @@ pub const STATES: &[&str] = &[
     "confirmed",
     "failed",
     "rolled_back",
+    "reverted",
 ];
 const PARAMS: &str = "product, channel, version, state, label, liveness, overdue, limit, cursor";
 

@@ -17,6 +17,7 @@ pub(crate) fn state_after(kind: EventType) -> Option<&'static str> {
         Confirmed => Some("confirmed"),
         Failed => Some("failed"),
         RolledBack => Some("rolled_back"),
+        Reverted => Some("reverted"),
         Deferred | Cancelled | Dropped => None,
     }
 }
