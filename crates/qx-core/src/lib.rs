@@ -18,6 +18,7 @@ pub mod listener;
 pub mod manifest;
 pub mod names;
 pub mod rollout;
+pub mod rollout_policy;
 pub mod signature;
 #[cfg(feature = "sign")]
 pub mod signing;

@@ -18,7 +18,9 @@
 use std::path::PathBuf;
 
 use jiff::{SignedDuration, Timestamp};
-use qx_core::channel::{ChannelState, ReleaseEntry, RevokeAction, CHANNEL_SCHEMA_VERSION};
+use qx_core::channel::{
+    ChannelState, ReleaseEntry, RevokeAction, RolloutPolicy, CHANNEL_SCHEMA_VERSION,
+};
 use qx_core::{
     ChannelName, Manifest, ProductName, Sha256, SigningKey, TrustedKeys, UnknownFields, Version,
     MANIFEST_FILE, SIGNATURE_FILE,
@@ -381,17 +383,18 @@ pub fn yank(update: &Update<'_>, version: &Version, action: RevokeAction) -> Res
     update.commit(planned, &change, false)
 }
 
-/// A new rollout's id, salt and waves, the first wave opening now; made once, so that a
-/// retry after a 409 signs the same plan.
+/// A new rollout's id, salt, waves and policy, the first wave opening now; made once, so
+/// that a retry after a 409 signs the same plan.
 #[derive(Debug, Clone)]
 pub struct NewRollout {
     pub id: String,
     pub salt: String,
     pub waves: Vec<qx_core::channel::Wave>,
+    pub policy: RolloutPolicy,
 }
 
 impl NewRollout {
-    pub fn new(specs: &[qx_core::rollout::WaveSpec]) -> Result<Self> {
+    pub fn new(specs: &[qx_core::rollout::WaveSpec], policy: RolloutPolicy) -> Result<Self> {
         let waves = qx_core::rollout::schedule(specs, now()).map_err(|e| {
             Error::Usage(format!("--waves: the schedule does not fit in time: {e}"))
         })?;
@@ -399,12 +402,13 @@ impl NewRollout {
             id: qx_core::fleet::new_secret()[..16].to_owned(),
             salt: qx_core::fleet::new_secret(),
             waves,
+            policy,
         })
     }
 
     /// Puts the plan for `version` into the successor state (see [`crate::state::start_rollout`]).
     pub fn apply_to(&self, state: &mut ChannelState, version: &Version) -> Result<()> {
-        crate::state::start_rollout(state, version, &self.id, &self.salt, &self.waves)
+        crate::state::start_rollout(state, version, self)
     }
 }
 
@@ -413,9 +417,36 @@ pub fn start_rollout(
     update: &Update<'_>,
     version: &Version,
     waves: &[qx_core::rollout::WaveSpec],
+    policy: RolloutPolicy,
 ) -> Result<Committed> {
-    let rollout = NewRollout::new(waves)?;
+    let rollout = NewRollout::new(waves, policy)?;
     update.apply(&|s: &mut ChannelState| rollout.apply_to(s, version), false)
+}
+
+/// `qx-publish rollout abort --revert`: revokes the version of the channel's rollout (the
+/// one with `id`, when given) with `revert`, which ends the rollout; the version revoked.
+pub fn abort_with_revert(update: &Update<'_>, id: Option<&str>) -> Result<(Committed, Version)> {
+    let revoked = std::cell::RefCell::new(None);
+    let change = |s: &mut ChannelState| {
+        let plan = s.rollout.clone();
+        let plan = match (plan, id) {
+            (Some(p), Some(id)) if p.id != id => Err(format!(
+                "the channel's rollout is {} (of {}), not {id}",
+                p.id, p.version
+            )),
+            (Some(p), _) => Ok(p),
+            (None, _) => Err("the channel state carries no rollout".to_owned()),
+        }
+        .map_err(|m| crate::state::refuse(s, m))?;
+        crate::state::yank(s, &plan.version, RevokeAction::Revert)?;
+        revoked.replace(Some(plan.version));
+        Ok(())
+    };
+    let committed = update.apply(&change, false)?;
+    let version = revoked
+        .into_inner()
+        .ok_or_else(|| Error::Usage("the rollout's version was not revoked".into()))?;
+    Ok((committed, version))
 }
 
 /// `qx-publish refresh`: the same content with `seq + 1` and a new expiry (a channel without a

@@ -46,6 +46,8 @@ pub struct PublishOptions {
     /// Start a staged rollout of the release in these waves (it is then listed, not made
     /// current), in the same signed state.
     pub waves: Option<Vec<qx_core::rollout::WaveSpec>>,
+    /// The rollout's health rules (with `waves`).
+    pub policy: qx_core::channel::RolloutPolicy,
 }
 
 #[derive(Debug)]
@@ -142,7 +144,7 @@ pub fn publish(
     let rollout = opts
         .waves
         .as_deref()
-        .map(channel::NewRollout::new)
+        .map(|w| channel::NewRollout::new(w, opts.policy.clone()))
         .transpose()?;
     let make_current = opts.make_current && rollout.is_none();
     let change = |s: &mut ChannelState| {

@@ -10,12 +10,12 @@
 //! - rollout start: the signed plan of §10 (the release is listed, above `current`; one
 //!   rollout at a time).
 
-use qx_core::channel::{ChannelState, ReleaseEntry, Revocation, RevokeAction, RolloutPlan, Wave};
+use qx_core::channel::{ChannelState, ReleaseEntry, Revocation, RevokeAction, RolloutPlan};
 use qx_core::Version;
 
 use crate::error::{Error, Result};
 
-fn refuse(state: &ChannelState, message: String) -> Error {
+pub(crate) fn refuse(state: &ChannelState, message: String) -> Error {
     Error::ChannelState {
         product: state.product.to_string(),
         channel: state.channel.to_string(),
@@ -109,16 +109,14 @@ pub fn yank(state: &mut ChannelState, version: &Version, action: RevokeAction) -
     Ok(())
 }
 
-/// Starts the rollout of `version` with `waves` (the plan's `id` and `salt` given): the
+/// Starts the rollout of `version` as `new` plans it (its `id`, `salt`, waves, policy): the
 /// release must be listed and above `current` (published with `--no-current`); a rollout of
 /// another version, or another rollout of this one, must end first. The same plan again is
 /// no change (a retried command).
 pub fn start_rollout(
     state: &mut ChannelState,
     version: &Version,
-    id: &str,
-    salt: &str,
-    waves: &[Wave],
+    new: &crate::channel::NewRollout,
 ) -> Result<()> {
     let Some(entry) = state.release(version).cloned() else {
         return Err(refuse(
@@ -136,7 +134,7 @@ pub fn start_rollout(
         ));
     }
     if let Some(running) = &state.rollout {
-        if running.id == id && &running.version == version {
+        if running.id == new.id && &running.version == version {
             return Ok(());
         }
         return Err(refuse(
@@ -148,12 +146,12 @@ pub fn start_rollout(
         ));
     }
     state.rollout = Some(RolloutPlan {
-        id: id.to_owned(),
+        id: new.id.clone(),
         version: version.clone(),
         manifest_sha256: entry.manifest_sha256,
-        salt: salt.to_owned(),
-        waves: waves.to_vec(),
-        policy: qx_core::channel::RolloutPolicy::default(),
+        salt: new.salt.clone(),
+        waves: new.waves.clone(),
+        policy: new.policy.clone(),
     });
     Ok(())
 }

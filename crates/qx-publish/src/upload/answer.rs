@@ -26,6 +26,10 @@ pub(super) enum Action {
     ChannelState {
         channel: String,
     },
+    /// A rollout's status or an operator action on it.
+    Rollout {
+        id: String,
+    },
     Read,
 }
 
@@ -105,6 +109,9 @@ pub(super) fn check_parts(
         (404, Action::Yank { version, channel }) => format!(
             "version {version} is not on channel {channel} (404 Not Found)"
         ),
+        (404, Action::Rollout { id }) => format!("no rollout {id} on this server (404 Not Found); `qx-publish rollout status` lists the channel's rollouts"),
+        (409, Action::Rollout { id }) => format!("rollout {id} cannot do that now (409 Conflict)"),
+        (403, _) => "the token may not do this (403 Forbidden): rollout commands need a token with the rollout scope".to_owned(),
         (404, _) => "not found (404)".to_owned(),
         (s, _) => format!("the server answered {s}"),
     };

@@ -18,6 +18,7 @@ use std::time::Duration;
 use base64::Engine;
 use futures_util::StreamExt;
 use qx_core::api::{ServerUrl, SIGNATURE_HEADER};
+use qx_core::fleet::{RolloutList, RolloutStatus};
 use qx_core::{ArtifactRef, Manifest, Sha256Hasher, Version, MANIFEST_FILE, SIGNATURE_FILE};
 use reqwest::blocking::{RequestBuilder, Response};
 use reqwest::multipart::{Form, Part};
@@ -419,6 +420,42 @@ impl Client {
         Ok(StatePut::Stored(outcome(status)))
     }
 
+    /// The channel's rollouts, newest first (docs/spec.md §10).
+    pub fn rollouts(&self, product: &str, channel: &str) -> Result<RolloutList> {
+        let url = self.server.rollouts(product, Some(channel));
+        let resp = self.authorized(&url, reqwest::Method::GET)?;
+        let body = check(resp, &url, &Action::Read)?;
+        json_answer(&url, &body, "rollout list")
+    }
+
+    /// One rollout's status.
+    pub fn rollout(&self, product: &str, id: &str) -> Result<RolloutStatus> {
+        let url = self.server.rollout(product, id, None);
+        let resp = self.authorized(&url, reqwest::Method::GET)?;
+        let body = check(resp, &url, &Action::Rollout { id: id.to_owned() })?;
+        json_answer(&url, &body, "rollout status")
+    }
+
+    /// `POST`s `action` (`pause`, `resume`, `abort`) to a rollout; its status after.
+    pub fn rollout_action(&self, product: &str, id: &str, action: &str) -> Result<RolloutStatus> {
+        let url = self.server.rollout(product, id, Some(action));
+        let resp = self.authorized(&url, reqwest::Method::POST)?;
+        let body = check(resp, &url, &Action::Rollout { id: id.to_owned() })?;
+        json_answer(&url, &body, "rollout status")
+    }
+
+    /// A request with the token and the short timeout, retried by the client's policy.
+    fn authorized(&self, url: &str, method: reqwest::Method) -> Result<Response> {
+        let token = self.token()?.clone();
+        self.send(url, || {
+            Ok(self
+                .http
+                .request(method.clone(), url)
+                .bearer_auth(&token.0)
+                .timeout(SHORT_TIMEOUT))
+        })
+    }
+
     /// Every release of a channel as (version, yanked), newest first; empty when the server
     /// knows none.
     pub fn releases(&self, product: &str, channel: &str) -> Result<Vec<(Version, bool)>> {
@@ -644,6 +681,14 @@ fn file_body(file: tokio::fs::File, f: &UploadFile, progress: &Progress) -> reqw
         chunk
     });
     reqwest::Body::wrap_stream(stream)
+}
+
+/// An answer's JSON body as `T`, or a transport error naming `what` was expected.
+fn json_answer<T: serde::de::DeserializeOwned>(url: &str, body: &[u8], what: &str) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| Error::Transport {
+        url: url.to_owned(),
+        message: format!("the server's {what} is not what the API says: {e}"),
+    })
 }
 
 #[cfg(test)]

@@ -664,3 +664,114 @@ fn publish_with_waves_uploads_and_starts_the_rollout_in_one_signed_state() {
         .code(2)
         .stderr(predicate::str::contains("must reach 100%"));
 }
+
+#[test]
+fn the_rollouts_health_flags_are_signed_into_its_plan() {
+    let e = start();
+    e.publish(&[]).assert().success();
+    e.publish_version("1.1.0", &["--no-current"]);
+    rollout_start(
+        &e,
+        &[
+            "--waves",
+            "10%:1h,100%",
+            "--gate",
+            "90%",
+            "--max-failures",
+            "3",
+            "--max-failure-rate",
+            "2.5",
+            "--min-sample",
+            "20",
+            "--deadline",
+            "download=10m,confirm=1h",
+            "1.1.0",
+        ],
+    )
+    .assert()
+    .success();
+    let policy = e.state("dev").unwrap().rollout.expect("the plan").policy;
+    assert_eq!(
+        (policy.gate, policy.max_failures, policy.max_failure_rate),
+        (90.0, 3, 2.5)
+    );
+    assert_eq!(policy.min_sample, 20);
+    let d = policy.deadlines;
+    assert_eq!((d.download_s, d.install_s, d.confirm_s), (600, 3600, 3600));
+}
+
+#[test]
+fn bad_health_flags_are_refused_before_anything_is_signed_or_uploaded() {
+    let e = start();
+    e.publish(&[]).assert().success();
+    e.publish_version("1.1.0", &["--no-current"]);
+    let seq = e.state("dev").unwrap().seq;
+    for (flags, why) in [
+        (
+            ["--gate", "150%"],
+            "--gate \"150%\": a percent from 0 to 100",
+        ),
+        (["--max-failure-rate", "x"], "--max-failure-rate \"x\""),
+        (["--deadline", "boot=1h"], "no stage \"boot\""),
+        (["--deadline", "confirm=0s"], "at least 1s"),
+    ] {
+        let mut args = vec!["--waves", "100%"];
+        args.extend(flags);
+        args.push("1.1.0");
+        rollout_start(&e, &args)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(why));
+    }
+    assert_eq!(e.state("dev").unwrap().seq, seq, "nothing signed");
+    e.publish(&["--release-version", "1.2.0", "--gate", "90%"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("add --waves"));
+    let list: serde_json::Value = e.get(&e.urls().releases(PRODUCT, "dev")).json().unwrap();
+    let listed = list["releases"].as_array().unwrap();
+    assert!(listed.iter().all(|r| r["version"] != "1.2.0"), "{list}");
+}
+
+#[test]
+fn rollout_abort_with_revert_signs_the_versions_revocation_from_the_signed_plan() {
+    let e = start();
+    e.publish(&[]).assert().success();
+    e.publish_version("1.1.0", &["--no-current"]);
+    rollout_start(&e, &["--waves", "100%", "1.1.0"])
+        .assert()
+        .success();
+    let plan = e.state("dev").unwrap().rollout.expect("the plan");
+    let abort = |args: &[&str]| {
+        let mut cmd = qx_publish();
+        cmd.env("QX_PUBLISH_TOKEN", TOKEN)
+            .args(["rollout", "abort", "--server", e.server.url()])
+            .args(["--product", PRODUCT, "--channel", "dev"])
+            .args(args);
+        cmd
+    };
+    abort(&["--revert"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--key"));
+    let key = e.work.key().to_str().unwrap().to_owned();
+    abort(&["--revert", "--key", &key, "other-id"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!(
+            "the channel's rollout is {}",
+            plan.id
+        )));
+    let a = abort(&["--revert", "--key", &key, "--json", &plan.id])
+        .assert()
+        .success();
+    assert_eq!(json(&a)["outcome"], "aborted_with_revert");
+    let s = e.state("dev").unwrap();
+    assert_eq!(s.rollout, None);
+    assert_eq!(s.revocation(&v("1.1.0")), Some(RevokeAction::Revert));
+    assert_eq!(s.current, v("1.0.0"));
+    abort(&["--revert", "--key", &key])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("carries no rollout"));
+}

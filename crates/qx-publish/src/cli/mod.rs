@@ -16,6 +16,8 @@ use crate::upload::{Client, Outcome, Token};
 use crate::verify::{self, ReleaseUrl};
 use crate::{keygen, pack};
 
+mod rollout;
+
 const EXIT_CODES: &str = "Exit codes: 0 success, 1 failure (a refused lint, a failed build, upload or verification), 2 usage error (bad arguments, missing token).";
 
 /// Builds, signs, uploads and promotes Quantix OTA releases.
@@ -93,27 +95,7 @@ enum Command {
     Bundle(BundleArgs),
     /// Staged rollouts (docs/spec.md §10): sign a rollout's plan into the channel state.
     #[command(subcommand)]
-    Rollout(RolloutCommand),
-}
-
-#[derive(Debug, clap::Subcommand)]
-enum RolloutCommand {
-    /// Start the rollout of a release published with --no-current: sign a channel state whose
-    /// plan holds its waves (the first opens now, each next one after the soak times before
-    /// it). Hosts never take it before their wave's time, whatever a server says.
-    #[command(after_help = EXIT_CODES)]
-    Start(RolloutStartArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct RolloutStartArgs {
-    #[command(flatten)]
-    channel: ChannelArgs,
-    /// The waves: cumulative percents with the soak time after each, the last 100%
-    /// (e.g. 1%:1h,10%:4h,50%:12h,100%).
-    #[arg(long, value_name = "WAVES")]
-    waves: String,
-    version: Version,
+    Rollout(rollout::RolloutCommand),
 }
 
 /// The options of every verb that signs a new channel state.
@@ -198,6 +180,8 @@ struct PublishArgs {
     /// 1%:1h,10%:4h,50%:12h,100%; the release is listed, not made current).
     #[arg(long, value_name = "WAVES")]
     waves: Option<String>,
+    #[command(flatten)]
+    policy: rollout::PolicyArgs,
     #[command(flatten)]
     state: StateArgs,
 }
@@ -403,7 +387,7 @@ fn run_command(cli: Cli) -> Result<()> {
         Command::Yank(a) => yank_command(a, &global),
         Command::Refresh(a) => refresh_command(a, &global),
         Command::Bundle(a) => bundle_command(a, &global),
-        Command::Rollout(RolloutCommand::Start(a)) => rollout_start_command(a, &global),
+        Command::Rollout(c) => rollout::run(c, &global),
     }
 }
 
@@ -460,6 +444,7 @@ fn publish_command(a: PublishArgs, global: &Global) -> Result<()> {
             .map(qx_core::rollout::parse_waves)
             .transpose()
             .map_err(|e| Error::Usage(e.to_string()))?,
+        policy: a.policy.policy(a.waves.is_some())?,
     };
     let p = publish::publish(&opts, client.as_ref(), &mut |l| note(l))?;
     let m = &p.release.manifest;
@@ -693,35 +678,6 @@ fn yank_command(a: YankArgs, global: &Global) -> Result<()> {
         "yanked {} {} from channel {} (revoked: {action})",
         c.product, a.version, c.channel
     );
-    print_state(&committed);
-    Ok(())
-}
-
-fn rollout_start_command(a: RolloutStartArgs, global: &Global) -> Result<()> {
-    let waves = qx_core::rollout::parse_waves(&a.waves).map_err(|e| Error::Usage(e.to_string()))?;
-    let c = &a.channel;
-    let client = c.client(global)?;
-    let signer = c.state.signer(&c.key, &[])?;
-    let committed = channel::start_rollout(&c.update(&client, &signer)?, &a.version, &waves)?;
-    let plan = committed.state.rollout.clone();
-    if global.json {
-        print_json(&serde_json::json!({
-            "product": c.product.as_str(),
-            "channel": c.channel.as_str(),
-            "version": a.version.to_string(),
-            "outcome": "rollout_started",
-            "rollout": plan,
-            "channel_state": state_json(&committed),
-        }));
-        return Ok(());
-    }
-    println!(
-        "started the rollout of {} {} on channel {}",
-        c.product, a.version, c.channel
-    );
-    for w in plan.iter().flat_map(|p| &p.waves) {
-        println!("  {:>6}%  from {}", w.percent, w.not_before);
-    }
     print_state(&committed);
     Ok(())
 }
