@@ -74,6 +74,9 @@ pub struct Verified {
     pub to_apply: Vec<Component>,
     /// Going back to `current` from a release revoked with `revert` (history `reverted`).
     pub reverted: bool,
+    /// May go below what the host runs: `--allow-downgrade` naming the release, a signed
+    /// revert, or a fleet pin to a listed release (components and the system image alike).
+    pub downgrade_ok: bool,
     /// Where the artifacts come from.
     pub source: ArtifactSource,
 }
@@ -653,6 +656,7 @@ fn plan(req: PlanRequest<'_>) -> Result<(CheckReport, Verified), AgentError> {
             key_id: req.key_id,
             to_apply,
             reverted: false,
+            downgrade_ok: req.downgrade_ok,
             source: ArtifactSource::Server,
         },
     ))

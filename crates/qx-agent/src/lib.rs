@@ -188,7 +188,7 @@ impl Agent {
         let mut turn = check::Turn::default();
         let result = check::check(self, opts, &mut turn).and_then(|(mut report, verified)| {
             if let Some(v) = &verified {
-                fullimage::extend_check(self, &mut report, &v.manifest, opts)?;
+                fullimage::extend_check(self, &mut report, v, opts)?;
             }
             Ok(report)
         });

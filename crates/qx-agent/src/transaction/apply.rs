@@ -447,7 +447,7 @@ fn install_release(
     };
     // A system image (full/mixed): downloaded and verified before any host change, written
     // into the inactive slot after the components (see crate::fullimage).
-    let plan = crate::fullimage::plan(agent, m, opts, &mut tx.log)?;
+    let plan = crate::fullimage::plan(agent, verified, opts, &mut tx.log)?;
     if plan.is_none() && verified.to_apply.is_empty() {
         tx.log.line("nothing to apply: the host is up to date");
         return Ok(up_to_date);

@@ -162,6 +162,11 @@ fn an_offer_from_the_waves_not_before_on_is_taken() {
         (report.version.as_str(), report.available),
         ("1.0.0", false)
     );
+    assert_eq!(
+        fleet.stub.requests_to("/checkin").len(),
+        1,
+        "one check-in per check"
+    );
 
     fleet.then_checkin(answer(hours(0), rollout_offer("1.1.0", 0), Value::Null));
     let (status, text) = qx(&lab, &["--json", "check"]);
