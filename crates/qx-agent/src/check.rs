@@ -19,6 +19,7 @@ use std::path::Path;
 use base64::Engine;
 use qx_core::api::SIGNATURE_HEADER;
 use qx_core::channel::{ChannelState, ReleaseEntry, RevokeAction, Target};
+use qx_core::fleet::OfferReason;
 use qx_core::manifest::install_path_refusal;
 use qx_core::{Component, Manifest, Sha256, SignatureError, UnknownFields, Version};
 use serde::Serialize;
@@ -44,6 +45,13 @@ pub struct CheckReport {
     /// `version` (docs/spec.md §8).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub revert: bool,
+    /// The fleet server's offer `version` comes from (`rollout` or `pin`), when one was taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offer: Option<OfferReason>,
+    /// What the check set aside and why: an offer ignored, a pin to an unlisted version, a
+    /// version the server cancelled.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -66,6 +74,9 @@ pub struct Verified {
     pub to_apply: Vec<Component>,
     /// Going back to `current` from a release revoked with `revert` (history `reverted`).
     pub reverted: bool,
+    /// May go below what the host runs: `--allow-downgrade` naming the release, a signed
+    /// revert, or a fleet pin to a listed release (components and the system image alike).
+    pub downgrade_ok: bool,
     /// Where the artifacts come from.
     pub source: ArtifactSource,
 }
@@ -97,12 +108,21 @@ pub fn manifest_url(config: &Config) -> String {
     config.server().manifest(&config.product, &config.channel)
 }
 
+/// How a check runs: under the apply lock (inside an apply) or not, and whether it checked in
+/// (set by [`check`]; a check that failed before its check-in is reported by the caller).
+#[derive(Debug, Default)]
+pub(crate) struct Turn {
+    pub under_lock: bool,
+    pub checked_in: bool,
+}
+
 /// Fetches and verifies what this host should install; see the module documentation. No
 /// [`Verified`] when the host is up to date on a release it need not fetch again (a kept
 /// revoked release, or a chosen release above `current`).
 pub fn check(
     agent: &Agent,
     opts: &ApplyOptions,
+    turn: &mut Turn,
 ) -> Result<(CheckReport, Option<Verified>), AgentError> {
     if let Some(from) = &opts.from {
         return crate::bundle::check(agent, opts, from);
@@ -125,10 +145,35 @@ pub fn check(
     };
     let verified = crate::channel::verify(agent, &fetched.url, &fetched.bytes, &fetched.signature)?;
     let state = &verified.state;
-    let installed = agent.paths().installed_versions();
-    let host = crate::installed::host_version(&installed);
-    let Some(decision) = decide(state, host.as_ref(), opts, None)? else {
-        return Ok((up_to_date(state, host.as_ref()), None));
+    // docs/spec.md §10: the check-in comes after the signed state is verified and before the
+    // decision, which takes the server's answer only within that state.
+    turn.checked_in = true;
+    let answer = agent.fleet().check_in(agent);
+    let host = crate::installed::host_version(&agent.paths().installed_versions());
+    let mut warnings = Vec::new();
+    let cancelled = answer
+        .as_ref()
+        .and_then(|a| a.answer.cancel.as_deref())
+        .and_then(|v| cancel(agent, v, host.as_ref(), turn.under_lock));
+    let decision = match answer.as_ref() {
+        Some(a) if opts.version.is_none() => {
+            decide_offered(agent, state, host.as_ref(), opts, a, &mut warnings)?
+        }
+        _ => decide(state, host.as_ref(), opts, None)?,
+    };
+    let decision = decision.filter(|d| match &cancelled {
+        Some(c) if &d.entry.version == c && host.as_ref() != Some(c) => {
+            warnings.push(format!(
+                "the server cancelled {c}: it is not started in this check"
+            ));
+            false
+        }
+        _ => true,
+    });
+    let Some(decision) = decision else {
+        let mut report = up_to_date(state, host.as_ref());
+        report.warnings = warnings;
+        return Ok((report, None));
     };
     let (url, bytes, signature) = fetch_release_manifest(config, &downloader, &decision.entry)?;
     let source = ManifestSource {
@@ -137,7 +182,72 @@ pub fn check(
         signature,
         artifacts: ArtifactSource::Server,
     };
-    verify_release(agent, opts, state, &decision, source)
+    let (mut report, verified) = verify_release(agent, opts, state, &decision, source)?;
+    report.warnings = warnings;
+    Ok((report, verified))
+}
+
+/// The decision with the check-in's answer: its offer judged within the signed state
+/// ([`crate::offer`]); without an offer, or one that changes nothing, [`decide`].
+fn decide_offered(
+    agent: &Agent,
+    state: &ChannelState,
+    host: Option<&Version>,
+    opts: &ApplyOptions,
+    checked_in: &crate::fleet::CheckedIn,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Decision>, AgentError> {
+    let Some(offer) = &checked_in.answer.offer else {
+        return decide(state, host, opts, None);
+    };
+    let (key, value) = qx_core::rollout::CANARY_LABEL;
+    let facts = crate::offer::Facts {
+        state,
+        host,
+        host_id: &checked_in.host_id,
+        canary: agent.config().fleet.labels.get(key).map(String::as_str) == Some(value),
+        server_time: &checked_in.answer.server_time,
+        host_time: jiff::Timestamp::now(),
+    };
+    let note = |text: String, warnings: &mut Vec<String>| {
+        tracing::warn!("{text}");
+        warnings.push(text);
+    };
+    match crate::offer::judge(offer, &facts)? {
+        crate::offer::Choice::Take(d) => Ok(Some(d)),
+        crate::offer::Choice::Stay { warning } => {
+            note(warning, warnings);
+            Ok(None)
+        }
+        crate::offer::Choice::Follow { note: text } => {
+            if let Some(text) = text {
+                note(text, warnings);
+            }
+            decide(state, host, opts, None)
+        }
+    }
+}
+
+/// The server asked to cancel `version` (its rollout halted or was aborted): unless the host
+/// runs it, its staged download is dropped and `cancelled` is recorded once. The version
+/// cancelled, for the decision to leave out.
+fn cancel(
+    agent: &Agent,
+    version: &str,
+    host: Option<&Version>,
+    under_lock: bool,
+) -> Option<Version> {
+    let Ok(v) = Version::parse(version.trim()) else {
+        tracing::warn!(version = %crate::untrusted::printable(version), "fleet: the server cancels something that is not a version; ignored");
+        return None;
+    };
+    if host == Some(&v) {
+        tracing::info!(version = %v, "fleet: the server cancels the version this host runs; nothing to drop");
+        return None;
+    }
+    crate::transaction::apply::drop_staged(agent, &v.to_string(), under_lock);
+    agent.fleet().cancelled(&v.to_string());
+    Some(v)
 }
 
 /// The Part-I path for a server without a channel state: the channel's manifest.
@@ -185,11 +295,25 @@ pub(crate) fn signature_header(
     })
 }
 
-/// What the host installs: a release of the state, and whether that is a revert.
+/// What the host installs: a release of the state, whether that is a revert, whether it may
+/// go below what the host runs (a pin), and the server's offer it came from, if any.
 #[derive(Debug, Clone)]
 pub(crate) struct Decision {
     pub entry: ReleaseEntry,
     pub revert: bool,
+    pub downgrade: bool,
+    pub via: Option<OfferReason>,
+}
+
+impl Decision {
+    pub(crate) fn new(entry: &ReleaseEntry, revert: bool) -> Decision {
+        Decision {
+            entry: entry.clone(),
+            revert,
+            downgrade: false,
+            via: None,
+        }
+    }
 }
 
 /// docs/spec.md §8: the operator's chosen version (`--version`, or the release a bundle holds:
@@ -226,25 +350,13 @@ pub(crate) fn decide(
     if let Some(v) = chosen {
         let entry = installable(state, &v)?;
         let revert = matches!(target, Target::Revert(e) if e.version == v);
-        return Ok(Some(Decision {
-            entry: entry.clone(),
-            revert,
-        }));
+        return Ok(Some(Decision::new(entry, revert)));
     }
     Ok(match target {
-        Target::Update(e) => Some(Decision {
-            entry: e.clone(),
-            revert: false,
-        }),
-        Target::Revert(e) => Some(Decision {
-            entry: e.clone(),
-            revert: true,
-        }),
+        Target::Update(e) => Some(Decision::new(e, false)),
+        Target::Revert(e) => Some(Decision::new(e, true)),
         Target::UpToDate if host == Some(&state.current) => {
-            state.current_release().map(|e| Decision {
-                entry: e.clone(),
-                revert: false,
-            })
+            state.current_release().map(|e| Decision::new(e, false))
         }
         Target::UpToDate => None,
     })
@@ -291,6 +403,8 @@ fn up_to_date(state: &ChannelState, host: Option<&Version>) -> CheckReport {
         changes: Vec::new(),
         channel_seq: Some(state.seq),
         revert: false,
+        offer: None,
+        warnings: Vec::new(),
     }
 }
 
@@ -369,7 +483,7 @@ pub(crate) fn verify_release(
             got: format!("a manifest of {}", manifest.version),
         });
     }
-    let downgrade_ok = decision.revert || downgrade_allowed(opts, &manifest)?;
+    let downgrade_ok = decision.revert || decision.downgrade || downgrade_allowed(opts, &manifest)?;
     let (mut report, mut verified) = plan(PlanRequest {
         agent,
         manifest,
@@ -379,6 +493,7 @@ pub(crate) fn verify_release(
     })?;
     report.channel_seq = Some(state.seq);
     report.revert = decision.revert;
+    report.offer = decision.via;
     verified.reverted = decision.revert;
     verified.source = source.artifacts;
     Ok((report, Some(verified)))
@@ -531,6 +646,8 @@ fn plan(req: PlanRequest<'_>) -> Result<(CheckReport, Verified), AgentError> {
         changes,
         channel_seq: None,
         revert: false,
+        offer: None,
+        warnings: Vec::new(),
     };
     Ok((
         report,
@@ -539,6 +656,7 @@ fn plan(req: PlanRequest<'_>) -> Result<(CheckReport, Verified), AgentError> {
             key_id: req.key_id,
             to_apply,
             reverted: false,
+            downgrade_ok: req.downgrade_ok,
             source: ArtifactSource::Server,
         },
     ))

@@ -56,6 +56,8 @@ exit_codes! {
     SYSTEM_IMAGE = 45: "writing the system image failed (booted slot unchanged)",
     REBOOT = 46: "reboot command failed (image installed, pending)",
     ROLLBACK_FIRST_INSTALL = 47: "rollback refused: it would remove a first install (needs --force)",
+    ROLLOUT_TOO_EARLY = 48: "rollout offer refused: this host's wave opens later by the signed plan (judged at the earlier of the server's time and the host's clock; nothing downloaded)",
+    OFFER_REFUSED = 49: "offer refused: not within the signed channel state (not the rollout's version, not listed, or this host is in no wave; nothing downloaded)",
 }
 
 /// The exit-code table as `qx-update --help` prints it.
@@ -65,6 +67,18 @@ pub fn exit_codes_help() -> String {
         out.push_str(&format!("\n  {code:>2}  {meaning}"));
     }
     out
+}
+
+/// A rollout's version offered before this host's wave opens by the signed plan.
+#[derive(Debug, thiserror::Error)]
+#[error("offer of {version} (rollout {rollout}) refused: this host is in wave {wave}, which the signed plan opens at {not_before}; the server's time is {server_time} and this host's clock {host_time}, and the earlier of the two decides; nothing was downloaded (a server offering a version before its signed time is misbehaving)")]
+pub struct TooEarly {
+    pub version: String,
+    pub rollout: String,
+    pub wave: usize,
+    pub not_before: String,
+    pub server_time: String,
+    pub host_time: String,
 }
 
 /// Everything that can go wrong, one variant per refusal of docs/spec.md §2/§4, each with its own
@@ -141,6 +155,10 @@ pub enum AgentError {
         url: String,
         seen: u64,
     },
+    #[error(transparent)]
+    RolloutTooEarly(Box<TooEarly>),
+    #[error("offer of {version} refused: {reason}; nothing was downloaded")]
+    OfferRefused { version: String, reason: String },
     #[error("bundle refused: {0}")]
     Bundle(#[from] qx_core::bundle::BundleError),
     #[error("manifest {version} expired at {expires}; the publisher must re-sign or publish a newer release")]
@@ -301,6 +319,8 @@ impl AgentError {
             AgentError::StateExpired { .. } => code::STATE_EXPIRED,
             AgentError::ManifestMismatch { .. } => code::MANIFEST_MISMATCH,
             AgentError::NotInstallable { .. } => code::NOT_INSTALLABLE,
+            AgentError::RolloutTooEarly(_) => code::ROLLOUT_TOO_EARLY,
+            AgentError::OfferRefused { .. } => code::OFFER_REFUSED,
             AgentError::StateWithdrawn { .. } => code::STATE_WITHDRAWN,
             AgentError::Bundle(_) => code::BUNDLE_INVALID,
             AgentError::Expired { .. } => code::EXPIRED,
@@ -334,11 +354,12 @@ impl AgentError {
         }
     }
 
-    /// True for refusals of a manifest (nothing on the host was touched).
+    /// True for refusals of a manifest or an offer (nothing on the host was touched).
     pub fn is_refusal(&self) -> bool {
         let c = self.exit_code();
         (code::SIGNATURE_MISSING..=code::NO_SPACE).contains(&c)
             || (code::STATE_REPLAYED..=code::BUNDLE_INVALID).contains(&c)
+            || (code::ROLLOUT_TOO_EARLY..=code::OFFER_REFUSED).contains(&c)
     }
 }
 

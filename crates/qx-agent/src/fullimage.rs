@@ -32,7 +32,7 @@ use qx_core::status::{HistoryEntry, Outcome, UpdateState};
 use qx_core::{ArtifactRef, FullImage, Manifest, TargetSlot, UpdateLog, Version};
 use serde::Serialize;
 
-use crate::check::ComponentChange;
+use crate::check::{ComponentChange, Verified};
 use crate::{Agent, AgentError, ApplyOptions, ApplyReport, CheckReport};
 
 /// The name under which the system image appears in check reports, history and status.
@@ -81,6 +81,8 @@ pub struct Plan {
     pub target: Option<Slot>,
     /// The system version the booted slot runs, when known.
     pub from_version: Option<String>,
+    /// The release carries out a signed revert (set by the apply from its check).
+    pub reverted: bool,
 }
 
 /// The image files, downloaded and verified.
@@ -119,6 +121,7 @@ pub fn system_change(
     agent: &Agent,
     manifest: &Manifest,
     opts: &ApplyOptions,
+    downgrade_ok: bool,
 ) -> Result<Option<(ComponentChange, bool)>, AgentError> {
     let Some(image) = &manifest.full_image else {
         return Ok(None);
@@ -172,7 +175,7 @@ pub fn system_change(
         return Ok(Some((change(Some(inst), "unchanged".into()), false)));
     }
     if ov < iv {
-        if opts.allow_downgrade.as_deref() != Some(offered.as_str()) {
+        if !downgrade_ok && opts.allow_downgrade.as_deref() != Some(offered.as_str()) {
             return Err(AgentError::Downgrade {
                 component: SYSTEM.into(),
                 installed: inst,
@@ -218,10 +221,11 @@ fn already_written(s: &AbState, booted: Slot, offered: &str) -> Option<String> {
 pub fn extend_check(
     agent: &Agent,
     report: &mut CheckReport,
-    manifest: &Manifest,
+    verified: &Verified,
     opts: &ApplyOptions,
 ) -> Result<(), AgentError> {
-    if let Some((change, install)) = system_change(agent, manifest, opts)? {
+    let manifest = &verified.manifest;
+    if let Some((change, install)) = system_change(agent, manifest, opts, verified.downgrade_ok)? {
         report.changes.push(change);
         report.available |= install;
     }
@@ -231,10 +235,11 @@ pub fn extend_check(
 /// The image this apply installs, if any.
 pub fn plan(
     agent: &Agent,
-    manifest: &Manifest,
+    verified: &Verified,
     opts: &ApplyOptions,
     log: &mut UpdateLog,
 ) -> Result<Option<Plan>, AgentError> {
+    let manifest = &verified.manifest;
     let Some(image) = &manifest.full_image else {
         return Ok(None);
     };
@@ -242,7 +247,8 @@ pub fn plan(
         log.line("system image: not installed (--component selects components only)");
         return Ok(None);
     }
-    let Some((change, install)) = system_change(agent, manifest, opts)? else {
+    let Some((change, install)) = system_change(agent, manifest, opts, verified.downgrade_ok)?
+    else {
         return Ok(None);
     };
     log.line(&format!(
@@ -268,6 +274,7 @@ pub fn plan(
         image: image.clone(),
         target: target_slot(image.target_slot),
         from_version: change.installed,
+        reverted: verified.reverted,
     }))
 }
 
@@ -373,6 +380,7 @@ pub fn install(
     );
     status.record(history_entry(&plan, Outcome::Success, reason.clone()))?;
     log.line(&format!("system image {}: {reason}", plan.version));
+    mark_revert(&ctx, &plan, log);
     // Installed, not confirmed: `ab verify` confirms it after the new slot booted.
     let mut installed = crate::fleet::event(EventType::Installed, Some(&plan.version));
     installed.component = Some(SYSTEM.into());
@@ -395,6 +403,20 @@ pub fn install(
         rebooted: false,
     });
     Ok(report)
+}
+
+/// A signed revert written into the inactive slot: the A/B state names the version the host
+/// leaves, so that the new slot's confirmation (`ab verify`) also reports `reverted`.
+fn mark_revert(ctx: &AbContext, plan: &Plan, log: &mut UpdateLog) {
+    let (true, Some(left)) = (plan.reverted, &plan.from_version) else {
+        return;
+    };
+    if let Err(e) = qx_boot::ab::mark_revert(ctx, &plan.version, left) {
+        log.line(&format!(
+            "system image {}: cannot record the revert from {left}: {e}",
+            plan.version
+        ));
+    }
 }
 
 /// Runs the reboot command when a system image was written and a reboot is asked for

@@ -18,6 +18,7 @@ mod error;
 pub mod fleet;
 mod fullimage;
 mod installed;
+mod offer;
 mod status;
 pub mod transaction;
 pub mod untrusted;
@@ -184,9 +185,10 @@ impl Agent {
         if !busy {
             status.set_state(qx_core::status::UpdateState::Checking);
         }
-        let result = check::check(self, opts).and_then(|(mut report, verified)| {
+        let mut turn = check::Turn::default();
+        let result = check::check(self, opts, &mut turn).and_then(|(mut report, verified)| {
             if let Some(v) = &verified {
-                fullimage::extend_check(self, &mut report, &v.manifest, opts)?;
+                fullimage::extend_check(self, &mut report, v, opts)?;
             }
             Ok(report)
         });
@@ -202,13 +204,18 @@ impl Agent {
                 Err(_) => before,
             });
         }
-        // Every check checks in (whatever its result); a failed check-in is only logged.
+        // Every check checks in once (whatever its result): after the signed state, before the
+        // decision, or here when the check failed before it; a failed check-in is only logged.
         if let Ok(report) = &result {
             if report.available {
                 self.inner.fleet.offered(&report.version);
             }
         }
-        self.inner.fleet.report(self);
+        if turn.checked_in {
+            self.inner.fleet.send_events(self);
+        } else {
+            self.inner.fleet.report(self);
+        }
         result
     }
 

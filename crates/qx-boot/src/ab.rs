@@ -127,8 +127,24 @@ fn finish_update(
     let entry = history::record(ctx.root, now, &state.version, outcome, reason)?;
     if ctx.events {
         history::record_event(ctx.root, now, &state.version, outcome, reason);
+        if let (Outcome::Success, Some(left)) = (outcome, &state.reverted_from) {
+            history::record_reverted(ctx.root, now, left, &state.version);
+        }
     }
     Ok(entry)
+}
+
+/// Marks the pending update of `version` as a signed revert leaving `left` (called right after
+/// the image is installed): its confirmation is then also reported as `reverted`.
+pub fn mark_revert(ctx: &AbContext, version: &str, left: &str) -> Result<()> {
+    let _lock = lock(ctx.root)?;
+    match AbState::load(ctx.root)? {
+        Some(mut state) if state.pending && state.version == version => {
+            state.reverted_from = Some(left.to_owned());
+            state.store(ctx.root)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// One slot in [`AbStatus`].

@@ -71,6 +71,27 @@ pub fn record_event(root: &Path, time: Timestamp, version: &str, outcome: Outcom
     }
 }
 
+/// Queue `reverted` for a confirmed full image that carried out a signed revert: `left` is
+/// the version the host left, `current` the one it went back to.
+pub fn record_reverted(root: &Path, time: Timestamp, left: &str, current: &str) {
+    let event = Event {
+        seq: 0,
+        kind: EventType::Reverted,
+        time: time.to_string(),
+        version: Some(left.to_owned()),
+        component: Some("system".to_owned()),
+        stage: None,
+        exit_code: None,
+        message: Some(format!(
+            "back to {current} (current): the signed channel state revokes {left} with revert"
+        )),
+        count: None,
+    };
+    if let Err(e) = EventQueue::under_root(root).record(event) {
+        eprintln!("qx-update ab: cannot queue the fleet event: {e}; it is lost");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,6 +42,10 @@ pub struct AbState {
     /// Why it ended that way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The update carries out a signed revert (docs/spec.md §8): the version the host leaves.
+    /// Its success is reported as `reverted` too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverted_from: Option<String>,
 }
 
 impl AbState {
@@ -56,6 +60,7 @@ impl AbState {
             outcome: None,
             finished: None,
             reason: None,
+            reverted_from: None,
         }
     }
 

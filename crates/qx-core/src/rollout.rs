@@ -12,10 +12,15 @@
 //!   fraction of the wave's soak time: its bucket, plus where it falls inside its bucket (the
 //!   next 8 bytes of the same hash over 2^64), so the wave's hosts spread evenly over the soak
 //!   time and not in steps of a bucket (a canary outside the first wave's range goes first).
+//! - The **speed limit** an agent keeps ([`speed_limit`]): it takes the rollout's version only
+//!   from its wave's signed `not_before` on, judged at the earlier of the server's time and its
+//!   own clock, so neither a server nor a host clock running ahead can make it sooner.
 
 use std::time::Duration;
 
-use crate::channel::Wave;
+use jiff::Timestamp;
+
+use crate::channel::{RolloutPlan, Wave};
 use crate::Sha256;
 
 /// Buckets a host can fall in: a wave's percent counts in hundredths.
@@ -97,6 +102,56 @@ pub fn spread(waves: &[Wave], wave: usize, host: Draw) -> f64 {
         return 0.0;
     }
     (f64::from(host.bucket - lower) + host.inside) / f64::from(upper - lower)
+}
+
+/// Where a host stands in a rollout's signed speed limit (docs/spec.md §10): its wave opens at
+/// the wave's `not_before`, and no server can make it earlier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpeedLimit {
+    /// The host's wave is open at the time judged.
+    Open { wave: usize, not_before: Timestamp },
+    /// The host's wave opens at `not_before`, after `at`, the time judged.
+    TooEarly {
+        wave: usize,
+        not_before: Timestamp,
+        at: Timestamp,
+    },
+    /// The host's bucket is past the last wave: the rollout never reaches it.
+    NeverEligible { bucket: u32 },
+}
+
+/// The host's wave in `plan` and the time it opens; `None` when its bucket is past the last
+/// wave. `canary` must come from the host's own labels, never from a server.
+pub fn earliest(plan: &RolloutPlan, host_id: &str, canary: bool) -> Option<(usize, Timestamp)> {
+    let bucket = draw(&plan.salt, host_id).bucket;
+    let wave = wave_of(&plan.waves, bucket, canary)?;
+    plan.waves.get(wave).map(|w| (wave, w.not_before))
+}
+
+/// The speed limit for `host_id` at the earlier of the server's time and the host's own
+/// clock: neither clock alone can make the host take the version sooner.
+pub fn speed_limit(
+    plan: &RolloutPlan,
+    host_id: &str,
+    canary: bool,
+    server_time: Timestamp,
+    host_time: Timestamp,
+) -> SpeedLimit {
+    let Some((wave, not_before)) = earliest(plan, host_id, canary) else {
+        return SpeedLimit::NeverEligible {
+            bucket: draw(&plan.salt, host_id).bucket,
+        };
+    };
+    let at = server_time.min(host_time);
+    if at < not_before {
+        SpeedLimit::TooEarly {
+            wave,
+            not_before,
+            at,
+        }
+    } else {
+        SpeedLimit::Open { wave, not_before }
+    }
 }
 
 /// One wave as the publish tool's `--waves` names it: `10%:4h` (its soak time before the
@@ -265,6 +320,82 @@ mod tests {
         assert!(
             d.bucket < BUCKETS && (0.0..1.0).contains(&d.inside),
             "{d:?}"
+        );
+    }
+
+    fn plan(percents: &[f64], start: &str) -> RolloutPlan {
+        let start: Timestamp = start.parse().expect("time");
+        RolloutPlan {
+            id: "r-1".into(),
+            version: crate::Version::parse("1.1.0").expect("version"),
+            manifest_sha256: Sha256::of(b"m"),
+            salt: "salt".into(),
+            waves: percents
+                .iter()
+                .enumerate()
+                .map(|(i, p)| Wave {
+                    percent: *p,
+                    not_before: start + jiff::SignedDuration::from_hours(i as i64),
+                })
+                .collect(),
+            policy: Default::default(),
+        }
+    }
+
+    /// A host id whose bucket for `salt` is at least `min`.
+    fn host_at_least(salt: &str, min: u32) -> String {
+        (0..)
+            .map(|i| format!("host-{i}"))
+            .find(|h| bucket(salt, h) >= min)
+            .expect("some host")
+    }
+
+    #[test]
+    fn earliest_is_the_hosts_waves_not_before_and_a_canary_goes_first() {
+        let p = plan(&[1.0, 50.0, 100.0], "2026-01-01T00:00:00Z");
+        let late = host_at_least("salt", 5000);
+        let (wave, at) = earliest(&p, &late, false).expect("eligible");
+        assert_eq!(wave, 2);
+        assert_eq!(at.to_string(), "2026-01-01T02:00:00Z");
+        assert_eq!(earliest(&p, &late, true).expect("canary").0, 0);
+        let short = plan(&[1.0, 50.0], "2026-01-01T00:00:00Z");
+        assert_eq!(earliest(&short, &late, false), None);
+        assert_eq!(
+            speed_limit(&short, &late, false, Timestamp::MAX, Timestamp::MAX),
+            SpeedLimit::NeverEligible {
+                bucket: bucket("salt", &late)
+            }
+        );
+    }
+
+    #[test]
+    fn the_speed_limit_judges_by_the_earlier_of_both_clocks() {
+        let p = plan(&[100.0], "2026-01-01T00:00:00Z");
+        let t = |s: &str| s.parse::<Timestamp>().expect("time");
+        let (before, after) = (t("2025-12-31T23:00:00Z"), t("2026-01-01T00:00:00Z"));
+        let open = SpeedLimit::Open {
+            wave: 0,
+            not_before: after,
+        };
+        assert_eq!(
+            speed_limit(&p, "h", false, after, after),
+            open,
+            "at not_before"
+        );
+        let early = SpeedLimit::TooEarly {
+            wave: 0,
+            not_before: after,
+            at: before,
+        };
+        assert_eq!(
+            speed_limit(&p, "h", false, before, after),
+            early,
+            "server earlier"
+        );
+        assert_eq!(
+            speed_limit(&p, "h", false, after, before),
+            early,
+            "host earlier"
         );
     }
 

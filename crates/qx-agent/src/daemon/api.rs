@@ -170,6 +170,8 @@ pub fn agent_error_status(e: &AgentError) -> StatusCode {
         | AgentError::StateExpired { .. }
         | AgentError::ManifestMismatch { .. }
         | AgentError::StateWithdrawn { .. }
+        | AgentError::RolloutTooEarly(_)
+        | AgentError::OfferRefused { .. }
         | AgentError::UnsafeArchive(_) => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -32,7 +32,9 @@ use std::time::Duration;
 
 pub use qx_core::fleet::Event;
 use qx_core::fleet::MAX_EVENTS_PER_BATCH;
-use qx_core::fleet::{CheckInReason, EnrollRequest, EventBatch, EventType, Identity};
+use qx_core::fleet::{
+    CheckInAnswer, CheckInReason, EnrollRequest, EventBatch, EventType, Identity,
+};
 use qx_core::fleet_queue::{EventQueue, QueueError};
 use qx_core::fs::{under_root, write_atomic, FsError};
 
@@ -93,6 +95,14 @@ pub enum ScheduleHint {
     NextCheckIn(Duration),
     /// The server is overloaded: not before this long (a 429's `Retry-After`, within bounds).
     RetryAfter(Duration),
+}
+
+/// A delivered check-in: the host it was for and the server's answer (its offer and cancel
+/// are judged by the check within the signed channel state, see `crate::check`).
+#[derive(Debug, Clone)]
+pub struct CheckedIn {
+    pub host_id: String,
+    pub answer: CheckInAnswer,
 }
 
 /// The fleet reporter of one agent.
@@ -177,27 +187,52 @@ impl Fleet {
 
     /// A check found `version` to install: `offered`, once per version.
     pub(crate) fn offered(&self, version: &str) {
+        self.once(EventType::Offered, "offered", version, None);
+    }
+
+    /// The server asked to cancel `version` (its rollout halted or was aborted): `cancelled`,
+    /// once per version.
+    pub(crate) fn cancelled(&self, version: &str) {
+        let message = "the server cancelled this version; its staged download was dropped";
+        self.once(EventType::Cancelled, "cancelled", version, Some(message));
+    }
+
+    /// Queues `kind` for `version` unless the state file `name` already names that version.
+    fn once(&self, kind: EventType, name: &str, version: &str, message: Option<&str>) {
         if !self.reporting() {
             return;
         }
-        let path = self.state_dir.join("offered");
+        let path = self.state_dir.join(name);
         let before = std::fs::read_to_string(&path).unwrap_or_default();
         if before.trim() == version {
             return;
         }
-        self.record(event(EventType::Offered, Some(version)));
+        let mut e = event(kind, Some(version));
+        e.message = message.map(str::to_owned);
+        self.record(e);
         if let Err(e) = write_atomic(&path, format!("{version}\n").as_bytes()) {
-            tracing::warn!(error = %e, "cannot record the offered version");
+            tracing::warn!(error = %e, file = name, "cannot record the version reported");
         }
     }
 
     /// Check in and send the queued events; every failure is logged, none is returned.
     pub fn report(&self, agent: &Agent) {
+        let _ = self.check_in(agent);
+    }
+
+    /// [`Fleet::report`], returning the server's answer: `None` when the host does not report
+    /// or the check-in failed (logged). A failure to send the events after a check-in is
+    /// logged and keeps the answer.
+    pub fn check_in(&self, agent: &Agent) -> Option<CheckedIn> {
         if !self.reporting() {
-            return;
+            return None;
         }
-        if let Err(e) = self.try_report(agent) {
-            self.failed(&e);
+        match self.try_report(agent) {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.failed(&e);
+                None
+            }
         }
     }
 
@@ -217,10 +252,10 @@ impl Fleet {
         }
     }
 
-    fn try_report(&self, agent: &Agent) -> Result<(), FleetError> {
+    fn try_report(&self, agent: &Agent) -> Result<Option<CheckedIn>, FleetError> {
         let client = FleetClient::new(agent.config())?;
         let Some(id) = self.identity_for(&client)? else {
-            return Ok(());
+            return Ok(None);
         };
         let boot_id = read_trimmed(&under_root(&self.root, Path::new(BOOT_ID)));
         let reason = if self.booted() {
@@ -242,7 +277,13 @@ impl Fleet {
             );
         }
         tracing::info!(host = %id.host_id, ?reason, next_checkin_s = answer.next_checkin_s, "fleet: checked in");
-        self.flush(&client, &id)
+        if let Err(e) = self.flush(&client, &id) {
+            self.failed(&e);
+        }
+        Ok(Some(CheckedIn {
+            host_id: id.host_id,
+            answer,
+        }))
     }
 
     /// The identity to report with: the stored one for this server, or a new enrollment with

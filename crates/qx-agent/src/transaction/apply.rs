@@ -325,7 +325,11 @@ fn apply_locked(tx: &mut Tx<'_>, opts: &ApplyOptions, op: &str) -> Result<ApplyR
         "apply {op}: checking {}",
         crate::download::redact_credentials(&check::manifest_url(agent.config()))
     ));
-    let (report, verified) = check::check(agent, opts)?;
+    let mut turn = check::Turn {
+        under_lock: true,
+        ..Default::default()
+    };
+    let (report, verified) = check::check(agent, opts, &mut turn)?;
     let Some(verified) = verified else {
         tx.log.line(&format!(
             "nothing to apply: the host is up to date on {}",
@@ -379,12 +383,17 @@ fn resumes(e: &AgentError) -> bool {
 /// Removes every entry of `staging/` but those named in `keep` (docs/spec.md §4): what an
 /// earlier or failed apply of another release left behind. Failures are logged.
 fn sweep_staging(tx: &mut Tx<'_>, keep: &[String]) {
+    remove_staging(tx, |name| !keep.iter().any(|k| k == name));
+}
+
+/// Removes the entries of `staging/` whose name `drop` accepts; failures are logged.
+fn remove_staging(tx: &mut Tx<'_>, drop: impl Fn(&str) -> bool) {
     let Ok(entries) = fs::read_dir(&tx.paths.staging) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if keep.contains(&name) {
+        if !drop(&name) {
             continue;
         }
         match remove_any(&entry.path()) {
@@ -394,6 +403,30 @@ fn sweep_staging(tx: &mut Tx<'_>, keep: &[String]) {
             Err(e) => tx.log.line(&format!("cannot remove staging: {e}")),
         }
     }
+}
+
+/// Drops what `staging/` holds of release `version` (its artifacts and system image files),
+/// as a server's `cancel` asks (docs/spec.md §10). Takes the apply lock unless the caller
+/// holds it; while another apply holds it, nothing is dropped (logged).
+pub(crate) fn drop_staged(agent: &Agent, version: &str, under_lock: bool) {
+    let _lock = if under_lock {
+        None
+    } else {
+        match lock(agent.paths()) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, version, "cannot drop the cancelled version's staged download now");
+                return;
+            }
+        }
+    };
+    let mut tx = Tx::new(agent);
+    let names = staging_of(version, false);
+    tx.log.line(&format!(
+        "the server cancelled {version}: dropping its staged download"
+    ));
+    remove_staging(&mut tx, |name| names.iter().any(|n| n == name));
+    tx.log.sync();
 }
 
 /// After the check: stage a system image, apply the components, install the image.
@@ -414,7 +447,7 @@ fn install_release(
     };
     // A system image (full/mixed): downloaded and verified before any host change, written
     // into the inactive slot after the components (see crate::fullimage).
-    let plan = crate::fullimage::plan(agent, m, opts, &mut tx.log)?;
+    let plan = crate::fullimage::plan(agent, verified, opts, &mut tx.log)?;
     if plan.is_none() && verified.to_apply.is_empty() {
         tx.log.line("nothing to apply: the host is up to date");
         return Ok(up_to_date);
@@ -967,6 +1000,9 @@ fn finish_forward(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, Agent
     crash_point("committed");
     // The only success: every component's effect was verified above.
     tx.event(EventType::Confirmed, &j.version, None);
+    if j.reverted {
+        record_reverted(tx, j);
+    }
     tx.stage = None;
     tx.log.line(&format!(
         "apply {}: {} installed",
@@ -980,6 +1016,19 @@ fn finish_forward(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, Agent
         outcome,
         system: None,
     })
+}
+
+/// A signed revert carried out (docs/spec.md §10): `reverted`, naming the version the host
+/// left (the journal's `from_version`: the newest version its entries replaced).
+fn record_reverted(tx: &Tx<'_>, j: &Journal) {
+    let left = j.from_version.clone();
+    let mut e = crate::fleet::event(EventType::Reverted, left.as_deref());
+    e.message = Some(format!(
+        "back to {} (current): the signed channel state revokes {} with revert",
+        j.version,
+        left.as_deref().unwrap_or("the installed release")
+    ));
+    tx.agent.fleet().record(e);
 }
 
 /// Step 6: restarts the services of the installed entries; a failed restart rolls back.

@@ -34,8 +34,8 @@ const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 /// A fleet server played by a script: enrollment (with [`ENROLL_TOKEN`]), check-ins (the
 /// answers a test queued, else 200 with `next_checkin_s` 900) and event batches, each event
 /// stored once by its sequence number.
-struct FakeFleet {
-    stub: ScriptedServer,
+pub(crate) struct FakeFleet {
+    pub(crate) stub: ScriptedServer,
     state: Arc<Mutex<FleetState>>,
 }
 
@@ -55,12 +55,12 @@ impl FakeFleet {
     }
 
     /// The next check-in is answered `a`.
-    fn then_checkin(&self, a: Answer) {
+    pub(crate) fn then_checkin(&self, a: Answer) {
         self.state.lock().unwrap().checkin_answers.push_back(a);
     }
 
     /// Every event stored, by sequence number.
-    fn events(&self) -> Vec<Value> {
+    pub(crate) fn events(&self) -> Vec<Value> {
         self.state
             .lock()
             .unwrap()
@@ -70,7 +70,7 @@ impl FakeFleet {
             .collect()
     }
 
-    fn types(&self) -> Vec<String> {
+    pub(crate) fn types(&self) -> Vec<String> {
         self.events()
             .iter()
             .map(|e| e["type"].as_str().unwrap().to_owned())
@@ -124,13 +124,17 @@ fn answer(state: &Mutex<FleetState>, r: &Request) -> Answer {
 /// A lab whose host reports to a [`FakeFleet`] (in front of the lab's server): enrollment
 /// token file, a label, a boot id; the host at 1.0.0. `extra`: more `updates:` lines.
 fn fleet_lab(extra: &str) -> (Lab, FakeFleet) {
+    fleet_lab_with("{site: lab}", extra)
+}
+
+/// [`fleet_lab`] with the host's own `labels` (YAML flow mapping).
+pub(crate) fn fleet_lab_with(labels: &str, extra: &str) -> (Lab, FakeFleet) {
     let lab = Lab::new().unwrap();
     let fleet = FakeFleet::start(lab.server.addr());
     let mut c = lab.host_config();
     c.server_url = fleet.stub.url();
-    c.extra = format!(
-        "  fleet:\n    enroll_token_file: {TOKEN_FILE}\n    labels: {{site: lab}}\n{extra}"
-    );
+    c.extra =
+        format!("  fleet:\n    enroll_token_file: {TOKEN_FILE}\n    labels: {labels}\n{extra}");
     lab.host.write_config(&c).unwrap();
     lab.host
         .write_file(TOKEN_FILE, format!("{ENROLL_TOKEN}\n").as_bytes(), 0o600)

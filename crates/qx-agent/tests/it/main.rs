@@ -31,6 +31,7 @@ mod orphans;
 mod packaging;
 mod qemu;
 mod rollback;
+mod rollout;
 mod schedule;
 mod status_progress;
 mod tls;

@@ -559,3 +559,46 @@ fn install_refuses_missing_image_file_before_touching_grubenv() {
     assert!(err.to_string().contains("missing.squashfs"), "{err}");
     assert_eq!(fs::read(sb.grubenv()).expect("read"), before);
 }
+
+#[test]
+fn a_confirmed_signed_revert_is_also_reported_reverted_with_the_version_left() {
+    let sb = Sandbox::new(
+        "B",
+        &["ORDER=B A", "A_LEFT=3", "A_OK=1", "B_LEFT=2", "B_OK=0"],
+    );
+    pending(&sb, Slot::A, Slot::B, "1.0.0");
+    let cfg = sb.config(&[TRUE]);
+    let ctx = sb.ctx(&cfg).with_events(true);
+    ab::mark_revert(&ctx, "1.0.0", "1.1.0").expect("mark");
+    assert_eq!(state(&sb).reverted_from.as_deref(), Some("1.1.0"));
+    ab::verify(&ctx).expect("verify");
+    let events = qx_core::fleet_queue::EventQueue::under_root(sb.root())
+        .pending(100)
+        .expect("queue");
+    let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
+    use qx_core::fleet::EventType;
+    assert_eq!(kinds, [EventType::Confirmed, EventType::Reverted]);
+    assert_eq!(
+        events[1].version.as_deref(),
+        Some("1.1.0"),
+        "the version left"
+    );
+    assert!(
+        events[1]
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("back to 1.0.0")),
+        "{:?}",
+        events[1]
+    );
+}
+
+#[test]
+fn mark_revert_leaves_another_versions_state_alone() {
+    let sb = Sandbox::new("A", &["ORDER=A B", "A_LEFT=3", "A_OK=1"]);
+    pending(&sb, Slot::A, Slot::B, "2.0.0");
+    let cfg = sb.config(&[TRUE]);
+    let ctx = sb.ctx(&cfg);
+    ab::mark_revert(&ctx, "1.0.0", "1.1.0").expect("mark");
+    assert_eq!(state(&sb).reverted_from, None);
+}
