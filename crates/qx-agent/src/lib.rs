@@ -246,6 +246,11 @@ impl Agent {
         self.inner.status.snapshot()
     }
 
+    /// The last state that was not an operation in progress (the health a check-in reports).
+    pub(crate) fn settled_state(&self) -> qx_core::status::UpdateState {
+        self.inner.status.settled_state()
+    }
+
     /// Live status for the web page (server-sent events).
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<StatusSnapshot> {
         self.inner.status.subscribe()

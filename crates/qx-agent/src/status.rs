@@ -151,6 +151,9 @@ pub struct StatusHandle {
     events: broadcast::Sender<StatusSnapshot>,
     history_path: std::path::PathBuf,
     paths: HostPaths,
+    /// The last state that was not an operation in progress: what a check-in sent in the
+    /// middle of a check reports as the host's health.
+    settled: std::sync::Mutex<UpdateState>,
 }
 
 impl StatusHandle {
@@ -171,6 +174,15 @@ impl StatusHandle {
             events,
             history_path: paths.history.clone(),
             paths: paths.clone(),
+            settled: std::sync::Mutex::new(UpdateState::Idle),
+        }
+    }
+
+    /// The last state that was not an operation in progress.
+    pub fn settled_state(&self) -> UpdateState {
+        match self.settled.lock() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
@@ -193,6 +205,12 @@ impl StatusHandle {
     }
 
     pub fn set_state(&self, state: UpdateState) {
+        if !state.is_busy() {
+            match self.settled.lock() {
+                Ok(mut s) => *s = state.clone(),
+                Err(poisoned) => *poisoned.into_inner() = state.clone(),
+            }
+        }
         self.tx.send_modify(|s| s.state = state);
         self.publish();
     }

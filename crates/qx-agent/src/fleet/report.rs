@@ -25,7 +25,9 @@ pub fn build(agent: &Agent, reason: CheckInReason) -> CheckIn {
         message: h.reason.as_deref().map(qx_core::fleet_queue::cut_message),
         time: h.time.to_string(),
     });
-    let health = match &status.state {
+    // Mid-check (the check-in comes before the decision), the state is the check's own: the
+    // health is the last settled state's.
+    let health = match &agent.settled_state() {
         UpdateState::Failed { reason, .. } => {
             qx_core::fleet_queue::cut_message(&format!("last operation failed: {reason}"))
         }

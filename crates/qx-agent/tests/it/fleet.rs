@@ -252,7 +252,8 @@ fn a_failed_health_check_is_reported_failed_with_its_stage_and_exit_code() {
             .component(node("1.1.0").service("quantix-node").health(health)),
     )
     .unwrap();
-    let err = agent(&lab)
+    let a = agent(&lab);
+    let err = a
         .apply(&ApplyOptions::default())
         .expect_err("the health command fails");
     assert!(matches!(err, AgentError::NotEffective { .. }), "{err}");
@@ -281,6 +282,12 @@ fn a_failed_health_check_is_reported_failed_with_its_stage_and_exit_code() {
     );
     let last = fleet.stub.requests_to("/checkin").pop().unwrap().json();
     assert_eq!(last["last_result"]["outcome"], "failed");
+
+    // The next check checks in while it runs: the health is still the failure's.
+    a.check().unwrap();
+    let during = fleet.stub.requests_to("/checkin").pop().unwrap().json();
+    let health = during["health"].as_str().unwrap_or_default();
+    assert!(health.starts_with("last operation failed"), "{during}");
 }
 
 #[test]
