@@ -21,8 +21,8 @@ use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::AnyPool;
 
 use super::store::{
-    ChannelHost, EnrollRefused, EnrolledHost, FleetCounts, FleetError, FleetResult, FleetStore,
-    HostAuth, HostQuery, HostStage, LivenessRule, Millis, NewEnrollmentToken, NewHost,
+    ChannelHost, CheckInView, EnrollRefused, EnrolledHost, FleetCounts, FleetError, FleetResult,
+    FleetStore, HostAuth, HostQuery, HostStage, LivenessRule, Millis, NewEnrollmentToken, NewHost,
     NewOperatorToken, OperatorTokenRow, PinRow, RolloutChange, RolloutRow, StageCount, TokenHash,
 };
 
@@ -325,6 +325,15 @@ impl FleetStore for SqlStore {
         channel: String,
     ) -> BoxFuture<'_, FleetResult<Vec<ChannelHost>>> {
         Box::pin(rollouts::channel_hosts(&self.read, product, channel))
+    }
+
+    fn check_in_view(
+        &self,
+        product: String,
+        channel: String,
+        host: String,
+    ) -> BoxFuture<'_, FleetResult<CheckInView>> {
+        Box::pin(rollouts::check_in_view(&self.read, product, channel, host))
     }
 
     fn create_pin(&self, pin: PinRow) -> BoxFuture<'_, FleetResult<()>> {

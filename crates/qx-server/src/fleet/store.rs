@@ -254,6 +254,15 @@ pub struct PinRow {
     pub created_at: Millis,
 }
 
+/// What a check-in needs from the store besides the rollout: the channel's pins, and the
+/// version to cancel when the host is offered or downloading in a halted or aborted rollout.
+/// One read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckInView {
+    pub pins: Vec<PinRow>,
+    pub cancel: Option<String>,
+}
+
 /// The fleet store. Object-safe: the server holds an `Arc<dyn FleetStore>` chosen at start.
 pub trait FleetStore: Send + Sync + 'static {
     /// Brings the schema up to date (idempotent; safe when several servers start at once).
@@ -376,6 +385,15 @@ pub trait FleetStore: Send + Sync + 'static {
         product: String,
         channel: String,
     ) -> BoxFuture<'_, FleetResult<Vec<ChannelHost>>>;
+
+    /// The pins of a product's channel (newest first) and the version the host must cancel,
+    /// in one read.
+    fn check_in_view(
+        &self,
+        product: String,
+        channel: String,
+        host: String,
+    ) -> BoxFuture<'_, FleetResult<CheckInView>>;
 
     fn create_pin(&self, pin: PinRow) -> BoxFuture<'_, FleetResult<()>>;
     /// The pins of a product (of one channel when given), newest first.

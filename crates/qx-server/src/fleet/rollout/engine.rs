@@ -87,8 +87,12 @@ impl Rollouts {
         self.nudge.notify_one();
     }
 
-    /// Ticks every `ROLLOUT_TICK` and after nudges, until `stop` completes.
+    /// Ticks every `ROLLOUT_TICK` and after nudges, until `stop` completes; a zero period
+    /// turns the background tick off (tests tick with their own clock).
     pub async fn run(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        if self.every.is_zero() {
+            return;
+        }
         let mut every = tokio::time::interval(self.every);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(stop);

@@ -4,8 +4,9 @@
 //! host's wave is open and its turn inside the wave came (never before the wave's signed
 //! `not_before`), recorded once; a host already offered keeps its offer while the rollout
 //! runs or is paused. A halted or aborted rollout offers nothing and tells hosts that have
-//! not started installing to cancel. Without pins and plan the check-in costs one indexed
-//! read (the pins); the channel's plan comes from a cache of its stored state.
+//! not started installing to cancel (also once its plan left the channel state). Without
+//! pins and plan the check-in costs one indexed read (the pins and a cancel, together); the
+//! channel's plan comes from a cache of its stored state.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -79,13 +80,17 @@ pub async fn decide<S: ReleaseStore>(
 ) -> Result<Decision, ApiError> {
     let channel = channel_of(report);
     let store = &*app.fleet.store;
-    let pins = store
-        .pins(host.product.clone(), Some(channel.to_owned()))
+    let view = store
+        .check_in_view(host.product.clone(), channel.to_owned(), host.id.clone())
         .await?;
+    let cancel = Decision {
+        offer: None,
+        cancel: view.cancel.clone(),
+    };
     let mut labels: Option<Labels> = None;
-    if !pins.is_empty() {
+    if !view.pins.is_empty() {
         let l = store.host_labels(host.id.clone()).await?;
-        if let Some(pin) = pin_for(&pins, &host.id, &l) {
+        if let Some(pin) = pin_for(&view.pins, &host.id, &l) {
             return Ok(Decision {
                 offer: Some(Offer {
                     version: pin.version.clone(),
@@ -99,13 +104,14 @@ pub async fn decide<S: ReleaseStore>(
         labels = Some(l);
     }
     let Some(state) = channel_state(app, &host.product, channel).await? else {
-        return Ok(Decision::default());
+        return Ok(cancel);
     };
     let Some(row) = rollout_of(app, &state, now).await? else {
-        return Ok(Decision::default());
+        return Ok(cancel);
     };
-    if runs(report, &row.version) {
-        return Ok(Decision::default());
+    let running = matches!(row.state, RolloutState::Running | RolloutState::Paused);
+    if !running || runs(report, &row.version) {
+        return Ok(cancel);
     }
     let labels = match labels {
         Some(l) => l,
@@ -155,7 +161,7 @@ async fn rollout_of<S: ReleaseStore>(
     app.fleet.store.rollout(plan.id.clone()).await
 }
 
-/// The rollout's answer to a host that does not run its version.
+/// A running or paused rollout's answer to a host that does not run its version.
 async fn by_rollout<S: ReleaseStore>(
     app: &App<S>,
     row: &RolloutRow,
@@ -176,17 +182,7 @@ async fn by_rollout<S: ReleaseStore>(
         cancel: None,
     };
     match (row.state, stage) {
-        (RolloutState::Halted | RolloutState::Aborted, Some(s))
-            if matches!(s.stage, RolloutStage::Offered | RolloutStage::Downloading) =>
-        {
-            Ok(Decision {
-                offer: None,
-                cancel: Some(row.version.clone()),
-            })
-        }
-        (RolloutState::Running | RolloutState::Paused, Some(s))
-            if s.stage.in_progress() || s.stage == RolloutStage::Confirmed =>
-        {
+        (_, Some(s)) if s.stage.in_progress() || s.stage == RolloutStage::Confirmed => {
             Ok(decision(Some(offer(s.wave))))
         }
         (RolloutState::Running, None) => {

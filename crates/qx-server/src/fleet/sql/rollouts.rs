@@ -10,8 +10,8 @@ use sqlx::AnyPool;
 use super::bind::{from_json, get, to_json, Sql};
 use super::{begin_write, db};
 use crate::fleet::store::{
-    ChannelHost, FleetError, FleetResult, HostStage, Millis, PinRow, RolloutChange, RolloutRow,
-    StageCount,
+    ChannelHost, CheckInView, FleetError, FleetResult, HostStage, Millis, PinRow, RolloutChange,
+    RolloutRow, StageCount,
 };
 
 /// The stages that are in progress (their deadline is watched).
@@ -409,6 +409,50 @@ pub(crate) async fn create_pin(pool: &AnyPool, p: PinRow) -> FleetResult<()> {
         .await
         .map_err(db("storing a pin"))?;
     tx.commit().await.map_err(db("storing a pin"))
+}
+
+pub(crate) async fn check_in_view(
+    pool: &AnyPool,
+    product: String,
+    channel: String,
+    host: String,
+) -> FleetResult<CheckInView> {
+    let mut sql = Sql::new(
+        "SELECT 'pin' AS kind, id, host_id, selector, version, created_at FROM pins \
+         WHERE product = ",
+    );
+    sql.text(&product).push(" AND channel = ").text(&channel);
+    sql.push(
+        " UNION ALL SELECT 'cancel', r.id, NULL, NULL, r.version, r.started_at \
+         FROM rollout_hosts rh JOIN rollouts r ON r.id = rh.rollout_id WHERE rh.host_id = ",
+    );
+    sql.text(&host);
+    sql.push(
+        " AND rh.stage IN ('offered', 'downloading') AND r.state IN ('halted', 'aborted') \
+         ORDER BY 6 DESC, 2 DESC",
+    );
+    let rows = sql
+        .query()
+        .fetch_all(pool)
+        .await
+        .map_err(db("reading a check-in's pins"))?;
+    let mut view = CheckInView::default();
+    for r in &rows {
+        if get::<String>(r, "kind")? == "cancel" {
+            view.cancel.get_or_insert(get(r, "version")?);
+            continue;
+        }
+        view.pins.push(PinRow {
+            id: get(r, "id")?,
+            product: product.clone(),
+            channel: channel.clone(),
+            host: get(r, "host_id")?,
+            selector: get(r, "selector")?,
+            version: get(r, "version")?,
+            created_at: get(r, "created_at")?,
+        });
+    }
+    Ok(view)
 }
 
 pub(crate) async fn pins(
