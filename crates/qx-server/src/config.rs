@@ -626,10 +626,37 @@ mod tests {
             ),
             (vec![("FLEET_RATE_LIMIT", "-1")], "FLEET_RATE_LIMIT"),
             (vec![("FLEET_RATE_BURST", "0")], "FLEET_RATE_BURST"),
+            (vec![("ROLLOUT_TICK", "10ms")], "ROLLOUT_TICK"),
+            (
+                vec![("ROLLOUT_WEBHOOK_URL", "ftp://x")],
+                "ROLLOUT_WEBHOOK_URL",
+            ),
         ] {
             let e = cfg(&vars).expect_err(name).to_string();
             assert!(e.contains(name), "{vars:?}: {e}");
         }
+    }
+
+    #[test]
+    fn rollout_settings_default_and_read() {
+        let c = cfg(&[]).expect("defaults");
+        assert_eq!(c.fleet.rollout_tick, DEFAULT_ROLLOUT_TICK);
+        assert_eq!(c.fleet.rollout_webhook_url, None);
+        let c = cfg(&[
+            ("ROLLOUT_TICK", "30s"),
+            ("ROLLOUT_WEBHOOK_URL", "https://ops.example/hook"),
+            ("ROLLOUT_WEBHOOK_SECRET_FILE", "/etc/qx/hook.secret"),
+        ])
+        .expect("valid");
+        assert_eq!(c.fleet.rollout_tick, Duration::from_secs(30));
+        assert_eq!(
+            c.fleet.rollout_webhook_url.as_deref(),
+            Some("https://ops.example/hook")
+        );
+        assert_eq!(
+            c.fleet.rollout_webhook_secret_file,
+            Some(PathBuf::from("/etc/qx/hook.secret"))
+        );
     }
 
     fn max_upload(value: &str) -> Result<u64, ConfigError> {

@@ -21,9 +21,9 @@ use serde_json::{json, Value};
 use crate::fleet_api::{report, Engine, Lab, T0};
 use crate::support::TOKEN;
 
-const PRODUCT: &str = "quantix-os";
-const OLD: &str = "1.0.0";
-const NEW: &str = "1.1.0";
+pub(crate) const PRODUCT: &str = "quantix-os";
+pub(crate) const OLD: &str = "1.0.0";
+pub(crate) const NEW: &str = "1.1.0";
 const HOUR: i64 = 3_600_000;
 /// Requests in flight at once when many hosts act.
 const PARALLEL: usize = 32;
@@ -387,7 +387,7 @@ async fn two_percent_failures_open_every_wave_and_complete(engine: Engine) {
 }
 
 /// A single 100 % wave opening at T0 and the given policy.
-async fn one_wave(engine: Engine, policy: RolloutPolicy) -> Rig {
+pub(crate) async fn one_wave(engine: Engine, policy: RolloutPolicy) -> Rig {
     let mut rig = Rig::start(engine, |_| {}).await;
     let plan = rig.plan("one", waves(&[(100.0, 0)]), policy);
     rig.start_rollout(plan).await;
