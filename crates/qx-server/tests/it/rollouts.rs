@@ -653,14 +653,16 @@ on_both_engines!(
 /// A loopback receiver of webhook deliveries: their bodies and signature headers.
 type Deliveries = Arc<Mutex<Vec<(Vec<u8>, String)>>>;
 
-async fn receiver() -> (String, Deliveries) {
+/// The receiver's URL, what it received, and a bell rung at each delivery.
+async fn receiver() -> (String, Deliveries, Arc<tokio::sync::Notify>) {
     use axum::routing::post;
     let got: Deliveries = Arc::default();
-    let keep = got.clone();
+    let bell = Arc::new(tokio::sync::Notify::new());
+    let (keep, ring) = (got.clone(), bell.clone());
     let app = axum::Router::new().route(
         "/hook",
         post(move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
-            let keep = keep.clone();
+            let (keep, ring) = (keep.clone(), ring.clone());
             async move {
                 let sig = headers
                     .get("x-qx-signature-256")
@@ -668,6 +670,7 @@ async fn receiver() -> (String, Deliveries) {
                     .unwrap_or("")
                     .to_owned();
                 keep.lock().unwrap().push((body.to_vec(), sig));
+                ring.notify_waiters();
                 "ok"
             }
         }),
@@ -675,11 +678,11 @@ async fn receiver() -> (String, Deliveries) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, got)
+    (url, got, bell)
 }
 
 async fn two_servers_record_one_halt_and_one_signed_webhook(engine: Engine) {
-    let (url, got) = receiver().await;
+    let (url, got, bell) = receiver().await;
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("hook.secret");
     std::fs::write(&secret, "s3cret\n").unwrap();
@@ -712,9 +715,9 @@ async fn two_servers_record_one_halt_and_one_signed_webhook(engine: Engine) {
     assert_eq!(halted, 1, "exactly one server records the halt");
     let s = a.status("shared").await;
     assert_eq!(s["halts"].as_array().unwrap().len(), 1, "{s}");
-    let got = got.lock().unwrap().clone();
-    assert_eq!(got.len(), 1, "one delivery");
-    let (body, sig) = &got[0];
+    let first = got.lock().unwrap().clone();
+    assert_eq!(first.len(), 1, "one delivery");
+    let (body, sig) = &first[0];
     assert_eq!(
         sig,
         &qx_server::fleet::rollout::webhook::signature(b"s3cret", body)
@@ -724,4 +727,23 @@ async fn two_servers_record_one_halt_and_one_signed_webhook(engine: Engine) {
     assert_eq!(v["event"], "halted");
     assert_eq!(v["rollout"]["id"], "shared");
     assert_eq!(v["rollout"]["halt"]["rule"], "max_failures");
+    // An abort is delivered in the background: wait (bounded) for its delivery.
+    let delivered = bell.notified();
+    assert_eq!(a.act("shared", "abort").await.status, 200);
+    let wait = std::time::Duration::from_secs(20);
+    if got.lock().unwrap().len() < 2 {
+        tokio::time::timeout(wait, delivered)
+            .await
+            .expect("the abort's delivery");
+    }
+    let (body, sig) = got.lock().unwrap()[1].clone();
+    assert_eq!(
+        sig,
+        qx_server::fleet::rollout::webhook::signature(b"s3cret", &body)
+    );
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (v["event"].as_str(), v["rollout"]["state"].as_str()),
+        (Some("aborted"), Some("aborted"))
+    );
 }

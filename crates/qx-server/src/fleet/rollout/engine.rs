@@ -166,6 +166,7 @@ impl Rollouts {
                 "every wave is open and every host of the channel took the version or finished";
             if self.end(r, RolloutState::Completed, reason, now).await? {
                 report.completed.push(r.id.clone());
+                self.notify(&r.id, "completed", now).await;
             }
         }
         Ok(())
@@ -209,7 +210,8 @@ impl Rollouts {
         Ok(won)
     }
 
-    /// Ends an unfinished rollout (aborted or completed); true when this server's update won.
+    /// Ends an unfinished rollout (aborted or completed); true when this server's update won
+    /// (the caller then sends the webhook).
     pub(crate) async fn end(
         &self,
         r: &RolloutRow,
@@ -227,13 +229,16 @@ impl Rollouts {
         let won = self.store.change_rollout(r.id.clone(), change).await?;
         if won {
             tracing::info!(rollout = %r.id, state = ?state, %reason, "rollout ended");
-            let event = match state {
-                RolloutState::Completed => "completed",
-                _ => "aborted",
-            };
-            self.notify(&r.id, event, now).await;
         }
         Ok(won)
+    }
+
+    /// The webhook event of an ended rollout.
+    fn ended_event(state: RolloutState) -> &'static str {
+        match state {
+            RolloutState::Completed => "completed",
+            _ => "aborted",
+        }
     }
 
     /// Completed: the last wave is open, no host is in progress, and every host of the
@@ -274,8 +279,9 @@ impl Rollouts {
 
     /// Follows a stored channel state: rollouts of the channel whose plan it no longer
     /// carries end (aborted when their version was revoked or the plan dropped, completed
-    /// when their version became `current`); a plan not known yet starts its rollout.
-    pub async fn sync(&self, state: &ChannelState, now: Millis) -> FleetResult<()> {
+    /// when their version became `current`; the webhook is sent in the background); a plan
+    /// not known yet starts its rollout.
+    pub async fn sync(self: &Arc<Self>, state: &ChannelState, now: Millis) -> FleetResult<()> {
         let (product, channel) = (state.product.to_string(), state.channel.to_string());
         let rows = self
             .store
@@ -285,7 +291,11 @@ impl Rollouts {
         for r in rows.iter().filter(|r| UNFINISHED.contains(&r.state)) {
             let carried = plan.is_some_and(|p| p.id == r.id);
             if let Some((end, reason)) = ending(state, &r.version, carried) {
-                self.end(r, end, &reason, now).await?;
+                if self.end(r, end, &reason, now).await? {
+                    let (me, id) = (self.clone(), r.id.clone());
+                    let event = Self::ended_event(end);
+                    tokio::spawn(async move { me.notify(&id, event, now).await });
+                }
             }
         }
         let Some(plan) = plan else {
