@@ -747,3 +747,43 @@ async fn two_servers_record_one_halt_and_one_signed_webhook(engine: Engine) {
         (Some("aborted"), Some("aborted"))
     );
 }
+
+#[tokio::test]
+async fn an_event_batch_about_a_rollout_ticks_the_engine_soon() {
+    let hourly = |c: &mut Config| c.fleet.rollout_tick = std::time::Duration::from_secs(3600);
+    let mut rig = Rig::start(Engine::Sqlite, hourly).await;
+    let policy = RolloutPolicy {
+        max_failures: 1,
+        ..RolloutPolicy::default()
+    };
+    let plan = rig.plan("soon", waves(&[(100.0, 0)]), policy);
+    rig.start_rollout(plan).await;
+    let mut h = rig.hosts(1, json!({})).await.remove(0);
+    rig.check_in(&h).await;
+    rig.report(&mut h, &["download_started", "failed"]).await;
+    // Not the hourly period: the batch asks for a tick, run shortly after it (bounded wait).
+    let url = rig.lab.server.api().rollout(PRODUCT, "soon", None);
+    let halted = tokio::task::spawn_blocking(move || {
+        let client = reqwest::blocking::Client::new();
+        qx_testkit::wait::poll(
+            std::time::Duration::from_secs(20),
+            std::time::Duration::from_millis(50),
+            || {
+                let s: Value = client
+                    .get(&url)
+                    .bearer_auth(TOKEN)
+                    .send()
+                    .unwrap()
+                    .json()
+                    .unwrap();
+                s["state"] == "halted"
+            },
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        halted,
+        "the rollout did not halt after the failure was reported"
+    );
+}
