@@ -113,11 +113,7 @@ pub async fn decide<S: ReleaseStore>(
     if !running || runs(report, &row.version) {
         return Ok(cancel);
     }
-    let labels = match labels {
-        Some(l) => l,
-        None => store.host_labels(host.id.clone()).await?,
-    };
-    Ok(by_rollout(app, &row, &host.id, &labels, now).await?)
+    Ok(by_rollout(app, &row, &host.id, labels, now).await?)
 }
 
 /// The channel's stored state, from the cache while it is fresh.
@@ -166,7 +162,7 @@ async fn by_rollout<S: ReleaseStore>(
     app: &App<S>,
     row: &RolloutRow,
     host: &str,
-    labels: &Labels,
+    labels: Option<Labels>,
     now: Millis,
 ) -> FleetResult<Decision> {
     let store = &*app.fleet.store;
@@ -194,16 +190,20 @@ async fn by_rollout<S: ReleaseStore>(
 }
 
 /// The host's wave when its turn in a running rollout came (recorded as offered), opening
-/// the first wave when its time came and no tick opened it yet.
+/// the first wave when its time came and no tick opened it yet; `labels` read when not given.
 async fn turn<S: ReleaseStore>(
     app: &App<S>,
     row: &RolloutRow,
     host: &str,
-    labels: &Labels,
+    labels: Option<Labels>,
     now: Millis,
 ) -> FleetResult<Option<u32>> {
+    let labels = match labels {
+        Some(l) => l,
+        None => app.fleet.store.host_labels(host.to_owned()).await?,
+    };
     let d = draw(&row.plan.salt, host);
-    let Some(wave) = wave_of(&row.plan.waves, d.bucket, is_canary(labels)) else {
+    let Some(wave) = wave_of(&row.plan.waves, d.bucket, is_canary(&labels)) else {
         return Ok(None);
     };
     let mut opened = row.opened.clone();
