@@ -113,6 +113,14 @@ pub mod server {
         UI_COMMON_SCRIPT,
         UI_SCRIPT,
         UI_STYLE,
+        ROLLOUTS,
+        ROLLOUT,
+        ROLLOUT_PAUSE,
+        ROLLOUT_RESUME,
+        ROLLOUT_ABORT,
+        ROLLOUT_PREVIEW,
+        PINS,
+        PIN,
     ];
 }
 

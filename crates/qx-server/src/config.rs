@@ -47,6 +47,8 @@ pub const DEFAULT_CHECKIN_INTERVAL: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_FLEET_DB: &str = ".fleet/fleet.db";
 /// `FLEET_RATE_LIMIT` when unset: host requests (enroll, check-in, events) per second.
 pub const DEFAULT_FLEET_RATE_LIMIT: u32 = 5000;
+/// `ROLLOUT_TICK` when unset: how often the rollout engine judges every rollout.
+pub const DEFAULT_ROLLOUT_TICK: Duration = Duration::from_secs(5);
 
 /// Where the fleet store lives.
 #[derive(Clone, PartialEq, Eq)]
@@ -100,6 +102,14 @@ pub struct FleetConfig {
     pub rate_limit: u32,
     /// `FLEET_RATE_BURST`.
     pub rate_burst: u32,
+    /// `ROLLOUT_TICK`: how often the rollout engine times out stages, halts, opens waves and
+    /// completes rollouts (also shortly after an event batch about a rollout).
+    pub rollout_tick: Duration,
+    /// `ROLLOUT_WEBHOOK_URL`: where halts, completions and aborts are posted (none: nowhere).
+    pub rollout_webhook_url: Option<String>,
+    /// `ROLLOUT_WEBHOOK_SECRET_FILE`: the file holding the HMAC key of the webhook's
+    /// `X-Qx-Signature-256` header (read at each delivery).
+    pub rollout_webhook_secret_file: Option<PathBuf>,
 }
 
 impl FleetConfig {
@@ -112,6 +122,9 @@ impl FleetConfig {
             offline_after: DEFAULT_CHECKIN_INTERVAL * 3,
             rate_limit: DEFAULT_FLEET_RATE_LIMIT,
             rate_burst: DEFAULT_FLEET_RATE_LIMIT,
+            rollout_tick: DEFAULT_ROLLOUT_TICK,
+            rollout_webhook_url: None,
+            rollout_webhook_secret_file: None,
         }
     }
 }
@@ -329,6 +342,27 @@ fn fleet_from(
         }
         f.rate_burst = n;
     }
+    if let Some(d) = duration("ROLLOUT_TICK")? {
+        if d < Duration::from_millis(100) {
+            return Err(invalid(
+                "ROLLOUT_TICK",
+                &format!("{d:?}"),
+                "it must be at least 100ms".into(),
+            ));
+        }
+        f.rollout_tick = d;
+    }
+    f.rollout_webhook_url = lookup("ROLLOUT_WEBHOOK_URL").filter(|u| !u.trim().is_empty());
+    if let Some(u) = &f.rollout_webhook_url {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return Err(invalid(
+                "ROLLOUT_WEBHOOK_URL",
+                u,
+                "it must be an http:// or https:// URL".into(),
+            ));
+        }
+    }
+    f.rollout_webhook_secret_file = lookup("ROLLOUT_WEBHOOK_SECRET_FILE").map(PathBuf::from);
     Ok(f)
 }
 
@@ -592,10 +626,37 @@ mod tests {
             ),
             (vec![("FLEET_RATE_LIMIT", "-1")], "FLEET_RATE_LIMIT"),
             (vec![("FLEET_RATE_BURST", "0")], "FLEET_RATE_BURST"),
+            (vec![("ROLLOUT_TICK", "10ms")], "ROLLOUT_TICK"),
+            (
+                vec![("ROLLOUT_WEBHOOK_URL", "ftp://x")],
+                "ROLLOUT_WEBHOOK_URL",
+            ),
         ] {
             let e = cfg(&vars).expect_err(name).to_string();
             assert!(e.contains(name), "{vars:?}: {e}");
         }
+    }
+
+    #[test]
+    fn rollout_settings_default_and_read() {
+        let c = cfg(&[]).expect("defaults");
+        assert_eq!(c.fleet.rollout_tick, DEFAULT_ROLLOUT_TICK);
+        assert_eq!(c.fleet.rollout_webhook_url, None);
+        let c = cfg(&[
+            ("ROLLOUT_TICK", "30s"),
+            ("ROLLOUT_WEBHOOK_URL", "https://ops.example/hook"),
+            ("ROLLOUT_WEBHOOK_SECRET_FILE", "/etc/qx/hook.secret"),
+        ])
+        .expect("valid");
+        assert_eq!(c.fleet.rollout_tick, Duration::from_secs(30));
+        assert_eq!(
+            c.fleet.rollout_webhook_url.as_deref(),
+            Some("https://ops.example/hook")
+        );
+        assert_eq!(
+            c.fleet.rollout_webhook_secret_file,
+            Some(PathBuf::from("/etc/qx/hook.secret"))
+        );
     }
 
     fn max_upload(value: &str) -> Result<u64, ConfigError> {

@@ -17,9 +17,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use qx_core::api::server::ROUTES;
-use qx_core::fleet::{CheckInReason, EventType};
+use qx_core::fleet::{CheckInReason, EventType, RolloutStage};
 
-use crate::fleet::store::{FleetCounts, FleetStore, LivenessRule, Millis};
+use crate::fleet::store::{FleetCounts, FleetStore, LivenessRule, Millis, StageCount};
 
 /// How long the fleet gauges read on a scrape are reused: scrapes cost at most one count
 /// query per this period, whatever their rate.
@@ -96,6 +96,13 @@ pub struct LivenessLabels {
     pub liveness: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutHostLabels {
+    pub rollout: String,
+    pub wave: u32,
+    pub stage: String,
+}
+
 type HistogramFamily = Family<IngestLabels, Histogram, fn() -> Histogram>;
 
 /// Ingest latency buckets: 0.25 ms to about 1 s, doubling.
@@ -126,6 +133,10 @@ pub struct Metrics {
     pub publishes: Family<OutcomeLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
     pub fleet: FleetMetrics,
+    /// Hosts per rollout, wave and stage (refreshed at each rollout tick).
+    pub rollout_hosts: Family<RolloutHostLabels, Gauge>,
+    /// Halts recorded by this server, by rule (`max_failures`, `max_failure_rate`).
+    pub rollout_halts: Family<ReasonLabels, Counter>,
 }
 
 /// The wire name of a fleet enum (its serde name: `rolled_back`, `boot`, `overdue`).
@@ -170,6 +181,18 @@ impl Metrics {
             errors.clone(),
         );
         let fleet = FleetMetrics::register(&mut registry);
+        let rollout_hosts = Family::<RolloutHostLabels, Gauge>::default();
+        let rollout_halts = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "rollout_hosts",
+            "Hosts of each unfinished rollout by wave and stage",
+            rollout_hosts.clone(),
+        );
+        registry.register(
+            "rollout_halts",
+            "Rollout halts recorded by this server, by rule",
+            rollout_halts.clone(),
+        );
         Self {
             registry,
             requests,
@@ -177,6 +200,8 @@ impl Metrics {
             publishes,
             errors,
             fleet,
+            rollout_hosts,
+            rollout_halts,
         }
     }
 
@@ -232,6 +257,35 @@ impl Metrics {
             Ok(counts) => self.fleet.set_hosts(&counts),
             Err(e) => tracing::warn!(error = %e, "the fleet gauges were not refreshed"),
         }
+    }
+
+    /// Sets the host gauges of one rollout (every wave and stage, zeros included).
+    pub fn rollout_stages(&self, rollout: &str, waves: usize, counts: &[StageCount]) {
+        for wave in 0..waves {
+            for stage in RolloutStage::ALL {
+                let hosts = counts
+                    .iter()
+                    .filter(|c| c.wave as usize == wave && c.stage == stage)
+                    .map(|c| c.hosts)
+                    .sum::<u64>();
+                let labels = RolloutHostLabels {
+                    rollout: rollout.to_owned(),
+                    wave: u32::try_from(wave).unwrap_or(u32::MAX),
+                    stage: wire_name(&stage),
+                };
+                let value = i64::try_from(hosts).unwrap_or(i64::MAX);
+                self.rollout_hosts.get_or_create(&labels).set(value);
+            }
+        }
+    }
+
+    /// Counts a halt this server recorded.
+    pub fn rollout_halt(&self, rule: &str) {
+        self.rollout_halts
+            .get_or_create(&ReasonLabels {
+                reason: rule.to_owned(),
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition.

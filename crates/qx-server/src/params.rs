@@ -57,6 +57,18 @@ impl Params {
         }
         Ok(id.to_owned())
     }
+    /// The `{id}` segment of a rollout (the plan's id): 1 to 64 letters, digits, `_` or `-`
+    /// (400 otherwise).
+    pub fn rollout_id(&self) -> Result<String, ApiError> {
+        let id = self.get("id");
+        let ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if id.is_empty() || id.len() > 64 || !id.chars().all(ok) {
+            return Err(ApiError::bad_request(format!(
+                "rollout id {id:?} is invalid: 1 to 64 letters, digits, '_' or '-'"
+            )));
+        }
+        Ok(id.to_owned())
+    }
     /// The `{name}` segment of an operator token, checked against the name rule.
     pub fn token_name(&self) -> Result<String, ApiError> {
         let name = self.get("name");

@@ -11,6 +11,7 @@ use qx_core::api::server as api;
 
 use crate::error::ApiError;
 use crate::fleet::api as fleet;
+use crate::fleet::rollout::api as rollout;
 use crate::fleet::{ui, validate};
 use crate::handlers::{artifact, channel, read};
 use crate::metrics;
@@ -101,6 +102,26 @@ fn fleet_routes<S: ReleaseStore>() -> Router<Arc<App<S>>> {
         .route(api::UI_COMMON_SCRIPT, get(ui::common_script))
         .route(api::UI_SCRIPT, get(ui::script))
         .route(api::UI_STYLE, get(ui::style))
+        .merge(rollout_routes::<S>())
+}
+
+/// Staged rollouts and pins (docs/spec.md §10).
+fn rollout_routes<S: ReleaseStore>() -> Router<Arc<App<S>>> {
+    let body = DefaultBodyLimit::max(validate::MAX_FLEET_BODY);
+    Router::new()
+        .route(api::ROLLOUTS, get(rollout::list::<S>))
+        .route(api::ROLLOUT, get(rollout::get::<S>))
+        .route(api::ROLLOUT_PAUSE, post(rollout::pause::<S>))
+        .route(api::ROLLOUT_RESUME, post(rollout::resume::<S>))
+        .route(api::ROLLOUT_ABORT, post(rollout::abort::<S>))
+        .route(api::ROLLOUT_PREVIEW, get(rollout::preview::<S>))
+        .route(
+            api::PINS,
+            get(rollout::list_pins::<S>)
+                .merge(post(rollout::create_pin::<S>))
+                .layer(body),
+        )
+        .route(api::PIN, delete(rollout::delete_pin::<S>))
 }
 
 async fn not_found() -> ApiError {

@@ -114,10 +114,8 @@ fn client_verifier(
 
 /// A server ready to run: TLS loaded, storage opened and recovered.
 pub struct Prepared {
-    config: Config,
     tls: Option<rustls::ServerConfig>,
-    store: LocalStore,
-    fleet: Fleet,
+    app: Arc<App<LocalStore>>,
 }
 
 /// Opens the fleet store the configuration names (creating the SQLite file's directory)
@@ -181,10 +179,8 @@ pub async fn prepare_with_clock(
     }
     let fleet = Fleet::new(open_fleet(&config.fleet).await?, clock, &config.fleet);
     Ok(Prepared {
-        config,
         tls,
-        store,
-        fleet,
+        app: Arc::new(App::new(store, config, fleet)),
     })
 }
 
@@ -194,6 +190,11 @@ impl Prepared {
         self.tls.is_some()
     }
 
+    /// The rollout engine (tests tick it with their clock's time).
+    pub fn rollouts(&self) -> Arc<crate::fleet::rollout::Rollouts> {
+        self.app.rollouts.clone()
+    }
+
     /// Serves the API on `listener` until `shutdown` completes (then lets requests in flight
     /// finish for up to 10 s).
     pub async fn run(
@@ -201,12 +202,8 @@ impl Prepared {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let Prepared {
-            config,
-            tls,
-            store,
-            fleet,
-        } = self;
+        let Prepared { tls, app: state } = self;
+        let config = &state.config;
         let addr = listener
             .local_addr()
             .map(|a| a.to_string())
@@ -226,10 +223,11 @@ impl Prepared {
             "qx-update-server listening"
         );
         let limiter = qx_core::listener::Limiter::new(config.limits);
-        let state = Arc::new(App::new(store, config, fleet));
         let app = router(state.clone());
         let handle = axum_server::Handle::new();
         let stopper = handle.clone();
+        let ticker = state.rollouts.clone();
+        tokio::spawn(ticker.run(state.fleet.stopping()));
         tokio::spawn(async move {
             shutdown.await;
             state.fleet.stop_streams();

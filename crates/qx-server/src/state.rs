@@ -37,6 +37,8 @@ pub struct App<S> {
     pub metrics: Arc<Metrics>,
     /// The fleet view: its store, clock and overload limit.
     pub fleet: Fleet,
+    /// The rollout engine (docs/spec.md §10).
+    pub rollouts: Arc<crate::fleet::rollout::Rollouts>,
     token_digest: [u8; 32],
     manifests: RwLock<ManifestCache>,
 }
@@ -120,12 +122,20 @@ struct CachedManifest {
 
 impl<S: ReleaseStore> App<S> {
     pub fn new(store: S, config: crate::config::Config, fleet: Fleet) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let rollouts = Arc::new(crate::fleet::rollout::Rollouts::new(
+            fleet.store.clone(),
+            fleet.clock.clone(),
+            metrics.clone(),
+            &config.fleet,
+        ));
         Self {
             store,
             fleet,
+            rollouts,
             token_digest: *Sha256::of(config.publish_token.as_bytes()).as_bytes(),
             config,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             manifests: RwLock::new(ManifestCache::default()),
         }
     }
@@ -182,8 +192,9 @@ impl<S: ReleaseStore> App<S> {
             .join(", ")
     }
 
-    /// Forgets the resolved manifests of a product after a change.
+    /// Forgets the resolved manifests and cached channel plans of a product after a change.
     pub fn invalidate(&self, product: &ProductName) {
+        self.rollouts.forget_plans(product.as_str());
         if let Ok(mut cache) = self.manifests.write() {
             cache.generation += 1;
             cache.entries.remove(product);

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use qx_core::api::ServerUrl;
 use qx_server::fleet::clock::{Clock, SystemClock};
+use qx_server::fleet::rollout::Rollouts;
 use qx_server::Config;
 
 /// A running `qx-update-server` on `127.0.0.1:<port>`.
@@ -21,6 +22,7 @@ pub struct TestServer {
     release_dir: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    rollouts: Arc<Rollouts>,
 }
 
 impl TestServer {
@@ -45,7 +47,7 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
         let addr = listener.local_addr().context("reading the bound address")?;
         let release_dir = config.release_dir.clone();
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<bool, String>>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(bool, Arc<Rollouts>), String>>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(format!("qx-update-server-{}", addr.port()))
@@ -69,7 +71,7 @@ impl TestServer {
                             return;
                         }
                     };
-                    let _ = ready_tx.send(Ok(prepared.is_tls()));
+                    let _ = ready_tx.send(Ok((prepared.is_tls(), prepared.rollouts())));
                     let stop = async move {
                         let _ = stop_rx.await;
                     };
@@ -79,7 +81,7 @@ impl TestServer {
                 });
             })
             .context("spawning the server thread")?;
-        let tls = ready_rx
+        let (tls, rollouts) = ready_rx
             .recv_timeout(Duration::from_secs(60))
             .map_err(|e| anyhow!("the test server did not start: {e}"))?
             .map_err(|e| anyhow!("the test server did not start: {e}"))?;
@@ -90,6 +92,7 @@ impl TestServer {
             release_dir,
             stop: Some(stop_tx),
             thread: Some(thread),
+            rollouts,
         })
     }
 
@@ -109,6 +112,11 @@ impl TestServer {
 
     pub fn release_dir(&self) -> &Path {
         &self.release_dir
+    }
+
+    /// The server's rollout engine: a test ticks it with its injected clock's time.
+    pub fn rollouts(&self) -> Arc<Rollouts> {
+        self.rollouts.clone()
     }
 }
 

@@ -21,6 +21,7 @@ use serde_json::json;
 
 use super::auth::{self, new_id, new_secret, token_hash};
 use super::clock::rfc3339;
+use super::rollout::{offer, rules};
 use super::store::{EnrollRefused, Millis, NewHost};
 use super::{admin, query, validate};
 use crate::error::ApiError;
@@ -174,8 +175,9 @@ fn enroll_refused(refused: EnrollRefused) -> ApiError {
     }
 }
 
-/// `POST /api/v1/hosts/{id}/checkin` (host token): 200 with the server's time and the
-/// next interval. The host's own clock is kept as reported, never used.
+/// `POST /api/v1/hosts/{id}/checkin` (host token): 200 with the server's time, the next
+/// interval, and what the host is offered or told to cancel (docs/spec.md §10: a pin, or its
+/// turn in a rollout). The host's own clock is kept as reported, never used.
 pub async fn check_in<S: ReleaseStore>(
     State(app): AppState<S>,
     params: Params,
@@ -185,13 +187,14 @@ pub async fn check_in<S: ReleaseStore>(
     let started = Instant::now();
     let now = admit(&app, &headers)?;
     let id = params.host_id()?;
-    auth::host(&*app.fleet.store, &headers, &id).await?;
+    let host = auth::host(&*app.fleet.store, &headers, &id).await?;
     let mut report: CheckIn = validate::json(body, "check-in")?;
     validate::check_in(&mut report)?;
     let interval = app.config.fleet.checkin_interval.as_secs();
     let next = next_checkin_s(interval, &id, now);
     let due = now.saturating_add(i64::try_from(next * 1000).unwrap_or(i64::MAX));
     let reason = report.reason;
+    let decision = offer::decide(&app, &host, &report, now).await?;
     app.fleet
         .store
         .check_in(id.clone(), report, now, due)
@@ -201,8 +204,8 @@ pub async fn check_in<S: ReleaseStore>(
     Ok(Json(CheckInAnswer {
         server_time: rfc3339(now),
         next_checkin_s: next,
-        offer: None,
-        cancel: None,
+        offer: decision.offer,
+        cancel: decision.cancel,
     })
     .into_response())
 }
@@ -222,6 +225,10 @@ pub async fn events<S: ReleaseStore>(
     let mut batch: EventBatch = validate::json(body, "event batch")?;
     validate::events(&mut batch.events)?;
     let kinds: Vec<_> = batch.events.iter().map(|e| e.kind).collect();
+    let about_rollout = batch
+        .events
+        .iter()
+        .any(|e| e.version.is_some() && rules::stage_of_event(e.kind).is_some());
     let accepted = app
         .fleet
         .store
@@ -229,6 +236,9 @@ pub async fn events<S: ReleaseStore>(
         .await?;
     app.metrics
         .events(&kinds, accepted.duplicates, started.elapsed());
+    if about_rollout && accepted.accepted > 0 {
+        app.rollouts.nudge();
+    }
     app.fleet.notify("events", &id);
     Ok(Json(accepted).into_response())
 }

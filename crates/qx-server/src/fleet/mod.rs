@@ -13,6 +13,7 @@ pub mod clock;
 pub mod limit;
 pub mod postgres;
 pub mod query;
+pub mod rollout;
 pub mod sql;
 pub mod sqlite;
 pub mod store;

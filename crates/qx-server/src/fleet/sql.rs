@@ -12,17 +12,18 @@ mod bind;
 mod checkins;
 mod events;
 mod hosts;
+mod rollouts;
 mod tokens;
 
 use futures_util::future::BoxFuture;
-use qx_core::fleet::{CheckIn, Event, EventsAccepted, HostDetail, HostList, LabelsPatch};
+use qx_core::fleet::{CheckIn, Event, EventsAccepted, HostDetail, HostList, Labels, LabelsPatch};
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::AnyPool;
 
 use super::store::{
-    EnrollRefused, EnrolledHost, FleetCounts, FleetError, FleetResult, FleetStore, HostAuth,
-    HostQuery, LivenessRule, Millis, NewEnrollmentToken, NewHost, NewOperatorToken,
-    OperatorTokenRow, TokenHash,
+    ChannelHost, CheckInView, EnrollRefused, EnrolledHost, FleetCounts, FleetError, FleetResult,
+    FleetStore, HostAuth, HostQuery, HostStage, LivenessRule, Millis, NewEnrollmentToken, NewHost,
+    NewOperatorToken, OperatorTokenRow, PinRow, RolloutChange, RolloutRow, StageCount, TokenHash,
 };
 
 /// Which engine a store runs on.
@@ -240,5 +241,114 @@ impl FleetStore for SqlStore {
         since: Millis,
     ) -> BoxFuture<'_, FleetResult<FleetCounts>> {
         Box::pin(hosts::counts(&self.read, rule, now, since))
+    }
+
+    fn create_rollout(&self, row: RolloutRow) -> BoxFuture<'_, FleetResult<bool>> {
+        Box::pin(rollouts::create_rollout(&self.write, row))
+    }
+
+    fn rollout(&self, id: String) -> BoxFuture<'_, FleetResult<Option<RolloutRow>>> {
+        Box::pin(rollouts::rollout(&self.read, id))
+    }
+
+    fn rollouts(
+        &self,
+        product: String,
+        channel: Option<String>,
+    ) -> BoxFuture<'_, FleetResult<Vec<RolloutRow>>> {
+        Box::pin(rollouts::rollouts(&self.read, product, channel))
+    }
+
+    fn unfinished_rollouts(&self) -> BoxFuture<'_, FleetResult<Vec<RolloutRow>>> {
+        Box::pin(rollouts::unfinished_rollouts(&self.read))
+    }
+
+    fn change_rollout(
+        &self,
+        id: String,
+        change: RolloutChange,
+    ) -> BoxFuture<'_, FleetResult<bool>> {
+        Box::pin(rollouts::change_rollout(&self.write, id, change))
+    }
+
+    fn host_stage(
+        &self,
+        rollout: String,
+        host: String,
+    ) -> BoxFuture<'_, FleetResult<Option<HostStage>>> {
+        Box::pin(rollouts::host_stage(&self.read, rollout, host))
+    }
+
+    fn record_offer(
+        &self,
+        rollout: String,
+        host: String,
+        wave: u32,
+        now: Millis,
+    ) -> BoxFuture<'_, FleetResult<bool>> {
+        Box::pin(rollouts::record_offer(
+            &self.write,
+            rollout,
+            host,
+            wave,
+            now,
+        ))
+    }
+
+    fn sweep_timeouts(&self, now: Millis) -> BoxFuture<'_, FleetResult<u64>> {
+        Box::pin(rollouts::sweep_timeouts(&self.write, now))
+    }
+
+    fn stage_counts(&self, rollout: String) -> BoxFuture<'_, FleetResult<Vec<StageCount>>> {
+        Box::pin(rollouts::stage_counts(&self.read, rollout))
+    }
+
+    fn rollout_hosts(&self, rollout: String) -> BoxFuture<'_, FleetResult<Vec<String>>> {
+        Box::pin(rollouts::rollout_hosts(&self.read, rollout))
+    }
+
+    fn top_failures(
+        &self,
+        rollout: String,
+        limit: u32,
+    ) -> BoxFuture<'_, FleetResult<Vec<(String, u64)>>> {
+        Box::pin(rollouts::top_failures(&self.read, rollout, limit))
+    }
+
+    fn host_labels(&self, host: String) -> BoxFuture<'_, FleetResult<Labels>> {
+        Box::pin(rollouts::host_labels(&self.read, host))
+    }
+
+    fn channel_hosts(
+        &self,
+        product: String,
+        channel: String,
+    ) -> BoxFuture<'_, FleetResult<Vec<ChannelHost>>> {
+        Box::pin(rollouts::channel_hosts(&self.read, product, channel))
+    }
+
+    fn check_in_view(
+        &self,
+        product: String,
+        channel: String,
+        host: String,
+    ) -> BoxFuture<'_, FleetResult<CheckInView>> {
+        Box::pin(rollouts::check_in_view(&self.read, product, channel, host))
+    }
+
+    fn create_pin(&self, pin: PinRow) -> BoxFuture<'_, FleetResult<()>> {
+        Box::pin(rollouts::create_pin(&self.write, pin))
+    }
+
+    fn pins(
+        &self,
+        product: String,
+        channel: Option<String>,
+    ) -> BoxFuture<'_, FleetResult<Vec<PinRow>>> {
+        Box::pin(rollouts::pins(&self.read, product, channel))
+    }
+
+    fn delete_pin(&self, product: String, id: String) -> BoxFuture<'_, FleetResult<bool>> {
+        Box::pin(rollouts::delete_pin(&self.write, product, id))
     }
 }

@@ -7,8 +7,10 @@
 //! tests inject their own clock. A host's own reported times are kept as text only.
 
 use futures_util::future::BoxFuture;
+use qx_core::channel::RolloutPlan;
 use qx_core::fleet::{
-    CheckIn, Event, EventsAccepted, HostDetail, HostList, Labels, LabelsPatch, Liveness, Scope,
+    CheckIn, Event, EventsAccepted, Halt, HostDetail, HostList, Labels, LabelsPatch, Liveness,
+    RolloutStage, RolloutState, Scope,
 };
 use qx_core::Sha256;
 
@@ -173,6 +175,94 @@ pub struct FleetCounts {
     pub recent_failures: Vec<((String, String), u64)>,
 }
 
+/// A rollout as stored (docs/spec.md §10): its signed plan and where it stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutRow {
+    pub id: String,
+    pub product: String,
+    pub channel: String,
+    pub version: String,
+    pub plan: RolloutPlan,
+    pub state: RolloutState,
+    pub started_at: Millis,
+    pub updated_at: Millis,
+    /// When each wave opened, in wave order (its length: how many are open).
+    pub opened: Vec<Millis>,
+    pub halt: Option<Halt>,
+    pub halts: Vec<Halt>,
+    pub acknowledged_failures: u64,
+    pub acknowledged_finished: u64,
+    pub ended_reason: Option<String>,
+}
+
+/// A conditional change of a rollout: applied only while its state is one of `from` (and,
+/// with `opened`, while its opened waves are still the first of the pair), so that servers
+/// sharing the store record each change once.
+#[derive(Debug, Clone, Default)]
+pub struct RolloutChange {
+    pub from: Vec<RolloutState>,
+    pub state: Option<RolloutState>,
+    /// `(expected, new)` opened waves.
+    pub opened: Option<(Vec<Millis>, Vec<Millis>)>,
+    /// `Some(None)` clears the halt.
+    pub halt: Option<Option<Halt>>,
+    pub halts: Option<Vec<Halt>>,
+    /// `(failures, finished)` acknowledged.
+    pub acknowledged: Option<(u64, u64)>,
+    pub ended_reason: Option<String>,
+    pub now: Millis,
+}
+
+/// Where one host stands in one rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostStage {
+    pub wave: u32,
+    pub stage: RolloutStage,
+    pub since: Millis,
+    pub deadline: Option<Millis>,
+    pub message: Option<String>,
+}
+
+/// Hosts of a rollout in one wave and stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageCount {
+    pub wave: u32,
+    pub stage: RolloutStage,
+    pub hosts: u64,
+}
+
+/// An enrolled, not decommissioned host of a channel, as the rollout engine needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelHost {
+    pub id: String,
+    pub labels: Labels,
+    pub last_checkin: Option<Millis>,
+    /// Every version it reported (components and slots).
+    pub versions: Vec<String>,
+}
+
+/// A stored pin: a host (or the hosts a selector matches) kept on a version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinRow {
+    pub id: String,
+    pub product: String,
+    pub channel: String,
+    pub host: Option<String>,
+    /// `key=value[,key=value…]`.
+    pub selector: Option<String>,
+    pub version: String,
+    pub created_at: Millis,
+}
+
+/// What a check-in needs from the store besides the rollout: the channel's pins, and the
+/// version to cancel when the host is offered or downloading in a halted or aborted rollout.
+/// One read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckInView {
+    pub pins: Vec<PinRow>,
+    pub cancel: Option<String>,
+}
+
 /// The fleet store. Object-safe: the server holds an `Arc<dyn FleetStore>` chosen at start.
 pub trait FleetStore: Send + Sync + 'static {
     /// Brings the schema up to date (idempotent; safe when several servers start at once).
@@ -247,4 +337,71 @@ pub trait FleetStore: Send + Sync + 'static {
         now: Millis,
         since: Millis,
     ) -> BoxFuture<'_, FleetResult<FleetCounts>>;
+
+    /// Stores a new rollout (`row.state` running); false when its id is known or another
+    /// unfinished rollout holds its product and channel.
+    fn create_rollout(&self, row: RolloutRow) -> BoxFuture<'_, FleetResult<bool>>;
+    fn rollout(&self, id: String) -> BoxFuture<'_, FleetResult<Option<RolloutRow>>>;
+    /// The rollouts of a product (of one channel when given), newest first.
+    fn rollouts(
+        &self,
+        product: String,
+        channel: Option<String>,
+    ) -> BoxFuture<'_, FleetResult<Vec<RolloutRow>>>;
+    /// Every running, paused or halted rollout.
+    fn unfinished_rollouts(&self) -> BoxFuture<'_, FleetResult<Vec<RolloutRow>>>;
+    /// Applies `change` when the rollout's state is one of `change.from`; whether it did.
+    fn change_rollout(&self, id: String, change: RolloutChange)
+        -> BoxFuture<'_, FleetResult<bool>>;
+    fn host_stage(
+        &self,
+        rollout: String,
+        host: String,
+    ) -> BoxFuture<'_, FleetResult<Option<HostStage>>>;
+    /// Records that the host was offered the rollout's version (stage `offered`), once.
+    fn record_offer(
+        &self,
+        rollout: String,
+        host: String,
+        wave: u32,
+        now: Millis,
+    ) -> BoxFuture<'_, FleetResult<bool>>;
+    /// Turns every in-progress stage whose deadline is before `now` into `timed_out`; how many.
+    fn sweep_timeouts(&self, now: Millis) -> BoxFuture<'_, FleetResult<u64>>;
+    fn stage_counts(&self, rollout: String) -> BoxFuture<'_, FleetResult<Vec<StageCount>>>;
+    /// The ids of the hosts the rollout offered its version to.
+    fn rollout_hosts(&self, rollout: String) -> BoxFuture<'_, FleetResult<Vec<String>>>;
+    /// The most frequent failure messages of a rollout, most frequent first.
+    fn top_failures(
+        &self,
+        rollout: String,
+        limit: u32,
+    ) -> BoxFuture<'_, FleetResult<Vec<(String, u64)>>>;
+    /// Every label of a host (its own and the operators').
+    fn host_labels(&self, host: String) -> BoxFuture<'_, FleetResult<Labels>>;
+    /// The enrolled, not decommissioned hosts of a product whose last check-in named `channel`.
+    fn channel_hosts(
+        &self,
+        product: String,
+        channel: String,
+    ) -> BoxFuture<'_, FleetResult<Vec<ChannelHost>>>;
+
+    /// The pins of a product's channel (newest first) and the version the host must cancel,
+    /// in one read.
+    fn check_in_view(
+        &self,
+        product: String,
+        channel: String,
+        host: String,
+    ) -> BoxFuture<'_, FleetResult<CheckInView>>;
+
+    fn create_pin(&self, pin: PinRow) -> BoxFuture<'_, FleetResult<()>>;
+    /// The pins of a product (of one channel when given), newest first.
+    fn pins(
+        &self,
+        product: String,
+        channel: Option<String>,
+    ) -> BoxFuture<'_, FleetResult<Vec<PinRow>>>;
+    /// Deletes the pin; false when the product has none with that id.
+    fn delete_pin(&self, product: String, id: String) -> BoxFuture<'_, FleetResult<bool>>;
 }

@@ -95,6 +95,10 @@ pub async fn put_state<S: ReleaseStore>(
         PutOutcome::Stored => {
             app.invalidate(&product);
             tracing::info!(%product, %channel, seq = state.seq, current = %state.current, "channel state stored");
+            let now = app.fleet.clock.now();
+            if let Err(e) = app.rollouts.sync(&state, now).await {
+                tracing::warn!(%product, %channel, error = %e, "the channel state's rollout was not followed yet; the next check-in retries");
+            }
             Ok((StatusCode::CREATED, body).into_response())
         }
         PutOutcome::Identical => Ok((StatusCode::OK, body).into_response()),

@@ -13,6 +13,8 @@ mod fleet_metrics;
 mod fleet_store;
 mod hardening;
 mod robustness;
+mod rollout_api;
+mod rollouts;
 mod routes;
 mod support;
 mod symlinks;

@@ -34,6 +34,14 @@ const METHODS: &[(&str, &[&str])] = &[
     (api::UI_COMMON_SCRIPT, &["GET"]),
     (api::UI_SCRIPT, &["GET"]),
     (api::UI_STYLE, &["GET"]),
+    (api::ROLLOUTS, &["GET"]),
+    (api::ROLLOUT, &["GET"]),
+    (api::ROLLOUT_PAUSE, &["POST"]),
+    (api::ROLLOUT_RESUME, &["POST"]),
+    (api::ROLLOUT_ABORT, &["POST"]),
+    (api::ROLLOUT_PREVIEW, &["GET"]),
+    (api::PINS, &["GET", "POST"]),
+    (api::PIN, &["DELETE"]),
 ];
 
 /// The fallback's answer: 404 with the error sentence `no such endpoint`.

@@ -40,7 +40,8 @@ struct EventRow<'e> {
 /// Stores one batch inside `tx`, in three statements: the host's last sequence number (an
 /// unknown host fails here, before anything is written), the new events in one `INSERT` that
 /// answers which were new, and the host's state, message and last sequence number in one
-/// `UPDATE`.
+/// `UPDATE`; then, in the same transaction, the host's rollout stage when the new events name
+/// the version of a rollout that offered it (one more read, one `UPDATE` when it moved).
 pub(crate) async fn record_events(
     conn: &mut AnyConnection,
     host: &str,
@@ -74,6 +75,8 @@ pub(crate) async fn record_events(
         .filter(|r| inserted.contains(&r.seq) && seen.insert(r.seq))
         .collect();
     follow_newest(conn, host, &new).await?;
+    let new_events: Vec<&Event> = new.iter().map(|r| r.event).collect();
+    super::rollouts::follow_stage(conn, host, &new_events, now).await?;
     let newest = new.iter().map(|r| r.seq).max().unwrap_or(last_seq);
     let accepted = new.len() as u64;
     Ok(EventsAccepted {
