@@ -26,16 +26,18 @@ function apiSession(settings) {
   function saveToken(t) { sessionStorage.setItem(tokenKey, t); }
   function forgetToken() { sessionStorage.removeItem(tokenKey); }
 
-  // The token goes in the Authorization header, never in the URL.
+  // The token goes in the Authorization header, never in the URL. `signOutOnRefusal: false`
+  // leaves a refusal to the caller (an action the token may not take, while it may read).
   async function api(path, options = {}) {
-    const headers = Object.assign({}, options.headers || {}, { Authorization: "Bearer " + token() });
+    const { signOutOnRefusal = true, ...init } = options;
+    const headers = Object.assign({}, init.headers || {}, { Authorization: "Bearer " + token() });
     let response;
     try {
-      response = await fetch(base + path, Object.assign({}, options, { headers }));
+      response = await fetch(base + path, Object.assign({}, init, { headers }));
     } catch (e) {
       throw new ApiError("The " + peer + " on " + location.host + " could not be reached: " + e.message, unreachable);
     }
-    const refusal = refusals[response.status];
+    const refusal = signOutOnRefusal ? refusals[response.status] : undefined;
     if (refusal !== undefined) {
       signOut(refusal);
       throw new ApiError("Not signed in", [], response.status);

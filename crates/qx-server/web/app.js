@@ -30,6 +30,8 @@ let cursor = null;
 let nextCursor = null;
 let refreshTimer = null;
 let lastRefresh = 0;
+// The products the summary names: their rollouts are listed.
+let products = [];
 
 async function getJson(path) { return readJson(await api(path)); }
 
@@ -64,6 +66,7 @@ function renderSummary(s) {
   $("count-overdue").textContent = live.overdue;
   $("count-offline").textContent = live.offline;
   $("server-time").textContent = fmtTime(s.server_time);
+  products = [...new Set(s.by_channel.map((c) => c.product))].sort();
 
   const perComponent = {};
   const versions = {};
@@ -131,7 +134,114 @@ async function refreshHosts() {
 async function refreshOverview() {
   const summary = await getJson("/fleet/summary");
   renderSummary(summary);
-  await Promise.all([refreshLate(), refreshHosts()]);
+  await Promise.all([refreshLate(), refreshHosts(), refreshRollouts()]);
+}
+
+// Rollouts (staged releases): hosts per wave and stage, as the server counts them.
+const FAILURES = ["failed", "rolled_back", "timed_out"];
+const IN_PROGRESS = ["downloading", "installing", "confirming"];
+
+function stageSum(w, names) { return names.reduce((n, s) => n + ((w.stages || {})[s] || 0), 0); }
+function offered(w) { return Object.values(w.stages || {}).reduce((n, v) => n + v, 0); }
+function rolloutSum(r, count) { return r.waves.reduce((n, w) => n + count(w), 0); }
+function rolloutPath(product, id, action) {
+  return "/" + encodeURIComponent(product) + "/rollouts/" + encodeURIComponent(id) + (action ? "/" + action : "");
+}
+function finished(r) { return r.state === "aborted" || r.state === "completed"; }
+
+function rolloutLink(r) {
+  const td = document.createElement("td");
+  const a = document.createElement("a");
+  a.href = "#/rollouts/" + encodeURIComponent(r.product) + "/" + encodeURIComponent(r.id);
+  a.textContent = r.id;
+  td.append(a);
+  return td;
+}
+
+async function productRollouts(product) {
+  return (await getJson("/" + encodeURIComponent(product) + "/rollouts")).rollouts;
+}
+
+async function refreshRollouts() {
+  const lists = await Promise.all(products.map(productRollouts));
+  const all = lists.flat().sort((a, b) => (a.started_at < b.started_at ? 1 : -1));
+  fill("rollouts-table", all.map((r) =>
+    row(r.product + "/" + r.id, [rolloutLink(r), cell(r.product), cell(r.channel), cell(r.version, "version"),
+      cell(r.state, "state-" + r.state), cell(r.waves.filter((w) => w.opened_at).length + " of " + r.waves.length),
+      cell(rolloutSum(r, (w) => stageSum(w, ["confirmed"])), "count"), cell(rolloutSum(r, (w) => stageSum(w, FAILURES)), "count")])),
+  "rollouts-empty");
+}
+
+function shownRollout() {
+  const m = location.hash.match(/^#\/rollouts\/([^/]+)\/(.+)$/);
+  return m ? { product: decodeURIComponent(m[1]), id: decodeURIComponent(m[2]) } : null;
+}
+
+function percentText(x) { return x == null ? null : (Math.round(x * 10) / 10) + "%"; }
+
+function renderRollout(r) {
+  $("rollout-title").textContent = "Rollout " + r.id + " · " + r.product + " " + r.version;
+  $("crumb-rollout-id").textContent = "Rollout " + r.id;
+  const halt = $("rollout-halt");
+  halt.hidden = !r.halt;
+  halt.textContent = r.halt
+    ? "Halted " + fmtTime(r.halt.at) + ": " + r.halt.reason + " (" + r.halt.failures + " failures of " + r.halt.finished + " finished hosts)."
+    : "";
+  const dl = $("rollout-fields");
+  dl.replaceChildren();
+  fieldRow(dl, "State", r.state);
+  dl.querySelector("[data-field=State]").className = "state-" + r.state;
+  fieldRow(dl, "Channel", r.channel);
+  fieldRow(dl, "Version", r.version);
+  fieldRow(dl, "Started", fmtTime(r.started_at));
+  fieldRow(dl, "Gate", percentText(r.policy.gate) + " of finished hosts confirmed");
+  fieldRow(dl, "Halts at", r.policy.max_failures + " failures, or above " + percentText(r.policy.max_failure_rate) +
+    " after " + r.policy.min_sample + " finished hosts");
+  fieldRow(dl, "Acknowledged", r.acknowledged_failures + " failures of " + r.acknowledged_finished + " finished hosts");
+  if (r.ended_reason) fieldRow(dl, "Ended", r.ended_reason);
+  $("rollout-pause").disabled = r.state !== "running";
+  $("rollout-resume").disabled = !(r.state === "paused" || r.state === "halted");
+  $("rollout-abort").disabled = finished(r);
+  if (finished(r)) $("rollout-abort-confirm").hidden = true;
+  fill("waves-table", r.waves.map((w, i) =>
+    row(String(i), [cell(i), cell(w.percent + "%"), cell(w.gate.replace("_", " "), "gate-" + w.gate), cell(fmtTime(w.not_before)),
+      cell(fmtTime(w.opened_at)), cell(w.eligible, "count"), cell(offered(w), "count"), cell(stageSum(w, IN_PROGRESS), "count"),
+      cell(stageSum(w, ["confirmed"]), "count"), cell(stageSum(w, ["failed"]), "count"), cell(stageSum(w, ["rolled_back"]), "count"),
+      cell(stageSum(w, ["timed_out"]), "count"), cell(percentText(w.confirmed_share), "count"), cell(fmtTime(w.eta))])));
+  fill("rollout-failures", r.top_failures.map(([message, hosts]) =>
+    row(message, [cell(message || "(no message)"), cell(hosts, "count")])), "rollout-failures-empty");
+}
+
+// Pause, resume or abort; a token without the rollout scope is told so, not signed out.
+async function rolloutAction(action) {
+  const shown = shownRollout();
+  if (!shown) return;
+  const say = $("rollout-action-message");
+  say.textContent = "";
+  try {
+    const answer = await api(rolloutPath(shown.product, shown.id, action), { method: "POST", signOutOnRefusal: false });
+    renderRollout(await readJson(answer));
+    say.textContent = { pause: "Paused.", resume: "Resumed: failures seen so far are acknowledged.", abort: "Aborted." }[action];
+  } catch (e) {
+    if (e.status === 403) say.textContent = "This token may not change rollouts: it needs the rollout scope.";
+    else if (e.status === 401) signOut("The token was not accepted. Enter an operator token.");
+    else showError(e);
+  }
+}
+
+// The host's place in its product's rollouts in progress: its wave and earliest time.
+async function refreshHostRollouts(h) {
+  const rollouts = (await productRollouts(h.product)).filter((r) => !finished(r) && r.channel === (h.channel || "stable"));
+  const previews = await Promise.all(rollouts.map((r) =>
+    getJson(rolloutPath(r.product, r.id, "preview") + "?host=" + encodeURIComponent(h.id))));
+  const dl = $("host-rollouts");
+  dl.replaceChildren();
+  for (const p of previews) {
+    const wave = p.wave == null ? "no wave" : "wave " + p.wave + (p.canary ? " (canary)" : "");
+    const when = p.earliest ? ", earliest " + fmtTime(p.earliest) : p.not_before ? ", not before " + fmtTime(p.not_before) : "";
+    fieldRow(dl, "Rollout " + p.rollout + " (" + p.version + ")", wave + when + (p.stage ? "; " + p.stage.replace("_", " ") : "") + ". " + p.summary);
+  }
+  $("host-rollouts-section").hidden = previews.length === 0;
 }
 
 function readFilters() {
@@ -193,7 +303,12 @@ function shownHost() {
 
 async function refreshVisible() {
   const id = shownHost();
-  if (id) renderHost(await getJson("/hosts/" + encodeURIComponent(id)));
+  const rollout = shownRollout();
+  if (id) {
+    const h = await getJson("/hosts/" + encodeURIComponent(id));
+    renderHost(h);
+    await refreshHostRollouts(h);
+  } else if (rollout) renderRollout(await getJson(rolloutPath(rollout.product, rollout.id)));
   else await refreshOverview();
 }
 
@@ -266,9 +381,14 @@ function handleBlock(block) {
 
 function showView() {
   const id = shownHost();
-  $("overview").hidden = !!id;
+  const rollout = shownRollout();
+  $("overview").hidden = !!(id || rollout);
   $("host-view").hidden = !id;
   $("crumb-host").hidden = !id;
+  $("rollout-view").hidden = !rollout;
+  $("crumb-rollout").hidden = !rollout;
+  $("rollout-abort-confirm").hidden = true;
+  $("rollout-action-message").textContent = "";
   clearError();
   refreshVisible().catch(showError);
 }
@@ -327,6 +447,11 @@ document.addEventListener("DOMContentLoaded", () => {
     refreshHosts().catch(showError);
   });
   $("sign-out").addEventListener("click", () => signOut("Token forgotten."));
+  $("rollout-pause").addEventListener("click", () => rolloutAction("pause"));
+  $("rollout-resume").addEventListener("click", () => rolloutAction("resume"));
+  $("rollout-abort").addEventListener("click", () => { $("rollout-abort-confirm").hidden = false; $("rollout-abort-yes").focus(); });
+  $("rollout-abort-no").addEventListener("click", () => { $("rollout-abort-confirm").hidden = true; });
+  $("rollout-abort-yes").addEventListener("click", () => { $("rollout-abort-confirm").hidden = true; rolloutAction("abort"); });
   window.addEventListener("hashchange", () => { if (token()) showView(); });
   if (token()) start(); else signOut();
 });
