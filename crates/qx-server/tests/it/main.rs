@@ -14,6 +14,7 @@ mod fleet_store;
 mod hardening;
 mod robustness;
 mod rollout_api;
+mod rollout_dashboard;
 mod rollouts;
 mod routes;
 mod support;
