@@ -111,7 +111,8 @@ pub(super) fn check_parts(
         ),
         (404, Action::Rollout { id }) => format!("no rollout {id} on this server (404 Not Found); `qx-publish rollout status` lists the channel's rollouts"),
         (409, Action::Rollout { id }) => format!("rollout {id} cannot do that now (409 Conflict)"),
-        (403, _) => "the token may not do this (403 Forbidden): rollout commands need a token with the rollout scope".to_owned(),
+        (403, Action::Rollout { .. }) => "the token may not do this (403 Forbidden): pause, resume and abort need a token with the rollout scope".to_owned(),
+        (403, _) => "the token may not do this (403 Forbidden)".to_owned(),
         (404, _) => "not found (404)".to_owned(),
         (s, _) => format!("the server answered {s}"),
     };

@@ -775,3 +775,95 @@ fn rollout_abort_with_revert_signs_the_versions_revocation_from_the_signed_plan(
         .code(1)
         .stderr(predicate::str::contains("carries no rollout"));
 }
+
+/// `qx-publish rollout VERB --server … --channel dev ARGS` with `token`.
+fn rollout_verb(e: &Env, verb: &str, token: &str, args: &[&str]) -> assert_cmd::Command {
+    let mut cmd = qx_publish();
+    cmd.env("QX_PUBLISH_TOKEN", token)
+        .args(["rollout", verb, "--server", e.server.url()])
+        .args(["--product", PRODUCT, "--channel", "dev"])
+        .args(args);
+    cmd
+}
+
+/// An operator token with only the `read` scope, made through the server's API.
+fn read_token(e: &Env) -> String {
+    let answer: serde_json::Value = reqwest::blocking::Client::new()
+        .post(e.urls().tokens())
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"name": "viewer", "scopes": ["read"]}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    answer["token"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn rollout_status_pause_resume_and_abort_act_through_the_servers_api() {
+    let e = start();
+    e.publish(&[]).assert().success();
+    rollout_verb(&e, "pause", TOKEN, &[])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("has no rollout in progress"));
+    e.publish(&["--release-version", "1.1.0", "--waves", "10%:1h,100%"])
+        .assert()
+        .success();
+    let id = e.state("dev").unwrap().rollout.expect("the plan").id;
+
+    let a = rollout_verb(&e, "status", TOKEN, &["--json", &id])
+        .assert()
+        .success();
+    let s = json(&a);
+    assert_eq!(
+        (s["state"].as_str(), s["version"].as_str()),
+        (Some("running"), Some("1.1.0"))
+    );
+    assert_eq!(s["waves"].as_array().map(Vec::len), Some(2));
+    let a = rollout_verb(&e, "status", TOKEN, &[]).assert().success();
+    let text = stdout(&a);
+    assert!(
+        text.contains(&format!(
+            "rollout {id} of {PRODUCT} 1.1.0 on channel dev: running"
+        )),
+        "{text}"
+    );
+
+    let a = rollout_verb(&e, "pause", TOKEN, &["--json"])
+        .assert()
+        .success();
+    assert_eq!(json(&a)["state"], "paused");
+    rollout_verb(&e, "pause", TOKEN, &[])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "cannot do that now (409 Conflict)",
+        ));
+    let viewer = read_token(&e);
+    rollout_verb(&e, "resume", &viewer, &[])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "need a token with the rollout scope",
+        ));
+    rollout_verb(&e, "status", &viewer, &[&id])
+        .assert()
+        .success();
+    let a = rollout_verb(&e, "resume", TOKEN, &[]).assert().success();
+    assert!(stdout(&a).contains(": running"), "{}", stdout(&a));
+    rollout_verb(&e, "abort", TOKEN, &["no-such-rollout"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("no rollout no-such-rollout"));
+    let a = rollout_verb(&e, "abort", TOKEN, &["--json"])
+        .assert()
+        .success();
+    assert_eq!(json(&a)["state"], "aborted");
+    let a = rollout_verb(&e, "status", TOKEN, &["--json"])
+        .assert()
+        .success();
+    let list = json(&a);
+    assert_eq!(list["rollouts"][0]["id"], id.as_str(), "{list}");
+    assert_eq!(list["rollouts"][0]["state"], "aborted");
+}
