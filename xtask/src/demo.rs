@@ -38,6 +38,8 @@ use crate::process::{
     free_port, http_get, target_dir, wait_for_port, workspace_root, UpdateServer,
 };
 
+mod rollout;
+
 const TOKEN: &str = "demo-publish-token";
 const PRODUCT: &str = "quantix-demo";
 const CHANNEL: &str = "dev";
@@ -47,6 +49,8 @@ const LISTEN_WITHIN: Duration = Duration::from_secs(30);
 const UNREACHABLE_SERVER: &str = "http://127.0.0.1:1";
 /// The example product's service script (`service.sh ROOT start|stop|restart SERVICE`).
 const SERVICE_SH: &str = "examples/quantix-demo/host/service.sh";
+/// The fleet labels of the demo's hosts (node.yaml's `updates.fleet.labels`).
+const DEMO_LABELS: &str = "{site: demo}";
 
 /// Processes that must not outlive the demo.
 struct Background(Vec<(String, Child)>);
@@ -135,6 +139,7 @@ pub fn run_demo(keep: bool) -> anyhow::Result<()> {
     demo.bad_release()?;
     demo.yank_with_revert()?;
     demo.offline_bundle()?;
+    demo.staged_rollout()?;
     demo.show_fleet();
     if keep {
         return demo.keep_running();
@@ -165,11 +170,13 @@ impl Demo {
         let work = target_dir().join("demo");
         let host = work.join("host");
         if work.exists() {
-            // A previous demo's service may still run from there.
-            let _ = Command::new(workspace.join(SERVICE_SH))
-                .arg(&host)
-                .args(["stop", "qx-demo"])
-                .status();
+            // A previous demo's services may still run from there.
+            for root in std::iter::once(host.clone()).chain(rollout::extra_hosts(&work)) {
+                let _ = Command::new(workspace.join(SERVICE_SH))
+                    .arg(&root)
+                    .args(["stop", "qx-demo"])
+                    .status();
+            }
             std::fs::remove_dir_all(&work)
                 .with_context(|| format!("removing {}", work.display()))?;
         }
@@ -309,7 +316,7 @@ impl Demo {
     /// `qx-update-server enrollment-token create` for the demo's product (the store is the
     /// running server's); writes the token where node.yaml's `fleet.enroll_token_file` says,
     /// so the host's first check enrolls it (docs/spec.md §9).
-    fn enroll_token(&self) -> anyhow::Result<()> {
+    fn enroll_token(&self, root: &Path) -> anyhow::Result<()> {
         let releases = self.work.join("releases");
         let out = UpdateServer::command(&self.server_bin, &releases, TOKEN)
             .args([
@@ -318,7 +325,7 @@ impl Demo {
                 "--product",
                 PRODUCT,
                 "--uses",
-                "5",
+                "1",
             ])
             .stderr(Stdio::inherit())
             .output()
@@ -330,7 +337,7 @@ impl Demo {
             );
         }
         let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        let file = self.host_path("/etc/limiquantix/fleet-enroll-token");
+        let file = under_root(root, Path::new("/etc/limiquantix/fleet-enroll-token"));
         let secret = qx_core::fs::WriteOptions {
             mode: 0o600,
             ..Default::default()
@@ -364,22 +371,27 @@ impl Demo {
     fn prepare_host(&mut self) -> anyhow::Result<()> {
         step("a sandboxed host: node.yaml, the trusted key, a service manager");
         self.api_port = free_port()?;
-        let yaml = self.write_host(&self.host, self.url.base(), self.api_port, true)?;
-        self.enroll_token()?;
+        let yaml = self.write_host(
+            &self.host,
+            self.url.base(),
+            self.api_port,
+            Some(DEMO_LABELS),
+        )?;
+        self.enroll_token(&self.host)?;
         let config = self.host_path("/etc/limiquantix/node.yaml");
         print!("{}:\n{yaml}", config.display());
         Ok(())
     }
 
     /// Makes a host under `root` whose agent asks `server_url` and listens on `api_port`
-    /// (and, with `fleet`, enrolls with the token file [`Self::enroll_token`] writes);
-    /// returns its node.yaml.
+    /// (and, with fleet `labels`, a YAML flow mapping, enrolls with the token file
+    /// [`Self::enroll_token`] writes); returns its node.yaml.
     fn write_host(
         &self,
         root: &Path,
         server_url: &str,
         api_port: u16,
-        fleet: bool,
+        labels: Option<&str>,
     ) -> anyhow::Result<String> {
         let at = |path: &str| under_root(root, Path::new(path));
         for d in ["/etc/limiquantix", "/data/bin", "/run", "/var/log"] {
@@ -395,8 +407,8 @@ impl Demo {
             service_sh = self.workspace.join(SERVICE_SH).display(),
             root = utf8(root)?,
         );
-        if fleet {
-            yaml.push_str("  fleet: {enroll_token_file: /etc/limiquantix/fleet-enroll-token, labels: {site: demo}}\n");
+        if let Some(labels) = labels {
+            yaml.push_str(&format!("  fleet: {{enroll_token_file: /etc/limiquantix/fleet-enroll-token, labels: {labels}}}\n"));
         }
         qx_core::fs::write_atomic(&at("/etc/limiquantix/node.yaml"), yaml.as_bytes())?;
         Ok(yaml)
@@ -528,7 +540,7 @@ impl Demo {
         ];
         run(&self.publish_bin, &args, &[])?;
         let offline = self.work.join("offline-host");
-        self.write_host(&offline, UNREACHABLE_SERVER, free_port()?, false)?;
+        self.write_host(&offline, UNREACHABLE_SERVER, free_port()?, None)?;
         println!(
             "an offline host under {} (its server_url, {UNREACHABLE_SERVER}, answers nothing)",
             offline.display()
@@ -566,11 +578,14 @@ impl Demo {
         }
     }
 
+    /// Stops the demo service on every host the demo made.
     fn stop_service(&self) {
-        let _ = Command::new(self.workspace.join(SERVICE_SH))
-            .arg(&self.host)
-            .args(["stop", "qx-demo"])
-            .status();
+        for root in std::iter::once(&self.host).chain(rollout::extra_hosts(&self.work).iter()) {
+            let _ = Command::new(self.workspace.join(SERVICE_SH))
+                .arg(root)
+                .args(["stop", "qx-demo"])
+                .status();
+        }
     }
 }
 
