@@ -226,6 +226,15 @@ impl Demo {
     /// `qx-publish publish` of `version` (only `components` when some are named: the others
     /// are carried over from the channel's current release); it signs the channel's new state.
     fn publish(&self, version: &str, notes: &str, components: &[&str]) -> anyhow::Result<()> {
+        let extra: Vec<&str> = components
+            .iter()
+            .flat_map(|c| ["--component", *c])
+            .collect();
+        self.publish_args(version, notes, &extra)
+    }
+
+    /// `qx-publish publish` of `version` with `extra` arguments.
+    fn publish_args(&self, version: &str, notes: &str, extra: &[&str]) -> anyhow::Result<()> {
         let mut args = vec![
             "publish",
             "--spec",
@@ -241,9 +250,7 @@ impl Demo {
             "--notes",
             notes,
         ];
-        for c in components {
-            args.extend(["--component", c]);
-        }
+        args.extend_from_slice(extra);
         run(&self.publish_bin, &args, &[("QX_PUBLISH_TOKEN", TOKEN)])
     }
 

@@ -80,27 +80,6 @@ impl Demo {
         Ok(())
     }
 
-    /// `qx-publish publish` of `version` with every component and `extra` arguments.
-    fn publish_args(&self, version: &str, notes: &str, extra: &[&str]) -> anyhow::Result<()> {
-        let mut args = vec![
-            "publish",
-            "--spec",
-            &self.spec,
-            "--key",
-            &self.key,
-            "--server",
-            self.url.base(),
-            "--channel",
-            CHANNEL,
-            "--release-version",
-            version,
-            "--notes",
-            notes,
-        ];
-        args.extend_from_slice(extra);
-        super::run(&self.publish_bin, &args, &[("QX_PUBLISH_TOKEN", TOKEN)])
-    }
-
     /// Prints `qx-publish rollout status` for the channel's newest rollout; its JSON.
     fn rollout_status(&self) -> anyhow::Result<serde_json::Value> {
         let status = self.rollout_json()?;
