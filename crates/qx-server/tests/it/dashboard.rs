@@ -326,7 +326,7 @@ async fn cell_text(client: &Client, table: &str, key: &str, col: &str) -> Option
     text(client, &format!("#{table} tr[data-key=\"{key}\"] {col}")).await
 }
 
-async fn wait_text(client: &Client, what: &str, css: &str, want: &str) {
+pub(crate) async fn wait_text(client: &Client, what: &str, css: &str, want: &str) {
     let (css, want) = (css.to_owned(), want.to_owned());
     wait_for(client, what, |c| {
         let (css, want) = (css.clone(), want.clone());

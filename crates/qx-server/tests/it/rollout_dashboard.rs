@@ -8,18 +8,10 @@ use qx_core::channel::RolloutPolicy;
 use qx_testkit::browser::{click, displayed, save_screenshot, sign_in, text, wait_for, Driver};
 use serde_json::json;
 
+use crate::dashboard::wait_text;
 use crate::fleet_api::{operator_token, Engine};
 use crate::rollouts::{one_wave, PRODUCT};
 use crate::support::TOKEN;
-
-async fn wait_text(client: &Client, what: &str, css: &str, want: &str) {
-    let (css, want) = (css.to_owned(), want.to_owned());
-    wait_for(client, what, |c| {
-        let (css, want) = (css.clone(), want.clone());
-        async move { text(&c, &css).await.is_some_and(|t| t.contains(&want)) }
-    })
-    .await;
-}
 
 /// The text of cell `n` (from 1) of wave 0's row.
 async fn wave_cell(client: &Client, n: usize) -> String {
