@@ -13,7 +13,7 @@
 //!   host's own version with `revert`: the signed revert outranks a server's pin.
 
 use jiff::Timestamp;
-use qx_core::channel::{ChannelState, Target};
+use qx_core::channel::{ChannelState, ReleaseEntry, RolloutPlan, Target};
 use qx_core::fleet::{Offer, OfferReason};
 use qx_core::rollout::{self, SpeedLimit};
 use qx_core::Version;
@@ -57,10 +57,28 @@ pub(crate) fn judge(offer: &Offer, facts: &Facts<'_>) -> Result<Choice, AgentErr
 }
 
 fn judge_rollout(offer: &Offer, f: &Facts<'_>) -> Result<Choice, AgentError> {
-    let refuse = |reason: String| AgentError::OfferRefused {
-        version: offer.version.clone(),
-        reason,
-    };
+    let (plan, version, entry) = signed_rollout(offer, f)?;
+    if f.host.is_some_and(|h| h > &version) {
+        return Ok(Choice::Follow {
+            note: Some(format!(
+                "the server offers rollout version {version}, below the {} this host runs; the offer is ignored",
+                f.host.map(Version::to_string).unwrap_or_default()
+            )),
+        });
+    }
+    speed_limit(offer, f, plan, &version)?;
+    Ok(Choice::Take(Decision {
+        via: Some(OfferReason::Rollout),
+        ..Decision::new(entry, false)
+    }))
+}
+
+/// The signed plan, version and release entry a rollout offer must match.
+fn signed_rollout<'s>(
+    offer: &Offer,
+    f: &Facts<'s>,
+) -> Result<(&'s RolloutPlan, Version, &'s ReleaseEntry), AgentError> {
+    let refuse = |reason: String| refused(offer, reason);
     let plan = f.state.rollout.as_ref().ok_or_else(|| {
         refuse(format!(
             "it is offered as a rollout, but the signed channel state (seq {}) has no rollout",
@@ -81,22 +99,25 @@ fn judge_rollout(offer: &Offer, f: &Facts<'_>) -> Result<Choice, AgentError> {
             f.state.seq
         ))
     })?;
-    if f.host.is_some_and(|h| h > &version) {
-        return Ok(Choice::Follow {
-            note: Some(format!(
-                "the server offers rollout version {version}, below the {} this host runs; the offer is ignored",
-                f.host.map(Version::to_string).unwrap_or_default()
-            )),
-        });
-    }
+    Ok((plan, version, entry))
+}
+
+/// The signed speed limit: the host's wave must have reached its `not_before` at the earlier
+/// of the server's time and the host's clock.
+fn speed_limit(
+    offer: &Offer,
+    f: &Facts<'_>,
+    plan: &RolloutPlan,
+    version: &Version,
+) -> Result<(), AgentError> {
     let server_time: Timestamp = f.server_time.trim().parse().map_err(|_| {
-        refuse(format!(
+        refused(offer, format!(
             "the check-in answer's server_time {:?} is not an RFC 3339 time, so the signed speed limit cannot be judged",
             crate::untrusted::printable(f.server_time)
         ))
     })?;
     match rollout::speed_limit(plan, f.host_id, f.canary, server_time, f.host_time) {
-        SpeedLimit::NeverEligible { bucket } => Err(refuse(format!(
+        SpeedLimit::NeverEligible { bucket } => Err(refused(offer, format!(
             "this host's bucket {bucket} of rollout {} is past the plan's last wave, so the signed plan never reaches it",
             plan.id
         ))),
@@ -110,10 +131,14 @@ fn judge_rollout(offer: &Offer, f: &Facts<'_>) -> Result<Choice, AgentError> {
             server_time: server_time.to_string(),
             host_time: f.host_time.to_string(),
         }))),
-        SpeedLimit::Open { .. } => Ok(Choice::Take(Decision {
-            via: Some(OfferReason::Rollout),
-            ..Decision::new(entry, false)
-        })),
+        SpeedLimit::Open { .. } => Ok(()),
+    }
+}
+
+fn refused(offer: &Offer, reason: String) -> AgentError {
+    AgentError::OfferRefused {
+        version: offer.version.clone(),
+        reason,
     }
 }
 

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use qx_core::channel::RolloutPolicy;
-use qx_core::fleet::{RolloutStage, RolloutState, RolloutStatus};
+use qx_core::fleet::{RolloutStage, RolloutState, RolloutStatus, WaveStatus};
 use qx_core::rollout_policy::{self, PolicyFlags};
 
 use super::*;
@@ -304,35 +304,35 @@ fn render(r: &RolloutStatus) -> String {
         "not before"
     ));
     for (i, w) in r.waves.iter().enumerate() {
-        let n = |s: RolloutStage| w.stages.get(&s).copied().unwrap_or(0);
-        let updating: u64 = RolloutStage::ALL
-            .iter()
-            .filter(|s| s.in_progress() && **s != RolloutStage::Offered)
-            .map(|s| n(*s))
-            .sum();
-        let failures: u64 = RolloutStage::ALL
-            .iter()
-            .filter(|s| s.is_failure())
-            .map(|s| n(*s))
-            .sum();
-        let offered: u64 = w.stages.values().sum();
-        out.push_str(&format!(
-            "  {:<4} {:>6}% {:<13} {:>8} {:>8} {:>8} {:>9} {:>8}  {}\n",
-            i,
-            w.percent,
-            w.gate,
-            w.eligible,
-            offered,
-            updating,
-            n(RolloutStage::Confirmed),
-            failures,
-            w.not_before
-        ));
+        out.push_str(&wave_line(i, w));
     }
     for (message, hosts) in &r.top_failures {
         out.push_str(&format!("  {hosts} host(s): {message}\n"));
     }
     out
+}
+
+/// One wave's line of [`render`]: its hosts by stage, summed as the columns say.
+fn wave_line(i: usize, w: &WaveStatus) -> String {
+    let sum = |keep: fn(&RolloutStage) -> bool| -> u64 {
+        RolloutStage::ALL
+            .iter()
+            .filter(|s| keep(s))
+            .map(|s| w.stages.get(s).copied().unwrap_or(0))
+            .sum()
+    };
+    format!(
+        "  {:<4} {:>6}% {:<13} {:>8} {:>8} {:>8} {:>9} {:>8}  {}\n",
+        i,
+        w.percent,
+        w.gate,
+        w.eligible,
+        sum(|_| true),
+        sum(|s| s.in_progress() && *s != RolloutStage::Offered),
+        sum(|s| *s == RolloutStage::Confirmed),
+        sum(|s| s.is_failure()),
+        w.not_before
+    )
 }
 
 fn state_name(s: RolloutState) -> &'static str {
@@ -348,7 +348,7 @@ fn state_name(s: RolloutState) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qx_core::fleet::{Halt, WaveStatus};
+    use qx_core::fleet::Halt;
 
     #[test]
     fn a_halted_rollout_shows_its_reason_its_waves_and_failures() {

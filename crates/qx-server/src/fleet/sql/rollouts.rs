@@ -520,12 +520,44 @@ pub(crate) async fn follow_stage(
     {
         return Ok(());
     }
+    let Some(held) = held_stage(conn, host, &versions).await? else {
+        return Ok(());
+    };
+    let mut ordered: Vec<&&qx_core::fleet::Event> = events
+        .iter()
+        .filter(|e| e.version.as_deref() == Some(held.version.as_str()))
+        .collect();
+    ordered.sort_by_key(|e| e.seq);
+    let mut at = held.position.clone();
+    for e in ordered {
+        at = rules::next_position(&at, e, held.deadlines, now);
+    }
+    if at == held.position {
+        return Ok(());
+    }
+    write_stage(conn, &held.rollout_id, host, &at, now).await
+}
+
+/// Where a host stands in the newest rollout of one of `versions` that offered it one.
+struct HeldStage {
+    rollout_id: String,
+    version: String,
+    position: crate::fleet::rollout::rules::Position,
+    deadlines: crate::fleet::rollout::rules::Deadlines,
+}
+
+async fn held_stage(
+    conn: &mut sqlx::AnyConnection,
+    host: &str,
+    versions: &[String],
+) -> FleetResult<Option<HeldStage>> {
+    use crate::fleet::rollout::rules;
     let mut sql = Sql::new(
         "SELECT rh.rollout_id, rh.stage, rh.deadline, rh.message, r.version, r.download_ms, \
          r.install_ms, r.confirm_ms FROM rollout_hosts rh JOIN rollouts r ON r.id = rh.rollout_id \
          WHERE rh.host_id = ",
     );
-    sql.text(host).push(" AND r.version IN ").list(&versions);
+    sql.text(host).push(" AND r.version IN ").list(versions);
     sql.push(" ORDER BY r.started_at DESC LIMIT 1").once();
     let Some(row) = sql
         .query()
@@ -533,31 +565,32 @@ pub(crate) async fn follow_stage(
         .await
         .map_err(db("reading a host's rollout stage"))?
     else {
-        return Ok(());
+        return Ok(None);
     };
-    let version: String = get(&row, "version")?;
-    let start = rules::Position {
-        stage: parse_name("rollout stage", &get::<String>(&row, "stage")?)?,
-        deadline: get(&row, "deadline")?,
-        message: get(&row, "message")?,
-    };
-    let deadlines = rules::Deadlines {
-        download: get(&row, "download_ms")?,
-        install: get(&row, "install_ms")?,
-        confirm: get(&row, "confirm_ms")?,
-    };
-    let mut ordered: Vec<&&qx_core::fleet::Event> = events
-        .iter()
-        .filter(|e| e.version.as_deref() == Some(version.as_str()))
-        .collect();
-    ordered.sort_by_key(|e| e.seq);
-    let mut at = start.clone();
-    for e in ordered {
-        at = rules::next_position(&at, e, deadlines, now);
-    }
-    if at == start {
-        return Ok(());
-    }
+    Ok(Some(HeldStage {
+        rollout_id: get(&row, "rollout_id")?,
+        version: get(&row, "version")?,
+        position: rules::Position {
+            stage: parse_name("rollout stage", &get::<String>(&row, "stage")?)?,
+            deadline: get(&row, "deadline")?,
+            message: get(&row, "message")?,
+        },
+        deadlines: rules::Deadlines {
+            download: get(&row, "download_ms")?,
+            install: get(&row, "install_ms")?,
+            confirm: get(&row, "confirm_ms")?,
+        },
+    }))
+}
+
+/// Stores the host's new position in the rollout.
+async fn write_stage(
+    conn: &mut sqlx::AnyConnection,
+    rollout: &str,
+    host: &str,
+    at: &crate::fleet::rollout::rules::Position,
+    now: Millis,
+) -> FleetResult<()> {
     let mut up = Sql::new("UPDATE rollout_hosts SET stage = ");
     up.text(&name_of(at.stage)).push(", since = ").int(now);
     up.push(", deadline = ");
@@ -566,8 +599,7 @@ pub(crate) async fn follow_stage(
         None => up.push("NULL"),
     };
     up.push(", message = ").opt_text(at.message.as_deref());
-    up.push(" WHERE rollout_id = ")
-        .text(&get::<String>(&row, "rollout_id")?);
+    up.push(" WHERE rollout_id = ").text(rollout);
     up.push(" AND host_id = ").text(host);
     up.query()
         .execute(&mut *conn)
