@@ -255,6 +255,49 @@ mod tests {
         r.expect_err("refused")
     }
 
+    /// The published bucket vectors (`crates/qx-core/tests/vectors/rollout_buckets.json`) as
+    /// the agent's speed limit places hosts: a plan of 100 waves of 1 %, an hour apart, judged
+    /// at the first wave's time: a host is too early unless its bucket is below 100, and its
+    /// wave is its bucket's hundred.
+    #[test]
+    fn the_speed_limit_places_the_published_bucket_vectors() {
+        let vectors: serde_json::Value = serde_json::from_str(include_str!(
+            "../../qx-core/tests/vectors/rollout_buckets.json"
+        ))
+        .expect("vectors");
+        let start = t(NOT_BEFORE);
+        for vector in vectors["vectors"].as_array().expect("a list") {
+            let (salt, id) = (vector["salt"].as_str(), vector["host_id"].as_str());
+            let (Some(salt), Some(id)) = (salt, id) else {
+                panic!("{vector}")
+            };
+            let bucket = vector["bucket"].as_u64().expect("bucket") as usize;
+            let mut s = state();
+            let plan = s.rollout.as_mut().expect("plan");
+            plan.salt = salt.to_owned();
+            plan.waves = (1..=100)
+                .map(|p| Wave {
+                    percent: f64::from(p),
+                    not_before: start
+                        .checked_add(jiff::SignedDuration::from_hours(i64::from(p - 1)))
+                        .expect("time"),
+                })
+                .collect();
+            let host = v("1.0.0");
+            let f = Facts {
+                host_id: id,
+                ..facts(&s, &host, NOT_BEFORE)
+            };
+            match judge(&offer("1.1.0", OfferReason::Rollout), &f) {
+                Ok(Choice::Take(_)) => assert!(bucket < 100, "{vector}"),
+                Err(AgentError::RolloutTooEarly(e)) => {
+                    assert_eq!(e.wave, bucket / 100, "{vector}")
+                }
+                other => panic!("{vector}: {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn a_rollout_offer_from_its_waves_not_before_is_taken() {
         let (s, host) = (state(), v("1.0.0"));

@@ -233,3 +233,52 @@ async fn the_version_becoming_current_completes_the_rollout() {
     let s = rig.status("one").await;
     assert_eq!(s["state"], "completed", "{s}");
 }
+
+/// The published bucket vectors (`crates/qx-core/tests/vectors/rollout_buckets.json`), as the
+/// server's preview answers them: hosts stored with the vectors' ids, a plan with their salt.
+#[tokio::test]
+async fn the_preview_answers_the_published_bucket_vectors() {
+    let vectors: Value = serde_json::from_str(include_str!(
+        "../../../qx-core/tests/vectors/rollout_buckets.json"
+    ))
+    .unwrap();
+    let mut rig = Rig::start(Engine::Sqlite, |_| {}).await;
+    // `Rig::plan` salts with "salt-" and the id: the vectors of "salt-1".
+    let plan = rig.plan("1", waves(&[(100.0, 0)]), RolloutPolicy::default());
+    rig.start_rollout(plan).await;
+    let enrollment = rig
+        .lab
+        .enrollment_token(json!({"product": PRODUCT, "uses": 100}))
+        .await;
+    let db = rig
+        .lab
+        .server
+        .release_dir()
+        .join(qx_server::config::DEFAULT_FLEET_DB);
+    let store = qx_server::fleet::connect(db.to_str().unwrap())
+        .await
+        .unwrap();
+    let mut checked = 0;
+    for v in vectors["vectors"].as_array().unwrap() {
+        if v["salt"] != "salt-1" {
+            continue;
+        }
+        let id = v["host_id"].as_str().unwrap();
+        let host = qx_server::fleet::store::NewHost {
+            id: id.to_owned(),
+            token_hash: qx_core::Sha256::of(format!("host-token-{id}").as_bytes()),
+            hostname: None,
+            labels: Default::default(),
+            enrollment_key: None,
+            now: crate::fleet_api::T0,
+        };
+        let token = qx_core::Sha256::of(enrollment.as_bytes());
+        store.enroll(token, host).await.unwrap().unwrap();
+        let url = rig.lab.server.api().rollout_preview(PRODUCT, "1", id);
+        let a = rig.lab.get(&url, TOKEN).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.body["bucket"], v["bucket"], "host {id}: {}", a.body);
+        checked += 1;
+    }
+    assert!(checked >= 3, "only {checked} vectors of salt-1");
+}
