@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 
@@ -14,15 +15,21 @@ use crate::support::host::{history, host_at_v1, journal, qx_update};
 use crate::support::runtime;
 
 /// A running daemon; killed (SIGKILL) if the test ends without stopping it.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Option<Child>,
-    base: String,
+    /// Its API's base URL, `https://127.0.0.1:<port>`.
+    pub(crate) base: String,
     log: mpsc::Receiver<String>,
 }
 
 impl Daemon {
     fn start(lab: &Lab) -> Daemon {
-        let mut child = qx_update(lab.host.root())
+        Self::start_on(lab.host.root())
+    }
+
+    /// The daemon of the host at `root`, once it listens.
+    pub(crate) fn start_on(root: &Path) -> Daemon {
+        let mut child = qx_update(root)
             .arg("daemon")
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -65,7 +72,7 @@ impl Daemon {
         self.child.as_ref().unwrap().id() as i32
     }
 
-    fn sigterm(&self) {
+    pub(crate) fn sigterm(&self) {
         self.signal(rustix::process::Signal::TERM);
     }
 
@@ -75,7 +82,7 @@ impl Daemon {
     }
 
     /// Waits (bounded) for the exit; returns the exit code.
-    fn wait_exit(&mut self) -> i32 {
+    pub(crate) fn wait_exit(&mut self) -> i32 {
         let mut child = self.child.take().unwrap();
         let (tx, rx) = mpsc::channel();
         let waiter = std::thread::spawn(move || {

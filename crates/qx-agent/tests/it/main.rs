@@ -32,6 +32,7 @@ mod packaging;
 mod qemu;
 mod rollback;
 mod rollout;
+mod rollout_e2e;
 mod schedule;
 mod status_progress;
 mod tls;

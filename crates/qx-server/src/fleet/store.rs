@@ -237,6 +237,8 @@ pub struct ChannelHost {
     pub id: String,
     pub labels: Labels,
     pub last_checkin: Option<Millis>,
+    /// When its next check-in is due (none before its first).
+    pub next_due: Option<Millis>,
     /// Every version it reported (components and slots).
     pub versions: Vec<String>,
 }

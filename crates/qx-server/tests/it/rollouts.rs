@@ -617,6 +617,37 @@ async fn metrics_show_rollout_hosts_and_halts(engine: Engine) {
     );
 }
 
+/// A host that checked in before the last wave opened and is not yet due again holds the
+/// completion (its next check-in is its turn); once it is past its due check-in and the grace
+/// (overdue), it no longer does.
+async fn a_host_not_due_yet_holds_the_completion_until_it_is_overdue(engine: Engine) {
+    let rig = one_wave(engine, RolloutPolicy::default()).await;
+    let mut hosts = rig.hosts(2, json!({})).await;
+    rig.set_time(-60_000);
+    rig.check_in_all(&hosts).await;
+    rig.set_time(0);
+    assert_eq!(rig.tick().await.opened, vec![("one".to_owned(), 0)]);
+    assert_eq!(rig.check_in(&hosts[0]).await["offer"]["version"], NEW);
+    rig.report(
+        &mut hosts[0],
+        &[
+            "download_started",
+            "download_done",
+            "installed",
+            "confirmed",
+        ],
+    )
+    .await;
+    assert!(rig.tick().await.completed.is_empty());
+    let s = rig.status("one").await;
+    assert_eq!(s["state"], "running", "{s}");
+
+    // Due at most 990 s after its check-in (900 s ± 10 %), overdue 900 s later.
+    rig.set_time(-60_000 + 990_000 + 900_000 + 1);
+    assert_eq!(rig.tick().await.completed, vec!["one".to_owned()]);
+    assert_eq!(rig.status("one").await["state"], "completed");
+}
+
 /// Runs each named case on both engines: `sqlite::<case>` in the quick tier and
 /// `postgres::<case>` in the slow tier.
 macro_rules! on_both_engines {
@@ -647,6 +678,7 @@ on_both_engines!(
     a_yank_aborts_the_rollout_and_cancels_downloads,
     pause_stops_new_offers_and_keeps_given_ones,
     metrics_show_rollout_hosts_and_halts,
+    a_host_not_due_yet_holds_the_completion_until_it_is_overdue,
     two_servers_record_one_halt_and_one_signed_webhook,
 );
 

@@ -59,6 +59,8 @@ pub struct Rollouts {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) webhook: Option<Webhook>,
+    /// `CHECKIN_GRACE`: how long past its due check-in a host still counts as online.
+    grace: Millis,
     every: Duration,
     nudge: tokio::sync::Notify,
     plans: RwLock<HashMap<(String, String), CachedPlan>>,
@@ -76,6 +78,7 @@ impl Rollouts {
             clock,
             metrics,
             webhook: Webhook::from_config(config),
+            grace: Millis::try_from(config.checkin_grace.as_millis()).unwrap_or(Millis::MAX),
             every: config.rollout_tick,
             nudge: tokio::sync::Notify::new(),
             plans: RwLock::new(HashMap::new()),
@@ -161,7 +164,7 @@ impl Rollouts {
             if self.open_next(r, now).await? {
                 report.opened.push((r.id.clone(), r.opened.len()));
             }
-        } else if self.is_complete(r, &total).await? {
+        } else if self.is_complete(r, &total, now).await? {
             let reason =
                 "every wave is open and every host of the channel took the version or finished";
             if self.end(r, RolloutState::Completed, reason, now).await? {
@@ -242,9 +245,11 @@ impl Rollouts {
     }
 
     /// Completed: the last wave is open, no host is in progress, and every host of the
-    /// channel that checked in since the last wave opened and falls in a wave was offered
-    /// the version, already runs it, or is pinned.
-    async fn is_complete(&self, r: &RolloutRow, total: &Tally) -> FleetResult<bool> {
+    /// channel that falls in a wave was offered the version, already runs it, or is pinned —
+    /// except the hosts silent since the last wave opened that are past their due check-in
+    /// and its grace (overdue or offline). A host still online that has not checked in since
+    /// the wave opened holds the completion: its next check-in is its turn.
+    async fn is_complete(&self, r: &RolloutRow, total: &Tally, now: Millis) -> FleetResult<bool> {
         if r.opened.len() < r.plan.waves.len() || total.in_progress > 0 {
             return Ok(false);
         }
@@ -264,7 +269,10 @@ impl Rollouts {
             .channel_hosts(r.product.clone(), r.channel.clone())
             .await?;
         Ok(hosts.iter().all(|h| {
-            h.last_checkin.is_none_or(|t| t < since)
+            let silent = h.last_checkin.is_none_or(|t| t < since)
+                && h.next_due
+                    .is_none_or(|d| now > d.saturating_add(self.grace));
+            silent
                 || offered.contains(&h.id)
                 || h.versions.contains(&r.version)
                 || super::offer::pin_for(&pins, &h.id, &h.labels).is_some()

@@ -327,7 +327,7 @@ pub(crate) async fn channel_hosts(
     channel: String,
 ) -> FleetResult<Vec<ChannelHost>> {
     let mut sql = Sql::new(
-        "SELECT id, last_checkin, slots FROM hosts WHERE decommissioned_at IS NULL AND product = ",
+        "SELECT id, last_checkin, next_due, slots FROM hosts WHERE decommissioned_at IS NULL AND product = ",
     );
     sql.text(&product).push(" AND channel = ").text(&channel);
     let rows = sql
@@ -345,6 +345,7 @@ pub(crate) async fn channel_hosts(
             id: id.clone(),
             labels: Labels::new(),
             last_checkin: get(row, "last_checkin")?,
+            next_due: get(row, "next_due")?,
             versions: slots.into_iter().filter_map(|s| s.version).collect(),
         };
         hosts.insert(id, host);
