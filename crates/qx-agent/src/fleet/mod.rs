@@ -395,13 +395,22 @@ pub fn event(kind: EventType, version: Option<&str>) -> Event {
     }
 }
 
-/// A `failed` event: the stage, the exit code and the message of the error.
+/// The event of a failed apply, with the stage, the exit code and the message of the error:
+/// `rolled_back` when the update was installed and then undone because it did not work (its
+/// service did not restart, or its effect was not verified: docs/spec.md §9, "health check"),
+/// `failed` otherwise.
 pub fn failed(version: &str, stage: &str, e: &crate::AgentError) -> Event {
+    let kind = match e {
+        crate::AgentError::NotEffective { .. } | crate::AgentError::RestartFailed { .. } => {
+            EventType::RolledBack
+        }
+        _ => EventType::Failed,
+    };
     Event {
         stage: Some(stage.to_owned()),
         exit_code: Some(e.exit_code()),
         message: Some(e.to_string()),
-        ..event(EventType::Failed, Some(version))
+        ..event(kind, Some(version))
     }
 }
 

@@ -244,7 +244,7 @@ fn a_component_apply_reports_each_step_and_ends_in_confirmed() {
 }
 
 #[test]
-fn a_failed_health_check_is_reported_failed_with_its_stage_and_exit_code() {
+fn a_failed_health_check_is_reported_rolled_back_with_its_stage_and_exit_code() {
     let (lab, fleet) = fleet_lab("");
     let health = vec!["sh".into(), "-c".into(), "exit 3".into()];
     lab.publish(
@@ -266,19 +266,19 @@ fn a_failed_health_check_is_reported_failed_with_its_stage_and_exit_code() {
             "download_done",
             "install_started",
             "installed",
-            "failed"
+            "rolled_back"
         ],
-        "never confirmed"
+        "never confirmed: installed, then undone"
     );
-    let failed = fleet.events().pop().unwrap();
-    assert_eq!(failed["stage"], "verify");
-    assert_eq!(failed["exit_code"], 42);
+    let undone = fleet.events().pop().unwrap();
+    assert_eq!(undone["stage"], "verify");
+    assert_eq!(undone["exit_code"], 42);
     assert!(
-        failed["message"]
+        undone["message"]
             .as_str()
             .unwrap()
             .contains("did not take effect"),
-        "{failed}"
+        "{undone}"
     );
     let last = fleet.stub.requests_to("/checkin").pop().unwrap().json();
     assert_eq!(last["last_result"]["outcome"], "failed");

@@ -380,10 +380,9 @@ fn dashboard_shows_the_halt(server: &TestServer, id: &str) {
         assert_eq!(wave_cell(&client, 7).await, "5", "offered");
         assert_eq!(wave_cell(&client, 8).await, "0", "in progress");
         assert_eq!(wave_cell(&client, 9).await, "4", "confirmed");
-        assert_eq!(wave_cell(&client, 10).await, "1", "failed");
-        // A failed verification is reported `failed` (stage verify; the host was restored),
-        // not `rolled_back`, which is the operator's rollback and an A/B fallback.
-        assert_eq!(wave_cell(&client, 11).await, "0", "rolled back");
+        assert_eq!(wave_cell(&client, 10).await, "0", "failed");
+        // A failed health check undoes the update: `rolled_back` (docs/spec.md §9).
+        assert_eq!(wave_cell(&client, 11).await, "1", "rolled back");
         let failures = text(&client, "#rollout-failures tbody").await.unwrap();
         assert!(failures.contains("health command"), "{failures}");
         save_screenshot(&client, "rollout-e2e-halted.png").await;
@@ -477,11 +476,12 @@ fn a_rollout_halts_on_a_real_hosts_failed_health_check_and_abort_with_revert_bri
             .find(|e| e["type"] == kind && e["version"] == "1.1.0")
             .cloned()
     };
-    let host = operator.host_until(&ids[BAD], "reports its failure", |h| {
-        reported(h, "failed").is_some()
+    let host = operator.host_until(&ids[BAD], "reports rolled_back", |h| {
+        reported(h, "rolled_back").is_some()
     });
-    let failed = reported(&host, "failed").unwrap();
-    assert_eq!(failed["stage"], "verify", "{failed}");
+    let rolled_back = reported(&host, "rolled_back").unwrap();
+    assert_eq!(rolled_back["stage"], "verify", "{rolled_back}");
+    assert!(reported(&host, "failed").is_none(), "{host}");
 
     // The engine halts it at the cap (ticked shortly after the event batch).
     let s = operator.rollout_until(&rollout, "the rollout halts", |s| s["state"] == "halted");
@@ -494,7 +494,7 @@ fn a_rollout_halts_on_a_real_hosts_failed_health_check_and_abort_with_revert_bri
         "{s}"
     );
     assert_eq!(
-        (stage_total(&s, "confirmed"), stage_total(&s, "failed")),
+        (stage_total(&s, "confirmed"), stage_total(&s, "rolled_back")),
         (4, 1),
         "{s}"
     );
@@ -540,7 +540,7 @@ fn a_rollout_halts_on_a_real_hosts_failed_health_check_and_abort_with_revert_bri
         stage_total(s, "reverted") == 4
     });
     assert_eq!(s["state"], "aborted", "{s}");
-    assert_eq!(stage_total(&s, "failed"), 1, "{s}");
+    assert_eq!(stage_total(&s, "rolled_back"), 1, "{s}");
 
     for n in &mut nodes {
         n.stop();
