@@ -21,7 +21,7 @@ use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::AnyPool;
 
 use super::store::{
-    ChannelHost, CheckInView, EnrollRefused, EnrolledHost, FleetCounts, FleetError, FleetResult,
+    ChannelHost, ChannelView, EnrollRefused, EnrolledHost, FleetCounts, FleetError, FleetResult,
     FleetStore, HostAuth, HostQuery, HostStage, LivenessRule, Millis, NewEnrollmentToken, NewHost,
     NewOperatorToken, OperatorTokenRow, PinRow, RolloutChange, RolloutRow, StageCount, TokenHash,
 };
@@ -296,7 +296,7 @@ impl FleetStore for SqlStore {
     }
 
     fn sweep_timeouts(&self, now: Millis) -> BoxFuture<'_, FleetResult<u64>> {
-        Box::pin(rollouts::sweep_timeouts(&self.write, now))
+        Box::pin(rollouts::sweep_timeouts(&self.read, &self.write, now))
     }
 
     fn stage_counts(&self, rollout: String) -> BoxFuture<'_, FleetResult<Vec<StageCount>>> {
@@ -327,13 +327,21 @@ impl FleetStore for SqlStore {
         Box::pin(rollouts::channel_hosts(&self.read, product, channel))
     }
 
-    fn check_in_view(
+    fn channel_view(
+        &self,
+        product: String,
+        channel: String,
+    ) -> BoxFuture<'_, FleetResult<ChannelView>> {
+        Box::pin(rollouts::channel_view(&self.read, product, channel))
+    }
+
+    fn host_cancel(
         &self,
         product: String,
         channel: String,
         host: String,
-    ) -> BoxFuture<'_, FleetResult<CheckInView>> {
-        Box::pin(rollouts::check_in_view(&self.read, product, channel, host))
+    ) -> BoxFuture<'_, FleetResult<Option<String>>> {
+        Box::pin(rollouts::host_cancel(&self.read, product, channel, host))
     }
 
     fn create_pin(&self, pin: PinRow) -> BoxFuture<'_, FleetResult<()>> {

@@ -256,13 +256,13 @@ pub struct PinRow {
     pub created_at: Millis,
 }
 
-/// What a check-in needs from the store besides the rollout: the channel's pins, and the
-/// version to cancel when the host is offered or downloading in a halted or aborted rollout.
-/// One read.
+/// What every check-in of a channel needs from the store besides its rollout, read once for
+/// the channel (and cached briefly by the server): its pins, and whether any host of it is
+/// offered or downloading in a halted or aborted rollout (only then is a host's cancel read).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CheckInView {
+pub struct ChannelView {
     pub pins: Vec<PinRow>,
-    pub cancel: Option<String>,
+    pub cancelable: bool,
 }
 
 /// The fleet store. Object-safe: the server holds an `Arc<dyn FleetStore>` chosen at start.
@@ -390,12 +390,20 @@ pub trait FleetStore: Send + Sync + 'static {
 
     /// The pins of a product's channel (newest first) and the version the host must cancel,
     /// in one read.
-    fn check_in_view(
+    /// The channel's [`ChannelView`], in one read.
+    fn channel_view(
+        &self,
+        product: String,
+        channel: String,
+    ) -> BoxFuture<'_, FleetResult<ChannelView>>;
+    /// The version the host must cancel: it is offered or downloading in a halted or aborted
+    /// rollout of the channel (the newest such).
+    fn host_cancel(
         &self,
         product: String,
         channel: String,
         host: String,
-    ) -> BoxFuture<'_, FleetResult<CheckInView>>;
+    ) -> BoxFuture<'_, FleetResult<Option<String>>>;
 
     fn create_pin(&self, pin: PinRow) -> BoxFuture<'_, FleetResult<()>>;
     /// The pins of a product (of one channel when given), newest first.

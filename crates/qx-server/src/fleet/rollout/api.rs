@@ -150,6 +150,7 @@ async fn act<S: ReleaseStore>(
         let now_row = store.rollout(r.id.clone()).await?.unwrap_or(r);
         return Err(action.refused(&now_row));
     }
+    app.rollouts.forget_plans(&r.product);
     tracing::info!(rollout = %r.id, action = ?action, by = ?who, "rollout changed by an operator");
     if let Action::Abort = action {
         let rollouts = app.rollouts.clone();
@@ -292,6 +293,7 @@ pub async fn create_pin<S: ReleaseStore>(
         created_at: app.fleet.clock.now(),
     };
     app.fleet.store.create_pin(row.clone()).await?;
+    app.rollouts.forget_plans(product.as_str());
     tracing::info!(pin = %row.id, version = %row.version, "pin created");
     Ok((StatusCode::CREATED, Json(pin_view(row))).into_response())
 }
@@ -315,5 +317,6 @@ pub async fn delete_pin<S: ReleaseStore>(
             "product {product} has no pin {id}; GET /api/v1/{product}/pins lists them"
         )));
     }
+    app.rollouts.forget_plans(product.as_str());
     Ok(Json(json!({ "id": id, "deleted": true })).into_response())
 }

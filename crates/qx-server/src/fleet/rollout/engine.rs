@@ -17,7 +17,9 @@ use super::rules::{self, Tally};
 use super::webhook::Webhook;
 use crate::config::FleetConfig;
 use crate::fleet::clock::Clock;
-use crate::fleet::store::{FleetResult, FleetStore, Millis, RolloutChange, RolloutRow};
+use crate::fleet::store::{
+    ChannelView, FleetResult, FleetStore, Millis, RolloutChange, RolloutRow,
+};
 use crate::metrics::Metrics;
 
 /// The states of a rollout that is not over.
@@ -63,8 +65,17 @@ pub struct Rollouts {
     grace: Millis,
     every: Duration,
     nudge: tokio::sync::Notify,
+    /// Whether the last tick found an unfinished rollout (or one started since): nudges
+    /// after event batches are only worth a tick then; the periodic tick runs regardless.
+    active: std::sync::atomic::AtomicBool,
     plans: RwLock<HashMap<(String, String), CachedPlan>>,
+    /// Each channel's pins and whether any host may have to cancel, read at most once per
+    /// [`PLAN_CACHE_TTL`] (a change made through this server forgets it at once).
+    views: RwLock<HashMap<(String, String), CachedView>>,
 }
+
+/// A channel's view as last read.
+type CachedView = (Instant, Arc<ChannelView>);
 
 impl Rollouts {
     pub fn new(
@@ -81,13 +92,17 @@ impl Rollouts {
             grace: Millis::try_from(config.checkin_grace.as_millis()).unwrap_or(Millis::MAX),
             every: config.rollout_tick,
             nudge: tokio::sync::Notify::new(),
+            active: std::sync::atomic::AtomicBool::new(true),
             plans: RwLock::new(HashMap::new()),
+            views: RwLock::new(HashMap::new()),
         }
     }
 
-    /// Asks for a tick soon (an event batch touched a rollout).
+    /// Asks for a tick soon (an event batch touched a rollout), when a rollout is unfinished.
     pub fn nudge(&self) {
-        self.nudge.notify_one();
+        if self.active.load(std::sync::atomic::Ordering::Relaxed) {
+            self.nudge.notify_one();
+        }
     }
 
     /// Ticks every `ROLLOUT_TICK` and after nudges, until `stop` completes; a zero period
@@ -126,10 +141,40 @@ impl Rollouts {
         }
     }
 
-    /// Forgets the cached plans of a product (its channel state changed here).
+    /// The channel's view ([`ChannelView`]), from the cache while it is fresh.
+    pub(crate) async fn channel_view(
+        &self,
+        product: &str,
+        channel: &str,
+    ) -> FleetResult<Arc<ChannelView>> {
+        let key = (product.to_owned(), channel.to_owned());
+        let cached = self.views.read().ok().and_then(|v| {
+            v.get(&key)
+                .filter(|(at, _)| at.elapsed() < PLAN_CACHE_TTL)
+                .map(|(_, view)| view.clone())
+        });
+        if let Some(view) = cached {
+            return Ok(view);
+        }
+        let view = Arc::new(
+            self.store
+                .channel_view(product.to_owned(), channel.to_owned())
+                .await?,
+        );
+        if let Ok(mut views) = self.views.write() {
+            views.insert(key, (Instant::now(), view.clone()));
+        }
+        Ok(view)
+    }
+
+    /// Forgets what is cached of a product's channels (its channel state, pins or a rollout
+    /// changed here).
     pub fn forget_plans(&self, product: &str) {
         if let Ok(mut plans) = self.plans.write() {
             plans.retain(|(p, _), _| p != product);
+        }
+        if let Ok(mut views) = self.views.write() {
+            views.retain(|(p, _), _| p != product);
         }
     }
 
@@ -141,7 +186,10 @@ impl Rollouts {
             timed_out: self.store.sweep_timeouts(now).await?,
             ..TickReport::default()
         };
-        for r in self.store.unfinished_rollouts().await? {
+        let unfinished = self.store.unfinished_rollouts().await?;
+        self.active
+            .store(!unfinished.is_empty(), std::sync::atomic::Ordering::Relaxed);
+        for r in unfinished {
             self.judge(&r, now, &mut report).await?;
         }
         Ok(report)
@@ -189,6 +237,7 @@ impl Rollouts {
         };
         let won = self.store.change_rollout(r.id.clone(), change).await?;
         if won {
+            self.forget_plans(&r.product);
             tracing::warn!(rollout = %r.id, version = %r.version, rule = %halt.rule, reason = %halt.reason, "rollout halted");
             self.metrics.rollout_halt(&halt.rule);
             self.notify(&r.id, "halted", now).await;
@@ -231,6 +280,7 @@ impl Rollouts {
         };
         let won = self.store.change_rollout(r.id.clone(), change).await?;
         if won {
+            self.forget_plans(&r.product);
             tracing::info!(rollout = %r.id, state = ?state, %reason, "rollout ended");
         }
         Ok(won)
@@ -328,6 +378,8 @@ impl Rollouts {
             acknowledged_finished: 0,
             ended_reason: None,
         };
+        self.active
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if self.store.create_rollout(row).await? {
             tracing::info!(rollout = %plan.id, version = %plan.version, "rollout started from the channel state");
         }

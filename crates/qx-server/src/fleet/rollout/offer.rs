@@ -4,9 +4,10 @@
 //! host's wave is open and its turn inside the wave came (never before the wave's signed
 //! `not_before`), recorded once; a host already offered keeps its offer while the rollout
 //! runs or is paused. A halted or aborted rollout offers nothing and tells hosts that have
-//! not started installing to cancel (also once its plan left the channel state). Without
-//! pins and plan the check-in costs one indexed read (the pins and a cancel, together); the
-//! channel's plan comes from a cache of its stored state.
+//! not started installing to cancel (also once its plan left the channel state). The
+//! channel's plan, its pins and whether any of its hosts may have to cancel come from caches
+//! refreshed at most once a second (a change through this server forgets them): without
+//! pins, plan or a halted rollout a check-in costs no read more than before rollouts.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -80,12 +81,17 @@ pub async fn decide<S: ReleaseStore>(
 ) -> Result<Decision, ApiError> {
     let channel = channel_of(report);
     let store = &*app.fleet.store;
-    let view = store
-        .check_in_view(host.product.clone(), channel.to_owned(), host.id.clone())
-        .await?;
+    let view = app.rollouts.channel_view(&host.product, channel).await?;
     let cancel = Decision {
         offer: None,
-        cancel: view.cancel.clone(),
+        cancel: match view.cancelable {
+            true => {
+                store
+                    .host_cancel(host.product.clone(), channel.to_owned(), host.id.clone())
+                    .await?
+            }
+            false => None,
+        },
     };
     let mut labels: Option<Labels> = None;
     if !view.pins.is_empty() {

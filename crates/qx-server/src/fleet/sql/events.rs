@@ -40,8 +40,8 @@ struct EventRow<'e> {
 /// Stores one batch inside `tx`, in three statements: the host's last sequence number (an
 /// unknown host fails here, before anything is written), the new events in one `INSERT` that
 /// answers which were new, and the host's state, message and last sequence number in one
-/// `UPDATE`; then, in the same transaction, the host's rollout stage when the new events name
-/// the version of a rollout that offered it (one more read, one `UPDATE` when it moved).
+/// `UPDATE`; then, in the same transaction, the host's rollout stage when a rollout offered it a
+/// version and the new events name it (one more read, one `UPDATE` when it moved).
 pub(crate) async fn record_events(
     conn: &mut AnyConnection,
     host: &str,
@@ -58,7 +58,13 @@ pub(crate) async fn record_events(
             })
         })
         .collect::<FleetResult<Vec<_>>>()?;
-    let mut sql = Sql::new("SELECT last_seq FROM hosts WHERE id = ");
+    // The same read says whether any rollout offered the host a version: only then are its
+    // stages followed (a host outside rollouts costs no statement more).
+    let mut sql = Sql::new(
+        "SELECT last_seq, CAST(CASE WHEN EXISTS (SELECT 1 FROM rollout_hosts WHERE host_id = ",
+    );
+    sql.text(host)
+        .push(") THEN 1 ELSE 0 END AS BIGINT) AS in_rollout FROM hosts WHERE id = ");
     sql.text(host);
     let stored = sql
         .query()
@@ -67,6 +73,7 @@ pub(crate) async fn record_events(
         .map_err(db("reading a host's last event"))?
         .ok_or_else(|| unknown_host(host))?;
     let last_seq: i64 = get(&stored, "last_seq")?;
+    let in_rollout = get::<i64>(&stored, "in_rollout")? != 0;
     let inserted = insert_events(conn, host, &rows, now).await?;
     // A sequence number sent twice in one batch is new once, the first time.
     let mut seen = std::collections::BTreeSet::new();
@@ -75,8 +82,10 @@ pub(crate) async fn record_events(
         .filter(|r| inserted.contains(&r.seq) && seen.insert(r.seq))
         .collect();
     follow_newest(conn, host, &new).await?;
-    let new_events: Vec<&Event> = new.iter().map(|r| r.event).collect();
-    super::rollouts::follow_stage(conn, host, &new_events, now).await?;
+    if in_rollout {
+        let new_events: Vec<&Event> = new.iter().map(|r| r.event).collect();
+        super::rollouts::follow_stage(conn, host, &new_events, now).await?;
+    }
     let newest = new.iter().map(|r| r.seq).max().unwrap_or(last_seq);
     let accepted = new.len() as u64;
     Ok(EventsAccepted {

@@ -10,7 +10,7 @@ use sqlx::AnyPool;
 use super::bind::{from_json, get, to_json, Sql};
 use super::{begin_write, db};
 use crate::fleet::store::{
-    ChannelHost, CheckInView, FleetError, FleetResult, HostStage, Millis, PinRow, RolloutChange,
+    ChannelHost, ChannelView, FleetError, FleetResult, HostStage, Millis, PinRow, RolloutChange,
     RolloutRow, StageCount,
 };
 
@@ -240,7 +240,24 @@ pub(crate) async fn record_offer(
     Ok(done.rows_affected() == 1)
 }
 
-pub(crate) async fn sweep_timeouts(pool: &AnyPool, now: Millis) -> FleetResult<u64> {
+/// Times out the stages past their deadline. A read on the read pool first: when nothing is
+/// due (the common tick) no write transaction is taken, so the tick never waits for, nor
+/// holds up, the batch writer.
+pub(crate) async fn sweep_timeouts(
+    read: &AnyPool,
+    pool: &AnyPool,
+    now: Millis,
+) -> FleetResult<u64> {
+    let mut due = Sql::new("SELECT 1 AS due FROM rollout_hosts WHERE deadline < ");
+    due.int(now).push(&format!(" AND stage IN {TIMED} LIMIT 1"));
+    let any = due
+        .query()
+        .fetch_optional(read)
+        .await
+        .map_err(db("looking for overdue rollout stages"))?;
+    if any.is_none() {
+        return Ok(0);
+    }
     let mut sql =
         Sql::new("UPDATE rollout_hosts SET stage = 'timed_out', deadline = NULL, since = ");
     sql.int(now).push(" WHERE deadline < ").int(now);
@@ -412,35 +429,36 @@ pub(crate) async fn create_pin(pool: &AnyPool, p: PinRow) -> FleetResult<()> {
     tx.commit().await.map_err(db("storing a pin"))
 }
 
-pub(crate) async fn check_in_view(
+/// The channel's pins (newest first) and whether any of its hosts is offered or downloading
+/// in a halted or aborted rollout: one read.
+pub(crate) async fn channel_view(
     pool: &AnyPool,
     product: String,
     channel: String,
-    host: String,
-) -> FleetResult<CheckInView> {
+) -> FleetResult<ChannelView> {
     let mut sql = Sql::new(
         "SELECT 'pin' AS kind, id, host_id, selector, version, created_at FROM pins \
          WHERE product = ",
     );
     sql.text(&product).push(" AND channel = ").text(&channel);
     sql.push(
-        " UNION ALL SELECT 'cancel', r.id, NULL, NULL, r.version, r.started_at \
-         FROM rollout_hosts rh JOIN rollouts r ON r.id = rh.rollout_id WHERE rh.host_id = ",
+        " UNION ALL SELECT 'cancelable', MIN(r.id), NULL, NULL, MIN(r.version), 0 \
+         FROM rollout_hosts rh JOIN rollouts r ON r.id = rh.rollout_id WHERE r.product = ",
     );
-    sql.text(&host);
+    sql.text(&product).push(" AND r.channel = ").text(&channel);
     sql.push(
         " AND rh.stage IN ('offered', 'downloading') AND r.state IN ('halted', 'aborted') \
-         ORDER BY 6 DESC, 2 DESC",
+         HAVING COUNT(*) > 0 ORDER BY 6 DESC, 2 DESC",
     );
     let rows = sql
         .query()
         .fetch_all(pool)
         .await
-        .map_err(db("reading a check-in's pins"))?;
-    let mut view = CheckInView::default();
+        .map_err(db("reading a channel's pins"))?;
+    let mut view = ChannelView::default();
     for r in &rows {
-        if get::<String>(r, "kind")? == "cancel" {
-            view.cancel.get_or_insert(get(r, "version")?);
+        if get::<String>(r, "kind")? == "cancelable" {
+            view.cancelable = true;
             continue;
         }
         view.pins.push(PinRow {
@@ -454,6 +472,32 @@ pub(crate) async fn check_in_view(
         });
     }
     Ok(view)
+}
+
+/// The version of the newest halted or aborted rollout of the channel in which the host is
+/// offered or downloading.
+pub(crate) async fn host_cancel(
+    pool: &AnyPool,
+    product: String,
+    channel: String,
+    host: String,
+) -> FleetResult<Option<String>> {
+    let mut sql = Sql::new(
+        "SELECT r.version FROM rollout_hosts rh JOIN rollouts r ON r.id = rh.rollout_id \
+         WHERE rh.host_id = ",
+    );
+    sql.text(&host).push(" AND r.product = ").text(&product);
+    sql.push(" AND r.channel = ").text(&channel);
+    sql.push(
+        " AND rh.stage IN ('offered', 'downloading') AND r.state IN ('halted', 'aborted') \
+         ORDER BY r.started_at DESC, r.id DESC LIMIT 1",
+    );
+    let row = sql
+        .query()
+        .fetch_optional(pool)
+        .await
+        .map_err(db("reading a host's cancel"))?;
+    row.map(|r| get::<String>(&r, "version")).transpose()
 }
 
 pub(crate) async fn pins(
