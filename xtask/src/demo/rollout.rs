@@ -115,7 +115,8 @@ impl Demo {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Asks for the rollout's status every [`POLL`] until `done` holds, at most `within`.
+    /// Asks for the rollout's status every [`POLL`] until `done` holds, at most `within`
+    /// (the one bounded wait, `qx_testkit::wait::poll`).
     fn wait_rollout(
         &self,
         within: Duration,
@@ -123,16 +124,19 @@ impl Demo {
         done: impl Fn(&serde_json::Value) -> bool,
     ) -> anyhow::Result<()> {
         let start = Instant::now();
-        loop {
-            let s = self.rollout_json()?;
-            if done(&s) {
-                println!("{what}: after {} s", start.elapsed().as_secs());
-                return Ok(());
-            }
-            if start.elapsed() > within {
-                bail!("waited {} s for {what}; the rollout: {s}", within.as_secs());
-            }
-            std::thread::sleep(POLL);
+        let mut last = Ok(serde_json::Value::Null);
+        let ready = qx_testkit::wait::poll(within, POLL, || {
+            last = self.rollout_json();
+            last.as_ref().is_ok_and(&done)
+        });
+        let status = last?;
+        if !ready {
+            bail!(
+                "waited {} s for {what}; the rollout: {status}",
+                within.as_secs()
+            );
         }
+        println!("{what}: after {} s", start.elapsed().as_secs());
+        Ok(())
     }
 }

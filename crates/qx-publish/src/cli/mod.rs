@@ -227,22 +227,37 @@ struct VerifyArgs {
     retries: u32,
 }
 
-/// The server, product, channel, key and token of a verb that changes one channel.
+/// The server, product and channel a verb is about, and the token it sends.
 #[derive(Debug, clap::Args)]
-struct ChannelArgs {
+struct ChannelTarget {
     #[arg(long, value_name = "URL")]
     server: String,
     #[arg(long, value_name = "P")]
     product: ProductName,
     #[arg(long, value_name = "C")]
     channel: ChannelName,
-    /// The secret key that signs the channel's new state.
-    #[arg(long, value_name = "KEYFILE")]
-    key: PathBuf,
+    /// Read the token from this file instead of QX_PUBLISH_TOKEN.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
     #[arg(long, default_value_t = 3)]
     retries: u32,
+}
+
+impl ChannelTarget {
+    fn client(&self, global: &Global) -> Result<Client> {
+        let token = Token::from_file_or_env(self.token_file.as_deref())?;
+        global.client(&self.server, Some(token), self.retries)
+    }
+}
+
+/// The channel, key and state options of a verb that signs the channel's new state.
+#[derive(Debug, clap::Args)]
+struct ChannelArgs {
+    #[command(flatten)]
+    at: ChannelTarget,
+    /// The secret key that signs the channel's new state.
+    #[arg(long, value_name = "KEYFILE")]
+    key: PathBuf,
     #[command(flatten)]
     state: StateArgs,
 }
@@ -288,8 +303,7 @@ struct BundleArgs {
 
 impl ChannelArgs {
     fn client(&self, global: &Global) -> Result<Client> {
-        let token = Token::from_file_or_env(self.token_file.as_deref())?;
-        global.client(&self.server, Some(token), self.retries)
+        self.at.client(global)
     }
 }
 
@@ -644,8 +658,8 @@ impl ChannelArgs {
         Ok(Update {
             client,
             signer,
-            product: self.product.clone(),
-            channel: self.channel.clone(),
+            product: self.at.product.clone(),
+            channel: self.at.channel.clone(),
             lifetime: self.state.lifetime()?,
             conflict_retries: channel::CONFLICT_RETRIES,
         })
@@ -665,8 +679,8 @@ fn yank_command(a: YankArgs, global: &Global) -> Result<()> {
     let action = if a.revert { "revert" } else { "keep" };
     if global.json {
         print_json(&serde_json::json!({
-            "product": c.product.as_str(),
-            "channel": c.channel.as_str(),
+            "product": c.at.product.as_str(),
+            "channel": c.at.channel.as_str(),
             "version": a.version.to_string(),
             "action": action,
             "outcome": "yanked",
@@ -676,7 +690,7 @@ fn yank_command(a: YankArgs, global: &Global) -> Result<()> {
     }
     println!(
         "yanked {} {} from channel {} (revoked: {action})",
-        c.product, a.version, c.channel
+        c.at.product, a.version, c.at.channel
     );
     print_state(&committed);
     Ok(())
@@ -689,14 +703,17 @@ fn refresh_command(a: RefreshArgs, global: &Global) -> Result<()> {
     let committed = channel::refresh(&c.update(&client, &signer)?)?;
     if global.json {
         print_json(&serde_json::json!({
-            "product": c.product.as_str(),
-            "channel": c.channel.as_str(),
+            "product": c.at.product.as_str(),
+            "channel": c.at.channel.as_str(),
             "outcome": "refreshed",
             "channel_state": state_json(&committed),
         }));
         return Ok(());
     }
-    println!("refreshed the channel state of {} {}", c.product, c.channel);
+    println!(
+        "refreshed the channel state of {} {}",
+        c.at.product, c.at.channel
+    );
     print_state(&committed);
     Ok(())
 }

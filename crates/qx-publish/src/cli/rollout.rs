@@ -94,17 +94,8 @@ pub(super) struct StartArgs {
 /// Which rollout an operator command acts on.
 #[derive(Debug, clap::Args)]
 pub(super) struct TargetArgs {
-    #[arg(long, value_name = "URL")]
-    server: String,
-    #[arg(long, value_name = "P")]
-    product: ProductName,
-    #[arg(long, value_name = "C")]
-    channel: ChannelName,
-    /// Read the token from this file instead of QX_PUBLISH_TOKEN.
-    #[arg(long, value_name = "FILE")]
-    token_file: Option<PathBuf>,
-    #[arg(long, default_value_t = 3)]
-    retries: u32,
+    #[command(flatten)]
+    at: ChannelTarget,
     /// The rollout's id (default: the channel's rollout in progress; for status, every
     /// rollout of the channel).
     id: Option<String>,
@@ -146,8 +137,8 @@ fn start(a: StartArgs, global: &Global) -> Result<()> {
     let plan = committed.state.rollout.clone();
     if global.json {
         print_json(&serde_json::json!({
-            "product": c.product.as_str(),
-            "channel": c.channel.as_str(),
+            "product": c.at.product.as_str(),
+            "channel": c.at.channel.as_str(),
             "version": a.version.to_string(),
             "outcome": "rollout_started",
             "rollout": plan,
@@ -157,7 +148,7 @@ fn start(a: StartArgs, global: &Global) -> Result<()> {
     }
     println!(
         "started the rollout of {} {} on channel {}",
-        c.product, a.version, c.channel
+        c.at.product, a.version, c.at.channel
     );
     for w in plan.iter().flat_map(|p| &p.waves) {
         println!("  {:>6}%  from {}", w.percent, w.not_before);
@@ -168,23 +159,22 @@ fn start(a: StartArgs, global: &Global) -> Result<()> {
 
 impl TargetArgs {
     fn client(&self, global: &Global) -> Result<Client> {
-        let token = Token::from_file_or_env(self.token_file.as_deref())?;
-        global.client(&self.server, Some(token), self.retries)
+        self.at.client(global)
     }
 
     /// The rollout named, or the channel's one in progress.
     fn resolve(&self, client: &Client) -> Result<RolloutStatus> {
         if let Some(id) = &self.id {
-            return client.rollout(self.product.as_str(), id);
+            return client.rollout(self.at.product.as_str(), id);
         }
-        let list = client.rollouts(self.product.as_str(), self.channel.as_str())?;
+        let list = client.rollouts(self.at.product.as_str(), self.at.channel.as_str())?;
         list.rollouts
             .into_iter()
             .find(|r| !finished(r.state))
             .ok_or_else(|| {
                 Error::Usage(format!(
                     "channel {} of {} has no rollout in progress; name one by its id (`qx-publish rollout status` lists them)",
-                    self.channel, self.product
+                    self.at.channel, self.at.product
                 ))
             })
     }
@@ -197,10 +187,10 @@ fn finished(state: RolloutState) -> bool {
 fn status(a: TargetArgs, global: &Global) -> Result<()> {
     let client = a.client(global)?;
     let rollouts = match &a.id {
-        Some(id) => vec![client.rollout(a.product.as_str(), id)?],
+        Some(id) => vec![client.rollout(a.at.product.as_str(), id)?],
         None => {
             client
-                .rollouts(a.product.as_str(), a.channel.as_str())?
+                .rollouts(a.at.product.as_str(), a.at.channel.as_str())?
                 .rollouts
         }
     };
@@ -213,7 +203,10 @@ fn status(a: TargetArgs, global: &Global) -> Result<()> {
         return Ok(());
     }
     if rollouts.is_empty() {
-        println!("channel {} of {} has no rollouts", a.channel, a.product);
+        println!(
+            "channel {} of {} has no rollouts",
+            a.at.channel, a.at.product
+        );
     }
     for r in &rollouts {
         print!("{}", render(r));
@@ -225,7 +218,7 @@ fn status(a: TargetArgs, global: &Global) -> Result<()> {
 fn act(a: TargetArgs, action: &str, global: &Global) -> Result<()> {
     let client = a.client(global)?;
     let id = a.resolve(&client)?.id;
-    let after = client.rollout_action(a.product.as_str(), &id, action)?;
+    let after = client.rollout_action(a.at.product.as_str(), &id, action)?;
     if global.json {
         print_json(&serde_json::to_value(&after).unwrap_or_default());
         return Ok(());
@@ -248,16 +241,16 @@ fn abort_revert(a: AbortArgs, global: &Global) -> Result<()> {
     let update = Update {
         client: &client,
         signer: &signer,
-        product: t.product.clone(),
-        channel: t.channel.clone(),
+        product: t.at.product.clone(),
+        channel: t.at.channel.clone(),
         lifetime: a.state.lifetime()?,
         conflict_retries: channel::CONFLICT_RETRIES,
     };
     let (committed, version) = channel::abort_with_revert(&update, t.id.as_deref())?;
     if global.json {
         print_json(&serde_json::json!({
-            "product": t.product.as_str(),
-            "channel": t.channel.as_str(),
+            "product": t.at.product.as_str(),
+            "channel": t.at.channel.as_str(),
             "version": version.to_string(),
             "outcome": "aborted_with_revert",
             "channel_state": state_json(&committed),
@@ -266,7 +259,7 @@ fn abort_revert(a: AbortArgs, global: &Global) -> Result<()> {
     }
     println!(
         "aborted the rollout of {} {} with revert: hosts that took it go back to {}",
-        t.product, version, committed.state.current
+        t.at.product, version, committed.state.current
     );
     print_state(&committed);
     Ok(())
