@@ -307,7 +307,7 @@ pub fn run_with(
     };
     let group = ProcessGroup {
         pgid: child.id(),
-        sid: rustix::process::getsid(None).map_or(0, |p| p.as_raw_nonzero().get() as u32),
+        sid: own_session(),
         command: argv.join(" "),
     };
     let pgid = group.pgid;
@@ -408,17 +408,45 @@ fn group_members(group: &ProcessGroup) -> Vec<u32> {
     rd.flatten()
         .filter_map(|e| {
             let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            // "pid (comm) state ppid pgrp session ...": comm may hold spaces and parentheses.
-            let (_, rest) = stat.rsplit_once(')')?;
-            let mut f = rest.split_whitespace();
-            let state = f.next()?;
-            let pgrp: u32 = f.nth(1)?.parse().ok()?;
-            let session: u32 = f.next()?.parse().ok()?;
-            let member = pgrp == group.pgid && session == group.sid;
-            (member && state != "Z" && state != "X").then_some(pid)
+            let stat = ProcStat::read(&e.path().join("stat"))?;
+            let member = stat.pgrp == group.pgid && stat.session == group.sid;
+            (member && stat.state != "Z" && stat.state != "X").then_some(pid)
         })
         .collect()
+}
+
+/// This process's session as `/proc` shows it, the same source [`group_members`] matches
+/// against. The system call is not used: it answers 0 when the session leader lives outside
+/// our PID namespace (an agent started in a container), which is a valid answer to compare.
+fn own_session() -> u32 {
+    ProcStat::read(Path::new("/proc/self/stat")).map_or(0, |s| s.session)
+}
+
+/// The fields of `/proc/<pid>/stat` the group scan needs.
+struct ProcStat {
+    state: String,
+    pgrp: u32,
+    session: u32,
+}
+
+impl ProcStat {
+    fn read(path: &Path) -> Option<Self> {
+        Self::parse(&std::fs::read_to_string(path).ok()?)
+    }
+
+    /// "pid (comm) state ppid pgrp session ...": comm may hold spaces and parentheses.
+    fn parse(stat: &str) -> Option<Self> {
+        let (_, rest) = stat.rsplit_once(')')?;
+        let mut f = rest.split_whitespace();
+        let state = f.next()?.to_owned();
+        let pgrp = f.nth(1)?.parse().ok()?;
+        let session = f.next()?.parse().ok()?;
+        Some(Self {
+            state,
+            pgrp,
+            session,
+        })
+    }
 }
 
 /// The command for `program`: relative to `dir` when it has a '/' but is not absolute; an

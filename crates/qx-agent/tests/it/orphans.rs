@@ -98,3 +98,38 @@ fn killed_agent_takes_its_migration_along_and_recovery_kills_the_orphans_first()
         "no command recorded as running: {j}"
     );
 }
+
+/// An agent whose session leader lives outside its PID namespace (started in a container, or
+/// here by `unshare`) sees session 0: the commands it runs are still started, recorded and
+/// waited for, and the apply succeeds.
+#[test]
+#[ignore = "slow tier: needs root for a PID namespace; `cargo xtask test` runs it"]
+fn an_agent_in_its_own_pid_namespace_runs_its_commands() {
+    let lab = Lab::new().unwrap();
+    let script = "#!/bin/sh\nset -e\necho run >> \"$QX_ROOT/run/migrations\"\n";
+    lab.publish(&lab.release("1.0.0").component(ComponentSpec::migrations(
+        "db-migrations",
+        "/data/lib/quantix-migrations",
+        vec![("migrate.sh".into(), script.as_bytes().to_vec(), 0o755)],
+        vec!["./migrate.sh".into()],
+    )))
+    .unwrap();
+    let root = lab.host.root();
+    let agent = qx_update(root);
+    let mut namespaced = std::process::Command::new("unshare");
+    namespaced
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(agent.get_program())
+        .args(agent.get_args())
+        .args(["apply", "--yes"])
+        .stdin(std::process::Stdio::null());
+    let out = namespaced.output().expect("run unshare");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "apply in a PID namespace: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        fs::read_to_string(root.join("run/migrations")).unwrap(),
+        "run\n"
+    );
+    assert_eq!(lab.host.version("db-migrations").as_deref(), Some("1.0.0"));
+}
