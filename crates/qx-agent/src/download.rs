@@ -535,131 +535,64 @@ impl Want {
     }
 }
 
-/// The partial file of one download and the running hash of its content.
-struct Part {
-    want: Want,
-    path: PathBuf,
-    meta: PathBuf,
-    file: Option<File>,
-    writeback: Writeback,
-    hasher: Sha256Hasher,
+/// Where the bytes of a download go: a partial file in a staging directory
+/// ([`Downloader::fetch`], [`Downloader::fetch_file`]), or a caller's sink
+/// ([`Downloader::fetch_into`]: a system image streamed straight into its slot). The
+/// download resumes from what the sink holds, checks size and SHA-256 at the end through
+/// [`DownloadSink::digest`], and calls [`DownloadSink::restart`] on a mismatch.
+pub trait DownloadSink {
+    /// Named in errors.
+    fn path(&self) -> &Path;
+    /// Bytes held (a prefix of the content): the download goes on from there.
+    fn held(&self) -> u64;
+    /// Called before the first byte of a download that starts from zero, with what
+    /// identifies the content (a staging file keeps it beside the data).
+    fn begin(&mut self, _identity: &str) -> io::Result<()> {
+        Ok(())
+    }
+    fn append(&mut self, data: &[u8]) -> io::Result<()>;
+    /// Drops what is held: the download starts again from zero.
+    fn restart(&mut self) -> io::Result<()>;
+    /// SHA-256 and length of everything held (called once the download is complete).
+    fn digest(&mut self) -> io::Result<(Sha256, u64)>;
 }
 
-impl Part {
-    /// Picks up a `.part` left by an earlier attempt or process (re-hashing its content), or
-    /// starts empty.
-    fn open(dir: &Path, want: Want) -> Result<Self, DownloadError> {
-        let name = want.name.clone();
-        let mut part = Self {
-            want,
-            path: dir.join(format!("{name}.part")),
-            meta: dir.join(format!("{name}.part.sha256")),
-            file: None,
-            writeback: Writeback::new(),
-            hasher: Sha256Hasher::new(),
-        };
-        let same_content = fs::read_to_string(&part.meta)
-            .map(|s| part.want.resumes(&s))
-            .unwrap_or(false);
-        if !same_content {
-            part.discard()?;
-            return Ok(part);
-        }
-        let mut file = match OpenOptions::new().read(true).append(true).open(&part.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(part),
-            Err(e) => return Err(DownloadError::io(&part.path, e)),
-        };
-        let len = file
-            .metadata()
-            .map_err(|e| DownloadError::io(&part.path, e))?
-            .len();
-        if part.want.size.is_some_and(|size| len > size) {
-            drop(file);
-            part.discard()?;
-            return Ok(part);
-        }
-        let mut buf = vec![0u8; BUF_SIZE];
-        loop {
-            let n = match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(DownloadError::io(&part.path, e)),
-            };
-            part.hasher.update(&buf[..n]);
-        }
-        part.file = Some(file);
-        tracing::info!(
-            artifact = name,
-            bytes = part.len(),
-            "resuming partial download"
-        );
-        Ok(part)
-    }
+/// One download: what it must end as, and where its bytes go.
+struct Part<'s> {
+    want: Want,
+    sink: &'s mut dyn DownloadSink,
+}
 
+impl Part<'_> {
     /// The size the download ends at (0 for a file before its first answer).
     fn size(&self) -> u64 {
         self.want.size.unwrap_or(0)
     }
 
     fn len(&self) -> u64 {
-        self.hasher.len()
+        self.sink.held()
     }
 
-    fn ensure_open(&mut self) -> Result<&mut File, DownloadError> {
-        if self.file.is_none() {
-            let identity = self.want.identity().unwrap_or_default();
-            fs::write(&self.meta, format!("{identity}\n"))
-                .map_err(|e| DownloadError::io(&self.meta, e))?;
-            let file = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .open(&self.path)
-                .map_err(|e| DownloadError::io(&self.path, e))?;
-            self.hasher = Sha256Hasher::new();
-            self.file = Some(file);
-        }
-        match self.file.as_mut() {
-            Some(f) => Ok(f),
-            None => Err(DownloadError::io(
-                &self.path,
-                io::Error::other("partial file is not open"),
-            )),
-        }
+    fn io(&self, e: io::Error) -> DownloadError {
+        DownloadError::io(self.sink.path(), e)
     }
 
     fn write(&mut self, data: &[u8]) -> Result<(), DownloadError> {
-        let path = self.path.clone();
-        self.ensure_open()?
-            .write_all(data)
-            .map_err(|e| DownloadError::io(&path, e))?;
-        if let Some(file) = &self.file {
-            self.writeback.wrote(file, data.len() as u64);
+        if self.sink.held() == 0 {
+            let identity = self.want.identity().unwrap_or_default();
+            self.sink.begin(&identity).map_err(|e| self.io(e))?;
         }
-        self.hasher.update(data);
-        Ok(())
+        self.sink.append(data).map_err(|e| self.io(e))
     }
 
-    /// Deletes the partial data (and its sidecar): the next write starts from zero.
+    /// Deletes the partial data: the next write starts from zero.
     fn discard(&mut self) -> Result<(), DownloadError> {
-        self.writeback.stop();
-        self.file = None;
-        self.hasher = Sha256Hasher::new();
-        for p in [&self.path, &self.meta] {
-            match fs::remove_file(p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(DownloadError::io(p, e)),
-            }
-        }
-        Ok(())
+        self.sink.restart().map_err(|e| self.io(e))
     }
 
     /// Checks the complete content; on a mismatch the data is deleted.
     fn verify(&mut self) -> Result<(), Failed> {
-        let (got, len) = self.hasher.clone().finish();
+        let (got, len) = self.sink.digest().map_err(|e| Failed::fatal(self.io(e)))?;
         let name = self.want.name.clone();
         let error = match self.want.sha256 {
             _ if len != self.size() => DownloadError::SizeMismatch {
@@ -679,13 +612,97 @@ impl Part {
             Err(e) => Err(Failed::fatal(e)),
         }
     }
+}
 
-    /// fsync, rename to the final name, fsync the directory.
-    fn commit(mut self, final_path: &Path) -> Result<(), DownloadError> {
+/// The partial file of one download in a staging directory and the running hash of its
+/// content.
+struct FilePart {
+    path: PathBuf,
+    meta: PathBuf,
+    file: Option<File>,
+    writeback: Writeback,
+    hasher: Sha256Hasher,
+}
+
+impl FilePart {
+    /// Picks up a `.part` left by an earlier attempt or process (re-hashing its content), or
+    /// starts empty; for a file, the size and ETag are taken from the sidecar.
+    fn open(dir: &Path, want: &mut Want) -> Result<Self, DownloadError> {
+        let name = want.name.clone();
+        let mut part = Self {
+            path: dir.join(format!("{name}.part")),
+            meta: dir.join(format!("{name}.part.sha256")),
+            file: None,
+            writeback: Writeback::new(),
+            hasher: Sha256Hasher::new(),
+        };
+        let same_content = fs::read_to_string(&part.meta)
+            .map(|s| want.resumes(&s))
+            .unwrap_or(false);
+        if !same_content {
+            part.discard()?;
+            return Ok(part);
+        }
+        let mut file = match OpenOptions::new().read(true).append(true).open(&part.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(part),
+            Err(e) => return Err(DownloadError::io(&part.path, e)),
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| DownloadError::io(&part.path, e))?
+            .len();
+        if want.size.is_some_and(|size| len > size) {
+            drop(file);
+            part.discard()?;
+            return Ok(part);
+        }
+        let mut buf = vec![0u8; BUF_SIZE];
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(DownloadError::io(&part.path, e)),
+            };
+            part.hasher.update(&buf[..n]);
+        }
+        part.file = Some(file);
+        tracing::info!(
+            artifact = name,
+            bytes = part.hasher.len(),
+            "resuming partial download"
+        );
+        Ok(part)
+    }
+
+    /// Deletes the partial data (and its sidecar): the next write starts from zero.
+    fn discard(&mut self) -> Result<(), DownloadError> {
         self.writeback.stop();
-        let file = self.ensure_open()?;
-        file.sync_all()
-            .map_err(|e| DownloadError::io(&self.path, e))?;
+        self.file = None;
+        self.hasher = Sha256Hasher::new();
+        for p in [&self.path, &self.meta] {
+            match fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(DownloadError::io(p, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// fsync, rename to the final name, fsync the directory (an empty download: an empty
+    /// file, with `identity` beside it until then).
+    fn commit(mut self, final_path: &Path, identity: &str) -> Result<(), DownloadError> {
+        self.writeback.stop();
+        if self.file.is_none() {
+            self.begin(identity)
+                .map_err(|e| DownloadError::io(&self.path, e))?;
+        }
+        if let Some(file) = &self.file {
+            file.sync_all()
+                .map_err(|e| DownloadError::io(&self.path, e))?;
+        }
         self.file = None;
         fs::rename(&self.path, final_path).map_err(|e| DownloadError::io(final_path, e))?;
         qx_core::fs::fsync_parent(final_path).map_err(|e| DownloadError::io(&e.path, e.source))?;
@@ -694,6 +711,49 @@ impl Part {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(DownloadError::io(&self.meta, e)),
         }
+    }
+}
+
+impl DownloadSink for FilePart {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn held(&self) -> u64 {
+        self.hasher.len()
+    }
+
+    fn begin(&mut self, identity: &str) -> io::Result<()> {
+        fs::write(&self.meta, format!("{identity}\n"))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&self.path)?;
+        self.hasher = Sha256Hasher::new();
+        self.file = Some(file);
+        Ok(())
+    }
+
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        let Some(file) = self.file.as_mut() else {
+            return Err(io::Error::other("partial file is not open"));
+        };
+        file.write_all(data)?;
+        self.writeback.wrote(file, data.len() as u64);
+        self.hasher.update(data);
+        Ok(())
+    }
+
+    fn restart(&mut self) -> io::Result<()> {
+        self.discard().map_err(|e| match e {
+            DownloadError::Io { source, .. } => source,
+            other => io::Error::other(other.to_string()),
+        })
+    }
+
+    fn digest(&mut self) -> io::Result<(Sha256, u64)> {
+        Ok(self.hasher.clone().finish())
     }
 }
 
@@ -818,8 +878,9 @@ impl Downloader {
             return Ok(final_path);
         }
 
-        let mut part = Part::open(dir, Want::artifact(expected))?;
-        let needed = expected.size_bytes - part.len();
+        let mut want = Want::artifact(expected);
+        let mut file = FilePart::open(dir, &mut want)?;
+        let needed = expected.size_bytes - file.held();
         let available = free_space(dir).map_err(|e| DownloadError::io(dir, e))?;
         if available < needed {
             return Err(DownloadError::NoSpace {
@@ -828,8 +889,13 @@ impl Downloader {
                 available,
             });
         }
+        let identity = want.identity().unwrap_or_default();
+        let mut part = Part {
+            want,
+            sink: &mut file,
+        };
         self.run(url, &mut part, &mut meter, progress)?;
-        part.commit(&final_path)?;
+        file.commit(&final_path, &identity)?;
         if let Some(p) = meter.tick(Instant::now(), expected.size_bytes, true) {
             progress(&p);
         }
@@ -865,11 +931,17 @@ impl Downloader {
             sha256: None,
             etag: None,
         };
-        let mut part = Part::open(dir, want)?;
+        let mut want = want;
+        let mut file = FilePart::open(dir, &mut want)?;
+        let mut part = Part {
+            want,
+            sink: &mut file,
+        };
         let mut meter = Meter::new(name, part.size());
         self.run(url, &mut part, &mut meter, progress)?;
         let size = part.size();
-        part.commit(&final_path)?;
+        let identity = part.want.identity().unwrap_or_default();
+        file.commit(&final_path, &identity)?;
         if let Some(p) = meter.tick(Instant::now(), size, true) {
             progress(&p);
         }
@@ -877,11 +949,39 @@ impl Downloader {
         Ok(final_path)
     }
 
+    /// Downloads artifact `expected` from `url` into `sink`: the same resumable, retried,
+    /// verified loop as [`Downloader::fetch`], going on from what the sink holds (a sink that
+    /// holds more than the artifact's size starts again). On success the sink holds exactly
+    /// the artifact (size and SHA-256 checked); the caller finishes it.
+    pub fn fetch_into(
+        &self,
+        url: &str,
+        expected: &ArtifactRef,
+        sink: &mut dyn DownloadSink,
+        progress: &mut dyn FnMut(&DownloadProgress),
+    ) -> Result<(), DownloadError> {
+        let name = expected.artifact.as_str();
+        let mut meter = Meter::new(name, expected.size_bytes);
+        let mut part = Part {
+            want: Want::artifact(expected),
+            sink,
+        };
+        if part.len() > expected.size_bytes {
+            part.discard()?;
+        }
+        self.run(url, &mut part, &mut meter, progress)?;
+        if let Some(p) = meter.tick(Instant::now(), expected.size_bytes, true) {
+            progress(&p);
+        }
+        tracing::info!(artifact = name, bytes = expected.size_bytes, sha256 = %expected.sha256, "artifact downloaded and verified");
+        Ok(())
+    }
+
     /// Attempts until the part is complete and verified, or the retry budget is spent.
     fn run(
         &self,
         url: &str,
-        part: &mut Part,
+        part: &mut Part<'_>,
         meter: &mut Meter,
         progress: &mut dyn FnMut(&DownloadProgress),
     ) -> Result<(), DownloadError> {
@@ -909,7 +1009,7 @@ impl Downloader {
     fn attempt(
         &self,
         url: &str,
-        part: &mut Part,
+        part: &mut Part<'_>,
         limiter: &mut Option<RateLimiter>,
         meter: &mut Meter,
         progress: &mut dyn FnMut(&DownloadProgress),
@@ -969,7 +1069,7 @@ impl Downloader {
 
     /// Sends the request: a plain GET, or a resumption (`Range` + `If-Range` with the
     /// artifact's SHA-256, the server's strong ETag) when part of the data is already here.
-    fn request(&self, url: &str, part: &Part) -> Result<Response, Failed> {
+    fn request(&self, url: &str, part: &Part<'_>) -> Result<Response, Failed> {
         let offset = part.len();
         let mut req = self.client.get(url);
         if let Some(validator) = part.want.if_range().filter(|_| offset > 0) {
@@ -1142,7 +1242,7 @@ impl<R: Read> Read for Capped<R> {
 fn accept_status(
     url: &str,
     resp: &Response,
-    part: &mut Part,
+    part: &mut Part<'_>,
     budget: &mut RetryBudget<'_>,
 ) -> Result<(), Failed> {
     let offset = part.len();
@@ -1273,7 +1373,7 @@ fn learn_file(url: &str, resp: &Response, part: &mut Part) -> Result<(), Failed>
             .and_then(|v| v.to_str().ok())
             .filter(|t| t.starts_with('"'))
             .map(str::to_owned);
-        let dir = part.path.parent().unwrap_or(Path::new("."));
+        let dir = part.sink.path().parent().unwrap_or(Path::new("."));
         let available = free_space(dir).map_err(|e| Failed::fatal(DownloadError::io(dir, e)))?;
         if available < total {
             return Err(Failed::fatal(DownloadError::NoSpace {
@@ -1290,7 +1390,7 @@ fn learn_file(url: &str, resp: &Response, part: &mut Part) -> Result<(), Failed>
 /// a cut (progress when at least [`MIN_PROGRESS`] bytes arrived since `start`).
 fn read_failed<R>(
     url: &str,
-    part: &mut Part,
+    part: &mut Part<'_>,
     body: &Capped<R>,
     e: &io::Error,
     start: u64,

@@ -105,6 +105,25 @@ pub enum BootError {
         actual: String,
     },
 
+    /// An image file of another length than expected.
+    #[error(
+        "{path}: {actual} bytes where the update says {expected}; the slot was left \
+         unbootable and the update must be downloaded again"
+    )]
+    SizeMismatch {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+
+    /// What the disk gives back differs from what was written (read back without the page
+    /// cache after the fsync).
+    #[error(
+        "{path}: the copy in the slot read back from the disk differs from what was written \
+         (block at byte {offset}); the slot was left unbootable — check the disk"
+    )]
+    ReadBack { path: PathBuf, offset: u64 },
+
     /// Not enough room in the target slot's file system.
     #[error("slot {slot}: {needed} bytes needed but only {available} bytes free in {path}")]
     NoSpace {

@@ -8,8 +8,10 @@
 //!   command line);
 //! - [`state`] — `/quantix/ab-update-state.json`;
 //! - [`ab`] — status, boot-check, verify, mark-good, mark-bad;
-//! - [`install`] — writing a new image into the inactive slot (`slotfs`:
-//!   the slot's file system, mounted while it is written);
+//! - [`install`] — writing a new image into the inactive slot ([`SlotInstall`];
+//!   `slotfs`: the slot's file system, mounted while it is written);
+//! - [`sink`] — [`ImageSink`], one image file streamed into the slot in one pass
+//!   (hashed once, fsynced, read back without the page cache, renamed);
 //! - [`history`] — the update-log lines and history entries of the A/B code;
 //! - [`config`] — [`AbConfig`], the `updates.ab` section of the agent's configuration;
 //! - [`cli`] — `qx-update ab …`.
@@ -29,6 +31,7 @@ pub mod grubenv;
 pub mod health;
 pub mod history;
 pub mod install;
+pub mod sink;
 pub mod slot;
 pub mod slotenv;
 mod slotfs;
@@ -37,6 +40,7 @@ pub mod state;
 pub use ab::AbContext;
 pub use config::{AbConfig, MountConfig, SlotTarget};
 pub use error::BootError;
-pub use install::{install_image, ImageFile, InstallReport, InstallRequest};
+pub use install::{install_image, ImageFile, InstallReport, InstallRequest, SlotInstall};
+pub use sink::{Expected, ImageSink, SyncedImage, VerifiedImage};
 pub use slot::Slot;
 pub use state::AbState;

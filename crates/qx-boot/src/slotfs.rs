@@ -229,6 +229,9 @@ impl SlotFs {
         } else {
             format!("{spec} ({})", dev.display())
         };
+        if !read_only {
+            unmount_leftover(cfg, slot, rdev)?;
+        }
         if let Some(m) = mounts()?.into_iter().find(|m| m.dev == rdev) {
             if !read_only {
                 return Err(BootError::DeviceInUse {
@@ -273,6 +276,31 @@ impl SlotFs {
     }
 }
 
+/// Where temporary mounts of `slot` are made: `<mount dir>/qx-slot-<slot>-*`.
+fn mount_base(cfg: &AbConfig) -> PathBuf {
+    cfg.mount.dir.clone().unwrap_or_else(std::env::temp_dir)
+}
+
+/// Undoes a temporary mount of `slot`'s device that an interrupted install of ours left
+/// (killed while it held the slot mounted): the caller holds the A/B lock, so no install
+/// uses it. Any other mount of the device is left alone (and refused by the caller).
+fn unmount_leftover(cfg: &AbConfig, slot: Slot, rdev: (u32, u32)) -> Result<()> {
+    let base = mount_base(cfg);
+    let prefix = format!("qx-slot-{slot}-");
+    for m in mounts()?.into_iter().filter(|m| m.dev == rdev) {
+        let at = Path::new(&m.mountpoint);
+        let ours = at.parent() == Some(base.as_path())
+            && at
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix));
+        if ours && m.fs_root == "/" {
+            run(Command::new("umount").arg(at))?;
+            let _ = std::fs::remove_dir(at);
+        }
+    }
+    Ok(())
+}
+
 /// Mount `dev` (read-only if asked) at a new temporary directory under the
 /// configured mount directory.
 fn mount_temporarily(
@@ -282,7 +310,7 @@ fn mount_temporarily(
     desc: &str,
     read_only: bool,
 ) -> Result<tempfile::TempDir> {
-    let base = cfg.mount.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let base = mount_base(cfg);
     let tmp = tempfile::Builder::new()
         .prefix(&format!("qx-slot-{slot}-"))
         .tempdir_in(&base)
