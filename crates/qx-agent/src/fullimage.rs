@@ -22,17 +22,19 @@
 //! `--component NAME` selects components only: the image is not installed then (it is not a
 //! component; run `qx-update apply` without `--component` to install it).
 
-use std::path::PathBuf;
+use std::path::Path;
 
-use qx_boot::install::InstalledFile;
-use qx_boot::{AbContext, AbState, ImageFile, InstallRequest, Slot};
+use qx_boot::install::{InstalledFile, INITRAMFS_FILE, KERNEL_FILE, SYSTEM_FILE};
+use qx_boot::{AbContext, AbState, Expected, ImageSink, Slot, SlotInstall, VerifiedImage};
 use qx_core::fleet::EventType;
-use qx_core::fs::remove_any;
 use qx_core::status::{HistoryEntry, Outcome, UpdateState};
-use qx_core::{ArtifactRef, FullImage, Manifest, TargetSlot, UpdateLog, Version};
+use qx_core::{ArtifactRef, FullImage, Manifest, Sha256, TargetSlot, UpdateLog, Version};
 use serde::Serialize;
 
+use crate::check::download_options;
 use crate::check::{ComponentChange, Verified};
+use crate::download::{DownloadSink, Downloader};
+use crate::transaction::journal::pause_point;
 use crate::{Agent, AgentError, ApplyOptions, ApplyReport, CheckReport};
 
 /// The name under which the system image appears in check reports, history and status.
@@ -85,13 +87,19 @@ pub struct Plan {
     pub reverted: bool,
 }
 
-/// The image files, downloaded and verified.
-#[derive(Debug, Clone)]
+/// The image in the inactive slot, verified in its temporary files, not yet in place.
 pub struct Staged {
-    pub dir: PathBuf,
-    pub system: ImageFile,
-    pub kernel: Option<ImageFile>,
-    pub initramfs: Option<ImageFile>,
+    slot: SlotInstall,
+    files: Vec<VerifiedImage>,
+}
+
+impl Staged {
+    /// The apply failed before the image was put in place: its temporary files are removed,
+    /// the slot stays unbootable (logged with `reason`).
+    pub fn abandon(self, reason: &str) {
+        drop(self.files);
+        self.slot.abandon(reason);
+    }
 }
 
 fn target_slot(t: TargetSlot) -> Option<Slot> {
@@ -278,42 +286,140 @@ pub fn plan(
     }))
 }
 
-fn image_file(path: PathBuf, a: &ArtifactRef) -> ImageFile {
-    ImageFile {
-        path,
-        sha256: a.sha256,
+/// The slot files of the image, with what each must be.
+fn image_files(img: &FullImage) -> Vec<(&'static str, ArtifactRef)> {
+    std::iter::once((SYSTEM_FILE, img.artifact_ref()))
+        .chain(img.kernel.iter().map(|k| (KERNEL_FILE, k.clone())))
+        .chain(img.initramfs.iter().map(|i| (INITRAMFS_FILE, i.clone())))
+        .collect()
+}
+
+/// An [`ImageSink`] as the downloader's sink.
+struct SlotSink(ImageSink);
+
+fn io_of(e: qx_boot::BootError) -> std::io::Error {
+    match e {
+        qx_boot::BootError::Io { source, .. } => source,
+        other => std::io::Error::other(other.to_string()),
     }
 }
 
-/// Downloads every file of the image into `staging/system-<version>/` (resumed and verified).
-pub fn download(agent: &Agent, plan: &Plan, log: &mut UpdateLog) -> Result<Staged, AgentError> {
-    let dir = agent
-        .paths()
-        .staging
-        .join(format!("{SYSTEM}-{}", plan.version));
-    let img = &plan.image;
-    let files: Vec<ArtifactRef> = std::iter::once(img.artifact_ref())
-        .chain(img.kernel.iter().cloned())
-        .chain(img.initramfs.iter().cloned())
-        .collect();
-    let downloaded =
-        crate::transaction::apply::download_artifacts(agent, &plan.version, &dir, &files, log)?;
-    let mut got = downloaded
-        .into_iter()
-        .zip(&files)
-        .map(|(path, a)| image_file(path, a));
-    let system = got.next().ok_or_else(|| AgentError::Io {
-        path: dir.clone(),
-        source: std::io::Error::other("no system image was downloaded"),
+impl DownloadSink for SlotSink {
+    fn path(&self) -> &Path {
+        self.0.temp_path()
+    }
+    fn held(&self) -> u64 {
+        self.0.held()
+    }
+    fn append(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.0.write(data).map_err(io_of)
+    }
+    fn restart(&mut self) -> std::io::Result<()> {
+        self.0.restart().map_err(io_of)
+    }
+    fn digest(&mut self) -> std::io::Result<(Sha256, u64)> {
+        self.0.digest().map_err(io_of)
+    }
+}
+
+/// Steps 2 of the module documentation: the inactive slot made unbootable, then every file
+/// of the image downloaded straight into it, verified and read back (not yet in place).
+pub fn stage(agent: &Agent, plan: &Plan, log: &mut UpdateLog) -> Result<Staged, AgentError> {
+    let config = agent.config();
+    let ctx = AbContext::new(&config.ab, agent.root(), &config.log_path)
+        .with_events(agent.fleet().reporting());
+    log.line(&format!(
+        "system image {}: writing into slot {}",
+        plan.version,
+        plan.target
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "(inactive)".into())
+    ));
+    log.sync();
+    let mut slot = SlotInstall::begin(&ctx, &plan.version, plan.target)
+        .map_err(|e| failed(agent, plan, log, e))?;
+    let mut files = Vec::new();
+    for (name, a) in image_files(&plan.image) {
+        match stream_file(agent, plan, &mut slot, name, &a, log) {
+            Ok(f) => files.push(f),
+            Err(e) => {
+                slot.abandon(&e.to_string());
+                return Err(e);
+            }
+        }
+    }
+    Ok(Staged { slot, files })
+}
+
+/// A system image error: logged and recorded in the history as a failed full update.
+fn failed(agent: &Agent, plan: &Plan, log: &mut UpdateLog, e: qx_boot::BootError) -> AgentError {
+    let err = AgentError::SystemImage {
+        version: plan.version.clone(),
+        source: e,
+    };
+    log.line(&format!("system image {}: FAILED: {err}", plan.version));
+    log.sync();
+    if let Err(e) =
+        agent
+            .status_handle()
+            .record(history_entry(plan, Outcome::Failed, err.to_string()))
+    {
+        log.line(&format!("history: {e}"));
+    }
+    err
+}
+
+/// One file of the image: downloaded into its sink in the slot (resumed from what an
+/// interrupted apply left there), fsynced, read back.
+fn stream_file(
+    agent: &Agent,
+    plan: &Plan,
+    slot: &mut SlotInstall,
+    name: &str,
+    a: &ArtifactRef,
+    log: &mut UpdateLog,
+) -> Result<VerifiedImage, AgentError> {
+    let config = agent.config();
+    let url =
+        config
+            .server()
+            .artifact(&config.product, &plan.version, &a.artifact, &config.channel);
+    let shown = crate::download::redact_credentials(&url);
+    let expected = Expected {
+        sha256: a.sha256,
+        size: a.size_bytes,
+    };
+    let sink = slot
+        .sink(name, Some(expected))
+        .map_err(|e| failed(agent, plan, log, e))?
+        .with_source(&shown);
+    if sink.held() > 0 {
+        log.line(&format!(
+            "{name}: {} bytes already in slot {} from an interrupted apply; resuming",
+            sink.held(),
+            slot.target()
+        ));
+    }
+    log.line(&format!("download {shown} into slot {}", slot.target()));
+    let downloader = Downloader::with_tls(download_options(config), &config.tls)?;
+    let status = agent.status_handle();
+    let mut sink = SlotSink(sink);
+    downloader.fetch_into(&url, a, &mut sink, &mut |p| {
+        status.set_state(UpdateState::Downloading {
+            artifact: p.artifact.clone(),
+            bytes: p.bytes,
+            total: p.total,
+            rate: p.rate,
+        })
     })?;
-    let kernel = img.kernel.as_ref().and_then(|_| got.next());
-    let initramfs = img.initramfs.as_ref().and_then(|_| got.next());
-    Ok(Staged {
-        dir,
-        system,
-        kernel,
-        initramfs,
-    })
+    log.line(&format!(
+        "downloaded {name} into slot {} ({} bytes, sha256 verified)",
+        slot.target(),
+        a.size_bytes
+    ));
+    let synced = sink.0.sync().map_err(|e| failed(agent, plan, log, e))?;
+    pause_point("image-synced", synced.temp_path());
+    synced.verify().map_err(|e| failed(agent, plan, log, e))
 }
 
 /// The history entry of an image install that ended with `outcome`.
@@ -329,8 +435,8 @@ fn history_entry(plan: &Plan, outcome: Outcome, reason: String) -> HistoryEntry 
     }
 }
 
-/// Writes the downloaded image into its slot and records it; `report` is the apply's report
-/// so far (the components of a `mixed` release, or none).
+/// Puts the staged image in place, switches GRUB to its slot and records it; `report` is the
+/// apply's report so far (the components of a `mixed` release, or none).
 pub fn install(
     agent: &Agent,
     plan: Plan,
@@ -342,38 +448,13 @@ pub fn install(
     status.set_state(UpdateState::Installing {
         component: SYSTEM.into(),
     });
-    let req = InstallRequest {
-        version: plan.version.clone(),
-        target: plan.target,
-        system: staged.system.clone(),
-        kernel: staged.kernel.clone(),
-        initramfs: staged.initramfs.clone(),
-    };
-    log.line(&format!(
-        "system image {}: writing into slot {}",
-        plan.version,
-        plan.target
-            .map(|s| s.to_string())
-            .unwrap_or_else(|| "(inactive)".into())
-    ));
-    log.sync();
     let config = agent.config();
     let ctx = AbContext::new(&config.ab, agent.root(), &config.log_path)
         .with_events(agent.fleet().reporting());
-    let result = qx_boot::install_image(&ctx, &req);
-    let r = match result {
-        Ok(r) => r,
-        Err(e) => {
-            let err = AgentError::SystemImage {
-                version: plan.version.clone(),
-                source: e,
-            };
-            log.line(&format!("system image {}: FAILED: {err}", plan.version));
-            log.sync();
-            status.record(history_entry(&plan, Outcome::Failed, err.to_string()))?;
-            return Err(err);
-        }
-    };
+    let r = staged
+        .slot
+        .commit(staged.files)
+        .map_err(|e| failed(agent, &plan, log, e))?;
     let reason = format!(
         "written into slot {} ({}); pending: GRUB boots it next ({} attempts), `qx-update ab verify` commits it, slot {} is the fallback",
         r.to, r.target, r.tries, r.from
@@ -386,9 +467,6 @@ pub fn install(
     installed.component = Some(SYSTEM.into());
     installed.message = Some(reason.clone());
     agent.fleet().record(installed);
-    if let Err(e) = remove_any(&staged.dir) {
-        log.line(&format!("prune staging: {e}"));
-    }
     log.sync();
     report.version = plan.version.clone();
     report.components.push(SYSTEM.into());

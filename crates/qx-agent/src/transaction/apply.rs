@@ -445,8 +445,8 @@ fn install_release(
         outcome: Outcome::Success,
         system: None,
     };
-    // A system image (full/mixed): downloaded and verified before any host change, written
-    // into the inactive slot after the components (see crate::fullimage).
+    // A system image (full/mixed): streamed into the inactive slot (unbootable meanwhile) and
+    // verified before any component changes, put in place after them (see crate::fullimage).
     let plan = crate::fullimage::plan(agent, verified, opts, &mut tx.log)?;
     if plan.is_none() && verified.to_apply.is_empty() {
         tx.log.line("nothing to apply: the host is up to date");
@@ -456,11 +456,33 @@ fn install_release(
     tx.event(EventType::DownloadStarted, &version, None);
     let image = match plan {
         Some(p) => {
-            let staged = crate::fullimage::download(agent, &p, &mut tx.log)?;
+            let staged = crate::fullimage::stage(agent, &p, &mut tx.log)?;
             Some((p, staged))
         }
         None => None,
     };
+    let report = fetch_and_apply_components(tx, verified, op, up_to_date);
+    match (report, image) {
+        (Ok(report), Some((p, staged))) => {
+            crate::fullimage::install(agent, p, staged, &mut tx.log, report)
+        }
+        (Ok(report), None) => Ok(report),
+        (Err(e), Some((_, staged))) => {
+            staged.abandon(&format!("the components failed: {e}"));
+            Err(e)
+        }
+        (Err(e), None) => Err(e),
+    }
+}
+
+/// The components of the release (none: `up_to_date`): downloaded, then the transaction.
+fn fetch_and_apply_components(
+    tx: &mut Tx<'_>,
+    verified: &check::Verified,
+    op: &str,
+    up_to_date: ApplyReport,
+) -> Result<ApplyReport, AgentError> {
+    let version = verified.manifest.version.to_string();
     let artifacts = if verified.to_apply.is_empty() {
         Vec::new()
     } else {
@@ -469,14 +491,10 @@ fn install_release(
     tx.event(EventType::DownloadDone, &version, None);
     tx.stage(&version, "install");
     tx.event(EventType::InstallStarted, &version, None);
-    let report = if verified.to_apply.is_empty() {
-        up_to_date
+    if verified.to_apply.is_empty() {
+        Ok(up_to_date)
     } else {
-        apply_components(tx, verified, op, &artifacts)?
-    };
-    match image {
-        Some((p, staged)) => crate::fullimage::install(agent, p, staged, &mut tx.log, report),
-        None => Ok(report),
+        apply_components(tx, verified, op, &artifacts)
     }
 }
 

@@ -186,6 +186,38 @@ pub fn crash_point(name: &str) {
     }
 }
 
+/// The test-only pause hook: when `QX_TEST_PAUSE_AT` names this point, the process writes
+/// `detail` to `<QX_TEST_PAUSE_FIFO>.reached`, then waits until the test has opened and
+/// closed the FIFO `QX_TEST_PAUSE_FIFO` for writing (the test acts in between, e.g. changes
+/// a file on the disk). Compiled only with the `crash-points` feature.
+#[cfg(feature = "crash-points")]
+pub fn pause_point(name: &str, detail: &Path) {
+    let (Ok(at), Ok(fifo)) = (
+        std::env::var("QX_TEST_PAUSE_AT"),
+        std::env::var("QX_TEST_PAUSE_FIFO"),
+    ) else {
+        return;
+    };
+    if at != name {
+        return;
+    }
+    let reached = format!("{fifo}.reached");
+    if let Err(e) = fs::write(&reached, detail.as_os_str().as_encoded_bytes()) {
+        eprintln!("QX_TEST_PAUSE_AT={name}: cannot write {reached}: {e}");
+        return;
+    }
+    // Opening a FIFO for reading blocks until a writer opens it; the read ends when it closes.
+    match fs::read(&fifo) {
+        Ok(_) => {}
+        Err(e) => eprintln!("QX_TEST_PAUSE_AT={name}: cannot read {fifo}: {e}"),
+    }
+}
+
+/// Without the `crash-points` feature a pause point is nothing.
+#[cfg(not(feature = "crash-points"))]
+#[inline(always)]
+pub fn pause_point(_name: &str, _detail: &Path) {}
+
 /// Without the `crash-points` feature a crash point is nothing.
 #[cfg(not(feature = "crash-points"))]
 #[inline(always)]

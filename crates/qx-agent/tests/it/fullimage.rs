@@ -19,6 +19,7 @@ use qx_agent::AgentError;
 use qx_agent::ApplyOptions;
 use qx_core::status::{Outcome, UpdateState};
 use qx_core::{ArtifactName, ArtifactRef, FullImage, Sha256, TargetSlot, UpdateType};
+use qx_testkit::drip::{Drip, DripServer};
 use qx_testkit::host::{HostConfig, Lab};
 use qx_testkit::proxy::FaultProxy;
 use qx_testkit::release::{release_path, BuiltRelease, ComponentSpec};
@@ -517,50 +518,73 @@ fn corrupted_image_on_the_server_is_refused_and_slot_b_untouched() {
     assert!(!staged.exists());
 }
 
+/// The temporary files of slot B's image while it is written (in the agent's mount of it).
+fn slot_b_temps(f: &Fixture) -> Vec<PathBuf> {
+    let mnt = f.slots.dir.path().join("mnt");
+    let mut out = Vec::new();
+    for m in fs::read_dir(&mnt).into_iter().flatten().flatten() {
+        if !m.file_name().to_string_lossy().starts_with("qx-slot-B-") {
+            continue;
+        }
+        for e in fs::read_dir(m.path()).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().ends_with(".tmp") {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
 #[test]
 #[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
-fn interrupted_image_download_resumes_on_the_next_apply() {
+fn image_download_killed_mid_way_resumes_from_the_slot_on_the_next_apply() {
     let f = Fixture::new("");
+    // more than two write blocks (4 MiB each), so that some reach the slot before the kill
     let img = ImageFiles {
-        system: system_image("4.0.0", 2_000_000),
+        system: system_image("4.0.0", 13_000_000),
         kernel: None,
         initramfs: None,
     };
     publish_image(&f.lab, "4.0.0", &img, Vec::new());
     // Every request goes through a recording proxy; the first apply is throttled so that it
-    // can be killed in the middle of the image download (a crash or power cut).
+    // can be killed (kill -9) in the middle of the image download.
     let proxy = FaultProxy::start(f.lab.server.addr()).unwrap();
-    f.write_config(&proxy.url(), "  bandwidth_limit: 256KiB/s\n");
+    f.write_config(&proxy.url(), "  bandwidth_limit: 3MiB/s\n");
     let mut child = qx_update(&f.root())
         .args(["apply", "--yes"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn qx-update apply");
-    let part = f
-        .root()
-        .join("data/updates/staging/system-4.0.0/system.squashfs.part");
     let mut partial = 0;
-    poll(Duration::from_secs(30), Duration::from_millis(25), || {
-        partial = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
-        if partial >= 300_000 {
+    poll(Duration::from_secs(60), Duration::from_millis(25), || {
+        partial = slot_b_temps(&f)
+            .first()
+            .and_then(|p| fs::metadata(p).ok())
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if partial >= 4 << 20 {
             return true;
         }
         assert!(
             child.try_wait().unwrap().is_none(),
-            "apply ended before the image was partly downloaded"
+            "apply ended before the image was partly written"
         );
         false
     });
-    assert!(partial >= 300_000, "the image download did not progress");
     child.kill().unwrap();
     child.wait().unwrap();
-    let kept = fs::metadata(&part).expect("partial download kept").len();
+    let temps = slot_b_temps(&f);
+    assert_eq!(temps.len(), 1, "{temps:?}");
+    let kept = fs::metadata(&temps[0]).expect("temporary file kept").len();
     assert!(kept > 0 && kept < img.system.len() as u64, "{kept}");
+    // the slot is unbootable, the booted slot first: as before
     assert_eq!(f.env(), ENV_BEFORE);
     assert!(f.state().is_none());
+    // nothing of the image went to the data partition
+    assert!(!f.root().join("data/updates/staging/system-4.0.0").exists());
 
-    // the next apply resumes from the partial file
+    // the next apply undoes the killed apply's mount and goes on from the temporary file
     f.write_config(&proxy.url(), "");
     proxy.reset_stats();
     let before = proxy.requests().len();
@@ -571,17 +595,25 @@ fn interrupted_image_download_resumes_on_the_next_apply() {
         .iter()
         .filter(|r| r.contains("/system.squashfs"))
         .collect();
-    assert!(!image_req.is_empty(), "{requests:?}");
+    assert_eq!(image_req.len(), 1, "{requests:?}");
     assert!(
         image_req[0]
             .to_ascii_lowercase()
             .contains(&format!("range: bytes={kept}-")),
-        "first image request after the crash does not resume from {kept}: {}",
+        "the image request after the kill does not resume from {kept}: {}",
         image_req[0]
     );
+    let down = proxy.stats().bytes_down;
     assert!(
-        proxy.stats().bytes_down < img.system.len() as u64,
-        "the whole image was fetched again"
+        down < img.system.len() as u64 - kept + 100_000,
+        "{down} bytes fetched again for {} missing",
+        img.system.len() as u64 - kept
+    );
+    assert!(
+        f.update_log()
+            .contains(&format!("system.squashfs: {kept} bytes already in slot B")),
+        "{}",
+        f.update_log()
     );
     // kernel and initramfs not shipped: copied from slot A
     let b = f.slots.read_b();
@@ -592,7 +624,165 @@ fn interrupted_image_download_resumes_on_the_next_apply() {
     );
     assert_eq!(get("vmlinuz").unwrap(), b"kernel of slot A");
     assert_eq!(get("initramfs").unwrap(), b"initramfs of slot A");
+    assert_eq!(b.len(), 3, "temporary files left in slot B");
     assert_eq!(f.env(), ENV_AFTER);
+    no_slot_mounts_left();
+}
+
+/// Replaces the server's copy of release `version`'s image with `bytes`.
+fn replace_on_server(f: &Fixture, r: &BuiltRelease, bytes: &[u8]) {
+    let on_disk = release_path(
+        f.lab.server.release_dir(),
+        &f.lab.product,
+        &f.lab.channel,
+        &r.manifest.version.to_string(),
+    )
+    .join("system.squashfs");
+    assert!(on_disk.exists(), "{} missing", on_disk.display());
+    fs::write(&on_disk, bytes).unwrap();
+}
+
+/// A refused image: exit code 32 naming the image, grubenv, slot B (no temporary file) and
+/// the A/B state as before, no full-image history entry, no mount left.
+fn assert_image_refused(f: &Fixture, b_before: &[(String, Vec<u8>)], what: &str) {
+    let err = f
+        .agent()
+        .apply(&ApplyOptions::default())
+        .expect_err("a bad image must be refused");
+    assert!(matches!(err, AgentError::Download(_)), "{err}");
+    assert_eq!(err.exit_code(), 32);
+    assert!(err.to_string().contains(what), "{err}");
+    assert!(err.to_string().contains("system.squashfs"), "{err}");
+    assert_eq!(f.env(), ENV_BEFORE, "grubenv changed");
+    assert_eq!(f.slots.read_b(), b_before, "slot B changed");
+    assert!(f.state().is_none(), "state file written");
+    assert!(f.history().iter().all(|e| e["kind"] != "full"));
+    no_slot_mounts_left();
+}
+
+/// Serves release `version`'s image with `len` bytes (everything else from the lab's server)
+/// and points the host at it.
+fn serve_image_of_length(f: &Fixture, version: &str, len: u64) -> DripServer {
+    let drip = DripServer::start(
+        Some(f.lab.server.addr()),
+        Drip {
+            path_prefix: format!(
+                "/api/v1/{}/releases/{version}/system.squashfs",
+                f.lab.product
+            ),
+            interval: Duration::from_millis(1),
+            body_len: len,
+        },
+    )
+    .unwrap();
+    f.write_config(&drip.url(), "");
+    drip
+}
+
+#[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
+fn an_image_longer_than_signed_is_refused_and_slot_b_untouched() {
+    let f = Fixture::new("");
+    let img = full_image("3.1.0");
+    publish_image(&f.lab, "3.1.0", &img, Vec::new());
+    let _server = serve_image_of_length(&f, "3.1.0", img.system.len() as u64 + 1);
+    let b_before = f.slots.read_b();
+    assert_image_refused(&f, &b_before, "bytes where the signed manifest");
+}
+
+#[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
+fn an_image_shorter_than_signed_is_refused_and_slot_b_untouched() {
+    let f = Fixture::new("");
+    let img = full_image("3.2.0");
+    publish_image(&f.lab, "3.2.0", &img, Vec::new());
+    let _server = serve_image_of_length(&f, "3.2.0", img.system.len() as u64 - 4096);
+    let b_before = f.slots.read_b();
+    assert_image_refused(&f, &b_before, "bytes where the signed manifest");
+}
+
+#[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
+fn a_mixed_release_with_a_bad_image_changes_no_component() {
+    let f = Fixture::new("");
+    let img = full_image("3.3.0");
+    let r = publish_image(
+        &f.lab,
+        "3.3.0",
+        &img,
+        vec![ComponentSpec::file(
+            "qx-tool",
+            "/data/bin/qx-tool",
+            b"tool 3.3".to_vec(),
+        )],
+    );
+    let mut bad = img.system.clone();
+    bad[5] ^= 0x55;
+    replace_on_server(&f, &r, &bad);
+    let b_before = f.slots.read_b();
+    assert_image_refused(&f, &b_before, "sha256 mismatch");
+    assert!(!f.root().join("data/bin/qx-tool").exists());
+    assert_eq!(f.lab.host.version("qx-tool"), None);
+}
+
+#[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
+fn the_read_back_catches_an_image_changed_on_the_disk_after_its_fsync() {
+    let f = Fixture::new("");
+    let img = full_image("3.4.0");
+    publish_image(&f.lab, "3.4.0", &img, Vec::new());
+    let b_before = f.slots.read_b();
+    // The apply stops after the image's fsync (test-only pause point) and says which file it
+    // wrote; one byte of it is changed on the disk before the read-back.
+    let fifo = f.slots.dir.path().join("pause");
+    run(Command::new("mkfifo").arg(&fifo));
+    let child = qx_update(&f.root())
+        .args(["apply", "--yes"])
+        .env("QX_TEST_PAUSE_AT", "image-synced")
+        .env("QX_TEST_PAUSE_FIFO", &fifo)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn qx-update apply");
+    let reached = PathBuf::from(format!("{}.reached", fifo.display()));
+    poll(Duration::from_secs(60), Duration::from_millis(20), || {
+        reached.exists()
+    });
+    let temp = PathBuf::from(fs::read_to_string(&reached).unwrap());
+    assert!(
+        temp.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(".system.squashfs."),
+        "{}",
+        temp.display()
+    );
+    {
+        use std::os::unix::fs::FileExt;
+        let file = fs::OpenOptions::new().write(true).open(&temp).unwrap();
+        file.write_at(&[img.system[2_000_000] ^ 0xff], 2_000_000)
+            .unwrap();
+        file.sync_all().unwrap();
+    }
+    fs::write(&fifo, b"go").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(45), "{stderr}");
+    assert!(
+        stderr.contains("read back from the disk differs"),
+        "{stderr}"
+    );
+    assert!(!temp.exists(), "the refused temporary file is left");
+    assert_eq!(f.env(), ENV_BEFORE);
+    assert_eq!(f.slots.read_b(), b_before, "slot B changed");
+    assert!(f.state().is_none());
+    let h = f.history();
+    let last = h.last().expect("history entry");
+    assert_eq!(
+        (&last["kind"], &last["outcome"]),
+        (&"full".into(), &"failed".into())
+    );
+    no_slot_mounts_left();
 }
 
 #[test]
