@@ -1,7 +1,8 @@
 //! Project automation: `cargo xtask test | demo | bench <name>` (`bench fleet`: the fleet's
-//! load generator).
+//! load generator; `bench image`: a full-image install against the physical limits).
 
 mod bench_apply;
+mod bench_image;
 mod bench_server;
 mod benchmarks;
 mod demo;
@@ -47,6 +48,9 @@ enum Bench {
     Server,
     /// Agent apply vs a download-and-unpack shell pipeline.
     Apply,
+    /// A full-image install into the inactive A/B slot vs the physical limits and RAUC
+    /// (root: loop devices).
+    Image,
     /// The fleet's load generator: simulated hosts enroll, then check in and send events.
     Fleet {
         /// Fleet sizes, a fresh server and store for each.
@@ -79,6 +83,10 @@ fn main() -> anyhow::Result<()> {
             Bench::Apply => {
                 deps::ensure(deps::BENCH_PACKAGES)?;
                 bench_apply::run()
+            }
+            Bench::Image => {
+                deps::ensure(bench_image::PACKAGES)?;
+                bench_image::run()
             }
             Bench::Fleet {
                 hosts,

@@ -1,23 +1,27 @@
 //! Full-image (A/B) apply: a release whose `update_type` is `full` or `mixed` carries a system
 //! image (`full_image`: `system.squashfs`, optionally a kernel and an initramfs) that is written
-//! into the inactive slot by [`qx_boot::install_image`] (docs/spec.md §5).
+//! into the inactive slot through [`qx_boot::SlotInstall`] (docs/spec.md §5).
 //!
 //! Order of an apply that carries an image:
 //! 1. check (as for components); the image is planned: the slot to write, and whether it is
 //!    needed at all (see [`system_change`]);
-//! 2. every image file is downloaded to `staging/system-<version>/` (resumable, SHA-256 and
-//!    size verified while streaming, the same progress as components:
-//!    `UpdateState::Downloading`) — BEFORE any host change, so a bad image refuses the whole
-//!    apply with nothing touched;
+//! 2. [`stage`]: the inactive slot is mounted and made unbootable, then every image file is
+//!    downloaded straight into a temporary file in it ([`qx_boot::ImageSink`]: SHA-256 and size
+//!    verified on the stream, resumed from what an interrupted apply left in the slot, the same
+//!    progress as components: `UpdateState::Downloading`), fsynced and read back from the disk
+//!    — BEFORE any component changes, so a bad image refuses the whole apply with no component
+//!    touched and the booted slot and GRUB's order as they were (a refused file is removed; a
+//!    cut download is kept for the next apply);
 //! 3. `mixed`: the component transaction runs as for a `component` release (journaled,
-//!    crash-safe); its failure ends the apply and the image is not written;
-//! 4. `install_image`: the inactive slot is made unbootable, the files are written through
-//!    temporary names, fsynced, renamed and read back from the disk; grubenv gets
-//!    `ORDER="<new> <old>"` and `<NEW>_LEFT=<tries>`; `/quantix/ab-update-state.json` is
-//!    written pending; a history entry of kind `full` and update-log lines are appended;
-//! 5. the staging directory is removed; the reboot happens only with `updates.auto_reboot` or
-//!    `qx-update apply --reboot` (`updates.reboot_command`, default `/sbin/reboot`). The new slot
-//!    is committed by `qx-update ab verify` after that boot, or rolled back by GRUB.
+//!    crash-safe); its failure ends the apply, the image's temporary files are removed and the
+//!    slot stays unbootable;
+//! 4. [`install`]: the kernel and initramfs the release does not ship are copied from the booted
+//!    slot, the verified files are renamed into place; grubenv gets `ORDER="<new> <old>"` and
+//!    `<NEW>_LEFT=<tries>`; `/quantix/ab-update-state.json` is written pending; a history entry
+//!    of kind `full` and update-log lines are appended;
+//! 5. the reboot happens only with `updates.auto_reboot` or `qx-update apply --reboot`
+//!    (`updates.reboot_command`, default `/sbin/reboot`). The new slot is committed by
+//!    `qx-update ab verify` after that boot, or rolled back by GRUB.
 //!
 //! `--component NAME` selects components only: the image is not installed then (it is not a
 //! component; run `qx-update apply` without `--component` to install it).

@@ -774,60 +774,60 @@ mod tests {
 
     #[test]
     fn writes_verifies_and_installs_in_pieces_of_any_size() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test step");
         let data = content(2 * BLOCK + 12_345);
         let mut sink =
-            ImageSink::open(dir.path(), "system.squashfs", Some(expected(&data))).unwrap();
+            ImageSink::open(dir.path(), "system.squashfs", Some(expected(&data))).expect("test step");
         for piece in data.chunks(300_001) {
-            sink.write(piece).unwrap();
+            sink.write(piece).expect("test step");
         }
-        let f = sink.sync().unwrap().verify().unwrap().install().unwrap();
+        let f = sink.sync().expect("test step").verify().expect("test step").install().expect("test step");
         assert_eq!(f.sha256, Sha256::of(&data));
         assert_eq!(
-            std::fs::read(dir.path().join("system.squashfs")).unwrap(),
+            std::fs::read(dir.path().join("system.squashfs")).expect("test step"),
             data
         );
-        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("test step").flatten().collect();
         assert_eq!(left.len(), 1, "temporary file left");
     }
 
     #[test]
     fn resumes_from_the_temporary_file_of_the_same_content() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test step");
         let data = content(BLOCK + 5000);
         let exp = expected(&data);
-        let mut sink = ImageSink::open(dir.path(), "x", Some(exp)).unwrap();
-        sink.write(&data[..BLOCK + 100]).unwrap();
+        let mut sink = ImageSink::open(dir.path(), "x", Some(exp)).expect("test step");
+        sink.write(&data[..BLOCK + 100]).expect("test step");
         drop(sink);
-        let mut sink = ImageSink::open(dir.path(), "x", Some(exp)).unwrap();
+        let mut sink = ImageSink::open(dir.path(), "x", Some(exp)).expect("test step");
         assert_eq!(sink.held(), BLOCK as u64 + 100);
-        sink.write(&data[BLOCK + 100..]).unwrap();
-        sink.sync().unwrap().verify().unwrap().install().unwrap();
-        assert_eq!(std::fs::read(dir.path().join("x")).unwrap(), data);
+        sink.write(&data[BLOCK + 100..]).expect("test step");
+        sink.sync().expect("test step").verify().expect("test step").install().expect("test step");
+        assert_eq!(std::fs::read(dir.path().join("x")).expect("test step"), data);
     }
 
     #[test]
     fn a_temporary_file_of_other_content_is_removed() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test step");
         let old = content(1000);
-        let mut sink = ImageSink::open(dir.path(), "x", Some(expected(&old))).unwrap();
-        sink.write(&old[..500]).unwrap();
+        let mut sink = ImageSink::open(dir.path(), "x", Some(expected(&old))).expect("test step");
+        sink.write(&old[..500]).expect("test step");
         let old_temp = sink.temp_path().to_owned();
         drop(sink);
         let new = content(2000);
-        let sink = ImageSink::open(dir.path(), "x", Some(expected(&new))).unwrap();
+        let sink = ImageSink::open(dir.path(), "x", Some(expected(&new))).expect("test step");
         assert_eq!(sink.held(), 0);
         assert!(!old_temp.exists());
     }
 
     #[test]
     fn wrong_content_is_refused_and_its_temporary_file_removed() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test step");
         let data = content(10_000);
-        let mut sink = ImageSink::open(dir.path(), "x", Some(expected(&data))).unwrap();
+        let mut sink = ImageSink::open(dir.path(), "x", Some(expected(&data))).expect("test step");
         let mut bad = data.clone();
         bad[5] ^= 1;
-        sink.write(&bad).unwrap();
+        sink.write(&bad).expect("test step");
         let temp = sink.temp_path().to_owned();
         let err = sink.sync().err().expect("mismatch");
         assert!(matches!(err, BootError::HashMismatch { .. }), "{err}");
@@ -836,27 +836,27 @@ mod tests {
 
     #[test]
     fn a_longer_stream_is_refused_when_it_passes_the_size() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test step");
         let data = content(10_000);
-        let mut sink = ImageSink::open(dir.path(), "x", Some(expected(&data))).unwrap();
-        sink.write(&data).unwrap();
+        let mut sink = ImageSink::open(dir.path(), "x", Some(expected(&data))).expect("test step");
+        sink.write(&data).expect("test step");
         let err = sink.write(b"more").expect_err("too long");
         assert!(matches!(err, BootError::SizeMismatch { .. }), "{err}");
     }
 
     #[test]
     fn the_read_back_catches_a_change_on_the_disk() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test step");
         let data = content(BLOCK + 777);
-        let mut sink = ImageSink::open(dir.path(), "x", Some(expected(&data))).unwrap();
-        sink.write(&data).unwrap();
-        let synced = sink.sync().unwrap();
+        let mut sink = ImageSink::open(dir.path(), "x", Some(expected(&data))).expect("test step");
+        sink.write(&data).expect("test step");
+        let synced = sink.sync().expect("test step");
         let f = OpenOptions::new()
             .write(true)
             .open(synced.temp_path())
-            .unwrap();
-        f.write_at(b"!", BLOCK as u64 + 3).unwrap();
-        f.sync_all().unwrap();
+            .expect("test step");
+        f.write_at(b"!", BLOCK as u64 + 3).expect("test step");
+        f.sync_all().expect("test step");
         let temp = synced.temp_path().to_owned();
         let err = synced.verify().err().expect("caught");
         assert!(
