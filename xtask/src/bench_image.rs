@@ -80,7 +80,8 @@ pub fn run() -> Result<()> {
     let result = bench.measure(rounds);
     bench.tear_down();
     let times = result?;
-    let section = render(&bench.facts, &times, rounds);
+    bench.facts.load = format!("{} → {}", bench.facts.load, loadavg());
+    let section = render(&bench.facts, &times, rounds, &phases(&bench.qx_logs));
     println!("{section}");
     update_section(
         &workspace_root().join("BENCHMARKS.md"),
@@ -193,6 +194,16 @@ struct Facts {
     cpus: String,
     kernel: String,
     rauc: String,
+    /// The 1-minute load average at the start (and, once measured, at the end).
+    load: String,
+}
+
+/// The 1-minute load average (other work on the machine shows in the spread).
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split(' ').next().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 struct Bench {
@@ -207,12 +218,15 @@ struct Bench {
     _rauc_a: Loop,
     rauc_b: Loop,
     facts: Facts,
+    /// Each measured `qx` run: its time and its update log.
+    qx_logs: Vec<(f64, String)>,
 }
 
 impl Bench {
     fn set_up(dir: &Path, bin: &Path, image: &Path) -> Result<Bench> {
         let image_bytes = fs::metadata(image)?.len();
-        let slot_mib = (image_bytes >> 20) * 2 + 256;
+        // Room for the image and some spare (not for two images: the old one is removed first).
+        let slot_mib = ((image_bytes >> 20) + 512) / 4 * 4;
         eprintln!("bench image: slots on loop devices ({slot_mib} MiB each for B)");
         let qx_a = Loop::new(&dir.join("qxA.img"), 128)?;
         let qx_b = Loop::new(&dir.join("qxB.img"), slot_mib)?;
@@ -232,15 +246,15 @@ impl Bench {
             qx_b,
             _rauc_a: rauc_a,
             rauc_b,
+            qx_logs: Vec::new(),
             facts: Facts {
                 image_bytes,
                 cpus: std::thread::available_parallelism()
                     .map_or(1, |n| n.get())
                     .to_string(),
                 kernel: sh(Command::new("uname").arg("-r"))?.trim().to_owned(),
-                rauc: sh(Command::new("rauc").arg("--version"))?
-                    .trim()
-                    .to_owned(),
+                rauc: sh(Command::new("rauc").arg("--version"))?.trim().to_owned(),
+                load: loadavg(),
             },
         };
         bench.fill_slot_a()?;
@@ -371,7 +385,7 @@ impl Bench {
                 self.rauc_b.dev
             ),
         )?;
-        fs::copy(&self.image, d.join("src/rootfs.squashfs"))?;
+        fs::hard_link(&self.image, d.join("src/rootfs.squashfs"))?;
         fs::write(
             d.join("src/manifest.raucm"),
             format!("[update]\ncompatible=qx-bench\nversion={VERSION}\n\n[image.rootfs]\nfilename=rootfs.squashfs\n"),
@@ -400,6 +414,7 @@ impl Bench {
                 eprintln!("bench image: round {round} {} {secs:.3} s", CONTENDERS[i]);
                 if round == 0 {
                     self.check(CONTENDERS[i])?;
+                    self.qx_logs.clear();
                 } else {
                     times[i].1.push(secs);
                 }
@@ -454,7 +469,12 @@ impl Bench {
             .arg(r)
             .args(["apply", "--yes"]))?;
         sh(&mut Command::new("sync"))?;
-        Ok(t0.elapsed().as_secs_f64())
+        let secs = t0.elapsed().as_secs_f64();
+        let log_path = r.join("var/log/quantix/update.log");
+        let log = fs::read_to_string(&log_path).unwrap_or_default();
+        let _ = fs::remove_file(&log_path);
+        self.qx_logs.push((secs, log));
+        Ok(secs)
     }
 
     /// `cp` of the image into slot B's ext4 + `sync` (old file removed and synced before).
@@ -564,7 +584,7 @@ fn median(v: &[f64]) -> f64 {
 }
 
 /// The BENCHMARKS.md section.
-fn render(facts: &Facts, times: &[(String, Vec<f64>)], rounds: usize) -> String {
+fn render(facts: &Facts, times: &[(String, Vec<f64>)], rounds: usize, phases: &str) -> String {
     let med = |name: &str| {
         times
             .iter()
@@ -578,8 +598,8 @@ fn render(facts: &Facts, times: &[(String, Vec<f64>)], rounds: usize) -> String 
     let _ = writeln!(s, "{START}\n## Full-image install\n");
     let _ = writeln!(
         s,
-        "`cargo xtask bench image` (needs root), one run on this machine ({} CPUs, kernel {}, {}): a {mb:.0} MB squashfs of real files (`mksquashfs /usr/lib/x86_64-linux-gnu /usr/lib/chromium /usr/share/locale`) written into the inactive slot. Slots are zero-filled files on loop devices with `--direct-io=on` (ext4 `-E nodiscard` for Quantix and for `cp`, raw for RAUC); the server is a release `qx-update-server` on loopback with the release published by `qx-publish publish`. One warm-up round (which also checks every slot's bytes), then {rounds} rounds with the order rotated, every source read into the page cache first, every timing ends with `sync`; medians, monotonic clock.\n",
-        facts.cpus, facts.kernel, facts.rauc
+        "`cargo xtask bench image` (needs root), one run on this machine ({} CPUs, kernel {}, {}, 1-minute load average {} from other work during the run): a {mb:.0} MB squashfs of real files (`mksquashfs /usr/lib/x86_64-linux-gnu /usr/lib/chromium /usr/share/locale`) written into the inactive slot. Slots are zero-filled files on loop devices with `--direct-io=on` (ext4 `-E nodiscard` for Quantix and for `cp`, raw for RAUC); the server is a release `qx-update-server` on loopback with the release published by `qx-publish publish`. One warm-up round (which also checks every slot's bytes), then {rounds} rounds with the order rotated, every source read into the page cache first, every timing ends with `sync`; medians, monotonic clock.\n",
+        facts.cpus, facts.kernel, facts.rauc, facts.load
     );
     let _ = writeln!(s, "| contender | what it does | runs (s) | median s | MB/s | ÷ (curl + cp+sync) |\n|---|---|---|---|---|---|");
     let rows = [
@@ -615,6 +635,67 @@ fn render(facts: &Facts, times: &[(String, Vec<f64>)], rounds: usize) -> String 
         if t2 { "met" } else { "missed" },
         qx / rauc
     );
+    s.push_str(phases);
     let _ = writeln!(s, "{END}");
+    s
+}
+
+/// The update-log lines that end each phase of an apply, and the phase's name.
+const MILESTONES: [(&str, &str); 7] = [
+    (
+        "system image 2.0.0: writing into slot",
+        "start, check (channel state, manifest, signature)",
+    ),
+    ("download http", "slot B mounted, made unbootable"),
+    (
+        "downloaded system.squashfs",
+        "download into slot B's temporary file (SHA-256, writes, checksums on their threads)",
+    ),
+    ("system.squashfs: fsynced", "fsync of the image"),
+    (
+        "system.squashfs: read back",
+        "read-back of the image without the page cache, compared with the checksums",
+    ),
+    (
+        "ab: install: wrote system.squashfs",
+        "kernel and initramfs copied from slot A (mounted read-only) the same way, rename",
+    ),
+    (
+        "system image 2.0.0: written into slot",
+        "unmount, grubenv switched, state file, history",
+    ),
+];
+
+/// Where the time of the median `qx` run went, from its update log's timestamps.
+fn phases(runs: &[(f64, String)]) -> String {
+    let mut sorted: Vec<&(f64, String)> = runs.iter().collect();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let Some((total, log)) = sorted.get(sorted.len() / 2) else {
+        return String::new();
+    };
+    let stamp = |line: &str| -> Option<jiff::Timestamp> { line.split(' ').next()?.parse().ok() };
+    let Some(first) = log.lines().find_map(stamp) else {
+        return String::new();
+    };
+    let mut s = format!("Where Quantix's time goes (the run of median time, {total:.2} s, from the timestamps of its update log):
+
+| phase | s |
+|---|---|
+");
+    let mut prev = first;
+    for (needle, name) in MILESTONES {
+        let Some(at) = log.lines().find(|l| l.contains(needle)).and_then(stamp) else {
+            continue;
+        };
+        let secs = at.duration_since(prev).as_secs_f64();
+        let _ = writeln!(s, "| {name} | {secs:.2} |");
+        prev = at;
+    }
+    let logged = prev.duration_since(first).as_secs_f64();
+    let _ = writeln!(
+        s,
+        "| process start before the first log line, exit, and the final `sync` | {:.2} |\n",
+        total - logged
+    );
     s
 }

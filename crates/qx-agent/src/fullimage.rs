@@ -422,8 +422,14 @@ fn stream_file(
         a.size_bytes
     ));
     let synced = sink.0.sync().map_err(|e| failed(agent, plan, log, e))?;
+    log.line(&format!("{name}: fsynced in slot {}", slot.target()));
     pause_point("image-synced", synced.temp_path());
-    synced.verify().map_err(|e| failed(agent, plan, log, e))
+    let verified = synced.verify().map_err(|e| failed(agent, plan, log, e))?;
+    log.line(&format!(
+        "{name}: read back from the disk of slot {} and verified",
+        slot.target()
+    ));
+    Ok(verified)
 }
 
 /// The history entry of an image install that ended with `outcome`.

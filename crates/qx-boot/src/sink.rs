@@ -776,18 +776,27 @@ mod tests {
     fn writes_verifies_and_installs_in_pieces_of_any_size() {
         let dir = tempfile::tempdir().expect("test step");
         let data = content(2 * BLOCK + 12_345);
-        let mut sink =
-            ImageSink::open(dir.path(), "system.squashfs", Some(expected(&data))).expect("test step");
+        let mut sink = ImageSink::open(dir.path(), "system.squashfs", Some(expected(&data)))
+            .expect("test step");
         for piece in data.chunks(300_001) {
             sink.write(piece).expect("test step");
         }
-        let f = sink.sync().expect("test step").verify().expect("test step").install().expect("test step");
+        let f = sink
+            .sync()
+            .expect("test step")
+            .verify()
+            .expect("test step")
+            .install()
+            .expect("test step");
         assert_eq!(f.sha256, Sha256::of(&data));
         assert_eq!(
             std::fs::read(dir.path().join("system.squashfs")).expect("test step"),
             data
         );
-        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("test step").flatten().collect();
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("test step")
+            .flatten()
+            .collect();
         assert_eq!(left.len(), 1, "temporary file left");
     }
 
@@ -802,8 +811,16 @@ mod tests {
         let mut sink = ImageSink::open(dir.path(), "x", Some(exp)).expect("test step");
         assert_eq!(sink.held(), BLOCK as u64 + 100);
         sink.write(&data[BLOCK + 100..]).expect("test step");
-        sink.sync().expect("test step").verify().expect("test step").install().expect("test step");
-        assert_eq!(std::fs::read(dir.path().join("x")).expect("test step"), data);
+        sink.sync()
+            .expect("test step")
+            .verify()
+            .expect("test step")
+            .install()
+            .expect("test step");
+        assert_eq!(
+            std::fs::read(dir.path().join("x")).expect("test step"),
+            data
+        );
     }
 
     #[test]
