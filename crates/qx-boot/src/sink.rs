@@ -662,7 +662,9 @@ fn read_back(
     }
     std::thread::scope(|s| {
         s.spawn(move || read_blocks(&file, free_rx, full_tx));
-        compare_blocks(sums, size, &full, &free)
+        // Both channel ends are moved in: when the comparison stops early, the reader's next
+        // send or receive fails and it ends too.
+        compare_blocks(sums, size, full, free)
     })
 }
 
@@ -688,8 +690,8 @@ fn read_blocks(
 fn compare_blocks(
     sums: &[u64],
     size: u64,
-    full: &Receiver<io::Result<(Aligned, usize)>>,
-    free: &SyncSender<Aligned>,
+    full: Receiver<io::Result<(Aligned, usize)>>,
+    free: SyncSender<Aligned>,
 ) -> std::result::Result<(), ReadBackError> {
     let mut offset = 0u64;
     for (k, want) in sums.iter().enumerate() {
@@ -881,6 +883,26 @@ mod tests {
             "{err}"
         );
         assert!(!temp.exists());
+    }
+
+    #[test]
+    fn the_read_back_stops_at_the_first_changed_block_of_many() {
+        let dir = tempfile::tempdir().expect("test step");
+        let data = content(5 * BLOCK + 1);
+        let mut sink = ImageSink::open(dir.path(), "x", Some(expected(&data))).expect("test step");
+        sink.write(&data).expect("test step");
+        let synced = sink.sync().expect("test step");
+        let f = OpenOptions::new()
+            .write(true)
+            .open(synced.temp_path())
+            .expect("test step");
+        f.write_at(&[data[10] ^ 1], 10).expect("test step");
+        f.sync_all().expect("test step");
+        let err = synced.verify().err().expect("caught");
+        assert!(
+            matches!(err, BootError::ReadBack { offset: 0, .. }),
+            "{err}"
+        );
     }
 
     #[test]
