@@ -446,6 +446,8 @@ impl Plan {
             requires: requirements(c)?,
             migrate_command: c.migrate_command.clone(),
             health_command: c.health_command.clone(),
+            tar: None,
+            deltas: Vec::new(),
         })
     }
 }

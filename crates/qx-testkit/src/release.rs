@@ -259,6 +259,8 @@ impl ComponentSpec {
             permissions: self.permissions.map(Permissions::new).transpose()?,
             allow_setuid: false,
             allow_world_writable: false,
+            tar: None,
+            deltas: Vec::new(),
             requires: self
                 .requires
                 .iter()

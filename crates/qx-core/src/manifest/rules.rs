@@ -117,6 +117,7 @@ impl<'a> Check<'a> {
             self.component_safety(i, c);
             self.component_commands(i, c);
             self.component_requires(i, c);
+            self.component_deltas(i, c);
         }
     }
 
@@ -209,6 +210,31 @@ impl<'a> Check<'a> {
             if !required.insert(&r.name) {
                 self.bad(at, format!("{} is required twice", r.name));
             }
+        }
+    }
+
+    /// Deltas rebuild a signed archive digest, each from a distinct base, each its own
+    /// artifact.
+    fn component_deltas(&mut self, i: usize, c: &'a Component) {
+        if c.deltas.is_empty() {
+            return;
+        }
+        if c.tar.is_none() {
+            self.bad(
+                format!("components[{i}].tar"),
+                "a component with deltas needs `tar` (the digest the deltas rebuild)",
+            );
+        }
+        let mut bases = HashSet::new();
+        for (k, d) in c.deltas.iter().enumerate() {
+            let at = format!("components[{i}].deltas[{k}]");
+            if !bases.insert((d.from_sha256, d.algorithm)) {
+                self.bad(
+                    format!("{at}.from_sha256"),
+                    format!("two {} deltas from the same base", d.algorithm.as_str()),
+                );
+            }
+            self.artifact(format!("{at}.artifact"), &d.artifact);
         }
     }
 
