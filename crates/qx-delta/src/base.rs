@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 
 use qx_core::manifest::ComponentKind;
 
+/// The largest base a delta is made from or applied to: both sides hold the base in memory.
+pub const MAX_BASE_BYTES: u64 = 256 << 20;
+
 /// The base from an earlier release's archive (uncompressed tar). `None` when the archive holds
 /// more than `limit` bytes of content (no delta is made from such a base).
 pub fn from_archive(
@@ -55,20 +58,40 @@ pub fn from_archive(
 /// The base as installed at `path`. `None` when nothing of the right kind is there, or when it
 /// holds more than `limit` bytes.
 pub fn from_installed(path: &Path, kind: ComponentKind, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    match installed_files(path, kind)? {
+        Some(files) => read_all(&files, limit),
+        None => Ok(None),
+    }
+}
+
+/// The size of the base installed at `path`, from the files' metadata (nothing is read):
+/// `None` when nothing of the right kind is there.
+pub fn installed_size(path: &Path, kind: ComponentKind) -> io::Result<Option<u64>> {
+    let Some(files) = installed_files(path, kind)? else {
+        return Ok(None);
+    };
+    let mut total = 0u64;
+    for f in files {
+        total = total.saturating_add(f.symlink_metadata()?.len());
+    }
+    Ok(Some(total))
+}
+
+/// The regular files that make up the base at `path`, in base order.
+fn installed_files(path: &Path, kind: ComponentKind) -> io::Result<Option<Vec<PathBuf>>> {
     let Ok(meta) = path.symlink_metadata() else {
         return Ok(None);
     };
-    let files = match kind {
-        ComponentKind::File if meta.is_file() => vec![path.to_owned()],
+    Ok(match kind {
+        ComponentKind::File if meta.is_file() => Some(vec![path.to_owned()]),
         ComponentKind::Directory | ComponentKind::Migrations if meta.is_dir() => {
             let mut found = Vec::new();
             walk(path, path, &mut found)?;
             found.sort_by(|a, b| a.0.cmp(&b.0));
-            found.into_iter().map(|(_, p)| p).collect()
+            Some(found.into_iter().map(|(_, p)| p).collect())
         }
-        _ => return Ok(None),
-    };
-    read_all(&files, limit)
+        _ => None,
+    })
 }
 
 /// Reads `files` one after the other, stopping at `limit` bytes.

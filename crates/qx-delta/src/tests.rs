@@ -4,7 +4,7 @@ use std::io::Write;
 
 use qx_core::manifest::ComponentKind;
 
-use crate::base::{from_archive, from_installed};
+use crate::base::{from_archive, from_installed, installed_size};
 use crate::{decode, encode, smallest, DeltaAlgorithm, DeltaError, ALGORITHMS};
 
 /// Pseudo-random bytes (xorshift), the same for the same seed.
@@ -170,6 +170,8 @@ fn base_from_an_archive_equals_the_base_read_from_the_installed_tree() {
     for kind in [ComponentKind::Directory, ComponentKind::Migrations] {
         let installed = from_installed(dir.path(), kind, 1 << 20).unwrap().unwrap();
         assert_eq!(installed, from_tar, "{kind:?}");
+        let size = installed_size(dir.path(), kind).unwrap();
+        assert_eq!(size, Some(from_tar.len() as u64), "{kind:?}");
     }
     // A file where a directory is expected (and the reverse) is no base.
     assert!(from_installed(dir.path(), ComponentKind::File, 1 << 20)
