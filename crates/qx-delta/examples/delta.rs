@@ -39,9 +39,11 @@ fn run(args: &[String]) -> Result<String, String> {
             let n = decode(a, &base, patch, out, u32::MAX.into()).map_err(|e| e.to_string())?;
             Ok(n.to_string())
         }
-        _ => Err("usage: delta encode <algorithm|smallest> BASE TARGET PATCH | \
+        _ => Err(
+            "usage: delta encode <algorithm|smallest> BASE TARGET PATCH | \
                   delta decode <algorithm> BASE PATCH OUT"
-            .to_owned()),
+                .to_owned(),
+        ),
     }
 }
 

@@ -5,7 +5,8 @@ use std::borrow::Cow;
 use std::io::{BufRead, BufReader, Read, Write};
 
 use super::format::{corrupt, unzigzag, Header, Transform};
-use super::{x86, WINDOW_LOG};
+use super::matcher::Op;
+use super::{max_steps, project, WINDOW_LOG};
 use crate::{DeltaError, Result};
 
 /// A patch is never larger than what it rebuilds plus this (header and stream framing).
@@ -21,18 +22,15 @@ pub(super) fn apply(base: &[u8], patch: impl Read, mut out: impl Write, limit: u
     if header.target_len > limit {
         return Err(DeltaError::TooLong { limit });
     }
+    let [c, d, _] = header.stream_lens.map(|l| l as usize);
+    let (ctrl, rest) = streams.split_at(c);
+    let (diff, extra) = rest.split_at(d);
+    let ops = steps(ctrl, header.target_len)?;
     let base = match header.transform {
         Transform::None => Cow::Borrowed(base),
-        Transform::X86Branches => {
-            let mut b = base.to_vec();
-            x86::forward(&mut b, &header.base_ranges);
-            Cow::Owned(b)
-        }
+        Transform::Projection => Cow::Owned(project(base, &header, &ops)),
     };
-    let mut target = rebuild(&base, &header, streams)?;
-    if header.transform == Transform::X86Branches {
-        x86::inverse(&mut target, &header.target_ranges);
-    }
+    let target = rebuild(&base, &ops, header.target_len, diff, extra)?;
     out.write_all(&target).map_err(DeltaError::Write)?;
     Ok(target.len() as u64)
 }
@@ -45,7 +43,9 @@ fn read_patch(patch: impl Read, limit: u64) -> Result<Vec<u8>> {
         .read_to_end(&mut bytes)
         .map_err(|e| DeltaError::Corrupt(e.to_string()))?;
     if bytes.len() as u64 > cap {
-        return Err(corrupt("the patch is larger than anything it could rebuild"));
+        return Err(corrupt(
+            "the patch is larger than anything it could rebuild",
+        ));
     }
     Ok(bytes)
 }
@@ -58,32 +58,42 @@ fn stream(bytes: &[u8]) -> Result<Stream<'_>> {
     Ok(s.single_frame())
 }
 
-/// The transformed target, from the three streams.
-fn rebuild(base: &[u8], header: &Header, streams: &[u8]) -> Result<Vec<u8>> {
-    let [c, d, _] = header.stream_lens.map(|l| l as usize);
-    let (ctrl, rest) = streams.split_at(c);
-    let (diff, extra) = rest.split_at(d);
+/// Every step of the patch, checked to rebuild exactly `target_len` bytes.
+fn steps(ctrl: &[u8], target_len: u64) -> Result<Vec<Op>> {
     let mut ctrl = BufReader::new(stream(ctrl)?);
-    let (mut diff, mut extra) = (stream(diff)?, stream(extra)?);
-    let target_len = header.target_len;
-    let mut out = Vec::with_capacity(target_len.min(RESERVE) as usize);
-    let mut cursor = 0i64;
-    let mut steps = 0u64;
-    while (out.len() as u64) < target_len {
+    let mut ops = Vec::new();
+    let mut rebuilt = 0u64;
+    while rebuilt < target_len {
+        if ops.len() as u64 >= max_steps(target_len) {
+            return Err(corrupt("too many steps"));
+        }
         let (add, copy, seek) = (varint(&mut ctrl)?, varint(&mut ctrl)?, varint(&mut ctrl)?);
-        if add == 0 && copy == 0 && steps > 0 {
+        if add == 0 && copy == 0 && !ops.is_empty() {
             return Err(corrupt("a step that rebuilds nothing"));
         }
-        steps += 1;
-        let room = target_len - out.len() as u64;
+        let room = target_len - rebuilt;
         if add > room || copy > room - add {
             return Err(corrupt("a step rebuilds past the target's length"));
         }
-        add_from_base(&mut out, base, cursor, add, &mut diff)?;
-        read_into(&mut out, copy, &mut extra)?;
+        rebuilt += add + copy;
+        let seek = unzigzag(seek);
+        let (add, copy) = (add as usize, copy as usize);
+        ops.push(Op { add, copy, seek });
+    }
+    Ok(ops)
+}
+
+/// The target, from the (projected) base, the steps and the two byte streams.
+fn rebuild(base: &[u8], ops: &[Op], target_len: u64, diff: &[u8], extra: &[u8]) -> Result<Vec<u8>> {
+    let (mut diff, mut extra) = (stream(diff)?, stream(extra)?);
+    let mut out = Vec::with_capacity(target_len.min(RESERVE) as usize);
+    let mut cursor = 0i64;
+    for op in ops {
+        add_from_base(&mut out, base, cursor, op.add as u64, &mut diff)?;
+        read_into(&mut out, op.copy as u64, &mut extra)?;
         cursor = cursor
-            .checked_add(add as i64)
-            .and_then(|c| c.checked_add(unzigzag(seek)))
+            .checked_add(op.add as i64)
+            .and_then(|c| c.checked_add(op.seek))
             .ok_or_else(|| corrupt("the base cursor overflows"))?;
     }
     Ok(out)

@@ -2,17 +2,18 @@
 //!
 //! ```text
 //! magic       "QXEP" 0x01
-//! transform   u8: 0 none, 1 x86-64 branches (see `x86`)
+//! transform   u8: 0 none, 1 reference projection (see `project`)
 //! target_len  u64: the bytes the patch rebuilds
-//! base_ranges u8 count, then count × (start u64, len u64, address u64)
-//! target_ranges   the same, for the target
+//! five range lists, each u8 count then count × (start u64, len u64, address u64):
+//!   the base's segments, code, pointer sections, tables; the target's segments
+//!   (all empty without a transform)
 //! ctrl_len, diff_len, extra_len   u64 each: the sizes of the three zstd frames that follow
 //! ctrl        frame: triples of LEB128 varints (add, copy, seek as zigzag)
 //! diff        frame: bytes added (mod 256) to the transformed base for each `add`
 //! extra       frame: bytes copied as they are for each `copy`
 //! ```
 
-use super::elf::MAX_RANGES;
+use super::elf::{Layout, MAX_RANGES};
 use crate::{DeltaError, Result};
 
 pub(crate) const MAGIC: &[u8; 5] = b"QXEP\x01";
@@ -34,7 +35,7 @@ impl CodeRange {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Transform {
     None = 0,
-    X86Branches = 1,
+    Projection = 1,
 }
 
 /// What precedes the streams.
@@ -42,8 +43,8 @@ pub(crate) enum Transform {
 pub(crate) struct Header {
     pub transform: Transform,
     pub target_len: u64,
-    pub base_ranges: Vec<CodeRange>,
-    pub target_ranges: Vec<CodeRange>,
+    pub base: Layout,
+    pub target_segments: Vec<CodeRange>,
     pub stream_lens: [u64; 3],
 }
 
@@ -52,7 +53,14 @@ impl Header {
         out.extend_from_slice(MAGIC);
         out.push(self.transform as u8);
         out.extend_from_slice(&self.target_len.to_le_bytes());
-        for ranges in [&self.base_ranges, &self.target_ranges] {
+        let b = &self.base;
+        for ranges in [
+            &b.segments,
+            &b.code,
+            &b.pointers,
+            &b.tables,
+            &self.target_segments,
+        ] {
             out.push(ranges.len() as u8);
             for r in ranges {
                 for v in [r.start, r.len, r.address] {
@@ -74,12 +82,17 @@ impl Header {
         }
         let transform = match r.u8()? {
             0 => Transform::None,
-            1 => Transform::X86Branches,
+            1 => Transform::Projection,
             t => return Err(corrupt(&format!("unknown transform {t}"))),
         };
         let target_len = r.u64()?;
-        let base_ranges = r.ranges(base_len)?;
-        let target_ranges = r.ranges(target_len)?;
+        let base = Layout {
+            segments: r.ranges(base_len)?,
+            code: r.ranges(base_len)?,
+            pointers: r.ranges(base_len)?,
+            tables: r.ranges(base_len)?,
+        };
+        let target_segments = r.ranges(target_len)?;
         let stream_lens = [r.u64()?, r.u64()?, r.u64()?];
         let total = stream_lens.iter().try_fold(0u64, |a, &l| a.checked_add(l));
         if total != Some(r.0.len() as u64) {
@@ -88,8 +101,8 @@ impl Header {
         let header = Header {
             transform,
             target_len,
-            base_ranges,
-            target_ranges,
+            base,
+            target_segments,
             stream_lens,
         };
         Ok((header, r.0))

@@ -108,14 +108,24 @@ impl Matcher<'_> {
                 scored_to += 1;
             }
             if (len == old_score && len != 0) || len > old_score + 8 {
-                return Found { scan, len, pos, old_score };
+                return Found {
+                    scan,
+                    len,
+                    pos,
+                    old_score,
+                };
             }
             if self.agrees_at_last_offset(scan) {
                 old_score = old_score.saturating_sub(1);
             }
             scan += 1;
         }
-        Found { scan, len: 0, pos: 0, old_score }
+        Found {
+            scan,
+            len: 0,
+            pos: 0,
+            old_score,
+        }
     }
 
     /// Ends the current step just before the match at (`scan`, `pos`).
@@ -134,7 +144,11 @@ impl Matcher<'_> {
         }
         let copy = (scan - back) - (self.last_scan + fwd);
         let seek = (pos - back) as i64 - (self.last_pos + fwd) as i64;
-        self.ops.push(Op { add: fwd, copy, seek });
+        self.ops.push(Op {
+            add: fwd,
+            copy,
+            seek,
+        });
         self.last_scan = scan - back;
         self.last_pos = pos - back;
     }

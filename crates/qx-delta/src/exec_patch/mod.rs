@@ -15,12 +15,15 @@ mod apply;
 mod elf;
 mod format;
 mod matcher;
+mod project;
 mod x86;
 
 use std::io::{Read, Write};
 
-use format::{put_varint, zigzag, CodeRange, Header, Transform};
+use elf::Layout;
+use format::{put_varint, zigzag, Header, Transform};
 use matcher::{Index, Op};
+use project::{Moves, Projection};
 
 use crate::{DeltaError, Result};
 
@@ -35,22 +38,38 @@ pub(crate) fn encode(base: &[u8], target: &[u8]) -> Result<Vec<u8>> {
             "exec-patch handles bases and targets of at most 2 GiB",
         )));
     }
-    let (transform, base_ranges, target_ranges) = plan_transform(base, target);
-    let tbase = transformed(base, &base_ranges);
-    let ttarget = transformed(target, &target_ranges);
-    let ops = matcher::ops(&Index::new(&tbase), &ttarget);
-    let streams = streams(&tbase, &ttarget, &ops);
+    let ops = fold(&matcher::ops(&Index::new(base), target));
+    let ops = if ops.len() as u64 > max_steps(target.len() as u64) {
+        vec![Op {
+            add: 0,
+            copy: target.len(),
+            seek: 0,
+        }]
+    } else {
+        ops
+    };
+    let mut header = Header {
+        transform: Transform::None,
+        target_len: target.len() as u64,
+        base: Layout::default(),
+        target_segments: Vec::new(),
+        stream_lens: [0; 3],
+    };
+    let projected = match (elf::layout(base), elf::layout(target)) {
+        (Some(b), Some(t)) => {
+            header.transform = Transform::Projection;
+            header.base = b;
+            header.target_segments = t.segments;
+            Some(project(base, &header, &ops))
+        }
+        _ => None,
+    };
+    let streams = streams(projected.as_deref().unwrap_or(base), target, &ops);
     let mut compressed = Vec::with_capacity(3);
     for s in &streams {
         compressed.push(compress(s)?);
     }
-    let header = Header {
-        transform,
-        target_len: target.len() as u64,
-        base_ranges,
-        target_ranges,
-        stream_lens: [0, 1, 2].map(|i| compressed[i].len() as u64),
-    };
+    header.stream_lens = [0, 1, 2].map(|i| compressed[i].len() as u64);
     let mut patch = Vec::new();
     header.write(&mut patch);
     compressed.iter().for_each(|c| patch.extend_from_slice(c));
@@ -61,25 +80,26 @@ pub(crate) fn decode(base: &[u8], patch: impl Read, out: impl Write, limit: u64)
     apply::apply(base, patch, out, limit)
 }
 
-/// The transform both files get: the x86-64 one when both are x86-64 executables.
-fn plan_transform(base: &[u8], target: &[u8]) -> (Transform, Vec<CodeRange>, Vec<CodeRange>) {
-    let (b, t) = (elf::code_ranges(base), elf::code_ranges(target));
-    if b.is_empty() || t.is_empty() {
-        return (Transform::None, Vec::new(), Vec::new());
-    }
-    (Transform::X86Branches, b, t)
+/// The most steps a patch rebuilding `target_len` bytes may have (the decoder holds them all:
+/// at most about 3/4 of the target's size).
+pub(crate) fn max_steps(target_len: u64) -> u64 {
+    target_len / 32 + 1024
 }
 
-fn transformed(bytes: &[u8], ranges: &[CodeRange]) -> Vec<u8> {
-    let mut out = bytes.to_vec();
-    x86::forward(&mut out, ranges);
-    out
+/// The base as the decoder sees it: with the header's projection, if any.
+pub(crate) fn project(base: &[u8], header: &Header, ops: &[Op]) -> Vec<u8> {
+    let moves = Moves::from_ops(ops);
+    let p = Projection {
+        base: &header.base,
+        target_segments: &header.target_segments,
+        moves: &moves,
+    };
+    p.apply(base)
 }
 
-/// The control, difference and extra streams of `ops`. A step that neither adds nor copies
-/// only moves the base cursor: it is folded into the previous step (only a first step may be
-/// empty), so a decoder can refuse runs of empty steps.
-fn streams(base: &[u8], target: &[u8], ops: &[Op]) -> [Vec<u8>; 3] {
+/// A step that neither adds nor copies only moves the base cursor: it is folded into the
+/// previous step (only a first step may be empty), so a decoder can refuse runs of empty steps.
+fn fold(ops: &[Op]) -> Vec<Op> {
     let mut folded: Vec<Op> = Vec::with_capacity(ops.len());
     for &op in ops {
         match folded.last_mut() {
@@ -87,13 +107,20 @@ fn streams(base: &[u8], target: &[u8], ops: &[Op]) -> [Vec<u8>; 3] {
             _ => folded.push(op),
         }
     }
+    folded
+}
+
+/// The control, difference and extra streams of `ops`.
+fn streams(base: &[u8], target: &[u8], ops: &[Op]) -> [Vec<u8>; 3] {
     let (mut ctrl, mut diff, mut extra) = (Vec::new(), Vec::new(), Vec::new());
     let (mut old, mut new) = (0usize, 0usize);
-    for op in &folded {
+    for op in ops {
         put_varint(&mut ctrl, op.add as u64);
         put_varint(&mut ctrl, op.copy as u64);
         put_varint(&mut ctrl, zigzag(op.seek));
-        let added = target[new..new + op.add].iter().zip(&base[old..old + op.add]);
+        let added = target[new..new + op.add]
+            .iter()
+            .zip(&base[old..old + op.add]);
         diff.extend(added.map(|(t, b)| t.wrapping_sub(*b)));
         new += op.add;
         extra.extend_from_slice(&target[new..new + op.copy]);
@@ -105,7 +132,8 @@ fn streams(base: &[u8], target: &[u8], ops: &[Op]) -> [Vec<u8>; 3] {
 
 fn compress(bytes: &[u8]) -> Result<Vec<u8>> {
     let bits = usize::BITS - bytes.len().max(1).leading_zeros();
-    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), LEVEL).map_err(DeltaError::Encode)?;
+    let mut enc =
+        zstd::stream::write::Encoder::new(Vec::new(), LEVEL).map_err(DeltaError::Encode)?;
     enc.window_log(bits.clamp(10, WINDOW_LOG))
         .and_then(|()| enc.long_distance_matching(true))
         .and_then(|()| enc.include_checksum(false))
