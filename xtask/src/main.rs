@@ -1,7 +1,8 @@
 //! Project automation: `cargo xtask test | demo | bench <name>` (`bench fleet`: the fleet's
-//! load generator).
+//! load generator; `bench deltas`: patch sizes on real executables).
 
 mod bench_apply;
+mod bench_deltas;
 mod bench_server;
 mod benchmarks;
 mod demo;
@@ -47,6 +48,8 @@ enum Bench {
     Server,
     /// Agent apply vs a download-and-unpack shell pipeline.
     Apply,
+    /// qx-delta's patches vs general-purpose delta tools on real releases of executables.
+    Deltas,
     /// The fleet's load generator: simulated hosts enroll, then check in and send events.
     Fleet {
         /// Fleet sizes, a fresh server and store for each.
@@ -79,6 +82,10 @@ fn main() -> anyhow::Result<()> {
             Bench::Apply => {
                 deps::ensure(deps::BENCH_PACKAGES)?;
                 bench_apply::run()
+            }
+            Bench::Deltas => {
+                deps::ensure(bench_deltas::PACKAGES)?;
+                bench_deltas::run()
             }
             Bench::Fleet {
                 hosts,

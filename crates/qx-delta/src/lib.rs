@@ -8,6 +8,7 @@
 //! the result's SHA-256 against the manifest before using a byte of it.
 
 pub mod base;
+mod exec_patch;
 mod zstd_patch;
 
 use std::io::{Read, Write};
@@ -15,7 +16,7 @@ use std::io::{Read, Write};
 pub use qx_core::manifest::DeltaAlgorithm;
 
 /// The algorithms this program encodes and decodes, in the order [`smallest`] tries them.
-pub const ALGORITHMS: &[DeltaAlgorithm] = &[DeltaAlgorithm::ZstdPatch];
+pub const ALGORITHMS: &[DeltaAlgorithm] = &[DeltaAlgorithm::ZstdPatch, DeltaAlgorithm::ExecPatch];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeltaError {
@@ -37,6 +38,7 @@ pub type Result<T, E = DeltaError> = std::result::Result<T, E>;
 pub fn encode(algorithm: DeltaAlgorithm, base: &[u8], target: &[u8]) -> Result<Vec<u8>> {
     match algorithm {
         DeltaAlgorithm::ZstdPatch => zstd_patch::encode(base, target),
+        DeltaAlgorithm::ExecPatch => exec_patch::encode(base, target),
         other => Err(DeltaError::Unsupported(other.as_str())),
     }
 }
@@ -52,6 +54,7 @@ pub fn decode(
 ) -> Result<u64> {
     match algorithm {
         DeltaAlgorithm::ZstdPatch => zstd_patch::decode(base, patch, out, limit),
+        DeltaAlgorithm::ExecPatch => exec_patch::decode(base, patch, out, limit),
         other => Err(DeltaError::Unsupported(other.as_str())),
     }
 }

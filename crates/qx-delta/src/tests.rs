@@ -224,3 +224,107 @@ fn a_file_component_base_is_its_one_file() {
     let base = from_archive(&archive(&files)[..], ComponentKind::File, 100).unwrap();
     assert_eq!(base.unwrap(), b"binary");
 }
+
+/// A C program of `n` functions calling each other and referring to a table of strings;
+/// `extra` adds statements to the first function, which shifts all the code after it.
+fn c_program(n: usize, extra: usize) -> String {
+    let mut s = String::from("#include <stdio.h>\n#include <string.h>\n");
+    s.push_str("static const char *names[] = {");
+    for i in 0..n {
+        s.push_str(&format!("\"name-{i}\","));
+    }
+    s.push_str("};\nint f0(int x) { int y = x;\n");
+    for k in 0..extra {
+        s.push_str(&format!(
+            "  y = y * {} + (int)strlen(names[y & 7]);\n",
+            k + 3
+        ));
+    }
+    s.push_str("  return y; }\n");
+    for i in 1..n {
+        s.push_str(&format!(
+            "int f{i}(int x) {{ if (x > {i}) return f{}(x - 1) + (int)strlen(names[{i}]); \
+             printf(\"%d %s\\n\", x, names[{}]); return x * {i}; }}\n",
+            i - 1,
+            (i * 7) % n
+        ));
+    }
+    s.push_str(&format!(
+        "int main(int argc, char **argv) {{ (void)argv; return f{}(argc) & 1; }}\n",
+        n - 1
+    ));
+    s
+}
+
+/// Builds `source` with the system's C compiler; the executable's bytes.
+fn build_c(dir: &std::path::Path, name: &str, source: &str) -> Vec<u8> {
+    let src = dir.join(format!("{name}.c"));
+    let exe = dir.join(name);
+    std::fs::write(&src, source).unwrap();
+    let st = std::process::Command::new("cc")
+        .args(["-O1", "-fno-inline", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .expect("a C compiler (cc) on the test machine");
+    assert!(st.success(), "cc failed");
+    std::fs::read(exe).unwrap()
+}
+
+#[test]
+fn exec_patch_between_two_builds_with_shifted_code_round_trips_and_beats_zstd_patch() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = build_c(dir.path(), "v1", &c_program(1500, 2));
+    let new = build_c(dir.path(), "v2", &c_program(1500, 40));
+    assert_ne!(old, new);
+    let exec = encode(DeltaAlgorithm::ExecPatch, &old, &new).unwrap();
+    let zstd = encode(DeltaAlgorithm::ZstdPatch, &old, &new).unwrap();
+    assert_eq!(
+        rebuild(DeltaAlgorithm::ExecPatch, &old, &exec, new.len() as u64).unwrap(),
+        new
+    );
+    assert!(
+        exec.len() < zstd.len(),
+        "exec-patch {} bytes, zstd-patch {} bytes",
+        exec.len(),
+        zstd.len()
+    );
+}
+
+#[test]
+fn exec_patch_of_a_non_executable_round_trips_without_the_projection() {
+    let base = noise(200_000, 11);
+    let target = edited(&base);
+    let patch = encode(DeltaAlgorithm::ExecPatch, &base, &target).unwrap();
+    // The transform byte (after the 5-byte magic) says none.
+    assert_eq!(patch[5], 0);
+    let out = rebuild(
+        DeltaAlgorithm::ExecPatch,
+        &base,
+        &patch,
+        target.len() as u64,
+    )
+    .unwrap();
+    assert_eq!(out, target);
+}
+
+#[test]
+fn exec_patch_with_a_header_naming_ranges_outside_the_base_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = build_c(dir.path(), "v1", &c_program(50, 1));
+    let new = build_c(dir.path(), "v2", &c_program(50, 3));
+    let patch = encode(DeltaAlgorithm::ExecPatch, &old, &new).unwrap();
+    assert_eq!(patch[5], 1, "two ELF executables are projected");
+    // A shorter base than the one the patch's ranges were recorded for.
+    let err = rebuild(DeltaAlgorithm::ExecPatch, &old[..100], &patch, 1 << 30).unwrap_err();
+    assert!(matches!(err, DeltaError::Corrupt(_)), "{err}");
+}
+
+#[test]
+fn exec_patch_that_claims_a_huge_target_is_refused_before_allocating() {
+    let base = noise(1000, 12);
+    let mut patch = encode(DeltaAlgorithm::ExecPatch, &base, &edited(&base)).unwrap();
+    patch[6..14].copy_from_slice(&u64::MAX.to_le_bytes());
+    let err = rebuild(DeltaAlgorithm::ExecPatch, &base, &patch, 1 << 20).unwrap_err();
+    assert!(matches!(err, DeltaError::TooLong { .. }), "{err}");
+}
