@@ -302,6 +302,20 @@ impl Manifest {
         out
     }
 
+    /// The artifacts a host installs from: [`Manifest::artifacts`] without the deltas (which
+    /// only save downloads; a bundle leaves them out).
+    pub fn whole_artifacts(&self) -> Vec<ArtifactRef> {
+        let deltas: Vec<&ArtifactName> = self
+            .components
+            .iter()
+            .flat_map(|c| c.deltas.iter().map(|d| &d.artifact))
+            .collect();
+        self.artifacts()
+            .into_iter()
+            .filter(|a| !deltas.contains(&&a.artifact))
+            .collect()
+    }
+
     pub fn artifact(&self, name: &str) -> Option<ArtifactRef> {
         self.artifacts()
             .into_iter()

@@ -190,3 +190,30 @@ fn a_build_without_a_server_makes_no_deltas() {
         .collect();
     assert!(!names.iter().any(|n| n.ends_with(".delta")), "{names:?}");
 }
+
+#[test]
+fn a_bundle_carries_the_whole_artifacts_and_leaves_the_deltas_out() {
+    let e = start();
+    let p = Product::new(&e);
+    p.publish(&e, 0, "1.0.0", &[]);
+    p.publish(&e, 1, "1.1.0", &[]);
+    let out = e.work.path().join("release.qxb");
+    crate::channel::bundle(&e, "1.1.0", &out).assert().success();
+    let meta = qx_core::bundle::read_metadata(&out).unwrap();
+    let m = Manifest::parse(&meta.manifest, qx_core::UnknownFields::Reject).unwrap();
+    let app = component(&m, "app");
+    assert_eq!(app.deltas.len(), 1);
+    let whole = m.whole_artifacts();
+    assert!(whole
+        .iter()
+        .all(|a| !a.artifact.as_str().ends_with(".delta")));
+    assert_eq!(whole.len(), m.artifacts().len() - 1);
+    let dir = tempfile::tempdir().unwrap();
+    qx_core::bundle::extract_artifacts(&out, dir.path(), &whole, &m.artifacts()).unwrap();
+    let delta = [app.deltas[0].artifact_ref()];
+    let err = qx_core::bundle::extract_artifacts(&out, dir.path(), &delta, &m.artifacts());
+    assert!(err
+        .unwrap_err()
+        .to_string()
+        .contains("missing from the bundle"));
+}
