@@ -8,6 +8,7 @@
 //! the result's SHA-256 against the manifest before using a byte of it.
 
 pub mod base;
+pub mod chunks;
 mod exec_patch;
 mod zstd_patch;
 
@@ -96,3 +97,6 @@ fn copy_capped(mut reader: impl Read, mut out: impl Write, limit: u64) -> Result
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod chunks_tests;
