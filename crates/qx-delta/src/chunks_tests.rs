@@ -44,9 +44,9 @@ fn rebuild(index: &Index, packed: &[u8], booted: &[u8], sources: &[Source]) -> V
                 len,
             } => {
                 let run = &packed[offset as usize..(offset + len) as usize];
-                for i in first..first + count {
-                    let start = (offsets[i] - offset) as usize;
-                    let e = &index.chunks[i];
+                let entries = index.chunks[first..first + count].iter();
+                for (e, at) in entries.zip(&offsets[first..first + count]) {
+                    let start = (at - offset) as usize;
                     out.extend(unpack(e, &run[start..start + e.pack_len as usize]).unwrap());
                 }
             }
