@@ -206,6 +206,18 @@ pub struct FullImage {
     pub requires_reboot: bool,
     #[serde(default)]
     pub target_slot: TargetSlot,
+    /// The image cut into content-defined chunks: a host rebuilds it from the chunks its
+    /// booted slot holds and fetches only the others (docs/deltas.md, "Images").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<ImageChunks>,
+}
+
+/// The chunk index (lengths, packed lengths and SHA-256 of every chunk, in image order) and
+/// the pack (every chunk compressed alone, in the same order) of a system image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ImageChunks {
+    pub index: ArtifactRef,
+    pub pack: ArtifactRef,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -298,21 +310,27 @@ impl Manifest {
             out.push(img.artifact_ref());
             out.extend(img.kernel.iter().cloned());
             out.extend(img.initramfs.iter().cloned());
+            if let Some(c) = &img.chunks {
+                out.extend([c.index.clone(), c.pack.clone()]);
+            }
         }
         out
     }
 
-    /// The artifacts a host installs from: [`Manifest::artifacts`] without the deltas (which
-    /// only save downloads; a bundle leaves them out).
+    /// The artifacts a host installs from: [`Manifest::artifacts`] without the deltas and the
+    /// image's chunks (which only save downloads; a bundle leaves them out).
     pub fn whole_artifacts(&self) -> Vec<ArtifactRef> {
-        let deltas: Vec<&ArtifactName> = self
+        let mut savers: Vec<&ArtifactName> = self
             .components
             .iter()
             .flat_map(|c| c.deltas.iter().map(|d| &d.artifact))
             .collect();
+        if let Some(c) = self.full_image.as_ref().and_then(|i| i.chunks.as_ref()) {
+            savers.extend([&c.index.artifact, &c.pack.artifact]);
+        }
         self.artifacts()
             .into_iter()
-            .filter(|a| !deltas.contains(&&a.artifact))
+            .filter(|a| !savers.contains(&&a.artifact))
             .collect()
     }
 

@@ -491,6 +491,7 @@ fn full_image(img: &FullImageSpec, out: &Path, note: &mut dyn FnMut(&str)) -> Re
         "full image: copied {} ({} bytes)",
         main.artifact, main.size_bytes
     ));
+    let chunks = crate::deltas::chunk_image(&out.join(main.artifact.as_str()), out, note)?;
     Ok(FullImage {
         artifact: main.artifact,
         sha256: main.sha256,
@@ -499,6 +500,7 @@ fn full_image(img: &FullImageSpec, out: &Path, note: &mut dyn FnMut(&str)) -> Re
         initramfs,
         requires_reboot: img.requires_reboot,
         target_slot: img.target_slot,
+        chunks: Some(chunks),
     })
 }
 

@@ -16,8 +16,8 @@ use std::io::Read;
 use std::path::Path;
 
 use qx_core::channel::ChannelState;
-use qx_core::manifest::{ComponentKind, Delta, Digest};
-use qx_core::{ArtifactName, Component, ComponentName, Sha256, TrustedKeys, Version};
+use qx_core::manifest::{ComponentKind, Delta, Digest, ImageChunks};
+use qx_core::{ArtifactName, ArtifactRef, Component, ComponentName, Sha256, TrustedKeys, Version};
 use qx_delta::base::MAX_BASE_BYTES;
 
 use crate::channel;
@@ -197,6 +197,57 @@ fn delta_name(component: &ComponentName, base: &Sha256) -> Result<ArtifactName> 
     let hex = base.to_hex();
     ArtifactName::new(format!("{name}.from-{}.delta", &hex[..16]))
         .map_err(|e| Error::Usage(format!("delta artifact name: {e}")))
+}
+
+/// Compression level of the image's chunks.
+const CHUNK_LEVEL: i32 = 9;
+
+/// Cuts the system image at `image` into content-defined chunks: writes `<name>.chunks` (the
+/// index) and `<name>.pack` (the chunks compressed) beside it (docs/deltas.md, "Images").
+pub fn chunk_image(image: &Path, out: &Path, note: &mut dyn FnMut(&str)) -> Result<ImageChunks> {
+    let name = image
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::Usage(format!("{} has no file name", image.display())))?;
+    let names = |ext: &str| {
+        ArtifactName::new(format!("{name}.{ext}"))
+            .map_err(|e| Error::Usage(format!("image chunk artifact name: {e}")))
+    };
+    let (index_name, pack_name) = (names("chunks")?, names("pack")?);
+    let pack_path = out.join(pack_name.as_str());
+    let input = File::open(image).map_err(Error::io(image))?;
+    let pack_file = File::create(&pack_path).map_err(Error::io(&pack_path))?;
+    let mut writer = std::io::BufWriter::new(pack_file);
+    let index = qx_delta::chunks::pack(std::io::BufReader::new(input), &mut writer, CHUNK_LEVEL)
+        .map_err(|e| Error::Archive {
+            path: image.to_owned(),
+            message: format!("cannot cut the image into chunks: {e}"),
+        })?;
+    let file = writer
+        .into_inner()
+        .map_err(|e| Error::io(&pack_path)(e.into_error()))?;
+    file.sync_all().map_err(Error::io(&pack_path))?;
+    let index_bytes = index.to_bytes();
+    qx_core::fs::write_atomic(&out.join(index_name.as_str()), &index_bytes)?;
+    let (pack_sha, pack_size) =
+        Sha256::of_reader(File::open(&pack_path).map_err(Error::io(&pack_path))?)
+            .map_err(Error::io(&pack_path))?;
+    note(&format!(
+        "full image: {} chunks, packed into {pack_name} ({pack_size} bytes)",
+        index.chunks.len()
+    ));
+    Ok(ImageChunks {
+        index: ArtifactRef {
+            artifact: index_name,
+            sha256: Sha256::of(&index_bytes),
+            size_bytes: index_bytes.len() as u64,
+        },
+        pack: ArtifactRef {
+            artifact: pack_name,
+            sha256: pack_sha,
+            size_bytes: pack_size,
+        },
+    })
 }
 
 /// A built artifact decompressed.

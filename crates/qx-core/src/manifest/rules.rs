@@ -250,6 +250,10 @@ impl<'a> Check<'a> {
         if let Some(r) = &img.initramfs {
             self.artifact("full_image.initramfs.artifact", &r.artifact);
         }
+        if let Some(c) = &img.chunks {
+            self.artifact("full_image.chunks.index.artifact", &c.index.artifact);
+            self.artifact("full_image.chunks.pack.artifact", &c.pack.artifact);
+        }
     }
 
     /// An artifact name is not a release file's name and is listed once in the release.
