@@ -8,9 +8,10 @@
 //! 4. creates a sandboxed host under `target/demo/host` (`--root`), and installs 1.0.0 there
 //!    with `qx-update apply`: migrations run, the demo service starts;
 //! 5. publishes 1.0.1 as a hot fix of the service alone (`--component qx-demo`: the other
-//!    components are carried over, not uploaded), shows `qx-update check`, applies it (the
-//!    running service is replaced and restarted, the update verified by its health check),
-//!    and prints `qx-update status`;
+//!    components are carried over, not uploaded; a delta from 1.0.0 is made and signed),
+//!    shows `qx-update check`, applies it (the service is rebuilt from the installed 1.0.0 and
+//!    the delta, the bytes saved printed; the running service is replaced and restarted, the
+//!    update verified by its health check), and prints `qx-update status`;
 //! 6. publishes a bad 1.0.2 and applies it, then yanks it with `--revert`: the host's check
 //!    says to go back, `apply` reverts it to 1.0.1 and the history says `reverted`;
 //! 7. bundles 1.0.1 (`qx-publish bundle`) and shows it to an offline host
@@ -454,7 +455,7 @@ impl Demo {
     /// Publishes 1.0.1, a hot fix of the service alone, and applies it while the service
     /// runs; checks that it runs 1.0.1.
     fn update_running_host(&self) -> anyhow::Result<()> {
-        step("publish 1.0.1, a hot fix of the service alone, and update the running host");
+        step("publish 1.0.1, a hot fix of the service alone with a delta from 1.0.0, and update the running host");
         self.publish(
             "1.0.1",
             "Hot fix: the service is replaced while it runs and restarted once.",
@@ -466,6 +467,11 @@ impl Demo {
         let before = read_trimmed(&pidfile);
         self.agent(&["apply", "--yes"])?;
         let after = read_trimmed(&pidfile);
+        let log = std::fs::read_to_string(self.host_path(qx_core::update_log::DEFAULT_UPDATE_LOG))
+            .unwrap_or_default();
+        if !log.contains("delta for qx-demo") || !log.contains("rebuilt ") {
+            bail!("the hot fix was downloaded whole: no delta was used");
+        }
         self.agent(&["status"])?;
         println!("\nqx-demo service: pid {before} -> {after}");
         self.expect_running("1.0.1")?;

@@ -1,7 +1,9 @@
 //! Project automation: `cargo xtask test | demo | bench <name>` (`bench fleet`: the fleet's
-//! load generator; `bench image`: a full-image install against the physical limits).
+//! load generator; `bench deltas`: patch sizes on real executables; `bench image`: a
+//! full-image install against the physical limits).
 
 mod bench_apply;
+mod bench_deltas;
 mod bench_image;
 mod bench_server;
 mod benchmarks;
@@ -51,6 +53,8 @@ enum Bench {
     /// A full-image install into the inactive A/B slot vs the physical limits and RAUC
     /// (root: loop devices).
     Image,
+    /// qx-delta's patches vs general-purpose delta tools on real releases of executables.
+    Deltas,
     /// The fleet's load generator: simulated hosts enroll, then check in and send events.
     Fleet {
         /// Fleet sizes, a fresh server and store for each.
@@ -87,6 +91,10 @@ fn main() -> anyhow::Result<()> {
             Bench::Image => {
                 deps::ensure(bench_image::PACKAGES)?;
                 bench_image::run()
+            }
+            Bench::Deltas => {
+                deps::ensure(bench_deltas::PACKAGES)?;
+                bench_deltas::run()
             }
             Bench::Fleet {
                 hosts,

@@ -130,6 +130,7 @@ pub const FUZZ_TARGETS: &[&str] = &[
     "grubenv",
     "range",
     "agent_config",
+    "delta_decode",
 ];
 
 /// Seconds each fuzz target runs (default 60; `0` skips fuzzing).

@@ -314,6 +314,9 @@ fn apply(agent: &Agent, json: bool, opts: &ApplyOptions, yes: bool, reboot: bool
         }
         Ok(r) => {
             println!("Installed {}: {}", r.version, r.components.join(", "));
+            for d in &r.deltas {
+                println!("  {}", d.summary());
+            }
             if let Some(s) = &r.system {
                 println!("{}", s.summary());
             }

@@ -60,6 +60,8 @@ pub struct HostPaths {
     pub identity: PathBuf,
     /// The fleet state: the event queue, the last boot id and offered version reported.
     pub fleet: PathBuf,
+    /// The deltas this host refused (docs/spec.md §11): never used again.
+    pub deltas_refused: PathBuf,
 }
 
 impl HostPaths {
@@ -80,6 +82,7 @@ impl HostPaths {
             ab_state: at("quantix/ab-update-state.json"),
             identity: at("data/updates/identity.json"),
             fleet: at("data/updates/fleet"),
+            deltas_refused: at("data/updates/deltas-refused.json"),
         }
     }
 

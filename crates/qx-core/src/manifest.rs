@@ -100,6 +100,74 @@ pub struct Component {
     /// Optional argv run after the restart; success proves the update took effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_command: Option<Vec<String>>,
+    /// The artifact's archive uncompressed: what a delta rebuilds (required with `deltas`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tar: Option<Digest>,
+    /// Patches that rebuild [`Component::tar`] from content a host may hold (docs/spec.md §11).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<Delta>,
+}
+
+/// The SHA-256 and size of some bytes that are not an artifact of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Digest {
+    pub sha256: Sha256,
+    pub size_bytes: u64,
+}
+
+/// A patch from one earlier content of a component to this release's archive (docs/spec.md
+/// §11). Its base is the component's *installed content*: a file component's file; for a
+/// directory or migrations component, its regular files concatenated in the byte order of
+/// their paths relative to `install_path`. Applying the patch to exactly those bytes yields
+/// the archive uncompressed, checked against [`Component::tar`] before anything else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Delta {
+    /// SHA-256 of the base.
+    pub from_sha256: Sha256,
+    /// Size of the base: a host checks it before hashing anything.
+    pub from_size_bytes: u64,
+    /// The version whose content is the base (informational: the hash decides).
+    pub from_version: Version,
+    pub artifact: ArtifactName,
+    pub sha256: Sha256,
+    pub size_bytes: u64,
+    pub algorithm: DeltaAlgorithm,
+}
+
+/// How a delta is encoded. A host skips a delta whose algorithm it does not know (a newer
+/// publisher's) and downloads the whole artifact instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeltaAlgorithm {
+    /// A zstd frame compressed with the base as its reference prefix (long window).
+    ZstdPatch,
+    /// An executable-aware block-copy patch with zstd-compressed streams.
+    ExecPatch,
+    /// An algorithm this program does not know.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
+}
+
+impl DeltaAlgorithm {
+    /// Its name in a manifest.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ZstdPatch => "zstd-patch",
+            Self::ExecPatch => "exec-patch",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl Delta {
+    pub fn artifact_ref(&self) -> ArtifactRef {
+        ArtifactRef {
+            artifact: self.artifact.clone(),
+            sha256: self.sha256,
+            size_bytes: self.size_bytes,
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -138,6 +206,18 @@ pub struct FullImage {
     pub requires_reboot: bool,
     #[serde(default)]
     pub target_slot: TargetSlot,
+    /// The image cut into content-defined chunks: a host rebuilds it from the chunks its
+    /// booted slot holds and fetches only the others (docs/deltas.md, "Images").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<ImageChunks>,
+}
+
+/// The chunk index (lengths, packed lengths and SHA-256 of every chunk, in image order) and
+/// the pack (every chunk compressed alone, in the same order) of a system image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ImageChunks {
+    pub index: ArtifactRef,
+    pub pack: ArtifactRef,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -221,17 +301,37 @@ impl Manifest {
 
     /// Every artifact of the release with its hash and size: exactly what may be downloaded.
     pub fn artifacts(&self) -> Vec<ArtifactRef> {
-        let mut out: Vec<ArtifactRef> = self
-            .components
-            .iter()
-            .map(Component::artifact_ref)
-            .collect();
+        let mut out: Vec<ArtifactRef> = Vec::new();
+        for c in &self.components {
+            out.push(c.artifact_ref());
+            out.extend(c.deltas.iter().map(Delta::artifact_ref));
+        }
         if let Some(img) = &self.full_image {
             out.push(img.artifact_ref());
             out.extend(img.kernel.iter().cloned());
             out.extend(img.initramfs.iter().cloned());
+            if let Some(c) = &img.chunks {
+                out.extend([c.index.clone(), c.pack.clone()]);
+            }
         }
         out
+    }
+
+    /// The artifacts a host installs from: [`Manifest::artifacts`] without the deltas and the
+    /// image's chunks (which only save downloads; a bundle leaves them out).
+    pub fn whole_artifacts(&self) -> Vec<ArtifactRef> {
+        let mut savers: Vec<&ArtifactName> = self
+            .components
+            .iter()
+            .flat_map(|c| c.deltas.iter().map(|d| &d.artifact))
+            .collect();
+        if let Some(c) = self.full_image.as_ref().and_then(|i| i.chunks.as_ref()) {
+            savers.extend([&c.index.artifact, &c.pack.artifact]);
+        }
+        self.artifacts()
+            .into_iter()
+            .filter(|a| !savers.contains(&&a.artifact))
+            .collect()
     }
 
     pub fn artifact(&self, name: &str) -> Option<ArtifactRef> {

@@ -40,6 +40,8 @@ pub struct BuildOptions {
     /// §8): listed in the manifest as they are (their own version, artifact, size and
     /// SHA-256); their artifacts are not in `out` (the server holds them).
     pub carried: Vec<Component>,
+    /// Earlier content of the components, to make deltas from ([`crate::deltas`]).
+    pub delta_bases: Vec<crate::deltas::Base>,
 }
 
 /// A built, signed and self-verified release directory.
@@ -337,7 +339,9 @@ impl Plan {
         let mut components = Vec::new();
         let mut findings = Vec::new();
         for c in &self.selected {
-            components.push(self.component(c, &opts.out, &mut findings, note)?);
+            let mut built = self.component(c, &opts.out, &mut findings, note)?;
+            crate::deltas::add(&mut built, &opts.out, &opts.delta_bases, note)?;
+            components.push(built);
         }
         let mut carried = Vec::new();
         for c in &opts.carried {
@@ -352,6 +356,7 @@ impl Plan {
                 c.sha256.short()
             ));
             carried.push(c.artifact.to_string());
+            carried.extend(c.deltas.iter().map(|d| d.artifact.to_string()));
             components.push(c.clone());
         }
         let warnings = [self.warnings.clone(), lint::enforce(findings)?].concat();
@@ -446,6 +451,8 @@ impl Plan {
             requires: requirements(c)?,
             migrate_command: c.migrate_command.clone(),
             health_command: c.health_command.clone(),
+            tar: None,
+            deltas: Vec::new(),
         })
     }
 }
@@ -484,6 +491,7 @@ fn full_image(img: &FullImageSpec, out: &Path, note: &mut dyn FnMut(&str)) -> Re
         "full image: copied {} ({} bytes)",
         main.artifact, main.size_bytes
     ));
+    let chunks = crate::deltas::chunk_image(&out.join(main.artifact.as_str()), out, note)?;
     Ok(FullImage {
         artifact: main.artifact,
         sha256: main.sha256,
@@ -492,6 +500,7 @@ fn full_image(img: &FullImageSpec, out: &Path, note: &mut dyn FnMut(&str)) -> Re
         initramfs,
         requires_reboot: img.requires_reboot,
         target_slot: img.target_slot,
+        chunks: Some(chunks),
     })
 }
 

@@ -144,7 +144,8 @@ fn download(
         .map_err(Error::io(qx_core::fs::parent_of(&req.out)))?;
     let version = req.version.to_string();
     let mut files = Vec::new();
-    for a in manifest.artifacts() {
+    // Deltas only save downloads: an offline host installs from the whole artifacts.
+    for a in manifest.whole_artifacts() {
         let dest = tmp.path().join(a.artifact.as_str());
         note(&format!(
             "downloading {} ({} bytes)",

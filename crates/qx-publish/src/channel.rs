@@ -86,7 +86,7 @@ pub fn sign(state: &ChannelState, key: &SigningKey) -> Result<SignedState> {
     })
 }
 
-fn state_error(product: &str, channel: &str, message: String) -> Error {
+pub(crate) fn state_error(product: &str, channel: &str, message: String) -> Error {
     Error::ChannelState {
         product: product.to_owned(),
         channel: channel.to_owned(),

@@ -6,6 +6,7 @@
 //! - [`build`]: spec → signed, self-verified release directory;
 //! - [`lint`]: the checks that stop a bad release before upload;
 //! - [`upload`]: the server's publisher API (publish with progress, promote, yank, reads);
+//! - [`deltas`]: patches from the channel's earlier releases (docs/spec.md §11);
 //! - [`publish`]: build + lint + upload;
 //! - [`promote`]: re-sign a release for another channel;
 //! - [`channel`]: read, verify, build, sign and store the channel state (docs/spec.md §8);
@@ -19,6 +20,7 @@ pub mod build;
 pub mod bundle;
 pub mod channel;
 pub mod cli;
+pub mod deltas;
 pub mod error;
 pub mod keygen;
 pub mod lint;

@@ -18,10 +18,11 @@ use std::path::PathBuf;
 
 use jiff::SignedDuration;
 use qx_core::channel::ChannelState;
-use qx_core::{ChannelName, Component, ProductName, Sha256};
+use qx_core::{ChannelName, Component, ComponentName, ProductName, Sha256};
 
 use crate::build::{self, BuildOptions, BuiltRelease};
 use crate::channel::{self, Committed, Signer, Update};
+use crate::deltas;
 use crate::error::{Error, Result};
 use crate::lint::{self, Finding};
 use crate::spec::Spec;
@@ -48,6 +49,8 @@ pub struct PublishOptions {
     pub waves: Option<Vec<qx_core::rollout::WaveSpec>>,
     /// The rollout's health rules (with `waves`).
     pub policy: qx_core::channel::RolloutPolicy,
+    /// Make deltas from the channel's newest releases, at most this many (0: none).
+    pub deltas: usize,
 }
 
 #[derive(Debug)]
@@ -116,6 +119,18 @@ pub fn publish(
             build_opts.carried = carried;
             carried_from = Some(from);
         }
+        if opts.deltas > 0 {
+            let wanted = built_components(&spec, &opts.build.components);
+            build_opts.delta_bases = deltas::fetch_bases(
+                client,
+                signer.trusted(),
+                &base,
+                &version,
+                &wanted,
+                opts.deltas,
+                note,
+            )?;
+        }
     } else if !opts.build.components.is_empty() {
         note("dry run without --server: only the named components are built (a published release carries the others over from the channel's current release)");
     }
@@ -163,6 +178,15 @@ pub fn publish(
         state: Some(committed),
         carried_from,
     })
+}
+
+/// The components a build makes: the named ones, or every one of the spec.
+fn built_components(spec: &Spec, named: &[String]) -> Vec<ComponentName> {
+    spec.components
+        .iter()
+        .map(|c| c.name.clone())
+        .filter(|n| named.is_empty() || named.iter().any(|s| s == n.as_str()))
+        .collect()
 }
 
 fn update<'a>(

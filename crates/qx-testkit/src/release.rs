@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 use anyhow::{bail, Context};
 use qx_core::api::ServerUrl;
 use qx_core::fs::WriteOptions;
+use qx_core::manifest::{Delta, Digest};
 use qx_core::{
     ArtifactName, ChannelName, Component, ComponentKind, ComponentName, InstallPath, KeyPair,
     Manifest, Permissions, ProductName, Requirement, ServiceName, Sha256, SigningKey, UpdateType,
@@ -259,6 +260,8 @@ impl ComponentSpec {
             permissions: self.permissions.map(Permissions::new).transpose()?,
             allow_setuid: false,
             allow_world_writable: false,
+            tar: None,
+            deltas: Vec::new(),
             requires: self
                 .requires
                 .iter()
@@ -331,6 +334,8 @@ pub struct ReleaseSpec {
     pub release_notes: String,
     /// `expires` relative to now (negative = already expired).
     pub expires_in: jiff::SignedDuration,
+    /// Earlier releases each component gets a delta from ([`ReleaseSpec::deltas_from`]).
+    pub delta_from: Vec<ReleaseSpec>,
 }
 
 impl ReleaseSpec {
@@ -343,7 +348,54 @@ impl ReleaseSpec {
             min_version: None,
             release_notes: format!("fixture release {version}"),
             expires_in: jiff::SignedDuration::from_hours(24 * 30),
+            delta_from: Vec::new(),
         }
+    }
+
+    /// Each component gets a delta (the smallest of every algorithm, whatever its size) from
+    /// the same component of `earlier`, as the publish tool makes them (docs/spec.md §11).
+    pub fn deltas_from(mut self, earlier: &ReleaseSpec) -> Self {
+        self.delta_from.push(earlier.clone());
+        self
+    }
+
+    /// The deltas of [`ReleaseSpec::deltas_from`], added to `components` (whose archives are
+    /// `artifacts`, in the same order) and to `artifacts`.
+    fn add_deltas(
+        &self,
+        components: &mut [Component],
+        artifacts: &mut Vec<(String, Vec<u8>)>,
+    ) -> anyhow::Result<()> {
+        for earlier in &self.delta_from {
+            for old in &earlier.components {
+                let Some(i) = components.iter().position(|c| c.name.as_str() == old.name) else {
+                    continue;
+                };
+                let tar = zstd::decode_all(&artifacts[i].1[..])?;
+                let old_tar = zstd::decode_all(&old.archive()?[..])?;
+                let base = qx_delta::base::from_archive(&old_tar[..], old.kind, u64::MAX)?
+                    .context("no base")?;
+                let (algorithm, patch) = qx_delta::smallest(qx_delta::ALGORITHMS, &base, &tar)?
+                    .context("no algorithm")?;
+                let c = &mut components[i];
+                let artifact = format!("{}.from-{}.delta", c.name, earlier.version);
+                c.tar = Some(Digest {
+                    sha256: Sha256::of(&tar),
+                    size_bytes: tar.len() as u64,
+                });
+                c.deltas.push(Delta {
+                    from_sha256: Sha256::of(&base),
+                    from_size_bytes: base.len() as u64,
+                    from_version: Version::parse(&earlier.version)?,
+                    artifact: ArtifactName::new(artifact.clone())?,
+                    sha256: Sha256::of(&patch),
+                    size_bytes: patch.len() as u64,
+                    algorithm,
+                });
+                artifacts.push((artifact, patch));
+            }
+        }
+        Ok(())
     }
 
     pub fn component(mut self, c: ComponentSpec) -> Self {
@@ -362,6 +414,7 @@ impl ReleaseSpec {
             artifacts.push((component.artifact.to_string(), bytes));
             components.push(component);
         }
+        self.add_deltas(&mut components, &mut artifacts)?;
         let now = jiff::Timestamp::now();
         let (release_date, expires) = if self.expires_in.is_negative() {
             let expires = now.checked_add(self.expires_in)?;

@@ -67,6 +67,9 @@ pub struct ApplyReport {
     /// The system image written into the inactive slot (`full`/`mixed` releases).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub system: Option<crate::fullimage::SystemInstall>,
+    /// Components rebuilt from a delta instead of downloaded whole (docs/spec.md §11).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<super::DeltaUse>,
 }
 
 /// What recovery did with an interrupted operation.
@@ -201,6 +204,8 @@ pub(super) struct Tx<'a> {
     /// stage before the download (a refused check is not a failed update).
     pub(super) fleet_version: Option<String>,
     pub(super) stage: Option<&'static str>,
+    /// The deltas this apply used instead of whole artifacts.
+    pub(super) deltas: Vec<super::DeltaUse>,
 }
 
 impl<'a> Tx<'a> {
@@ -212,6 +217,7 @@ impl<'a> Tx<'a> {
             services: ServiceManager::new(agent.config(), agent.root()),
             fleet_version: None,
             stage: None,
+            deltas: Vec::new(),
         }
     }
 
@@ -340,6 +346,7 @@ fn apply_locked(tx: &mut Tx<'_>, opts: &ApplyOptions, op: &str) -> Result<ApplyR
             components: Vec::new(),
             outcome: Outcome::Success,
             system: None,
+            deltas: Vec::new(),
         });
     };
     log_manifest(&mut tx.log, &report, &verified);
@@ -444,6 +451,7 @@ fn install_release(
         components: Vec::new(),
         outcome: Outcome::Success,
         system: None,
+        deltas: Vec::new(),
     };
     // A system image (full/mixed): streamed into the inactive slot (unbootable meanwhile) and
     // verified before any component changes, put in place after them (see crate::fullimage).
@@ -491,29 +499,35 @@ fn fetch_and_apply_components(
     tx.event(EventType::DownloadDone, &version, None);
     tx.stage(&version, "install");
     tx.event(EventType::InstallStarted, &version, None);
-    if verified.to_apply.is_empty() {
-        Ok(up_to_date)
+    let mut report = if verified.to_apply.is_empty() {
+        up_to_date
     } else {
-        apply_components(tx, verified, op, &artifacts)
-    }
+        apply_components(tx, verified, op, &artifacts)?
+    };
+    report.deltas = std::mem::take(&mut tx.deltas);
+    Ok(report)
 }
 
-/// Steps 1–2 of the component transaction: every artifact to install, downloaded (or taken
-/// from the bundle) into `staging/<version>/` and verified.
+/// Steps 1–2 of the component transaction: every artifact to install, downloaded (or rebuilt
+/// from a delta, or taken from the bundle) into `staging/<version>/` and verified.
 fn fetch_artifacts(
     tx: &mut Tx<'_>,
     verified: &check::Verified,
-) -> Result<Vec<PathBuf>, AgentError> {
+) -> Result<Vec<extract::Archive>, AgentError> {
     let m = &verified.manifest;
     let version = m.version.to_string();
     let staging_dir = tx.paths.staging.join(&version);
-    let expected: Vec<ArtifactRef> = verified.to_apply.iter().map(|c| c.artifact_ref()).collect();
     let artifacts = match &verified.source {
         check::ArtifactSource::Server => {
-            download_artifacts(tx.agent, &version, &staging_dir, &expected, &mut tx.log)?
+            super::delta::fetch(tx, &version, &staging_dir, &verified.to_apply)?
         }
         check::ArtifactSource::Bundle(file) => {
+            let expected: Vec<ArtifactRef> =
+                verified.to_apply.iter().map(|c| c.artifact_ref()).collect();
             crate::bundle::extract(tx.agent, file, m, &staging_dir, &expected, &mut tx.log)?
+                .into_iter()
+                .map(extract::Archive::Zst)
+                .collect()
         }
     };
     crash_point("downloaded");
@@ -561,7 +575,7 @@ fn apply_components(
     tx: &mut Tx<'_>,
     verified: &check::Verified,
     op: &str,
-    artifacts: &[PathBuf],
+    artifacts: &[extract::Archive],
 ) -> Result<ApplyReport, AgentError> {
     let paths = tx.paths;
     let m = &verified.manifest;
@@ -678,7 +692,7 @@ fn temp_base(target: &Path, fallback: &str) -> String {
 fn check_space(
     paths: &HostPaths,
     entries: &[Entry],
-    artifacts: &[PathBuf],
+    artifacts: &[extract::Archive],
     max_unpacked: u64,
 ) -> Result<(), AgentError> {
     // (device, a directory on it, bytes needed there)
@@ -718,7 +732,11 @@ fn existing_ancestor(dir: &Path) -> PathBuf {
 
 /// Steps 3 and 4a: extract beside each target, back up each target; a failure removes the
 /// temporaries (nothing was replaced yet).
-fn prepare(tx: &mut Tx<'_>, j: &mut Journal, artifacts: &[PathBuf]) -> Result<(), AgentError> {
+fn prepare(
+    tx: &mut Tx<'_>,
+    j: &mut Journal,
+    artifacts: &[extract::Archive],
+) -> Result<(), AgentError> {
     if let Err(e) =
         extract_all(tx, j, artifacts).map_err(|e| e.or_out_of_space("extracting the release"))
     {
@@ -815,7 +833,11 @@ fn migrate_all(tx: &mut Tx<'_>, j: &mut Journal) -> Result<(), AgentError> {
     Ok(())
 }
 
-fn extract_all(tx: &mut Tx<'_>, j: &Journal, artifacts: &[PathBuf]) -> Result<(), AgentError> {
+fn extract_all(
+    tx: &mut Tx<'_>,
+    j: &Journal,
+    artifacts: &[extract::Archive],
+) -> Result<(), AgentError> {
     let max = tx.agent.config().max_unpacked_bytes;
     for (e, archive) in j.entries.iter().zip(artifacts) {
         let parent = e.target.parent().unwrap_or(&tx.paths.root);
@@ -828,10 +850,10 @@ fn extract_all(tx: &mut Tx<'_>, j: &Journal, artifacts: &[PathBuf]) -> Result<()
             setuid: e.allow_setuid,
             world_writable: e.allow_world_writable,
         };
-        let stats = extract::extract_tar_zst_synced(archive, &e.extract_dir, max, allow)?;
+        let stats = extract::extract_synced(archive, &e.extract_dir, max, allow)?;
         tx.log.line(&format!(
             "extracted {} into {}: {} file(s), {} dir(s), {} link(s), {} bytes",
-            archive.display(),
+            archive.path().display(),
             e.extract_dir.display(),
             stats.files,
             stats.dirs,
@@ -841,7 +863,7 @@ fn extract_all(tx: &mut Tx<'_>, j: &Journal, artifacts: &[PathBuf]) -> Result<()
         match e.kind {
             ComponentKind::File => {
                 let expected = temp_base(&e.target, &e.name);
-                let file = extract::single_file(archive, &e.extract_dir, &expected)?;
+                let file = extract::single_file(archive.path(), &e.extract_dir, &expected)?;
                 fs::rename(&file, &e.temp).map_err(AgentError::io(&e.temp))?;
                 remove_any(&e.extract_dir)?;
             }
@@ -1033,6 +1055,7 @@ fn finish_forward(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, Agent
         components: j.entries.iter().map(|e| e.name.clone()).collect(),
         outcome,
         system: None,
+        deltas: Vec::new(),
     })
 }
 

@@ -1,4 +1,5 @@
-//! Safe extraction of a `tar.zst` artifact into a fresh staging directory.
+//! Safe extraction of a `tar.zst` artifact (or of the plain tar a delta rebuilt, see
+//! [`Archive`]) into a fresh staging directory.
 //!
 //! Every entry is checked before anything is written for it: no absolute path, no `..`, no
 //! symbolic link whose target leaves the extraction root (resolved as the kernel would, through
@@ -88,6 +89,43 @@ pub enum ExtractError {
     Io { path: PathBuf, source: io::Error },
 }
 
+/// A component's archive as staged for extraction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Archive {
+    /// The artifact as published: a tar compressed with zstd.
+    Zst(PathBuf),
+    /// The tar uncompressed, as a delta rebuilt it (its SHA-256 checked against the manifest).
+    Tar(PathBuf),
+}
+
+impl Archive {
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Zst(p) | Self::Tar(p) => p,
+        }
+    }
+
+    /// A reader of the tar stream.
+    fn open(&self) -> Result<Box<dyn Read>, ExtractError> {
+        let path = self.path();
+        let file = File::open(path).map_err(|source| ExtractError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        match self {
+            Self::Tar(_) => Ok(Box::new(io::BufReader::new(file))),
+            Self::Zst(_) => {
+                let decoder =
+                    zstd::stream::read::Decoder::new(file).map_err(|e| ExtractError::Corrupt {
+                        archive: path.to_owned(),
+                        message: e.to_string(),
+                    })?;
+                Ok(Box::new(decoder))
+            }
+        }
+    }
+}
+
 /// True for "no space left on device" and "disk quota exceeded".
 pub fn is_out_of_space(e: &io::Error) -> bool {
     matches!(
@@ -123,11 +161,17 @@ pub fn extract_tar_zst_allowing(
     max_bytes: u64,
     allow: ModeAllowance,
 ) -> Result<ExtractStats, ExtractError> {
-    extract_zst(archive, dest, max_bytes, allow, None)
+    extract_from(
+        &Archive::Zst(archive.to_owned()),
+        dest,
+        max_bytes,
+        allow,
+        None,
+    )
 }
 
 /// Threads fsyncing the regular files of an extraction while it goes on: see
-/// [`extract_tar_zst_synced`].
+/// [`extract_synced`].
 const SYNC_THREADS: usize = 2;
 /// Finished files waiting for a syncing thread (each holds a descriptor): bounds the open
 /// descriptors and memory whatever the archive's size.
@@ -142,8 +186,8 @@ const SYNC_QUEUE: usize = 32;
 /// caller's final pass over the tree then finds clean files and costs little). Directories
 /// and links are not fsynced here: the caller fsyncs the tree's directories (which records
 /// the links) before using it.
-pub fn extract_tar_zst_synced(
-    archive: &Path,
+pub fn extract_synced(
+    archive: &Archive,
     dest: &Path,
     max_bytes: u64,
     allow: ModeAllowance,
@@ -154,7 +198,7 @@ pub fn extract_tar_zst_synced(
         let workers: Vec<_> = (0..SYNC_THREADS)
             .map(|_| scope.spawn(|| sync_worker(&rx)))
             .collect();
-        let mut result = extract_zst(archive, dest, max_bytes, allow, Some(&tx));
+        let mut result = extract_from(archive, dest, max_bytes, allow, Some(&tx));
         // No more files: the workers finish the queue and stop.
         drop(tx);
         for w in workers {
@@ -191,25 +235,20 @@ fn sync_worker(rx: &Mutex<mpsc::Receiver<(PathBuf, File)>>) -> Result<(), Extrac
     first_error.map_or(Ok(()), Err)
 }
 
-fn extract_zst(
-    archive: &Path,
+fn extract_from(
+    archive: &Archive,
     dest: &Path,
     max_bytes: u64,
     allow: ModeAllowance,
     synced: Option<&mpsc::SyncSender<(PathBuf, File)>>,
 ) -> Result<ExtractStats, ExtractError> {
-    let io_err = |path: &Path| {
-        let path = path.to_owned();
-        move |source| ExtractError::Io { path, source }
-    };
-    fs::create_dir(dest).map_err(io_err(dest))?;
-    let result = File::open(archive).map_err(io_err(archive)).and_then(|f| {
-        let decoder = zstd::stream::read::Decoder::new(f).map_err(|e| ExtractError::Corrupt {
-            archive: archive.to_owned(),
-            message: e.to_string(),
-        })?;
-        extract_inner(decoder, archive, dest, max_bytes, allow, synced)
-    });
+    fs::create_dir(dest).map_err(|source| ExtractError::Io {
+        path: dest.to_owned(),
+        source,
+    })?;
+    let result = archive
+        .open()
+        .and_then(|reader| extract_inner(reader, archive.path(), dest, max_bytes, allow, synced));
     if result.is_err() {
         let _ = fs::remove_dir_all(dest);
     }
@@ -630,17 +669,13 @@ pub const SPACE_BLOCK: u64 = 4096;
 /// archive is decompressed, nothing is written): each regular file's size rounded up to
 /// [`SPACE_BLOCK`], one block per directory. More than `max_bytes` of file data is refused
 /// as the extraction would refuse it ([`ExtractError::TooLarge`]), so the count is bounded.
-pub fn unpacked_size(archive: &Path, max_bytes: u64) -> Result<u64, ExtractError> {
+pub fn unpacked_size(staged: &Archive, max_bytes: u64) -> Result<u64, ExtractError> {
+    let archive = staged.path();
     let corrupt = |e: io::Error| ExtractError::Corrupt {
         archive: archive.to_owned(),
         message: e.to_string(),
     };
-    let file = File::open(archive).map_err(|source| ExtractError::Io {
-        path: archive.to_owned(),
-        source,
-    })?;
-    let decoder = zstd::stream::read::Decoder::new(file).map_err(corrupt)?;
-    let mut tar = tar::Archive::new(decoder);
+    let mut tar = tar::Archive::new(staged.open()?);
     let (mut data, mut space) = (0u64, 0u64);
     for entry in tar.entries().map_err(corrupt)? {
         let entry = entry.map_err(corrupt)?;
@@ -749,8 +784,8 @@ mod tests {
         let archive = dir.path().join("a.tar.zst");
         fs::write(&archive, tar_zst(&entries()).unwrap()).unwrap();
         let plain = extract_tar_zst(&archive, &dir.path().join("plain"), 1 << 30).unwrap();
-        let synced = extract_tar_zst_synced(
-            &archive,
+        let synced = extract_synced(
+            &Archive::Zst(archive.clone()),
             &dir.path().join("synced"),
             1 << 30,
             ModeAllowance::default(),
@@ -776,6 +811,29 @@ mod tests {
     }
 
     #[test]
+    fn a_plain_tar_extracts_as_its_compressed_artifact_does_and_counts_the_same_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let compressed = dir.path().join("a.tar.zst");
+        let bytes = tar_zst(&entries()).unwrap();
+        fs::write(&compressed, &bytes).unwrap();
+        let plain = dir.path().join("a.tar");
+        fs::write(&plain, zstd::decode_all(&bytes[..]).unwrap()).unwrap();
+        let (zst, tar) = (Archive::Zst(compressed), Archive::Tar(plain));
+        let allow = ModeAllowance::default();
+        let a = extract_synced(&zst, &dir.path().join("z"), 1 << 30, allow).unwrap();
+        let b = extract_synced(&tar, &dir.path().join("t"), 1 << 30, allow).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(
+            unpacked_size(&zst, 1 << 30).unwrap(),
+            unpacked_size(&tar, 1 << 30).unwrap()
+        );
+        // A compressed artifact read as a plain tar is refused, not extracted.
+        let wrong = Archive::Tar(zst.path().to_owned());
+        assert!(extract_synced(&wrong, &dir.path().join("w"), 1 << 30, allow).is_err());
+        assert!(!dir.path().join("w").exists());
+    }
+
+    #[test]
     fn synced_extraction_refusal_after_many_files_removes_the_staging_directory() {
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join("a.tar.zst");
@@ -783,8 +841,13 @@ mod tests {
         v.push(file("../victim", 4, b'x'));
         fs::write(&archive, tar_zst(&v).unwrap()).unwrap();
         let dest = dir.path().join("x");
-        let err =
-            extract_tar_zst_synced(&archive, &dest, 1 << 30, ModeAllowance::default()).unwrap_err();
+        let err = extract_synced(
+            &Archive::Zst(archive),
+            &dest,
+            1 << 30,
+            ModeAllowance::default(),
+        )
+        .unwrap_err();
         assert!(matches!(err, ExtractError::ParentDir { .. }), "{err}");
         assert!(!dest.exists(), "staging removed after a refusal");
         assert!(!dir.path().join("victim").exists());
@@ -801,6 +864,7 @@ mod tests {
             file("d/empty", 0, 3),
         ];
         fs::write(&archive, tar_zst(&v).unwrap()).unwrap();
+        let archive = Archive::Zst(archive);
         assert_eq!(unpacked_size(&archive, 1 << 20).unwrap(), 3 * SPACE_BLOCK);
         let err = unpacked_size(&archive, SPACE_BLOCK).unwrap_err();
         assert!(matches!(err, ExtractError::TooLarge { .. }), "{err}");

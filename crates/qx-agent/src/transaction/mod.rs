@@ -4,6 +4,7 @@
 //! written to the update log (`qx_core::UpdateLog`).
 
 pub(crate) mod apply;
+pub(crate) mod delta;
 pub mod extract;
 pub(crate) mod journal;
 pub(crate) mod rollback;
@@ -12,4 +13,5 @@ pub(crate) mod service;
 pub use apply::{
     lock, lock_holder, ApplyLock, ApplyOptions, ApplyReport, LockHolder, RecoveryReport,
 };
+pub use delta::DeltaUse;
 pub use rollback::{RollbackOptions, RollbackPlan, RollbackStep};

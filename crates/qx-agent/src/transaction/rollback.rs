@@ -303,6 +303,7 @@ pub(super) fn finish(tx: &mut Tx<'_>, j: &mut Journal) -> Result<ApplyReport, Ag
                 components: j.entries.iter().map(|e| e.name.clone()).collect(),
                 outcome: Outcome::RolledBack,
                 system: None,
+                deltas: Vec::new(),
             })
         }
         Some(reason) => Err(AgentError::RollbackFailed { reason }),

@@ -287,6 +287,7 @@ fn publish_image(
         initramfs: img.initramfs.as_deref().map(|i| aref("initramfs", i)),
         requires_reboot: true,
         target_slot: TargetSlot::Auto,
+        chunks: None,
     });
     r.manifest.validate().expect("fixture manifest is valid");
     r.artifacts

@@ -117,6 +117,7 @@ impl<'a> Check<'a> {
             self.component_safety(i, c);
             self.component_commands(i, c);
             self.component_requires(i, c);
+            self.component_deltas(i, c);
         }
     }
 
@@ -212,6 +213,31 @@ impl<'a> Check<'a> {
         }
     }
 
+    /// Deltas rebuild a signed archive digest, each from a distinct base, each its own
+    /// artifact.
+    fn component_deltas(&mut self, i: usize, c: &'a Component) {
+        if c.deltas.is_empty() {
+            return;
+        }
+        if c.tar.is_none() {
+            self.bad(
+                format!("components[{i}].tar"),
+                "a component with deltas needs `tar` (the digest the deltas rebuild)",
+            );
+        }
+        let mut bases = HashSet::new();
+        for (k, d) in c.deltas.iter().enumerate() {
+            let at = format!("components[{i}].deltas[{k}]");
+            if !bases.insert((d.from_sha256, d.algorithm)) {
+                self.bad(
+                    format!("{at}.from_sha256"),
+                    format!("two {} deltas from the same base", d.algorithm.as_str()),
+                );
+            }
+            self.artifact(format!("{at}.artifact"), &d.artifact);
+        }
+    }
+
     /// The image's artifact, kernel and initramfs, each a distinct artifact name.
     pub(super) fn full_image(&mut self) {
         let Some(img) = &self.manifest.full_image else {
@@ -223,6 +249,10 @@ impl<'a> Check<'a> {
         }
         if let Some(r) = &img.initramfs {
             self.artifact("full_image.initramfs.artifact", &r.artifact);
+        }
+        if let Some(c) = &img.chunks {
+            self.artifact("full_image.chunks.index.artifact", &c.index.artifact);
+            self.artifact("full_image.chunks.pack.artifact", &c.pack.artifact);
         }
     }
 

@@ -180,6 +180,10 @@ struct PublishArgs {
     /// 1%:1h,10%:4h,50%:12h,100%; the release is listed, not made current).
     #[arg(long, value_name = "WAVES")]
     waves: Option<String>,
+    /// Make deltas from the channel's N newest releases (0: none); a delta is kept when it is
+    /// at most 75% of the full artifact.
+    #[arg(long, value_name = "N", default_value_t = qx_publish_deltas_default())]
+    deltas: usize,
     #[command(flatten)]
     policy: rollout::PolicyArgs,
     #[command(flatten)]
@@ -336,8 +340,13 @@ impl BuildArgs {
             notes: self.notes,
             level: self.level,
             carried: Vec::new(),
+            delta_bases: Vec::new(),
         }
     }
+}
+
+const fn qx_publish_deltas_default() -> usize {
+    crate::deltas::DEFAULT_FROM_LAST
 }
 
 fn print_json(v: &serde_json::Value) {
@@ -459,6 +468,7 @@ fn publish_command(a: PublishArgs, global: &Global) -> Result<()> {
             .transpose()
             .map_err(|e| Error::Usage(e.to_string()))?,
         policy: a.policy.policy(a.waves.is_some())?,
+        deltas: a.deltas,
     };
     let p = publish::publish(&opts, client.as_ref(), &mut |l| note(l))?;
     let m = &p.release.manifest;

@@ -273,6 +273,22 @@ fn build_full_image_copies_files_as_is() {
         std::fs::read(out.join("system.squashfs")).expect("copy"),
         vec![7u8; 10_000]
     );
+    // Its chunks: an index and a pack that rebuild the image exactly.
+    let chunks = fi.chunks.expect("chunks");
+    let index_bytes = std::fs::read(out.join(chunks.index.artifact.as_str())).expect("index");
+    assert_eq!(qx_core::Sha256::of(&index_bytes), chunks.index.sha256);
+    let index = qx_delta::chunks::Index::parse(&index_bytes).expect("index parses");
+    assert_eq!(index.image_size, 10_000);
+    let pack = std::fs::read(out.join(chunks.pack.artifact.as_str())).expect("pack");
+    assert_eq!(pack.len() as u64, chunks.pack.size_bytes);
+    let mut rebuilt = Vec::new();
+    let mut at = 0usize;
+    for e in &index.chunks {
+        let packed = &pack[at..at + e.pack_len as usize];
+        rebuilt.extend(qx_delta::chunks::unpack(e, packed).expect("chunk"));
+        at += e.pack_len as usize;
+    }
+    assert_eq!(rebuilt, vec![7u8; 10_000]);
     verify(&out, w.pubkey()).success();
 }
 

@@ -415,7 +415,7 @@ fn hot_fix_on_a_channel_without_a_release_is_refused() {
         .stderr(predicate::str::contains("no current release to carry"));
 }
 
-fn bundle(e: &Env, version: &str, out: &Path) -> assert_cmd::Command {
+pub fn bundle(e: &Env, version: &str, out: &Path) -> assert_cmd::Command {
     let mut cmd = qx_publish();
     cmd.args([
         "bundle",

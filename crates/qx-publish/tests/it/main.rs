@@ -4,6 +4,7 @@
 
 mod build;
 mod channel;
+mod deltas;
 mod keygen;
 mod server;
 mod support;

@@ -1,0 +1,132 @@
+//! Reference projection: the base rewritten as the target would hold it. A first alignment of
+//! base and target (the patch's own steps) says where each base byte went in the target. Each
+//! reference found in the base — a branch or RIP-relative operand in code, a pointer in writable
+//! data, an address in a relocation or symbol entry — is rewritten to point where its target
+//! went, from where it now sits. Code that moved, or that calls code that moved, then equals
+//! the target byte for byte where it did not otherwise change.
+//!
+//! Both sides compute the projection the same way from the base, the two layouts and the steps,
+//! so nothing of it is sent; the target is never transformed.
+
+use super::elf::{u64_at, Layout};
+use super::format::CodeRange;
+use super::matcher::Op;
+use super::x86::operand_at;
+
+/// Where base file offsets went in the target: (base start, target start, length), by base start.
+pub(crate) struct Moves(Vec<(u64, u64, u64)>);
+
+impl Moves {
+    pub fn from_ops(ops: &[Op]) -> Moves {
+        let mut v = Vec::with_capacity(ops.len());
+        let (mut old, mut new) = (0i64, 0u64);
+        for op in ops {
+            if op.add > 0 && old >= 0 {
+                v.push((old as u64, new, op.add as u64));
+            }
+            old = old.saturating_add(op.add as i64).saturating_add(op.seek);
+            new += (op.add + op.copy) as u64;
+        }
+        v.sort_unstable();
+        Moves(v)
+    }
+
+    fn target_offset(&self, base_offset: u64) -> Option<u64> {
+        let i = self
+            .0
+            .partition_point(|m| m.0 <= base_offset)
+            .checked_sub(1)?;
+        let (old, new, len) = self.0[i];
+        (base_offset - old < len).then(|| new + (base_offset - old))
+    }
+}
+
+fn offset_of(segments: &[CodeRange], address: u64) -> Option<u64> {
+    let s = segments
+        .iter()
+        .find(|s| address.wrapping_sub(s.address) < s.len)?;
+    Some(s.start.wrapping_add(address - s.address))
+}
+
+fn address_of(segments: &[CodeRange], offset: u64) -> Option<u64> {
+    let s = segments
+        .iter()
+        .find(|s| offset.wrapping_sub(s.start) < s.len)?;
+    Some(s.address.wrapping_add(offset - s.start))
+}
+
+/// The two layouts and the moves between them.
+pub(crate) struct Projection<'a> {
+    pub base: &'a Layout,
+    pub target_segments: &'a [CodeRange],
+    pub moves: &'a Moves,
+}
+
+impl Projection<'_> {
+    /// Where the base address went in the target.
+    fn address(&self, base_address: u64) -> Option<u64> {
+        let off = offset_of(&self.base.segments, base_address)?;
+        address_of(self.target_segments, self.moves.target_offset(off)?)
+    }
+
+    /// The base with every reference projected.
+    pub fn apply(&self, base: &[u8]) -> Vec<u8> {
+        let mut out = base.to_vec();
+        for r in &self.base.code {
+            self.code(&mut out, r);
+        }
+        for r in &self.base.pointers {
+            self.words(&mut out, r, 8, &[0]);
+        }
+        for r in &self.base.tables {
+            // A relocation's offset and addend; a symbol's value.
+            self.words(&mut out, r, 24, &[0, 8, 16]);
+        }
+        out
+    }
+
+    fn code(&self, out: &mut [u8], r: &CodeRange) {
+        let (start, end) = (r.start as usize, r.end() as usize);
+        let mut i = start;
+        while i + 4 < end {
+            let Some(at) = operand_at(&out[..end], i) else {
+                i += 1;
+                continue;
+            };
+            if at + 4 > end {
+                return;
+            }
+            if let Some(v) = self.operand(out, at, r) {
+                out[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            }
+            i = at + 4;
+        }
+    }
+
+    /// The projected value of the 32-bit relative operand at file offset `at` of range `r`.
+    fn operand(&self, out: &[u8], at: usize, r: &CodeRange) -> Option<i32> {
+        let rel = i32::from_le_bytes(out[at..at + 4].try_into().ok()?);
+        let next = r.address.wrapping_add(at as u64 + 4 - r.start);
+        let to = self.address(next.wrapping_add_signed(i64::from(rel)))?;
+        let at_t = self.moves.target_offset(at as u64)?;
+        let next_t = address_of(self.target_segments, at_t)?.wrapping_add(4);
+        i32::try_from(to.wrapping_sub(next_t) as i64).ok()
+    }
+
+    /// Projects the 8-byte words at `fields` of each `stride`-byte entry of range `r`.
+    fn words(&self, out: &mut [u8], r: &CodeRange, stride: usize, fields: &[usize]) {
+        let (start, end) = (r.start as usize, r.end() as usize);
+        let first = start.next_multiple_of(8);
+        for entry in (first..end).step_by(stride) {
+            for f in fields {
+                let at = entry + f;
+                let Some(w) = u64_at(&out[..end], at) else {
+                    continue;
+                };
+                if let Some(p) = self.address(w).filter(|&p| p != w) {
+                    out[at..at + 8].copy_from_slice(&p.to_le_bytes());
+                }
+            }
+        }
+    }
+}
