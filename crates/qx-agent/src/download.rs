@@ -1132,6 +1132,84 @@ impl Downloader {
     }
 }
 
+/// Ranges of an artifact: the pieces of an image's chunk pack a host is missing.
+impl Downloader {
+    /// Fetches `len` bytes at `offset` of the artifact at `url` whose SHA-256 (the server's
+    /// strong ETag) is `sha256`, with the same retry policy as a download. Anything but a
+    /// `206` of exactly that range is an error (a `200` means the artifact changed: `If-Range`).
+    pub fn get_range(
+        &self,
+        url: &str,
+        sha256: &Sha256,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, DownloadError> {
+        let mut budget = RetryBudget::new(&self.opts);
+        loop {
+            budget.attempts += 1;
+            match self.range_once(url, sha256, offset, len) {
+                Ok(v) => return Ok(v),
+                Err(failed) => std::thread::sleep(budget.failed(url, failed)?),
+            }
+        }
+    }
+
+    fn range_once(
+        &self,
+        url: &str,
+        sha256: &Sha256,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, Failed> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let last = offset + len - 1;
+        let resp = self
+            .client
+            .get(url)
+            .header(header::RANGE, format!("bytes={offset}-{last}"))
+            .header(header::IF_RANGE, format!("\"{}\"", sha256.to_hex()))
+            .timeout(self.opts.stall_timeout)
+            .send()
+            .map_err(|e| self.send_failed(url, &e))?;
+        if resp.status() != StatusCode::PARTIAL_CONTENT {
+            if resp.status().is_success() {
+                return Err(Failed::fatal(network_error(
+                    url,
+                    format!("asked for bytes {offset}-{last}, the server answered {} with the whole file", resp.status()),
+                )));
+            }
+            return Err(classify_status(url, &resp));
+        }
+        read_range(url, resp, len)
+    }
+}
+
+/// Reads exactly `len` bytes of a range answer (more is refused, fewer is a cut).
+fn read_range(url: &str, resp: Response, len: u64) -> Result<Vec<u8>, Failed> {
+    let mut body = Vec::with_capacity(len as usize);
+    let read = resp.take(len + 1).read_to_end(&mut body);
+    if let Err(e) = read {
+        let message = format!("reading the range failed: {}", error_chain(&e));
+        return Err(Failed::transient(network_error(url, message), false));
+    }
+    match (body.len() as u64).cmp(&len) {
+        std::cmp::Ordering::Equal => Ok(body),
+        std::cmp::Ordering::Less => Err(Failed::transient(
+            network_error(
+                url,
+                format!("the range ended after {} of {len} bytes", body.len()),
+            ),
+            false,
+        )),
+        std::cmp::Ordering::Greater => Err(Failed::fatal(network_error(
+            url,
+            format!("the range answer is longer than the {len} bytes asked for"),
+        ))),
+    }
+}
+
 /// The deadline of one small document.
 struct Deadline {
     at: Instant,

@@ -28,9 +28,11 @@
 
 use std::path::Path;
 
+use crate::imagechunks;
 use qx_boot::install::{InstalledFile, INITRAMFS_FILE, KERNEL_FILE, SYSTEM_FILE};
 use qx_boot::{AbContext, AbState, Expected, ImageSink, Slot, SlotInstall, VerifiedImage};
 use qx_core::fleet::EventType;
+use qx_core::manifest::ImageChunks;
 use qx_core::status::{HistoryEntry, Outcome, UpdateState};
 use qx_core::{ArtifactRef, FullImage, Manifest, Sha256, TargetSlot, UpdateLog, Version};
 use serde::Serialize;
@@ -61,6 +63,9 @@ pub struct SystemInstall {
     pub requires_reboot: bool,
     /// True when the reboot command was run.
     pub rebooted: bool,
+    /// Rebuilt from the booted slot's chunks instead of downloaded whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<ChunkUse>,
 }
 
 impl SystemInstall {
@@ -72,8 +77,14 @@ impl SystemInstall {
             "reboot to start it (`qx-update apply --reboot` or `updates.auto_reboot` reboots by itself)"
                 .to_owned()
         };
+        let rebuilt = self.chunks.map_or(String::new(), |c| {
+            format!(
+                " It was rebuilt from slot {}'s chunks: {} of its {} bytes downloaded, {} reused.",
+                self.from, c.downloaded_bytes, c.image_bytes, c.reused_bytes
+            )
+        });
         format!(
-            "System image {} written into slot {} ({}); GRUB boots it next ({} attempts, slot {} stays the fallback); {next}.",
+            "System image {} written into slot {} ({}); GRUB boots it next ({} attempts, slot {} stays the fallback); {next}.{rebuilt}",
             self.version, self.to, self.target, self.tries, self.from
         )
     }
@@ -95,6 +106,20 @@ pub struct Plan {
 pub struct Staged {
     slot: SlotInstall,
     files: Vec<VerifiedImage>,
+    /// The system image was rebuilt from the booted slot's chunks: what that took.
+    chunks: Option<ChunkUse>,
+}
+
+/// What rebuilding the system image from the booted slot's chunks took (part of
+/// [`SystemInstall`]).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct ChunkUse {
+    /// Bytes of the pack downloaded.
+    pub downloaded_bytes: u64,
+    /// Bytes of the image read from the booted slot.
+    pub reused_bytes: u64,
+    /// The image's size: what a whole download would have cost.
+    pub image_bytes: u64,
 }
 
 impl Staged {
@@ -343,16 +368,24 @@ pub fn stage(agent: &Agent, plan: &Plan, log: &mut UpdateLog) -> Result<Staged, 
     let mut slot = SlotInstall::begin(&ctx, &plan.version, plan.target)
         .map_err(|e| failed(agent, plan, log, e))?;
     let mut files = Vec::new();
+    let mut chunks = None;
     for (name, a) in image_files(&plan.image) {
         match stream_file(agent, plan, &mut slot, name, &a, log) {
-            Ok(f) => files.push(f),
+            Ok((f, used)) => {
+                files.push(f);
+                chunks = chunks.or(used);
+            }
             Err(e) => {
                 slot.abandon(&e.to_string());
                 return Err(e);
             }
         }
     }
-    Ok(Staged { slot, files })
+    Ok(Staged {
+        slot,
+        files,
+        chunks,
+    })
 }
 
 /// A system image error: logged and recorded in the history as a failed full update.
@@ -373,8 +406,9 @@ fn failed(agent: &Agent, plan: &Plan, log: &mut UpdateLog, e: qx_boot::BootError
     err
 }
 
-/// One file of the image: downloaded into its sink in the slot (resumed from what an
-/// interrupted apply left there), fsynced, read back.
+/// One file of the image: rebuilt from the booted slot's chunks (the system image, when the
+/// release has them) or downloaded into its sink in the slot (resumed from what an interrupted
+/// apply left there), fsynced, read back.
 fn stream_file(
     agent: &Agent,
     plan: &Plan,
@@ -382,7 +416,7 @@ fn stream_file(
     name: &str,
     a: &ArtifactRef,
     log: &mut UpdateLog,
-) -> Result<VerifiedImage, AgentError> {
+) -> Result<(VerifiedImage, Option<ChunkUse>), AgentError> {
     let config = agent.config();
     let url =
         config
@@ -404,32 +438,115 @@ fn stream_file(
             slot.target()
         ));
     }
-    log.line(&format!("download {shown} into slot {}", slot.target()));
     let downloader = Downloader::with_tls(download_options(config), &config.tls)?;
-    let status = agent.status_handle();
     let mut sink = SlotSink(sink);
-    downloader.fetch_into(&url, a, &mut sink, &mut |p| {
-        status.set_state(UpdateState::Downloading {
-            artifact: p.artifact.clone(),
-            bytes: p.bytes,
-            total: p.total,
-            rate: p.rate,
-        })
-    })?;
-    log.line(&format!(
-        "downloaded {name} into slot {} ({} bytes, sha256 verified)",
-        slot.target(),
-        a.size_bytes
-    ));
+    let chunks = match (&plan.image.chunks, name == SYSTEM_FILE) {
+        (Some(c), true) => rebuild_from_chunks(agent, plan, slot, c, &mut sink, &downloader, log)?,
+        _ => None,
+    };
+    if chunks.is_none() {
+        log.line(&format!("download {shown} into slot {}", slot.target()));
+        let status = agent.status_handle();
+        downloader.fetch_into(&url, a, &mut sink, &mut |p| {
+            status.set_state(UpdateState::Downloading {
+                artifact: p.artifact.clone(),
+                bytes: p.bytes,
+                total: p.total,
+                rate: p.rate,
+            })
+        })?;
+        log.line(&format!(
+            "downloaded {name} into slot {} ({} bytes, sha256 verified)",
+            slot.target(),
+            a.size_bytes
+        ));
+    }
     let synced = sink.0.sync().map_err(|e| failed(agent, plan, log, e))?;
     log.line(&format!("{name}: fsynced in slot {}", slot.target()));
     pause_point("image-synced", synced.temp_path());
     let verified = synced.verify().map_err(|e| failed(agent, plan, log, e))?;
     log.line(&format!(
-        "{name}: read back from the disk of slot {} and verified",
-        slot.target()
+        "{name}: read back from the disk of slot {} and verified (peak memory of the agent so far: {} KiB)",
+        slot.target(),
+        peak_memory_kib().map_or_else(|| "unknown".to_owned(), |k| k.to_string())
     ));
-    Ok(verified)
+    Ok((verified, chunks))
+}
+
+/// This process's peak resident memory (`VmHWM`), in KiB: small hosts need it bounded
+/// whatever the image's size.
+fn peak_memory_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The system image rebuilt into `sink` from the booted slot's chunks and the release's pack
+/// ([`crate::imagechunks`]); `None` (logged, the sink started again) when that failed, and the
+/// image is then downloaded whole.
+fn rebuild_from_chunks(
+    agent: &Agent,
+    plan: &Plan,
+    slot: &SlotInstall,
+    chunks: &ImageChunks,
+    sink: &mut SlotSink,
+    downloader: &Downloader,
+    log: &mut UpdateLog,
+) -> Result<Option<ChunkUse>, AgentError> {
+    let config = agent.config();
+    let url = |a: &ArtifactRef| {
+        let s = config.server();
+        s.artifact(&config.product, &plan.version, &a.artifact, &config.channel)
+    };
+    let skip = sink.0.held();
+    log.line(&format!(
+        "{SYSTEM_FILE}: rebuilding from slot {}'s chunks and {}",
+        slot.booted(),
+        chunks.pack.artifact
+    ));
+    let attempt = imagechunks::fetch_index(downloader, &url(&chunks.index), &chunks.index)
+        .and_then(|index| {
+            let booted = |dir: &Path| {
+                let mut write = |b: &[u8]| sink.0.write(b).map_err(|e| e.to_string());
+                let pack_url = url(&chunks.pack);
+                let base = dir.join(SYSTEM_FILE);
+                imagechunks::rebuild(
+                    downloader,
+                    &pack_url,
+                    &chunks.pack,
+                    &index,
+                    &base,
+                    skip,
+                    &mut write,
+                )
+            };
+            let done = slot.with_booted(booted).map_err(|e| e.to_string())??;
+            Ok((index.image_size, done))
+        });
+    match attempt {
+        Ok((image_bytes, done)) => {
+            let used = ChunkUse {
+                downloaded_bytes: done.fetched,
+                reused_bytes: done.reused,
+                image_bytes,
+            };
+            log.line(&format!(
+                "{SYSTEM_FILE}: rebuilt into slot {}: {} bytes downloaded, {} reused from slot {}",
+                slot.target(),
+                used.downloaded_bytes,
+                used.reused_bytes,
+                slot.booted()
+            ));
+            Ok(Some(used))
+        }
+        Err(why) => {
+            log.line(&format!(
+                "{SYSTEM_FILE}: not rebuilt from chunks ({why}); downloading it whole"
+            ));
+            sink.0.restart().map_err(boot_err(&plan.version))?;
+            Ok(None)
+        }
+    }
 }
 
 /// The history entry of an image install that ended with `outcome`.
@@ -489,6 +606,7 @@ pub fn install(
         tries: r.tries,
         requires_reboot: plan.image.requires_reboot,
         rebooted: false,
+        chunks: staged.chunks,
     });
     Ok(report)
 }

@@ -17,6 +17,7 @@ pub mod download;
 mod error;
 pub mod fleet;
 mod fullimage;
+mod imagechunks;
 mod installed;
 mod offer;
 mod status;

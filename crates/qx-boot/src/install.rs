@@ -221,6 +221,15 @@ impl SlotInstall {
         self.booted
     }
 
+    /// Runs `f` with the booted slot's file system mounted read-only (its directory), then
+    /// unmounts it: the base a new image is rebuilt from.
+    pub fn with_booted<T>(&self, f: impl FnOnce(&Path) -> T) -> Result<T> {
+        let booted = SlotFs::open(&self.config, &self.root, self.booted, true)?;
+        let out = f(booted.dir());
+        booted.close()?;
+        Ok(out)
+    }
+
     /// The directory of the target's file system.
     pub fn dir(&self) -> &Path {
         self.fs.as_ref().map(|f| f.dir()).unwrap_or(Path::new(""))

@@ -17,6 +17,7 @@ use std::time::Duration;
 use qx_agent::Agent;
 use qx_agent::AgentError;
 use qx_agent::ApplyOptions;
+use qx_core::manifest::ImageChunks;
 use qx_core::status::{Outcome, UpdateState};
 use qx_core::{ArtifactName, ArtifactRef, FullImage, Sha256, TargetSlot, UpdateType};
 use qx_testkit::drip::{Drip, DripServer};
@@ -45,7 +46,8 @@ struct Slots {
 }
 
 impl Slots {
-    fn new() -> Slots {
+    /// Slots of `size` bytes each.
+    fn sized(size: u64) -> Slots {
         assert!(
             is_root(),
             "fullimage tests need root (losetup, mkfs.ext4, mount); run them as root"
@@ -57,7 +59,7 @@ impl Slots {
         let mk = |name: &str, label: &str| {
             let img = dir.path().join(name);
             let f = fs::File::create(&img).unwrap();
-            f.set_len(64 << 20).unwrap();
+            f.set_len(size).unwrap();
             drop(f);
             let dev = LoopDev::new(&img);
             run(Command::new("mkfs.ext4")
@@ -119,8 +121,13 @@ struct Fixture {
 
 impl Fixture {
     fn new(extra: &str) -> Fixture {
+        Self::with_slots(extra, 64 << 20)
+    }
+
+    /// A fixture whose slots are `size` bytes each.
+    fn with_slots(extra: &str, size: u64) -> Fixture {
         let serial = exclusive_mounts();
-        let slots = Slots::new();
+        let slots = Slots::sized(size);
         let lab = Lab::new().unwrap();
         let f = Fixture {
             lab,
@@ -255,6 +262,17 @@ fn publish_image(
     img: &ImageFiles,
     components: Vec<ComponentSpec>,
 ) -> BuiltRelease {
+    publish_image_with(lab, version, img, components, false)
+}
+
+/// [`publish_image`], with the image's content-defined chunks (index and pack) when `chunked`.
+fn publish_image_with(
+    lab: &Lab,
+    version: &str,
+    img: &ImageFiles,
+    components: Vec<ComponentSpec>,
+    chunked: bool,
+) -> BuiltRelease {
     let mixed = !components.is_empty();
     let mut spec = lab.release(version);
     if mixed {
@@ -287,7 +305,7 @@ fn publish_image(
         initramfs: img.initramfs.as_deref().map(|i| aref("initramfs", i)),
         requires_reboot: true,
         target_slot: TargetSlot::Auto,
-        chunks: None,
+        chunks: chunked.then(|| chunks_of(&mut r, &img.system)),
     });
     r.manifest.validate().expect("fixture manifest is valid");
     r.artifacts
@@ -302,6 +320,22 @@ fn publish_image(
     r.signature = lab.key.sign(&r.manifest_bytes).unwrap();
     r.publish(lab.server.url(), &lab.token).unwrap();
     r
+}
+
+/// Cuts `system` into chunks as the publish tool does; the index and the pack become artifacts
+/// of `r`.
+fn chunks_of(r: &mut BuiltRelease, system: &[u8]) -> ImageChunks {
+    let mut pack = Vec::new();
+    let index = qx_delta::chunks::pack(system, &mut pack, 3)
+        .unwrap()
+        .to_bytes();
+    let refs = ImageChunks {
+        index: aref("system.squashfs.chunks", &index),
+        pack: aref("system.squashfs.pack", &pack),
+    };
+    r.artifacts.push(("system.squashfs.chunks".into(), index));
+    r.artifacts.push(("system.squashfs.pack".into(), pack));
+    refs
 }
 
 fn full_image(version: &str) -> ImageFiles {
@@ -997,4 +1031,157 @@ fn a_rolled_back_image_is_not_written_again() {
         .map(|e| (e["kind"].as_str().unwrap(), e["outcome"].as_str().unwrap()))
         .collect();
     assert_eq!(kinds, vec![("full", "success"), ("full", "rolled_back")]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Images rebuilt from the booted slot's chunks (docs/deltas.md, "Images").
+
+/// Writes `system` as slot A's (the booted slot's) image.
+fn boot_slot_a_with(f: &Fixture, system: &[u8]) {
+    let m = Mount::new(
+        &f.slots.a.dev,
+        &f.slots.dir.path().join("mnt-a-base"),
+        &["-o", "rw"],
+    );
+    fs::write(m.dir.join("system.squashfs"), system).unwrap();
+}
+
+/// `old` with 100 kB inserted at a third and a byte changed near the end: a new release of it.
+fn next_release_of(old: &[u8]) -> ImageFiles {
+    let mut system = old.to_vec();
+    let at = system.len() / 3;
+    system.splice(at..at, system_image("inserted", 100_000));
+    let end = system.len() - 1000;
+    system[end] ^= 0xff;
+    ImageFiles {
+        system,
+        kernel: Some(b"kernel of the next release".to_vec()),
+        initramfs: Some(b"initramfs of the next release".to_vec()),
+    }
+}
+
+/// The agent's peak memory as the update log last recorded it, in KiB.
+fn logged_peak_kib(f: &Fixture) -> u64 {
+    let log = f.update_log();
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("peak memory of the agent so far"))
+        .expect("the peak memory is logged");
+    let tail = line.rsplit("so far: ").next().unwrap();
+    tail.trim_end_matches(" KiB)").parse().unwrap()
+}
+
+#[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
+fn an_image_is_rebuilt_from_the_booted_slots_chunks_fetching_only_what_changed() {
+    let f = Fixture::new("");
+    let old = system_image("1.0.0", 3_500_000);
+    boot_slot_a_with(&f, &old);
+    let img = next_release_of(&old);
+    publish_image_with(&f.lab, "2.0.0", &img, Vec::new(), true);
+
+    let out = f.qx_update(&["apply", "--yes"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("It was rebuilt from slot A's chunks"),
+        "{stdout}"
+    );
+    assert_slot_b_holds(&f, &img);
+    assert_eq!(f.env(), ENV_AFTER);
+    let log = f.update_log();
+    assert!(
+        log.contains("system.squashfs: rebuilt into slot B"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("system.squashfs?channel"),
+        "the image was downloaded whole:\n{log}"
+    );
+    let line = log
+        .lines()
+        .find(|l| l.contains("rebuilt into slot B"))
+        .unwrap();
+    let fetched: u64 = line
+        .split(": ")
+        .nth(2)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        fetched >= 100_000,
+        "the inserted bytes come from the pack: {line}"
+    );
+    assert!(fetched < img.system.len() as u64 / 4, "{line}");
+    no_slot_mounts_left();
+}
+
+#[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
+fn a_spoilt_pack_or_a_booted_slot_without_the_base_still_installs_the_exact_image() {
+    // The pack's copy on the server is spoilt: the chunk check catches it, the image is
+    // downloaded whole.
+    let f = Fixture::new("");
+    let old = system_image("1.0.0", 3_500_000);
+    boot_slot_a_with(&f, &old);
+    let img = next_release_of(&old);
+    let r = publish_image_with(&f.lab, "2.0.0", &img, Vec::new(), true);
+    let pack = release_path(
+        f.lab.server.release_dir(),
+        &f.lab.product,
+        &f.lab.channel,
+        &r.manifest.version.to_string(),
+    )
+    .join("system.squashfs.pack");
+    let mut bytes = fs::read(&pack).unwrap();
+    bytes.iter_mut().for_each(|b| *b = !*b);
+    fs::write(&pack, &bytes).unwrap();
+    f.agent().apply(&ApplyOptions::default()).expect("apply");
+    assert_slot_b_holds(&f, &img);
+    let log = f.update_log();
+    assert!(log.contains("not rebuilt from chunks"), "{log}");
+    assert!(log.contains("system.squashfs?channel"), "{log}");
+    drop(f);
+
+    // Slot A holds something else entirely: every chunk comes from the pack.
+    let f = Fixture::new("");
+    let img = full_image("3.0.0");
+    publish_image_with(&f.lab, "3.0.0", &img, Vec::new(), true);
+    let r = f.agent().apply(&ApplyOptions::default()).expect("apply");
+    let used = r.system.unwrap().chunks.expect("rebuilt from chunks");
+    assert_eq!(used.reused_bytes, 0);
+    assert_eq!(used.image_bytes, img.system.len() as u64);
+    assert_slot_b_holds(&f, &img);
+}
+
+/// An image larger than the memory bound is rebuilt with the agent's peak resident memory under
+/// 64 MiB: nothing holds the image, the base or the pack whole.
+#[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
+fn rebuilding_an_image_larger_than_64_mib_keeps_the_agent_under_64_mib() {
+    let f = Fixture::with_slots("", 256 << 20);
+    let old = system_image("1.0.0", 96 << 20);
+    boot_slot_a_with(&f, &old);
+    let img = next_release_of(&old);
+    publish_image_with(&f.lab, "2.0.0", &img, Vec::new(), true);
+    let out = f.qx_update(&["apply", "--yes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(f
+        .update_log()
+        .contains("system.squashfs: rebuilt into slot B"));
+    let peak = logged_peak_kib(&f);
+    assert!(peak < 64 << 10, "peak {peak} KiB");
+    assert_slot_b_holds(&f, &img);
 }
