@@ -22,6 +22,7 @@ use qx_core::{ArtifactRef, Sha256};
 use qx_delta::chunks::{self, Entry, Index, Source, MAX_FETCH};
 
 use crate::download::Downloader;
+use crate::transaction::journal::crash_point;
 
 /// What a rebuild took from where.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -66,6 +67,7 @@ pub fn rebuild(
         out,
         skip,
         pos: 0,
+        half: index.image_size / 2,
         done: Rebuilt::default(),
     };
     for source in &plan {
@@ -101,6 +103,8 @@ struct Writer<'a> {
     out: &'a mut dyn FnMut(&[u8]) -> Result<(), String>,
     skip: u64,
     pos: u64,
+    /// Half the image: a crash point for the tests once it is written.
+    half: u64,
     done: Rebuilt,
 }
 
@@ -114,7 +118,11 @@ impl Writer<'_> {
     fn put(&mut self, data: &[u8]) -> Result<(), String> {
         let held = self.skip.saturating_sub(self.pos).min(data.len() as u64) as usize;
         (self.out)(&data[held..])?;
+        let before = self.pos;
         self.pos += data.len() as u64;
+        if before < self.half && self.pos >= self.half {
+            crash_point("image-rebuilding");
+        }
         Ok(())
     }
 

@@ -221,7 +221,9 @@ impl SlotFs {
 
     /// A device: refused if it is mounted and we are to write it; an existing
     /// mount of its whole file system is used for reading; otherwise mounted
-    /// at a temporary directory.
+    /// at a temporary directory. A temporary mount of ours that a killed install left (of the
+    /// target, or of the booted slot it read from) is undone first: every opening happens
+    /// under the A/B lock, so no install of ours still uses it.
     fn on_device(cfg: &AbConfig, slot: Slot, spec: &str, read_only: bool) -> Result<SlotFs> {
         let (dev, rdev) = resolve_device(slot, spec)?;
         let desc = if dev.as_os_str() == spec {
@@ -229,9 +231,7 @@ impl SlotFs {
         } else {
             format!("{spec} ({})", dev.display())
         };
-        if !read_only {
-            unmount_leftover(cfg, slot, rdev)?;
-        }
+        unmount_leftover(cfg, slot, rdev)?;
         if let Some(m) = mounts()?.into_iter().find(|m| m.dev == rdev) {
             if !read_only {
                 return Err(BootError::DeviceInUse {

@@ -1185,3 +1185,38 @@ fn rebuilding_an_image_larger_than_64_mib_keeps_the_agent_under_64_mib() {
     assert!(peak < 64 << 10, "peak {peak} KiB");
     assert_slot_b_holds(&f, &img);
 }
+
+/// kill -9 half-way through a rebuild from chunks: the next apply keeps what the slot file
+/// holds, rebuilds the rest, and installs the exact image.
+#[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
+fn kill_9_during_a_rebuild_from_chunks_then_the_next_apply_finishes_it() {
+    let f = Fixture::new("");
+    let old = system_image("1.0.0", 24 << 20);
+    boot_slot_a_with(&f, &old);
+    let img = next_release_of(&old);
+    publish_image_with(&f.lab, "2.0.0", &img, Vec::new(), true);
+    let out = qx_update(&f.root())
+        .env("QX_TEST_CRASH_AT", "image-rebuilding")
+        .args(["apply", "--yes"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "crashed half-way");
+    assert_eq!(f.env(), ENV_BEFORE, "not switched");
+
+    let out = f.qx_update(&["apply", "--yes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = f.update_log();
+    assert!(log.contains("from an interrupted apply; resuming"), "{log}");
+    assert!(
+        log.contains("system.squashfs: rebuilt into slot B"),
+        "{log}"
+    );
+    assert_slot_b_holds(&f, &img);
+    assert_eq!(f.env(), ENV_AFTER);
+    no_slot_mounts_left();
+}
