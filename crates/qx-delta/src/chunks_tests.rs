@@ -3,19 +3,7 @@
 use crate::chunks::{
     check, fetched_bytes, pack, plan, scan, unpack, Index, Source, MAX_FETCH, PARAMS,
 };
-
-/// Pseudo-random bytes (xorshift), the same for the same seed.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.max(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use crate::tests::noise;
 
 /// A host's rebuild: the booted image's chunks where the plan says so, the pack's otherwise.
 fn rebuild(index: &Index, packed: &[u8], booted: &[u8], sources: &[Source]) -> Vec<u8> {

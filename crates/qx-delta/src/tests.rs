@@ -8,7 +8,7 @@ use crate::base::{from_archive, from_installed, installed_size};
 use crate::{decode, encode, smallest, DeltaAlgorithm, DeltaError, ALGORITHMS};
 
 /// Pseudo-random bytes (xorshift), the same for the same seed.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.max(1);
     (0..len)
         .map(|_| {

@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod channel;
+pub mod data;
 pub mod drip;
 pub mod host;
 pub mod interpose;

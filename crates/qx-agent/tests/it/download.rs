@@ -29,17 +29,7 @@ const SIZE: usize = 1024 * 1024 + 12_345;
 
 /// Deterministic, incompressible-looking content.
 fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    qx_testkit::data::noise(len, seed)
 }
 
 /// A release on a real server: signed manifest and one artifact in

@@ -5,22 +5,10 @@
 use std::path::PathBuf;
 
 use qx_core::{Component, Manifest, Sha256};
+use qx_testkit::data::noise;
 
 use crate::server::{start, Env, PRODUCT};
 use crate::support::{stderr, HEADER};
-
-/// Pseudo-random bytes (xorshift), the same for the same seed.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.max(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// A program of 200 KB whose release `n` differs from the last in a few bytes, and a data
 /// file that is new noise in every release (no delta pays for it).
