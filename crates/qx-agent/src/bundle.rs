@@ -14,7 +14,6 @@
 use std::path::{Path, PathBuf};
 
 use qx_core::bundle::{extract_artifacts, read_metadata, BundleError};
-use qx_core::status::UpdateState;
 use qx_core::{ArtifactRef, Manifest, Sha256, UpdateLog};
 
 use crate::check::{self, ArtifactSource, CheckReport, ManifestSource, Verified};
@@ -87,12 +86,7 @@ fn download(agent: &Agent, url: &str) -> Result<PathBuf, AgentError> {
     let limit = (config.max_unpacked_bytes, "updates.max_unpacked_bytes");
     tracing::info!(url = %crate::download::redact_credentials(url), "downloading the bundle");
     let path = downloader.fetch_file(url, &download_dir(agent), &name, limit, &mut |p| {
-        status.set_state(UpdateState::Downloading {
-            artifact: p.artifact.clone(),
-            bytes: p.bytes,
-            total: p.total,
-            rate: p.rate,
-        })
+        status.set_state(p.state())
     })?;
     Ok(path)
 }

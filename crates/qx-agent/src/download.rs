@@ -110,6 +110,16 @@ pub struct DownloadProgress {
 }
 
 impl DownloadProgress {
+    /// The agent's state while this download goes on (status, host API, page).
+    pub fn state(&self) -> qx_core::status::UpdateState {
+        qx_core::status::UpdateState::Downloading {
+            artifact: self.artifact.clone(),
+            bytes: self.bytes,
+            total: self.total,
+            rate: self.rate,
+        }
+    }
+
     /// Seconds left at the current rate, if there is a rate.
     pub fn eta(&self) -> Option<Duration> {
         (self.rate > 0)

@@ -447,14 +447,7 @@ fn stream_file(
     if chunks.is_none() {
         log.line(&format!("download {shown} into slot {}", slot.target()));
         let status = agent.status_handle();
-        downloader.fetch_into(&url, a, &mut sink, &mut |p| {
-            status.set_state(UpdateState::Downloading {
-                artifact: p.artifact.clone(),
-                bytes: p.bytes,
-                total: p.total,
-                rate: p.rate,
-            })
-        })?;
+        downloader.fetch_into(&url, a, &mut sink, &mut |p| status.set_state(p.state()))?;
         log.line(&format!(
             "downloaded {name} into slot {} ({} bytes, sha256 verified)",
             slot.target(),

@@ -1481,14 +1481,7 @@ pub(crate) fn download_artifacts(
             "download {}",
             crate::download::redact_credentials(&url)
         ));
-        let path = downloader.fetch(&url, dir, a, &mut |p| {
-            status.set_state(UpdateState::Downloading {
-                artifact: p.artifact.clone(),
-                bytes: p.bytes,
-                total: p.total,
-                rate: p.rate,
-            })
-        })?;
+        let path = downloader.fetch(&url, dir, a, &mut |p| status.set_state(p.state()))?;
         log.line(&format!(
             "downloaded {} ({} bytes, sha256 verified)",
             path.display(),

@@ -116,17 +116,9 @@ impl SmallDisk {
     }
 }
 
-/// `len` bytes that do not compress (xorshift), different for each `seed`.
+/// `len` bytes that do not compress, different for each `seed`.
 fn noise(len: u64, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    qx_testkit::data::noise(len as usize, seed)
 }
 
 /// `total` bytes of noise in files of at most 2 MiB.
