@@ -486,36 +486,12 @@ fn rebuild_from_chunks(
     downloader: &Downloader,
     log: &mut UpdateLog,
 ) -> Result<Option<ChunkUse>, AgentError> {
-    let config = agent.config();
-    let url = |a: &ArtifactRef| {
-        let s = config.server();
-        s.artifact(&config.product, &plan.version, &a.artifact, &config.channel)
-    };
-    let skip = sink.0.held();
     log.line(&format!(
         "{SYSTEM_FILE}: rebuilding from slot {}'s chunks and {}",
         slot.booted(),
         chunks.pack.artifact
     ));
-    let attempt = imagechunks::fetch_index(downloader, &url(&chunks.index), &chunks.index)
-        .and_then(|index| {
-            let booted = |dir: &Path| {
-                let mut write = |b: &[u8]| sink.0.write(b).map_err(|e| e.to_string());
-                let pack_url = url(&chunks.pack);
-                let base = dir.join(SYSTEM_FILE);
-                imagechunks::rebuild(
-                    downloader,
-                    &pack_url,
-                    &chunks.pack,
-                    &index,
-                    &base,
-                    skip,
-                    &mut write,
-                )
-            };
-            let done = slot.with_booted(booted).map_err(|e| e.to_string())??;
-            Ok((index.image_size, done))
-        });
+    let attempt = rebuild_into(agent, plan, slot, chunks, sink, downloader);
     match attempt {
         Ok((image_bytes, done)) => {
             let used = ChunkUse {
@@ -540,6 +516,41 @@ fn rebuild_from_chunks(
             Ok(None)
         }
     }
+}
+
+/// The steps of [`crate::imagechunks`] against this release's index and pack, with the
+/// booted slot mounted read-only: the image's size and what the rebuild took.
+fn rebuild_into(
+    agent: &Agent,
+    plan: &Plan,
+    slot: &SlotInstall,
+    chunks: &ImageChunks,
+    sink: &mut SlotSink,
+    downloader: &Downloader,
+) -> Result<(u64, imagechunks::Rebuilt), String> {
+    let config = agent.config();
+    let url = |a: &ArtifactRef| {
+        let s = config.server();
+        s.artifact(&config.product, &plan.version, &a.artifact, &config.channel)
+    };
+    let index = imagechunks::fetch_index(downloader, &url(&chunks.index), &chunks.index)?;
+    let skip = sink.0.held();
+    let pack_url = url(&chunks.pack);
+    let booted = |dir: &Path| {
+        let mut write = |b: &[u8]| sink.0.write(b).map_err(|e| e.to_string());
+        let base = dir.join(SYSTEM_FILE);
+        imagechunks::rebuild(
+            downloader,
+            &pack_url,
+            &chunks.pack,
+            &index,
+            &base,
+            skip,
+            &mut write,
+        )
+    };
+    let done = slot.with_booted(booted).map_err(|e| e.to_string())??;
+    Ok((index.image_size, done))
 }
 
 /// The history entry of an image install that ended with `outcome`.

@@ -86,23 +86,29 @@ pub fn fetch_bases(
                 &path,
             )?;
             if let Some(base) = base_of(&path, c, &r.version)? {
-                if !bases
-                    .iter()
-                    .any(|b| b.component == base.component && b.sha256 == base.sha256)
-                {
-                    note(&format!(
-                        "{}: base for deltas from {} ({} bytes, sha256 {})",
-                        c.name,
-                        r.version,
-                        base.bytes.len(),
-                        base.sha256.short()
-                    ));
-                    bases.push(base);
-                }
+                keep(&mut bases, base, note);
             }
         }
     }
     Ok(bases)
+}
+
+/// Adds `base` to `bases` unless the same content of the same component is there.
+fn keep(bases: &mut Vec<Base>, base: Base, note: &mut dyn FnMut(&str)) {
+    if bases
+        .iter()
+        .any(|b| b.component == base.component && b.sha256 == base.sha256)
+    {
+        return;
+    }
+    note(&format!(
+        "{}: base for deltas from {} ({} bytes, sha256 {})",
+        base.component,
+        base.version,
+        base.bytes.len(),
+        base.sha256.short()
+    ));
+    bases.push(base);
 }
 
 /// The base of component `c` of release `version`, from its downloaded artifact (None when it

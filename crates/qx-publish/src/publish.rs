@@ -93,44 +93,14 @@ pub fn publish(
     let mut build_opts = opts.build.clone();
     let mut carried_from = None;
     if let Some(client) = client {
-        let latest = client.latest_version(spec.product.as_str(), channel.as_str());
-        warnings = version_lint(opts, &version, channel.as_str(), latest, note)?;
-        let update = update(client, &signer, &spec.product, &channel, opts.lifetime);
-        // The state is read and checked before the build: an untrusted one stops here, and
-        // so does a rollout that could not start.
-        let (_, base) = update.base()?;
-        if let (Some(_), Some(running)) = (&opts.waves, &base.rollout) {
-            return Err(Error::ChannelState {
-                product: spec.product.to_string(),
-                channel: channel.to_string(),
-                message: format!(
-                    "the rollout {} of {} is in progress; it must end before another starts",
-                    running.id, running.version
-                ),
-            });
-        }
-        if !opts.build.components.is_empty() {
-            build::select(&spec, &opts.build.components)?;
-            let (from, carried) = carry_over(client, &signer, &base, &opts.build.components)?;
-            note(&format!(
-                "carrying {} component(s) over from {from}, the current release of channel {channel}",
-                carried.len()
-            ));
-            build_opts.carried = carried;
-            carried_from = Some(from);
-        }
-        if opts.deltas > 0 {
-            let wanted = built_components(&spec, &opts.build.components);
-            build_opts.delta_bases = deltas::fetch_bases(
-                client,
-                signer.trusted(),
-                &base,
-                &version,
-                &wanted,
-                opts.deltas,
-                note,
-            )?;
-        }
+        let at = Target {
+            client,
+            signer: &signer,
+            spec: &spec,
+            version: &version,
+            channel: &channel,
+        };
+        (warnings, carried_from) = read_server(opts, &at, &mut build_opts, note)?;
     } else if !opts.build.components.is_empty() {
         note("dry run without --server: only the named components are built (a published release carries the others over from the channel's current release)");
     }
@@ -178,6 +148,69 @@ pub fn publish(
         state: Some(committed),
         carried_from,
     })
+}
+
+/// What a publish works against: the server, the keys, the spec, the version and channel.
+struct Target<'a> {
+    client: &'a Client,
+    signer: &'a Signer,
+    spec: &'a Spec,
+    version: &'a Version,
+    channel: &'a ChannelName,
+}
+
+/// What the build needs from the server, read before it: the version lint, the channel's
+/// state (an untrusted one stops here, and so does a rollout that could not start), the
+/// components carried over, the bases of the deltas. Returns the lint's warnings and the
+/// release the carried components come from.
+fn read_server(
+    opts: &PublishOptions,
+    at: &Target<'_>,
+    build_opts: &mut BuildOptions,
+    note: &mut dyn FnMut(&str),
+) -> Result<(Vec<Finding>, Option<Version>)> {
+    let (spec, channel) = (at.spec, at.channel);
+    let latest = at
+        .client
+        .latest_version(spec.product.as_str(), channel.as_str());
+    let warnings = version_lint(opts, at.version, channel.as_str(), latest, note)?;
+    let update = update(at.client, at.signer, &spec.product, channel, opts.lifetime);
+    let (_, base) = update.base()?;
+    if let (Some(_), Some(running)) = (&opts.waves, &base.rollout) {
+        return Err(Error::ChannelState {
+            product: spec.product.to_string(),
+            channel: channel.to_string(),
+            message: format!(
+                "the rollout {} of {} is in progress; it must end before another starts",
+                running.id, running.version
+            ),
+        });
+    }
+    let mut carried_from = None;
+    if !opts.build.components.is_empty() {
+        build::select(spec, &opts.build.components)?;
+        let (from, carried) = carry_over(at.client, at.signer, &base, &opts.build.components)?;
+        note(&format!(
+            "carrying {} component(s) over from {from}, the current release of channel {channel}",
+            carried.len()
+        ));
+        build_opts.carried = carried;
+        carried_from = Some(from);
+    }
+    if opts.deltas > 0 {
+        let wanted = built_components(spec, &opts.build.components);
+        let trusted = at.signer.trusted();
+        build_opts.delta_bases = deltas::fetch_bases(
+            at.client,
+            trusted,
+            &base,
+            at.version,
+            &wanted,
+            opts.deltas,
+            note,
+        )?;
+    }
+    Ok((warnings, carried_from))
 }
 
 /// The components a build makes: the named ones, or every one of the spec.
