@@ -9,6 +9,9 @@
 //!    and handed to the writer — the same one-pass slot writer a download feeds, which checks
 //!    the whole image against the manifest's SHA-256 at the end.
 //!
+//! When the chunks to fetch would come to more than three quarters of the image, nothing is
+//! written and the image is downloaded whole (one stream beats many ranges).
+//!
 //! Memory stays bounded whatever the image size: the index, a map of the booted image's chunks
 //! (about 100 bytes a chunk), one fetched range and one chunk. Any failure is returned with its
 //! reason; the caller then downloads the image whole.
@@ -63,6 +66,7 @@ pub fn rebuild(
     let file = File::open(booted).map_err(at(booted))?;
     let local = chunks::scan(BufReader::new(&file), index.params).map_err(at(booted))?;
     let plan = chunks::plan(index, &local, MAX_FETCH);
+    worth_it(index, &plan)?;
     let mut w = Writer {
         out,
         skip,
@@ -96,6 +100,19 @@ pub fn rebuild(
         }
     }
     Ok(w.done)
+}
+
+/// Refuses a rebuild that would not save a quarter of the whole download: scanning the booted
+/// slot is already paid, but many ranged requests cost more than one stream.
+fn worth_it(index: &Index, plan: &[Source]) -> Result<(), String> {
+    let fetched = chunks::fetched_bytes(plan);
+    if fetched.saturating_mul(4) > index.image_size.saturating_mul(3) {
+        return Err(format!(
+            "the booted slot holds too little of the new image ({fetched} of its {} bytes would be downloaded)",
+            index.image_size
+        ));
+    }
+    Ok(())
 }
 
 /// The image being written: where it stands, and what the writer already held.
