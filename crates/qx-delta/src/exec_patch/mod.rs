@@ -17,6 +17,8 @@ mod format;
 mod matcher;
 mod project;
 mod x86;
+#[cfg(test)]
+mod diagnose;
 
 use std::io::{Read, Write};
 

@@ -28,7 +28,7 @@ impl Moves {
             new += (op.add + op.copy) as u64;
         }
         v.sort_unstable();
-        Moves(v)
+        Moves(disjoint(v))
     }
 
     fn target_offset(&self, base_offset: u64) -> Option<u64> {
@@ -39,6 +39,24 @@ impl Moves {
         let (old, new, len) = self.0[i];
         (base_offset - old < len).then(|| new + (base_offset - old))
     }
+}
+
+/// The moves, sorted by base start, made disjoint: a base byte that several steps read (the
+/// target repeats it) keeps the first of them, so a lookup finds it whatever shorter range
+/// starts after that one.
+fn disjoint(sorted: Vec<(u64, u64, u64)>) -> Vec<(u64, u64, u64)> {
+    let mut out: Vec<(u64, u64, u64)> = Vec::with_capacity(sorted.len());
+    let mut covered = 0u64;
+    for (old, new, len) in sorted {
+        let end = old.saturating_add(len);
+        if end <= covered {
+            continue;
+        }
+        let skip = covered.saturating_sub(old);
+        out.push((old + skip, new + skip, len - skip));
+        covered = end;
+    }
+    out
 }
 
 fn offset_of(segments: &[CodeRange], address: u64) -> Option<u64> {
@@ -128,5 +146,12 @@ impl Projection<'_> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+impl Moves {
+    pub fn target_offset_pub(&self, base_offset: u64) -> Option<u64> {
+        self.target_offset(base_offset)
     }
 }
