@@ -47,7 +47,7 @@ fn diagnose() {
         transform: Transform::Projection,
         target_len: target.len() as u64,
         base: b,
-        target_segments: t.segments,
+        target: t.clone().target_part(),
         stream_lens: [0; 3],
     };
     let projected = project(&base, &header, &ops);
@@ -90,7 +90,8 @@ fn diagnose_calls() {
     let ops = fold(&matcher::ops(&Index::new(&base), &target));
     let (b, t) = (elf::layout(&base).unwrap(), elf::layout(&target).unwrap());
     let moves = Moves::from_ops(&ops);
-    let p = Projection { base: &b, target_segments: &t.segments, moves: &moves };
+    let t = t.target_part();
+    let p = Projection { base: &b, target: &t, moves: &moves };
     let projected = p.apply(&base);
     // [unmapped operand, unmapped referent, projected ok, original ok, neither]
     let mut c = [0usize; 5];

@@ -16,6 +16,7 @@ mod elf;
 mod format;
 mod matcher;
 mod project;
+mod unwind;
 mod x86;
 #[cfg(test)]
 mod diagnose;
@@ -40,31 +41,29 @@ pub(crate) fn encode(base: &[u8], target: &[u8]) -> Result<Vec<u8>> {
             "exec-patch handles bases and targets of at most 2 GiB",
         )));
     }
-    let ops = fold(&matcher::ops(&Index::new(base), target));
-    let ops = if ops.len() as u64 > max_steps(target.len() as u64) {
-        vec![Op {
-            add: 0,
-            copy: target.len(),
-            seek: 0,
-        }]
-    } else {
-        ops
-    };
     let mut header = Header {
         transform: Transform::None,
         target_len: target.len() as u64,
         base: Layout::default(),
-        target_segments: Vec::new(),
+        target: Layout::default(),
         stream_lens: [0; 3],
     };
-    let projected = match (elf::layout(base), elf::layout(target)) {
-        (Some(b), Some(t)) => {
-            header.transform = Transform::Projection;
-            header.base = b;
-            header.target_segments = t.segments;
-            Some(project(base, &header, &ops))
+    if let (Some(b), Some(t)) = (elf::layout(base), elf::layout(target)) {
+        header.transform = Transform::Projection;
+        header.base = b;
+        header.target = t.target_part();
+    }
+    let ops = steps(base, target);
+    let (ops, projected) = match header.transform {
+        Transform::None => (ops, None),
+        Transform::Projection => {
+            // Matching again against the projected base finds what the projection made
+            // equal (tables of shifted addresses match nothing before it).
+            let first = project(base, &header, &ops);
+            let ops = steps(&first, target);
+            let projected = project(base, &header, &ops);
+            (ops, Some(projected))
         }
-        _ => None,
     };
     let streams = streams(projected.as_deref().unwrap_or(base), target, &ops);
     let mut compressed = Vec::with_capacity(3);
@@ -82,6 +81,20 @@ pub(crate) fn decode(base: &[u8], patch: impl Read, out: impl Write, limit: u64)
     apply::apply(base, patch, out, limit)
 }
 
+/// The steps rebuilding `target` from `base`; one copy of the whole target if there would be
+/// more than a decoder accepts.
+fn steps(base: &[u8], target: &[u8]) -> Vec<Op> {
+    let ops = fold(&matcher::ops(&Index::new(base), target));
+    if ops.len() as u64 > max_steps(target.len() as u64) {
+        return vec![Op {
+            add: 0,
+            copy: target.len(),
+            seek: 0,
+        }];
+    }
+    ops
+}
+
 /// The most steps a patch rebuilding `target_len` bytes may have (the decoder holds them all:
 /// at most about 3/4 of the target's size).
 pub(crate) fn max_steps(target_len: u64) -> u64 {
@@ -93,7 +106,7 @@ pub(crate) fn project(base: &[u8], header: &Header, ops: &[Op]) -> Vec<u8> {
     let moves = Moves::from_ops(ops);
     let p = Projection {
         base: &header.base,
-        target_segments: &header.target_segments,
+        target: &header.target,
         moves: &moves,
     };
     p.apply(base)

@@ -11,6 +11,7 @@
 use super::elf::{u64_at, Layout};
 use super::format::CodeRange;
 use super::matcher::Op;
+use super::unwind::{frame_fields, index_entries, Field};
 use super::x86::operand_at;
 
 /// Where base file offsets went in the target: (base start, target start, length), by base start.
@@ -76,7 +77,7 @@ fn address_of(segments: &[CodeRange], offset: u64) -> Option<u64> {
 /// The two layouts and the moves between them.
 pub(crate) struct Projection<'a> {
     pub base: &'a Layout,
-    pub target_segments: &'a [CodeRange],
+    pub target: &'a Layout,
     pub moves: &'a Moves,
 }
 
@@ -84,7 +85,7 @@ impl Projection<'_> {
     /// Where the base address went in the target.
     fn address(&self, base_address: u64) -> Option<u64> {
         let off = offset_of(&self.base.segments, base_address)?;
-        address_of(self.target_segments, self.moves.target_offset(off)?)
+        address_of(&self.target.segments, self.moves.target_offset(off)?)
     }
 
     /// The base with every reference projected.
@@ -97,8 +98,17 @@ impl Projection<'_> {
             self.words(&mut out, r, 8, &[0]);
         }
         for r in &self.base.tables {
-            // A relocation's offset and addend; a symbol's value.
-            self.words(&mut out, r, 24, &[0, 8, 16]);
+            // A relocation's offset and addend.
+            self.words(&mut out, r, 24, &[0, 16]);
+        }
+        for r in &self.base.symbols {
+            // A symbol's value.
+            self.words(&mut out, r, 24, &[8]);
+        }
+        self.symbol_names(&mut out);
+        self.unwind_index(&mut out);
+        for r in &self.base.frames {
+            self.frames(&mut out, r);
         }
         out
     }
@@ -114,21 +124,22 @@ impl Projection<'_> {
             if at + 4 > end {
                 return;
             }
-            if let Some(v) = self.operand(out, at, r) {
+            if let Some(v) = self.relative(out, at, 4) {
                 out[at..at + 4].copy_from_slice(&v.to_le_bytes());
             }
             i = at + 4;
         }
     }
 
-    /// The projected value of the 32-bit relative operand at file offset `at` of range `r`.
-    fn operand(&self, out: &[u8], at: usize, r: &CodeRange) -> Option<i32> {
-        let rel = i32::from_le_bytes(out[at..at + 4].try_into().ok()?);
-        let next = r.address.wrapping_add(at as u64 + 4 - r.start);
-        let to = self.address(next.wrapping_add_signed(i64::from(rel)))?;
+    /// The projected value of the 4-byte relative reference at file offset `at`, relative to
+    /// its own address plus `bias` (4 for an instruction operand, 0 for a data field).
+    fn relative(&self, out: &[u8], at: usize, bias: u64) -> Option<i32> {
+        let rel = i32::from_le_bytes(out.get(at..at + 4)?.try_into().ok()?);
+        let from = address_of(&self.base.segments, at as u64)?.wrapping_add(bias);
+        let to = self.address(from.wrapping_add_signed(i64::from(rel)))?;
         let at_t = self.moves.target_offset(at as u64)?;
-        let next_t = address_of(self.target_segments, at_t)?.wrapping_add(4);
-        i32::try_from(to.wrapping_sub(next_t) as i64).ok()
+        let from_t = address_of(&self.target.segments, at_t)?.wrapping_add(bias);
+        i32::try_from(to.wrapping_sub(from_t) as i64).ok()
     }
 
     /// Projects the 8-byte words at `fields` of each `stride`-byte entry of range `r`.
@@ -146,6 +157,65 @@ impl Projection<'_> {
                 }
             }
         }
+    }
+
+    /// Each symbol's name offset, to where its name went in the target's string table.
+    fn symbol_names(&self, out: &mut [u8]) -> Option<()> {
+        let (syms, names) = (self.base.symbols.first()?, self.base.names.first()?);
+        let names_t = self.target.names.first()?;
+        let end = syms.end() as usize;
+        for at in (syms.start as usize..end).step_by(24) {
+            let Some(name) = out.get(at..(at + 4).min(end)) else { break };
+            let Ok(name) = <[u8; 4]>::try_from(name) else { break };
+            let name = names.start + u64::from(u32::from_le_bytes(name));
+            let moved = self.moves.target_offset(name).filter(|_| name < names.end());
+            let Some(to) = moved.and_then(|t| t.checked_sub(names_t.start)) else {
+                continue;
+            };
+            if let Ok(to) = u32::try_from(to) {
+                out[at..at + 4].copy_from_slice(&to.to_le_bytes());
+            }
+        }
+        Some(())
+    }
+
+    /// The frame index's table: addresses relative to the index's own address.
+    fn unwind_index(&self, out: &mut [u8]) -> Option<()> {
+        let (b, t) = (self.base.unwind.first()?, self.target.unwind.first()?);
+        for at in index_entries(out, b.start as usize, b.end() as usize).step_by(4) {
+            let Some(v) = out.get(at..at + 4).and_then(|v| <[u8; 4]>::try_from(v).ok()) else {
+                break;
+            };
+            let to = b.address.wrapping_add_signed(i64::from(i32::from_le_bytes(v)));
+            let Some(p) = self.address(to) else { continue };
+            if let Ok(p) = i32::try_from(p.wrapping_sub(t.address) as i64) {
+                out[at..at + 4].copy_from_slice(&p.to_le_bytes());
+            }
+        }
+        Some(())
+    }
+
+    /// The frame records' code and exception-table pointers and common-record distances.
+    fn frames(&self, out: &mut [u8], r: &CodeRange) {
+        let mut fields = Vec::new();
+        frame_fields(out, r.start as usize, r.end() as usize, |f| fields.push(f));
+        for f in fields {
+            let (at, v) = match f {
+                Field::PcRelative(at) => (at, self.relative(out, at, 0)),
+                Field::CommonRecord(at) => (at, self.distance_back(out, at)),
+            };
+            if let Some(v) = v {
+                out[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
+
+    /// The distance back from the field at `at` to the record it names, as in the target.
+    fn distance_back(&self, out: &[u8], at: usize) -> Option<i32> {
+        let d = u32::from_le_bytes(out.get(at..at + 4)?.try_into().ok()?);
+        let to = (at as u64).checked_sub(u64::from(d))?;
+        let (at_t, to_t) = (self.moves.target_offset(at as u64)?, self.moves.target_offset(to)?);
+        i32::try_from(at_t.checked_sub(to_t)?).ok()
     }
 }
 
