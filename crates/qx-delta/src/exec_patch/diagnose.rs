@@ -5,8 +5,7 @@
 
 use super::elf::{self, u64_at};
 use super::format::{Header, Transform};
-use super::matcher::{self, Index};
-use super::{fold, project};
+use super::project;
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
@@ -41,15 +40,17 @@ fn zlen(b: &[u8]) -> usize {
 fn diagnose() {
     let base = std::fs::read(std::env::var("QX_DIAG_BASE").unwrap()).unwrap();
     let target = std::fs::read(std::env::var("QX_DIAG_TARGET").unwrap()).unwrap();
-    let ops = fold(&matcher::ops(&Index::new(&base), &target));
     let (b, t) = (elf::layout(&base).unwrap(), elf::layout(&target).unwrap());
-    let header = Header {
+    let mut header = Header {
         transform: Transform::Projection,
         target_len: target.len() as u64,
         base: b,
         target: t.clone().target_part(),
         stream_lens: [0; 3],
     };
+    let ops = super::steps(&base, &target);
+    let ops = super::steps(&project(&base, &header, &ops), &target);
+    header.stream_lens = [0; 3];
     let projected = project(&base, &header, &ops);
     // Per target byte: the difference without and with the projection (None: an extra byte).
     let mut plain = vec![None; target.len()];
@@ -64,21 +65,28 @@ fn diagnose() {
         old = (old + op.add).wrapping_add_signed(op.seek as isize);
     }
     println!("steps {}", ops.len());
-    println!("{:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}", "section", "len", "extra", "nz", "nz-proj", "z", "z-proj");
-    let mut tot = [0usize; 5];
+    println!("{:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}", "section", "len", "extra", "nz", "nz-proj", "z", "z-proj", "z-extra");
+    let mut tot = [0usize; 6];
     for (name, off, len) in sections(&target) {
         let r = off..(off + len).min(target.len());
         let extra: Vec<u8> = r.clone().filter(|&i| plain[i].is_none()).map(|i| target[i]).collect();
         let d1: Vec<u8> = r.clone().filter_map(|i| plain[i]).collect();
         let d2: Vec<u8> = r.clone().filter_map(|i| proj[i]).collect();
         let nz = |d: &[u8]| d.iter().filter(|&&x| x != 0).count();
-        let row = [extra.len(), nz(&d1), nz(&d2), zlen(&d1), zlen(&d2)];
-        println!("{name:<20} {len:>9} {:>9} {:>9} {:>9} {:>9} {:>9}", row[0], row[1], row[2], row[3], row[4]);
-        for k in 0..5 {
+        let row = [extra.len(), nz(&d1), nz(&d2), zlen(&d1), zlen(&d2), zlen(&extra)];
+        println!("{name:<20} {len:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}", row[0], row[1], row[2], row[3], row[4], row[5]);
+        for k in 0..6 {
             tot[k] += row[k];
         }
     }
-    println!("{:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}", "total", target.len(), tot[0], tot[1], tot[2], tot[3], tot[4]);
+    if let Some((_, off, len)) = sections(&target).into_iter().find(|s| s.0 == ".symtab") {
+        let mut by = [0usize; 24];
+        for i in off..off + len {
+            by[(i - off) % 24] += usize::from(proj[i].is_some_and(|d| d != 0));
+        }
+        println!("symtab non-zero by entry byte: {by:?}");
+    }
+    println!("{:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}", "total", target.len(), tot[0], tot[1], tot[2], tot[3], tot[4], tot[5]);
 }
 
 #[test]
@@ -87,7 +95,7 @@ fn diagnose_calls() {
     use super::project::{Moves, Projection};
     let base = std::fs::read(std::env::var("QX_DIAG_BASE").unwrap()).unwrap();
     let target = std::fs::read(std::env::var("QX_DIAG_TARGET").unwrap()).unwrap();
-    let ops = fold(&matcher::ops(&Index::new(&base), &target));
+    let ops = super::steps(&base, &target);
     let (b, t) = (elf::layout(&base).unwrap(), elf::layout(&target).unwrap());
     let moves = Moves::from_ops(&ops);
     let t = t.target_part();

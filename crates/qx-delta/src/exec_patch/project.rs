@@ -32,13 +32,15 @@ impl Moves {
         Moves(disjoint(v))
     }
 
+    /// Where a base offset went: by the step that read it, or, for a byte no step read (code
+    /// or a name that changed), at the same distance from where the bytes before it went.
     fn target_offset(&self, base_offset: u64) -> Option<u64> {
         let i = self
             .0
             .partition_point(|m| m.0 <= base_offset)
             .checked_sub(1)?;
-        let (old, new, len) = self.0[i];
-        (base_offset - old < len).then(|| new + (base_offset - old))
+        let (old, new, _) = self.0[i];
+        new.checked_add(base_offset - old)
     }
 }
 
