@@ -1,23 +1,24 @@
 //! The exec-patch format (all integers little-endian):
 //!
 //! ```text
-//! magic       "QXEP" 0x02
+//! magic       "QXEP" 0x03
 //! transform   u8: 0 none, 1 reference projection (see `project`)
 //! target_len  u64: the bytes the patch rebuilds
 //! sixteen range lists, each u8 count then count × (start u64, len u64, address u64): the
 //!   base's layout, then the target's (segments, code, pointer sections, relocation tables,
 //!   frame index, frame records, symbol table, symbol names; of the target only the segments,
 //!   the frame index and the symbol names are sent; all empty without a transform)
-//! ctrl_len, diff_len, extra_len   u64 each: the sizes of the three zstd frames that follow
-//! ctrl        frame: triples of LEB128 varints (add, copy, seek as zigzag)
-//! diff        frame: bytes added (mod 256) to the transformed base for each `add`
-//! extra       frame: bytes copied as they are for each `copy`
+//! ctrl_len, diff_len, extra_len   u64 each: the sizes of the three raw LZMA2 streams that
+//!             follow (8 MiB dictionary)
+//! ctrl        stream: LEB128 varints: the step count n, then n adds, n copies, n seeks (zigzag)
+//! diff        stream: bytes added (mod 256) to the transformed base for each `add`
+//! extra       stream: bytes copied as they are for each `copy`
 //! ```
 
 use super::elf::{Layout, MAX_RANGES};
 use crate::{DeltaError, Result};
 
-pub(crate) const MAGIC: &[u8; 5] = b"QXEP\x02";
+pub(crate) const MAGIC: &[u8; 5] = b"QXEP\x03";
 
 /// A file range of executable code and the address it is loaded at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -30,10 +30,9 @@ use project::{Moves, Projection};
 
 use crate::{DeltaError, Result};
 
-/// zstd level of the three streams: the strongest.
-const LEVEL: i32 = 22;
-/// The window of each stream (8 MiB): the decoder refuses larger ones.
-const WINDOW_LOG: u32 = 23;
+/// The dictionary of each stream's LZMA2 coder (8 MiB): the decoder sets it itself, so a patch
+/// cannot make it hold more.
+const DICT_SIZE: u32 = 8 << 20;
 
 pub(crate) fn encode(base: &[u8], target: &[u8]) -> Result<Vec<u8>> {
     if base.len() > i32::MAX as usize || target.len() > i32::MAX as usize {
@@ -125,14 +124,17 @@ fn fold(ops: &[Op]) -> Vec<Op> {
     folded
 }
 
-/// The control, difference and extra streams of `ops`.
+/// The control, difference and extra streams of `ops`. The control stream is the step count
+/// then three columns (adds, copies, seeks as zigzag), each LEB128 varints: a column of like
+/// numbers compresses better than the steps interleaved.
 fn streams(base: &[u8], target: &[u8], ops: &[Op]) -> [Vec<u8>; 3] {
-    let (mut ctrl, mut diff, mut extra) = (Vec::new(), Vec::new(), Vec::new());
+    let mut columns: [Vec<u8>; 3] = Default::default();
+    let (mut diff, mut extra) = (Vec::new(), Vec::new());
     let (mut old, mut new) = (0usize, 0usize);
     for op in ops {
-        put_varint(&mut ctrl, op.add as u64);
-        put_varint(&mut ctrl, op.copy as u64);
-        put_varint(&mut ctrl, zigzag(op.seek));
+        put_varint(&mut columns[0], op.add as u64);
+        put_varint(&mut columns[1], op.copy as u64);
+        put_varint(&mut columns[2], zigzag(op.seek));
         let added = target[new..new + op.add]
             .iter()
             .zip(&base[old..old + op.add]);
@@ -142,18 +144,25 @@ fn streams(base: &[u8], target: &[u8], ops: &[Op]) -> [Vec<u8>; 3] {
         new += op.copy;
         old = (old + op.add).wrapping_add_signed(op.seek as isize);
     }
+    let mut ctrl = Vec::new();
+    put_varint(&mut ctrl, ops.len() as u64);
+    columns.iter().for_each(|c| ctrl.extend_from_slice(c));
     [ctrl, diff, extra]
 }
 
+/// The LZMA2 filter both sides use: its strongest preset with an 8 MiB dictionary.
+pub(crate) fn filters() -> std::io::Result<liblzma::stream::Filters> {
+    let mut opts = liblzma::stream::LzmaOptions::new_preset(9 | liblzma::stream::PRESET_EXTREME)?;
+    opts.dict_size(DICT_SIZE);
+    let mut f = liblzma::stream::Filters::new();
+    f.lzma2(&opts);
+    Ok(f)
+}
+
 fn compress(bytes: &[u8]) -> Result<Vec<u8>> {
-    let bits = usize::BITS - bytes.len().max(1).leading_zeros();
-    let mut enc =
-        zstd::stream::write::Encoder::new(Vec::new(), LEVEL).map_err(DeltaError::Encode)?;
-    enc.window_log(bits.clamp(10, WINDOW_LOG))
-        .and_then(|()| enc.long_distance_matching(true))
-        .and_then(|()| enc.include_checksum(false))
-        .and_then(|()| enc.set_pledged_src_size(Some(bytes.len() as u64)))
-        .map_err(DeltaError::Encode)?;
+    let stream = liblzma::stream::Stream::new_raw_encoder(&filters().map_err(DeltaError::Encode)?)
+        .map_err(|e| DeltaError::Encode(e.into()))?;
+    let mut enc = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
     enc.write_all(bytes).map_err(DeltaError::Encode)?;
     enc.finish().map_err(DeltaError::Encode)
 }
