@@ -65,10 +65,7 @@ pub(crate) fn encode(base: &[u8], target: &[u8]) -> Result<Vec<u8>> {
         }
     };
     let streams = streams(projected.as_deref().unwrap_or(base), target, &ops);
-    let mut compressed = Vec::with_capacity(3);
-    for s in &streams {
-        compressed.push(compress(s)?);
-    }
+    let compressed = compress_all(&streams)?;
     header.stream_lens = [0, 1, 2].map(|i| compressed[i].len() as u64);
     let mut patch = Vec::new();
     header.write(&mut patch);
@@ -83,7 +80,7 @@ pub(crate) fn decode(base: &[u8], patch: impl Read, out: impl Write, limit: u64)
 /// The steps rebuilding `target` from `base`; one copy of the whole target if there would be
 /// more than a decoder accepts.
 fn steps(base: &[u8], target: &[u8]) -> Vec<Op> {
-    let ops = fold(&matcher::ops(&Index::new(base), target));
+    let ops = fold(&matcher::ops_parallel(&Index::new(base), target));
     if ops.len() as u64 > max_steps(target.len() as u64) {
         return vec![Op {
             add: 0,
@@ -157,6 +154,18 @@ pub(crate) fn filters() -> std::io::Result<liblzma::stream::Filters> {
     let mut f = liblzma::stream::Filters::new();
     f.lzma2(&opts);
     Ok(f)
+}
+
+/// The three streams compressed at once, each on its own thread.
+fn compress_all(streams: &[Vec<u8>; 3]) -> Result<Vec<Vec<u8>>> {
+    let results = std::thread::scope(|s| {
+        let handles = streams.each_ref().map(|b| s.spawn(|| compress(b)));
+        handles.map(|h| h.join())
+    });
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        .collect()
 }
 
 fn compress(bytes: &[u8]) -> Result<Vec<u8>> {
