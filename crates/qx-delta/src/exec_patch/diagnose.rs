@@ -65,16 +65,33 @@ fn diagnose() {
         old = (old + op.add).wrapping_add_signed(op.seek as isize);
     }
     println!("steps {}", ops.len());
-    println!("{:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}", "section", "len", "extra", "nz", "nz-proj", "z", "z-proj", "z-extra");
+    println!(
+        "{:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "section", "len", "extra", "nz", "nz-proj", "z", "z-proj", "z-extra"
+    );
     let mut tot = [0usize; 6];
     for (name, off, len) in sections(&target) {
         let r = off..(off + len).min(target.len());
-        let extra: Vec<u8> = r.clone().filter(|&i| plain[i].is_none()).map(|i| target[i]).collect();
+        let extra: Vec<u8> = r
+            .clone()
+            .filter(|&i| plain[i].is_none())
+            .map(|i| target[i])
+            .collect();
         let d1: Vec<u8> = r.clone().filter_map(|i| plain[i]).collect();
         let d2: Vec<u8> = r.clone().filter_map(|i| proj[i]).collect();
         let nz = |d: &[u8]| d.iter().filter(|&&x| x != 0).count();
-        let row = [extra.len(), nz(&d1), nz(&d2), zlen(&d1), zlen(&d2), zlen(&extra)];
-        println!("{name:<20} {len:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}", row[0], row[1], row[2], row[3], row[4], row[5]);
+        let row = [
+            extra.len(),
+            nz(&d1),
+            nz(&d2),
+            zlen(&d1),
+            zlen(&d2),
+            zlen(&extra),
+        ];
+        println!(
+            "{name:<20} {len:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            row[0], row[1], row[2], row[3], row[4], row[5]
+        );
         for k in 0..6 {
             tot[k] += row[k];
         }
@@ -86,7 +103,17 @@ fn diagnose() {
         }
         println!("symtab non-zero by entry byte: {by:?}");
     }
-    println!("{:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}", "total", target.len(), tot[0], tot[1], tot[2], tot[3], tot[4], tot[5]);
+    println!(
+        "{:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "total",
+        target.len(),
+        tot[0],
+        tot[1],
+        tot[2],
+        tot[3],
+        tot[4],
+        tot[5]
+    );
 }
 
 #[test]
@@ -99,7 +126,11 @@ fn diagnose_calls() {
     let (b, t) = (elf::layout(&base).unwrap(), elf::layout(&target).unwrap());
     let moves = Moves::from_ops(&ops);
     let t = t.target_part();
-    let p = Projection { base: &b, target: &t, moves: &moves };
+    let p = Projection {
+        base: &b,
+        target: &t,
+        moves: &moves,
+    };
     let projected = p.apply(&base);
     // [unmapped operand, unmapped referent, projected ok, original ok, neither]
     let mut c = [0usize; 5];
@@ -113,7 +144,10 @@ fn diagnose_calls() {
             }
             let at = i + 1;
             i += 5;
-            let Some(at_t) = moves.target_offset_pub(at as u64) else { c[0] += 1; continue };
+            let Some(at_t) = moves.target_offset_pub(at as u64) else {
+                c[0] += 1;
+                continue;
+            };
             let at_t = at_t as usize;
             let tv = &target[at_t..at_t + 4];
             if projected[at..at + 4] == base[at..at + 4] && tv != &base[at..at + 4] {
@@ -122,7 +156,10 @@ fn diagnose_calls() {
                     shown += 1;
                     let rel = i32::from_le_bytes(base[at..at + 4].try_into().unwrap());
                     let to = (at as i64 + 4 + rel as i64) as u64;
-                    println!("unmapped: at {at:#x} -> {at_t:#x}, referent off {to:#x} -> {:?}", moves.target_offset_pub(to));
+                    println!(
+                        "unmapped: at {at:#x} -> {at_t:#x}, referent off {to:#x} -> {:?}",
+                        moves.target_offset_pub(to)
+                    );
                 }
                 continue;
             }

@@ -132,7 +132,10 @@ fn frames(file: &[u8], l: &mut Layout) -> Option<()> {
         return None;
     }
     let rel = i32::from_le_bytes(file.get(at + 4..at + 8)?.try_into().ok()?);
-    let address = hdr.address.wrapping_add(4).wrapping_add_signed(i64::from(rel));
+    let address = hdr
+        .address
+        .wrapping_add(4)
+        .wrapping_add_signed(i64::from(rel));
     let seg = l
         .segments
         .iter()

@@ -1,25 +1,26 @@
 //! `exec-patch`: an executable-aware block-copy patch.
 //!
-//! Both files are first transformed so that code which only moved becomes equal bytes (in an
-//! x86-64 ELF file, branch and RIP-relative operands are rewritten as the addresses they point
-//! at: see [`x86`]); a suffix array of the transformed base then finds approximate matches
-//! ([`matcher`]), written as three streams — steps, byte differences, new bytes — each
-//! compressed with zstd at its strongest level. The decoder rebuilds the transformed target and
-//! undoes the transform. The format is in [`format`].
+//! A suffix array of the base finds approximate matches of the target ([`matcher`]): steps
+//! that add differences to base bytes or copy new ones. In two x86-64 ELF files, the base's
+//! references (code operands, pointers, relocation and symbol entries, unwind tables) are then
+//! rewritten to where the steps say their targets went ([`project`]), the projected base is
+//! matched again, and the differences are taken against it; the decoder computes the same
+//! projection, so nothing of it is sent. The steps, differences and new bytes are three LZMA2
+//! streams. The format is in [`format`]; docs/deltas.md has the whole description.
 //!
-//! Decoding memory: the caller's base, a transformed copy of it (only when the patch uses a
-//! transform), the rebuilt target (at most `limit` bytes), the patch itself (at most `limit` +
-//! 1 MiB) and three zstd windows of at most 8 MiB each.
+//! Decoding memory: the caller's base, a projected copy of it (only with the projection), the
+//! rebuilt target (at most `limit` bytes), the patch itself (at most `limit` + 1 MiB), the steps
+//! and the LZMA2 dictionaries of 8 MiB each.
 
 mod apply;
+#[cfg(test)]
+mod diagnose;
 mod elf;
 mod format;
 mod matcher;
 mod project;
 mod unwind;
 mod x86;
-#[cfg(test)]
-mod diagnose;
 
 use std::io::{Read, Write};
 
@@ -40,30 +41,7 @@ pub(crate) fn encode(base: &[u8], target: &[u8]) -> Result<Vec<u8>> {
             "exec-patch handles bases and targets of at most 2 GiB",
         )));
     }
-    let mut header = Header {
-        transform: Transform::None,
-        target_len: target.len() as u64,
-        base: Layout::default(),
-        target: Layout::default(),
-        stream_lens: [0; 3],
-    };
-    if let (Some(b), Some(t)) = (elf::layout(base), elf::layout(target)) {
-        header.transform = Transform::Projection;
-        header.base = b;
-        header.target = t.target_part();
-    }
-    let ops = steps(base, target);
-    let (ops, projected) = match header.transform {
-        Transform::None => (ops, None),
-        Transform::Projection => {
-            // Matching again against the projected base finds what the projection made
-            // equal (tables of shifted addresses match nothing before it).
-            let first = project(base, &header, &ops);
-            let ops = steps(&first, target);
-            let projected = project(base, &header, &ops);
-            (ops, Some(projected))
-        }
-    };
+    let (mut header, ops, projected) = plan(base, target);
     let streams = streams(projected.as_deref().unwrap_or(base), target, &ops);
     let compressed = compress_all(&streams)?;
     header.stream_lens = [0, 1, 2].map(|i| compressed[i].len() as u64);
@@ -71,6 +49,32 @@ pub(crate) fn encode(base: &[u8], target: &[u8]) -> Result<Vec<u8>> {
     header.write(&mut patch);
     compressed.iter().for_each(|c| patch.extend_from_slice(c));
     Ok(patch)
+}
+
+/// The header (without stream lengths), the steps, and the base the differences are taken
+/// against: projected when both files are x86-64 ELF files.
+fn plan(base: &[u8], target: &[u8]) -> (Header, Vec<Op>, Option<Vec<u8>>) {
+    let mut header = Header {
+        transform: Transform::None,
+        target_len: target.len() as u64,
+        base: Layout::default(),
+        target: Layout::default(),
+        stream_lens: [0; 3],
+    };
+    let layouts = elf::layout(base).zip(elf::layout(target));
+    let ops = steps(base, target);
+    let Some((b, t)) = layouts else {
+        return (header, ops, None);
+    };
+    header.transform = Transform::Projection;
+    header.base = b;
+    header.target = t.target_part();
+    // Matching again against the projected base finds what the projection made equal
+    // (tables of shifted addresses match nothing before it).
+    let first = project(base, &header, &ops);
+    let ops = steps(&first, target);
+    let projected = project(base, &header, &ops);
+    (header, ops, Some(projected))
 }
 
 pub(crate) fn decode(base: &[u8], patch: impl Read, out: impl Write, limit: u64) -> Result<u64> {
@@ -174,4 +178,32 @@ fn compress(bytes: &[u8]) -> Result<Vec<u8>> {
     let mut enc = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
     enc.write_all(bytes).map_err(DeltaError::Encode)?;
     enc.finish().map_err(DeltaError::Encode)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::{plan, streams};
+    use crate::tests::{build_c, c_program};
+
+    #[test]
+    fn projection_leaves_almost_no_code_differences_between_two_c_builds() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = build_c(dir.path(), "v1", &c_program(1500, 2));
+        let new = build_c(dir.path(), "v2", &c_program(1500, 40));
+        let (_, ops, projected) = plan(&old, &new);
+        let projected = projected.expect("two x86-64 ELF files are projected");
+        let non_zero = |base: &[u8]| {
+            let [_, diff, _] = streams(base, &new, &ops);
+            diff.iter().filter(|&&d| d != 0).count()
+        };
+        let (plain, with) = (non_zero(&old), non_zero(&projected));
+        // Every call after the grown function moved: unprojected, thousands of operands differ.
+        assert!(plain > 5_000, "{plain} non-zero differences unprojected");
+        assert!(
+            with * 10 < plain,
+            "{with} non-zero differences projected, {plain} unprojected"
+        );
+    }
 }

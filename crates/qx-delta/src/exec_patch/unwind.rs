@@ -19,7 +19,9 @@ pub(crate) enum Field {
 const PCREL_SDATA4: u8 = 0x1b;
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 
 /// The table of the frame index starting at `start` (file offset): the file offsets of its
@@ -50,12 +52,17 @@ pub(crate) fn frame_fields(file: &[u8], start: usize, end: usize, mut each: impl
         let Some(next) = at.checked_add(4 + len as usize).filter(|&n| n <= end) else {
             return;
         };
-        let Some(id) = u32_at(file, at + 4) else { return };
+        let Some(id) = u32_at(file, at + 4) else {
+            return;
+        };
         if id == 0 {
             if let Some(c) = common(&file[..next], at) {
                 commons.insert(at, c);
             }
-        } else if let Some(c) = (at + 4).checked_sub(id as usize).and_then(|c| commons.get(&c)) {
+        } else if let Some(c) = (at + 4)
+            .checked_sub(id as usize)
+            .and_then(|c| commons.get(&c))
+        {
             each(Field::CommonRecord(at + 4));
             record(&file[..next], at, *c, &mut each);
         }
@@ -72,7 +79,9 @@ fn record(file: &[u8], at: usize, c: Common, each: &mut impl FnMut(Field)) {
     if !(c.sized && c.lsda) {
         return;
     }
-    let Some((len, n)) = uleb(file, at + 16) else { return };
+    let Some((len, n)) = uleb(file, at + 16) else {
+        return;
+    };
     let lsda = at + 16 + n;
     if len >= 4 && lsda + 4 <= file.len() {
         each(Field::PcRelative(lsda));
@@ -87,8 +96,16 @@ fn common(file: &[u8], at: usize) -> Option<Common> {
     let mut p = aug_at + aug_len + 1;
     p += uleb(file, p)?.1; // code alignment
     p += uleb(file, p)?.1; // data alignment (signed, same length rule)
-    p += if *file.get(at + 8)? == 1 { 1 } else { uleb(file, p)?.1 };
-    let mut c = Common { sized: aug.first() == Some(&b'z'), pcrel: false, lsda: false };
+    p += if *file.get(at + 8)? == 1 {
+        1
+    } else {
+        uleb(file, p)?.1
+    };
+    let mut c = Common {
+        sized: aug.first() == Some(&b'z'),
+        pcrel: false,
+        lsda: false,
+    };
     if !c.sized {
         return Some(c);
     }
