@@ -60,15 +60,23 @@ pub fn decode(
     }
 }
 
-/// The smallest patch from `base` to `target` over `algorithms`, with its algorithm.
+/// The smallest patch from `base` to `target` over `algorithms`, with its algorithm. The
+/// algorithms encode at once, each on its own thread.
 pub fn smallest(
     algorithms: &[DeltaAlgorithm],
     base: &[u8],
     target: &[u8],
 ) -> Result<Option<(DeltaAlgorithm, Vec<u8>)>> {
+    let patches: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = algorithms
+            .iter()
+            .map(|&a| s.spawn(move || encode(a, base, target).map(|p| (a, p))))
+            .collect();
+        handles.into_iter().map(|h| h.join()).collect()
+    });
     let mut best: Option<(DeltaAlgorithm, Vec<u8>)> = None;
-    for &a in algorithms {
-        let patch = encode(a, base, target)?;
+    for p in patches {
+        let (a, patch) = p.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
         if best.as_ref().is_none_or(|(_, b)| patch.len() < b.len()) {
             best = Some((a, patch));
         }

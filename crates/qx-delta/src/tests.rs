@@ -227,7 +227,7 @@ fn a_file_component_base_is_its_one_file() {
 
 /// A C program of `n` functions calling each other and referring to a table of strings;
 /// `extra` adds statements to the first function, which shifts all the code after it.
-fn c_program(n: usize, extra: usize) -> String {
+pub(crate) fn c_program(n: usize, extra: usize) -> String {
     let mut s = String::from("#include <stdio.h>\n#include <string.h>\n");
     s.push_str("static const char *names[] = {");
     for i in 0..n {
@@ -257,7 +257,7 @@ fn c_program(n: usize, extra: usize) -> String {
 }
 
 /// Builds `source` with the system's C compiler; the executable's bytes.
-fn build_c(dir: &std::path::Path, name: &str, source: &str) -> Vec<u8> {
+pub(crate) fn build_c(dir: &std::path::Path, name: &str, source: &str) -> Vec<u8> {
     let src = dir.join(format!("{name}.c"));
     let exe = dir.join(name);
     std::fs::write(&src, source).unwrap();

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 
 use super::format::{corrupt, unzigzag, Header, Transform};
 use super::matcher::Op;
-use super::{max_steps, project, WINDOW_LOG};
+use super::{filters, max_steps, project};
 use crate::{DeltaError, Result};
 
 /// A patch is never larger than what it rebuilds plus this (header and stream framing).
@@ -14,7 +14,7 @@ const PATCH_OVERHEAD: u64 = 1 << 20;
 /// The output buffer is reserved up to this size at once, and grows past it as bytes come.
 const RESERVE: u64 = 1 << 28;
 
-type Stream<'a> = zstd::stream::read::Decoder<'a, BufReader<&'a [u8]>>;
+type Stream<'a> = liblzma::read::XzDecoder<&'a [u8]>;
 
 pub(super) fn apply(base: &[u8], patch: impl Read, mut out: impl Write, limit: u64) -> Result<u64> {
     let patch = read_patch(patch, limit)?;
@@ -51,23 +51,28 @@ fn read_patch(patch: impl Read, limit: u64) -> Result<Vec<u8>> {
 }
 
 fn stream(bytes: &[u8]) -> Result<Stream<'_>> {
-    let mut s = zstd::stream::read::Decoder::with_buffer(BufReader::new(bytes))
-        .map_err(|e| corrupt(&e.to_string()))?;
-    s.window_log_max(WINDOW_LOG)
-        .map_err(|e| corrupt(&e.to_string()))?;
-    Ok(s.single_frame())
+    let filters = filters().map_err(|e| corrupt(&e.to_string()))?;
+    let s =
+        liblzma::stream::Stream::new_raw_decoder(&filters).map_err(|e| corrupt(&e.to_string()))?;
+    Ok(liblzma::read::XzDecoder::new_stream(bytes, s))
 }
 
 /// Every step of the patch, checked to rebuild exactly `target_len` bytes.
 fn steps(ctrl: &[u8], target_len: u64) -> Result<Vec<Op>> {
     let mut ctrl = BufReader::new(stream(ctrl)?);
-    let mut ops = Vec::new();
-    let mut rebuilt = 0u64;
-    while rebuilt < target_len {
-        if ops.len() as u64 >= max_steps(target_len) {
-            return Err(corrupt("too many steps"));
+    let count = varint(&mut ctrl)?;
+    if count > max_steps(target_len) {
+        return Err(corrupt("too many steps"));
+    }
+    let mut columns: [Vec<u64>; 3] = Default::default();
+    for column in &mut columns {
+        for _ in 0..count {
+            column.push(varint(&mut ctrl)?);
         }
-        let (add, copy, seek) = (varint(&mut ctrl)?, varint(&mut ctrl)?, varint(&mut ctrl)?);
+    }
+    let mut ops = Vec::with_capacity(count as usize);
+    let mut rebuilt = 0u64;
+    for ((&add, &copy), &seek) in columns[0].iter().zip(&columns[1]).zip(&columns[2]) {
         if add == 0 && copy == 0 && !ops.is_empty() {
             return Err(corrupt("a step that rebuilds nothing"));
         }
@@ -76,9 +81,15 @@ fn steps(ctrl: &[u8], target_len: u64) -> Result<Vec<Op>> {
             return Err(corrupt("a step rebuilds past the target's length"));
         }
         rebuilt += add + copy;
-        let seek = unzigzag(seek);
         let (add, copy) = (add as usize, copy as usize);
-        ops.push(Op { add, copy, seek });
+        ops.push(Op {
+            add,
+            copy,
+            seek: unzigzag(seek),
+        });
+    }
+    if rebuilt != target_len {
+        return Err(corrupt("the steps rebuild less than the target's length"));
     }
     Ok(ops)
 }
@@ -141,4 +152,75 @@ fn varint(r: &mut impl BufRead) -> Result<u64> {
         }
     }
     Err(corrupt("a step length is not a number"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::super::compress;
+    use super::super::elf::Layout;
+    use super::super::format::{put_varint, Header, Transform};
+    use super::apply;
+    use crate::DeltaError;
+
+    /// A patch without projection rebuilding `target_len` bytes with the given control stream
+    /// (uncompressed), two zero differences, and `extra` as its new bytes.
+    fn patch(target_len: u64, ctrl: &[u8], extra: &[u8]) -> Vec<u8> {
+        let streams = [ctrl, &[0, 0][..], extra].map(|s| compress(s).unwrap());
+        let header = Header {
+            transform: Transform::None,
+            target_len,
+            base: Layout::default(),
+            target: Layout::default(),
+            stream_lens: streams.each_ref().map(|s| s.len() as u64),
+        };
+        let mut out = Vec::new();
+        header.write(&mut out);
+        streams.iter().for_each(|s| out.extend_from_slice(s));
+        out
+    }
+
+    fn ctrl(count: u64, ops: &[(u64, u64, u64)]) -> Vec<u8> {
+        let mut c = Vec::new();
+        put_varint(&mut c, count);
+        for column in 0..3 {
+            for op in ops {
+                put_varint(&mut c, [op.0, op.1, op.2][column]);
+            }
+        }
+        c
+    }
+
+    fn rebuild(patch: &[u8]) -> Result<Vec<u8>, DeltaError> {
+        let mut out = Vec::new();
+        apply(b"base", patch, &mut out, 1 << 20).map(|_| out)
+    }
+
+    #[test]
+    fn a_well_formed_control_stream_rebuilds_the_target() {
+        // Two bytes of the base unchanged, then three new ones.
+        assert_eq!(
+            rebuild(&patch(5, &ctrl(1, &[(2, 3, 0)]), b"xyz")).unwrap(),
+            b"baxyz"
+        );
+    }
+
+    #[test]
+    fn steps_rebuilding_less_than_the_target_length_are_refused() {
+        let err = rebuild(&patch(6, &ctrl(1, &[(2, 3, 0)]), b"xyz")).unwrap_err();
+        assert!(matches!(err, DeltaError::Corrupt(_)), "{err}");
+    }
+
+    #[test]
+    fn a_step_count_beyond_the_limit_is_refused_before_reading_the_steps() {
+        let err = rebuild(&patch(5, &ctrl(u64::MAX, &[(2, 3, 0)]), b"xyz")).unwrap_err();
+        assert!(err.to_string().contains("too many steps"), "{err}");
+    }
+
+    #[test]
+    fn a_control_stream_shorter_than_its_count_is_refused() {
+        let err = rebuild(&patch(5, &ctrl(2, &[(2, 3, 0)]), b"xyz")).unwrap_err();
+        assert!(matches!(err, DeltaError::Corrupt(_)), "{err}");
+    }
 }

@@ -1,22 +1,24 @@
 //! The exec-patch format (all integers little-endian):
 //!
 //! ```text
-//! magic       "QXEP" 0x01
+//! magic       "QXEP" 0x03
 //! transform   u8: 0 none, 1 reference projection (see `project`)
 //! target_len  u64: the bytes the patch rebuilds
-//! five range lists, each u8 count then count × (start u64, len u64, address u64):
-//!   the base's segments, code, pointer sections, tables; the target's segments
-//!   (all empty without a transform)
-//! ctrl_len, diff_len, extra_len   u64 each: the sizes of the three zstd frames that follow
-//! ctrl        frame: triples of LEB128 varints (add, copy, seek as zigzag)
-//! diff        frame: bytes added (mod 256) to the transformed base for each `add`
-//! extra       frame: bytes copied as they are for each `copy`
+//! sixteen range lists, each u8 count then count × (start u64, len u64, address u64): the
+//!   base's layout, then the target's (segments, code, pointer sections, relocation tables,
+//!   frame index, frame records, symbol table, symbol names; of the target only the segments,
+//!   the frame index and the symbol names are sent; all empty without a transform)
+//! ctrl_len, diff_len, extra_len   u64 each: the sizes of the three raw LZMA2 streams that
+//!             follow (8 MiB dictionary)
+//! ctrl        stream: LEB128 varints: the step count n, then n adds, n copies, n seeks (zigzag)
+//! diff        stream: bytes added (mod 256) to the transformed base for each `add`
+//! extra       stream: bytes copied as they are for each `copy`
 //! ```
 
 use super::elf::{Layout, MAX_RANGES};
 use crate::{DeltaError, Result};
 
-pub(crate) const MAGIC: &[u8; 5] = b"QXEP\x01";
+pub(crate) const MAGIC: &[u8; 5] = b"QXEP\x03";
 
 /// A file range of executable code and the address it is loaded at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +46,7 @@ pub(crate) struct Header {
     pub transform: Transform,
     pub target_len: u64,
     pub base: Layout,
-    pub target_segments: Vec<CodeRange>,
+    pub target: Layout,
     pub stream_lens: [u64; 3],
 }
 
@@ -53,14 +55,8 @@ impl Header {
         out.extend_from_slice(MAGIC);
         out.push(self.transform as u8);
         out.extend_from_slice(&self.target_len.to_le_bytes());
-        let b = &self.base;
-        for ranges in [
-            &b.segments,
-            &b.code,
-            &b.pointers,
-            &b.tables,
-            &self.target_segments,
-        ] {
+        let (b, t) = (self.base.lists(), self.target.lists());
+        for ranges in b.into_iter().chain(t) {
             out.push(ranges.len() as u8);
             for r in ranges {
                 for v in [r.start, r.len, r.address] {
@@ -86,13 +82,14 @@ impl Header {
             t => return Err(corrupt(&format!("unknown transform {t}"))),
         };
         let target_len = r.u64()?;
-        let base = Layout {
-            segments: r.ranges(base_len)?,
-            code: r.ranges(base_len)?,
-            pointers: r.ranges(base_len)?,
-            tables: r.ranges(base_len)?,
-        };
-        let target_segments = r.ranges(target_len)?;
+        let mut base = Layout::default();
+        for list in base.lists_mut() {
+            *list = r.ranges(base_len)?;
+        }
+        let mut target = Layout::default();
+        for list in target.lists_mut() {
+            *list = r.ranges(target_len)?;
+        }
         let stream_lens = [r.u64()?, r.u64()?, r.u64()?];
         let total = stream_lens.iter().try_fold(0u64, |a, &l| a.checked_add(l));
         if total != Some(r.0.len() as u64) {
@@ -102,7 +99,7 @@ impl Header {
             transform,
             target_len,
             base,
-            target_segments,
+            target,
             stream_lens,
         };
         Ok((header, r.0))

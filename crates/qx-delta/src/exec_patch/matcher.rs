@@ -52,6 +52,29 @@ fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// Targets at least this long are matched in two halves on two threads.
+const SPLIT_AT: usize = 4 << 20;
+
+/// The steps that rebuild `target` from the indexed base; a long target's two halves are
+/// matched at once on two threads (the steps of a half leave the base cursor at 0, where the
+/// next half starts).
+pub(crate) fn ops_parallel(index: &Index, target: &[u8]) -> Vec<Op> {
+    if target.len() < SPLIT_AT {
+        return ops(index, target);
+    }
+    let (front, back) = target.split_at(target.len() / 2);
+    let (mut first, second) = std::thread::scope(|s| {
+        let h = s.spawn(|| ops(index, back));
+        let first = ops(index, front);
+        (first, h.join())
+    });
+    match second {
+        Ok(second) => first.extend(second),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+    first
+}
+
 /// The steps that rebuild `target` from the indexed base.
 pub(crate) fn ops(index: &Index, target: &[u8]) -> Vec<Op> {
     let mut m = Matcher {
