@@ -1,10 +1,12 @@
 //! Project automation: `cargo xtask test | demo | bench <name>` (`bench fleet`: the fleet's
 //! load generator; `bench deltas`: patch sizes on real executables; `bench image`: a
-//! full-image install against the physical limits).
+//! full-image install against the physical limits; `bench image-deltas`: bytes to update a
+//! root-file-system image from the booted one).
 
 mod bench_apply;
 mod bench_deltas;
 mod bench_image;
+mod bench_image_deltas;
 mod bench_server;
 mod benchmarks;
 mod demo;
@@ -55,6 +57,9 @@ enum Bench {
     Image,
     /// qx-delta's patches vs general-purpose delta tools on real releases of executables.
     Deltas,
+    /// Image chunks vs casync and zstd's patch-from on two root-file-system images built from
+    /// pinned Debian packages.
+    ImageDeltas,
     /// The fleet's load generator: simulated hosts enroll, then check in and send events.
     Fleet {
         /// Fleet sizes, a fresh server and store for each.
@@ -95,6 +100,10 @@ fn main() -> anyhow::Result<()> {
             Bench::Deltas => {
                 deps::ensure(bench_deltas::PACKAGES)?;
                 bench_deltas::run()
+            }
+            Bench::ImageDeltas => {
+                deps::ensure(bench_image_deltas::PACKAGES)?;
+                bench_image_deltas::run()
             }
             Bench::Fleet {
                 hosts,

@@ -5,8 +5,8 @@ use std::io::{BufReader, Read, Write};
 
 use crate::{copy_capped, DeltaError, Result};
 
-/// Compression level: the strongest without the slowest (`--ultra`) ones.
-const LEVEL: i32 = 19;
+/// Compression level: the strongest (publishing is slower; applying is not).
+const LEVEL: i32 = 22;
 /// The largest window the decoder accepts (2 GiB): bases and targets beyond it are refused by
 /// the encoder before anything is written.
 const MAX_WINDOW_LOG: u32 = 31;

@@ -13,8 +13,6 @@
 //! and the LZMA2 dictionaries of 8 MiB each.
 
 mod apply;
-#[cfg(test)]
-mod diagnose;
 mod elf;
 mod format;
 mod matcher;

@@ -237,13 +237,6 @@ impl Projection<'_> {
 }
 
 #[cfg(test)]
-impl Moves {
-    pub fn target_offset_pub(&self, base_offset: u64) -> Option<u64> {
-        self.target_offset(base_offset)
-    }
-}
-
-#[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
