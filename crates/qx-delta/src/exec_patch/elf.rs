@@ -140,7 +140,7 @@ fn frames(file: &[u8], l: &mut Layout) -> Option<()> {
         .segments
         .iter()
         .find(|s| address.wrapping_sub(s.address) < s.len)?;
-    let start = seg.start + (address - seg.address);
+    let start = seg.start + address.wrapping_sub(seg.address);
     l.frames.push(CodeRange {
         start,
         len: seg.end() - start,

@@ -66,14 +66,14 @@ fn offset_of(segments: &[CodeRange], address: u64) -> Option<u64> {
     let s = segments
         .iter()
         .find(|s| address.wrapping_sub(s.address) < s.len)?;
-    Some(s.start.wrapping_add(address - s.address))
+    Some(s.start.wrapping_add(address.wrapping_sub(s.address)))
 }
 
 fn address_of(segments: &[CodeRange], offset: u64) -> Option<u64> {
     let s = segments
         .iter()
         .find(|s| offset.wrapping_sub(s.start) < s.len)?;
-    Some(s.address.wrapping_add(offset - s.start))
+    Some(s.address.wrapping_add(offset.wrapping_sub(s.start)))
 }
 
 /// The two layouts and the moves between them.
