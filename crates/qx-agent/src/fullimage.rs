@@ -28,11 +28,12 @@
 
 use std::path::Path;
 
-use crate::imagechunks;
+use crate::{imagechunks, imagedelta};
 use qx_boot::install::{InstalledFile, INITRAMFS_FILE, KERNEL_FILE, SYSTEM_FILE};
 use qx_boot::{AbContext, AbState, Expected, ImageSink, Slot, SlotInstall, VerifiedImage};
 use qx_core::fleet::EventType;
-use qx_core::manifest::ImageChunks;
+use qx_core::fs::remove_any;
+use qx_core::manifest::{Delta, ImageChunks};
 use qx_core::status::{HistoryEntry, Outcome, UpdateState};
 use qx_core::{ArtifactRef, FullImage, Manifest, Sha256, TargetSlot, UpdateLog, Version};
 use serde::Serialize;
@@ -63,9 +64,9 @@ pub struct SystemInstall {
     pub requires_reboot: bool,
     /// True when the reboot command was run.
     pub rebooted: bool,
-    /// Rebuilt from the booted slot's chunks instead of downloaded whole.
+    /// Rebuilt from what the booted slot holds instead of downloaded whole.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub chunks: Option<ChunkUse>,
+    pub rebuilt: Option<ImageRebuild>,
 }
 
 impl SystemInstall {
@@ -77,11 +78,18 @@ impl SystemInstall {
             "reboot to start it (`qx-update apply --reboot` or `updates.auto_reboot` reboots by itself)"
                 .to_owned()
         };
-        let rebuilt = self.chunks.map_or(String::new(), |c| {
-            format!(
+        let rebuilt = self.rebuilt.map_or(String::new(), |c| match c.method {
+            RebuildMethod::Chunks => format!(
                 " It was rebuilt from slot {}'s chunks: {} of its {} bytes downloaded, {} reused.",
                 self.from, c.downloaded_bytes, c.image_bytes, c.reused_bytes
-            )
+            ),
+            RebuildMethod::Delta => format!(
+                " It was rebuilt from slot {}'s image and a delta: {} of its {} bytes downloaded ({}% saved).",
+                self.from,
+                c.downloaded_bytes,
+                c.image_bytes,
+                100 - c.downloaded_bytes * 100 / c.image_bytes.max(1)
+            ),
         });
         format!(
             "System image {} written into slot {} ({}); GRUB boots it next ({} attempts, slot {} stays the fallback); {next}.{rebuilt}",
@@ -106,17 +114,29 @@ pub struct Plan {
 pub struct Staged {
     slot: SlotInstall,
     files: Vec<VerifiedImage>,
-    /// The system image was rebuilt from the booted slot's chunks: what that took.
-    chunks: Option<ChunkUse>,
+    /// The system image was rebuilt from what the booted slot holds: what that took.
+    rebuilt: Option<ImageRebuild>,
 }
 
-/// What rebuilding the system image from the booted slot's chunks took (part of
+/// How the system image was rebuilt from what the booted slot holds.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RebuildMethod {
+    /// From the booted image and a delta ([`crate::imagedelta`]).
+    Delta,
+    /// From the booted image's chunks and ranges of the pack ([`crate::imagechunks`]).
+    Chunks,
+}
+
+/// What rebuilding the system image from what the booted slot holds took (part of
 /// [`SystemInstall`]).
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-pub struct ChunkUse {
-    /// Bytes of the pack downloaded.
+pub struct ImageRebuild {
+    pub method: RebuildMethod,
+    /// Bytes downloaded: the patch, or the ranges of the pack.
     pub downloaded_bytes: u64,
-    /// Bytes of the image read from the booted slot.
+    /// Bytes of the image read from the booted slot as they are (chunks only; a delta mixes
+    /// the base into every segment).
     pub reused_bytes: u64,
     /// The image's size: what a whole download would have cost.
     pub image_bytes: u64,
@@ -368,12 +388,12 @@ pub fn stage(agent: &Agent, plan: &Plan, log: &mut UpdateLog) -> Result<Staged, 
     let mut slot = SlotInstall::begin(&ctx, &plan.version, plan.target)
         .map_err(|e| failed(agent, plan, log, e))?;
     let mut files = Vec::new();
-    let mut chunks = None;
+    let mut rebuilt = None;
     for (name, a) in image_files(&plan.image) {
         match stream_file(agent, plan, &mut slot, name, &a, log) {
             Ok((f, used)) => {
                 files.push(f);
-                chunks = chunks.or(used);
+                rebuilt = rebuilt.or(used);
             }
             Err(e) => {
                 slot.abandon(&e.to_string());
@@ -384,7 +404,7 @@ pub fn stage(agent: &Agent, plan: &Plan, log: &mut UpdateLog) -> Result<Staged, 
     Ok(Staged {
         slot,
         files,
-        chunks,
+        rebuilt,
     })
 }
 
@@ -406,8 +426,8 @@ fn failed(agent: &Agent, plan: &Plan, log: &mut UpdateLog, e: qx_boot::BootError
     err
 }
 
-/// One file of the image: rebuilt from the booted slot's chunks (the system image, when the
-/// release has them) or downloaded into its sink in the slot (resumed from what an interrupted
+/// One file of the image: rebuilt from the booted slot's image and a delta, or from its chunks
+/// (the system image, when the release has them), or downloaded into its sink in the slot (resumed from what an interrupted
 /// apply left there), fsynced, read back.
 fn stream_file(
     agent: &Agent,
@@ -416,12 +436,9 @@ fn stream_file(
     name: &str,
     a: &ArtifactRef,
     log: &mut UpdateLog,
-) -> Result<(VerifiedImage, Option<ChunkUse>), AgentError> {
+) -> Result<(VerifiedImage, Option<ImageRebuild>), AgentError> {
     let config = agent.config();
-    let url =
-        config
-            .server()
-            .artifact(&config.product, &plan.version, &a.artifact, &config.channel);
+    let url = artifact_url(agent, plan, a);
     let shown = crate::download::redact_credentials(&url);
     let expected = Expected {
         sha256: a.sha256,
@@ -440,11 +457,14 @@ fn stream_file(
     }
     let downloader = Downloader::with_tls(download_options(config), &config.tls)?;
     let mut sink = SlotSink(sink);
-    let chunks = match (&plan.image.chunks, name == SYSTEM_FILE) {
-        (Some(c), true) => rebuild_from_chunks(agent, plan, slot, c, &mut sink, &downloader, log)?,
-        _ => None,
-    };
-    if chunks.is_none() {
+    let mut rebuilt = None;
+    if name == SYSTEM_FILE && !plan.image.deltas.is_empty() {
+        rebuilt = rebuild_from_delta(agent, plan, slot, &mut sink, &downloader, log)?;
+    }
+    if let (None, Some(c), true) = (rebuilt, &plan.image.chunks, name == SYSTEM_FILE) {
+        rebuilt = rebuild_from_chunks(agent, plan, slot, c, &mut sink, &downloader, log)?;
+    }
+    if rebuilt.is_none() {
         log.line(&format!("download {shown} into slot {}", slot.target()));
         let status = agent.status_handle();
         downloader.fetch_into(&url, a, &mut sink, &mut |p| status.set_state(p.state()))?;
@@ -463,7 +483,7 @@ fn stream_file(
         slot.target(),
         peak_memory_kib().map_or_else(|| "unknown".to_owned(), |k| k.to_string())
     ));
-    Ok((verified, chunks))
+    Ok((verified, rebuilt))
 }
 
 /// This process's peak resident memory (`VmHWM`), in KiB: small hosts need it bounded
@@ -472,6 +492,119 @@ fn peak_memory_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The server's URL of release artifact `a` of the plan's version.
+fn artifact_url(agent: &Agent, plan: &Plan, a: &ArtifactRef) -> String {
+    let config = agent.config();
+    let server = config.server();
+    server.artifact(&config.product, &plan.version, &a.artifact, &config.channel)
+}
+
+/// The system image rebuilt into `sink` from the booted slot's image and a delta
+/// ([`crate::imagedelta`]); `None` when none applies, or (logged, the sink started again) when
+/// the chosen one failed: the chunks or the whole image come next.
+fn rebuild_from_delta(
+    agent: &Agent,
+    plan: &Plan,
+    slot: &SlotInstall,
+    sink: &mut SlotSink,
+    downloader: &Downloader,
+    log: &mut UpdateLog,
+) -> Result<Option<ImageRebuild>, AgentError> {
+    let paths = agent.paths();
+    let refused = crate::transaction::delta::refused(paths);
+    let staging = paths.staging.join(&plan.version);
+    let attempt = slot
+        .with_booted(|dir| delta_into(agent, plan, dir, &refused, &staging, sink, downloader, log))
+        .unwrap_or_else(|e| Err((None, imagedelta::Failure::Transient(e.to_string()))));
+    let (delta, why) = match attempt {
+        Ok(None) => return Ok(None),
+        Ok(Some(delta)) => {
+            let _ = remove_any(&staging.join(delta.artifact.as_str()));
+            let image_bytes = plan.image.size_bytes;
+            log.line(&format!(
+                "{SYSTEM_FILE}: rebuilt into slot {} from slot {}'s image and {} ({} bytes downloaded instead of {image_bytes})",
+                slot.target(),
+                slot.booted(),
+                delta.artifact,
+                delta.size_bytes,
+            ));
+            return Ok(Some(ImageRebuild {
+                method: RebuildMethod::Delta,
+                downloaded_bytes: delta.size_bytes,
+                reused_bytes: 0,
+                image_bytes,
+            }));
+        }
+        Err((delta, why)) => (delta, why),
+    };
+    match why {
+        imagedelta::Failure::Transient(why) => {
+            log.line(&format!("{SYSTEM_FILE}: not rebuilt from a delta ({why})"))
+        }
+        imagedelta::Failure::Bad(why) => {
+            log.line(&format!(
+                "{SYSTEM_FILE}: delta {} refused: {why}; it will not be used again on this host",
+                delta.as_ref().map_or("(none)", |d| d.artifact.as_str())
+            ));
+            if let Some(d) = delta {
+                let _ = remove_any(&staging.join(d.artifact.as_str()));
+                crate::transaction::delta::refuse(paths, d.sha256, refused);
+            }
+        }
+    }
+    sink.0.restart().map_err(boot_err(&plan.version))?;
+    Ok(None)
+}
+
+/// Steps 1–3 of [`crate::imagedelta`] with the booted slot mounted at `dir`: the delta used,
+/// or the one that failed (if one was chosen) and why.
+#[allow(clippy::too_many_arguments)]
+fn delta_into<'p>(
+    agent: &Agent,
+    plan: &'p Plan,
+    dir: &Path,
+    refused: &[Sha256],
+    staging: &Path,
+    sink: &mut SlotSink,
+    downloader: &Downloader,
+    log: &mut UpdateLog,
+) -> Result<Option<&'p Delta>, (Option<&'p Delta>, imagedelta::Failure)> {
+    let image = &plan.image;
+    let base = dir.join(SYSTEM_FILE);
+    let Some(delta) = imagedelta::choose(&image.deltas, &base, refused) else {
+        return Ok(None);
+    };
+    log.line(&format!(
+        "{SYSTEM_FILE}: rebuilding from slot {}'s image and {} ({}, {} bytes instead of {})",
+        dir.display(),
+        delta.artifact,
+        delta.algorithm.as_str(),
+        delta.size_bytes,
+        image.size_bytes
+    ));
+    let failed = |why| (Some(delta), why);
+    let status = agent.status_handle();
+    let url = artifact_url(agent, plan, &delta.artifact_ref());
+    let patch = imagedelta::download(downloader, &url, staging, delta, &mut |p| {
+        status.set_state(p.state())
+    })
+    .map_err(failed)?;
+    let skip = sink.0.held();
+    let mut write = |b: &[u8]| sink.0.write(b).map_err(|e| e.to_string());
+    imagedelta::rebuild(delta, &base, &patch, skip, image.size_bytes, &mut write)
+        .map_err(failed)?;
+    let (sha256, size) = sink
+        .0
+        .digest()
+        .map_err(|e| failed(imagedelta::Failure::Transient(e.to_string())))?;
+    if sha256 != image.sha256 || size != image.size_bytes {
+        return Err(failed(imagedelta::Failure::Bad(
+            "the rebuilt image is not the signed one".into(),
+        )));
+    }
+    Ok(Some(delta))
 }
 
 /// The system image rebuilt into `sink` from the booted slot's chunks and the release's pack
@@ -485,7 +618,7 @@ fn rebuild_from_chunks(
     sink: &mut SlotSink,
     downloader: &Downloader,
     log: &mut UpdateLog,
-) -> Result<Option<ChunkUse>, AgentError> {
+) -> Result<Option<ImageRebuild>, AgentError> {
     log.line(&format!(
         "{SYSTEM_FILE}: rebuilding from slot {}'s chunks and {}",
         slot.booted(),
@@ -494,7 +627,8 @@ fn rebuild_from_chunks(
     let attempt = rebuild_into(agent, plan, slot, chunks, sink, downloader);
     match attempt {
         Ok((image_bytes, done)) => {
-            let used = ChunkUse {
+            let used = ImageRebuild {
+                method: RebuildMethod::Chunks,
                 downloaded_bytes: done.fetched,
                 reused_bytes: done.reused,
                 image_bytes,
@@ -528,11 +662,7 @@ fn rebuild_into(
     sink: &mut SlotSink,
     downloader: &Downloader,
 ) -> Result<(u64, imagechunks::Rebuilt), String> {
-    let config = agent.config();
-    let url = |a: &ArtifactRef| {
-        let s = config.server();
-        s.artifact(&config.product, &plan.version, &a.artifact, &config.channel)
-    };
+    let url = |a: &ArtifactRef| artifact_url(agent, plan, a);
     let index = imagechunks::fetch_index(downloader, &url(&chunks.index), &chunks.index)?;
     let skip = sink.0.held();
     let pack_url = url(&chunks.pack);
@@ -610,7 +740,7 @@ pub fn install(
         tries: r.tries,
         requires_reboot: plan.image.requires_reboot,
         rebooted: false,
-        chunks: staged.chunks,
+        rebuilt: staged.rebuilt,
     });
     Ok(report)
 }

@@ -18,6 +18,7 @@ mod error;
 pub mod fleet;
 mod fullimage;
 mod imagechunks;
+mod imagedelta;
 mod installed;
 mod offer;
 mod status;
@@ -34,7 +35,7 @@ pub use config::{
     DEFAULT_CONFIG_PATH,
 };
 pub use error::{code, exit_codes_help, AgentError, EXIT_CODE_TABLE};
-pub use fullimage::SystemInstall;
+pub use fullimage::{ImageRebuild, RebuildMethod, SystemInstall};
 pub use status::StatusSnapshot;
 pub use transaction::{
     ApplyOptions, ApplyReport, RecoveryReport, RollbackOptions, RollbackPlan, RollbackStep,

@@ -141,8 +141,12 @@ pub struct Delta {
 pub enum DeltaAlgorithm {
     /// A zstd frame compressed with the base as its reference prefix (long window).
     ZstdPatch,
-    /// An executable-aware block-copy patch with zstd-compressed streams.
+    /// An executable-aware block-copy patch with LZMA2-coded streams.
     ExecPatch,
+    /// For system images: zstd frames of a few MiB each, each compressed with a window of the
+    /// base around the same place as its reference prefix, so a host applies it with bounded
+    /// memory reading the base from its booted slot.
+    ZstdWindow,
     /// An algorithm this program does not know.
     #[serde(other)]
     #[schemars(skip)]
@@ -155,6 +159,7 @@ impl DeltaAlgorithm {
         match self {
             Self::ZstdPatch => "zstd-patch",
             Self::ExecPatch => "exec-patch",
+            Self::ZstdWindow => "zstd-window",
             Self::Unknown => "unknown",
         }
     }
@@ -210,6 +215,10 @@ pub struct FullImage {
     /// booted slot holds and fetches only the others (docs/deltas.md, "Images").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunks: Option<ImageChunks>,
+    /// Patches that rebuild the image itself from an earlier release's image, as a host's
+    /// booted slot holds it (`zstd-window`; docs/deltas.md, "Images").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<Delta>,
 }
 
 /// The chunk index (lengths, packed lengths and SHA-256 of every chunk, in image order) and
@@ -313,20 +322,24 @@ impl Manifest {
             if let Some(c) = &img.chunks {
                 out.extend([c.index.clone(), c.pack.clone()]);
             }
+            out.extend(img.deltas.iter().map(Delta::artifact_ref));
         }
         out
     }
 
     /// The artifacts a host installs from: [`Manifest::artifacts`] without the deltas and the
-    /// image's chunks (which only save downloads; a bundle leaves them out).
+    /// image's chunks and deltas (which only save downloads; a bundle leaves them out).
     pub fn whole_artifacts(&self) -> Vec<ArtifactRef> {
         let mut savers: Vec<&ArtifactName> = self
             .components
             .iter()
             .flat_map(|c| c.deltas.iter().map(|d| &d.artifact))
             .collect();
-        if let Some(c) = self.full_image.as_ref().and_then(|i| i.chunks.as_ref()) {
-            savers.extend([&c.index.artifact, &c.pack.artifact]);
+        if let Some(img) = &self.full_image {
+            if let Some(c) = &img.chunks {
+                savers.extend([&c.index.artifact, &c.pack.artifact]);
+            }
+            savers.extend(img.deltas.iter().map(|d| &d.artifact));
         }
         self.artifacts()
             .into_iter()

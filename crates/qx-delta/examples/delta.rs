@@ -3,16 +3,24 @@
 //! ```text
 //! delta encode <algorithm|smallest> BASE TARGET PATCH   (prints the algorithm used)
 //! delta decode <algorithm> BASE PATCH OUT
+//! delta decode-file zstd-window BASE PATCH OUT   (an image patch: the base read from its file)
 //! ```
 
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufReader, BufWriter};
 use std::process::ExitCode;
 
-use qx_delta::{decode, encode, smallest, DeltaAlgorithm, ALGORITHMS};
+use qx_delta::{
+    decode, decode_file, encode, smallest, DeltaAlgorithm, ALGORITHMS, IMAGE_ALGORITHM,
+};
 
 fn algorithm(name: &str) -> Option<DeltaAlgorithm> {
-    ALGORITHMS.iter().copied().find(|a| a.as_str() == name)
+    let image = std::iter::once(IMAGE_ALGORITHM);
+    ALGORITHMS
+        .iter()
+        .copied()
+        .chain(image)
+        .find(|a| a.as_str() == name)
 }
 
 fn run(args: &[String]) -> Result<String, String> {
@@ -39,9 +47,17 @@ fn run(args: &[String]) -> Result<String, String> {
             let n = decode(a, &base, patch, out, u32::MAX.into()).map_err(|e| e.to_string())?;
             Ok(n.to_string())
         }
+        [verb, algo, base, patch, out] if verb == "decode-file" => {
+            let a = algorithm(algo).ok_or("unknown algorithm")?;
+            let open = |p: &String| File::open(p).map_err(|e| format!("{p}: {e}"));
+            let out = BufWriter::new(File::create(out).map_err(|e| e.to_string())?);
+            let n = decode_file(a, &open(base)?, BufReader::new(open(patch)?), out, u64::MAX)
+                .map_err(|e| e.to_string())?;
+            Ok(n.to_string())
+        }
         _ => Err(
             "usage: delta encode <algorithm|smallest> BASE TARGET PATCH | \
-                  delta decode <algorithm> BASE PATCH OUT"
+                  delta decode[-file] <algorithm> BASE PATCH OUT"
                 .to_owned(),
         ),
     }

@@ -11,13 +11,17 @@ pub mod base;
 pub mod chunks;
 mod exec_patch;
 mod zstd_patch;
+mod zstd_window;
 
 use std::io::{Read, Write};
 
 pub use qx_core::manifest::DeltaAlgorithm;
 
-/// The algorithms this program encodes and decodes, in the order [`smallest`] tries them.
+/// The algorithms a component's delta is made with, in the order [`smallest`] tries them.
 pub const ALGORITHMS: &[DeltaAlgorithm] = &[DeltaAlgorithm::ZstdPatch, DeltaAlgorithm::ExecPatch];
+/// The algorithm a system image's delta is made with (applied from the booted slot's image
+/// with [`decode_file`]).
+pub const IMAGE_ALGORITHM: DeltaAlgorithm = DeltaAlgorithm::ZstdWindow;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeltaError {
@@ -40,6 +44,7 @@ pub fn encode(algorithm: DeltaAlgorithm, base: &[u8], target: &[u8]) -> Result<V
     match algorithm {
         DeltaAlgorithm::ZstdPatch => zstd_patch::encode(base, target),
         DeltaAlgorithm::ExecPatch => exec_patch::encode(base, target),
+        DeltaAlgorithm::ZstdWindow => zstd_window::encode(base, target, zstd_window::IMAGES),
         other => Err(DeltaError::Unsupported(other.as_str())),
     }
 }
@@ -56,6 +61,31 @@ pub fn decode(
     match algorithm {
         DeltaAlgorithm::ZstdPatch => zstd_patch::decode(base, patch, out, limit),
         DeltaAlgorithm::ExecPatch => exec_patch::decode(base, patch, out, limit),
+        DeltaAlgorithm::ZstdWindow => zstd_window::decode(base, patch, out, limit),
+        other => Err(DeltaError::Unsupported(other.as_str())),
+    }
+}
+
+/// Applies an image patch to the base in the file `base` (a booted slot's image) without
+/// holding either, or the target, in memory: `zstd-window` patches only, whose host side holds
+/// one base window, one segment and one frame at a time (under 64 MiB), whatever the sizes.
+/// Bytes are written as they are rebuilt, so after an error `out` holds a part of a target
+/// that the caller throws away; after success the caller still checks the target's SHA-256.
+pub fn decode_file(
+    algorithm: DeltaAlgorithm,
+    base: &std::fs::File,
+    patch: impl Read,
+    out: impl Write,
+    limit: u64,
+) -> Result<u64> {
+    match algorithm {
+        DeltaAlgorithm::ZstdWindow => {
+            let len = base
+                .metadata()
+                .map_err(|e| DeltaError::Corrupt(format!("cannot read the base: {e}")))?
+                .len();
+            zstd_window::decode(zstd_window::FileBase { file: base, len }, patch, out, limit)
+        }
         other => Err(DeltaError::Unsupported(other.as_str())),
     }
 }
@@ -108,3 +138,6 @@ mod tests;
 
 #[cfg(test)]
 mod chunks_tests;
+
+#[cfg(test)]
+mod window_tests;

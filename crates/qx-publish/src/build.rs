@@ -42,6 +42,8 @@ pub struct BuildOptions {
     pub carried: Vec<Component>,
     /// Earlier content of the components, to make deltas from ([`crate::deltas`]).
     pub delta_bases: Vec<crate::deltas::Base>,
+    /// Earlier full images, to make the image's deltas from.
+    pub image_bases: Vec<crate::deltas::ImageBase>,
 }
 
 /// A built, signed and self-verified release directory.
@@ -364,7 +366,7 @@ impl Plan {
             note(&w.to_string());
         }
         let full_image = match (&self.spec.full_image, opts.components.is_empty()) {
-            (Some(img), true) => Some(full_image(img, &opts.out, note)?),
+            (Some(img), true) => Some(full_image(img, opts, note)?),
             _ => None,
         };
         let update_type = update_type(&components, &full_image)?;
@@ -475,7 +477,12 @@ fn requirements(c: &ComponentSpec) -> Result<Vec<Requirement>> {
 }
 
 /// Copies the full image files into `out` as they are.
-fn full_image(img: &FullImageSpec, out: &Path, note: &mut dyn FnMut(&str)) -> Result<FullImage> {
+fn full_image(
+    img: &FullImageSpec,
+    opts: &BuildOptions,
+    note: &mut dyn FnMut(&str),
+) -> Result<FullImage> {
+    let out = opts.out.as_path();
     let main = full_image_artifact(&img.squashfs, out, "squashfs")?;
     let kernel = img
         .kernel
@@ -492,6 +499,7 @@ fn full_image(img: &FullImageSpec, out: &Path, note: &mut dyn FnMut(&str)) -> Re
         main.artifact, main.size_bytes
     ));
     let chunks = crate::deltas::chunk_image(&out.join(main.artifact.as_str()), out, note)?;
+    let deltas = crate::deltas::add_image(&main, out, &opts.image_bases, note)?;
     Ok(FullImage {
         artifact: main.artifact,
         sha256: main.sha256,
@@ -501,6 +509,7 @@ fn full_image(img: &FullImageSpec, out: &Path, note: &mut dyn FnMut(&str)) -> Re
         requires_reboot: img.requires_reboot,
         target_slot: img.target_slot,
         chunks: Some(chunks),
+        deltas,
     })
 }
 

@@ -10,6 +10,10 @@
 //!    the same component and kind with each algorithm; the smallest is kept when it is at most
 //!    [`MAX_RATIO_PERCENT`] % of the artifact, written into the release directory and listed
 //!    in the component's `deltas`, signed with the manifest.
+//! 3. Images: [`fetch_image_bases`] downloads the full image of each of the same releases
+//!    (checked like the components' artifacts) and [`add_image`] encodes a `zstd-window` patch
+//!    from each distinct one to the new image, kept on the same terms, listed in the image's
+//!    `deltas`.
 
 use std::fs::File;
 use std::io::Read;
@@ -17,7 +21,9 @@ use std::path::Path;
 
 use qx_core::channel::ChannelState;
 use qx_core::manifest::{ComponentKind, Delta, Digest, ImageChunks};
-use qx_core::{ArtifactName, ArtifactRef, Component, ComponentName, Sha256, TrustedKeys, Version};
+use qx_core::{
+    ArtifactName, ArtifactRef, Component, ComponentName, Manifest, Sha256, TrustedKeys, Version,
+};
 use qx_delta::base::MAX_BASE_BYTES;
 
 use crate::channel;
@@ -40,16 +46,15 @@ pub struct Base {
     pub bytes: Vec<u8>,
 }
 
-/// Step 1 of the module documentation.
-pub fn fetch_bases(
+/// The signed manifests of the channel's newest releases (at most `from_last`, `version` left
+/// out), each checked against the signed state.
+fn newest_manifests(
     client: &Client,
     trusted: &TrustedKeys,
     state: &ChannelState,
     version: &Version,
-    wanted: &[ComponentName],
     from_last: usize,
-    note: &mut dyn FnMut(&str),
-) -> Result<Vec<Base>> {
+) -> Result<Vec<Manifest>> {
     let mut releases: Vec<_> = state
         .releases
         .iter()
@@ -57,9 +62,7 @@ pub fn fetch_bases(
         .collect();
     releases.sort_by(|a, b| b.version.cmp(&a.version));
     let (product, ch) = (state.product.as_str(), state.channel.as_str());
-    let dir = tempfile::tempdir().map_err(Error::io(std::env::temp_dir()))?;
-    let mut bases: Vec<Base> = Vec::new();
-    let mut seen_artifacts = Vec::new();
+    let mut manifests = Vec::new();
     for r in releases.into_iter().take(from_last) {
         let (m, bytes, _) = channel::fetch_manifest(client, trusted, product, ch, &r.version)?;
         if Sha256::of(&bytes) != r.manifest_sha256 {
@@ -72,6 +75,26 @@ pub fn fetch_bases(
                 ),
             ));
         }
+        manifests.push(m);
+    }
+    Ok(manifests)
+}
+
+/// Step 1 of the module documentation.
+pub fn fetch_bases(
+    client: &Client,
+    trusted: &TrustedKeys,
+    state: &ChannelState,
+    version: &Version,
+    wanted: &[ComponentName],
+    from_last: usize,
+    note: &mut dyn FnMut(&str),
+) -> Result<Vec<Base>> {
+    let (product, ch) = (state.product.as_str(), state.channel.as_str());
+    let dir = tempfile::tempdir().map_err(Error::io(std::env::temp_dir()))?;
+    let mut bases: Vec<Base> = Vec::new();
+    let mut seen_artifacts = Vec::new();
+    for m in newest_manifests(client, trusted, state, version, from_last)? {
         for c in m.components.iter().filter(|c| wanted.contains(&c.name)) {
             if seen_artifacts.contains(&c.sha256) {
                 continue;
@@ -80,17 +103,111 @@ pub fn fetch_bases(
             let path = dir.path().join(c.artifact.as_str());
             client.download_verified(
                 product,
-                &r.version.to_string(),
+                &m.version.to_string(),
                 ch,
                 &c.artifact_ref(),
                 &path,
             )?;
-            if let Some(base) = base_of(&path, c, &r.version)? {
+            if let Some(base) = base_of(&path, c, &m.version)? {
                 keep(&mut bases, base, note);
             }
         }
     }
     Ok(bases)
+}
+
+/// An earlier release's full image, downloaded and checked: what a host that booted it holds.
+#[derive(Debug, Clone)]
+pub struct ImageBase {
+    pub version: Version,
+    pub sha256: Sha256,
+    pub path: std::path::PathBuf,
+    /// The directory holding `path`, removed with the last clone.
+    _dir: std::sync::Arc<tempfile::TempDir>,
+}
+
+/// Step 3 of the module documentation, first half: the distinct full images of the channel's
+/// newest releases.
+pub fn fetch_image_bases(
+    client: &Client,
+    trusted: &TrustedKeys,
+    state: &ChannelState,
+    version: &Version,
+    from_last: usize,
+    note: &mut dyn FnMut(&str),
+) -> Result<Vec<ImageBase>> {
+    let (product, ch) = (state.product.as_str(), state.channel.as_str());
+    let dir = std::sync::Arc::new(tempfile::tempdir().map_err(Error::io(std::env::temp_dir()))?);
+    let mut bases: Vec<ImageBase> = Vec::new();
+    for m in newest_manifests(client, trusted, state, version, from_last)? {
+        let Some(img) = &m.full_image else { continue };
+        if bases.iter().any(|b| b.sha256 == img.sha256) {
+            continue;
+        }
+        let path = dir.path().join(format!("{}-{}", m.version, img.artifact));
+        let at = m.version.to_string();
+        client.download_verified(product, &at, ch, &img.artifact_ref(), &path)?;
+        note(&format!(
+            "full image: base for deltas from {} ({} bytes, sha256 {})",
+            m.version,
+            img.size_bytes,
+            img.sha256.short()
+        ));
+        bases.push(ImageBase {
+            version: m.version.clone(),
+            sha256: img.sha256,
+            path,
+            _dir: dir.clone(),
+        });
+    }
+    Ok(bases)
+}
+
+/// Step 3 of the module documentation, second half: the deltas from `bases` to the image
+/// `image` built into `out`, those that pay written there.
+pub fn add_image(
+    image: &ArtifactRef,
+    out: &Path,
+    bases: &[ImageBase],
+    note: &mut dyn FnMut(&str),
+) -> Result<Vec<Delta>> {
+    if bases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let path = out.join(image.artifact.as_str());
+    let target = std::fs::read(&path).map_err(Error::io(&path))?;
+    let mut deltas = Vec::new();
+    for b in bases {
+        let base = std::fs::read(&b.path).map_err(Error::io(&b.path))?;
+        let algorithm = qx_delta::IMAGE_ALGORITHM;
+        let patch = qx_delta::encode(algorithm, &base, &target).map_err(|e| Error::Archive {
+            path: path.clone(),
+            message: format!("cannot make a delta from {}: {e}", b.version),
+        })?;
+        if (patch.len() as u64) * 100 > image.size_bytes * MAX_RATIO_PERCENT {
+            continue;
+        }
+        let artifact = delta_name(image.artifact.as_str(), &b.sha256)?;
+        qx_core::fs::write_atomic(&out.join(artifact.as_str()), &patch)?;
+        note(&format!(
+            "full image: delta from {} with {}: {} bytes ({}% of the {}-byte image)",
+            b.version,
+            algorithm.as_str(),
+            patch.len(),
+            patch.len() as u64 * 100 / image.size_bytes.max(1),
+            image.size_bytes
+        ));
+        deltas.push(Delta {
+            from_sha256: b.sha256,
+            from_size_bytes: base.len() as u64,
+            from_version: b.version.clone(),
+            artifact,
+            sha256: Sha256::of(&patch),
+            size_bytes: patch.len() as u64,
+            algorithm,
+        });
+    }
+    Ok(deltas)
 }
 
 /// Adds `base` to `bases` unless the same content of the same component is there.
@@ -183,7 +300,7 @@ fn encode_one(c: &Component, tar: &[u8], base: &Base, out: &Path) -> Result<Opti
     if (patch.len() as u64) * 100 > c.size_bytes * MAX_RATIO_PERCENT {
         return Ok(None);
     }
-    let artifact = delta_name(&c.name, &base.sha256)?;
+    let artifact = delta_name(c.name.as_str(), &base.sha256)?;
     let path = out.join(artifact.as_str());
     qx_core::fs::write_atomic(&path, &patch)?;
     Ok(Some(Delta {
@@ -197,9 +314,10 @@ fn encode_one(c: &Component, tar: &[u8], base: &Base, out: &Path) -> Result<Opti
     }))
 }
 
-/// A delta's artifact name: the component's name (shortened to fit) and the base's hash.
-fn delta_name(component: &ComponentName, base: &Sha256) -> Result<ArtifactName> {
-    let name: String = component.as_str().chars().take(40).collect();
+/// A delta's artifact name: the component's or image's name (shortened to fit) and the
+/// base's hash.
+fn delta_name(of: &str, base: &Sha256) -> Result<ArtifactName> {
+    let name: String = of.chars().take(40).collect();
     let hex = base.to_hex();
     ArtifactName::new(format!("{name}.from-{}.delta", &hex[..16]))
         .map_err(|e| Error::Usage(format!("delta artifact name: {e}")))

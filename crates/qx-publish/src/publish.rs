@@ -209,6 +209,16 @@ fn read_server(
             opts.deltas,
             note,
         )?;
+        if spec.full_image.is_some() && opts.build.components.is_empty() {
+            build_opts.image_bases = deltas::fetch_image_bases(
+                at.client,
+                trusted,
+                &base,
+                at.version,
+                opts.deltas,
+                note,
+            )?;
+        }
     }
     Ok((warnings, carried_from))
 }

@@ -343,7 +343,7 @@ impl<W: Write> Write for Hashing<W> {
 }
 
 /// The deltas this host refused, newest last.
-fn refused(paths: &HostPaths) -> Vec<Sha256> {
+pub(crate) fn refused(paths: &HostPaths) -> Vec<Sha256> {
     fs::read(&paths.deltas_refused)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -351,7 +351,7 @@ fn refused(paths: &HostPaths) -> Vec<Sha256> {
 }
 
 /// Records `sha256` as refused (best effort: a failure to record only costs a second try).
-fn refuse(paths: &HostPaths, sha256: Sha256, mut list: Vec<Sha256>) {
+pub(crate) fn refuse(paths: &HostPaths, sha256: Sha256, mut list: Vec<Sha256>) {
     list.retain(|s| *s != sha256);
     list.push(sha256);
     let skip = list.len().saturating_sub(REFUSED_KEPT);

@@ -17,7 +17,7 @@ use std::time::Duration;
 use qx_agent::Agent;
 use qx_agent::AgentError;
 use qx_agent::ApplyOptions;
-use qx_core::manifest::ImageChunks;
+use qx_core::manifest::{Delta, DeltaAlgorithm, ImageChunks};
 use qx_core::status::{Outcome, UpdateState};
 use qx_core::{ArtifactName, ArtifactRef, FullImage, Sha256, TargetSlot, UpdateType};
 use qx_testkit::drip::{Drip, DripServer};
@@ -273,6 +273,19 @@ fn publish_image_with(
     components: Vec<ComponentSpec>,
     chunked: bool,
 ) -> BuiltRelease {
+    publish_image_full(lab, version, img, components, chunked, None)
+}
+
+/// [`publish_image_with`], and an image delta from `(version, image)` as the publish tool makes
+/// it when `delta_from` names one.
+fn publish_image_full(
+    lab: &Lab,
+    version: &str,
+    img: &ImageFiles,
+    components: Vec<ComponentSpec>,
+    chunked: bool,
+    delta_from: Option<(&str, &[u8])>,
+) -> BuiltRelease {
     let mixed = !components.is_empty();
     let mut spec = lab.release(version);
     if mixed {
@@ -306,6 +319,9 @@ fn publish_image_with(
         requires_reboot: true,
         target_slot: TargetSlot::Auto,
         chunks: chunked.then(|| chunks_of(&mut r, &img.system)),
+        deltas: delta_from
+            .map(|(from, base)| vec![image_delta_of(&mut r, from, base, &img.system)])
+            .unwrap_or_default(),
     });
     r.manifest.validate().expect("fixture manifest is valid");
     r.artifacts
@@ -336,6 +352,24 @@ fn chunks_of(r: &mut BuiltRelease, system: &[u8]) -> ImageChunks {
     r.artifacts.push(("system.squashfs.chunks".into(), index));
     r.artifacts.push(("system.squashfs.pack".into(), pack));
     refs
+}
+
+/// The image delta from `base` (the image of release `from`) to `system`, as the publish tool
+/// makes it; the patch becomes an artifact of `r`.
+fn image_delta_of(r: &mut BuiltRelease, from: &str, base: &[u8], system: &[u8]) -> Delta {
+    let patch = qx_delta::encode(qx_delta::IMAGE_ALGORITHM, base, system).unwrap();
+    let name = "system.squashfs.from-base.delta";
+    let d = Delta {
+        from_sha256: Sha256::of(base),
+        from_size_bytes: base.len() as u64,
+        from_version: from.parse().unwrap(),
+        artifact: ArtifactName::new(name).unwrap(),
+        sha256: Sha256::of(&patch),
+        size_bytes: patch.len() as u64,
+        algorithm: DeltaAlgorithm::ZstdWindow,
+    };
+    r.artifacts.push((name.into(), patch));
+    d
 }
 
 fn full_image(version: &str) -> ImageFiles {
@@ -1162,7 +1196,7 @@ fn a_spoilt_pack_or_a_booted_slot_without_the_base_still_installs_the_exact_imag
     };
     publish_image_with(&f.lab, "3.0.0", &img, Vec::new(), true);
     let r = f.agent().apply(&ApplyOptions::default()).expect("apply");
-    assert!(r.system.unwrap().chunks.is_none());
+    assert!(r.system.unwrap().rebuilt.is_none());
     assert!(f.update_log().contains("holds too little of the new image"));
     assert_slot_b_holds(&f, &img);
 }
@@ -1219,6 +1253,202 @@ fn kill_9_during_a_rebuild_from_chunks_then_the_next_apply_finishes_it() {
     assert!(log.contains("from an interrupted apply; resuming"), "{log}");
     assert!(
         log.contains("system.squashfs: rebuilt into slot B"),
+        "{log}"
+    );
+    assert_slot_b_holds(&f, &img);
+    assert_eq!(f.env(), ENV_AFTER);
+    no_slot_mounts_left();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Images rebuilt from the booted slot's image and a delta (docs/deltas.md, "Images").
+
+fn refused_deltas(f: &Fixture) -> String {
+    fs::read_to_string(f.root().join("data/updates/deltas-refused.json")).unwrap_or_default()
+}
+
+#[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
+fn an_image_is_rebuilt_from_the_booted_image_and_a_delta_downloading_only_the_patch() {
+    let f = Fixture::new("");
+    let old = system_image("1.0.0", 3_500_000);
+    boot_slot_a_with(&f, &old);
+    let img = next_release_of(&old);
+    let r = publish_image_full(
+        &f.lab,
+        "2.0.0",
+        &img,
+        Vec::new(),
+        true,
+        Some(("1.0.0", &old)),
+    );
+    let patch_bytes = r.manifest.full_image.as_ref().unwrap().deltas[0].size_bytes;
+    assert!(patch_bytes < 200_000, "{patch_bytes}");
+
+    let out = f.qx_update(&["apply", "--yes"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("It was rebuilt from slot A's image and a delta"),
+        "{stdout}"
+    );
+    assert_slot_b_holds(&f, &img);
+    assert_eq!(f.env(), ENV_AFTER);
+    let log = f.update_log();
+    assert!(
+        log.contains(&format!(
+            "rebuilt into slot B from slot A's image and system.squashfs.from-base.delta ({patch_bytes} bytes downloaded"
+        )),
+        "{log}"
+    );
+    for whole in ["system.squashfs?channel", "system.squashfs.pack"] {
+        assert!(!log.contains(whole), "{whole} was downloaded:\n{log}");
+    }
+    let staged = f
+        .root()
+        .join("data/updates/staging/2.0.0/system.squashfs.from-base.delta");
+    assert!(!staged.exists(), "the patch is removed once used");
+    no_slot_mounts_left();
+}
+
+#[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
+fn a_corrupt_image_delta_is_refused_for_good_and_the_chunks_rebuild_the_exact_image() {
+    let f = Fixture::new("");
+    let old = system_image("1.0.0", 3_500_000);
+    boot_slot_a_with(&f, &old);
+    let img = next_release_of(&old);
+    let r = publish_image_full(
+        &f.lab,
+        "2.0.0",
+        &img,
+        Vec::new(),
+        true,
+        Some(("1.0.0", &old)),
+    );
+    let delta = r.manifest.full_image.as_ref().unwrap().deltas[0].clone();
+    let on_server = release_path(
+        f.lab.server.release_dir(),
+        &f.lab.product,
+        &f.lab.channel,
+        "2.0.0",
+    )
+    .join(delta.artifact.as_str());
+    let mut bytes = fs::read(&on_server).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    fs::write(&on_server, &bytes).unwrap();
+
+    let report = f.agent().apply(&ApplyOptions::default()).expect("apply");
+    let rebuilt = report
+        .system
+        .unwrap()
+        .rebuilt
+        .expect("rebuilt from the chunks");
+    assert_eq!(rebuilt.method, qx_agent::RebuildMethod::Chunks);
+    assert_slot_b_holds(&f, &img);
+    let log = f.update_log();
+    assert!(
+        log.contains("delta system.squashfs.from-base.delta refused"),
+        "{log}"
+    );
+    assert!(refused_deltas(&f).contains(&delta.sha256.to_hex()));
+    no_slot_mounts_left();
+}
+
+#[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
+fn a_booted_image_other_than_the_deltas_base_gets_the_whole_image_and_refuses_nothing() {
+    let f = Fixture::new("");
+    let old = system_image("1.0.0", 3_500_000);
+    let other = system_image("0.9.0", 3_500_000);
+    boot_slot_a_with(&f, &other);
+    let img = next_release_of(&old);
+    publish_image_full(
+        &f.lab,
+        "2.0.0",
+        &img,
+        Vec::new(),
+        false,
+        Some(("1.0.0", &old)),
+    );
+    let report = f.agent().apply(&ApplyOptions::default()).expect("apply");
+    assert!(report.system.unwrap().rebuilt.is_none());
+    assert_slot_b_holds(&f, &img);
+    assert!(f.update_log().contains("system.squashfs?channel"));
+    assert_eq!(refused_deltas(&f), "");
+}
+
+/// An image larger than the memory bound is rebuilt from a delta with the agent's peak resident
+/// memory under 64 MiB: a base window, a segment and a frame at a time.
+#[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
+fn rebuilding_an_image_larger_than_64_mib_from_a_delta_keeps_the_agent_under_64_mib() {
+    let f = Fixture::with_slots("", 256 << 20);
+    let old = system_image("1.0.0", 96 << 20);
+    boot_slot_a_with(&f, &old);
+    let img = next_release_of(&old);
+    publish_image_full(
+        &f.lab,
+        "2.0.0",
+        &img,
+        Vec::new(),
+        false,
+        Some(("1.0.0", &old)),
+    );
+    let out = f.qx_update(&["apply", "--yes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(f
+        .update_log()
+        .contains("from slot A's image and system.squashfs.from-base.delta"));
+    let peak = logged_peak_kib(&f);
+    assert!(peak < 64 << 10, "peak {peak} KiB");
+    assert_slot_b_holds(&f, &img);
+}
+
+/// kill -9 half-way through a rebuild from a delta: the next apply keeps what the slot file
+/// holds, downloads nothing of the patch again, and installs the exact image.
+#[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
+fn kill_9_during_a_rebuild_from_a_delta_then_the_next_apply_finishes_it() {
+    let f = Fixture::new("");
+    let old = system_image("1.0.0", 24 << 20);
+    boot_slot_a_with(&f, &old);
+    let img = next_release_of(&old);
+    publish_image_full(
+        &f.lab,
+        "2.0.0",
+        &img,
+        Vec::new(),
+        false,
+        Some(("1.0.0", &old)),
+    );
+    let out = qx_update(&f.root())
+        .env("QX_TEST_CRASH_AT", "image-delta-rebuilding")
+        .args(["apply", "--yes"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "crashed half-way");
+    assert_eq!(f.env(), ENV_BEFORE, "not switched");
+
+    let out = f.qx_update(&["apply", "--yes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = f.update_log();
+    assert!(log.contains("from an interrupted apply; resuming"), "{log}");
+    assert!(
+        log.contains("rebuilt into slot B from slot A's image"),
         "{log}"
     );
     assert_slot_b_holds(&f, &img);

@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashSet};
 
 use super::{
-    agent_path_refusal, overlaps, Component, ComponentKind, Manifest, Problem, UpdateType,
+    agent_path_refusal, overlaps, Component, ComponentKind, Delta, Manifest, Problem, UpdateType,
     MANIFEST_FILE, SCHEMA_VERSION, SIGNATURE_FILE,
 };
 use crate::names::{ArtifactName, ComponentName, InstallPath};
@@ -225,9 +225,14 @@ impl<'a> Check<'a> {
                 "a component with deltas needs `tar` (the digest the deltas rebuild)",
             );
         }
+        self.deltas(&format!("components[{i}].deltas"), &c.deltas);
+    }
+
+    /// Each delta from a distinct base (per algorithm), each its own artifact.
+    fn deltas(&mut self, at: &str, deltas: &'a [Delta]) {
         let mut bases = HashSet::new();
-        for (k, d) in c.deltas.iter().enumerate() {
-            let at = format!("components[{i}].deltas[{k}]");
+        for (k, d) in deltas.iter().enumerate() {
+            let at = format!("{at}[{k}]");
             if !bases.insert((d.from_sha256, d.algorithm)) {
                 self.bad(
                     format!("{at}.from_sha256"),
@@ -254,6 +259,7 @@ impl<'a> Check<'a> {
             self.artifact("full_image.chunks.index.artifact", &c.index.artifact);
             self.artifact("full_image.chunks.pack.artifact", &c.pack.artifact);
         }
+        self.deltas("full_image.deltas", &img.deltas);
     }
 
     /// An artifact name is not a release file's name and is listed once in the release.

@@ -341,6 +341,7 @@ impl BuildArgs {
             level: self.level,
             carried: Vec::new(),
             delta_bases: Vec::new(),
+            image_bases: Vec::new(),
         }
     }
 }

@@ -205,3 +205,48 @@ fn a_bundle_carries_the_whole_artifacts_and_leaves_the_deltas_out() {
         .to_string()
         .contains("missing from the bundle"));
 }
+
+#[test]
+fn publish_makes_an_image_delta_from_the_last_releases_image_that_rebuilds_the_new_one() {
+    let e = start();
+    let spec = e.work.write_spec(
+        "image.toml",
+        &format!("{HEADER}channel = \"dev\"\n[full_image]\nsquashfs = \"image/system.squashfs\"\n"),
+    );
+    let dir = e.work.path().join("demo/image");
+    std::fs::create_dir_all(&dir).unwrap();
+    let old = noise(3_000_000, 5);
+    let mut new = old.clone();
+    new.splice(1_000_000..1_000_000, noise(20_000, 6));
+    new[2_500_000] ^= 0xff;
+    for (version, image) in [("1.0.0", &old), ("1.1.0", &new)] {
+        std::fs::write(dir.join("system.squashfs"), image).unwrap();
+        let a = e
+            .publish_spec(&spec, &["--release-version", version])
+            .assert()
+            .success();
+        if version == "1.1.0" {
+            let err = stderr(&a);
+            assert!(
+                err.contains("full image: delta from 1.0.0 with zstd-window"),
+                "{err}"
+            );
+        }
+    }
+    let m = e.manifest("dev");
+    let img = m.full_image.as_ref().unwrap();
+    assert_eq!(img.deltas.len(), 1);
+    let d = &img.deltas[0];
+    assert_eq!(d.from_sha256, Sha256::of(&old));
+    assert_eq!(d.from_version.to_string(), "1.0.0");
+    assert!(d.size_bytes < 100_000, "{} bytes", d.size_bytes);
+    let patch = fetch(&e, "1.1.0", d.artifact.as_str());
+    assert_eq!(Sha256::of(&patch), d.sha256);
+    let mut out = Vec::new();
+    qx_delta::decode(d.algorithm, &old, &patch[..], &mut out, img.size_bytes).unwrap();
+    assert_eq!(Sha256::of(&out), img.sha256);
+    assert!(
+        !m.whole_artifacts().iter().any(|a| a.artifact == d.artifact),
+        "a bundle leaves the image's delta out"
+    );
+}
