@@ -1,5 +1,5 @@
-//! Applying a delta: any patch against any base, with either algorithm, never panics and never
-//! writes more than the limit. Input: one byte choosing the algorithm, two bytes (little-endian)
+//! Applying a delta: any patch against any base, with any algorithm, never panics and never
+//! writes more than the limit. Input: one byte choosing the algorithm (modulo 3), two bytes (little-endian)
 //! giving the base's length, the base, then the patch.
 #![no_main]
 
@@ -12,10 +12,10 @@ fuzz_target!(|data: &[u8]| {
     let [choice, lo, hi, rest @ ..] = data else {
         return;
     };
-    let algorithm = if choice & 1 == 0 {
-        DeltaAlgorithm::ZstdPatch
-    } else {
-        DeltaAlgorithm::ExecPatch
+    let algorithm = match choice % 3 {
+        0 => DeltaAlgorithm::ZstdPatch,
+        1 => DeltaAlgorithm::ExecPatch,
+        _ => DeltaAlgorithm::ZstdWindow,
     };
     let split = usize::from(u16::from_le_bytes([*lo, *hi])).min(rest.len());
     let (base, patch) = rest.split_at(split);

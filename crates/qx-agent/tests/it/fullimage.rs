@@ -1206,20 +1206,25 @@ fn a_spoilt_pack_or_a_booted_slot_without_the_base_still_installs_the_exact_imag
 #[test]
 #[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
 fn rebuilding_an_image_larger_than_64_mib_keeps_the_agent_under_64_mib() {
+    rebuild_96_mib_under_64_mib(false, "system.squashfs: rebuilt into slot B");
+}
+
+/// A 96 MiB image rebuilt from slot A's (from its chunks, or a delta when `delta`): the update
+/// log says `logged`, the agent's logged peak stays under 64 MiB, slot B holds the image.
+fn rebuild_96_mib_under_64_mib(delta: bool, logged: &str) {
     let f = Fixture::with_slots("", 256 << 20);
     let old = system_image("1.0.0", 96 << 20);
     boot_slot_a_with(&f, &old);
     let img = next_release_of(&old);
-    publish_image_with(&f.lab, "2.0.0", &img, Vec::new(), true);
+    let from = delta.then_some(("1.0.0", &old[..]));
+    publish_image_full(&f.lab, "2.0.0", &img, Vec::new(), !delta, from);
     let out = f.qx_update(&["apply", "--yes"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(f
-        .update_log()
-        .contains("system.squashfs: rebuilt into slot B"));
+    assert!(f.update_log().contains(logged), "{}", f.update_log());
     let peak = logged_peak_kib(&f);
     assert!(peak < 64 << 10, "peak {peak} KiB");
     assert_slot_b_holds(&f, &img);
@@ -1230,13 +1235,25 @@ fn rebuilding_an_image_larger_than_64_mib_keeps_the_agent_under_64_mib() {
 #[test]
 #[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
 fn kill_9_during_a_rebuild_from_chunks_then_the_next_apply_finishes_it() {
+    kill_9_mid_rebuild_then_finish(false, "system.squashfs: rebuilt into slot B");
+}
+
+/// kill -9 at the rebuild's crash point (from chunks, or a delta when `delta`), then an apply
+/// that resumes from the slot file, says `logged`, and installs the exact image.
+fn kill_9_mid_rebuild_then_finish(delta: bool, logged: &str) {
     let f = Fixture::new("");
     let old = system_image("1.0.0", 24 << 20);
     boot_slot_a_with(&f, &old);
     let img = next_release_of(&old);
-    publish_image_with(&f.lab, "2.0.0", &img, Vec::new(), true);
+    let from = delta.then_some(("1.0.0", &old[..]));
+    publish_image_full(&f.lab, "2.0.0", &img, Vec::new(), !delta, from);
+    let crash_at = if delta {
+        "image-delta-rebuilding"
+    } else {
+        "image-rebuilding"
+    };
     let out = qx_update(&f.root())
-        .env("QX_TEST_CRASH_AT", "image-rebuilding")
+        .env("QX_TEST_CRASH_AT", crash_at)
         .args(["apply", "--yes"])
         .output()
         .unwrap();
@@ -1251,10 +1268,7 @@ fn kill_9_during_a_rebuild_from_chunks_then_the_next_apply_finishes_it() {
     );
     let log = f.update_log();
     assert!(log.contains("from an interrupted apply; resuming"), "{log}");
-    assert!(
-        log.contains("system.squashfs: rebuilt into slot B"),
-        "{log}"
-    );
+    assert!(log.contains(logged), "{log}");
     assert_slot_b_holds(&f, &img);
     assert_eq!(f.env(), ENV_AFTER);
     no_slot_mounts_left();
@@ -1388,30 +1402,10 @@ fn a_booted_image_other_than_the_deltas_base_gets_the_whole_image_and_refuses_no
 #[test]
 #[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
 fn rebuilding_an_image_larger_than_64_mib_from_a_delta_keeps_the_agent_under_64_mib() {
-    let f = Fixture::with_slots("", 256 << 20);
-    let old = system_image("1.0.0", 96 << 20);
-    boot_slot_a_with(&f, &old);
-    let img = next_release_of(&old);
-    publish_image_full(
-        &f.lab,
-        "2.0.0",
-        &img,
-        Vec::new(),
-        false,
-        Some(("1.0.0", &old)),
+    rebuild_96_mib_under_64_mib(
+        true,
+        "from slot A's image and system.squashfs.from-base.delta",
     );
-    let out = f.qx_update(&["apply", "--yes"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(f
-        .update_log()
-        .contains("from slot A's image and system.squashfs.from-base.delta"));
-    let peak = logged_peak_kib(&f);
-    assert!(peak < 64 << 10, "peak {peak} KiB");
-    assert_slot_b_holds(&f, &img);
 }
 
 /// kill -9 half-way through a rebuild from a delta: the next apply keeps what the slot file
@@ -1419,39 +1413,5 @@ fn rebuilding_an_image_larger_than_64_mib_from_a_delta_keeps_the_agent_under_64_
 #[test]
 #[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
 fn kill_9_during_a_rebuild_from_a_delta_then_the_next_apply_finishes_it() {
-    let f = Fixture::new("");
-    let old = system_image("1.0.0", 24 << 20);
-    boot_slot_a_with(&f, &old);
-    let img = next_release_of(&old);
-    publish_image_full(
-        &f.lab,
-        "2.0.0",
-        &img,
-        Vec::new(),
-        false,
-        Some(("1.0.0", &old)),
-    );
-    let out = qx_update(&f.root())
-        .env("QX_TEST_CRASH_AT", "image-delta-rebuilding")
-        .args(["apply", "--yes"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "crashed half-way");
-    assert_eq!(f.env(), ENV_BEFORE, "not switched");
-
-    let out = f.qx_update(&["apply", "--yes"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let log = f.update_log();
-    assert!(log.contains("from an interrupted apply; resuming"), "{log}");
-    assert!(
-        log.contains("rebuilt into slot B from slot A's image"),
-        "{log}"
-    );
-    assert_slot_b_holds(&f, &img);
-    assert_eq!(f.env(), ENV_AFTER);
-    no_slot_mounts_left();
+    kill_9_mid_rebuild_then_finish(true, "rebuilt into slot B from slot A's image");
 }
