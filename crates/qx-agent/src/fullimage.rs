@@ -577,7 +577,7 @@ fn delta_into<'p>(
         return Ok(None);
     };
     log.line(&format!(
-        "{SYSTEM_FILE}: rebuilding from slot {}'s image and {} ({}, {} bytes instead of {})",
+        "{SYSTEM_FILE}: rebuilding from the booted image (in {}) and {} ({}, {} bytes instead of {})",
         dir.display(),
         delta.artifact,
         delta.algorithm.as_str(),
