@@ -2,11 +2,12 @@
 //! the base from its booted slot.
 //!
 //! The target is cut into segments ([`IMAGES`]: 4 MiB); each is one zstd frame compressed with
-//! a window of the base as its reference prefix (16 MiB), starting a little before the place in
-//! the base that corresponds to the segment's (same share of the length): the encoder tries a
-//! few starts and keeps the smallest frame.
-//! An image's files keep their order from one release to the next, so a changed file's old
-//! bytes lie in that window, and a host holds one window, one segment and one frame at a time.
+//! a reference prefix: a window of the base (16 MiB) followed by the previous segment of the
+//! target (what a long-window patch gains from the target's own repeats). The window starts a
+//! little before the place in the base that corresponds to the segment's (same share of the
+//! length; an image's files keep their order from one release to the next, so a changed file's
+//! old bytes lie there): the encoder tries a few starts and keeps the smallest frame. A host
+//! holds one prefix, one segment and one frame at a time.
 //!
 //! Format (integers little-endian):
 //!
@@ -16,7 +17,8 @@
 //! segment_len  u64   every segment's length but the last's (which is the rest)
 //! count        u64   the number of segments: target_len / segment_len rounded up
 //! count × (window_start u64, window_len u64, frame_len u64)
-//! count × frame      a zstd frame rebuilding its segment from base[window] as prefix
+//! count × frame      a zstd frame rebuilding its segment, its prefix base[window] followed by
+//!                    the previous segment of the target (nothing before the first)
 //! ```
 
 use std::io::{Read, Write};
@@ -39,8 +41,8 @@ pub(crate) struct Layout {
 }
 
 /// What the publish tool uses: 4 MiB segments, 16 MiB windows starting 0 to 12 MiB before
-/// (a host holds 24 MiB at most; on the benchmark's images 8 MiB segments with 24 MiB windows
-/// saved 0.15 % more, but the agent's peak then passed 64 MiB).
+/// (a host holds 28 MiB at most; on the benchmark's images 8 MiB segments with 24 MiB windows
+/// were smaller, but the agent's peak then passed 64 MiB).
 pub(crate) const IMAGES: Layout = Layout {
     segment: 4 << 20,
     window: 16 << 20,
@@ -61,7 +63,9 @@ pub(crate) fn encode(base: &[u8], target: &[u8], layout: Layout) -> Result<Vec<u
     let segments: Vec<&[u8]> = target.chunks(layout.segment).collect();
     let frames = frames_parallel(&segments, |i, segment| {
         let at = i * layout.segment;
-        smallest_frame(base, segment, windows(base.len(), target.len(), at, layout))
+        let previous = i.checked_sub(1).map_or(&[][..], |p| segments[p]);
+        let windows = windows(base.len(), target.len(), at, layout);
+        smallest_frame(base, previous, segment, windows)
     })?;
     let mut patch = Vec::new();
     patch.extend_from_slice(MAGIC);
@@ -91,15 +95,18 @@ fn windows(base_len: usize, target_len: usize, at: usize, layout: Layout) -> Vec
     starts.into_iter().map(|s| (s, len)).collect()
 }
 
-/// The smallest of `segment`'s frames over `windows`, with its window.
+/// The smallest of `segment`'s frames over `windows`, with its window; each frame's prefix is
+/// the window followed by the `previous` segment of the target.
 fn smallest_frame(
     base: &[u8],
+    previous: &[u8],
     segment: &[u8],
     windows: Vec<(usize, usize)>,
 ) -> Result<((usize, usize), Vec<u8>)> {
     let mut best: Option<((usize, usize), Vec<u8>)> = None;
     for (start, len) in windows {
-        let f = frame(&base[start..start + len], segment)?;
+        let prefix = [&base[start..start + len], previous].concat();
+        let f = frame(&prefix, segment)?;
         if best.as_ref().is_none_or(|(_, b)| f.len() < b.len()) {
             best = Some(((start, len), f));
         }
@@ -205,19 +212,21 @@ pub(crate) fn decode(
     limit: u64,
 ) -> Result<u64> {
     let (target_len, segment_len, entries) = header(&mut patch, base.len(), limit)?;
-    let (mut window, mut frame) = (Vec::new(), Vec::new());
+    let (mut prefix, mut frame) = (Vec::new(), Vec::new());
     let mut segment = Vec::with_capacity(segment_len.min(target_len) as usize);
     let mut left = target_len;
     for e in &entries {
-        window.resize(e.window_len as usize, 0);
-        base.read_exact_at(&mut window, e.window_start)
+        // The window, then the previous segment (still in `segment`, empty at first).
+        prefix.resize(e.window_len as usize, 0);
+        base.read_exact_at(&mut prefix, e.window_start)
             .map_err(|e| corrupt(&format!("cannot read the base: {e}")))?;
+        prefix.extend_from_slice(&segment);
         frame.resize(e.frame_len as usize, 0);
         patch
             .read_exact(&mut frame)
             .map_err(|_| corrupt("the patch ends inside a frame"))?;
         let want = left.min(segment_len);
-        rebuild(&window, &frame, want, &mut segment)?;
+        rebuild(&prefix, &frame, want, &mut segment)?;
         out.write_all(&segment).map_err(DeltaError::Write)?;
         left -= want;
     }
@@ -278,16 +287,16 @@ fn u64s(r: &mut impl Read) -> Result<u64> {
     Ok(u64::from_le_bytes(b))
 }
 
-/// Decompresses `frame` with `window` as its prefix into `segment`, which must come out
-/// exactly `want` bytes long.
-fn rebuild(window: &[u8], frame: &[u8], want: u64, segment: &mut Vec<u8>) -> Result<()> {
+/// Decompresses `frame` with `prefix` into `segment`, which must come out exactly `want` bytes
+/// long.
+fn rebuild(prefix: &[u8], frame: &[u8], want: u64, segment: &mut Vec<u8>) -> Result<()> {
     segment.clear();
     segment.reserve_exact(want as usize);
     let mut dctx = zstd_safe::DCtx::create();
     let zstd_err = |code: usize| corrupt(zstd_safe::get_error_name(code));
     dctx.set_parameter(zstd_safe::DParameter::WindowLogMax(MAX_WINDOW_LOG))
         .map_err(zstd_err)?;
-    dctx.ref_prefix(window).map_err(zstd_err)?;
+    dctx.ref_prefix(prefix).map_err(zstd_err)?;
     // zstd writes into the buffer's capacity and never grows it: a frame claiming more than
     // the capacity fails, one rebuilding more than `want` within it is refused below.
     let n = dctx.decompress(segment, frame).map_err(zstd_err)?;
