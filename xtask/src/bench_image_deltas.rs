@@ -443,9 +443,7 @@ fn window_row(job: &Job) -> anyhow::Result<Row> {
         .arg(a)
         .arg(b)
         .arg(&patch);
-    let started = Instant::now();
-    output(&mut encode)?;
-    let encode_secs = started.elapsed().as_secs_f64();
+    let encode_secs = timed_run(encode)?;
     let mut apply = Command::new(job.delta);
     apply
         .args(["decode-file", "zstd-window"])

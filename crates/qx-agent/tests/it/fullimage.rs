@@ -1281,21 +1281,23 @@ fn refused_deltas(f: &Fixture) -> String {
     fs::read_to_string(f.root().join("data/updates/deltas-refused.json")).unwrap_or_default()
 }
 
-#[test]
-#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
-fn an_image_is_rebuilt_from_the_booted_image_and_a_delta_downloading_only_the_patch() {
+/// A host booted on a 3.5 MB image 1.0.0 in slot A, whose next release 2.0.0 is published
+/// with an image delta from it (and its chunks when `chunked`): the fixture, the new image and
+/// the release.
+fn booted_with_a_delta_release(chunked: bool) -> (Fixture, ImageFiles, BuiltRelease) {
     let f = Fixture::new("");
     let old = system_image("1.0.0", 3_500_000);
     boot_slot_a_with(&f, &old);
     let img = next_release_of(&old);
-    let r = publish_image_full(
-        &f.lab,
-        "2.0.0",
-        &img,
-        Vec::new(),
-        true,
-        Some(("1.0.0", &old)),
-    );
+    let from = Some(("1.0.0", &old[..]));
+    let r = publish_image_full(&f.lab, "2.0.0", &img, Vec::new(), chunked, from);
+    (f, img, r)
+}
+
+#[test]
+#[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
+fn an_image_is_rebuilt_from_the_booted_image_and_a_delta_downloading_only_the_patch() {
+    let (f, img, r) = booted_with_a_delta_release(true);
     let patch_bytes = r.manifest.full_image.as_ref().unwrap().deltas[0].size_bytes;
     assert!(patch_bytes < 200_000, "{patch_bytes}");
 
@@ -1332,18 +1334,7 @@ fn an_image_is_rebuilt_from_the_booted_image_and_a_delta_downloading_only_the_pa
 #[test]
 #[ignore = "slow tier: needs root and loop devices; `cargo xtask test` runs it"]
 fn a_corrupt_image_delta_is_refused_for_good_and_the_chunks_rebuild_the_exact_image() {
-    let f = Fixture::new("");
-    let old = system_image("1.0.0", 3_500_000);
-    boot_slot_a_with(&f, &old);
-    let img = next_release_of(&old);
-    let r = publish_image_full(
-        &f.lab,
-        "2.0.0",
-        &img,
-        Vec::new(),
-        true,
-        Some(("1.0.0", &old)),
-    );
+    let (f, img, r) = booted_with_a_delta_release(true);
     let delta = r.manifest.full_image.as_ref().unwrap().deltas[0].clone();
     let on_server = release_path(
         f.lab.server.release_dir(),
