@@ -319,19 +319,33 @@ fn zstd(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Command {
 
 fn full(job: &Job) -> anyhow::Result<Row> {
     let (b, out, z) = (&job.images.b, job.out(), job.work.join("full.zst"));
+    let encode = zstd(&[&"-19", b, &"-o", &z]);
+    let apply = zstd(&[&"-d", &z, &"-o", &out]);
     let label = "full download (zstd -19 --long=31)";
-    let encode_secs = timed_run(zstd(&[&"-19", b, &"-o", &z]))?;
-    let (apply_secs, apply_peak_kib) = under_time(zstd(&[&"-d", &z, &"-o", &out]))?;
+    encoded_row(job, label, (encode, apply), &z, String::new())
+}
+
+/// The row of a method that `encode`s into `file` and `apply`s it into the job's output:
+/// timed, checked to rebuild image B, sized by `file` (removed after).
+fn encoded_row(
+    job: &Job,
+    label: &str,
+    (encode, apply): (Command, Command),
+    file: &Path,
+    note: String,
+) -> anyhow::Result<Row> {
+    let encode_secs = timed_run(encode)?;
+    let (apply_secs, apply_peak_kib) = under_time(apply)?;
     job.check_out(label)?;
-    let bytes = len(&z)?;
-    std::fs::remove_file(&z)?;
+    let bytes = len(file)?;
+    std::fs::remove_file(file)?;
     Ok(Row {
         label: label.into(),
         bytes,
         apply_secs,
         apply_peak_kib,
         encode_secs,
-        note: String::new(),
+        note,
     })
 }
 
@@ -353,19 +367,8 @@ fn zstd_patch(job: &Job, label: &str, level: &[&str]) -> anyhow::Result<Row> {
     let from = format!("--patch-from={}", a.display());
     let mut encode = zstd(&[&from, b, &"-o", &patch]);
     encode.args(level);
-    let encode_secs = timed_run(encode)?;
-    let (apply_secs, apply_peak_kib) = under_time(zstd(&[&"-d", &from, &patch, &"-o", &out]))?;
-    job.check_out(label)?;
-    let bytes = len(&patch)?;
-    std::fs::remove_file(&patch)?;
-    Ok(Row {
-        label: label.into(),
-        bytes,
-        apply_secs,
-        apply_peak_kib,
-        encode_secs,
-        note: String::new(),
-    })
+    let apply = zstd(&[&"-d", &from, &patch, &"-o", &out]);
+    encoded_row(job, label, (encode, apply), &patch, String::new())
 }
 
 /// casync with its default chunk sizes and compression: A's and B's stores; the bytes are B's
@@ -443,7 +446,6 @@ fn window_row(job: &Job) -> anyhow::Result<Row> {
         .arg(a)
         .arg(b)
         .arg(&patch);
-    let encode_secs = timed_run(encode)?;
     let mut apply = Command::new(job.delta);
     apply
         .args(["decode-file", "zstd-window"])
@@ -451,18 +453,8 @@ fn window_row(job: &Job) -> anyhow::Result<Row> {
         .arg(&patch)
         .arg(&out);
     let label = "qx-delta zstd-window (the image delta)";
-    let (apply_secs, apply_peak_kib) = under_time(apply)?;
-    job.check_out(label)?;
-    let bytes = len(&patch)?;
-    std::fs::remove_file(&patch)?;
-    Ok(Row {
-        label: label.into(),
-        bytes,
-        apply_secs,
-        apply_peak_kib,
-        encode_secs,
-        note: "4 MiB segments, 16 MiB windows of A".into(),
-    })
+    let note = "4 MiB segments, 16 MiB windows of A".to_owned();
+    encoded_row(job, label, (encode, apply), &patch, note)
 }
 
 fn ours_row(job: &Job, variant: Option<(u32, i32)>) -> anyhow::Result<Row> {
