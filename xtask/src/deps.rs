@@ -1,5 +1,6 @@
 //! Debian packages the tests and benchmarks need, installed when missing.
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context};
@@ -94,4 +95,55 @@ pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
     }
     eprintln!("installing cargo-fuzz");
     cargo(&["install", "cargo-fuzz", "--locked"])
+}
+
+/// The Garage release the object-store tests run against, and the features built: the
+/// SQLite metadata engine only (no metrics exporter, no LMDB, no K2V API), which halves the
+/// build.
+pub const GARAGE_VERSION: &str = "2.5.0";
+pub const GARAGE_FEATURES: &str = "bundled-libs,sqlite";
+
+/// The `garage` program: from `PATH` or cargo's `bin` directory when it is there (and is
+/// [`GARAGE_VERSION`]), else installed there with `cargo install` (about 10 minutes on two
+/// cores, once).
+pub fn ensure_garage() -> anyhow::Result<PathBuf> {
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?
+        .join("bin");
+    let candidates = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .chain([cargo_bin.clone()])
+        .map(|d| d.join("garage"))
+        .collect::<Vec<_>>();
+    if let Some(found) = candidates.iter().find(|p| garage_version_ok(p)) {
+        return Ok(found.clone());
+    }
+    eprintln!("installing garage {GARAGE_VERSION} (cargo install; about 10 minutes, once)");
+    cargo(&[
+        "install",
+        "garage",
+        "--locked",
+        "--version",
+        GARAGE_VERSION,
+        "--no-default-features",
+        "--features",
+        GARAGE_FEATURES,
+    ])?;
+    let installed = cargo_bin.join("garage");
+    if !garage_version_ok(&installed) {
+        bail!(
+            "garage was installed but {} does not run",
+            installed.display()
+        );
+    }
+    Ok(installed)
+}
+
+fn garage_version_ok(path: &std::path::Path) -> bool {
+    Command::new(path).arg("--version").output().is_ok_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains(GARAGE_VERSION)
+    })
 }

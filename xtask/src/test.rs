@@ -5,6 +5,10 @@
 //! this command installs the Debian packages they need and runs them with the rest
 //! (`-- --include-ignored`). `--fast` runs the quick tier only, with the few small packages it uses.
 //!
+//! The full run also runs the server's whole suite a second time with every test server on a
+//! Garage object store ([`STORE_VAR`]`=garage`, the `garage` program installed with
+//! `cargo install` when missing), leaving out [`LOCAL_ONLY_SERVER_TESTS`].
+//!
 //! The full run then runs each fuzz target of `fuzz/` for a bounded time ([`FUZZ_SECONDS_VAR`],
 //! 60 s by default, `0` skips them), seeded with its committed corpus `fuzz/corpus/<target>/`.
 //! The fuzz build works on a stable toolchain: the fuzzing flags are unlocked with
@@ -32,8 +36,7 @@ pub fn run(fast: bool) -> anyhow::Result<()> {
         deps::TEST_PACKAGES
     };
     let mut failures = Vec::new();
-    let mut result =
-        deps::ensure(packages).and_then(|()| cargo_test(&cargo_args(fast), &mut failures));
+    let mut result = deps::ensure(packages).and_then(|()| run_tests(fast, &mut failures));
     if !fast {
         let fuzzed = fuzz_seconds().and_then(fuzz_all);
         if let Err(e) = &fuzzed {
@@ -51,12 +54,32 @@ pub fn run(fast: bool) -> anyhow::Result<()> {
     result
 }
 
+/// The workspace's tests; then, in the full run, the server's suite again on the object store
+/// (the `garage` program installed first when missing).
+fn run_tests(fast: bool, failures: &mut Vec<String>) -> anyhow::Result<()> {
+    if fast {
+        return cargo_test(&cargo_args(true), &[], failures);
+    }
+    let garage = deps::ensure_garage()?;
+    let env = vec![("QX_GARAGE", garage.into_os_string())];
+    let first = cargo_test(&cargo_args(false), &env, failures);
+    let mut on_garage = env;
+    on_garage.push((STORE_VAR, "garage".into()));
+    let second = cargo_test(&garage_pass_args(), &on_garage, failures);
+    first.and(second)
+}
+
 /// Runs `cargo <args>`, passing its output through while keeping each test binary's
 /// `failures:` section in `failures`, so that the end of the run can repeat them (fuzzing
 /// prints a lot in between).
-fn cargo_test(args: &[&str], failures: &mut Vec<String>) -> anyhow::Result<()> {
+fn cargo_test(
+    args: &[&str],
+    env: &[(&str, std::ffi::OsString)],
+    failures: &mut Vec<String>,
+) -> anyhow::Result<()> {
     let mut child = Command::new(env!("CARGO"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .spawn()
         .context("running cargo")?;
@@ -118,6 +141,38 @@ fn cargo_args(fast: bool) -> Vec<&'static str> {
     let mut args = vec!["test", "--workspace", "--all-targets", "--no-fail-fast"];
     if !fast {
         args.extend(["--", "--include-ignored"]);
+    }
+    args
+}
+
+/// Set to `garage`, every test server keeps its releases in a Garage object store
+/// (`qx_testkit::garage`).
+pub const STORE_VAR: &str = "QX_TEST_STORE";
+
+/// The server tests that are about the local-disk layout itself, left out of the pass on the
+/// object store: symlinks in the release directory, a full file system, and the two that
+/// watch a partial upload appear in the staging directory (an object store shows an upload
+/// only once it is complete; the object-store tests cover cut uploads there).
+pub const LOCAL_ONLY_SERVER_TESTS: &[&str] = &[
+    "symlinks::",
+    "hardening::publish_onto_full_disk_is_507_json",
+    "connections::publish_drip_fed_upload_is_cut_with_408_and_its_staging_removed",
+    "robustness::client_disconnecting_mid_publish_leaves_nothing",
+];
+
+/// The second pass: the server's whole suite (slow tier included) on the object store.
+fn garage_pass_args() -> Vec<&'static str> {
+    let mut args = vec![
+        "test",
+        "-p",
+        "qx-server",
+        "--test",
+        "it",
+        "--",
+        "--include-ignored",
+    ];
+    for t in LOCAL_ONLY_SERVER_TESTS {
+        args.extend(["--skip", t]);
     }
     args
 }
@@ -307,6 +362,17 @@ mod tests {
             cargo_args(true),
             ["test", "--workspace", "--all-targets", "--no-fail-fast"]
         );
+    }
+
+    #[test]
+    fn the_garage_pass_runs_the_server_suite_without_the_local_only_tests() {
+        let args = garage_pass_args();
+        assert_eq!(&args[..5], ["test", "-p", "qx-server", "--test", "it"]);
+        assert!(args.contains(&"--include-ignored"));
+        for t in LOCAL_ONLY_SERVER_TESTS {
+            let i = args.iter().position(|a| a == t).expect("skipped");
+            assert_eq!(args[i - 1], "--skip");
+        }
     }
 
     #[test]

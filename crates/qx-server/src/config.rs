@@ -38,6 +38,62 @@ pub struct Config {
     pub limits: ConnectionLimits,
     /// The fleet view's settings (docs/spec.md §9).
     pub fleet: FleetConfig,
+    /// `RELEASE_STORE`: the local directory `RELEASE_DIR` (the default) or an object store.
+    pub release_store: ReleaseStoreConfig,
+}
+
+/// Where releases live (docs/spec.md §13).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseStoreConfig {
+    /// The directory tree under `RELEASE_DIR`.
+    Local,
+    /// `RELEASE_STORE=s3://bucket/prefix`: an S3-compatible object store.
+    Object(ObjectStoreConfig),
+}
+
+/// `STAGING_SWEEP_AGE` when unset: uploads left in an object store's staging prefix (and
+/// releases whose manifest was never written) longer than this are removed by the sweep.
+pub const DEFAULT_STAGING_SWEEP_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// An S3-compatible bucket and its settings: `RELEASE_STORE=s3://bucket/prefix`, and
+/// `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ObjectStoreConfig {
+    pub bucket: String,
+    /// Every key of the store starts with this (no leading or trailing `/`; may be empty).
+    pub prefix: String,
+    /// `AWS_ENDPOINT_URL`: the store's URL (path-style requests); AWS when unset.
+    pub endpoint: Option<String>,
+    /// `AWS_REGION` (default `us-east-1`).
+    pub region: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// `STAGING_SWEEP_AGE`.
+    pub sweep_age: Duration,
+}
+
+impl std::fmt::Debug for ObjectStoreConfig {
+    /// Never prints the secret key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectStoreConfig")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("sweep_age", &self.sweep_age)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ObjectStoreConfig {
+    /// `s3://bucket/prefix` for logs.
+    pub fn url(&self) -> String {
+        match self.prefix.as_str() {
+            "" => format!("s3://{}", self.bucket),
+            p => format!("s3://{}/{p}", self.bucket),
+        }
+    }
 }
 
 /// `CHECKIN_INTERVAL` when unset: 15 minutes.
@@ -149,6 +205,8 @@ pub enum ConfigError {
     TwoDatabases,
     #[error("CHECKIN_OFFLINE_AFTER must be longer than CHECKIN_GRACE (a host is overdue before it is offline); raise CHECKIN_OFFLINE_AFTER or lower CHECKIN_GRACE")]
     OfflineBeforeGrace,
+    #[error("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together; set both, or neither to use the store's other credential sources")]
+    KeyHalf,
     #[error("TLS_CLIENT_CA is set but TLS_CERT and TLS_KEY are not: client certificates need HTTPS; set TLS_CERT and TLS_KEY too")]
     ClientCaWithoutTls,
 }
@@ -168,6 +226,15 @@ impl Config {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             channels: default_channels(),
             limits: ConnectionLimits::default(),
+            release_store: ReleaseStoreConfig::Local,
+        }
+    }
+
+    /// Where releases live, for the log: the directory or `s3://bucket/prefix`.
+    pub fn release_store_display(&self) -> String {
+        match &self.release_store {
+            ReleaseStoreConfig::Local => self.release_dir.display().to_string(),
+            ReleaseStoreConfig::Object(o) => o.url(),
         }
     }
 
@@ -239,8 +306,81 @@ impl Config {
         }
         cfg.limits = limits_from(&lookup)?;
         cfg.fleet = fleet_from(&lookup, &cfg.release_dir)?;
+        cfg.release_store = release_store_from(&lookup)?;
         Ok(cfg)
     }
+}
+
+/// `RELEASE_STORE` and the object store's variables; `Local` when unset.
+fn release_store_from(
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<ReleaseStoreConfig, ConfigError> {
+    let invalid = |var: &'static str, value: &str, reason: String| ConfigError::Invalid {
+        var,
+        value: value.to_owned(),
+        reason,
+    };
+    let Some(url) = lookup("RELEASE_STORE") else {
+        return Ok(ReleaseStoreConfig::Local);
+    };
+    let (bucket, prefix) = parse_store_url(&url).map_err(|r| invalid("RELEASE_STORE", &url, r))?;
+    let endpoint = match lookup("AWS_ENDPOINT_URL") {
+        Some(e) if !(e.starts_with("http://") || e.starts_with("https://")) => {
+            return Err(invalid(
+                "AWS_ENDPOINT_URL",
+                &e,
+                "expected an http:// or https:// URL such as http://127.0.0.1:3900".into(),
+            ))
+        }
+        other => other.map(|e| e.trim_end_matches('/').to_owned()),
+    };
+    let sweep_age = match lookup("STAGING_SWEEP_AGE") {
+        Some(v) => Duration::from_millis(
+            parse_duration_ms(&v).map_err(|r| invalid("STAGING_SWEEP_AGE", &v, r))?,
+        ),
+        None => DEFAULT_STAGING_SWEEP_AGE,
+    };
+    let access_key_id = lookup("AWS_ACCESS_KEY_ID");
+    let secret_access_key = lookup("AWS_SECRET_ACCESS_KEY");
+    if access_key_id.is_some() != secret_access_key.is_some() {
+        return Err(ConfigError::KeyHalf);
+    }
+    Ok(ReleaseStoreConfig::Object(ObjectStoreConfig {
+        bucket,
+        prefix,
+        endpoint,
+        region: lookup("AWS_REGION").unwrap_or_else(|| "us-east-1".to_owned()),
+        access_key_id,
+        secret_access_key,
+        sweep_age,
+    }))
+}
+
+/// `s3://bucket/prefix` → bucket and prefix (no leading or trailing `/`).
+fn parse_store_url(url: &str) -> Result<(String, String), String> {
+    let rest = url
+        .strip_prefix("s3://")
+        .ok_or("expected s3://bucket/prefix (only S3-compatible object stores are supported; for a local directory unset it and set RELEASE_DIR)")?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !bucket_ok {
+        return Err(format!(
+            "{bucket:?} is not a bucket name (3 to 63 lower-case letters, digits, '-' and '.')"
+        ));
+    }
+    let prefix = prefix.trim_matches('/');
+    if prefix
+        .split('/')
+        .any(|p| p == "." || p == ".." || (p.is_empty() && !prefix.is_empty()))
+    {
+        return Err(format!(
+            "the prefix {prefix:?} has an empty, '.' or '..' part"
+        ));
+    }
+    Ok((bucket.to_owned(), prefix.to_owned()))
 }
 
 /// `DATABASE_URL` (PostgreSQL) or `FLEET_DB` (a SQLite file), never both; `default` when
@@ -692,5 +832,84 @@ mod tests {
             assert!(e.contains("MAX_UPLOAD_BYTES"), "{bad}: {e}");
             assert!(e.contains(&format!("{bad:?}")), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn release_store_is_local_by_default_and_an_s3_url_with_its_variables() {
+        assert_eq!(
+            cfg(&[]).expect("defaults").release_store,
+            ReleaseStoreConfig::Local
+        );
+        let c = cfg(&[
+            ("RELEASE_STORE", "s3://qx-releases/fleet/eu/"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:3900/"),
+            ("AWS_REGION", "garage"),
+            ("AWS_ACCESS_KEY_ID", "GK1"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ("STAGING_SWEEP_AGE", "2h"),
+        ])
+        .expect("an object store");
+        let ReleaseStoreConfig::Object(o) = &c.release_store else {
+            panic!("not an object store: {:?}", c.release_store);
+        };
+        assert_eq!(
+            (o.bucket.as_str(), o.prefix.as_str()),
+            ("qx-releases", "fleet/eu")
+        );
+        assert_eq!(o.endpoint.as_deref(), Some("http://127.0.0.1:3900"));
+        assert_eq!(o.region, "garage");
+        assert_eq!(o.sweep_age, Duration::from_secs(7200));
+        assert_eq!(c.release_store_display(), "s3://qx-releases/fleet/eu");
+        assert!(
+            !format!("{o:?}").contains("secret"),
+            "the secret is never printed"
+        );
+        let bare = cfg(&[("RELEASE_STORE", "s3://qx-releases")]).expect("no prefix");
+        let ReleaseStoreConfig::Object(o) = bare.release_store else {
+            panic!("not an object store");
+        };
+        assert_eq!((o.prefix.as_str(), o.region.as_str()), ("", "us-east-1"));
+        assert_eq!(o.sweep_age, DEFAULT_STAGING_SWEEP_AGE);
+    }
+
+    #[test]
+    fn bad_release_store_settings_name_the_variable() {
+        for (vars, var) in [
+            (vec![("RELEASE_STORE", "/data/releases")], "RELEASE_STORE"),
+            (vec![("RELEASE_STORE", "gs://bucket")], "RELEASE_STORE"),
+            (vec![("RELEASE_STORE", "s3://Upper_Case")], "RELEASE_STORE"),
+            (vec![("RELEASE_STORE", "s3://ab")], "RELEASE_STORE"),
+            (
+                vec![("RELEASE_STORE", "s3://bucket/a/../b")],
+                "RELEASE_STORE",
+            ),
+            (vec![("RELEASE_STORE", "s3://bucket/a//b")], "RELEASE_STORE"),
+            (
+                vec![
+                    ("RELEASE_STORE", "s3://bucket"),
+                    ("AWS_ENDPOINT_URL", "127.0.0.1:3900"),
+                ],
+                "AWS_ENDPOINT_URL",
+            ),
+            (
+                vec![
+                    ("RELEASE_STORE", "s3://bucket"),
+                    ("STAGING_SWEEP_AGE", "soon"),
+                ],
+                "STAGING_SWEEP_AGE",
+            ),
+        ] {
+            match cfg(&vars) {
+                Err(ConfigError::Invalid { var: v, .. }) => assert_eq!(v, var, "{vars:?}"),
+                other => panic!("{vars:?}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            cfg(&[
+                ("RELEASE_STORE", "s3://bucket"),
+                ("AWS_ACCESS_KEY_ID", "GK1")
+            ]),
+            Err(ConfigError::KeyHalf)
+        ));
     }
 }

@@ -85,6 +85,14 @@ impl From<StoreError> for ApiError {
                     "the server's release storage is full; nothing was stored. Free space on the server (or raise its quota), then retry",
                 )
             }
+            StoreError::Unavailable(_) => {
+                tracing::error!(error = %e, "release storage unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the server's release storage did not answer; nothing was changed. Retry later; the server's log has the details",
+                )
+                .with_header(header::RETRY_AFTER, HeaderValue::from_static("10"))
+            }
             StoreError::Corrupt { .. } => {
                 tracing::error!(error = %e, "damaged stored release");
                 ApiError::internal(

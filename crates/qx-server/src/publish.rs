@@ -259,8 +259,18 @@ async fn publish_inner<S: ReleaseStore>(
         .map(|a| (a.artifact.clone(), a))
         .collect();
     let mut upload = app.store.begin().await?;
-    let seen = receive_parts(&mut upload, &mut multipart, &expected).await?;
-    let linked = link_omitted(app, &mut upload, &key.product, &expected, &seen).await?;
+    let received = async {
+        let seen = receive_parts(&mut upload, &mut multipart, &expected).await?;
+        link_omitted(app, &mut upload, &key.product, &expected, &seen).await
+    }
+    .await;
+    let linked = match received {
+        Ok(linked) => linked,
+        Err(e) => {
+            upload.abandon().await;
+            return Err(e);
+        }
+    };
     let outcome = commit(app, upload, &key, manifest_bytes, signature).await?;
     if outcome == CommitOutcome::Created {
         tracing::info!(release = %key, carried_over = linked.len(), "published");
@@ -527,7 +537,10 @@ async fn promote_inner<S: ReleaseStore>(
     };
     let mut upload = app.store.begin().await?;
     for a in &new {
-        upload.link_from(&source_key, a).await?;
+        if let Err(e) = upload.link_from(&source_key, a).await {
+            upload.abandon().await;
+            return Err(e.into());
+        }
     }
     let outcome = commit(app, upload, &key, manifest_bytes, signature).await?;
     if outcome == CommitOutcome::Created {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::config::ReleaseStoreConfig;
 use crate::config::{Config, ConfigError, FleetConfig, FleetDatabase, TlsFiles};
 use crate::fleet::clock::{Clock, SystemClock};
 use crate::fleet::store::FleetStore;
@@ -17,7 +18,9 @@ use crate::protocol_errors::JsonErrorsAcceptor;
 use crate::routes::router;
 use crate::state::{App, Fleet};
 use crate::storage::local::LocalStore;
-use crate::storage::{ReleaseStore, StoreError};
+use crate::storage::lock::WriteLocks;
+use crate::storage::object::ObjectReleaseStore;
+use crate::storage::{AnyStore, ReleaseStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -115,7 +118,7 @@ fn client_verifier(
 /// A server ready to run: TLS loaded, storage opened and recovered.
 pub struct Prepared {
     tls: Option<rustls::ServerConfig>,
-    app: Arc<App<LocalStore>>,
+    app: Arc<App<AnyStore>>,
 }
 
 /// Opens the fleet store the configuration names (creating the SQLite file's directory)
@@ -148,7 +151,19 @@ pub async fn open_fleet(config: &FleetConfig) -> Result<Arc<dyn FleetStore>, Ser
         })
 }
 
-/// Opens the local-disk store (removing leftover uploads from staging: crash recovery) and
+/// Opens the release store `RELEASE_STORE` names; an object store's writes are locked through
+/// the fleet database (shared by every server when it is PostgreSQL).
+async fn open_store(config: &Config, fleet: &Arc<dyn FleetStore>) -> Result<AnyStore, ServerError> {
+    Ok(match &config.release_store {
+        ReleaseStoreConfig::Local => AnyStore::Local(LocalStore::new(&config.release_dir)?),
+        ReleaseStoreConfig::Object(object) => {
+            let locks = WriteLocks::shared(fleet.clone());
+            AnyStore::Object(ObjectReleaseStore::open(object, locks).await?)
+        }
+    })
+}
+
+/// Opens the release store (removing leftover uploads from staging: crash recovery) and
 /// loads TLS, so that every configuration error shows before the first request.
 pub async fn prepare(config: Config) -> Result<Prepared, ServerError> {
     prepare_with_clock(config, Arc::new(SystemClock)).await
@@ -163,7 +178,8 @@ pub async fn prepare_with_clock(
         Some(files) => Some(load_tls(files, config.tls_client_ca.as_deref())?),
         None => None,
     };
-    let store = LocalStore::new(&config.release_dir)?;
+    let fleet_store = open_fleet(&config.fleet).await?;
+    let store = open_store(&config, &fleet_store).await?;
     let removed = store.recover().await?;
     if removed > 0 {
         tracing::warn!(
@@ -177,7 +193,7 @@ pub async fn prepare_with_clock(
             crate::config::DEFAULT_TOKEN
         );
     }
-    let fleet = Fleet::new(open_fleet(&config.fleet).await?, clock, &config.fleet);
+    let fleet = Fleet::new(fleet_store, clock, &config.fleet);
     Ok(Prepared {
         tls,
         app: Arc::new(App::new(store, config, fleet)),
@@ -216,7 +232,7 @@ impl Prepared {
             })?;
         tracing::info!(
             addr = %addr,
-            release_dir = %config.release_dir.display(),
+            releases = %config.release_store_display(),
             tls = tls.is_some(),
             channels = %config.channels.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(","),
             fleet = ?config.fleet.database,

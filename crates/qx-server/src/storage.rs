@@ -10,7 +10,12 @@
 //! reads the stored state with its ETag, decides, and writes with a conditional put (`If-Match`,
 //! or `If-None-Match: *` when there is none), starting over when the condition fails.
 
+mod any;
 pub mod local;
+pub mod lock;
+pub mod object;
+
+pub use any::{AnyStore, AnyUpload};
 
 use std::future::Future;
 use std::io;
@@ -108,6 +113,10 @@ pub enum StoreError {
     Refused { path: PathBuf, reason: String },
     #[error("storage task failed: {0}")]
     Task(String),
+    /// The object store did not answer, answered with an error, or refused the credentials:
+    /// worth retrying later (503 with `Retry-After`).
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Fs(#[from] qx_core::fs::FsError),
 }
@@ -134,6 +143,62 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// A file name a release may hold: not empty, no `/`, `\\` or NUL, not hidden (markers and
+/// staging are hidden).
+pub(crate) fn check_file_name(name: &str) -> StoreResult<()> {
+    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\', '\0']) {
+        return Err(StoreError::NotFound(format!("file {name:?}")));
+    }
+    Ok(())
+}
+
+/// A stored manifest must describe the release its place names; one for another product,
+/// channel or version (a copied or misplaced release) is damage.
+pub(crate) fn check_manifest_matches(
+    manifest: &Manifest,
+    key: &ReleaseKey,
+    place: &std::path::Path,
+) -> StoreResult<()> {
+    if manifest.product == key.product
+        && manifest.channel == key.channel
+        && manifest.version == key.version
+    {
+        return Ok(());
+    }
+    Err(StoreError::Corrupt {
+        path: place.to_owned(),
+        reason: format!(
+            "its manifest is for {} {} on channel {}, not the {key} its path names",
+            manifest.product, manifest.version, manifest.channel
+        ),
+    })
+}
+
+/// The compare half of a channel state's compare-and-swap: what to answer without writing
+/// (`None`: write it, it is new).
+pub(crate) fn decide_channel_put(
+    stored: Option<&StoredChannel>,
+    seq: u64,
+    bytes: &[u8],
+) -> Option<PutOutcome> {
+    let stored = stored?;
+    if stored.bytes.as_ref() == bytes {
+        return Some(PutOutcome::Identical);
+    }
+    (seq <= stored.state.seq).then_some(PutOutcome::Stale {
+        stored_seq: stored.state.seq,
+    })
+}
+
+/// The text of a yank marker: when, in seconds since the epoch, for operators.
+pub(crate) fn yank_note() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!("yanked at unix time {secs}\n")
+}
+
 /// A release being assembled out of sight; dropped without commit, it leaves nothing behind.
 pub trait Upload: Send + 'static {
     type Writer: AsyncWrite + Unpin + Send + 'static;
@@ -151,6 +216,9 @@ pub trait Upload: Send + 'static {
         source: &ReleaseKey,
         artifact: &ArtifactRef,
     ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Removes what was staged before returning (dropping an upload removes it too, but an
+    /// engine may finish that in the background).
+    fn abandon(self) -> impl Future<Output = ()> + Send;
 }
 
 /// The storage of releases.

@@ -11,12 +11,15 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use qx_core::api::ServerUrl;
+use qx_server::config::ReleaseStoreConfig;
 use qx_server::fleet::clock::{Clock, SystemClock};
 use qx_server::fleet::rollout::Rollouts;
 use qx_server::Config;
 
 /// A running `qx-update-server` on `127.0.0.1:<port>`.
 pub struct TestServer {
+    /// Where its releases are: the release directory or an object store.
+    stored: crate::stored::Stored,
     url: String,
     addr: SocketAddr,
     release_dir: PathBuf,
@@ -43,10 +46,20 @@ impl TestServer {
     /// [`Self::start_with`] with the fleet view's clock given: a
     /// [`qx_server::fleet::clock::ManualClock`] lets a test set "now" for liveness, expiry,
     /// `last_checkin` and the rate limit.
-    pub fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+    ///
+    /// With `QX_TEST_STORE=garage`, a server configured for the local store keeps its releases
+    /// in this process's Garage store instead, under a prefix of its own
+    /// ([`crate::garage::shared`]): how the whole server suite runs on both backends.
+    pub fn start_with_clock(mut config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        if crate::garage::selected() && config.release_store == ReleaseStoreConfig::Local {
+            let prefix = crate::garage::prefix_for(&config.release_dir);
+            config.release_store =
+                ReleaseStoreConfig::Object(crate::garage::shared().config(&prefix, 0));
+        }
         let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
         let addr = listener.local_addr().context("reading the bound address")?;
         let release_dir = config.release_dir.clone();
+        let stored = crate::stored::Stored::of(&config);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(bool, Arc<Rollouts>), String>>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -87,6 +100,7 @@ impl TestServer {
             .map_err(|e| anyhow!("the test server did not start: {e}"))?;
         let scheme = if tls { "https" } else { "http" };
         Ok(Self {
+            stored,
             url: format!("{scheme}://127.0.0.1:{}", addr.port()),
             addr,
             release_dir,
@@ -112,6 +126,12 @@ impl TestServer {
 
     pub fn release_dir(&self) -> &Path {
         &self.release_dir
+    }
+
+    /// The server's stored releases, whichever backend holds them: tests read, damage and
+    /// list them through this.
+    pub fn stored(&self) -> &crate::stored::Stored {
+        &self.stored
     }
 
     /// The server's rollout engine: a test ticks it with its injected clock's time.

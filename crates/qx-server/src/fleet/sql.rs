@@ -23,7 +23,8 @@ use sqlx::AnyPool;
 use super::store::{
     ChannelHost, ChannelView, EnrollRefused, EnrolledHost, FleetCounts, FleetError, FleetResult,
     FleetStore, HostAuth, HostQuery, HostStage, LivenessRule, Millis, NewEnrollmentToken, NewHost,
-    NewOperatorToken, OperatorTokenRow, PinRow, RolloutChange, RolloutRow, StageCount, TokenHash,
+    NewOperatorToken, OperatorTokenRow, PinRow, RolloutChange, RolloutRow, SharedLock, StageCount,
+    TokenHash,
 };
 
 /// Which engine a store runs on.
@@ -147,6 +148,27 @@ pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
 impl FleetStore for SqlStore {
     fn migrate(&self) -> BoxFuture<'_, FleetResult<()>> {
         Box::pin(self.run_migrations())
+    }
+
+    fn shared_lock(&self, key: i64) -> BoxFuture<'_, FleetResult<Option<SharedLock>>> {
+        Box::pin(async move {
+            if self.engine == Engine::Sqlite {
+                return Ok(None);
+            }
+            // A transaction-scoped advisory lock: released by the rollback when the guard
+            // drops its transaction, or by the database when the connection dies with us.
+            let mut tx = self
+                .write
+                .begin()
+                .await
+                .map_err(db("taking a shared lock"))?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(key)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("taking a shared lock"))?;
+            Ok(Some(SharedLock(Box::new(tx))))
+        })
     }
 
     fn create_operator_token(&self, t: NewOperatorToken) -> BoxFuture<'_, FleetResult<()>> {

@@ -414,4 +414,13 @@ pub trait FleetStore: Send + Sync + 'static {
     ) -> BoxFuture<'_, FleetResult<Vec<PinRow>>>;
     /// Deletes the pin; false when the product has none with that id.
     fn delete_pin(&self, product: String, id: String) -> BoxFuture<'_, FleetResult<bool>>;
+
+    /// Takes the lock named `key` across every server on this database and holds it until the
+    /// guard is dropped (or the server dies): what serialises the writes of releases and
+    /// channel states in a shared object store. `None` when the store is one server's own
+    /// (SQLite): the server's in-process lock is then enough.
+    fn shared_lock(&self, key: i64) -> BoxFuture<'_, FleetResult<Option<SharedLock>>>;
 }
+
+/// A held [`FleetStore::shared_lock`]; dropping it releases the lock.
+pub struct SharedLock(pub Box<dyn Send>);

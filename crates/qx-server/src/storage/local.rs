@@ -33,8 +33,9 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
 use super::{
-    ByteStream, CommitOutcome, PutOutcome, ReleaseKey, ReleaseStore, StoreError, StoreResult,
-    StoredChannel, StoredRelease, Upload, VersionEntry,
+    check_file_name, check_manifest_matches, yank_note, ByteStream, CommitOutcome, PutOutcome,
+    ReleaseKey, ReleaseStore, StoreError, StoreResult, StoredChannel, StoredRelease, Upload,
+    VersionEntry,
 };
 
 /// The marker file of a yanked release.
@@ -127,24 +128,6 @@ fn exists_no_follow(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok()
 }
 
-/// A stored manifest must describe the release its path names; one for another product,
-/// channel or version (a copied or misplaced directory) is damage.
-fn check_matches_path(manifest: &Manifest, key: &ReleaseKey, path: &Path) -> StoreResult<()> {
-    if manifest.product == key.product
-        && manifest.channel == key.channel
-        && manifest.version == key.version
-    {
-        return Ok(());
-    }
-    Err(StoreError::Corrupt {
-        path: path.to_owned(),
-        reason: format!(
-            "its manifest is for {} {} on channel {}, not the {key} its path names",
-            manifest.product, manifest.version, manifest.channel
-        ),
-    })
-}
-
 /// The manifest and signature of a release, opened without following links.
 fn read_release(root: &Path, key: ReleaseKey) -> StoreResult<StoredRelease> {
     let rel = release_rel(&key);
@@ -170,7 +153,7 @@ fn read_release(root: &Path, key: ReleaseKey) -> StoreResult<StoredRelease> {
             reason: e.to_string(),
         }
     })?;
-    check_matches_path(&manifest, &key, &manifest_path)?;
+    check_manifest_matches(&manifest, &key, &manifest_path)?;
     let yanked = exists_no_follow(&dir.join(YANKED_FILE));
     Ok(StoredRelease {
         key,
@@ -237,13 +220,6 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// A file name inside a release directory: one plain segment, never hidden.
-fn check_file_name(name: &str) -> StoreResult<()> {
-    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\', '\0']) {
-        return Err(StoreError::NotFound(format!("file {name:?}")));
-    }
-    Ok(())
-}
-
 impl ReleaseStore for LocalStore {
     type Upload = LocalUpload;
 
@@ -472,15 +448,6 @@ impl ReleaseStore for LocalStore {
     }
 }
 
-/// Seconds since the epoch, written into the yank marker for operators.
-fn yank_note() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format!("yanked at unix time {secs}\n")
-}
-
 /// An upload being assembled in `$RELEASE_DIR/.staging/upload-XXXX/`; removed on drop unless
 /// committed.
 pub struct LocalUpload {
@@ -506,6 +473,11 @@ impl Upload for LocalUpload {
         let path = self.dir.path().to_owned();
         writer.flush().await.map_err(StoreError::io(&path))?;
         writer.sync_all().await.map_err(StoreError::io(&path))
+    }
+
+    async fn abandon(self) {
+        let LocalUpload { dir, .. } = self;
+        let _ = blocking(move || dir.close().map_err(StoreError::io("staging"))).await;
     }
 
     async fn link_from(&mut self, source: &ReleaseKey, artifact: &ArtifactRef) -> StoreResult<()> {

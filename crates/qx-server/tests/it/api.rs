@@ -56,14 +56,18 @@ async fn publish_then_manifest_serves_exact_signed_bytes() {
     keys.verify(&body, std::str::from_utf8(&sig).unwrap())
         .expect("signature from the header verifies over the manifest bytes");
 
-    // the file layout of docs/spec.md §3
-    let rd = dir.path().join("quantix-os/stable/1.2.3");
+    // the layout of docs/spec.md §3 (files on disk, or objects under the store's prefix)
+    let stored = server.stored();
     assert_eq!(
-        std::fs::read(rd.join("manifest.json")).unwrap(),
+        stored
+            .read("quantix-os/stable/1.2.3/manifest.json")
+            .unwrap(),
         rel.manifest
     );
     assert_eq!(
-        std::fs::read(rd.join("qx-node.tar.zst")).unwrap(),
+        stored
+            .read("quantix-os/stable/1.2.3/qx-node.tar.zst")
+            .unwrap(),
         rel.artifact("qx-node.tar.zst")
     );
 }
@@ -340,14 +344,25 @@ async fn promote_hard_links_artifacts_into_the_target_channel() {
         .await
         .unwrap();
     assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
-    let src = dir.path().join("quantix-os/dev/2.0.0/qx-node.tar.zst");
-    let dst = dir.path().join("quantix-os/beta/2.0.0/qx-node.tar.zst");
-    let (a, b) = (
-        std::fs::metadata(&src).unwrap(),
-        std::fs::metadata(&dst).unwrap(),
-    );
-    assert_eq!(a.ino(), b.ino(), "promoted artifact must be a hard link");
-    assert_eq!(a.nlink(), 2);
+    if let Some(root) = server.stored().local_dir() {
+        let src = root.join("quantix-os/dev/2.0.0/qx-node.tar.zst");
+        let dst = root.join("quantix-os/beta/2.0.0/qx-node.tar.zst");
+        let (a, b) = (
+            std::fs::metadata(&src).unwrap(),
+            std::fs::metadata(&dst).unwrap(),
+        );
+        assert_eq!(a.ino(), b.ino(), "promoted artifact must be a hard link");
+        assert_eq!(a.nlink(), 2);
+    } else {
+        // An object store copies it server-side.
+        assert_eq!(
+            server
+                .stored()
+                .read("quantix-os/beta/2.0.0/qx-node.tar.zst")
+                .unwrap(),
+            rel.artifact("qx-node.tar.zst")
+        );
+    }
     let res = get(&server, "/api/v1/quantix-os/manifest?channel=beta").await;
     assert_eq!(res.status(), 200);
     assert_eq!(
@@ -579,9 +594,10 @@ async fn channels_on_an_empty_server() {
 }
 
 #[tokio::test]
-async fn release_copied_onto_disk_while_running_is_served() {
+async fn release_copied_into_the_store_while_running_is_served() {
     // Another server on shared storage (or an operator) adds a release behind this server's
     // back: it shows once the in-memory lookup of the newest release expires (1 s at most).
+    // The copy writes the manifest last, as a publish does.
     let dir = tempfile::tempdir().unwrap();
     let other = tempfile::tempdir().unwrap();
     let server = start(dir.path());
@@ -590,19 +606,21 @@ async fn release_copied_onto_disk_while_running_is_served() {
     published(&server, &old).await;
     let res = get(&server, "/api/v1/quantix-os/manifest").await;
     assert_eq!(res.headers()["x-qx-version"], "1.0.0");
-    {
-        let writer = start(other.path());
-        published(
-            &writer,
-            &Release::new(&signer, "quantix-os", "stable", "1.1.0"),
-        )
-        .await;
-    }
-    std::fs::rename(
-        other.path().join("quantix-os/stable/1.1.0"),
-        dir.path().join("quantix-os/stable/1.1.0"),
+    let writer = start(other.path());
+    published(
+        &writer,
+        &Release::new(&signer, "quantix-os", "stable", "1.1.0"),
     )
-    .unwrap();
+    .await;
+    {
+        let from = writer.stored();
+        let mut files = from.list("quantix-os/stable/1.1.0");
+        files.sort_by_key(|f| f == "manifest.json");
+        for f in files {
+            let rel = format!("quantix-os/stable/1.1.0/{f}");
+            server.stored().write(&rel, &from.read(&rel).unwrap());
+        }
+    }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let res = get(&server, "/api/v1/quantix-os/manifest").await;
@@ -640,9 +658,9 @@ async fn publish_ignores_the_filename_attribute_of_parts() {
     }
     let res = publish_form(&server, "quantix-os", form).await;
     assert_eq!(res.status(), 201);
-    assert!(dir
-        .path()
-        .join("quantix-os/stable/1.0.0/qx-node.tar.zst")
-        .is_file());
-    assert!(!dir.path().join("some").exists());
+    assert!(server
+        .stored()
+        .exists("quantix-os/stable/1.0.0/qx-node.tar.zst"));
+    assert!(!has_files(server.stored(), "some"));
+    assert!(server.stored().list("some").is_empty());
 }

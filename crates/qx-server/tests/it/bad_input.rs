@@ -45,11 +45,11 @@ impl Env {
         assert!(versions.is_empty(), "a release became visible");
         assert!(
             wait_until(std::time::Duration::from_secs(10), || staging_entries(
-                self.dir.path()
+                self.server.stored()
             )
             .is_empty()),
             "staging not cleaned: {:?}",
-            staging_entries(self.dir.path())
+            staging_entries(self.server.stored())
         );
     }
 
@@ -463,7 +463,7 @@ async fn publish_larger_than_max_upload_is_413() {
         v["error"].as_str().unwrap().contains("MAX_UPLOAD_BYTES"),
         "{v}"
     );
-    assert!(staging_entries(dir.path()).is_empty());
+    assert!(staging_entries(server.stored()).is_empty());
 }
 
 #[tokio::test]
@@ -515,9 +515,9 @@ async fn publish_chunked_larger_than_max_upload_is_413_while_streaming() {
         "{v}"
     );
     assert!(wait_until(std::time::Duration::from_secs(10), || {
-        staging_entries(dir.path()).is_empty()
+        staging_entries(server.stored()).is_empty()
     }));
-    assert!(!dir.path().join("quantix-os/stable/1.0.0").exists());
+    assert!(!has_files(server.stored(), "quantix-os/stable/1.0.0"));
 }
 
 // ---- conflicts ----
@@ -533,13 +533,16 @@ async fn publish_same_version_other_content_is_409() {
         v["error"].as_str().unwrap().contains("already exists"),
         "{v}"
     );
-    let on_disk =
-        std::fs::read(e.dir.path().join("quantix-os/stable/1.0.0/manifest.json")).unwrap();
+    let on_disk = e
+        .server
+        .stored()
+        .read("quantix-os/stable/1.0.0/manifest.json")
+        .unwrap();
     assert_eq!(
         on_disk, first.manifest,
         "the first release must be untouched"
     );
-    assert!(staging_entries(e.dir.path()).is_empty());
+    assert!(staging_entries(e.server.stored()).is_empty());
 }
 
 #[tokio::test]
@@ -704,11 +707,9 @@ fn url_literal_dotdot_segments_match_no_route_404() {
 async fn file_in_release_dir_but_not_in_manifest_is_404() {
     let e = env();
     published(&e.server, &e.release("1.0.0")).await;
-    std::fs::write(
-        e.dir.path().join("quantix-os/stable/1.0.0/stray.bin"),
-        b"not listed",
-    )
-    .unwrap();
+    e.server
+        .stored()
+        .write("quantix-os/stable/1.0.0/stray.bin", b"not listed");
     expect_error(
         get(&e.server, "/api/v1/quantix-os/releases/1.0.0/stray.bin").await,
         404,
@@ -808,7 +809,7 @@ async fn promote_unknown_source_is_404() {
     let rel = Release::new(&e.signer, "quantix-os", "dev", "1.0.0");
     let beta = retarget(&e, &rel, "beta", |_| {});
     expect_error(promote(&e, "1.0.0", "dev", &beta).await, 404).await;
-    assert!(staging_entries(e.dir.path()).is_empty());
+    assert!(staging_entries(e.server.stored()).is_empty());
 }
 
 #[tokio::test]
@@ -821,8 +822,8 @@ async fn promote_artifact_mismatch_is_422() {
     });
     let v = expect_error(promote(&e, "1.0.0", "dev", &beta).await, 422).await;
     assert_eq!(v["details"][0]["artifact"], "qx-node.tar.zst", "{v}");
-    assert!(!e.dir.path().join("quantix-os/beta/1.0.0").exists());
-    assert!(staging_entries(e.dir.path()).is_empty());
+    assert!(!has_files(e.server.stored(), "quantix-os/beta/1.0.0"));
+    assert!(staging_entries(e.server.stored()).is_empty());
 }
 
 #[tokio::test]

@@ -187,13 +187,21 @@ fn channel_state_put_201_then_get_serves_exact_bytes_signature_and_etag() {
     keys.verify(&body, std::str::from_utf8(&sig).unwrap())
         .expect("the served signature verifies over the served bytes");
 
-    // The local layout: beside the channel's releases.
-    let dir = f.server.release_dir().join(PRODUCT).join(CHANNEL);
-    assert_eq!(std::fs::read(dir.join(CHANNEL_FILE)).unwrap(), s1.bytes);
-    assert_eq!(
-        std::fs::read(dir.join(CHANNEL_SIGNATURE_FILE)).unwrap(),
-        s1.signature.as_bytes()
-    );
+    // The local layout: beside the channel's releases (an object store keeps both in one
+    // object, whose round trip the store's unit tests check).
+    if let Some(root) = f.server.stored().local_dir() {
+        let dir = root.join(PRODUCT).join(CHANNEL);
+        assert_eq!(std::fs::read(dir.join(CHANNEL_FILE)).unwrap(), s1.bytes);
+        assert_eq!(
+            std::fs::read(dir.join(CHANNEL_SIGNATURE_FILE)).unwrap(),
+            s1.signature.as_bytes()
+        );
+    } else {
+        assert!(f
+            .server
+            .stored()
+            .exists(&format!("{PRODUCT}/{CHANNEL}/channel.state")));
+    }
 
     let res = f.get(&[("If-None-Match", etag.as_str())]);
     assert_eq!(res.status(), 304);
@@ -463,9 +471,10 @@ fn channel_state_bad_puts_are_refused_and_store_nothing() {
             row.name
         );
     }
-    let dev = f.server.release_dir().join(PRODUCT).join("dev");
+    let stored = f.server.stored();
     assert!(
-        !dev.join(CHANNEL_FILE).exists(),
+        !stored.exists(&format!("{PRODUCT}/dev/{CHANNEL_FILE}"))
+            && !stored.exists(&format!("{PRODUCT}/dev/channel.state")),
         "a state was stored on dev"
     );
 }
@@ -532,14 +541,11 @@ fn yank_on_a_channel_with_a_state_marks_the_release_and_the_state_decides() {
     let v = f.yank("1.1.0");
     assert_eq!(v["yanked"], true);
     assert_eq!(v["listed_by_channel_state"], true, "{v}");
-    // Marked yanked on disk and in the release list ...
-    let dir = f
+    // Marked yanked in the store and in the release list ...
+    assert!(f
         .server
-        .release_dir()
-        .join(PRODUCT)
-        .join(CHANNEL)
-        .join("1.1.0");
-    assert!(dir.join(".yanked").exists());
+        .stored()
+        .exists(&format!("{PRODUCT}/{CHANNEL}/1.1.0/.yanked")));
     let list: Value =
         reqwest::blocking::get(ServerUrl::new(f.server.url()).releases(PRODUCT, CHANNEL))
             .unwrap()
@@ -602,12 +608,14 @@ fn carry_over_from(held_on: &str) {
         r1.artifact(CONSOLE),
         "byte-identical"
     );
-    let root = f.server.release_dir().join(PRODUCT);
-    assert_eq!(
-        inode(&root.join(held_on).join("1.0.0").join(CONSOLE)),
-        inode(&root.join(CHANNEL).join("1.1.0").join(CONSOLE)),
-        "hard-linked, not copied"
-    );
+    if let Some(root) = f.server.stored().local_dir() {
+        let root = root.join(PRODUCT);
+        assert_eq!(
+            inode(&root.join(held_on).join("1.0.0").join(CONSOLE)),
+            inode(&root.join(CHANNEL).join("1.1.0").join(CONSOLE)),
+            "hard-linked, not copied"
+        );
+    }
     assert_eq!(
         download(&f, CHANNEL, "1.1.0", "qx-node.tar.zst").1,
         r2.artifact("qx-node.tar.zst").unwrap()
@@ -637,9 +645,12 @@ fn publish_omitting_an_artifact_held_nowhere_is_422_and_nothing_is_visible() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert!(v["error"].as_str().unwrap().contains(CONSOLE), "{v}");
     assert_eq!(v["details"][0]["artifact"], CONSOLE, "{v}");
-    let root = f.server.release_dir();
-    assert!(!root.join(PRODUCT).join(CHANNEL).join("1.1.0").exists());
-    assert!(crate::support::staging_entries(root).is_empty());
+    let stored = f.server.stored();
+    assert!(!crate::support::has_files(
+        stored,
+        &format!("{PRODUCT}/{CHANNEL}/1.1.0")
+    ));
+    assert!(crate::support::staging_entries(stored).is_empty());
     assert_eq!(download(&f, CHANNEL, "1.1.0", "qx-node.tar.zst").0, 404);
     assert_eq!(served(&f), ("1.0.0".to_owned(), r1.manifest_bytes.clone()));
 }

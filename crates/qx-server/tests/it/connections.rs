@@ -263,7 +263,7 @@ fn publish_drip_fed_upload_is_cut_with_408_and_its_staging_removed() {
     // The upload has begun: a staging directory holds it.
     assert!(
         qx_testkit::wait::poll(Duration::from_secs(30), Duration::from_millis(20), || {
-            !staging_entries(dir.path()).is_empty()
+            !staging_entries(server.stored()).is_empty()
         }),
         "the upload never reached staging"
     );
@@ -295,9 +295,9 @@ fn publish_drip_fed_upload_is_cut_with_408_and_its_staging_removed() {
     assert!(text.contains("too slowly"), "{text}");
     assert!(
         qx_testkit::wait::poll(Duration::from_secs(30), Duration::from_millis(20), || {
-            staging_entries(dir.path()).is_empty()
+            staging_entries(server.stored()).is_empty()
         }),
         "staging kept: {:?}",
-        staging_entries(dir.path())
+        staging_entries(server.stored())
     );
 }

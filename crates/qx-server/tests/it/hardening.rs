@@ -13,9 +13,9 @@ async fn server_with_damaged_newest(dir: &Path) -> qx_testkit::server::TestServe
     for v in ["1.0.0", "1.1.0"] {
         published(&server, &Release::new(&signer, "quantix-os", "stable", v)).await;
     }
-    let manifest = dir.join("quantix-os/stable/1.1.0/manifest.json");
-    let bytes = std::fs::read(&manifest).unwrap();
-    std::fs::write(&manifest, &bytes[..bytes.len() / 2]).unwrap();
+    let manifest = "quantix-os/stable/1.1.0/manifest.json";
+    let bytes = server.stored().read(manifest).unwrap();
+    server.stored().write(manifest, &bytes[..bytes.len() / 2]);
     server
 }
 
@@ -206,7 +206,7 @@ async fn publish_onto_full_disk_is_507_json() {
     );
     assert!(
         wait_until(std::time::Duration::from_secs(10), || staging_entries(
-            mount.dir.path()
+            &qx_testkit::stored::Stored::Local(mount.dir.path().to_owned())
         )
         .is_empty()),
         "staging not cleaned after a full disk"
@@ -258,4 +258,57 @@ fn header_section_too_large_431_is_json() {
         "a".repeat(600_000)
     );
     assert_json_answer(&server, req.as_bytes(), 431);
+}
+
+/// Copies every stored file of the release at `from` to `to`, as an operator might.
+fn copy_stored(stored: &qx_testkit::stored::Stored, from: &str, to: &str) {
+    for f in stored.list(from) {
+        let bytes = stored.read(&format!("{from}/{f}")).unwrap();
+        stored.write(&format!("{to}/{f}"), &bytes);
+    }
+}
+
+#[tokio::test]
+async fn stored_manifest_for_another_channel_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let signer = Signer::new();
+    published(
+        &server,
+        &Release::new(&signer, "quantix-os", "stable", "1.0.0"),
+    )
+    .await;
+    // Channel beta holding a copy of stable's release.
+    copy_stored(
+        server.stored(),
+        "quantix-os/stable/1.0.0",
+        "quantix-os/beta/1.0.0",
+    );
+    let res = get(&server, "/api/v1/quantix-os/manifest?channel=beta").await;
+    assert_eq!(res.status(), 404, "{}", res.text().await.unwrap());
+    let res = get(
+        &server,
+        "/api/v1/quantix-os/releases/1.0.0/qx-console.bin?channel=beta",
+    )
+    .await;
+    assert_ne!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn stored_manifest_for_another_product_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let signer = Signer::new();
+    published(
+        &server,
+        &Release::new(&signer, "quantix-os", "stable", "1.0.0"),
+    )
+    .await;
+    copy_stored(
+        server.stored(),
+        "quantix-os/stable/1.0.0",
+        "evil-os/stable/1.0.0",
+    );
+    let res = get(&server, "/api/v1/evil-os/manifest?channel=stable").await;
+    assert_eq!(res.status(), 404, "{}", res.text().await.unwrap());
 }

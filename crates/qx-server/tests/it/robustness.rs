@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::support::*;
 use qx_testkit::server::TestServer;
+use qx_testkit::stored::Stored;
 
 const BOUNDARY: &str = "qx-test-boundary-7d9f";
 
@@ -83,12 +84,12 @@ fn client_disconnecting_mid_publish_leaves_nothing() {
     let s = start_half_publish(server.addr(), dir.path(), &rel);
     drop(s);
     assert!(
-        wait_until(Duration::from_secs(30), || staging_entries(dir.path())
+        wait_until(Duration::from_secs(30), || staging_entries(server.stored())
             .is_empty()),
         "staging still holds {:?}",
-        staging_entries(dir.path())
+        staging_entries(server.stored())
     );
-    assert!(!dir.path().join("quantix-os/stable/1.0.0").exists());
+    assert!(!has_files(server.stored(), "quantix-os/stable/1.0.0"));
     let (status, _, _) = raw_get(server.addr(), "/api/v1/quantix-os/manifest");
     assert_eq!(status, 404);
 }
@@ -105,7 +106,7 @@ async fn concurrent_identical_publishes_one_201_one_200() {
         statuses.sort();
         assert_eq!(statuses, [200, 201], "round {round}");
     }
-    assert!(staging_entries(dir.path()).is_empty());
+    assert!(staging_entries(server.stored()).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -125,14 +126,13 @@ async fn concurrent_different_publishes_of_one_version_exactly_one_wins() {
         statuses.sort();
         assert_eq!(statuses, [201, 409], "round {round}");
         let winner = if sa == 201 { &a } else { &b };
-        let on_disk = std::fs::read(
-            dir.path()
-                .join(format!("quantix-os/stable/{version}/manifest.json")),
-        )
-        .unwrap();
+        let on_disk = server
+            .stored()
+            .read(&format!("quantix-os/stable/{version}/manifest.json"))
+            .unwrap();
         assert_eq!(on_disk, winner.manifest, "round {round}");
     }
-    assert!(staging_entries(dir.path()).is_empty());
+    assert!(staging_entries(server.stored()).is_empty());
 }
 
 struct Proc(Child);
@@ -221,23 +221,24 @@ fn kill_9_mid_publish_then_restart_shows_no_half_release() {
     let dir = tempfile::tempdir().unwrap();
     let signer = Signer::new();
     let rel = big_release(&signer, "1.0.0");
+    let local = Stored::Local(dir.path().to_owned());
     let Spawned { mut proc, addr, .. } = spawn_server(dir.path(), Some(TOKEN));
     let stream = start_half_publish(addr, dir.path(), &rel);
     proc.0.kill().unwrap(); // SIGKILL
     proc.0.wait().unwrap();
     drop(stream);
     assert!(
-        !staging_entries(dir.path()).is_empty(),
+        !staging_entries(&local).is_empty(),
         "the crash should have left the upload in staging"
     );
-    assert!(!dir.path().join("quantix-os/stable/1.0.0").exists());
+    assert!(!has_files(&local, "quantix-os/stable/1.0.0"));
 
     let server = spawn_server(dir.path(), Some(TOKEN));
     let addr = server.addr;
     assert!(
-        staging_entries(dir.path()).is_empty(),
+        staging_entries(&local).is_empty(),
         "staging must be cleaned at start: {:?}",
-        staging_entries(dir.path())
+        staging_entries(&local)
     );
     let (status, _, _) = raw_get(addr, "/api/v1/quantix-os/manifest");
     assert_eq!(status, 404);

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use qx_core::{KeyPair, Sha256, SigningKey};
 use qx_testkit::server::TestServer;
+use qx_testkit::stored::Stored;
 use serde_json::{json, Value};
 
 pub const TOKEN: &str = "test-token-0123456789";
@@ -277,14 +278,30 @@ pub fn wait_until(limit: Duration, cond: impl FnMut() -> bool) -> bool {
 }
 
 /// Entries of `$RELEASE_DIR/.staging`.
-pub fn staging_entries(root: &Path) -> Vec<String> {
-    match std::fs::read_dir(root.join(".staging")) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(_) => Vec::new(),
+pub fn staging_entries(stored: &Stored) -> Vec<String> {
+    match stored.local_dir() {
+        Some(root) => match std::fs::read_dir(root.join(".staging")) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => Vec::new(),
+        },
+        None => {
+            let mut uploads: Vec<String> = stored
+                .list(".staging")
+                .iter()
+                .filter_map(|f| f.split('/').next().map(str::to_owned))
+                .collect();
+            uploads.dedup();
+            uploads
+        }
     }
+}
+
+/// Whether anything is stored under `rel` (a release's directory or prefix).
+pub fn has_files(stored: &Stored, rel: &str) -> bool {
+    !stored.list(rel).is_empty()
 }
 
 /// GET `url` with extra request headers.

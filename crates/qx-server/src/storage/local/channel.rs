@@ -131,15 +131,8 @@ pub(super) fn put(
         path: dir.clone(),
         source: io::Error::new(io::ErrorKind::NotFound, "vanished after being created"),
     })?;
-    if let Some(stored) = read(&dir)? {
-        if stored.bytes.as_ref() == bytes {
-            return Ok(PutOutcome::Identical);
-        }
-        if seq <= stored.state.seq {
-            return Ok(PutOutcome::Stale {
-                stored_seq: stored.state.seq,
-            });
-        }
+    if let Some(outcome) = crate::storage::decide_channel_put(read(&dir)?.as_ref(), seq, bytes) {
+        return Ok(outcome);
     }
     write_atomic(&dir.join(NEXT_SIGNATURE_FILE), signature)?;
     write_atomic(&dir.join(NEXT_FILE), bytes)?;
