@@ -67,7 +67,11 @@ pub struct Node {
     pub config: PathBuf,
     pub s3_port: u16,
     pub rpc_port: u16,
-    keepalive: Mutex<Option<(Child, ChildStdin)>>,
+    /// The running server, if any.
+    server: Mutex<Option<Child>>,
+    /// Held until the node is dropped or the process exits: then the shell kills the server
+    /// (by its pid file) and removes the directory.
+    _keeper: (Child, ChildStdin),
 }
 
 /// A running cluster and its bucket.
@@ -169,11 +173,12 @@ impl Node {
         );
         std::fs::write(&config, text).expect("write garage.toml");
         let node = Node {
+            _keeper: keeper(&dir),
             dir,
             config,
             s3_port,
             rpc_port,
-            keepalive: Mutex::new(None),
+            server: Mutex::new(None),
         };
         node.start();
         node
@@ -181,24 +186,22 @@ impl Node {
 
     /// Starts the node's server (again, after [`Node::kill`]) and waits until it answers.
     pub fn start(&self) {
-        let script = r#""$1" -c "$2/garage.toml" server >>"$2/server.log" 2>&1 &
-pid=$!
-echo "$pid" >"$2/pid"
-cat >/dev/null
-kill -9 "$pid" 2>/dev/null
-wait "$pid"
-rm -rf "$2""#;
-        let mut child = Command::new("/bin/sh")
-            .args(["-c", script, "sh"])
-            .arg(program())
-            .arg(&self.dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .expect("the node's log file");
+        let child = Command::new(program())
+            .arg("-c")
+            .arg(&self.config)
+            .arg("server")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("the node's log file"))
+            .stderr(log)
             .spawn()
             .expect("start a garage node");
-        let stdin = child.stdin.take().expect("piped stdin");
-        *self.keepalive.lock().unwrap_or_else(|e| e.into_inner()) = Some((child, stdin));
+        std::fs::write(self.dir.join("pid"), child.id().to_string()).expect("write the pid file");
+        *self.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
         let up = crate::wait::poll(Duration::from_secs(60), Duration::from_millis(100), || {
             std::net::TcpStream::connect(("127.0.0.1", self.s3_port)).is_ok()
         });
@@ -207,20 +210,11 @@ rm -rf "$2""#;
 
     /// Kills the node's server with SIGKILL (its data stays for [`Node::start`]).
     pub fn kill(&self) {
-        let pid = std::fs::read_to_string(self.dir.join("pid")).expect("the node's pid file");
-        let st = Command::new("kill")
-            .args(["-9", pid.trim()])
-            .status()
-            .expect("run kill");
-        assert!(st.success(), "kill -9 {pid}");
-        let gone = crate::wait::poll(Duration::from_secs(30), Duration::from_millis(50), || {
-            std::net::TcpStream::connect(("127.0.0.1", self.s3_port)).is_err()
-        });
-        assert!(
-            gone,
-            "garage node {} still answers after kill -9",
-            self.s3_port
-        );
+        let mut server = self.server.lock().unwrap_or_else(|e| e.into_inner());
+        let mut child = server.take().expect("the node runs");
+        child.kill().expect("kill -9 the node");
+        child.wait().expect("reap the node");
+        let _ = std::fs::remove_file(self.dir.join("pid"));
     }
 
     /// `<id>@127.0.0.1:<rpc port>`.
@@ -282,6 +276,23 @@ impl Cluster {
             },
         }
     }
+}
+
+/// A shell that, once its stdin closes, kills the server named by `dir/pid` and removes `dir`.
+fn keeper(dir: &Path) -> (Child, ChildStdin) {
+    let script = r#"cat >/dev/null
+[ -f "$1/pid" ] && kill -9 "$(cat "$1/pid")" 2>/dev/null
+rm -rf "$1""#;
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", script, "sh"])
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the node's keeper");
+    let stdin = child.stdin.take().expect("piped stdin");
+    (child, stdin)
 }
 
 fn hex(bytes: &[u8]) -> String {

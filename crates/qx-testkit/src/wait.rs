@@ -16,3 +16,22 @@ pub fn poll(within: Duration, every: Duration, mut ready: impl FnMut() -> bool) 
         std::thread::sleep(every);
     }
 }
+
+/// [`poll`] for async tests: awaits `ready()` every `every` until it gives true or `within`
+/// has passed; returns whether it did.
+pub async fn poll_async<F, Fut>(within: Duration, every: Duration, mut ready: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if ready().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(every).await;
+    }
+}

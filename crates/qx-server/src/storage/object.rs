@@ -153,9 +153,9 @@ impl ObjectReleaseStore {
                 path: PathBuf::from(format!("s3://{}/{path}", self.keys.bucket())),
                 reason: format!("{doing}: the object is missing"),
             },
-            object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. } => StoreError::Unavailable(format!(
-                "{url}: {doing}: the object store refused the credentials ({e}); check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the key's rights on the bucket"
+            e if is_refusal(&e) => StoreError::Unavailable(format!(
+                "{url}: {doing}: the object store refused the credentials ({}); check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the key's rights on the bucket",
+                refusal_reason(&e)
             )),
             other => StoreError::Unavailable(format!("{url}: {doing}: {other}")),
         }
@@ -380,6 +380,36 @@ impl ObjectReleaseStore {
                 .unwrap_or(CommitOutcome::Conflict)),
         }
     }
+}
+
+/// Whether the store refused the request's credentials or rights (401 or 403).
+fn is_refusal(e: &object_store::Error) -> bool {
+    match e {
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => true,
+        other => {
+            let text = other.to_string();
+            text.contains("403 Forbidden") || text.contains("401 Unauthorized")
+        }
+    }
+}
+
+/// The store's own words for a refusal: its `<Message>`, else its status line.
+fn refusal_reason(e: &object_store::Error) -> String {
+    let text = e.to_string();
+    let between = |open: &str, close: &str| {
+        let start = text.find(open)? + open.len();
+        let end = text[start..].find(close)? + start;
+        Some(text[start..end].to_owned())
+    };
+    between("<Message>", "</Message>")
+        .or_else(|| {
+            ["403 Forbidden", "401 Unauthorized"]
+                .iter()
+                .find(|s| text.contains(*s))
+                .map(|s| (*s).to_owned())
+        })
+        .unwrap_or_else(|| "access denied".to_owned())
 }
 
 /// What a put did.
@@ -745,11 +775,14 @@ impl StagedWriter {
             .ok_or_else(|| std::io::Error::other("the artifact was already stored"))
     }
 
-    /// Completes the upload of the object.
+    /// Completes the upload of the object. Taken out first: a shutdown begun cannot be
+    /// aborted, so a failed one is left to the store's clean-up of unfinished uploads.
     async fn complete(&mut self) -> std::io::Result<()> {
-        self.inner()?.shutdown().await?;
-        self.inner = None;
-        Ok(())
+        let mut inner = self
+            .inner
+            .take()
+            .ok_or_else(|| std::io::Error::other("the artifact was already stored"))?;
+        inner.shutdown().await
     }
 }
 

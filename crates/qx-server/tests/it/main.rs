@@ -12,6 +12,7 @@ mod fleet_cli;
 mod fleet_metrics;
 mod fleet_store;
 mod hardening;
+mod object_store;
 mod robustness;
 mod rollout_api;
 mod rollout_dashboard;

@@ -15,7 +15,7 @@ use qx_testkit::stored::Stored;
 const BOUNDARY: &str = "qx-test-boundary-7d9f";
 
 /// A publish request as raw bytes: (head, body).
-fn raw_publish(rel: &Release) -> (String, Vec<u8>) {
+pub(crate) fn raw_publish(rel: &Release) -> (String, Vec<u8>) {
     let mut body = Vec::new();
     let mut part = |name: &str, data: &[u8]| {
         write!(
@@ -135,7 +135,7 @@ async fn concurrent_different_publishes_of_one_version_exactly_one_wins() {
     assert!(staging_entries(server.stored()).is_empty());
 }
 
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -146,9 +146,9 @@ impl Drop for Proc {
 
 /// The server binary on `127.0.0.1:0` (the OS picks the port, so no other test can take it
 /// first); its log is read until it names the address it bound, and collected while it runs.
-struct Spawned {
-    proc: Proc,
-    addr: SocketAddr,
+pub(crate) struct Spawned {
+    pub(crate) proc: Proc,
+    pub(crate) addr: SocketAddr,
     log: Arc<Mutex<String>>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
@@ -165,7 +165,17 @@ impl Spawned {
 
 /// `token: None` starts the server without PUBLISH_TOKEN (the default-token path).
 fn spawn_server(root: &Path, token: Option<&str>) -> Spawned {
+    spawn_server_with(root, token, &[])
+}
+
+/// [`spawn_server`] with more environment variables.
+pub(crate) fn spawn_server_with(
+    root: &Path,
+    token: Option<&str>,
+    env: &[(&str, String)],
+) -> Spawned {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_qx-update-server"));
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     cmd.env("RELEASE_DIR", root)
         .env("LISTEN_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "info")
