@@ -101,6 +101,7 @@ pub fn download_options(config: &Config) -> DownloadOptions {
         document_deadline: config.download.document_deadline,
         min_rate: config.download.min_rate,
         min_rate_window: config.download.min_rate_window,
+        redirect_hosts: config.download.redirect_hosts.clone(),
     }
 }
 

@@ -18,7 +18,8 @@
 //!   bandwidth_limit: 10MiB/s
 //!   download: {max_attempts: 6, initial_backoff: 500ms, max_backoff: 30s,
 //!              connect_timeout: 10s, stall_timeout: 30s,
-//!              document_deadline: 60s, min_rate: 1KiB/s, min_rate_window: 60s}
+//!              document_deadline: 60s, min_rate: 1KiB/s, min_rate_window: 60s,
+//!              redirect_hosts: [mirror.lan:8080]}   # plain-HTTP hosts redirects may go to
 //!   api: {listen: "0.0.0.0:8443", tls_cert: /etc/limiquantix/tls.crt,
 //!         tls_key: /etc/limiquantix/tls.key, token_file: /etc/limiquantix/api-token}
 //!   service_manager: openrc          # openrc | systemd | command
@@ -193,6 +194,9 @@ pub struct DownloadSettings {
     /// (0: no minimum).
     pub min_rate: u64,
     pub min_rate_window: Duration,
+    /// Hosts (`host` or `host:port`) the server's redirects may lead to over plain HTTP (a
+    /// redirect to `https://` or to the server's own host and port is followed anyway).
+    pub redirect_hosts: Vec<String>,
 }
 
 impl Default for DownloadSettings {
@@ -207,6 +211,7 @@ impl Default for DownloadSettings {
             document_deadline: Duration::from_secs(60),
             min_rate: 1024,
             min_rate_window: Duration::from_secs(60),
+            redirect_hosts: Vec::new(),
         }
     }
 }
@@ -313,6 +318,7 @@ struct RawDownload {
     document_deadline: Option<String>,
     min_rate: Option<String>,
     min_rate_window: Option<String>,
+    redirect_hosts: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -696,6 +702,7 @@ impl Keys<'_> {
                 &r.min_rate_window,
                 d.min_rate_window,
             )?,
+            redirect_hosts: self.redirect_hosts(r.redirect_hosts.unwrap_or_default())?,
         };
         if s.max_attempts == 0 {
             return Err(self.invalid("download.max_attempts", "must be at least 1".into()));
@@ -709,6 +716,28 @@ impl Keys<'_> {
             }
         }
         Ok(s)
+    }
+
+    /// `download.redirect_hosts`: each a host name or address, with an optional port.
+    fn redirect_hosts(&self, hosts: Vec<String>) -> Result<Vec<String>, ConfigError> {
+        for h in &hosts {
+            let parsed = reqwest::Url::parse(&format!("http://{h}/")).ok();
+            let plain = parsed.is_some_and(|u| {
+                u.username().is_empty()
+                    && u.path() == "/"
+                    && u.host_str().is_some()
+                    && !h.contains(['/', '@', '?', '#'])
+            });
+            if !plain {
+                return Err(self.invalid(
+                    "download.redirect_hosts",
+                    format!(
+                        "{h:?} is not a host or host:port (such as cdn.example or 10.0.0.5:8080)"
+                    ),
+                ));
+            }
+        }
+        Ok(hosts)
     }
 
     /// `api`: the listen address, TLS files (both or neither) and token file under `root`.

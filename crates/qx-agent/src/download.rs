@@ -47,7 +47,7 @@ use reqwest::StatusCode;
 pub const MAX_SMALL_BODY: u64 = 16 * 1024 * 1024;
 
 /// Redirects followed in a row before a request fails.
-const MAX_REDIRECTS: usize = 10;
+const MAX_REDIRECTS: usize = 3;
 
 /// The longest redirect target an error message quotes.
 const MAX_LOCATION_CHARS: usize = 200;
@@ -82,6 +82,9 @@ pub struct DownloadOptions {
     /// (0: no minimum; with a bandwidth limit, at most half of it).
     pub min_rate: u64,
     pub min_rate_window: Duration,
+    /// Hosts (`host` or `host:port`) a redirect may lead to over plain HTTP; a redirect to
+    /// `https://` or to the requested URL's own host and port is followed anyway.
+    pub redirect_hosts: Vec<String>,
 }
 
 impl Default for DownloadOptions {
@@ -96,6 +99,7 @@ impl Default for DownloadOptions {
             document_deadline: Duration::from_secs(60),
             min_rate: 1024,
             min_rate_window: Duration::from_secs(60),
+            redirect_hosts: Vec::new(),
         }
     }
 }
@@ -131,9 +135,10 @@ impl DownloadProgress {
 pub enum DownloadError {
     #[error("{url}: the server answered HTTP {status}")]
     Http { url: String, status: u16 },
-    /// A redirect that was not followed: to another scheme than http/https, or without a
+    /// A redirect that was not followed: to another scheme, to a plain-HTTP host not allowed
+    /// (see [`DownloadOptions::redirect_hosts`]), or without a
     /// usable `Location`. `location` is redacted of credentials and made printable.
-    #[error("{url}: the server redirected (HTTP {status}) to {location}, which was not followed: only redirects to http:// and https:// URLs are followed; point server_url at the final address")]
+    #[error("{url}: the server redirected (HTTP {status}) to {location}, which was not followed: redirects are followed to https:// URLs, and over plain http:// to the server's own host and port or to a host listed in download.redirect_hosts; point server_url at the final address or list the host")]
     Redirect {
         url: String,
         status: u16,
@@ -816,6 +821,9 @@ impl RateFloor {
 #[derive(Debug, Clone)]
 pub struct Downloader {
     client: Client,
+    /// The client of artifact downloads: redirects are followed by [`Downloader::request`]
+    /// itself (see [`Route`]).
+    artifacts: Client,
     opts: DownloadOptions,
     /// A client certificate is configured (for the wording of a TLS refusal).
     has_client_cert: bool,
@@ -832,20 +840,23 @@ impl Downloader {
         opts: DownloadOptions,
         tls: &crate::client_tls::ClientTls,
     ) -> Result<Self, DownloadError> {
-        let builder = Client::builder()
-            .connect_timeout(opts.connect_timeout)
-            // The blocking client applies this to the wait for the response head and to each
-            // read of the body: it is a stall timeout, not a limit on the whole transfer.
-            .timeout(opts.stall_timeout)
-            .redirect(redirect_policy())
-            .user_agent(concat!("qx-update/", env!("CARGO_PKG_VERSION")));
-        let client = tls
-            .apply(builder)
-            .map_err(DownloadError::Client)?
-            .build()
-            .map_err(|e| DownloadError::Client(error_chain(&e)))?;
+        let build = |policy: reqwest::redirect::Policy| -> Result<Client, DownloadError> {
+            let builder = Client::builder()
+                .connect_timeout(opts.connect_timeout)
+                // The blocking client applies this to the wait for the response head and to
+                // each read of the body: it is a stall timeout, not a limit on the whole
+                // transfer.
+                .timeout(opts.stall_timeout)
+                .redirect(policy)
+                .user_agent(concat!("qx-update/", env!("CARGO_PKG_VERSION")));
+            tls.apply(builder)
+                .map_err(DownloadError::Client)?
+                .build()
+                .map_err(|e| DownloadError::Client(error_chain(&e)))
+        };
         Ok(Self {
-            client,
+            client: build(redirect_policy(opts.redirect_hosts.clone()))?,
+            artifacts: build(reqwest::redirect::Policy::none())?,
             opts,
             has_client_cert: tls.client.is_some(),
         })
@@ -1000,12 +1011,24 @@ impl Downloader {
         }
         let mut limiter = self.opts.bandwidth_limit.map(RateLimiter::new);
         let mut budget = RetryBudget::new(&self.opts);
+        let mut route = Route::default();
         loop {
             budget.attempts += 1;
-            let result = self.attempt(url, part, &mut limiter, meter, progress, &mut budget);
+            let result = self.attempt(
+                url,
+                part,
+                &mut route,
+                &mut limiter,
+                meter,
+                progress,
+                &mut budget,
+            );
             match result {
                 Ok(()) => return Ok(()),
                 Err(failed) => {
+                    if route.falls_back(url, &failed) && matches!(failed.kind, FailKind::Fatal) {
+                        continue;
+                    }
                     let delay = budget.failed(url, failed)?;
                     std::thread::sleep(delay);
                 }
@@ -1016,10 +1039,12 @@ impl Downloader {
     /// One request for what is missing of `part`: check the answer's status and headers,
     /// stream the body into the part (capped at the announced size, hashed as it is written,
     /// throttled, with progress), then verify the whole content.
+    #[allow(clippy::too_many_arguments)]
     fn attempt(
         &self,
         url: &str,
         part: &mut Part<'_>,
+        route: &mut Route,
         limiter: &mut Option<RateLimiter>,
         meter: &mut Meter,
         progress: &mut dyn FnMut(&DownloadProgress),
@@ -1029,7 +1054,7 @@ impl Downloader {
             // Everything arrived before a crash or a cut: nothing to ask the server for.
             return part.verify();
         }
-        let resp = self.request(url, part)?;
+        let resp = self.request(url, part, route)?;
         accept_status(url, &resp, part, budget)?;
         accept_content(url, &resp, part)?;
         let size = part.size();
@@ -1077,17 +1102,40 @@ impl Downloader {
         part.verify()
     }
 
-    /// Sends the request: a plain GET, or a resumption (`Range` + `If-Range` with the
-    /// artifact's SHA-256, the server's strong ETag) when part of the data is already here.
-    fn request(&self, url: &str, part: &Part<'_>) -> Result<Response, Failed> {
+    /// Sends the request: a plain GET, or a resumption (`Range`, plus `If-Range` with the
+    /// artifact's SHA-256, the server's strong ETag, to the server) when part of the data is
+    /// already here. A redirect the [`Route`] allows is followed, carrying the `Range` (not
+    /// the `If-Range`: the target's validators are its own; its bytes are verified as always).
+    fn request(&self, url: &str, part: &Part<'_>, route: &mut Route) -> Result<Response, Failed> {
         let offset = part.len();
-        let mut req = self.client.get(url);
-        if let Some(validator) = part.want.if_range().filter(|_| offset > 0) {
-            req = req
-                .header(header::RANGE, format!("bytes={offset}-"))
-                .header(header::IF_RANGE, validator);
+        let mut target = url.to_owned();
+        route.redirected = false;
+        for _ in 0..=MAX_REDIRECTS {
+            let mut req = self.artifacts.get(&target);
+            if offset > 0 {
+                if let Some(validator) = part.want.if_range() {
+                    req = req.header(header::RANGE, format!("bytes={offset}-"));
+                    if !route.redirected {
+                        req = req.header(header::IF_RANGE, validator);
+                    }
+                }
+            }
+            if route.direct {
+                req = req.header(qx_core::api::NO_REDIRECT_HEADER, "1");
+            }
+            let resp = req.send().map_err(|e| self.send_failed(&target, &e))?;
+            match followable(&resp, &target, url, &self.opts.redirect_hosts) {
+                Some(next) => {
+                    target = next;
+                    route.redirected = true;
+                }
+                None => return Ok(resp),
+            }
         }
-        req.send().map_err(|e| self.send_failed(url, &e))
+        Err(Failed::fatal(network_error(
+            url,
+            format!("more than {MAX_REDIRECTS} redirects"),
+        )))
     }
 
     /// Fetches small text/bytes (manifest, signature) with the same retry policy; returns the
@@ -1180,6 +1228,8 @@ impl Downloader {
             .get(url)
             .header(header::RANGE, format!("bytes={offset}-{last}"))
             .header(header::IF_RANGE, format!("\"{}\"", sha256.to_hex()))
+            // Ranges of an artifact come from the server itself, whose ETag `If-Range` names.
+            .header(qx_core::api::NO_REDIRECT_HEADER, "1")
             .timeout(self.opts.stall_timeout)
             .send()
             .map_err(|e| self.send_failed(url, &e))?;
@@ -1546,11 +1596,14 @@ fn classify_status(url: &str, resp: &Response) -> Failed {
     }
 }
 
-/// Follows up to [`MAX_REDIRECTS`] redirects to http(s) URLs; a redirect anywhere else is
-/// not followed, so its 3xx answer reaches [`classify_status`], which says what was refused.
-fn redirect_policy() -> reqwest::redirect::Policy {
-    reqwest::redirect::Policy::custom(|attempt| {
-        if !matches!(attempt.url().scheme(), "http" | "https") {
+/// The redirects of small documents: up to [`MAX_REDIRECTS`] of them, each one
+/// [`redirect_allowed`]; another is not followed, so its 3xx answer reaches
+/// [`classify_status`], which says what was refused.
+fn redirect_policy(hosts: Vec<String>) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        let origin = attempt.previous().first().cloned();
+        let allowed = origin.is_some_and(|o| redirect_allowed(&o, attempt.url(), &hosts));
+        if !allowed {
             attempt.stop()
         } else if attempt.previous().len() > MAX_REDIRECTS {
             attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
@@ -1558,6 +1611,66 @@ fn redirect_policy() -> reqwest::redirect::Policy {
             attempt.follow()
         }
     })
+}
+
+/// Whether a redirect from a request for `origin` may lead to `to`: to `https://`; or over
+/// plain HTTP to the origin's own host and port, or to a host `download.redirect_hosts` names.
+fn redirect_allowed(origin: &reqwest::Url, to: &reqwest::Url, hosts: &[String]) -> bool {
+    match to.scheme() {
+        "https" => true,
+        "http" => {
+            let host = to.host_str().unwrap_or_default();
+            let port = to.port_or_known_default();
+            let same = origin.host_str() == Some(host) && origin.port_or_known_default() == port;
+            let with_port = port.map(|p| format!("{host}:{p}"));
+            same || hosts
+                .iter()
+                .any(|h| h == host || Some(h) == with_port.as_ref())
+        }
+        _ => false,
+    }
+}
+
+/// Where an answer to a request for `current` (made for `origin`) redirects, when the
+/// redirect may be followed; `None` for any other answer (a refused redirect reaches
+/// [`classify_status`]).
+fn followable(resp: &Response, current: &str, origin: &str, hosts: &[String]) -> Option<String> {
+    if !matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
+        return None;
+    }
+    let location = resp.headers().get(header::LOCATION)?.to_str().ok()?;
+    let next = reqwest::Url::parse(current).ok()?.join(location).ok()?;
+    let origin = reqwest::Url::parse(origin).ok()?;
+    redirect_allowed(&origin, &next, hosts).then(|| next.to_string())
+}
+
+/// How an artifact's requests reach its bytes: through the server's redirect (a CDN, the
+/// object store) until the redirect target fails an attempt or the redirect is refused, then
+/// from the update server itself ([`qx_core::api::NO_REDIRECT_HEADER`]). The target is not
+/// trusted: what it sends is verified like anything else, and bytes that fail send the
+/// download back to the server.
+#[derive(Debug, Default)]
+struct Route {
+    /// Ask the server for the bytes themselves.
+    direct: bool,
+    /// The last request was answered by a redirect target.
+    redirected: bool,
+}
+
+impl Route {
+    /// After a failed attempt: whether it was the redirect's fault (then the next attempts
+    /// go to the server itself, for the rest of the download). A cut after progress is not:
+    /// the next attempt resumes through the redirect.
+    fn falls_back(&mut self, url: &str, failed: &Failed) -> bool {
+        let refused = matches!(failed.error, DownloadError::Redirect { .. });
+        let progressed = matches!(failed.kind, FailKind::Transient { progressed: true });
+        if self.direct || progressed || !(self.redirected || refused) {
+            return false;
+        }
+        self.direct = true;
+        tracing::warn!(url = %redact_credentials(url), error = %failed.error, "the server's redirect failed this download; fetching from the update server itself");
+        true
+    }
 }
 
 /// The `Location` of a refused redirect, fit to print: credentials redacted, control

@@ -10,6 +10,9 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 
 /// The header carrying the base64 of a manifest's `.minisig` file.
 pub const SIGNATURE_HEADER: &str = "x-qx-signature";
+/// A request header asking the server for an artifact's bytes themselves, never a redirect
+/// (docs/spec.md §13): a host sends it after the redirect target failed it, and for ranges.
+pub const NO_REDIRECT_HEADER: &str = "x-qx-no-redirect";
 /// The query parameter naming a channel (`?channel=stable`).
 pub const CHANNEL_PARAM: &str = "channel";
 /// The query parameter naming the source channel of a promotion (`?from=dev`).

@@ -40,6 +40,22 @@ pub struct Config {
     pub fleet: FleetConfig,
     /// `RELEASE_STORE`: the local directory `RELEASE_DIR` (the default) or an object store.
     pub release_store: ReleaseStoreConfig,
+    /// `ARTIFACT_REDIRECT`: artifacts answered with a redirect instead of their bytes.
+    pub artifact_redirect: Option<ArtifactRedirect>,
+}
+
+/// `ARTIFACT_REDIRECT_TTL` when unset: how long a presigned URL is valid.
+pub const DEFAULT_REDIRECT_TTL: Duration = Duration::from_secs(300);
+
+/// Where an artifact request is redirected (docs/spec.md §13); the host verifies the bytes
+/// against the signed manifest as always.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArtifactRedirect {
+    /// `presign`: a presigned URL of the object store, valid for `ttl`
+    /// (`ARTIFACT_REDIRECT_TTL`).
+    Presign { ttl: Duration },
+    /// A base URL (a CDN whose origin is the store): `<base>/<product>/<channel>/<version>/<artifact>`.
+    Base(String),
 }
 
 /// Where releases live (docs/spec.md §13).
@@ -227,6 +243,7 @@ impl Config {
             channels: default_channels(),
             limits: ConnectionLimits::default(),
             release_store: ReleaseStoreConfig::Local,
+            artifact_redirect: None,
         }
     }
 
@@ -307,6 +324,7 @@ impl Config {
         cfg.limits = limits_from(&lookup)?;
         cfg.fleet = fleet_from(&lookup, &cfg.release_dir)?;
         cfg.release_store = release_store_from(&lookup)?;
+        cfg.artifact_redirect = redirect_from(&lookup, &cfg.release_store)?;
         Ok(cfg)
     }
 }
@@ -354,6 +372,60 @@ fn release_store_from(
         secret_access_key,
         sweep_age,
     }))
+}
+
+/// `ARTIFACT_REDIRECT` (`presign`, or an http(s) base URL) and `ARTIFACT_REDIRECT_TTL`.
+fn redirect_from(
+    lookup: &impl Fn(&str) -> Option<String>,
+    store: &ReleaseStoreConfig,
+) -> Result<Option<ArtifactRedirect>, ConfigError> {
+    let invalid = |var: &'static str, value: &str, reason: String| ConfigError::Invalid {
+        var,
+        value: value.to_owned(),
+        reason,
+    };
+    let Some(v) = lookup("ARTIFACT_REDIRECT") else {
+        return Ok(None);
+    };
+    if v == "presign" {
+        if *store == ReleaseStoreConfig::Local {
+            return Err(invalid(
+                "ARTIFACT_REDIRECT",
+                &v,
+                "presigned URLs need an object store; set RELEASE_STORE=s3://bucket/prefix, or redirect to a CDN base URL".into(),
+            ));
+        }
+        let ttl = match lookup("ARTIFACT_REDIRECT_TTL") {
+            Some(t) => Duration::from_millis(
+                parse_duration_ms(&t).map_err(|r| invalid("ARTIFACT_REDIRECT_TTL", &t, r))?,
+            ),
+            None => DEFAULT_REDIRECT_TTL,
+        };
+        if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(7 * 24 * 3600) {
+            return Err(invalid(
+                "ARTIFACT_REDIRECT_TTL",
+                &format!("{ttl:?}"),
+                "must be between 1s and 7d (the longest a presigned URL may live)".into(),
+            ));
+        }
+        return Ok(Some(ArtifactRedirect::Presign { ttl }));
+    }
+    let base = v.trim_end_matches('/');
+    let parsed = reqwest::Url::parse(base).ok().filter(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.host().is_some()
+            && u.query().is_none()
+            && u.fragment().is_none()
+            && u.username().is_empty()
+    });
+    if parsed.is_none() {
+        return Err(invalid(
+            "ARTIFACT_REDIRECT",
+            &v,
+            "expected presign or a base URL such as https://cdn.example/releases (no query, no credentials)".into(),
+        ));
+    }
+    Ok(Some(ArtifactRedirect::Base(base.to_owned())))
 }
 
 /// `s3://bucket/prefix` → bucket and prefix (no leading or trailing `/`).
@@ -911,5 +983,44 @@ mod tests {
             ]),
             Err(ConfigError::KeyHalf)
         ));
+    }
+
+    #[test]
+    fn artifact_redirect_is_presign_on_an_object_store_or_a_base_url() {
+        let c = cfg(&[("ARTIFACT_REDIRECT", "https://cdn.example/qx/")]).expect("a base URL");
+        assert_eq!(
+            c.artifact_redirect,
+            Some(ArtifactRedirect::Base("https://cdn.example/qx".into()))
+        );
+        let c = cfg(&[
+            ("RELEASE_STORE", "s3://qx-releases"),
+            ("ARTIFACT_REDIRECT", "presign"),
+            ("ARTIFACT_REDIRECT_TTL", "2m"),
+        ])
+        .expect("presign");
+        assert_eq!(
+            c.artifact_redirect,
+            Some(ArtifactRedirect::Presign {
+                ttl: Duration::from_secs(120)
+            })
+        );
+        assert_eq!(cfg(&[]).expect("defaults").artifact_redirect, None);
+        for vars in [
+            vec![("ARTIFACT_REDIRECT", "presign")],
+            vec![("ARTIFACT_REDIRECT", "cdn.example")],
+            vec![("ARTIFACT_REDIRECT", "ftp://cdn.example")],
+            vec![("ARTIFACT_REDIRECT", "https://u:p@cdn.example")],
+            vec![("ARTIFACT_REDIRECT", "https://cdn.example/?x=1")],
+            vec![
+                ("RELEASE_STORE", "s3://qx-releases"),
+                ("ARTIFACT_REDIRECT", "presign"),
+                ("ARTIFACT_REDIRECT_TTL", "30d"),
+            ],
+        ] {
+            assert!(
+                matches!(cfg(&vars), Err(ConfigError::Invalid { .. })),
+                "{vars:?}"
+            );
+        }
     }
 }

@@ -245,6 +245,14 @@ pub trait ReleaseStore: Send + Sync + 'static {
         start: u64,
         len: u64,
     ) -> impl Future<Output = StoreResult<ByteStream>> + Send;
+    /// A URL where `file` of a release can be fetched without this server for `ttl`
+    /// (`ARTIFACT_REDIRECT=presign`); the configuration allows it only on an object store.
+    fn presign(
+        &self,
+        key: &ReleaseKey,
+        file: &str,
+        ttl: std::time::Duration,
+    ) -> impl Future<Output = StoreResult<String>> + Send;
     /// Starts a new upload in staging.
     fn begin(&self) -> impl Future<Output = StoreResult<Self::Upload>> + Send;
     /// Writes the manifest and signature into the upload and makes it visible as `key`, all at

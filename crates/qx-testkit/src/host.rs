@@ -79,6 +79,8 @@ pub struct HostConfig {
     pub trusted_key: String,
     /// Extra lines inside `updates:` (each indented by two spaces by the caller).
     pub extra: String,
+    /// Extra keys of `download:` (flow style: `redirect_hosts: [h]`).
+    pub download: String,
 }
 
 impl HostConfig {
@@ -89,6 +91,7 @@ impl HostConfig {
             channel: channel.to_owned(),
             trusted_key: trusted_key.to_owned(),
             extra: String::new(),
+            download: String::new(),
         }
     }
 }
@@ -159,8 +162,12 @@ impl TestHost {
         fs::write(&key, &c.trusted_key)?;
         let restart = serde_json::to_string(&self.restart_command())?;
         let yaml = format!(
-            "node:\n  name: test-host\nupdates:\n  enabled: true\n  server_url: \"{}\"\n  product: {}\n  channel: {}\n  check_interval: 1h\n  trusted_keys: [/etc/limiquantix/update-key.pub]\n  service_manager: command\n  restart_command: {restart}\n  verify_timeout: 3s\n  download: {{max_attempts: 3, initial_backoff: 10ms, max_backoff: 100ms, connect_timeout: 2s, stall_timeout: 5s}}\n{}",
-            c.server_url, c.product, c.channel, c.extra
+            "node:\n  name: test-host\nupdates:\n  enabled: true\n  server_url: \"{}\"\n  product: {}\n  channel: {}\n  check_interval: 1h\n  trusted_keys: [/etc/limiquantix/update-key.pub]\n  service_manager: command\n  restart_command: {restart}\n  verify_timeout: 3s\n  download: {{max_attempts: 3, initial_backoff: 10ms, max_backoff: 100ms, connect_timeout: 2s, stall_timeout: 5s{}}}\n{}",
+            c.server_url,
+            c.product,
+            c.channel,
+            if c.download.is_empty() { String::new() } else { format!(", {}", c.download) },
+            c.extra
         );
         let path = self.config_path();
         fs::write(&path, yaml)?;
@@ -331,9 +338,23 @@ impl Lab {
 
     /// `extra`: more lines for the `updates:` section (two-space indented).
     pub fn with(product: &str, channel: &str, extra: &str) -> anyhow::Result<Self> {
+        Self::with_server(product, channel, extra, |_| {})
+    }
+
+    /// [`Lab::with`], the server's configuration changed by `configure` first.
+    pub fn with_server(
+        product: &str,
+        channel: &str,
+        extra: &str,
+        configure: impl FnOnce(&mut qx_server::Config),
+    ) -> anyhow::Result<Self> {
         let releases = tempfile::Builder::new().prefix("qx-releases-").tempdir()?;
         let token = "lab-token".to_string();
-        let server = crate::server::TestServer::start(releases.path(), &token)?;
+        let mut config = qx_server::Config::new(releases.path());
+        config.publish_token = token.clone();
+        config.token_is_default = false;
+        configure(&mut config);
+        let server = crate::server::TestServer::start_with(config)?;
         let key = crate::release::FixtureKey::generate()?;
         let host = TestHost::new()?;
         let lab = Self {

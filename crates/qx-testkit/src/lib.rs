@@ -2,6 +2,7 @@
 //! loopback port, a sandboxed host root, a fault-injecting TCP proxy, fixture releases, a headless browser.
 
 pub mod browser;
+pub mod cdn;
 pub mod channel;
 pub mod data;
 pub mod drip;

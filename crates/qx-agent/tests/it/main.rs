@@ -31,6 +31,7 @@ mod hotfix;
 mod orphans;
 mod packaging;
 mod qemu;
+mod redirect;
 mod rollback;
 mod rollout;
 mod rollout_e2e;

@@ -10,9 +10,11 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use qx_core::api::NO_REDIRECT_HEADER;
 use qx_core::{ArtifactName, Sha256, MANIFEST_FILE, SIGNATURE_FILE};
 
 use super::none_match;
+use crate::config::ArtifactRedirect;
 use crate::error::ApiError;
 use crate::params::{Params, QueryParams};
 use crate::range::{self, ByteRange, RangeError};
@@ -49,6 +51,11 @@ pub async fn artifact<S: ReleaseStore>(
     };
     let release = app.store.release(&key).await?;
     let file = file_to_send(&release, &key, &name)?;
+    if file.memory.is_none() && !headers.contains_key(NO_REDIRECT_HEADER) {
+        if let Some(to) = &app.config.artifact_redirect {
+            return redirect(&app, to, &key, &name).await;
+        }
+    }
     let etag_str = etag(&file.sha);
     let mut res_headers = HeaderMap::new();
     res_headers.insert(header::ETAG, header_value(etag_str.clone())?);
@@ -78,6 +85,28 @@ pub async fn artifact<S: ReleaseStore>(
         None => stored_body(&app, &key, &name, start, count).await?,
     };
     Ok((status, res_headers, body).into_response())
+}
+
+/// `302 Found` to where the artifact is served: a presigned object-store URL or the CDN's
+/// copy. Never cached (a presigned URL expires).
+async fn redirect<S: ReleaseStore>(
+    app: &App<S>,
+    to: &ArtifactRedirect,
+    key: &ReleaseKey,
+    name: &ArtifactName,
+) -> Result<Response, ApiError> {
+    let location = match to {
+        ArtifactRedirect::Base(base) => format!(
+            "{base}/{}/{}/{}/{name}",
+            key.product, key.channel, key.version
+        ),
+        ArtifactRedirect::Presign { ttl } => app.store.presign(key, name.as_str(), *ttl).await?,
+    };
+    let headers = [
+        (header::LOCATION, header_value(location)?),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+    ];
+    Ok((StatusCode::FOUND, headers).into_response())
 }
 
 /// The manifest, the signature, or an artifact the manifest lists (404 naming the listed

@@ -77,6 +77,15 @@ impl ReleaseStore for AnyStore {
         each!(self, s => s.read_range(key, file, start, len).await)
     }
 
+    async fn presign(
+        &self,
+        key: &ReleaseKey,
+        file: &str,
+        ttl: std::time::Duration,
+    ) -> StoreResult<String> {
+        each!(self, s => s.presign(key, file, ttl).await)
+    }
+
     async fn begin(&self) -> StoreResult<AnyUpload> {
         Ok(match self {
             AnyStore::Local(s) => AnyUpload::Local(s.begin().await?),

@@ -314,6 +314,17 @@ impl ReleaseStore for LocalStore {
         Ok(Box::pin(ReaderStream::with_capacity(reader, cap)))
     }
 
+    async fn presign(
+        &self,
+        key: &ReleaseKey,
+        file: &str,
+        _ttl: std::time::Duration,
+    ) -> StoreResult<String> {
+        Err(StoreError::NotFound(format!(
+            "a presigned URL of file {file} of release {key} (files on local disk have none)"
+        )))
+    }
+
     async fn begin(&self) -> StoreResult<LocalUpload> {
         let root = self.root.clone();
         blocking(move || {

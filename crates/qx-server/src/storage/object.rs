@@ -555,6 +555,15 @@ impl ReleaseStore for ObjectReleaseStore {
         Ok(Box::pin(got.into_stream().map_err(std::io::Error::other)))
     }
 
+    async fn presign(&self, key: &ReleaseKey, file: &str, ttl: Duration) -> StoreResult<String> {
+        check_file_name(file)?;
+        let path = self.keys.release_file(key, file);
+        object_store::signer::Signer::signed_url(&*self.s3, reqwest::Method::GET, &path, ttl)
+            .await
+            .map(String::from)
+            .map_err(|e| self.error("presigning a URL", e))
+    }
+
     async fn begin(&self) -> StoreResult<ObjectUpload> {
         Ok(ObjectUpload::new(self.clone()))
     }

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use qx_core::Sha256;
-use qx_server::config::{FleetDatabase, ObjectStoreConfig, ReleaseStoreConfig};
+use qx_server::config::{ArtifactRedirect, FleetDatabase, ObjectStoreConfig, ReleaseStoreConfig};
 use qx_server::Config;
 use qx_testkit::garage::{self, Bucket, Cluster};
 use qx_testkit::server::TestServer;
@@ -397,4 +397,85 @@ async fn download_hash(url: &str, mid: impl FnOnce()) -> Sha256 {
         }
     }
     hasher.finish().0
+}
+
+#[tokio::test]
+async fn artifacts_redirect_to_a_cdn_base_and_a_host_may_ask_for_the_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Config::new(dir.path());
+    c.publish_token = TOKEN.to_owned();
+    c.artifact_redirect = Some(ArtifactRedirect::Base("https://cdn.example/qx".into()));
+    let server = TestServer::start_with(c).unwrap();
+    let signer = Signer::new();
+    let rel = Release::new(&signer, "quantix-os", "stable", "1.0.0");
+    published(&server, &rel).await;
+    let no_follow = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = server
+        .api()
+        .artifact("quantix-os", "1.0.0", "qx-node.tar.zst", "stable");
+    let res = no_follow.get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 302);
+    assert_eq!(
+        res.headers()["location"],
+        "https://cdn.example/qx/quantix-os/stable/1.0.0/qx-node.tar.zst"
+    );
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    // The manifest and its signature are never redirected.
+    let manifest = server
+        .api()
+        .artifact("quantix-os", "1.0.0", "manifest.json", "stable");
+    assert_eq!(no_follow.get(&manifest).send().await.unwrap().status(), 200);
+    // A host that asks for the bytes themselves gets them.
+    let res = no_follow
+        .get(&url)
+        .header(qx_core::api::NO_REDIRECT_HEADER, "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.bytes().await.unwrap().as_ref(),
+        rel.artifact("qx-node.tar.zst")
+    );
+    // An artifact the manifest does not list is still a 404, not a redirect.
+    let stray = server
+        .api()
+        .artifact("quantix-os", "1.0.0", "stray.bin", "stable");
+    assert_eq!(no_follow.get(&stray).send().await.unwrap().status(), 404);
+}
+
+#[tokio::test]
+#[ignore = "slow tier: needs Garage"]
+async fn presigned_redirects_point_at_the_store_for_a_short_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = garage::shared();
+    let mut c = config_on(dir.path(), bucket.config(&garage::fresh_prefix(), 0));
+    c.artifact_redirect = Some(ArtifactRedirect::Presign {
+        ttl: Duration::from_secs(60),
+    });
+    let server = TestServer::start_with(c).unwrap();
+    let signer = Signer::new();
+    let rel = Release::new(&signer, "quantix-os", "stable", "1.0.0");
+    published(&server, &rel).await;
+    let no_follow = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = server
+        .api()
+        .artifact("quantix-os", "1.0.0", "qx-node.tar.zst", "stable");
+    let res = no_follow.get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 302);
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(&bucket.endpoints[0]), "{location}");
+    assert!(location.contains("X-Amz-Expires=60"), "{location}");
+    let res = no_follow.get(&location).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.bytes().await.unwrap().as_ref(),
+        rel.artifact("qx-node.tar.zst")
+    );
 }
