@@ -841,7 +841,10 @@ impl Downloader {
         tls: &crate::client_tls::ClientTls,
     ) -> Result<Self, DownloadError> {
         let build = |policy: reqwest::redirect::Policy| -> Result<Client, DownloadError> {
+            // HTTP/1.1 only, whatever features other crates of a build turn on: a TLS refusal
+            // then reaches `client_tls::TlsFailure` as the handshake's own error.
             let builder = Client::builder()
+                .http1_only()
                 .connect_timeout(opts.connect_timeout)
                 // The blocking client applies this to the wait for the response head and to
                 // each read of the body: it is a stall timeout, not a limit on the whole

@@ -31,6 +31,7 @@ impl FleetClient {
     /// download settings' connect timeout, and the stall timeout as the whole request's limit.
     pub fn new(config: &Config) -> Result<Self, FleetError> {
         let builder = Client::builder()
+            .http1_only()
             .connect_timeout(config.download.connect_timeout)
             .timeout(config.download.stall_timeout)
             .redirect(reqwest::redirect::Policy::none())
