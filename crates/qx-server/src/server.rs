@@ -244,6 +244,10 @@ impl Prepared {
         let stopper = handle.clone();
         let ticker = state.rollouts.clone();
         tokio::spawn(ticker.run(state.fleet.stopping()));
+        if let AnyStore::Object(store) = &state.store {
+            let every = (store.sweep_age() / 2).clamp(Duration::from_secs(1), SWEEP_EVERY);
+            tokio::spawn(sweep_every(store.clone(), every, state.fleet.stopping()));
+        }
         tokio::spawn(async move {
             shutdown.await;
             state.fleet.stop_streams();
@@ -276,6 +280,32 @@ impl Prepared {
             }
         }
         result.map_err(ServerError::Serve)
+    }
+}
+
+/// How often at most a server on an object store sweeps it (besides at start): every half
+/// `STAGING_SWEEP_AGE`, at least every second, at most every hour.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+/// Sweeps the object store every `every` until `stopping` completes; a failed sweep is logged
+/// and tried again next time.
+async fn sweep_every(
+    store: ObjectReleaseStore,
+    every: Duration,
+    stopping: impl Future<Output = ()> + Send,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.tick().await; // the first tick is now: the start already swept
+    tokio::pin!(stopping);
+    loop {
+        tokio::select! {
+            _ = &mut stopping => return,
+            _ = ticks.tick() => match store.sweep().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "swept unfinished uploads and releases"),
+                Err(e) => tracing::warn!(error = %e, "the sweep of the object store failed; trying again later"),
+            },
+        }
     }
 }
 

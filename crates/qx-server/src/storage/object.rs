@@ -126,6 +126,11 @@ impl ObjectReleaseStore {
         Ok(store)
     }
 
+    /// `STAGING_SWEEP_AGE`.
+    pub fn sweep_age(&self) -> Duration {
+        self.sweep_age
+    }
+
     /// The client, for presigned URLs.
     pub fn client(&self) -> &Arc<AmazonS3> {
         &self.s3

@@ -197,6 +197,17 @@ async fn objects_another_tool_left_half_written_are_invisible_and_swept() {
     assert!(stored.exists("quantix-os/stable/1.0.0/manifest.json"));
     let res = get(&server, "/api/v1/quantix-os/manifest").await;
     assert_eq!(res.headers()["x-qx-version"], "1.0.0");
+
+    // And while it runs: the sweep comes again (every half STAGING_SWEEP_AGE, at least
+    // every second).
+    stored.write(".staging/upload-left/system.bin", b"left by a dead server");
+    let swept = poll_async(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async { staging_entries(server.stored()).is_empty() },
+    )
+    .await;
+    assert!(swept, "{:?}", staging_entries(server.stored()));
 }
 
 /// Two servers on one bucket prefix and one PostgreSQL database.
