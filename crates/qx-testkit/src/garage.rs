@@ -295,6 +295,41 @@ rm -rf "$1""#;
     (child, stdin)
 }
 
+impl Cluster {
+    /// Waits until node 0 is connected to every node (`garage status` knows each one's host
+    /// name): a restarted node takes some seconds to be back.
+    pub fn wait_connected(&self) {
+        let n = self.nodes.len();
+        let connected =
+            crate::wait::poll(Duration::from_secs(60), Duration::from_millis(250), || {
+                let Ok(out) = Command::new(program())
+                    .arg("-c")
+                    .arg(&self.nodes[0].config)
+                    .arg("status")
+                    .output()
+                else {
+                    return false;
+                };
+                let text = String::from_utf8_lossy(&out.stdout);
+                let known = text
+                    .lines()
+                    .filter(|l| {
+                        let mut fields = l.split_whitespace();
+                        let id = fields.next().unwrap_or_default();
+                        id.len() == 16
+                            && id.bytes().all(|b| b.is_ascii_hexdigit())
+                            && fields.next().is_some_and(|host| host != "?")
+                    })
+                    .count();
+                known == n
+            });
+        assert!(
+            connected,
+            "the garage nodes did not all connect within 60 s"
+        );
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
