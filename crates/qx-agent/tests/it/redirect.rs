@@ -12,19 +12,6 @@ use qx_testkit::stored::Stored;
 
 use crate::support::host::run_qx_update;
 
-/// `len` bytes that do not compress (so the artifact is about as big).
-fn blob(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2654435761) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
 /// A lab whose server redirects artifacts to a CDN serving its release directory, with
 /// `fault`; the host's `download` settings are `download` (two-space-indented YAML keys).
 fn lab_with_cdn(fault: Fault, allow_cdn: bool) -> (Lab, Cdn) {
@@ -51,7 +38,7 @@ fn allow_redirects_to(lab: &Lab, host: &str) {
 }
 
 fn publish_blob(lab: &Lab) -> (BuiltRelease, Vec<u8>) {
-    let data = blob(2 << 20, 7);
+    let data = qx_testkit::data::noise(2 << 20, 7);
     let spec = lab.release("1.0.0").component(ComponentSpec::file(
         "qx-blob",
         "/data/lib/qx-blob",

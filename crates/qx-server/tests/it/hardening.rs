@@ -260,6 +260,14 @@ fn header_section_too_large_431_is_json() {
     assert_json_answer(&server, req.as_bytes(), 431);
 }
 
+/// A server holding quantix-os 1.0.0 on stable.
+async fn server_with_one_release(dir: &Path) -> qx_testkit::server::TestServer {
+    let server = start(dir);
+    let rel = Release::new(&Signer::new(), "quantix-os", "stable", "1.0.0");
+    published(&server, &rel).await;
+    server
+}
+
 /// Copies every stored file of the release at `from` to `to`, as an operator might.
 fn copy_stored(stored: &qx_testkit::stored::Stored, from: &str, to: &str) {
     for f in stored.list(from) {
@@ -271,13 +279,7 @@ fn copy_stored(stored: &qx_testkit::stored::Stored, from: &str, to: &str) {
 #[tokio::test]
 async fn stored_manifest_for_another_channel_is_skipped() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path());
-    let signer = Signer::new();
-    published(
-        &server,
-        &Release::new(&signer, "quantix-os", "stable", "1.0.0"),
-    )
-    .await;
+    let server = server_with_one_release(dir.path()).await;
     // Channel beta holding a copy of stable's release.
     copy_stored(
         server.stored(),
@@ -297,13 +299,7 @@ async fn stored_manifest_for_another_channel_is_skipped() {
 #[tokio::test]
 async fn stored_manifest_for_another_product_is_skipped() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path());
-    let signer = Signer::new();
-    published(
-        &server,
-        &Release::new(&signer, "quantix-os", "stable", "1.0.0"),
-    )
-    .await;
+    let server = server_with_one_release(dir.path()).await;
     copy_stored(
         server.stored(),
         "quantix-os/stable/1.0.0",

@@ -490,14 +490,7 @@ async fn artifacts_redirect_to_a_cdn_base_and_a_host_may_ask_for_the_bytes() {
     let mut c = Config::new(dir.path());
     c.publish_token = TOKEN.to_owned();
     c.artifact_redirect = Some(ArtifactRedirect::Base("https://cdn.example/qx".into()));
-    let server = TestServer::start_with(c).unwrap();
-    let signer = Signer::new();
-    let rel = Release::new(&signer, "quantix-os", "stable", "1.0.0");
-    published(&server, &rel).await;
-    let no_follow = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let (server, rel, no_follow) = redirecting_server(c).await;
     let url = server
         .api()
         .artifact("quantix-os", "1.0.0", "qx-node.tar.zst", "stable");
@@ -541,14 +534,7 @@ async fn presigned_redirects_point_at_the_store_for_a_short_time() {
     c.artifact_redirect = Some(ArtifactRedirect::Presign {
         ttl: Duration::from_secs(60),
     });
-    let server = TestServer::start_with(c).unwrap();
-    let signer = Signer::new();
-    let rel = Release::new(&signer, "quantix-os", "stable", "1.0.0");
-    published(&server, &rel).await;
-    let no_follow = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let (server, rel, no_follow) = redirecting_server(c).await;
     let url = server
         .api()
         .artifact("quantix-os", "1.0.0", "qx-node.tar.zst", "stable");
@@ -563,4 +549,17 @@ async fn presigned_redirects_point_at_the_store_for_a_short_time() {
         res.bytes().await.unwrap().as_ref(),
         rel.artifact("qx-node.tar.zst")
     );
+}
+
+/// A server started with `config` holding release 1.0.0, and a client that does not follow
+/// redirects.
+async fn redirecting_server(config: Config) -> (TestServer, Release, reqwest::Client) {
+    let server = TestServer::start_with(config).unwrap();
+    let rel = Release::new(&Signer::new(), "quantix-os", "stable", "1.0.0");
+    published(&server, &rel).await;
+    let no_follow = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    (server, rel, no_follow)
 }
