@@ -26,20 +26,20 @@ use crate::process::{
 };
 
 /// Debian packages this benchmark runs.
-const PACKAGES: &[&str] = &["nginx", "wrk", "minisign", "curl"];
+pub(crate) const PACKAGES: &[&str] = &["nginx", "wrk", "minisign", "curl"];
 const TOKEN: &str = "bench-token-0123456789abcdef";
 const SMALL: u64 = 50_000_000;
 const LARGE: u64 = 1 << 30;
 /// Seconds per wrk run.
-const RUN_SECS: u32 = 10;
+pub(crate) const RUN_SECS: u32 = 10;
 /// Each measurement is repeated, server and reference interleaved, and the best run kept
 /// (the machine is shared; the best run is the least disturbed one).
-const ROUNDS: usize = 3;
+pub(crate) const ROUNDS: usize = 3;
 /// The release both servers serve; its manifest names this channel.
-const CHANNEL: &str = "stable";
+pub(crate) const CHANNEL: &str = "stable";
 const VERSION: &str = "1.0.0";
 /// The two releases: (product, artifact file name, artifact size).
-const RELEASES: [(&str, &str, u64); 2] = [
+pub(crate) const RELEASES: [(&str, &str, u64); 2] = [
     ("bench", "payload-50m.bin", SMALL),
     ("bench-big", "payload-1g.bin", LARGE),
 ];
@@ -54,7 +54,7 @@ pub fn run() -> anyhow::Result<()> {
     let releases = work.join("releases");
     std::fs::create_dir_all(&releases)?;
 
-    let server = start_server(&bin, &releases, &work.join("server.log"))?;
+    let server = start_server(&bin, &releases, &work.join("server.log"), &[])?;
     let publish_times = publish_releases(work, server.url())?;
     // The reference web server on the same directory.
     let nginx = Nginx::start(work, &releases)?;
@@ -78,7 +78,7 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 /// Builds the release `qx-update-server`; returns its path.
-fn build_server() -> anyhow::Result<PathBuf> {
+pub(crate) fn build_server() -> anyhow::Result<PathBuf> {
     crate::deps::cargo(&[
         "build",
         "--release",
@@ -101,15 +101,7 @@ fn publish_releases(work: &Path, server: &ServerUrl) -> anyhow::Result<Vec<Durat
         "creating a 50 MB and a 1 GiB artifact in {}",
         work.display()
     );
-    let key = work.join("bench.key");
-    run_quiet(
-        Command::new("minisign")
-            .args(["-G", "-W", "-f", "-p"])
-            .arg(work.join("bench.pub"))
-            .arg("-s")
-            .arg(&key),
-        "minisign -G",
-    )?;
+    let key = signing_key(work)?;
     let mut times = Vec::new();
     for (product, name, size) in RELEASES {
         let artifact = work.join(name);
@@ -122,8 +114,22 @@ fn publish_releases(work: &Path, server: &ServerUrl) -> anyhow::Result<Vec<Durat
     Ok(times)
 }
 
+/// A fresh minisign key pair in `work`, without a password; returns the secret key's path.
+pub(crate) fn signing_key(work: &Path) -> anyhow::Result<PathBuf> {
+    let key = work.join("bench.key");
+    run_quiet(
+        Command::new("minisign")
+            .args(["-G", "-W", "-f", "-p"])
+            .arg(work.join("bench.pub"))
+            .arg("-s")
+            .arg(&key),
+        "minisign -G",
+    )?;
+    Ok(key)
+}
+
 /// The small artifact's URL on either server.
-fn small_artifact(base: &ServerUrl) -> String {
+pub(crate) fn small_artifact(base: &ServerUrl) -> String {
     let (product, name, _) = RELEASES[0];
     base.artifact(product, VERSION, name, CHANNEL)
 }
@@ -133,12 +139,7 @@ fn small_artifact(base: &ServerUrl) -> String {
 fn measure_throughput(server: &UpdateServer, nginx: &ServerUrl) -> anyhow::Result<Throughput> {
     let ours = server.url();
     for base in [ours, nginx] {
-        let url = small_artifact(base);
-        let HttpAnswer { status, head, body } = http_get(&url)?;
-        let body_len = body.len() as u64;
-        if status != 200 || body_len != SMALL {
-            bail!("{url}: status {status}, {body_len} bytes; head:\n{head}");
-        }
+        check_download(&small_artifact(base))?;
     }
     let manifest = |base: &ServerUrl| base.manifest(RELEASES[0].0, CHANNEL);
     let if_none_match = |base: &ServerUrl| -> anyhow::Result<String> {
@@ -167,6 +168,16 @@ fn measure_throughput(server: &UpdateServer, nginx: &ServerUrl) -> anyhow::Resul
     Ok(t)
 }
 
+/// Fails unless a `GET` of `url` answers 200 with the whole 50 MB artifact.
+pub(crate) fn check_download(url: &str) -> anyhow::Result<()> {
+    let HttpAnswer { status, head, body } = http_get(url)?;
+    let body_len = body.len() as u64;
+    if status != 200 || body_len != SMALL {
+        bail!("{url}: status {status}, {body_len} bytes; head:\n{head}");
+    }
+    Ok(())
+}
+
 /// The `ETag` of a `GET`.
 fn etag(url: &str) -> anyhow::Result<String> {
     let answer = http_get(url)?;
@@ -189,7 +200,7 @@ fn measure_peak_memory(
     eprintln!("measuring peak memory (fresh server per artifact size, 8 connections)");
     let mut peak = Vec::new();
     for (product, name, _) in RELEASES {
-        let server = start_server(bin, releases, &work.join("server-mem.log"))?;
+        let server = start_server(bin, releases, &work.join("server-mem.log"), &[])?;
         let run = wrk(
             &server.url().artifact(product, VERSION, name, CHANNEL),
             8,
@@ -214,7 +225,7 @@ fn run_quiet(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
 }
 
 /// Writes `len` bytes of incompressible-looking data.
-fn write_pattern(path: &Path, len: u64) -> anyhow::Result<()> {
+pub(crate) fn write_pattern(path: &Path, len: u64) -> anyhow::Result<()> {
     let mut block = vec![0u8; 1 << 20];
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     for chunk in block.chunks_mut(8) {
@@ -278,6 +289,26 @@ fn publish(
     product: &str,
     artifact: &Path,
 ) -> anyhow::Result<()> {
+    upload(server, &sign_release(work, key, product, artifact)?)
+}
+
+/// A release of one artifact ready to publish: its manifest, signature and artifact files.
+pub(crate) struct SignedRelease {
+    product: String,
+    manifest: PathBuf,
+    signature: PathBuf,
+    artifact: PathBuf,
+    name: String,
+}
+
+/// Hashes `artifact`, writes the manifest of a release of `product` holding it into `work`
+/// and signs it with minisign.
+pub(crate) fn sign_release(
+    work: &Path,
+    key: &Path,
+    product: &str,
+    artifact: &Path,
+) -> anyhow::Result<SignedRelease> {
     let name = artifact
         .file_name()
         .and_then(|n| n.to_str())
@@ -297,15 +328,33 @@ fn publish(
             .arg(&mpath),
         "minisign -S",
     )?;
-    let sig = PathBuf::from(format!("{}.minisig", mpath.display()));
+    Ok(SignedRelease {
+        product: product.to_owned(),
+        signature: PathBuf::from(format!("{}.minisig", mpath.display())),
+        manifest: mpath,
+        artifact: artifact.to_owned(),
+        name: name.to_owned(),
+    })
+}
+
+/// Publishes a signed release through `server`'s API (curl, multipart); fails unless it
+/// answers 201.
+pub(crate) fn upload(server: &ServerUrl, release: &SignedRelease) -> anyhow::Result<()> {
+    let SignedRelease {
+        product,
+        manifest,
+        signature,
+        artifact,
+        name,
+    } = release;
     let out = Command::new("curl")
         .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
         .arg("-H")
         .arg(format!("Authorization: Bearer {TOKEN}"))
         .arg("-F")
-        .arg(format!("manifest=@{}", mpath.display()))
+        .arg(format!("manifest=@{}", manifest.display()))
         .arg("-F")
-        .arg(format!("signature=@{}", sig.display()))
+        .arg(format!("signature=@{}", signature.display()))
         .arg("-F")
         .arg(format!("{name}=@{}", artifact.display()))
         .arg(server.publish(product))
@@ -314,18 +363,26 @@ fn publish(
     let code = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     if code != "201" {
         bail!(
-            "publishing {product} {VERSION} answered {code}: {}",
+            "publishing {product} {VERSION} to {} answered {code}: {}",
+            server.base(),
             String::from_utf8_lossy(&out.stderr)
         );
     }
     Ok(())
 }
 
-/// Our release server over `releases`, its errors into `log`.
-fn start_server(bin: &Path, releases: &Path, log: &Path) -> anyhow::Result<UpdateServer> {
+/// Our release server over `releases` with `env` added (an object store's variables, say),
+/// its errors into `log`.
+pub(crate) fn start_server(
+    bin: &Path,
+    releases: &Path,
+    log: &Path,
+    env: &[(&str, String)],
+) -> anyhow::Result<UpdateServer> {
     let log = std::fs::File::create(log)?;
     let mut cmd = UpdateServer::command(bin, releases, TOKEN);
-    cmd.env("MAX_UPLOAD_BYTES", "2GiB")
+    cmd.envs(env.iter().map(|(k, v)| (k, v)))
+        .env("MAX_UPLOAD_BYTES", "2GiB")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(log);
@@ -337,14 +394,19 @@ const LISTEN_WITHIN: Duration = Duration::from_secs(30);
 
 /// The reference web server, configured to answer our server's manifest and artifact routes
 /// from the same release directory; stopped through its master process on drop.
-struct Nginx {
+pub(crate) struct Nginx {
     child: Child,
     conf: PathBuf,
-    url: ServerUrl,
+    pub(crate) url: ServerUrl,
 }
 
 impl Nginx {
-    fn start(work: &Path, releases: &Path) -> anyhow::Result<Self> {
+    /// The master process (its workers are its children).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn start(work: &Path, releases: &Path) -> anyhow::Result<Self> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let tmp = work.join("nginx-tmp");
         std::fs::create_dir_all(&tmp)?;
@@ -451,10 +513,10 @@ impl Drop for Nginx {
 
 /// One wrk run's figures.
 #[derive(Default, Clone, Copy)]
-struct Run {
-    requests_per_sec: f64,
-    bytes_per_sec: f64,
-    bytes: f64,
+pub(crate) struct Run {
+    pub(crate) requests_per_sec: f64,
+    pub(crate) bytes_per_sec: f64,
+    pub(crate) bytes: f64,
 }
 
 impl Run {
@@ -494,7 +556,23 @@ fn wrk_bytes(text: &str) -> Option<f64> {
     Some(number.parse::<f64>().ok()? * multiplier as f64)
 }
 
+/// One wrk run of [`RUN_SECS`] on `url` over `connections` connections, `header` added to
+/// each request.
 fn wrk(url: &str, connections: u32, header: Option<&str>) -> anyhow::Result<Run> {
+    let out = wrk_command(url, connections, header)
+        .output()
+        .context("running wrk")?;
+    wrk_figures(
+        url,
+        header,
+        out.status,
+        &String::from_utf8_lossy(&out.stdout),
+        &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// The command of a [`wrk`] run (2 threads, [`RUN_SECS`]).
+pub(crate) fn wrk_command(url: &str, connections: u32, header: Option<&str>) -> Command {
     let mut cmd = Command::new("wrk");
     cmd.args([
         "-t2",
@@ -506,13 +584,21 @@ fn wrk(url: &str, connections: u32, header: Option<&str>) -> anyhow::Result<Run>
     if let Some(h) = header {
         cmd.args(["-H", h]);
     }
-    let out = cmd.arg(url).output().context("running wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        bail!(
-            "wrk {url} failed: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    cmd.arg(url);
+    cmd
+}
+
+/// The figures of a finished [`wrk_command`] from its exit status and output; fails when it
+/// failed or any response was an error.
+pub(crate) fn wrk_figures(
+    url: &str,
+    header: Option<&str>,
+    status: std::process::ExitStatus,
+    text: &str,
+    stderr: &str,
+) -> anyhow::Result<Run> {
+    if !status.success() {
+        bail!("wrk {url} failed: {text}{stderr}");
     }
     if text.contains("Non-2xx or 3xx responses") {
         bail!("wrk {url}: some responses were errors:\n{text}");
@@ -548,7 +634,7 @@ fn wrk(url: &str, connections: u32, header: Option<&str>) -> anyhow::Result<Run>
     })
 }
 
-fn machine() -> anyhow::Result<String> {
+pub(crate) fn machine() -> anyhow::Result<String> {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -600,11 +686,11 @@ struct Report {
     publish_times: Vec<Duration>,
 }
 
-fn mib(bytes: f64) -> f64 {
+pub(crate) fn mib(bytes: f64) -> f64 {
     bytes / 1048576.0
 }
 
-fn gib(bytes: f64) -> f64 {
+pub(crate) fn gib(bytes: f64) -> f64 {
     bytes / 1073741824.0
 }
 

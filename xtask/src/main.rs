@@ -1,13 +1,15 @@
 //! Project automation: `cargo xtask test | demo | bench <name>` (`bench fleet`: the fleet's
 //! load generator; `bench deltas`: patch sizes on real executables; `bench image`: a
 //! full-image install against the physical limits; `bench image-deltas`: bytes to update a
-//! root-file-system image from the booted one).
+//! root-file-system image from the booted one; `bench store`: the object-store backend
+//! against the local directory, presigned downloads and the reference web server).
 
 mod bench_apply;
 mod bench_deltas;
 mod bench_image;
 mod bench_image_deltas;
 mod bench_server;
+mod bench_store;
 mod benchmarks;
 mod demo;
 mod deps;
@@ -50,6 +52,10 @@ enum Cmd {
 enum Bench {
     /// Update server vs a reference web server serving the same files.
     Server,
+    /// The update server on an object store (a Garage node) vs on a local directory, vs
+    /// presigned downloads from the store and a reference web server; publish times; one
+    /// server process vs two.
+    Store,
     /// Agent apply vs a download-and-unpack shell pipeline.
     Apply,
     /// A full-image install into the inactive A/B slot vs the physical limits and RAUC
@@ -88,6 +94,10 @@ fn main() -> anyhow::Result<()> {
             Bench::Server => {
                 deps::ensure(deps::BENCH_PACKAGES)?;
                 bench_server::run()
+            }
+            Bench::Store => {
+                deps::ensure(deps::BENCH_PACKAGES)?;
+                bench_store::run()
             }
             Bench::Apply => {
                 deps::ensure(deps::BENCH_PACKAGES)?;
