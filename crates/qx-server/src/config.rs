@@ -281,7 +281,10 @@ impl Config {
                 )
             })?;
         }
-        if let Some(v) = lookup("PUBLISH_TOKEN") {
+        if let Some(v) = token_from_file(&lookup)? {
+            cfg.token_is_default = v == DEFAULT_TOKEN;
+            cfg.publish_token = v;
+        } else if let Some(v) = lookup("PUBLISH_TOKEN") {
             if v.trim().is_empty() {
                 return Err(invalid(
                     "PUBLISH_TOKEN",
@@ -327,6 +330,33 @@ impl Config {
         cfg.artifact_redirect = redirect_from(&lookup, &cfg.release_store)?;
         Ok(cfg)
     }
+}
+
+/// `PUBLISH_TOKEN_FILE`: the token read from a file (a container secret, a file only root
+/// reads), its surrounding white space trimmed; never together with `PUBLISH_TOKEN`.
+fn token_from_file(
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<String>, ConfigError> {
+    let Some(path) = lookup("PUBLISH_TOKEN_FILE") else {
+        return Ok(None);
+    };
+    let invalid = |reason: String| ConfigError::Invalid {
+        var: "PUBLISH_TOKEN_FILE",
+        value: path.clone(),
+        reason,
+    };
+    if lookup("PUBLISH_TOKEN").is_some() {
+        return Err(invalid("PUBLISH_TOKEN is set too; set one of them".into()));
+    }
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| invalid(format!("cannot read it: {e}")))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(invalid(
+            "the file is empty; write a long random secret into it".into(),
+        ));
+    }
+    Ok(Some(token.to_owned()))
 }
 
 /// `RELEASE_STORE` and the object store's variables; `Local` when unset.
@@ -1022,5 +1052,55 @@ mod tests {
                 "{vars:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_token_may_come_from_a_file_but_not_from_both() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  from-a-file-0123456789\n").expect("write");
+        let path = file.to_str().expect("utf-8");
+        let c = cfg(&[("PUBLISH_TOKEN_FILE", path)]).expect("a token file");
+        assert_eq!(c.publish_token, "from-a-file-0123456789");
+        assert!(!c.token_is_default);
+        let both = cfg(&[("PUBLISH_TOKEN_FILE", path), ("PUBLISH_TOKEN", "x")]);
+        assert!(matches!(
+            both,
+            Err(ConfigError::Invalid {
+                var: "PUBLISH_TOKEN_FILE",
+                ..
+            })
+        ));
+        std::fs::write(&file, "\n").expect("write");
+        let empty = cfg(&[("PUBLISH_TOKEN_FILE", path)]);
+        assert!(matches!(
+            empty,
+            Err(ConfigError::Invalid {
+                var: "PUBLISH_TOKEN_FILE",
+                ..
+            })
+        ));
+        let missing = cfg(&[("PUBLISH_TOKEN_FILE", "/nonexistent/qx-token")]);
+        assert!(matches!(
+            missing,
+            Err(ConfigError::Invalid {
+                var: "PUBLISH_TOKEN_FILE",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn the_default_token_is_refused_beyond_loopback() {
+        let exposed = cfg(&[]).expect("defaults");
+        let e = crate::server::check_token_exposure(&exposed)
+            .expect_err("0.0.0.0 with the default token");
+        assert!(e.contains("PUBLISH_TOKEN"), "{e}");
+        let local = cfg(&[("LISTEN_ADDR", "127.0.0.1:9000")]).expect("loopback");
+        assert!(crate::server::check_token_exposure(&local).is_ok());
+        let v6 = cfg(&[("LISTEN_ADDR", "[::1]:9000")]).expect("loopback v6");
+        assert!(crate::server::check_token_exposure(&v6).is_ok());
+        let secret = cfg(&[("PUBLISH_TOKEN", "s3cret-0123456789")]).expect("a token");
+        assert!(crate::server::check_token_exposure(&secret).is_ok());
     }
 }

@@ -416,6 +416,18 @@ fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     }
 }
 
+/// Refuses to serve with the built-in default token anywhere but on a loopback address:
+/// anyone who reads the documentation could publish and administer the fleet.
+pub fn check_token_exposure(config: &Config) -> Result<(), String> {
+    if config.token_is_default && !config.listen_addr.ip().is_loopback() {
+        return Err(format!(
+            "PUBLISH_TOKEN is not set (or is the documented default) and the server would listen on {}, beyond this machine; set PUBLISH_TOKEN or PUBLISH_TOKEN_FILE to a long random secret, or LISTEN_ADDR to a loopback address to try it out",
+            config.listen_addr
+        ));
+    }
+    Ok(())
+}
+
 /// The whole program `qx-update-server`: configuration from the environment, then serve until
 /// SIGTERM or Ctrl-C. Exit codes: 0 stopped cleanly, 1 failed while running, 2 bad
 /// configuration (environment, TLS files).
@@ -440,6 +452,10 @@ pub fn main() -> ExitCode {
             eprintln!("qx-update-server: {e}");
             return ExitCode::from(2);
         }
+    }
+    if let Err(e) = check_token_exposure(&config) {
+        eprintln!("qx-update-server: {e}");
+        return ExitCode::from(2);
     }
     let listener = match TcpListener::bind(config.listen_addr) {
         Ok(l) => l,

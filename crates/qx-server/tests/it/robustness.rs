@@ -374,3 +374,23 @@ fn sigterm_stops_the_server_cleanly_and_default_token_is_warned_about() {
     assert!(stderr.contains("dev-token"), "{stderr}");
     assert!(TcpStream::connect(server.addr).is_err(), "still listening");
 }
+
+#[test]
+fn the_default_token_beyond_loopback_is_refused_at_start_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_qx-update-server"))
+        .env("RELEASE_DIR", dir.path())
+        .env("LISTEN_ADDR", "0.0.0.0:0")
+        .env_remove("PUBLISH_TOKEN")
+        .env_remove("PUBLISH_TOKEN_FILE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run qx-update-server");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("PUBLISH_TOKEN_FILE"), "{err}");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing was created: the server never started"
+    );
+}
