@@ -15,6 +15,25 @@ use crate::status::{OperationState, OperationStatus, RecoveryAction};
 use crate::transaction::journal::{OpKind, Phase};
 use crate::{code, exit_codes_help, Agent, AgentError, ApplyOptions, Config};
 
+/// Writes to standard output, ignoring a failure: a reader that went away
+/// (`qx-update status | head`) is not an error, and an apply whose output nobody reads goes
+/// on (writing never panics, and SIGPIPE keeps Rust's default of being ignored).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        let _ = std::io::Write::write_fmt(&mut std::io::stdout().lock(), format_args!($($arg)*));
+    }};
+}
+
+/// [`out!`] with a line end.
+macro_rules! outln {
+    () => { out!("\n") };
+    ($($arg:tt)*) => {{
+        let mut o = std::io::stdout().lock();
+        let _ = std::io::Write::write_fmt(&mut o, format_args!($($arg)*))
+            .and_then(|()| std::io::Write::write_all(&mut o, b"\n"));
+    }};
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "qx-update",
@@ -128,7 +147,7 @@ pub fn main() -> i32 {
 fn print_error(json: bool, e: &AgentError) -> i32 {
     let code = e.exit_code();
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"error": e.to_string(), "exit_code": code})
         );
@@ -140,7 +159,7 @@ fn print_error(json: bool, e: &AgentError) -> i32 {
 
 fn print_json<T: serde::Serialize>(v: &T) {
     match serde_json::to_string_pretty(v) {
-        Ok(s) => println!("{s}"),
+        Ok(s) => outln!("{s}"),
         Err(e) => eprintln!("qx-update: cannot serialise output: {e}"),
     }
 }
@@ -177,7 +196,7 @@ fn run_ab(config: Option<&Path>, root: &Path, json: bool, cmd: &qx_boot::cli::Ab
         Ok(code) => code,
         Err(e) => {
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"error": e.to_string(), "exit_code": 1})
                 );
@@ -260,7 +279,7 @@ fn apply_options(
 
 /// Asks a yes/no question on the terminal; only "y" or "yes" is a yes.
 fn confirm(question: &str) -> bool {
-    print!("{question} [y/N] ");
+    out!("{question} [y/N] ");
     let _ = std::io::stdout().flush();
     let mut answer = String::new();
     let _ = std::io::stdin().read_line(&mut answer);
@@ -275,7 +294,7 @@ fn check(agent: &Agent, json: bool, opts: &ApplyOptions) -> i32 {
             0
         }
         Ok(r) => {
-            print!("{}", r.render());
+            out!("{}", r.render());
             0
         }
         Err(e) => print_error(json, &e),
@@ -293,7 +312,7 @@ fn apply(agent: &Agent, json: bool, opts: &ApplyOptions, yes: bool, reboot: bool
             Ok(r) => r,
             Err(e) => return print_error(json, &e),
         };
-        print!("{}", report.render());
+        out!("{}", report.render());
         if !report.available {
             return code::SUCCESS;
         }
@@ -310,15 +329,15 @@ fn apply(agent: &Agent, json: bool, opts: &ApplyOptions, yes: bool, reboot: bool
     match result {
         Ok(r) if json => print_json(&r),
         Ok(r) if r.components.is_empty() && r.system.is_none() => {
-            println!("Already up to date ({}).", r.version);
+            outln!("Already up to date ({}).", r.version);
         }
         Ok(r) => {
-            println!("Installed {}: {}", r.version, r.components.join(", "));
+            outln!("Installed {}: {}", r.version, r.components.join(", "));
             for d in &r.deltas {
-                println!("  {}", d.summary());
+                outln!("  {}", d.summary());
             }
             if let Some(s) = &r.system {
-                println!("{}", s.summary());
+                outln!("{}", s.summary());
             }
         }
         Err(e) => return print_error(json, &e),
@@ -339,26 +358,27 @@ fn status(agent: &Agent, json: bool) {
         (Some(op), false) if op.state == OperationState::Interrupted => "interrupted",
         _ => s.state.name(),
     };
-    println!(
+    outln!(
         "product {} on channel {}; state: {state}",
-        s.product, s.channel
+        s.product,
+        s.channel
     );
     if let UpdateState::Failed { reason, .. } = &s.state {
-        println!("  {}", crate::untrusted::printable(reason));
+        outln!("  {}", crate::untrusted::printable(reason));
     }
     if let Some(op) = &s.operation {
         print_operation(op);
     }
-    println!("installed:");
+    outln!("installed:");
     if s.installed.is_empty() {
-        println!("  (nothing recorded)");
+        outln!("  (nothing recorded)");
     }
     for (c, v) in &s.installed {
-        println!("  {c:<24} {v}");
+        outln!("  {c:<24} {v}");
     }
-    println!("history:");
+    outln!("history:");
     for h in s.history.iter().rev().take(10) {
-        println!(
+        outln!(
             "  {} {} {} -> {} {}{}",
             h.time,
             h.kind,
@@ -394,7 +414,7 @@ fn print_operation(op: &OperationStatus) {
             let pid = op
                 .pid
                 .map_or_else(|| "pid unknown".into(), |p| format!("pid {p}"));
-            println!("operation {id} in progress ({pid}): {kind}{target}, {phase}");
+            outln!("operation {id} in progress ({pid}): {kind}{target}, {phase}");
         }
         OperationState::Interrupted => {
             let what = match op.recovery {
@@ -402,14 +422,14 @@ fn print_operation(op: &OperationStatus) {
                 Some(RecoveryAction::FinishRollback) => "finish the rollback",
                 Some(RecoveryAction::RollBack) | None => "roll back every file from the backup",
             };
-            println!("operation {id} interrupted: {kind}{target}, {phase}");
-            println!(
+            outln!("operation {id} interrupted: {kind}{target}, {phase}");
+            outln!(
                 "  recovery will {what}: run `qx-update recover` (the daemon and the next apply do it first)"
             );
         }
     }
     for c in &op.components {
-        println!(
+        outln!(
             "  {} {} -> {}",
             c.name,
             c.previous_version.as_deref().unwrap_or("(none)"),
@@ -438,7 +458,7 @@ fn rollback(agent: &Agent, json: bool, yes: bool, force: bool) -> i32 {
         Err(e) => return print_error(json, &e),
     };
     if !json {
-        print!("{}", plan.render());
+        out!("{}", plan.render());
     }
     let opts = crate::RollbackOptions { force };
     // A refused first install is not asked about: the rollback below names the refusal.
@@ -449,7 +469,7 @@ fn rollback(agent: &Agent, json: bool, yes: bool, force: bool) -> i32 {
     }
     match agent.rollback_with(&opts) {
         Ok(r) if json => print_json(&r),
-        Ok(r) => println!("Rolled back to {}: {}", r.version, r.components.join(", ")),
+        Ok(r) => outln!("Rolled back to {}: {}", r.version, r.components.join(", ")),
         Err(e) => return print_error(json, &e),
     }
     code::SUCCESS
@@ -480,8 +500,8 @@ fn daemon(agent: Agent, args: &crate::daemon::DaemonArgs) -> i32 {
 fn recover(agent: &Agent, json: bool) -> i32 {
     match agent.recover() {
         Ok(r) if json => print_json(&r),
-        Ok(None) => println!("Nothing to recover."),
-        Ok(Some(r)) => println!(
+        Ok(None) => outln!("Nothing to recover."),
+        Ok(Some(r)) => outln!(
             "Operation {} ({}) was interrupted in phase {:?}: {}{}",
             r.operation_id,
             r.version,

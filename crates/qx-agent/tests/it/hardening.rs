@@ -416,3 +416,25 @@ fn allow_install_paths_refuses_a_relative_entry() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("updates.allow_install_paths"), "{stderr}");
 }
+
+/// `qx-update status | head`: a reader that goes away before the output is written is no
+/// panic (Rust ignores SIGPIPE, so every write there fails with EPIPE); the command ends as
+/// it would have.
+#[test]
+fn output_into_a_closed_pipe_is_not_a_panic() {
+    let lab = Lab::new().unwrap();
+    crate::support::host::node_release(&lab, "1.0.0");
+    for args in [&["status"][..], &["--json", "status"], &["check"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = crate::support::host::qx_update(lab.host.root())
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
+}
