@@ -302,7 +302,8 @@ pub async fn run(agent: Agent, args: &DaemonArgs) -> anyhow::Result<()> {
     let scheduler = Scheduler::new(runner.clone(), SystemClock, Policy::from_config(&config));
     let scheduler = tokio::spawn(scheduler.run(stop_rx.clone()));
 
-    tracing::info!(listen = %listening, enabled = config.enabled, auto_apply = config.auto_apply,
+    tracing::info!(listen = %listening, token_file = %config.api.token_file.display(),
+        enabled = config.enabled, auto_apply = config.auto_apply,
         window = ?config.maintenance_window.as_ref().map(|w| w.to_string()), "daemon started");
     let state = api::ApiState::new(runner.clone(), token).with_limits(config.api.limits);
     let served = api::serve(state, listener, tls, stop_rx.clone()).await;

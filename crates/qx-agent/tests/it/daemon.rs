@@ -20,6 +20,8 @@ pub(crate) struct Daemon {
     /// Its API's base URL, `https://127.0.0.1:<port>`.
     pub(crate) base: String,
     log: mpsc::Receiver<String>,
+    /// The line that said it started.
+    started: String,
 }
 
 impl Daemon {
@@ -29,11 +31,20 @@ impl Daemon {
 
     /// The daemon of the host at `root`, once it listens.
     pub(crate) fn start_on(root: &Path) -> Daemon {
-        let mut child = qx_update(root)
+        Self::start_logging(root, Some("info"))
+    }
+
+    /// [`Daemon::start_on`] with `QX_LOG` set to `level` (`None`: unset, the default).
+    fn start_logging(root: &Path, level: Option<&str>) -> Daemon {
+        let mut cmd = qx_update(root);
+        match level {
+            Some(l) => cmd.env("QX_LOG", l),
+            None => cmd.env_remove("QX_LOG"),
+        };
+        let mut child = cmd
             .arg("daemon")
             .arg("--listen")
             .arg("127.0.0.1:0")
-            .env("QX_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -50,21 +61,22 @@ impl Daemon {
             }
         });
         // The daemon logs its bound address once it listens.
-        let mut base = None;
+        let mut found = None;
         while let Ok(line) = rx.recv_timeout(DEADLINE) {
             if let Some(rest) = line.split("listen=").nth(1) {
                 if line.contains("daemon started") {
                     let addr = rest.split_whitespace().next().unwrap();
-                    base = Some(format!("https://{addr}"));
+                    found = Some((format!("https://{addr}"), line.clone()));
                     break;
                 }
             }
         }
-        let base = base.expect("the daemon logs \"daemon started listen=…\"");
+        let (base, started) = found.expect("the daemon logs \"daemon started listen=…\"");
         Daemon {
             child: Some(child),
             base,
             log: rx,
+            started,
         }
     }
 
@@ -122,6 +134,19 @@ impl Drop for Daemon {
 
 fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Without `QX_LOG`, the daemon still says where it listens and where its API token is.
+#[test]
+fn the_daemon_logs_its_address_and_token_file_at_start_by_default() {
+    let lab = Lab::new().unwrap();
+    let daemon = Daemon::start_logging(lab.host.root(), None);
+    assert!(daemon.started.contains("token_file="), "{}", daemon.started);
+    assert!(
+        daemon.started.contains("api-token"),
+        "the default token file is named: {}",
+        daemon.started
+    );
 }
 
 #[test]
