@@ -383,6 +383,17 @@ pub fn yank(update: &Update<'_>, version: &Version, action: RevokeAction) -> Res
     update.commit(planned, &change, false)
 }
 
+/// A new rollout's id: 16 random letters and digits. Never a leading `-`, which a command
+/// line would take for an option (`qx-publish rollout status <id>`).
+fn new_rollout_id() -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(16)
+        .map(char::from)
+        .collect()
+}
+
 /// A new rollout's id, salt, waves and policy, the first wave opening now; made once, so
 /// that a retry after a 409 signs the same plan.
 #[derive(Debug, Clone)]
@@ -399,7 +410,7 @@ impl NewRollout {
             Error::Usage(format!("--waves: the schedule does not fit in time: {e}"))
         })?;
         Ok(NewRollout {
-            id: qx_core::fleet::new_secret()[..16].to_owned(),
+            id: new_rollout_id(),
             salt: qx_core::fleet::new_secret(),
             waves,
             policy,
@@ -474,6 +485,15 @@ fn seq_in_body(body: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rollout_ids_are_letters_and_digits_never_an_option() {
+        for _ in 0..2000 {
+            let id = new_rollout_id();
+            assert_eq!(id.len(), 16);
+            assert!(id.bytes().all(|b| b.is_ascii_alphanumeric()), "{id}");
+        }
+    }
 
     #[test]
     fn stored_seq_is_read_from_a_conflict_body() {
