@@ -270,21 +270,7 @@ async fn concurrent_publishes_of_one_version_on_two_servers_leave_one_winner() {
     let signer = Signer::new();
     for round in 0..3 {
         let version = format!("2.0.{round}");
-        let one = sized_release(&signer, &version, 2);
-        let mut v: serde_json::Value = serde_json::from_slice(&one.manifest).unwrap();
-        v["release_notes"] = "the other one".into();
-        let other = Release::from_value(&signer, &v, one.artifacts.clone());
-        let (ra, rb) = tokio::join!(publish(&a, &one), publish(&b, &other));
-        let (sa, sb) = (ra.status().as_u16(), rb.status().as_u16());
-        let mut statuses = [sa, sb];
-        statuses.sort();
-        assert_eq!(statuses, [201, 409], "round {round}");
-        let winner = if sa == 201 { &one } else { &other };
-        let stored = a
-            .stored()
-            .read(&format!("quantix-os/stable/{version}/manifest.json"))
-            .unwrap();
-        assert_eq!(stored, winner.manifest, "round {round}");
+        race_two_contents(&a, &b, &signer, &sized_release(&signer, &version, 2)).await;
         // The same bytes on both: one creates, the other finds them identical.
         let same = sized_release(&signer, &format!("3.0.{round}"), 2);
         let (ra, rb) = tokio::join!(publish(&a, &same), publish(&b, &same));
@@ -421,14 +407,18 @@ async fn a_three_node_cluster_loses_a_node_during_downloads_and_publishes_go_on(
         // Once the store answers again (it takes a moment to see the node gone), the refused
         // release is absent, or whole if its manifest got stored after all: never half there.
         let artifact = "/api/v1/quantix-os/releases/1.2.0/system.bin";
-        let mut seen = 503;
-        for _ in 0..300 {
-            seen = get(&server, artifact).await.status().as_u16();
-            if seen != 503 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let seen = std::cell::Cell::new(503);
+        let answered = poll_async(
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            || async {
+                seen.set(get(&server, artifact).await.status().as_u16());
+                seen.get() != 503
+            },
+        )
+        .await;
+        assert!(answered, "the store never answered again");
+        let seen = seen.get();
         assert!(
             matches!(seen, 404 | 200),
             "after the store came back: {seen}"

@@ -116,21 +116,7 @@ async fn concurrent_different_publishes_of_one_version_exactly_one_wins() {
     let signer = Signer::new();
     for round in 0..3 {
         let version = format!("2.0.{round}");
-        let a = big_release(&signer, &version);
-        let mut v: serde_json::Value = serde_json::from_slice(&a.manifest).unwrap();
-        v["release_notes"] = "the other one".into();
-        let b = Release::from_value(&signer, &v, a.artifacts.clone());
-        let (ra, rb) = tokio::join!(publish(&server, &a), publish(&server, &b));
-        let (sa, sb) = (ra.status().as_u16(), rb.status().as_u16());
-        let mut statuses = [sa, sb];
-        statuses.sort();
-        assert_eq!(statuses, [201, 409], "round {round}");
-        let winner = if sa == 201 { &a } else { &b };
-        let on_disk = server
-            .stored()
-            .read(&format!("quantix-os/stable/{version}/manifest.json"))
-            .unwrap();
-        assert_eq!(on_disk, winner.manifest, "round {round}");
+        race_two_contents(&server, &server, &signer, &big_release(&signer, &version)).await;
     }
     assert!(staging_entries(server.stored()).is_empty());
 }

@@ -322,3 +322,31 @@ pub async fn delete_authorized(url: &str) -> reqwest::Response {
         .await
         .expect("send DELETE")
 }
+
+/// Publishes `release` through `first` and, at the same time, the same version with other
+/// release notes (so other manifest bytes) through `second`: exactly one must win (201, the
+/// other 409), and the stored manifest must be the winner's.
+pub async fn race_two_contents(
+    first: &TestServer,
+    second: &TestServer,
+    signer: &Signer,
+    release: &Release,
+) {
+    let mut v: Value = serde_json::from_slice(&release.manifest).unwrap();
+    v["release_notes"] = "the other one".into();
+    let other = Release::from_value(signer, &v, release.artifacts.clone());
+    let (ra, rb) = tokio::join!(publish(first, release), publish(second, &other));
+    let (sa, sb) = (ra.status().as_u16(), rb.status().as_u16());
+    let mut statuses = [sa, sb];
+    statuses.sort();
+    assert_eq!(statuses, [201, 409], "{}", release.version);
+    let winner = if sa == 201 { release } else { &other };
+    let stored = first
+        .stored()
+        .read(&format!(
+            "{}/stable/{}/manifest.json",
+            release.product, release.version
+        ))
+        .unwrap();
+    assert_eq!(stored, winner.manifest, "{}", release.version);
+}
