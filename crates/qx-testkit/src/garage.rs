@@ -161,37 +161,62 @@ impl Node {
             .tempdir()
             .expect("temporary directory for a garage node")
             .keep();
+        let mut node = Node {
+            _keeper: keeper(&dir),
+            config: dir.join("garage.toml"),
+            dir,
+            s3_port: 0,
+            rpc_port: 0,
+            server: Mutex::new(None),
+        };
+        // A port found free may be taken by another test's node before ours binds it: then
+        // ours exits, and it starts again on other ports.
+        let mut last = String::new();
+        for _ in 0..5 {
+            node.configure(secret, replication);
+            match node.try_start() {
+                Ok(()) => return node,
+                Err(e) => last = e,
+            }
+        }
+        panic!(
+            "garage node in {} did not start: {last}",
+            node.dir.display()
+        );
+    }
+
+    /// Writes the node's configuration on ports free now.
+    fn configure(&mut self, secret: &str, replication: usize) {
         let (rpc_port, s3_port, admin_port) = (free_port(), free_port(), free_port());
-        let config = dir.join("garage.toml");
         let text = format!(
             "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"sqlite\"\n\
              replication_factor = {replication}\nrpc_bind_addr = \"127.0.0.1:{rpc_port}\"\n\
              rpc_public_addr = \"127.0.0.1:{rpc_port}\"\nrpc_secret = \"{secret}\"\n\
              [s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"127.0.0.1:{s3_port}\"\n\
              root_domain = \".s3.garage.localhost\"\n[admin]\napi_bind_addr = \"127.0.0.1:{admin_port}\"\n",
-            d = dir.display()
+            d = self.dir.display()
         );
-        std::fs::write(&config, text).expect("write garage.toml");
-        let node = Node {
-            _keeper: keeper(&dir),
-            dir,
-            config,
-            s3_port,
-            rpc_port,
-            server: Mutex::new(None),
-        };
-        node.start();
-        node
+        std::fs::write(&self.config, text).expect("write garage.toml");
+        self.s3_port = s3_port;
+        self.rpc_port = rpc_port;
     }
 
     /// Starts the node's server (again, after [`Node::kill`]) and waits until it answers.
     pub fn start(&self) {
+        if let Err(e) = self.try_start() {
+            panic!("garage node in {} did not start: {e}", self.dir.display());
+        }
+    }
+
+    /// Starts the server and waits until it is ready: its node key written and both of its
+    /// ports answering, while it still runs (a server that could not bind a port exits).
+    fn try_start(&self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("server.log"))
             .expect("the node's log file");
-        let child = Command::new(program())
+        let mut child = Command::new(program())
             .arg("-c")
             .arg(&self.config)
             .arg("server")
@@ -201,11 +226,27 @@ impl Node {
             .spawn()
             .expect("start a garage node");
         std::fs::write(self.dir.join("pid"), child.id().to_string()).expect("write the pid file");
-        *self.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
-        let up = crate::wait::poll(Duration::from_secs(60), Duration::from_millis(100), || {
-            std::net::TcpStream::connect(("127.0.0.1", self.s3_port)).is_ok()
+        let mut exited = None;
+        let answers = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        let ready = crate::wait::poll(Duration::from_secs(60), Duration::from_millis(100), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                exited = Some(status);
+                return true;
+            }
+            self.dir.join("meta/node_key").exists()
+                && answers(self.s3_port)
+                && answers(self.rpc_port)
         });
-        assert!(up, "garage node in {} did not start", self.dir.display());
+        if let Some(status) = exited.or_else(|| child.try_wait().ok().flatten()) {
+            let _ = std::fs::remove_file(self.dir.join("pid"));
+            return Err(format!("it exited ({status}); see server.log"));
+        }
+        *self.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
+        if ready {
+            Ok(())
+        } else {
+            Err("it did not answer within 60 s".into())
+        }
     }
 
     /// Kills the node's server with SIGKILL (its data stays for [`Node::start`]).
