@@ -260,15 +260,41 @@ fn check_manifest_only(
     let config = agent.config();
     let url = manifest_url(config);
     let (bytes, headers) = downloader.get_bytes(&url).map_err(|e| match e {
-        DownloadError::NotFound { url } => AgentError::NoRelease {
-            product: config.product.to_string(),
-            channel: config.channel.to_string(),
-            url,
-        },
+        DownloadError::NotFound { url } => no_release(config, downloader, url),
         other => fetch_error(&url, other),
     })?;
     let signature = signature_header(&headers, &url)?;
     verify_manifest(agent, &url, bytes, signature, opts)
+}
+
+/// A 404 for the channel's manifest: "no release" when `<server_url>/health` is an update
+/// server's, else the base path of `server_url` is wrong and the error says so.
+fn no_release(config: &Config, downloader: &Downloader, url: String) -> AgentError {
+    let server = config.server();
+    let health = server.health();
+    let detail = match downloader.get_bytes(&health) {
+        Ok((body, _)) if is_health(&body) => {
+            return AgentError::NoRelease {
+                product: config.product.to_string(),
+                channel: config.channel.to_string(),
+                url,
+            }
+        }
+        Ok(_) => "answers, but not as an update server's health check".to_owned(),
+        Err(DownloadError::NotFound { .. }) => "is not found (HTTP 404) either".to_owned(),
+        Err(e) => format!("failed too ({e})"),
+    };
+    AgentError::NotUpdateServer {
+        base: config.server_url.clone(),
+        health,
+        detail,
+    }
+}
+
+/// True for the body of an update server's `GET /health`: `{"status":"ok",…}`.
+fn is_health(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .is_ok_and(|v| v.get("status").and_then(|s| s.as_str()) == Some("ok"))
 }
 
 /// The signature in the `X-Qx-Signature` header (base64 of the `.minisig` text).
@@ -416,7 +442,10 @@ pub(crate) fn fetch_error(url: &str, e: DownloadError) -> AgentError {
         DownloadError::Tls(t) => AgentError::Tls(t),
         other => AgentError::Fetch {
             url: url.to_owned(),
-            message: other.to_string(),
+            message: crate::download::without_url(
+                &other.to_string(),
+                &crate::download::redact_credentials(url),
+            ),
         },
     }
 }

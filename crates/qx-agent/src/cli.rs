@@ -13,7 +13,7 @@ use qx_core::status::UpdateState;
 
 use crate::status::{OperationState, OperationStatus, RecoveryAction};
 use crate::transaction::journal::{OpKind, Phase};
-use crate::{code, exit_codes_help, Agent, AgentError, ApplyOptions, Config};
+use crate::{code, exit_codes_help, Agent, AgentError, ApplyOptions, Config, Surface};
 
 /// Writes to standard output, ignoring a failure: a reader that went away
 /// (`qx-update status | head`) is not an error, and an apply whose output nobody reads goes
@@ -155,10 +155,11 @@ fn print_error(json: bool, e: &AgentError) -> i32 {
     if json {
         outln!(
             "{}",
-            serde_json::json!({"error": e.to_string(), "exit_code": code})
+            serde_json::json!({"error": e.explained(Surface::Cli), "exit_code": code})
         );
     } else {
-        eprintln!("qx-update: {}", crate::untrusted::printable(&e.to_string()));
+        let text = e.explained(Surface::Cli);
+        eprintln!("qx-update: {}", crate::untrusted::printable(&text));
     }
     code
 }

@@ -183,6 +183,8 @@ pub enum TlsProblem {
     ClientCertRequired,
     #[error("the server refused this host's client certificate (updates.tls.client_cert): it is not signed by a CA the server trusts (its TLS_CLIENT_CA), or it has expired")]
     ClientCertRefused,
+    #[error("the server answered in plain HTTP, not TLS: updates.server_url says https://, but that port speaks http://; use http:// or the server's TLS port")]
+    PlainHttp,
     #[error("{0}")]
     Other(String),
 }
@@ -236,6 +238,7 @@ fn problem(e: &rustls::Error) -> TlsProblem {
             C::NotValidForName | C::NotValidForNameContext { .. } => TlsProblem::WrongName,
             other => TlsProblem::Other(format!("the server's certificate is invalid ({other:?}); check updates.tls.ca_cert and the server's certificate")),
         },
+        E::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => TlsProblem::PlainHttp,
         E::AlertReceived(A::CertificateRequired) => TlsProblem::ClientCertRequired,
         E::AlertReceived(
             A::BadCertificate

@@ -180,7 +180,7 @@ pub enum DownloadError {
         rate: u64,
         min_rate: u64,
     },
-    #[error("{url}: gave up after {attempts} attempt(s); last error: {last}")]
+    #[error("{url}: {}; gave up after {attempts} attempts", without_url(&last.to_string(), url))]
     GaveUp {
         url: String,
         attempts: u32,
@@ -195,6 +195,10 @@ pub enum DownloadError {
     /// Connection refused or reset, a stall past the timeout, a body cut short.
     #[error("{url}: {message}")]
     Network { url: String, message: String },
+    /// The answer was not HTTP: over plain http:// to a port that speaks TLS, most often.
+    /// Not retried: asking again gets the same answer.
+    #[error("{url}: the server's answer is not HTTP ({detail}); if that port speaks TLS, updates.server_url must start with https://")]
+    NotHttp { url: String, detail: String },
     #[error("{url}: the response is larger than {limit} bytes; refused")]
     TooLarge { url: String, limit: u64 },
     /// A file download ([`Downloader::fetch_file`]) announced more than its cap.
@@ -306,7 +310,9 @@ impl<'a> RetryBudget<'a> {
                 last: Box::new(failed.error),
             });
         }
-        tracing::warn!(url = %redact_credentials(url), attempt = self.attempts, error = %failed.error, "download attempt failed; retrying");
+        let url = redact_credentials(url);
+        let error = without_url(&failed.error.to_string(), &url);
+        tracing::warn!(%url, attempt = self.attempts, %error, "download attempt failed; retrying");
         // After progress: a short pause (the first backoff step), not counted.
         let step = self.in_a_row.max(1);
         let delay = backoff_delay(self.opts, step, rand::rng().random::<f64>());
@@ -868,8 +874,14 @@ impl Downloader {
     /// A request that got no answer: a TLS refusal is final (retrying cannot fix trust), any
     /// other failure is retried.
     fn send_failed(&self, url: &str, e: &reqwest::Error) -> Failed {
-        match crate::client_tls::TlsFailure::of(url, e, self.has_client_cert) {
-            Some(tls) => Failed::fatal(DownloadError::Tls(tls)),
+        if let Some(tls) = crate::client_tls::TlsFailure::of(url, e, self.has_client_cert) {
+            return Failed::fatal(DownloadError::Tls(tls));
+        }
+        match not_http(e) {
+            Some(detail) => Failed::fatal(DownloadError::NotHttp {
+                url: redact_credentials(url),
+                detail,
+            }),
             None => Failed::transient(network(url, e), false),
         }
     }
@@ -1705,11 +1717,53 @@ fn retry_after(resp: &Response) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// A request that got no answer, in words that do not repeat the URL the error is about:
+/// "cannot connect: Connection refused (os error 111)", "no answer within the timeout".
 fn network(url: &str, e: &reqwest::Error) -> DownloadError {
+    let cause = std::error::Error::source(e)
+        .map(error_chain)
+        .unwrap_or_else(|| error_chain(e));
+    let message = if e.is_timeout() {
+        format!("no answer within the timeout ({cause})")
+    } else if e.is_connect() {
+        format!("cannot connect: {}", root_cause(e))
+    } else {
+        cause
+    };
     DownloadError::Network {
         url: redact_credentials(url),
-        message: error_chain(e),
+        message,
     }
+}
+
+/// The innermost error of a chain: "Connection refused (os error 111)".
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    redact_credentials(&cur.to_string())
+}
+
+/// The parse error of an answer that is not HTTP (a TLS alert read as a status line).
+fn not_http(e: &reqwest::Error) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            return h.is_parse().then(|| h.to_string());
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// `text` without a leading `"<url>: "`: an error about `url` told inside another that
+/// names it already.
+pub(crate) fn without_url(text: &str, url: &str) -> String {
+    text.strip_prefix(url)
+        .and_then(|rest| rest.strip_prefix(": "))
+        .unwrap_or(text)
+        .to_owned()
 }
 
 /// An error with its sources, `a: b: c`, so the root cause (timeout, refused) is visible.

@@ -81,6 +81,15 @@ pub struct TooEarly {
     pub host_time: String,
 }
 
+/// Where an error is shown to a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// `qx-update` on a terminal or in a script.
+    Cli,
+    /// The host API's answers and the Updates page built on them.
+    Api,
+}
+
 /// Everything that can go wrong, one variant per refusal of docs/spec.md §2/§4, each with its own
 /// exit code (see [`AgentError::exit_code`] and `qx-update --help`).
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +110,18 @@ pub enum AgentError {
         product: String,
         channel: String,
         url: String,
+    },
+    /// A 404 for the update API where `<server_url>/health` is not an update server's either:
+    /// the base path of `updates.server_url` is wrong (not "no release").
+    #[error(
+        "no update server answers under {}: {} {detail}; check the base path of updates.server_url",
+        crate::download::redact_credentials(base),
+        crate::download::redact_credentials(health)
+    )]
+    NotUpdateServer {
+        base: String,
+        health: String,
+        detail: String,
     },
     #[error(
         "{} has no signature (header X-Qx-Signature missing or empty); refusing it",
@@ -167,13 +188,13 @@ pub enum AgentError {
     WrongProduct { expected: String, got: String },
     #[error("manifest is for channel {got}, this host follows {expected}; refusing it")]
     WrongChannel { expected: String, got: String },
-    #[error("component {component}: offered {offered} is lower than installed {installed}; a downgrade needs --allow-downgrade {offered}")]
+    #[error("component {component}: offered {offered} is lower than installed {installed}; a downgrade is taken only when it is allowed by naming the version ({offered})")]
     Downgrade {
         component: String,
         installed: String,
         offered: String,
     },
-    #[error("manifest version {offered} is lower than {seen}, already seen on channel {channel} (replayed or rolled-back manifest); refusing it (--allow-downgrade {offered} to take it on purpose)")]
+    #[error("manifest version {offered} is lower than {seen}, already seen on channel {channel} (replayed or rolled-back manifest); refusing it (it is taken on purpose only when a downgrade to {offered} is allowed by name)")]
     Replay {
         channel: String,
         seen: String,
@@ -192,7 +213,7 @@ pub enum AgentError {
         min_version: String,
         installed: Option<String>,
     },
-    #[error("--allow-downgrade {asked} does not name the offered version {offered}")]
+    #[error("the downgrade allowed, to {asked}, does not name the offered version {offered}")]
     DowngradeMismatch { asked: String, offered: String },
     #[error("component {name} is not in release {version} (it has: {available})")]
     UnknownComponent {
@@ -233,7 +254,7 @@ pub enum AgentError {
         installed: String,
         keep: usize,
     },
-    #[error("rollback refused: {version} was the first install on this host; rolling it back would remove {components} and leave nothing installed (qx-update rollback --force removes them)")]
+    #[error("rollback refused: {version} was the first install on this host; rolling it back would remove {components} and leave nothing installed")]
     RollbackFirstInstall { version: String, components: String },
     #[error("rollback incomplete: {reason}")]
     RollbackFailed { reason: String },
@@ -294,6 +315,36 @@ impl AgentError {
         }
     }
 
+    /// What the person who met this error can do about it, in the words of the interface it
+    /// is shown on (a command-line flag, or a field of the host API's request): the error's
+    /// own text names no flag, so the host API and its page never show one.
+    pub fn remedy(&self, surface: Surface) -> Option<String> {
+        match (self, surface) {
+            (
+                AgentError::Downgrade { offered, .. } | AgentError::Replay { offered, .. },
+                Surface::Cli,
+            ) => Some(format!("--allow-downgrade {offered} takes it")),
+            (
+                AgentError::Downgrade { offered, .. } | AgentError::Replay { offered, .. },
+                Surface::Api,
+            ) => Some(format!(
+                "\"allow_downgrade\": \"{offered}\" in the request takes it"
+            )),
+            (AgentError::RollbackFirstInstall { .. }, Surface::Cli) => {
+                Some("qx-update rollback --force removes them".to_owned())
+            }
+            _ => None,
+        }
+    }
+
+    /// The error with its [`remedy`](Self::remedy) for `surface`, if it has one.
+    pub fn explained(&self, surface: Surface) -> String {
+        match self.remedy(surface) {
+            Some(r) => format!("{self}; {r}"),
+            None => self.to_string(),
+        }
+    }
+
     /// The process exit code for this error (one of [`EXIT_CODE_TABLE`]).
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -306,7 +357,7 @@ impl AgentError {
             }
             AgentError::Config(_) => code::CONFIG,
             AgentError::Busy { .. } => code::BUSY,
-            AgentError::Fetch { .. } => code::FETCH,
+            AgentError::Fetch { .. } | AgentError::NotUpdateServer { .. } => code::FETCH,
             AgentError::Tls(_) | AgentError::Download(download::DownloadError::Tls(_)) => code::TLS,
             AgentError::NoRelease { .. } => code::NO_RELEASE,
             AgentError::SignatureMissing { .. } => code::SIGNATURE_MISSING,

@@ -34,7 +34,7 @@ pub use config::{
     ApiConfig, Config, ConfigError, DownloadSettings, FleetConfig, ServiceManagerKind,
     DEFAULT_CONFIG_PATH,
 };
-pub use error::{code, exit_codes_help, AgentError, EXIT_CODE_TABLE};
+pub use error::{code, exit_codes_help, AgentError, Surface, EXIT_CODE_TABLE};
 pub use fullimage::{ImageRebuild, RebuildMethod, SystemInstall};
 pub use status::StatusSnapshot;
 pub use transaction::{
@@ -202,7 +202,12 @@ impl Agent {
                 Ok(_) => before,
                 Err(e)
                     if e.is_refusal()
-                        || matches!(e, AgentError::Fetch { .. } | AgentError::Tls(_)) =>
+                        || matches!(
+                            e,
+                            AgentError::Fetch { .. }
+                                | AgentError::NotUpdateServer { .. }
+                                | AgentError::Tls(_)
+                        ) =>
                 {
                     e.failed_state()
                 }

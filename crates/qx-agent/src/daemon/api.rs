@@ -156,6 +156,7 @@ pub fn agent_error_status(e: &AgentError) -> StatusCode {
             StatusCode::INSUFFICIENT_STORAGE
         }
         AgentError::Fetch { .. }
+        | AgentError::NotUpdateServer { .. }
         | AgentError::Download(_)
         | AgentError::SignatureMissing { .. }
         | AgentError::SignatureInvalid { .. }
@@ -187,7 +188,10 @@ impl From<RunError> for ApiError {
         };
         let mut details = Vec::new();
         let mut source = std::error::Error::source(&e);
-        let top = e.to_string();
+        let top = match &e {
+            RunError::Agent(a) => a.explained(crate::error::Surface::Api),
+            other => other.to_string(),
+        };
         while let Some(s) = source {
             let text = s.to_string();
             if !top.contains(&text) && !details.contains(&text) {
@@ -221,7 +225,9 @@ impl ApiError {
     /// not be reached (the full error stays in `details`).
     fn from_run(e: RunError, config: &crate::Config) -> ApiError {
         let unreachable = match &e {
-            RunError::Agent(AgentError::Fetch { .. }) => Some("could not be reached"),
+            RunError::Agent(AgentError::Fetch { .. } | AgentError::NotUpdateServer { .. }) => {
+                Some("could not be reached")
+            }
             RunError::Agent(AgentError::Download(_)) => Some("could not deliver the release"),
             _ => None,
         };
@@ -458,7 +464,7 @@ async fn check_against_release(
             | AgentError::UnknownComponent { .. }),
         )) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            e.to_string(),
+            e.explained(crate::error::Surface::Api),
             vec![format!("exit code {}", e.exit_code())],
         )),
         Err(e) => Err(ApiError::from_run(e, runner.agent().config())),

@@ -13,8 +13,10 @@ use qx_testkit::host::{demo_binary, Lab, TestHost};
 use qx_testkit::release::BuiltRelease;
 use serde_json::Value;
 
-use crate::support::host::{dead_url, history, host_at_v1, node_release, run_qx_update};
+use crate::support::api::{ApiServer, TOKEN};
+use crate::support::host::{agent, dead_url, history, host_at_v1, node_release, run_qx_update};
 use crate::support::hostile::{Canned, HostileServer};
+use crate::support::runtime;
 
 /// Two releases (1.0.0, 1.1.0) of `qx-node`, and a state of seq 1 offering both, current 1.1.0.
 fn lab_with_two() -> (Lab, BuiltRelease, BuiltRelease, ChannelState) {
@@ -433,4 +435,35 @@ fn bundle_from_url_above_max_unpacked_bytes_is_refused_before_downloading() {
     assert_eq!(server.hits("/bundles/release.qxb"), 1, "not retried");
     assert_eq!(downloaded_bundles(&lab), Vec::<String>::new());
     assert_unchanged(&lab);
+}
+
+#[test]
+fn a_refused_downgrade_names_the_request_field_never_a_command_line_flag() {
+    let (lab, _v1, _v2, _state) = lab_with_two();
+    let (code, text) = qx(&lab.host, &["apply", "--yes"]);
+    assert_eq!(code, 0, "{text}");
+    runtime().block_on(async {
+        let api = ApiServer::start(agent(&lab), TOKEN);
+        let resp = api
+            .post(qx_core::api::host::APPLY)
+            .json(&serde_json::json!({"version": "1.0.0"}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap();
+        assert!(status == 400 || status == 409, "{status} {body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.contains("\"allow_downgrade\": \"1.0.0\" in the request takes it"),
+            "{body}"
+        );
+        assert!(!body.to_string().contains("--"), "{body}");
+        api.shutdown().await;
+    });
+    // The command line says it with its flag.
+    let (code, text) = qx(&lab.host, &["apply", "--yes", "--version", "1.0.0"]);
+    assert_eq!(code, code::DOWNGRADE, "{text}");
+    assert!(text.contains("--allow-downgrade 1.0.0 takes it"), "{text}");
+    assert_eq!(lab.host.version("qx-node").as_deref(), Some("1.1.0"));
 }

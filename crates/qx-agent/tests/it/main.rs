@@ -30,6 +30,7 @@ mod hardening;
 mod hotfix;
 mod orphans;
 mod packaging;
+mod plain_errors;
 mod qemu;
 mod redirect;
 mod rollback;

@@ -338,3 +338,41 @@ fn bad_tls_settings_are_configuration_errors() {
         }
     }
 }
+
+#[test]
+fn https_to_a_plain_http_port_says_plain_http_in_plain_words() {
+    let lab = qx_testkit::host::Lab::new().unwrap();
+    let mut c = lab.host_config();
+    c.server_url = lab.server.url().replacen("http://", "https://", 1);
+    lab.host.write_config(&c).unwrap();
+    let out = run_qx_update(lab.host.root(), &["check"]);
+    assert_refused(
+        &out,
+        code::TLS,
+        &["the server answered in plain HTTP, not TLS", "use http://"],
+    );
+}
+
+#[test]
+fn plain_http_to_a_tls_port_says_use_https_and_is_not_retried() {
+    let ca = Ca::new("Private Test CA");
+    let lab = TlsLab::start(&ca.server(false), None);
+    let mut c = HostConfig::new(
+        &lab.server.url().replacen("https://", "http://", 1),
+        "quantix-os",
+        "dev",
+        &lab.key.public_key_file,
+    );
+    c.extra = String::new();
+    lab.host.write_config(&c).unwrap();
+    let out = lab.check();
+    assert_refused(
+        &out,
+        code::FETCH,
+        &[
+            "the server's answer is not HTTP",
+            "updates.server_url must start with https://",
+        ],
+    );
+    assert!(!text(&out).contains("retrying"), "{}", text(&out));
+}
