@@ -4,9 +4,6 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use qx_core::status::UpdateState;
@@ -328,7 +325,7 @@ fn apply(agent: &Agent, json: bool, opts: &ApplyOptions, yes: bool, reboot: bool
             return code::FAILURE;
         }
     }
-    let progress = (!json && std::io::stderr().is_terminal()).then(|| Progress::start(agent));
+    let progress = (!json).then(|| crate::progress::Progress::start(agent));
     let result = agent.apply_with_reboot(opts, reboot);
     if let Some(p) = progress {
         p.stop();
@@ -519,50 +516,4 @@ fn recover(agent: &Agent, json: bool) -> i32 {
         Err(e) => return print_error(json, &e),
     }
     code::SUCCESS
-}
-
-/// A progress bar on the terminal (bytes, rate, ETA while downloading; the step otherwise).
-struct Progress {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Progress {
-    fn start(agent: &Agent) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let agent = agent.clone();
-        let thread = std::thread::spawn(move || {
-            let bar = indicatif::ProgressBar::new(0);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg:30} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            while !flag.load(Ordering::Relaxed) {
-                match agent.status_handle().snapshot().state {
-                    UpdateState::Downloading {
-                        artifact,
-                        bytes,
-                        total,
-                        ..
-                    } => {
-                        bar.set_length(total);
-                        bar.set_position(bytes);
-                        bar.set_message(artifact);
-                    }
-                    other => bar.set_message(other.name().to_string()),
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            bar.finish_and_clear();
-        });
-        Self { stop, thread }
-    }
-
-    fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
-    }
 }

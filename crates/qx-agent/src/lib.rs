@@ -21,6 +21,7 @@ mod imagechunks;
 mod imagedelta;
 mod installed;
 mod offer;
+mod progress;
 mod status;
 pub mod transaction;
 pub mod untrusted;

@@ -129,3 +129,59 @@ fn status_shows_an_interrupted_apply_that_recovery_will_finish() {
     assert!(s["operation"].is_null(), "{s:#}");
     assert_eq!(s["installed"]["qx-node"], "1.0.0");
 }
+
+#[test]
+fn apply_without_a_terminal_prints_a_line_per_step_and_download_quarters() {
+    let lab = Lab::new().expect("lab");
+    host_at_v1(&lab);
+    lab.publish(
+        &lab.release("1.1.0")
+            .component(node("1.1.0").service("quantix-node"))
+            .component(ComponentSpec::migrations(
+                "db-migrations",
+                "/data/lib/quantix-migrations",
+                vec![("001".into(), b"#!/bin/sh\nexit 0\n".to_vec(), 0o755)],
+                vec!["001".into()],
+            )),
+    )
+    .expect("publish 1.1.0");
+    // stderr is a pipe here, not a terminal.
+    let out = run_qx_update(lab.host.root(), &["apply", "--yes"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    let at = |prefix: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line {prefix:?} in:\n{stderr}"))
+    };
+    let order = [
+        at("downloading "),
+        at("installing "),
+        at("migrating db-migrations"),
+        at("restarting quantix-node"),
+        at("verifying "),
+        at("done: 1.1.0"),
+    ];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{stderr}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("downloaded ") && l.ends_with("(100%)")),
+        "{stderr}"
+    );
+    // Each step once.
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("restarting quantix-node"))
+            .count(),
+        1,
+        "{stderr}"
+    );
+    // --json keeps stderr free of progress.
+    let out = run_qx_update(lab.host.root(), &["--json", "apply", "--yes"]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("downloading "));
+}
