@@ -52,6 +52,8 @@ pub mod server {
     /// `POST` an event batch (host token).
     pub const HOST_EVENTS: &str = "/api/v1/hosts/{id}/events";
     /// `POST` an operator token, `GET` the list (scope `admin`).
+    /// `GET`: which operator token the request carries and its scopes (any valid token).
+    pub const WHOAMI: &str = "/api/v1/whoami";
     pub const TOKENS: &str = "/api/v1/tokens";
     /// `DELETE` revokes an operator token.
     pub const TOKEN: &str = "/api/v1/tokens/{name}";
@@ -108,6 +110,7 @@ pub mod server {
         HOST,
         CHECKIN,
         HOST_EVENTS,
+        WHOAMI,
         TOKENS,
         TOKEN,
         FLEET_SUMMARY,
@@ -348,6 +351,10 @@ impl ServerUrl {
     /// `POST` or `GET` operator tokens.
     pub fn tokens(&self) -> String {
         self.at(server::TOKENS.to_owned())
+    }
+
+    pub fn whoami(&self) -> String {
+        self.at(server::WHOAMI.to_owned())
     }
 
     /// `DELETE` (revoke) an operator token.

@@ -66,10 +66,26 @@ pub fn trusted_comment(m: &Manifest) -> String {
 
 /// Loads a secret key after the `secret-key-exposed` lint.
 pub fn load_key(path: &Path) -> Result<SigningKey> {
+    refuse_public_key(path)?;
     if let Some(f) = lint::secret_key(path)? {
         return Err(Error::Lint(vec![f]));
     }
     Ok(SigningKey::from_file(path)?)
+}
+
+/// A public key given where the secret key belongs is named as such (not as a secret key
+/// with loose permissions or a bad format).
+fn refuse_public_key(path: &Path) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(()); // the loader reports what is wrong with the file
+    };
+    if qx_core::signature::TrustedKeys::new().add(&text).is_ok() {
+        return Err(Error::Usage(format!(
+            "{} is a public key: --key takes the secret key file that signs (made by `qx-publish keygen` as NAME.key; NAME.pub is its public half, for hosts and --pubkey/--trusted-key)",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The release date: `SOURCE_DATE_EPOCH` when set (reproducible manifests), else now.

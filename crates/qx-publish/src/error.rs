@@ -44,6 +44,9 @@ pub enum Error {
     KeyExists { path: PathBuf },
     #[error("{url}: {message}")]
     Transport { url: String, message: String },
+    /// What the server would refuse, found before the work (and the upload) it would waste.
+    #[error("{0}")]
+    WouldBeRefused(String),
     #[error("{url}: {message}")]
     Server {
         url: String,

@@ -25,6 +25,7 @@ pub mod error;
 pub mod keygen;
 pub mod lint;
 pub mod pack;
+pub mod preflight;
 pub mod promote;
 pub mod publish;
 pub mod spec;

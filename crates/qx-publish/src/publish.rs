@@ -25,6 +25,7 @@ use crate::channel::{self, Committed, Signer, Update};
 use crate::deltas;
 use crate::error::{Error, Result};
 use crate::lint::{self, Finding};
+use crate::preflight;
 use crate::spec::Spec;
 use crate::state;
 use crate::upload::{Client, Outcome, Progress};
@@ -92,7 +93,18 @@ pub fn publish(
     let mut warnings = Vec::new();
     let mut build_opts = opts.build.clone();
     let mut carried_from = None;
+    let mut existing = None;
     if let Some(client) = client {
+        existing = preflight::check(
+            client,
+            spec.product.as_str(),
+            &channel,
+            &version,
+            opts.dry_run,
+        )?;
+        if existing.is_some() {
+            note(&format!("version {version} is on channel {channel} already: the publish goes on only if this build is byte-identical"));
+        }
         let at = Target {
             client,
             signer: &signer,
@@ -124,6 +136,12 @@ pub fn publish(
             })
         }
     };
+    preflight::same_as_existing(
+        existing.as_ref(),
+        &release.manifest_bytes,
+        &version,
+        &channel,
+    )?;
     let outcome = upload(client, &release)?;
     let entry = channel::entry(&release.manifest, &release.manifest_bytes);
     let rollout = opts

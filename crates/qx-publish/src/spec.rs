@@ -17,8 +17,9 @@ use crate::error::{Error, Result};
 
 /// How long a manifest stays valid when the spec does not say (`expires_in`).
 pub const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(90 * 24 * 3600);
-/// The channel a release goes to when neither the spec nor `--channel` says.
-pub const DEFAULT_CHANNEL: &str = "dev";
+/// The channel a release goes to when neither the spec nor `--channel` says: the one the
+/// agent follows and the server answers by default.
+pub use qx_core::api::DEFAULT_CHANNEL;
 
 /// A parsed release spec with its relative paths resolved against the spec's directory.
 #[derive(Debug, Clone)]

@@ -89,6 +89,7 @@ fn fleet_routes<S: ReleaseStore>() -> Router<Arc<App<S>>> {
             api::HOST_EVENTS,
             post(fleet::events::<S>).layer(DefaultBodyLimit::max(validate::MAX_EVENTS_BODY)),
         )
+        .route(api::WHOAMI, get(fleet::whoami::<S>))
         .route(
             api::TOKENS,
             get(fleet::list_tokens::<S>)

@@ -24,8 +24,7 @@ const EXIT_CODES: &str = "Exit codes: 0 success, 1 failure (a refused lint, a fa
 #[derive(Debug, Parser)]
 #[command(name = "qx-publish", version, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// Print the result as JSON on stdout (build, publish, promote, yank, refresh, verify,
-    /// bundle).
+    /// Print the result as JSON on stdout (every verb; an error too: `{"error": …}`).
     #[arg(long, global = true)]
     json: bool,
     /// Trust this CA certificate (PEM) for an https:// server with a self-signed or private
@@ -47,7 +46,7 @@ struct BuildArgs {
     /// Release only this component (repeatable); the manifest lists only these.
     #[arg(long = "component", value_name = "NAME")]
     components: Vec<String>,
-    /// Channel of the release (default: the spec's `channel`, else dev).
+    /// Channel of the release (default: the spec's `channel`, else stable).
     #[arg(long, value_name = "C")]
     channel: Option<ChannelName>,
     /// Override the spec's version (stamped into every component).
@@ -192,6 +191,7 @@ struct PublishArgs {
 
 #[derive(Debug, clap::Args)]
 struct PromoteArgs {
+    /// The update server, e.g. https://updates.example:9000 (with its base path, if any).
     #[arg(long, value_name = "URL")]
     server: String,
     /// The secret key that re-signs the manifest.
@@ -200,14 +200,19 @@ struct PromoteArgs {
     /// Public key that must have signed the release (default: the key's own).
     #[arg(long, value_name = "FILE")]
     pubkey: Option<PathBuf>,
+    /// The product the release belongs to.
     #[arg(long, value_name = "P")]
     product: String,
+    /// The channel the release is published on now.
     #[arg(long, value_name = "C")]
     from: ChannelName,
+    /// The channel it is promoted to (its channel state is signed anew).
     #[arg(long, value_name = "C")]
     to: ChannelName,
+    /// Read the publish token from this file instead of QX_PUBLISH_TOKEN.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// Retries after a connection error or a server error (5xx).
     #[arg(long, default_value_t = 3)]
     retries: u32,
     /// List the release in the target channel's state without making it current.
@@ -215,11 +220,13 @@ struct PromoteArgs {
     no_current: bool,
     #[command(flatten)]
     state: StateArgs,
+    /// The version to promote.
     version: Version,
 }
 
 #[derive(Debug, clap::Args)]
 struct VerifyArgs {
+    /// A built release directory, or a published release's URL (see below).
     target: String,
     /// The public key the manifest must be signed with.
     #[arg(long, value_name = "FILE")]
@@ -227,6 +234,7 @@ struct VerifyArgs {
     /// Or: derive the public key from this secret key.
     #[arg(long, value_name = "KEYFILE", conflicts_with = "pubkey")]
     key: Option<PathBuf>,
+    /// Retries after a connection error or a server error (5xx).
     #[arg(long, default_value_t = 3)]
     retries: u32,
 }
@@ -234,15 +242,19 @@ struct VerifyArgs {
 /// The server, product and channel a verb is about, and the token it sends.
 #[derive(Debug, clap::Args)]
 struct ChannelTarget {
+    /// The update server, e.g. https://updates.example:9000 (with its base path, if any).
     #[arg(long, value_name = "URL")]
     server: String,
+    /// The product.
     #[arg(long, value_name = "P")]
     product: ProductName,
+    /// The channel.
     #[arg(long, value_name = "C")]
     channel: ChannelName,
     /// Read the token from this file instead of QX_PUBLISH_TOKEN.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// Retries after a connection error or a server error (5xx).
     #[arg(long, default_value_t = 3)]
     retries: u32,
 }
@@ -274,6 +286,7 @@ struct YankArgs {
     /// current comes).
     #[arg(long)]
     revert: bool,
+    /// The version to withdraw.
     version: Version,
 }
 
@@ -285,10 +298,13 @@ struct RefreshArgs {
 
 #[derive(Debug, clap::Args)]
 struct BundleArgs {
+    /// The update server, e.g. https://updates.example:9000 (with its base path, if any).
     #[arg(long, value_name = "URL")]
     server: String,
+    /// The product.
     #[arg(long, value_name = "P")]
     product: ProductName,
+    /// The channel whose signed state goes into the bundle.
     #[arg(long, value_name = "C", default_value = qx_core::api::DEFAULT_CHANNEL)]
     channel: ChannelName,
     /// The bundle file to write (replaced atomically).
@@ -300,8 +316,10 @@ struct BundleArgs {
     /// Trust this public key (repeatable).
     #[arg(long = "trusted-key", value_name = "FILE")]
     trusted_keys: Vec<PathBuf>,
+    /// Retries after a connection error or a server error (5xx).
     #[arg(long, default_value_t = 3)]
     retries: u32,
+    /// The version to bundle.
     version: Version,
 }
 
@@ -403,7 +421,7 @@ fn run_command(cli: Cli) -> Result<()> {
         ca_cert: cli.ca_cert,
     };
     match cli.command {
-        Command::Keygen(a) => keygen_command(a),
+        Command::Keygen(a) => keygen_command(a, &global),
         Command::Build(a) => build_command(a, &global),
         Command::Publish(a) => publish_command(a, &global),
         Command::Promote(a) => promote_command(a, &global),
@@ -415,8 +433,17 @@ fn run_command(cli: Cli) -> Result<()> {
     }
 }
 
-fn keygen_command(a: KeygenArgs) -> Result<()> {
+fn keygen_command(a: KeygenArgs, global: &Global) -> Result<()> {
     let k = keygen::keygen(&a.out, &a.name, a.force)?;
+    if global.json {
+        print_json(&serde_json::json!({
+            "public_key": k.public_key_line,
+            "key_id": k.key_id.to_string(),
+            "secret_key_file": k.secret_key.display().to_string(),
+            "public_key_file": k.public_key.display().to_string(),
+        }));
+        return Ok(());
+    }
     println!("public key: {}", k.public_key_line);
     println!("key id: {}", k.key_id);
     println!(
@@ -791,15 +818,17 @@ pub fn run() -> ExitCode {
             return ExitCode::from(code.clamp(0, 255) as u8);
         }
     };
+    let json = cli.json;
     match run_command(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let code: u8 = if e.is_usage() { 2 } else { 1 };
             eprintln!("error: {e}");
-            if e.is_usage() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::FAILURE
+            // `verify --json` has printed its report of the problems already.
+            if json && !matches!(e, Error::Verify { .. }) {
+                print_json(&serde_json::json!({"error": e.to_string(), "exit_code": code}));
             }
+            ExitCode::from(code)
         }
     }
 }
@@ -818,5 +847,27 @@ mod tests {
     fn missing_token_is_a_usage_error() {
         let e = Error::Usage("x".into());
         assert!(e.is_usage());
+    }
+
+    /// Every argument of every verb, below every subcommand, says what it is for.
+    #[test]
+    fn every_argument_of_every_verb_is_described() {
+        let mut missing = Vec::new();
+        let mut stack = vec![(String::from("qx-publish"), Cli::command())];
+        while let Some((path, cmd)) = stack.pop() {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                stack.push((format!("{path} {}", sub.get_name()), sub.clone()));
+            }
+        }
+        assert!(missing.is_empty(), "undescribed: {missing:?}");
     }
 }

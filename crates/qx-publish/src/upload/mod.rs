@@ -420,6 +420,50 @@ impl Client {
         Ok(StatePut::Stored(outcome(status)))
     }
 
+    /// Whether an update server answers under the base URL: its `GET /health` is
+    /// `{"status":"ok"}` (a wrong base path gets a 404 or another server's page).
+    pub fn answers_as_update_server(&self) -> Result<bool> {
+        let url = self.server.health();
+        let resp = self.get(&url)?;
+        if !resp.status().is_success() {
+            return Ok(false);
+        }
+        let body = resp.bytes().map_err(|e| transport(&url, e))?;
+        Ok(serde_json::from_slice::<serde_json::Value>(&body)
+            .is_ok_and(|v| v["status"].as_str() == Some("ok")))
+    }
+
+    /// The channels the server accepts (`GET /api/v1/channels`, its `CHANNELS`).
+    pub fn channels(&self) -> Result<Vec<String>> {
+        let url = self.server.channels();
+        let body = check(self.get(&url)?, &url, &Action::Read)?;
+        let v: serde_json::Value = json_answer(&url, &body, "channel list")?;
+        Ok(v["channels"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .filter_map(|c| c.as_str().map(str::to_owned))
+            .collect())
+    }
+
+    /// The token's name and scopes (`GET /api/v1/whoami`); a refused token is the 401 error.
+    pub fn whoami(&self) -> Result<(String, Vec<String>)> {
+        let url = self.server.whoami();
+        let resp = self.authorized(&url, reqwest::Method::GET)?;
+        let body = check(resp, &url, &Action::Read)?;
+        let v: serde_json::Value = json_answer(&url, &body, "token description")?;
+        let name = v["name"].as_str().unwrap_or_default().to_owned();
+        let scopes = v["scopes"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .filter_map(|c| c.as_str().map(str::to_owned))
+            .collect();
+        Ok((name, scopes))
+    }
+
     /// The channel's rollouts, newest first (docs/spec.md §10).
     pub fn rollouts(&self, product: &str, channel: &str) -> Result<RolloutList> {
         let url = self.server.rollouts(product, Some(channel));

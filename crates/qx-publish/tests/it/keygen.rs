@@ -105,3 +105,41 @@ fn help_documents_exit_codes() {
         .success()
         .stdout(predicate::str::contains("Exit codes: 0 success, 1 failure"));
 }
+
+#[test]
+fn keygen_json_names_both_files_and_errors_are_json_too() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = qx_publish()
+        .args(["--json", "keygen", "--out"])
+        .arg(tmp.path())
+        .assert()
+        .success();
+    let v: serde_json::Value =
+        serde_json::from_slice(&a.get_output().stdout).expect("JSON on stdout");
+    assert_eq!(v["key_id"].as_str().map(str::len), Some(16), "{v}");
+    assert!(
+        v["public_key"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("RW")),
+        "{v}"
+    );
+    assert_eq!(
+        v["secret_key_file"],
+        tmp.path().join("qx-publish.key").display().to_string()
+    );
+    // Again: refused, and the refusal is JSON on stdout as well.
+    let a = qx_publish()
+        .args(["--json", "keygen", "--out"])
+        .arg(tmp.path())
+        .assert()
+        .code(1);
+    let v: serde_json::Value =
+        serde_json::from_slice(&a.get_output().stdout).expect("JSON on stdout");
+    assert_eq!(v["exit_code"], 1);
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("already exists")),
+        "{v}"
+    );
+}

@@ -163,6 +163,8 @@ fn publish_with_a_wrong_token_shows_401_clearly() {
         ))
         .stderr(predicate::str::contains("check QX_PUBLISH_TOKEN"));
     assert!(!stderr(&a).contains("wrong-token-value"));
+    // Before the build: nothing was packed.
+    assert!(!stderr(&a).contains("packed"), "{}", stderr(&a));
 }
 
 #[test]
@@ -174,14 +176,18 @@ fn publish_same_version_with_other_content_shows_409_clearly() {
         "<html>changed</html>",
     )
     .expect("write");
-    e.publish(&[])
+    // Refused after the build, before the upload: the server is never sent the bytes.
+    let a = e
+        .publish(&[])
         .assert()
         .code(1)
         .stderr(predicate::str::contains("warning[version-not-newer]"))
         .stderr(predicate::str::contains(
-            "version 1.0.0 already exists on channel dev with different content (409 Conflict)",
+            "version 1.0.0 already exists on channel dev with other content",
         ))
-        .stderr(predicate::str::contains("bump the version"));
+        .stderr(predicate::str::contains("bump the version"))
+        .stderr(predicate::str::contains("nothing was uploaded"));
+    assert!(!stderr(&a).contains("uploading"), "{}", stderr(&a));
 }
 
 #[test]
@@ -202,16 +208,75 @@ fn publish_identical_release_again_is_idempotent() {
 }
 
 #[test]
-fn publish_to_an_unconfigured_channel_shows_422_clearly() {
+fn publish_to_an_unconfigured_channel_is_refused_before_the_build() {
     let e = start();
-    e.publish(&["--channel", "nightly"])
+    let a = e
+        .publish(&["--channel", "nightly"])
         .assert()
-        .code(1)
+        .code(2)
         .stderr(predicate::str::contains(
-            "the server rejected release 1.0.0 (422 Unprocessable Entity)",
+            "channel nightly is not configured on",
         ))
+        .stderr(predicate::str::contains("it accepts: dev, beta, stable"));
+    assert!(!stderr(&a).contains("packed"), "{}", stderr(&a));
+}
+
+#[test]
+fn publish_to_a_wrong_base_path_is_refused_before_the_build() {
+    let e = start();
+    let server = format!("{}/ota", e.server.url());
+    let a = qx_publish()
+        .env("QX_PUBLISH_TOKEN", TOKEN)
+        .args(["publish", "--server", &server, "--spec"])
+        .arg(e.work.spec())
+        .arg("--key")
+        .arg(e.work.key())
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(format!(
+            "no update server answers at {server}"
+        )))
+        .stderr(predicate::str::contains("base path"));
+    assert!(!stderr(&a).contains("packed"), "{}", stderr(&a));
+}
+
+#[test]
+fn publish_with_a_token_that_cannot_publish_is_refused_before_the_build() {
+    let e = start();
+    let made = reqwest::blocking::Client::new()
+        .post(e.urls().tokens())
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"name": "viewer", "scopes": ["read"]}))
+        .send()
+        .expect("create token");
+    assert_eq!(made.status(), 201);
+    let body: serde_json::Value = made.json().expect("json");
+    let token = body["token"].as_str().expect("token").to_owned();
+    let a = e
+        .publish(&[])
+        .env("QX_PUBLISH_TOKEN", &token)
+        .assert()
+        .code(2)
         .stderr(predicate::str::contains(
-            "channel nightly is not configured",
+            "token viewer has scope read, which cannot publish",
+        ));
+    assert!(!stderr(&a).contains("packed"), "{}", stderr(&a));
+    assert!(!stderr(&a).contains(&token));
+}
+
+#[test]
+fn a_public_key_given_as_key_is_named_as_such() {
+    let e = start();
+    qx_publish()
+        .env("QX_PUBLISH_TOKEN", TOKEN)
+        .args(["publish", "--server", e.server.url(), "--spec"])
+        .arg(e.work.spec())
+        .arg("--key")
+        .arg(e.work.pubkey())
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "is a public key: --key takes the secret key file",
         ));
 }
 

@@ -348,6 +348,20 @@ pub async fn create_token<S: ReleaseStore>(
     Ok(created(made))
 }
 
+/// `GET /api/v1/whoami` (any operator token): the token's name and scopes, so a tool can
+/// tell a wrong or too weak token before it starts long work.
+pub async fn whoami<S: ReleaseStore>(
+    State(app): AppState<S>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (name, scopes) = match app.operator(&headers, READ, OPERATOR).await? {
+        auth::Operator::Bootstrap => ("PUBLISH_TOKEN".to_owned(), vec![Scope::Admin]),
+        auth::Operator::Token { name, scopes } => (name, scopes),
+    };
+    let scopes: Vec<&str> = scopes.iter().map(|s| auth::scope_name(*s)).collect();
+    Ok(Json(json!({ "name": name, "scopes": scopes })).into_response())
+}
+
 /// `GET /api/v1/tokens` (admin): every operator token, revoked ones included, no secrets.
 pub async fn list_tokens<S: ReleaseStore>(
     State(app): AppState<S>,

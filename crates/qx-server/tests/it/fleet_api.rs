@@ -228,6 +228,7 @@ on_both_engines!(
     host_list_filters_and_pages,
     labels_patch_sets_and_removes,
     operator_token_scopes_are_enforced,
+    whoami_names_the_token_and_its_scopes,
     publish_accepts_an_operator_token_with_publish_scope,
     overload_answers_429_with_retry_after,
 );
@@ -1054,4 +1055,22 @@ async fn overload_answers_429_with_retry_after(engine: Engine) {
     );
     lab.clock.advance(Duration::from_secs(1));
     assert_eq!(lab.check_in(&host, &report("2.0.0")).await.status, 200);
+}
+
+async fn whoami_names_the_token_and_its_scopes(engine: Engine) {
+    let lab = Lab::start(engine);
+    let url = lab.server.api().whoami();
+    let a = lab.get(&url, TOKEN).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        a.body,
+        json!({"name": "PUBLISH_TOKEN", "scopes": ["admin"]})
+    );
+    let viewer = operator_token(&lab, "viewer", json!(["read"])).await;
+    let a = lab.get(&url, &viewer).await;
+    assert_eq!(a.body, json!({"name": "viewer", "scopes": ["read"]}));
+    let a = lab.get(&url, "not-a-token").await;
+    assert_eq!(a.status, 401, "{}", a.body);
+    let a = lab.call(Method::GET, &url, None, None).await;
+    assert_eq!(a.status, 401, "{}", a.body);
 }
