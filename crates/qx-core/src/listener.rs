@@ -230,7 +230,8 @@ impl LimitAcceptor {
         stream: TcpStream,
         service: S,
     ) -> io::Result<(Limited<TcpStream>, Guarded<S>)> {
-        let client = stream.peer_addr()?.ip();
+        let peer = stream.peer_addr()?;
+        let client = peer.ip();
         let Some(slot) = self.limiter.admit(client) else {
             tracing::debug!(client = %client, "connection refused: connection cap reached");
             return Err(io::Error::other("connection cap reached"));
@@ -249,6 +250,7 @@ impl LimitAcceptor {
             busy,
             window: limits.body_read_timeout,
             min_rate: limits.body_min_rate,
+            peer: PeerAddr(peer),
         };
         Ok((stream, service))
     }
@@ -376,7 +378,13 @@ pub struct Guarded<S> {
     busy: Arc<AtomicUsize>,
     window: Duration,
     min_rate: u64,
+    peer: PeerAddr,
 }
+
+/// The address a request's connection comes from (the TCP peer: a reverse proxy's when there
+/// is one), set as a request extension on every request of a [`Limiter`]'s listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::SocketAddr);
 
 /// Counts one request in progress on its connection until dropped.
 struct Busy(Arc<AtomicUsize>);
@@ -410,9 +418,9 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let busy = Busy::new(&self.busy);
         let (window, min_rate) = (self.window, self.min_rate);
-        let fut = self
-            .inner
-            .call(req.map(|body| PacedBody::new(body, window, min_rate)));
+        let mut req = req.map(|body| PacedBody::new(body, window, min_rate));
+        req.extensions_mut().insert(self.peer);
+        let fut = self.inner.call(req);
         Box::pin(async move {
             let res = fut.await;
             drop(busy);

@@ -42,6 +42,9 @@ pub struct Config {
     pub release_store: ReleaseStoreConfig,
     /// `ARTIFACT_REDIRECT`: artifacts answered with a redirect instead of their bytes.
     pub artifact_redirect: Option<ArtifactRedirect>,
+    /// `ACCESS_LOG` and `TRUSTED_PROXIES`: which requests are logged, and whose
+    /// `X-Forwarded-For` names the client.
+    pub access_log: crate::access_log::AccessLogConfig,
 }
 
 /// `ARTIFACT_REDIRECT_TTL` when unset: how long a presigned URL is valid.
@@ -244,6 +247,7 @@ impl Config {
             limits: ConnectionLimits::default(),
             release_store: ReleaseStoreConfig::Local,
             artifact_redirect: None,
+            access_log: Default::default(),
         }
     }
 
@@ -328,6 +332,13 @@ impl Config {
         cfg.fleet = fleet_from(&lookup, &cfg.release_dir)?;
         cfg.release_store = release_store_from(&lookup)?;
         cfg.artifact_redirect = redirect_from(&lookup, &cfg.release_store)?;
+        if let Some(v) = lookup("ACCESS_LOG") {
+            cfg.access_log.log = v.parse().map_err(|r| invalid("ACCESS_LOG", &v, r))?;
+        }
+        if let Some(v) = lookup("TRUSTED_PROXIES") {
+            cfg.access_log.trusted_proxies =
+                v.parse().map_err(|r| invalid("TRUSTED_PROXIES", &v, r))?;
+        }
         Ok(cfg)
     }
 }

@@ -52,6 +52,7 @@
 //!   [`state::MANIFEST_CACHE_TTL`] and dropped at once on any publish, promote, yank or stored
 //!   channel state through this process; nothing else is cached (a restart rescans the disk).
 
+pub mod access_log;
 pub mod config;
 pub mod error;
 pub mod fleet;

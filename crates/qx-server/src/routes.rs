@@ -9,6 +9,7 @@ use axum::routing::{delete, get, patch, post, put};
 use axum::Router;
 use qx_core::api::server as api;
 
+use crate::access_log;
 use crate::error::ApiError;
 use crate::fleet::api as fleet;
 use crate::fleet::rollout::api as rollout;
@@ -30,6 +31,7 @@ pub const NO_SUCH_ENDPOINT: &str = "no such endpoint";
 pub fn router<S: ReleaseStore>(app: Arc<App<S>>) -> Router {
     let max_upload = usize::try_from(app.config.max_upload_bytes).unwrap_or(usize::MAX);
     let metrics = app.metrics.clone();
+    let access = Arc::new(app.config.access_log.clone());
     Router::new()
         .route(api::HEALTH, get(read::health))
         .route(api::METRICS, get(read::metrics_text::<S>))
@@ -58,6 +60,10 @@ pub fn router<S: ReleaseStore>(app: Arc<App<S>>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             metrics,
             metrics::track,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            access,
+            access_log::log,
         ))
         .with_state(app)
 }

@@ -12,7 +12,8 @@ const THROTTLE_MS = 1000;
 
 const { token, saveToken, forgetToken, api, readJson, showError } = apiSession({
   tokenKey: "qx-fleet-token",
-  base: "/api/v1",
+  // Relative to the page (/ui), so the dashboard works under a proxy's base path too.
+  base: "api/v1",
   peer: "update server",
   unreachable: ["Check that qx-update-server is running and reachable."],
   refusals: {

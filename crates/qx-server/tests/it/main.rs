@@ -2,6 +2,7 @@
 //! real signed releases.
 #![allow(clippy::unwrap_used)]
 
+mod access_log;
 mod api;
 mod bad_input;
 mod channel;

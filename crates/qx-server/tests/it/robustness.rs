@@ -141,7 +141,7 @@ pub(crate) struct Spawned {
 
 impl Spawned {
     /// Everything the server logged, once it has exited and its stderr is closed.
-    fn log_after_exit(&mut self) -> String {
+    pub(crate) fn log_after_exit(&mut self) -> String {
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
@@ -150,7 +150,7 @@ impl Spawned {
 }
 
 /// `token: None` starts the server without PUBLISH_TOKEN (the default-token path).
-fn spawn_server(root: &Path, token: Option<&str>) -> Spawned {
+pub(crate) fn spawn_server(root: &Path, token: Option<&str>) -> Spawned {
     spawn_server_with(root, token, &[])
 }
 
@@ -292,7 +292,7 @@ async fn https_with_a_self_signed_certificate() {
     assert!(plain.is_err() || plain.is_ok_and(|r| r.status() != 200));
 }
 
-fn run_with_env(vars: &[(&str, &str)]) -> (Option<i32>, String) {
+pub(crate) fn run_with_env(vars: &[(&str, &str)]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_qx-update-server"));
     cmd.env("RELEASE_DIR", dir.path())
