@@ -110,11 +110,24 @@ pub enum Command {
     Recover,
     /// Run the agent: periodic check, auto-apply in the maintenance window, HTTPS API + page.
     Daemon(crate::daemon::DaemonArgs),
+    /// The configuration file: `check` validates it offline (keys, values, key files).
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCommand,
+    },
     /// A/B system slots: status, boot-time rollback check, health verification, marking.
     Ab {
         #[command(subcommand)]
         cmd: qx_boot::cli::AbCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Read and validate the configuration as every command does, without contacting any
+    /// server: each problem with its line, a misspelt key with the nearest known one. Exit 0
+    /// when valid, 3 when not.
+    Check,
 }
 
 /// Parses the process arguments, runs, and returns the exit code.
@@ -169,10 +182,51 @@ fn print_json<T: serde::Serialize>(v: &T) {
 }
 
 fn load_config(config: Option<&Path>, root: &Path) -> Result<Config, AgentError> {
-    let path = config.map(Path::to_owned).unwrap_or_else(|| {
+    Ok(Config::load_under(&config_path(config, root), root)?)
+}
+
+/// `--config`, or the default file under the root.
+fn config_path(config: Option<&Path>, root: &Path) -> PathBuf {
+    config.map(Path::to_owned).unwrap_or_else(|| {
         qx_core::fs::under_root(root, Path::new(crate::config::DEFAULT_CONFIG_PATH))
-    });
-    Ok(Config::load_under(&path, root)?)
+    })
+}
+
+/// `qx-update config check`.
+fn config_check(config: Option<&Path>, root: &Path, json: bool) -> i32 {
+    let path = config_path(config, root);
+    match crate::config_check::check(&path, root) {
+        Ok(summary) if json => {
+            print_json(&serde_json::json!({"ok": true, "config": summary}));
+            code::SUCCESS
+        }
+        Ok(s) => {
+            outln!(
+                "{}: valid: server {}, product {}, channel {}, trusted keys {}, updates {}, auto-apply {}",
+                s.path,
+                s.server_url,
+                s.product,
+                s.channel,
+                s.trusted_keys.join(", "),
+                if s.enabled { "on" } else { "off" },
+                if s.auto_apply { "on" } else { "off" }
+            );
+            code::SUCCESS
+        }
+        Err(p) => {
+            let at = p.line.map(|l| format!(":{l}")).unwrap_or_default();
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::json!({"ok": false, "error": p.message(&path), "line": p.line, "exit_code": code::CONFIG})
+                );
+            } else {
+                let text = crate::untrusted::printable(&p.message(&path));
+                eprintln!("qx-update: {}{at}: {text}", path.display());
+            }
+            code::CONFIG
+        }
+    }
 }
 
 pub fn load_agent(cli: &Cli) -> Result<Agent, AgentError> {
@@ -228,6 +282,12 @@ pub fn run(mut cli: Cli) -> i32 {
     if let Command::Ab { cmd } = &cli.command {
         return run_ab(cli.config.as_deref(), &cli.root, cli.json, cmd);
     }
+    if let Command::Config {
+        cmd: ConfigCommand::Check,
+    } = &cli.command
+    {
+        return config_check(cli.config.as_deref(), &cli.root, cli.json);
+    }
     let agent = match load_agent(&cli) {
         Ok(a) => a,
         Err(e) => return print_error(cli.json, &e),
@@ -264,6 +324,9 @@ pub fn run(mut cli: Cli) -> i32 {
         Command::Daemon(args) => daemon(agent, &args),
         // Handled above, before the agent is built; kept for completeness.
         Command::Ab { cmd } => run_ab(cli.config.as_deref(), &cli.root, json, &cmd),
+        Command::Config {
+            cmd: ConfigCommand::Check,
+        } => config_check(cli.config.as_deref(), &cli.root, json),
         Command::Recover => recover(&agent, json),
     }
 }

@@ -1,6 +1,8 @@
 //! Agent configuration: the `updates:` section of `/etc/limiquantix/node.yaml` (the base keys
 //! plus docs/spec.md §4's). Other top-level sections of the file belong to other programs and are
-//! ignored; inside `updates:` an unknown key is an error that names it.
+//! ignored; inside `updates:` an unknown key is an error that names it (and the nearest known
+//! one). Every key is documented in docs/agent-config.md (a unit test of `config_check` keeps
+//! the two the same).
 //!
 //! ```yaml
 //! updates:
@@ -63,7 +65,12 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("configuration {path}: {message}")]
-    Syntax { path: PathBuf, message: String },
+    Syntax {
+        path: PathBuf,
+        message: String,
+        /// The 1-based line the parser stopped at.
+        line: Option<usize>,
+    },
     #[error("configuration {path}: there is no `updates:` section")]
     NoUpdatesSection { path: PathBuf },
     #[error("configuration {path}: updates.{key}: {message}")]
@@ -356,6 +363,40 @@ impl Config {
         Self::load_under(path, Path::new("/"))
     }
 
+    /// A parser error in words; an unknown key gets the nearest known one as a suggestion
+    /// instead of the whole list.
+    fn syntax_message(e: &serde_yaml_ng::Error) -> String {
+        let text = e.to_string();
+        let Some((head, rest)) = text.split_once("unknown field `") else {
+            return text;
+        };
+        let Some((unknown, rest)) = rest.split_once('`') else {
+            return text;
+        };
+        let known: Vec<&str> = rest
+            .split(" at line ")
+            .next()
+            .unwrap_or_default()
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .collect();
+        let place = rest
+            .rfind(" at line ")
+            .map(|i| &rest[i..])
+            .unwrap_or_default();
+        match crate::config_check::did_you_mean(unknown, &known) {
+            Some(k) => format!("{head}unknown key `{unknown}`{place}; did you mean `{k}`?"),
+            None => {
+                let keys: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+                format!(
+                    "{head}unknown key `{unknown}`{place}; the keys here are {}",
+                    keys.join(", ")
+                )
+            }
+        }
+    }
+
     /// Reads `path` and resolves every host path it names under `root`.
     pub fn load_under(path: &Path, root: &Path) -> Result<Config, ConfigError> {
         refuse_if_writable_by_others("configuration", path)?;
@@ -370,7 +411,8 @@ impl Config {
     pub fn parse(text: &str, source: &Path, root: &Path) -> Result<Config, ConfigError> {
         let raw: RawFile = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax {
             path: source.to_owned(),
-            message: e.to_string(),
+            message: Self::syntax_message(&e),
+            line: e.location().map(|l| l.line()),
         })?;
         let mut raw = raw.updates.ok_or_else(|| ConfigError::NoUpdatesSection {
             path: source.to_owned(),

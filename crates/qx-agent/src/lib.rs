@@ -12,6 +12,7 @@ mod check;
 pub mod cli;
 pub mod client_tls;
 mod config;
+pub mod config_check;
 pub mod daemon;
 pub mod download;
 mod error;

@@ -16,6 +16,7 @@ mod archive;
 mod browser;
 mod channel;
 mod check;
+mod config_check;
 mod connections;
 mod crash;
 mod daemon;
