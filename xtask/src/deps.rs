@@ -28,6 +28,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "mtools",
     "e2fsprogs",
     "cpio",
+    "nginx",
 ];
 
 /// The part of [`TEST_PACKAGES`] the quick tier (`cargo xtask test --fast`) uses: the stock

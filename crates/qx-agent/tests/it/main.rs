@@ -34,6 +34,7 @@ mod packaging;
 mod plain_errors;
 mod qemu;
 mod redirect;
+mod reverse_proxy;
 mod rollback;
 mod rollout;
 mod rollout_e2e;
