@@ -340,7 +340,11 @@ kernel = "image/vmlinuz"
         let s = parse(GOOD).expect("parses");
         assert_eq!(s.product.as_str(), "quantix-demo");
         assert_eq!(s.version.to_string(), "1.2.3");
-        assert_eq!(s.channel.as_str(), "stable", "the default channel, as the agent's and the server's");
+        assert_eq!(
+            s.channel.as_str(),
+            "stable",
+            "the default channel, as the agent's and the server's"
+        );
         assert_eq!(s.expires_in, Duration::from_secs(30 * 24 * 3600));
         assert_eq!(s.components.len(), 2);
         assert_eq!(

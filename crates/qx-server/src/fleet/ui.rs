@@ -192,10 +192,11 @@ mod tests {
         qx_testkit::page::assert_page_rules(&qx_testkit::page::Page {
             html: INDEX_HTML,
             common_js: COMMON_JS,
-            common_src: api::UI_COMMON_SCRIPT,
+            // Relative to the page at /ui, so it also works under a proxy's base path.
+            common_src: api::UI_COMMON_SCRIPT.trim_start_matches('/'),
             app_js: APP_JS,
-            app_src: api::UI_SCRIPT,
-            style_href: api::UI_STYLE,
+            app_src: api::UI_SCRIPT.trim_start_matches('/'),
+            style_href: api::UI_STYLE.trim_start_matches('/'),
         });
     }
 }

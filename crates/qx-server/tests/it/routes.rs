@@ -26,6 +26,7 @@ const METHODS: &[(&str, &[&str])] = &[
     (api::HOST, &["GET", "PATCH", "DELETE"]),
     (api::CHECKIN, &["POST"]),
     (api::HOST_EVENTS, &["POST"]),
+    (api::WHOAMI, &["GET"]),
     (api::TOKENS, &["GET", "POST"]),
     (api::TOKEN, &["DELETE"]),
     (api::FLEET_SUMMARY, &["GET"]),
