@@ -6,6 +6,7 @@
 //! journaled transaction), `status`/`subscribe`, `recover` (finish an interrupted apply),
 //! `rollback` (restore the previous version from its backup).
 
+mod activity;
 mod bundle;
 mod channel;
 mod check;
@@ -20,6 +21,7 @@ mod fullimage;
 mod imagechunks;
 mod imagedelta;
 mod installed;
+pub mod metrics;
 mod offer;
 mod status;
 pub mod transaction;
@@ -29,6 +31,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use activity::{Activity, CheckResult, LastApply, LastCheck};
 pub use check::{CheckReport, ComponentChange};
 pub use config::{
     ApiConfig, Config, ConfigError, DownloadSettings, FleetConfig, ServiceManagerKind,
@@ -64,6 +67,8 @@ pub struct HostPaths {
     pub fleet: PathBuf,
     /// The deltas this host refused (docs/spec.md §11): never used again.
     pub deltas_refused: PathBuf,
+    /// What the agent did last (`activity::Activity`): the status and the metrics show it.
+    pub activity: PathBuf,
 }
 
 impl HostPaths {
@@ -85,6 +90,7 @@ impl HostPaths {
             identity: at("data/updates/identity.json"),
             fleet: at("data/updates/fleet"),
             deltas_refused: at("data/updates/deltas-refused.json"),
+            activity: at("data/updates/activity.json"),
         }
     }
 
@@ -221,6 +227,7 @@ impl Agent {
         } else {
             self.inner.fleet.report(self);
         }
+        status.record_check(activity::LastCheck::of(&result));
         result
     }
 
