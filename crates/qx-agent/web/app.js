@@ -135,6 +135,7 @@ function renderSchedule(s) {
   const c = s.last_check;
   $("last-check").textContent = c ? fmtTime(c.time) + " · " + describeCheck(c) : "Never";
   $("last-check").className = c && c.result === "failed" ? "bad" : "";
+  $("last-check").title = c && c.error ? c.error : "";
   const sch = s.schedule;
   if (!sch) {
     for (const id of ["next-check", "auto-apply", "window"]) $(id).textContent = "–";
@@ -262,7 +263,7 @@ function applyClicked() {
   if (!failed) { apply(); return; }
   $("apply-confirm-text").textContent = "The last apply of " + failed.version + " " +
     (failed.result === "rolled_back" ? "was rolled back" : "failed") + " (" + fmtTime(failed.time) + ")" +
-    (failed.reason ? ": " + failed.reason : ".") + " Apply it again?";
+    (failed.reason ? ": " + failed.reason : ".");
   $("apply-confirm").hidden = false;
   $("apply").disabled = true;
   $("apply-cancel").focus();
