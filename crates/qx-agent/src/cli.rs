@@ -410,20 +410,41 @@ fn status(agent: &Agent, json: bool) {
     for (c, v) in &s.installed {
         outln!("  {c:<24} {v}");
     }
+    if let Some(c) = &s.last_check {
+        let what = c.error.as_deref().or(c.version.as_deref()).unwrap_or("");
+        outln!(
+            "last check: {} {} {}",
+            c.time,
+            c.result.as_str(),
+            crate::untrusted::printable(what)
+        );
+    }
     outln!("history:");
     for h in s.history.iter().rev().take(10) {
         outln!(
-            "  {} {} {} -> {} {}{}",
+            "  {} {} {} -> {} {}{}{}",
             h.time,
             h.kind,
             h.from_version.as_deref().unwrap_or("-"),
             h.version,
             h.outcome,
+            h.started_by
+                .as_ref()
+                .map(|b| format!(" (started by {})", started_by(b)))
+                .unwrap_or_default(),
             h.reason
                 .as_deref()
                 .map(|r| format!(": {}", crate::untrusted::printable(r)))
                 .unwrap_or_default()
         );
+    }
+}
+
+/// `cli (alice)`, `api`, `automatic`.
+fn started_by(b: &qx_core::history::StartedBy) -> String {
+    match &b.user {
+        Some(user) => format!("{} ({})", b.via, crate::untrusted::printable(user)),
+        None => b.via.to_string(),
     }
 }
 

@@ -24,6 +24,16 @@ async fn status(api: &ApiServer) -> Value {
     resp.json().await.expect("status JSON")
 }
 
+/// Checks through the API; returns the answer's status.
+async fn check(api: &ApiServer) -> u16 {
+    let resp = api
+        .get("/api/v1/updates/check")
+        .send()
+        .await
+        .expect("check");
+    resp.status().as_u16()
+}
+
 /// Posts an apply and follows the events to its end; returns the end snapshot.
 async fn apply_through_the_api(api: &ApiServer) -> Value {
     let mut events = Events::new(
@@ -83,12 +93,7 @@ fn status_tells_the_last_check_the_last_apply_who_started_it_and_the_schedule() 
             next.to_string()
         );
 
-        let resp = api
-            .get("/api/v1/updates/check")
-            .send()
-            .await
-            .expect("check");
-        assert_eq!(resp.status(), 200);
+        assert_eq!(check(&api).await, 200);
         let checked = status(&api).await;
         let c = &checked["last_check"];
         assert_eq!(c["result"], "available", "{c}");
@@ -163,12 +168,7 @@ fn a_failed_check_is_recorded_apart_from_the_last_apply() {
     host_at_v1(&lab);
     runtime().block_on(async {
         let api = ApiServer::start(agent(&lab), TOKEN);
-        let resp = api
-            .get("/api/v1/updates/check")
-            .send()
-            .await
-            .expect("check");
-        assert_eq!(resp.status(), 502);
+        assert_eq!(check(&api).await, 502);
         let s = status(&api).await;
         let c = &s["last_check"];
         assert_eq!(c["result"], "failed", "{c}");
@@ -275,12 +275,7 @@ fn metrics_follow_real_checks_and_applies_in_the_textfile_and_on_the_api_across_
         );
 
         // A check of the new agent (nothing to download) keeps the counter.
-        let resp = api
-            .get("/api/v1/updates/check")
-            .send()
-            .await
-            .expect("check");
-        assert_eq!(resp.status(), 200);
+        assert_eq!(check(&api).await, 200);
         api.shutdown().await;
     });
     let text = textfile(root);
