@@ -85,9 +85,21 @@ fn status_tells_the_last_check_the_last_apply_who_started_it_and_the_schedule() 
             "{w}"
         );
 
-        // The scheduler's next check shows (it sets it the same way).
+        // The scheduler's next check shows (it sets it the same way), in the status and at
+        // once in the event stream.
+        let mut events = Events::new(
+            api.get("/api/v1/updates/events")
+                .send()
+                .await
+                .expect("events"),
+        );
+        assert_eq!(events.next().await["schedule"]["next_check"], Value::Null);
         let next: jiff::Timestamp = "2030-01-01T00:00:00Z".parse().expect("time");
         api.runner.set_next_check(Some(next));
+        assert_eq!(
+            events.next().await["schedule"]["next_check"],
+            next.to_string()
+        );
         assert_eq!(
             status(&api).await["schedule"]["next_check"],
             next.to_string()

@@ -317,7 +317,7 @@ async fn a_failed_apply_shows_its_reason_and_who_started_it(client: &Client) {
 }
 
 /// Apply again after the failure: a confirmation naming the failure first; Cancel starts
-/// nothing.
+/// nothing, "Apply again" applies (and 1.2.0 fails again).
 async fn applying_it_again_asks_first(client: &Client, api: &ApiServer) {
     let entries = api.runner.agent().status().history.len();
     wait_for(client, "the Apply button", |c| async move {
@@ -349,6 +349,27 @@ async fn applying_it_again_asks_first(client: &Client, api: &ApiServer) {
     );
     assert!(!api.runner.is_applying(), "nothing started");
     assert_eq!(api.runner.agent().status().state.name(), "failed");
+
+    click(client, "#apply").await;
+    wait_for(client, "the confirmation", |c| async move {
+        displayed(&c, "#apply-confirm").await
+    })
+    .await;
+    click(client, "#apply-again").await;
+    wait_for(client, "the second failed apply", |c| async move {
+        let rows = c
+            .find_all(Locator::Css("#history-table tbody tr .outcome-failed, #history-table tbody tr .outcome-rolled_back"))
+            .await
+            .map(|r| r.len())
+            .unwrap_or(0);
+        rows == 2
+    })
+    .await;
+    assert_eq!(
+        api.runner.agent().status().history.len(),
+        entries + 1,
+        "applied once more"
+    );
 }
 
 /// At `width` px (and tall enough for the whole page): the page does not scroll sideways, and
