@@ -341,7 +341,35 @@ fn apply_options(
         allow_downgrade,
         version: release.version,
         from: release.from,
+        started_by: Some(cli_user()),
     }
+}
+
+/// Who runs this command: the user behind `sudo` when there is one, else the name of the
+/// real user id (`/etc/passwd`), else `uid N`.
+fn cli_user() -> qx_core::history::StartedBy {
+    let sudo = std::env::var("SUDO_USER").ok().filter(|u| !u.is_empty());
+    let uid = rustix::process::getuid().as_raw();
+    let user = sudo.unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/passwd")
+            .ok()
+            .and_then(|text| user_name(&text, uid))
+            .unwrap_or_else(|| format!("uid {uid}"))
+    });
+    qx_core::history::StartedBy {
+        via: qx_core::history::Origin::Cli,
+        user: Some(crate::untrusted::printable(&user)),
+    }
+}
+
+/// The name of `uid` in the text of a passwd file.
+fn user_name(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let mut f = line.split(':');
+        let name = f.next()?;
+        let id = f.nth(1)?;
+        (id.parse::<u32>().ok() == Some(uid)).then(|| name.to_owned())
+    })
 }
 
 /// Asks a yes/no question on the terminal; only "y" or "yes" is a yes.
@@ -443,20 +471,41 @@ fn status(agent: &Agent, json: bool) {
     for (c, v) in &s.installed {
         outln!("  {c:<24} {v}");
     }
+    if let Some(c) = &s.last_check {
+        let what = c.error.as_deref().or(c.version.as_deref()).unwrap_or("");
+        outln!(
+            "last check: {} {} {}",
+            c.time,
+            c.result.as_str(),
+            crate::untrusted::printable(what)
+        );
+    }
     outln!("history:");
     for h in s.history.iter().rev().take(10) {
         outln!(
-            "  {} {} {} -> {} {}{}",
+            "  {} {} {} -> {} {}{}{}",
             h.time,
             h.kind,
             h.from_version.as_deref().unwrap_or("-"),
             h.version,
             h.outcome,
+            h.started_by
+                .as_ref()
+                .map(|b| format!(" (started by {})", started_by(b)))
+                .unwrap_or_default(),
             h.reason
                 .as_deref()
                 .map(|r| format!(": {}", crate::untrusted::printable(r)))
                 .unwrap_or_default()
         );
+    }
+}
+
+/// `cli (alice)`, `api`, `automatic`.
+fn started_by(b: &qx_core::history::StartedBy) -> String {
+    match &b.user {
+        Some(user) => format!("{} ({})", b.via, crate::untrusted::printable(user)),
+        None => b.via.to_string(),
     }
 }
 
@@ -527,7 +576,10 @@ fn rollback(agent: &Agent, json: bool, yes: bool, force: bool) -> i32 {
     if !json {
         out!("{}", plan.render());
     }
-    let opts = crate::RollbackOptions { force };
+    let opts = crate::RollbackOptions {
+        force,
+        started_by: Some(cli_user()),
+    };
     // A refused first install is not asked about: the rollback below names the refusal.
     let refused = plan.first_install && !force;
     if !yes && !refused && !confirm("Roll back now?") {
@@ -579,4 +631,17 @@ fn recover(agent: &Agent, json: bool) -> i32 {
         Err(e) => return print_error(json, &e),
     }
     code::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_name_is_read_from_passwd_by_uid() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\n# no\nalice:x:1000:1000::/home/alice:/bin/sh\nbad-line\n";
+        assert_eq!(user_name(passwd, 0).as_deref(), Some("root"));
+        assert_eq!(user_name(passwd, 1000).as_deref(), Some("alice"));
+        assert_eq!(user_name(passwd, 7), None);
+    }
 }

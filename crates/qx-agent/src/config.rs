@@ -39,7 +39,12 @@
 //!   allow_install_paths: [/opt/vendor]  # system directories releases may replace (see below)
 //!   fleet: {enroll_token_file: /etc/limiquantix/fleet-enroll-token,   # docs/spec.md §9
 //!           labels: {site: berlin}, enabled: true}
+//!   metrics: {textfile: /var/lib/node_exporter/textfile/qx_update.prom}  # docs/host-api.md
 //! ```
+//!
+//! `metrics.textfile` is a file the agent rewrites (atomically) after every check and apply,
+//! in the Prometheus text format, for a node exporter's textfile collector: an absolute path
+//! whose name ends in `.prom`; unset (the default), no file is written.
 //!
 //! `allow_install_paths` lists prefixes under which a release may install even where the
 //! install path is a denied system directory (`/opt`, `/usr/local`, …:
@@ -168,6 +173,8 @@ pub struct Config {
     pub allow_install_paths: Vec<qx_core::InstallPath>,
     /// `updates.fleet`: enrollment and reports to the update server's fleet API.
     pub fleet: FleetConfig,
+    /// `updates.metrics.textfile`, resolved under the root: the agent's metrics file.
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 /// `updates.fleet` (docs/spec.md §9). Reporting is on when `enabled` (the default) and the
@@ -286,6 +293,13 @@ struct RawUpdates {
     #[serde(default)]
     allow_install_paths: Vec<String>,
     fleet: Option<RawFleet>,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    textfile: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -448,6 +462,7 @@ impl Config {
         let allow_install_paths =
             at.allow_install_paths(std::mem::take(&mut raw.allow_install_paths))?;
         let fleet = at.fleet(raw.fleet.take(), root)?;
+        let metrics_textfile = at.metrics_textfile(raw.metrics.take(), root)?;
         let log_path = under_root(
             root,
             &raw.log_path
@@ -484,6 +499,7 @@ impl Config {
             tls,
             allow_install_paths,
             fleet,
+            metrics_textfile,
         })
     }
 }
@@ -782,6 +798,35 @@ impl Keys<'_> {
         Ok(hosts)
     }
 
+    /// `metrics.textfile`: an absolute path ending in `.prom` (the textfile collector reads
+    /// only those), resolved under `root`.
+    fn metrics_textfile(
+        &self,
+        raw: Option<RawMetrics>,
+        root: &Path,
+    ) -> Result<Option<PathBuf>, ConfigError> {
+        let Some(path) = raw.and_then(|m| m.textfile) else {
+            return Ok(None);
+        };
+        let shown = path.display();
+        if !path.is_absolute() {
+            return Err(self.invalid(
+                "metrics.textfile",
+                format!("{shown:?} is not an absolute path; name the file in the node exporter's textfile directory, e.g. /var/lib/node_exporter/textfile/qx_update.prom"),
+            ));
+        }
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        match name {
+            Some(n) if n.len() > ".prom".len() && n.ends_with(".prom") => {
+                Ok(Some(under_root(root, &path)))
+            }
+            _ => Err(self.invalid(
+                "metrics.textfile",
+                format!("{shown:?} does not end in .prom; the textfile collector reads only *.prom files"),
+            )),
+        }
+    }
+
     /// `api`: the listen address, TLS files (both or neither) and token file under `root`.
     fn api(&self, raw: Option<RawApi>, root: &Path) -> Result<ApiConfig, ConfigError> {
         let raw_api = raw.unwrap_or_default();
@@ -1031,6 +1076,40 @@ mod tests {
         assert_eq!(parse_rate("500KB/s"), Ok(500_000));
         assert!(parse_rate("fast").is_err());
         assert_eq!(parse_size("4GiB"), Ok(4 << 30));
+    }
+
+    #[test]
+    fn metrics_textfile_is_an_absolute_prom_file_under_the_root() {
+        assert_eq!(parse("").expect("config").metrics_textfile, None);
+        let c = parse("  metrics: {textfile: /var/lib/node_exporter/textfile/qx_update.prom}\n")
+            .expect("config");
+        assert_eq!(
+            c.metrics_textfile,
+            Some(PathBuf::from(
+                "/r/var/lib/node_exporter/textfile/qx_update.prom"
+            ))
+        );
+        for (body, says) in [
+            (
+                "  metrics: {textfile: qx_update.prom}\n",
+                "not an absolute path",
+            ),
+            (
+                "  metrics: {textfile: /var/lib/qx.txt}\n",
+                "does not end in .prom",
+            ),
+            (
+                "  metrics: {textfile: /var/lib/.prom}\n",
+                "does not end in .prom",
+            ),
+            (
+                "  metrics: {text_file: /a.prom}\n",
+                "unknown key `text_file` at line 5 column 13; did you mean `textfile`?",
+            ),
+        ] {
+            let e = parse(body).expect_err(body).to_string();
+            assert!(e.contains(says), "{body}: {e}");
+        }
     }
 
     #[test]

@@ -183,6 +183,7 @@ mod tests {
             "updates.api",
             "updates.tls",
             "updates.fleet",
+            "updates.metrics",
             "updates.ab",
         ] {
             let mut code = keys_of(section);

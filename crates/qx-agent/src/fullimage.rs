@@ -108,6 +108,8 @@ pub struct Plan {
     pub from_version: Option<String>,
     /// The release carries out a signed revert (set by the apply from its check).
     pub reverted: bool,
+    /// Who started the apply (for the history).
+    pub started_by: Option<qx_core::history::StartedBy>,
 }
 
 /// The image in the inactive slot, verified in its temporary files, not yet in place.
@@ -332,6 +334,7 @@ pub fn plan(
         target: target_slot(image.target_slot),
         from_version: change.installed,
         reverted: verified.reverted,
+        started_by: opts.started_by.clone(),
     }))
 }
 
@@ -693,6 +696,7 @@ fn history_entry(plan: &Plan, outcome: Outcome, reason: String) -> HistoryEntry 
         components: vec![SYSTEM.into()],
         outcome,
         reason: Some(reason),
+        started_by: plan.started_by.clone(),
     }
 }
 

@@ -6,6 +6,7 @@
 //! journaled transaction), `status`/`subscribe`, `recover` (finish an interrupted apply),
 //! `rollback` (restore the previous version from its backup).
 
+mod activity;
 mod bundle;
 mod channel;
 mod check;
@@ -21,6 +22,7 @@ mod fullimage;
 mod imagechunks;
 mod imagedelta;
 mod installed;
+pub mod metrics;
 mod offer;
 mod progress;
 mod status;
@@ -31,6 +33,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use activity::{Activity, CheckResult, LastApply, LastCheck};
 pub use check::{CheckReport, ComponentChange};
 pub use config::{
     ApiConfig, Config, ConfigError, DownloadSettings, FleetConfig, ServiceManagerKind,
@@ -66,6 +69,8 @@ pub struct HostPaths {
     pub fleet: PathBuf,
     /// The deltas this host refused (docs/spec.md §11): never used again.
     pub deltas_refused: PathBuf,
+    /// What the agent did last (`activity::Activity`): the status and the metrics show it.
+    pub activity: PathBuf,
 }
 
 impl HostPaths {
@@ -87,6 +92,7 @@ impl HostPaths {
             identity: at("data/updates/identity.json"),
             fleet: at("data/updates/fleet"),
             deltas_refused: at("data/updates/deltas-refused.json"),
+            activity: at("data/updates/activity.json"),
         }
     }
 
@@ -228,6 +234,7 @@ impl Agent {
         } else {
             self.inner.fleet.report(self);
         }
+        status.record_check(activity::LastCheck::of(&result));
         result
     }
 

@@ -13,6 +13,8 @@ use qx_core::status::UpdateState;
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
+use crate::activity::{Activity, DownloadMeter, LastApply, LastCheck};
+use crate::daemon::schedule::ScheduleStatus;
 use crate::transaction::journal::{Journal, OpKind, Phase};
 use crate::{AgentError, Config, HostPaths};
 
@@ -30,6 +32,15 @@ pub struct StatusSnapshot {
     /// An operation in progress on this host (in any process) or an interrupted one; `None`
     /// when the host is at rest.
     pub operation: Option<OperationStatus>,
+    /// The last check (by any process: the daemon, the API, `qx-update check`).
+    pub last_check: Option<LastCheck>,
+    /// The last apply, also one that failed before it changed anything.
+    pub last_apply: Option<LastApply>,
+    /// Bytes downloaded over the life of the host.
+    pub downloaded_bytes: u64,
+    /// The daemon's schedule (next check, automatic apply, maintenance window); only in the
+    /// daemon's answers (`None` in `qx-update status`).
+    pub schedule: Option<ScheduleStatus>,
 }
 
 /// Whether an operation runs now or was interrupted.
@@ -154,10 +165,21 @@ pub struct StatusHandle {
     /// The last state that was not an operation in progress: what a check-in sent in the
     /// middle of a check reports as the host's health.
     settled: std::sync::Mutex<UpdateState>,
+    /// Download progress → bytes downloaded; also serialises the updates of the activity file
+    /// in this process.
+    meter: std::sync::Mutex<DownloadMeter>,
+    /// `updates.metrics.textfile`: rewritten after each check and apply.
+    metrics_textfile: Option<std::path::PathBuf>,
+}
+
+/// Locks `m`, also when a thread panicked while holding it (the data stays usable).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl StatusHandle {
     pub fn new(config: &Config, paths: &HostPaths) -> Self {
+        let activity = Activity::read(&paths.activity);
         let snap = StatusSnapshot {
             state: UpdateState::Idle,
             operation_id: None,
@@ -166,6 +188,10 @@ impl StatusHandle {
             installed: paths.installed_versions(),
             history: history::read(&paths.history, HISTORY_IN_SNAPSHOT),
             operation: OperationStatus::read(paths),
+            last_check: activity.last_check,
+            last_apply: activity.last_apply,
+            downloaded_bytes: activity.downloaded_bytes,
+            schedule: None,
         };
         let (tx, _) = watch::channel(snap);
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
@@ -175,15 +201,14 @@ impl StatusHandle {
             history_path: paths.history.clone(),
             paths: paths.clone(),
             settled: std::sync::Mutex::new(UpdateState::Idle),
+            meter: std::sync::Mutex::new(DownloadMeter::default()),
+            metrics_textfile: config.metrics_textfile.clone(),
         }
     }
 
     /// The last state that was not an operation in progress.
     pub fn settled_state(&self) -> UpdateState {
-        match self.settled.lock() {
-            Ok(s) => s.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        lock(&self.settled).clone()
     }
 
     pub fn snapshot(&self) -> StatusSnapshot {
@@ -204,12 +229,21 @@ impl StatusHandle {
         let _ = self.events.send(self.tx.borrow().clone());
     }
 
+    /// Sends the snapshot again to the event stream's subscribers (something they show
+    /// changed outside the snapshot: the daemon's schedule).
+    pub fn touch(&self) {
+        self.publish();
+    }
+
     pub fn set_state(&self, state: UpdateState) {
         if !state.is_busy() {
-            match self.settled.lock() {
-                Ok(mut s) => *s = state.clone(),
-                Err(poisoned) => *poisoned.into_inner() = state.clone(),
-            }
+            *lock(&self.settled) = state.clone();
+        }
+        if let UpdateState::Downloading {
+            artifact, bytes, ..
+        } = &state
+        {
+            lock(&self.meter).progress(artifact, *bytes);
         }
         self.tx.send_modify(|s| s.state = state);
         self.publish();
@@ -226,19 +260,79 @@ impl StatusHandle {
         let installed = self.paths.installed_versions();
         let history = history::read(&self.history_path, HISTORY_IN_SNAPSHOT);
         let operation = OperationStatus::read(&self.paths);
+        let activity = Activity::read(&self.paths.activity);
         let changed = self.tx.send_if_modified(|s| {
-            if s.installed != installed || s.history != history || s.operation != operation {
-                s.installed = installed;
-                s.history = history;
-                s.operation = operation;
-                true
-            } else {
-                false
+            let was = (
+                &s.installed,
+                &s.history,
+                &s.operation,
+                &s.last_check,
+                &s.last_apply,
+                s.downloaded_bytes,
+            );
+            let now = (
+                &installed,
+                &history,
+                &operation,
+                &activity.last_check,
+                &activity.last_apply,
+                activity.downloaded_bytes,
+            );
+            if was == now {
+                return false;
             }
+            s.installed = installed;
+            s.history = history;
+            s.operation = operation;
+            s.last_check = activity.last_check;
+            s.last_apply = activity.last_apply;
+            s.downloaded_bytes = activity.downloaded_bytes;
+            true
         });
         if changed {
             self.publish();
         }
+    }
+
+    /// Records the end of a check (see [`crate::activity`]) and writes the metrics file.
+    pub fn record_check(&self, check: LastCheck) {
+        self.record_activity(|a| a.last_check = Some(check));
+        self.write_metrics();
+    }
+
+    /// Records the end of an apply (see [`crate::activity`]); the apply writes the metrics
+    /// file once it has released the host.
+    pub fn record_apply(&self, apply: LastApply) {
+        self.record_activity(|a| a.last_apply = Some(apply));
+    }
+
+    /// Rewrites `updates.metrics.textfile` (when set) from the status; a failure is logged.
+    pub fn write_metrics(&self) {
+        if let Some(file) = &self.metrics_textfile {
+            let text = crate::metrics::render(&self.snapshot());
+            if let Err(e) = qx_core::fs::write_atomic(file, text.as_bytes()) {
+                tracing::warn!(error = %e, "cannot write the metrics file (updates.metrics.textfile)");
+            }
+        }
+    }
+
+    /// Updates the activity file with `change` and the bytes downloaded since the last
+    /// update, then the snapshot. A failure to write is logged: the record is not worth
+    /// failing the operation for.
+    fn record_activity(&self, change: impl FnOnce(&mut Activity)) {
+        {
+            let mut meter = lock(&self.meter);
+            meter.reset();
+            // Re-read: another process (`qx-update check`) may have written it since.
+            let mut activity = Activity::read(&self.paths.activity);
+            change(&mut activity);
+            activity.downloaded_bytes = activity.downloaded_bytes.saturating_add(meter.unrecorded);
+            match activity.store(&self.paths.activity) {
+                Ok(()) => meter.unrecorded = 0,
+                Err(e) => tracing::warn!(error = %e, "cannot record the agent's activity"),
+            }
+        }
+        self.refresh();
     }
 
     /// Appends one entry to `history.jsonl` (fsynced) and to the snapshot.

@@ -16,6 +16,7 @@ const { token, saveToken, forgetToken, api, readJson, showError } = apiSession({
 let eventsAbort = null;
 let lastCheck = null;
 let applying = false;
+let snapshot = null;
 
 function fmtBytes(n) {
   if (!Number.isFinite(n)) return "?";
@@ -29,7 +30,6 @@ const STEP_PERCENT = { checking: 2, installing: 70, migrating: 76, restarting: 8
 
 function describe(st) {
   switch (st.state) {
-    case "idle": return "No update running.";
     case "checking": return "Checking for updates…";
     case "downloading": return "Downloading " + st.artifact;
     case "installing": return "Installing " + st.component;
@@ -37,45 +37,134 @@ function describe(st) {
     case "restarting": return "Restarting service " + st.service;
     case "verifying": return "Verifying that " + st.component + " runs the new version";
     case "rolling_back": return "Rolling back: " + st.reason;
-    case "done": return "Update to " + st.version + " completed.";
-    case "failed": return "Failed: " + st.reason;
     default: return st.state;
   }
 }
 
-function renderState(st) {
+// The state belongs to an apply (not to a check): the progress card shows only applies. An
+// apply has an operation id from its first step on; a check has none.
+function applyRunning(s) {
+  const st = s.state || { state: "idle" };
+  if (["idle", "done", "failed"].includes(st.state)) return false;
+  return !(st.state === "checking" && !s.operation_id);
+}
+
+function fmtStartedBy(by) {
+  if (!by) return null;
+  switch (by.via) {
+    case "cli": return "qx-update on the host" + (by.user ? " (" + by.user + ")" : "");
+    case "api": return "the host API or this page";
+    case "automatic": return "the agent's automatic apply";
+    default: return by.via;
+  }
+}
+
+const FAILED_RESULTS = ["failed", "rolled_back"];
+
+function describeApply(a) {
+  const v = a.version || "the offered release";
+  switch (a.result) {
+    case "success": return "Update to " + v + " completed.";
+    case "reverted": return "Went back to " + v + " (the release was revoked).";
+    case "rolled_back": return "Update to " + v + " was rolled back: " + (a.reason || "see the update log");
+    default: return "Update to " + v + " failed: " + (a.reason || "see the update log");
+  }
+}
+
+function renderProgress(s) {
   const section = $("progress");
-  section.dataset.state = st.state;
-  $("step").textContent = describe(st);
   const bar = $("progress-bar");
   const detail = $("progress-detail");
+  const st = s.state || { state: "idle" };
   detail.textContent = "";
-  if (st.state === "downloading") {
-    const frac = st.total > 0 ? Math.min(1, st.bytes / st.total) : 0;
-    bar.value = Math.round(5 + frac * 60);
-    detail.textContent = fmtBytes(st.bytes) + " of " + fmtBytes(st.total) + (st.rate ? " at " + fmtBytes(st.rate) + "/s" : "");
-  } else if (st.state in STEP_PERCENT) {
-    bar.value = STEP_PERCENT[st.state];
-  } else if (st.state === "idle") {
+  $("progress-by").textContent = "";
+  if (applyRunning(s)) {
+    section.dataset.state = st.state;
+    $("step").textContent = describe(st);
+    if (st.state === "downloading") {
+      const frac = st.total > 0 ? Math.min(1, st.bytes / st.total) : 0;
+      bar.value = Math.round(5 + frac * 60);
+      detail.textContent = fmtBytes(st.bytes) + " of " + fmtBytes(st.total) + (st.rate ? " at " + fmtBytes(st.rate) + "/s" : "");
+    } else if (st.state in STEP_PERCENT) {
+      bar.value = STEP_PERCENT[st.state];
+    }
+    return;
+  }
+  const a = s.last_apply;
+  if (!a) {
+    section.dataset.state = "idle";
+    $("step").textContent = "No update running.";
     bar.value = 0;
+    return;
   }
-  if (st.state === "failed") {
-    detail.textContent = "The host still runs the versions listed above. Every step is in the update log, /var/log/quantix/update.log.";
-  }
-  const busy = !["idle", "done", "failed"].includes(st.state);
+  const failed = FAILED_RESULTS.includes(a.result);
+  section.dataset.state = failed ? "failed" : "done";
+  bar.value = 100;
+  $("step").textContent = describeApply(a);
+  detail.textContent = "Ended " + fmtTime(a.time) + "." + (failed
+    ? " The host still runs the versions listed above. Every step is in the update log, /var/log/quantix/update.log."
+    : "");
+  const by = fmtStartedBy(a.started_by);
+  if (by) $("progress-by").textContent = "Started by " + by + ".";
+}
+
+function renderState(s) {
+  renderProgress(s);
+  const busy = (s.state && !["idle", "done", "failed"].includes(s.state.state));
   $("check").disabled = busy;
-  $("apply").disabled = busy || !(lastCheck && lastCheck.available);
-  if (applying && (st.state === "done" || st.state === "failed")) {
+  $("apply").disabled = busy || !(lastCheck && lastCheck.available) || !$("apply-confirm").hidden;
+  if (applying && !applyRunning(s) && s.state && (s.state.state === "done" || s.state.state === "failed")) {
     applying = false;
-    if (st.state === "done") {
-      $("check-message").textContent = "The host runs " + st.version + ". Check again for newer releases.";
+    if (s.state.state === "done") {
+      $("check-message").textContent = "The host runs " + s.state.version + ". Check again for newer releases.";
       $("release").hidden = true;
       lastCheck = null;
     }
   }
 }
 
+function describeCheck(c) {
+  switch (c.result) {
+    case "up_to_date": return "up to date (" + c.version + ")";
+    case "available": return c.version + " available";
+    default: return "failed: " + (c.error || "see the update log");
+  }
+}
+
+function renderSchedule(s) {
+  const c = s.last_check;
+  $("last-check").textContent = c ? fmtTime(c.time) + " · " + describeCheck(c) : "Never";
+  $("last-check").className = c && c.result === "failed" ? "bad" : "";
+  $("last-check").title = c && c.error ? c.error : "";
+  const sch = s.schedule;
+  if (!sch) {
+    for (const id of ["next-check", "auto-apply", "window"]) $(id).textContent = "–";
+    return;
+  }
+  $("next-check").textContent = !sch.enabled
+    ? "None: automatic checks are turned off (updates.enabled)"
+    : sch.next_check ? fmtTime(sch.next_check) : "Soon";
+  $("auto-apply").textContent = sch.auto_apply
+    ? "On" + (sch.auto_reboot ? ", and the host reboots into a new system image" : "")
+    : "Off: updates are applied from this page or the command line";
+  const w = sch.maintenance_window;
+  $("window").textContent = !w
+    ? (sch.auto_apply ? "None: updates are applied as soon as they are found" : "None")
+    : w.window + " (host time) · " + (w.open ? "open now" : "closed, opens " + (fmtTime(w.next_open) || "not within a week"));
+  $("window").className = w && w.open ? "ok" : "";
+}
+
+// Each cell of a table carries its column's name, shown beside it when the table is laid out
+// as a list (narrow screens).
+function labelCells(table) {
+  const names = Array.from(table.tHead.rows[0].cells, (th) => th.textContent);
+  for (const row of table.tBodies[0].rows) {
+    Array.from(row.cells).forEach((td, i) => { td.dataset.label = names[i] || ""; });
+  }
+}
+
 function renderSnapshot(s) {
+  snapshot = s;
   $("product").textContent = s.product || "–";
   $("channel").textContent = s.channel || "–";
   const body = $("installed-table").tBodies[0];
@@ -87,6 +176,7 @@ function renderSnapshot(s) {
     tr.append(cell(name), cell(s.installed[name], "version"));
     body.append(tr);
   }
+  labelCells($("installed-table"));
   $("installed-empty").hidden = names.length > 0;
 
   const hist = $("history-table").tBodies[0];
@@ -95,14 +185,21 @@ function renderSnapshot(s) {
   for (const h of entries) {
     const tr = document.createElement("tr");
     const outcome = cell(h.outcome.replace("_", " "), "outcome-" + h.outcome);
-    if (h.reason) outcome.title = h.reason;
+    if (h.reason) {
+      const reason = document.createElement("span");
+      reason.className = "reason";
+      reason.textContent = h.reason;
+      outcome.append(reason);
+    }
     const version = h.from_version ? h.from_version + " → " + h.version : h.version;
     tr.append(cell(fmtTime(h.time)), cell(h.kind), cell(version, "version"),
-      cell((h.components || []).join(", ")), outcome);
+      cell((h.components || []).join(", ")), cell(fmtStartedBy(h.started_by), "started-by"), outcome);
     hist.append(tr);
   }
+  labelCells($("history-table"));
   $("history-empty").hidden = entries.length > 0;
-  renderState(s.state);
+  renderSchedule(s);
+  renderState(s);
 }
 
 function renderCheck(r) {
@@ -122,6 +219,7 @@ function renderCheck(r) {
       cell(c.action, "change-" + c.action));
     body.append(tr);
   }
+  labelCells($("changes"));
   $("check-message").textContent = r.available
     ? "Version " + r.version + " is available on channel " + r.channel + "."
     : "This host is up to date (newest on channel " + r.channel + ": " + r.version + ").";
@@ -135,20 +233,50 @@ async function refreshStatus() {
 
 async function check() {
   clearError();
+  $("check-error").hidden = true;
   $("check").disabled = true;
   $("check-message").textContent = "Checking for updates…";
   try {
     renderCheck(await readJson(await api("/check")));
   } catch (e) {
     $("check-message").textContent = "The check did not complete.";
-    showError(e);
+    // In the check's own card, never in the progress card (which shows applies).
+    showError(e, $("check-error"));
   } finally {
     $("check").disabled = false;
   }
 }
 
+// The last apply of `version` failed (or was rolled back): the record of it, else null.
+function lastFailure(version) {
+  const a = snapshot && snapshot.last_apply;
+  if (a) return a.version === version && FAILED_RESULTS.includes(a.result) ? a : null;
+  const hist = (snapshot && snapshot.history) || [];
+  const h = hist[hist.length - 1];
+  return h && h.version === version && FAILED_RESULTS.includes(h.outcome)
+    ? { version, time: h.time, reason: h.reason, result: h.outcome } : null;
+}
+
+// Apply, after a confirmation when the last apply of the same version failed.
+function applyClicked() {
+  const failed = lastCheck && lastFailure(lastCheck.version);
+  if (!failed) { apply(); return; }
+  $("apply-confirm-text").textContent = "The last apply of " + failed.version + " " +
+    (failed.result === "rolled_back" ? "was rolled back" : "failed") + " (" + fmtTime(failed.time) + ")" +
+    (failed.reason ? ": " + failed.reason : ".");
+  $("apply-confirm").hidden = false;
+  $("apply").disabled = true;
+  $("apply-cancel").focus();
+}
+
+function closeConfirm() {
+  $("apply-confirm").hidden = true;
+  $("apply").disabled = !(lastCheck && lastCheck.available);
+}
+
 async function apply() {
   clearError();
+  $("apply-confirm").hidden = true;
   $("apply").disabled = true;
   try {
     // The whole offered release, as `qx-update apply` does (the agent re-verifies the manifest).
@@ -236,7 +364,9 @@ document.addEventListener("DOMContentLoaded", () => {
     start();
   });
   $("check").addEventListener("click", check);
-  $("apply").addEventListener("click", apply);
+  $("apply").addEventListener("click", applyClicked);
+  $("apply-cancel").addEventListener("click", closeConfirm);
+  $("apply-again").addEventListener("click", apply);
   $("sign-out").addEventListener("click", () => signOut("Token forgotten."));
   if (token()) start(); else signOut();
 });

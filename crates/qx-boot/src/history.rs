@@ -41,6 +41,7 @@ pub fn record(
         components: Vec::new(),
         outcome,
         reason: Some(reason.to_owned()),
+        started_by: None,
     };
     history::append(&under_root(root, Path::new(HISTORY_FILE)), &entry)?;
     Ok(entry)

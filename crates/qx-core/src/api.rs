@@ -136,9 +136,11 @@ pub mod host {
     pub const APPLY: &str = "/api/v1/updates/apply";
     pub const STATUS: &str = "/api/v1/updates/status";
     pub const EVENTS: &str = "/api/v1/updates/events";
+    /// The agent's metrics in the Prometheus text format.
+    pub const METRICS: &str = "/api/v1/updates/metrics";
 
     /// Every route of the host API.
-    pub const ROUTES: &[&str] = &[CHECK, APPLY, STATUS, EVENTS];
+    pub const ROUTES: &[&str] = &[CHECK, APPLY, STATUS, EVENTS, METRICS];
 
     /// The Settings → Updates page (no token: the page asks for one).
     pub const PAGE: &str = "/";

@@ -72,6 +72,53 @@ impl std::fmt::Display for Outcome {
     }
 }
 
+/// How an update was started: which door it came through, and who knocked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// `qx-update apply` (or `rollback`) on the host.
+    Cli,
+    /// `POST /api/v1/updates/apply` on the host API (the Updates page uses it too).
+    Api,
+    /// The daemon's automatic apply (`auto_apply`).
+    Automatic,
+}
+
+impl Origin {
+    /// `cli`, `api` or `automatic`, as in the history file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Cli => "cli",
+            Origin::Api => "api",
+            Origin::Automatic => "automatic",
+        }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who started an update: `{"via": "cli", "user": "alice"}`, `{"via": "api"}`,
+/// `{"via": "automatic"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartedBy {
+    pub via: Origin,
+    /// The user who ran the CLI (the one behind `sudo` when there is one); the API knows only
+    /// that the caller had the host's token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+impl StartedBy {
+    /// Started through `via`, no user known.
+    pub fn via(via: Origin) -> Self {
+        Self { via, user: None }
+    }
+}
+
 /// One past update, one line of the history file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
@@ -86,6 +133,10 @@ pub struct HistoryEntry {
     pub outcome: Outcome,
     #[serde(default)]
     pub reason: Option<String>,
+    /// Who started it; absent in entries written before it was recorded and in those of the
+    /// boot checks (`qx-boot`), which finish an update someone else started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<StartedBy>,
 }
 
 /// Append one entry to the history file (created if missing) and fsync it.
@@ -122,7 +173,35 @@ mod tests {
             components: Vec::new(),
             outcome,
             reason: Some("because".into()),
+            started_by: None,
         }
+    }
+
+    #[test]
+    fn started_by_is_kept_and_old_lines_without_it_still_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("history.jsonl");
+        let old = r#"{"time":"2026-01-16T12:00:00Z","kind":"component","version":"1.0.0","outcome":"success","reason":null}"#;
+        std::fs::write(&path, format!("{old}\n")).expect("old line");
+        let mut new = entry(Outcome::Failed, UpdateKind::Component);
+        new.started_by = Some(StartedBy {
+            via: Origin::Cli,
+            user: Some("alice".into()),
+        });
+        append(&path, &new).expect("append");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let line: serde_json::Value =
+            serde_json::from_str(text.lines().nth(1).expect("new line")).expect("json");
+        assert_eq!(
+            line["started_by"],
+            serde_json::json!({"via": "cli", "user": "alice"})
+        );
+        let all = read(&path, 10);
+        assert_eq!(all.len(), 2, "the old line is read too");
+        assert_eq!(all[0].started_by, None);
+        assert_eq!(all[1], new);
+        let api = serde_json::to_value(StartedBy::via(Origin::Automatic)).expect("json");
+        assert_eq!(api, serde_json::json!({"via": "automatic"}));
     }
 
     #[test]

@@ -56,10 +56,10 @@ function apiSession(settings) {
     return body;
   }
 
-  // The error box; a refusal is told on the sign-in form instead.
-  function showError(err) {
+  // The error box (or `box`, an error box of the page's own); a refusal is told on the
+  // sign-in form instead.
+  function showError(err, box = $("error")) {
     if (err && refusals[err.status] !== undefined) return;
-    const box = $("error");
     box.replaceChildren();
     const title = document.createElement("strong");
     title.textContent = err.message || String(err);

@@ -7,6 +7,7 @@
 //! | `POST /api/v1/updates/apply` | optional `{"components": [..], "allow_downgrade": "..", "version": ".."}`; a JSON object or empty; the body is checked against the release it would install first (400 for a component not in it, an `allow_downgrade` not naming the offered version, a `version` not installable); 202 `{"operation_id"}` at once; 409 while an apply runs |
 //! | `GET /api/v1/updates/status` | `StatusSnapshot`: state, operation id, installed versions, history |
 //! | `GET /api/v1/updates/events` | server-sent events, one `status` event (a `StatusSnapshot`) per change |
+//! | `GET /api/v1/updates/metrics` | the agent's metrics, Prometheus text format ([`crate::metrics`]) |
 //!
 //! Every `/api/` request needs `Authorization: Bearer <token>` (compared in constant time);
 //! there is no token in URLs, also not for the event stream: the page reads it with `fetch`,
@@ -288,6 +289,15 @@ async fn status(State(state): State<ApiState>) -> Result<Response, ApiError> {
     Ok(Json(snapshot).into_response())
 }
 
+async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let snapshot = state.inner.runner.status().await?;
+    Ok((
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::render(&snapshot),
+    )
+        .into_response())
+}
+
 /// The largest request body the API reads (an apply body is a few hundred bytes).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
@@ -304,7 +314,7 @@ async fn apply(State(state): State<ApiState>, body: Body) -> Result<Response, Ap
         components: request.components,
         allow_downgrade: request.allow_downgrade,
         version: request.version,
-        from: None,
+        ..ApplyOptions::default()
     };
     let runner = &state.inner.runner;
     if opts.components.is_some() || opts.allow_downgrade.is_some() || opts.version.is_some() {
@@ -478,7 +488,8 @@ async fn check_against_release(
 async fn events(
     State(state): State<ApiState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let agent = state.inner.runner.agent().clone();
+    let runner = state.inner.runner.clone();
+    let agent = runner.agent().clone();
     // Subscribe before reading the present, so no change falls between the two.
     let rx = agent.subscribe_events();
     let first = agent.status();
@@ -488,6 +499,7 @@ async fn events(
         (rx, shutdown, Some(first)),
         move |(mut rx, mut shutdown, first)| {
             let agent = agent.clone();
+            let runner = runner.clone();
             async move {
                 let snapshot = match first {
                     Some(s) => s,
@@ -509,6 +521,7 @@ async fn events(
                         }
                     }
                 };
+                let snapshot = runner.with_schedule(snapshot);
                 let event = match Event::default().event("status").json_data(&snapshot) {
                     Ok(e) => e,
                     Err(e) => Event::default()
@@ -527,11 +540,12 @@ async fn not_found() -> ApiError {
         StatusCode::NOT_FOUND,
         "no such API endpoint",
         vec![format!(
-            "the update API has GET {}, POST {}, GET {} and GET {}",
+            "the update API has GET {}, POST {}, GET {}, GET {} and GET {}",
             host::CHECK,
             host::APPLY,
             host::STATUS,
-            host::EVENTS
+            host::EVENTS,
+            host::METRICS
         )],
     )
 }
@@ -581,6 +595,7 @@ pub fn router(state: ApiState) -> Router {
         .route(host::APPLY, post(apply))
         .route(host::STATUS, get(status))
         .route(host::EVENTS, get(events))
+        .route(host::METRICS, get(metrics))
         .route(API_PREFIX, any(not_found))
         .route(&format!("{API_PREFIX}/{{*rest}}"), any(not_found))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use qx_core::history::{Origin, StartedBy};
 use tokio::sync::watch;
 
 pub mod api;
@@ -91,6 +92,8 @@ struct RunnerInner {
     agent: Agent,
     slot: Arc<tokio::sync::Mutex<()>>,
     accepting: AtomicBool,
+    /// The scheduler's next check (for the status).
+    next_check: std::sync::Mutex<Option<jiff::Timestamp>>,
 }
 
 impl Runner {
@@ -100,8 +103,36 @@ impl Runner {
                 agent,
                 slot: Arc::new(tokio::sync::Mutex::new(())),
                 accepting: AtomicBool::new(true),
+                next_check: std::sync::Mutex::new(None),
             }),
         }
+    }
+
+    /// The scheduler's next check; the event stream's subscribers get the status again.
+    pub fn set_next_check(&self, at: Option<jiff::Timestamp>) {
+        *self
+            .inner
+            .next_check
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = at;
+        self.inner.agent.status_handle().touch();
+    }
+
+    /// The daemon's schedule at `now` (the configuration's policy, the scheduler's next
+    /// check).
+    pub fn schedule_status(&self, now: &jiff::Zoned) -> schedule::ScheduleStatus {
+        let next = *self
+            .inner
+            .next_check
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        schedule::ScheduleStatus::at(now, &Policy::from_config(self.agent().config()), next)
+    }
+
+    /// The status with the daemon's schedule at this moment.
+    pub fn with_schedule(&self, mut snapshot: StatusSnapshot) -> StatusSnapshot {
+        snapshot.schedule = Some(self.schedule_status(&jiff::Zoned::now()));
+        snapshot
     }
 
     pub fn agent(&self) -> &Agent {
@@ -153,9 +184,10 @@ impl Runner {
     /// The current status (reads installed versions and history from disk).
     pub async fn status(&self) -> Result<StatusSnapshot, RunError> {
         let agent = self.inner.agent.clone();
-        tokio::task::spawn_blocking(move || agent.status())
+        let snapshot = tokio::task::spawn_blocking(move || agent.status())
             .await
-            .map_err(|e| RunError::task("status", e))
+            .map_err(|e| RunError::task("status", e))?;
+        Ok(self.with_schedule(snapshot))
     }
 
     fn take_slot(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, RunError> {
@@ -172,10 +204,12 @@ impl Runner {
     fn spawn_apply(
         &self,
         guard: tokio::sync::OwnedMutexGuard<()>,
-        opts: ApplyOptions,
-        origin: &'static str,
+        mut opts: ApplyOptions,
+        via: Origin,
     ) -> tokio::task::JoinHandle<Result<ApplyReport, AgentError>> {
         let agent = self.inner.agent.clone();
+        let origin = via.as_str();
+        opts.started_by = Some(StartedBy::via(via));
         tokio::task::spawn_blocking(move || {
             // Held until the transaction has ended: a shutdown waits for it (`wait_idle`).
             let _guard = guard;
@@ -198,7 +232,7 @@ impl Runner {
     /// Runs an apply to its end (used by the scheduler).
     pub async fn apply(&self, opts: ApplyOptions) -> Result<ApplyReport, RunError> {
         let guard = self.take_slot()?;
-        self.spawn_apply(guard, opts, "schedule")
+        self.spawn_apply(guard, opts, Origin::Automatic)
             .await
             .map_err(|e| RunError::task("apply", e))?
             .map_err(RunError::from)
@@ -211,7 +245,7 @@ impl Runner {
         let guard = self.take_slot()?;
         let mut rx = self.inner.agent.subscribe();
         let before = rx.borrow_and_update().operation_id.clone();
-        let mut handle = self.spawn_apply(guard, opts, "api");
+        let mut handle = self.spawn_apply(guard, opts, Origin::Api);
         let mut watching = true;
         loop {
             tokio::select! {

@@ -43,6 +43,54 @@ impl Policy {
     }
 }
 
+/// The daemon's schedule as the status reports it (`schedule` in `GET /api/v1/updates/status`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ScheduleStatus {
+    /// `updates.enabled`: the daemon checks (and applies, with `auto_apply`) by itself.
+    pub enabled: bool,
+    /// When the daemon checks next; `None` when it does not check by itself (disabled).
+    pub next_check: Option<Timestamp>,
+    /// `updates.auto_apply`: an available release is applied without an operator.
+    pub auto_apply: bool,
+    pub auto_reboot: bool,
+    /// `updates.maintenance_window`, when one is set.
+    pub maintenance_window: Option<WindowStatus>,
+}
+
+/// The maintenance window now.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WindowStatus {
+    /// As configured, e.g. `Sun 02:00-04:00` (the host's local time).
+    pub window: String,
+    /// Open at the time of the answer.
+    pub open: bool,
+    /// When it opens next (`None` while open).
+    pub next_open: Option<Timestamp>,
+}
+
+impl ScheduleStatus {
+    /// The schedule under `policy` at `now`, the next check being due at `next_check`.
+    pub fn at(now: &Zoned, policy: &Policy, next_check: Option<Timestamp>) -> ScheduleStatus {
+        let maintenance_window = policy.maintenance_window.as_ref().map(|w| {
+            let open = w.contains(now.datetime());
+            WindowStatus {
+                window: w.to_string(),
+                open,
+                next_open: (!open)
+                    .then(|| next_open(w, now).map(|z| z.timestamp()))
+                    .flatten(),
+            }
+        });
+        ScheduleStatus {
+            enabled: policy.enabled,
+            next_check: next_check.filter(|_| policy.enabled),
+            auto_apply: policy.auto_apply,
+            auto_reboot: policy.auto_reboot,
+            maintenance_window,
+        }
+    }
+}
+
 /// An available release found by the last check and not applied yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
@@ -249,6 +297,7 @@ impl<C: Clock> Scheduler<C> {
     pub fn new(runner: Runner, clock: C, policy: Policy) -> Scheduler<C> {
         let delay = initial_delay(policy.check_interval, rand::random::<f64>());
         let first = later(clock.now().timestamp(), delay);
+        runner.set_next_check(Some(first));
         Scheduler {
             runner,
             clock,
@@ -275,6 +324,7 @@ impl<C: Clock> Scheduler<C> {
         if let Some(hint) = self.runner.agent().fleet().take_hint() {
             let now = self.clock.now().timestamp();
             self.schedule.next_check = Some(next_check_after(now, hint));
+            self.runner.set_next_check(self.schedule.next_check);
             tracing::debug!(?hint, "next check set by the fleet server");
         }
     }
@@ -314,6 +364,7 @@ impl<C: Clock> Scheduler<C> {
             }
             Action::Check => {
                 self.schedule.next_check = Some(self.after_interval(&now));
+                self.runner.set_next_check(self.schedule.next_check);
                 let checked = self.runner.check().await;
                 self.follow_fleet();
                 match checked {
@@ -616,6 +667,38 @@ mod tests {
         assert!(should_reboot("full", &p));
         assert!(should_reboot("mixed", &p));
         assert!(!should_reboot("component", &p));
+    }
+
+    #[test]
+    fn schedule_status_tells_the_window_and_the_next_check() {
+        let next = at("2026-11-22T12:00[UTC]").timestamp();
+        let closed = ScheduleStatus::at(
+            &at("2026-11-20T10:00[UTC]"),
+            &policy(Some("Sun 02:00-04:00")),
+            Some(next),
+        );
+        assert_eq!(closed.next_check, Some(next));
+        assert!(closed.auto_apply && closed.enabled);
+        let w = closed.maintenance_window.expect("window");
+        assert_eq!(w.window, "Sun 02:00-04:00");
+        assert!(!w.open);
+        assert_eq!(w.next_open, Some(at("2026-11-22T02:00[UTC]").timestamp()));
+        let open = ScheduleStatus::at(
+            &at("2026-11-22T02:30[UTC]"),
+            &policy(Some("Sun 02:00-04:00")),
+            Some(next),
+        );
+        let w = open.maintenance_window.expect("window");
+        assert!(w.open);
+        assert_eq!(w.next_open, None);
+        let mut off = policy(None);
+        off.enabled = false;
+        let disabled = ScheduleStatus::at(&at("2026-11-22T02:30[UTC]"), &off, Some(next));
+        assert_eq!(
+            disabled.next_check, None,
+            "a disabled daemon does not check"
+        );
+        assert_eq!(disabled.maintenance_window, None);
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub struct ApplyOptions {
     /// Install from a bundle file or URL (`--from`, docs/spec.md §12); never from the host API.
     #[serde(skip)]
     pub from: Option<String>,
+    /// Who started the apply (recorded in the history): set by the CLI, the host API and the
+    /// daemon's automatic apply.
+    #[serde(skip)]
+    pub started_by: Option<qx_core::history::StartedBy>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -206,6 +210,8 @@ pub(super) struct Tx<'a> {
     pub(super) stage: Option<&'static str>,
     /// The deltas this apply used instead of whole artifacts.
     pub(super) deltas: Vec<super::DeltaUse>,
+    /// Who started the operation (into its journal).
+    pub(super) started_by: Option<qx_core::history::StartedBy>,
 }
 
 impl<'a> Tx<'a> {
@@ -218,6 +224,7 @@ impl<'a> Tx<'a> {
             fleet_version: None,
             stage: None,
             deltas: Vec::new(),
+            started_by: None,
         }
     }
 
@@ -283,6 +290,7 @@ impl<'a> Tx<'a> {
             components: j.entries.iter().map(|e| e.name.clone()).collect(),
             outcome,
             reason,
+            started_by: j.started_by.clone(),
         };
         self.agent.status_handle().record(entry)
     }
@@ -302,7 +310,9 @@ pub fn apply(agent: &Agent, opts: &ApplyOptions) -> Result<ApplyReport, AgentErr
     status.set_operation(Some(op.clone()));
     status.set_state(UpdateState::Checking);
     let mut tx = Tx::new(agent);
+    tx.started_by = opts.started_by.clone();
     let result = apply_locked(&mut tx, opts, &op);
+    status.record_apply(last_apply(&tx, opts, &op, &result));
     match &result {
         Ok(r) => status.set_state(UpdateState::Done {
             version: r.version.clone(),
@@ -319,8 +329,37 @@ pub fn apply(agent: &Agent, opts: &ApplyOptions) -> Result<ApplyReport, AgentErr
     }
     tx.log.sync();
     status.set_operation(None);
+    drop(lock);
     status.refresh();
+    status.write_metrics();
     result
+}
+
+/// The activity record of the apply `op` that ended with `result`.
+fn last_apply(
+    tx: &Tx<'_>,
+    opts: &ApplyOptions,
+    op: &str,
+    result: &Result<ApplyReport, AgentError>,
+) -> crate::LastApply {
+    let (version, result, reason, code) = match result {
+        Ok(r) => (Some(r.version.clone()), r.outcome, None, None),
+        Err(e) => (
+            tx.fleet_version.clone().or_else(|| opts.version.clone()),
+            Outcome::Failed,
+            Some(e.to_string()),
+            Some(e.exit_code()),
+        ),
+    };
+    crate::LastApply {
+        time: jiff::Timestamp::now(),
+        operation_id: Some(op.to_owned()),
+        version,
+        result,
+        reason,
+        code,
+        started_by: opts.started_by.clone(),
+    }
 }
 
 /// Steps 1–8 under the lock: check, log the manifest, stage a system image, download,
@@ -610,6 +649,7 @@ fn apply_components(
         reason: None,
         reverted: verified.reverted,
         running: None,
+        started_by: tx.started_by.clone(),
     };
     tx.store(&j)?;
     tx.log.line(&format!(

@@ -108,6 +108,9 @@ pub struct Journal {
     /// before the agent waits for it, cleared when it has ended).
     #[serde(default)]
     pub running: Option<ProcessGroup>,
+    /// Who started the operation (for the history entry, also when recovery writes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<qx_core::history::StartedBy>,
 }
 
 impl Journal {

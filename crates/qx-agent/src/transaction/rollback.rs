@@ -29,6 +29,8 @@ use crate::{Agent, AgentError, HostPaths};
 pub struct RollbackOptions {
     /// Roll back a first install too: every component of it is removed (`--force`).
     pub force: bool,
+    /// Who asked for it (recorded in the history).
+    pub started_by: Option<qx_core::history::StartedBy>,
 }
 
 /// What a rollback would do, read from the latest backup; no host change.
@@ -186,7 +188,7 @@ pub fn rollback(agent: &Agent, opts: &RollbackOptions) -> Result<ApplyReport, Ag
     }
     let op = new_operation_id();
     lock.record(Some(&op));
-    let mut j = journal_for(agent, paths, &meta, &dir, &op);
+    let mut j = journal_for(agent, paths, &meta, &dir, &op, opts.started_by.clone());
     let status = agent.status_handle();
     status.set_operation(Some(op));
     let mut tx = Tx::new(agent);
@@ -227,6 +229,7 @@ fn journal_for(
     meta: &BackupMeta,
     dir: &Path,
     op: &str,
+    started_by: Option<qx_core::history::StartedBy>,
 ) -> Journal {
     let entries = meta
         .entries
@@ -256,6 +259,7 @@ fn journal_for(
         reason: Some(format!("rollback of {} requested", meta.version)),
         reverted: false,
         running: None,
+        started_by,
     }
 }
 

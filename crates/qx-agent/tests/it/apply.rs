@@ -243,8 +243,18 @@ fn cli_status_and_check_json() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["installed"]["qx-node"], "1.1.0");
     assert_eq!(v["history"][0]["outcome"], "success");
+    let by = &v["history"][0]["started_by"];
+    assert_eq!(by["via"], "cli", "{by}");
+    assert!(by["user"].as_str().is_some_and(|u| !u.is_empty()), "{by}");
+    assert_eq!(
+        v["last_check"]["result"], "available",
+        "the check before: {v}"
+    );
     let out = run(&["status"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("qx-node"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("qx-node"), "{text}");
+    assert!(text.contains("success (started by cli ("), "{text}");
+    assert!(text.contains("last check: "), "{text}");
     // apply without --yes and without a terminal is a usage error.
     let out = run(&["apply"]);
     assert_eq!(out.status.code(), Some(2));

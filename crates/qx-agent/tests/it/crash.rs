@@ -263,10 +263,15 @@ fn apply_crashing_at(host: &TestHost, point: &str) -> bool {
     run_crashing_at(host, &["apply", "--yes"], point)
 }
 
+/// The user the crashing runs are started by (`SUDO_USER`): the history entry recovery writes
+/// names it, from the journal.
+const CRASHED_RUN_USER: &str = "crashed-run-user";
+
 /// Runs `qx-update <args>` with the crash hook set; true when the process aborted there.
 fn run_crashing_at(host: &TestHost, args: &[&str], point: &str) -> bool {
     let out = qx(host, args)
         .env("QX_TEST_CRASH_AT", point)
+        .env("SUDO_USER", CRASHED_RUN_USER)
         .output()
         .unwrap();
     use std::os::unix::process::ExitStatusExt;
@@ -354,6 +359,8 @@ fn crash_while_rolling_back_a_failed_update_then_recover() {
             hist.contains("\"failed\""),
             "{point}: failure recorded: {hist}"
         );
+        let who = format!("\"started_by\":{{\"via\":\"cli\",\"user\":\"{CRASHED_RUN_USER}\"}}");
+        assert!(hist.contains(&who), "{point}: who started it: {hist}");
     }
 }
 

@@ -10,6 +10,7 @@
 mod support;
 
 mod ab_config;
+mod activity;
 mod api;
 mod apply;
 mod archive;

@@ -91,6 +91,11 @@ fn rollback_twice_walks_back_two_updates() {
             ("1.0.1", "1.0.0", "rolled_back")
         ]
     );
+    // Who rolled back: the CLI, and the user running it.
+    for e in &h[h.len() - 2..] {
+        assert_eq!(e["started_by"]["via"], "cli", "{e}");
+        assert!(e["started_by"]["user"].is_string(), "{e}");
+    }
 
     // 1.0.0 was there before the agent: nothing older, said so, nothing changed.
     let out = qx(&lab, &["rollback", "--yes"], code::NO_BACKUP);

@@ -132,9 +132,17 @@ fn auto_apply_happens_inside_the_window_and_not_outside() {
             .all(|s| !matches!(s, Step::Applied { .. })));
     });
     assert_eq!(lab.host.version("qx-node").as_deref(), Some("1.1.0"));
-    let history = agent.status().history;
+    let status = agent.status();
+    let history = status.history;
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].outcome, Outcome::Success);
+    let automatic = Some(qx_core::history::StartedBy::via(
+        qx_core::history::Origin::Automatic,
+    ));
+    assert_eq!(history[0].started_by, automatic, "who started it");
+    let last = status.last_apply.expect("the last apply");
+    assert_eq!(last.started_by, automatic);
+    assert_eq!(last.version.as_deref(), Some("1.1.0"));
 }
 
 #[test]

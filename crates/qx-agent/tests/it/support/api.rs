@@ -95,6 +95,13 @@ pub fn write_config(lab: &Lab, restart_gate: Option<&Gate>, server_url: &str, ex
     std::fs::write(host.config_path(), yaml).unwrap();
 }
 
+/// A daily maintenance window that is closed now and opens in two to three hours
+/// (`daily HH:00-HH:30`, host time).
+pub fn closed_window() -> String {
+    let hour = (jiff::Zoned::now().hour() + 3) % 24;
+    format!("daily {hour:02}:00-{hour:02}:30")
+}
+
 /// A lab whose host is at 1.0.0, configured by [`write_config`] with `extra`, with release
 /// 1.1.0 (see [`publish_release`]) published.
 pub fn daemon_lab(restart_gate: Option<&Gate>, health: Option<Vec<String>>, extra: &str) -> Lab {
