@@ -9,7 +9,8 @@ use anyhow::{bail, Context};
 /// Each is used for real by a test: signatures are checked by the stock signing tool, grubenv
 /// files by the boot loader's own editor, archives unpacked by GNU tar, the fleet store run on
 /// a throwaway PostgreSQL cluster, the web page driven by a headless browser, A/B images
-/// booted under a system emulator.
+/// booted under a system emulator, the Debian packages installed by dpkg and checked by
+/// lintian, the server's container image built and run by podman.
 pub const TEST_PACKAGES: &[&str] = &[
     "minisign",
     "grub-common",
@@ -28,6 +29,13 @@ pub const TEST_PACKAGES: &[&str] = &[
     "mtools",
     "e2fsprogs",
     "cpio",
+    "ca-certificates",
+    "lintian",
+    "systemd",
+    "logrotate",
+    "podman",
+    "runc",
+    "podman-compose",
 ];
 
 /// The part of [`TEST_PACKAGES`] the quick tier (`cargo xtask test --fast`) uses: the stock
@@ -73,8 +81,14 @@ pub fn ensure(packages: &[&str]) -> anyhow::Result<()> {
 
 /// Runs the cargo that runs this program, with `args`; fails when it fails.
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    cargo_with_env(args, &[])
+}
+
+/// [`cargo`] with more environment variables.
+pub fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     let st = Command::new(env!("CARGO"))
         .args(args)
+        .envs(env.iter().copied())
         .status()
         .context("running cargo")?;
     if !st.success() {
@@ -86,15 +100,26 @@ pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
 /// Installs the fuzzing front end (`cargo install cargo-fuzz --locked`) when `cargo fuzz` is
 /// missing.
 pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    ensure_cargo_subcommand("fuzz", "cargo-fuzz")
+}
+
+/// Installs the Debian packager (`cargo install cargo-deb --locked`) when `cargo deb` is
+/// missing.
+pub fn ensure_cargo_deb() -> anyhow::Result<()> {
+    ensure_cargo_subcommand("deb", "cargo-deb")
+}
+
+/// `cargo install <krate> --locked` when `cargo <subcommand> --version` does not run.
+fn ensure_cargo_subcommand(subcommand: &str, krate: &str) -> anyhow::Result<()> {
     let present = Command::new(env!("CARGO"))
-        .args(["fuzz", "--version"])
+        .args([subcommand, "--version"])
         .output()
         .is_ok_and(|o| o.status.success());
     if present {
         return Ok(());
     }
-    eprintln!("installing cargo-fuzz");
-    cargo(&["install", "cargo-fuzz", "--locked"])
+    eprintln!("installing {krate}");
+    cargo(&["install", krate, "--locked"])
 }
 
 /// The Garage release the object-store tests run against, and the features built: the
