@@ -247,22 +247,16 @@ fn openrc_server_script_reads_its_settings_and_hands_over_the_token() {
         );
     let copy = d.join("qx-update-server");
     std::fs::write(&copy, script).expect("copy");
-    let out = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(format!(
-            "checkpath() {{ echo checkpath \"$@\"; }}; install() {{ echo install \"$@\"; }}; \
+    let stdout = crate::support::sys::run(
+        Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!(
+                "checkpath() {{ echo checkpath \"$@\"; }}; install() {{ echo install \"$@\"; }}; \
              . {}; start_pre && echo \"run $command as $command_user with $RELEASE_DIR \
              $LISTEN_ADDR $PUBLISH_TOKEN_FILE\"",
-            copy.display()
-        ))
-        .env("RC_SVCNAME", "qx-update-server")
-        .output()
-        .expect("sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+                copy.display()
+            ))
+            .env("RC_SVCNAME", "qx-update-server"),
     );
     assert!(
         stdout.contains(&format!(
