@@ -100,26 +100,41 @@ pub fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()>
 /// Installs the fuzzing front end (`cargo install cargo-fuzz --locked`) when `cargo fuzz` is
 /// missing.
 pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
-    ensure_cargo_subcommand("fuzz", "cargo-fuzz")
+    ensure_cargo_subcommand("fuzz", "cargo-fuzz", None)
 }
 
-/// Installs the Debian packager (`cargo install cargo-deb --locked`) when `cargo deb` is
-/// missing.
+/// The cargo-deb release the packages are made with (asset rules change between releases).
+pub const CARGO_DEB_VERSION: &str = "3.8.0";
+
+/// Installs the Debian packager (`cargo install cargo-deb --locked --version`
+/// [`CARGO_DEB_VERSION`]) when `cargo deb` is missing or another version.
 pub fn ensure_cargo_deb() -> anyhow::Result<()> {
-    ensure_cargo_subcommand("deb", "cargo-deb")
+    ensure_cargo_subcommand("deb", "cargo-deb", Some(CARGO_DEB_VERSION))
 }
 
-/// `cargo install <krate> --locked` when `cargo <subcommand> --version` does not run.
-fn ensure_cargo_subcommand(subcommand: &str, krate: &str) -> anyhow::Result<()> {
+/// `cargo install <krate> --locked [--version V]` when `cargo <subcommand> --version` does not
+/// run, or does not name `version`.
+fn ensure_cargo_subcommand(
+    subcommand: &str,
+    krate: &str,
+    version: Option<&str>,
+) -> anyhow::Result<()> {
     let present = Command::new(env!("CARGO"))
         .args([subcommand, "--version"])
         .output()
-        .is_ok_and(|o| o.status.success());
+        .is_ok_and(|o| {
+            o.status.success()
+                && version.is_none_or(|v| String::from_utf8_lossy(&o.stdout).contains(v))
+        });
     if present {
         return Ok(());
     }
     eprintln!("installing {krate}");
-    cargo(&["install", krate, "--locked"])
+    let mut args = vec!["install", krate, "--locked"];
+    if let Some(v) = version {
+        args.extend(["--version", v]);
+    }
+    cargo(&args)
 }
 
 /// The Garage release the object-store tests run against, and the features built: the
