@@ -1,7 +1,8 @@
 //! The Debian packages of `cargo xtask dist` (qx-update-server, qx-update, qx-publish),
 //! installed by the real `dpkg --root` into a throwaway root: each program runs there
 //! (`chroot … --version`), every file lands where Debian and the init systems look for it,
-//! the server's postinst makes its user and a root-only publish token, the systemd units
+//! the server's postinst makes its user and a root-only publish token (which a purge
+//! removes), the systemd units
 //! pass `systemd-analyze verify`, logrotate runs the rotation rules, and `lintian` reports nothing
 //! beyond the tags `packaging/debian/lintian-allowed.txt` explains.
 //!
@@ -73,7 +74,7 @@ fn throwaway_root() -> tempfile::TempDir {
     }
     std::fs::copy("/bin/busybox", r.join("bin/busybox")).expect("busybox-static's /bin/busybox");
     for tool in [
-        "sh", "head", "od", "tr", "mkdir", "chmod", "rm", "cat", "ls", "sed",
+        "sh", "head", "od", "tr", "mkdir", "chmod", "rm", "rmdir", "cat", "ls", "sed",
     ] {
         symlink("busybox", r.join("bin").join(tool)).expect("busybox applet");
     }
@@ -204,6 +205,19 @@ fn packages_install_into_a_throwaway_root_and_run_there() {
     assert_eq!(mode(&r.join("etc/qx-update-server")), 0o700);
     verify_units(r);
     logrotate_rotates_the_history_by_size_only(r);
+    // A purge takes the token away with the package; a removal keeps it.
+    run(Command::new("dpkg")
+        .arg(format!("--root={}", r.display()))
+        .args(["--remove", "qx-update-server"]));
+    assert!(token_file.is_file(), "a removal keeps the configuration");
+    run(Command::new("dpkg")
+        .arg(format!("--root={}", r.display()))
+        .args(["--purge", "qx-update-server"]));
+    assert!(
+        !r.join("etc/qx-update-server").exists(),
+        "a purge removes the token"
+    );
+    assert!(!r.join("usr/bin/qx-update-server").exists());
 }
 
 /// `systemd-analyze verify` on the installed units, against the root (their commands must
