@@ -9,7 +9,8 @@ use anyhow::{bail, Context};
 /// Each is used for real by a test: signatures are checked by the stock signing tool, grubenv
 /// files by the boot loader's own editor, archives unpacked by GNU tar, the fleet store run on
 /// a throwaway PostgreSQL cluster, the web page driven by a headless browser, A/B images
-/// booted under a system emulator.
+/// booted under a system emulator, the Debian packages installed by dpkg and checked by
+/// lintian, the server's container image built and run by podman.
 pub const TEST_PACKAGES: &[&str] = &[
     "minisign",
     "grub-common",
@@ -29,6 +30,13 @@ pub const TEST_PACKAGES: &[&str] = &[
     "e2fsprogs",
     "cpio",
     "nginx",
+    "ca-certificates",
+    "lintian",
+    "systemd",
+    "logrotate",
+    "podman",
+    "runc",
+    "podman-compose",
 ];
 
 /// The part of [`TEST_PACKAGES`] the quick tier (`cargo xtask test --fast`) uses: the stock
@@ -74,8 +82,14 @@ pub fn ensure(packages: &[&str]) -> anyhow::Result<()> {
 
 /// Runs the cargo that runs this program, with `args`; fails when it fails.
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    cargo_with_env(args, &[])
+}
+
+/// [`cargo`] with more environment variables.
+pub fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     let st = Command::new(env!("CARGO"))
         .args(args)
+        .envs(env.iter().copied())
         .status()
         .context("running cargo")?;
     if !st.success() {
@@ -87,15 +101,41 @@ pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
 /// Installs the fuzzing front end (`cargo install cargo-fuzz --locked`) when `cargo fuzz` is
 /// missing.
 pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    ensure_cargo_subcommand("fuzz", "cargo-fuzz", None)
+}
+
+/// The cargo-deb release the packages are made with (asset rules change between releases).
+pub const CARGO_DEB_VERSION: &str = "3.8.0";
+
+/// Installs the Debian packager (`cargo install cargo-deb --locked --version`
+/// [`CARGO_DEB_VERSION`]) when `cargo deb` is missing or another version.
+pub fn ensure_cargo_deb() -> anyhow::Result<()> {
+    ensure_cargo_subcommand("deb", "cargo-deb", Some(CARGO_DEB_VERSION))
+}
+
+/// `cargo install <krate> --locked [--version V]` when `cargo <subcommand> --version` does not
+/// run, or does not name `version`.
+fn ensure_cargo_subcommand(
+    subcommand: &str,
+    krate: &str,
+    version: Option<&str>,
+) -> anyhow::Result<()> {
     let present = Command::new(env!("CARGO"))
-        .args(["fuzz", "--version"])
+        .args([subcommand, "--version"])
         .output()
-        .is_ok_and(|o| o.status.success());
+        .is_ok_and(|o| {
+            o.status.success()
+                && version.is_none_or(|v| String::from_utf8_lossy(&o.stdout).contains(v))
+        });
     if present {
         return Ok(());
     }
-    eprintln!("installing cargo-fuzz");
-    cargo(&["install", "cargo-fuzz", "--locked"])
+    eprintln!("installing {krate}");
+    let mut args = vec!["install", krate, "--locked"];
+    if let Some(v) = version {
+        args.extend(["--version", v]);
+    }
+    cargo(&args)
 }
 
 /// The Garage release the object-store tests run against, and the features built: the

@@ -1,4 +1,5 @@
-//! Project automation: `cargo xtask test | demo | bench <name>` (`bench fleet`: the fleet's
+//! Project automation: `cargo xtask test | dist | demo | bench <name>` (`dist`: static
+//! binaries, man pages, completions and Debian packages; `bench fleet`: the fleet's
 //! load generator; `bench deltas`: patch sizes on real executables; `bench image`: a
 //! full-image install against the physical limits; `bench image-deltas`: bytes to update a
 //! root-file-system image from the booted one; `bench store`: the object-store backend
@@ -13,6 +14,7 @@ mod bench_store;
 mod benchmarks;
 mod demo;
 mod deps;
+mod dist;
 mod loadgen;
 mod process;
 mod test;
@@ -35,6 +37,9 @@ enum Cmd {
         #[arg(long)]
         fast: bool,
     },
+    /// Build the three programs statically (release), their man pages, shell completions and
+    /// Debian packages into target/x86_64-unknown-linux-gnu/release/dist.
+    Dist,
     /// Run the whole update loop on this machine on embedded defaults.
     Demo {
         /// Keep the server and the host's daemon (with its web page) running afterwards.
@@ -89,6 +94,7 @@ enum Bench {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Test { fast } => test::run(fast),
+        Cmd::Dist => dist::run().map(|_| ()),
         Cmd::Demo { keep } => demo::run_demo(keep),
         Cmd::Bench { which } => match which {
             Bench::Server => {

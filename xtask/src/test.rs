@@ -9,6 +9,10 @@
 //! Garage object store ([`STORE_VAR`]`=garage`, the `garage` program installed with
 //! `cargo install` when missing), leaving out [`LOCAL_ONLY_SERVER_TESTS`].
 //!
+//! Before the tests, the full run builds the dist (`cargo xtask dist`: static programs, man
+//! pages, completions, Debian packages) and names it in `QX_DIST_DIR` for the tests of the
+//! packages (`dpkg --root`, lintian) and of the container image (podman).
+//!
 //! The full run then runs each fuzz target of `fuzz/` for a bounded time ([`FUZZ_SECONDS_VAR`],
 //! 60 s by default, `0` skips them), seeded with its committed corpus `fuzz/corpus/<target>/`.
 //! The fuzz build works on a stable toolchain: the fuzzing flags are unlocked with
@@ -62,11 +66,34 @@ fn run_tests(fast: bool, failures: &mut Vec<String>) -> anyhow::Result<()> {
     }
     let garage = deps::ensure_garage()?;
     let env = vec![("QX_GARAGE", garage.into_os_string())];
-    let first = cargo_test(&cargo_args(false), &env, failures);
+    let (dist, dist_env) = build_dist();
+    let with_dist: Vec<_> = env.iter().cloned().chain(dist_env).collect();
+    let first = cargo_test(&cargo_args(false), &with_dist, failures);
     let mut on_garage = env;
     on_garage.push((STORE_VAR, "garage".into()));
     let second = cargo_test(&garage_pass_args(), &on_garage, failures);
-    first.and(second)
+    dist.and(first).and(second)
+}
+
+/// `cargo xtask dist` for the tests of the packages and the container image, timed; its
+/// directory as [`qx_testkit::dist::DIST_VAR`]. When it fails the other tests still run
+/// (those needing it fail, saying the variable is unset) and the run fails.
+fn build_dist() -> (
+    anyhow::Result<()>,
+    Option<(&'static str, std::ffi::OsString)>,
+) {
+    let start = Instant::now();
+    match crate::dist::run() {
+        Ok(layout) => {
+            println!("dist built in {}", wall_time(start.elapsed()));
+            let var = (qx_testkit::dist::DIST_VAR, layout.dist.into_os_string());
+            (Ok(()), Some(var))
+        }
+        Err(e) => {
+            eprintln!("cargo xtask dist failed: {e:#}");
+            (Err(e.context("cargo xtask dist")), None)
+        }
+    }
 }
 
 /// Runs `cargo <args>`, passing its output through while keeping each test binary's

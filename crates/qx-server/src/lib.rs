@@ -1,6 +1,7 @@
 //! `qx-update-server`: stores signed releases per product and channel, serves manifests and
 //! artifacts, accepts authenticated publishes (docs/spec.md §3).
 //!
+//! - [`cli`]: the command line of `qx-update-server` (serve, `token`, `enrollment-token`);
 //! - [`config`]: the environment the server reads;
 //! - [`storage`]: the [`storage::ReleaseStore`] trait and its local-disk backend;
 //! - [`routes`]: the router, registering the route templates of [`qx_core::api::server`];
@@ -53,6 +54,7 @@
 //!   channel state through this process; nothing else is cached (a restart rescans the disk).
 
 pub mod access_log;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod fleet;

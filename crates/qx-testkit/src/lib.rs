@@ -4,7 +4,9 @@
 pub mod browser;
 pub mod cdn;
 pub mod channel;
+pub mod cmd;
 pub mod data;
+pub mod dist;
 pub mod drip;
 pub mod garage;
 pub mod host;

@@ -8,7 +8,7 @@
 //!   apply in this process at once (409); the agent's file lock refuses one from another
 //!   process (a CLI apply).
 //! - `enabled: false`: the scheduler stays idle, the API still answers.
-//! - The configuration is read at start. A change needs a restart (`rc-service quantix-update
+//! - The configuration is read at start. A change needs a restart (`rc-service qx-update
 //!   restart` / `systemctl restart qx-update`); SIGHUP only logs that.
 //! - SIGTERM/SIGINT: the API stops accepting connections, no new check or apply starts, and a
 //!   running apply is waited for: it runs on a blocking thread and is never interrupted

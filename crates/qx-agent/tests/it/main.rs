@@ -22,6 +22,7 @@ mod connections;
 mod crash;
 mod daemon;
 mod deadlines;
+mod debs;
 mod deltas;
 mod disk_full;
 mod download;

@@ -65,9 +65,8 @@ fn run_systemd(dir: &Path) -> String {
 
 /// Sources the OpenRC script (its top level picks `command`) and prints the command line.
 fn run_openrc(dir: &Path) -> String {
-    let script =
-        std::fs::read_to_string(repo().join("packaging/openrc/init.d/quantix-update")).unwrap();
-    let copy = dir.join("quantix-update");
+    let script = std::fs::read_to_string(repo().join("packaging/openrc/init.d/qx-update")).unwrap();
+    let copy = dir.join("qx-update");
     std::fs::write(&copy, relocate(&script, dir)).unwrap();
     let out = Command::new("/bin/sh")
         .arg("-c")
@@ -75,7 +74,7 @@ fn run_openrc(dir: &Path) -> String {
             ". {}; echo \"$command $command_args\"",
             copy.display()
         ))
-        .env("RC_SVCNAME", "quantix-update")
+        .env("RC_SVCNAME", "qx-update")
         .output()
         .unwrap();
     assert!(
@@ -147,4 +146,134 @@ fn service_files_start_the_overlay_binary_first() {
             case.name
         );
     }
+}
+
+fn unit(name: &str) -> String {
+    let path = repo().join("packaging/systemd").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The values of `key=` in a unit (every occurrence, in order).
+fn unit_values(text: &str, key: &str) -> Vec<String> {
+    let prefix = format!("{key}=");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn each_service_has_one_name_for_systemd_and_openrc() {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(repo().join("packaging/openrc/init.d")).expect("init.d") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a name")
+            .to_owned();
+        assert!(
+            repo()
+                .join(format!("packaging/systemd/{name}.service"))
+                .is_file(),
+            "OpenRC script {name} has no systemd unit of the same name"
+        );
+        let script = std::fs::read_to_string(&path).expect("script");
+        assert!(script.starts_with("#!/sbin/openrc-run\n"), "{name}");
+        let st = Command::new("sh")
+            .arg("-n")
+            .arg(&path)
+            .status()
+            .expect("sh -n");
+        assert!(st.success(), "{name} is not valid sh");
+        names.push(name);
+    }
+    names.sort();
+    assert_eq!(names, ["qx-update", "qx-update-server"]);
+}
+
+/// A bad command line or configuration does not mend by restarting: the units stop
+/// restarting on exactly the agent's usage and configuration codes, and on the server's
+/// configuration code (2, `qx-update-server --help`).
+#[test]
+fn services_do_not_restart_on_configuration_errors() {
+    let agent = unit("qx-update.service");
+    assert_eq!(unit_values(&agent, "Restart"), ["on-failure"]);
+    assert_eq!(
+        unit_values(&agent, "RestartPreventExitStatus"),
+        [format!(
+            "{} {}",
+            qx_agent::code::USAGE,
+            qx_agent::code::CONFIG
+        )]
+    );
+    let server = unit("qx-update-server.service");
+    assert_eq!(unit_values(&server, "Restart"), ["on-failure"]);
+    assert_eq!(unit_values(&server, "RestartPreventExitStatus"), ["2"]);
+    // The token comes from a root-only file handed over as a credential, never inline.
+    assert!(unit_values(&server, "Environment")
+        .contains(&"PUBLISH_TOKEN_FILE=%d/publish-token".to_owned()));
+    assert!(unit_values(&server, "LoadCredential")
+        .contains(&"publish-token:/etc/qx-update-server/publish-token".to_owned()));
+    assert!(!server.contains("PUBLISH_TOKEN="), "no token in the unit");
+    assert_eq!(
+        unit_values(&server, "EnvironmentFile"),
+        ["-/etc/default/qx-update-server"]
+    );
+    assert_eq!(unit_values(&server, "StateDirectory"), ["qx-update-server"]);
+}
+
+/// The server's OpenRC script, run for its start logic (`start_pre`) with `checkpath` and
+/// `install` recorded: the settings file is read, the token is copied where only the
+/// service's user reads it, and the server is told that copy.
+#[test]
+fn openrc_server_script_reads_its_settings_and_hands_over_the_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let defaults = d.join("default");
+    std::fs::write(
+        &defaults,
+        format!(
+            "LISTEN_ADDR=127.0.0.1:9100\nPUBLISH_TOKEN_FILE={}/token\n",
+            d.display()
+        ),
+    )
+    .expect("defaults");
+    let script = std::fs::read_to_string(repo().join("packaging/openrc/init.d/qx-update-server"))
+        .expect("script")
+        .replace(
+            "/etc/default/qx-update-server",
+            &defaults.display().to_string(),
+        );
+    let copy = d.join("qx-update-server");
+    std::fs::write(&copy, script).expect("copy");
+    let stdout = crate::support::sys::run(
+        Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!(
+                "checkpath() {{ echo checkpath \"$@\"; }}; install() {{ echo install \"$@\"; }}; \
+             . {}; start_pre && echo \"run $command as $command_user with $RELEASE_DIR \
+             $LISTEN_ADDR $PUBLISH_TOKEN_FILE\"",
+                copy.display()
+            ))
+            .env("RC_SVCNAME", "qx-update-server"),
+    );
+    assert!(
+        stdout.contains(&format!(
+            "install -m 0400 -o qx-update-server -g qx-update-server {}/token /run/qx-update-server/publish-token",
+            d.display()
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "run /usr/bin/qx-update-server as qx-update-server:qx-update-server with \
+             /var/lib/qx-update-server 127.0.0.1:9100 /run/qx-update-server/publish-token"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("checkpath --directory --owner qx-update-server:qx-update-server --mode 0750 /var/lib/qx-update-server"),
+        "{stdout}"
+    );
 }

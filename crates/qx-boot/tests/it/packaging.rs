@@ -94,3 +94,63 @@ fn boot_scripts_are_posix_sh_and_call_the_agent() {
         }
     }
 }
+
+/// The `key=` values of a systemd unit, split on spaces.
+fn unit_words(unit: &str, key: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(packaging().join("systemd").join(unit)).expect("unit");
+    let prefix = format!("{key}=");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .flat_map(str::split_whitespace)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The boot scripts as systemd oneshot units: each runs its `local.d` script (the one
+/// installed copy), and the order is OpenRC's: the rollback check, then the overlay paths,
+/// both before the agent; the verification after the agent, late in the boot.
+#[test]
+fn boot_units_run_the_scripts_in_the_boot_order() {
+    let units = [
+        ("qx-ab-update-check.service", "03-ab-update-check.start"),
+        ("qx-overlay-mounts.service", "05-overlay-mounts.start"),
+        ("qx-ab-update-verify.service", "99-ab-update-verify.start"),
+    ];
+    for (unit, script) in units {
+        assert_eq!(unit_words(unit, "Type"), ["oneshot"], "{unit}");
+        assert_eq!(
+            unit_words(unit, "ExecStart"),
+            [format!("/etc/local.d/{script}")],
+            "{unit}"
+        );
+        assert!(packaging().join("openrc/local.d").join(script).is_file());
+        assert_eq!(unit_words(unit, "RemainAfterExit"), ["yes"], "{unit}");
+    }
+    let check_before = unit_words("qx-ab-update-check.service", "Before");
+    for later in ["qx-overlay-mounts.service", "qx-update.service"] {
+        assert!(
+            check_before.iter().any(|u| u == later),
+            "check before {later}"
+        );
+    }
+    assert!(unit_words("qx-overlay-mounts.service", "After")
+        .iter()
+        .any(|u| u == "qx-ab-update-check.service"));
+    assert!(unit_words("qx-overlay-mounts.service", "Before")
+        .iter()
+        .any(|u| u == "qx-update.service"));
+    assert!(unit_words("qx-overlay-mounts.service", "RequiresMountsFor")
+        .iter()
+        .any(|p| p == "/data"));
+    let verify_after = unit_words("qx-ab-update-verify.service", "After");
+    for earlier in ["multi-user.target", "qx-update.service"] {
+        assert!(
+            verify_after.iter().any(|u| u == earlier),
+            "verify after {earlier}"
+        );
+    }
+    assert_eq!(
+        unit_words("qx-ab-update-verify.service", "WantedBy"),
+        ["multi-user.target"]
+    );
+}

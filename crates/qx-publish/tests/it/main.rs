@@ -4,6 +4,7 @@
 
 mod build;
 mod channel;
+mod container;
 mod deltas;
 mod keygen;
 mod server;

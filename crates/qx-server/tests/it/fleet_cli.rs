@@ -146,3 +146,36 @@ async fn enrollment_token_create_enrolls_hosts_with_its_labels() {
     let v: Value = res.json().await.unwrap();
     assert_eq!(v["hosts"].as_array().unwrap().len(), 2, "{v}");
 }
+
+/// `qx-update-server health` (the container's health check): 0 when the server its settings
+/// describe answers `/health`, 1 naming the URL when nothing listens there.
+#[test]
+fn health_probes_the_server_its_settings_describe() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = server(dir.path());
+    let probe = |addr: &str| {
+        Command::new(env!("CARGO_BIN_EXE_qx-update-server"))
+            .arg("health")
+            .env("RELEASE_DIR", dir.path())
+            .env("LISTEN_ADDR", addr)
+            .env("PUBLISH_TOKEN", TOKEN)
+            .output()
+            .expect("run qx-update-server health")
+    };
+    let up = probe(&srv.addr().to_string());
+    assert!(
+        ok(&up).contains("/health: 200"),
+        "{}",
+        String::from_utf8_lossy(&up.stdout)
+    );
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let closed = free.local_addr().expect("its address").to_string();
+    drop(free);
+    let down = probe(&closed);
+    assert_eq!(down.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&down.stderr);
+    assert!(
+        stderr.contains(&format!("http://{closed}/health")),
+        "{stderr}"
+    );
+}

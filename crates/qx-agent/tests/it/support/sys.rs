@@ -7,22 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-/// Runs a command (stdin closed); panics with its output if it fails. Returns stdout.
-pub fn run(c: &mut Command) -> String {
-    let desc = format!("{c:?}").replace('"', "");
-    let out = c
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `{desc}`: {e}"));
-    assert!(
-        out.status.success(),
-        "`{desc}` failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+pub use qx_testkit::cmd::run;
 
 /// `sh -ec script`, which must succeed. Returns stdout.
 pub fn sh(script: &str) -> String {

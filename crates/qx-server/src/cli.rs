@@ -6,13 +6,13 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use crate::fleet::admin;
+use crate::fleet::clock::{Clock, SystemClock};
+use crate::fleet::store::FleetStore;
+use crate::Config;
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use qx_core::fleet::{EnrollmentTokenRequest, Labels, OperatorTokenRequest};
-use qx_server::fleet::admin;
-use qx_server::fleet::clock::{Clock, SystemClock};
-use qx_server::fleet::store::FleetStore;
-use qx_server::Config;
 
 const AFTER_HELP: &str = "\
 Settings come from the environment (RELEASE_DIR, LISTEN_ADDR, PUBLISH_TOKEN, DATABASE_URL, \
@@ -31,6 +31,11 @@ struct Cli {
 enum Command {
     /// Serve the API (what runs without a subcommand).
     Serve,
+    /// Ask the server running with these settings whether it is healthy: `GET /health` on
+    /// the loopback address of LISTEN_ADDR (https when TLS_CERT is set; the certificate is
+    /// not checked, it is this host's own server). Exit 0 on 200, else 1. The container
+    /// image's health check.
+    Health,
     /// Operator tokens: scoped bearer tokens for the fleet and release API.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -84,11 +89,16 @@ enum EnrollmentCommand {
     Revoke { id: String },
 }
 
+/// The command-line definition, for the man page and shell completions (`cargo xtask dist`).
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
 /// Parses the arguments and runs the command; see [`AFTER_HELP`] for the exit codes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = match cli.command {
-        None | Some(Command::Serve) => return qx_server::server::main(),
+        None | Some(Command::Serve) => return crate::server::main(),
         Some(c) => c,
     };
     let config = match Config::from_env() {
@@ -98,6 +108,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Health = command {
+        return match health(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("qx-update-server: health: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     match run(command, &config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -113,13 +132,50 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let store = qx_server::server::open_fleet(&config.fleet).await?;
+        let store = crate::server::open_fleet(&config.fleet).await?;
         match command {
             Command::Token(t) => token(t, store).await,
             Command::EnrollmentToken(e) => enrollment(e, store).await,
-            Command::Serve => Ok(()),
+            Command::Serve | Command::Health => Ok(()),
         }
     })
+}
+
+/// `health`: one `GET /health` to the server these settings describe, on loopback.
+fn health(config: &Config) -> anyhow::Result<()> {
+    let url = health_url(config.listen_addr, config.tls.is_some());
+    let client = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .danger_accept_invalid_certs(true)
+        .build()
+        .context("cannot make an HTTP client")?;
+    let status = client
+        .get(&url)
+        .send()
+        .with_context(|| format!("GET {url}"))?
+        .status();
+    if !status.is_success() {
+        anyhow::bail!("GET {url}: {status}");
+    }
+    println!("{url}: {status}");
+    Ok(())
+}
+
+/// The health URL of a server listening on `listen`: its loopback address when it listens
+/// on every address.
+fn health_url(listen: std::net::SocketAddr, tls: bool) -> String {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let scheme = if tls { "https" } else { "http" };
+    let base = format!(
+        "{scheme}://{}",
+        std::net::SocketAddr::new(ip, listen.port())
+    );
+    qx_core::api::ServerUrl::new(&base).health()
 }
 
 async fn token(command: TokenCommand, store: Arc<dyn FleetStore>) -> anyhow::Result<()> {
@@ -136,7 +192,7 @@ async fn token(command: TokenCommand, store: Arc<dyn FleetStore>) -> anyhow::Res
             let scopes: Vec<_> = made
                 .scopes
                 .iter()
-                .map(|s| qx_server::fleet::auth::scope_name(*s))
+                .map(|s| crate::fleet::auth::scope_name(*s))
                 .collect();
             eprintln!(
                 "operator token {} created with scope {}; it is shown this once, keep it secret:",
@@ -156,7 +212,7 @@ async fn token(command: TokenCommand, store: Arc<dyn FleetStore>) -> anyhow::Res
                     let scopes: Vec<_> = t
                         .scopes
                         .iter()
-                        .map(|s| qx_server::fleet::auth::scope_name(*s))
+                        .map(|s| crate::fleet::auth::scope_name(*s))
                         .collect();
                     println!(
                         "{:<24} {:<28} {:<26} {}",
@@ -222,4 +278,23 @@ async fn enrollment(command: EnrollmentCommand, store: Arc<dyn FleetStore>) -> a
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_health_probe_asks_loopback_when_the_server_listens_everywhere() {
+        let at = |s: &str| s.parse().expect("an address");
+        assert_eq!(
+            health_url(at("0.0.0.0:9000"), false),
+            "http://127.0.0.1:9000/health"
+        );
+        assert_eq!(health_url(at("[::]:443"), true), "https://[::1]:443/health");
+        assert_eq!(
+            health_url(at("10.0.0.5:8080"), false),
+            "http://10.0.0.5:8080/health"
+        );
+    }
 }
