@@ -28,6 +28,7 @@ mod fleet;
 mod fullimage;
 mod hardening;
 mod hotfix;
+mod openrc;
 mod orphans;
 mod packaging;
 mod qemu;
