@@ -186,32 +186,28 @@ impl Guest {
         guest
     }
 
-    /// Runs `argv` in the guest (its namespaces and root, cwd `/`, PATH set, nothing else in
-    /// the environment), stdin closed, to its end.
-    pub fn run(&self, argv: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg("--target")
+    /// `argv` in the guest: its namespaces and root, cwd `/`, PATH set, nothing else in the
+    /// environment, stdin closed.
+    fn command(&self, argv: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg("--target")
             .arg(self.pid1.to_string())
             .args(["--mount", "--pid", "--root", "--wd", "--"])
             .args(argv)
             .env_clear()
             .env("PATH", GUEST_PATH)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run nsenter")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `argv` in the guest to its end.
+    pub fn run(&self, argv: &[&str]) -> Output {
+        self.command(argv).output().expect("run nsenter")
     }
 
     /// [`Guest::run`], which must succeed; returns stdout.
     pub fn ok(&self, argv: &[&str]) -> String {
-        let out = self.run(argv);
-        assert!(
-            out.status.success(),
-            "{argv:?} in the guest failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        run(&mut self.command(argv))
     }
 
     /// The file at `path` as the guest sees it (through pid 1's root: /run is the guest's
