@@ -168,7 +168,7 @@ fn openrc_restarts_the_updated_services_and_the_restored_one() {
     let lab = Lab::with("quantix-demo", "dev", "").expect("lab");
     let root = host_at_v1(&lab);
     let console = root.with_file_name("console.log");
-    let g = Guest::boot(&root, &console, "qx-demo");
+    let g = Guest::boot(&root, &console, &["qx-demo", "quantix-node"]);
     eprintln!(
         "[openrc] root built and booted in {:.1}s",
         t0.elapsed().as_secs_f64()

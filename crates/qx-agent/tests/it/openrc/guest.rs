@@ -136,9 +136,9 @@ pub struct Guest {
 }
 
 impl Guest {
-    /// Boots `root` with `openrc-init`; returns once `service` has started (the default
-    /// runlevel was reached). The console output goes to `console`.
-    pub fn boot(root: &Path, console: &Path, service: &str) -> Guest {
+    /// Boots `root` with `openrc-init`; returns once each of `services` has started. The
+    /// console output goes to `console`.
+    pub fn boot(root: &Path, console: &Path, services: &[&str]) -> Guest {
         let log = fs::File::create(console).expect("create the console log");
         let unshare = Command::new("unshare")
             .args(["--pid", "--fork", "--mount", "--propagation", "private"])
@@ -172,17 +172,17 @@ impl Guest {
             })
         });
         assert!(found, "openrc-init did not start{}", guest.console_text());
-        let started = poll(Duration::from_secs(60), Duration::from_millis(100), || {
-            guest
-                .run(&["rc-service", service, "status"])
-                .status
-                .success()
-        });
-        assert!(
-            started,
-            "OpenRC did not start {service} in the default runlevel{}",
-            guest.console_text()
-        );
+        for service in services {
+            let started = poll(Duration::from_secs(60), Duration::from_millis(100), || {
+                let status = guest.run(&["rc-service", service, "status"]);
+                status.status.success()
+            });
+            assert!(
+                started,
+                "OpenRC did not start {service} in the default runlevel{}",
+                guest.console_text()
+            );
+        }
         guest
     }
 
