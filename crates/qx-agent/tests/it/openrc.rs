@@ -10,7 +10,8 @@
 //! wrote to `/run/quantix-node.pid` running the newly installed file. A release whose program
 //! exits at start fails `rc-service qx-demo restart`; the agent restores the files and
 //! restarts the service through OpenRC again, and the previous version answers its health
-//! check.
+//! check. Then `qx-update rollback` undoes 2.0.0, restarting both services through OpenRC on
+//! 1.0.0.
 //!
 //! Slow tier: needs root; downloads Debian's openrc packages once into
 //! target/tmp/openrc-cache; console and logs under target/tmp/openrc/.
@@ -120,10 +121,18 @@ fn report(g: &Guest, out: &Output) -> String {
     )
 }
 
-/// `qx-update apply --yes` in the guest; asserts its exit code.
-fn apply(g: &Guest, expect: i32) -> Output {
-    let out = g.run(&["qx-update", "apply", "--yes"]);
-    assert_eq!(out.status.code(), Some(expect), "{}", report(g, &out));
+/// `qx-update <args>` in the guest; asserts its exit code.
+fn qx(g: &Guest, args: &[&str], expect: i32) -> Output {
+    let argv: Vec<&str> = std::iter::once("qx-update")
+        .chain(args.iter().copied())
+        .collect();
+    let out = g.run(&argv);
+    assert_eq!(
+        out.status.code(),
+        Some(expect),
+        "{args:?}: {}",
+        report(g, &out)
+    );
     out
 }
 
@@ -162,7 +171,7 @@ fn demo_runs(g: &Guest, version: &str) {
 
 #[test]
 #[ignore = "slow tier: needs root (namespaces, chroot) and Debian's openrc packages; `cargo xtask test` runs it"]
-fn openrc_restarts_the_updated_services_and_the_restored_one() {
+fn openrc_restarts_the_updated_services_and_the_restored_ones() {
     ensure_packages(guest::HOST_PACKAGES, "the OpenRC test");
     let t0 = Instant::now();
     let lab = Lab::with("quantix-demo", "dev", "").expect("lab");
@@ -191,7 +200,7 @@ fn openrc_restarts_the_updated_services_and_the_restored_one() {
             ),
     )
     .expect("publish 2.0.0");
-    let out = apply(&g, code::SUCCESS);
+    let out = qx(&g, &["apply", "--yes"], code::SUCCESS);
     let log = update_log(g.root());
     for s in ["qx-demo", "quantix-node"] {
         let line = format!("restart {s}: [\"rc-service\", \"{s}\", \"restart\"] -> exit status: 0");
@@ -205,7 +214,7 @@ fn openrc_restarts_the_updated_services_and_the_restored_one() {
     }
     let demo_v2 = started_anew(&g, "qx-demo", &demo_v1);
     demo_runs(&g, "2.0.0");
-    started_anew(&g, "quantix-node", &node_v1);
+    let node_v2 = started_anew(&g, "quantix-node", &node_v1);
     assert!(
         log.contains("verify qx-node: service quantix-node pid"),
         "the ELF program was not verified by OpenRC's pidfile:\n{log}"
@@ -219,7 +228,7 @@ fn openrc_restarts_the_updated_services_and_the_restored_one() {
             .component(demo(BROKEN_PROGRAM.as_bytes().to_vec())),
     )
     .expect("publish 3.0.0");
-    let out = apply(&g, code::RESTART_FAILED);
+    let out = qx(&g, &["apply", "--yes"], code::RESTART_FAILED);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("qx-demo"), "{}", report(&g, &out));
     let log = update_log(g.root());
@@ -230,10 +239,21 @@ fn openrc_restarts_the_updated_services_and_the_restored_one() {
     ] {
         assert!(log.contains(want), "no `{want}`:\n{}", report(&g, &out));
     }
-    started_anew(&g, "qx-demo", &demo_v2);
+    let demo_v2 = started_anew(&g, "qx-demo", &demo_v2);
     demo_runs(&g, "2.0.0");
     let last = history(g.root()).pop().expect("history");
     assert_eq!(last["version"], "3.0.0", "{last}");
     assert_eq!(last["outcome"], "failed", "{last}");
+
+    // The operator's rollback undoes 2.0.0: both services restarted through OpenRC on 1.0.0.
+    let out = qx(&g, &["rollback", "--yes"], code::SUCCESS);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("2.0.0 -> 1.0.0"), "{}", report(&g, &out));
+    started_anew(&g, "qx-demo", &demo_v2);
+    demo_runs(&g, "1.0.0");
+    started_anew(&g, "quantix-node", &node_v2);
+    assert_eq!(g.read("/data/versions/qx-node").trim(), "1.0.0");
+    let last = history(g.root()).pop().expect("history");
+    assert_eq!(last["outcome"], "rolled_back", "{last}");
     eprintln!("[openrc] done in {:.1}s", t0.elapsed().as_secs_f64());
 }
