@@ -25,7 +25,8 @@ case "${1:-run}" in
     echo "${VERSION}" > "${STATE_DIR}/running-version"
     echo "$$" > "${STATE_DIR}/ready.pid"
     echo "qx-demo ${VERSION} started (pid $$)"
-    trap 'echo "qx-demo ${VERSION} stopping"; exit 0' TERM INT
+    # On TERM the pending sleep is killed too: nothing of the program outlives it.
+    trap 'echo "qx-demo ${VERSION} stopping"; kill $! 2>/dev/null; exit 0' TERM INT
     while :; do sleep 60 & wait $!; done
     ;;
   *)

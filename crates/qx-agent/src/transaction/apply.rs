@@ -1057,6 +1057,15 @@ fn rollback_tx(tx: &mut Tx<'_>, j: &mut Journal, reason: &str) -> Result<(), Age
     }
     tx.history(j, Outcome::Failed, Some(reason.to_owned()))?;
     tx.phase(j, Phase::RolledBack)?;
+    // The restore used the backup up. Kept, it would be the latest apply that `qx-update
+    // rollback` undoes (back to the version that runs already) and count against
+    // `keep_backups`. Only now: recovery from `rolling_back` restores from it.
+    if let Err(e) = remove_any(&j.backup_dir) {
+        tx.log.line(&format!(
+            "remove the backup {} of the failed apply: {e}",
+            j.backup_dir.display()
+        ));
+    }
     tx.log.sync();
     Ok(())
 }

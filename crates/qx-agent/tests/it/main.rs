@@ -3,8 +3,8 @@
 //!
 //! Fast tier: `cargo test -p qx-agent` runs every test that needs neither root, qemu nor a
 //! browser, and lists the others as ignored. Slow tier: `cargo xtask test` runs them all
-//! (`-- --include-ignored`); they need root (loop devices, mounts), qemu (`qemu`) or Chromium
-//! (`browser`) and fail, never skip, when these are missing.
+//! (`-- --include-ignored`); they need root (loop devices, mounts, namespaces: `openrc`), qemu
+//! (`qemu`) or Chromium (`browser`) and fail, never skip, when these are missing.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -31,6 +31,7 @@ mod fleet;
 mod fullimage;
 mod hardening;
 mod hotfix;
+mod openrc;
 mod orphans;
 mod packaging;
 mod plain_errors;

@@ -9,7 +9,9 @@ use qx_agent::code;
 use qx_testkit::host::{demo_binary, exe_inode, is_running, Lab};
 use qx_testkit::release::ComponentSpec;
 
-use crate::support::host::{history, host_at_v1, inode, node_release, run_qx_update, service};
+use crate::support::host::{
+    history, host_at_v1, inode, node, node_release, run_qx_update, service,
+};
 
 fn text(out: &Output) -> String {
     format!(
@@ -104,6 +106,35 @@ fn rollback_twice_walks_back_two_updates() {
         stderr.contains("nothing older to roll back to") && stderr.contains("qx-node 1.0.0"),
         "{stderr}"
     );
+    assert_runs(&lab, "1.0.0");
+}
+
+#[test]
+fn rollback_after_a_failed_apply_undoes_the_last_apply_that_took_effect() {
+    // A failed apply restores from its own backup, so nothing of it is left to undo: the
+    // operator's rollback goes back from the version that runs, not to it again.
+    let lab = Lab::new().unwrap();
+    host_at_v1(&lab);
+    node_release(&lab, "1.0.1");
+    qx(&lab, &["apply", "--yes"], code::SUCCESS);
+    lab.publish(
+        &lab.release("1.0.2").component(
+            node("1.0.2")
+                .service("quantix-node")
+                .health(vec!["false".into()]),
+        ),
+    )
+    .unwrap();
+    qx(&lab, &["apply", "--yes"], code::NOT_EFFECTIVE);
+    assert_runs(&lab, "1.0.1");
+    assert!(
+        !lab.host.path("/data/updates/backup/1.0.2").exists(),
+        "the failed apply kept its backup"
+    );
+
+    let out = qx(&lab, &["rollback", "--yes"], code::SUCCESS);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("1.0.1 -> 1.0.0"), "{stdout}");
     assert_runs(&lab, "1.0.0");
 }
 

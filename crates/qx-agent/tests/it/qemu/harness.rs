@@ -27,7 +27,7 @@ use qx_boot::grubenv::GrubEnv;
 use qx_boot::{AbConfig, ImageFile, InstallRequest, Slot, SlotTarget};
 
 use crate::support::host::parse_jsonl;
-use crate::support::sys::{exclusive_mounts, is_root, run, sh, LoopDev, Mount};
+use crate::support::sys::{self, exclusive_mounts, is_root, run, sh, LoopDev, Mount};
 
 /// Partition layout, in 512-byte sectors.
 const P1_START: u64 = 2048; // BIOS boot partition: GRUB core.img
@@ -112,46 +112,18 @@ pub struct Options {
 /// The health checks configured in the guest.
 pub const HEALTH_CHECKS: &str = r#"[["/bin/sh", "-c", "grep -q ' /data ' /proc/mounts"], ["/bin/test", "-s", "/etc/quantix-release"]]"#;
 
-/// Install the packages of packages.txt that are missing (as root), or fail
-/// with the list.
+/// The Debian packages of packages.txt, installed when missing.
 pub fn ensure_packages() {
     let wanted: Vec<&str> = include_str!("packages.txt")
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect();
-    let missing: Vec<&str> = wanted
-        .iter()
-        .copied()
-        .filter(|p| {
-            let out = Command::new("dpkg-query")
-                .args(["-W", "-f=${Status}", p])
-                .output();
-            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-        })
-        .collect();
-    if missing.is_empty() {
-        return;
-    }
-    assert!(
-        is_root(),
-        "the A/B qemu test needs these Debian packages: {}; run it as root (it installs \
-         them) or install them with apt-get",
-        missing.join(" ")
-    );
-    eprintln!("installing Debian packages: {}", missing.join(" "));
-    run(Command::new("apt-get")
-        .args(["update", "-qq"])
-        .env("DEBIAN_FRONTEND", "noninteractive"));
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"));
+    sys::ensure_packages(&wanted, "the A/B qemu test");
 }
 
 /// The Debian cloud kernel package (.deb), downloaded once into `cache`.
 pub fn kernel_deb(cache: &Path) -> PathBuf {
-    fs::create_dir_all(cache).expect("create cache dir");
     let resolve = || {
         let out = Command::new("apt-cache")
             .args(["depends", "linux-image-cloud-amd64"])
@@ -170,22 +142,7 @@ pub fn kernel_deb(cache: &Path) -> PathBuf {
             resolve().expect("apt-cache cannot resolve linux-image-cloud-amd64")
         }
     };
-    let find = || {
-        fs::read_dir(cache).ok().and_then(|rd| {
-            rd.filter_map(Result::ok).map(|e| e.path()).find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
-            })
-        })
-    };
-    if let Some(p) = find() {
-        return p;
-    }
-    run(Command::new("apt-get")
-        .args(["download", &pkg])
-        .current_dir(cache));
-    find().unwrap_or_else(|| panic!("apt-get download {pkg} left no .deb in {}", cache.display()))
+    sys::apt_download(&pkg, cache)
 }
 
 /// Serial output without carriage returns and ANSI escape sequences.
@@ -293,26 +250,6 @@ impl Harness {
 
     // ------------------------------------------------------------------ build
 
-    fn busybox_tree(root: &Path) {
-        for d in [
-            "bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run",
-        ] {
-            fs::create_dir_all(root.join(d)).expect("mkdir");
-        }
-        fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copy busybox");
-        let list = run(Command::new("/bin/busybox").arg("--list"));
-        for applet in list
-            .lines()
-            .map(str::trim)
-            .filter(|a| !a.is_empty() && *a != "busybox")
-        {
-            let link = root.join("bin").join(applet);
-            if !link.exists() {
-                std::os::unix::fs::symlink("busybox", &link).expect("symlink applet");
-            }
-        }
-    }
-
     fn unpack_kernel(&self) -> (PathBuf, PathBuf) {
         let deb = kernel_deb(&self.opts.target_tmp.join("ab-boot-qemu-cache"));
         let x = self.work.join("kernel");
@@ -332,7 +269,7 @@ impl Harness {
 
     fn build_initramfs(&self, kernel_dir: &Path) -> PathBuf {
         let r = self.work.join("initramfs-root");
-        Self::busybox_tree(&r);
+        sys::busybox_tree(&r);
         fs::create_dir_all(r.join("lib/modules")).expect("mkdir");
         for m in MODULES {
             let found = run(Command::new("find")
@@ -407,7 +344,7 @@ exec switch_root /newroot /sbin/init
     /// A system image (squashfs) of `version`; `broken`: its init fails.
     fn build_system(&self, version: &str, broken: bool, guest_bin: &Path) -> PathBuf {
         let r = self.work.join(format!("system-{version}"));
-        Self::busybox_tree(&r);
+        sys::busybox_tree(&r);
         for d in [
             "data",
             "boot",
@@ -421,18 +358,7 @@ exec switch_root /newroot /sbin/init
         std::os::unix::fs::symlink("/data/quantix", r.join("quantix")).expect("symlink");
         std::os::unix::fs::symlink("/data/log", r.join("var/log")).expect("symlink");
         fs::copy(guest_bin, r.join("usr/bin/qx-update")).expect("copy qx-update");
-        // shared libraries, at the paths the dynamic loader expects
-        let ldd = Command::new("ldd")
-            .arg(guest_bin)
-            .output()
-            .expect("run ldd");
-        for word in String::from_utf8_lossy(&ldd.stdout).split_whitespace() {
-            if word.starts_with('/') {
-                let dest = r.join(word.trim_start_matches('/'));
-                fs::create_dir_all(dest.parent().expect("lib dir")).expect("mkdir lib");
-                fs::copy(word, &dest).unwrap_or_else(|e| panic!("copy {word}: {e}"));
-            }
-        }
+        sys::copy_libs(guest_bin, &r);
         for e in fs::read_dir(self.packaging.join("openrc/local.d")).expect("local.d") {
             let p = e.expect("entry").path();
             if p.extension().is_some_and(|x| x == "start") {
