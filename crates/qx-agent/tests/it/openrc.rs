@@ -72,6 +72,12 @@ fn node_yaml(lab: &Lab) -> String {
     )
 }
 
+/// One guest at a time: the tests share the package cache.
+static ONE_GUEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The agent's own OpenRC service, as the packages ship it.
+const AGENT_SERVICE: &str = include_str!("../../../../packaging/openrc/init.d/qx-update");
+
 /// The guest's root with 1.0.0 of both programs installed and both services in the default
 /// runlevel; work files under target/tmp/openrc.
 fn host_at_v1(lab: &Lab) -> PathBuf {
@@ -172,6 +178,7 @@ fn demo_runs(g: &Guest, version: &str) {
 #[test]
 #[ignore = "slow tier: needs root (namespaces, chroot) and Debian's openrc packages; `cargo xtask test` runs it"]
 fn openrc_restarts_the_updated_services_and_the_restored_ones() {
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
     ensure_packages(guest::HOST_PACKAGES, "the OpenRC test");
     let t0 = Instant::now();
     let lab = Lab::with("quantix-demo", "dev", "").expect("lab");
@@ -256,4 +263,67 @@ fn openrc_restarts_the_updated_services_and_the_restored_ones() {
     let last = history(g.root()).pop().expect("history");
     assert_eq!(last["outcome"], "rolled_back", "{last}");
     eprintln!("[openrc] done in {:.1}s", t0.elapsed().as_secs_f64());
+}
+
+/// The daemon's log in the guest (the packaged script's `output_log`).
+const DAEMON_LOG: &str = "/var/log/quantix/qx-update-daemon.log";
+
+#[test]
+#[ignore = "slow tier: needs root (namespaces, chroot) and Debian's openrc packages; `cargo xtask test` runs it"]
+fn the_packaged_agent_service_starts_restarts_and_stops_under_openrc() {
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    ensure_packages(guest::HOST_PACKAGES, "the OpenRC test");
+    let lab = Lab::with("quantix-demo", "dev", "").expect("lab");
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let root = tmp.join("openrc-agent/root");
+    build_root(
+        &root,
+        &tmp.join("openrc-cache"),
+        Path::new(env!("CARGO_BIN_EXE_qx-update")),
+    );
+    let api = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let yaml = format!("{}  api: {{listen: \"{api}\"}}\n", node_yaml(&lab));
+    put(&root, "/etc/limiquantix/node.yaml", yaml.as_bytes(), 0o644);
+    put(
+        &root,
+        "/etc/limiquantix/update-key.pub",
+        lab.key.public_key_file.as_bytes(),
+        0o644,
+    );
+    add_service(&root, "qx-update", AGENT_SERVICE);
+    let console = root.with_file_name("console.log");
+    let g = Guest::boot(&root, &console, &["qx-update"]);
+    let starts = |n: usize| {
+        poll(Duration::from_secs(30), Duration::from_millis(50), || {
+            g.read(DAEMON_LOG).matches("daemon started").count() >= n
+                && std::net::TcpStream::connect(api).is_ok()
+        })
+    };
+    assert!(
+        starts(1),
+        "the daemon did not start: {}{}",
+        g.read(DAEMON_LOG),
+        g.console_text()
+    );
+    let log = g.read(DAEMON_LOG);
+    assert!(
+        log.contains(&api.to_string()),
+        "the start line names the address: {log}"
+    );
+    // A restart through OpenRC starts a second daemon; a stop leaves none.
+    g.ok(&["rc-service", "qx-update", "restart"]);
+    assert!(starts(2), "no second start: {}", g.read(DAEMON_LOG));
+    g.ok(&["rc-service", "qx-update", "stop"]);
+    let status = g.run(&["rc-service", "qx-update", "status"]);
+    assert!(!status.status.success(), "still started after stop");
+    let closed = poll(Duration::from_secs(30), Duration::from_millis(50), || {
+        std::net::TcpStream::connect(api).is_err()
+    });
+    assert!(
+        closed,
+        "the daemon still listens after stop: {}",
+        g.read(DAEMON_LOG)
+    );
 }
