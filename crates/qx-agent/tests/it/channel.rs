@@ -449,11 +449,11 @@ fn a_refused_downgrade_names_the_request_field_never_a_command_line_flag() {
             .json(&serde_json::json!({"version": "1.0.0"}))
             .send()
             .await
-            .unwrap();
+            .expect("POST apply");
         let status = resp.status().as_u16();
-        let body: Value = resp.json().await.unwrap();
+        let body: Value = resp.json().await.expect("JSON body");
         assert!(status == 400 || status == 409, "{status} {body}");
-        let error = body["error"].as_str().unwrap();
+        let error = body["error"].as_str().expect("an error text");
         assert!(
             error.contains("\"allow_downgrade\": \"1.0.0\" in the request takes it"),
             "{body}"

@@ -341,10 +341,10 @@ fn bad_tls_settings_are_configuration_errors() {
 
 #[test]
 fn https_to_a_plain_http_port_says_plain_http_in_plain_words() {
-    let lab = qx_testkit::host::Lab::new().unwrap();
+    let lab = qx_testkit::host::Lab::new().expect("lab");
     let mut c = lab.host_config();
     c.server_url = lab.server.url().replacen("http://", "https://", 1);
-    lab.host.write_config(&c).unwrap();
+    lab.host.write_config(&c).expect("write node.yaml");
     let out = run_qx_update(lab.host.root(), &["check"]);
     assert_refused(
         &out,
@@ -364,7 +364,7 @@ fn plain_http_to_a_tls_port_says_use_https_and_is_not_retried() {
         &lab.key.public_key_file,
     );
     c.extra = String::new();
-    lab.host.write_config(&c).unwrap();
+    lab.host.write_config(&c).expect("write node.yaml");
     let out = lab.check();
     assert_refused(
         &out,
