@@ -48,22 +48,7 @@ pub fn require_tool(tool: &str, package: &str) {
     );
 }
 
-/// Run a command, panic with its output on failure, return stdout.
-pub fn run(c: &mut Command) -> String {
-    let desc = format!("{c:?}");
-    let out = c
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
-    assert!(
-        out.status.success(),
-        "{desc} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+pub use qx_testkit::cmd::run;
 
 /// `grub-editenv FILE ARGS…`
 pub fn editenv(file: &Path, args: &[&str]) -> String {
