@@ -388,7 +388,8 @@ impl Demo {
         self.enroll_token(&self.host)?;
         let config = self.host_path("/etc/limiquantix/node.yaml");
         print!("{}:\n{yaml}", config.display());
-        Ok(())
+        step("check the host's configuration offline (qx-update config check)");
+        self.agent(&["config", "check"])
     }
 
     /// Makes a host under `root` whose agent asks `server_url` and listens on `api_port`
